@@ -1,0 +1,161 @@
+"""Per-layer key/value caches. Every array is [B, n_kv_heads, T, head_dim] so sequences can later be batched."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxd.models.base import Mask, create_attention_mask
+
+
+class KVCache:
+    """Keeps every position. Storage grows in blocks of `step` positions so decode steps write in place."""
+
+    def __init__(self, step: int = 256):
+        self.step = step
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Append L new positions ([B, H, L, D]) and return all cached keys and values."""
+        start, length = self.offset, keys.shape[2]
+        if self.keys is None or start + length > self.keys.shape[2]:
+            self._grow(keys, values, start + length)
+        self.offset += length
+        self.keys[..., start : self.offset, :] = keys
+        self.values[..., start : self.offset, :] = values
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
+        have = 0 if self.keys is None else self.keys.shape[2]
+        size = -(-(needed - have) // self.step) * self.step
+        batch, heads = keys.shape[:2]
+        new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
+        new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)
+        if self.keys is None:
+            self.keys, self.values = new_k, new_v
+        else:
+            # Positions past offset (after a trim) are stale; keep only valid ones before appending the block.
+            self.keys = mx.concatenate([self.keys[..., : self.offset, :], new_k], axis=2)
+            self.values = mx.concatenate([self.values[..., : self.offset, :], new_v], axis=2)
+
+    def make_mask(self, length: int, window: int | None = None) -> Mask:
+        """Mask for the next `length` queries; keys start at position 0."""
+        return create_attention_mask(length, self.offset, window)
+
+    @property
+    def state(self) -> list[mx.array]:
+        """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
+        return [] if self.keys is None else [self.keys, self.values]
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Forget the last n positions (e.g. a rejected draft or a shared prefix boundary); returns how many."""
+        n = min(self.offset, n)
+        self.offset -= n
+        return n
+
+    def reset(self) -> None:
+        """Forget everything but keep the storage for the next sequence."""
+        self.offset = 0
+
+
+class RotatingKVCache:
+    """Keeps only the last `window` positions, for sliding-window attention layers.
+
+    Decode steps write into a ring buffer in place. Multi-token updates return the kept positions plus the new
+    ones in temporal order (so a chunk larger than the window still sees the keys it needs), then keep the last
+    `window` positions.
+    """
+
+    def __init__(self, window: int, step: int = 256):
+        self.window = window
+        self.step = step
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+        self._idx = 0  # next ring slot to write; once the ring is full, it also holds the oldest position
+
+    def _kept(self) -> int:
+        return min(self.offset, self.window)
+
+    def _temporal(self) -> tuple[mx.array, mx.array]:
+        n = self._kept()
+        if n < self.window or self._idx == 0:
+            return self.keys[..., :n, :], self.values[..., :n, :]
+        i = self._idx
+        return (
+            mx.concatenate([self.keys[..., i:, :], self.keys[..., :i, :]], axis=2),
+            mx.concatenate([self.values[..., i:, :], self.values[..., :i, :]], axis=2),
+        )
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if keys.shape[2] == 1 and self.keys is not None:
+            return self._update_in_place(keys, values)
+        return self._update_concat(keys, values)
+
+    def _update_concat(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if self.keys is not None and self._kept() > 0:
+            old_k, old_v = self._temporal()
+            keys = mx.concatenate([old_k, keys], axis=2)
+            values = mx.concatenate([old_v, values], axis=2)
+        self.offset += keys.shape[2] - self._kept()
+        keep = min(self.window, keys.shape[2])
+        self.keys = keys[..., -keep:, :]
+        self.values = values[..., -keep:, :]
+        self._idx = keep % self.window
+        return keys, values
+
+    def _update_in_place(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        capacity = self.keys.shape[2]
+        if self._idx >= capacity and capacity < self.window:
+            grow = min(self.step, self.window - capacity)
+            batch, heads = keys.shape[:2]
+            self.keys = mx.concatenate(
+                [self.keys, mx.zeros((batch, heads, grow, keys.shape[3]), keys.dtype)], axis=2
+            )
+            self.values = mx.concatenate(
+                [self.values, mx.zeros((batch, heads, grow, values.shape[3]), values.dtype)], axis=2
+            )
+        i = self._idx
+        self.keys[..., i : i + 1, :] = keys
+        self.values[..., i : i + 1, :] = values
+        self.offset += 1
+        self._idx = (i + 1) % self.window
+        n = self._kept()
+        # Ring order differs from temporal order, which is harmless for a single query that sees every kept key.
+        return self.keys[..., :n, :], self.values[..., :n, :]
+
+    def make_mask(self, length: int, window: int | None = None) -> Mask:
+        """Mask for the next `length` queries against the keys update_and_fetch will return; uses self.window."""
+        if length == 1:
+            return None
+        return create_attention_mask(length, self.offset, self.window, key_start=self.offset - self._kept())
+
+    @property
+    def state(self) -> list[mx.array]:
+        return [] if self.keys is None else [self.keys, self.values]
+
+    def is_trimmable(self) -> bool:
+        """Positions can be forgotten only while none has been dropped from the window yet."""
+        return self.offset < self.window
+
+    def trim(self, n: int) -> int:
+        if not self.is_trimmable():
+            raise ValueError(f"cannot trim a rotating cache past its window ({self.offset} >= {self.window})")
+        n = min(self.offset, n)
+        self.offset -= n
+        self._idx = self.offset
+        return n
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.offset = 0
+        self._idx = 0
+
+
+def make_layer_caches(windows: list[int | None]) -> list[KVCache | RotatingKVCache]:
+    """One cache per layer: a rotating one for each sliding-window layer, a full one otherwise."""
+    return [KVCache() if w is None else RotatingKVCache(w) for w in windows]
