@@ -31,3 +31,7 @@ class DeadlineExceeded(MlxdError):
 
 class ModelLoadError(MlxdError):
     """The model files cannot be loaded; the daemon exits with this one-line reason."""
+
+
+class InternalError(MlxdError):
+    """A bug met while serving one request (INTERNAL); logged with its traceback, and the worker goes on."""

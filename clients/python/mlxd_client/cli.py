@@ -1,0 +1,89 @@
+"""Client commands: `generate` streams to the terminal, `health` and `info` ask the daemon.
+
+Shared by `mlxd` (the daemon's command) and `mlxd-client` (the client package alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from google.protobuf.json_format import MessageToDict
+
+from mlxd_client.client import Client, MlxdClientError
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="stream a generation from a running daemon")
+    gen.add_argument("prompt", help="prompt text (with --chat: the user message)")
+    gen.add_argument("--addr", default=DEFAULT_ADDR)
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=[])
+    gen.add_argument("--timeout", type=float)
+    gen.set_defaults(run=_generate)
+    health = sub.add_parser("health", help="print the daemon's health (exit 0 when SERVING)")
+    health.add_argument("--addr", default=DEFAULT_ADDR)
+    health.add_argument("--service", default="")
+    health.set_defaults(run=_health)
+    info = sub.add_parser("info", help="print the served model's info as JSON")
+    info.add_argument("--addr", default=DEFAULT_ADDR)
+    info.set_defaults(run=_info)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                  seed=args.seed, stop=args.stop, timeout=args.timeout)
+    if args.chat:
+        kwargs["messages"] = [{"role": "user", "content": args.prompt}]
+    else:
+        kwargs["prompt"] = args.prompt
+    with Client(args.addr) as client:
+        for response in client.generate(**kwargs):
+            if response.HasField("chunk"):
+                sys.stdout.write(response.chunk.text)
+                sys.stdout.flush()
+            else:
+                final = response.final
+                t = final.timings
+                sys.stdout.write("\n")
+                print(f"[{final.usage.prompt_tokens} prompt + {final.usage.completion_tokens} generated tokens, "
+                      f"finish: {final.FinishReason.Name(final.finish_reason)}, "
+                      f"ttft {t.time_to_first_token_seconds * 1000:.0f} ms, "
+                      f"prefill {t.prefill_tokens_per_second:.1f} tok/s, decode {t.decode_tokens_per_second:.1f} tok/s]",
+                      file=sys.stderr)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    with Client(args.addr) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    with Client(args.addr) as client:
+        print(json.dumps(MessageToDict(client.model_info(), preserving_proto_field_name=True), indent=1))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return args.run(args)
+    except MlxdClientError as error:
+        print(f"mlxd: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlxd-client")
+    add_client_commands(parser.add_subparsers(required=True))
+    return run(parser.parse_args(argv))

@@ -1,0 +1,54 @@
+"""The `mlxd` command: `serve` runs the daemon; `generate`, `health`, `info` are client commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mlxd_client.cli import add_client_commands, run
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve a model over gRPC")
+    serve.add_argument("--model", type=Path, required=True, help="a Hugging Face or MLX model folder")
+    serve.add_argument("--addr", default="127.0.0.1:50051",
+                       help="host:port (port 0 picks a free one) or unix:/path/to.sock")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "float16", "bfloat16"],
+                       help="weight dtype; auto = float32 on a Linux CPU (fast BLAS path), the checkpoint's on a GPU")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
+    serve.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill step")
+    serve.add_argument("--max-prompt-tokens", type=int, default=0, help="0 = the model's context length")
+    serve.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message accepted")
+    serve.add_argument("--grace-period", type=float, default=10.0,
+                       help="seconds in-flight streams may finish after SIGTERM before they are cancelled")
+    serve.add_argument("--stall-timeout", type=float, default=60.0,
+                       help="health turns NOT_SERVING when pending work sees no progress this long")
+    serve.add_argument("--exit-on-stdin-eof", action="store_true", help="also exit when stdin closes")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mlxd.launcher import reexec_with_blas
+    reexec_with_blas(sys.argv[1:])
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mlxd.engine.worker import WorkerOptions
+    from mlxd.service.limits import Limits
+    from mlxd.service.server import ServeOptions, serve
+    limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20)
+    worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
+                           prefill_chunk_size=args.prefill_chunk)
+    return serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
+                              stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlxd", description=__doc__)
+    sub = parser.add_subparsers(required=True)
+    _add_serve(sub)
+    add_client_commands(sub)
+    args = parser.parse_args(argv)
+    return args.run(args) if args.run is _serve else run(args)

@@ -1,0 +1,106 @@
+"""What the service hands the worker (a request) and what the worker hands back (events).
+
+Plain data only: no MLX, no protobuf, so both sides and the tests can build them freely.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mlxd.generation.sampling import SamplingParams
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"                    # end-of-sequence or a stop token id
+    LENGTH = "length"                # max_tokens or the context length
+    STOP_SEQUENCE = "stop_sequence"  # a stop string matched
+    CANCELLED = "cancelled"          # Cancel RPC or shutdown
+
+
+class CancelToken:
+    """A flag set from any thread (client gone, deadline, Cancel RPC, shutdown); the worker polls it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str = ""
+
+    def cancel(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_tokens: int = 0                     # 0 = until the context is full
+    stops: tuple[str, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
+    deadline: float | None = None           # time.monotonic() value
+    cancel: CancelToken = field(default_factory=CancelToken)
+    events: "queue.SimpleQueue[Event]" = field(default_factory=queue.SimpleQueue)
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class TopLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    queue_seconds: float = 0.0
+    time_to_first_token_seconds: float = 0.0
+    prefill_tokens_per_second: float = 0.0
+    decode_tokens_per_second: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass
+class FinalEvent:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    matched_stop: str = ""
+    stop_token_id: int = -1
+    timings: Timings = field(default_factory=Timings)
+    peak_memory_bytes: int = 0
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class ErrorEvent:
+    error: BaseException
+
+
+Event = TokenEvent | FinalEvent | ErrorEvent

@@ -1,0 +1,166 @@
+"""One request's life on the worker: prefill in chunks, then pipelined decode, emitting events.
+
+A Sequence advances by one unit of work per `advance()` call (a prefill chunk or a decode step), so the
+scheduler can interleave several sequences and later batch their decode steps.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from mlxd.engine import decoder
+from mlxd.engine.request import (ErrorEvent, FinalEvent, FinishReason, GenerationRequest, TokenEvent, TokenLogprob,
+                                 Timings)
+from mlxd.errors import DeadlineExceeded
+from mlxd.generation.detokenizer import StreamingDetokenizer
+from mlxd.generation.sampling import Sampler
+from mlxd.generation.stops import StopMatcher
+
+
+class Phase(enum.Enum):
+    PREFILL = 1
+    DECODE = 2
+    DONE = 3
+
+
+class Sequence:
+    def __init__(self, request: GenerationRequest, model: Any, decode_text: Any, eos_ids: frozenset[int],
+                 context_length: int, vocab_size: int, prefill_chunk_size: int) -> None:
+        self.request = request
+        self._model = model
+        self._cache = model.make_cache()
+        self._sampler = Sampler(request.sampling, vocab_size, request.prompt_ids)
+        self._detokenizer = StreamingDetokenizer(decode_text)
+        self._stops = StopMatcher(request.stops)
+        self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else eos_ids)
+        self._chunk = prefill_chunk_size
+        prompt_len = len(request.prompt_ids)
+        room = context_length - prompt_len
+        self._limit = min(request.max_tokens, room) if request.max_tokens else room
+        self.phase = Phase.PREFILL
+        self._prefilled = 0          # prompt tokens already in the cache (all but the last go by prefill)
+        self._pending: decoder.PendingToken | None = None
+        self._generated: list[int] = []
+        self._prompt_logprobs: list[TokenLogprob] = []
+        self._started = time.monotonic()
+        self._first_token_at = 0.0
+        mx.reset_peak_memory()
+
+    # -- the scheduler's interface ------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Do one unit of work; afterwards `phase` is DONE when the request has ended."""
+        if self._check_cancelled():
+            return
+        if self.phase is Phase.PREFILL:
+            self._prefill_one_chunk()
+        else:
+            self._decode_one_step()
+
+    def release(self) -> None:
+        """Drop the KV cache and anything queued on the device for this sequence."""
+        self._cache = []
+        self._pending = None
+
+    # -- prefill --------------------------------------------------------------------------------------------
+
+    def _prefill_one_chunk(self) -> None:
+        prompt = self.request.prompt_ids
+        end = min(self._prefilled + self._chunk, len(prompt) - 1)
+        if end > self._prefilled:
+            ids = prompt[self._prefilled:end]
+            if self.request.prompt_logprobs:
+                targets = prompt[self._prefilled + 1:end + 1]
+                self._prompt_logprobs += decoder.prefill_chunk_with_logprobs(
+                    self._model, self._cache, ids, targets, self.request.top_logprobs)
+            else:
+                decoder.prefill_chunk(self._model, self._cache, ids)
+            self._prefilled = end
+        if self._prefilled >= len(prompt) - 1:
+            self.phase = Phase.DECODE
+
+    # -- decode ---------------------------------------------------------------------------------------------
+
+    def _queue(self, inputs: mx.array) -> decoder.PendingToken:
+        req = self.request
+        return decoder.queue_decode_step(self._model, self._cache, self._sampler, inputs,
+                                         req.logprobs, req.top_logprobs)
+
+    def _decode_one_step(self) -> None:
+        if self._pending is None:  # the first step runs the last prompt token
+            self._pending = self._queue(mx.array(self.request.prompt_ids[-1:], dtype=mx.int32))
+        current = self._pending
+        # Queue step n+1 before reading token n, so the device never waits for Python.
+        last = len(self._generated) + 1 >= self._limit
+        self._pending = None if last else self._queue(current.token)
+        token, logprob = current.read()
+        if not self._generated:
+            self._first_token_at = time.monotonic()
+        self._generated.append(token)
+        if token in self._end_ids:
+            self._emit(TokenEvent("", [token], [logprob] if logprob else []))
+            self._finish(FinishReason.STOP, stop_token_id=token)
+            return
+        text, matched = self._stops.feed(self._detokenizer.add(token))
+        self._emit(TokenEvent(text, [token], [logprob] if logprob else []))
+        if matched is not None:
+            self._finish(FinishReason.STOP_SEQUENCE, matched_stop=matched)
+        elif last:
+            self._finish(FinishReason.LENGTH)
+
+    # -- ending -----------------------------------------------------------------------------------------------
+
+    def _check_cancelled(self) -> bool:
+        req = self.request
+        if req.deadline is not None and time.monotonic() >= req.deadline:
+            req.cancel.cancel("deadline")
+            self._end_with_error(DeadlineExceeded(f"request {req.request_id!r} passed its deadline"))
+            return True
+        if req.cancel.is_set:
+            self._finish(FinishReason.CANCELLED)
+            return True
+        return False
+
+    def _end_with_error(self, error: BaseException) -> None:
+        self.phase = Phase.DONE
+        self.release()
+        self._emit(ErrorEvent(error))
+
+    def fail(self, error: BaseException) -> None:
+        self._end_with_error(error)
+
+    def _finish(self, reason: FinishReason, matched_stop: str = "", stop_token_id: int = -1) -> None:
+        if reason is not FinishReason.STOP_SEQUENCE:
+            # Text held back by the detokenizer or the stop matcher is final now; it may still complete a stop.
+            tail, matched = self._stops.feed(self._detokenizer.finish())
+            if matched is not None:
+                reason, matched_stop = FinishReason.STOP_SEQUENCE, matched
+            else:
+                tail += self._stops.flush()
+            if tail:
+                self._emit(TokenEvent(tail, []))
+        self.phase = Phase.DONE
+        self.release()
+        self._emit(self._final_event(reason, matched_stop, stop_token_id))
+
+    def _final_event(self, reason: FinishReason, matched_stop: str, stop_token_id: int) -> FinalEvent:
+        now = time.monotonic()
+        req = self.request
+        n_prompt, n_gen = len(req.prompt_ids), len(self._generated)
+        timings = Timings(queue_seconds=self._started - req.submitted_at, total_seconds=now - req.submitted_at)
+        if self._first_token_at:
+            prefill_time = self._first_token_at - self._started
+            timings.time_to_first_token_seconds = self._first_token_at - req.submitted_at
+            timings.prefill_tokens_per_second = n_prompt / prefill_time if prefill_time > 0 else 0.0
+            decode_time = now - self._first_token_at
+            timings.decode_tokens_per_second = (n_gen - 1) / decode_time if n_gen > 1 and decode_time > 0 else 0.0
+        return FinalEvent(reason, n_prompt, n_gen, matched_stop=matched_stop, stop_token_id=stop_token_id,
+                          timings=timings, peak_memory_bytes=mx.get_peak_memory(),
+                          prompt_logprobs=self._prompt_logprobs)
+
+    def _emit(self, event: Any) -> None:
+        self.request.events.put(event)

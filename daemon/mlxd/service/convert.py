@@ -1,0 +1,108 @@
+"""Protobuf ⇄ domain: validate a request and build the worker's GenerationRequest; turn events into messages.
+
+Runs on gRPC threads: tokenization and chat templates happen here, never on the MLX worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from mlxd.engine.request import FinalEvent, FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+from mlxd.errors import InvalidRequest, ResourceExhausted
+from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.stops import validate_stops
+from mlxd.service.limits import Limits
+from mlxd_client.pb import inference_pb2 as pb
+
+_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window",
+                    "presence_penalty", "frequency_penalty")
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def sampling_params(options: pb.GenerationOptions, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
+    """Set fields win; unset ones take the model's generation_config defaults, then SamplingParams'."""
+    values = {name: getattr(options, name) if options.HasField(name) else defaults[name]
+              for name in _SAMPLING_FIELDS if options.HasField(name) or name in defaults}
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequest(f"{name} must be finite, got {value}")
+    params = SamplingParams(**values, logit_bias=dict(options.logit_bias),
+                            seed=options.seed if options.HasField("seed") else None)
+    params.validate(vocab_size)
+    return params
+
+
+def check_token_ids(ids: list[int], vocab_size: int, field: str) -> None:
+    for i, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"{field}[{i}] = {token} is outside the vocabulary [0, {vocab_size})")
+
+
+def generation_request(request_id: str, prompt_ids: list[int], options: pb.GenerationOptions, *,
+                       defaults: dict[str, Any], vocab_size: int, context_length: int, limits: Limits,
+                       time_remaining: float | None) -> GenerationRequest:
+    if len(request_id) > limits.max_request_id_length:
+        raise InvalidRequest(f"request_id is longer than {limits.max_request_id_length} characters")
+    if not prompt_ids:
+        raise InvalidRequest("the prompt is empty (no tokens)")
+    max_prompt = min(limits.max_prompt_tokens or context_length, context_length - 1)
+    if len(prompt_ids) > max_prompt:
+        raise ResourceExhausted(f"the prompt has {len(prompt_ids)} tokens; at most {max_prompt} fit "
+                                f"(context length {context_length})")
+    check_token_ids(list(options.stop_token_ids), vocab_size, "stop_token_ids")
+    validate_stops(list(options.stop), limits.max_stop_strings, limits.max_stop_length)
+    if options.top_logprobs > limits.max_top_logprobs:
+        raise InvalidRequest(f"top_logprobs = {options.top_logprobs} exceeds {limits.max_top_logprobs}")
+    if options.top_logprobs and not (options.logprobs or options.prompt_logprobs):
+        raise InvalidRequest("top_logprobs needs logprobs or prompt_logprobs")
+    return GenerationRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        prompt_ids=prompt_ids,
+        sampling=sampling_params(options, defaults, vocab_size),
+        max_tokens=options.max_tokens,
+        stops=tuple(options.stop),
+        stop_token_ids=frozenset(options.stop_token_ids),
+        ignore_eos=options.ignore_eos,
+        logprobs=options.logprobs,
+        top_logprobs=options.top_logprobs,
+        prompt_logprobs=options.prompt_logprobs,
+        # gRPC reports "no deadline" as a huge number; anything beyond a day is treated as none.
+        deadline=time.monotonic() + time_remaining if time_remaining is not None and time_remaining < 86400 else None,
+    )
+
+
+def _logprob_pb(lp: TokenLogprob, token_text: Any) -> pb.TokenLogprob:
+    return pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id),
+                           top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob, token=token_text(t.token_id))
+                                for t in lp.top])
+
+
+def chunk_message(event: TokenEvent, token_text: Any) -> pb.GenerateResponse:
+    return pb.GenerateResponse(chunk=pb.Chunk(text=event.text, token_ids=event.token_ids,
+                                              logprobs=[_logprob_pb(lp, token_text) for lp in event.logprobs]))
+
+
+def final_message(event: FinalEvent, request_id: str, token_text: Any) -> pb.GenerateResponse:
+    t = event.timings
+    return pb.GenerateResponse(final=pb.Final(
+        finish_reason=_FINISH[event.finish_reason],
+        matched_stop=event.matched_stop,
+        stop_token_id=event.stop_token_id,
+        usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                       cached_tokens=event.cached_tokens),
+        timings=pb.Timings(queue_seconds=t.queue_seconds, time_to_first_token_seconds=t.time_to_first_token_seconds,
+                           prefill_tokens_per_second=t.prefill_tokens_per_second,
+                           decode_tokens_per_second=t.decode_tokens_per_second, total_seconds=t.total_seconds),
+        peak_memory_bytes=event.peak_memory_bytes,
+        prompt_logprobs=[_logprob_pb(lp, token_text) for lp in event.prompt_logprobs],
+        request_id=request_id,
+    ))

@@ -1,0 +1,40 @@
+"""Builds the ModelInfo message and the servicer's view of the loaded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxd.engine.worker import Worker
+from mlxd.loading.generation_defaults import sampling_defaults
+from mlxd.service.servicer import ServedModel
+from mlxd_client.pb import inference_pb2 as pb
+
+
+def quantization_text(quantization: dict | None) -> str:
+    if not quantization:
+        return ""
+    mode = quantization.get("mode", "affine")
+    return f"{mode} {quantization.get('bits')}-bit, group {quantization.get('group_size')}"
+
+
+def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
+    loaded, tokenizer = worker.loaded, worker.tokenizer
+    folder = path if path.is_dir() else path.parent
+    info = pb.ModelInfo(
+        model_id=path.name,
+        path=str(path.resolve()),
+        digest=digest,
+        architecture=loaded.model_type,
+        context_length=loaded.context_length,
+        vocab_size=loaded.vocab_size,
+        eos_token_ids=sorted(set(tokenizer.eos_token_ids) | set(loaded.eos_token_ids)),
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1,
+        dtype=loaded.dtype,
+        checkpoint_dtype=loaded.checkpoint_dtype,
+        quantization=quantization_text(loaded.quantization),
+        has_chat_template=tokenizer.has_chat_template,
+        supports_vision=False,
+        device=worker.device,
+        load_note=loaded.load_note,
+    )
+    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(folder))

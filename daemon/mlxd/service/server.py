@@ -1,0 +1,174 @@
+"""`mlxd serve`: the process contract with the parent (DESIGN.md §3).
+
+Bind first (health answers NOT_SERVING while loading), load and warm up on the worker, then SERVING and one
+JSON ready line on stdout. SIGTERM/SIGINT or the parent's death drain and exit 0; a load failure exits 1
+with a one-line reason as the last line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mlxd.engine.worker import Worker, WorkerOptions, WorkerState
+from mlxd.errors import MlxdError
+from mlxd.launcher import blas_note
+from mlxd.loading.identity import content_digest
+from mlxd.service.health_monitor import HealthMonitor
+from mlxd.service.limits import Limits
+from mlxd.service.model_info import served_model
+from mlxd.service.servicer import InferenceServicer
+from mlxd_client.pb import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+@dataclass
+class ServeOptions:
+    worker: WorkerOptions
+    addr: str = "127.0.0.1:50051"
+    limits: Limits = Limits()
+    grace_seconds: float = 10.0
+    stall_seconds: float = 60.0
+    exit_on_stdin_eof: bool = False
+
+
+def serve(options: ServeOptions) -> int:
+    stop = threading.Event()
+    stop_reason: list[str] = []
+
+    def request_stop(reason: str) -> None:
+        if not stop.is_set():
+            stop_reason.append(reason)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: request_stop(signal.Signals(signum).name))
+    _watch_parent(request_stop, options.exit_on_stdin_eof)
+
+    log.info("%s", blas_note())
+    worker = Worker(options.worker)
+    servicer = InferenceServicer(worker, options.limits)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
+    server, bound = _start_server(options, servicer, health_servicer)
+    monitor = HealthMonitor(worker, health_servicer, ["", SERVICE_NAME], options.stall_seconds)
+
+    # Hashing the model files runs beside loading; hashlib releases the GIL.
+    digest = futures.ThreadPoolExecutor(max_workers=1).submit(content_digest, options.worker.model_path)
+    worker.start()
+    while not worker.ready.wait(0.1):
+        if stop.is_set():
+            log.info("stopping before the model was loaded (%s)", stop_reason[0])
+            return _shutdown(server, worker, monitor, options, bound, graceful=False)
+    try:
+        worker.wait_ready(0)
+        servicer.set_model(served_model(options.worker.model_path, worker, digest.result()))
+    except (MlxdError, OSError) as error:
+        server.stop(0)
+        _remove_socket(bound)
+        log.error("%s", error)
+        print(f"mlxd: cannot load model: {error}", file=sys.stderr, flush=True)
+        return 1
+    monitor.start()
+    print(json.dumps({"event": "ready", "addr": bound, "pid": os.getpid(), "model": str(options.worker.model_path),
+                      "digest": servicer.model_info().digest}), flush=True)
+    stop.wait()
+    log.info("stopping (%s)", stop_reason[0])
+    return _shutdown(server, worker, monitor, options, bound, graceful=stop_reason[0] != "parent died")
+
+
+def _start_server(options: ServeOptions, servicer: InferenceServicer,
+                  health_servicer: health.HealthServicer) -> tuple[grpc.Server, str]:
+    max_bytes = options.limits.max_message_bytes
+    # Every live stream holds a thread: queued requests, active ones, and room for unary calls and probes.
+    threads = options.worker.max_queue + options.worker.max_active + 16
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+                         options=[("grpc.max_receive_message_length", max_bytes),
+                                  ("grpc.max_send_message_length", max_bytes),
+                                  ("grpc.so_reuseport", 0)])
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    bound = _bind(server, options.addr)
+    server.start()
+    return server, bound
+
+
+def _bind(server: grpc.Server, addr: str) -> str:
+    if addr.startswith("unix:"):
+        path = Path(addr[len("unix:"):])
+        if path.exists() and path.is_socket():
+            path.unlink()  # a stale socket from a daemon that was killed
+        old_umask = os.umask(0o177)  # the socket file is created 0600: only our user may connect
+        try:
+            server.add_insecure_port(addr)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        return addr
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise SystemExit(f"mlxd: cannot bind {addr}")
+    host = addr.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+def _shutdown(server: grpc.Server, worker: Worker, monitor: HealthMonitor, options: ServeOptions, bound: str,
+              graceful: bool) -> int:
+    monitor.stop()  # from here on health says NOT_SERVING
+    worker.begin_drain()
+    if graceful:
+        deadline = time.monotonic() + options.grace_seconds
+        while worker.live_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if worker.live_count():
+        log.info("cancelling %d request(s) at the grace deadline", worker.live_count())
+        worker.cancel_all("shutdown")
+        deadline = time.monotonic() + 2.0
+        while worker.live_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    server.stop(grace=1.0 if graceful else 0.2).wait()
+    worker.stop(timeout=5.0)
+    _remove_socket(bound)
+    return 0
+
+
+def _remove_socket(bound: str) -> None:
+    if bound.startswith("unix:"):
+        Path(bound[len("unix:"):]).unlink(missing_ok=True)
+
+
+def _watch_parent(request_stop, exit_on_stdin_eof: bool) -> None:
+    """The daemon must not outlive the process that spawned it (DESIGN.md §3)."""
+    parent = os.getppid()
+
+    def poll_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        request_stop("parent died")
+
+    threading.Thread(target=poll_parent, name="parent-watch", daemon=True).start()
+    if exit_on_stdin_eof:
+        def read_stdin() -> None:
+            while sys.stdin.buffer.read(4096):
+                pass
+            request_stop("parent died")
+        threading.Thread(target=read_stdin, name="stdin-watch", daemon=True).start()
