@@ -1,0 +1,184 @@
+"""Load a Hugging Face or MLX-quantized model folder into an evaluated MLX model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading import config as cfg
+from mlxd.loading import weights as wts
+from mlxd.models import get_model_module
+
+logger = logging.getLogger(__name__)
+
+DTYPE_CHOICES = ("auto", "keep", *cfg.DTYPES)
+# A float32 copy may take this share of physical RAM before "auto" keeps the checkpoint dtype instead.
+FLOAT32_RAM_SHARE = 0.6
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    args: Any
+    model_type: str
+    config: dict[str, Any]
+    context_length: int | None
+    vocab_size: int
+    dtype: str
+    checkpoint_dtype: str
+    quantization: dict[str, Any] | None  # the checkpoint's block, as stored
+    quantized: bool  # whether the weights are held quantized now (False after dequantizing)
+    files: list[Path]
+    eos_token_ids: list[int]
+    bos_token_id: int | None
+    weight_bytes: int
+    load_note: str
+
+
+@dataclass(frozen=True)
+class DtypePlan:
+    """How to hold the weights: cast to `dtype` (None: as stored), dequantizing first when `dequantize`."""
+
+    dtype: str | None
+    dequantize: bool
+    note: str
+
+
+def plan_dtype(
+    requested: str,
+    *,
+    on_gpu: bool,
+    checkpoint_dtype: str,
+    quantized: bool,
+    float32_bytes: int,
+    ram_bytes: int | None,
+) -> DtypePlan:
+    """Decide the dtype the weights are held in. Pure: every fact about the machine comes in as an argument."""
+    stored = f"{checkpoint_dtype}{' (MLX-quantized)' if quantized else ''}"
+    if requested not in DTYPE_CHOICES:
+        raise ModelLoadError(f"unknown dtype {requested!r}; expected one of {', '.join(DTYPE_CHOICES)}")
+    if requested == "keep":
+        return DtypePlan(None, False, f"keeping checkpoint dtype {stored} as requested")
+    if requested != "auto":
+        return DtypePlan(requested, quantized, f"converting {stored} to {requested} as requested")
+    if on_gpu:
+        return DtypePlan(None, False, f"keeping checkpoint dtype {stored}: on GPU it is the fast path")
+    if ram_bytes is not None and float32_bytes > FLOAT32_RAM_SHARE * ram_bytes:
+        return DtypePlan(
+            None,
+            False,
+            f"keeping checkpoint dtype {stored} on CPU: a float32 copy ({float32_bytes / 2**30:.1f} GiB) would "
+            f"exceed {FLOAT32_RAM_SHARE:.0%} of RAM ({ram_bytes / 2**30:.1f} GiB)",
+        )
+    if checkpoint_dtype == "float32" and not quantized:
+        return DtypePlan(None, False, "keeping checkpoint dtype float32: already the fast CPU path")
+    return DtypePlan(
+        "float32", quantized, f"converting {stored} to float32 on CPU: float32 matmuls are the fast CPU path"
+    )
+
+
+def physical_ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
+    if not path.is_file():
+        if required:
+            raise ModelLoadError(f"missing {path}")
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"unreadable {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data
+
+
+def _check_names(model: nn.Module, weights: dict[str, mx.array], folder: Path) -> None:
+    """Name the first missing or unexpected weight: MLX's own messages list every key on one huge line."""
+    expected = {k for k, _ in tree_flatten(model.parameters())}
+    missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+    if missing:
+        raise ModelLoadError(f"weights in {folder} lack {missing[0]} ({len(missing)} missing in all)")
+    if extra:
+        raise ModelLoadError(f"weights in {folder} have unexpected {extra[0]} ({len(extra)} unexpected in all)")
+
+
+def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
+    """Read config, weights and generation config from the folder `path` into an evaluated model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    config_file = path / "config.json"
+    raw = _read_json(config_file, required=True)
+    generation_file = path / "generation_config.json"
+    generation = _read_json(generation_file, required=False)
+    model_type = raw.get("model_type")
+    if not model_type:
+        raise ModelLoadError(f"{config_file} has no model_type")
+    module = get_model_module(model_type)
+    try:
+        args = module.ModelArgs.from_dict(cfg.normalize_config(raw))
+        model = module.Model(args)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"{config_file} does not describe a valid {model_type} model: {e}") from e
+
+    files = wts.find_weight_files(path)
+    weights = model.sanitize(wts.read_weights(files))
+    quant = cfg.quantization(raw)
+    checkpoint_dtype = wts.weights_dtype(weights) or cfg.config_dtype(raw) or "float32"
+    plan = plan_dtype(
+        dtype,
+        on_gpu=mx.default_device().type == mx.gpu,
+        checkpoint_dtype=checkpoint_dtype,
+        quantized=quant is not None,
+        float32_bytes=wts.float32_bytes(weights, quant),
+        ram_bytes=physical_ram_bytes(),
+    )
+    logger.info("loading %s from %s: %s", model_type, path, plan.note)
+    if quant is not None and plan.dequantize:
+        weights = wts.dequantize_weights(weights, quant)
+    elif quant is not None:
+        wts.quantize_model(model, weights, quant)
+    if plan.dtype is not None:
+        weights = wts.cast_weights(weights, plan.dtype)
+
+    _check_names(model, weights, path)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise ModelLoadError(f"weights in {path} do not fit {model_type}: {str(e).splitlines()[0][:300]}") from e
+    mx.eval(model.parameters())
+
+    params = tree_flatten(model.parameters())
+    files_read = [config_file, *([generation_file] if generation is not None else []), *files]
+    return LoadedModel(
+        model=model,
+        args=args,
+        model_type=model_type,
+        config=raw,
+        context_length=cfg.context_length(raw),
+        vocab_size=args.vocab_size,
+        dtype=plan.dtype or checkpoint_dtype,
+        checkpoint_dtype=checkpoint_dtype,
+        quantization=quant,
+        quantized=quant is not None and not plan.dequantize,
+        files=files_read,
+        eos_token_ids=cfg.eos_token_ids(raw, generation),
+        bos_token_id=cfg.bos_token_id(raw, generation),
+        weight_bytes=sum(v.nbytes for _, v in params),
+        load_note=plan.note,
+    )

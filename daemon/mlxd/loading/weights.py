@@ -1,0 +1,114 @@
+"""Finding, reading, converting and (de)quantizing safetensors weights of a model folder."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.config import layer_quantization
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+SHARD_GLOB = "model-*-of-*.safetensors"
+
+_DTYPE_NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+
+def find_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files holding the model: those the index names, else model.safetensors, else the shards."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"unreadable weight index {index}: {e}") from e
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"weight shard {missing[0]} named in {index} is missing")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    shards = sorted(folder.glob(SHARD_GLOB))
+    if shards:
+        return shards
+    raise ModelLoadError(f"no {SINGLE_FILE}, {INDEX_FILE} or {SHARD_GLOB} in {folder}")
+
+
+def read_weights(files: list[Path]) -> dict[str, mx.array]:
+    """Every tensor of `files` by name (lazily: memory is committed when the model is evaluated)."""
+    weights: dict[str, mx.array] = {}
+    for f in files:
+        try:
+            weights.update(mx.load(str(f), format="safetensors"))
+        except Exception as e:  # MLX raises bare RuntimeError/ValueError for any unreadable file
+            raise ModelLoadError(f"cannot read weights {f}: {e}") from e
+    return weights
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("mlx.core."))
+
+
+def weights_dtype(weights: dict[str, mx.array]) -> str | None:
+    """The floating dtype holding most bytes of `weights` (scales of quantized layers included), None if none."""
+    counts: Counter[str] = Counter()
+    for w in weights.values():
+        if w.dtype in _DTYPE_NAMES:
+            counts[dtype_name(w.dtype)] += w.nbytes
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _quantized_prefixes(weights: dict[str, mx.array]) -> list[str]:
+    return [k.removesuffix(".scales") for k in weights if k.endswith(".scales")]
+
+
+def float32_bytes(weights: dict[str, mx.array], quant: dict[str, Any] | None) -> int:
+    """Bytes the weights would take as float32, counting quantized matrices at their dequantized size."""
+    total = 0
+    packed = set()
+    for prefix in _quantized_prefixes(weights) if quant else []:
+        params = layer_quantization(quant, prefix) or quant
+        total += weights[f"{prefix}.scales"].size * params["group_size"] * 4
+        packed.update({f"{prefix}.weight", f"{prefix}.scales", f"{prefix}.biases"})
+    return total + sum(w.size * 4 for k, w in weights.items() if k not in packed)
+
+
+def dequantize_weights(weights: dict[str, mx.array], quant: dict[str, Any]) -> dict[str, mx.array]:
+    """Replace each quantized (weight, scales, biases) triple by the float matrix it encodes."""
+    out = dict(weights)
+    for prefix in _quantized_prefixes(weights):
+        params = layer_quantization(quant, prefix) or quant
+        out[f"{prefix}.weight"] = mx.dequantize(
+            out.pop(f"{prefix}.weight"),
+            out.pop(f"{prefix}.scales"),
+            out.pop(f"{prefix}.biases", None),
+            group_size=params["group_size"],
+            bits=params["bits"],
+            mode=params.get("mode", "affine"),
+        )
+    return out
+
+
+def cast_weights(weights: dict[str, mx.array], dtype: str) -> dict[str, mx.array]:
+    """Cast every floating array to `dtype`; packed quantized integers stay as they are."""
+    target = _DTYPES[dtype]
+    return {k: w.astype(target) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
+
+
+def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[str, Any]) -> None:
+    """Swap in quantized layers exactly where the checkpoint has `.scales`, with per-layer overrides."""
+
+    def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
+        if f"{path}.scales" not in weights or not hasattr(module, "to_quantized"):
+            return False
+        return layer_quantization(quant, path) or False
+
+    nn.quantize(model, quant["group_size"], quant["bits"], mode=quant.get("mode", "affine"), class_predicate=predicate)
