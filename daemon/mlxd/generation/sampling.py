@@ -1,0 +1,202 @@
+"""Sampling: request parameters, pure logit filters, and a per-sequence Sampler built from lazy MLX ops.
+
+Nothing here syncs with the device (.item(), .tolist(), mx.eval): the decoder queues step n+1 before it reads
+the token of step n, so every filter and every piece of penalty state stays a lazy MLX array.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import mlx.core as mx
+
+from mlxd.errors import InvalidRequest
+
+_PENALTY_RANGE = 2.0
+_BIAS_RANGE = 100.0
+_SEED_LIMIT = 2**64  # mx.random.key takes an unsigned 64-bit seed
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens. temperature 0 means greedy; 0 / 1.0 turn top_k / top_p off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_window: int = 64  # recent tokens (prompt included) the repetition penalty looks at
+    presence_penalty: float = 0.0  # OpenAI semantics, over the generated tokens only
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict, hash=False)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the caller's dict may change later, the params of a running request must not.
+        object.__setattr__(self, "logit_bias", MappingProxyType(dict(self.logit_bias)))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise InvalidRequest naming the first field whose value is NaN, infinite or out of range."""
+        _check_real("temperature", self.temperature, self.temperature >= 0, ">= 0")
+        _check_int("top_k", self.top_k, 0)
+        _check_real("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+        _check_real("min_p", self.min_p, 0 <= self.min_p <= 1, "in [0, 1]")
+        _check_real("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0, "> 0")
+        _check_int("repetition_window", self.repetition_window, 0)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check_real(name, value, abs(value) <= _PENALTY_RANGE, f"in [-{_PENALTY_RANGE}, {_PENALTY_RANGE}]")
+        for token, bias in self.logit_bias.items():
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+                raise InvalidRequest(f"logit_bias key {token!r} is outside the vocabulary [0, {vocab_size})")
+            _check_real(f"logit_bias[{token}]", bias, abs(bias) <= _BIAS_RANGE, f"in [-{_BIAS_RANGE}, {_BIAS_RANGE}]")
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0)
+            if self.seed >= _SEED_LIMIT:
+                raise InvalidRequest(f"seed must be < 2**64, got {self.seed}")
+
+
+def _check_real(name: str, value: object, in_range: bool, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number {expected}, got {value!r}")
+    if not in_range:
+        raise InvalidRequest(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# -- pure filters: logits [..., V] float32 in, logits out; -inf marks a removed token ----------------------------
+
+
+def apply_repetition_penalty(logits: mx.array, recent_ids: mx.array, penalty: float) -> mx.array:
+    """CTRL-style: each distinct recent id gets its logit divided by penalty if positive, multiplied if not."""
+    selected = logits[..., recent_ids]
+    penalized = mx.where(selected > 0, selected / penalty, selected * penalty)
+    out = mx.array(logits)
+    out[..., recent_ids] = penalized  # duplicate ids write the same value, so each id is penalized once
+    return out
+
+
+def apply_presence_frequency(logits: mx.array, counts: mx.array, presence: float, frequency: float) -> mx.array:
+    """OpenAI: subtract frequency * count, and presence once for every id generated at least once."""
+    return logits - frequency * counts - presence * (counts > 0).astype(logits.dtype)
+
+
+def apply_logit_bias(logits: mx.array, ids: mx.array, values: mx.array) -> mx.array:
+    return logits.at[..., ids].add(values)
+
+
+def apply_temperature(logits: mx.array, temperature: float) -> mx.array:
+    return logits / temperature
+
+
+def apply_top_k(logits: mx.array, k: int) -> mx.array:
+    """Keep the k largest logits (ties with the k-th are kept too, as in transformers); k >= V keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = mx.topk(logits, k, axis=-1).min(axis=-1, keepdims=True)
+    return mx.where(logits < kth, -mx.inf, logits)
+
+
+def apply_top_p(logits: mx.array, p: float) -> mx.array:
+    """Nucleus: keep the most probable ids until their mass reaches p (a token is kept while the mass
+    strictly above it is < p, so the most probable id always survives)."""
+    if p >= 1.0:
+        return logits
+    order = mx.argsort(-logits, axis=-1)
+    sorted_logits = mx.take_along_axis(logits, order, axis=-1)
+    probs = mx.softmax(sorted_logits, axis=-1)
+    mass_above = mx.cumsum(probs, axis=-1) - probs
+    sorted_kept = mx.where(mass_above < p, sorted_logits, -mx.inf)
+    return mx.put_along_axis(mx.full(logits.shape, -mx.inf, logits.dtype), order, sorted_kept, axis=-1)
+
+
+def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
+    """Drop ids whose probability is below min_p times the top probability (compared in log space)."""
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max(axis=-1, keepdims=True) + math.log(min_p)
+    return mx.where(logits < threshold, -mx.inf, logits)
+
+
+def logprobs(logits: mx.array) -> mx.array:
+    """log_softmax in float32 of the raw model logits (before any penalty or filter)."""
+    x = logits.astype(mx.float32)
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
+
+
+def top_logprobs(logprobs: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """The k best ids of logprobs [..., V] (k >= 1) and their values, best first; int32 ids."""
+    k = min(k, logprobs.shape[-1])
+    ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[..., :k]
+    values = mx.take_along_axis(logprobs, ids, axis=-1)
+    order = mx.argsort(-values, axis=-1)
+    return (mx.take_along_axis(ids, order, axis=-1).astype(mx.int32),
+            mx.take_along_axis(values, order, axis=-1))
+
+
+# -- the per-sequence sampler ----------------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Samples the tokens of one sequence; `__call__` also records the sampled token in the penalty state,
+    lazily, so the engine never calls anything else. Randomness comes from the sampler's own key chain:
+    a seeded request draws the same tokens whatever else ran in the process."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int]) -> None:
+        # vocab_size is the width of the model's logits (it may exceed the tokenizer's vocabulary).
+        self.params = params
+        self.vocab_size = vocab_size
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self._key = mx.random.key(self.seed)
+        self._window = params.repetition_window if params.repetition_penalty != 1.0 else 0
+        self._recent_len = min(self._window, len(prompt_ids))
+        self._recent = mx.array(prompt_ids[len(prompt_ids) - self._recent_len:], dtype=mx.int32)
+        self._counts: mx.array | None = None
+        if params.presence_penalty or params.frequency_penalty:
+            self._counts = mx.zeros((vocab_size,), dtype=mx.float32)
+        self._bias: tuple[mx.array, mx.array] | None = None
+        if params.logit_bias:
+            self._bias = (mx.array(list(params.logit_bias.keys()), dtype=mx.int32),
+                          mx.array(list(params.logit_bias.values()), dtype=mx.float32))
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        """logits [V] or [1, V] → the sampled token, int32 [1]. Order: penalties → logit_bias → greedy argmax,
+        or temperature → top_k → top_p → min_p → categorical."""
+        p = self.params
+        x = logits.reshape(-1).astype(mx.float32)
+        if self._recent_len:
+            x = apply_repetition_penalty(x, self._recent, p.repetition_penalty)
+        if self._counts is not None:
+            x = apply_presence_frequency(x, self._counts, p.presence_penalty, p.frequency_penalty)
+        if self._bias is not None:
+            x = apply_logit_bias(x, *self._bias)
+        if p.greedy:
+            token = mx.argmax(x, axis=-1)
+        else:
+            x = apply_min_p(apply_top_p(apply_top_k(apply_temperature(x, p.temperature), p.top_k), p.top_p), p.min_p)
+            keys = mx.random.split(self._key)
+            self._key = keys[0]
+            token = mx.random.categorical(x, key=keys[1])
+        token = token.reshape(1).astype(mx.int32)
+        self._record(token)
+        return token
+
+    def _record(self, token: mx.array) -> None:
+        if self._window:
+            self._recent = mx.concatenate([self._recent, token])[-self._window:]
+            self._recent_len = min(self._recent_len + 1, self._window)
+        if self._counts is not None:
+            self._counts = self._counts.at[token].add(1.0)

@@ -1,0 +1,201 @@
+"""The model's tokenizer: Hugging Face `tokenizers` plus the special tokens and chat template of its folder.
+
+Safe to use from any thread: nothing is mutated after loading and no MLX is involved. Chat templates render
+in a jinja2 ImmutableSandboxedEnvironment configured like transformers' apply_chat_template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import tokenizers
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from mlxd.errors import InvalidRequest, ModelLoadError, Unsupported
+
+log = logging.getLogger(__name__)
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: str | None = None
+    eos: str | None = None
+    pad: str | None = None
+    unk: str | None = None
+
+
+class Tokenizer:
+    """Encode, decode and render chat prompts for one model."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, special: SpecialTokens, add_bos: bool,
+                 extra_eos_ids: list[int], chat_template: str | None) -> None:
+        self._tok = tokenizer
+        # A second instance that treats special-token strings as text; the flag is per instance, and
+        # flipping it per call would race between gRPC threads.
+        self._tok_plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._tok_plain.encode_special_tokens = True
+        self._special = special
+        self.bos_token_id = self._id_of(special.bos)
+        self._add_bos = add_bos and self.bos_token_id is not None
+        eos = [i for i in [self._id_of(special.eos), *extra_eos_ids] if i is not None]
+        self.eos_token_ids: list[int] = list(dict.fromkeys(eos))
+        self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.byte_fallback_ids: frozenset[int] = _byte_fallback_ids(tokenizer)
+        self._template: jinja2.Template | None = None
+        self._template_error = ""
+        if chat_template is not None:
+            try:
+                self._template = _compile_template(chat_template)
+            except jinja2.TemplateSyntaxError as exc:
+                # Raw completions still work; chat requests get told why they cannot.
+                self._template_error = f"the model's chat template does not compile: {exc}"
+                log.warning("%s", self._template_error)
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self._tok.token_to_id(token)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
+        """add_special_tokens prepends BOS when the model wants one and the text does not already start with
+        it; parse_special=False encodes special-token strings in the text ("<eos>") as plain text. Encode a
+        rendered chat template with add_special_tokens=False: the template writes its own BOS."""
+        tok = self._tok if parse_special else self._tok_plain
+        # The post-processor's special tokens are never used; BOS is handled here so it is never doubled.
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if add_special_tokens and self._add_bos and (not ids or ids[0] != self.bos_token_id):
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(token_id)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """Render messages with the model's template; the result already contains BOS if the model uses one."""
+        if self._template is None:
+            raise Unsupported(self._template_error or "this model has no chat template")
+        tokens = {f"{name}_token": value for name, value in vars(self._special).items() if value is not None}
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
+        except (jinja2.TemplateError, TypeError, ValueError, LookupError) as exc:
+            # The template rejected these messages (raise_exception, or data of a shape it cannot handle).
+            raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """Build the Tokenizer of a Hugging Face model folder (tokenizer.json is required)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist")
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    config = _read_json(folder / "tokenizer_config.json")
+    generation = _read_json(folder / "generation_config.json")
+    special = SpecialTokens(**{name: _token_string(config.get(f"{name}_token"))
+                               for name in ("bos", "eos", "pad", "unk")})
+    if "add_bos_token" in config:
+        add_bos = bool(config["add_bos_token"])
+    else:  # no explicit flag: the tokenizer's own post-processor decides, as in transformers
+        bos_id = tok.token_to_id(special.bos) if special.bos else None
+        add_bos = bos_id is not None and tok.encode("", add_special_tokens=True).ids[:1] == [bos_id]
+    eos = generation.get("eos_token_id")
+    extra_eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return Tokenizer(tok, special=special, add_bos=add_bos, extra_eos_ids=extra_eos,
+                     chat_template=_find_chat_template(folder, config))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _token_string(value: object) -> str | None:
+    """tokenizer_config writes a special token as a string or as an AddedToken dict with "content"."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _find_chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
+    """chat_template.jinja wins, then chat_template.json (processor folders), then tokenizer_config."""
+    jinja_file = folder / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = _read_json(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
+    if isinstance(template, list):  # named templates, e.g. "default" and "tool_use"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        if "default" not in named:
+            log.warning("chat templates %s have no 'default'; using the first", list(named))
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def _byte_fallback_ids(tok: tokenizers.Tokenizer) -> frozenset[int]:
+    """The <0xNN> pieces when the model falls back to bytes; their text depends on the tokens after them."""
+    model = json.loads(tok.to_str()).get("model", {})
+    if not model.get("byte_fallback"):
+        return frozenset()
+    return frozenset(i for piece, i in tok.get_vocab(with_added_tokens=False).items() if _BYTE_PIECE.fullmatch(piece))
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; here it just renders."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # jinja2's own tojson escapes HTML characters, which would change the prompt text.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _compile_template(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
