@@ -27,8 +27,7 @@ class KVCache:
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
     def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
-        have = 0 if self.keys is None else self.keys.shape[2]
-        size = -(-(needed - have) // self.step) * self.step
+        size = -(-(needed - self.offset) // self.step) * self.step
         batch, heads = keys.shape[:2]
         new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
         new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)

@@ -1,0 +1,35 @@
+"""Parity fixtures: tiny random models with logits computed by transformers in float32."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from mlxd.loading.loader import LoadedModel, load_model
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+
+
+def copy_model_folder(arch: str, layout: str, dest: Path) -> Path:
+    """A copy of the fixture folder whose config.json is in the requested transformers layout."""
+    shutil.copytree(PARITY / arch, dest)
+    if layout == "v4":
+        shutil.copyfile(PARITY / arch / "config_v4.json", dest / "config.json")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def parity_model(tmp_path_factory):
+    """Factory (arch, layout) -> (LoadedModel in float32, expected arrays), loaded once per session."""
+    loaded: dict[tuple[str, str], tuple[LoadedModel, dict[str, mx.array]]] = {}
+
+    def get(arch: str, layout: str) -> tuple[LoadedModel, dict[str, mx.array]]:
+        if (arch, layout) not in loaded:
+            folder = copy_model_folder(arch, layout, tmp_path_factory.mktemp("parity") / arch)
+            loaded[arch, layout] = (load_model(folder, dtype="float32"), mx.load(str(folder / "expected.safetensors")))
+        return loaded[arch, layout]
+
+    return get

@@ -1,0 +1,99 @@
+"""The alias dict, ModelArgs parsing, rope construction and the model interface the engine relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.config import normalize_config
+from mlxd.models import MODEL_TYPES, get_model_module
+from mlxd.models.base import make_rope
+from mlxd.models.cache import KVCache, RotatingKVCache
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_every_alias_imports_a_complete_module(model_type):
+    module = get_model_module(model_type)
+    assert hasattr(module, "ModelArgs") and hasattr(module, "Model")
+
+
+def test_unknown_model_type_is_named():
+    with pytest.raises(ModelLoadError, match="'bert'"):
+        get_model_module("bert")
+
+
+def _args(arch: str):
+    config = normalize_config(json.loads((PARITY / arch / "config.json").read_text()))
+    return get_model_module(arch).ModelArgs.from_dict({**config, "not_a_field": 1})
+
+
+@pytest.mark.parametrize(
+    "arch,cache_types",
+    [
+        ("llama", [KVCache] * 3),
+        ("qwen2", [KVCache] * 3),
+        ("qwen3", [KVCache] * 3),
+        ("mistral", [RotatingKVCache] * 3),
+        ("gemma3_text", [RotatingKVCache] * 5 + [KVCache]),
+    ],
+)
+def test_make_cache_has_one_cache_per_layer(arch, cache_types):
+    model = get_model_module(arch).Model(_args(arch))
+    assert [type(c) for c in model.make_cache()] == cache_types
+    assert len(model.layers) == model.args.num_hidden_layers == len(cache_types)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_batched_forward_equals_rows_one_at_a_time(arch):
+    model = get_model_module(arch).Model(_args(arch))
+    tokens = mx.random.randint(0, model.args.vocab_size, (2, 20), key=mx.random.key(0))
+    batched = model(tokens, model.make_cache())
+    for row in range(2):
+        single = model(tokens[row : row + 1], model.make_cache())
+        assert mx.abs(batched[row] - single[0]).max().item() < 1e-4
+
+
+def test_sanitize_drops_rotary_buffers_and_tied_lm_head():
+    model = get_model_module("qwen2").Model(_args("qwen2"))
+    weights = {
+        "model.norm.weight": mx.ones((64,)),
+        "model.layers.0.self_attn.rotary_emb.inv_freq": mx.ones((8,)),
+        "lm_head.weight": mx.ones((320, 64)),
+    }
+    assert list(model.sanitize(weights)) == ["model.norm.weight"]
+
+
+def test_qwen2_ignores_sliding_window_unless_enabled():
+    module = get_model_module("qwen2")
+    base = dict(model_type="qwen2", hidden_size=8, num_hidden_layers=2, intermediate_size=8,
+                num_attention_heads=2, vocab_size=10, sliding_window=4)
+    assert module.ModelArgs.from_dict(base).window(0) is None
+    assert module.ModelArgs.from_dict({**base, "use_sliding_window": True}).window(0) == 4
+
+
+def test_linear_rope_divides_positions_by_the_factor():
+    x = mx.random.normal((1, 2, 3, 16), key=mx.random.key(0))
+    scaled = make_rope(16, {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})(x, offset=8)
+    reference = nn.RoPE(16, traditional=False, base=10000.0, scale=0.25)(x, offset=8)
+    assert mx.abs(scaled - reference).max().item() < 1e-5
+
+
+def test_llama3_rope_keeps_high_and_stretches_low_frequencies():
+    params = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    periods = make_rope(16, params)._periods
+    default = make_rope(16, {"rope_theta": 500000.0})._periods
+    assert periods[0].item() == pytest.approx(default[0].item())  # wavelength 2*pi < 64/4: kept
+    assert periods[-1].item() == pytest.approx(8.0 * default[-1].item(), rel=1e-5)  # longer than 64: stretched
+
+
+def test_unsupported_rope_type_is_named():
+    with pytest.raises(ModelLoadError, match="'yarn'"):
+        make_rope(16, {"rope_type": "yarn", "factor": 4.0})
