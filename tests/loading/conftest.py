@@ -1,0 +1,27 @@
+"""Model folders for loading tests, copied from the parity fixtures into tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    """Factory (arch, layout="v5") -> a fresh copy of that fixture folder with config.json in that layout."""
+
+    made = []
+
+    def make(arch: str, layout: str = "v5") -> Path:
+        dest = tmp_path / f"{arch}-{layout}-{len(made)}"
+        made.append(dest)
+        shutil.copytree(PARITY / arch, dest)
+        if layout == "v4":
+            shutil.copyfile(PARITY / arch / "config_v4.json", dest / "config.json")
+        return dest
+
+    return make
