@@ -4,10 +4,10 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-out=clients/python/mlxd_client/pb
+out=${MLXD_PROTO_OUT:-clients/python/mlxd_client/pb}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
+"${PYTHON:-python3}" -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
   proto/mlxd/v1/inference.proto
 mkdir -p "$out"
 # protoc names modules after the proto path (mlxd.v1); the stubs live inside the client package, so the

@@ -12,6 +12,7 @@ import sys
 from google.protobuf.json_format import MessageToDict
 
 from mlxd_client.client import Client, MlxdClientError
+from mlxd_client.pb import inference_pb2 as pb
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 
@@ -55,7 +56,7 @@ def _generate(args: argparse.Namespace) -> int:
                 t = final.timings
                 sys.stdout.write("\n")
                 print(f"[{final.usage.prompt_tokens} prompt + {final.usage.completion_tokens} generated tokens, "
-                      f"finish: {final.FinishReason.Name(final.finish_reason)}, "
+                      f"finish: {pb.FinishReason.Name(final.finish_reason)}, "
                       f"ttft {t.time_to_first_token_seconds * 1000:.0f} ms, "
                       f"prefill {t.prefill_tokens_per_second:.1f} tok/s, decode {t.decode_tokens_per_second:.1f} tok/s]",
                       file=sys.stderr)

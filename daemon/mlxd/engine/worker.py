@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import queue
 import threading
 import time
@@ -50,7 +51,6 @@ class Worker:
         self.last_progress = time.monotonic()
         self._inbox: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()
         self._live: dict[str, GenerationRequest] = {}
-        self._queued = 0
         self._lock = threading.Lock()
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -108,10 +108,10 @@ class Worker:
                 raise Unavailable(f"the daemon is {self.state.value}, not serving")
             if request.request_id in self._live:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already in use by a live request")
-            if self._queued >= self.options.max_queue:
+            # Live requests are the active ones plus those waiting; only the waiting ones are bounded here.
+            if len(self._live) >= self.options.max_queue + self.options.max_active:
                 raise ResourceExhausted(f"the request queue is full ({self.options.max_queue} waiting)")
             self._live[request.request_id] = request
-            self._queued += 1
         self._inbox.put(request)
 
     def cancel(self, request_id: str, reason: str = "cancel rpc") -> bool:
@@ -161,8 +161,6 @@ class Worker:
                 taken.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        with self._lock:
-            self._queued -= len(taken)
         scheduler.waiting.extend(taken)
 
     def _load(self) -> Scheduler:
@@ -171,6 +169,8 @@ class Worker:
         from mlxd.loading.tokenizer import load_tokenizer
 
         started = time.monotonic()
+        # Test hook: hold the loading state long enough for a test to observe NOT_SERVING.
+        time.sleep(float(os.environ.get("MLXD_TEST_LOAD_DELAY_SECONDS", "0")))
         path = self.options.model_path
         self.tokenizer = load_tokenizer(path)
         self.loaded = load_model(path, dtype=self.options.dtype)
