@@ -185,3 +185,14 @@ def test_concurrent_encoding_with_and_without_special_parsing(tok):
     for t in threads:
         t.join()
     assert not errors and expected[True] != expected[False]
+
+
+def test_byte_fallback_pieces_are_found(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "a": 257}
+    Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True)).save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    assert tok.byte_fallback_ids == frozenset(range(1, 257))
+    assert tok.bos_token_id is None and tok.eos_token_ids == [] and not tok.has_chat_template
+    assert tok.encode("a") == [257]  # no BOS token known: nothing is prepended

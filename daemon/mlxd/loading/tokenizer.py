@@ -42,9 +42,10 @@ class Tokenizer:
     def __init__(self, tokenizer: tokenizers.Tokenizer, *, special: SpecialTokens, add_bos: bool,
                  extra_eos_ids: list[int], chat_template: str | None) -> None:
         self._tok = tokenizer
+        serialized = tokenizer.to_str()
         # A second instance that treats special-token strings as text; the flag is per instance, and
         # flipping it per call would race between gRPC threads.
-        self._tok_plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._tok_plain = tokenizers.Tokenizer.from_str(serialized)
         self._tok_plain.encode_special_tokens = True
         self._special = special
         self.bos_token_id = self._id_of(special.bos)
@@ -52,7 +53,7 @@ class Tokenizer:
         eos = [i for i in [self._id_of(special.eos), *extra_eos_ids] if i is not None]
         self.eos_token_ids: list[int] = list(dict.fromkeys(eos))
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.byte_fallback_ids: frozenset[int] = _byte_fallback_ids(tokenizer)
+        self.byte_fallback_ids: frozenset[int] = _byte_fallback_ids(tokenizer, json.loads(serialized))
         self._template: jinja2.Template | None = None
         self._template_error = ""
         if chat_template is not None:
@@ -159,10 +160,9 @@ def _find_chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _byte_fallback_ids(tok: tokenizers.Tokenizer) -> frozenset[int]:
+def _byte_fallback_ids(tok: tokenizers.Tokenizer, serialized: dict[str, Any]) -> frozenset[int]:
     """The <0xNN> pieces when the model falls back to bytes; their text depends on the tokens after them."""
-    model = json.loads(tok.to_str()).get("model", {})
-    if not model.get("byte_fallback"):
+    if not serialized.get("model", {}).get("byte_fallback"):
         return frozenset()
     return frozenset(i for piece, i in tok.get_vocab(with_added_tokens=False).items() if _BYTE_PIECE.fullmatch(piece))
 
