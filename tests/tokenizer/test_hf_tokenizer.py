@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer, models
 
 from mlxd.errors import InvalidRequest, ModelLoadError, Unsupported
 from mlxd.loading.tokenizer import load_tokenizer
@@ -188,8 +189,6 @@ def test_concurrent_encoding_with_and_without_special_parsing(tok):
 
 
 def test_byte_fallback_pieces_are_found(tmp_path):
-    from tokenizers import Tokenizer, models
-
     vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "a": 257}
     Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True)).save(str(tmp_path / "tokenizer.json"))
     tok = load_tokenizer(tmp_path)
