@@ -1,0 +1,135 @@
+"""GGUF tensors to MLX arrays, one tensor at a time: dense floats, or MLX affine-quantized (group size 32).
+
+Three kinds of GGML type:
+- dense (F32, F16, BF16): read as they are;
+- exact (quants.EXACT_DECODERS): repacked into MLX's layout with the same codes, scales and biases;
+- requantized (Q2_K, Q3_K, Q6_K: 16-value groups, which MLX lacks): dequantized by the `gguf` package, then
+  held dense or requantized to 8 bits with group size 32 (within one 8-bit step, 1/255 of a group's range).
+Anything else raises ModelLoadError naming the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.quants import EXACT_DECODERS, GROUP_SIZE
+from mlxd.loading.gguf.reader import GGUFTensor
+
+DENSE_TYPES = ("F32", "F16", "BF16")
+REQUANTIZED_TYPES = ("Q2_K", "Q3_K", "Q6_K")
+REQUANTIZED_BITS = 8
+SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, *REQUANTIZED_TYPES)
+
+
+@dataclass(frozen=True)
+class QuantizedArrays:
+    weight: mx.array  # uint32, packed as MLX affine quantization packs it
+    scales: mx.array
+    biases: mx.array
+    bits: int
+
+
+def check_type(tensor: GGUFTensor) -> None:
+    if tensor.type_name not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"tensor {tensor.name} has GGML type {tensor.type_name}, which mlxd cannot load "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+
+
+def is_quantized(type_name: str) -> bool:
+    return type_name not in DENSE_TYPES
+
+
+def pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned codes (rows, cols) < 2**bits into MLX's layout: a little-endian bit stream, 8 codes per `bits` bytes.
+
+    MLX reads value i of a uint32 from bits [bits*i, bits*i + bits); all its platforms are little-endian, so the
+    uint32 view of this byte stream is what it expects.
+    """
+    rows, cols = q.shape
+    octets = q.reshape(rows, cols // 8, 8)
+    words = np.zeros((rows, cols // 8), dtype=np.uint64)
+    for i in range(8):  # one slice at a time: a uint64 copy of every code would take 8 bytes per weight
+        words |= octets[..., i].astype(np.uint64) << np.uint64(bits * i)
+    stream = words.view(np.uint8).reshape(rows, cols // 8, 8)[..., :bits]
+    return np.ascontiguousarray(stream).reshape(rows, -1).view(np.uint32)
+
+
+def _blocks(tensor: GGUFTensor) -> np.ndarray:
+    block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[tensor.type_name]][1]
+    return tensor.raw.reshape(-1, block_bytes)
+
+
+def _rows(tensor: GGUFTensor) -> tuple[int, int]:
+    cols = tensor.shape[-1]
+    return tensor.size // cols, cols
+
+
+def _reorder(arr: np.ndarray, row_order: np.ndarray | None) -> np.ndarray:
+    return arr if row_order is None else arr[row_order]
+
+
+def _dense_numpy(tensor: GGUFTensor) -> np.ndarray:
+    """Dense float values (rows, cols) in the narrowest numpy type that holds them exactly (BF16 as uint16 bits)."""
+    rows, cols = _rows(tensor)
+    if tensor.type_name == "F32":
+        return tensor.raw.view(np.float32).reshape(rows, cols)
+    if tensor.type_name in ("F16", "BF16"):
+        return tensor.raw.view(np.float16 if tensor.type_name == "F16" else np.uint16).reshape(rows, cols)
+    return gguf_dequantize(tensor.raw.reshape(rows, -1), GGMLQuantizationType[tensor.type_name])
+
+
+def _to_mx(arr: np.ndarray, type_name: str) -> mx.array:
+    out = mx.array(arr)
+    return out.view(mx.bfloat16) if type_name == "BF16" and arr.dtype == np.uint16 else out
+
+
+def _affine(tensor: GGUFTensor, row_order: np.ndarray | None) -> QuantizedArrays:
+    """The exact MLX repacking of a block-quantized tensor, scales and biases in float32."""
+    rows, cols = _rows(tensor)
+    codes = EXACT_DECODERS[tensor.type_name](_blocks(tensor))
+    q = _reorder(codes.q.reshape(rows, cols), row_order)
+    scales = _reorder(codes.scales.reshape(rows, cols // GROUP_SIZE), row_order)
+    biases = _reorder(codes.biases.reshape(rows, cols // GROUP_SIZE), row_order)
+    return QuantizedArrays(mx.array(pack(q, codes.bits)), mx.array(scales), mx.array(biases), codes.bits)
+
+
+def _shape(tensor: GGUFTensor, arr: mx.array) -> mx.array:
+    return arr.reshape(tensor.shape) if arr.shape != tensor.shape else arr
+
+
+def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None) -> mx.array:
+    """`tensor` as a float array of `dtype`, rows reordered by `row_order` when given (lazy: evaluate it next)."""
+    check_type(tensor)
+    if tensor.type_name in EXACT_DECODERS:
+        packed = _affine(tensor, row_order)
+        values = mx.dequantize(packed.weight, packed.scales, packed.biases, group_size=GROUP_SIZE, bits=packed.bits)
+        return _shape(tensor, values.astype(dtype))
+    values = _to_mx(_reorder(_dense_numpy(tensor), row_order), tensor.type_name)
+    return _shape(tensor, values.astype(dtype))
+
+
+def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None) -> QuantizedArrays:
+    """A quantized matrix in MLX's affine layout with scales and biases of `dtype` (lazy: evaluate it next).
+
+    Exact types keep their codes; float16 scales and biases are then exact for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and
+    within float16 rounding for Q4_K/Q5_K (whose scales are products of two numbers); float32 keeps every type
+    exact. Requantized types go to 8 bits.
+    """
+    check_type(tensor)
+    if not is_quantized(tensor.type_name) or len(tensor.shape) != 2:
+        raise ValueError(f"{tensor.name} ({tensor.type_name}, shape {tensor.shape}) is not a quantized matrix")
+    if tensor.type_name in EXACT_DECODERS:
+        packed = _affine(tensor, row_order)
+    else:
+        values = mx.array(_reorder(_dense_numpy(tensor), row_order))
+        weight, scales, biases = mx.quantize(values, group_size=GROUP_SIZE, bits=REQUANTIZED_BITS)
+        packed = QuantizedArrays(weight, scales, biases, REQUANTIZED_BITS)
+    return QuantizedArrays(packed.weight, packed.scales.astype(dtype), packed.biases.astype(dtype), packed.bits)
