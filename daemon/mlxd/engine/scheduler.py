@@ -27,6 +27,7 @@ class ModelRuntime:
 
     model: Any
     decode_text: Callable[[list[int]], str]
+    byte_fallback_ids: frozenset[int]     # tokens the detokenizer holds until their byte run ends
     eos_ids: frozenset[int]
     context_length: int
     vocab_size: int
@@ -70,8 +71,7 @@ class Scheduler:
                 continue
             rt = self._runtime
             try:
-                seq = Sequence(request, rt.model, rt.decode_text, rt.eos_ids, rt.context_length, rt.vocab_size,
-                               self._chunk)
+                seq = Sequence(request, rt, self._chunk)
             except MlxdError as error:
                 request.events.put(ErrorEvent(error))
                 self._on_finished(request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -20,6 +20,9 @@ from mlxd.generation.detokenizer import StreamingDetokenizer
 from mlxd.generation.sampling import Sampler
 from mlxd.generation.stops import StopMatcher
 
+if TYPE_CHECKING:
+    from mlxd.engine.scheduler import ModelRuntime
+
 
 class Phase(enum.Enum):
     PREFILL = 1
@@ -28,18 +31,17 @@ class Phase(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, request: GenerationRequest, model: Any, decode_text: Any, eos_ids: frozenset[int],
-                 context_length: int, vocab_size: int, prefill_chunk_size: int) -> None:
+    def __init__(self, request: GenerationRequest, runtime: "ModelRuntime", prefill_chunk_size: int) -> None:
         self.request = request
-        self._model = model
-        self._cache = model.make_cache()
-        self._sampler = Sampler(request.sampling, vocab_size, request.prompt_ids)
-        self._detokenizer = StreamingDetokenizer(decode_text)
+        self._model = runtime.model
+        self._cache = runtime.model.make_cache()
+        self._sampler = Sampler(request.sampling, runtime.vocab_size, request.prompt_ids)
+        self._detokenizer = StreamingDetokenizer(runtime.decode_text, held_ids=runtime.byte_fallback_ids)
         self._stops = StopMatcher(request.stops)
-        self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else eos_ids)
+        self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else runtime.eos_ids)
         self._chunk = prefill_chunk_size
         prompt_len = len(request.prompt_ids)
-        room = context_length - prompt_len
+        room = runtime.context_length - prompt_len
         self._limit = min(request.max_tokens, room) if request.max_tokens else room
         self.phase = Phase.PREFILL
         self._prefilled = 0          # prompt tokens already in the cache (all but the last go by prefill)

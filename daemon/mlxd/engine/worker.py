@@ -175,8 +175,8 @@ class Worker:
         self.tokenizer = load_tokenizer(path)
         self.loaded = load_model(path, dtype=self.options.dtype)
         eos = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.loaded.eos_token_ids)
-        runtime = ModelRuntime(self.loaded.model, self.tokenizer.decode, eos, self.loaded.context_length,
-                               self.loaded.vocab_size)
+        runtime = ModelRuntime(self.loaded.model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
+                               self.loaded.context_length, self.loaded.vocab_size)
         warm_up(runtime)
         log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)
         return Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_active,
