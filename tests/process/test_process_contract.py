@@ -65,6 +65,14 @@ def test_load_failure_exits_nonzero_with_a_one_line_reason(tmp_path):
     assert proc.stdout == ""
 
 
+def test_unusable_address_exits_nonzero_with_a_one_line_reason(tmp_path):
+    addr = f"unix:{tmp_path / 'missing-dir' / 's.sock'}"
+    proc = subprocess.run([sys.executable, "-m", "mlxd", "serve", "--model", str(MODEL), "--addr", addr],
+                          capture_output=True, text=True, env=daemon_env(), timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"mlxd: cannot listen on {addr}")
+
+
 def test_daemon_exits_when_its_parent_dies(tmp_path):
     # A parent process that spawns the daemon, reports its pid, then waits forever; we SIGKILL the parent.
     parent_code = textwrap.dedent(f"""

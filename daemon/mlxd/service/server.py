@@ -65,7 +65,11 @@ def serve(options: ServeOptions) -> int:
     servicer = InferenceServicer(worker, options.limits)
     health_servicer = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
-    server, bound = _start_server(options, servicer, health_servicer)
+    try:
+        server, bound = _start_server(options, servicer, health_servicer)
+    except (RuntimeError, OSError) as error:
+        print(f"mlxd: cannot listen on {options.addr}: {error}", file=sys.stderr, flush=True)
+        return 1
     monitor = HealthMonitor(worker, health_servicer, ["", SERVICE_NAME], options.stall_seconds)
 
     # Hashing the model files runs beside loading; hashlib releases the GIL.
@@ -125,8 +129,6 @@ def _bind(server: grpc.Server, addr: str) -> str:
         os.chmod(path, 0o600)
         return addr
     port = server.add_insecure_port(addr)
-    if port == 0:
-        raise SystemExit(f"mlxd: cannot bind {addr}")
     host = addr.rsplit(":", 1)[0]
     return f"{host}:{port}"
 
