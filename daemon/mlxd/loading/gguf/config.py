@@ -1,0 +1,116 @@
+"""GGUF metadata to a Hugging Face config dict (transformers 4 layout), for `loading.config.normalize_config`.
+
+Pure functions over the metadata dict and the tensors' names and shapes. Keys are llama.cpp's
+(`<arch>.embedding_length`, ...); what llama.cpp hard-codes per architecture instead of storing is filled in
+from the same facts here (see `_gemma3`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mlxd.errors import ModelLoadError
+
+# general.architecture -> Hugging Face model_type (a module of mlxd.models).
+ARCHITECTURES: dict[str, str] = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3": "gemma3_text",
+}
+
+# "<arch>.<key>" -> config name: required, then optional.
+_REQUIRED = {
+    "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+}
+_OPTIONAL = {
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.key_length": "head_dim",
+    "context_length": "max_position_embeddings",
+    "rope.freq_base": "rope_theta",
+    "attention.sliding_window": "sliding_window",
+    "final_logit_softcapping": "final_logit_softcapping",
+    "attn_logit_softcapping": "attn_logit_softcapping",
+}
+# llama.cpp's rope.scaling.type -> transformers' rope type; "none" means no scaling.
+_ROPE_SCALING = {"linear": "linear", "yarn": "yarn"}
+
+
+def architecture(metadata: Mapping[str, Any]) -> str:
+    """general.architecture, checked against the architectures mlxd serves."""
+    arch = metadata.get("general.architecture")
+    if not arch:
+        raise ModelLoadError("GGUF file has no general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
+    return arch
+
+
+def _scalar(metadata: Mapping[str, Any], key: str) -> Any:
+    value = metadata[key]
+    if isinstance(value, list):
+        # Per-layer values (e.g. a head count per layer) describe models whose layers differ in shape.
+        raise ModelLoadError(f"GGUF key {key} holds one value per layer, which mlxd does not support")
+    return value
+
+
+def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | None:
+    kind = metadata.get(f"{arch}.rope.scaling.type", "none")
+    if kind == "none":
+        return None
+    if kind not in _ROPE_SCALING:
+        raise ModelLoadError(f"unsupported GGUF rope scaling {kind!r}")
+    scaling: dict[str, Any] = {"rope_type": _ROPE_SCALING[kind], "factor": float(metadata[f"{arch}.rope.scaling.factor"])}
+    original = metadata.get(f"{arch}.rope.scaling.original_context_length")
+    if original:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+def _gemma3(config: dict[str, Any]) -> None:
+    """What llama.cpp hard-codes for gemma3: five sliding layers then one full, local rope base 10000, and
+    attention scaled by head_dim, except the 27B (62 layers) which scales by hidden_size / heads."""
+    config["sliding_window_pattern"] = 6
+    config["rope_local_base_freq"] = 10000.0
+    config.setdefault("rope_theta", 1000000.0)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    config["head_dim"] = head_dim
+    wide = config["num_hidden_layers"] == 62
+    config["query_pre_attn_scalar"] = config["hidden_size"] // config["num_attention_heads"] if wide else head_dim
+
+
+def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The config.json a Hugging Face checkpoint of this model would carry (as far as inference needs it)."""
+    arch = architecture(metadata)
+    model_type = ARCHITECTURES[arch]
+    config: dict[str, Any] = {"model_type": model_type}
+    for key, name in _REQUIRED.items():
+        if f"{arch}.{key}" not in metadata:
+            raise ModelLoadError(f"GGUF file lacks {arch}.{key}")
+        config[name] = int(_scalar(metadata, f"{arch}.{key}"))
+    for key, name in _OPTIONAL.items():
+        if f"{arch}.{key}" in metadata:
+            config[name] = _scalar(metadata, f"{arch}.{key}")
+    if "rope_theta" in config:
+        config["rope_theta"] = float(config["rope_theta"])
+    scaling = _rope_scaling(metadata, arch)
+    if scaling is not None:
+        config["rope_scaling"] = scaling
+    if "token_embd.weight" not in tensor_shapes:
+        raise ModelLoadError("GGUF file has no token_embd.weight")
+    # The embedding's rows are the vocabulary the model scores; metadata vocab_size is often missing.
+    config["vocab_size"] = int(tensor_shapes["token_embd.weight"][0])
+    config["tie_word_embeddings"] = "output.weight" not in tensor_shapes
+    config["attention_bias"] = "blk.0.attn_q.bias" in tensor_shapes
+    for name in ("bos", "eos"):
+        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
+        if token_id is not None:
+            config[f"{name}_token_id"] = int(token_id)
+    if model_type == "gemma3_text":
+        _gemma3(config)
+    return config

@@ -1,0 +1,156 @@
+"""Load a GGUF file into an evaluated mlxd model, converting one tensor at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading import config as cfg
+from mlxd.loading.gguf import names, tensors
+from mlxd.loading.gguf.config import architecture, hf_config
+from mlxd.loading.gguf.quants import GROUP_SIZE
+from mlxd.loading.gguf.reader import GGUFFile, GGUFTensor, read_gguf
+from mlxd.loading.gguf.tokenizer import eog_token_ids
+from mlxd.loading.loader import LoadedModel, physical_ram_bytes, plan_dtype
+from mlxd.models import get_model_module
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def checkpoint_dtype(gguf: GGUFFile) -> str:
+    """The float type holding most of the file's bytes; block-quantized tensors count as float16 (their scales)."""
+    by_bytes: Counter[str] = Counter()
+    for t in gguf.tensors:
+        kind = {"F32": "float32", "BF16": "bfloat16"}.get(t.type_name, "float16")
+        by_bytes[kind] += t.raw.size
+    return by_bytes.most_common(1)[0][0] if by_bytes else "float32"
+
+
+def quantization_summary(gguf: GGUFFile) -> dict[str, Any]:
+    """What GetModelInfo reports: the file's GGML types, by tensor count."""
+    types = Counter(t.type_name for t in gguf.tensors)
+    return {"format": "gguf", "file_type": gguf.metadata.get("general.file_type"), "tensor_types": dict(types)}
+
+
+def _quantizable_paths(model: nn.Module) -> set[str]:
+    return {path for path, module in model.named_modules() if hasattr(module, "to_quantized")}
+
+
+def _convert(
+    t: GGUFTensor, hf: str, arch: str, config: dict[str, Any], dtype: mx.Dtype, keep_quantized: bool
+) -> tuple[dict[str, mx.array], int | None]:
+    """The arrays `t` becomes under the name `hf` (with .scales/.biases when kept quantized) and their bits."""
+    heads = names.qk_heads(hf, arch, config["num_attention_heads"], config.get("num_key_value_heads") or
+                           config["num_attention_heads"])
+    order = names.unpermute_order(t.shape[0], heads) if heads else None
+    if keep_quantized:
+        q = tensors.quantized(t, dtype, order)
+        prefix = hf.removesuffix(".weight")
+        return {hf: q.weight, f"{prefix}.scales": q.scales, f"{prefix}.biases": q.biases}, q.bits
+    offset = names.value_offset(hf, arch)
+    if offset:
+        return {hf: (tensors.dense(t, mx.float32, order) + offset).astype(dtype)}, None
+    return {hf: tensors.dense(t, dtype, order)}, None
+
+
+def _check_names(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
+    expected = {k for k, _ in tree_flatten(model.parameters())}
+    missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+    if missing:
+        raise ModelLoadError(f"{path} lacks a tensor for {missing[0]} ({len(missing)} missing in all)")
+    if extra:
+        raise ModelLoadError(f"{path} has a tensor the model does not use: {extra[0]} ({len(extra)} in all)")
+
+
+def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
+    """Read a GGUF file into an evaluated model, under the same dtype policy as Hugging Face folders."""
+    start = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} does not exist")
+    gguf = read_gguf(path)
+    arch = architecture(gguf.metadata)
+    for t in gguf.tensors:
+        tensors.check_type(t)
+    config = hf_config(gguf.metadata, {t.name: t.shape for t in gguf.tensors})
+    module = get_model_module(config["model_type"])
+    try:
+        args = module.ModelArgs.from_dict(cfg.normalize_config(config))
+        model = module.Model(args)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"{path} does not describe a valid {config['model_type']} model: {e}") from e
+
+    stored = checkpoint_dtype(gguf)
+    quantized = any(tensors.is_quantized(t.type_name) for t in gguf.tensors)
+    plan = plan_dtype(
+        dtype,
+        on_gpu=mx.default_device().type == mx.gpu,
+        checkpoint_dtype=stored,
+        quantized=quantized,
+        float32_bytes=sum(t.size * 4 for t in gguf.tensors),
+        ram_bytes=physical_ram_bytes(),
+    )
+    # One float type for every array, scales included, so activations keep one dtype through the model.
+    target = _DTYPES[plan.dtype or stored]
+    logger.info("loading %s (%s) from %s: %s", arch, config["model_type"], path, plan.note)
+    requantized = sorted({t.type_name for t in gguf.tensors if t.type_name in tensors.REQUANTIZED_TYPES})
+    if requantized:
+        how = "dequantized" if plan.dequantize else f"requantized to {tensors.REQUANTIZED_BITS}-bit (group 32)"
+        logger.info("%s has no exact MLX layout: %s", "/".join(requantized), how)
+
+    quantizable = _quantizable_paths(model)
+    weights: dict[str, mx.array] = {}
+    layer_bits: dict[str, int] = {}
+    for t in gguf.tensors:
+        hf = names.hf_name(t.name, arch)
+        keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) == 2
+                and hf.endswith(".weight") and hf.removesuffix(".weight") in quantizable)
+        arrays, bits = _convert(t, hf, arch, config, target, keep)
+        mx.eval(*arrays.values())  # now, so the numpy temporaries of one tensor are freed before the next
+        weights.update(arrays)
+        if bits is not None:
+            layer_bits[hf.removesuffix(".weight")] = bits
+
+    weights = model.sanitize(weights)
+    if layer_bits:
+        nn.quantize(
+            model,
+            GROUP_SIZE,
+            class_predicate=lambda p, m: {"group_size": GROUP_SIZE, "bits": layer_bits[p]} if p in layer_bits else False,
+        )
+    _check_names(model, weights, path)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise ModelLoadError(f"tensors of {path} do not fit {config['model_type']}: {str(e).splitlines()[0][:300]}") from e
+    mx.eval(model.parameters())
+    logger.info("loaded %s in %.2f s", path.name, time.perf_counter() - start)
+
+    params = tree_flatten(model.parameters())
+    return LoadedModel(
+        model=model,
+        args=args,
+        model_type=config["model_type"],
+        config=config,
+        context_length=cfg.context_length(config),
+        vocab_size=args.vocab_size,
+        dtype=plan.dtype or stored,
+        checkpoint_dtype=stored,
+        quantization=quantization_summary(gguf),
+        quantized=bool(layer_bits),
+        files=[path],
+        eos_token_ids=eog_token_ids(gguf.metadata),
+        bos_token_id=config.get("bos_token_id"),
+        weight_bytes=sum(v.nbytes for _, v in params),
+        load_note=plan.note,
+    )

@@ -1,0 +1,91 @@
+"""GGUF tensor names to Hugging Face names, and what llama.cpp's converter did to the values on the way.
+
+Pure functions. llama.cpp's converter (convert_hf_to_gguf.py) renames every tensor, permutes the q/k rows of
+`llama` models for its interleaved rotary embedding, and adds one to Gemma's norm weights (llama.cpp scales by
+w, Hugging Face's Gemma by 1 + w); each is undone here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from mlxd.errors import ModelLoadError
+
+_GLOBAL = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Per GGUF architecture, changes to _LAYER: Gemma norms before and after both attention and MLP.
+_LAYER_OVERRIDES: dict[str, dict[str, str]] = {
+    "gemma3": {
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+}
+# Architectures whose q/k rows llama.cpp permuted (its LlamaModel converter); the others use neox-style rope.
+_PERMUTED_QK = {"llama"}
+# Architectures whose norm weights were stored plus one.
+_NORM_PLUS_ONE = {"gemma3"}
+
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_GLOBAL_NAME = re.compile(r"(\w+)\.(weight|bias)")
+
+
+def hf_name(gguf_name: str, arch: str) -> str:
+    """The Hugging Face name of a GGUF tensor; ModelLoadError naming it when it has none."""
+    layer = _LAYER_NAME.fullmatch(gguf_name)
+    if layer:
+        index, base, kind = layer.groups()
+        table = {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})}
+        if base in table:
+            return f"model.layers.{index}.{table[base]}.{kind}"
+    else:
+        glob = _GLOBAL_NAME.fullmatch(gguf_name)
+        if glob and glob.group(1) in _GLOBAL:
+            return f"{_GLOBAL[glob.group(1)]}.{glob.group(2)}"
+    raise ModelLoadError(f"GGUF tensor {gguf_name} has no counterpart in the {arch} model of mlxd")
+
+
+def unpermute_order(n_rows: int, n_heads: int) -> np.ndarray:
+    """Row indices that take llama.cpp's q/k layout back to Hugging Face's.
+
+    Per head llama.cpp stores rows (i, half) where Hugging Face has (half, i): rotate-half pairs rows i and
+    i + head_dim/2, the interleaved rope llama.cpp uses pairs rows 2i and 2i+1.
+    """
+    head_dim = n_rows // n_heads
+    if n_heads * head_dim != n_rows or head_dim % 2:
+        raise ModelLoadError(f"{n_rows} q/k rows do not split into {n_heads} heads of even size")
+    return np.arange(n_rows).reshape(n_heads, head_dim // 2, 2).swapaxes(1, 2).reshape(-1)
+
+
+def qk_heads(hf: str, arch: str, n_heads: int, n_kv_heads: int) -> int | None:
+    """The head count to unpermute the rows of `hf` with, None when its rows are as Hugging Face has them."""
+    if arch not in _PERMUTED_QK:
+        return None
+    if ".self_attn.q_proj." in hf:
+        return n_heads
+    if ".self_attn.k_proj." in hf:
+        return n_kv_heads
+    return None
+
+
+def value_offset(hf: str, arch: str) -> float:
+    """What to add to a tensor's values to undo the converter's shift (non-zero only for Gemma's norms)."""
+    return -1.0 if arch in _NORM_PLUS_ONE and hf.endswith("norm.weight") else 0.0

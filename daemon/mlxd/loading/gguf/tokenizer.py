@@ -1,0 +1,143 @@
+"""The tokenizer a GGUF file carries (`tokenizer.ggml.*`), rebuilt as a Hugging Face `tokenizers` object.
+
+It behaves as llama.cpp's tokenizer does, since that is the reference GGUF models were checked against:
+pre-tokenizer regexes by `tokenizer.ggml.pre` (llama-vocab.cpp), control tokens parsed only when special
+tokens are, user-defined tokens always, and generation ending on llama.cpp's end-of-generation tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.tokenizer import SpecialTokens, Tokenizer
+
+log = logging.getLogger(__name__)
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+CONTROL, USER_DEFINED = 3, 4
+
+# Texts llama.cpp treats as ending generation whatever the metadata says (llama-vocab.cpp, special_eog_ids).
+_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
+    "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+})
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """One of llama.cpp's BPE pre-tokenizer types: regexes applied in turn, each splitting every piece."""
+
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False  # a word that is itself a token is not merged piece by piece
+    add_bos: bool = False  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+
+
+_DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
+_LLAMA3_PRE = PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
+_GPT2_PRE = PreTokenizer((_GPT2,))
+_DIGITS_PRE = PreTokenizer((r"\p{N}", _GPT2))
+_QWEN2_PRE = PreTokenizer((_QWEN2,))
+
+# tokenizer.ggml.pre -> pre-tokenizer, as llama-vocab.cpp groups them.
+PRE_TOKENIZERS: dict[str, PreTokenizer] = {
+    "default": _DEFAULT,
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
+                    _LLAMA3_PRE),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "exaone4", "mellum", "a.x-4.0"), _GPT2_PRE),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), _DIGITS_PRE),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "kormo", "hunyuan"), _QWEN2_PRE),
+}
+
+
+def _ids(metadata: Mapping[str, Any], key: str) -> list[Any]:
+    value = metadata.get(key)
+    if value is None:
+        raise ModelLoadError(f"GGUF file lacks {key}")
+    return value
+
+
+def _pre_tokenizer(metadata: Mapping[str, Any]) -> PreTokenizer:
+    name = metadata.get("tokenizer.ggml.pre", "default")
+    if name not in PRE_TOKENIZERS:
+        # llama.cpp does the same: warn and split as its default does.
+        log.warning("unknown GGUF pre-tokenizer %r; using llama.cpp's default", name)
+    return PRE_TOKENIZERS.get(name, _DEFAULT)
+
+
+def _add_special(tok: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
+    control = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL]
+    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
+    tok.add_special_tokens(control)
+    tok.add_tokens(user)
+
+
+def _vocab(tokens: list[str]) -> dict[str, int]:
+    vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}  # the first id of a repeated text wins
+    if len(vocab) != len(tokens):
+        log.warning("GGUF vocabulary repeats %d token texts; the repeats cannot be produced", len(tokens) - len(vocab))
+    return vocab
+
+
+def bpe_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bool]:
+    """A byte-level BPE (`tokenizer.ggml.model` = gpt2) and llama.cpp's add_bos default for it."""
+    tokens = _ids(metadata, "tokenizer.ggml.tokens")
+    # llama.cpp splits a merge at the first space after its first character.
+    merges = [(m[: m.index(" ", 1)], m[m.index(" ", 1) + 1 :]) for m in _ids(metadata, "tokenizer.ggml.merges")]
+    pre = _pre_tokenizer(metadata)
+    tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, ignore_merges=pre.ignore_merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    _add_special(tok, tokens, metadata.get("tokenizer.ggml.token_type") or [])
+    return tok, pre.add_bos
+
+
+# tokenizer.ggml.model -> builder of the tokenizers object and llama.cpp's add_bos default.
+BUILDERS = {
+    "gpt2": bpe_tokenizer,
+}
+
+
+def eog_token_ids(metadata: Mapping[str, Any]) -> list[int]:
+    """Tokens that end generation: eos, eot and eom ids, and the end-of-turn texts llama.cpp recognizes."""
+    ids = [metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("eos", "eot", "eom")]
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    ids += [i for i, t in enumerate(tokens) if t in _EOG_TEXTS]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None and 0 <= i < len(tokens)))
+
+
+def build_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
+    """The model's Tokenizer from GGUF metadata; ModelLoadError naming an unsupported tokenizer model."""
+    kind = metadata.get("tokenizer.ggml.model")
+    if kind not in BUILDERS:
+        raise ModelLoadError(f"unsupported GGUF tokenizer model {kind!r}; supported: {', '.join(sorted(BUILDERS))}")
+    tok, add_bos_default = BUILDERS[kind](metadata)
+    tokens = metadata["tokenizer.ggml.tokens"]
+
+    def text(name: str) -> str | None:
+        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
+        return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
+
+    special = SpecialTokens(bos=text("bos"), eos=text("eos"), pad=text("padding"), unk=text("unknown"))
+    return Tokenizer(
+        tok,
+        special=special,
+        add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+        extra_eos_ids=eog_token_ids(metadata),
+        chat_template=metadata.get("tokenizer.chat_template"),
+    )
