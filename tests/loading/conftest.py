@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# On NVIDIA GPUs MLX runs float32 matmuls in TF32 unless told not to; parity tolerances assume true float32.
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
+
 import shutil
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
@@ -25,3 +31,12 @@ def model_folder(tmp_path):
         return dest
 
     return make
+
+
+@pytest.fixture
+def on_cpu():
+    """Run the test with MLX's default device set to the CPU, so "auto" takes its CPU path on any machine."""
+    previous = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(previous)

@@ -13,12 +13,14 @@ from mlxd.loading.loader import load_model
 
 OVERRIDE = "model.layers.1.self_attn.q_proj"
 # name -> (group_size, bits, per-layer overrides, relative logit error allowed against float32).
-# Random Gaussian weights quantize worse than trained ones: measured 0.33 (4-bit) and 0.02 (8-bit).
+# Random Gaussian weights quantize worse than trained ones: measured 0.32 (4-bit) and 0.02 (8-bit).
+# Group sizes stay below the 64-wide inputs: MLX 0.32.4's CUDA quantized matmul is wrong when a row is one group.
 QUANTIZATIONS = {
-    # 4-bit with group 64 cannot quantize down_proj (160 inputs): those stay float, and one layer uses 8 bits.
-    "4bit": (64, 4, {OVERRIDE: {"group_size": 32, "bits": 8}}, 0.5),
+    # down_proj is left in float (as mixed recipes do) and one layer uses 8 bits.
+    "4bit": (32, 4, {OVERRIDE: {"group_size": 32, "bits": 8}}, 0.5),
     "8bit": (32, 8, {}, 0.05),
 }
+FLOAT_LAYERS = "mlp.down_proj"
 
 
 def _quantize_folder(folder, group_size: int, bits: int, overrides: dict) -> None:
@@ -26,7 +28,7 @@ def _quantize_folder(folder, group_size: int, bits: int, overrides: dict) -> Non
     model = load_model(folder, dtype="float32").model
 
     def predicate(path, module):
-        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+        if not hasattr(module, "to_quantized") or (bits == 4 and path.endswith(FLOAT_LAYERS)):
             return False
         return overrides.get(path, True)
 
@@ -59,12 +61,12 @@ def test_keep_loads_quantized_layers(model_folder, tokens, name):
     assert isinstance(layers[0].mlp.up_proj, nn.QuantizedLinear) and layers[0].mlp.up_proj.bits == bits
     assert isinstance(layers[0].mlp.down_proj, nn.QuantizedLinear) == (bits == 8)
     if overrides:
-        assert layers[1].self_attn.q_proj.bits == 8 and layers[1].self_attn.q_proj.group_size == 32
+        assert layers[1].self_attn.q_proj.bits == 8 and layers[0].self_attn.q_proj.bits == bits
     assert _relative_error(loaded.model(tokens), reference) < tolerance
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZATIONS))
-def test_auto_on_cpu_dequantizes_to_float32(model_folder, tokens, name):
+def test_auto_on_cpu_dequantizes_to_float32(model_folder, tokens, on_cpu, name):
     group_size, bits, overrides, _ = QUANTIZATIONS[name]
     folder = model_folder("llama", "v4")
     _quantize_folder(folder, group_size, bits, overrides)
@@ -91,7 +93,7 @@ def test_tied_quantized_embeddings_serve_as_the_output_layer(model_folder, token
     "requested,held",
     [("auto", "float32"), ("keep", "bfloat16"), ("float16", "float16"), ("float32", "float32")],
 )
-def test_bfloat16_checkpoint(model_folder, tokens, requested, held):
+def test_bfloat16_checkpoint(model_folder, tokens, on_cpu, requested, held):
     folder = model_folder("mistral")
     weights = mx.load(str(folder / "model.safetensors"))
     mx.save_safetensors(str(folder / "model.safetensors"), {k: v.astype(mx.bfloat16) for k, v in weights.items()})

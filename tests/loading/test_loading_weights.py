@@ -134,3 +134,9 @@ def test_weights_dtype_and_float32_size():
     assert weights_dtype(weights) == "bfloat16"
     assert weights_dtype({"c": weights["c"]}) is None
     assert float32_bytes(weights, None) == (16 + 2 + 3) * 4
+
+
+def test_context_length_falls_back_when_the_config_names_none(model_folder):
+    folder = model_folder("llama")
+    _edit_config(folder, max_position_embeddings=None)
+    assert load_model(folder).context_length == 4096

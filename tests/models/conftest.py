@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# On NVIDIA GPUs MLX runs float32 matmuls in TF32 unless told not to; parity tolerances assume true float32.
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
+
 import shutil
 from pathlib import Path
 
