@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 DTYPE_CHOICES = ("auto", "keep", *cfg.DTYPES)
 # A float32 copy may take this share of physical RAM before "auto" keeps the checkpoint dtype instead.
 FLOAT32_RAM_SHARE = 0.6
+# Context length assumed when config.json names none (transformers' own defaults range from 2048 to 131072).
+DEFAULT_CONTEXT_LENGTH = 4096
 
 
 @dataclass
@@ -31,7 +33,7 @@ class LoadedModel:
     args: Any
     model_type: str
     config: dict[str, Any]
-    context_length: int | None
+    context_length: int
     vocab_size: int
     dtype: str
     checkpoint_dtype: str
@@ -163,6 +165,10 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         raise ModelLoadError(f"weights in {path} do not fit {model_type}: {str(e).splitlines()[0][:300]}") from e
     mx.eval(model.parameters())
 
+    context = cfg.context_length(raw)
+    if context is None:
+        logger.warning("%s names no context length; assuming %d", config_file, DEFAULT_CONTEXT_LENGTH)
+        context = DEFAULT_CONTEXT_LENGTH
     params = tree_flatten(model.parameters())
     files_read = [config_file, *([generation_file] if generation is not None else []), *files]
     return LoadedModel(
@@ -170,7 +176,7 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         args=args,
         model_type=model_type,
         config=raw,
-        context_length=cfg.context_length(raw),
+        context_length=context,
         vocab_size=args.vocab_size,
         dtype=plan.dtype or checkpoint_dtype,
         checkpoint_dtype=checkpoint_dtype,
