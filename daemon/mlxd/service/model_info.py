@@ -10,11 +10,13 @@ from mlxd.service.servicer import ServedModel
 from mlxd_client.pb import inference_pb2 as pb
 
 
-def quantization_text(quantization: dict | None) -> str:
+def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
+    """The checkpoint's quantization, and whether the weights are still held that way."""
     if not quantization:
         return ""
     mode = quantization.get("mode", "affine")
-    return f"{mode} {quantization.get('bits')}-bit, group {quantization.get('group_size')}"
+    text = f"{mode} {quantization.get('bits')}-bit, group {quantization.get('group_size')}"
+    return text if held_quantized else f"{text} (dequantized at load)"
 
 
 def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
@@ -31,7 +33,7 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1,
         dtype=loaded.dtype,
         checkpoint_dtype=loaded.checkpoint_dtype,
-        quantization=quantization_text(loaded.quantization),
+        quantization=quantization_text(loaded.quantization, loaded.quantized),
         has_chat_template=tokenizer.has_chat_template,
         supports_vision=False,
         device=worker.device,
