@@ -17,8 +17,7 @@ from mlxd.engine.scheduler import ModelRuntime, Scheduler
 from mlxd.engine.warmup import warm_up
 from mlxd.generation.sampling import SamplingParams
 from mlxd.launcher import blas_note
-from mlxd.loading.loader import load_model
-from mlxd.loading.tokenizer import load_tokenizer
+from mlxd.loading.model_source import load_model_and_tokenizer
 
 
 def prompt_ids(vocab_size: int, n: int) -> list[int]:
@@ -35,8 +34,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     mx.set_default_stream(mx.new_stream(mx.default_device()))
-    loaded = load_model(args.model, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    loaded, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
     runtime = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, frozenset(),
                            loaded.context_length, loaded.vocab_size)
     warm_up(runtime)

@@ -24,9 +24,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     if args.model is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from fetch_models import fetch
-        args.model = fetch("smollm2")
+        from mlxd.loading.gguf.fetch import fetch_model
+        args.model = fetch_model()
 
     sock = Path(tempfile.mkdtemp(prefix="mlxd-demo-")) / "mlxd.sock"
     cmd = [sys.executable, "-m", "mlxd", "serve", "--model", str(args.model), "--addr", f"unix:{sock}"]

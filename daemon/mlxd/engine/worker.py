@@ -165,15 +165,13 @@ class Worker:
 
     def _load(self) -> Scheduler:
         from mlxd.engine.warmup import warm_up
-        from mlxd.loading.loader import load_model
-        from mlxd.loading.tokenizer import load_tokenizer
+        from mlxd.loading.model_source import load_model_and_tokenizer
 
         started = time.monotonic()
         # Test hook: hold the loading state long enough for a test to observe NOT_SERVING.
         time.sleep(float(os.environ.get("MLXD_TEST_LOAD_DELAY_SECONDS", "0")))
         path = self.options.model_path
-        self.tokenizer = load_tokenizer(path)
-        self.loaded = load_model(path, dtype=self.options.dtype)
+        self.loaded, self.tokenizer = load_model_and_tokenizer(path, self.options.dtype)
         eos = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.loaded.eos_token_ids)
         runtime = ModelRuntime(self.loaded.model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
                                self.loaded.context_length, self.loaded.vocab_size)

@@ -14,14 +14,17 @@ def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
     """The checkpoint's quantization, and whether the weights are still held that way."""
     if not quantization:
         return ""
-    mode = quantization.get("mode", "affine")
-    text = f"{mode} {quantization.get('bits')}-bit, group {quantization.get('group_size')}"
+    if quantization.get("format") == "gguf":
+        types = sorted(quantization["tensor_types"].items(), key=lambda kv: -kv[1])
+        text = "gguf " + ", ".join(f"{name} ({count} tensors)" for name, count in types)
+    else:
+        mode = quantization.get("mode", "affine")
+        text = f"{mode} {quantization.get('bits')}-bit, group {quantization.get('group_size')}"
     return text if held_quantized else f"{text} (dequantized at load)"
 
 
 def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     loaded, tokenizer = worker.loaded, worker.tokenizer
-    folder = path if path.is_dir() else path.parent
     info = pb.ModelInfo(
         model_id=path.name,
         path=str(path.resolve()),
@@ -39,4 +42,4 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         device=worker.device,
         load_note=loaded.load_note,
     )
-    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(folder))
+    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(path) if path.is_dir() else {})
