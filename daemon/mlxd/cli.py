@@ -12,7 +12,9 @@ from mlxd_client.cli import add_client_commands, run
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a model over gRPC")
-    serve.add_argument("--model", type=Path, required=True, help="a Hugging Face or MLX model folder")
+    serve.add_argument("--model", type=Path,
+                       help="a Hugging Face or MLX model folder, or a .gguf file; default: SmolLM2-135M-Instruct "
+                            "(Q4_1 GGUF, fetched once into ~/.cache/mlxd/models)")
     serve.add_argument("--addr", default="127.0.0.1:50051",
                        help="host:port (port 0 picks a free one) or unix:/path/to.sock")
     serve.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "float16", "bfloat16"],
@@ -35,6 +37,14 @@ def _serve(args: argparse.Namespace) -> int:
     reexec_with_blas(sys.argv[1:])
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        from mlxd.errors import ModelLoadError
+        from mlxd.loading.gguf.fetch import fetch_model
+        try:
+            args.model = fetch_model()
+        except ModelLoadError as error:
+            print(f"mlxd: cannot fetch the default model: {error}", file=sys.stderr)
+            return 1
     from mlxd.engine.worker import WorkerOptions
     from mlxd.service.limits import Limits
     from mlxd.service.server import ServeOptions, serve
