@@ -1,0 +1,68 @@
+"""load_gguf_model end to end on tiny GGUF files written like llama.cpp's converter writes them."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from tiny_gguf import write_tiny_llama
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf import load_gguf_model
+
+TOKENS = mx.array([[3, 17, 42, 5, 88, 1, 60, 9]], dtype=mx.int32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    return path, write_tiny_llama(path)
+
+
+def test_float32_logits_match_the_reference(tiny):
+    path, reference = tiny
+    loaded = load_gguf_model(path, dtype="float32")
+    assert not loaded.quantized
+    assert loaded.quantization["tensor_types"]["Q4_0"] == 2
+    np.testing.assert_allclose(np.array(loaded.model(TOKENS)), np.array(reference(TOKENS)), atol=1e-4, rtol=1e-4)
+
+
+def test_kept_quantized_layers_hold_the_exact_codes(tiny):
+    path, reference = tiny
+    loaded = load_gguf_model(path, dtype="keep")
+    assert loaded.quantized and loaded.dtype == "float16"
+    q_proj = loaded.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, nn.QuantizedLinear) and q_proj.bits == 4
+    assert loaded.model.model.layers[0].self_attn.v_proj.bits == 5
+    assert isinstance(loaded.model.model.embed_tokens, nn.QuantizedEmbedding)
+    assert isinstance(loaded.model.model.layers[0].mlp.up_proj, nn.Linear)  # F16 stays dense
+    # Q4_0's float16 scales and biases are exact: widened to float32 they give llama.cpp's values bit for bit.
+    scales, biases = q_proj.scales.astype(mx.float32), q_proj.biases.astype(mx.float32)
+    got = mx.dequantize(q_proj.weight, scales, biases, group_size=32, bits=4)
+    np.testing.assert_array_equal(np.array(got), np.array(reference.model.layers[0].self_attn.q_proj.weight))
+    np.testing.assert_allclose(np.array(loaded.model(TOKENS).astype(mx.float32)), np.array(reference(TOKENS)),
+                               atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "mamba"}, "unsupported GGUF architecture 'mamba'"),
+        ({"extra_tensor": "rope_freqs.weight"}, "GGUF tensor rope_freqs.weight has no counterpart"),
+        ({"drop_tensor": "blk.1.ffn_up.weight"}, "lacks a tensor for model.layers.1.mlp.up_proj.weight"),
+    ],
+)
+def test_load_errors_name_the_cause(tmp_path, kwargs, message):
+    path = tmp_path / "bad.gguf"
+    write_tiny_llama(path, **kwargs)
+    with pytest.raises(ModelLoadError, match=message):
+        load_gguf_model(path, dtype="float32")
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_gguf_model(tmp_path / "none.gguf")
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_gguf_model(tmp_path / "x.gguf")
