@@ -1,0 +1,156 @@
+"""Pure functions of GGUF loading: metadata to config, tensor names, q/k row order, the cache folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_gguf import permute_like_llama_cpp
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf import names
+from mlxd.loading.gguf.config import hf_config
+from mlxd.loading.gguf.fetch import cache_dir
+
+SHAPES = {"token_embd.weight": (49152, 576), "blk.0.attn_q.weight": (576, 576)}
+LLAMA = {
+    "general.architecture": "llama",
+    "llama.embedding_length": 576,
+    "llama.block_count": 30,
+    "llama.feed_forward_length": 1536,
+    "llama.attention.head_count": 9,
+    "llama.attention.head_count_kv": 3,
+    "llama.attention.layer_norm_rms_epsilon": 1e-5,
+    "llama.context_length": 8192,
+    "llama.rope.freq_base": 100000.0,
+    "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "shapes", "expected"),
+    [
+        ({}, {}, {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
+                  "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
+                  "max_position_embeddings": 8192, "rope_theta": 100000.0, "vocab_size": 49152,
+                  "tie_word_embeddings": True, "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2}),
+        ({}, {"output.weight": (49152, 576)}, {"tie_word_embeddings": False}),
+        ({}, {"blk.0.attn_q.bias": (576,)}, {"attention_bias": True}),
+        ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}, {},
+         {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+        ({"llama.rope.scaling.type": "none"}, {}, {"rope_theta": 100000.0}),
+        ({"llama.attention.key_length": 128}, {}, {"head_dim": 128}),
+        ({"general.architecture": "qwen2", **{k.replace("llama.", "qwen2."): v for k, v in LLAMA.items()
+                                            if k.startswith("llama.")}}, {}, {"model_type": "qwen2"}),
+    ],
+)
+def test_hf_config(changes, shapes, expected):
+    config = hf_config({**LLAMA, **changes}, {**SHAPES, **shapes})
+    assert {k: config.get(k) for k in expected} == expected
+
+
+def test_gemma3_gets_what_llama_cpp_hard_codes():
+    meta = {"general.architecture": "gemma3", "gemma3.embedding_length": 640, "gemma3.block_count": 18,
+            "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4,
+            "gemma3.attention.key_length": 256, "gemma3.attention.sliding_window": 512}
+    config = hf_config(meta, {"token_embd.weight": (262144, 640)})
+    assert config["model_type"] == "gemma3_text"
+    assert (config["sliding_window_pattern"], config["rope_local_base_freq"], config["rope_theta"]) == (6, 1e4, 1e6)
+    assert config["query_pre_attn_scalar"] == 256 and config["sliding_window"] == 512
+
+
+@pytest.mark.parametrize(
+    ("changes", "shapes", "message"),
+    [
+        ({"general.architecture": "mamba"}, SHAPES, "unsupported GGUF architecture 'mamba'"),
+        ({"general.architecture": None}, SHAPES, "no general.architecture"),
+        ({"llama.attention.head_count_kv": [3, 3]}, SHAPES, "llama.attention.head_count_kv holds one value per layer"),
+        ({"llama.rope.scaling.type": "longrope"}, SHAPES, "unsupported GGUF rope scaling 'longrope'"),
+        ({}, {"blk.0.attn_q.weight": (576, 576)}, "no token_embd.weight"),
+    ],
+)
+def test_hf_config_errors(changes, shapes, message):
+    meta = {k: v for k, v in {**LLAMA, **changes}.items() if v is not None}
+    with pytest.raises(ModelLoadError, match=message):
+        hf_config(meta, shapes)
+
+
+def test_missing_required_key_is_named():
+    meta = {k: v for k, v in LLAMA.items() if k != "llama.block_count"}
+    with pytest.raises(ModelLoadError, match="lacks llama.block_count"):
+        hf_config(meta, SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("gguf_name", "arch", "hf"),
+    [
+        ("token_embd.weight", "llama", "model.embed_tokens.weight"),
+        ("output_norm.weight", "llama", "model.norm.weight"),
+        ("output.weight", "llama", "lm_head.weight"),
+        ("blk.0.attn_norm.weight", "llama", "model.layers.0.input_layernorm.weight"),
+        ("blk.12.attn_q.weight", "llama", "model.layers.12.self_attn.q_proj.weight"),
+        ("blk.3.attn_q.bias", "qwen2", "model.layers.3.self_attn.q_proj.bias"),
+        ("blk.3.attn_output.weight", "llama", "model.layers.3.self_attn.o_proj.weight"),
+        ("blk.1.ffn_norm.weight", "llama", "model.layers.1.post_attention_layernorm.weight"),
+        ("blk.1.ffn_down.weight", "llama", "model.layers.1.mlp.down_proj.weight"),
+        ("blk.2.attn_k_norm.weight", "qwen3", "model.layers.2.self_attn.k_norm.weight"),
+        ("blk.1.ffn_norm.weight", "gemma3", "model.layers.1.pre_feedforward_layernorm.weight"),
+        ("blk.1.post_attention_norm.weight", "gemma3", "model.layers.1.post_attention_layernorm.weight"),
+        ("blk.1.post_ffw_norm.weight", "gemma3", "model.layers.1.post_feedforward_layernorm.weight"),
+    ],
+)
+def test_hf_name(gguf_name, arch, hf):
+    assert names.hf_name(gguf_name, arch) == hf
+
+
+@pytest.mark.parametrize("gguf_name", ["rope_freqs.weight", "blk.0.ffn_gate_exps.weight", "blk.0.post_ffw_norm.weight"])
+def test_unknown_tensor_is_named(gguf_name):
+    with pytest.raises(ModelLoadError, match=gguf_name.replace(".", r"\.")):
+        names.hf_name(gguf_name, "llama")
+
+
+@pytest.mark.parametrize(("n_heads", "head_dim"), [(1, 2), (4, 8), (9, 64), (3, 64)])
+def test_unpermute_inverts_llama_cpp_permute(n_heads, head_dim):
+    w = np.arange(n_heads * head_dim * 3).reshape(n_heads * head_dim, 3)
+    stored = permute_like_llama_cpp(w, n_heads)
+    np.testing.assert_array_equal(stored[names.unpermute_order(len(w), n_heads)], w)
+
+
+def test_unpermute_rejects_odd_heads():
+    with pytest.raises(ModelLoadError, match="do not split"):
+        names.unpermute_order(12, 4)
+
+
+@pytest.mark.parametrize(
+    ("hf", "arch", "heads"),
+    [
+        ("model.layers.0.self_attn.q_proj.weight", "llama", 9),
+        ("model.layers.0.self_attn.k_proj.weight", "llama", 3),
+        ("model.layers.0.self_attn.v_proj.weight", "llama", None),
+        ("model.layers.0.self_attn.q_proj.weight", "qwen2", None),
+        ("model.layers.0.self_attn.k_proj.bias", "llama", 3),
+    ],
+)
+def test_qk_heads(hf, arch, heads):
+    assert names.qk_heads(hf, arch, 9, 3) == heads
+
+
+def test_value_offset_only_for_gemma_norms():
+    assert names.value_offset("model.layers.0.self_attn.q_norm.weight", "gemma3") == -1.0
+    assert names.value_offset("model.norm.weight", "gemma3") == -1.0
+    assert names.value_offset("model.norm.weight", "llama") == 0.0
+    assert names.value_offset("model.layers.0.mlp.up_proj.weight", "gemma3") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MLXD_CACHE_DIR": "/c/mlxd", "XDG_CACHE_HOME": "/x"}, Path("/c/mlxd/models")),
+        ({"XDG_CACHE_HOME": "/x"}, Path("/x/mlxd/models")),
+        ({}, Path.home() / ".cache" / "mlxd" / "models"),
+    ],
+)
+def test_cache_dir(env, expected):
+    assert cache_dir(env) == expected

@@ -1,0 +1,90 @@
+"""The header reader against the `gguf` package's own reader; tokenizer building from metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+from tiny_gguf import write_tiny_llama
+
+from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.reader import read_gguf
+from mlxd.loading.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, eog_token_ids
+
+
+def test_reader_agrees_with_gguf_package(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama(path)
+    ours, theirs = read_gguf(path), GGUFReader(path)
+    assert ours.metadata == {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for mine, ref in zip(ours.tensors, theirs.tensors):
+        assert mine.type_name == ref.tensor_type.name
+        assert mine.shape == tuple(int(d) for d in reversed(ref.shape))
+        np.testing.assert_array_equal(mine.raw, np.asarray(ref.data).view(np.uint8).reshape(-1))
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ModelLoadError, match="runs past the end of the file"):
+        read_gguf(tmp_path / "cut.gguf")
+    (tmp_path / "head.gguf").write_bytes(data[:200])
+    with pytest.raises(ModelLoadError, match="truncated GGUF header"):
+        read_gguf(tmp_path / "head.gguf")
+
+
+def test_smollm2_metadata_is_read(smollm2_file):
+    assert smollm2_file.metadata["general.architecture"] == "llama"
+    assert len(smollm2_file.metadata["tokenizer.ggml.tokens"]) == 49152
+    assert len(smollm2_file.tensors) == 272
+
+
+# A vocabulary of single characters and a few merges, byte-level ("Ġ" is the space byte).
+BYTES = ["<s>", "</s>", "<|im_end|>", "h", "i", "Ġ", "hi", "Ġhi", "1", "2"]
+META = {
+    "tokenizer.ggml.model": "gpt2",
+    "tokenizer.ggml.pre": "smollm",
+    "tokenizer.ggml.tokens": BYTES,
+    "tokenizer.ggml.token_type": [3, 3, 4, 1, 1, 1, 1, 1, 1, 1],
+    "tokenizer.ggml.merges": ["h i", "Ġ hi"],
+    "tokenizer.ggml.bos_token_id": 0,
+    "tokenizer.ggml.eos_token_id": 1,
+}
+
+
+def test_small_bpe_tokenizer():
+    tok = build_tokenizer(META)
+    assert tok.encode("hi hi") == [6, 7]
+    assert tok.encode("12") == [8, 9]  # smollm splits digits one by one
+    assert tok.encode("hi</s>") == [6, 1]
+    assert tok.encode("hi</s>", parse_special=False) != [6, 1]
+    assert tok.encode("hi<|im_end|>", parse_special=False) == [6, 2]  # user-defined tokens always match
+    assert tok.decode([6, 7]) == "hi hi"
+    assert not tok.has_chat_template
+
+
+def test_add_bos_default_and_override():
+    assert build_tokenizer({**META, "tokenizer.ggml.pre": "llama-bpe"}).encode("hi") == [0, 6]
+    assert build_tokenizer({**META, "tokenizer.ggml.add_bos_token": True}).encode("hi") == [0, 6]
+    assert build_tokenizer(META).encode("hi") == [6]
+
+
+def test_unknown_pre_tokenizer_falls_back_like_llama_cpp(caplog):
+    tok = build_tokenizer({**META, "tokenizer.ggml.pre": "something-new"})
+    assert tok.encode("hi hi") == [6, 7]
+    assert "unknown GGUF pre-tokenizer 'something-new'" in caplog.text
+    assert "smollm" in PRE_TOKENIZERS
+
+
+def test_unsupported_tokenizer_model_is_named():
+    with pytest.raises(ModelLoadError, match="unsupported GGUF tokenizer model 'rwkv'"):
+        build_tokenizer({**META, "tokenizer.ggml.model": "rwkv"})
+
+
+def test_eog_ids():
+    assert eog_token_ids(META) == [1, 2]  # eos, then <|im_end|> by its text
+    assert eog_token_ids({**META, "tokenizer.ggml.eom_token_id": 8}) == [1, 8, 2]
+    assert eog_token_ids({**META, "tokenizer.ggml.tokens": ["<s>", "</s>", "x", *BYTES[3:]]}) == [1]
