@@ -65,7 +65,8 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | No
         return None
     if kind not in _ROPE_SCALING:
         raise ModelLoadError(f"unsupported GGUF rope scaling {kind!r}")
-    scaling: dict[str, Any] = {"rope_type": _ROPE_SCALING[kind], "factor": float(metadata[f"{arch}.rope.scaling.factor"])}
+    factor = float(metadata[f"{arch}.rope.scaling.factor"])
+    scaling: dict[str, Any] = {"rope_type": _ROPE_SCALING[kind], "factor": factor}
     original = metadata.get(f"{arch}.rope.scaling.original_context_length")
     if original:
         scaling["original_max_position_embeddings"] = int(original)

@@ -126,13 +126,14 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         nn.quantize(
             model,
             GROUP_SIZE,
-            class_predicate=lambda p, m: {"group_size": GROUP_SIZE, "bits": layer_bits[p]} if p in layer_bits else False,
+            class_predicate=lambda p, m: p in layer_bits and {"group_size": GROUP_SIZE, "bits": layer_bits[p]},
         )
     _check_names(model, weights, path)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
-        raise ModelLoadError(f"tensors of {path} do not fit {config['model_type']}: {str(e).splitlines()[0][:300]}") from e
+        reason = str(e).splitlines()[0][:300]
+        raise ModelLoadError(f"tensors of {path} do not fit {config['model_type']}: {reason}") from e
     mx.eval(model.parameters())
     logger.info("loaded %s in %.2f s", path.name, time.perf_counter() - start)
 

@@ -94,7 +94,9 @@ def _type_name(code: int) -> str:
 
 
 def _tensor_bytes(type_name: str, n_elements: int) -> int | None:
-    sizes = GGML_QUANT_SIZES.get(GGMLQuantizationType[type_name]) if type_name in GGMLQuantizationType.__members__ else None
+    if type_name not in GGMLQuantizationType.__members__:
+        return None
+    sizes = GGML_QUANT_SIZES.get(GGMLQuantizationType[type_name])
     if sizes is None:
         return None
     block, block_bytes = sizes

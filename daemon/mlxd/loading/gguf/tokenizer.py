@@ -62,7 +62,7 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 }
 
 
-def _ids(metadata: Mapping[str, Any], key: str) -> list[Any]:
+def _required(metadata: Mapping[str, Any], key: str) -> list[Any]:
     value = metadata.get(key)
     if value is None:
         raise ModelLoadError(f"GGUF file lacks {key}")
@@ -93,9 +93,9 @@ def _vocab(tokens: list[str]) -> dict[str, int]:
 
 def bpe_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bool]:
     """A byte-level BPE (`tokenizer.ggml.model` = gpt2) and llama.cpp's add_bos default for it."""
-    tokens = _ids(metadata, "tokenizer.ggml.tokens")
+    tokens = _required(metadata, "tokenizer.ggml.tokens")
     # llama.cpp splits a merge at the first space after its first character.
-    merges = [(m[: m.index(" ", 1)], m[m.index(" ", 1) + 1 :]) for m in _ids(metadata, "tokenizer.ggml.merges")]
+    merges = [(m[: m.index(" ", 1)], m[m.index(" ", 1) + 1 :]) for m in _required(metadata, "tokenizer.ggml.merges")]
     pre = _pre_tokenizer(metadata)
     tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, ignore_merges=pre.ignore_merges))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
