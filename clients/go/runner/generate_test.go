@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/mlxd/mlxd/clients/go/internal/testenv"
 	"github.com/mlxd/mlxd/clients/go/mlxdpb"
