@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest
-from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.engine.warmup import warm_up
 from mlxd.generation.sampling import SamplingParams
 from mlxd.launcher import blas_note
@@ -42,12 +42,7 @@ def main() -> None:
     for run in range(args.runs):
         request = GenerationRequest(f"bench-{run}", prompt_ids(loaded.vocab_size, args.prompt_tokens),
                                     SamplingParams(temperature=0.0), max_tokens=args.new_tokens, ignore_eos=True)
-        scheduler = Scheduler(runtime, prefill_chunk_size=512)
-        scheduler.waiting.append(request)
-        while scheduler.has_work():
-            scheduler.step()
-        while not request.events.empty():
-            event = request.events.get()
+        for event in run_to_completion(runtime, request):
             if isinstance(event, ErrorEvent):
                 raise event.error
             if isinstance(event, FinalEvent):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxd.engine.request import ErrorEvent, FinalEvent, FinishReason, GenerationRequest
+from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
 from mlxd.engine.sequence import Phase, Sequence
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError
 
@@ -92,3 +92,16 @@ class Scheduler:
     def cancel_all(self, reason: str) -> None:
         for request in list(self.waiting) + [s.request for s in self.active]:
             request.cancel.cancel(reason)
+
+
+def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512) -> list[Event]:
+    """Serve one request on the calling thread with a scheduler of its own; its events, in order.
+    For warm-up and in-process benchmarks: the service goes through the worker instead."""
+    scheduler = Scheduler(runtime, prefill_chunk_size)
+    scheduler.waiting.append(request)
+    while scheduler.has_work():
+        scheduler.step()
+    events = []
+    while not request.events.empty():
+        events.append(request.events.get())
+    return events

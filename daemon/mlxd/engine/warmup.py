@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from mlxd.engine.request import ErrorEvent, GenerationRequest
-from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.generation.sampling import SamplingParams
 
 
@@ -14,12 +14,8 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> 
     ids = [i % runtime.vocab_size for i in range(1, prompt_len + 1)]
     request = GenerationRequest("warmup", ids, SamplingParams(temperature=0.0), max_tokens=new_tokens,
                                 ignore_eos=True)
-    scheduler = Scheduler(runtime, prefill_chunk_size=prompt_len // 2)
-    scheduler.waiting.append(request)
-    while scheduler.has_work():
-        scheduler.step()
-    while not request.events.empty():
-        event = request.events.get()
+    # Two prefill chunks, then decode steps: every code path a request takes.
+    for event in run_to_completion(runtime, request, prefill_chunk_size=prompt_len // 2):
         if isinstance(event, ErrorEvent):
             raise event.error
     mx.clear_cache()

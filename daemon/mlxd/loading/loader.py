@@ -109,16 +109,6 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     return data
 
 
-def _check_names(model: nn.Module, weights: dict[str, mx.array], folder: Path) -> None:
-    """Name the first missing or unexpected weight: MLX's own messages list every key on one huge line."""
-    expected = {k for k, _ in tree_flatten(model.parameters())}
-    missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
-    if missing:
-        raise ModelLoadError(f"weights in {folder} lack {missing[0]} ({len(missing)} missing in all)")
-    if extra:
-        raise ModelLoadError(f"weights in {folder} have unexpected {extra[0]} ({len(extra)} unexpected in all)")
-
-
 def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     """Read config, weights and generation config from the folder `path` into an evaluated model."""
     path = Path(path)
@@ -158,7 +148,7 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     if plan.dtype is not None:
         weights = wts.cast_weights(weights, plan.dtype)
 
-    _check_names(model, weights, path)
+    wts.check_weight_names(model, weights, f"weights in {path}")
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:

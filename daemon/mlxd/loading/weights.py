@@ -9,6 +9,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.config import layer_quantization
@@ -112,3 +113,13 @@ def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[s
         return layer_quantization(quant, path) or False
 
     nn.quantize(model, quant["group_size"], quant["bits"], mode=quant.get("mode", "affine"), class_predicate=predicate)
+
+
+def check_weight_names(model: nn.Module, weights: dict[str, mx.array], source: str) -> None:
+    """Name the first missing or unexpected weight: MLX's own messages list every key on one huge line."""
+    expected = {k for k, _ in tree_flatten(model.parameters())}
+    missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+    if missing:
+        raise ModelLoadError(f"{source} lack {missing[0]} ({len(missing)} missing in all)")
+    if extra:
+        raise ModelLoadError(f"{source} have unexpected {extra[0]} ({len(extra)} unexpected in all)")

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading import config as cfg
+from mlxd.loading.weights import check_weight_names
 from mlxd.loading.gguf import names, tensors
 from mlxd.loading.gguf.config import architecture, hf_config
 from mlxd.loading.gguf.quants import GROUP_SIZE
@@ -61,15 +62,6 @@ def _convert(
     if offset:
         return {hf: (tensors.dense(t, mx.float32, order) + offset).astype(dtype)}, None
     return {hf: tensors.dense(t, dtype, order)}, None
-
-
-def _check_names(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
-    expected = {k for k, _ in tree_flatten(model.parameters())}
-    missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
-    if missing:
-        raise ModelLoadError(f"{path} lacks a tensor for {missing[0]} ({len(missing)} missing in all)")
-    if extra:
-        raise ModelLoadError(f"{path} has a tensor the model does not use: {extra[0]} ({len(extra)} in all)")
 
 
 def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
@@ -128,7 +120,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
             GROUP_SIZE,
             class_predicate=lambda p, m: p in layer_bits and {"group_size": GROUP_SIZE, "bits": layer_bits[p]},
         )
-    _check_names(model, weights, path)
+    check_weight_names(model, weights, f"tensors of {path}")
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
