@@ -46,11 +46,20 @@ def inprocess(model: Path, args: argparse.Namespace, fast: bool, log_dir: Path) 
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def mlx_lm(model: Path, args: argparse.Namespace, log_dir: Path) -> list[dict]:
+    cmd = [sys.executable, str(ROOT / "bench" / "mlx_lm_anchor.py"), "--model", str(model),
+           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--runs", str(args.runs)]
+    env = dict(daemon_env(), PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), daemon_env()["PYTHONPATH"]]))
+    with open(log_dir / "mlx-lm.log", "ab") as err:
+        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, check=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def over_grpc(addr: str, vocab_size: int, args: argparse.Namespace) -> list[dict]:
     from inprocess import prompt_ids
     results = []
     with Client(addr) as client:
-        for _ in range(args.runs):
+        for run in range(args.runs + 1):  # the first run warms up and is not reported
             first = None
             count = 0
             final = None
@@ -63,6 +72,8 @@ def over_grpc(addr: str, vocab_size: int, args: argparse.Namespace) -> list[dict
                 else:
                     final = response.final
             elapsed = time.perf_counter() - first
+            if not run:
+                continue
             # Client-side decode rate: tokens received after the first, over the time they took to arrive.
             results.append({"prefill_tps": final.timings.prefill_tokens_per_second,
                             "decode_tps": (count - first_count) / elapsed,
@@ -79,6 +90,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="generations per round and engine")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of in-process and gRPC")
     parser.add_argument("--skip-default-path", action="store_true")
+    parser.add_argument("--mlx-lm", action="store_true", help="also run mlx-lm's generate_step (must be installed)")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="mlxd-bench-")))
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -87,10 +99,12 @@ def main() -> None:
     try:
         with Client(daemon.addr) as client:
             vocab = client.model_info().vocab_size
-        local, remote = [], []
+        local, remote, anchor = [], [], []
         for _ in range(args.rounds):
             local += inprocess(args.model, args, True, args.log_dir)
             remote += over_grpc(daemon.addr, vocab, args)
+            if args.mlx_lm:
+                anchor += mlx_lm(args.model, args, args.log_dir)
     finally:
         daemon.stop()
     default = [] if args.skip_default_path else inprocess(args.model, args, False, args.log_dir)
@@ -103,10 +117,16 @@ def main() -> None:
     print(f"{'engine':40} {'prefill tok/s':>14} {'decode tok/s':>13}")
     print(f"{'in-process, fast path (anchor)':40} {med(local, 'prefill_tps'):14.1f} {med(local, 'decode_tps'):13.1f}")
     print(f"{'gRPC stream, fast path':40} {med(remote, 'prefill_tps'):14.1f} {med(remote, 'decode_tps'):13.1f}")
+    if anchor:
+        print(f"{'mlx-lm generate_step, in-process':40} {med(anchor, 'prefill_tps'):14.1f} "
+              f"{med(anchor, 'decode_tps'):13.1f}")
     if default:
         print(f"{'in-process, MLX default path':40} {med(default, 'prefill_tps'):14.1f} "
               f"{med(default, 'decode_tps'):13.1f}")
     print(f"gRPC / in-process decode: {med(remote, 'decode_tps') / med(local, 'decode_tps'):.3f}")
+    if anchor:
+        print(f"gRPC / mlx-lm decode: {med(remote, 'decode_tps') / med(anchor, 'decode_tps'):.3f}, "
+              f"prefill: {med(remote, 'prefill_tps') / med(anchor, 'prefill_tps'):.3f}")
     if default:
         print(f"fast / default path: prefill {med(local, 'prefill_tps') / med(default, 'prefill_tps'):.1f}x, "
               f"decode {med(local, 'decode_tps') / med(default, 'decode_tps'):.1f}x")

@@ -39,13 +39,13 @@ def main() -> None:
                            loaded.context_length, loaded.vocab_size)
     warm_up(runtime)
     print(json.dumps({"note": f"{blas_note()}; {loaded.load_note}"}), file=sys.stderr)
-    for run in range(args.runs):
+    for run in range(args.runs + 1):  # the first run warms up (kernels, allocator, GPU clocks) and is not reported
         request = GenerationRequest(f"bench-{run}", prompt_ids(loaded.vocab_size, args.prompt_tokens),
                                     SamplingParams(temperature=0.0), max_tokens=args.new_tokens, ignore_eos=True)
         for event in run_to_completion(runtime, request):
             if isinstance(event, ErrorEvent):
                 raise event.error
-            if isinstance(event, FinalEvent):
+            if isinstance(event, FinalEvent) and run:
                 t = event.timings
                 print(json.dumps({"prefill_tps": t.prefill_tokens_per_second,
                                   "decode_tps": t.decode_tokens_per_second,

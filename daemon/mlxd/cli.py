@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -51,8 +52,14 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
                            prefill_chunk_size=args.prefill_chunk)
-    return serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
+    code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof))
+    # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
+    # ("terminate called without an active exception") when a thread other than main used the device.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,9 +81,10 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
 
 
 def _logprob_pb(lp: TokenLogprob, token_text: Any) -> pb.TokenLogprob:
-    return pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id),
-                           top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob, token=token_text(t.token_id))
-                                for t in lp.top])
+    # A model's logits may be wider than its tokenizer's vocabulary: such ids have no token text.
+    return pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id) or "",
+                           top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob,
+                                              token=token_text(t.token_id) or "") for t in lp.top])
 
 
 def chunk_message(event: TokenEvent, token_text: Any) -> pb.GenerateResponse:

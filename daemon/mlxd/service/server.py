@@ -91,7 +91,10 @@ def serve(options: ServeOptions) -> int:
     monitor.start()
     print(json.dumps({"event": "ready", "addr": bound, "pid": os.getpid(), "model": str(options.worker.model_path),
                       "digest": servicer.model_info().digest}), flush=True)
-    stop.wait()
+    # Wake up regularly: a signal delivered to another thread (gRPC's, CUDA's) runs its Python handler only
+    # when the main thread runs bytecode, and a lock wait without a timeout never returns for it.
+    while not stop.wait(0.2):
+        pass
     log.info("stopping (%s)", stop_reason[0])
     return _shutdown(server, worker, monitor, options, bound, graceful=stop_reason[0] != "parent died")
 

@@ -1,0 +1,72 @@
+"""Write a random-weight Hugging Face folder of a published model's shape, for speed benchmarks.
+
+    python bench/random_model.py --shape llama-1b --dtype bfloat16 --out /tmp/llama-1b
+
+The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {
+    # hidden, layers, heads, kv heads, intermediate, vocab
+    "smollm2-135m": (576, 30, 9, 3, 1536, 49152),
+    "llama-1b": (2048, 16, 32, 8, 8192, 128256),
+    "llama-8b": (4096, 32, 32, 8, 14336, 128256),
+}
+TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity" / "llama"
+
+
+def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0) -> Path:
+    import mlx.core as mx
+    hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
+    head_dim = hidden // heads
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
+              "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+              "intermediate_size": inter, "vocab_size": vocab, "rms_norm_eps": 1e-5, "head_dim": head_dim,
+              "max_position_embeddings": 8192, "rope_theta": 500000.0, "tie_word_embeddings": False,
+              "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, out / name)
+    mx.random.seed(seed)
+    mx_dtype = getattr(mx, dtype)
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+              "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                       p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+                       p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+                       p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                       p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                       p + "mlp.down_proj.weight": (hidden, inter),
+                       p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
+    weights = {}
+    for name, s in shapes.items():
+        if len(s) == 1:
+            weights[name] = mx.ones(s, dtype=mx_dtype)
+        else:
+            weights[name] = (mx.random.normal(s) * (1.0 / np.sqrt(s[1]))).astype(mx_dtype)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    print(write_random_model(args.shape, args.dtype, args.out))
+
+
+if __name__ == "__main__":
+    main()
