@@ -12,7 +12,7 @@ import (
 
 func TestStreamsAGenerationAndStopsTheDaemon(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	args := []string{"--python", testenv.Python(t), "--model", testenv.Model(t), "--max-tokens", "12",
+	args := []string{"--verbose", "--python", testenv.Python(t), "--model", testenv.Model(t), "--max-tokens", "12",
 		"--temperature", "0", "--ignore-eos", "Once upon a time"}
 	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
