@@ -109,7 +109,7 @@ func (r *Runner) callError(ctx context.Context, err error) error {
 		return err
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.Canceled, codes.Internal:
+	case codes.Unavailable, codes.Canceled:
 	default:
 		return err
 	}
