@@ -133,7 +133,7 @@ func (r *Runner) awaitServing(ctx context.Context, readyLine <-chan []byte) erro
 	case <-r.exited.Done():
 		return fmt.Errorf("runner: mlxd did not start: %w", r.exitErr)
 	case <-ctx.Done():
-		return fmt.Errorf("runner: mlxd was not ready within %v (%w); last stderr:\n%s",
+		return fmt.Errorf("runner: gave up waiting for mlxd to serve (start timeout %v): %w; last stderr:\n%s",
 			r.opts.StartTimeout, ctx.Err(), r.stderr.lines(stderrLines))
 	}
 	conn, err := grpc.NewClient(r.ready.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
