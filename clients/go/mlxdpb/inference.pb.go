@@ -581,13 +581,14 @@ func (x *Image) GetMimeType() string {
 	return ""
 }
 
-// A piece of a multimodal prompt or message: text or an image.
+// A piece of a multimodal prompt or message: text, an image, or token ids.
 type ContentPart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Part:
 	//
 	//	*ContentPart_Text
 	//	*ContentPart_Image
+	//	*ContentPart_Tokens
 	Part          isContentPart_Part `protobuf_oneof:"part"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -648,6 +649,15 @@ func (x *ContentPart) GetImage() *Image {
 	return nil
 }
 
+func (x *ContentPart) GetTokens() *TokenIds {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Tokens); ok {
+			return x.Tokens
+		}
+	}
+	return nil
+}
+
 type isContentPart_Part interface {
 	isContentPart_Part()
 }
@@ -660,9 +670,16 @@ type ContentPart_Image struct {
 	Image *Image `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
 }
 
+type ContentPart_Tokens struct {
+	// Token ids used as they are (prompt parts only): no BOS, no newlines added around a neighbouring image.
+	Tokens *TokenIds `protobuf:"bytes,3,opt,name=tokens,proto3,oneof"`
+}
+
 func (*ContentPart_Text) isContentPart_Part() {}
 
 func (*ContentPart_Image) isContentPart_Part() {}
+
+func (*ContentPart_Tokens) isContentPart_Part() {}
 
 type MultimodalMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1979,10 +1996,11 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x05input\"8\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
-	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"S\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"\x80\x01\n" +
 	"\vContentPart\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12&\n" +
-	"\x05image\x18\x02 \x01(\v2\x0e.mlxd.v1.ImageH\x00R\x05imageB\x06\n" +
+	"\x05image\x18\x02 \x01(\v2\x0e.mlxd.v1.ImageH\x00R\x05image\x12+\n" +
+	"\x06tokens\x18\x03 \x01(\v2\x11.mlxd.v1.TokenIdsH\x00R\x06tokensB\x06\n" +
 	"\x04part\"W\n" +
 	"\x11MultimodalMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12.\n" +
@@ -2143,38 +2161,39 @@ var file_mlxd_v1_inference_proto_depIdxs = []int32{
 	2,  // 3: mlxd.v1.GenerateRequest.chat:type_name -> mlxd.v1.ChatMessages
 	4,  // 4: mlxd.v1.GenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
 	6,  // 5: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
-	7,  // 6: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
-	8,  // 7: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
-	7,  // 8: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
-	10, // 9: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
-	9,  // 10: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
-	4,  // 11: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	12, // 12: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
-	13, // 13: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
-	0,  // 14: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
-	15, // 15: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
-	16, // 16: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
-	13, // 17: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
-	14, // 18: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
-	17, // 19: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
-	2,  // 20: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
-	5,  // 21: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
-	11, // 22: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
-	19, // 23: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
-	21, // 24: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
-	23, // 25: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
-	25, // 26: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
-	18, // 27: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
-	18, // 28: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
-	20, // 29: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
-	22, // 30: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
-	24, // 31: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
-	26, // 32: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
-	27, // [27:33] is the sub-list for method output_type
-	21, // [21:27] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	3,  // 6: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
+	7,  // 7: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
+	8,  // 8: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
+	7,  // 9: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
+	10, // 10: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
+	9,  // 11: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
+	4,  // 12: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	12, // 13: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
+	13, // 14: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
+	0,  // 15: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
+	15, // 16: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
+	16, // 17: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
+	13, // 18: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
+	14, // 19: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
+	17, // 20: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
+	2,  // 21: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
+	5,  // 22: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
+	11, // 23: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
+	19, // 24: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
+	21, // 25: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
+	23, // 26: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
+	25, // 27: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
+	18, // 28: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
+	18, // 29: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
+	20, // 30: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
+	22, // 31: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
+	24, // 32: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
+	26, // 33: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_mlxd_v1_inference_proto_init() }
@@ -2192,6 +2211,7 @@ func file_mlxd_v1_inference_proto_init() {
 	file_mlxd_v1_inference_proto_msgTypes[6].OneofWrappers = []any{
 		(*ContentPart_Text)(nil),
 		(*ContentPart_Image)(nil),
+		(*ContentPart_Tokens)(nil),
 	}
 	file_mlxd_v1_inference_proto_msgTypes[8].OneofWrappers = []any{}
 	file_mlxd_v1_inference_proto_msgTypes[10].OneofWrappers = []any{

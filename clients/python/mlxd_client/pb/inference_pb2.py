@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlxd/v1/inference.proto\x12\x07mlxd.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"t\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.mlxd.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x8b\x05\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11repetition_window\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12=\n\nlogit_bias\x18\n \x03(\x0b\x32).mlxd.v1.GenerationOptions.LogitBiasEntry\x12\x11\n\x04seed\x18\x0b \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\x05\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x10\n\x08logprobs\x18\x0f \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12\x17\n\x0fprompt_logprobs\x18\x11 \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_repetition_windowB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"\xd1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12#\n\x06tokens\x18\x03 \x01(\x0b\x32\x11.mlxd.v1.TokenIdsH\x00\x12%\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.mlxd.v1.ChatMessagesH\x00\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.mlxd.v1.GenerationOptions\x12\x16\n\x0e\x65xpected_model\x18\x06 \x01(\tB\x07\n\x05input\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"F\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x0e.mlxd.v1.ImageH\x00\x42\x06\n\x04part\"H\n\x11MultimodalMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12%\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x14.mlxd.v1.ContentPart\"|\n\x0eMultimodalChat\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.mlxd.v1.MultimodalMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"7\n\x10MultimodalPrompt\x12#\n\x05parts\x18\x01 \x03(\x0b\x32\x14.mlxd.v1.ContentPart\"\xd3\x01\n\x19MultimodalGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06prompt\x18\x02 \x01(\x0b\x32\x19.mlxd.v1.MultimodalPromptH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.mlxd.v1.MultimodalChatH\x00\x12+\n\x07options\x18\x04 \x01(\x0b\x32\x1a.mlxd.v1.GenerationOptions\x12\x16\n\x0e\x65xpected_model\x18\x05 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\"b\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\x12 \n\x03top\x18\x04 \x03(\x0b\x32\x13.mlxd.v1.TopLogprob\"Q\n\x05\x43hunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\'\n\x08logprobs\x18\x03 \x03(\x0b\x32\x15.mlxd.v1.TokenLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xa1\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x02 \x01(\x01\x12!\n\x19prefill_tokens_per_second\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\"\x83\x02\n\x05\x46inal\x12,\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x15.mlxd.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x02 \x01(\t\x12\x15\n\rstop_token_id\x18\x03 \x01(\x05\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.mlxd.v1.Usage\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.mlxd.v1.Timings\x12\x19\n\x11peak_memory_bytes\x18\x06 \x01(\x04\x12.\n\x0fprompt_logprobs\x18\x07 \x03(\x0b\x32\x15.mlxd.v1.TokenLogprob\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"]\n\x10GenerateResponse\x12\x1f\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x0e.mlxd.v1.ChunkH\x00\x12\x1f\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0e.mlxd.v1.FinalH\x00\x42\x07\n\x05\x65vent\"w\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\x12\x15\n\rparse_special\x18\x03 \x01(\x08\x12#\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.mlxd.v1.ChatMessages\"/\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc0\x02\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\x05\x12\x14\n\x0c\x62os_token_id\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x18\n\x10\x63heckpoint_dtype\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x19\n\x11has_chat_template\x18\x0c \x01(\x08\x12\x17\n\x0fsupports_vision\x18\r \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x11\n\tload_note\x18\x0f \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xaa\x03\n\tInference\x12\x41\n\x08Generate\x12\x18.mlxd.v1.GenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12U\n\x12MultimodalGenerate\x12\".mlxd.v1.MultimodalGenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12?\n\x08Tokenize\x12\x18.mlxd.v1.TokenizeRequest\x1a\x19.mlxd.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.mlxd.v1.DetokenizeRequest\x1a\x1b.mlxd.v1.DetokenizeResponse\x12@\n\x0cGetModelInfo\x12\x1c.mlxd.v1.GetModelInfoRequest\x1a\x12.mlxd.v1.ModelInfo\x12\x39\n\x06\x43\x61ncel\x12\x16.mlxd.v1.CancelRequest\x1a\x17.mlxd.v1.CancelResponseB/Z-github.com/mlxd/mlxd/clients/go/mlxdpb;mlxdpbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlxd/v1/inference.proto\x12\x07mlxd.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"t\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.mlxd.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x8b\x05\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11repetition_window\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12=\n\nlogit_bias\x18\n \x03(\x0b\x32).mlxd.v1.GenerationOptions.LogitBiasEntry\x12\x11\n\x04seed\x18\x0b \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\x05\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x10\n\x08logprobs\x18\x0f \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12\x17\n\x0fprompt_logprobs\x18\x11 \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_repetition_windowB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"\xd1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12#\n\x06tokens\x18\x03 \x01(\x0b\x32\x11.mlxd.v1.TokenIdsH\x00\x12%\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.mlxd.v1.ChatMessagesH\x00\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.mlxd.v1.GenerationOptions\x12\x16\n\x0e\x65xpected_model\x18\x06 \x01(\tB\x07\n\x05input\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"k\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x0e.mlxd.v1.ImageH\x00\x12#\n\x06tokens\x18\x03 \x01(\x0b\x32\x11.mlxd.v1.TokenIdsH\x00\x42\x06\n\x04part\"H\n\x11MultimodalMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12%\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x14.mlxd.v1.ContentPart\"|\n\x0eMultimodalChat\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.mlxd.v1.MultimodalMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"7\n\x10MultimodalPrompt\x12#\n\x05parts\x18\x01 \x03(\x0b\x32\x14.mlxd.v1.ContentPart\"\xd3\x01\n\x19MultimodalGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06prompt\x18\x02 \x01(\x0b\x32\x19.mlxd.v1.MultimodalPromptH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.mlxd.v1.MultimodalChatH\x00\x12+\n\x07options\x18\x04 \x01(\x0b\x32\x1a.mlxd.v1.GenerationOptions\x12\x16\n\x0e\x65xpected_model\x18\x05 \x01(\tB\x07\n\x05input\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\"b\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\t\x12 \n\x03top\x18\x04 \x03(\x0b\x32\x13.mlxd.v1.TopLogprob\"Q\n\x05\x43hunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\'\n\x08logprobs\x18\x03 \x03(\x0b\x32\x15.mlxd.v1.TokenLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xa1\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x02 \x01(\x01\x12!\n\x19prefill_tokens_per_second\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\"\x83\x02\n\x05\x46inal\x12,\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x15.mlxd.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x02 \x01(\t\x12\x15\n\rstop_token_id\x18\x03 \x01(\x05\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.mlxd.v1.Usage\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.mlxd.v1.Timings\x12\x19\n\x11peak_memory_bytes\x18\x06 \x01(\x04\x12.\n\x0fprompt_logprobs\x18\x07 \x03(\x0b\x32\x15.mlxd.v1.TokenLogprob\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"]\n\x10GenerateResponse\x12\x1f\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x0e.mlxd.v1.ChunkH\x00\x12\x1f\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x0e.mlxd.v1.FinalH\x00\x42\x07\n\x05\x65vent\"w\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\x12\x15\n\rparse_special\x18\x03 \x01(\x08\x12#\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.mlxd.v1.ChatMessages\"/\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc0\x02\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\x05\x12\x14\n\x0c\x62os_token_id\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x18\n\x10\x63heckpoint_dtype\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x19\n\x11has_chat_template\x18\x0c \x01(\x08\x12\x17\n\x0fsupports_vision\x18\r \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x11\n\tload_note\x18\x0f \x01(\t\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xaa\x03\n\tInference\x12\x41\n\x08Generate\x12\x18.mlxd.v1.GenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12U\n\x12MultimodalGenerate\x12\".mlxd.v1.MultimodalGenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12?\n\x08Tokenize\x12\x18.mlxd.v1.TokenizeRequest\x1a\x19.mlxd.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.mlxd.v1.DetokenizeRequest\x1a\x1b.mlxd.v1.DetokenizeResponse\x12@\n\x0cGetModelInfo\x12\x1c.mlxd.v1.GetModelInfoRequest\x1a\x12.mlxd.v1.ModelInfo\x12\x39\n\x06\x43\x61ncel\x12\x16.mlxd.v1.CancelRequest\x1a\x17.mlxd.v1.CancelResponseB/Z-github.com/mlxd/mlxd/clients/go/mlxdpb;mlxdpbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z-github.com/mlxd/mlxd/clients/go/mlxdpb;mlxdpb'
   _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._loaded_options = None
   _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=3212
-  _globals['_FINISHREASON']._serialized_end=3369
+  _globals['_FINISHREASON']._serialized_start=3249
+  _globals['_FINISHREASON']._serialized_end=3406
   _globals['_CHATMESSAGE']._serialized_start=36
   _globals['_CHATMESSAGE']._serialized_end=80
   _globals['_CHATMESSAGES']._serialized_start=82
@@ -51,45 +51,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=1091
   _globals['_IMAGE']._serialized_end=1131
   _globals['_CONTENTPART']._serialized_start=1133
-  _globals['_CONTENTPART']._serialized_end=1203
-  _globals['_MULTIMODALMESSAGE']._serialized_start=1205
-  _globals['_MULTIMODALMESSAGE']._serialized_end=1277
-  _globals['_MULTIMODALCHAT']._serialized_start=1279
-  _globals['_MULTIMODALCHAT']._serialized_end=1403
-  _globals['_MULTIMODALPROMPT']._serialized_start=1405
-  _globals['_MULTIMODALPROMPT']._serialized_end=1460
-  _globals['_MULTIMODALGENERATEREQUEST']._serialized_start=1463
-  _globals['_MULTIMODALGENERATEREQUEST']._serialized_end=1674
-  _globals['_TOPLOGPROB']._serialized_start=1676
-  _globals['_TOPLOGPROB']._serialized_end=1738
-  _globals['_TOKENLOGPROB']._serialized_start=1740
-  _globals['_TOKENLOGPROB']._serialized_end=1838
-  _globals['_CHUNK']._serialized_start=1840
-  _globals['_CHUNK']._serialized_end=1921
-  _globals['_USAGE']._serialized_start=1923
-  _globals['_USAGE']._serialized_end=2003
-  _globals['_TIMINGS']._serialized_start=2006
-  _globals['_TIMINGS']._serialized_end=2167
-  _globals['_FINAL']._serialized_start=2170
-  _globals['_FINAL']._serialized_end=2429
-  _globals['_GENERATERESPONSE']._serialized_start=2431
-  _globals['_GENERATERESPONSE']._serialized_end=2524
-  _globals['_TOKENIZEREQUEST']._serialized_start=2526
-  _globals['_TOKENIZEREQUEST']._serialized_end=2645
-  _globals['_TOKENIZERESPONSE']._serialized_start=2647
-  _globals['_TOKENIZERESPONSE']._serialized_end=2694
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2696
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2757
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2759
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2793
-  _globals['_GETMODELINFOREQUEST']._serialized_start=2795
-  _globals['_GETMODELINFOREQUEST']._serialized_end=2816
-  _globals['_MODELINFO']._serialized_start=2819
-  _globals['_MODELINFO']._serialized_end=3139
-  _globals['_CANCELREQUEST']._serialized_start=3141
-  _globals['_CANCELREQUEST']._serialized_end=3176
-  _globals['_CANCELRESPONSE']._serialized_start=3178
-  _globals['_CANCELRESPONSE']._serialized_end=3209
-  _globals['_INFERENCE']._serialized_start=3372
-  _globals['_INFERENCE']._serialized_end=3798
+  _globals['_CONTENTPART']._serialized_end=1240
+  _globals['_MULTIMODALMESSAGE']._serialized_start=1242
+  _globals['_MULTIMODALMESSAGE']._serialized_end=1314
+  _globals['_MULTIMODALCHAT']._serialized_start=1316
+  _globals['_MULTIMODALCHAT']._serialized_end=1440
+  _globals['_MULTIMODALPROMPT']._serialized_start=1442
+  _globals['_MULTIMODALPROMPT']._serialized_end=1497
+  _globals['_MULTIMODALGENERATEREQUEST']._serialized_start=1500
+  _globals['_MULTIMODALGENERATEREQUEST']._serialized_end=1711
+  _globals['_TOPLOGPROB']._serialized_start=1713
+  _globals['_TOPLOGPROB']._serialized_end=1775
+  _globals['_TOKENLOGPROB']._serialized_start=1777
+  _globals['_TOKENLOGPROB']._serialized_end=1875
+  _globals['_CHUNK']._serialized_start=1877
+  _globals['_CHUNK']._serialized_end=1958
+  _globals['_USAGE']._serialized_start=1960
+  _globals['_USAGE']._serialized_end=2040
+  _globals['_TIMINGS']._serialized_start=2043
+  _globals['_TIMINGS']._serialized_end=2204
+  _globals['_FINAL']._serialized_start=2207
+  _globals['_FINAL']._serialized_end=2466
+  _globals['_GENERATERESPONSE']._serialized_start=2468
+  _globals['_GENERATERESPONSE']._serialized_end=2561
+  _globals['_TOKENIZEREQUEST']._serialized_start=2563
+  _globals['_TOKENIZEREQUEST']._serialized_end=2682
+  _globals['_TOKENIZERESPONSE']._serialized_start=2684
+  _globals['_TOKENIZERESPONSE']._serialized_end=2731
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2733
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2794
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2796
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2830
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2832
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2853
+  _globals['_MODELINFO']._serialized_start=2856
+  _globals['_MODELINFO']._serialized_end=3176
+  _globals['_CANCELREQUEST']._serialized_start=3178
+  _globals['_CANCELREQUEST']._serialized_end=3213
+  _globals['_CANCELRESPONSE']._serialized_start=3215
+  _globals['_CANCELRESPONSE']._serialized_end=3246
+  _globals['_INFERENCE']._serialized_start=3409
+  _globals['_INFERENCE']._serialized_end=3835
 # @@protoc_insertion_point(module_scope)
