@@ -17,7 +17,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="a Hugging Face or MLX model folder, or a .gguf file; default: SmolLM2-135M-Instruct "
                             "(Q4_1 GGUF, fetched once into ~/.cache/mlxd/models)")
     serve.add_argument("--addr", default="127.0.0.1:50051",
-                       help="host:port (port 0 picks a free one) or unix:/path/to.sock")
+                       help="host:port (port 0 picks a free one) or unix:/path/to.sock (unix: alone = a socket in a "
+                            "new private directory); an address other than loopback needs TLS or a token")
     serve.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "float16", "bfloat16"],
                        help="weight dtype; auto = float32 on a Linux CPU (fast BLAS path), the checkpoint's on a GPU")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
@@ -29,6 +30,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--stall-timeout", type=float, default=60.0,
                        help="health turns NOT_SERVING when pending work sees no progress this long")
     serve.add_argument("--exit-on-stdin-eof", action="store_true", help="also exit when stdin closes")
+    serve.add_argument("--auth-token-file", type=Path,
+                       help="require `authorization: Bearer <token>` metadata with the token in this file")
+    serve.add_argument("--auth-exempt-health", action="store_true", help="let health checks through without the token")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: clients need a certificate this CA signed")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
 
@@ -49,11 +56,18 @@ def _serve(args: argparse.Namespace) -> int:
     from mlxd.engine.worker import WorkerOptions
     from mlxd.service.limits import Limits
     from mlxd.service.server import ServeOptions, serve
+    from mlxd.service.tls import TlsFiles
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and args.tls_cert is None):
+        print("mlxd: --tls-cert and --tls-key go together, and --tls-client-ca needs them", file=sys.stderr)
+        return 1
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
                            prefill_chunk_size=args.prefill_chunk)
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
-                              stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof))
+                              stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
+                              tls=tls, auth_token_file=args.auth_token_file,
+                              auth_exempt_health=args.auth_exempt_health))
     # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
     # ("terminate called without an active exception") when a thread other than main used the device.
     logging.shutdown()

@@ -9,6 +9,7 @@ from typing import Iterator, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mlxd_client.channel import TlsOptions, open_channel
 from mlxd_client.pb import inference_pb2 as pb
 from mlxd_client.pb import inference_pb2_grpc as pb_grpc
 
@@ -43,12 +44,15 @@ def _raise(error: grpc.RpcError) -> MlxdClientError:
 
 
 class Client:
-    """`Client("127.0.0.1:50051")` or `Client("unix:/path/to.sock")`; use as a context manager."""
+    """`Client("127.0.0.1:50051")` or `Client("unix:/path/to.sock")`; use as a context manager.
+    `token` is sent as `authorization: Bearer <token>`; `tls` (TlsOptions) makes the channel TLS or mutual TLS."""
 
-    def __init__(self, addr: str, *, max_message_bytes: int = 64 << 20) -> None:
+    def __init__(self, addr: str, *, max_message_bytes: int = 64 << 20, token: str | None = None,
+                 tls: TlsOptions | None = None) -> None:
         self.addr = addr
-        self._channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", max_message_bytes),
-                                                              ("grpc.max_send_message_length", max_message_bytes)])
+        self._channel = open_channel(addr, token=token, tls=tls,
+                                     options=[("grpc.max_receive_message_length", max_message_bytes),
+                                              ("grpc.max_send_message_length", max_message_bytes)])
         self.stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

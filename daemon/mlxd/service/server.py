@@ -26,10 +26,14 @@ from mlxd.engine.worker import Worker, WorkerOptions, WorkerState
 from mlxd.errors import MlxdError
 from mlxd.launcher import blas_note
 from mlxd.loading.identity import content_digest
+from mlxd.service.auth import BearerTokenInterceptor, TokenFileError, read_token
+from mlxd.service.decoding import StrictDecodingInterceptor
 from mlxd.service.health_monitor import HealthMonitor
 from mlxd.service.limits import Limits
+from mlxd.service.listen import Listener, ListenError, bind, check_policy
 from mlxd.service.model_info import served_model
 from mlxd.service.servicer import InferenceServicer
+from mlxd.service.tls import TlsConfigError, TlsFiles, server_credentials
 from mlxd_client.pb import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class ServeOptions:
     grace_seconds: float = 10.0
     stall_seconds: float = 60.0
     exit_on_stdin_eof: bool = False
+    tls: TlsFiles | None = None
+    auth_token_file: Path | None = None
+    auth_exempt_health: bool = False
 
 
 def serve(options: ServeOptions) -> int:
@@ -61,13 +68,20 @@ def serve(options: ServeOptions) -> int:
     _watch_parent(request_stop, options.exit_on_stdin_eof)
 
     log.info("%s", blas_note())
+    try:
+        check_policy(options.addr, tls=options.tls is not None, token=options.auth_token_file is not None)
+        credentials = server_credentials(options.tls) if options.tls is not None else None
+        interceptors = _interceptors(options)
+    except (ListenError, TlsConfigError, TokenFileError) as error:
+        print(f"mlxd: {error}", file=sys.stderr, flush=True)
+        return 1
     worker = Worker(options.worker)
     servicer = InferenceServicer(worker, options.limits)
     health_servicer = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
     try:
-        server, bound = _start_server(options, servicer, health_servicer)
-    except (RuntimeError, OSError) as error:
+        server, listener = _start_server(options, servicer, health_servicer, credentials, interceptors)
+    except (RuntimeError, OSError, ListenError) as error:
         print(f"mlxd: cannot listen on {options.addr}: {error}", file=sys.stderr, flush=True)
         return 1
     monitor = HealthMonitor(worker, health_servicer, ["", SERVICE_NAME], options.stall_seconds)
@@ -78,33 +92,44 @@ def serve(options: ServeOptions) -> int:
     while not worker.ready.wait(0.1):
         if stop.is_set():
             log.info("stopping before the model was loaded (%s)", stop_reason[0])
-            return _shutdown(server, worker, monitor, options, bound, graceful=False)
+            return _shutdown(server, worker, monitor, options, listener, graceful=False)
     try:
         worker.wait_ready(0)
         servicer.set_model(served_model(options.worker.model_path, worker, digest.result()))
     except (MlxdError, OSError) as error:
         server.stop(0)
-        _remove_socket(bound)
+        listener.remove()
         log.error("%s", error)
         print(f"mlxd: cannot load model: {error}", file=sys.stderr, flush=True)
         return 1
     monitor.start()
-    print(json.dumps({"event": "ready", "addr": bound, "pid": os.getpid(), "model": str(options.worker.model_path),
-                      "digest": servicer.model_info().digest}), flush=True)
+    print(json.dumps({"event": "ready", "addr": listener.addr, "pid": os.getpid(),
+                      "model": str(options.worker.model_path), "digest": servicer.model_info().digest}), flush=True)
     # Wake up regularly: a signal delivered to another thread (gRPC's, CUDA's) runs its Python handler only
     # when the main thread runs bytecode, and a lock wait without a timeout never returns for it.
     while not stop.wait(0.2):
         pass
     log.info("stopping (%s)", stop_reason[0])
-    return _shutdown(server, worker, monitor, options, bound, graceful=stop_reason[0] != "parent died")
+    return _shutdown(server, worker, monitor, options, listener, graceful=stop_reason[0] != "parent died")
 
 
-def _start_server(options: ServeOptions, servicer: InferenceServicer,
-                  health_servicer: health.HealthServicer) -> tuple[grpc.Server, str]:
+def _interceptors(options: ServeOptions) -> list[grpc.ServerInterceptor]:
+    # Authentication runs first: the bytes of a caller without the token are never parsed.
+    interceptors: list[grpc.ServerInterceptor] = []
+    if options.auth_token_file is not None:
+        interceptors.append(BearerTokenInterceptor(read_token(options.auth_token_file), options.auth_exempt_health))
+    interceptors.append(StrictDecodingInterceptor())
+    return interceptors
+
+
+def _start_server(options: ServeOptions, servicer: InferenceServicer, health_servicer: health.HealthServicer,
+                  credentials: grpc.ServerCredentials | None,
+                  interceptors: list[grpc.ServerInterceptor]) -> tuple[grpc.Server, Listener]:
     max_bytes = options.limits.max_message_bytes
     # Every live stream holds a thread: queued requests, active ones, and room for unary calls and probes.
     threads = options.worker.max_queue + options.worker.max_active + 16
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+                         interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", max_bytes),
                                   ("grpc.max_send_message_length", max_bytes),
                                   ("grpc.so_reuseport", 0)])
@@ -114,30 +139,13 @@ def _start_server(options: ServeOptions, servicer: InferenceServicer,
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = _bind(server, options.addr)
+    listener = bind(server, options.addr, credentials)
     server.start()
-    return server, bound
+    return server, listener
 
 
-def _bind(server: grpc.Server, addr: str) -> str:
-    if addr.startswith("unix:"):
-        path = Path(addr[len("unix:"):])
-        if path.exists() and path.is_socket():
-            path.unlink()  # a stale socket from a daemon that was killed
-        old_umask = os.umask(0o177)  # the socket file is created 0600: only our user may connect
-        try:
-            server.add_insecure_port(addr)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        return addr
-    port = server.add_insecure_port(addr)
-    host = addr.rsplit(":", 1)[0]
-    return f"{host}:{port}"
-
-
-def _shutdown(server: grpc.Server, worker: Worker, monitor: HealthMonitor, options: ServeOptions, bound: str,
-              graceful: bool) -> int:
+def _shutdown(server: grpc.Server, worker: Worker, monitor: HealthMonitor, options: ServeOptions,
+              listener: Listener, graceful: bool) -> int:
     monitor.stop()  # from here on health says NOT_SERVING
     worker.begin_drain()
     if graceful:
@@ -152,13 +160,8 @@ def _shutdown(server: grpc.Server, worker: Worker, monitor: HealthMonitor, optio
             time.sleep(0.02)
     server.stop(grace=1.0 if graceful else 0.2).wait()
     worker.stop(timeout=5.0)
-    _remove_socket(bound)
+    listener.remove()
     return 0
-
-
-def _remove_socket(bound: str) -> None:
-    if bound.startswith("unix:"):
-        Path(bound[len("unix:"):]).unlink(missing_ok=True)
 
 
 def _watch_parent(request_stop, exit_on_stdin_eof: bool) -> None:

@@ -1,0 +1,72 @@
+"""Bearer-token authentication: every RPC needs `authorization: Bearer <token>` metadata, except health checks
+when they are exempted for probes that cannot send headers (grpc_health_probe, Kubernetes gRPC probes).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import stat
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+class TokenFileError(Exception):
+    """The token file is missing, unreadable or holds no usable token; the message is the one-line reason."""
+
+
+def read_token(path: Path) -> bytes:
+    """The token is the file's content without surrounding whitespace: printable ASCII, at least 16 characters."""
+    try:
+        token = path.read_bytes().strip()
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise TokenFileError(f"--auth-token-file {path}: {error.strerror or error}") from error
+    if len(token) < 16 or not all(0x21 <= b <= 0x7E for b in token):
+        raise TokenFileError(f"--auth-token-file {path}: the token must be at least 16 printable ASCII characters "
+                             "without spaces")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("--auth-token-file %s can be read by other users (mode %o)", path, stat.S_IMODE(mode))
+    return token
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    def __init__(self, token: bytes, exempt_health: bool) -> None:
+        self._token = token
+        self._exempt = HEALTH_METHODS if exempt_health else frozenset()
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        if handler_call_details.method in self._exempt or self._authorized(handler_call_details.invocation_metadata):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED, which reveals nothing
+            return None
+        return _deny(handler)
+
+    def _authorized(self, metadata: tuple | None) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                scheme, _, credential = value.partition(" ") if isinstance(value, str) else ("", "", "")
+                # compare_digest takes time independent of where the tokens differ.
+                return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
+        return False
+
+
+def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that ends the call with UNAUTHENTICATED; the request is never parsed."""
+    def deny(request, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(deny)
