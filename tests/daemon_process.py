@@ -57,13 +57,14 @@ def read_ready_line(proc: subprocess.Popen, timeout: float) -> dict:
 
 
 def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: float = 120.0,
-                 workdir: Path | None = None) -> Daemon:
+                 workdir: Path | None = None, env: dict[str, str] | None = None) -> Daemon:
+    """env: extra environment variables (test hooks) for the daemon."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mlxd-test-"))
     addr = addr or f"unix:{workdir / 'mlxd.sock'}"
     stderr_path = workdir / "stderr.log"
     proc = subprocess.Popen([sys.executable, "-m", "mlxd", "serve", "--model", str(model), "--addr", addr, *extra],
                             stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), stdin=subprocess.DEVNULL,
-                            env=daemon_env())
+                            env=dict(daemon_env(), **(env or {})))
     try:
         ready = read_ready_line(proc, timeout)
     except Exception:

@@ -164,6 +164,7 @@ class Worker:
         scheduler.waiting.extend(taken)
 
     def _load(self) -> Scheduler:
+        from mlxd.engine.fault_injection import inject_from_env
         from mlxd.engine.warmup import warm_up
         from mlxd.loading.model_source import load_model_and_tokenizer
 
@@ -176,6 +177,7 @@ class Worker:
         runtime = ModelRuntime(self.loaded.model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
                                self.loaded.context_length, self.loaded.vocab_size)
         warm_up(runtime)
+        inject_from_env(runtime)
         log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)
         return Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_active,
                          on_finished=self._finished)
