@@ -6,7 +6,7 @@ Runs only on the worker thread. Nothing here blocks on the device except where a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import mlx.core as mx
 
@@ -42,16 +42,23 @@ def cache_state(cache: list[Any]) -> list[mx.array]:
     return [a for c in cache for a in c.state]
 
 
-def prefill_chunk(model: Any, cache: list[Any], ids: list[int]) -> None:
-    """Run ids through the model into the cache and evaluate only the cache (no logits are needed)."""
-    model(mx.array([ids], dtype=mx.int32), cache=cache)
+def _forward(model: Any, cache: list[Any], ids: list[int], images: Sequence[tuple[int, mx.array]]) -> mx.array:
+    inputs = mx.array([ids], dtype=mx.int32)
+    # Only vision-language models take images; text models keep their plain signature.
+    return model(inputs, cache=cache, images=images) if images else model(inputs, cache=cache)
+
+
+def prefill_chunk(model: Any, cache: list[Any], ids: list[int], images: Sequence[tuple[int, mx.array]] = ()) -> None:
+    """Run ids through the model into the cache and evaluate only the cache (no logits are needed).
+    `images` holds (position in the chunk, embeddings) of each image whose tokens lie in the chunk."""
+    _forward(model, cache, ids, images)
     mx.eval(cache_state(cache))
 
 
 def prefill_chunk_with_logprobs(model: Any, cache: list[Any], ids: list[int], targets: list[int],
-                                top_k: int) -> list[TokenLogprob]:
+                                top_k: int, images: Sequence[tuple[int, mx.array]] = ()) -> list[TokenLogprob]:
     """Like prefill_chunk, but also score targets[i] (the token after ids[i]) for prompt logprobs."""
-    scores = logprobs(model(mx.array([ids], dtype=mx.int32), cache=cache)[0])
+    scores = logprobs(_forward(model, cache, ids, images)[0])
     chosen = mx.take_along_axis(scores, mx.array(targets, dtype=mx.int32)[:, None], axis=-1)[:, 0]
     tops = top_logprobs(scores, top_k) if top_k else None
     mx.eval([chosen, *(tops or ())] + cache_state(cache))

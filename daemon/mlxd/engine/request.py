@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mlxd.generation.sampling import SamplingParams
 
 
@@ -38,6 +40,16 @@ class CancelToken:
         return self._event.is_set()
 
 
+@dataclass(frozen=True)
+class PromptImage:
+    """An image of the prompt: its preprocessed pixels and where its image tokens sit in prompt_ids."""
+
+    position: int                 # index of its first image token
+    length: int                   # number of image tokens
+    pixels: np.ndarray            # float32 [3, H, W], normalized
+    digest: str                   # content hash of the encoded bytes, the key of the worker's embedding cache
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
@@ -50,6 +62,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: bool = False
+    images: tuple[PromptImage, ...] = ()    # in prompt order; spans never overlap
     deadline: float | None = None           # time.monotonic() value
     cancel: CancelToken = field(default_factory=CancelToken)
     events: "queue.SimpleQueue[Event]" = field(default_factory=queue.SimpleQueue)

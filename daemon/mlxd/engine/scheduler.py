@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
 from mlxd.engine.sequence import Phase, Sequence
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError
@@ -31,6 +32,7 @@ class ModelRuntime:
     eos_ids: frozenset[int]
     context_length: int
     vocab_size: int
+    image_encoder: ImageEncoder | None = None    # vision-language models only
 
 
 class Scheduler:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 
 from mlxd.engine import decoder
+from mlxd.engine.images import chunk_end
 from mlxd.engine.request import (ErrorEvent, FinalEvent, FinishReason, GenerationRequest, TokenEvent, TokenLogprob,
                                  Timings)
-from mlxd.errors import DeadlineExceeded
+from mlxd.errors import DeadlineExceeded, Unsupported
 from mlxd.generation.detokenizer import StreamingDetokenizer
 from mlxd.generation.sampling import Sampler
 from mlxd.generation.stops import StopMatcher
@@ -40,6 +41,9 @@ class Sequence:
         self._stops = StopMatcher(request.stops)
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else runtime.eos_ids)
         self._chunk = prefill_chunk_size
+        if request.images and runtime.image_encoder is None:
+            raise Unsupported("this model is text-only; it cannot take images")
+        self._image_encoder = runtime.image_encoder
         prompt_len = len(request.prompt_ids)
         room = runtime.context_length - prompt_len
         self._limit = min(request.max_tokens, room) if request.max_tokens else room
@@ -72,18 +76,24 @@ class Sequence:
 
     def _prefill_one_chunk(self) -> None:
         prompt = self.request.prompt_ids
-        end = min(self._prefilled + self._chunk, len(prompt) - 1)
+        end = chunk_end(self._prefilled, self._chunk, len(prompt) - 1, self.request.images)
         if end > self._prefilled:
             ids = prompt[self._prefilled:end]
+            images = self._chunk_images(self._prefilled, end)
             if self.request.prompt_logprobs:
                 targets = prompt[self._prefilled + 1:end + 1]
                 self._prompt_logprobs += decoder.prefill_chunk_with_logprobs(
-                    self._model, self._cache, ids, targets, self.request.top_logprobs)
+                    self._model, self._cache, ids, targets, self.request.top_logprobs, images)
             else:
-                decoder.prefill_chunk(self._model, self._cache, ids)
+                decoder.prefill_chunk(self._model, self._cache, ids, images)
             self._prefilled = end
         if self._prefilled >= len(prompt) - 1:
             self.phase = Phase.DECODE
+
+    def _chunk_images(self, start: int, end: int) -> list[tuple[int, mx.array]]:
+        """(position in the chunk, embeddings) of the images whose spans lie in prompt[start:end]."""
+        return [(image.position - start, self._image_encoder.encode(image))
+                for image in self.request.images if start <= image.position < end]
 
     # -- decode ---------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.scheduler import ModelRuntime, Scheduler
 from mlxd.errors import InvalidRequest, ModelLoadError, ResourceExhausted, Unavailable
@@ -38,6 +39,7 @@ class WorkerOptions:
     max_queue: int = 64             # requests waiting for the worker; more get RESOURCE_EXHAUSTED
     prefill_chunk_size: int = 512
     max_active: int = 1
+    image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
 
 
 class Worker:
@@ -174,8 +176,10 @@ class Worker:
         path = self.options.model_path
         self.loaded, self.tokenizer = load_model_and_tokenizer(path, self.options.dtype)
         eos = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.loaded.eos_token_ids)
-        runtime = ModelRuntime(self.loaded.model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
-                               self.loaded.context_length, self.loaded.vocab_size)
+        model = self.loaded.model
+        encoder = ImageEncoder(model, self.options.image_cache_bytes) if hasattr(model, "encode_images") else None
+        runtime = ModelRuntime(model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
+                               self.loaded.context_length, self.loaded.vocab_size, encoder)
         warm_up(runtime)
         inject_from_env(runtime)
         log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)

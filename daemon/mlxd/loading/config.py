@@ -87,6 +87,9 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     if layer_types is not None:
         out["layer_types"] = layer_types
     out["dtype"] = config_dtype(config)
+    if isinstance(config.get("text_config"), dict):
+        # A vision-language model's decoder config comes in either layout too.
+        out["text_config"] = normalize_config(config["text_config"])
     return out
 
 

@@ -14,6 +14,7 @@ MODEL_TYPES: dict[str, str] = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma3_text": "gemma3_text",
+    "gemma3": "gemma3",
 }
 
 

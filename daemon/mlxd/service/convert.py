@@ -10,7 +10,8 @@ import time
 import uuid
 from typing import Any
 
-from mlxd.engine.request import FinalEvent, FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+from mlxd.engine.request import (FinalEvent, FinishReason, GenerationRequest, PromptImage, TokenEvent,
+                                 TokenLogprob)
 from mlxd.errors import InvalidRequest, ResourceExhausted
 from mlxd.generation.sampling import SamplingParams
 from mlxd.generation.stops import validate_stops
@@ -49,7 +50,7 @@ def check_token_ids(ids: list[int], vocab_size: int, field: str) -> None:
 
 def generation_request(request_id: str, prompt_ids: list[int], options: pb.GenerationOptions, *,
                        defaults: dict[str, Any], vocab_size: int, context_length: int, limits: Limits,
-                       time_remaining: float | None) -> GenerationRequest:
+                       time_remaining: float | None, images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
     if len(request_id) > limits.max_request_id_length:
         raise InvalidRequest(f"request_id is longer than {limits.max_request_id_length} characters")
     if not prompt_ids:
@@ -75,6 +76,7 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         logprobs=options.logprobs,
         top_logprobs=options.top_logprobs,
         prompt_logprobs=options.prompt_logprobs,
+        images=images,
         # gRPC reports "no deadline" as a huge number; anything beyond a day is treated as none.
         deadline=time.monotonic() + time_remaining if time_remaining is not None and time_remaining < 86400 else None,
     )

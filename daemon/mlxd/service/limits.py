@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mlxd.images.preprocess import ImageLimits
 
 
 @dataclass(frozen=True)
@@ -13,3 +15,4 @@ class Limits:
     max_top_logprobs: int = 20
     max_request_id_length: int = 256
     max_message_bytes: int = 64 << 20   # gRPC receive limit (images travel inline)
+    images: ImageLimits = field(default_factory=ImageLimits)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mlxd.engine.worker import Worker
+from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
+from mlxd.service.multimodal import VisionInput
 from mlxd.service.servicer import ServedModel
 from mlxd_client.pb import inference_pb2 as pb
 
@@ -25,6 +28,7 @@ def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
 
 def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     loaded, tokenizer = worker.loaded, worker.tokenizer
+    vision = _vision_input(path, loaded.model)
     info = pb.ModelInfo(
         model_id=path.name,
         path=str(path.resolve()),
@@ -38,8 +42,18 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         checkpoint_dtype=loaded.checkpoint_dtype,
         quantization=quantization_text(loaded.quantization, loaded.quantized),
         has_chat_template=tokenizer.has_chat_template,
-        supports_vision=False,
+        supports_vision=vision is not None,
         device=worker.device,
         load_note=loaded.load_note,
     )
-    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(path) if path.is_dir() else {})
+    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(path) if path.is_dir() else {},
+                       vision=vision)
+
+
+def _vision_input(path: Path, model: Any) -> VisionInput | None:
+    """How images reach the model, for models that take them (their `image_tokens` is plain data, no MLX)."""
+    tokens = getattr(model, "image_tokens", None)
+    if tokens is None:
+        return None
+    folder = path if path.is_dir() else path.parent
+    return VisionInput(tokens, load_processor_config(folder, tokens.image_size))

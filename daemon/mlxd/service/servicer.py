@@ -13,7 +13,7 @@ import grpc
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.worker import Worker, WorkerState
 from mlxd.errors import InternalError, InvalidRequest, MlxdError, Unavailable, Unsupported
-from mlxd.service import convert
+from mlxd.service import convert, multimodal
 from mlxd.service.limits import Limits
 from mlxd.service.status import abort
 from mlxd_client.pb import inference_pb2 as pb
@@ -27,6 +27,7 @@ class ServedModel:
     info: pb.ModelInfo
     tokenizer: Any
     sampling_defaults: dict[str, Any]
+    vision: multimodal.VisionInput | None = None    # set for vision-language models
 
 
 def _rpc(method):
@@ -87,11 +88,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                            context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
         model = self._served()
         self._check_expected_model(model, request.expected_model)
-        if not model.info.supports_vision:
+        if model.vision is None:
             raise Unsupported(f"model {model.info.model_id!r} ({model.info.architecture}) is text-only; "
                               "it cannot take images")
-        raise Unsupported("multimodal generation is not implemented for this model")
-        yield  # a generator, like every streaming handler
+        # Tokenizing, decoding and preprocessing the images happen here, on the gRPC thread.
+        prompt_ids, images = multimodal.build_prompt(request, model.tokenizer, model.vision, self._limits,
+                                                     vocab_size=model.info.vocab_size,
+                                                     context_length=model.info.context_length)
+        gen = convert.generation_request(
+            request.request_id, prompt_ids, request.options, defaults=model.sampling_defaults,
+            vocab_size=model.info.vocab_size, context_length=model.info.context_length, limits=self._limits,
+            time_remaining=context.time_remaining(), images=images)
+        yield from self._stream(gen, context, model)
 
     def _prompt_ids(self, model: ServedModel, request: pb.GenerateRequest) -> list[int]:
         tokenizer = model.tokenizer

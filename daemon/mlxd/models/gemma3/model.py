@@ -1,0 +1,73 @@
+"""Gemma3ForConditionalGeneration: vision tower + projector produce image embeddings, the text model runs."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxd.images.prompt import ImageTokens
+from mlxd.models.base import drop_unused_weights
+from mlxd.models.cache import KVCache, RotatingKVCache
+from mlxd.models.gemma3.config import ModelArgs
+from mlxd.models.gemma3.language import ChunkImages, LanguageModel
+from mlxd.models.gemma3.vision import MultiModalProjector, VisionTower
+
+# transformers 5 saves the VLM under `model.`; older checkpoints and MLX conversions use these names.
+_RENAMES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+def _rename(key: str) -> str:
+    for old, new in _RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.language_model = LanguageModel(args.text)
+        self.vision_tower = VisionTower(args.vision)
+        self.multi_modal_projector = MultiModalProjector(args)
+        self.image_tokens = ImageTokens(
+            begin_id=args.boi_token_index, image_id=args.image_token_index, end_id=args.eoi_token_index,
+            per_image=args.mm_tokens_per_image, image_size=args.vision.image_size,
+            # Gemma3Processor writes a blank line on each side of an image.
+            text_before="\n\n", text_after="\n\n")
+
+    @property
+    def layers(self) -> list:
+        return self.language_model.layers
+
+    def __call__(self, inputs: mx.array, cache: list | None = None, images: ChunkImages = ()) -> mx.array:
+        return self.language_model(inputs, cache, images)
+
+    def encode_images(self, pixels: mx.array) -> mx.array:
+        """Embeddings [B, mm_tokens_per_image, text hidden] of normalized pixels [B, 3, H, W]."""
+        dtype = self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
+        patches = self.vision_tower(pixels.transpose(0, 2, 3, 1).astype(dtype))
+        return self.multi_modal_projector(patches)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        out = {}
+        for key, value in weights.items():
+            key = _rename(key)
+            if key.endswith("position_ids"):
+                continue  # a buffer some SigLIP checkpoints carry
+            if key.endswith("patch_embedding.weight") and value.shape[1] == self.args.vision.num_channels:
+                value = value.transpose(0, 2, 3, 1)  # torch conv [out, in, kh, kw] -> MLX [out, kh, kw, in]
+            out[key] = value
+        tied = self.args.text.tie_word_embeddings
+        text = {k[len("language_model."):]: v for k, v in out.items() if k.startswith("language_model.")}
+        rest = {k: v for k, v in out.items() if not k.startswith("language_model.")}
+        return rest | {f"language_model.{k}": v for k, v in drop_unused_weights(text, tied).items()}
+
+    def make_cache(self) -> list[KVCache | RotatingKVCache]:
+        return self.language_model.make_cache()
