@@ -25,6 +25,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill step")
     serve.add_argument("--max-prompt-tokens", type=int, default=0, help="0 = the model's context length")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message accepted")
+    serve.add_argument("--max-image-mb", type=float, default=20, help="largest encoded image accepted")
+    serve.add_argument("--max-image-pixels", type=int, default=50_000_000,
+                       help="largest decoded image (width x height) accepted; guards against decompression bombs")
+    serve.add_argument("--max-images", type=int, default=16, help="most images in one request")
+    serve.add_argument("--image-cache-mb", type=int, default=256,
+                       help="memory for encoded images kept for the next request (vision-language models)")
     serve.add_argument("--grace-period", type=float, default=10.0,
                        help="seconds in-flight streams may finish after SIGTERM before they are cancelled")
     serve.add_argument("--stall-timeout", type=float, default=60.0,
@@ -54,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"mlxd: cannot fetch the default model: {error}", file=sys.stderr)
             return 1
     from mlxd.engine.worker import WorkerOptions
+    from mlxd.images.preprocess import ImageLimits
     from mlxd.service.limits import Limits
     from mlxd.service.server import ServeOptions, serve
     from mlxd.service.tls import TlsFiles
@@ -61,9 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
         print("mlxd: --tls-cert and --tls-key go together, and --tls-client-ca needs them", file=sys.stderr)
         return 1
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20)
+    images = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,
+                         max_images=args.max_images)
+    limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20,
+                    images=images)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
-                           prefill_chunk_size=args.prefill_chunk)
+                           prefill_chunk_size=args.prefill_chunk, image_cache_bytes=args.image_cache_mb << 20)
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
                               tls=tls, auth_token_file=args.auth_token_file,
