@@ -90,7 +90,7 @@ def decode_image(data: bytes, index: int, limits: ImageLimits) -> Image.Image:
             image.seek(0)  # animated images: the first frame
             image.load()
     except UnidentifiedImageError:
-        raise InvalidRequest(f"image {index} is not an image in a supported format ({', '.join(FORMATS)})") from None
+        raise InvalidRequest(f"image {index} is not a readable image in a supported format ({', '.join(FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise InvalidRequest(f"image {index} is too large to decode: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
