@@ -6,12 +6,14 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
-from conftest import GEMMA3, IMAGE, IMAGE_PNG
+from conftest import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from mlxd.engine.images import ImageEncoder, chunk_end
 from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationRequest
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.generation.sampling import SamplingParams
+from mlxd.loading.loader import load_model
 from mlxd.images.preprocess import ImageLimits, content_digest, decode_image, load_processor_config, preprocess
 from mlxd.models.gemma3 import language
 
@@ -129,3 +131,15 @@ def test_encoder_cache_hits_and_evicts(vlm):
     encoder.encode(image)  # evicted by the newer ones: encoded again
     assert encoder.misses == 5
     assert ImageEncoder(loaded.model, max_cache_bytes=one - 1).encode(image).shape == (4, 64)
+
+
+def test_transformers5_weight_names_load_to_the_same_logits(vlm, expected, tmp_path):
+    """transformers 5 saves `model.language_model.*`, `model.vision_tower.*` and an `lm_head` copy."""
+    folder = model_folder("v5", tmp_path / "gemma3")
+    weights = load_file(str(folder / "model.safetensors"))
+    renamed = {("model." + k.replace("language_model.model.", "language_model.", 1)): v for k, v in weights.items()}
+    renamed["lm_head.weight"] = weights["language_model.model.embed_tokens.weight"]
+    save_file(renamed, str(folder / "model.safetensors"))
+    model = load_model(folder, dtype="float32").model
+    logits = model(expected["input_ids"], images=[(8, image_embeddings(model))])
+    assert mx.abs(logits[0] - expected["logits"]).max().item() < LOGIT_TOL
