@@ -4,8 +4,9 @@ kernel compilation and first-touch allocation."""
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
-from mlxd.engine.request import ErrorEvent, GenerationRequest
+from mlxd.engine.request import ErrorEvent, GenerationRequest, PromptImage
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.generation.sampling import SamplingParams
 
@@ -15,7 +16,23 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> 
     request = GenerationRequest("warmup", ids, SamplingParams(temperature=0.0), max_tokens=new_tokens,
                                 ignore_eos=True)
     # Two prefill chunks, then decode steps: every code path a request takes.
-    for event in run_to_completion(runtime, request, prefill_chunk_size=prompt_len // 2):
+    _run(runtime, request, prefill_chunk_size=prompt_len // 2)
+    if runtime.image_encoder is not None:
+        _run(runtime, _image_request(runtime, ids, new_tokens), prefill_chunk_size=prompt_len)
+    mx.clear_cache()
+
+
+def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> GenerationRequest:
+    """A blank image between two text tokens, so the vision tower and the image attention mask compile too."""
+    tokens = runtime.model.image_tokens
+    pixels = np.zeros((3, tokens.image_size, tokens.image_size), dtype=np.float32)
+    # Not a hex digest, so no real image can ever hit this cache entry.
+    image = PromptImage(position=2, length=tokens.per_image, pixels=pixels, digest="warm-up")
+    return GenerationRequest("warmup-image", ids[:1] + tokens.span() + ids[1:2], SamplingParams(temperature=0.0),
+                             max_tokens=new_tokens, ignore_eos=True, images=(image,))
+
+
+def _run(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int) -> None:
+    for event in run_to_completion(runtime, request, prefill_chunk_size=prefill_chunk_size):
         if isinstance(event, ErrorEvent):
             raise event.error
-    mx.clear_cache()
