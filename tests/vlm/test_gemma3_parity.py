@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import GEMMA3, IMAGE, IMAGE_PNG, model_folder
+from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from mlxd.engine.images import ImageEncoder, chunk_end
 from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationRequest
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from conftest import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
+from gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from daemon_process import start_daemon
 from mlxd.loading.tokenizer import load_tokenizer
-from mlxd_client import Client, MlxdClientError, pb
+from mlxd_client import Client, MlxdClientError, collect, pb
 
 LOGIT_TOL = 1e-3
 PNG = IMAGE_PNG.read_bytes()
@@ -105,6 +105,17 @@ def test_png_bytes_reproduce_transformers(client, expected):
     assert [lp.token_id for lp in final.prompt_logprobs] == ids[1:].tolist()
     got_lp = np.array([lp.logprob for lp in final.prompt_logprobs])
     assert np.abs(got_lp - want[np.arange(39), ids[1:]]).max() < LOGIT_TOL
+
+
+def test_python_client_helper_sends_images_and_token_parts(client, expected):
+    """Client.multimodal_generate: bytes are images, lists are token ids; same greedy ids as the raw stub."""
+    ids = expected["input_ids"][0].tolist()
+    result = collect(client.multimodal_generate([ids[:7], PNG, ids[13:]], max_tokens=16, ignore_eos=True,
+                                                temperature=0.0))
+    assert result.token_ids == expected["greedy_ids"].tolist()
+    chat = collect(client.multimodal_generate(messages=[{"role": "user", "content": ["Describe", PNG]}],
+                                              max_tokens=2, temperature=0.0))
+    assert chat.final.usage.completion_tokens == 2
 
 
 def test_chat_places_several_images_with_the_processors_blank_lines(client, folder):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GEMMA3, IMAGE_PNG
+from gemma3_fixture import GEMMA3, IMAGE_PNG
 from mlxd.errors import InvalidRequest
 from mlxd.images.preprocess import ImageLimits, ProcessorConfig, decode_image, load_processor_config, preprocess, to_rgb
 

@@ -10,7 +10,7 @@ import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
 
-from conftest import GEMMA3
+from gemma3_fixture import GEMMA3
 from mlxd.loading.loader import load_model
 from test_gemma3_parity import image_embeddings
 

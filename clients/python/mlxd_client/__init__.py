@@ -1,7 +1,7 @@
 """Python client for the mlxd daemon. Imports no MLX: any Python program can be a client."""
 
 from mlxd_client.channel import TlsOptions
-from mlxd_client.client import Client, Completion, MlxdClientError
+from mlxd_client.client import Client, Completion, MlxdClientError, collect
 from mlxd_client.pb import inference_pb2 as pb
 
-__all__ = ["Client", "Completion", "MlxdClientError", "TlsOptions", "pb"]
+__all__ = ["Client", "Completion", "MlxdClientError", "TlsOptions", "collect", "pb"]

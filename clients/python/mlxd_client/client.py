@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +37,42 @@ class Completion:
 def options(**kwargs: object) -> pb.GenerationOptions:
     """GenerationOptions from keyword arguments (None values are left unset)."""
     return pb.GenerationOptions(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+Part = Union[str, bytes, Sequence[int]]
+
+
+def _content_part(part: Part) -> pb.ContentPart:
+    if isinstance(part, str):
+        return pb.ContentPart(text=part)
+    if isinstance(part, (bytes, bytearray)):
+        return pb.ContentPart(image=pb.Image(data=bytes(part)))
+    return pb.ContentPart(tokens=pb.TokenIds(ids=list(part)))
+
+
+def collect(responses: Iterable[pb.GenerateResponse]) -> Completion:
+    """Read a response stream to its end: the whole text, every token id and the final message."""
+    result = Completion(text="")
+    texts = []
+    for response in responses:
+        if response.HasField("chunk"):
+            texts.append(response.chunk.text)
+            result.token_ids.extend(response.chunk.token_ids)
+        else:
+            result.final = response.final
+    result.text = "".join(texts)
+    return result
+
+
+def _stream(start: Callable[[], grpc.Call]) -> Iterator[pb.GenerateResponse]:
+    """The responses of a streaming call, started when iteration starts (as a generator would)."""
+    call = start()
+    try:
+        yield from call
+    except grpc.RpcError as error:
+        raise _raise(error) from None
+    finally:
+        call.cancel()  # a consumer that stops early cancels the generation on the daemon
 
 
 def _raise(error: grpc.RpcError) -> MlxdClientError:
@@ -80,26 +116,29 @@ class Client:
             request.tokens.ids.extend(tokens)
         elif messages is not None:
             request.chat.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
-        call = self.stub.Generate(request, timeout=timeout)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise _raise(error) from None
-        finally:
-            call.cancel()  # a consumer that stops early cancels the generation on the daemon
+        return _stream(lambda: self.stub.Generate(request, timeout=timeout))
+
+    def multimodal_generate(self, parts: Sequence[Part] | None = None, *,
+                            messages: Sequence[Mapping[str, object]] | None = None, request_id: str = "",
+                            expected_model: str = "", timeout: float | None = None,
+                            **option_values: object) -> Iterator[pb.GenerateResponse]:
+        """Like generate, with images. `parts`: str (text), bytes (an encoded image: PNG, JPEG, ...) or a list of
+        token ids, in prompt order; or `messages`: {"role": ..., "content": str or a sequence of such parts}."""
+        request = pb.MultimodalGenerateRequest(request_id=request_id or uuid.uuid4().hex,
+                                               expected_model=expected_model, options=options(**option_values))
+        if parts is not None:
+            request.prompt.parts.extend(_content_part(p) for p in parts)
+        elif messages is not None:
+            for m in messages:
+                content = m["content"]
+                content = [content] if isinstance(content, (str, bytes)) else content
+                request.chat.messages.append(pb.MultimodalMessage(role=m["role"],
+                                                                  content=[_content_part(p) for p in content]))
+        return _stream(lambda: self.stub.MultimodalGenerate(request, timeout=timeout))
 
     def complete(self, prompt: str | None = None, **kwargs: object) -> Completion:
         """Run a generation to its end and return the whole text and the final message."""
-        result = Completion(text="")
-        parts = []
-        for response in self.generate(prompt, **kwargs):
-            if response.HasField("chunk"):
-                parts.append(response.chunk.text)
-                result.token_ids.extend(response.chunk.token_ids)
-            else:
-                result.final = response.final
-        result.text = "".join(parts)
-        return result
+        return collect(self.generate(prompt, **kwargs))
 
     def cancel(self, request_id: str) -> bool:
         return self._unary(self.stub.Cancel, pb.CancelRequest(request_id=request_id)).found
