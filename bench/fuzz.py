@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from daemon_process import FIXTURES, start_daemon  # noqa: E402
 from hostile_requests import any_call  # noqa: E402
 from mlxd_client import Client  # noqa: E402
-from test_fuzz_service import run  # noqa: E402
+from sending import run  # noqa: E402
 
 
 def main() -> int:

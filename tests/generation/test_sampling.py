@@ -150,6 +150,7 @@ def test_greedy_still_applies_bias_and_penalties():
     (1, [0, 1, 0, 1]),   # only the last token is penalized
     (2, [0, 1, 1, 0]),   # [1]→0, [1,0]→1 (0.5 < 0.6), [0,1]→1, [1,1]→0
     (64, [0, 1, 1, 1]),  # once both are in the window, 0.6 > 0.5 forever
+    (2**32 - 1, [0, 1, 1, 1]),  # the largest uint32 the proto allows: not an int32 slice index (found by fuzzing)
 ])
 def test_repetition_window_counts_prompt_and_generated_tokens(window, expected):
     params = SamplingParams(temperature=0.0, repetition_penalty=2.0, repetition_window=window)

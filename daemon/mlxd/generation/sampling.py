@@ -196,7 +196,12 @@ class Sampler:
 
     def _record(self, token: mx.array) -> None:
         if self._window:
-            self._recent = mx.concatenate([self._recent, token])[-self._window:]
-            self._recent_len = min(self._recent_len + 1, self._window)
+            # Drop the oldest token only once the window is full: a window beyond int32 (repetition_window is a
+            # uint32) must never become a slice index, which MLX refuses.
+            self._recent = mx.concatenate([self._recent, token])
+            if self._recent_len == self._window:
+                self._recent = self._recent[1:]
+            else:
+                self._recent_len += 1
         if self._counts is not None:
             self._counts = self._counts.at[token].add(1.0)
