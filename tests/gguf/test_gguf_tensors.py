@@ -122,3 +122,34 @@ def test_unknown_type_is_named():
     t = GGUFTensor("blk.0.ffn_up.weight", "IQ4_NL", (2, 32), np.zeros(36, dtype=np.uint8))
     with pytest.raises(ModelLoadError, match="blk.0.ffn_up.weight has GGML type IQ4_NL"):
         tensors.dense(t, mx.float32)
+
+
+@pytest.mark.parametrize("type_name", ["F16", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("chunk_rows", [1, 4])  # 4 does not divide the 6 rows: the last block is short
+def test_conversion_by_blocks_of_rows_is_the_same(type_name, chunk_rows):
+    t = random_tensor(type_name, seed=5)
+    order = np.array([5, 3, 1, 0, 2, 4])
+    chunk = chunk_rows * COLS
+    for row_order in (None, order):
+        whole = tensors.dense(t, mx.float32, row_order)
+        np.testing.assert_array_equal(np.array(tensors.dense(t, mx.float32, row_order, chunk_elements=chunk)),
+                                      np.array(whole))
+        if type_name != "F16":
+            want = tensors.quantized(t, mx.float16, row_order)
+            got = tensors.quantized(t, mx.float16, row_order, chunk_elements=chunk)
+            assert got.bits == want.bits
+            for name in ("weight", "scales", "biases"):
+                np.testing.assert_array_equal(np.array(getattr(got, name)), np.array(getattr(want, name)))
+
+
+def test_large_tensor_temporaries_stay_near_one_block():
+    rows = 64
+    t = random_tensor("Q8_0", rows=rows, cols=COLS, seed=6)
+    mx.synchronize()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    values = tensors.dense(t, mx.float16, chunk_elements=8 * COLS)
+    mx.eval(values)
+    result = rows * COLS * 2
+    # Unblocked, float32 values, packed codes and scales of the whole tensor would exist next to the result.
+    assert mx.get_peak_memory() - before < result + 4 * (8 * COLS) * 4

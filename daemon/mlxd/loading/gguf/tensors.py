@@ -6,10 +6,15 @@ Three kinds of GGML type:
 - requantized (Q2_K, Q3_K, Q6_K: 16-value groups, which MLX lacks): dequantized by the `gguf` package, then
   held dense or requantized to 8 bits with group size 32 (within one 8-bit step, 1/255 of a group's range).
 Anything else raises ModelLoadError naming the type.
+
+A large tensor is converted a block of rows at a time, each block written into the preallocated result, so its
+numpy and MLX temporaries stay near CHUNK_ELEMENTS values: Gemma 3's 262k x 640 embedding would otherwise take
+~1.3 GB of temporaries to become a 320 MB float16 array.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -25,6 +30,7 @@ DENSE_TYPES = ("F32", "F16", "BF16")
 REQUANTIZED_TYPES = ("Q2_K", "Q3_K", "Q6_K")
 REQUANTIZED_BITS = 8
 SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, *REQUANTIZED_TYPES)
+CHUNK_ELEMENTS = 1 << 22  # values converted at once (16 MiB as float32)
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,6 @@ def _rows(tensor: GGUFTensor) -> tuple[int, int]:
     return tensor.size // cols, cols
 
 
-def _reorder(arr: np.ndarray, row_order: np.ndarray | None) -> np.ndarray:
-    return arr if row_order is None else arr[row_order]
-
-
 def _dense_numpy(tensor: GGUFTensor) -> np.ndarray:
     """Dense float values (rows, cols) in the narrowest numpy type that holds them exactly (BF16 as uint16 bits)."""
     rows, cols = _rows(tensor)
@@ -91,13 +93,13 @@ def _to_mx(arr: np.ndarray, type_name: str) -> mx.array:
     return out.view(mx.bfloat16) if type_name == "BF16" and arr.dtype == np.uint16 else out
 
 
-def _affine(tensor: GGUFTensor, row_order: np.ndarray | None) -> QuantizedArrays:
+def _affine(tensor: GGUFTensor) -> QuantizedArrays:
     """The exact MLX repacking of a block-quantized tensor, scales and biases in float32."""
     rows, cols = _rows(tensor)
     codes = EXACT_DECODERS[tensor.type_name](_blocks(tensor))
-    q = _reorder(codes.q.reshape(rows, cols), row_order)
-    scales = _reorder(codes.scales.reshape(rows, cols // GROUP_SIZE), row_order)
-    biases = _reorder(codes.biases.reshape(rows, cols // GROUP_SIZE), row_order)
+    q = codes.q.reshape(rows, cols)
+    scales = codes.scales.reshape(rows, cols // GROUP_SIZE)
+    biases = codes.biases.reshape(rows, cols // GROUP_SIZE)
     return QuantizedArrays(mx.array(pack(q, codes.bits)), mx.array(scales), mx.array(biases), codes.bits)
 
 
@@ -105,19 +107,56 @@ def _shape(tensor: GGUFTensor, arr: mx.array) -> mx.array:
     return arr.reshape(tensor.shape) if arr.shape != tensor.shape else arr
 
 
-def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None) -> mx.array:
-    """`tensor` as a float array of `dtype`, rows reordered by `row_order` when given (lazy: evaluate it next)."""
+def _row_blocks(tensor: GGUFTensor, row_order: np.ndarray | None, chunk_elements: int
+                ) -> Iterator[tuple[int, int, GGUFTensor]]:
+    """Consecutive blocks of output rows, each a tensor of its own whose rows are already in output order."""
+    rows, cols = _rows(tensor)
+    per_row = tensor.raw.reshape(rows, -1)  # ggml rows are whole blocks, so each row is a run of bytes
+    step = max(1, chunk_elements // cols)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        raw = per_row[start:stop] if row_order is None else per_row[row_order[start:stop]]
+        yield start, stop, GGUFTensor(tensor.name, tensor.type_name, (stop - start, cols), raw.reshape(-1))
+
+
+def _by_rows(tensor: GGUFTensor, row_order: np.ndarray | None, chunk_elements: int,
+             convert: Callable[[GGUFTensor], tuple[mx.array, ...]]) -> tuple[mx.array, ...]:
+    """`convert` applied to blocks of rows and stacked; one block is returned lazily, several evaluated in place."""
+    rows, _ = _rows(tensor)
+    outs: list[mx.array] = []
+    for start, stop, block in _row_blocks(tensor, row_order, chunk_elements):
+        parts = convert(block)
+        if stop - start == rows:
+            return parts
+        if not outs:
+            outs = [mx.zeros((rows, *p.shape[1:]), dtype=p.dtype) for p in parts]
+        for out, part in zip(outs, parts):
+            out[start:stop] = part
+        # Evaluating now frees the block's temporaries; MLX writes into the result's buffer, not a copy of it.
+        mx.eval(*outs)
+    return tuple(outs)
+
+
+def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None, *,
+          chunk_elements: int = CHUNK_ELEMENTS) -> mx.array:
+    """`tensor` as a float array of `dtype`, rows reordered by `row_order` when given (evaluate it next)."""
     check_type(tensor)
-    if tensor.type_name in EXACT_DECODERS:
-        packed = _affine(tensor, row_order)
-        values = mx.dequantize(packed.weight, packed.scales, packed.biases, group_size=GROUP_SIZE, bits=packed.bits)
-        return _shape(tensor, values.astype(dtype))
-    values = _to_mx(_reorder(_dense_numpy(tensor), row_order), tensor.type_name)
-    return _shape(tensor, values.astype(dtype))
+
+    def convert(block: GGUFTensor) -> tuple[mx.array]:
+        if block.type_name in EXACT_DECODERS:
+            packed = _affine(block)
+            values = mx.dequantize(packed.weight, packed.scales, packed.biases, group_size=GROUP_SIZE,
+                                   bits=packed.bits)
+            return (values.astype(dtype),)
+        return (_to_mx(_dense_numpy(block), block.type_name).astype(dtype),)
+
+    (values,) = _by_rows(tensor, row_order, chunk_elements, convert)
+    return _shape(tensor, values)
 
 
-def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None) -> QuantizedArrays:
-    """A quantized matrix in MLX's affine layout with scales and biases of `dtype` (lazy: evaluate it next).
+def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None, *,
+              chunk_elements: int = CHUNK_ELEMENTS) -> QuantizedArrays:
+    """A quantized matrix in MLX's affine layout with scales and biases of `dtype` (evaluate it next).
 
     Exact types keep their codes; float16 scales and biases are then exact for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and
     within float16 rounding for Q4_K/Q5_K (whose scales are products of two numbers); float32 keeps every type
@@ -126,10 +165,17 @@ def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None 
     check_type(tensor)
     if not is_quantized(tensor.type_name) or len(tensor.shape) != 2:
         raise ValueError(f"{tensor.name} ({tensor.type_name}, shape {tensor.shape}) is not a quantized matrix")
-    if tensor.type_name in EXACT_DECODERS:
-        packed = _affine(tensor, row_order)
-    else:
-        values = mx.array(_reorder(_dense_numpy(tensor), row_order))
-        weight, scales, biases = mx.quantize(values, group_size=GROUP_SIZE, bits=REQUANTIZED_BITS)
-        packed = QuantizedArrays(weight, scales, biases, REQUANTIZED_BITS)
-    return QuantizedArrays(packed.weight, packed.scales.astype(dtype), packed.biases.astype(dtype), packed.bits)
+    bits = REQUANTIZED_BITS
+
+    def convert(block: GGUFTensor) -> tuple[mx.array, mx.array, mx.array]:
+        nonlocal bits
+        if block.type_name in EXACT_DECODERS:
+            packed = _affine(block)
+            weight, scales, biases, bits = packed.weight, packed.scales, packed.biases, packed.bits
+        else:
+            values = mx.array(_dense_numpy(block))
+            weight, scales, biases = mx.quantize(values, group_size=GROUP_SIZE, bits=REQUANTIZED_BITS)
+        return weight, scales.astype(dtype), biases.astype(dtype)
+
+    weight, scales, biases = _by_rows(tensor, row_order, chunk_elements, convert)
+    return QuantizedArrays(weight, scales, biases, bits)
