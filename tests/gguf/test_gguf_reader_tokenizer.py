@@ -7,9 +7,9 @@ import pytest
 from gguf import GGUFReader
 from tiny_gguf import write_tiny_llama
 
-from mlxd.errors import ModelLoadError
+from mlxd.errors import ModelLoadError, Unsupported
 from mlxd.loading.gguf.reader import read_gguf
-from mlxd.loading.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, eog_token_ids
+from mlxd.loading.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, eog_token_ids, score_merges
 
 
 def test_reader_agrees_with_gguf_package(tmp_path):
@@ -88,3 +88,72 @@ def test_eog_ids():
     assert eog_token_ids(META) == [1, 2]  # eos, then <|im_end|> by its text
     assert eog_token_ids({**META, "tokenizer.ggml.eom_token_id": 8}) == [1, 8, 2]
     assert eog_token_ids({**META, "tokenizer.ggml.tokens": ["<s>", "</s>", "x", *BYTES[3:]]}) == [1]
+
+
+# A SentencePiece vocabulary: "▁" is the space, pieces merge by score, <0xNN> are byte-fallback tokens.
+SPM = ["<unk>", "<s>", "</s>", "<start_of_turn>", "\n", "<0xC3>", "<0xA9>", "▁", "h", "i", "hi", "▁hi",
+       "a", "b", "c", "ab", "bc"]
+SPM_META = {
+    "tokenizer.ggml.model": "llama",
+    "tokenizer.ggml.tokens": SPM,
+    "tokenizer.ggml.scores": [0.0] * 7 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -12.0, -10.0],
+    "tokenizer.ggml.token_type": [2, 3, 3, 3, 4, 6, 6] + [1] * 10,
+    "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2,
+    "tokenizer.ggml.unknown_token_id": 0,
+    "tokenizer.ggml.add_space_prefix": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "scores", "merges"),
+    [
+        (["a", "b", "ab"], [0, 0, -1], [("a", "b")]),
+        # The best-scoring result merges first; one result reachable two ways gives two merges.
+        (["a", "b", "c", "ab", "bc", "abc"], [0, 0, 0, -2, -1, -3], [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]),
+        (["a", "b", "abc"], [0, 0, -1], []),  # "c" is no token, so "abc" is no merge
+        (["x", "xx", "xxx"], [0, -1, -1], [("x", "x"), ("x", "xx"), ("xx", "x")]),  # ties: lower id first
+    ],
+)
+def test_score_merges(tokens, scores, merges):
+    assert score_merges(tokens, scores) == merges
+
+
+@pytest.mark.parametrize(
+    ("changes", "text", "ids", "decoded"),
+    [
+        ({}, "abc", [12, 16], "abc"),  # "bc" outscores "ab", so it merges first
+        ({}, "ab", [15], "ab"),
+        ({}, "hi hi", [10, 11], "hi hi"),
+        ({}, "hi\nhi", [10, 4, 10], "hi\nhi"),  # user-defined tokens are cut out first
+        ({}, "é", [5, 6], "é"),  # not in the vocabulary: its UTF-8 bytes
+        ({}, "<start_of_turn>hi", [3, 10], "<start_of_turn>hi"),
+        ({"tokenizer.ggml.add_space_prefix": True}, "hi hi", [11, 11], "hi hi"),
+        # llama.cpp puts the space before every stretch of text, also after a token matched as text; decoding
+        # drops only the first one.
+        ({"tokenizer.ggml.add_space_prefix": True}, "<start_of_turn>hi", [3, 11], "<start_of_turn> hi"),
+    ],
+)
+def test_small_spm_tokenizer(changes, text, ids, decoded):
+    tok = build_tokenizer({**SPM_META, **changes})
+    assert tok.encode(text, add_special_tokens=False) == ids
+    assert tok.decode(ids) == decoded
+
+
+def test_spm_special_tokens_and_bytes():
+    tok = build_tokenizer(SPM_META)
+    assert tok.encode("hi") == [1, 10]  # llama.cpp adds BOS to SentencePiece vocabularies by default
+    assert build_tokenizer({**SPM_META, "tokenizer.ggml.add_bos_token": False}).encode("hi") == [10]
+    assert 3 not in tok.encode("<start_of_turn>", parse_special=False)
+    assert tok.byte_fallback_ids == frozenset({5, 6})  # the engine's streaming detokenizer waits on these
+    assert tok.eos_token_ids == [2]
+    assert not tok.has_chat_template
+
+
+def test_chat_template_comes_from_metadata():
+    template = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['content'] }}\n{% endfor %}"
+    tok = build_tokenizer({**SPM_META, "tokenizer.chat_template": template})
+    assert tok.has_chat_template
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<s><start_of_turn>hi\n"
+    with pytest.raises(Unsupported, match="no chat template"):
+        build_tokenizer(SPM_META).apply_chat_template([{"role": "user", "content": "hi"}])

@@ -3,6 +3,8 @@
 It behaves as llama.cpp's tokenizer does, since that is the reference GGUF models were checked against:
 pre-tokenizer regexes by `tokenizer.ggml.pre` (llama-vocab.cpp), control tokens parsed only when special
 tokens are, user-defined tokens always, and generation ending on llama.cpp's end-of-generation tokens.
+SentencePiece vocabularies (`llama`) carry scores instead of merges; llama.cpp merges the adjacent pair whose
+joined text is the best-scoring token, which a BPE whose merges are ranked by that score reproduces.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.tokenizer import SpecialTokens, Tokenizer
@@ -107,9 +109,46 @@ def bpe_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bo
     return tok, pre.add_bos
 
 
+def score_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """Every split of a token into two tokens, best-scoring result first (ties: lower id, then shorter left).
+
+    llama.cpp's SentencePiece tokenizer (llm_tokenizer_spm) repeatedly joins the adjacent pair whose text is
+    the highest-scoring vocabulary entry, of whatever token type; BPE applying these merges by rank does the same.
+    """
+    vocab = set(tokens)
+    ranked = []
+    for i, text in enumerate(tokens):
+        for k in range(1, len(text)):
+            if text[:k] in vocab and text[k:] in vocab:
+                ranked.append((-scores[i], i, k))
+    ranked.sort()
+    return [(tokens[i][:k], tokens[i][k:]) for _, i, k in ranked]
+
+
+def spm_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bool]:
+    """A SentencePiece vocabulary with scores (`tokenizer.ggml.model` = llama): spaces become "▁", characters
+    outside the vocabulary become <0xNN> byte tokens; llama.cpp adds BOS and a leading space by default."""
+    tokens = _required(metadata, "tokenizer.ggml.tokens")
+    merges = score_merges(tokens, _required(metadata, "tokenizer.ggml.scores"))
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+    tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, unk_token=unk, fuse_unk=True,
+                                          byte_fallback=True))
+    # llama.cpp puts the space before every stretch of text that starts the input or follows a token
+    # matched as text; tokenizers normalizes exactly those stretches (added tokens are cut out first).
+    space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    escape = normalizers.Replace(" ", "▁")
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), escape]) if space_prefix else escape
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] if space_prefix else steps)
+    _add_special(tok, tokens, metadata.get("tokenizer.ggml.token_type") or [])
+    return tok, True
+
+
 # tokenizer.ggml.model -> builder of the tokenizers object and llama.cpp's add_bos default.
 BUILDERS = {
     "gpt2": bpe_tokenizer,
+    "llama": spm_tokenizer,
 }
 
 
