@@ -13,7 +13,7 @@ from mlxd_client import Client, MlxdClientError, pb
 from sending import run
 
 LLAMA = FIXTURES / "parity" / "llama"
-EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "200"))
 
 
 @pytest.fixture(scope="module")
