@@ -86,6 +86,19 @@ def test_other_schemes_and_case(private):
     channel.close()
 
 
+def test_unknown_methods_are_unauthenticated_without_the_token(private):
+    channel = grpc.insecure_channel(private.addr)
+    call = channel.unary_unary("/mlxd.v1.Inference/NoSuchMethod", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"", timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"", metadata=[("authorization", f"Bearer {TOKEN}")], timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
+
+
 def test_reflection_needs_the_token_too(private):
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     for token, allowed in ((None, False), (TOKEN, True)):

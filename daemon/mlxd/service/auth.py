@@ -44,25 +44,25 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
         if handler_call_details.method in self._exempt or self._authorized(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED, which reveals nothing
-            return None
-        return _deny(handler)
+        return _deny(continuation(handler_call_details))
 
     def _authorized(self, metadata: tuple | None) -> bool:
         for key, value in metadata or ():
             if key == "authorization":
-                scheme, _, credential = value.partition(" ") if isinstance(value, str) else ("", "", "")
+                scheme, _, credential = value.partition(" ")
                 # compare_digest takes time independent of where the tokens differ.
                 return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
         return False
 
 
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that ends the call with UNAUTHENTICATED; the request is never parsed."""
+def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that ends the call with UNAUTHENTICATED; the request is never parsed. Unknown
+    methods are denied too, so that a caller without the token cannot learn which methods exist."""
     def deny(request, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
 
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(deny)
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny)
     if handler.request_streaming:
