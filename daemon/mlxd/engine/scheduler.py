@@ -56,7 +56,7 @@ class Scheduler:
             except MlxdError as error:
                 seq.fail(error)
             except Exception as error:  # a bug in one request must not take the worker down (DESIGN §1)
-                log.exception("request %s failed", seq.request.request_id)
+                log.exception("request %r failed", seq.request.request_id)  # %r: client text cannot forge log lines
                 seq.fail(InternalError(f"{type(error).__name__}: {error}"))
         finished = [s for s in self.active if s.phase is Phase.DONE]
         if finished:
