@@ -123,3 +123,11 @@ def test_health_exemption_lets_probes_through_only(exempt):
         assert _code(lambda: probe.complete("hi", max_tokens=1)) == grpc.StatusCode.UNAUTHENTICATED
     with Client(_local(exempt.addr), token=TOKEN) as client:
         assert client.complete("hi", max_tokens=1).final.usage.completion_tokens == 1
+
+
+def test_client_cli_sends_the_token_from_a_file(private, tmp_path, capsys):
+    from mlxd_client.cli import main
+    assert main(["health", "--addr", private.addr, "--token-file", str(_token_file(tmp_path))]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert main(["health", "--addr", private.addr]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err

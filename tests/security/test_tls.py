@@ -82,3 +82,11 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(mtls_daemon, pki):
     tls = TlsOptions.from_files(ca=pki["ca"].cert, cert=pki["rogue_client"].cert, key=pki["rogue_client"].key)
     with Client(f"localhost:{_port(mtls_daemon)}", tls=tls) as client:
         _unavailable(client)
+
+
+def test_client_cli_over_mutual_tls(mtls_daemon, pki, capsys):
+    from mlxd_client.cli import main
+    addr = f"localhost:{_port(mtls_daemon)}"
+    assert main(["info", "--addr", addr, "--tls-ca", str(pki["ca"].cert), "--tls-cert", str(pki["client"].cert),
+                 "--tls-key", str(pki["client"].key)]) == 0
+    assert '"vocab_size": 320' in capsys.readouterr().out

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
+from mlxd_client.channel import TlsOptions
 from mlxd_client.client import Client, MlxdClientError
 from mlxd_client.pb import inference_pb2 as pb
 
@@ -20,7 +22,7 @@ DEFAULT_ADDR = "127.0.0.1:50051"
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="stream a generation from a running daemon")
     gen.add_argument("prompt", help="prompt text (with --chat: the user message)")
-    gen.add_argument("--addr", default=DEFAULT_ADDR)
+    _add_connection(gen)
     gen.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float)
@@ -31,12 +33,28 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--timeout", type=float)
     gen.set_defaults(run=_generate)
     health = sub.add_parser("health", help="print the daemon's health (exit 0 when SERVING)")
-    health.add_argument("--addr", default=DEFAULT_ADDR)
+    _add_connection(health)
     health.add_argument("--service", default="")
     health.set_defaults(run=_health)
     info = sub.add_parser("info", help="print the served model's info as JSON")
-    info.add_argument("--addr", default=DEFAULT_ADDR)
+    _add_connection(info)
     info.set_defaults(run=_info)
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--addr", default=DEFAULT_ADDR)
+    parser.add_argument("--token-file", type=Path, help="send the bearer token in this file")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* options)")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA certificate(s) to trust (default: the system's)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    token = args.token_file.read_text().strip() if args.token_file else None
+    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    tls = TlsOptions.from_files(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key) if use_tls else None
+    return Client(args.addr, token=token, tls=tls)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -46,7 +64,7 @@ def _generate(args: argparse.Namespace) -> int:
         kwargs["messages"] = [{"role": "user", "content": args.prompt}]
     else:
         kwargs["prompt"] = args.prompt
-    with Client(args.addr) as client:
+    with _client(args) as client:
         for response in client.generate(**kwargs):
             if response.HasField("chunk"):
                 sys.stdout.write(response.chunk.text)
@@ -64,14 +82,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with Client(args.addr) as client:
+    with _client(args) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
 
 
 def _info(args: argparse.Namespace) -> int:
-    with Client(args.addr) as client:
+    with _client(args) as client:
         print(json.dumps(MessageToDict(client.model_info(), preserving_proto_field_name=True), indent=1))
     return 0
 
