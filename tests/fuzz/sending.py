@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
 import grpc
 
+from daemon_process import Daemon, start_daemon
 from hostile_requests import Call
 from mlxd_client import pb
 
@@ -34,3 +39,16 @@ def run(channel: grpc.Channel, call: Call) -> grpc.StatusCode | None:
             raise AssertionError(f"{error.code()}: {error.details()}") from None
         assert error.details(), "a failed request must say why"
         return error.code()
+
+
+@contextlib.contextmanager
+def fuzzed_daemon(model: Path, workdir: Path, *flags: str) -> Iterator[tuple[Daemon, grpc.Channel]]:
+    """A daemon for a fuzz module and a raw channel to it; on the way out it must exit 0 with no traceback."""
+    daemon = start_daemon(model, *flags, workdir=workdir)
+    channel = grpc.insecure_channel(daemon.addr)
+    try:
+        yield daemon, channel
+    finally:
+        channel.close()
+    assert daemon.stop() == 0, daemon.stderr()
+    assert "Traceback" not in daemon.stderr(), daemon.stderr()

@@ -3,33 +3,33 @@ a bomb's header, not an image at all) with OK or a documented status, and the da
 
 import os
 
-import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from daemon_process import FIXTURES, start_daemon
+from daemon_process import FIXTURES
 from hostile_requests import multimodal_calls
 from mlxd_client import Client
-from sending import run
+from sending import fuzzed_daemon, run
 
 GEMMA3 = FIXTURES / "parity" / "gemma3"
 EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "100"))
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    d = start_daemon(GEMMA3, "--max-message-mb", "1", "--max-images", "4", "--max-image-pixels", "1000000",
-                     workdir=tmp_path_factory.mktemp("fuzz-vlm"))
-    yield d
-    assert d.stop() == 0, d.stderr()
-    assert "Traceback" not in d.stderr(), d.stderr()
+def served(tmp_path_factory):
+    flags = ("--max-message-mb", "1", "--max-images", "4", "--max-image-pixels", "1000000")
+    with fuzzed_daemon(GEMMA3, tmp_path_factory.mktemp("fuzz-vlm"), *flags) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def channel(daemon):
-    channel = grpc.insecure_channel(daemon.addr)
-    yield channel
-    channel.close()
+def daemon(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def channel(served):
+    return served[1]
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -7,29 +7,30 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from daemon_process import FIXTURES, start_daemon
+from daemon_process import FIXTURES
 from hostile_requests import Call, any_call
 from mlxd_client import Client, MlxdClientError, pb
-from sending import run
+from sending import fuzzed_daemon, run
 
 LLAMA = FIXTURES / "parity" / "llama"
 EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "200"))
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    d = start_daemon(LLAMA, "--max-message-mb", "1", "--max-queue", "4",
-                     workdir=tmp_path_factory.mktemp("fuzz"))
-    yield d
-    assert d.stop() == 0, d.stderr()
-    assert "Traceback" not in d.stderr(), d.stderr()
+def served(tmp_path_factory):
+    flags = ("--max-message-mb", "1", "--max-queue", "4")
+    with fuzzed_daemon(LLAMA, tmp_path_factory.mktemp("fuzz"), *flags) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def channel(daemon):
-    channel = grpc.insecure_channel(daemon.addr)
-    yield channel
-    channel.close()
+def daemon(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def channel(served):
+    return served[1]
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
