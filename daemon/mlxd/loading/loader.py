@@ -109,6 +109,16 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     return data
 
 
+def _context_from_args(args: Any) -> int | None:
+    """The context length a model's own defaults give, for configs that leave it out (published Gemma 3
+    vision configs omit text_config.max_position_embeddings because it equals transformers' default)."""
+    for part in (args, getattr(args, "text", None)):
+        value = getattr(part, "max_position_embeddings", None)
+        if value:
+            return int(value)
+    return None
+
+
 def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     """Read config, weights and generation config from the folder `path` into an evaluated model."""
     path = Path(path)
@@ -155,7 +165,7 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         raise ModelLoadError(f"weights in {path} do not fit {model_type}: {str(e).splitlines()[0][:300]}") from e
     mx.eval(model.parameters())
 
-    context = cfg.context_length(raw)
+    context = cfg.context_length(raw) or _context_from_args(args)
     if context is None:
         logger.warning("%s names no context length; assuming %d", config_file, DEFAULT_CONTEXT_LENGTH)
         context = DEFAULT_CONTEXT_LENGTH
