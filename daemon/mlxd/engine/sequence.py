@@ -130,20 +130,18 @@ class Sequence:
         req = self.request
         if req.deadline is not None and time.monotonic() >= req.deadline:
             req.cancel.cancel("deadline")
-            self._end_with_error(DeadlineExceeded(f"request {req.request_id!r} passed its deadline"))
+            self.fail(DeadlineExceeded(f"request {req.request_id!r} passed its deadline"))
             return True
         if req.cancel.is_set:
             self._finish(FinishReason.CANCELLED)
             return True
         return False
 
-    def _end_with_error(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """End the request with an error (the scheduler's choice of status for a failure, or a deadline)."""
         self.phase = Phase.DONE
         self.release()
         self._emit(ErrorEvent(error))
-
-    def fail(self, error: BaseException) -> None:
-        self._end_with_error(error)
 
     def _finish(self, reason: FinishReason, matched_stop: str = "", stop_token_id: int = -1) -> None:
         if reason is not FinishReason.STOP_SEQUENCE:
