@@ -68,6 +68,9 @@ class GenerationRequest:
     events: "queue.SimpleQueue[Event]" = field(default_factory=queue.SimpleQueue)
     submitted_at: float = field(default_factory=time.monotonic)
 
+    def deadline_passed(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
 
 @dataclass
 class TopLogprob:

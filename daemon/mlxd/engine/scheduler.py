@@ -7,7 +7,6 @@ work, which is the shape continuous batching will fill in with one batched forwa
 from __future__ import annotations
 
 import collections
-import time
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -82,7 +81,7 @@ class Scheduler:
 
     def _end_if_cancelled(self, request: GenerationRequest) -> bool:
         """A request cancelled or expired while queued ends here without touching the model."""
-        if request.deadline is not None and time.monotonic() >= request.deadline:
+        if request.deadline_passed():
             request.events.put(ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue")))
         elif request.cancel.is_set:
             request.events.put(FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0))
@@ -90,10 +89,6 @@ class Scheduler:
             return False
         self._on_finished(request)
         return True
-
-    def cancel_all(self, reason: str) -> None:
-        for request in list(self.waiting) + [s.request for s in self.active]:
-            request.cancel.cancel(reason)
 
 
 def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512) -> list[Event]:

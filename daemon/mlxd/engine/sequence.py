@@ -128,7 +128,7 @@ class Sequence:
 
     def _check_cancelled(self) -> bool:
         req = self.request
-        if req.deadline is not None and time.monotonic() >= req.deadline:
+        if req.deadline_passed():
             req.cancel.cancel("deadline")
             self.fail(DeadlineExceeded(f"request {req.request_id!r} passed its deadline"))
             return True

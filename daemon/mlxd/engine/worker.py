@@ -91,16 +91,8 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
-
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    def has_pending_work(self) -> bool:
-        with self._lock:
-            return bool(self._live)
 
     # -- requests (called from gRPC threads) --------------------------------------------------------------------
 

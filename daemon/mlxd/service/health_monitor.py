@@ -23,7 +23,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def worker_status(worker: Worker, stall_seconds: float, now: float) -> int:
     if worker.state is not WorkerState.SERVING or not worker.is_alive():
         return NOT_SERVING
-    if worker.has_pending_work() and now - worker.last_progress > stall_seconds:
+    if worker.live_count() and now - worker.last_progress > stall_seconds:
         return NOT_SERVING
     return SERVING
 
