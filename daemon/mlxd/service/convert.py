@@ -5,7 +5,6 @@ Runs on gRPC threads: tokenization and chat templates happen here, never on the 
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from typing import Any
@@ -33,9 +32,6 @@ def sampling_params(options: pb.GenerationOptions, defaults: dict[str, Any], voc
     """Set fields win; unset ones take the model's generation_config defaults, then SamplingParams'."""
     values = {name: getattr(options, name) if options.HasField(name) else defaults[name]
               for name in _SAMPLING_FIELDS if options.HasField(name) or name in defaults}
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidRequest(f"{name} must be finite, got {value}")
     params = SamplingParams(**values, logit_bias=dict(options.logit_bias),
                             seed=options.seed if options.HasField("seed") else None)
     params.validate(vocab_size)
