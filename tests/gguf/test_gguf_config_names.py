@@ -29,21 +29,35 @@ LLAMA = {
 }
 
 
+def _renamed(arch: str) -> dict:
+    """LLAMA's hyperparameters under another architecture's keys."""
+    return {k.replace("llama.", f"{arch}."): v for k, v in LLAMA.items() if k.startswith("llama.")}
+
+
 @pytest.mark.parametrize(
     ("changes", "shapes", "expected"),
     [
         ({}, {}, {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
                   "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
                   "max_position_embeddings": 8192, "rope_theta": 100000.0, "vocab_size": 49152,
-                  "tie_word_embeddings": True, "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2}),
+                  "tie_word_embeddings": True, "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+                  "head_dim": 64}),
         ({}, {"output.weight": (49152, 576)}, {"tie_word_embeddings": False}),
         ({}, {"blk.0.attn_q.bias": (576,)}, {"attention_bias": True}),
         ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}, {},
          {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
-        ({"llama.rope.scaling.type": "none"}, {}, {"rope_theta": 100000.0}),
-        ({"llama.attention.key_length": 128}, {}, {"head_dim": 128}),
-        ({"general.architecture": "qwen2", **{k.replace("llama.", "qwen2."): v for k, v in LLAMA.items()
-                                            if k.startswith("llama.")}}, {}, {"model_type": "qwen2"}),
+        ({"llama.rope.scaling.type": "none"}, {}, {"rope_theta": 100000.0, "rope_scaling": None}),
+        ({"llama.rope.scaling.type": ""}, {}, {"rope_scaling": None}),  # Ollama's spelling of none
+        ({"llama.attention.key_length": 128, "llama.attention.value_length": 128}, {}, {"head_dim": 128}),
+        ({"llama.attention.key_length": 0}, {}, {"head_dim": 64}),  # Ollama writes 0 when config has none
+        ({"general.architecture": "qwen2", **_renamed("qwen2")}, {}, {"model_type": "qwen2"}),
+        # Without key_length, llama.cpp's embedding / heads, not Qwen3's own default of 128.
+        ({"general.architecture": "qwen3", **_renamed("qwen3")}, {}, {"model_type": "qwen3", "head_dim": 64}),
+        # transformers' MistralConfig would default to a 4096 window; a file without one has none.
+        ({"general.architecture": "mistral3", **_renamed("mistral3")}, {},
+         {"model_type": "mistral", "sliding_window": None}),
+        ({"general.architecture": "mistral", **_renamed("mistral"), "mistral.attention.sliding_window": 4096}, {},
+         {"model_type": "mistral", "sliding_window": 4096}),
     ],
 )
 def test_hf_config(changes, shapes, expected):
@@ -68,6 +82,9 @@ def test_gemma3_gets_what_llama_cpp_hard_codes():
         ({"general.architecture": None}, SHAPES, "no general.architecture"),
         ({"llama.attention.head_count_kv": [3, 3]}, SHAPES, "llama.attention.head_count_kv holds one value per layer"),
         ({"llama.rope.scaling.type": "longrope"}, SHAPES, "unsupported GGUF rope scaling 'longrope'"),
+        ({"llama.attention.key_length": 64, "llama.attention.value_length": 32}, SHAPES,
+         "value_length 32 differs from the key length 64"),
+        ({"llama.attention.temperature_scale": 0.1}, SHAPES, "attention temperature scaling"),
         ({}, {"blk.0.attn_q.weight": (576, 576)}, "no token_embd.weight"),
     ],
 )
@@ -75,6 +92,37 @@ def test_hf_config_errors(changes, shapes, message):
     meta = {k: v for k, v in {**LLAMA, **changes}.items() if v is not None}
     with pytest.raises(ModelLoadError, match=message):
         hf_config(meta, shapes)
+
+
+FACTORS = [1.0] * 16 + [2.0] * 16  # one per rotary pair of a 64-wide head
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, FACTORS),
+        # llama.cpp applies a linear scale on top of the per-pair factors.
+        ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}, [4 * f for f in FACTORS]),
+    ],
+)
+def test_rope_freqs_become_freq_factors(changes, expected):
+    config = hf_config({**LLAMA, **changes}, SHAPES, FACTORS)
+    assert config["rope_scaling"] == {"rope_type": "freq_factors", "freq_factors": expected}
+    assert config["rope_theta"] == 100000.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "factors", "message"),
+    [
+        ({}, FACTORS[:8], "has 8 values; heads of 64 have 32 rotary pairs"),
+        ({}, [0.0] * 32, "not a positive number"),
+        ({}, [float("nan")] * 32, "not a positive number"),
+        ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}, FACTORS, "and yarn rope scaling"),
+    ],
+)
+def test_rope_freqs_errors(changes, factors, message):
+    with pytest.raises(ModelLoadError, match=message):
+        hf_config({**LLAMA, **changes}, SHAPES, factors)
 
 
 def test_missing_required_key_is_named():
@@ -130,6 +178,10 @@ def test_unpermute_rejects_odd_heads():
         ("model.layers.0.self_attn.k_proj.weight", "llama", 3),
         ("model.layers.0.self_attn.v_proj.weight", "llama", None),
         ("model.layers.0.self_attn.q_proj.weight", "qwen2", None),
+        ("model.layers.0.self_attn.k_proj.weight", "qwen3", None),
+        ("model.layers.0.self_attn.q_proj.weight", "mistral", 9),
+        ("model.layers.0.self_attn.k_proj.weight", "mistral3", 3),
+        ("model.layers.0.self_attn.q_proj.weight", "gemma3", None),
         ("model.layers.0.self_attn.k_proj.bias", "llama", 3),
     ],
 )

@@ -49,7 +49,8 @@ def test_kept_quantized_layers_hold_the_exact_codes(tiny):
     ("kwargs", "message"),
     [
         ({"arch": "mamba"}, "unsupported GGUF architecture 'mamba'"),
-        ({"extra_tensor": "rope_freqs.weight"}, "GGUF tensor rope_freqs.weight has no counterpart"),
+        ({"extra_tensor": "rope_freqs.weight"}, "rope_freqs.weight has 4 values; heads of 16 have 8 rotary pairs"),
+        ({"extra_tensor": "blk.0.ffn_gate_exps.weight"}, "GGUF tensor blk.0.ffn_gate_exps.weight has no counterpart"),
         ({"drop_tensor": "blk.1.ffn_up.weight"}, "lack model.layers.1.mlp.up_proj.weight"),
     ],
 )

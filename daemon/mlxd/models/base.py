@@ -134,10 +134,20 @@ def _llama3_periods(dims: int, base: float, params: dict[str, Any]) -> mx.array:
     return 1.0 / mx.where(is_medium, smoothed, scaled)
 
 
+def _freq_factor_periods(dims: int, base: float, params: dict[str, Any]) -> mx.array:
+    """Explicit per-pair factors (`freq_factors`, one per rotary pair) multiplying the default periods: GGUF
+    files carry Llama 3.1's scaling so (rope_freqs.weight, by which llama.cpp divides each frequency)."""
+    factors = mx.array(params["freq_factors"], dtype=mx.float32)
+    if factors.shape != (dims // 2,):
+        raise ModelLoadError(f"rope freq_factors has {factors.size} values; {dims} rotary dims need {dims // 2}")
+    return _default_periods(dims, base, params) * factors
+
+
 _ROPE_TYPES = {
     "default": _default_periods,
     "linear": _linear_periods,
     "llama3": _llama3_periods,
+    "freq_factors": _freq_factor_periods,
 }
 
 

@@ -1,20 +1,25 @@
 """GGUF metadata to a Hugging Face config dict (transformers 4 layout), for `loading.config.normalize_config`.
 
-Pure functions over the metadata dict and the tensors' names and shapes. Keys are llama.cpp's
-(`<arch>.embedding_length`, ...); what llama.cpp hard-codes per architecture instead of storing is filled in
-from the same facts here (see `_gemma3`).
+Pure functions over the metadata dict, the tensors' names and shapes, and the values of `rope_freqs.weight`.
+Keys are llama.cpp's (`<arch>.embedding_length`, ...); what llama.cpp hard-codes per architecture instead of
+storing is filled in from the same facts here (see `_gemma3`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
+# Mistral 7B and Nemo files say "llama"; Mistral Small 3.x text models are "mistral3" (llama.cpp's and Ollama's
+# converters) or "mistral" (Ollama's earlier one).
 ARCHITECTURES: dict[str, str] = {
     "llama": "llama",
+    "mistral": "mistral",
+    "mistral3": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma3": "gemma3_text",
@@ -30,15 +35,22 @@ _REQUIRED = {
 _OPTIONAL = {
     "attention.head_count_kv": "num_key_value_heads",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
-    "attention.key_length": "head_dim",
     "context_length": "max_position_embeddings",
     "rope.freq_base": "rope_theta",
     "attention.sliding_window": "sliding_window",
     "final_logit_softcapping": "final_logit_softcapping",
     "attn_logit_softcapping": "attn_logit_softcapping",
 }
-# llama.cpp's rope.scaling.type -> transformers' rope type; "none" means no scaling.
+# llama.cpp's rope.scaling.type -> transformers' rope type; "none" (or Ollama's "") means no scaling.
 _ROPE_SCALING = {"linear": "linear", "yarn": "yarn"}
+_NO_ROPE_SCALING = ("none", "")
+# Keys whose math the model files lack (Llama 4 / Ministral 3 attention temperature): refused, not ignored.
+_REFUSED = {
+    "attention.temperature_scale": "attention temperature scaling",
+    "rope.scaling_beta": "attention temperature scaling",
+}
+# The rope type (mlxd.models.base) that takes rope_freqs.weight's per-pair factors.
+FREQ_FACTORS_ROPE = "freq_factors"
 
 
 def architecture(metadata: Mapping[str, Any]) -> str:
@@ -61,7 +73,7 @@ def _scalar(metadata: Mapping[str, Any], key: str) -> Any:
 
 def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | None:
     kind = metadata.get(f"{arch}.rope.scaling.type", "none")
-    if kind == "none":
+    if kind in _NO_ROPE_SCALING:
         return None
     if kind not in _ROPE_SCALING:
         raise ModelLoadError(f"unsupported GGUF rope scaling {kind!r}")
@@ -73,21 +85,61 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | No
     return scaling
 
 
+def _head_dim(metadata: Mapping[str, Any], arch: str, config: dict[str, Any]) -> int:
+    """key_length, else llama.cpp's default (embedding / heads); a zero (Ollama writes one) counts as missing.
+    Always set, so that Qwen3's own default (128) never stands in for a missing key."""
+    key, value = (int(_scalar(metadata, f"{arch}.attention.{name}")) if f"{arch}.attention.{name}" in metadata else 0
+                  for name in ("key_length", "value_length"))
+    head_dim = key or config["hidden_size"] // config["num_attention_heads"]
+    if value and value != head_dim:
+        raise ModelLoadError(f"GGUF {arch}.attention.value_length {value} differs from the key length {head_dim}, "
+                             "which mlxd does not support")
+    return head_dim
+
+
+def _freq_factors(config: dict[str, Any], factors: Sequence[float]) -> dict[str, Any]:
+    """rope_freqs.weight as a rope entry: one factor per rotary pair, each multiplying the pair's period
+    (llama.cpp divides the frequency by it); a linear scaling factor multiplies every period on top."""
+    pairs = config["head_dim"] // 2
+    if len(factors) != pairs:
+        raise ModelLoadError(f"GGUF rope_freqs.weight has {len(factors)} values; heads of {config['head_dim']} "
+                             f"have {pairs} rotary pairs")
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise ModelLoadError("GGUF rope_freqs.weight holds a factor that is not a positive number")
+    scaling = config.get("rope_scaling")
+    if scaling is not None and scaling["rope_type"] != "linear":
+        raise ModelLoadError(f"GGUF file has rope_freqs.weight and {scaling['rope_type']} rope scaling together, "
+                             "which mlxd does not support")
+    linear = scaling["factor"] if scaling else 1.0
+    return {"rope_type": FREQ_FACTORS_ROPE, "freq_factors": [float(f) * linear for f in factors]}
+
+
+def _mistral(config: dict[str, Any]) -> None:
+    """A window only where the file gives one (transformers' MistralConfig would default to 4096)."""
+    config.setdefault("sliding_window", None)
+
+
 def _gemma3(config: dict[str, Any]) -> None:
     """What llama.cpp hard-codes for gemma3: five sliding layers then one full, local rope base 10000, and
     attention scaled by head_dim, except the 27B (62 layers) which scales by hidden_size / heads."""
     config["sliding_window_pattern"] = 6
     config["rope_local_base_freq"] = 10000.0
     config.setdefault("rope_theta", 1000000.0)
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    config["head_dim"] = head_dim
+    head_dim = config["head_dim"]
     wide = config["num_hidden_layers"] == 62
     config["query_pre_attn_scalar"] = config["hidden_size"] // config["num_attention_heads"] if wide else head_dim
 
 
-def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
-    """The config.json a Hugging Face checkpoint of this model would carry (as far as inference needs it)."""
+def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]],
+              rope_factors: Sequence[float] | None = None) -> dict[str, Any]:
+    """The config.json a Hugging Face checkpoint of this model would carry (as far as inference needs it).
+
+    `rope_factors` are the values of the file's rope_freqs.weight (Llama 3.1+ carry their rope scaling so).
+    """
     arch = architecture(metadata)
+    for key, what in _REFUSED.items():
+        if f"{arch}.{key}" in metadata:
+            raise ModelLoadError(f"GGUF key {arch}.{key} asks for {what}, which mlxd does not support")
     model_type = ARCHITECTURES[arch]
     config: dict[str, Any] = {"model_type": model_type}
     for key, name in _REQUIRED.items():
@@ -97,11 +149,14 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     for key, name in _OPTIONAL.items():
         if f"{arch}.{key}" in metadata:
             config[name] = _scalar(metadata, f"{arch}.{key}")
+    config["head_dim"] = _head_dim(metadata, arch, config)
     if "rope_theta" in config:
         config["rope_theta"] = float(config["rope_theta"])
     scaling = _rope_scaling(metadata, arch)
     if scaling is not None:
         config["rope_scaling"] = scaling
+    if rope_factors is not None:
+        config["rope_scaling"] = _freq_factors(config, rope_factors)
     if "token_embd.weight" not in tensor_shapes:
         raise ModelLoadError("GGUF file has no token_embd.weight")
     # The embedding's rows are the vocabulary the model scores; metadata vocab_size is often missing.
@@ -114,4 +169,6 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
             config[f"{name}_token_id"] = int(token_id)
     if model_type == "gemma3_text":
         _gemma3(config)
+    if model_type == "mistral":
+        _mistral(config)
     return config

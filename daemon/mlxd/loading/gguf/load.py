@@ -64,6 +64,17 @@ def _convert(
     return {hf: tensors.dense(t, dtype, order)}, None
 
 
+def rope_factors(gguf: GGUFFile) -> list[float] | None:
+    """The values of rope_freqs.weight (per-pair rotary factors), None when the file has none."""
+    t = next((t for t in gguf.tensors if t.name == names.ROPE_FREQS), None)
+    if t is None:
+        return None
+    factors = tensors.dense(t, mx.float32).reshape(-1).tolist()
+    logger.info("%s: %d per-pair rotary factors from %.4g to %.4g", names.ROPE_FREQS, len(factors),
+                min(factors, default=0.0), max(factors, default=0.0))
+    return factors
+
+
 def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     """Read a GGUF file into an evaluated model, under the same dtype policy as Hugging Face folders."""
     start = time.perf_counter()
@@ -74,7 +85,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     arch = architecture(gguf.metadata)
     for t in gguf.tensors:
         tensors.check_type(t)
-    config = hf_config(gguf.metadata, {t.name: t.shape for t in gguf.tensors})
+    config = hf_config(gguf.metadata, {t.name: t.shape for t in gguf.tensors}, rope_factors(gguf))
     module = get_model_module(config["model_type"])
     try:
         args = module.ModelArgs.from_dict(cfg.normalize_config(config))
@@ -104,6 +115,8 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     weights: dict[str, mx.array] = {}
     layer_bits: dict[str, int] = {}
     for t in gguf.tensors:
+        if t.name == names.ROPE_FREQS:
+            continue  # in the config already
         hf = names.hf_name(t.name, arch)
         keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) == 2
                 and hf.endswith(".weight") and hf.removesuffix(".weight") in quantizable)

@@ -1,8 +1,8 @@
 """GGUF tensor names to Hugging Face names, and what llama.cpp's converter did to the values on the way.
 
 Pure functions. llama.cpp's converter (convert_hf_to_gguf.py) renames every tensor, permutes the q/k rows of
-`llama` models for its interleaved rotary embedding, and adds one to Gemma's norm weights (llama.cpp scales by
-w, Hugging Face's Gemma by 1 + w); each is undone here.
+`llama` and Mistral models for its interleaved rotary embedding (Qwen and Gemma use the rotate-half one), and
+adds one to Gemma's norm weights (llama.cpp scales by w, Hugging Face's Gemma by 1 + w); each is undone here.
 """
 
 from __future__ import annotations
@@ -39,10 +39,14 @@ _LAYER_OVERRIDES: dict[str, dict[str, str]] = {
         "post_ffw_norm": "post_feedforward_layernorm",
     },
 }
-# Architectures whose q/k rows llama.cpp permuted (its LlamaModel converter); the others use neox-style rope.
-_PERMUTED_QK = {"llama"}
+# Architectures whose q/k rows the converters permuted (llama.cpp's LlamaModel and its Mistral subclasses,
+# Ollama's mistral converters); the others use neox-style rope.
+_PERMUTED_QK = {"llama", "mistral", "mistral3"}
 # Architectures whose norm weights were stored plus one.
 _NORM_PLUS_ONE = {"gemma3"}
+
+# Not a weight: per-pair rotary factors, read into the config (see config.hf_config).
+ROPE_FREQS = "rope_freqs.weight"
 
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_NAME = re.compile(r"(\w+)\.(weight|bias)")

@@ -1,0 +1,143 @@
+"""Write a parity fixture (a tiny Hugging Face model folder) as one GGUF file, laid out as llama.cpp's
+convert_hf_to_gguf.py lays out that architecture: tensor names from the `gguf` package's own name tables, q/k
+rows permuted for its interleaved rotary embedding (llama, Mistral), Gemma's norms stored plus one, Llama 3.1
+rope scaling as a rope_freqs.weight tensor instead of config keys, 1-D tensors kept F32, and the byte-level
+BPE tokenizer as tokenizer.ggml.* metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, get_tensor_name_map
+from gguf.quants import dequantize, quantize
+from tiny_gguf import permute_like_llama_cpp
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+
+# GGUF architecture -> the gguf package's tensor table ("mistral", Ollama's name, has no table: llama's names).
+TENSOR_TABLES = {
+    "llama": MODEL_ARCH.LLAMA,
+    "mistral": MODEL_ARCH.LLAMA,
+    "mistral3": MODEL_ARCH.MISTRAL3,
+    "qwen2": MODEL_ARCH.QWEN2,
+    "qwen3": MODEL_ARCH.QWEN3,
+    "gemma3": MODEL_ARCH.GEMMA3,
+}
+_PERMUTED = {"llama", "mistral", "mistral3"}
+_FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "Q8_0": LlamaFileType.MOSTLY_Q8_0}
+
+
+def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
+    """Per rotary pair, the factor Llama 3.1 scaling stretches its wavelength by: 1 for short wavelengths,
+    `factor` for long ones, a blend of the two frequencies in between."""
+    inv_freq = rope["rope_theta"] ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelength = 2 * np.pi / inv_freq
+    factor, old = rope["factor"], rope["original_max_position_embeddings"]
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    smooth = np.clip((old / wavelength - low) / (high - low), 0.0, 1.0)
+    return (1.0 / ((1.0 - smooth) / factor + smooth)).astype(np.float32)
+
+
+def _hyperparameters(w: GGUFWriter, arch: str, config: dict[str, Any]) -> None:
+    rope = config["rope_parameters"]
+    full = rope.get("full_attention", rope)  # Gemma 3: per layer type; rope.freq_base is the full layers'
+    head_dim = config.get("head_dim")
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_rope_freq_base(full["rope_theta"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch in _PERMUTED:
+        w.add_vocab_size(config["vocab_size"])
+        w.add_rope_dimension_count(head_dim or config["hidden_size"] // config["num_attention_heads"])
+    if config.get("sliding_window") and arch != "llama":
+        w.add_sliding_window(config["sliding_window"])
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if config.get(key) is not None:
+            w.add_float32(f"{arch}.{key}", config[key])
+
+
+def _tokenizer(w: GGUFWriter, folder: Path, vocab_size: int) -> None:
+    """tokenizer.json as llama.cpp stores a byte-level BPE: every id up to the model's vocabulary (gaps as
+    [PADn]), added tokens as control or user-defined, merges as "a b" strings, the pre-tokenizer by name."""
+    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert tok["pre_tokenizer"] == {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                    "use_regex": True}, "the fixtures' tokenizer splits as GPT-2 does"
+    texts = {i: t for t, i in tok["model"]["vocab"].items()}
+    added = {a["id"]: a for a in tok["added_tokens"]}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in added:
+            tokens.append(added[i]["content"])
+            types.append(TokenType.CONTROL if added[i]["special"] else TokenType.USER_DEFINED)
+        elif i in texts:
+            tokens.append(texts[i])
+            types.append(TokenType.NORMAL)
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_bos_token_id(tokens.index(tok_config["bos_token"]))
+    w.add_eos_token_id(tokens.index(tok_config["eos_token"]))
+    w.add_pad_token_id(tokens.index(tok_config["pad_token"]))
+    w.add_add_bos_token(bool(tok_config.get("add_bos_token")))
+    w.add_chat_template(tok_config["chat_template"])
+
+
+def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_freqs: bool = True
+               ) -> dict[str, mx.array]:
+    """Write the parity fixture `fixture` as a GGUF of architecture `arch` with its 2-D tensors in `qtype`.
+
+    Returns, under their Hugging Face names, the values the quantized tensors hold (what a model loaded from the
+    file must compute with); empty for F32. `rope_freqs=False` leaves Llama 3.1 scaling out of the file.
+    """
+    folder = PARITY / fixture
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+    names = get_tensor_name_map(TENSOR_TABLES[arch], config["num_hidden_layers"])
+    n_heads, n_kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+
+    w = GGUFWriter(str(path), arch)
+    _hyperparameters(w, arch, config)
+    w.add_file_type(_FILE_TYPES[qtype])
+    _tokenizer(w, folder, config["vocab_size"])
+
+    stored: dict[str, mx.array] = {}
+    for hf, values in weights.items():
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert name is not None, hf
+        if arch == "gemma3" and hf.endswith("norm.weight"):
+            values = values + 1.0  # llama.cpp scales by w, Gemma by 1 + w
+        if arch in _PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
+            values = permute_like_llama_cpp(values, n_heads if ".q_proj." in hf else n_kv_heads)
+        if values.ndim == 2 and qtype != "F32":
+            kind = GGMLQuantizationType[qtype]
+            packed = quantize(values, kind)
+            # Permuting whole rows commutes with quantizing them, so the HF-layout values are the originals'.
+            stored[hf] = mx.array(dequantize(quantize(weights[hf], kind), kind).reshape(values.shape))
+            w.add_tensor(name, packed, raw_dtype=kind)
+        else:
+            w.add_tensor(name, values.astype(np.float32))
+    rope = config["rope_parameters"]
+    if rope_freqs and rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, config["head_dim"]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return stored
