@@ -72,10 +72,13 @@ def test_add_bos_default_and_override():
     assert build_tokenizer(META).encode("hi") == [6]
 
 
-def test_unknown_pre_tokenizer_falls_back_like_llama_cpp(caplog):
+def test_unknown_or_missing_pre_tokenizer_falls_back_to_llama_cpps_default(caplog):
     tok = build_tokenizer({**META, "tokenizer.ggml.pre": "something-new"})
     assert tok.encode("hi hi") == [6, 7]
-    assert "unknown GGUF pre-tokenizer 'something-new'" in caplog.text
+    assert "GGUF pre-tokenizer 'something-new' is not one mlxd knows" in caplog.text
+    caplog.clear()
+    build_tokenizer({k: v for k, v in META.items() if k != "tokenizer.ggml.pre"})
+    assert "names no tokenizer.ggml.pre" in caplog.text
     assert "smollm" in PRE_TOKENIZERS
 
 

@@ -1,8 +1,9 @@
 """The tokenizer a GGUF file carries (`tokenizer.ggml.*`), rebuilt as a Hugging Face `tokenizers` object.
 
 It behaves as llama.cpp's tokenizer does, since that is the reference GGUF models were checked against:
-pre-tokenizer regexes by `tokenizer.ggml.pre` (llama-vocab.cpp), control tokens parsed only when special
-tokens are, user-defined tokens always, and generation ending on llama.cpp's end-of-generation tokens.
+pre-tokenizer regexes by `tokenizer.ggml.pre` (llama-vocab.cpp's, but see _TEKKEN), control tokens parsed only
+when special tokens are, user-defined tokens always, and generation ending on llama.cpp's end-of-generation
+tokens.
 SentencePiece vocabularies (`llama`) carry scores instead of merges; llama.cpp merges the adjacent pair whose
 joined text is the best-scoring token, which a BPE whose merges are ranked by that score reproduces.
 """
@@ -31,11 +32,24 @@ _EOG_TEXTS = frozenset({
     "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
 })
 
+# llama-vocab.cpp's regexes. Where it adapts a tokenizer.json original for its own regex engine, the adapted
+# form is used when it splits the same way (case-insensitive contractions spelled out), the original when it
+# does not: for Tekken and GPT-4o llama.cpp approximates \p{Lu}/\p{Ll} by ASCII case and drops \p{M}, which
+# splits "ÉCOLE" and "café" (with a combining accent) where the models' own tokenizers do not.
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+_QWEN2 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+           r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_UPPER, _LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*|\p{{N}}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTIONS}?"
+          rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTIONS}?|\p{{N}}{{1,3}}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @dataclass(frozen=True)
@@ -51,16 +65,26 @@ _DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9]
 _LLAMA3_PRE = PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
 _GPT2_PRE = PreTokenizer((_GPT2,))
 _DIGITS_PRE = PreTokenizer((r"\p{N}", _GPT2))
-_QWEN2_PRE = PreTokenizer((_QWEN2,))
 
-# tokenizer.ggml.pre -> pre-tokenizer, as llama-vocab.cpp groups them.
+# tokenizer.ggml.pre -> pre-tokenizer, grouped as llama-vocab.cpp groups them. Names it knows that are missing
+# here (deepseek-*, chatglm-bpe, bloom, poro-chat, viking, chameleon, kimi-k2, superbpe, ...) fall back to the
+# default with a warning.
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "default": _DEFAULT,
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
-                    _LLAMA3_PRE),
-    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "exaone4", "mellum", "a.x-4.0"), _GPT2_PRE),
-    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), _DIGITS_PRE),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "kormo", "hunyuan"), _QWEN2_PRE),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"), _LLAMA3_PRE),
+    **dict.fromkeys(("dbrx", "smaug-bpe"), PreTokenizer((_LLAMA3,))),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "exaone4", "mellum", "a.x-4.0",
+                     "gigachat", "granite-docling", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de",
+                     "modern-bert"), _GPT2_PRE),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"),
+                    _DIGITS_PRE),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "kormo", "hunyuan", "f2llmv2",
+                     "solar-open", "grok-2"), PreTokenizer((_QWEN2,))),
+    "qwen35": PreTokenizer((_QWEN35,)),
+    "falcon": PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
+    "tekken": PreTokenizer((_TEKKEN,), ignore_merges=True, add_bos=True),
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie"), PreTokenizer((_GPT4O,))),
 }
 
 
@@ -72,10 +96,15 @@ def _required(metadata: Mapping[str, Any], key: str) -> list[Any]:
 
 
 def _pre_tokenizer(metadata: Mapping[str, Any]) -> PreTokenizer:
-    name = metadata.get("tokenizer.ggml.pre", "default")
+    name = metadata.get("tokenizer.ggml.pre")
+    if not name:
+        # llama.cpp warns likewise and splits as its default does.
+        log.warning("GGUF file names no tokenizer.ggml.pre; splitting text as llama.cpp's default does")
+        return _DEFAULT
     if name not in PRE_TOKENIZERS:
-        # llama.cpp does the same: warn and split as its default does.
-        log.warning("unknown GGUF pre-tokenizer %r; using llama.cpp's default", name)
+        # llama.cpp refuses a name it does not know; serving with its default split beats not serving.
+        log.warning("GGUF pre-tokenizer %r is not one mlxd knows; splitting text as llama.cpp's default does, "
+                    "so token ids may differ from the model's own tokenizer", name)
     return PRE_TOKENIZERS.get(name, _DEFAULT)
 
 
