@@ -2,7 +2,7 @@
 
 Kinds: greedy and seeded (must give the tokens they give alone), sampled, with stop strings, cancelled by the
 client, with a deadline too short to finish, cancelled by a Cancel RPC. Used by tests/faults/test_soak.py at CI
-size and by bench/soak.py at full size.
+size and by bench/soak.py at full size, both with the daemon's memory after each hundred requests.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -129,3 +130,40 @@ def soak(addr: str, specs: list[Spec], concurrency: int) -> list[Outcome]:
     finally:
         for client in clients:
             client.close()
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The daemon's memory while idle. On a CPU, MLX's arrays live in the resident set too, so `combined` counts
+    them twice there; on a GPU they are device memory, outside it."""
+
+    resident_bytes: int
+    mlx_active_bytes: int
+    mlx_cache_bytes: int
+
+    @property
+    def combined(self) -> int:
+        return self.resident_bytes + self.mlx_active_bytes
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+
+def memory(addr: str, pid: int) -> Memory:
+    """Resident set from /proc (Linux), MLX figures from GetModelInfo, once the daemon is idle."""
+    time.sleep(0.5)  # cancelled requests end at the worker's next step; idle, it publishes every 50 ms
+    with Client(addr) as client:
+        info = client.model_info()
+    return Memory(resident_bytes(pid), info.mlx_active_memory_bytes, info.mlx_cache_memory_bytes)
+
+
+def growth(samples: list[Memory]) -> dict[str, float]:
+    """Growth from the first sample to the last: resident, MLX active, and the two together."""
+    first, last = samples[0], samples[-1]
+    return {name: (value(last) - value(first)) / value(first) for name, value in (
+        ("resident", lambda m: m.resident_bytes), ("mlx_active", lambda m: m.mlx_active_bytes),
+        ("resident+mlx_active", lambda m: m.combined))}

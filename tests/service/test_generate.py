@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from daemon_process import FIXTURES
 from mlxd_client import pb
 
 
@@ -118,6 +119,16 @@ def test_model_info(client, daemon):
     assert info.bos_token_id == 1
     assert info.has_chat_template and not info.supports_vision
     assert info.digest.startswith("sha256:") and info.digest == daemon.ready["digest"]
+
+
+def test_model_info_reports_mlx_memory(client):
+    weights = (FIXTURES / "parity" / "llama" / "model.safetensors").stat().st_size
+    before = client.model_info()
+    # Float32 weights, held as loaded: live arrays hold at least them.
+    assert 0.9 * weights < before.mlx_active_memory_bytes <= before.mlx_peak_memory_bytes
+    client.complete(tokens=[5] * 300, max_tokens=4, temperature=0.0, ignore_eos=True)
+    after = client.model_info()
+    assert after.mlx_peak_memory_bytes >= max(before.mlx_peak_memory_bytes, after.mlx_active_memory_bytes)
 
 
 def test_tokenize_detokenize_round_trip(client):

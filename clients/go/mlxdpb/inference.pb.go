@@ -1710,8 +1710,13 @@ type ModelInfo struct {
 	SupportsVision  bool                   `protobuf:"varint,13,opt,name=supports_vision,json=supportsVision,proto3" json:"supports_vision,omitempty"`
 	Device          string                 `protobuf:"bytes,14,opt,name=device,proto3" json:"device,omitempty"`
 	LoadNote        string                 `protobuf:"bytes,15,opt,name=load_note,json=loadNote,proto3" json:"load_note,omitempty"` // which weight path was taken and why
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// MLX memory as the worker last published it (between steps and while idle): bytes held by live arrays,
+	// freed bytes MLX's allocator keeps cached for reuse, and the most ever held by live arrays.
+	MlxActiveMemoryBytes uint64 `protobuf:"varint,16,opt,name=mlx_active_memory_bytes,json=mlxActiveMemoryBytes,proto3" json:"mlx_active_memory_bytes,omitempty"`
+	MlxCacheMemoryBytes  uint64 `protobuf:"varint,17,opt,name=mlx_cache_memory_bytes,json=mlxCacheMemoryBytes,proto3" json:"mlx_cache_memory_bytes,omitempty"`
+	MlxPeakMemoryBytes   uint64 `protobuf:"varint,18,opt,name=mlx_peak_memory_bytes,json=mlxPeakMemoryBytes,proto3" json:"mlx_peak_memory_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -1847,6 +1852,27 @@ func (x *ModelInfo) GetLoadNote() string {
 		return x.LoadNote
 	}
 	return ""
+}
+
+func (x *ModelInfo) GetMlxActiveMemoryBytes() uint64 {
+	if x != nil {
+		return x.MlxActiveMemoryBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetMlxCacheMemoryBytes() uint64 {
+	if x != nil {
+		return x.MlxCacheMemoryBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetMlxPeakMemoryBytes() uint64 {
+	if x != nil {
+		return x.MlxPeakMemoryBytes
+	}
+	return 0
 }
 
 type CancelRequest struct {
@@ -2070,7 +2096,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x13skip_special_tokens\x18\x02 \x01(\bR\x11skipSpecialTokens\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x15\n" +
-	"\x13GetModelInfoRequest\"\xf1\x03\n" +
+	"\x13GetModelInfoRequest\"\x90\x05\n" +
 	"\tModelInfo\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -2089,7 +2115,10 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x11has_chat_template\x18\f \x01(\bR\x0fhasChatTemplate\x12'\n" +
 	"\x0fsupports_vision\x18\r \x01(\bR\x0esupportsVision\x12\x16\n" +
 	"\x06device\x18\x0e \x01(\tR\x06device\x12\x1b\n" +
-	"\tload_note\x18\x0f \x01(\tR\bloadNote\".\n" +
+	"\tload_note\x18\x0f \x01(\tR\bloadNote\x125\n" +
+	"\x17mlx_active_memory_bytes\x18\x10 \x01(\x04R\x14mlxActiveMemoryBytes\x123\n" +
+	"\x16mlx_cache_memory_bytes\x18\x11 \x01(\x04R\x13mlxCacheMemoryBytes\x121\n" +
+	"\x15mlx_peak_memory_bytes\x18\x12 \x01(\x04R\x12mlxPeakMemoryBytes\".\n" +
 	"\rCancelRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"&\n" +

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxd.engine.worker import Worker
+from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
-from mlxd.service.servicer import ServedModel
 from mlxd_client.pb import inference_pb2 as pb
+
+
+@dataclass
+class ServedModel:
+    """What the servicer knows about the model once the worker has loaded it."""
+
+    info: pb.ModelInfo
+    tokenizer: Any
+    sampling_defaults: dict[str, Any]
+    vision: VisionInput | None = None    # set for vision-language models
 
 
 def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
@@ -48,6 +58,16 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     )
     return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(path) if path.is_dir() else {},
                        vision=vision)
+
+
+def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:
+    """info with the MLX memory figures the worker last published (gRPC threads make no MLX calls)."""
+    current = pb.ModelInfo()
+    current.CopyFrom(info)
+    current.mlx_active_memory_bytes = memory.active_bytes
+    current.mlx_cache_memory_bytes = memory.cache_bytes
+    current.mlx_peak_memory_bytes = memory.peak_bytes
+    return current
 
 
 def _vision_input(path: Path, model: Any) -> VisionInput | None:

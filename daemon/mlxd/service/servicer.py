@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import functools
 import queue
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import grpc
@@ -15,19 +14,10 @@ from mlxd.engine.worker import Worker, WorkerState
 from mlxd.errors import InternalError, InvalidRequest, MlxdError, Unavailable, Unsupported
 from mlxd.service import convert, multimodal
 from mlxd.service.limits import Limits
+from mlxd.service.model_info import ServedModel, with_memory
 from mlxd.service.status import abort
 from mlxd_client.pb import inference_pb2 as pb
 from mlxd_client.pb import inference_pb2_grpc as pb_grpc
-
-
-@dataclass
-class ServedModel:
-    """What the servicer knows about the model once the worker has loaded it."""
-
-    info: pb.ModelInfo
-    tokenizer: Any
-    sampling_defaults: dict[str, Any]
-    vision: multimodal.VisionInput | None = None    # set for vision-language models
 
 
 def _rpc(method):
@@ -183,7 +173,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @_rpc
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
-        return self._served().info
+        return with_memory(self._served().info, self._worker.memory)
 
     @_rpc
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:

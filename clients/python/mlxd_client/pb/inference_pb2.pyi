@@ -280,7 +280,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note")
+    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "mlx_peak_memory_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +296,9 @@ class ModelInfo(_message.Message):
     SUPPORTS_VISION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LOAD_NOTE_FIELD_NUMBER: _ClassVar[int]
+    MLX_ACTIVE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_CACHE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     path: str
     digest: str
@@ -311,7 +314,10 @@ class ModelInfo(_message.Message):
     supports_vision: bool
     device: str
     load_note: str
-    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ...) -> None: ...
+    mlx_active_memory_bytes: int
+    mlx_cache_memory_bytes: int
+    mlx_peak_memory_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., mlx_peak_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)
