@@ -43,14 +43,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: clients need a certificate this CA signed")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-requests", action="store_true",
+                       help="log each generation's prompt and output (truncated) at INFO; without it no prompt or "
+                            "output text reaches the log, and tracebacks leave out exception messages")
+    serve.add_argument("--log-requests-max-chars", type=int, default=1000,
+                       help="client text kept per logged field with --log-requests")
     serve.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from mlxd.launcher import reexec_with_blas
     reexec_with_blas(sys.argv[1:])
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mlxd.service.request_log import RequestLog, configure_logging
+    configure_logging(args.log_level, args.log_requests)
     if args.model is None:
         from mlxd.errors import ModelLoadError
         from mlxd.loading.gguf.fetch import fetch_model
@@ -77,7 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
                               tls=tls, auth_token_file=args.auth_token_file,
-                              auth_exempt_health=args.auth_exempt_health))
+                              auth_exempt_health=args.auth_exempt_health,
+                              request_log=RequestLog(args.log_requests, args.log_requests_max_chars)))
     # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
     # ("terminate called without an active exception") when a thread other than main used the device.
     logging.shutdown()

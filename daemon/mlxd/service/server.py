@@ -32,6 +32,7 @@ from mlxd.service.health_monitor import HealthMonitor
 from mlxd.service.limits import Limits
 from mlxd.service.listen import Listener, ListenError, bind, check_policy
 from mlxd.service.model_info import served_model
+from mlxd.service.request_log import RequestLog
 from mlxd.service.servicer import InferenceServicer
 from mlxd.service.tls import TlsConfigError, TlsFiles, server_credentials
 from mlxd_client.pb import inference_pb2, inference_pb2_grpc
@@ -52,6 +53,7 @@ class ServeOptions:
     tls: TlsFiles | None = None
     auth_token_file: Path | None = None
     auth_exempt_health: bool = False
+    request_log: RequestLog = RequestLog()
 
 
 def serve(options: ServeOptions) -> int:
@@ -76,7 +78,7 @@ def serve(options: ServeOptions) -> int:
         print(f"mlxd: {error}", file=sys.stderr, flush=True)
         return 1
     worker = Worker(options.worker)
-    servicer = InferenceServicer(worker, options.limits)
+    servicer = InferenceServicer(worker, options.limits, options.request_log)
     health_servicer = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2))
     try:

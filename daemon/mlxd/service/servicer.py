@@ -15,36 +15,44 @@ from mlxd.errors import InternalError, InvalidRequest, MlxdError, Unavailable, U
 from mlxd.service import convert, multimodal
 from mlxd.service.limits import Limits
 from mlxd.service.model_info import ServedModel, with_memory
+from mlxd.service.request_log import RequestEntry, RequestLog
 from mlxd.service.status import abort
 from mlxd_client.pb import inference_pb2 as pb
 from mlxd_client.pb import inference_pb2_grpc as pb_grpc
 
 
+# The handlers never call context.abort themselves: every error they raise ends here. Any other exception is
+# a bug: INTERNAL, logged with its traceback by abort (gRPC would answer UNKNOWN and log the bare message).
+
 def _rpc(method):
-    """Turn mlxd errors raised by a handler into their status codes."""
+    """Turn errors raised by a handler into their status codes."""
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except MlxdError as error:
+        except Exception as error:
             abort(context, error)
     return wrapper
 
 
-def _streaming_rpc(method):
+def _generation_rpc(method):
+    """A generation: errors to status codes, and its --log-requests entry."""
     @functools.wraps(method)
     def wrapper(self, request, context):
+        entry = self._request_log.entry(method.__name__, request)
         try:
-            yield from method(self, request, context)
-        except MlxdError as error:
+            yield from method(self, request, context, entry)
+        except Exception as error:
+            entry.failed(error)
             abort(context, error)
     return wrapper
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, worker: Worker, limits: Limits) -> None:
+    def __init__(self, worker: Worker, limits: Limits, request_log: RequestLog = RequestLog()) -> None:
         self._worker = worker
         self._limits = limits
+        self._request_log = request_log
         self._model: ServedModel | None = None
 
     def set_model(self, model: ServedModel) -> None:
@@ -62,8 +70,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- generation -----------------------------------------------------------------------------------------------
 
-    @_streaming_rpc
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+    @_generation_rpc
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
+                 entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
         model = self._served()
         self._check_expected_model(model, request.expected_model)
         prompt_ids = self._prompt_ids(model, request)
@@ -71,11 +80,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             request.request_id, prompt_ids, request.options, defaults=model.sampling_defaults,
             vocab_size=model.info.vocab_size, context_length=model.info.context_length, limits=self._limits,
             time_remaining=context.time_remaining())
-        yield from self._stream(gen, context, model)
+        yield from self._stream(gen, context, model, entry)
 
-    @_streaming_rpc
-    def MultimodalGenerate(self, request: pb.MultimodalGenerateRequest,
-                           context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+    @_generation_rpc
+    def MultimodalGenerate(self, request: pb.MultimodalGenerateRequest, context: grpc.ServicerContext,
+                           entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
         model = self._served()
         self._check_expected_model(model, request.expected_model)
         if model.vision is None:
@@ -89,7 +98,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             request.request_id, prompt_ids, request.options, defaults=model.sampling_defaults,
             vocab_size=model.info.vocab_size, context_length=model.info.context_length, limits=self._limits,
             time_remaining=context.time_remaining(), images=images)
-        yield from self._stream(gen, context, model)
+        yield from self._stream(gen, context, model, entry)
 
     def _prompt_ids(self, model: ServedModel, request: pb.GenerateRequest) -> list[int]:
         tokenizer = model.tokenizer
@@ -120,11 +129,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             raise Unsupported(f"expected model {expected!r}, but this daemon serves {info.model_id!r} "
                               f"({info.digest})")
 
-    def _stream(self, gen: GenerationRequest, context: grpc.ServicerContext,
-                model: ServedModel) -> Iterator[pb.GenerateResponse]:
+    def _stream(self, gen: GenerationRequest, context: grpc.ServicerContext, model: ServedModel,
+                entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
         token_text = model.tokenizer.id_to_token
         context.add_callback(lambda: gen.cancel.cancel("client went away"))
         self._worker.submit(gen)
+        entry.started(gen)
         buffered: collections.deque[Any] = collections.deque()
         while True:
             if not buffered:
@@ -137,8 +147,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     more = buffered.popleft()
                     event = TokenEvent(event.text + more.text, event.token_ids + more.token_ids,
                                        event.logprobs + more.logprobs)
+                entry.add_output(event.text)
                 yield convert.chunk_message(event, token_text)
             elif isinstance(event, FinalEvent):
+                entry.finished(event)
                 yield convert.final_message(event, gen.request_id, token_text)
                 return
             else:
