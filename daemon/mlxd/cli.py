@@ -22,7 +22,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "float16", "bfloat16"],
                        help="weight dtype; auto = float32 on a Linux CPU (fast BLAS path), the checkpoint's on a GPU")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
-    serve.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill step")
+    serve.add_argument("--prefill-chunk", type=int, default=512,
+                       help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")
+    serve.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoding together")
+    serve.add_argument("--kv-cache-mb", type=int, default=0,
+                       help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "
+                            "0 = half the memory left after loading")
     serve.add_argument("--max-prompt-tokens", type=int, default=0, help="0 = the model's context length")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message accepted")
     serve.add_argument("--max-image-mb", type=float, default=20, help="largest encoded image accepted")
@@ -78,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20,
                     images=images)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
-                           prefill_chunk_size=args.prefill_chunk, image_cache_bytes=args.image_cache_mb << 20)
+                           prefill_chunk_size=args.prefill_chunk, max_batch_size=args.max_batch_size,
+                           kv_cache_bytes=args.kv_cache_mb << 20, image_cache_bytes=args.image_cache_mb << 20)
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
                               tls=tls, auth_token_file=args.auth_token_file,

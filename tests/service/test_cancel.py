@@ -6,6 +6,7 @@ import time
 import grpc
 import pytest
 
+from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError, pb
 
 LONG = dict(tokens=[5] * 8, max_tokens=2000, ignore_eos=True, temperature=0.0)
@@ -35,9 +36,16 @@ def test_cancel_rpc_ends_the_stream_with_cancelled(client):
     assert client.cancel("to-cancel") is False
 
 
-def test_cancel_a_queued_request_and_queue_full(daemon):
-    # The daemon runs with --max-queue 2: one active, two queued, the next is refused.
-    with Client(daemon.addr) as client:
+@pytest.fixture(scope="module")
+def one_at_a_time():
+    d = start_daemon(FIXTURES / "parity" / "llama", "--max-queue", "2", "--max-batch-size", "1")
+    yield d
+    assert d.stop() == 0, d.stderr()
+
+
+def test_cancel_a_queued_request_and_queue_full(one_at_a_time):
+    # One sequence runs at a time, two wait, the next is refused.
+    with Client(one_at_a_time.addr) as client:
         active = client.generate(request_id="active", **LONG)
         assert next(active).HasField("chunk")
         results = {}

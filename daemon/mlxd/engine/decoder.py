@@ -11,27 +11,25 @@ from typing import Any, Sequence
 import mlx.core as mx
 
 from mlxd.engine.request import TokenLogprob, TopLogprob
-from mlxd.generation.sampling import Sampler, logprobs, top_logprobs
+from mlxd.generation.sampling import logprobs, top_logprobs
 
 
 @dataclass
-class PendingToken:
-    """A sampled token still being computed; reading it is the only sync point of a decode step."""
+class PendingBatch:
+    """The tokens of one batched decode step, still being computed; reading them is the step's only sync."""
 
-    token: mx.array                       # int32 [1]
-    logprob: mx.array | None = None       # float32 [1]
-    top_ids: mx.array | None = None       # int32 [k]
-    top_values: mx.array | None = None    # float32 [k]
+    rows: list[Any]                          # the sequences, in row order
+    tokens: mx.array                         # int32 [B]
+    logprobs: list[tuple[mx.array, ...] | None]  # per row: (chosen,) or (chosen, top ids, top values)
 
-    def arrays(self) -> list[mx.array]:
-        return [a for a in (self.token, self.logprob, self.top_ids, self.top_values) if a is not None]
+    def read(self) -> list[tuple[int, TokenLogprob | None]]:
+        tokens = self.tokens.tolist()
+        return [(token, None if lp is None else _token_logprob(token, lp)) for token, lp in zip(tokens, self.logprobs)]
 
-    def read(self) -> tuple[int, TokenLogprob | None]:
-        token = int(self.token.item())
-        if self.logprob is None:
-            return token, None
-        top = [] if self.top_ids is None else _tops(self.top_ids.tolist(), self.top_values.tolist())
-        return token, TokenLogprob(token, float(self.logprob.item()), top)
+
+def _token_logprob(token: int, arrays: tuple[mx.array, ...]) -> TokenLogprob:
+    top = _tops(arrays[1].tolist(), arrays[2].tolist()) if len(arrays) == 3 else []
+    return TokenLogprob(token, float(arrays[0].item()), top)
 
 
 def _tops(ids: list[int], values: list[float]) -> list[TopLogprob]:
@@ -66,15 +64,24 @@ def prefill_chunk_with_logprobs(model: Any, cache: list[Any], ids: list[int], ta
     return [TokenLogprob(token, value, _tops(top_ids, top_values)) for token, value, top_ids, top_values in rows]
 
 
-def queue_decode_step(model: Any, cache: list[Any], sampler: Sampler, inputs: mx.array,
-                      want_logprobs: bool, top_k: int) -> PendingToken:
-    """Build the graph of one decode step (last position only) and start computing it asynchronously."""
-    logits = model(inputs.reshape(1, -1), cache=cache)[:, -1, :]
-    pending = PendingToken(sampler(logits))
-    if want_logprobs:
-        scores = logprobs(logits[0])
-        pending.logprob = scores[pending.token]
-        if top_k:
-            pending.top_ids, pending.top_values = top_logprobs(scores, top_k)
-    mx.async_eval(*pending.arrays())
-    return pending
+def queue_batch_step(model: Any, cache: list[Any], rows: list[Any], inputs: mx.array) -> PendingBatch:
+    """Build the graph of one decode step for every row (inputs int32 [B]) and start computing it.
+    Each row samples with its own sampler; rows that are plainly greedy share one argmax."""
+    logits = model(inputs.reshape(-1, 1), cache=cache)[:, -1, :]
+    plain = [seq.sampler.plain_greedy for seq in rows]
+    argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(plain) else None
+    if all(plain):
+        tokens = argmax
+    else:
+        tokens = mx.concatenate([argmax[r:r + 1] if plain[r] else seq.sampler(logits[r])
+                                 for r, seq in enumerate(rows)])
+    scored = [_row_logprobs(logits[r], tokens[r], seq.request.top_logprobs) if seq.request.logprobs else None
+              for r, seq in enumerate(rows)]
+    mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
+    return PendingBatch(list(rows), tokens, scored)
+
+
+def _row_logprobs(logits: mx.array, token: mx.array, top_k: int) -> tuple[mx.array, ...]:
+    scores = logprobs(logits)
+    chosen = scores[token]
+    return (chosen, *top_logprobs(scores, top_k)) if top_k else (chosen,)

@@ -1,7 +1,9 @@
-"""The worker's scheduler: admits queued requests and advances the active sequences one step at a time.
+"""The worker's scheduler: admits queued requests, prefills them one chunk at a time, and decodes every
+sequence past its prefill together in one batch (continuous batching).
 
-Today at most `max_active` sequences (default 1) run; each `step()` gives every active sequence one unit of
-work, which is the shape continuous batching will fill in with one batched forward pass.
+Each `step()` runs at most one prefill chunk (of the oldest sequence still prefilling) and one batched decode
+step, so a long prompt arriving never stalls the streams already decoding for more than a chunk. Admission
+keeps the number of sequences within `max_batch_size` and their possible KV-cache memory within the budget.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+from mlxd.engine.batch import DecodeBatch
 from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
-from mlxd.engine.sequence import Phase, Sequence
-from mlxd.errors import DeadlineExceeded, InternalError, MlxdError
+from mlxd.engine.kv_budget import KvBudget, KvLayout, auto_budget_bytes, probe_kv_layout
+from mlxd.engine.sequence import Phase, Sequence, token_limit
+from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -32,52 +36,100 @@ class ModelRuntime:
     context_length: int
     vocab_size: int
     image_encoder: ImageEncoder | None = None    # vision-language models only
+    kv_layout: KvLayout | None = None            # probed from the model when not given
 
 
 class Scheduler:
-    def __init__(self, runtime: ModelRuntime, prefill_chunk_size: int, max_active: int = 1,
+    def __init__(self, runtime: ModelRuntime, prefill_chunk_size: int, max_batch_size: int = 1,
+                 kv_budget_bytes: int = 0,
                  on_finished: Callable[[GenerationRequest], None] = lambda r: None) -> None:
         self._runtime = runtime
         self._chunk = prefill_chunk_size
-        self._max_active = max_active
+        self._max_batch = max_batch_size
         self._on_finished = on_finished
+        if runtime.kv_layout is None:
+            runtime.kv_layout = probe_kv_layout(runtime.model)
+        self.budget = KvBudget(runtime.kv_layout, kv_budget_bytes or auto_budget_bytes())
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
-        self.active: list[Sequence] = []
+        self.prefilling: list[Sequence] = []     # admitted, prompt not yet in the cache; oldest first
+        self.batch = DecodeBatch(runtime.model)
+        self.admitted: list[Sequence] = []      # every sequence not yet DONE, for admission and cleanup
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.active)
+        return bool(self.waiting or self.admitted or self.batch.has_work())
 
     def step(self) -> None:
         self._admit()
-        for seq in self.active:
-            try:
-                seq.advance()
-            except MlxdError as error:
-                seq.fail(error)
-            except Exception as error:  # a bug in one request must not take the worker down (DESIGN §1)
-                log.exception("request %r failed", seq.request.request_id)  # %r: client text cannot forge log lines
-                seq.fail(InternalError(f"{type(error).__name__}: {error}"))
-        finished = [s for s in self.active if s.phase is Phase.DONE]
-        if finished:
-            self.active = [s for s in self.active if s.phase is not Phase.DONE]
-            for seq in finished:
-                self._on_finished(seq.request)
-            if not self.active:
-                mx.clear_cache()  # give cache memory back between requests
+        if self.prefilling:
+            self._prefill_one_chunk(self.prefilling[0])
+        if self.batch.has_work():
+            self._decode_one_step()
+        self._collect_finished()
+
+    # -- the work ------------------------------------------------------------------------------------------
+
+    def _prefill_one_chunk(self, seq: Sequence) -> None:
+        try:
+            seq.prefill_step()
+        except Exception as error:
+            seq.fail(_as_mlxd_error(error, seq))
+        if seq.phase is not Phase.PREFILL:
+            self.prefilling.remove(seq)
+        if seq.phase is Phase.DECODE:
+            self.batch.join(seq)
+
+    def _decode_one_step(self) -> None:
+        try:
+            self.batch.step()
+        except Exception as error:
+            # One forward pass serves every row, so a failure inside it ends them all; the worker goes on.
+            held = self.batch.sequences()
+            for seq in held:
+                if seq.phase is not Phase.DONE:
+                    seq.fail(_as_mlxd_error(error, seq))
+            self.batch.clear()
+
+    def _collect_finished(self) -> None:
+        finished = [s for s in self.admitted if s.phase is Phase.DONE]
+        if not finished:
+            return
+        self.admitted = [s for s in self.admitted if s.phase is not Phase.DONE]
+        for seq in finished:
+            self._on_finished(seq.request)
+        if not self.admitted:
+            mx.clear_cache()  # give cache memory back once nothing runs
+
+    # -- admission -----------------------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        while self.waiting and len(self.active) < self._max_active:
-            request = self.waiting.popleft()
+        while self.waiting and len(self.admitted) < self._max_batch:
+            request = self.waiting[0]
             if self._end_if_cancelled(request):
+                self.waiting.popleft()
                 continue
-            rt = self._runtime
             try:
-                seq = Sequence(request, rt, self._chunk)
+                if not self._fits(request):
+                    return  # waits until running sequences end
+                if not self.admitted:
+                    mx.reset_peak_memory()  # peak memory then covers this request and those joining it
+                seq = Sequence(request, self._runtime, self._chunk)
             except MlxdError as error:
+                self.waiting.popleft()
                 request.events.put(ErrorEvent(error))
                 self._on_finished(request)
                 continue
-            self.active.append(seq)
+            self.waiting.popleft()
+            self.admitted.append(seq)
+            self.prefilling.append(seq)
+
+    def _fits(self, request: GenerationRequest) -> bool:
+        """Whether the request fits the KV budget beside the admitted ones; raises if it never can."""
+        reserved = len(request.prompt_ids) + token_limit(request, self._runtime.context_length)
+        if not self.budget.fits([reserved]):
+            raise ResourceExhausted(
+                f"the request may need {self.budget.need([reserved]) >> 20} MiB of KV cache (prompt + max_tokens "
+                f"= {reserved} tokens); the budget is {self.budget.budget_bytes >> 20} MiB")
+        return self.budget.fits([s.reserved for s in self.admitted] + [reserved])
 
     def _end_if_cancelled(self, request: GenerationRequest) -> bool:
         """A request cancelled or expired while queued ends here without touching the model."""
@@ -89,6 +141,14 @@ class Scheduler:
             return False
         self._on_finished(request)
         return True
+
+
+def _as_mlxd_error(error: Exception, seq: Sequence) -> MlxdError:
+    if isinstance(error, MlxdError):
+        return error
+    # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.
+    log.error("request %r failed", seq.request.request_id, exc_info=error)
+    return InternalError(f"{type(error).__name__}: {error}")
 
 
 def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512) -> list[Event]:

@@ -1,7 +1,8 @@
-"""One request's life on the worker: prefill in chunks, then pipelined decode, emitting events.
+"""One request's life on the worker: its own prefill in chunks, then the tokens the decode batch hands it.
 
-A Sequence advances by one unit of work per `advance()` call (a prefill chunk or a decode step), so the
-scheduler can interleave several sequences and later batch their decode steps.
+The scheduler calls `prefill_step()` once per chunk; when the phase turns to DECODE the sequence joins the
+DecodeBatch (engine/batch.py), which takes its cache, queues its steps and gives each token to `accept()`,
+where stops, detokenizing and events happen.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mlxd.engine import decoder
 from mlxd.engine.images import chunk_end
 from mlxd.engine.request import (ErrorEvent, FinalEvent, FinishReason, GenerationRequest, TokenEvent, TokenLogprob,
                                  Timings)
-from mlxd.errors import DeadlineExceeded, Unsupported
+from mlxd.errors import DeadlineExceeded, ResourceExhausted, Unsupported
 from mlxd.generation.detokenizer import StreamingDetokenizer
 from mlxd.generation.sampling import Sampler
 from mlxd.generation.stops import StopMatcher
@@ -31,12 +32,21 @@ class Phase(enum.Enum):
     DONE = 3
 
 
+def token_limit(request: GenerationRequest, context_length: int) -> int:
+    """How many tokens a request may generate: max_tokens, or (0) until the context is full."""
+    prompt_len = len(request.prompt_ids)
+    room = context_length - prompt_len
+    if room < 1:
+        raise ResourceExhausted(f"the prompt ({prompt_len} tokens) leaves no room in the context ({context_length})")
+    return min(request.max_tokens, room) if request.max_tokens else room
+
+
 class Sequence:
     def __init__(self, request: GenerationRequest, runtime: "ModelRuntime", prefill_chunk_size: int) -> None:
         self.request = request
         self._model = runtime.model
         self._cache = runtime.model.make_cache()
-        self._sampler = Sampler(request.sampling, runtime.vocab_size, request.prompt_ids)
+        self.sampler = Sampler(request.sampling, runtime.vocab_size, request.prompt_ids)
         self._detokenizer = StreamingDetokenizer(runtime.decode_text, held_ids=runtime.byte_fallback_ids)
         self._stops = StopMatcher(request.stops)
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else runtime.eos_ids)
@@ -44,33 +54,47 @@ class Sequence:
         if request.images and runtime.image_encoder is None:
             raise Unsupported("this model is text-only; it cannot take images")
         self._image_encoder = runtime.image_encoder
-        prompt_len = len(request.prompt_ids)
-        room = runtime.context_length - prompt_len
-        self._limit = min(request.max_tokens, room) if request.max_tokens else room
+        self.limit = token_limit(request, runtime.context_length)
+        self.reserved = len(request.prompt_ids) + self.limit   # tokens its cache may grow to
         self.phase = Phase.PREFILL
         self._prefilled = 0          # prompt tokens already in the cache (all but the last go by prefill)
-        self._pending: decoder.PendingToken | None = None
+        self.queued = 0              # decode steps queued for this sequence (the batch counts them)
         self._generated: list[int] = []
         self._prompt_logprobs: list[TokenLogprob] = []
         self._started = time.monotonic()
         self._first_token_at = 0.0
-        mx.reset_peak_memory()
 
-    # -- the scheduler's interface ------------------------------------------------------------------------
+    # -- the scheduler's and the batch's interface ----------------------------------------------------------
 
-    def advance(self) -> None:
-        """Do one unit of work; afterwards `phase` is DONE when the request has ended."""
-        if self._check_cancelled():
-            return
-        if self.phase is Phase.PREFILL:
+    def prefill_step(self) -> None:
+        """Run one prefill chunk; afterwards `phase` is DECODE when the prompt (all but its last token) is in
+        the cache, DONE when the request ended (cancelled, deadline)."""
+        if not self._check_cancelled():
             self._prefill_one_chunk()
-        else:
-            self._decode_one_step()
+
+    def ready_for_step(self) -> bool:
+        """Whether the batch should queue another decode step for this sequence (ends it if cancelled)."""
+        if self.phase is not Phase.DECODE or self._check_cancelled():
+            return False
+        return self.queued < self.limit
+
+    @property
+    def position(self) -> int:
+        """The position of the next token to run, i.e. how many the cache holds."""
+        return self._prefilled
+
+    @property
+    def last_prompt_token(self) -> int:
+        return self.request.prompt_ids[-1]
+
+    def take_cache(self) -> list[Any]:
+        """Hand the prefilled per-layer caches to the decode batch."""
+        cache, self._cache = self._cache, []
+        return cache
 
     def release(self) -> None:
-        """Drop the KV cache and anything queued on the device for this sequence."""
+        """Drop this sequence's own KV cache (the batch drops its row when it sees the phase is DONE)."""
         self._cache = []
-        self._pending = None
 
     # -- prefill --------------------------------------------------------------------------------------------
 
@@ -97,31 +121,23 @@ class Sequence:
 
     # -- decode ---------------------------------------------------------------------------------------------
 
-    def _queue(self, inputs: mx.array) -> decoder.PendingToken:
-        req = self.request
-        return decoder.queue_decode_step(self._model, self._cache, self._sampler, inputs,
-                                         req.logprobs, req.top_logprobs)
-
-    def _decode_one_step(self) -> None:
-        if self._pending is None:  # the first step runs the last prompt token
-            self._pending = self._queue(mx.array(self.request.prompt_ids[-1:], dtype=mx.int32))
-        current = self._pending
-        # Queue step n+1 before reading token n, so the device never waits for Python.
-        last = len(self._generated) + 1 >= self._limit
-        self._pending = None if last else self._queue(current.token)
-        token, logprob = current.read()
+    def accept(self, token: int, logprob: TokenLogprob | None) -> None:
+        """The batch computed this sequence's next token: stream it, and end the request if it should."""
+        if self.phase is not Phase.DECODE:
+            return  # ended (cancel, stop) after this step was queued
         if not self._generated:
             self._first_token_at = time.monotonic()
         self._generated.append(token)
+        logprobs = [logprob] if logprob else []
         if token in self._end_ids:
-            self._emit(TokenEvent("", [token], [logprob] if logprob else []))
+            self._emit(TokenEvent("", [token], logprobs))
             self._finish(FinishReason.STOP, stop_token_id=token)
             return
         text, matched = self._stops.feed(self._detokenizer.add(token))
-        self._emit(TokenEvent(text, [token], [logprob] if logprob else []))
+        self._emit(TokenEvent(text, [token], logprobs))
         if matched is not None:
             self._finish(FinishReason.STOP_SEQUENCE, matched_stop=matched)
-        elif last:
+        elif len(self._generated) >= self.limit:
             self._finish(FinishReason.LENGTH)
 
     # -- ending -----------------------------------------------------------------------------------------------

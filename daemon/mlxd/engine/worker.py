@@ -38,7 +38,8 @@ class WorkerOptions:
     dtype: str = "auto"
     max_queue: int = 64             # requests waiting for the worker; more get RESOURCE_EXHAUSTED
     prefill_chunk_size: int = 512
-    max_active: int = 1
+    max_batch_size: int = 16        # sequences decoding together
+    kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
 
 
@@ -111,7 +112,7 @@ class Worker:
             if request.request_id in self._live:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already in use by a live request")
             # Live requests are the active ones plus those waiting; only the waiting ones are bounded here.
-            if len(self._live) >= self.options.max_queue + self.options.max_active:
+            if len(self._live) >= self.options.max_queue + self.options.max_batch_size:
                 raise ResourceExhausted(f"the request queue is full ({self.options.max_queue} waiting)")
             self._live[request.request_id] = request
         self._inbox.put(request)
@@ -189,5 +190,8 @@ class Worker:
         warm_up(runtime)
         inject_from_env(runtime)
         log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)
-        return Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_active,
-                         on_finished=self._finished)
+        scheduler = Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_batch_size,
+                              self.options.kv_cache_bytes, on_finished=self._finished)
+        log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB",
+                 self.options.max_batch_size, scheduler.budget.budget_bytes >> 20)
+        return scheduler

@@ -172,6 +172,12 @@ class Sampler:
             self._bias = (mx.array(list(params.logit_bias.keys()), dtype=mx.int32),
                           mx.array(list(params.logit_bias.values()), dtype=mx.float32))
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with no penalty or bias: an argmax of the raw logits, which a batch can take for many rows
+        at once (and no state to record)."""
+        return self.params.greedy and not self._window and self._counts is None and self._bias is None
+
     def __call__(self, logits: mx.array) -> mx.array:
         """logits [V] or [1, V] → the sampled token, int32 [1]. Order: penalties → logit_bias → greedy argmax,
         or temperature → top_k → top_p → min_p → categorical."""

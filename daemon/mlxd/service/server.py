@@ -129,7 +129,7 @@ def _start_server(options: ServeOptions, servicer: InferenceServicer, health_ser
                   interceptors: list[grpc.ServerInterceptor]) -> tuple[grpc.Server, Listener]:
     max_bytes = options.limits.max_message_bytes
     # Every live stream holds a thread: queued requests, active ones, and room for unary calls and probes.
-    threads = options.worker.max_queue + options.worker.max_active + 16
+    threads = options.worker.max_queue + options.worker.max_batch_size + 16
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", max_bytes),

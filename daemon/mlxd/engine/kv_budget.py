@@ -1,0 +1,66 @@
+"""How much KV-cache memory the sequences the scheduler admits may need, so admission never exceeds a budget.
+
+The decode batch right-aligns its rows (models/batch_cache.py), so a batch of B rows holds B × (its longest
+row) columns per layer; a sequence may grow to prompt + token limit. Admitting a request must keep
+B × max(prompt + limit) within the budget, counted per layer (sliding-window layers keep at most their window
+plus one growth step).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from mlxd.models.cache import RotatingKVCache
+
+_GROWTH_STEP = 256  # columns a cache allocates at a time (models/cache.py, models/batch_cache.py)
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """Per layer: bytes one position of one sequence takes (keys + values), and the sliding window or None."""
+
+    layers: tuple[tuple[int, int | None], ...]
+
+    def bytes_for(self, columns: int) -> int:
+        """Bytes one row of `columns` positions takes over all layers."""
+        return sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
+
+
+def probe_kv_layout(model) -> KvLayout:
+    """Run one token through a fresh cache and read what each layer stores per position."""
+    cache = model.make_cache()
+    model(mx.array([[0]], dtype=mx.int32), cache=cache)
+    mx.eval([a for c in cache for a in c.state])
+    layers = []
+    for c in cache:
+        _, heads, _, dim = c.keys.shape
+        per_position = heads * dim * (c.keys.dtype.size + c.values.dtype.size)
+        layers.append((per_position, c.window if isinstance(c, RotatingKVCache) else None))
+    return KvLayout(tuple(layers))
+
+
+def auto_budget_bytes() -> int:
+    """Half of the memory the device has left after the weights (the unified or host memory on CPU)."""
+    info = mx.device_info()
+    total = int(info.get("memory_size") or info.get("total_memory") or 0)
+    if not total:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1 << 30, (total - mx.get_active_memory()) // 2)
+
+
+class KvBudget:
+    def __init__(self, layout: KvLayout, budget_bytes: int) -> None:
+        self.layout = layout
+        self.budget_bytes = budget_bytes
+
+    def need(self, reserved_tokens: list[int]) -> int:
+        """Bytes a batch of sequences, each growing to its reserved token count, may take at most."""
+        if not reserved_tokens:
+            return 0
+        return len(reserved_tokens) * self.layout.bytes_for(max(reserved_tokens))
+
+    def fits(self, reserved_tokens: list[int]) -> bool:
+        return self.need(reserved_tokens) <= self.budget_bytes

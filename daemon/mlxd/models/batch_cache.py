@@ -1,0 +1,183 @@
+"""Key/value caches of several sequences decoding together (continuous batching).
+
+Each layer keeps one [B, n_kv_heads, columns, head_dim] array. Every row is right-aligned: the shared write
+column `end` is the same for all rows, and row r's kept keys sit in columns [starts[r], end); the columns before
+starts[r] are padding that the attention mask hides. So one decode step writes one column for the whole batch,
+and sequences of different lengths join and leave without moving the others' keys (except to widen on the left
+when a longer one joins).
+
+Sliding-window layers keep keys in the same layout and hide those older than the window with the mask; the
+columns no row can see any more are dropped from the left every `step` columns, which bounds their memory.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxd.models.base import Mask
+from mlxd.models.cache import KVCache, RotatingKVCache
+
+
+class BatchPositions:
+    """The absolute position of each row's next token, shared by every layer of one batch (rope offsets)."""
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+        self._array: mx.array | None = None
+
+    def offset(self) -> int | mx.array:
+        """An int when every row is at the same position (the fast rope path), else int32 [B]."""
+        if len(set(self.values)) <= 1:
+            return self.values[0] if self.values else 0
+        if self._array is None:
+            self._array = mx.array(self.values, dtype=mx.int32)
+        return self._array
+
+    def set(self, values: list[int]) -> None:
+        self.values = values
+        self._array = None
+
+    def advance(self) -> None:
+        self.set([v + 1 for v in self.values])
+
+
+class BatchKVCache:
+    """One layer's cache for a batch; `window` is the layer's sliding window (None for full attention)."""
+
+    def __init__(self, positions: BatchPositions, window: int | None, step: int = 256) -> None:
+        self.positions = positions
+        self.window = window
+        self.step = step
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.end = 0                    # the next column to write, shared by every row
+        self.starts: list[int] = []     # first column of each row's kept keys
+        self._starts_array: mx.array | None = None
+
+    # -- what the model's attention calls ----------------------------------------------------------------------
+
+    @property
+    def offset(self) -> int | mx.array:
+        return self.positions.offset()
+
+    def make_mask(self, length: int, window: int | None = None) -> Mask:
+        """Mask for one decode step (length 1): row r sees columns [starts[r], end] within the window."""
+        if length != 1:
+            raise ValueError("a batch cache takes one token per row per step; prefill runs per sequence")
+        window = self.window
+        lowest = min(self.starts, default=0)
+        window_bites = window is not None and self.end >= window
+        if lowest == max(self.starts, default=0) == 0 and not window_bites:
+            return None
+        columns = mx.arange(self.end + 1)[None, :]
+        mask = columns >= self._starts()[:, None]
+        if window_bites:
+            mask = mask & (columns > self.end - window)
+        return mask[:, None, None, :]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Write one new column ([B, H, 1, D]) and return every column up to it."""
+        if keys.shape[2] != 1:
+            raise ValueError("a batch cache takes one token per row per step")
+        if self.keys is None or self.end >= self.keys.shape[2]:
+            self._grow(keys, values)
+        self.keys[..., self.end : self.end + 1, :] = keys
+        self.values[..., self.end : self.end + 1, :] = values
+        self.end += 1
+        return self.keys[..., : self.end, :], self.values[..., : self.end, :]
+
+    @property
+    def state(self) -> list[mx.array]:
+        return [] if self.keys is None else [self.keys, self.values]
+
+    # -- rows joining and leaving (the batch's bookkeeping, between steps) -----------------------------------
+
+    def add_row(self, cache: KVCache | RotatingKVCache) -> None:
+        """Append a sequence whose prefill filled `cache` (batch size 1) as the last row."""
+        keys, values = _kept(cache)
+        n = 0 if keys is None else keys.shape[2]
+        if n > self.end:
+            self._pad_left(n - self.end)
+        if keys is None:
+            if self.keys is not None:  # an empty row: all padding
+                self.keys = mx.concatenate([self.keys, mx.zeros_like(self.keys[:1])], axis=0)
+                self.values = mx.concatenate([self.values, mx.zeros_like(self.values[:1])], axis=0)
+        elif self.keys is None:
+            self.keys, self.values, self.end = keys, values, n
+        else:
+            width = self.keys.shape[2]
+            pad = [(0, 0), (0, 0), (self.end - n, width - self.end), (0, 0)]
+            self.keys = mx.concatenate([self.keys, mx.pad(keys, pad)], axis=0)
+            self.values = mx.concatenate([self.values, mx.pad(values, pad)], axis=0)
+        self._set_starts(self.starts + [self.end - n])
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only `rows` (indices, in their new order), then drop columns no remaining row can see."""
+        if not rows:
+            self.keys = self.values = None
+            self.end = 0
+            self._set_starts([])
+            return
+        if self.keys is not None and rows != list(range(self.keys.shape[0])):
+            index = mx.array(rows, dtype=mx.int32)
+            self.keys, self.values = self.keys[index], self.values[index]
+        self._set_starts([self.starts[r] for r in rows])
+        self._drop_unseen_columns(force=True)
+
+    def compact(self) -> None:
+        """Between steps: drop the leading columns no row can see once `step` of them piled up."""
+        self._drop_unseen_columns(force=False)
+
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _starts(self) -> mx.array:
+        if self._starts_array is None:
+            self._starts_array = mx.array(self.starts, dtype=mx.int32)
+        return self._starts_array
+
+    def _set_starts(self, starts: list[int]) -> None:
+        self.starts = starts
+        self._starts_array = None
+
+    def _grow(self, keys: mx.array, values: mx.array) -> None:
+        batch, heads, _, _ = keys.shape
+        new_k = mx.zeros((batch, heads, self.step, keys.shape[3]), keys.dtype)
+        new_v = mx.zeros((batch, heads, self.step, values.shape[3]), values.dtype)
+        if self.keys is None:
+            self.keys, self.values = new_k, new_v
+        else:
+            self.keys = mx.concatenate([self.keys[..., : self.end, :], new_k], axis=2)
+            self.values = mx.concatenate([self.values[..., : self.end, :], new_v], axis=2)
+
+    def _pad_left(self, n: int) -> None:
+        if self.keys is not None:
+            pad = [(0, 0), (0, 0), (n, 0), (0, 0)]
+            self.keys, self.values = mx.pad(self.keys, pad), mx.pad(self.values, pad)
+        self.end += n
+        self._set_starts([s + n for s in self.starts])
+
+    def _drop_unseen_columns(self, force: bool) -> None:
+        """Cut the leading columns that every row masks (padding, or keys older than the window). Without
+        force only when at least `step` of them pile up, since the cut copies the whole cache."""
+        if self.keys is None or not self.starts:
+            return
+        lowest = min(self.starts)
+        if self.window is not None:
+            lowest = max(lowest, self.end + 1 - self.window)
+        if lowest <= 0 or (not force and lowest < self.step):
+            return
+        self.keys, self.values = self.keys[..., lowest:, :], self.values[..., lowest:, :]
+        self.end -= lowest
+        self._set_starts([max(s - lowest, 0) for s in self.starts])
+
+
+def _kept(cache: KVCache | RotatingKVCache) -> tuple[mx.array | None, mx.array | None]:
+    """The positions a single-sequence cache holds, oldest first."""
+    if cache.keys is None or cache.offset == 0:
+        return None, None
+    if isinstance(cache, RotatingKVCache):
+        return cache._temporal()
+    return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]

@@ -1,0 +1,105 @@
+"""Continuous batching on a real model (SmolLM2-135M GGUF): every request yields the same tokens, text and
+logprobs decoding beside others as alone, whatever its sampling settings, prompt length and arrival time."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
+from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from mlxd.errors import ResourceExhausted
+from mlxd.generation.sampling import SamplingParams
+from mlxd.loading.gguf.fetch import fetch_model
+from mlxd.loading.model_source import load_model_and_tokenizer
+
+PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "1, 2, 3, 4,",
+    "Once upon a time, in a land far away, there lived a dragon who loved to bake bread. Every morning",
+    "def fibonacci(n):",
+    "Q: What is the boiling point of water? A:",
+]
+SETTINGS = [
+    dict(sampling=SamplingParams(temperature=0.0)),
+    dict(sampling=SamplingParams(temperature=0.9, top_p=0.9, seed=7)),
+    dict(sampling=SamplingParams(temperature=0.0, repetition_penalty=1.3), logprobs=True, top_logprobs=3),
+    dict(sampling=SamplingParams(temperature=0.7, top_k=20, min_p=0.05, presence_penalty=0.5, seed=11)),
+    dict(sampling=SamplingParams(temperature=0.0), stops=("\n\n",)),
+    dict(sampling=SamplingParams(temperature=1.0, seed=3, logit_bias={13: -5.0}), logprobs=True),
+]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    loaded, tokenizer = load_model_and_tokenizer(fetch_model("smollm2"), dtype="float32")
+    eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
+    rt = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
+                      loaded.vocab_size)
+    return rt, tokenizer
+
+
+def _requests(tokenizer, n: int = len(PROMPTS)) -> list[GenerationRequest]:
+    return [GenerationRequest(f"r{i}", tokenizer.encode(PROMPTS[i]), max_tokens=12 + 5 * i, **SETTINGS[i])
+            for i in range(n)]
+
+
+def _drain(request: GenerationRequest) -> tuple[list[int], str, list[float], FinalEvent]:
+    ids, text, logprobs = [], "", []
+    while True:
+        event = request.events.get_nowait()
+        if isinstance(event, ErrorEvent):
+            raise event.error
+        if isinstance(event, FinalEvent):
+            return ids, text, logprobs, event
+        assert isinstance(event, TokenEvent)
+        ids += event.token_ids
+        text += event.text
+        logprobs += [lp.logprob for lp in event.logprobs]
+
+
+def _run(scheduler: Scheduler, arrivals: dict[int, list[GenerationRequest]]) -> None:
+    step = 0
+    while scheduler.has_work() or any(k >= step for k in arrivals):
+        scheduler.waiting.extend(arrivals.pop(step, []))
+        scheduler.step()
+        step += 1
+
+
+def test_batched_requests_yield_what_they_yield_alone(runtime):
+    rt, tokenizer = runtime
+    alone = []
+    for request in _requests(tokenizer):
+        _run(Scheduler(rt, prefill_chunk_size=16, max_batch_size=1), {0: [request]})
+        alone.append(_drain(request))
+
+    batched = _requests(tokenizer)
+    # Three at once, the others joining while those decode (their prefill chunks interleave with decode steps).
+    scheduler = Scheduler(rt, prefill_chunk_size=16, max_batch_size=16)
+    _run(scheduler, {0: batched[:3], 4: batched[3:5], 9: batched[5:]})
+    for i, request in enumerate(batched):
+        ids, text, logprobs, final = _drain(request)
+        assert ids == alone[i][0], f"request {i}"
+        assert text == alone[i][1]
+        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
+        assert final.finish_reason == alone[i][3].finish_reason
+        assert final.completion_tokens == alone[i][3].completion_tokens
+
+
+def test_admission_waits_for_the_kv_budget_and_refuses_what_never_fits(runtime):
+    rt, tokenizer = runtime
+    requests = _requests(tokenizer, 3)
+    scheduler = Scheduler(rt, prefill_chunk_size=64, max_batch_size=16)
+    reserved = [len(r.prompt_ids) + r.max_tokens for r in requests]
+    scheduler.budget.budget_bytes = scheduler.budget.need(reserved[:2])  # two fit together, never three
+    scheduler.waiting.extend(requests)
+    scheduler.step()
+    assert [s.request for s in scheduler.admitted] == requests[:2] and list(scheduler.waiting) == requests[2:]
+    _run(scheduler, {})
+    assert all(_drain(r)[3].completion_tokens > 0 for r in requests)
+
+    huge = GenerationRequest("huge", tokenizer.encode("Hi"), SamplingParams(temperature=0.0), max_tokens=100_000)
+    scheduler.waiting.append(huge)
+    _run(scheduler, {})
+    with pytest.raises(ResourceExhausted, match="KV cache"):
+        _drain(huge)
