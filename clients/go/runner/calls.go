@@ -25,7 +25,7 @@ var ErrNoFinal = errors.New("runner: generation stream ended without a final mes
 // Generate streams a generation: chunks, then exactly one final message. Each range over the result runs
 // the request once. Cancelling ctx or leaving the loop early cancels the generation on the daemon. An error
 // is yielded once, last: a gRPC status error (status.Code gives its code), or an *ExitError when the
-// daemon died.
+// daemon died (status.Code gives Unavailable).
 func (r *Runner) Generate(ctx context.Context, req *mlxdpb.GenerateRequest) iter.Seq2[*mlxdpb.GenerateResponse, error] {
 	return r.stream(ctx, func(ctx context.Context) (grpc.ServerStreamingClient[mlxdpb.GenerateResponse], error) {
 		return r.inference.Generate(ctx, req)

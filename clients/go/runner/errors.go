@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // ExitError says that the daemon process ended, how, and what it last wrote on stderr.
@@ -34,6 +37,15 @@ func (e *ExitError) Error() string {
 }
 
 func (e *ExitError) Unwrap() error { return e.Err }
+
+// GRPCStatus makes status.Code give UNAVAILABLE for a call that met a dead daemon, however the call noticed:
+// the broken connection (UNAVAILABLE) or its context, which ends with the process (CANCELED).
+func (e *ExitError) GRPCStatus() *status.Status {
+	if e.Err == nil {
+		return nil
+	}
+	return status.New(codes.Unavailable, e.Error()+": "+status.Convert(e.Err).Message())
+}
 
 // clean reports an exit with code 0: the daemon stopped the way it was asked to.
 func (e *ExitError) clean() bool { return e.ExitCode == 0 && e.Signal == 0 }

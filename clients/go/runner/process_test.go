@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/mlxd/mlxd/clients/go/internal/testenv"
 )
 
@@ -111,6 +114,9 @@ func TestDaemonKilledMidStreamGivesExitError(t *testing.T) {
 	var exitErr *ExitError
 	if !errors.As(streamErr, &exitErr) || exitErr.Signal != syscall.SIGKILL || exitErr.Err == nil {
 		t.Fatalf("the stream ended with %v, want an *ExitError for SIGKILL wrapping the RPC error", streamErr)
+	}
+	if code := status.Code(streamErr); code != codes.Unavailable {
+		t.Fatalf("status.Code of the stream's error: %v, want Unavailable", code)
 	}
 	if err := r.Wait(); !errors.As(err, &exitErr) || exitErr.Signal != syscall.SIGKILL {
 		t.Fatalf("Wait: %v", err)
