@@ -28,10 +28,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--model", type=Path, default=FIXTURES / "parity" / "llama")
+    parser.add_argument("--progress", type=int, default=500, help="a line on stderr every this many requests")
     args = parser.parse_args()
     daemon = start_daemon(args.model, "--max-message-mb", "1", "--max-queue", "4")
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     channel = grpc.insecure_channel(daemon.addr)
+    started = time.monotonic()
 
     @settings(max_examples=args.examples, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -41,8 +43,10 @@ def main() -> int:
         outcomes[(call.method.rsplit("/", 1)[1], code.name if code else "cancelled by the client")] += 1
         with Client(daemon.addr) as client:
             assert client.health(timeout=5) == "SERVING"
+        total = sum(outcomes.values())
+        if total % args.progress == 0:
+            print(f"{total} requests in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
-    started = time.monotonic()
     try:
         fuzz()
     finally:
