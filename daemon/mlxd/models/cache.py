@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlx.core as mx
 
 from mlxd.models.base import Mask, create_attention_mask
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSnapshot:
+    """One layer's kept positions copied out of its cache, in temporal order: [B, n_kv_heads, kept, head_dim].
+
+    The arrays own their buffers (never a view of the cache's storage) and are never written to; a restored cache
+    only reads them.
+    """
+
+    keys: mx.array
+    values: mx.array
+    offset: int                 # positions the layer had seen; kept = min(offset, window)
+    window: int | None = None   # None for a full cache
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def trimmable(self) -> bool:
+        """Whether every position 0..offset-1 is still here, so any shorter prefix can be restored."""
+        return self.window is None or self.offset <= self.window
+
+    def restorable(self, length: int) -> bool:
+        """Whether a cache holding exactly positions 0..length-1 can be rebuilt from this snapshot."""
+        return length == self.offset or (0 < length < self.offset and self.trimmable)
+
+
+def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> None:
+    if snapshot.window != window:
+        raise ValueError(f"snapshot of a cache with window {snapshot.window} restored into one with window {window}")
+    if not snapshot.restorable(length):
+        raise ValueError(f"snapshot of {snapshot.offset} positions (window {snapshot.window}) cannot serve {length}")
 
 
 class KVCache:
@@ -59,6 +95,21 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything but keep the storage for the next sequence."""
         self.offset = 0
+
+    def snapshot(self) -> LayerSnapshot:
+        """A lazy copy of positions 0..offset-1 that shares no buffer with this cache; evaluate it before keeping."""
+        if self.keys is None:
+            raise ValueError("cannot snapshot an empty cache")
+        # mx.array copies: a slice alone would keep the whole (step-rounded, still written) buffer alive.
+        return LayerSnapshot(mx.array(self.keys[..., : self.offset, :]),
+                             mx.array(self.values[..., : self.offset, :]), self.offset)
+
+    def restore(self, snapshot: LayerSnapshot, length: int) -> None:
+        """Hold exactly positions 0..length-1 of `snapshot`. The next append copies them into new storage."""
+        _check_restore(snapshot, length, None)
+        self.keys = snapshot.keys[..., :length, :]
+        self.values = snapshot.values[..., :length, :]
+        self.offset = length
 
 
 class RotatingKVCache:
@@ -153,6 +204,23 @@ class RotatingKVCache:
         self.keys = self.values = None
         self.offset = 0
         self._idx = 0
+
+    def snapshot(self) -> LayerSnapshot:
+        """A lazy copy of the kept positions in temporal order; evaluate it before keeping."""
+        if self.keys is None:
+            raise ValueError("cannot snapshot an empty cache")
+        keys, values = self._temporal()
+        return LayerSnapshot(mx.array(keys), mx.array(values), self.offset, self.window)
+
+    def restore(self, snapshot: LayerSnapshot, length: int) -> None:
+        """Hold the positions a cache that saw exactly 0..length-1 would keep: the snapshot's last ones when
+        length equals its offset, else its first `length` (all present, since it never dropped one)."""
+        _check_restore(snapshot, length, self.window)
+        kept = min(length, snapshot.keys.shape[2])
+        self.keys = snapshot.keys[..., :kept, :]
+        self.values = snapshot.values[..., :kept, :]
+        self.offset = length
+        self._idx = kept % self.window  # temporal order: slot 0 holds the oldest once the ring is full
 
 
 def make_layer_caches(windows: list[int | None]) -> list[KVCache | RotatingKVCache]:
