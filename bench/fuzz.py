@@ -1,7 +1,7 @@
 """The fuzz property of tests/fuzz at full size: many hostile requests against one daemon, with a table of the
 status codes they got. Fails (exit 1) on the first request answered outside the documented codes.
 
-    .venv/bin/python bench/fuzz.py --examples 10000 [--model tests/fixtures/parity/llama]
+    .venv/bin/python bench/fuzz.py --examples 10000 [--model tests/fixtures/parity/llama] [--serve-arg=...]
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--model", type=Path, default=FIXTURES / "parity" / "llama")
     parser.add_argument("--progress", type=int, default=500, help="a line on stderr every this many requests")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="one more `mlxd serve` argument (repeatable), e.g. --serve-arg=--log-requests")
     args = parser.parse_args()
-    daemon = start_daemon(args.model, "--max-message-mb", "1", "--max-queue", "4")
+    daemon = start_daemon(args.model, "--max-message-mb", "1", "--max-queue", "4", *args.serve_arg)
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     channel = grpc.insecure_channel(daemon.addr)
     started = time.monotonic()
