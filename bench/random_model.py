@@ -1,6 +1,6 @@
 """Write a random-weight Hugging Face folder of a published model's shape, for speed benchmarks.
 
-    python bench/random_model.py --shape llama-1b --dtype bfloat16 --out /tmp/llama-1b
+    python bench/random_model.py --shape llama-1b --dtype bfloat16 [--bits 4] --out /tmp/llama-1b
 
 The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing.
 """
@@ -23,7 +23,8 @@ SHAPES = {
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity" / "llama"
 
 
-def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0) -> Path:
+def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0) -> Path:
+    """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64), as mlx-lm's converter does."""
     import mlx.core as mx
     hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
     head_dim = hidden // heads
@@ -33,6 +34,8 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0) -> Path
               "intermediate_size": inter, "vocab_size": vocab, "rms_norm_eps": 1e-5, "head_dim": head_dim,
               "max_position_embeddings": 8192, "rope_theta": 500000.0, "tie_word_embeddings": False,
               "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype}
+    if bits:
+        config["quantization"] = {"group_size": 64, "bits": bits}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, out / name)
@@ -55,6 +58,11 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0) -> Path
             weights[name] = mx.ones(s, dtype=mx_dtype)
         else:
             weights[name] = (mx.random.normal(s) * (1.0 / np.sqrt(s[1]))).astype(mx_dtype)
+            if bits:
+                stem = name.removesuffix(".weight")
+                weights[name], weights[stem + ".scales"], weights[stem + ".biases"] = \
+                    mx.quantize(weights[name], group_size=64, bits=bits)
+            mx.eval(weights)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
     return out
 
@@ -63,9 +71,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--bits", type=int, default=0, choices=[0, 4, 8], help="store matrices MLX-quantized")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    print(write_random_model(args.shape, args.dtype, args.out))
+    print(write_random_model(args.shape, args.dtype, args.out, bits=args.bits))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--kv-cache-mb", type=int, default=0,
                        help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "
                             "0 = half the memory left after loading")
+    serve.add_argument("--prefix-cache-mb", type=int, default=2048,
+                       help="memory for KV snapshots of earlier prompts, reused by prompts that start the same "
+                            "way (multi-turn chats, shared system prompts); 0 turns it off")
     serve.add_argument("--max-prompt-tokens", type=int, default=0, help="0 = the model's context length")
     serve.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message accepted")
     serve.add_argument("--max-image-mb", type=float, default=20, help="largest encoded image accepted")
@@ -84,7 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
                     images=images)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
                            prefill_chunk_size=args.prefill_chunk, max_batch_size=args.max_batch_size,
-                           kv_cache_bytes=args.kv_cache_mb << 20, image_cache_bytes=args.image_cache_mb << 20)
+                           kv_cache_bytes=args.kv_cache_mb << 20, prefix_cache_bytes=args.prefix_cache_mb << 20,
+                           image_cache_bytes=args.image_cache_mb << 20)
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
                               tls=tls, auth_token_file=args.auth_token_file,

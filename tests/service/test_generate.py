@@ -1,5 +1,7 @@
 """Generation over a real gRPC channel against `mlxd serve` on the tiny llama fixture."""
 
+import threading
+
 import numpy as np
 
 from daemon_process import FIXTURES
@@ -141,3 +143,28 @@ def test_expected_model_accepts_the_served_one(client):
     info = client.model_info()
     result = client.complete("x", max_tokens=1, expected_model=info.digest)
     assert result.final.usage.completion_tokens == 1
+
+
+def test_a_repeated_prompt_reuses_its_prefix_and_reports_cached_tokens(client):
+    ids = [(7 * i) % 200 + 3 for i in range(48)]
+    cold = client.complete(tokens=ids, temperature=0.0, ignore_eos=True, max_tokens=12)
+    warm = client.complete(tokens=ids, temperature=0.0, ignore_eos=True, max_tokens=12)
+    assert warm.token_ids == cold.token_ids
+    assert warm.final.usage.cached_tokens == len(ids) - 1  # every prompt token but the last, which decodes
+
+
+def test_concurrent_streams_yield_what_they_yield_alone(client):
+    prompts = [[(5 * i + 11 * s) % 250 + 3 for i in range(4 + 9 * s)] for s in range(6)]
+    alone = [client.complete(tokens=p, temperature=0.0, ignore_eos=True, max_tokens=10 + s).token_ids
+             for s, p in enumerate(prompts)]
+    results = [None] * len(prompts)
+
+    def run(s):
+        results[s] = client.complete(tokens=prompts[s], temperature=0.0, ignore_eos=True, max_tokens=10 + s)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.token_ids for r in results] == alone

@@ -18,11 +18,14 @@ import mlx.core as mx
 from mlxd.engine.batch import DecodeBatch
 from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
+from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.kv_budget import KvBudget, KvLayout, auto_budget_bytes, probe_kv_layout
 from mlxd.engine.sequence import Phase, Sequence, token_limit
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted
 
 log = logging.getLogger(__name__)
+
+_MIN_PREFIX_TOKENS = 16  # shorter prompts are cheaper to prefill again than to snapshot
 
 
 @dataclass
@@ -41,7 +44,7 @@ class ModelRuntime:
 
 class Scheduler:
     def __init__(self, runtime: ModelRuntime, prefill_chunk_size: int, max_batch_size: int = 1,
-                 kv_budget_bytes: int = 0,
+                 kv_budget_bytes: int = 0, prefix_cache_bytes: int = 0,
                  on_finished: Callable[[GenerationRequest], None] = lambda r: None) -> None:
         self._runtime = runtime
         self._chunk = prefill_chunk_size
@@ -50,6 +53,7 @@ class Scheduler:
         if runtime.kv_layout is None:
             runtime.kv_layout = probe_kv_layout(runtime.model)
         self.budget = KvBudget(runtime.kv_layout, kv_budget_bytes or auto_budget_bytes())
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self.prefilling: list[Sequence] = []     # admitted, prompt not yet in the cache; oldest first
         self.batch = DecodeBatch(runtime.model)
@@ -76,7 +80,26 @@ class Scheduler:
         if seq.phase is not Phase.PREFILL:
             self.prefilling.remove(seq)
         if seq.phase is Phase.DECODE:
+            self._remember_prefix(seq)
             self.batch.join(seq)
+
+    # -- the prefix cache ----------------------------------------------------------------------------------
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Start a new sequence from the longest stored KV prefix of its prompt (all but the last token)."""
+        if seq.prefix_cacheable:
+            length, cache = self.prefix_cache.lookup(seq.request.prompt_ids[:-1], self._runtime.model.make_cache)
+            if length:
+                seq.start_from_prefix(length, cache)
+
+    def _remember_prefix(self, seq: Sequence) -> None:
+        """Store the KV of a prompt just prefilled, unless it is short or all of it came from the cache."""
+        prefix = seq.request.prompt_ids[:-1]
+        if seq.prefix_cacheable and len(prefix) >= _MIN_PREFIX_TOKENS and seq.cached_tokens < len(prefix):
+            try:
+                self.prefix_cache.insert(prefix, seq.cache)
+            except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
+                log.exception("could not store a prefix-cache snapshot")
 
     def _decode_one_step(self) -> None:
         try:
@@ -113,6 +136,7 @@ class Scheduler:
                 if not self.admitted:
                     mx.reset_peak_memory()  # peak memory then covers this request and those joining it
                 seq = Sequence(request, self._runtime, self._chunk)
+                self._reuse_prefix(seq)
             except MlxdError as error:
                 self.waiting.popleft()
                 request.events.put(ErrorEvent(error))

@@ -58,6 +58,7 @@ class Sequence:
         self.reserved = len(request.prompt_ids) + self.limit   # tokens its cache may grow to
         self.phase = Phase.PREFILL
         self._prefilled = 0          # prompt tokens already in the cache (all but the last go by prefill)
+        self.cached_tokens = 0       # of those, how many a prefix-cache hit supplied
         self.queued = 0              # decode steps queued for this sequence (the batch counts them)
         self._generated: list[int] = []
         self._prompt_logprobs: list[TokenLogprob] = []
@@ -86,6 +87,20 @@ class Sequence:
     @property
     def last_prompt_token(self) -> int:
         return self.request.prompt_ids[-1]
+
+    def start_from_prefix(self, length: int, cache: list[Any]) -> None:
+        """Begin with a cache that already holds the first `length` prompt tokens (a prefix-cache hit)."""
+        self._cache, self._prefilled, self.cached_tokens = cache, length, length
+
+    @property
+    def prefix_cacheable(self) -> bool:
+        """Whether this prompt's KV may come from or go to the prefix cache: image tokens are placeholders
+        whose KV depends on the image, and prompt logprobs need every prompt position to run."""
+        return not self.request.images and not self.request.prompt_logprobs
+
+    @property
+    def cache(self) -> list[Any]:
+        return self._cache
 
     def take_cache(self) -> list[Any]:
         """Hand the prefilled per-layer caches to the decode batch."""
@@ -181,10 +196,12 @@ class Sequence:
         if self._first_token_at:
             prefill_time = self._first_token_at - self._started
             timings.time_to_first_token_seconds = self._first_token_at - req.submitted_at
-            timings.prefill_tokens_per_second = n_prompt / prefill_time if prefill_time > 0 else 0.0
+            computed = n_prompt - self.cached_tokens  # a prefix-cache hit skipped the others
+            timings.prefill_tokens_per_second = computed / prefill_time if prefill_time > 0 else 0.0
             decode_time = now - self._first_token_at
             timings.decode_tokens_per_second = (n_gen - 1) / decode_time if n_gen > 1 and decode_time > 0 else 0.0
-        return FinalEvent(reason, n_prompt, n_gen, matched_stop=matched_stop, stop_token_id=stop_token_id,
+        return FinalEvent(reason, n_prompt, n_gen, cached_tokens=self.cached_tokens, matched_stop=matched_stop,
+                          stop_token_id=stop_token_id,
                           timings=timings, peak_memory_bytes=mx.get_peak_memory(),
                           prompt_logprobs=self._prompt_logprobs)
 

@@ -40,6 +40,7 @@ class WorkerOptions:
     prefill_chunk_size: int = 512
     max_batch_size: int = 16        # sequences decoding together
     kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
+    prefix_cache_bytes: int = 2 << 30   # KV snapshots of earlier prompts kept for reuse; 0 = off
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
 
 
@@ -191,7 +192,9 @@ class Worker:
         inject_from_env(runtime)
         log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)
         scheduler = Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_batch_size,
-                              self.options.kv_cache_bytes, on_finished=self._finished)
-        log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB",
-                 self.options.max_batch_size, scheduler.budget.budget_bytes >> 20)
+                              self.options.kv_cache_bytes, self.options.prefix_cache_bytes,
+                              on_finished=self._finished)
+        log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prefix cache %d MiB",
+                 self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,
+                 self.options.prefix_cache_bytes >> 20)
         return scheduler

@@ -1,0 +1,96 @@
+"""The prefix cache in the engine, on real models: a hit yields exactly the tokens a cold run yields (greedy and
+seeded sampling), reports cached_tokens, and a sliding-window model (Gemma 3, window 512) reuses a rotated
+snapshot only for a prompt that starts with all of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
+from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from mlxd.generation.sampling import SamplingParams
+from mlxd.loading.gguf.fetch import fetch_model
+from mlxd.loading.model_source import load_model_and_tokenizer
+
+SYSTEM = ("You are a careful assistant. Answer briefly, cite no sources, and never invent facts. "
+          "If a question is ambiguous, say which reading you answer. ") * 3
+SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, top_p=0.95, seed=1234)]
+
+
+def _runtime(name: str) -> tuple[ModelRuntime, object]:
+    loaded, tokenizer = load_model_and_tokenizer(fetch_model(name), dtype="float32")
+    eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
+    return ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
+                        loaded.vocab_size), tokenizer
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return _runtime("smollm2")
+
+
+def _serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams, n: int = 16) -> tuple[list[int], int]:
+    request = GenerationRequest("r", ids, sampling, max_tokens=n, ignore_eos=True)
+    scheduler.waiting.append(request)
+    while scheduler.has_work():
+        scheduler.step()
+    tokens = []
+    while True:
+        event = request.events.get_nowait()
+        if isinstance(event, ErrorEvent):
+            raise event.error
+        if isinstance(event, FinalEvent):
+            return tokens, event.cached_tokens
+        assert isinstance(event, TokenEvent)
+        tokens += event.token_ids
+
+
+def _cold(runtime: ModelRuntime, ids: list[int], sampling: SamplingParams) -> list[int]:
+    return _serve(Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=0), ids, sampling)[0]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "seeded"])
+def test_shared_prefix_and_repeated_prompt_hit_with_cold_tokens(smollm2, sampling):
+    runtime, tokenizer = smollm2
+    first = tokenizer.encode(SYSTEM + "Question: what is the capital of Italy?")
+    second = tokenizer.encode(SYSTEM + "Question: how many legs has a spider?")
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+
+    assert _serve(scheduler, first, sampling)[1] == 0  # nothing stored yet
+    tokens, cached = _serve(scheduler, second, sampling)
+    assert cached == shared  # the stored prompt, trimmed to what both share
+    assert tokens == _cold(runtime, second, sampling)
+    tokens, cached = _serve(scheduler, first, sampling)  # a chat resending the same prompt
+    assert cached == len(first) - 1
+    assert tokens == _cold(runtime, first, sampling)
+    assert scheduler.prefix_cache.hits == 2
+
+
+def test_prompt_logprobs_and_short_prompts_bypass_the_cache(smollm2):
+    runtime, tokenizer = smollm2
+    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    ids = tokenizer.encode(SYSTEM)
+    request = GenerationRequest("p", ids, SamplingParams(temperature=0.0), max_tokens=2, prompt_logprobs=True)
+    scheduler.waiting.append(request)
+    while scheduler.has_work():
+        scheduler.step()
+    assert scheduler.prefix_cache.entries == 0
+    _serve(scheduler, ids[:8], SamplingParams(temperature=0.0), n=2)
+    assert scheduler.prefix_cache.entries == 0
+
+
+def test_sliding_window_model_reuses_a_rotated_snapshot_only_whole():
+    runtime, tokenizer = _runtime("gemma3-270m")
+    long_text = " ".join(f"item {i} is {i * 7 % 13}." for i in range(120))  # past the 512-token window
+    first = tokenizer.encode(long_text + " Which item is 5?")
+    second = tokenizer.encode(long_text + " Which item is 9?")
+    assert len(first) > 600
+    greedy = SamplingParams(temperature=0.0)
+    scheduler = Scheduler(runtime, prefill_chunk_size=256, prefix_cache_bytes=512 << 20)
+    _serve(scheduler, first, greedy, n=8)
+    tokens, cached = _serve(scheduler, second, greedy, n=8)
+    assert cached == 0  # the stored prompt rotated past its window: no prefix of it can be rebuilt
+    tokens, cached = _serve(scheduler, first, greedy, n=8)
+    assert cached == len(first) - 1
+    assert tokens == _serve(Scheduler(runtime, prefill_chunk_size=256, prefix_cache_bytes=0), first, greedy, n=8)[0]
