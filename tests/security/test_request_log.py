@@ -99,6 +99,9 @@ def test_withheld_traceback_keeps_frames_and_types_but_no_message():
 def test_quoting_escapes_and_truncates():
     assert quoted("a\nb\x1b[31m\u2028", 100) == "'a\\nb\\x1b[31m\\u2028'"
     assert quoted("x" * 12, 5) == "'xxxxx' (+7 more chars)"
+    # Escapes count: a prompt of NULs does not make a line four times as long.
+    assert quoted("\x00" * 1000, 100) == repr("\x00" * 23) + " (+977 more chars)"
+    assert quoted("ab", 5, total_chars=9) == "'ab' (+7 more chars)"
     request = pb.MultimodalGenerateRequest()
     message = request.chat.messages.add(role="user")
     message.content.add(text="look:\n")

@@ -81,16 +81,21 @@ class RequestEntry:
                      message, self._prompt())
 
     def _quoted_output(self) -> str:
-        text = "".join(self._output)[:self._max]
-        return quoted(text, self._max) + _more(self._output_chars - len(text), "chars")
+        return quoted("".join(self._output), self._max, total_chars=self._output_chars)
 
     def _prompt(self) -> str:
         return describe_prompt(self._request, self._max)
 
 
-def quoted(text: str, max_chars: int) -> str:
-    """text as a Python literal (control characters, quotes and line breaks escaped), cut at max_chars."""
-    return repr(text[:max_chars]) + _more(len(text) - max_chars, "chars")
+def quoted(text: str, max_chars: int, total_chars: int | None = None) -> str:
+    """text as a Python literal (control characters, quotes and line breaks escaped) of about max_chars at
+    most, escapes included; total_chars: the length of the whole text when `text` is only its beginning."""
+    kept = text[:max_chars]
+    literal = repr(kept)
+    while len(literal) > max_chars + 2:   # escapes made it longer: keep proportionally fewer characters
+        kept = kept[:len(kept) * max_chars // len(literal) - 1]
+        literal = repr(kept)
+    return literal + _more((len(text) if total_chars is None else total_chars) - len(kept), "chars")
 
 
 def _more(count: int, unit: str) -> str:
@@ -170,11 +175,13 @@ def _type_name(cls: type) -> str:
 
 
 def configure_logging(level: str, log_requests: bool) -> None:
-    """The daemon's stderr log. An exception that ends a thread goes through it too, not around it."""
+    """The daemon's stderr log. Warnings (Pillow's about a corrupt image, ...) and an exception that ends a
+    thread go through it too, not around it."""
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                       exception_messages=log_requests))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.captureWarnings(True)
     if log_requests:
         log.setLevel(logging.INFO)   # the flag asks for these lines whatever --log-level says
 
