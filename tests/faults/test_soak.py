@@ -11,7 +11,9 @@ from soak import check, growth, memory, plan, references, soak
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = start_daemon(FIXTURES / "parity" / "llama", "--max-queue", "16", workdir=tmp_path_factory.mktemp("soak"))
+    # No prefix cache: idle, MLX then holds the weights and nothing else, exactly (bench/soak.py soaks with one).
+    d = start_daemon(FIXTURES / "parity" / "llama", "--max-queue", "16", "--prefix-cache-mb", "0",
+                     workdir=tmp_path_factory.mktemp("soak"))
     yield d
     assert d.stop() == 0, d.stderr()
     assert "Traceback" not in d.stderr(), d.stderr()
@@ -26,10 +28,10 @@ def test_soak_every_stream_ends_right_and_repeatable_ones_repeat(daemon):
         samples.append(memory(daemon.addr, daemon.proc.pid))
     for outcome in outcomes:
         check(outcome, expected)
-    # Memory after the first hundred requests (warm) and after the second. MLX active memory is the weights
-    # (under 1 MB) when idle, so one leaked KV cache fails the 5% bound. The resident set moves by up to ~8%
-    # either way between hundreds on a 2-core machine, so its bound here only catches gross leaks; bench/soak.py
-    # reports it against 5% over 1,000 requests.
+    # Memory after the first hundred requests (warm) and after the second. Idle, MLX active memory is the
+    # weights (under 1 MB), so one leaked KV cache fails the 5% bound. The resident set moves by up to ~8% either
+    # way between hundreds on a 2-core machine, so its bound here only catches gross leaks; bench/soak.py reports
+    # it against 5% over 1,000 requests.
     grew = growth(samples)
     assert grew["mlx_active"] < 0.05, (grew, samples)
     assert grew["resident"] < 0.2 and grew["resident+mlx_active"] < 0.2, (grew, samples)

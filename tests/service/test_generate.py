@@ -131,6 +131,8 @@ def test_model_info_reports_mlx_memory(client):
     client.complete(tokens=[5] * 300, max_tokens=4, temperature=0.0, ignore_eos=True)
     after = client.model_info()
     assert after.mlx_peak_memory_bytes >= max(before.mlx_peak_memory_bytes, after.mlx_active_memory_bytes)
+    # The prompt's KV stays in the prefix cache, and is counted in active memory too.
+    assert 0 < after.prefix_cache_bytes <= after.mlx_active_memory_bytes - 0.9 * weights
 
 
 def test_tokenize_detokenize_round_trip(client):

@@ -1715,6 +1715,7 @@ type ModelInfo struct {
 	MlxActiveMemoryBytes uint64 `protobuf:"varint,16,opt,name=mlx_active_memory_bytes,json=mlxActiveMemoryBytes,proto3" json:"mlx_active_memory_bytes,omitempty"`
 	MlxCacheMemoryBytes  uint64 `protobuf:"varint,17,opt,name=mlx_cache_memory_bytes,json=mlxCacheMemoryBytes,proto3" json:"mlx_cache_memory_bytes,omitempty"`
 	MlxPeakMemoryBytes   uint64 `protobuf:"varint,18,opt,name=mlx_peak_memory_bytes,json=mlxPeakMemoryBytes,proto3" json:"mlx_peak_memory_bytes,omitempty"`
+	PrefixCacheBytes     uint64 `protobuf:"varint,19,opt,name=prefix_cache_bytes,json=prefixCacheBytes,proto3" json:"prefix_cache_bytes,omitempty"` // KV snapshots kept for prompt reuse (--prefix-cache-mb), part of active
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -1871,6 +1872,13 @@ func (x *ModelInfo) GetMlxCacheMemoryBytes() uint64 {
 func (x *ModelInfo) GetMlxPeakMemoryBytes() uint64 {
 	if x != nil {
 		return x.MlxPeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetPrefixCacheBytes() uint64 {
+	if x != nil {
+		return x.PrefixCacheBytes
 	}
 	return 0
 }
@@ -2096,7 +2104,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x13skip_special_tokens\x18\x02 \x01(\bR\x11skipSpecialTokens\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x15\n" +
-	"\x13GetModelInfoRequest\"\x90\x05\n" +
+	"\x13GetModelInfoRequest\"\xbe\x05\n" +
 	"\tModelInfo\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -2118,7 +2126,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\tload_note\x18\x0f \x01(\tR\bloadNote\x125\n" +
 	"\x17mlx_active_memory_bytes\x18\x10 \x01(\x04R\x14mlxActiveMemoryBytes\x123\n" +
 	"\x16mlx_cache_memory_bytes\x18\x11 \x01(\x04R\x13mlxCacheMemoryBytes\x121\n" +
-	"\x15mlx_peak_memory_bytes\x18\x12 \x01(\x04R\x12mlxPeakMemoryBytes\".\n" +
+	"\x15mlx_peak_memory_bytes\x18\x12 \x01(\x04R\x12mlxPeakMemoryBytes\x12,\n" +
+	"\x12prefix_cache_bytes\x18\x13 \x01(\x04R\x10prefixCacheBytes\".\n" +
 	"\rCancelRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"&\n" +

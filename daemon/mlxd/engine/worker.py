@@ -49,6 +49,7 @@ class MlxMemory:
     active_bytes: int = 0
     cache_bytes: int = 0
     peak_bytes: int = 0
+    prefix_cache_bytes: int = 0      # the prefix cache's KV snapshots, part of active_bytes
 
 
 class Worker:
@@ -143,7 +144,7 @@ class Worker:
             self.state = WorkerState.FAILED
             self.ready.set()
             return
-        self._publish_memory()
+        self._publish_memory(scheduler)
         self.state = WorkerState.SERVING
         self.ready.set()
         while True:
@@ -153,12 +154,13 @@ class Worker:
             if scheduler.has_work():
                 scheduler.step()
             self.last_progress = time.monotonic()
-            self._publish_memory()
+            self._publish_memory(scheduler)
         self.state = WorkerState.STOPPED
 
-    def _publish_memory(self) -> None:
+    def _publish_memory(self, scheduler: Scheduler) -> None:
         # After every step and idle wait (the three reads take ~0.1 µs), as one frozen object: no torn reads.
-        self.memory = MlxMemory(mx.get_active_memory(), mx.get_cache_memory(), mx.get_peak_memory())
+        self.memory = MlxMemory(mx.get_active_memory(), mx.get_cache_memory(), mx.get_peak_memory(),
+                                scheduler.prefix_cache.bytes_used)
 
     def _take_inbox(self, scheduler: Scheduler, block: bool) -> None:
         try:

@@ -67,6 +67,7 @@ def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:
     current.mlx_active_memory_bytes = memory.active_bytes
     current.mlx_cache_memory_bytes = memory.cache_bytes
     current.mlx_peak_memory_bytes = memory.peak_bytes
+    current.prefix_cache_bytes = memory.prefix_cache_bytes
     return current
 
 

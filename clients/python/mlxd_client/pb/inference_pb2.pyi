@@ -280,7 +280,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "mlx_peak_memory_bytes")
+    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "mlx_peak_memory_bytes", "prefix_cache_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,7 @@ class ModelInfo(_message.Message):
     MLX_ACTIVE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MLX_CACHE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MLX_PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     path: str
     digest: str
@@ -317,7 +318,8 @@ class ModelInfo(_message.Message):
     mlx_active_memory_bytes: int
     mlx_cache_memory_bytes: int
     mlx_peak_memory_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., mlx_peak_memory_bytes: _Optional[int] = ...) -> None: ...
+    prefix_cache_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., mlx_peak_memory_bytes: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)
