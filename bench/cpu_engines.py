@@ -45,17 +45,20 @@ def llama_cpp_engine(gguf: Path, threads: int) -> tuple[Callable[[list[int], int
     # n_batch/n_ubatch stay at llama-cpp-python's defaults (512): what its users get.
     llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
 
+    vocab = llm.n_vocab()
+
     def generate(prompt: list[int], new_tokens: int) -> Iterator[int]:
-        # Low-level eval and argmax: llama.cpp's own speed, without llama-cpp-python's sampler chain in Python.
+        # Low-level eval and argmax of the last row of logits: llama.cpp's own speed, without
+        # llama-cpp-python's sampler chain in Python.
         llm.reset()
         llm.eval(prompt)
         for n in range(new_tokens):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(vocab,))))
             yield token
             if n + 1 < new_tokens:
                 llm.eval([token])
 
-    return generate, {"vocab_size": llm.n_vocab(), "llama_cpp": llama_cpp.__version__,
+    return generate, {"vocab_size": vocab, "llama_cpp": llama_cpp.__version__,
                       "system_info": llama_cpp.llama_print_system_info().decode()}
 
 
