@@ -23,6 +23,8 @@ class PendingBatch:
     logprobs: list[tuple[mx.array, ...] | None]  # per row: (chosen,) or (chosen, top ids, top values)
 
     def read(self) -> list[tuple[int, TokenLogprob | None]]:
+        # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
+        mx.eval(self.tokens, *[a for arrays in self.logprobs if arrays for a in arrays])
         tokens = self.tokens.tolist()
         return [(token, None if lp is None else _token_logprob(token, lp)) for token, lp in zip(tokens, self.logprobs)]
 
