@@ -28,9 +28,11 @@ from daemon_process import daemon_env, start_daemon  # noqa: E402
 from mlxd_client import Client  # noqa: E402
 
 
-def stream_prompts(vocab_size: int, streams: int, length: int) -> list[list[int]]:
-    """Distinct prompts of equal length (ids well inside the vocabulary)."""
-    return [[(97 * s + 31 * i) % (vocab_size - 10) + 5 for i in range(length)] for s in range(streams)]
+def stream_prompts(vocab_size: int, streams: int, length: int, mixed: bool = False) -> list[list[int]]:
+    """Distinct prompts (ids well inside the vocabulary) of `length` tokens, or with mixed, of lengths spread
+    evenly over [length / 2, 3 * length / 2)."""
+    lengths = [length // 2 + (s * length) // max(streams, 1) if mixed else length for s in range(streams)]
+    return [[(97 * s + 31 * i) % (vocab_size - 10) + 5 for i in range(n)] for s, n in enumerate(lengths)]
 
 
 def over_grpc(addr: str, prompts: list[list[int]], new_tokens: int) -> dict:
@@ -66,7 +68,7 @@ def summarize(start: float, all_started: float, end: float, tokens: int, streams
 def mlx_lm(model: Path, streams: int, args: argparse.Namespace, log_dir: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "mlx_lm_batch_anchor.py"), "--model", str(model),
            "--streams", str(streams), "--prompt-tokens", str(args.prompt_tokens),
-           "--new-tokens", str(args.new_tokens)]
+           "--new-tokens", str(args.new_tokens)] + (["--mixed"] if args.mixed else [])
     env = dict(daemon_env(), PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), daemon_env()["PYTHONPATH"]]))
     with open(log_dir / "mlx-lm-batch.log", "ab") as err:
         out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, check=True, text=True).stdout
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds per engine and stream count")
     parser.add_argument("--mlx-lm", action="store_true", help="also run mlx-lm's BatchGenerator (must be installed)")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="mlxd-bench-")))
@@ -94,7 +97,7 @@ def main() -> None:
         with Client(daemon.addr) as client:
             vocab = client.model_info().vocab_size
         for n in counts:
-            prompts = stream_prompts(vocab, n, args.prompt_tokens)
+            prompts = stream_prompts(vocab, n, args.prompt_tokens, args.mixed)
             over_grpc(daemon.addr, prompts, min(args.new_tokens, 16))  # warm-up at this batch size
             for _ in range(args.rounds):
                 ours = over_grpc(daemon.addr, prompts, args.new_tokens)
@@ -104,7 +107,8 @@ def main() -> None:
     finally:
         daemon.stop()
 
-    print(f"model {args.model}, prompt {args.prompt_tokens}, {args.new_tokens} new tokens per stream; "
+    print(f"model {args.model}, prompt {args.prompt_tokens}{' (mixed lengths)' if args.mixed else ''}, "
+          f"{args.new_tokens} new tokens per stream, best of {args.rounds} rounds; "
           f"logs in {args.log_dir}")
     print(f"{'streams':>7} {'mlxd total':>11} {'mlxd decode':>12} {'mlx-lm total':>13} {'mlx-lm decode':>14} "
           f"{'ratio total':>12} {'ratio decode':>13}")

@@ -33,21 +33,25 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--scenarios", default="aligned",
+                        help="comma list: aligned (one position, no mask), offsets (rows at different positions: "
+                             "array rope offsets), mask (rows of different lengths: padding mask), both")
     args = parser.parse_args()
     model = load_model(args.model, dtype="auto").model
     linears = [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
-    print(f"{'batch':>5} {'step ms':>8} {'matmuls ms':>11} {'per token ms':>13}")
-    for b in [int(x) for x in args.batches.split(",")]:
+    print(f"{'scenario':>8} {'batch':>5} {'step ms':>8} {'matmuls ms':>11} {'per token ms':>13}")
+    for scenario, b in [(s, int(x)) for s in args.scenarios.split(",") for x in args.batches.split(",")]:
         dtype = model.model.norm.weight.dtype
         positions = BatchPositions()
         caches = [BatchKVCache(positions, None) for _ in model.make_cache()]
         for cache in caches:
-            for _ in range(b):
+            for r in range(b):
                 own = KVCache()
-                k = mx.zeros((1, model.args.num_key_value_heads, args.context, model.args.head_dim), dtype)
+                length = args.context - (r if scenario in ("mask", "both") else 0)
+                k = mx.zeros((1, model.args.num_key_value_heads, length, model.args.head_dim), dtype)
                 own.update_and_fetch(k, k)
                 cache.add_row(own)
-        positions.set([args.context] * b)
+        positions.set([args.context + (r if scenario in ("offsets", "both") else 0) for r in range(b)])
         tokens = mx.zeros((b, 1), dtype=mx.int32)
 
         def step():
@@ -61,7 +65,7 @@ def main() -> None:
              for m in linears]
         step_ms = timed(step)
         mat_ms = timed(lambda: [m(v) for m, v in zip(linears, x)])
-        print(f"{b:5d} {step_ms:8.2f} {mat_ms:11.2f} {step_ms / b:13.3f}", flush=True)
+        print(f"{scenario:>8} {b:5d} {step_ms:8.2f} {mat_ms:11.2f} {step_ms / b:13.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--mixed", action="store_true")
     args = parser.parse_args()
     model, config = load_model(args.model)
-    prompts = stream_prompts(config["vocab_size"], args.streams, args.prompt_tokens)
+    prompts = stream_prompts(config["vocab_size"], args.streams, args.prompt_tokens, args.mixed)
     run(model, prompts, min(args.new_tokens, 16))  # warm-up
     print(json.dumps(run(model, prompts, args.new_tokens)), flush=True)
 

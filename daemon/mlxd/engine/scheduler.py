@@ -93,9 +93,10 @@ class Scheduler:
                 seq.start_from_prefix(length, cache)
 
     def _remember_prefix(self, seq: Sequence) -> None:
-        """Store the KV of a prompt just prefilled, unless it is short or all of it came from the cache."""
+        """Store the KV of a prompt just prefilled, unless it adds few tokens to what came from the cache (a copy
+        of the whole prefix then costs more than those few tokens' prefill)."""
         prefix = seq.request.prompt_ids[:-1]
-        if seq.prefix_cacheable and len(prefix) >= _MIN_PREFIX_TOKENS and seq.cached_tokens < len(prefix):
+        if seq.prefix_cacheable and len(prefix) - seq.cached_tokens >= _MIN_PREFIX_TOKENS:
             try:
                 self.prefix_cache.insert(prefix, seq.cache)
             except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
@@ -113,12 +114,9 @@ class Scheduler:
             self.batch.clear()
 
     def _collect_finished(self) -> None:
-        finished = [s for s in self.admitted if s.phase is Phase.DONE]
-        if not finished:
+        if all(s.phase is not Phase.DONE for s in self.admitted):
             return
-        self.admitted = [s for s in self.admitted if s.phase is not Phase.DONE]
-        for seq in finished:
-            self._on_finished(seq.request)
+        self.admitted = [s for s in self.admitted if s.phase is not Phase.DONE]  # on_finished ran at their end
         if not self.admitted:
             mx.clear_cache()  # give cache memory back once nothing runs
 
@@ -135,12 +133,12 @@ class Scheduler:
                     return  # waits until running sequences end
                 if not self.admitted:
                     mx.reset_peak_memory()  # peak memory then covers this request and those joining it
-                seq = Sequence(request, self._runtime, self._chunk)
+                seq = Sequence(request, self._runtime, self._chunk, on_end=self._on_finished)
                 self._reuse_prefix(seq)
             except MlxdError as error:
                 self.waiting.popleft()
-                request.events.put(ErrorEvent(error))
                 self._on_finished(request)
+                request.events.put(ErrorEvent(error))
                 continue
             self.waiting.popleft()
             self.admitted.append(seq)
@@ -158,12 +156,13 @@ class Scheduler:
     def _end_if_cancelled(self, request: GenerationRequest) -> bool:
         """A request cancelled or expired while queued ends here without touching the model."""
         if request.deadline_passed():
-            request.events.put(ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue")))
+            event = ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue"))
         elif request.cancel.is_set:
-            request.events.put(FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0))
+            event = FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0)
         else:
             return False
-        self._on_finished(request)
+        self._on_finished(request)  # first, so the request id is free once the client sees the end
+        request.events.put(event)
         return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import mlx.core as mx
 
@@ -42,8 +42,10 @@ def token_limit(request: GenerationRequest, context_length: int) -> int:
 
 
 class Sequence:
-    def __init__(self, request: GenerationRequest, runtime: "ModelRuntime", prefill_chunk_size: int) -> None:
+    def __init__(self, request: GenerationRequest, runtime: "ModelRuntime", prefill_chunk_size: int,
+                 on_end: Callable[[GenerationRequest], None] = lambda r: None) -> None:
         self.request = request
+        self._on_end = on_end  # told before the last event goes out, so the request id is free once it arrives
         self._model = runtime.model
         self._cache = runtime.model.make_cache()
         self.sampler = Sampler(request.sampling, runtime.vocab_size, request.prompt_ids)
@@ -206,4 +208,6 @@ class Sequence:
                           prompt_logprobs=self._prompt_logprobs)
 
     def _emit(self, event: Any) -> None:
+        if isinstance(event, (FinalEvent, ErrorEvent)):
+            self._on_end(self.request)
         self.request.events.put(event)
