@@ -100,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
-    daemon = start_daemon(args.model, "--dtype", args.dtype, "--log-level", "INFO", workdir=args.log_dir)
+    # Every run sends the same prompt: without --prefix-cache-mb 0 the daemon would skip its prefill.
+    daemon = start_daemon(args.model, "--dtype", args.dtype, "--log-level", "INFO", "--prefix-cache-mb", "0",
+                          workdir=args.log_dir)
     try:
         with Client(daemon.addr) as client:
             vocab = client.model_info().vocab_size

@@ -92,8 +92,10 @@ def scaled_dot_product_attention(
     if isinstance(mask, str):
         n_q, n_k = scores.shape[-2:]
         mask = mx.arange(n_k)[None, :] <= mx.arange(n_k - n_q, n_k)[:, None]
-    if mask is not None:
+    if mask is not None and mask.dtype == mx.bool_:
         scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    elif mask is not None:
+        scores = scores + mask.astype(scores.dtype)  # additive: 0 or -inf
     weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(values.dtype)
     return weights @ values
 

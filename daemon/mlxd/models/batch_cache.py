@@ -73,7 +73,11 @@ class BatchKVCache:
         mask = columns >= self._starts()[:, None]
         if window_bites:
             mask = mask & (columns > self.end - window)
-        return mask[:, None, None, :]
+        if self.keys is None:
+            return mask[:, None, None, :]
+        # Additive, in the keys' dtype: MLX's CUDA attention converts a boolean mask in every layer otherwise.
+        additive = mx.where(mask, mx.array(0, self.keys.dtype), mx.array(-mx.inf, self.keys.dtype))
+        return additive[:, None, None, :]
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Write one new column ([B, H, 1, D]) and return every column up to it."""
