@@ -130,7 +130,9 @@ def test_model_info_reports_mlx_memory(client):
     assert 0.9 * weights < before.mlx_active_memory_bytes <= before.mlx_peak_memory_bytes
     client.complete(tokens=[5] * 300, max_tokens=4, temperature=0.0, ignore_eos=True)
     after = client.model_info()
-    assert after.mlx_peak_memory_bytes >= max(before.mlx_peak_memory_bytes, after.mlx_active_memory_bytes)
+    # The peak restarts when work arrives at an idle worker (it covers the requests running together), so it is
+    # at least what the 300-token request left behind, not necessarily the peak seen before.
+    assert after.mlx_peak_memory_bytes >= after.mlx_active_memory_bytes
     # The prompt's KV stays in the prefix cache, and is counted in active memory too.
     assert 0 < after.prefix_cache_bytes <= after.mlx_active_memory_bytes - 0.9 * weights
 
