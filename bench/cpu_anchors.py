@@ -7,8 +7,8 @@ llama.cpp (llama-cpp-python) on the same GGUF, alternating the three in one comm
 Models: "smollm2" (SmolLM2-135M-Instruct Q4_1, fetched once), "llama-0.4b" (a random-weight Llama GGUF that
 bench/llama_gguf.py writes into --out), or a path to a GGUF file. mlx-lm gets exactly the arrays mlxd serves
 (bench/mlx_export.py) and OpenBLAS preloaded as `mlxd serve` preloads it. Each engine lives in its own
-process, loaded once; every round runs each prompt length on every engine in turn (the order rotates each
-round), with a new prompt per round so no prefix cache helps. Prefill tok/s = prompt tokens / time to first
+process, loaded once and warmed up with a short generation; every round runs each prompt length on every
+engine in turn (the order rotates after each), with a new prompt each time so no prefix cache helps. Prefill tok/s = prompt tokens / time to first
 token seen by the caller (for mlxd: the gRPC client); decode tok/s = tokens after the first / their time.
 The table printed last has medians of the per-round values and of the per-round ratios. Logs go to --out.
 """
@@ -144,10 +144,12 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
         if "llama.cpp" in args.engines:
             contenders["llama.cpp"] = Child("llama-cpp", gguf, args.threads, daemon_env(), log_dir / "llama.cpp.log")
         vocab = len(gguf_reader(gguf).fields["tokenizer.ggml.tokens"].data)
+        for engine in contenders:  # warm-up (kernels, allocators, thread pools); not reported
+            contenders[engine].run(prompt_ids(vocab, 128, salt=999_999), 16)
         rows = []
         order = list(contenders)
         with open(log_dir / "runs.jsonl", "a") as log:
-            for round_ in range(args.rounds + 1):  # round 0 warms every engine and shape up; not reported
+            for round_ in range(1, args.rounds + 1):
                 for n in args.prompt_tokens:
                     prompt = prompt_ids(vocab, n, salt=1000 * round_ + n)
                     for engine in order:
@@ -157,9 +159,8 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
                         log.flush()
                         print(f"{name} round {round_} {engine:9} prompt {n:5}: ttft {row['ttft_s']:.2f} s, "
                               f"decode {row['decode_tps']:.1f} tok/s", file=sys.stderr)
-                        if round_:
-                            rows.append(row)
-                order = order[1:] + order[:1]
+                        rows.append(row)
+                    order = order[1:] + order[:1]
         return rows
     finally:
         for c in contenders.values():
@@ -196,7 +197,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[512, 2000])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations per model (after one short warm-up)")
     parser.add_argument("--threads", type=int, default=2,
                         help="llama.cpp's n_threads and OPENBLAS_NUM_THREADS for mlxd and mlx-lm")
     parser.add_argument("--dtype", default="auto", help="mlxd serve --dtype, and the weights mlx-lm gets")
@@ -208,12 +209,14 @@ def main() -> None:
     for name in args.models:
         rows += bench_model(name, args)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    heads = {(r["model"], r["prompt_tokens"], r["round"]): set() for r in rows}
+    heads: dict[tuple, dict[str, list[int]]] = {}
     for r in rows:
-        heads[r["model"], r["prompt_tokens"], r["round"]].add(tuple(r["head"]))
-    agree = sum(len(h) == 1 for h in heads.values())
-    print(f"\nmedians of {args.rounds} alternated rounds, dtype {args.dtype}, {os.cpu_count()} CPUs; logs in {args.out}; "
-          f"first 8 greedy tokens identical across engines in {agree}/{len(heads)} runs")
+        heads.setdefault((r["model"], r["prompt_tokens"], r["round"]), {})[r["engine"]] = r["head"]
+    same = {other: f"{sum(h['mlxd'] == h[other] for h in heads.values())}/{len(heads)}"
+            for other in ("mlx-lm", "llama.cpp") if other in args.engines and "mlxd" in args.engines}
+    print(f"\nmedians of {args.rounds} alternated rounds (engine order rotating), dtype {args.dtype}, threads "
+          f"{args.threads}, {os.cpu_count()} CPUs; logs in {args.out}; runs whose first 8 greedy tokens equal "
+          f"mlxd's: {same}")
     print(table(rows, args))
 
 

@@ -72,13 +72,15 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prefix-tokens", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="OPENBLAS_NUM_THREADS for the daemon")
     parser.add_argument("--mlxd-arg", action="append", default=[], help="extra `mlxd serve` argument (repeat)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mlxd-cpu-concurrency"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gguf = model_gguf(args.model, args.out)
     vocab = len(GGUFReader(gguf).fields["tokenizer.ggml.tokens"].data)
-    daemon = start_daemon(gguf, "--log-level", "INFO", *args.mlxd_arg, workdir=args.out, timeout=600)
+    daemon = start_daemon(gguf, "--log-level", "INFO", *args.mlxd_arg, workdir=args.out, timeout=600,
+                          env={"OPENBLAS_NUM_THREADS": str(args.threads)})
     conc, prefix = [], []
     try:
         with Client(daemon.addr) as client, open(args.out / "runs.jsonl", "a") as log:
@@ -98,7 +100,8 @@ def main() -> None:
                     prefix.append(row)
     finally:
         daemon.stop()
-    print(f"\nmlxd, {args.model}, medians of {args.rounds} rounds; logs in {args.out}")
+    print(f"\nmlxd, {args.model}, threads {args.threads}, prompts of {args.prompt_tokens} tokens, {args.new_tokens} new "
+          f"tokens per stream, medians of {args.rounds} rounds; logs in {args.out}")
     print(f"{'streams':>8} {'aggregate tok/s':>16} {'per-stream decode tok/s':>24} {'TTFT s':>8} {'vs 1 stream':>12}")
     one = {r["round"]: r["aggregate_tps"] for r in conc if r["streams"] == args.streams[0]}
     for n in args.streams:
