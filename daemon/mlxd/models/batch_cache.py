@@ -23,19 +23,19 @@ class BatchPositions:
 
     def __init__(self) -> None:
         self.values: list[int] = []
-        self._array: mx.array | None = None
+        self._offset: int | mx.array | None = 0
 
     def offset(self) -> int | mx.array:
-        """An int when every row is at the same position (the fast rope path), else int32 [B]."""
-        if len(set(self.values)) <= 1:
-            return self.values[0] if self.values else 0
-        if self._array is None:
-            self._array = mx.array(self.values, dtype=mx.int32)
-        return self._array
+        """An int when every row is at the same position (the fast rope path), else int32 [B]. Built once per
+        step, not once per layer."""
+        if self._offset is None:
+            uniform = len(set(self.values)) <= 1
+            self._offset = (self.values[0] if self.values else 0) if uniform else mx.array(self.values, mx.int32)
+        return self._offset
 
     def set(self, values: list[int]) -> None:
         self.values = values
-        self._array = None
+        self._offset = None
 
     def advance(self) -> None:
         self.set([v + 1 for v in self.values])
