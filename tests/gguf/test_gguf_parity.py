@@ -14,6 +14,7 @@ from mlxd.loading.loader import load_model
 from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd.models.base import make_rope
+from parity_checks import greedy_with_cache
 
 # (fixture, GGUF architecture): Mistral both as llama.cpp ("mistral3") and Ollama's earlier converter ("mistral")
 # name it; its fixture's sliding window (16) bites on the 40 input tokens.
@@ -59,14 +60,8 @@ def test_f32_logits_match_transformers(gguf_model, fixture, arch):
 @pytest.mark.parametrize("fixture,arch", CASES)
 def test_greedy_decode_with_cache_matches_transformers(gguf_model, fixture, arch):
     loaded, _, _, expected = gguf_model(fixture, arch)
-    model, want = loaded.model, expected["greedy_ids"].tolist()
-    cache = model.make_cache()
-    token = model(expected["input_ids"], cache)[:, -1].argmax(axis=-1)
-    got = [token.item()]
-    while len(got) < len(want):
-        token = model(token[:, None], cache)[:, -1].argmax(axis=-1)
-        got.append(token.item())
-    assert got == want
+    want = expected["greedy_ids"].tolist()
+    assert greedy_with_cache(loaded.model, expected["input_ids"], len(want)) == want
 
 
 @pytest.mark.parametrize("fixture,arch", CASES)
