@@ -11,6 +11,8 @@ process, loaded once and warmed up with a short generation; every round runs eac
 engine in turn (the order rotates after each), with a new prompt each time so no prefix cache helps. Prefill tok/s = prompt tokens / time to first
 token seen by the caller (for mlxd: the gRPC client); decode tok/s = tokens after the first / their time.
 The table printed last has medians of the per-round values and of the per-round ratios. Logs go to --out.
+On a shared machine prefer --threads 1: with 2 threads on 2 cores, OpenBLAS's and llama.cpp's thread barriers
+slow down ~10x whenever another process holds a core (measured: a float32 gemv at 0.4 GB/s instead of 5.5).
 """
 
 from __future__ import annotations
