@@ -42,9 +42,6 @@ class DecodeBatch:
         held = self.rows + self._joining + (self._pending.rows if self._pending else [])
         return list({id(s): s for s in held}.values())
 
-    def nbytes(self) -> int:
-        return sum(c.nbytes() for c in self._caches)
-
     def step(self) -> None:
         """Queue the next decode step for every row that wants another token, then hand out the tokens of
         the step queued before (the one sync point)."""

@@ -132,9 +132,6 @@ class BatchKVCache:
         """Between steps: drop the leading columns no row can see once `step` of them piled up."""
         self._drop_unseen_columns(force=False)
 
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
-
     # -- internals -----------------------------------------------------------------------------------------
 
     def _starts(self) -> mx.array:
