@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.loader import LoadedModel, load_model
 from mlxd.loading.tokenizer import Tokenizer, load_tokenizer
+from mlxd.models.base import fuse_projections
+
+log = logging.getLogger(__name__)
 
 
 def load_model_and_tokenizer(path: Path, dtype: str = "auto") -> tuple[LoadedModel, Tokenizer]:
+    """The model ready to serve (its input projections fused where the weights allow) and its tokenizer."""
     if path.is_file() and path.suffix == ".gguf":
         from mlxd.loading.gguf import load_gguf_model, load_gguf_tokenizer
-        return load_gguf_model(path, dtype=dtype), load_gguf_tokenizer(path)
-    if path.is_dir():
-        return load_model(path, dtype=dtype), load_tokenizer(path)
-    raise ModelLoadError(f"{path}: not a model folder or a .gguf file")
+        loaded, tokenizer = load_gguf_model(path, dtype=dtype), load_gguf_tokenizer(path)
+    elif path.is_dir():
+        loaded, tokenizer = load_model(path, dtype=dtype), load_tokenizer(path)
+    else:
+        raise ModelLoadError(f"{path}: not a model folder or a .gguf file")
+    log.info("fused the input projections of %d attention and MLP modules", fuse_projections(loaded.model))
+    return loaded, tokenizer

@@ -11,6 +11,7 @@ import mlx.nn as nn
 from mlxd.models.base import (
     BaseModelArgs,
     drop_unused_weights,
+    fuse_linears,
     layer_masks,
     make_rope,
     scaled_dot_product_attention,
@@ -77,12 +78,21 @@ class Attention(nn.Module):
             self.q_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
         self.rope = make_rope(head_dim, args.rope_parameters)
+        # Where q ends and k ends in a fused projection's output (ints: a list would become a module item).
+        self._q_end, self._k_end = self.n_heads * head_dim, (self.n_heads + self.n_kv_heads) * head_dim
+
+    def fuse_projections(self) -> bool:
+        return fuse_linears(self, "qkv_proj", ["q_proj", "k_proj", "v_proj"])
 
     def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1)
-        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)
-        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        if "qkv_proj" in self:
+            q, k, v = mx.split(self.qkv_proj(x), [self._q_end, self._k_end], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, L, self.n_heads, -1)
+        k = k.reshape(B, L, self.n_kv_heads, -1)
+        v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         if self.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
@@ -102,8 +112,15 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
         self.down_proj = nn.Linear(hidden, dim, bias=args.mlp_bias)
 
+    def fuse_projections(self) -> bool:
+        return fuse_linears(self, "gate_up_proj", ["gate_proj", "up_proj"])
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if "gate_up_proj" in self:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(nn.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
