@@ -103,3 +103,57 @@ def test_admission_waits_for_the_kv_budget_and_refuses_what_never_fits(runtime):
     _run(scheduler, {})
     with pytest.raises(ResourceExhausted, match="KV cache"):
         _drain(huge)
+
+
+def test_prompts_arriving_together_prefill_in_one_pass_and_yield_what_they_yield_alone(runtime):
+    rt, tokenizer = runtime
+    alone = []
+    for request in _requests(tokenizer):
+        _run(Scheduler(rt, prefill_chunk_size=256, max_batch_size=1), {0: [request]})
+        alone.append(_drain(request))
+
+    batched = _requests(tokenizer)
+    scheduler = Scheduler(rt, prefill_chunk_size=256, max_batch_size=16)
+    scheduler.waiting.extend(batched)
+    scheduler.step()
+    assert not scheduler.prefilling and len(scheduler.batch.sequences()) == len(batched)  # one pass for all six
+    _run(scheduler, {})
+    for i, request in enumerate(batched):
+        ids, text, logprobs, final = _drain(request)
+        assert ids == alone[i][0], f"request {i}"
+        assert text == alone[i][1]
+        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
+        assert final.finish_reason == alone[i][3].finish_reason
+
+
+class _FailingPrefill:
+    """The model, except that a prefill (several tokens per row) holding `token` raises."""
+
+    def __init__(self, model, token: int) -> None:
+        self._model, self._token = model, token
+
+    def __call__(self, inputs, *args, **kwargs):
+        if inputs.shape[1] > 1 and (inputs == self._token).any().item():
+            raise RuntimeError("injected")
+        return self._model(inputs, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_a_failing_batched_prefill_fails_only_the_request_that_caused_it(runtime):
+    rt, tokenizer = runtime
+    # A token only that prompt holds in its prefilled part.
+    others = {t for prompt in PROMPTS if prompt != "def fibonacci(n):" for t in tokenizer.encode(prompt)}
+    poison = next(t for t in tokenizer.encode("def fibonacci(n):")[:-1] if t not in others)
+    faulty = ModelRuntime(_FailingPrefill(rt.model, poison), rt.decode_text, rt.byte_fallback_ids, rt.eos_ids,
+                          rt.context_length, rt.vocab_size)
+    requests = _requests(tokenizer)
+    scheduler = Scheduler(faulty, prefill_chunk_size=256, max_batch_size=16)
+    _run(scheduler, {0: requests})
+    for i, request in enumerate(requests):
+        if PROMPTS[i] == "def fibonacci(n):":
+            with pytest.raises(Exception, match="injected"):
+                _drain(request)
+        else:
+            assert _drain(request)[3].completion_tokens > 0, f"request {i}"
