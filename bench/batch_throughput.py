@@ -86,13 +86,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds per engine and stream count")
     parser.add_argument("--mlx-lm", action="store_true", help="also run mlx-lm's BatchGenerator (must be installed)")
     parser.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="mlxd-bench-")))
+    parser.add_argument("--serve-arg", action="append", default=[], help="an extra `mlxd serve` argument (repeat)")
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
     counts = [int(n) for n in args.streams.split(",")]
 
     rows = []
     daemon = start_daemon(args.model, "--dtype", args.dtype, "--log-level", "INFO", "--max-batch-size",
-                          str(max(counts)), workdir=args.log_dir)
+                          str(max(counts)), *args.serve_arg, workdir=args.log_dir)
     try:
         with Client(daemon.addr) as client:
             vocab = client.model_info().vocab_size

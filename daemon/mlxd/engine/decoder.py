@@ -55,19 +55,6 @@ def prefill_chunk(model: Any, cache: list[Any], ids: list[int], images: Sequence
     mx.eval(cache_state(cache))
 
 
-def prefill_together(model: Any, prompts: list[list[int]]) -> list[list[Any]]:
-    """Prefill several prompts from position 0 in one forward pass; each prompt's own per-layer caches.
-    Prompts are right-padded to the longest: under causal attention no real token sees the padding after it,
-    and each row's keys are then cut to its own length. Only the caches are evaluated (no logits)."""
-    width = max(len(p) for p in prompts)
-    inputs = mx.array([p + [0] * (width - len(p)) for p in prompts], dtype=mx.int32)
-    cache = model.make_cache()
-    model(inputs, cache=cache)
-    rows = [[layer.row(r, len(p)) for layer in cache] for r, p in enumerate(prompts)]
-    mx.eval([cache_state(row) for row in rows])
-    return rows
-
-
 def prefill_chunk_with_logprobs(model: Any, cache: list[Any], ids: list[int], targets: list[int],
                                 top_k: int, images: Sequence[tuple[int, mx.array]] = ()) -> list[TokenLogprob]:
     """Like prefill_chunk, but also score targets[i] (the token after ids[i]) for prompt logprobs."""

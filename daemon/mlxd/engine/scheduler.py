@@ -1,9 +1,8 @@
 """The worker's scheduler: admits queued requests, prefills them one chunk at a time, and decodes every
 sequence past its prefill together in one batch (continuous batching).
 
-Each `step()` runs at most one prefill chunk and one batched decode step, so a long prompt arriving never stalls
-the streams already decoding for more than a chunk. The chunk is the oldest prompt's next piece, or several short
-new prompts prefilled together in one forward pass (a burst of requests gets its first tokens sooner). Admission
+Each `step()` runs at most one prefill chunk (of the oldest sequence still prefilling) and one batched decode
+step, so a long prompt arriving never stalls the streams already decoding for more than a chunk. Admission
 keeps the number of sequences within `max_batch_size` and their possible KV-cache memory within the budget.
 """
 
@@ -16,7 +15,6 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxd.engine import decoder
 from mlxd.engine.batch import DecodeBatch
 from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
@@ -24,7 +22,6 @@ from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.kv_budget import KvBudget, KvLayout, auto_budget_bytes, probe_kv_layout
 from mlxd.engine.sequence import Phase, Sequence, token_limit
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted
-from mlxd.models.cache import KVCache
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +58,6 @@ class Scheduler:
         self.prefilling: list[Sequence] = []     # admitted, prompt not yet in the cache; oldest first
         self.batch = DecodeBatch(runtime.model)
         self.admitted: list[Sequence] = []      # every sequence not yet DONE, for admission and cleanup
-        # A batched prefill cuts each row's keys to its length; ring buffers of sliding windows cannot be cut so.
-        self._can_prefill_together = all(type(c) is KVCache for c in runtime.model.make_cache())
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.admitted or self.batch.has_work())
@@ -70,56 +65,12 @@ class Scheduler:
     def step(self) -> None:
         self._admit()
         if self.prefilling:
-            self._prefill()
+            self._prefill_one_chunk(self.prefilling[0])
         if self.batch.has_work():
             self._decode_one_step()
         self._collect_finished()
 
     # -- the work ------------------------------------------------------------------------------------------
-
-    def _prefill(self) -> None:
-        """Prefill the prompts at the head of the queue in one forward pass when several can go together, else
-        one chunk of the oldest. Either way at most a chunk's worth of (padded) tokens per step."""
-        group = self._prefill_group()
-        if len(group) > 1:
-            self._prefill_together(group)
-        elif self.prefilling:
-            self._prefill_one_chunk(self.prefilling[0])
-
-    def _prefill_group(self) -> list[tuple[Sequence, list[int]]]:
-        """The run of sequences at the head of the prefill queue whose whole prompt fits one batched pass of at
-        most `prefill_chunk_size` padded tokens. Models with sliding-window layers prefill one by one."""
-        group: list[tuple[Sequence, list[int]]] = []
-        if not self._can_prefill_together:
-            return group
-        for seq in list(self.prefilling):
-            ids = seq.prompt_to_prefill_together(self._chunk)
-            if seq.phase is Phase.DONE:  # cancelled or expired while queued for prefill
-                self.prefilling.remove(seq)
-                continue
-            if ids is None:
-                break
-            width = max([len(ids)] + [len(other) for _, other in group])
-            if (len(group) + 1) * width > self._chunk:
-                break
-            group.append((seq, ids))
-        return group
-
-    def _prefill_together(self, group: list[tuple[Sequence, list[int]]]) -> None:
-        seqs = [seq for seq, _ in group]
-        try:
-            caches = decoder.prefill_together(self._runtime.model, [ids for _, ids in group])
-        except Exception:
-            # One bad request must not fail the others: they go again, one by one, so only it fails.
-            log.warning("a batched prefill of %d prompts failed; prefilling them one by one", len(seqs), exc_info=True)
-            for seq in seqs:
-                seq.prefill_alone = True
-            return
-        for seq, cache in zip(seqs, caches):
-            self.prefilling.remove(seq)
-            seq.prefilled_together(cache)
-            self._remember_prefix(seq)
-            self.batch.join(seq)
 
     def _prefill_one_chunk(self, seq: Sequence) -> None:
         try:

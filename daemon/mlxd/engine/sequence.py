@@ -62,7 +62,6 @@ class Sequence:
         self._prefilled = 0          # prompt tokens already in the cache (all but the last go by prefill)
         self.cached_tokens = 0       # of those, how many a prefix-cache hit supplied
         self.queued = 0              # decode steps queued for this sequence (the batch counts them)
-        self.prefill_alone = False   # set after a batched prefill with it failed: find which request failed
         self._generated: list[int] = []
         self._prompt_logprobs: list[TokenLogprob] = []
         self._started = time.monotonic()
@@ -75,22 +74,6 @@ class Sequence:
         the cache, DONE when the request ended (cancelled, deadline)."""
         if not self._check_cancelled():
             self._prefill_one_chunk()
-
-    def prompt_to_prefill_together(self, max_tokens: int) -> list[int] | None:
-        """The tokens to prefill when this sequence can join a batched prefill: nothing in its cache yet, at most
-        `max_tokens` to run, no images (their embeddings go in per chunk), no prompt logprobs. Else None; a
-        cancelled or expired sequence ends here (phase DONE)."""
-        req = self.request
-        if self.phase is not Phase.PREFILL or self._check_cancelled():
-            return None
-        to_run = len(req.prompt_ids) - 1
-        if self._prefilled or self.prefill_alone or req.images or req.prompt_logprobs or not 0 < to_run <= max_tokens:
-            return None
-        return req.prompt_ids[:-1]
-
-    def prefilled_together(self, cache: list[Any]) -> None:
-        """A batched prefill put this sequence's prompt (all but its last token) into `cache`."""
-        self._cache, self._prefilled, self.phase = cache, len(self.request.prompt_ids) - 1, Phase.DECODE
 
     def ready_for_step(self) -> bool:
         """Whether the batch should queue another decode step for this sequence (ends it if cancelled)."""

@@ -104,15 +104,6 @@ class KVCache:
         return LayerSnapshot(mx.array(self.keys[..., : self.offset, :]),
                              mx.array(self.values[..., : self.offset, :]), self.offset)
 
-    def row(self, index: int, length: int) -> "KVCache":
-        """Row `index`'s first `length` positions as a cache of its own (batch 1), after a batched prefill.
-        It reads this cache's storage; its next append copies them into new storage, as after restore()."""
-        row = KVCache(self.step)
-        row.keys = self.keys[index : index + 1, :, :length, :]
-        row.values = self.values[index : index + 1, :, :length, :]
-        row.offset = length
-        return row
-
     def restore(self, snapshot: LayerSnapshot, length: int) -> None:
         """Hold exactly positions 0..length-1 of `snapshot`. The next append copies them into new storage."""
         _check_restore(snapshot, length, None)
