@@ -1,7 +1,7 @@
-"""Experiment: decode attention (one query per row) over a padded batch, three ways, timed over 32 layers'
-worth of calls: MLX's fused kernel with no mask (rows aligned), MLX's with an additive padding mask (rows of
-different lengths: MLX's CUDA backend falls back to unfused ops), and grouped-query attention written as two
-batched matmuls with the mask added to the scores.
+"""Decode attention (one query per row) over a padded batch, three ways, timed over 32 layers' worth of calls:
+MLX's fused kernel with no mask (rows aligned), MLX's with an additive padding mask (rows of different lengths:
+MLX's CUDA backend falls back to unfused ops), and mlxd's (models/base.py), which then takes grouped-query
+attention written as two batched matmuls.
 
     python bench/masked_decode_attention.py [--batch 16 --keys 384 --heads 32 --kv-heads 8 --head-dim 128]
 """
@@ -9,30 +9,11 @@ batched matmuls with the mask added to the scores.
 from __future__ import annotations
 
 import argparse
-import time
 
 import mlx.core as mx
 
-
-def grouped_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """q [B, H, 1, D], k and v [B, Hkv, T, D], mask additive [B, 1, 1, T]: the query heads sharing a kv head
-    are the rows of one matmul, so keys and values are read once and never repeated."""
-    B, H, _, D = q.shape
-    kv_heads = k.shape[1]
-    queries = (q * scale).reshape(B, kv_heads, H // kv_heads, D)
-    scores = queries @ k.swapaxes(-1, -2)                        # [B, Hkv, rep, T]
-    if mask is not None:
-        scores = scores + mask
-    weights = mx.softmax(scores, axis=-1, precise=True)
-    return (weights @ v).reshape(B, H, 1, D)
-
-
-def timed(fn, reps: int) -> float:
-    mx.eval(fn())
-    start = time.perf_counter()
-    for _ in range(reps):
-        mx.eval(fn())
-    return (time.perf_counter() - start) / reps * 1e3
+from decode_step_profile import timed
+from mlxd.models.base import scaled_dot_product_attention
 
 
 def main() -> None:
@@ -60,9 +41,10 @@ def main() -> None:
         return lambda: [mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=m)
                         for q, k, v in zip(qs, ks, vs)]
 
-    grouped = lambda: [grouped_attention(q, k, v, scale, mask) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
+    # mlxd's attention: with an array mask and one query per row it takes the grouped matmuls.
+    grouped = lambda: [scaled_dot_product_attention(q, k, v, scale, mask) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
     want = mx.fast.scaled_dot_product_attention(qs[0], ks[0], vs[0], scale=scale, mask=mask).astype(mx.float32)
-    got = grouped_attention(qs[0], ks[0], vs[0], scale, mask).astype(mx.float32)
+    got = scaled_dot_product_attention(qs[0], ks[0], vs[0], scale, mask).astype(mx.float32)
     print(f"max |grouped - fused with mask| = {mx.abs(want - got).max().item():.2e}")
     rows = [("fused, no mask (aligned rows)", timed(fused(None), args.reps)),
             ("fused, padding mask", timed(fused(mask), args.reps)),

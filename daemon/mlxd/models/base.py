@@ -78,9 +78,7 @@ def fuse_linears(module: nn.Module, fused_name: str, names: list[str]) -> bool:
     if any(layer[p].dtype != first[p].dtype or layer[p].shape[1:] != first[p].shape[1:]
            for layer in layers for p in params):
         return False
-    quantization = lambda layer: (getattr(layer, "bits", None), getattr(layer, "group_size", None),  # noqa: E731
-                                  getattr(layer, "mode", None))
-    if any(quantization(layer) != quantization(first) for layer in layers):
+    if any(_quantization(layer) != _quantization(first) for layer in layers):
         return False
     fused = copy.copy(first)  # the same layer type and settings; its arrays are replaced below
     for p in params:
@@ -90,6 +88,11 @@ def fuse_linears(module: nn.Module, fused_name: str, names: list[str]) -> bool:
     module[fused_name] = fused
     mx.eval(fused.parameters())
     return True
+
+
+def _quantization(layer: nn.Module) -> tuple:
+    """What a quantized layer's codes mean (None for a float layer): layers that share a matmul must agree."""
+    return getattr(layer, "bits", None), getattr(layer, "group_size", None), getattr(layer, "mode", None)
 
 
 def fuse_projections(model: nn.Module) -> int:
