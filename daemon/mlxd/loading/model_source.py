@@ -22,5 +22,6 @@ def load_model_and_tokenizer(path: Path, dtype: str = "auto") -> tuple[LoadedMod
         loaded, tokenizer = load_model(path, dtype=dtype), load_tokenizer(path)
     else:
         raise ModelLoadError(f"{path}: not a model folder or a .gguf file")
-    log.info("fused the input projections of %d attention and MLP modules", fuse_projections(loaded.model))
+    fused = fuse_projections(loaded.model)
+    log.info("fused the input projections of %d attention and MLP modules", fused)
     return loaded, tokenizer

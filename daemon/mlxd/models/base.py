@@ -63,7 +63,7 @@ def layer_masks(length: int, caches: list, windows: list[int | None]) -> list[Ma
     return [by_window[w] for w in windows]
 
 
-def fuse_linears(module: nn.Module, fused_name: str, names: list[str]) -> bool:
+def fuse_linears(module: nn.Module, fused_name: str, names: tuple[str, ...]) -> bool:
     """Replace the linear layers `names` of `module` by one layer `fused_name` whose outputs are theirs side by
     side (weights concatenated along the output features), so one matmul serves them all: at small batch sizes
     one wide matmul runs faster than several narrow ones. Returns False, leaving them apart, when they cannot
@@ -88,6 +88,20 @@ def fuse_linears(module: nn.Module, fused_name: str, names: list[str]) -> bool:
     module[fused_name] = fused
     mx.eval(fused.parameters())
     return True
+
+
+def project(module: nn.Module, fused_name: str, names: tuple[str, ...], x: mx.array,
+            split_at: int | list[int]) -> list[mx.array]:
+    """The outputs of the linear layers `names` of `module` for `x`: one matmul split at `split_at` (as
+    mx.split takes it) once fuse_linears made `fused_name`, else one matmul each."""
+    if fused_name in module:
+        return mx.split(module[fused_name](x), split_at, axis=-1)
+    return [module[name](x) for name in names]
+
+
+# The fusable projections of an attention and of a gated MLP: (fused layer, the layers it replaces).
+QKV = ("qkv_proj", ("q_proj", "k_proj", "v_proj"))
+GATE_UP = ("gate_up_proj", ("gate_proj", "up_proj"))
 
 
 def _quantization(layer: nn.Module) -> tuple:

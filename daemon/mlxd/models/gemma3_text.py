@@ -10,11 +10,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.models.base import (
+    GATE_UP,
+    QKV,
     BaseModelArgs,
     drop_unused_weights,
     fuse_linears,
     layer_masks,
     make_rope,
+    project,
     scaled_dot_product_attention,
 )
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
@@ -90,14 +93,11 @@ class Attention(nn.Module):
         self._q_end, self._k_end = self.n_heads * head_dim, (self.n_heads + self.n_kv_heads) * head_dim
 
     def fuse_projections(self) -> bool:
-        return fuse_linears(self, "qkv_proj", ["q_proj", "k_proj", "v_proj"])
+        return fuse_linears(self, *QKV)
 
     def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
         B, L, _ = x.shape
-        if "qkv_proj" in self:
-            q, k, v = mx.split(self.qkv_proj(x), [self._q_end, self._k_end], axis=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = project(self, *QKV, x, [self._q_end, self._k_end])
         q = self.q_norm(q.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(k.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -117,13 +117,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def fuse_projections(self) -> bool:
-        return fuse_linears(self, "gate_up_proj", ["gate_proj", "up_proj"])
+        return fuse_linears(self, *GATE_UP)
 
     def __call__(self, x: mx.array) -> mx.array:
-        if "gate_up_proj" in self:
-            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = project(self, *GATE_UP, x, 2)
         # gelu_pytorch_tanh is the tanh approximation of GELU.
         return self.down_proj(nn.gelu_approx(gate) * up)
 
