@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.errors import ModelLoadError
+from mlxd.models import cpu_kernels
 
 Mask = mx.array | str | None
 
@@ -99,6 +100,13 @@ def project(module: nn.Module, fused_name: str, names: tuple[str, ...], x: mx.ar
     return [module[name](x) for name in names]
 
 
+def gated_activation(gate: mx.array, up: mx.array, activation: str) -> mx.array:
+    """A gated MLP's activation(gate) * up, for "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3)."""
+    if cpu_kernels.prefill_on_cpu(gate, tokens=gate.shape[-2]):
+        return cpu_kernels.gated_activation(gate, up, activation)
+    return (nn.silu(gate) if activation == "silu" else nn.gelu_approx(gate)) * up
+
+
 # The fusable projections of an attention and of a gated MLP: (fused layer, the layers it replaces).
 QKV = ("qkv_proj", ("q_proj", "k_proj", "v_proj"))
 GATE_UP = ("gate_up_proj", ("gate_proj", "up_proj"))
@@ -134,6 +142,8 @@ def scaled_dot_product_attention(
     softcap: float | None = None,
 ) -> mx.array:
     """Attention over [B, heads, T, D] arrays; kv heads may be fewer than query heads (grouped-query)."""
+    if cpu_kernels.attention_applies(queries, mask, softcap):
+        return cpu_kernels.attention(queries, keys, values, scale, mask)
     if softcap is None and queries.shape[2] == 1 and isinstance(mask, mx.array):
         return _masked_decode_attention(queries, keys, values, scale, mask)
     if softcap is None:

@@ -15,6 +15,7 @@ from mlxd.models.base import (
     BaseModelArgs,
     drop_unused_weights,
     fuse_linears,
+    gated_activation,
     layer_masks,
     make_rope,
     project,
@@ -122,7 +123,7 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = project(self, *GATE_UP, x, 2)
         # gelu_pytorch_tanh is the tanh approximation of GELU.
-        return self.down_proj(nn.gelu_approx(gate) * up)
+        return self.down_proj(gated_activation(gate, up, "gelu_tanh"))
 
 
 class TransformerBlock(nn.Module):

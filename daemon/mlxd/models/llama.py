@@ -14,6 +14,7 @@ from mlxd.models.base import (
     BaseModelArgs,
     drop_unused_weights,
     fuse_linears,
+    gated_activation,
     layer_masks,
     make_rope,
     project,
@@ -117,7 +118,7 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = project(self, *GATE_UP, x, 2)
-        return self.down_proj(nn.silu(gate) * up)
+        return self.down_proj(gated_activation(gate, up, "silu"))
 
 
 class TransformerBlock(nn.Module):
