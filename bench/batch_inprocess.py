@@ -1,7 +1,7 @@
 """The engine's batched decode in-process (no gRPC): N greedy streams through one Scheduler, tokens/s, and
 optionally a cProfile of the worker's Python time. Separates engine overhead from the service's.
 
-    python bench/batch_inprocess.py --model PATH [--streams 16 --new-tokens 256 --profile OUT.txt --breakdown]
+    python bench/batch_inprocess.py --model PATH [--streams 16 --new-tokens 256 --mixed --profile OUT.txt --breakdown]
 
 --breakdown splits the decode phase's wall time into waiting on the device (inside mx.eval) and the worker's
 Python time in the main parts of a step, per step: where the step's time goes when the device is not the limit.
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
@@ -86,7 +87,7 @@ def main() -> None:
     eos = frozenset(tokenizer.eos_token_ids)
     runtime = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
                            loaded.vocab_size)
-    prompts = stream_prompts(loaded.vocab_size, args.streams, args.prompt_tokens)
+    prompts = stream_prompts(loaded.vocab_size, args.streams, args.prompt_tokens, args.mixed)
     run(runtime, prompts, 16)
     print(f"{args.streams} streams in-process: {run(runtime, prompts, args.new_tokens):.1f} tok/s (decode phase)")
     if args.breakdown:

@@ -56,13 +56,15 @@ def test_gated_activation_matches_float64(activation):
     mx.random.seed(2)
     fused = mx.random.normal((1, 33, 200)) * 6  # wide enough that exp overflows at the tails
     gate, up = mx.split(fused, 2, axis=-1)  # split views, as a fused gate/up projection gives them
-    got = np.array(cpu_kernels.gated_activation(gate, up, activation), dtype=np.float64)
+    got = np.array(cpu_kernels.activation(gate, activation, up), dtype=np.float64)
+    plain = np.array(cpu_kernels.activation(gate, activation), dtype=np.float64)
     x, u = np.array(gate, dtype=np.float64), np.array(up, dtype=np.float64)
     if activation == "silu":
         want = x / (1 + np.exp(-x)) * u
     else:
         want = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))) * u
     assert np.allclose(got, want, rtol=2e-6, atol=1e-6)
+    assert np.allclose(plain * u, want, rtol=2e-6, atol=1e-6)
     mlx_op = nn.silu if activation == "silu" else nn.gelu_approx
     assert np.allclose(got, np.array(mlx_op(gate) * up), rtol=1e-5, atol=5e-6)
 
@@ -70,18 +72,20 @@ def test_gated_activation_matches_float64(activation):
 def test_kernels_taken_for_a_float32_prefill_on_the_cpu_only(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_kernels, "attention", lambda *a: calls.append("attention") or a[0])
-    monkeypatch.setattr(cpu_kernels, "gated_activation", lambda *a: calls.append("activation") or a[0])
+    monkeypatch.setattr(cpu_kernels, "activation", lambda *a: calls.append("activation") or a[0])
     prefill, decode = _qkv(1, 4, 2, 8, 8, 8), _qkv(1, 4, 2, 1, 8, 8)
     half = _qkv(1, 4, 2, 8, 8, 8, dtype=mx.bfloat16)
 
     base.scaled_dot_product_attention(*prefill, 0.5, "causal")
     base.gated_activation(prefill[0][0], prefill[0][0], "silu")
-    assert calls == ["attention", "activation"]
+    base.activation(prefill[0][0], "gelu_tanh")
+    assert calls == ["attention", "activation", "activation"]
     calls.clear()
     base.scaled_dot_product_attention(*decode, 0.5, None)
     base.gated_activation(decode[0][0], decode[0][0], "silu")
     base.scaled_dot_product_attention(*half, 0.5, "causal")
     base.gated_activation(half[0][0], half[0][0], "silu")
+    base.activation(prefill[0][0], "gelu")  # exact GELU needs erf, which NumPy lacks
     base.scaled_dot_product_attention(*prefill, 0.5, "causal", softcap=50.0)
     base.scaled_dot_product_attention(*prefill, 0.5, mx.zeros((8, 8)))  # additive masks stay in MLX
     assert calls == []

@@ -100,11 +100,21 @@ def project(module: nn.Module, fused_name: str, names: tuple[str, ...], x: mx.ar
     return [module[name](x) for name in names]
 
 
-def gated_activation(gate: mx.array, up: mx.array, activation: str) -> mx.array:
+def gated_activation(gate: mx.array, up: mx.array, kind: str) -> mx.array:
     """A gated MLP's activation(gate) * up, for "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3)."""
-    if cpu_kernels.prefill_on_cpu(gate, tokens=gate.shape[-2]):
-        return cpu_kernels.gated_activation(gate, up, activation)
-    return (nn.silu(gate) if activation == "silu" else nn.gelu_approx(gate)) * up
+    if cpu_kernels.activation_applies(gate, kind):
+        return cpu_kernels.activation(gate, kind, up)
+    return _ACTIVATIONS[kind](gate) * up
+
+
+def activation(x: mx.array, kind: str) -> mx.array:
+    """An MLP's activation: "silu", "gelu_tanh" (GELU's tanh approximation, gelu_pytorch_tanh) or "gelu"."""
+    if cpu_kernels.activation_applies(x, kind):
+        return cpu_kernels.activation(x, kind)
+    return _ACTIVATIONS[kind](x)
+
+
+_ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
 
 
 # The fusable projections of an attention and of a gated MLP: (fused layer, the layers it replaces).

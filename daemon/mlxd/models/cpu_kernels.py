@@ -6,7 +6,7 @@ softmax and the MLP's SiLU together about half of prefill (bench/cpu_prefill_ker
 (more than one token) of float32 arrays on the CPU:
 - attention: the two matmuls go to BLAS through NumPy, the softmax is NumPy's, and query blocks of a causal
   prefill skip the keys they cannot see (about half the work of a fresh prompt);
-- gated MLP activations (SiLU, tanh-GELU, times the up projection) are NumPy's.
+- MLP activations (SiLU, tanh-GELU, times the up projection in a gated MLP) are NumPy's.
 Each kernel evaluates its MLX inputs (a sync point per layer, which a prefill can afford) and returns a new MLX
 array. Decode steps, other dtypes and the GPU stay in MLX.
 """
@@ -95,18 +95,24 @@ def _exp_normalized(scores: np.ndarray) -> None:
     np.exp(scores, out=scores)
 
 
-def gated_activation(gate: mx.array, up: mx.array, activation: str) -> mx.array:
-    """activation(gate) * up for "silu" or "gelu_tanh" (GELU's tanh approximation, as gelu_pytorch_tanh)."""
-    mx.eval(gate, up)
-    g, u = np.asarray(gate), np.asarray(up)
+def activation_applies(x: mx.array, kind: str) -> bool:
+    """An activation over [..., T, features] that NumPy has (not exact GELU: NumPy has no erf)."""
+    return kind in ("silu", "gelu_tanh") and prefill_on_cpu(x, x.shape[-2])
+
+
+def activation(x: mx.array, kind: str, up: mx.array | None = None) -> mx.array:
+    """kind(x), times `up` for a gated MLP; kind is "silu" or "gelu_tanh" (GELU's tanh approximation)."""
+    mx.eval(x if up is None else [x, up])
+    g = np.asarray(x)
     with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x gives x / inf = -0, as it should
-        out = _activation(g, activation)
-    out *= u
+        out = _activation(g, kind)
+    if up is not None:
+        out *= np.asarray(up)
     return mx.array(out)
 
 
-def _activation(g: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "silu":
+def _activation(g: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "silu":
         out = np.negative(g)
         np.exp(out, out=out)
         out += 1
