@@ -13,8 +13,11 @@ array. Decode steps, other dtypes and the GPU stay in MLX.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import glob
 import math
+import os
 
 import mlx.core as mx
 import numpy as np
@@ -41,6 +44,7 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     A "causal" mask is bottom-right aligned (the queries are the last T positions of the keys); a boolean
     array mask broadcasts against [B, heads, T, keys] and is True where a key is visible.
     """
+    _numpy_blas_on_one_thread()
     causal = isinstance(mask, str)
     arrays = [queries, keys, values] + ([mask] if isinstance(mask, mx.array) else [])
     mx.eval(arrays)
@@ -67,6 +71,19 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
         mixed = scores.reshape(B, n_kv, rep * (stop - start), end) @ v[:, :, :end]
         out[:, :, :, start:stop] = mixed.reshape(B, n_kv, rep, stop - start, -1) / totals
     return mx.array(out.reshape(B, n_heads, n_q, -1))
+
+
+@functools.cache
+def _numpy_blas_on_one_thread() -> None:
+    """NumPy's wheels bundle their own OpenBLAS, whose thread pool sits beside that of the OpenBLAS MLX uses.
+    Threads of one pool spin for a while after their work, so the two fight over the cores: on 2 cores with both
+    at 2 threads, prefill ran at half the speed of NumPy's at 1 (bench/cpu_prefill_kernels.py --threads 2:
+    195 against 404 tok/s at 512 tokens). So NumPy's matmuls run on one thread; MLX's keep every core."""
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so*")
+    for path in glob.glob(libs):
+        setter = getattr(ctypes.CDLL(path), "scipy_openblas_set_num_threads64_", None)
+        if setter is not None:
+            setter(1)
 
 
 def _grouped_mask(mask: np.ndarray, rep: int) -> np.ndarray:
