@@ -41,6 +41,15 @@ def test_unmasked_and_boolean_mask_attention_equals_mlx(mask_shape):
     assert mx.abs(got - want).max().item() < 1e-5
 
 
+def test_long_contexts_take_smaller_query_blocks(monkeypatch):
+    """Blocks shrink so one block's scores stay within SCORES_BYTES; the result is the same."""
+    monkeypatch.setattr(cpu_kernels, "SCORES_BYTES", 2 * 4 * 8 * 600 * 20)  # 20 query rows of 600 keys, 8 heads
+    q, k, v = _qkv(2, 8, 2, 100, 600, 8)
+    got = cpu_kernels.attention(q, k, v, 0.3, "causal")
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask="causal")
+    assert mx.abs(got - want).max().item() < 1e-5
+
+
 def test_attention_reads_strided_cache_views():
     """Keys from a KV cache are a slice of a longer buffer, not contiguous arrays."""
     q, k, v = _qkv(1, 4, 2, 20, 64, 8)

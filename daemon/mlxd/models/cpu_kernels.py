@@ -23,8 +23,11 @@ import mlx.core as mx
 import numpy as np
 
 # Queries per block: small enough that skipping keys past the block's last position saves most of the masked
-# half, large enough that each block's two matmuls keep BLAS efficient.
+# half, large enough that each block's two matmuls keep BLAS efficient. Fewer (down to MIN_BLOCK) when one
+# block's scores would pass SCORES_BYTES: long contexts with many heads.
 BLOCK = 128
+MIN_BLOCK = 16
+SCORES_BYTES = 64 << 20
 
 
 def prefill_on_cpu(x: mx.array, tokens: int) -> bool:
@@ -55,8 +58,9 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     rep = n_heads // n_kv
     q = q.reshape(B, n_kv, rep, n_q, D)  # the query heads that share a kv head, side by side
     out = np.empty((B, n_kv, rep, n_q, v.shape[-1]), dtype=np.float32)
-    for start in range(0, n_q, BLOCK):
-        stop = min(n_q, start + BLOCK)
+    rows = max(MIN_BLOCK, min(BLOCK, SCORES_BYTES // (4 * B * n_heads * n_k)))
+    for start in range(0, n_q, rows):
+        stop = min(n_q, start + rows)
         # With a causal mask the block's last query sees keys up to its own position and none after.
         end = n_k - n_q + stop if causal else n_k
         block = q[:, :, :, start:stop] * np.float32(scale)
