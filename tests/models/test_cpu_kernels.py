@@ -108,12 +108,7 @@ def test_kernels_taken_for_a_float32_prefill_on_the_cpu_only(monkeypatch):
 
 def test_numpy_blas_runs_on_one_thread_beside_mlx():
     """NumPy's bundled OpenBLAS (where the wheel has one) is set to one thread, so its pool does not fight MLX's."""
-    import ctypes
-    import glob
-    import os
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so*"))
-    getters = [getattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads64_", None) for p in libs]
-    getters = [g for g in getters if g is not None]
+    getters = cpu_kernels._numpy_openblas_functions("get_num_threads")
     if not getters:
         pytest.skip("this NumPy has no bundled OpenBLAS")
     cpu_kernels.attention(*_qkv(1, 2, 2, 4, 4, 8), 0.5, "causal")

@@ -83,11 +83,21 @@ def _numpy_blas_on_one_thread() -> None:
     Threads of one pool spin for a while after their work, so the two fight over the cores: on 2 cores with both
     at 2 threads, prefill ran at half the speed of NumPy's at 1 (bench/cpu_prefill_kernels.py --threads 2:
     195 against 404 tok/s at 512 tokens). So NumPy's matmuls run on one thread; MLX's keep every core."""
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so*")
-    for path in glob.glob(libs):
-        setter = getattr(ctypes.CDLL(path), "scipy_openblas_set_num_threads64_", None)
-        if setter is not None:
-            setter(1)
+    for setter in _numpy_openblas_functions("set_num_threads"):
+        setter(1)
+
+
+def _numpy_openblas_functions(name: str) -> list:
+    """`name` (openblas_<name>) of the OpenBLAS bundled in NumPy's wheel: scipy_openblas64_ since NumPy 2,
+    openblas64_ before; none where NumPy uses the system's BLAS or Accelerate."""
+    found = []
+    for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "lib*openblas*.so*")):
+        lib = ctypes.CDLL(path)
+        for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
+            if hasattr(lib, symbol):
+                found.append(getattr(lib, symbol))
+                break
+    return found
 
 
 def _grouped_mask(mask: np.ndarray, rep: int) -> np.ndarray:
