@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,10 +110,10 @@ def main() -> None:
         daemon.stop()
 
     print(f"model {args.model}, prompt {args.prompt_tokens}{' (mixed lengths)' if args.mixed else ''}, "
-          f"{args.new_tokens} new tokens per stream, best of {args.rounds} rounds; "
+          f"{args.new_tokens} new tokens per stream, best of {args.rounds} rounds (and the median of per-round ratios); "
           f"logs in {args.log_dir}")
     print(f"{'streams':>7} {'mlxd total':>11} {'mlxd decode':>12} {'mlx-lm total':>13} {'mlx-lm decode':>14} "
-          f"{'ratio total':>12} {'ratio decode':>13}")
+          f"{'ratio total':>12} {'ratio decode':>13} {'median of round ratios':>23}")
     for n in counts:
         mine = [r for r in rows if r[0] == n]
         best = max(mine, key=lambda r: r[1]["total_tps"])
@@ -121,8 +122,15 @@ def main() -> None:
             anchor = max((r[2] for r in mine), key=lambda a: a["total_tps"])
             line += (f" {anchor['total_tps']:13.1f} {anchor['decode_tps']:14.1f}"
                      f" {best[1]['total_tps'] / anchor['total_tps']:12.3f}"
-                     f" {best[1]['decode_tps'] / anchor['decode_tps']:13.3f}")
+                     f" {best[1]['decode_tps'] / anchor['decode_tps']:13.3f}"
+                     f" {_median_ratio(mine, 'total_tps'):>11.3f} / {_median_ratio(mine, 'decode_tps'):.3f}")
         print(line)
+
+
+def _median_ratio(rows: list, key: str) -> float:
+    """The median over rounds of mlxd / mlx-lm within a round: adjacent runs share the machine's mood, so on a
+    noisy host this is steadier than the ratio of the two best rounds."""
+    return statistics.median(ours[key] / anchor[key] for _, ours, anchor in rows)
 
 
 if __name__ == "__main__":
