@@ -10,7 +10,7 @@ import pytest
 from mlxd.engine import decoder
 from mlxd.loading.loader import load_model
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions
-from mlxd.models.cache import RotatingKVCache
+from mlxd.models.cache import KVCache, RotatingKVCache
 
 from daemon_process import FIXTURES
 
@@ -78,3 +78,25 @@ def test_batched_rows_match_their_own_decode(model):
                                        err_msg=f"sequence {s} at its decode step {done[s]}")
             done[s] += 1
     assert done == [leave - join for _, join, leave in ROWS]
+
+
+def test_row_cache_is_the_rows_own_keys():
+    """A row leaving the batch hands out its positions as a single-sequence cache (for the prefix cache);
+    a sliding-window layer does not, since it may have cut the row's oldest columns."""
+    positions = BatchPositions()
+    full, sliding = BatchKVCache(positions, None), BatchKVCache(positions, 4)
+    own = []
+    for n in (5, 2, 7):
+        cache = KVCache()
+        keys = mx.random.normal((1, 2, n, 8))
+        cache.update_and_fetch(keys, keys + 1)
+        full.add_row(cache)
+        own.append(keys)
+    full.update_and_fetch(mx.ones((3, 2, 1, 8)), mx.ones((3, 2, 1, 8)))  # one decode step for every row
+    for r, keys in enumerate(own):
+        row = full.row_cache(r)
+        assert row.offset == keys.shape[2] + 1
+        assert mx.array_equal(row.keys[:, :, :-1], keys) and mx.array_equal(row.values[:, :, :-1], keys + 1)
+        assert mx.array_equal(row.keys[:, :, -1:], mx.ones((1, 2, 1, 8)))
+    sliding.add_row(KVCache())
+    assert sliding.row_cache(0) is None

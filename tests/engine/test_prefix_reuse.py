@@ -1,6 +1,6 @@
 """The prefix cache in the engine, on real models: a hit yields exactly the tokens a cold run yields (greedy and
-seeded sampling), reports cached_tokens, and a sliding-window model (Gemma 3, window 512) reuses a rotated
-snapshot only for a prompt that starts with all of it."""
+seeded sampling), reports cached_tokens, the next turn of a chat finds the previous prompt and answer, and a
+sliding-window model (Gemma 3, window 512) reuses a rotated snapshot only for a prompt that starts with all of it."""
 
 from __future__ import annotations
 
@@ -67,6 +67,32 @@ def test_shared_prefix_and_repeated_prompt_hit_with_cold_tokens(smollm2, samplin
     assert scheduler.prefix_cache.hits == 2
 
 
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "seeded"])
+def test_next_chat_turn_gets_prompt_and_answer_from_the_cache(smollm2, sampling):
+    """A finished request leaves the KV of its prompt and answer: the next turn, which resends both, prefills
+    only what it adds, and yields the tokens of a cold run."""
+    runtime, tokenizer = smollm2
+    first = tokenizer.encode(SYSTEM + "Question: what is the capital of Italy?")
+    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    answer, _ = _serve(scheduler, first, sampling, n=20)
+    follow_up = first + answer + tokenizer.encode(" Question: and of France?")
+    tokens, cached = _serve(scheduler, follow_up, sampling)
+    # Every prompt and answer token that ran through the model; the answer's last token never did.
+    assert cached == len(first) + len(answer) - 1
+    assert tokens == _cold(runtime, follow_up, sampling)
+    # The longer snapshot replaced the prompt's own (it trims to it): one entry per conversation so far.
+    assert scheduler.prefix_cache.entries == 1
+
+
+def test_short_answers_leave_no_answer_snapshot(smollm2):
+    runtime, tokenizer = smollm2
+    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    first = tokenizer.encode(SYSTEM)
+    answer, _ = _serve(scheduler, first, SamplingParams(temperature=0.0), n=4)
+    _, cached = _serve(scheduler, first + answer + tokenizer.encode(" Go on."), SamplingParams(temperature=0.0))
+    assert cached == len(first) - 1  # the prompt's snapshot only: 4 answer tokens are cheaper to prefill again
+
+
 def test_prompt_logprobs_and_short_prompts_bypass_the_cache(smollm2):
     runtime, tokenizer = smollm2
     scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
@@ -94,3 +120,7 @@ def test_sliding_window_model_reuses_a_rotated_snapshot_only_whole():
     tokens, cached = _serve(scheduler, first, greedy, n=8)
     assert cached == len(first) - 1
     assert tokens == _serve(Scheduler(runtime, prefill_chunk_size=256, prefix_cache_bytes=0), first, greedy, n=8)[0]
+    # Its sliding-window layers may have dropped a leaving row's oldest keys: no snapshot of prompt and answer.
+    answer, _ = _serve(scheduler, first, greedy, n=20)
+    _, cached = _serve(scheduler, first + answer, greedy, n=2)
+    assert cached == len(first) - 1

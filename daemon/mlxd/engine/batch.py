@@ -8,7 +8,7 @@ dropped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import mlx.core as mx
 
@@ -20,9 +20,15 @@ if TYPE_CHECKING:
     from mlxd.engine.sequence import Sequence
 
 
+# Told of each row as it leaves the batch, with a function that gives the row's per-layer caches (None when
+# some layer cannot give them); call it at once, the caches are views of storage the next step rewrites.
+LeaveHook = Callable[["Sequence", Callable[[], list | None]], None]
+
+
 class DecodeBatch:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, on_leave: LeaveHook | None = None) -> None:
         self._model = model
+        self._on_leave = on_leave
         self._positions = BatchPositions()
         windows = [c.window if isinstance(c, RotatingKVCache) else None for c in model.make_cache()]
         self._caches = [BatchKVCache(self._positions, w) for w in windows]
@@ -69,6 +75,11 @@ class DecodeBatch:
 
     def _regroup(self, keep: list[int], joiners: list["Sequence"]) -> None:
         if keep != list(range(len(self.rows))):
+            if self._on_leave is not None:
+                kept = set(keep)
+                for row, seq in enumerate(self.rows):
+                    if row not in kept:
+                        self._on_leave(seq, lambda row=row: self._row_caches(row))
             for cache in self._caches:
                 cache.keep_rows(keep)
         for cache in self._caches:
@@ -80,6 +91,10 @@ class DecodeBatch:
             positions.append(seq.position)
         self._positions.set(positions)
         self.rows = [self.rows[i] for i in keep] + joiners
+
+    def _row_caches(self, row: int) -> list | None:
+        caches = [cache.row_cache(row) for cache in self._caches]
+        return None if any(c is None for c in caches) else caches
 
     @staticmethod
     def _inputs(previous: decoder.PendingBatch | None, keep: list[int], joiners: list["Sequence"]) -> mx.array:

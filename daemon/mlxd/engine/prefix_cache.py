@@ -139,9 +139,10 @@ class PrefixCache:
 
     # -- insert -----------------------------------------------------------------------------------------------
 
-    def insert(self, tokens: Sequence[int], caches: list) -> None:
+    def insert(self, tokens: Sequence[int], caches: list, wait: bool = True) -> None:
         """Store a snapshot of `caches` (one per layer, batch size 1), which hold exactly len(tokens) positions,
-        the KV of `tokens`. The snapshot copies what it keeps, so the caller may go on writing into `caches`."""
+        the KV of `tokens`. The snapshot copies what it keeps, so the caller may go on writing into `caches`.
+        Without `wait` the copies are only queued (mx.async_eval): the caller's device work is not waited for."""
         if self.budget_bytes == 0 or not tokens:
             return
         tokens = tuple(tokens)
@@ -158,7 +159,7 @@ class PrefixCache:
             return
         while self._bytes + nbytes > self.budget_bytes:
             self._remove(next(iter(self._lru)))
-        mx.eval([(layer.keys, layer.values) for layer in layers])
+        (mx.eval if wait else mx.async_eval)([(layer.keys, layer.values) for layer in layers])
         node = self._make_node(tokens)
         entry = _Entry(node, layers, nbytes, all(layer.trimmable for layer in layers))
         node.entry = entry

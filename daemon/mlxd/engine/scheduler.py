@@ -56,7 +56,7 @@ class Scheduler:
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self.prefilling: list[Sequence] = []     # admitted, prompt not yet in the cache; oldest first
-        self.batch = DecodeBatch(runtime.model)
+        self.batch = DecodeBatch(runtime.model, on_leave=self._remember_answer if prefix_cache_bytes else None)
         self.admitted: list[Sequence] = []      # every sequence not yet DONE, for admission and cleanup
 
     def has_work(self) -> bool:
@@ -97,10 +97,32 @@ class Scheduler:
         of the whole prefix then costs more than those few tokens' prefill)."""
         prefix = seq.request.prompt_ids[:-1]
         if seq.prefix_cacheable and len(prefix) - seq.cached_tokens >= _MIN_PREFIX_TOKENS:
-            try:
-                self.prefix_cache.insert(prefix, seq.cache)
-            except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
-                log.exception("could not store a prefix-cache snapshot")
+            self._store(prefix, seq.cache, wait=True)
+
+    def _remember_answer(self, seq: Sequence, row_caches: Callable[[], list | None]) -> None:
+        """Store the KV of prompt and answer of a sequence leaving the decode batch: the next turn of a chat
+        resends both, and gets them from the cache up to where its tokens differ (a trimmable snapshot). Only
+        when the answer adds enough tokens, and not for sliding-window models (row_caches gives None)."""
+        prompt, answer = seq.request.prompt_ids, seq.generated
+        if not seq.prefix_cacheable or len(answer) < _MIN_PREFIX_TOKENS:
+            return
+        caches = row_caches()
+        if caches is None:
+            return
+        # The cache holds the prompt and the answer but, when no step fed it yet, the answer's last token.
+        held = caches[0].offset
+        if not len(prompt) <= held <= len(prompt) + len(answer):
+            log.error("a leaving row holds %d positions for %d prompt and %d answer tokens; not stored",
+                      held, len(prompt), len(answer))
+            return
+        # Not waiting: a sync here would stall the decode step already queued for the other rows.
+        self._store((list(prompt) + answer)[:held], caches, wait=False)
+
+    def _store(self, tokens: list[int], caches: list, wait: bool) -> None:
+        try:
+            self.prefix_cache.insert(tokens, caches, wait=wait)
+        except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
+            log.exception("could not store a prefix-cache snapshot")
 
     def _decode_one_step(self) -> None:
         try:

@@ -95,6 +95,11 @@ class Sequence:
         self._cache, self._prefilled, self.cached_tokens = cache, length, length
 
     @property
+    def generated(self) -> list[int]:
+        """The tokens generated so far (the last may not have run through the model yet)."""
+        return self._generated
+
+    @property
     def prefix_cacheable(self) -> bool:
         """Whether this prompt's KV may come from or go to the prefix cache: image tokens are placeholders
         whose KV depends on the image, and prompt logprobs need every prompt position to run."""

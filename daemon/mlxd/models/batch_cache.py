@@ -128,6 +128,18 @@ class BatchKVCache:
         self._set_starts([self.starts[r] for r in rows])
         self._drop_unseen_columns(force=True)
 
+    def row_cache(self, row: int) -> KVCache | None:
+        """Row `row`'s keys as a single-sequence cache (lazy slices of this one; read them before the next
+        step writes), or None for a sliding-window layer, which may have dropped some of the row's positions."""
+        if self.window is not None or self.keys is None:
+            return None
+        cache = KVCache()
+        start = self.starts[row]
+        cache.keys = self.keys[row:row + 1, :, start:self.end, :]
+        cache.values = self.values[row:row + 1, :, start:self.end, :]
+        cache.offset = self.end - start
+        return cache
+
     def compact(self) -> None:
         """Between steps: drop the leading columns no row can see once `step` of them piled up."""
         self._drop_unseen_columns(force=False)
