@@ -21,16 +21,13 @@ sys.path.insert(0, str(ROOT / "daemon"))
 
 
 def preload_blas(threads: int) -> None:
-    """Exec this script again with OpenBLAS preloaded and `threads` BLAS threads (NumPy's and MLX's)."""
-    from mlxd.launcher import find_loadable_blas
+    """Exec this script again with OpenBLAS preloaded and `threads` BLAS threads (NumPy's and MLX's), in the
+    environment bench/cpu_anchors.py gives its engines."""
     if os.environ.get("BENCH_BLAS_DONE"):
         return
-    env = dict(os.environ, BENCH_BLAS_DONE="1", OPENBLAS_NUM_THREADS=str(threads))
-    blas, why = find_loadable_blas()
-    if blas:
-        env["LD_PRELOAD"] = blas
-    else:
-        print(f"warning: no OpenBLAS ({why}); MLX's matmuls use the reference BLAS", file=sys.stderr)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu_anchors import blas_env
+    env = dict(blas_env(threads), BENCH_BLAS_DONE="1")
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
