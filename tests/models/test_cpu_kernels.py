@@ -8,6 +8,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+from mlxd.generation import sampling
 from mlxd.models import base, cpu_kernels
 
 
@@ -113,3 +114,30 @@ def test_numpy_blas_runs_on_one_thread_beside_mlx():
         pytest.skip("this NumPy has no bundled OpenBLAS")
     cpu_kernels.attention(*_qkv(1, 2, 2, 4, 4, 8), 0.5, "causal")
     assert all(g() == 1 for g in getters)
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 5])
+def test_prompt_scores_equal_mlx_logprobs(top_k):
+    """The NumPy prompt logprobs give what generation.sampling gives: the target's log-softmax value and the
+    top_k (ids, values), best first."""
+    logits = mx.random.normal((7, 300), key=mx.random.key(3)) * 4
+    targets = [0, 299, 17, 5, 5, 120, 64]
+    chosen, ids, values = cpu_kernels.scores(logits, targets, top_k)
+    want = sampling.logprobs(logits)
+    assert np.allclose(chosen, np.array(want)[np.arange(7), targets], atol=2e-5)
+    exact = np.array(logits).astype(np.float64)
+    exact -= exact.max(-1, keepdims=True)
+    exact -= np.log(np.exp(exact).sum(-1, keepdims=True))
+    assert np.allclose(chosen, exact[np.arange(7), targets], atol=2e-6)
+    if not top_k:
+        assert ids == values == [[]] * 7
+        return
+    want_ids, want_values = sampling.top_logprobs(want, top_k)
+    assert ids == want_ids.tolist()
+    assert np.allclose(values, np.array(want_values), atol=2e-5)
+
+
+def test_prompt_scores_taken_for_a_float32_cpu_prefill_only():
+    assert cpu_kernels.scores_apply(mx.zeros((4, 10)))
+    assert not cpu_kernels.scores_apply(mx.zeros((1, 10)))  # one row: a decode-like step stays lazy in MLX
+    assert not cpu_kernels.scores_apply(mx.zeros((4, 10), dtype=mx.bfloat16))

@@ -6,7 +6,9 @@ softmax and the MLP's SiLU together about half of prefill (bench/cpu_prefill_ker
 (more than one token) of float32 arrays on the CPU:
 - attention: the two matmuls go to BLAS through NumPy, the softmax is NumPy's, and query blocks of a causal
   prefill skip the keys they cannot see (about half the work of a fresh prompt);
-- MLP activations (SiLU, tanh-GELU, times the up projection in a gated MLP) are NumPy's.
+- MLP activations (SiLU, tanh-GELU, times the up projection in a gated MLP) are NumPy's;
+- prompt logprobs (log-softmax over the vocabulary for every prompt token, and the top k) are NumPy's: 1.4x to
+  1.9x faster for a 512-token SmolLM2 prompt, and closer to float64 (3e-6 against MLX's 8e-5).
 Each kernel evaluates its MLX inputs (a sync point per layer, which a prefill can afford) and returns a new MLX
 array. Decode steps, other dtypes and the GPU stay in MLX.
 """
@@ -160,3 +162,30 @@ def _activation(g: np.ndarray, kind: str) -> np.ndarray:
         out += 1
         np.divide(g, out, out=out)
     return out
+
+
+def scores_apply(logits: mx.array) -> bool:
+    """Prompt logprobs of a CPU prefill: rows of float32 logits, scored together (bench/cpu_prompt_logprobs.py).
+    One row (a decode step's) stays in MLX, lazy, so the step pipelines."""
+    return logits.ndim == 2 and prefill_on_cpu(logits, logits.shape[0])
+
+
+def scores(logits: mx.array, targets: list[int], top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
+    """For logits [T, V]: the log-softmax value of targets[i] in row i, and (when top_k) each row's top_k ids and
+    values, best first; the same numbers generation.sampling.logprobs and top_logprobs give, as lists."""
+    mx.eval(logits)
+    x = np.asarray(logits)
+    rows = np.arange(x.shape[0])
+    top = x.max(axis=-1, keepdims=True)
+    shifted = x - top
+    np.exp(shifted, out=shifted)
+    log_total = top[:, 0] + np.log(shifted.sum(axis=-1))  # logsumexp of each row
+    chosen = x[rows, np.asarray(targets)] - log_total
+    if not top_k:
+        return chosen.tolist(), [[] for _ in targets], [[] for _ in targets]
+    k = min(top_k, x.shape[-1])
+    ids = np.argpartition(x, x.shape[-1] - k, axis=-1)[:, -k:]  # the k largest, in no order
+    order = np.argsort(-np.take_along_axis(x, ids, axis=-1), axis=-1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=-1)
+    values = np.take_along_axis(x, ids, axis=-1) - log_total[:, None]
+    return chosen.tolist(), ids.tolist(), values.tolist()
