@@ -61,7 +61,7 @@ def prefill_chunk_with_logprobs(model: Any, cache: list[Any], ids: list[int], ta
     """Like prefill_chunk, but also score targets[i] (the token after ids[i]) for prompt logprobs."""
     logits = _forward(model, cache, ids, images)[0]
     if cpu_kernels.scores_apply(logits):
-        mx.eval(cache_state(cache))
+        mx.eval([logits] + cache_state(cache))
         rows = zip(targets, *cpu_kernels.scores(logits, targets, top_k))
     else:
         scores = logprobs(logits)

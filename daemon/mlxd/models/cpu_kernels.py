@@ -10,7 +10,8 @@ softmax and the MLP's SiLU together about half of prefill (bench/cpu_prefill_ker
 - prompt logprobs (log-softmax over the vocabulary for every prompt token, and the top k) are NumPy's: 1.4x to
   1.9x faster for a 512-token SmolLM2 prompt, and closer to float64 (3e-6 against MLX's 8e-5).
 Each kernel evaluates its MLX inputs (a sync point per layer, which a prefill can afford) and returns a new MLX
-array. Decode steps, other dtypes and the GPU stay in MLX.
+array (the prompt logprobs: Python lists, what the caller reads them into). Decode steps, other dtypes and the
+GPU stay in MLX.
 """
 
 from __future__ import annotations
