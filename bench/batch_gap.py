@@ -23,8 +23,6 @@ import mlx_lm_batch_anchor  # noqa: E402
 from batch_step_compare import lengths_for, mlx_lm_ms, mlxd_batch_ms  # noqa: E402
 from batch_throughput import stream_prompts  # noqa: E402
 from mlx_lm.utils import load_model as lm_load_model  # noqa: E402
-from mlxd.engine.scheduler import ModelRuntime  # noqa: E402
-from mlxd.loading.model_source import load_model_and_tokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -35,9 +33,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    loaded, tokenizer = load_model_and_tokenizer(args.model)
-    runtime = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids,
-                           frozenset(tokenizer.eos_token_ids), loaded.context_length, loaded.vocab_size)
+    runtime, loaded = batch_inprocess.load_runtime(args.model)
     theirs, _ = lm_load_model(args.model)
     prompts = stream_prompts(loaded.vocab_size, args.streams, args.prompt_tokens)
     rows = lengths_for("aligned", args.streams, args.prompt_tokens)

@@ -73,6 +73,15 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int) -> flo
     return len(prompts) * (new_tokens - 1) / (time.perf_counter() - start)
 
 
+def load_runtime(path: Path):
+    """The engine's runtime for the model at `path` (as the worker builds it), and the loaded model."""
+    loaded, tokenizer = load_model_and_tokenizer(path)
+    eos = frozenset(tokenizer.eos_token_ids)
+    runtime = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
+                           loaded.vocab_size)
+    return runtime, loaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -83,10 +92,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
-    loaded, tokenizer = load_model_and_tokenizer(args.model)
-    eos = frozenset(tokenizer.eos_token_ids)
-    runtime = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
-                           loaded.vocab_size)
+    runtime, loaded = load_runtime(args.model)
     prompts = stream_prompts(loaded.vocab_size, args.streams, args.prompt_tokens, args.mixed)
     run(runtime, prompts, 16)
     print(f"{args.streams} streams in-process: {run(runtime, prompts, args.new_tokens):.1f} tok/s (decode phase)")
