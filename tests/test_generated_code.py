@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ROOT / "clients" / "python" / "mlxd_client" / "pb"
+COMMITTED = ROOT / "clients" / "python" / "mlxd_proto" / "v1"
 
 
 def test_regenerating_the_stubs_changes_nothing(tmp_path):

@@ -2,6 +2,6 @@
 
 from mlxd_client.channel import TlsOptions
 from mlxd_client.client import Client, Completion, MlxdClientError, collect
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 __all__ = ["Client", "Completion", "MlxdClientError", "TlsOptions", "collect", "pb"]

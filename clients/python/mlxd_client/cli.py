@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 
 from mlxd_client.channel import TlsOptions
 from mlxd_client.client import Client, MlxdClientError
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 

@@ -10,8 +10,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mlxd_client.channel import TlsOptions, open_channel
-from mlxd_client.pb import inference_pb2 as pb
-from mlxd_client.pb import inference_pb2_grpc as pb_grpc
+from mlxd_proto.v1 import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 INFERENCE_SERVICE = "mlxd.v1.Inference"
 

@@ -15,7 +15,7 @@ from mlxd.errors import InvalidRequest, ResourceExhausted
 from mlxd.generation.sampling import SamplingParams
 from mlxd.generation.stops import validate_stops
 from mlxd.service.limits import Limits
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window",
                     "presence_penalty", "frequency_penalty")

@@ -10,7 +10,7 @@ from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass

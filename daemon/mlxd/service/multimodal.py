@@ -16,7 +16,7 @@ from mlxd.images.preprocess import ProcessorConfig, content_digest, decode_image
 from mlxd.images.prompt import ImageTokens
 from mlxd.service.convert import check_token_ids
 from mlxd.service.limits import Limits
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass(frozen=True)

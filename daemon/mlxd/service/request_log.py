@@ -16,7 +16,7 @@ from typing import Any
 
 from mlxd.engine.request import FinalEvent, GenerationRequest
 from mlxd.service.status import status_for
-from mlxd_client.pb import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2 as pb
 
 LOGGER_NAME = "mlxd.requests"
 log = logging.getLogger(LOGGER_NAME)

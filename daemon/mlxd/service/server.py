@@ -35,7 +35,7 @@ from mlxd.service.model_info import served_model
 from mlxd.service.request_log import RequestLog
 from mlxd.service.servicer import InferenceServicer
 from mlxd.service.tls import TlsConfigError, TlsFiles, server_credentials
-from mlxd_client.pb import inference_pb2, inference_pb2_grpc
+from mlxd_proto.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 

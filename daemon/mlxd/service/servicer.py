@@ -17,8 +17,8 @@ from mlxd.service.limits import Limits
 from mlxd.service.model_info import ServedModel, with_memory
 from mlxd.service.request_log import RequestEntry, RequestLog
 from mlxd.service.status import abort
-from mlxd_client.pb import inference_pb2 as pb
-from mlxd_client.pb import inference_pb2_grpc as pb_grpc
+from mlxd_proto.v1 import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 
 # The handlers never call context.abort themselves: every error they raise ends here. Any other exception is

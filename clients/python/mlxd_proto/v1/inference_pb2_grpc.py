@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import inference_pb2 as mlxd_dot_v1_dot_inference__pb2
+from mlxd_proto.v1 import inference_pb2 as mlxd__proto_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in mlxd/v1/inference_pb2_grpc.py depends on'
+        + ' but the generated code in mlxd_proto/v1/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class InferenceStub:
         """
         self.Generate = channel.unary_stream(
                 '/mlxd.v1.Inference/Generate',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.MultimodalGenerate = channel.unary_stream(
                 '/mlxd.v1.Inference/MultimodalGenerate',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/mlxd.v1.Inference/Tokenize',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
         self.Detokenize = channel.unary_unary(
                 '/mlxd.v1.Inference/Detokenize',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/mlxd.v1.Inference/GetModelInfo',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/mlxd.v1.Inference/Cancel',
-                request_serializer=mlxd_dot_v1_dot_inference__pb2.CancelRequest.SerializeToString,
-                response_deserializer=mlxd_dot_v1_dot_inference__pb2.CancelResponse.FromString,
+                request_serializer=mlxd__proto_dot_v1_dot_inference__pb2.CancelRequest.SerializeToString,
+                response_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.CancelResponse.FromString,
                 _registered_method=True)
 
 
@@ -113,33 +113,33 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
             'MultimodalGenerate': grpc.unary_stream_rpc_method_handler(
                     servicer.MultimodalGenerate,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.TokenizeRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.TokenizeResponse.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.TokenizeRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.TokenizeResponse.SerializeToString,
             ),
             'Detokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Detokenize,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.DetokenizeRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.DetokenizeResponse.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=mlxd_dot_v1_dot_inference__pb2.CancelRequest.FromString,
-                    response_serializer=mlxd_dot_v1_dot_inference__pb2.CancelResponse.SerializeToString,
+                    request_deserializer=mlxd__proto_dot_v1_dot_inference__pb2.CancelRequest.FromString,
+                    response_serializer=mlxd__proto_dot_v1_dot_inference__pb2.CancelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -167,8 +167,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/Generate',
-            mlxd_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -194,8 +194,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/MultimodalGenerate',
-            mlxd_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.MultimodalGenerateRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -221,8 +221,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/Tokenize',
-            mlxd_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -248,8 +248,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/Detokenize',
-            mlxd_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -275,8 +275,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/GetModelInfo',
-            mlxd_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -302,8 +302,8 @@ class Inference:
             request,
             target,
             '/mlxd.v1.Inference/Cancel',
-            mlxd_dot_v1_dot_inference__pb2.CancelRequest.SerializeToString,
-            mlxd_dot_v1_dot_inference__pb2.CancelResponse.FromString,
+            mlxd__proto_dot_v1_dot_inference__pb2.CancelRequest.SerializeToString,
+            mlxd__proto_dot_v1_dot_inference__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,
