@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -50,6 +51,52 @@ class PromptImage:
     digest: str                   # content hash of the encoded bytes, the key of the worker's embedding cache
 
 
+class EventSink(Protocol):
+    """One request's events on their way from the worker thread to whoever streams them (the service).
+
+    The worker calls `put` (it never blocks) and reads `backlog` to hold back a request whose reader fell behind
+    (backpressure); the reader takes events on its own thread or event loop.
+    """
+
+    def put(self, event: "Event") -> None: ...
+
+    def backlog(self) -> int:
+        """Events put and not yet taken by the reader."""
+        ...
+
+
+class EventQueue:
+    """The plain EventSink: a thread-safe queue the reader polls (warm-up, in-process use, tests)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def put(self, event: "Event") -> None:
+        self._queue.put(event)
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def get(self, timeout: float | None = None) -> "Event":
+        """The next event; raises queue.Empty after `timeout` seconds without one."""
+        return self._queue.get(timeout=timeout)
+
+    def get_nowait(self) -> "Event":
+        return self._queue.get_nowait()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def drain(self) -> "list[Event]":
+        """Every event queued now, in order."""
+        events = []
+        while True:
+            try:
+                events.append(self._queue.get_nowait())
+            except queue.Empty:
+                return events
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
@@ -65,7 +112,7 @@ class GenerationRequest:
     images: tuple[PromptImage, ...] = ()    # in prompt order; spans never overlap
     deadline: float | None = None           # time.monotonic() value
     cancel: CancelToken = field(default_factory=CancelToken)
-    events: "queue.SimpleQueue[Event]" = field(default_factory=queue.SimpleQueue)
+    events: EventSink = field(default_factory=EventQueue)
     submitted_at: float = field(default_factory=time.monotonic)
 
     def deadline_passed(self) -> bool:
