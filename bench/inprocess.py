@@ -15,7 +15,7 @@ import mlx.core as mx
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.engine.warmup import warm_up
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 from mlxd.launcher import blas_note
 from mlxd.loading.model_source import load_model_and_tokenizer
 

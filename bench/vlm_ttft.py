@@ -26,7 +26,7 @@ from PIL import Image
 from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 from mlxd.images.preprocess import ImageLimits, ProcessorConfig, content_digest, decode_image, preprocess
 from mlxd.launcher import blas_note
 from mlxd.loading.loader import load_model

@@ -8,7 +8,7 @@ import pytest
 
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import ModelRuntime, Scheduler
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
 

@@ -12,7 +12,7 @@ from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from mlxd.engine.images import ImageEncoder, chunk_end
 from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationRequest
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 from mlxd.loading.loader import load_model
 from mlxd.images.preprocess import ImageLimits, content_digest, decode_image, load_processor_config, preprocess
 from mlxd.models.gemma3 import language

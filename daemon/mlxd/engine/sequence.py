@@ -50,7 +50,7 @@ class Sequence:
         self._cache = runtime.model.make_cache()
         self.sampler = Sampler(request.sampling, runtime.vocab_size, request.prompt_ids)
         self._detokenizer = StreamingDetokenizer(runtime.decode_text, held_ids=runtime.byte_fallback_ids)
-        self._stops = StopMatcher(request.stops)
+        self._stops = StopMatcher(request.compiled_stops)
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else runtime.eos_ids)
         self._chunk = prefill_chunk_size
         if request.images and runtime.image_encoder is None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from mlxd.engine.request import ErrorEvent, GenerationRequest, PromptImage
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 
 
 def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> None:

@@ -24,10 +24,14 @@ def validate_stops(stops: Sequence[str], max_count: int, max_len: int) -> None:
             raise InvalidRequest(f"stop[{i}] has {len(stop)} characters; at most {max_len} are allowed")
 
 
-class _Automaton:
-    """Trie of the stops with failure links. Node 0 is the root; depth[n] is the length of n's string."""
+class StopStrings:
+    """The stop strings of one request compiled into an automaton: a trie with failure links. Immutable once
+    built, so it is built where the request is prepared (off the worker thread) and matchers only read it.
+    Node 0 is the root; depth[n] is the length of n's string."""
 
     def __init__(self, stops: Sequence[str]) -> None:
+        self.strings = tuple(stops)
+        self.max_len = max((len(s) for s in stops), default=0)
         self.goto: list[dict[str, int]] = [{}]
         self.depth = [0]
         terminal = [False]
@@ -71,9 +75,9 @@ class StopMatcher:
     match the text after it is dropped and the matcher starts over empty.
     """
 
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._auto = _Automaton(stops)
-        self._max_len = max((len(s) for s in stops), default=0)
+    def __init__(self, stops: StopStrings | Sequence[str]) -> None:
+        self._auto = stops if isinstance(stops, StopStrings) else StopStrings(stops)
+        self._max_len = self._auto.max_len
         self._node = 0
         self._held = ""
 

@@ -12,7 +12,7 @@ from typing import Any
 from mlxd.engine.request import (FinalEvent, FinishReason, GenerationRequest, PromptImage, TokenEvent,
                                  TokenLogprob)
 from mlxd.errors import InvalidRequest, ResourceExhausted
-from mlxd.generation.sampling import SamplingParams
+from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import validate_stops
 from mlxd.service.limits import Limits
 from mlxd_proto.v1 import inference_pb2 as pb
