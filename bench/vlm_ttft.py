@@ -27,7 +27,8 @@ from mlxd.engine.images import ImageEncoder
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.generation.params import SamplingParams
-from mlxd.images.preprocess import ImageLimits, ProcessorConfig, content_digest, decode_image, preprocess
+from mlxd.images.decode import ImageLimits, decode_image
+from mlxd.images.preprocess import ProcessorConfig, content_digest, preprocess
 from mlxd.launcher import blas_note
 from mlxd.loading.loader import load_model
 from mlxd.models.gemma3 import Model, ModelArgs

@@ -37,8 +37,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-image-pixels", type=int, default=50_000_000,
                        help="largest decoded image (width x height) accepted; guards against decompression bombs")
     serve.add_argument("--max-images", type=int, default=16, help="most images in one request")
+    serve.add_argument("--max-image-decode-mb", type=float, default=512,
+                       help="memory one image may take while it is decoded (width x height x bytes per pixel of "
+                            "its mode, with the conversion to RGB); larger JPEGs decode at a reduced scale")
     serve.add_argument("--image-cache-mb", type=int, default=256,
                        help="memory for encoded images kept for the next request (vision-language models)")
+    serve.add_argument("--max-preparing", type=int, default=2,
+                       help="requests prepared at once (tokenizing, chat templates, stop strings, image decoding); "
+                            "the rest wait their turn, and leave the line when their client goes")
+    serve.add_argument("--max-stream-backlog", type=int, default=256,
+                       help="events a stream's client may leave unread before its sequence pauses")
+    serve.add_argument("--stalled-stream-seconds", type=float, default=60.0,
+                       help="a sequence paused this long because its client stopped reading is cancelled")
+    serve.add_argument("--max-connections", type=int, default=0,
+                       help="client connections held at once; 0 = the open-file limit (raised to its hard limit "
+                            "at start) less a reserve for the daemon itself")
+    serve.add_argument("--max-streams-per-connection", type=int, default=1024,
+                       help="concurrent calls on one connection")
+    serve.add_argument("--idle-connection-seconds", type=float, default=60.0,
+                       help="a connection without calls this long is closed (clients reconnect when they need to)")
     serve.add_argument("--grace-period", type=float, default=10.0,
                        help="seconds in-flight streams may finish after SIGTERM before they are cancelled")
     serve.add_argument("--stall-timeout", type=float, default=60.0,
@@ -73,7 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"mlxd: cannot fetch the default model: {error}", file=sys.stderr)
             return 1
     from mlxd.engine.worker import WorkerOptions
-    from mlxd.images.preprocess import ImageLimits
+    from mlxd.images.decode import ImageLimits
+    from mlxd.service.connections import ConnectionLimits
     from mlxd.service.limits import Limits
     from mlxd.service.server import ServeOptions, serve
     from mlxd.service.tls import TlsFiles
@@ -82,18 +100,23 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     images = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,
-                         max_images=args.max_images)
+                         max_images=args.max_images, max_decode_bytes=int(args.max_image_decode_mb * (1 << 20)))
     limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_message_bytes=args.max_message_mb << 20,
                     images=images)
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
                            prefill_chunk_size=args.prefill_chunk, max_batch_size=args.max_batch_size,
                            kv_cache_bytes=args.kv_cache_mb << 20, prefix_cache_bytes=args.prefix_cache_mb << 20,
-                           image_cache_bytes=args.image_cache_mb << 20)
+                           image_cache_bytes=args.image_cache_mb << 20, max_stream_backlog=args.max_stream_backlog,
+                           stalled_stream_seconds=args.stalled_stream_seconds)
+    connections = ConnectionLimits(max_connections=args.max_connections,
+                                   max_streams_per_connection=args.max_streams_per_connection,
+                                   idle_seconds=args.idle_connection_seconds)
     code = serve(ServeOptions(worker=worker, addr=args.addr, limits=limits, grace_seconds=args.grace_period,
                               stall_seconds=args.stall_timeout, exit_on_stdin_eof=args.exit_on_stdin_eof,
                               tls=tls, auth_token_file=args.auth_token_file,
                               auth_exempt_health=args.auth_exempt_health,
-                              request_log=RequestLog(args.log_requests, args.log_requests_max_chars)))
+                              request_log=RequestLog(args.log_requests, args.log_requests_max_chars),
+                              connections=connections, preparation_slots=args.max_preparing))
     # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
     # ("terminate called without an active exception") when a thread other than main used the device.
     logging.shutdown()

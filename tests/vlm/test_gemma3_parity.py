@@ -14,7 +14,8 @@ from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationR
 from mlxd.engine.scheduler import ModelRuntime, run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.loader import load_model
-from mlxd.images.preprocess import ImageLimits, content_digest, decode_image, load_processor_config, preprocess
+from mlxd.images.decode import ImageLimits, decode_image
+from mlxd.images.preprocess import content_digest, load_processor_config, preprocess
 from mlxd.models.gemma3 import language
 
 LOGIT_TOL = 1e-3

@@ -138,8 +138,11 @@ type ChatMessages struct {
 	Messages []*ChatMessage         `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// Append the template's assistant header so the model answers (default true when unset).
 	AddGenerationPrompt *bool `protobuf:"varint,2,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3,oneof" json:"add_generation_prompt,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Special-token strings in roles and content (e.g. "<|im_end|>") become special tokens, like the template's own
+	// markers. Off by default: they are plain text, so a message cannot end its turn or speak as another role.
+	ParseSpecial  bool `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatMessages) Reset() {
@@ -182,6 +185,13 @@ func (x *ChatMessages) GetMessages() []*ChatMessage {
 func (x *ChatMessages) GetAddGenerationPrompt() bool {
 	if x != nil && x.AddGenerationPrompt != nil {
 		return *x.AddGenerationPrompt
+	}
+	return false
+}
+
+func (x *ChatMessages) GetParseSpecial() bool {
+	if x != nil {
+		return x.ParseSpecial
 	}
 	return false
 }
@@ -737,6 +747,7 @@ type MultimodalChat struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	Messages            []*MultimodalMessage   `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	AddGenerationPrompt *bool                  `protobuf:"varint,2,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3,oneof" json:"add_generation_prompt,omitempty"`
+	ParseSpecial        bool                   `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"` // as in ChatMessages
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -781,6 +792,13 @@ func (x *MultimodalChat) GetMessages() []*MultimodalMessage {
 func (x *MultimodalChat) GetAddGenerationPrompt() bool {
 	if x != nil && x.AddGenerationPrompt != nil {
 		return *x.AddGenerationPrompt
+	}
+	return false
+}
+
+func (x *MultimodalChat) GetParseSpecial() bool {
+	if x != nil {
+		return x.ParseSpecial
 	}
 	return false
 }
@@ -1978,10 +1996,11 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x17mlxd/v1/inference.proto\x12\amlxd.v1\";\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\x93\x01\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\"\xb8\x01\n" +
 	"\fChatMessages\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.mlxd.v1.ChatMessageR\bmessages\x127\n" +
-	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01B\x18\n" +
+	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01\x12#\n" +
+	"\rparse_special\x18\x03 \x01(\bR\fparseSpecialB\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xe0\x06\n" +
@@ -2038,10 +2057,11 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x04part\"W\n" +
 	"\x11MultimodalMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12.\n" +
-	"\acontent\x18\x02 \x03(\v2\x14.mlxd.v1.ContentPartR\acontent\"\x9b\x01\n" +
+	"\acontent\x18\x02 \x03(\v2\x14.mlxd.v1.ContentPartR\acontent\"\xc0\x01\n" +
 	"\x0eMultimodalChat\x126\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1a.mlxd.v1.MultimodalMessageR\bmessages\x127\n" +
-	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01B\x18\n" +
+	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01\x12#\n" +
+	"\rparse_special\x18\x03 \x01(\bR\fparseSpecialB\x18\n" +
 	"\x16_add_generation_prompt\">\n" +
 	"\x10MultimodalPrompt\x12*\n" +
 	"\x05parts\x18\x01 \x03(\v2\x14.mlxd.v1.ContentPartR\x05parts\"\x84\x02\n" +

@@ -42,6 +42,8 @@ class WorkerOptions:
     kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
     prefix_cache_bytes: int = 2 << 30   # KV snapshots of earlier prompts kept for reuse; 0 = off
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
+    max_stream_backlog: int = 256   # events a request's reader may leave untaken before its row pauses
+    stalled_stream_seconds: float = 60.0   # a row paused this long (its client stopped reading) is cancelled
 
 
 @dataclass(frozen=True)

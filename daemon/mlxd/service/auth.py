@@ -1,5 +1,8 @@
 """Bearer-token authentication: every RPC needs `authorization: Bearer <token>` metadata, except health checks
 when they are exempted for probes that cannot send headers (grpc_health_probe, Kubernetes gRPC probes).
+
+The check runs on the call's headers, before its request message is read: a caller without the token is answered
+at once, and a stream that sends headers and never its message costs nothing (issue 15).
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ import hmac
 import logging
 import stat
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 
@@ -36,15 +39,17 @@ def read_token(path: Path) -> bytes:
     return token
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: bytes, exempt_health: bool) -> None:
         self._token = token
         self._exempt = HEALTH_METHODS if exempt_health else frozenset()
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         if handler_call_details.method in self._exempt or self._authorized(handler_call_details.invocation_metadata):
-            return continuation(handler_call_details)
-        return _deny(continuation(handler_call_details))
+            return await continuation(handler_call_details)
+        return _DENY
 
     def _authorized(self, metadata: tuple | None) -> bool:
         for key, value in metadata or ():
@@ -55,18 +60,10 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return False
 
 
-def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that ends the call with UNAUTHENTICATED; the request is never parsed. Unknown
-    methods are denied too, so that a caller without the token cannot learn which methods exist."""
-    def deny(request, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
+async def _deny(requests: object, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
 
-    if handler is None:
-        return grpc.unary_unary_rpc_method_handler(deny)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+
+# A request-streaming handler: gRPC reads no message before calling it (a unary one would wait for the request
+# first). Unknown methods are denied too, so that a caller without the token cannot learn which methods exist.
+_DENY = grpc.stream_stream_rpc_method_handler(_deny)

@@ -1,20 +1,20 @@
 """Protobuf ⇄ domain: validate a request and build the worker's GenerationRequest; turn events into messages.
 
-Runs on gRPC threads: tokenization and chat templates happen here, never on the MLX worker.
+generation_request runs on a preparation thread (service/preparation.py), never on the event loop or the worker.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
-from mlxd.engine.request import (FinalEvent, FinishReason, GenerationRequest, PromptImage, TokenEvent,
-                                 TokenLogprob)
-from mlxd.errors import InvalidRequest, ResourceExhausted
+from mlxd.engine.request import (CancelToken, EventSink, FinalEvent, FinishReason, GenerationRequest, PromptImage,
+                                 TokenEvent, TokenLogprob)
+from mlxd.errors import InvalidRequest
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import validate_stops
 from mlxd.service.limits import Limits
+from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd_proto.v1 import inference_pb2 as pb
 
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window",
@@ -38,31 +38,22 @@ def sampling_params(options: pb.GenerationOptions, defaults: dict[str, Any], voc
     return params
 
 
-def check_token_ids(ids: list[int], vocab_size: int, field: str) -> None:
-    for i, token in enumerate(ids):
-        if not 0 <= token < vocab_size:
-            raise InvalidRequest(f"{field}[{i}] = {token} is outside the vocabulary [0, {vocab_size})")
-
-
 def generation_request(request_id: str, prompt_ids: list[int], options: pb.GenerationOptions, *,
-                       defaults: dict[str, Any], vocab_size: int, context_length: int, limits: Limits,
-                       time_remaining: float | None, images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
-    if len(request_id) > limits.max_request_id_length:
-        raise InvalidRequest(f"request_id is longer than {limits.max_request_id_length} characters")
+                       defaults: dict[str, Any], vocab_size: int, bounds: PromptBounds, limits: Limits,
+                       deadline: float | None, cancel: CancelToken, events: EventSink,
+                       images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
+    """Validate the options and build the request; its stop strings are compiled here, by the caller's thread."""
     if not prompt_ids:
         raise InvalidRequest("the prompt is empty (no tokens)")
-    max_prompt = min(limits.max_prompt_tokens or context_length, context_length - 1)
-    if len(prompt_ids) > max_prompt:
-        raise ResourceExhausted(f"the prompt has {len(prompt_ids)} tokens; at most {max_prompt} fit "
-                                f"(context length {context_length})")
-    check_token_ids(list(options.stop_token_ids), vocab_size, "stop_token_ids")
-    validate_stops(list(options.stop), limits.max_stop_strings, limits.max_stop_length)
+    bounds.check_tokens(len(prompt_ids))
+    check_token_ids(options.stop_token_ids, vocab_size, "stop_token_ids")
+    validate_stops(options.stop, limits.max_stop_strings, limits.max_stop_length)
     if options.top_logprobs > limits.max_top_logprobs:
         raise InvalidRequest(f"top_logprobs = {options.top_logprobs} exceeds {limits.max_top_logprobs}")
     if options.top_logprobs and not (options.logprobs or options.prompt_logprobs):
         raise InvalidRequest("top_logprobs needs logprobs or prompt_logprobs")
     return GenerationRequest(
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=request_id,
         prompt_ids=prompt_ids,
         sampling=sampling_params(options, defaults, vocab_size),
         max_tokens=options.max_tokens,
@@ -73,9 +64,16 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         top_logprobs=options.top_logprobs,
         prompt_logprobs=options.prompt_logprobs,
         images=images,
-        # gRPC reports "no deadline" as a huge number; anything beyond a day is treated as none.
-        deadline=time.monotonic() + time_remaining if time_remaining is not None and time_remaining < 86400 else None,
+        deadline=deadline,
+        cancel=cancel,
+        events=events,
     )
+
+
+def deadline_of(time_remaining: float | None) -> float | None:
+    """The call's deadline as a time.monotonic() value; gRPC reports "none" as None or a huge number, and
+    anything beyond a day is treated as none."""
+    return time.monotonic() + time_remaining if time_remaining is not None and time_remaining < 86400 else None
 
 
 def _logprob_pb(lp: TokenLogprob, token_text: Any) -> pb.TokenLogprob:

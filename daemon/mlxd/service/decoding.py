@@ -2,44 +2,57 @@
 
 gRPC Python answers a request its deserializer cannot parse (corrupt wire format, a string field with bad
 UTF-8) with INTERNAL, which DESIGN.md §2 keeps for our bugs. This interceptor hands the handler raw bytes and
-parses them itself, for every service on the server.
+parses them itself, for every service on the server. Every handler on the server is a coroutine or an async
+generator function.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator
+import inspect
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 
 
-class StrictDecodingInterceptor(grpc.ServerInterceptor):
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
-        handler = continuation(handler_call_details)
+class StrictDecodingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
         return _parsing_handler(handler, handler.request_deserializer)
 
 
 def _parsing_handler(handler: grpc.RpcMethodHandler, parse: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:
-    def parse_or_abort(data: bytes, context: grpc.ServicerContext) -> Any:
+    async def parse_or_abort(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             return parse(data)
         except DecodeError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {error}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {error}")
 
-    def parsed_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
-        for data in requests:
-            yield parse_or_abort(data, context)
+    async def parsed_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for data in requests:
+            yield await parse_or_abort(data, context)
+
+    async def parsed_request(request: Any, context: grpc.aio.ServicerContext, streaming: bool) -> Any:
+        return parsed_stream(request, context) if streaming else await parse_or_abort(request, context)
 
     def wrap(behavior: Callable, streaming_request: bool) -> Callable:
-        # wraps() also copies the health servicer's experimental_non_blocking / thread-pool attributes; a
-        # non-blocking handler gets its send_response_callback as a third positional argument.
+        # grpc.aio tells a handler's kind by its function type, so the wrapper keeps it: an async generator
+        # function stays one, a coroutine function stays one.
+        if inspect.isasyncgenfunction(behavior):
+            @functools.wraps(behavior)
+            async def parsed_generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for response in behavior(await parsed_request(request, context, streaming_request), context):
+                    yield response
+            return parsed_generator
+
         @functools.wraps(behavior)
-        def parsed(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
-            parsed_request = parsed_stream(request, context) if streaming_request else parse_or_abort(request, context)
-            return behavior(parsed_request, context, *callback)
+        async def parsed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(await parsed_request(request, context, streaming_request), context)
         return parsed
 
     make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,

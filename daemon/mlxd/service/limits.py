@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlxd.images.preprocess import ImageLimits
+from mlxd.images.decode import ImageLimits
 
 
 @dataclass(frozen=True)

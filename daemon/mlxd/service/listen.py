@@ -1,19 +1,24 @@
 """Where the daemon listens, and who may reach it there.
 
 A loopback address or a unix socket reaches only this host (and a unix socket only our user: it is created
-0600). Any other address reaches the network, so serving it needs TLS or a bearer token.
+0600). Any other address reaches the network, so serving it needs TLS or a bearer token. A unix socket in a
+directory that other users may write, without the sticky bit, could be swapped for theirs: refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 UNIX_PREFIX = "unix:"
 
@@ -29,10 +34,19 @@ class Listener:
     addr: str                         # the address clients use ("host:port" with the real port, or "unix:/path")
     socket_path: Path | None = None
     private_dir: Path | None = None   # a directory we created for the socket; removed at exit
+    socket_id: tuple[int, int] = (0, 0)   # (device, inode) of the socket file we created
 
     def remove(self) -> None:
+        """Remove our socket file; a file that replaced it at that path is someone else's and stays."""
         if self.socket_path is not None:
-            self.socket_path.unlink(missing_ok=True)
+            try:
+                info = os.lstat(self.socket_path)
+            except FileNotFoundError:
+                info = None
+            if info is not None and (info.st_dev, info.st_ino) == self.socket_id:
+                self.socket_path.unlink(missing_ok=True)
+            elif info is not None:
+                log.warning("%s is no longer the socket this daemon created; left in place", self.socket_path)
         if self.private_dir is not None:
             self.private_dir.rmdir()
 
@@ -59,7 +73,7 @@ def check_policy(addr: str, tls: bool, token: bool) -> None:
                           "or --auth-token-file")
 
 
-def bind(server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | None) -> Listener:
+def bind(server: grpc.aio.Server, addr: str, credentials: grpc.ServerCredentials | None) -> Listener:
     if addr.startswith(UNIX_PREFIX):
         return _bind_unix(server, addr[len(UNIX_PREFIX):], credentials)
     port = _add_port(server, addr, credentials)
@@ -67,10 +81,11 @@ def bind(server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | N
     return Listener(f"{host}:{port}")
 
 
-def _bind_unix(server: grpc.Server, path_text: str, credentials: grpc.ServerCredentials | None) -> Listener:
+def _bind_unix(server: grpc.aio.Server, path_text: str, credentials: grpc.ServerCredentials | None) -> Listener:
     private_dir = None
     if path_text:
         path = Path(path_text)
+        _check_directory(path.parent)
         _remove_stale_socket(path)
     else:
         # "unix:" alone: a socket in a fresh 0700 directory; the ready line tells the parent where.
@@ -86,10 +101,27 @@ def _bind_unix(server: grpc.Server, path_text: str, credentials: grpc.ServerCred
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    return Listener(f"{UNIX_PREFIX}{path}", path, private_dir)
+    info = os.lstat(path)
+    return Listener(f"{UNIX_PREFIX}{path}", path, private_dir, (info.st_dev, info.st_ino))
 
 
-def _add_port(server: grpc.Server, addr: str, credentials: grpc.ServerCredentials | None) -> int:
+def _check_directory(folder: Path) -> None:
+    """Others who may write the socket's directory may rename our socket away and put theirs in its place (and
+    we would remove theirs at exit), unless the directory is sticky (as /tmp is)."""
+    info = folder.stat()
+    if info.st_mode & stat.S_ISVTX:
+        return
+    if info.st_mode & stat.S_IWOTH:
+        raise ListenError(f"{folder} can be written by every user and has no sticky bit: another user could "
+                          "replace the socket; use a private directory (or unix: alone for a new one)")
+    if info.st_mode & stat.S_IWGRP:
+        log.warning("%s can be written by its group (gid %d): a member could replace the socket", folder,
+                    info.st_gid)
+    if info.st_uid not in (os.getuid(), 0):
+        log.warning("%s belongs to uid %d, who could replace the socket", folder, info.st_uid)
+
+
+def _add_port(server: grpc.aio.Server, addr: str, credentials: grpc.ServerCredentials | None) -> int:
     if credentials is None:
         return server.add_insecure_port(addr)
     return server.add_secure_port(addr, credentials)

@@ -10,6 +10,7 @@ from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
+from mlxd.service.sizes import longest_token_bytes
 from mlxd_proto.v1 import inference_pb2 as pb
 
 
@@ -21,6 +22,11 @@ class ServedModel:
     tokenizer: Any
     sampling_defaults: dict[str, Any]
     vision: VisionInput | None = None    # set for vision-language models
+    max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer
+
+    def __post_init__(self) -> None:
+        if not self.max_token_bytes:
+            self.max_token_bytes = longest_token_bytes(self.tokenizer.id_to_token, self.info.vocab_size)
 
 
 def quantization_text(quantization: dict | None, held_quantized: bool) -> str:

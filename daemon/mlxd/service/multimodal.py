@@ -1,4 +1,5 @@
-"""MultimodalGenerateRequest -> prompt token ids and preprocessed images, on the gRPC thread.
+"""MultimodalGenerateRequest -> prompt token ids and preprocessed images: size checks on the event loop
+(`check_request`), the rest on a preparation thread (`build_prompt`).
 
 Each image becomes its model's span (Gemma 3: "\\n\\n<start_of_image>" + image tokens + "<end_of_image>\\n\\n",
 as Gemma3Processor writes it). Images are placed by image parts; in chat messages the chat template places
@@ -8,14 +9,18 @@ them (it writes `<start_of_image>` where an image item is), so the marker string
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from mlxd.engine.request import PromptImage
+from mlxd.engine.request import CancelToken, PromptImage
 from mlxd.errors import InvalidRequest, ResourceExhausted, Unsupported
-from mlxd.images.preprocess import ProcessorConfig, content_digest, decode_image, preprocess
+from mlxd.images.decode import decode_image
+from mlxd.images.preprocess import ProcessorConfig, content_digest, preprocess
 from mlxd.images.prompt import ImageTokens
-from mlxd.service.convert import check_token_ids
+from mlxd.service.chat import SpecialGuard, chat_texts
 from mlxd.service.limits import Limits
+from mlxd.service.preparation import check
+from mlxd.service.prompts import check_chat
+from mlxd.service.sizes import PromptBounds, check_options, check_token_ids
 from mlxd_proto.v1 import inference_pb2 as pb
 
 
@@ -40,29 +45,62 @@ class _Tokens:
 Segment = str | _Image | _Tokens
 
 
-def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Any, vision: VisionInput, limits: Limits, *,
-                 vocab_size: int, context_length: int) -> tuple[list[int], tuple[PromptImage, ...]]:
-    markers = [tokenizer.id_to_token(i) or "" for i in (vision.tokens.begin_id, vision.tokens.image_id,
-                                                          vision.tokens.end_id)]
+def check_request(request: pb.MultimodalGenerateRequest, bounds: PromptBounds, vocab_size: int,
+                  limits: Limits) -> None:
+    """Counts and lengths only: every part takes at least one token, and the images are counted before any is
+    decoded."""
     kind = request.WhichOneof("input")
     if kind == "prompt":
-        prefix, segments = _prompt_segments(request.prompt, tokenizer, markers, vision.tokens, vocab_size)
+        parts = request.prompt.parts
+        if not parts:
+            raise InvalidRequest("prompt.parts is empty")
+        if len(parts) > bounds.max_tokens:
+            raise ResourceExhausted(f"prompt.parts has {len(parts)} parts; at most {bounds.max_tokens} tokens fit")
+        kinds = [part.WhichOneof("part") for part in parts]
+        bounds.check_chars(sum(len(p.text) for p, k in zip(parts, kinds) if k == "text"), "the text of prompt.parts")
+        bounds.check_tokens(sum(len(p.tokens.ids) for p, k in zip(parts, kinds) if k == "tokens"),
+                            "the token parts of prompt.parts")
+        images = kinds.count("image")
     elif kind == "chat":
-        prefix, segments = [], _chat_segments(request.chat, tokenizer, markers)
+        check_chat(request.chat, bounds)
+        images = sum(part.WhichOneof("part") == "image" for m in request.chat.messages for part in m.content)
     else:
         raise InvalidRequest("the request needs an input: prompt or chat")
-    images = [s.data for s in segments if isinstance(s, _Image)]
-    if len(images) > limits.images.max_images:
-        raise InvalidRequest(f"the request has {len(images)} images; the limit is {limits.images.max_images}")
-    ids, positions = expand(segments, tokenizer, vision.tokens)
+    if images > limits.images.max_images:
+        raise InvalidRequest(f"the request has {images} images; the limit is {limits.images.max_images}")
+    check_options(request.options, vocab_size, limits)
+
+
+def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Any, vision: VisionInput, limits: Limits,
+                 bounds: PromptBounds, *, vocab_size: int,
+                 cancel: CancelToken) -> tuple[list[int], tuple[PromptImage, ...]]:
+    markers = [tokenizer.id_to_token(i) or "" for i in (vision.tokens.begin_id, vision.tokens.image_id,
+                                                          vision.tokens.end_id)]
+    if request.WhichOneof("input") == "prompt":
+        prefix, segments = _prompt_segments(request.prompt, tokenizer, markers, vision.tokens, vocab_size)
+        encode = _raw_encoder(tokenizer)
+    else:
+        guard = SpecialGuard(tokenizer, chat_texts(request.chat), request.chat.parse_special)
+        prefix, segments, encode = [], _chat_segments(request.chat, tokenizer, markers, guard), guard.encode
+    check(cancel)
+    ids, positions = expand(segments, encode, vision.tokens)
     ids = prefix + ids
     positions = [len(prefix) + p for p in positions]
-    _check_fits(len(ids), len(images), vision.tokens, limits, context_length)
-    per_image = vision.tokens.per_image
-    return ids, tuple(
-        PromptImage(position, per_image, preprocess(decode_image(data, index, limits.images), vision.processor),
-                    content_digest(data))
-        for index, (position, data) in enumerate(zip(positions, images)))
+    _check_fits(len(ids), len(positions), vision.tokens, bounds)
+    size = (vision.processor.width, vision.processor.height)
+    images = []
+    for index, (position, segment) in enumerate(zip(positions, [s for s in segments if isinstance(s, _Image)])):
+        check(cancel)
+        # One image at a time: its decoded pixels are dropped once they are preprocessed.
+        pixels = preprocess(decode_image(segment.data, index, limits.images, target=size,
+                                         cancelled=lambda: cancel.is_set), vision.processor)
+        images.append(PromptImage(position, vision.tokens.per_image, pixels, content_digest(segment.data)))
+    return ids, tuple(images)
+
+
+def _raw_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    # Prompt parts are the client's own text, special tokens included, as in Generate's prompt.
+    return lambda text: tokenizer.encode(text, add_special_tokens=False, parse_special=True)
 
 
 def _check_text(text: str, field: str, markers: list[str]) -> None:
@@ -73,8 +111,6 @@ def _check_text(text: str, field: str, markers: list[str]) -> None:
 
 def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Any, markers: list[str], tokens: ImageTokens,
                      vocab_size: int) -> tuple[list[int], list[Segment]]:
-    if not prompt.parts:
-        raise InvalidRequest("prompt.parts is empty")
     segments: list[Segment] = []
     for i, part in enumerate(prompt.parts):
         which = part.WhichOneof("part")
@@ -84,9 +120,8 @@ def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Any, markers: list[
         elif which == "image":
             segments.append(_Image(part.image.data))
         elif which == "tokens":
-            ids = list(part.tokens.ids)
             field = f"prompt.parts[{i}].tokens.ids"
-            check_token_ids(ids, vocab_size, field)
+            ids = check_token_ids(part.tokens.ids, vocab_size, field)
             if tokens.image_id in ids:
                 raise InvalidRequest(f"{field} contains the image token id {tokens.image_id}; send images as "
                                      "image parts")
@@ -98,9 +133,8 @@ def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Any, markers: list[
     return prefix, segments
 
 
-def _chat_segments(chat: pb.MultimodalChat, tokenizer: Any, markers: list[str]) -> list[Segment]:
-    if not chat.messages:
-        raise InvalidRequest("chat.messages is empty")
+def _chat_segments(chat: pb.MultimodalChat, tokenizer: Any, markers: list[str],
+                   guard: SpecialGuard) -> list[Segment]:
     messages, images = [], []
     for i, message in enumerate(chat.messages):
         items: list[dict[str, str]] = []
@@ -124,7 +158,8 @@ def _chat_segments(chat: pb.MultimodalChat, tokenizer: Any, markers: list[str]) 
     if not markers[0]:
         raise Unsupported("the tokenizer has no image marker token; images cannot go in chat messages")
     add_prompt = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-    pieces = tokenizer.apply_chat_template(messages, add_generation_prompt=add_prompt).split(markers[0])
+    rendered = tokenizer.apply_chat_template(guard.messages(messages), add_generation_prompt=add_prompt)
+    pieces = rendered.split(markers[0])
     if len(pieces) - 1 != len(images):
         raise Unsupported(f"the model's chat template wrote {len(pieces) - 1} image markers for {len(images)} "
                           "images; it does not place images in messages")
@@ -134,7 +169,8 @@ def _chat_segments(chat: pb.MultimodalChat, tokenizer: Any, markers: list[str]) 
     return segments
 
 
-def expand(segments: list[Segment], tokenizer: Any, tokens: ImageTokens) -> tuple[list[int], list[int]]:
+def expand(segments: list[Segment], encode: Callable[[str], list[int]],
+           tokens: ImageTokens) -> tuple[list[int], list[int]]:
     """Token ids of the segments with each image's span in place, and the position of each image's first
     image token. The processor's text around an image joins the neighbouring text before tokenization (as the
     processor does), but is left out next to the client's own token ids, which are used exactly as sent."""
@@ -157,7 +193,7 @@ def expand(segments: list[Segment], tokenizer: Any, tokens: ImageTokens) -> tupl
             continue
         if text:
             # Special tokens split the text anyway, so tokenizing between spans equals tokenizing it whole.
-            ids += tokenizer.encode(text, add_special_tokens=False, parse_special=True)
+            ids += encode(text)
             text = ""
         if isinstance(piece, _Image):
             positions.append(len(ids) + 1)
@@ -167,10 +203,9 @@ def expand(segments: list[Segment], tokenizer: Any, tokens: ImageTokens) -> tupl
     return ids, positions
 
 
-def _check_fits(n_ids: int, n_images: int, tokens: ImageTokens, limits: Limits, context_length: int) -> None:
-    max_prompt = min(limits.max_prompt_tokens or context_length, context_length - 1)
-    if n_ids > max_prompt:
+def _check_fits(n_ids: int, n_images: int, tokens: ImageTokens, bounds: PromptBounds) -> None:
+    if n_ids > bounds.max_tokens:
         image_part = len(tokens.span()) * n_images
         raise ResourceExhausted(f"the prompt needs {n_ids} tokens, {image_part} of them for {n_images} image(s) "
-                                f"({len(tokens.span())} each); at most {max_prompt} fit (context length "
-                                f"{context_length})")
+                                f"({len(tokens.span())} each); at most {bounds.max_tokens} fit (context length "
+                                f"{bounds.context_length})")

@@ -1,202 +1,221 @@
-"""mlxd.v1.Inference: a thin servicer. Validate, convert, hand to the worker, stream its events back."""
+"""mlxd.v1.Inference: a thin servicer on the grpc.aio event loop. Check sizes, prepare the request on a
+preparation thread, hand it to the engine, stream its events back.
+
+Nothing here blocks the loop: a stream waiting on its client is a suspended coroutine, and every pass over
+client data (tokenizing, templates, stop strings, images) runs in `Preparation`, a bounded number at a time.
+A request's CancelToken exists, and is registered (InFlight), before any of its work starts; whatever way the
+call ends, the token is set, so nothing keeps working for a client that is gone.
+"""
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import functools
-import queue
-from typing import Any, Iterator
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import grpc
 
-from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
-from mlxd.engine.worker import Worker, WorkerState
-from mlxd.errors import InternalError, InvalidRequest, MlxdError, Unavailable, Unsupported
-from mlxd.service import convert, multimodal
+from mlxd.engine.request import CancelToken, FinalEvent, FinishReason, GenerationRequest, PromptImage
+from mlxd.engine.worker import WorkerState
+from mlxd.errors import Cancelled, InvalidRequest, Unavailable, Unsupported
+from mlxd.service import convert, multimodal, prompts
+from mlxd.service.engine import Engine
+from mlxd.service.inflight import InFlight
 from mlxd.service.limits import Limits
 from mlxd.service.model_info import ServedModel, with_memory
-from mlxd.service.request_log import RequestEntry, RequestLog
+from mlxd.service.preparation import Preparation, check
+from mlxd.service.request_log import RequestLog, quoted
+from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd.service.status import abort
+from mlxd.service.stream_sink import StreamSink
+from mlxd.service.streaming import stream
 from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
-
-# The handlers never call context.abort themselves: every error they raise ends here. Any other exception is
-# a bug: INTERNAL, logged with its traceback by abort (gRPC would answer UNKNOWN and log the bare message).
-
-def _rpc(method):
-    """Turn errors raised by a handler into their status codes."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except Exception as error:
-            abort(context, error)
-    return wrapper
+T = TypeVar("T")
+EXPECTED_MODEL_QUOTE_CHARS = 200   # of expected_model quoted in an error (the whole value could exceed the
+                                   # client's metadata limit and turn the answer into RESOURCE_EXHAUSTED)
 
 
-def _generation_rpc(method):
-    """A generation: errors to status codes, and its --log-requests entry."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        entry = self._request_log.entry(method.__name__, request)
-        try:
-            yield from method(self, request, context, entry)
-        except Exception as error:
-            entry.failed(error)
-            abort(context, error)
-    return wrapper
+
+@dataclass(frozen=True)
+class Job:
+    """What a preparation thread needs besides the request message to build its GenerationRequest."""
+
+    model: ServedModel
+    bounds: PromptBounds
+    limits: Limits
+    request_id: str
+    cancel: CancelToken
+    sink: StreamSink
+    deadline: float | None
+
+    def request(self, options: pb.GenerationOptions, prompt_ids: list[int],
+                images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
+        check(self.cancel)
+        info = self.model.info
+        return convert.generation_request(self.request_id, prompt_ids, options, defaults=self.model.sampling_defaults,
+                                          vocab_size=info.vocab_size, bounds=self.bounds, limits=self.limits,
+                                          deadline=self.deadline, cancel=self.cancel, events=self.sink, images=images)
+
+
+Prepare = Callable[[Any, Job], GenerationRequest]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, worker: Worker, limits: Limits, request_log: RequestLog = RequestLog()) -> None:
-        self._worker = worker
+    def __init__(self, engine: Engine, limits: Limits, preparation: Preparation, *,
+                 request_log: RequestLog = RequestLog(), stream_limit: int = 1024) -> None:
+        self._engine = engine
         self._limits = limits
+        self._preparation = preparation
         self._request_log = request_log
+        self._stream_limit = stream_limit      # events a stream may leave untaken before it is cancelled
+        self._inflight = InFlight()
         self._model: ServedModel | None = None
+        self._bounds: PromptBounds | None = None
 
     def set_model(self, model: ServedModel) -> None:
+        self._bounds = PromptBounds.of(self._limits, model.info.context_length, model.max_token_bytes)
         self._model = model
 
     def model_info(self) -> pb.ModelInfo:
-        return self._served().info
+        return self._served()[0].info
 
-    def _served(self) -> ServedModel:
-        if self._model is None:
+    def cancel_all(self, reason: str) -> None:
+        """Shutdown: cancel every generation, those still being prepared included."""
+        self._inflight.cancel_all(reason)
+
+    def _served(self) -> tuple[ServedModel, PromptBounds]:
+        if self._model is None or self._bounds is None:
             raise Unavailable("the model is still loading")
-        if self._worker.state is not WorkerState.SERVING:
-            raise Unavailable(f"the daemon is {self._worker.state.value}")
-        return self._model
+        if self._engine.state is not WorkerState.SERVING:
+            raise Unavailable(f"the daemon is {self._engine.state.value}")
+        return self._model, self._bounds
 
     # -- generation -----------------------------------------------------------------------------------------------
 
-    @_generation_rpc
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext,
-                 entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
-        model = self._served()
-        self._check_expected_model(model, request.expected_model)
-        prompt_ids = self._prompt_ids(model, request)
-        gen = convert.generation_request(
-            request.request_id, prompt_ids, request.options, defaults=model.sampling_defaults,
-            vocab_size=model.info.vocab_size, context_length=model.info.context_length, limits=self._limits,
-            time_remaining=context.time_remaining())
-        yield from self._stream(gen, context, model, entry)
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        final = await self._generation("Generate", request, context, self._check_text, _prepare_text)
+        await context.write(final)
 
-    @_generation_rpc
-    def MultimodalGenerate(self, request: pb.MultimodalGenerateRequest, context: grpc.ServicerContext,
-                           entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
-        model = self._served()
-        self._check_expected_model(model, request.expected_model)
+    async def MultimodalGenerate(self, request: pb.MultimodalGenerateRequest,
+                                 context: grpc.aio.ServicerContext) -> None:
+        final = await self._generation("MultimodalGenerate", request, context, self._check_multimodal,
+                                       _prepare_multimodal)
+        await context.write(final)
+
+    def _check_text(self, request: pb.GenerateRequest, model: ServedModel, bounds: PromptBounds) -> None:
+        prompts.check_generate(request, bounds, model.info.vocab_size, self._limits)
+
+    def _check_multimodal(self, request: pb.MultimodalGenerateRequest, model: ServedModel,
+                          bounds: PromptBounds) -> None:
         if model.vision is None:
             raise Unsupported(f"model {model.info.model_id!r} ({model.info.architecture}) is text-only; "
                               "it cannot take images")
-        # Tokenizing, decoding and preprocessing the images happen here, on the gRPC thread.
-        prompt_ids, images = multimodal.build_prompt(request, model.tokenizer, model.vision, self._limits,
-                                                     vocab_size=model.info.vocab_size,
-                                                     context_length=model.info.context_length)
-        gen = convert.generation_request(
-            request.request_id, prompt_ids, request.options, defaults=model.sampling_defaults,
-            vocab_size=model.info.vocab_size, context_length=model.info.context_length, limits=self._limits,
-            time_remaining=context.time_remaining(), images=images)
-        yield from self._stream(gen, context, model, entry)
+        multimodal.check_request(request, bounds, model.info.vocab_size, self._limits)
 
-    def _prompt_ids(self, model: ServedModel, request: pb.GenerateRequest) -> list[int]:
-        tokenizer = model.tokenizer
-        kind = request.WhichOneof("input")
-        if kind == "prompt":
-            return tokenizer.encode(request.prompt, add_special_tokens=True, parse_special=True)
-        if kind == "tokens":
-            ids = list(request.tokens.ids)
-            convert.check_token_ids(ids, model.info.vocab_size, "tokens.ids")
-            return ids
-        if kind == "chat":
-            return self._chat_ids(tokenizer, request.chat)
-        raise InvalidRequest("the request needs an input: prompt, tokens or chat")
-
-    @staticmethod
-    def _chat_ids(tokenizer: Any, chat: pb.ChatMessages) -> list[int]:
-        if not chat.messages:
-            raise InvalidRequest("chat.messages is empty")
-        messages = [{"role": m.role, "content": m.content} for m in chat.messages]
-        add_prompt = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_prompt)
-        # The rendered template carries BOS itself.
-        return tokenizer.encode(text, add_special_tokens=False, parse_special=True)
+    async def _generation(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+                          check: Callable[[Any, ServedModel, PromptBounds], None],
+                          prepare: Prepare) -> pb.GenerateResponse:
+        """Prepare, submit and stream one generation; its final message, for the caller to write once this frame
+        (and with it the request) is gone."""
+        entry = self._request_log.entry(method, request)
+        cancel = CancelToken()
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            model, bounds = self._served()
+            if len(request.request_id) > self._limits.max_request_id_length:
+                raise InvalidRequest(f"request_id is longer than {self._limits.max_request_id_length} characters")
+            self._check_expected_model(model, request.expected_model)
+            check(request, model, bounds)
+            self._inflight.add(request_id, cancel)
+            try:
+                sink = StreamSink(asyncio.get_running_loop(), self._stream_limit, cancel, request_id)
+                job = Job(model, bounds, self._limits, request_id, cancel, sink,
+                          convert.deadline_of(context.time_remaining()))
+                gen = await self._preparation.run(functools.partial(prepare, request, job), cancel)
+                return await stream(gen, sink, self._engine, context, entry, model.tokenizer.id_to_token)
+            finally:
+                self._inflight.remove(request_id, cancel)
+        except Cancelled:
+            # Cancelled (Cancel RPC, shutdown) before it reached the worker: it ends as a queued one would.
+            return convert.final_message(FinalEvent(FinishReason.CANCELLED, 0, 0), request_id, str)
+        except Exception as error:
+            entry.failed(error)
+            await abort(context, error)
+        finally:
+            cancel.cancel("the call ended")
 
     def _check_expected_model(self, model: ServedModel, expected: str) -> None:
         info = model.info
         if expected and expected not in (info.model_id, info.path, info.digest):
-            raise Unsupported(f"expected model {expected!r}, but this daemon serves {info.model_id!r} "
-                              f"({info.digest})")
-
-    def _stream(self, gen: GenerationRequest, context: grpc.ServicerContext, model: ServedModel,
-                entry: RequestEntry) -> Iterator[pb.GenerateResponse]:
-        token_text = model.tokenizer.id_to_token
-        context.add_callback(lambda: gen.cancel.cancel("client went away"))
-        self._worker.submit(gen)
-        entry.started(gen)
-        buffered: collections.deque[Any] = collections.deque()
-        while True:
-            if not buffered:
-                buffered.append(self._next_event(gen))
-            _drain_into(gen.events, buffered)
-            event = buffered.popleft()
-            if isinstance(event, TokenEvent):
-                # Token events that queued up while the client was slow go out as one larger message.
-                while buffered and isinstance(buffered[0], TokenEvent):
-                    more = buffered.popleft()
-                    event = TokenEvent(event.text + more.text, event.token_ids + more.token_ids,
-                                       event.logprobs + more.logprobs)
-                entry.add_output(event.text)
-                yield convert.chunk_message(event, token_text)
-            elif isinstance(event, FinalEvent):
-                entry.finished(event)
-                yield convert.final_message(event, gen.request_id, token_text)
-                return
-            else:
-                raise event.error
-
-    def _next_event(self, gen: GenerationRequest) -> Any:
-        while True:
-            try:
-                return gen.events.get(timeout=1.0)
-            except queue.Empty:
-                if not self._worker.is_alive():
-                    return ErrorEvent(InternalError("the MLX worker thread is gone"))
+            raise Unsupported(f"expected model {quoted(expected, EXPECTED_MODEL_QUOTE_CHARS)}, but this daemon "
+                              f"serves {info.model_id!r} ({info.digest})")
 
     # -- unary ------------------------------------------------------------------------------------------------------
 
-    @_rpc
-    def Tokenize(self, request: pb.TokenizeRequest, context: grpc.ServicerContext) -> pb.TokenizeResponse:
-        tokenizer = self._served().tokenizer
-        if request.HasField("chat"):
-            ids = self._chat_ids(tokenizer, request.chat)
-        else:
-            ids = tokenizer.encode(request.text, add_special_tokens=request.add_special_tokens,
-                                   parse_special=request.parse_special)
-        return pb.TokenizeResponse(ids=ids, tokens=[tokenizer.id_to_token(i) or "" for i in ids])
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        return await self._prepared(context, prompts.check_tokenize, _tokenize, request)
 
-    @_rpc
-    def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.ServicerContext) -> pb.DetokenizeResponse:
-        model = self._served()
-        ids = list(request.ids)
-        convert.check_token_ids(ids, model.info.vocab_size, "ids")
-        return pb.DetokenizeResponse(text=model.tokenizer.decode(ids, skip_special_tokens=request.skip_special_tokens))
+    async def Detokenize(self, request: pb.DetokenizeRequest,
+                         context: grpc.aio.ServicerContext) -> pb.DetokenizeResponse:
+        return await self._prepared(context, prompts.check_detokenize, _detokenize, request)
 
-    @_rpc
-    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
-        return with_memory(self._served().info, self._worker.memory)
-
-    @_rpc
-    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
-        if not request.request_id:
-            raise InvalidRequest("request_id is required")
-        return pb.CancelResponse(found=self._worker.cancel(request.request_id))
-
-
-def _drain_into(events: "queue.SimpleQueue[Any]", buffered: "collections.deque[Any]") -> None:
-    while True:
+    async def _prepared(self, context: grpc.aio.ServicerContext, check: Callable[[Any, PromptBounds], None],
+                        job: Callable[[Any, ServedModel], T], request: Any) -> T:
+        """A unary call whose work runs on a preparation thread."""
+        cancel = CancelToken()
         try:
-            buffered.append(events.get_nowait())
-        except queue.Empty:
-            return
+            model, bounds = self._served()
+            check(request, bounds)
+            return await self._preparation.run(functools.partial(job, request, model), cancel)
+        except Exception as error:
+            await abort(context, error)
+        finally:
+            cancel.cancel("the call ended")
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return await _answer(context, lambda: with_memory(self._served()[0].info, self._engine.memory))
+
+    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelResponse:
+        def cancel() -> pb.CancelResponse:
+            if not request.request_id:
+                raise InvalidRequest("request_id is required")
+            found = self._inflight.cancel(request.request_id, "cancel rpc")
+            return pb.CancelResponse(found=self._engine.cancel(request.request_id) or found)
+        return await _answer(context, cancel)
+
+
+async def _answer(context: grpc.aio.ServicerContext, answer: Callable[[], T]) -> T:
+    try:
+        return answer()
+    except Exception as error:
+        await abort(context, error)
+
+
+# -- preparation jobs (on a preparation thread) ---------------------------------------------------------------------
+
+def _prepare_text(request: pb.GenerateRequest, job: Job) -> GenerationRequest:
+    return job.request(request.options, prompts.generate_ids(request, job.model.tokenizer, job.model.info.vocab_size))
+
+
+def _prepare_multimodal(request: pb.MultimodalGenerateRequest, job: Job) -> GenerationRequest:
+    model = job.model
+    assert model.vision is not None   # checked on the loop
+    prompt_ids, images = multimodal.build_prompt(request, model.tokenizer, model.vision, job.limits, job.bounds,
+                                                 vocab_size=model.info.vocab_size, cancel=job.cancel)
+    return job.request(request.options, prompt_ids, images)
+
+
+def _tokenize(request: pb.TokenizeRequest, model: ServedModel) -> pb.TokenizeResponse:
+    tokenizer = model.tokenizer
+    ids = prompts.tokenize_ids(request, tokenizer)
+    return pb.TokenizeResponse(ids=ids, tokens=[tokenizer.id_to_token(i) or "" for i in ids])
+
+
+def _detokenize(request: pb.DetokenizeRequest, model: ServedModel) -> pb.DetokenizeResponse:
+    ids = check_token_ids(request.ids, model.info.vocab_size, "ids")
+    return pb.DetokenizeResponse(text=model.tokenizer.decode(ids, skip_special_tokens=request.skip_special_tokens))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
 
@@ -28,9 +29,10 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, error: BaseException) -> None:
+async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
     """End the RPC with the status that belongs to error (raises, as context.abort does)."""
     code = status_for(error)
     if code is grpc.StatusCode.INTERNAL and not isinstance(error, errors.InternalError):
         log.error("internal error", exc_info=error)
-    context.abort(code, str(error) or type(error).__name__)
+    await context.abort(code, str(error) or type(error).__name__)
+    raise AssertionError("context.abort returned")   # it raises; this tells type checkers so
