@@ -75,7 +75,8 @@ def decode_image(data: bytes, index: int, limits: ImageLimits, *, target: tuple[
             image.load()
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except UnidentifiedImageError:
-        raise InvalidRequest(f"image {index} is not a readable image in a supported format ({', '.join(FORMATS)})") from None
+        raise InvalidRequest(f"image {index} is not a readable image in a supported format "
+                             f"({', '.join(FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise InvalidRequest(f"image {index} is too large to decode: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

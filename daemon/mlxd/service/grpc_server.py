@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mlxd.service.listen import Listener, bind
+from mlxd.service.listen import Listener, bind, bind_private
 from mlxd.service.servicer import InferenceServicer
 from mlxd_proto.v1 import inference_pb2, inference_pb2_grpc
 
@@ -22,8 +22,11 @@ HEALTH_NAMES = ["", SERVICE_NAME]
 async def start_server(addr: str, servicer: InferenceServicer, health: health_aio.HealthServicer, *,
                        credentials: grpc.ServerCredentials | None = None,
                        interceptors: list[grpc.aio.ServerInterceptor] | None = None,
-                       options: list[tuple[str, int]] | None = None) -> tuple[grpc.aio.Server, Listener]:
-    """Bind and start; health says NOT_SERVING until the caller publishes otherwise."""
+                       options: list[tuple[str, int]] | None = None,
+                       parent_socket: bool = False) -> tuple[grpc.aio.Server, list[Listener]]:
+    """Bind and start; health says NOT_SERVING until the caller publishes otherwise. The listeners: addr's, then
+    with parent_socket a unix socket in a new private directory, for the parent alone. gRPC caps connections per
+    listener (grpc.max_allowed_incoming_connections), so clients that fill addr's cap leave the parent's free."""
     server = grpc.aio.server(interceptors=interceptors or [], options=options or [])
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -31,6 +34,8 @@ async def start_server(addr: str, servicer: InferenceServicer, health: health_ai
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    listener = bind(server, addr, credentials)
+    listeners = [bind(server, addr, credentials)]
+    if parent_socket:
+        listeners.append(bind_private(server))
     await server.start()
-    return server, listener
+    return server, listeners

@@ -81,6 +81,11 @@ def bind(server: grpc.aio.Server, addr: str, credentials: grpc.ServerCredentials
     return Listener(f"{host}:{port}")
 
 
+def bind_private(server: grpc.aio.Server) -> Listener:
+    """A unix socket in a new 0700 directory: only our user can reach it, and only who reads its path."""
+    return _bind_unix(server, "", None)
+
+
 def _bind_unix(server: grpc.aio.Server, path_text: str, credentials: grpc.ServerCredentials | None) -> Listener:
     private_dir = None
     if path_text:

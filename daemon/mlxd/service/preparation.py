@@ -15,18 +15,16 @@ from concurrent import futures
 from typing import Callable, TypeVar
 
 from mlxd.engine.request import CancelToken
+from mlxd.errors import Cancelled
+from mlxd.service.loop import call_soon
 
 T = TypeVar("T")
 
 
-class PreparationCancelled(Exception):
-    """The request was cancelled (client gone, Cancel RPC, shutdown) while it was being prepared."""
-
-
 def check(cancel: CancelToken) -> None:
-    """Called between stages of a preparation: stop here when the request was cancelled."""
+    """Called between stages of a preparation: stop here (raise Cancelled) when the request was cancelled."""
     if cancel.is_set:
-        raise PreparationCancelled(cancel.reason)
+        raise Cancelled(f"cancelled while being prepared ({cancel.reason})")
 
 
 class Preparation:
@@ -47,17 +45,8 @@ class Preparation:
         except BaseException:
             free.release()
             raise
-        future.add_done_callback(lambda _: _call_soon(loop, free.release))
+        future.add_done_callback(lambda _: call_soon(loop, free.release))
         # If this coroutine is cancelled (the client left), the thread finishes its current stage and stops at the
         # next check, since the caller cancels the token.
         return await asyncio.wrap_future(future)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
-    try:
-        loop.call_soon_threadsafe(callback)
-    except RuntimeError:   # the loop is closed (the daemon is exiting): nobody waits for the slot any more
-        pass

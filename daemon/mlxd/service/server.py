@@ -93,12 +93,13 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
     worker = Worker(options.worker)
     preparation = Preparation(options.preparation_slots)
     servicer = InferenceServicer(worker, options.limits, preparation, request_log=options.request_log,
-                                 stream_limit=STREAM_LIMIT_FACTOR * options.worker.max_stream_backlog)
+                                 stream_limit=STREAM_LIMIT_FACTOR * options.worker.max_stream_backlog,
+                                 stalled_seconds=options.worker.stalled_stream_seconds)
     health = health_aio.HealthServicer()
     server_options = _message_options(options.limits) + channel_options(options.connections, fd_limit)
     try:
-        server, listener = await start_server(options.addr, servicer, health, credentials=credentials,
-                                              interceptors=interceptors, options=server_options)
+        server, listeners = await start_server(options.addr, servicer, health, credentials=credentials,
+                                               interceptors=interceptors, options=server_options, parent_socket=True)
     except (RuntimeError, OSError, ListenError) as error:
         print(f"mlxd: cannot listen on {options.addr}: {error}", file=sys.stderr, flush=True)
         return 1
@@ -110,23 +111,26 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
     while not worker.ready.is_set():
         if stop.is_set():
             log.info("stopping before the model was loaded (%s)", stop_reason[0])
-            return await _shutdown(server, worker, servicer, monitor, options, listener, graceful=False)
+            return await _shutdown(server, worker, servicer, monitor, options, listeners, graceful=False)
         await asyncio.sleep(0.1)
     try:
         worker.wait_ready(0)
         servicer.set_model(served_model(options.worker.model_path, worker, await asyncio.wrap_future(digest)))
     except (MlxdError, OSError) as error:
         await server.stop(0)
-        listener.remove()
+        for listener in listeners:
+            listener.remove()
         log.error("%s", error)
         print(f"mlxd: cannot load model: {error}", file=sys.stderr, flush=True)
         return 1
     await monitor.start()
-    print(json.dumps({"event": "ready", "addr": listener.addr, "pid": os.getpid(),
-                      "model": str(options.worker.model_path), "digest": servicer.model_info().digest}), flush=True)
+    # parent_addr: the parent's own socket, with a connection cap of its own (see start_server).
+    print(json.dumps({"event": "ready", "addr": listeners[0].addr, "parent_addr": listeners[1].addr,
+                      "pid": os.getpid(), "model": str(options.worker.model_path),
+                      "digest": servicer.model_info().digest}), flush=True)
     await stop.wait()
     log.info("stopping (%s)", stop_reason[0])
-    return await _shutdown(server, worker, servicer, monitor, options, listener,
+    return await _shutdown(server, worker, servicer, monitor, options, listeners,
                            graceful=stop_reason[0] != "parent died")
 
 
@@ -146,7 +150,7 @@ def _message_options(limits: Limits) -> list[tuple[str, int]]:
 
 
 async def _shutdown(server: grpc.aio.Server, worker: Worker, servicer: InferenceServicer, monitor: HealthMonitor,
-                    options: ServeOptions, listener: Listener, graceful: bool) -> int:
+                    options: ServeOptions, listeners: list[Listener], graceful: bool) -> int:
     await monitor.stop()  # from here on health says NOT_SERVING
     worker.begin_drain()
     if graceful:
@@ -162,7 +166,8 @@ async def _shutdown(server: grpc.aio.Server, worker: Worker, servicer: Inference
             await asyncio.sleep(0.02)
     await server.stop(grace=1.0 if graceful else 0.2)
     await asyncio.get_running_loop().run_in_executor(None, worker.stop, 5.0)
-    listener.remove()
+    for listener in listeners:
+        listener.remove()
     return 0
 
 

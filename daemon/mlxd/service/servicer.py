@@ -30,7 +30,7 @@ from mlxd.service.request_log import RequestLog, quoted
 from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
-from mlxd.service.streaming import stream
+from mlxd.service.streaming import StreamWriter, stream
 from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -66,12 +66,14 @@ Prepare = Callable[[Any, Job], GenerationRequest]
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, engine: Engine, limits: Limits, preparation: Preparation, *,
-                 request_log: RequestLog = RequestLog(), stream_limit: int = 1024) -> None:
+                 request_log: RequestLog = RequestLog(), stream_limit: int = 1024,
+                 stalled_seconds: float = 60.0) -> None:
         self._engine = engine
         self._limits = limits
         self._preparation = preparation
         self._request_log = request_log
         self._stream_limit = stream_limit      # events a stream may leave untaken before it is cancelled
+        self._stalled_seconds = stalled_seconds   # a write waiting this long on its client ends the call
         self._inflight = InFlight()
         self._model: ServedModel | None = None
         self._bounds: PromptBounds | None = None
@@ -97,14 +99,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     # -- generation -----------------------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
-        final = await self._generation("Generate", request, context, self._check_text, _prepare_text)
-        await context.write(final)
+        await self._generate("Generate", request, context, self._check_text, _prepare_text)
 
     async def MultimodalGenerate(self, request: pb.MultimodalGenerateRequest,
                                  context: grpc.aio.ServicerContext) -> None:
-        final = await self._generation("MultimodalGenerate", request, context, self._check_multimodal,
-                                       _prepare_multimodal)
-        await context.write(final)
+        await self._generate("MultimodalGenerate", request, context, self._check_multimodal, _prepare_multimodal)
+
+    async def _generate(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+                        check: Callable[[Any, ServedModel, PromptBounds], None], prepare: Prepare) -> None:
+        writer = StreamWriter(context, self._stalled_seconds)
+        try:
+            final = await self._generation(method, request, context, writer, check, prepare)
+            await writer.write(final)
+        finally:
+            writer.close()
 
     def _check_text(self, request: pb.GenerateRequest, model: ServedModel, bounds: PromptBounds) -> None:
         prompts.check_generate(request, bounds, model.info.vocab_size, self._limits)
@@ -116,14 +124,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                               "it cannot take images")
         multimodal.check_request(request, bounds, model.info.vocab_size, self._limits)
 
-    async def _generation(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+    async def _generation(self, method: str, request: Any, context: grpc.aio.ServicerContext, writer: StreamWriter,
                           check: Callable[[Any, ServedModel, PromptBounds], None],
                           prepare: Prepare) -> pb.GenerateResponse:
         """Prepare, submit and stream one generation; its final message, for the caller to write once this frame
         (and with it the request) is gone."""
         entry = self._request_log.entry(method, request)
         cancel = CancelToken()
-        request_id = request.request_id or uuid.uuid4().hex
+        request_id = writer.request_id = request.request_id or uuid.uuid4().hex
         try:
             model, bounds = self._served()
             if len(request.request_id) > self._limits.max_request_id_length:
@@ -132,11 +140,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             check(request, model, bounds)
             self._inflight.add(request_id, cancel)
             try:
-                sink = StreamSink(asyncio.get_running_loop(), self._stream_limit, cancel, request_id)
+                sink = StreamSink(asyncio.get_running_loop(), self._stream_limit, cancel, request_id, writer.abandon)
                 job = Job(model, bounds, self._limits, request_id, cancel, sink,
                           convert.deadline_of(context.time_remaining()))
                 gen = await self._preparation.run(functools.partial(prepare, request, job), cancel)
-                return await stream(gen, sink, self._engine, context, entry, model.tokenizer.id_to_token)
+                return await stream(gen, sink, self._engine, writer, entry, model.tokenizer.id_to_token)
             finally:
                 self._inflight.remove(request_id, cancel)
         except Cancelled:

@@ -2,8 +2,8 @@
 
 The worker calls `put` (it never blocks: a lock held for a few list operations) and reads `backlog` to pause a
 row whose client stopped reading (backpressure, --max-stream-backlog). The reader awaits `take` on the loop. The
-sink has a bound of its own, `limit`, should events keep coming anyway: beyond it the request is cancelled and
-further token events are dropped, so a stream nobody reads holds at most `limit` events.
+sink has a bound of its own, `limit`, should events keep coming anyway: beyond it the request is cancelled, further
+token events are dropped and the call is abandoned, so a stream nobody reads holds at most `limit` events.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Callable
 
 from mlxd.engine.request import CancelToken, ErrorEvent, Event, TokenEvent
 from mlxd.errors import InternalError
+from mlxd.service.loop import call_soon
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ ALIVE_POLL_SECONDS = 1.0   # how often a reader waiting for events checks that t
 
 
 class StreamSink:
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, cancel: CancelToken, request_id: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, cancel: CancelToken, request_id: str,
+                 abandon: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
         self._limit = limit
         self._cancel = cancel
         self._request_id = request_id
+        self._abandon = abandon     # called on the loop when the limit is passed
         self._lock = threading.Lock()
         self._events: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -50,8 +53,9 @@ class StreamSink:
             log.warning("request %r: %d events not taken; the client stopped reading, so it is cancelled",
                         self._request_id, self._limit)
             self._cancel.cancel("the client stopped reading")
+            call_soon(self._loop, self._abandon)
         if waiter is not None:
-            self._loop.call_soon_threadsafe(_wake, waiter)
+            call_soon(self._loop, _wake, waiter)
 
     def backlog(self) -> int:
         """Events put and not yet taken by the reader."""

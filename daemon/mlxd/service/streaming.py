@@ -1,12 +1,15 @@
 """Stream one generation: submit it to the engine, then write its events as messages as the client takes them.
 
-`context.write` returns once the message is on its way within the stream's flow-control window, so a client that
-stops reading stops this coroutine, not a thread; the events it leaves untaken wait in the request's StreamSink,
-whose backlog holds the worker back.
+`context.write` returns once the message fits the stream's flow-control window, so a client that stops reading
+stops this coroutine, not a thread; the events it leaves untaken wait in the request's StreamSink, whose backlog
+holds the worker back. A write that waits on its client for --stalled-stream-seconds (a final message nobody takes
+included) ends the call the way a client's cancel does, and with it everything the call held.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -18,8 +21,45 @@ from mlxd.service.request_log import RequestEntry
 from mlxd.service.stream_sink import StreamSink
 from mlxd_proto.v1 import inference_pb2 as pb
 
+log = logging.getLogger(__name__)
 
-async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, context: grpc.aio.ServicerContext,
+
+class StreamWriter:
+    """Writes a call's messages, and ends the call (cancels its task) when one write waits longer than
+    `stalled_seconds` for the client, or when `abandon` is called (the request was cancelled because its client
+    stopped reading). Costs one timer per call, re-armed every quarter of `stalled_seconds`."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, stalled_seconds: float, request_id: str = "") -> None:
+        self._context = context
+        self._stalled = stalled_seconds
+        self.request_id = request_id
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._since: float | None = None
+        self._timer = self._loop.call_later(stalled_seconds / 4, self._check)
+
+    async def write(self, message: pb.GenerateResponse) -> None:
+        self._since = self._loop.time()
+        await self._context.write(message)
+        self._since = None
+
+    def abandon(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        if self._since is not None and self._loop.time() - self._since >= self._stalled:
+            log.warning("request %r: a message waited %.0f s for its client; the call is ended", self.request_id,
+                        self._stalled)
+            self.abandon()
+        else:
+            self._timer = self._loop.call_later(self._stalled / 4, self._check)
+
+
+async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, writer: StreamWriter,
                  entry: RequestEntry, token_text: Any) -> pb.GenerateResponse:
     """Write the chunks of gen; return its final message for the caller to write once it has let go of the
     request (a final message its client never takes then holds nothing else)."""
@@ -33,16 +73,15 @@ async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, conte
             if isinstance(event, TokenEvent):
                 tokens.append(event)
                 continue
-            await _write_chunk(tokens, context, entry, token_text)
+            await _write_chunk(tokens, writer, entry, token_text)
             if isinstance(event, FinalEvent):
                 entry.finished(event)
                 return convert.final_message(event, request_id, token_text)
             raise event.error
-        await _write_chunk(tokens, context, entry, token_text)
+        await _write_chunk(tokens, writer, entry, token_text)
 
 
-async def _write_chunk(tokens: list[TokenEvent], context: grpc.aio.ServicerContext, entry: RequestEntry,
-                       token_text: Any) -> None:
+async def _write_chunk(tokens: list[TokenEvent], writer: StreamWriter, entry: RequestEntry, token_text: Any) -> None:
     """Token events that queued up while the client was slow go out as one larger message."""
     if not tokens:
         return
@@ -50,4 +89,4 @@ async def _write_chunk(tokens: list[TokenEvent], context: grpc.aio.ServicerConte
         "".join(t.text for t in tokens), [i for t in tokens for i in t.token_ids],
         [lp for t in tokens for lp in t.logprobs])
     entry.add_output(merged.text)
-    await context.write(convert.chunk_message(merged, token_text))
+    await writer.write(convert.chunk_message(merged, token_text))

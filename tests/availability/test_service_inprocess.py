@@ -1,0 +1,123 @@
+"""The service against a scripted fake engine, in-process: cancels are registered before any preparation, a stream
+nobody reads is bounded and then ended, and a final message nobody takes holds nothing."""
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from inprocess import FakeEngine, serving
+from mlxd_client import Client, MlxdClientError, pb
+from raw_http2 import RawConnection
+
+HEAVY_STOPS = [f"{i:03d}" + "x" * 1021 for i in range(256)]   # 256 x 1,024 trie nodes: ~0.3 s to build
+
+
+def _request(request_id: str, **options) -> bytes:
+    return pb.GenerateRequest(request_id=request_id, tokens=pb.TokenIds(ids=[5, 6]),
+                              options=pb.GenerationOptions(**options)).SerializeToString()
+
+
+def _wait(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_generate_streams_chunks_then_one_final():
+    with serving(FakeEngine(tokens=5)) as served, Client(served.addr) as client:
+        result = client.complete(tokens=[5, 6], request_id="plain")
+        assert result.token_ids == [5] * 5 and result.final.finish_reason == pb.FINISH_REASON_LENGTH
+        assert result.final.request_id == "plain"
+
+
+def test_cancel_rpc_finds_a_request_still_waiting_for_preparation():
+    # One preparation slot, held by a request whose stop strings take a while to compile: the next request waits
+    # for the slot, and a Cancel RPC finds it there; it ends CANCELLED and never reaches the engine.
+    with serving(FakeEngine(tokens=1), slots=1) as served, Client(served.addr) as client:
+        results = {}
+
+        def run(request_id, **options):
+            results[request_id] = client.complete(tokens=[5], request_id=request_id, **options)
+
+        heavy = [threading.Thread(target=run, args=(f"heavy-{i}",), kwargs={"stop": HEAVY_STOPS}) for i in range(3)]
+        for t in heavy:
+            t.start()
+        waiting = threading.Thread(target=run, args=("waiting",))
+        waiting.start()
+        assert _wait(lambda: client.cancel("waiting"))
+        waiting.join(30)
+        for t in heavy:
+            t.join(30)
+        assert results["waiting"].final.finish_reason == pb.FINISH_REASON_CANCELLED
+        assert "waiting" not in {r.request_id for r in served.engine.submitted}
+
+
+def test_a_client_gone_during_preparation_never_reaches_the_engine():
+    with serving(FakeEngine(tokens=1), slots=1) as served, Client(served.addr) as client:
+        def call(request_id, **options):
+            request = pb.GenerateRequest(request_id=request_id, tokens=pb.TokenIds(ids=[5]),
+                                         options=pb.GenerationOptions(**options))
+            return client.stub.Generate(request, timeout=30)
+
+        heavy = [call(f"heavy-{i}", stop=HEAVY_STOPS) for i in range(3)]
+        quitter = call("quitter")
+        time.sleep(0.05)
+        quitter.cancel()   # while it waits for the preparation slot
+        for stream in heavy:
+            assert [r for r in stream if r.HasField("final")]
+        assert {r.request_id for r in served.engine.submitted} == {"heavy-0", "heavy-1", "heavy-2"}
+
+
+def test_a_stream_nobody_reads_is_cancelled_at_the_sink_limit(caplog):
+    # The fake engine does not pause (as the worker does at --max-stream-backlog): the service's own bound stops it.
+    with serving(FakeEngine(tokens=100_000), stream_limit=32) as served:
+        conn = RawConnection(served.addr, window=0)
+        conn.open_stream("/mlxd.v1.Inference/Generate", _request("unread"))
+        assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0)
+        request = served.engine.submitted[0]
+        assert request.cancel.reason == "the client stopped reading"
+        assert request.events.backlog() <= 34   # the limit, the event that passed it and the final one
+        with Client(served.addr) as client:
+            assert client.cancel("unread") is False   # the service let go of it too
+            assert client.health() == "SERVING"
+        conn.close()
+
+
+def test_the_engine_sees_the_backlog_of_a_client_that_stopped_reading():
+    with serving(FakeEngine(tokens=100_000, pause_at=16), stalled_seconds=0.4) as served:
+        conn = RawConnection(served.addr, window=0)
+        conn.open_stream("/mlxd.v1.Inference/Generate", _request("paused"))
+        assert _wait(lambda: served.engine.submitted)
+        request = served.engine.submitted[0]
+        # The fake engine pauses at 16 untaken events; the write waiting on the client ends the call after 0.4 s.
+        assert _wait(lambda: request.cancel.is_set)
+        assert request.events.backlog() >= 16
+        assert _wait(lambda: served.engine.live_count() == 0)
+        conn.close()
+
+
+def test_a_final_message_nobody_takes_ends_the_call():
+    # Two tokens, the final message: none of it can be delivered through a zero window. After the stalled-stream
+    # time the call ends as a client cancel would, and nothing is left of the request.
+    with serving(FakeEngine(tokens=2), stalled_seconds=0.4) as served:
+        conn = RawConnection(served.addr, window=0)
+        conn.open_stream("/mlxd.v1.Inference/Generate", _request("final-unread"))
+        assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0)
+        with Client(served.addr) as client:
+            assert _wait(lambda: client.cancel("final-unread") is False)
+            assert client.complete(tokens=[5], request_id="final-unread").final.usage.completion_tokens == 2
+        conn.close()
+
+
+def test_duplicate_request_id_is_refused_before_any_preparation():
+    with serving(FakeEngine(tokens=100_000, step=0.01)) as served, Client(served.addr) as client:
+        first = client.generate(tokens=[5], request_id="dup")
+        assert next(first).HasField("chunk")
+        with pytest.raises(MlxdClientError) as info:
+            client.complete(tokens=[5], request_id="dup")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "'dup'" in info.value.details
+        assert [r.request_id for r in served.engine.submitted] == ["dup"]
+        first.close()
