@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -40,6 +41,14 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
+def resident_bytes(pid: int) -> int:
+    """A process's resident set (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+
 def read_ready_line(proc: subprocess.Popen, timeout: float) -> dict:
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -57,14 +66,20 @@ def read_ready_line(proc: subprocess.Popen, timeout: float) -> dict:
 
 
 def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: float = 120.0,
-                 workdir: Path | None = None, env: dict[str, str] | None = None) -> Daemon:
-    """env: extra environment variables (test hooks) for the daemon."""
+                 workdir: Path | None = None, env: dict[str, str] | None = None,
+                 open_files: int | None = None) -> Daemon:
+    """env: extra environment variables (test hooks) for the daemon; open_files: its soft limit on open files
+    at start (as a parent with the common default of 1,024 would leave it)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mlxd-test-"))
     addr = addr or f"unix:{workdir / 'mlxd.sock'}"
     stderr_path = workdir / "stderr.log"
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    limit = None if open_files is None else limit_open_files
     proc = subprocess.Popen([sys.executable, "-m", "mlxd", "serve", "--model", str(model), "--addr", addr, *extra],
                             stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), stdin=subprocess.DEVNULL,
-                            env=dict(daemon_env(), **(env or {})))
+                            env=dict(daemon_env(), **(env or {})), preexec_fn=limit)
     try:
         ready = read_ready_line(proc, timeout)
     except Exception:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from daemon_process import resident_bytes
 from mlxd_client import Client, MlxdClientError, pb
 
 KINDS = ("greedy", "seeded", "sampled", "stop", "client_cancel", "deadline", "cancel_rpc")
@@ -151,13 +152,6 @@ class Memory:
     def engine(self) -> int:
         """MLX active memory less the prefix cache's snapshots."""
         return self.mlx_active_bytes - self.prefix_cache_bytes
-
-
-def resident_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/<pid>/status")
 
 
 def memory(addr: str, pid: int) -> Memory:

@@ -36,19 +36,35 @@ class Listener:
     private_dir: Path | None = None   # a directory we created for the socket; removed at exit
     socket_id: tuple[int, int] = (0, 0)   # (device, inode) of the socket file we created
 
+    def set_aside_replacement(self) -> Path | None:
+        """Before the server stops, since gRPC then unlinks whatever socket is at the path: a socket that replaced
+        ours (someone else's) is moved aside, to be put back by `restore`; where it went, or None."""
+        if self.socket_path is None or self._ours() is not False:
+            return None
+        log.warning("%s is no longer the socket this daemon created; left in place", self.socket_path)
+        aside = self.socket_path.with_name(f".{self.socket_path.name}.mlxd-{os.getpid()}")
+        os.rename(self.socket_path, aside)
+        return aside
+
+    def restore(self, aside: Path | None) -> None:
+        if aside is not None and self.socket_path is not None:
+            os.rename(aside, self.socket_path)
+
     def remove(self) -> None:
-        """Remove our socket file; a file that replaced it at that path is someone else's and stays."""
-        if self.socket_path is not None:
-            try:
-                info = os.lstat(self.socket_path)
-            except FileNotFoundError:
-                info = None
-            if info is not None and (info.st_dev, info.st_ino) == self.socket_id:
-                self.socket_path.unlink(missing_ok=True)
-            elif info is not None:
-                log.warning("%s is no longer the socket this daemon created; left in place", self.socket_path)
+        """Remove our socket file (a file that replaced it at that path is someone else's and stays), and the
+        directory we made for it."""
+        if self.socket_path is not None and self._ours():
+            self.socket_path.unlink(missing_ok=True)
         if self.private_dir is not None:
             self.private_dir.rmdir()
+
+    def _ours(self) -> bool | None:
+        """Whether the file at socket_path is the socket we created; None when there is none."""
+        try:
+            info = os.lstat(self.socket_path)   # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        return (info.st_dev, info.st_ino) == self.socket_id
 
 
 def is_local(addr: str) -> bool:

@@ -164,10 +164,12 @@ async def _shutdown(server: grpc.aio.Server, worker: Worker, servicer: Inference
         deadline = time.monotonic() + 2.0
         while worker.live_count() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+    aside = [listener.set_aside_replacement() for listener in listeners]
     await server.stop(grace=1.0 if graceful else 0.2)
-    await asyncio.get_running_loop().run_in_executor(None, worker.stop, 5.0)
-    for listener in listeners:
+    for listener, moved in zip(listeners, aside):
+        listener.restore(moved)
         listener.remove()
+    await asyncio.get_running_loop().run_in_executor(None, worker.stop, 5.0)
     return 0
 
 

@@ -1,0 +1,69 @@
+"""Issue 15 item 4: a client's cancel is registered before any preparation, so a generation cancelled while its
+prompt is tokenized or its images decoded never reaches the worker, and one cancelled right after sending never
+runs on for nobody."""
+
+import io
+import random
+import time
+
+import grpc
+import pytest
+from PIL import Image
+
+from daemon_process import FIXTURES, start_daemon
+from mlxd_client import Client, pb
+
+LLAMA = FIXTURES / "parity" / "llama"
+
+
+def _live(client: Client, request_ids: list[str]) -> list[str]:
+    """The request ids the daemon still holds (a Cancel RPC finds them; it also ends them)."""
+    return [rid for rid in request_ids if client.cancel(rid)]
+
+
+def test_cancels_right_after_sending_are_never_lost(tmp_path):
+    daemon = start_daemon(LLAMA, workdir=tmp_path)
+    rng = random.Random(3)
+    try:
+        with Client(daemon.addr) as client:
+            ids = []
+            for i in range(100):
+                request_id = f"quick-cancel-{i}"
+                call = client.stub.Generate(pb.GenerateRequest(
+                    request_id=request_id, prompt="tell me a long story " * 20,
+                    options=pb.GenerationOptions(max_tokens=0, ignore_eos=True)), timeout=60)
+                time.sleep(rng.uniform(0, 0.004))
+                call.cancel()
+                ids.append(request_id)
+            # A cancelled request ends within a worker step; a lost cancel would generate to the context length
+            # (2,048 tokens, several seconds) for nobody.
+            time.sleep(1.0)
+            assert _live(client, ids) == []
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+
+
+@pytest.mark.parametrize("when", [0.3, 1.0])
+def test_a_cancel_while_images_are_decoded_is_not_lost(tmp_path, when):
+    daemon = start_daemon(FIXTURES / "parity" / "gemma3", "--max-image-mb", "1", workdir=tmp_path)
+    out = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (10, 20, 30)).save(out, "PNG")   # ~0.2 s to decode and resize
+    image = pb.ContentPart(image=pb.Image(data=out.getvalue()))
+    try:
+        with Client(daemon.addr) as client:
+            call = client.stub.MultimodalGenerate(pb.MultimodalGenerateRequest(
+                request_id="images", prompt=pb.MultimodalPrompt(parts=[pb.ContentPart(text="look")] + [image] * 16),
+                options=pb.GenerationOptions(max_tokens=0, ignore_eos=True)), timeout=60)
+            time.sleep(when)
+            call.cancel()
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+            assert info.value.code() == grpc.StatusCode.CANCELLED
+            # Had the cancel been lost, the request would reach the worker once its images are decoded, and generate
+            # to the context length for nobody.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                assert _live(client, ["images"]) == []
+                time.sleep(0.2)
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
