@@ -19,6 +19,16 @@ def run(scheduler: Scheduler, *requests: GenerationRequest) -> None:
         deliver(scheduler.step())
 
 
+def run_arrivals(scheduler: Scheduler, arrivals: dict[int, list[GenerationRequest]]) -> None:
+    """Step until the scheduler holds nothing, adding arrivals[i] just before step i."""
+    step = 0
+    while scheduler.has_work() or any(k >= step for k in arrivals):
+        for request in arrivals.pop(step, []):
+            scheduler.add(request)
+        deliver(scheduler.step())
+        step += 1
+
+
 def drain(request: GenerationRequest) -> tuple[list[int], str, list[float], FinalEvent]:
     """The request's delivered events: (token ids, text, logprobs, final); raises the error of an ErrorEvent."""
     ids: list[int] = []

@@ -4,7 +4,7 @@ logprobs decoding beside others as alone, whatever its sampling settings, prompt
 from __future__ import annotations
 
 import pytest
-
+from engine_runs import deliver, drain, run_arrivals
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -12,8 +12,6 @@ from mlxd.errors import ResourceExhausted
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
-
-from engine_runs import deliver, drain
 
 PROMPTS = [
     "The capital of France is",
@@ -44,26 +42,17 @@ def _requests(tokenizer, n: int = len(PROMPTS)) -> list[GenerationRequest]:
             for i in range(n)]
 
 
-def _run(scheduler: Scheduler, arrivals: dict[int, list[GenerationRequest]]) -> None:
-    step = 0
-    while scheduler.has_work() or any(k >= step for k in arrivals):
-        for request in arrivals.pop(step, []):
-            scheduler.add(request)
-        deliver(scheduler.step())
-        step += 1
-
-
 def test_batched_requests_yield_what_they_yield_alone(runtime):
     rt, tokenizer = runtime
     alone = []
     for request in _requests(tokenizer):
-        _run(Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=1)), {0: [request]})
+        run_arrivals(Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=1)), {0: [request]})
         alone.append(drain(request))
 
     batched = _requests(tokenizer)
     # Three at once, the others joining while those decode (their prefill chunks interleave with decode steps).
     scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=16))
-    _run(scheduler, {0: batched[:3], 4: batched[3:5], 9: batched[5:]})
+    run_arrivals(scheduler, {0: batched[:3], 4: batched[3:5], 9: batched[5:]})
     for i, request in enumerate(batched):
         ids, text, logprobs, final = drain(request)
         assert ids == alone[i][0], f"request {i}"
@@ -83,11 +72,11 @@ def test_admission_waits_for_the_kv_budget_and_refuses_what_never_fits(runtime):
         scheduler.add(request)
     deliver(scheduler.step())
     assert scheduler.admitted == requests[:2] and list(scheduler.waiting) == requests[2:]
-    _run(scheduler, {})
+    run_arrivals(scheduler, {})
     assert all(drain(r)[3].completion_tokens > 0 for r in requests)
 
     huge = GenerationRequest("huge", tokenizer.encode("Hi"), SamplingParams(temperature=0.0), max_tokens=100_000)
     scheduler.add(huge)
-    _run(scheduler, {})
+    run_arrivals(scheduler, {})
     with pytest.raises(ResourceExhausted, match="KV cache"):
         drain(huge)

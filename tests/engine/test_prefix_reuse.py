@@ -5,15 +5,13 @@ sliding-window model (Gemma 3, window 512) reuses a rotated snapshot only for a 
 from __future__ import annotations
 
 import pytest
-
+from engine_runs import drain, run
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
-
-from engine_runs import run, drain
 
 SYSTEM = ("You are a careful assistant. Answer briefly, cite no sources, and never invent facts. "
           "If a question is ambiguous, say which reading you answer. ") * 3
@@ -109,7 +107,8 @@ def test_sliding_window_model_reuses_a_rotated_snapshot_only_whole():
     assert cached == 0  # the stored prompt rotated past its window: no prefix of it can be rebuilt
     tokens, cached = _serve(scheduler, first, greedy, n=8)
     assert cached == len(first) - 1
-    assert tokens == _serve(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=256, prefix_cache_bytes=0)), first, greedy, n=8)[0]
+    cold = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=256, prefix_cache_bytes=0))
+    assert tokens == _serve(cold, first, greedy, n=8)[0]
     # Its sliding-window layers may have dropped a leaving row's oldest keys: no snapshot of prompt and answer.
     answer, _ = _serve(scheduler, first, greedy, n=20)
     _, cached = _serve(scheduler, first + answer, greedy, n=2)

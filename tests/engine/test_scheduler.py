@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from engine_runs import deliver, drain, run
+from engine_runs import deliver, drain, run, run_arrivals
 from fakes import FakeModel, fake_runtime
 from mlxd.engine.request import ErrorEvent, EventQueue, FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -31,15 +30,6 @@ def _alone(runtime, prompt: list[int], n: int = 12, **kwargs) -> list[int]:
     return drain(request)[0]
 
 
-def _step_until_done(scheduler: Scheduler, arrivals: dict[int, list[GenerationRequest]]) -> None:
-    step = 0
-    while scheduler.has_work() or any(k >= step for k in arrivals):
-        for request in arrivals.pop(step, []):
-            scheduler.add(request)
-        deliver(scheduler.step())
-        step += 1
-
-
 @pytest.mark.parametrize("window", [None, 5])
 def test_rows_batched_yield_their_tokens_alone(window):
     runtime = fake_runtime(FakeModel(window=window))
@@ -47,7 +37,7 @@ def test_rows_batched_yield_their_tokens_alone(window):
     alone = [_alone(runtime, p, **s) for p, s in zip(_prompts(), settings)]
     batched = [_request(f"r{i}", p, **s) for i, (p, s) in enumerate(zip(_prompts(), settings))]
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=8))
-    _step_until_done(scheduler, {0: batched[:2], 3: batched[2:4], 7: batched[4:]})
+    run_arrivals(scheduler, {0: batched[:2], 3: batched[2:4], 7: batched[4:]})
     assert [drain(r)[0] for r in batched] == alone
 
 

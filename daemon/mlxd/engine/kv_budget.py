@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-
 _GROWTH_STEP = 256  # columns a cache allocates at a time (models/cache.py, models/batch_cache.py)
 
 

@@ -10,8 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from mlxd.engine.request import (ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest, TokenEvent,
-                                 TokenLogprob, Timings)
+from mlxd.engine.request import (
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    FinishReason,
+    GenerationRequest,
+    Timings,
+    TokenEvent,
+    TokenLogprob,
+)
 from mlxd.errors import ResourceExhausted
 from mlxd.generation.detokenizer import StreamingDetokenizer
 from mlxd.generation.stops import StopMatcher

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
 import mlx.core as mx
 
 from mlxd.engine.kv_budget import KvLayout

@@ -25,7 +25,7 @@ from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
-from mlxd.engine.runner import Runner, RowId
+from mlxd.engine.runner import RowId, Runner
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.vision import chunk_end
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted, Unsupported

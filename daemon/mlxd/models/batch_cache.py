@@ -38,13 +38,6 @@ class BatchLayerCache(Protocol):
         """Row `row`'s state, to add back later (a row paused out of the batch); lazy, read before the next step."""
         ...
 
-    def row_state(self, row: int) -> RowState:
-        """The row's kept columns (a sliding-window layer may have cut the oldest: the mask hides them anyway)."""
-        if self.keys is None or self.starts[row] == self.end:
-            return None
-        start = self.starts[row]
-        return self.keys[row:row + 1, :, start:self.end, :], self.values[row:row + 1, :, start:self.end, :]
-
     def row_cache(self, row: int) -> KVCache | None:
         """Row `row` as a single-sequence cache holding every position it saw (for a prefix-cache snapshot), or None
         when this layer cannot give them all."""
