@@ -6,13 +6,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-
-from mlxd.engine import decoder
+from daemon_process import FIXTURES
 from mlxd.loading.loader import load_model
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions
 from mlxd.models.cache import KVCache, RotatingKVCache
-
-from daemon_process import FIXTURES
 
 STEPS = 24
 # (prompt length, step it joins at, step it leaves at)
@@ -27,7 +24,8 @@ def model(request):
 def _prefilled(model, prompt: list[int]) -> list:
     cache = model.make_cache()
     if len(prompt) > 1:
-        decoder.prefill_chunk(model, cache, prompt[:-1])
+        model(mx.array([prompt[:-1]], dtype=mx.int32), cache=cache)
+        mx.eval([a for c in cache for a in c.state])
     return cache
 
 
@@ -66,7 +64,7 @@ def test_batched_rows_match_their_own_decode(model):
         for s, (n, join, _) in enumerate(ROWS):
             if join == step:
                 for c, own in zip(caches, _prefilled(model, prompts[s])):
-                    c.add_row(own)
+                    c.add_row(own.kept())
                 values.append(n - 1)
                 rows.append(s)
         positions.set(values)
@@ -90,7 +88,7 @@ def test_row_cache_is_the_rows_own_keys():
         cache = KVCache()
         keys = mx.random.normal((1, 2, n, 8))
         cache.update_and_fetch(keys, keys + 1)
-        full.add_row(cache)
+        full.add_row(cache.kept())
         own.append(keys)
     full.update_and_fetch(mx.ones((3, 2, 1, 8)), mx.ones((3, 2, 1, 8)))  # one decode step for every row
     for r, keys in enumerate(own):
@@ -98,5 +96,5 @@ def test_row_cache_is_the_rows_own_keys():
         assert row.offset == keys.shape[2] + 1
         assert mx.array_equal(row.keys[:, :, :-1], keys) and mx.array_equal(row.values[:, :, :-1], keys + 1)
         assert mx.array_equal(row.keys[:, :, -1:], mx.ones((1, 2, 1, 8)))
-    sliding.add_row(KVCache())
+    sliding.add_row(None)
     assert sliding.row_cache(0) is None

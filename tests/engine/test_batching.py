@@ -4,9 +4,10 @@ logprobs decoding beside others as alone, whatever its sampling settings, prompt
 from __future__ import annotations
 
 import pytest
-
-from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
-from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from engine_runs import deliver, drain, run_arrivals
+from mlxd.engine.request import GenerationRequest
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.errors import ResourceExhausted
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
@@ -33,10 +34,7 @@ SETTINGS = [
 @pytest.fixture(scope="module")
 def runtime():
     loaded, tokenizer = load_model_and_tokenizer(fetch_model("smollm2"), dtype="float32")
-    eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
-    rt = ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
-                      loaded.vocab_size)
-    return rt, tokenizer
+    return ModelRuntime.from_loaded(loaded, tokenizer), tokenizer
 
 
 def _requests(tokenizer, n: int = len(PROMPTS)) -> list[GenerationRequest]:
@@ -44,41 +42,19 @@ def _requests(tokenizer, n: int = len(PROMPTS)) -> list[GenerationRequest]:
             for i in range(n)]
 
 
-def _drain(request: GenerationRequest) -> tuple[list[int], str, list[float], FinalEvent]:
-    ids, text, logprobs = [], "", []
-    while True:
-        event = request.events.get_nowait()
-        if isinstance(event, ErrorEvent):
-            raise event.error
-        if isinstance(event, FinalEvent):
-            return ids, text, logprobs, event
-        assert isinstance(event, TokenEvent)
-        ids += event.token_ids
-        text += event.text
-        logprobs += [lp.logprob for lp in event.logprobs]
-
-
-def _run(scheduler: Scheduler, arrivals: dict[int, list[GenerationRequest]]) -> None:
-    step = 0
-    while scheduler.has_work() or any(k >= step for k in arrivals):
-        scheduler.waiting.extend(arrivals.pop(step, []))
-        scheduler.step()
-        step += 1
-
-
 def test_batched_requests_yield_what_they_yield_alone(runtime):
     rt, tokenizer = runtime
     alone = []
     for request in _requests(tokenizer):
-        _run(Scheduler(rt, prefill_chunk_size=16, max_batch_size=1), {0: [request]})
-        alone.append(_drain(request))
+        run_arrivals(Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=1)), {0: [request]})
+        alone.append(drain(request))
 
     batched = _requests(tokenizer)
     # Three at once, the others joining while those decode (their prefill chunks interleave with decode steps).
-    scheduler = Scheduler(rt, prefill_chunk_size=16, max_batch_size=16)
-    _run(scheduler, {0: batched[:3], 4: batched[3:5], 9: batched[5:]})
+    scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=16))
+    run_arrivals(scheduler, {0: batched[:3], 4: batched[3:5], 9: batched[5:]})
     for i, request in enumerate(batched):
-        ids, text, logprobs, final = _drain(request)
+        ids, text, logprobs, final = drain(request)
         assert ids == alone[i][0], f"request {i}"
         assert text == alone[i][1]
         assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
@@ -89,17 +65,18 @@ def test_batched_requests_yield_what_they_yield_alone(runtime):
 def test_admission_waits_for_the_kv_budget_and_refuses_what_never_fits(runtime):
     rt, tokenizer = runtime
     requests = _requests(tokenizer, 3)
-    scheduler = Scheduler(rt, prefill_chunk_size=64, max_batch_size=16)
+    scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=64, max_batch_size=16))
     reserved = [len(r.prompt_ids) + r.max_tokens for r in requests]
     scheduler.budget.budget_bytes = scheduler.budget.need(reserved[:2])  # two fit together, never three
-    scheduler.waiting.extend(requests)
-    scheduler.step()
-    assert [s.request for s in scheduler.admitted] == requests[:2] and list(scheduler.waiting) == requests[2:]
-    _run(scheduler, {})
-    assert all(_drain(r)[3].completion_tokens > 0 for r in requests)
+    for request in requests:
+        scheduler.add(request)
+    deliver(scheduler.step())
+    assert scheduler.admitted == requests[:2] and list(scheduler.waiting) == requests[2:]
+    run_arrivals(scheduler, {})
+    assert all(drain(r)[3].completion_tokens > 0 for r in requests)
 
     huge = GenerationRequest("huge", tokenizer.encode("Hi"), SamplingParams(temperature=0.0), max_tokens=100_000)
-    scheduler.waiting.append(huge)
-    _run(scheduler, {})
+    scheduler.add(huge)
+    run_arrivals(scheduler, {})
     with pytest.raises(ResourceExhausted, match="KV cache"):
-        _drain(huge)
+        drain(huge)

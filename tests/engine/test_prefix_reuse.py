@@ -5,9 +5,10 @@ sliding-window model (Gemma 3, window 512) reuses a rotated snapshot only for a 
 from __future__ import annotations
 
 import pytest
-
-from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
-from mlxd.engine.scheduler import ModelRuntime, Scheduler
+from engine_runs import drain, run
+from mlxd.engine.request import GenerationRequest
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
@@ -19,9 +20,7 @@ SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, to
 
 def _runtime(name: str) -> tuple[ModelRuntime, object]:
     loaded, tokenizer = load_model_and_tokenizer(fetch_model(name), dtype="float32")
-    eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
-    return ModelRuntime(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
-                        loaded.vocab_size), tokenizer
+    return ModelRuntime.from_loaded(loaded, tokenizer), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +30,13 @@ def smollm2():
 
 def _serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams, n: int = 16) -> tuple[list[int], int]:
     request = GenerationRequest("r", ids, sampling, max_tokens=n, ignore_eos=True)
-    scheduler.waiting.append(request)
-    while scheduler.has_work():
-        scheduler.step()
-    tokens = []
-    while True:
-        event = request.events.get_nowait()
-        if isinstance(event, ErrorEvent):
-            raise event.error
-        if isinstance(event, FinalEvent):
-            return tokens, event.cached_tokens
-        assert isinstance(event, TokenEvent)
-        tokens += event.token_ids
+    run(scheduler, request)
+    tokens, _, _, final = drain(request)
+    return tokens, final.cached_tokens
 
 
 def _cold(runtime: ModelRuntime, ids: list[int], sampling: SamplingParams) -> list[int]:
-    return _serve(Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=0), ids, sampling)[0]
+    return _serve(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=64, prefix_cache_bytes=0)), ids, sampling)[0]
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["greedy", "seeded"])
@@ -55,7 +45,7 @@ def test_shared_prefix_and_repeated_prompt_hit_with_cold_tokens(smollm2, samplin
     first = tokenizer.encode(SYSTEM + "Question: what is the capital of Italy?")
     second = tokenizer.encode(SYSTEM + "Question: how many legs has a spider?")
     shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=64, prefix_cache_bytes=256 << 20))
 
     assert _serve(scheduler, first, sampling)[1] == 0  # nothing stored yet
     tokens, cached = _serve(scheduler, second, sampling)
@@ -73,7 +63,7 @@ def test_next_chat_turn_gets_prompt_and_answer_from_the_cache(smollm2, sampling)
     only what it adds, and yields the tokens of a cold run."""
     runtime, tokenizer = smollm2
     first = tokenizer.encode(SYSTEM + "Question: what is the capital of Italy?")
-    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=64, prefix_cache_bytes=256 << 20))
     answer, _ = _serve(scheduler, first, sampling, n=20)
     follow_up = first + answer + tokenizer.encode(" Question: and of France?")
     tokens, cached = _serve(scheduler, follow_up, sampling)
@@ -86,7 +76,7 @@ def test_next_chat_turn_gets_prompt_and_answer_from_the_cache(smollm2, sampling)
 
 def test_short_answers_leave_no_answer_snapshot(smollm2):
     runtime, tokenizer = smollm2
-    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=64, prefix_cache_bytes=256 << 20))
     first = tokenizer.encode(SYSTEM)
     answer, _ = _serve(scheduler, first, SamplingParams(temperature=0.0), n=4)
     _, cached = _serve(scheduler, first + answer + tokenizer.encode(" Go on."), SamplingParams(temperature=0.0))
@@ -95,12 +85,10 @@ def test_short_answers_leave_no_answer_snapshot(smollm2):
 
 def test_prompt_logprobs_and_short_prompts_bypass_the_cache(smollm2):
     runtime, tokenizer = smollm2
-    scheduler = Scheduler(runtime, prefill_chunk_size=64, prefix_cache_bytes=256 << 20)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=64, prefix_cache_bytes=256 << 20))
     ids = tokenizer.encode(SYSTEM)
     request = GenerationRequest("p", ids, SamplingParams(temperature=0.0), max_tokens=2, prompt_logprobs=True)
-    scheduler.waiting.append(request)
-    while scheduler.has_work():
-        scheduler.step()
+    run(scheduler, request)
     assert scheduler.prefix_cache.entries == 0
     _serve(scheduler, ids[:8], SamplingParams(temperature=0.0), n=2)
     assert scheduler.prefix_cache.entries == 0
@@ -113,13 +101,14 @@ def test_sliding_window_model_reuses_a_rotated_snapshot_only_whole():
     second = tokenizer.encode(long_text + " Which item is 9?")
     assert len(first) > 600
     greedy = SamplingParams(temperature=0.0)
-    scheduler = Scheduler(runtime, prefill_chunk_size=256, prefix_cache_bytes=512 << 20)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=256, prefix_cache_bytes=512 << 20))
     _serve(scheduler, first, greedy, n=8)
     tokens, cached = _serve(scheduler, second, greedy, n=8)
     assert cached == 0  # the stored prompt rotated past its window: no prefix of it can be rebuilt
     tokens, cached = _serve(scheduler, first, greedy, n=8)
     assert cached == len(first) - 1
-    assert tokens == _serve(Scheduler(runtime, prefill_chunk_size=256, prefix_cache_bytes=0), first, greedy, n=8)[0]
+    cold = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=256, prefix_cache_bytes=0))
+    assert tokens == _serve(cold, first, greedy, n=8)[0]
     # Its sliding-window layers may have dropped a leaving row's oldest keys: no snapshot of prompt and answer.
     answer, _ = _serve(scheduler, first, greedy, n=20)
     _, cached = _serve(scheduler, first + answer, greedy, n=2)

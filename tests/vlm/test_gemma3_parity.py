@@ -9,9 +9,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
-from mlxd.engine.images import ImageEncoder, chunk_end
+from mlxd.engine.vision import ImageEncoder, chunk_end
 from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationRequest
-from mlxd.engine.scheduler import ModelRuntime, run_to_completion
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.loader import load_model
 from mlxd.images.decode import ImageLimits, decode_image

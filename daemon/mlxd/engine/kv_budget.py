@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from mlxd.models.cache import RotatingKVCache
-
 _GROWTH_STEP = 256  # columns a cache allocates at a time (models/cache.py, models/batch_cache.py)
 
 
@@ -28,18 +26,16 @@ class KvLayout:
         """Bytes one row of `columns` positions takes over all layers."""
         return sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
 
-
-def probe_kv_layout(model) -> KvLayout:
-    """Run one token through a fresh cache and read what each layer stores per position."""
-    cache = model.make_cache()
-    model(mx.array([[0]], dtype=mx.int32), cache=cache)
-    mx.eval([a for c in cache for a in c.state])
-    layers = []
-    for c in cache:
-        _, heads, _, dim = c.keys.shape
-        per_position = heads * dim * (c.keys.dtype.size + c.values.dtype.size)
-        layers.append((per_position, c.window if isinstance(c, RotatingKVCache) else None))
-    return KvLayout(tuple(layers))
+    @classmethod
+    def of(cls, cache: list) -> KvLayout:
+        """The layout of a one-sequence cache that holds at least one position (what the runner probes)."""
+        layers = []
+        for c in cache:
+            keys, values = c.kept()
+            per_position = keys.shape[1] * keys.shape[3] * keys.dtype.size + \
+                values.shape[1] * values.shape[3] * values.dtype.size
+            layers.append((per_position, c.window))
+        return cls(tuple(layers))
 
 
 def auto_budget_bytes() -> int:

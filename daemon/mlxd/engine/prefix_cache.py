@@ -15,8 +15,8 @@ on the one MLX worker thread, so there are no locks.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import mlx.core as mx
 
@@ -27,7 +27,7 @@ _BLOCK = 64  # tokens compared per slice while looking for where an edge and a p
 
 @dataclass(eq=False)
 class _Entry:
-    node: "_Node"
+    node: _Node
     layers: list[LayerSnapshot]
     nbytes: int
     trimmable: bool  # can serve any shorter prefix of its tokens
@@ -36,7 +36,7 @@ class _Entry:
 class _Node:
     __slots__ = ("edge", "parent", "children", "entry", "trimmable")
 
-    def __init__(self, edge: tuple[int, ...], parent: "_Node | None") -> None:
+    def __init__(self, edge: tuple[int, ...], parent: _Node | None) -> None:
         self.edge = edge                          # tokens from the parent to this node
         self.parent = parent
         self.children: dict[int, _Node] = {}      # keyed by the first token of the child's edge

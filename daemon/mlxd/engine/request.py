@@ -59,7 +59,7 @@ class EventSink(Protocol):
     (backpressure); the reader takes events on its own thread or event loop.
     """
 
-    def put(self, event: "Event") -> None: ...
+    def put(self, event: Event) -> None: ...
 
     def backlog(self) -> int:
         """Events put and not yet taken by the reader."""
@@ -72,23 +72,23 @@ class EventQueue:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
-    def put(self, event: "Event") -> None:
+    def put(self, event: Event) -> None:
         self._queue.put(event)
 
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    def get(self, timeout: float | None = None) -> "Event":
+    def get(self, timeout: float | None = None) -> Event:
         """The next event; raises queue.Empty after `timeout` seconds without one."""
         return self._queue.get(timeout=timeout)
 
-    def get_nowait(self) -> "Event":
+    def get_nowait(self) -> Event:
         return self._queue.get_nowait()
 
     def empty(self) -> bool:
         return self._queue.empty()
 
-    def drain(self) -> "list[Event]":
+    def drain(self) -> list[Event]:
         """Every event queued now, in order."""
         events = []
         while True:

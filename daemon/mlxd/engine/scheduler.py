@@ -1,114 +1,318 @@
-"""The worker's scheduler: admits queued requests, prefills them one chunk at a time, and decodes every
-sequence past its prefill together in one batch (continuous batching).
+"""The worker's scheduler: policy only (DESIGN.md §1). It decides; the runner (engine/runner.py) calls the model.
 
-Each `step()` runs at most one prefill chunk (of the oldest sequence still prefilling) and one batched decode
-step, so a long prompt arriving never stalls the streams already decoding for more than a chunk. Admission
-keeps the number of sequences within `max_batch_size` and their possible KV-cache memory within the budget.
+Each `step()` ends the waiting requests whose client left, admits requests while the batch has room and their
+possible KV cache fits the budget, runs at most one prefill chunk (of the oldest request still prefilling), and
+one batched decode step of every request past its prefill (continuous batching): a long prompt arriving never
+stalls the streams already decoding for more than a chunk. It returns the events the step produced, each with its
+request; the worker delivers them. Nothing climbs back up: no callbacks, no queues in here.
+
+Policy kept here: admission order and the KV budget, prefill chunking (never splitting an image), the prefix
+cache (look up at admission, store the prompt after prefill and prompt + answer when a row leaves), cancellation
+and deadlines, and backpressure (a row whose reader fell behind leaves the batch with its keys until the reader
+catches up, and ends after `stalled_stream_seconds`).
 """
 
 from __future__ import annotations
 
 import collections
+import enum
+import itertools
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
 
-import mlx.core as mx
-
-from mlxd.engine.batch import DecodeBatch
-from mlxd.engine.images import ImageEncoder
-from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
+from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
+from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
-from mlxd.engine.kv_budget import KvBudget, KvLayout, auto_budget_bytes, probe_kv_layout
-from mlxd.engine.sequence import Phase, Sequence, token_limit
-from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted
+from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
+from mlxd.engine.runner import RowId, Runner
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.vision import chunk_end
+from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted, Unsupported
 
 log = logging.getLogger(__name__)
 
-_MIN_PREFIX_TOKENS = 16  # shorter prompts are cheaper to prefill again than to snapshot
+_MIN_PREFIX_TOKENS = 16  # shorter prompts or answers are cheaper to prefill again than to snapshot
+
+Routed = tuple[GenerationRequest, Event]
 
 
 @dataclass
-class ModelRuntime:
-    """What a sequence needs from the loaded model, in one place."""
+class SchedulerOptions:
+    prefill_chunk_size: int = 512
+    max_batch_size: int = 1
+    kv_budget_bytes: int = 0            # 0: half the device memory left after the weights
+    prefix_cache_bytes: int = 0         # 0: no prefix cache
+    max_stream_backlog: int = 0         # undelivered events at which a row pauses; 0: never
+    stalled_stream_seconds: float = 60.0  # a row paused this long is cancelled
 
-    model: Any
-    decode_text: Callable[[list[int]], str]
-    byte_fallback_ids: frozenset[int]     # tokens the detokenizer holds until their byte run ends
-    eos_ids: frozenset[int]
-    context_length: int
-    vocab_size: int
-    image_encoder: ImageEncoder | None = None    # vision-language models only
-    kv_layout: KvLayout | None = None            # probed from the model when not given
+
+class Phase(enum.Enum):
+    PREFILL = 1
+    DECODE = 2
+    PAUSED = 3
+    DONE = 4
+
+
+@dataclass(eq=False)
+class _Live:
+    """One admitted request as the scheduler tracks it."""
+
+    request: GenerationRequest
+    output: RequestOutput
+    row: RowId
+    reserved: int                 # tokens its cache may grow to (prompt + token limit)
+    phase: Phase = Phase.PREFILL
+    prefilled: int = 0            # prompt tokens in its cache (all but the last go by prefill)
+    queued: int = 0               # decode steps queued for it
+    in_batch: bool = False        # the runner steps it
+    paused_at: float = 0.0
+
+    @property
+    def prefix_cacheable(self) -> bool:
+        """Image tokens are placeholders whose KV depends on the image, and prompt logprobs need every prompt
+        position to run: such prompts neither come from nor go to the prefix cache."""
+        return not self.request.images and not self.request.prompt_logprobs
 
 
 class Scheduler:
-    def __init__(self, runtime: ModelRuntime, prefill_chunk_size: int, max_batch_size: int = 1,
-                 kv_budget_bytes: int = 0, prefix_cache_bytes: int = 0,
-                 on_finished: Callable[[GenerationRequest], None] = lambda r: None) -> None:
+    def __init__(self, runtime: ModelRuntime, options: SchedulerOptions, runner: Runner | None = None) -> None:
         self._runtime = runtime
-        self._chunk = prefill_chunk_size
-        self._max_batch = max_batch_size
-        self._on_finished = on_finished
-        if runtime.kv_layout is None:
-            runtime.kv_layout = probe_kv_layout(runtime.model)
-        self.budget = KvBudget(runtime.kv_layout, kv_budget_bytes or auto_budget_bytes())
-        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self._options = options
+        self._runner = runner if runner is not None else Runner(runtime.model, runtime.vocab_size,
+                                                                runtime.image_encoder)
+        self._budget: KvBudget | None = None
+        self.prefix_cache = PrefixCache(options.prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
-        self.prefilling: list[Sequence] = []     # admitted, prompt not yet in the cache; oldest first
-        self.batch = DecodeBatch(runtime.model, on_leave=self._remember_answer if prefix_cache_bytes else None)
-        self.admitted: list[Sequence] = []      # every sequence not yet DONE, for admission and cleanup
+        self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
+        self._rows = itertools.count()
+
+    @property
+    def budget(self) -> KvBudget:
+        """The KV budget, measured on first use (it runs one token through the model)."""
+        if self._budget is None:
+            total = self._options.kv_budget_bytes or auto_budget_bytes()
+            self._budget = KvBudget(self._runner.kv_layout(), total)
+        return self._budget
+
+    def add(self, request: GenerationRequest) -> None:
+        self.waiting.append(request)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.admitted or self.batch.has_work())
+        return bool(self.waiting or self._admitted or self._runner.has_work())
 
-    def step(self) -> None:
-        self._admit()
-        if self.prefilling:
-            self._prefill_one_chunk(self.prefilling[0])
-        if self.batch.has_work():
-            self._decode_one_step()
-        self._collect_finished()
+    @property
+    def admitted(self) -> list[GenerationRequest]:
+        """The requests past admission and not yet done, oldest first."""
+        return [live.request for live in self._admitted]
 
-    # -- the work ------------------------------------------------------------------------------------------
+    def requests(self) -> list[GenerationRequest]:
+        """Every request the scheduler holds, waiting or admitted."""
+        return list(self.waiting) + [live.request for live in self._admitted]
 
-    def _prefill_one_chunk(self, seq: Sequence) -> None:
+    def step(self) -> list[Routed]:
+        out: list[Routed] = []
+        self._end_gone_waiting(out)
+        self._admit(out)
+        prefilling = [live for live in self._admitted if live.phase is Phase.PREFILL]
+        if prefilling:
+            self._prefill_one_chunk(prefilling[0], out)
+        self._apply_backpressure(out)
+        if self._runner.has_work():
+            self._decode_one_step(out)
+        self._admitted = [live for live in self._admitted if live.phase is not Phase.DONE]
+        return out
+
+    def abort(self, error: MlxdError) -> list[Routed]:
+        """End everything held with `error` and start over empty (the worker's last resort after a bug)."""
+        out = [(request, ErrorEvent(error)) for request in self.requests()]
+        self.waiting.clear()
+        for live in self._admitted:
+            self._runner.close(live.row)
+        self._admitted = []
+        self._runner.reset_batch()
+        self.prefix_cache.clear()
+        return out
+
+    # -- admission -----------------------------------------------------------------------------------------------
+
+    def _end_gone_waiting(self, out: list[Routed]) -> None:
+        """Waiting requests cancelled or expired end now, so they hold no queue slot while the batch is full."""
+        if any(_gone(request) for request in self.waiting):
+            kept: collections.deque[GenerationRequest] = collections.deque()
+            for request in self.waiting:
+                event = _gone(request)
+                if event is None:
+                    kept.append(request)
+                else:
+                    out.append((request, event))
+            self.waiting = kept
+
+    def _admit(self, out: list[Routed]) -> None:
+        while self.waiting and len(self._admitted) < self._options.max_batch_size:
+            request = self.waiting[0]
+            try:
+                if not self._fits(request):
+                    return  # waits until running requests end
+                live = self._start(request)
+            except Exception as error:
+                self.waiting.popleft()
+                out.append((request, ErrorEvent(_as_mlxd_error(error, request))))
+                continue
+            self.waiting.popleft()
+            self._admitted.append(live)
+
+    def _fits(self, request: GenerationRequest) -> bool:
+        """Whether the request fits the KV budget beside the admitted ones; raises if it never can."""
+        reserved = len(request.prompt_ids) + token_limit(request, self._runtime.context_length)
+        if not self.budget.fits([reserved]):
+            raise ResourceExhausted(
+                f"the request may need {self.budget.need([reserved]) >> 20} MiB of KV cache (prompt + max_tokens "
+                f"= {reserved} tokens); the budget is {self.budget.budget_bytes >> 20} MiB")
+        return self.budget.fits([live.reserved for live in self._admitted] + [reserved])
+
+    def _start(self, request: GenerationRequest) -> _Live:
+        runtime = self._runtime
+        if request.images and runtime.image_encoder is None:
+            raise Unsupported("this model is text-only; it cannot take images")
+        limit = token_limit(request, runtime.context_length)
+        output = RequestOutput(request, limit, runtime.decode_text, runtime.byte_fallback_ids, runtime.eos_ids)
+        live = _Live(request, output, next(self._rows), len(request.prompt_ids) + limit)
+        cache = None
+        if live.prefix_cacheable:
+            length, cache = self.prefix_cache.lookup(request.prompt_ids[:-1], self._runner.new_cache)
+            live.prefilled = output.cached_tokens = length
+        top = request.top_logprobs if request.logprobs else None
+        self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache)
+        return live
+
+    # -- prefill -------------------------------------------------------------------------------------------------
+
+    def _prefill_one_chunk(self, live: _Live, out: list[Routed]) -> None:
+        if self._end_if_gone(live, out):
+            return
+        request, prompt = live.request, live.request.prompt_ids
         try:
-            seq.prefill_step()
+            end = chunk_end(live.prefilled, self._options.prefill_chunk_size, len(prompt) - 1, request.images)
+            if end > live.prefilled:
+                ids = prompt[live.prefilled:end]
+                images = [(image.position - live.prefilled, image) for image in request.images
+                          if live.prefilled <= image.position < end]
+                if request.prompt_logprobs:
+                    targets = prompt[live.prefilled + 1:end + 1]
+                    live.output.prompt_logprobs += self._runner.prefill_scored(
+                        live.row, ids, targets, request.top_logprobs, images)
+                else:
+                    self._runner.prefill(live.row, ids, images)
+                live.prefilled = end
         except Exception as error:
-            seq.fail(_as_mlxd_error(error, seq))
-        if seq.phase is not Phase.PREFILL:
-            self.prefilling.remove(seq)
-        if seq.phase is Phase.DECODE:
-            self._remember_prefix(seq)
-            self.batch.join(seq)
+            self._end(live, live.output.fail(_as_mlxd_error(error, request)), out)
+            return
+        if live.prefilled >= len(prompt) - 1:
+            self._remember_prefix(live)
+            live.phase = Phase.DECODE
+            self._runner.join(live.row, prompt[-1])
+            live.in_batch = True
 
-    # -- the prefix cache ----------------------------------------------------------------------------------
+    # -- decode --------------------------------------------------------------------------------------------------
 
-    def _reuse_prefix(self, seq: Sequence) -> None:
-        """Start a new sequence from the longest stored KV prefix of its prompt (all but the last token)."""
-        if seq.prefix_cacheable:
-            length, cache = self.prefix_cache.lookup(seq.request.prompt_ids[:-1], self._runtime.model.make_cache)
-            if length:
-                seq.start_from_prefix(length, cache)
+    def _decode_one_step(self, out: list[Routed]) -> None:
+        for live in self._admitted:
+            if live.in_batch and not self._end_if_gone(live, out) and live.queued >= live.output.limit:
+                self._leave_batch(live)  # its last token is queued; the step that reads it comes next
+        stepping = [live for live in self._admitted if live.in_batch]
+        by_row = {live.row: live for live in self._admitted}
+        try:
+            results = self._runner.step()
+        except Exception as error:
+            # One forward pass serves every row, so a failure inside it ends them all; the worker goes on.
+            held = self._runner.batch_rows()
+            for live in self._admitted:
+                if live.row in held and live.phase is not Phase.DONE:
+                    self._end(live, live.output.fail(_as_mlxd_error(error, live.request)), out)
+            self._runner.reset_batch()
+            return
+        for live in stepping:
+            live.queued += 1
+        for result in results:
+            live = by_row.get(result.row)
+            if live is not None and live.phase is not Phase.DONE:
+                events = live.output.accept(result.token, result.logprob)
+                if live.output.done:
+                    self._end(live, events, out)
+                else:
+                    out += [(live.request, event) for event in events]
 
-    def _remember_prefix(self, seq: Sequence) -> None:
+    def _apply_backpressure(self, out: list[Routed]) -> None:
+        """Park the rows whose reader fell `max_stream_backlog` events behind; bring them back once it caught up
+        to half that; end those parked longer than `stalled_stream_seconds`."""
+        limit = self._options.max_stream_backlog
+        if not limit:
+            return
+        now = time.monotonic()
+        for live in self._admitted:
+            if live.phase is Phase.DECODE and live.in_batch and live.request.events.backlog() >= limit:
+                live.phase, live.paused_at, live.in_batch = Phase.PAUSED, now, False
+                self._runner.park(live.row)
+                log.info("request %r paused: its client has not read %d events", live.request.request_id, limit)
+            elif live.phase is Phase.PAUSED and not self._end_if_gone(live, out):
+                if live.request.events.backlog() <= limit // 2:
+                    live.phase, live.in_batch = Phase.DECODE, True
+                    generated = live.output.generated
+                    self._runner.join(live.row, generated[-1] if generated else live.request.prompt_ids[-1])
+                elif now - live.paused_at >= self._options.stalled_stream_seconds:
+                    log.warning("request %r cancelled: its client read nothing for %.0f s",
+                                live.request.request_id, now - live.paused_at)
+                    self._end(live, live.output.finish(FinishReason.CANCELLED), out)
+
+    # -- ending --------------------------------------------------------------------------------------------------
+
+    def _end_if_gone(self, live: _Live, out: list[Routed]) -> bool:
+        """End the request if its client cancelled or its deadline passed."""
+        request = live.request
+        if request.deadline_passed():
+            request.cancel.cancel("deadline")
+            error = DeadlineExceeded(f"request {request.request_id!r} passed its deadline")
+            self._end(live, live.output.fail(error), out)
+            return True
+        if request.cancel.is_set:
+            self._end(live, live.output.finish(FinishReason.CANCELLED), out)
+            return True
+        return False
+
+    def _end(self, live: _Live, events: list[Event], out: list[Routed]) -> None:
+        """The request is done: free its row (storing its prompt and answer first when they are worth it)."""
+        if live.in_batch:
+            self._leave_batch(live)
+        else:
+            self._runner.close(live.row)
+        live.phase = Phase.DONE
+        out += [(live.request, event) for event in events]
+
+    def _leave_batch(self, live: _Live) -> None:
+        live.in_batch = False
+        caches = self._runner.close(live.row, keep_cache=self._remembers_answer(live))
+        if caches is not None:
+            self._remember_answer(live, caches)
+
+    # -- the prefix cache ----------------------------------------------------------------------------------------
+
+    def _remember_prefix(self, live: _Live) -> None:
         """Store the KV of a prompt just prefilled, unless it adds few tokens to what came from the cache (a copy
         of the whole prefix then costs more than those few tokens' prefill)."""
-        prefix = seq.request.prompt_ids[:-1]
-        if seq.prefix_cacheable and len(prefix) - seq.cached_tokens >= _MIN_PREFIX_TOKENS:
-            self._store(prefix, seq.cache, wait=True)
+        prefix = live.request.prompt_ids[:-1]
+        if live.prefix_cacheable and len(prefix) - live.output.cached_tokens >= _MIN_PREFIX_TOKENS:
+            self._store(prefix, self._runner.cache_of(live.row), wait=True)
 
-    def _remember_answer(self, seq: Sequence, row_caches: Callable[[], list | None]) -> None:
-        """Store the KV of prompt and answer of a sequence leaving the decode batch: the next turn of a chat
-        resends both, and gets them from the cache up to where its tokens differ (a trimmable snapshot). Only
-        when the answer adds enough tokens, and not for sliding-window models (row_caches gives None)."""
-        prompt, answer = seq.request.prompt_ids, seq.generated
-        if not seq.prefix_cacheable or len(answer) < _MIN_PREFIX_TOKENS:
-            return
-        caches = row_caches()
-        if caches is None:
-            return
+    def _remembers_answer(self, live: _Live) -> bool:
+        return (self.prefix_cache.budget_bytes > 0 and live.prefix_cacheable
+                and len(live.output.generated) >= _MIN_PREFIX_TOKENS)
+
+    def _remember_answer(self, live: _Live, caches: list) -> None:
+        """Store the KV of prompt and answer of a row leaving the batch: the next turn of a chat resends both,
+        and gets them from the cache up to where its tokens differ (a trimmable snapshot). Not for
+        sliding-window models (the runner gives no caches: a row may have lost its oldest columns)."""
+        prompt, answer = live.request.prompt_ids, live.output.generated
         # The cache holds the prompt and the answer but, when no step fed it yet, the answer's last token.
         held = caches[0].offset
         if not len(prompt) <= held <= len(prompt) + len(answer):
@@ -124,86 +328,31 @@ class Scheduler:
         except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
             log.exception("could not store a prefix-cache snapshot")
 
-    def _decode_one_step(self) -> None:
-        try:
-            self.batch.step()
-        except Exception as error:
-            # One forward pass serves every row, so a failure inside it ends them all; the worker goes on.
-            held = self.batch.sequences()
-            for seq in held:
-                if seq.phase is not Phase.DONE:
-                    seq.fail(_as_mlxd_error(error, seq))
-            self.batch.clear()
 
-    def _collect_finished(self) -> None:
-        if all(s.phase is not Phase.DONE for s in self.admitted):
-            return
-        self.admitted = [s for s in self.admitted if s.phase is not Phase.DONE]  # on_finished ran at their end
-        if not self.admitted:
-            mx.clear_cache()  # give cache memory back once nothing runs
-
-    # -- admission -----------------------------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        while self.waiting and len(self.admitted) < self._max_batch:
-            request = self.waiting[0]
-            if self._end_if_cancelled(request):
-                self.waiting.popleft()
-                continue
-            try:
-                if not self._fits(request):
-                    return  # waits until running sequences end
-                if not self.admitted:
-                    mx.reset_peak_memory()  # peak memory then covers this request and those joining it
-                seq = Sequence(request, self._runtime, self._chunk, on_end=self._on_finished)
-                self._reuse_prefix(seq)
-            except MlxdError as error:
-                self.waiting.popleft()
-                self._on_finished(request)
-                request.events.put(ErrorEvent(error))
-                continue
-            self.waiting.popleft()
-            self.admitted.append(seq)
-            self.prefilling.append(seq)
-
-    def _fits(self, request: GenerationRequest) -> bool:
-        """Whether the request fits the KV budget beside the admitted ones; raises if it never can."""
-        reserved = len(request.prompt_ids) + token_limit(request, self._runtime.context_length)
-        if not self.budget.fits([reserved]):
-            raise ResourceExhausted(
-                f"the request may need {self.budget.need([reserved]) >> 20} MiB of KV cache (prompt + max_tokens "
-                f"= {reserved} tokens); the budget is {self.budget.budget_bytes >> 20} MiB")
-        return self.budget.fits([s.reserved for s in self.admitted] + [reserved])
-
-    def _end_if_cancelled(self, request: GenerationRequest) -> bool:
-        """A request cancelled or expired while queued ends here without touching the model."""
-        if request.deadline_passed():
-            event = ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue"))
-        elif request.cancel.is_set:
-            event = FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0)
-        else:
-            return False
-        self._on_finished(request)  # first, so the request id is free once the client sees the end
-        request.events.put(event)
-        return True
+def _gone(request: GenerationRequest) -> Event | None:
+    """The event that ends a waiting request whose deadline passed or whose client cancelled, else None."""
+    if request.deadline_passed():
+        return ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue"))
+    if request.cancel.is_set:
+        return FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0)
+    return None
 
 
-def _as_mlxd_error(error: Exception, seq: Sequence) -> MlxdError:
+def _as_mlxd_error(error: Exception, request: GenerationRequest) -> MlxdError:
     if isinstance(error, MlxdError):
         return error
     # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.
-    log.error("request %r failed", seq.request.request_id, exc_info=error)
+    log.error("request %r failed", request.request_id, exc_info=error)
     return InternalError(f"{type(error).__name__}: {error}")
 
 
-def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512) -> list[Event]:
+def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
+                      prefill_chunk_size: int = 512) -> list[Event]:
     """Serve one request on the calling thread with a scheduler of its own; its events, in order.
     For warm-up and in-process benchmarks: the service goes through the worker instead."""
-    scheduler = Scheduler(runtime, prefill_chunk_size)
-    scheduler.waiting.append(request)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size))
+    scheduler.add(request)
+    events: list[Event] = []
     while scheduler.has_work():
-        scheduler.step()
-    events = []
-    while not request.events.empty():
-        events.append(request.events.get())
+        events += [event for _, event in scheduler.step()]
     return events

@@ -7,7 +7,8 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.engine.request import ErrorEvent, GenerationRequest, PromptImage
-from mlxd.engine.scheduler import ModelRuntime, run_to_completion
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import run_to_completion
 from mlxd.generation.params import SamplingParams
 
 
@@ -24,7 +25,8 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> 
 
 def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> GenerationRequest:
     """A blank image between two text tokens, so the vision tower and the image attention mask compile too."""
-    tokens = runtime.model.image_tokens
+    assert runtime.image_encoder is not None
+    tokens = runtime.image_encoder.model.image_tokens
     pixels = np.zeros((3, tokens.image_size, tokens.image_size), dtype=np.float32)
     # Not a hex digest, so no real image can ever hit this cache entry.
     image = PromptImage(position=2, length=tokens.per_image, pixels=pixels, digest="warm-up")

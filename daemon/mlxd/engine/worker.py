@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
-from mlxd.engine.images import ImageEncoder
-from mlxd.engine.request import GenerationRequest
-from mlxd.engine.scheduler import ModelRuntime, Scheduler
-from mlxd.errors import InvalidRequest, ModelLoadError, ResourceExhausted, Unavailable
+from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Routed, Scheduler, SchedulerOptions
+from mlxd.errors import InternalError, InvalidRequest, ModelLoadError, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from mlxd.loading.loader import LoadedModel
+    from mlxd.loading.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,12 @@ class WorkerOptions:
     kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
     prefix_cache_bytes: int = 2 << 30   # KV snapshots of earlier prompts kept for reuse; 0 = off
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
-    max_stream_backlog: int = 256   # events a request's reader may leave untaken before its row pauses
-    stalled_stream_seconds: float = 60.0   # a row paused this long (its client stopped reading) is cancelled
+    max_stream_backlog: int = 256   # undelivered events at which a request's row pauses (backpressure); 0 = never
+    stalled_stream_seconds: float = 60.0  # a request paused this long (its client reads nothing) is cancelled
+
+    def scheduler_options(self) -> SchedulerOptions:
+        return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
+                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds)
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,17 @@ class MlxMemory:
     prefix_cache_bytes: int = 0      # the prefix cache's KV snapshots, part of active_bytes
 
 
+# Builds the runtime on the worker thread once it started: the model's load, or a test's fake model.
+RuntimeFactory = Callable[["Worker"], ModelRuntime]
+
+
 class Worker:
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, load: RuntimeFactory | None = None) -> None:
         self.options = options
+        self._load_runtime = load if load is not None else load_runtime
         self.state = WorkerState.LOADING
-        self.loaded: Any = None          # mlxd.loading.loader.LoadedModel once SERVING
-        self.tokenizer: Any = None       # mlxd.loading.tokenizer.Tokenizer once SERVING
+        self.loaded: LoadedModel | None = None      # once SERVING (None with a test's fake model)
+        self.tokenizer: Tokenizer | None = None     # once SERVING
         self.device = ""                 # the MLX device the worker runs on, once loading started
         self.load_error: BaseException | None = None
         self.last_progress = time.monotonic()
@@ -115,8 +128,10 @@ class Worker:
                 raise Unavailable(f"the daemon is {self.state.value}, not serving")
             if request.request_id in self._live:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already in use by a live request")
-            # Live requests are the active ones plus those waiting; only the waiting ones are bounded here.
-            if len(self._live) >= self.options.max_queue + self.options.max_batch_size:
+            # Live requests are the active ones plus those waiting; only the waiting ones are bounded here. A
+            # cancelled one is on its way out (the next step ends it) and holds no slot.
+            live = sum(1 for r in self._live.values() if not r.cancel.is_set)
+            if live >= self.options.max_queue + self.options.max_batch_size:
                 raise ResourceExhausted(f"the request queue is full ({self.options.max_queue} waiting)")
             self._live[request.request_id] = request
         self._inbox.put(request)
@@ -129,10 +144,16 @@ class Worker:
         request.cancel.cancel(reason)
         return True
 
-    def _finished(self, request: GenerationRequest) -> None:
-        with self._lock:
-            if self._live.get(request.request_id) is request:
-                del self._live[request.request_id]
+    def deliver(self, routed: list[Routed]) -> None:
+        """Hand each event to its request's sink; a request's id is free before its last event goes out."""
+        for request, event in routed:
+            if isinstance(event, (FinalEvent, ErrorEvent)):
+                if isinstance(event, FinalEvent):
+                    event.peak_memory_bytes = mx.get_peak_memory()
+                with self._lock:
+                    if self._live.get(request.request_id) is request:
+                        del self._live[request.request_id]
+            request.events.put(event)
 
     # -- the thread ---------------------------------------------------------------------------------------------
 
@@ -149,15 +170,41 @@ class Worker:
         self._publish_memory(scheduler)
         self.state = WorkerState.SERVING
         self.ready.set()
+        try:
+            self._serve(scheduler)
+        finally:
+            # However the loop ended, nobody will serve what is still live: tell every stream at once.
+            if self.state is not WorkerState.STOPPED:
+                self.state = WorkerState.FAILED
+                log.critical("the MLX worker thread stopped serving")
+            with self._lock:
+                stranded = list(self._live.values())
+            self.deliver([(r, ErrorEvent(Unavailable("the MLX worker thread is gone"))) for r in stranded])
+
+    def _serve(self, scheduler: Scheduler) -> None:
         while True:
-            self._take_inbox(scheduler, block=not scheduler.has_work())
+            idle = not scheduler.has_work()
+            self._take_inbox(scheduler, block=idle)
             if self._stop.is_set() and not scheduler.has_work():
                 break
             if scheduler.has_work():
-                scheduler.step()
+                if idle:
+                    mx.reset_peak_memory()  # peak memory then covers the requests that run together from here
+                self.deliver(self._step(scheduler))
+                if not scheduler.has_work():
+                    mx.clear_cache()  # give cache memory back once nothing runs
             self.last_progress = time.monotonic()
             self._publish_memory(scheduler)
         self.state = WorkerState.STOPPED
+
+    def _step(self, scheduler: Scheduler) -> list[Routed]:
+        """One scheduler step; a bug escaping it ends the requests the scheduler held, never the thread."""
+        try:
+            return scheduler.step()
+        except Exception as error:
+            log.error("the scheduler failed; ending the %d requests it held", len(scheduler.requests()),
+                      exc_info=error)
+            return scheduler.abort(InternalError(f"{type(error).__name__}: {error}"))
 
     def _publish_memory(self, scheduler: Scheduler) -> None:
         # After every step and idle wait (the three reads take ~0.1 µs), as one frozen object: no torn reads.
@@ -169,36 +216,32 @@ class Worker:
             request = self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
-        taken = [request]
         while True:
+            scheduler.add(request)
             try:
-                taken.append(self._inbox.get_nowait())
+                request = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        scheduler.waiting.extend(taken)
 
     def _load(self) -> Scheduler:
-        from mlxd.engine.fault_injection import inject_from_env
         from mlxd.engine.warmup import warm_up
-        from mlxd.loading.model_source import load_model_and_tokenizer
 
         started = time.monotonic()
-        # Test hook: hold the loading state long enough for a test to observe NOT_SERVING.
-        time.sleep(float(os.environ.get("MLXD_TEST_LOAD_DELAY_SECONDS", "0")))
-        path = self.options.model_path
-        self.loaded, self.tokenizer = load_model_and_tokenizer(path, self.options.dtype)
-        eos = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.loaded.eos_token_ids)
-        model = self.loaded.model
-        encoder = ImageEncoder(model, self.options.image_cache_bytes) if hasattr(model, "encode_images") else None
-        runtime = ModelRuntime(model, self.tokenizer.decode, self.tokenizer.byte_fallback_ids, eos,
-                               self.loaded.context_length, self.loaded.vocab_size, encoder)
+        runtime = self._load_runtime(self)
         warm_up(runtime)
-        inject_from_env(runtime)
-        log.info("model loaded and warmed up in %.2f s: %s", time.monotonic() - started, self.loaded.load_note)
-        scheduler = Scheduler(runtime, self.options.prefill_chunk_size, self.options.max_batch_size,
-                              self.options.kv_cache_bytes, self.options.prefix_cache_bytes,
-                              on_finished=self._finished)
+        log.info("model loaded and warmed up in %.2f s%s", time.monotonic() - started,
+                 f": {self.loaded.load_note}" if self.loaded is not None else "")
+        scheduler = Scheduler(runtime, self.options.scheduler_options())
         log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prefix cache %d MiB",
                  self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,
                  self.options.prefix_cache_bytes >> 20)
         return scheduler
+
+
+def load_runtime(worker: Worker) -> ModelRuntime:
+    """Load the model and tokenizer the worker's options name; publish them for the service."""
+    from mlxd.loading.model_source import load_model_and_tokenizer
+
+    options = worker.options
+    worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype)
+    return ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)

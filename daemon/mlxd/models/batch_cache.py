@@ -12,10 +12,40 @@ columns no row can see any more are dropped from the left every `step` columns, 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import mlx.core as mx
 
 from mlxd.models.base import Mask
-from mlxd.models.cache import KVCache, RotatingKVCache
+from mlxd.models.cache import KVCache, RowState
+
+
+class BatchLayerCache(Protocol):
+    """One layer's cache of a batch of sequences, as the runner drives it between steps (any cache kind)."""
+
+    @property
+    def state(self) -> list[mx.array]: ...
+
+    def add_row(self, kept: RowState) -> None:
+        """Append a sequence, given the state its own cache kept (LayerCache.kept), as the last row."""
+        ...
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only `rows` (indices, in their new order)."""
+        ...
+
+    def row_state(self, row: int) -> RowState:
+        """Row `row`'s state, to add back later (a row paused out of the batch); lazy, read before the next step."""
+        ...
+
+    def row_cache(self, row: int) -> KVCache | None:
+        """Row `row` as a single-sequence cache holding every position it saw (for a prefix-cache snapshot), or None
+        when this layer cannot give them all."""
+        ...
+
+    def compact(self) -> None:
+        """Between steps: give back memory no row needs any more."""
+        ...
 
 
 class BatchPositions:
@@ -96,9 +126,9 @@ class BatchKVCache:
 
     # -- rows joining and leaving (the batch's bookkeeping, between steps) -----------------------------------
 
-    def add_row(self, cache: KVCache | RotatingKVCache) -> None:
-        """Append a sequence whose prefill filled `cache` (batch size 1) as the last row."""
-        keys, values = _kept(cache)
+    def add_row(self, kept: RowState) -> None:
+        """Append a sequence as the last row, given its keys and values ([1, H, n, D], oldest first) or None."""
+        keys, values = kept if kept is not None else (None, None)
         n = 0 if keys is None else keys.shape[2]
         if n > self.end:
             self._pad_left(n - self.end)
@@ -127,6 +157,13 @@ class BatchKVCache:
             self.keys, self.values = self.keys[index], self.values[index]
         self._set_starts([self.starts[r] for r in rows])
         self._drop_unseen_columns(force=True)
+
+    def row_state(self, row: int) -> RowState:
+        """The row's kept columns (a sliding-window layer may have cut the oldest: the mask hides them anyway)."""
+        if self.keys is None or self.starts[row] == self.end:
+            return None
+        start = self.starts[row]
+        return self.keys[row:row + 1, :, start:self.end, :], self.values[row:row + 1, :, start:self.end, :]
 
     def row_cache(self, row: int) -> KVCache | None:
         """Row `row`'s keys as a single-sequence cache (lazy slices of this one; read them before the next
@@ -186,11 +223,3 @@ class BatchKVCache:
         self.end -= lowest
         self._set_starts([max(s - lowest, 0) for s in self.starts])
 
-
-def _kept(cache: KVCache | RotatingKVCache) -> tuple[mx.array | None, mx.array | None]:
-    """The positions a single-sequence cache holds, oldest first."""
-    if cache.keys is None or cache.offset == 0:
-        return None, None
-    if isinstance(cache, RotatingKVCache):
-        return cache._temporal()
-    return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]

@@ -1,12 +1,46 @@
-"""Per-layer key/value caches. Every array is [B, n_kv_heads, T, head_dim] so sequences can later be batched."""
+"""Per-layer key/value caches of one sequence. Every array is [B, n_kv_heads, T, head_dim] so sequences can be
+batched (models/batch_cache.py).
+
+What the engine needs of any layer's cache, whatever it holds (keys and values here; a recurrent state for
+linear-attention layers later), is the `LayerCache` protocol: its position, the arrays to evaluate, the row state it
+hands to a batch and takes back, its batched counterpart, and snapshots for the prefix cache.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import mlx.core as mx
 
 from mlxd.models.base import Mask, create_attention_mask
+
+if TYPE_CHECKING:
+    from mlxd.models.batch_cache import BatchLayerCache, BatchPositions
+
+# One sequence's state in one layer as arrays with a batch axis of 1 (keys and values, oldest position first), or
+# None when it holds nothing yet. What a batch cache takes in `add_row` and gives back in `row_state`.
+RowState = tuple[mx.array, ...] | None
+
+
+class LayerCache(Protocol):
+    offset: int            # positions seen
+    window: int | None     # the sliding window of the layer, None when it keeps every position
+
+    @property
+    def state(self) -> list[mx.array]:
+        """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
+        ...
+
+    def kept(self) -> RowState: ...
+
+    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
+        """An empty cache of the same kind for a batch of sequences whose positions are `positions`."""
+        ...
+
+    def snapshot(self) -> LayerSnapshot: ...
+
+    def restore(self, snapshot: LayerSnapshot, length: int) -> None: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +80,8 @@ def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> 
 class KVCache:
     """Keeps every position. Storage grows in blocks of `step` positions so decode steps write in place."""
 
+    window = None
+
     def __init__(self, step: int = 256):
         self.step = step
         self.keys: mx.array | None = None
@@ -82,6 +118,16 @@ class KVCache:
     def state(self) -> list[mx.array]:
         """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
         return [] if self.keys is None else [self.keys, self.values]
+
+    def kept(self) -> RowState:
+        if self.keys is None or self.offset == 0:
+            return None
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
+        from mlxd.models.batch_cache import BatchKVCache
+
+        return BatchKVCache(positions, None)
 
     def is_trimmable(self) -> bool:
         return True
@@ -187,6 +233,16 @@ class RotatingKVCache:
     @property
     def state(self) -> list[mx.array]:
         return [] if self.keys is None else [self.keys, self.values]
+
+    def kept(self) -> RowState:
+        if self.keys is None or self.offset == 0:
+            return None
+        return self._temporal()
+
+    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
+        from mlxd.models.batch_cache import BatchKVCache
+
+        return BatchKVCache(positions, self.window)
 
     def is_trimmable(self) -> bool:
         """Positions can be forgotten only while none has been dropped from the window yet."""

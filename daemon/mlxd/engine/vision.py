@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import collections
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import mlx.core as mx
 
 from mlxd.engine.request import PromptImage
+from mlxd.models.protocol import VisionLanguageModel
 
 
 def chunk_end(start: int, chunk: int, limit: int, images: Sequence[PromptImage]) -> int:
@@ -30,8 +31,8 @@ class ImageEncoder:
     """Runs the vision tower (+ projector) and keeps embeddings by content hash, least recently used out first,
     so a multi-turn chat that resends an image skips the vision tower."""
 
-    def __init__(self, model: Any, max_cache_bytes: int) -> None:
-        self._model = model
+    def __init__(self, model: VisionLanguageModel, max_cache_bytes: int) -> None:
+        self.model = model
         self._max_bytes = max_cache_bytes
         self._cache: collections.OrderedDict[str, mx.array] = collections.OrderedDict()
         self._bytes = 0
@@ -46,7 +47,7 @@ class ImageEncoder:
             self.hits += 1
             return cached
         self.misses += 1
-        embeddings = self._model.encode_images(mx.array(image.pixels[None]))[0]
+        embeddings = self.model.encode_images(mx.array(image.pixels[None]))[0]
         mx.eval(embeddings)
         if embeddings.nbytes <= self._max_bytes:
             self._cache[image.digest] = embeddings

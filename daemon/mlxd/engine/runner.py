@@ -1,0 +1,269 @@
+"""The runner: the only code that calls the model (DESIGN.md §1). It knows rows by id, never requests.
+
+A row is opened with its sampling settings and a cache of its own, prefills its prompt in chunks into that cache
+(`prefill`), then joins the decode batch (`join`), where every row advances one token per step in one batched
+forward pass (`step`). Steps are pipelined like a single sequence's: `step()` queues step n+1 for every row
+before it reads the tokens of step n, so the device never waits for Python. Rows join and leave between steps;
+a row closed while a step of it was queued gets that token back with the step's other results, and the caller
+drops it.
+
+How the next features fit this shape, without another rewrite:
+- **Logits processors** (a grammar's token mask): a per-row object handed to `open`, kept in `_Row` beside the
+  sampler and applied in `_queue_step` to the row's logits after the forward pass and before sampling. A
+  processor fills its mask on the CPU for step n+1 while step n's forward pass runs (it learns step n's token
+  from the result the scheduler feeds back), so the mask is an input of the queued graph, not a sync.
+- **Several input tokens per row** (speculative verification of k drafted tokens): `join`/`step` take each row's
+  input tokens instead of one, the batch's forward pass runs [B, 1 + k], each row's cache columns are written
+  together, and a row that rejects drafts rolls back past them (a per-row `trim` of its batch columns) before the
+  next step; results then carry a list of tokens per row.
+- **Caches that are not only KV** (a recurrent state per row for linear-attention layers): the runner touches
+  caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py, models/batch_cache.py):
+  `new_batch`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A recurrent layer's cache
+  implements the same methods with its state arrays (joined, filtered and snapshotted like KV).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from mlxd.engine.kv_budget import KvLayout
+from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
+from mlxd.engine.vision import ImageEncoder
+from mlxd.generation.params import SamplingParams
+from mlxd.generation.sampling import Sampler, logprobs, top_logprobs
+from mlxd.models import ops
+from mlxd.models.batch_cache import BatchPositions
+from mlxd.models.cache import LayerCache, RowState
+from mlxd.models.protocol import LanguageModel
+
+RowId = int
+# (position of the image's first token within the prefill chunk, the image)
+ChunkImage = tuple[int, PromptImage]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    row: RowId
+    token: int
+    logprob: TokenLogprob | None
+
+
+@dataclass
+class _Row:
+    sampler: Sampler
+    top_logprobs: int | None              # None: no logprobs for its tokens
+    cache: list[LayerCache]               # its own cache, until it joins the batch
+    state: list[RowState] | None = None   # its batch columns while parked out of the batch
+    position: int = 0                     # while parked: positions its columns hold
+    next_token: int = 0                   # the token it feeds when it joins the batch
+
+
+@dataclass
+class _Pending:
+    """The tokens of one queued decode step, still being computed; reading them is the step's one sync."""
+
+    rows: list[RowId]
+    tokens: mx.array                                  # int32 [B]
+    scored: list[tuple[mx.array, ...] | None] = field(default_factory=list)  # per row: (chosen[, top ids, values])
+
+    def read(self) -> list[StepResult]:
+        # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
+        mx.eval(self.tokens, *[a for arrays in self.scored if arrays for a in arrays])
+        tokens = self.tokens.tolist()
+        return [StepResult(row, token, None if lp is None else _token_logprob(token, lp))
+                for row, token, lp in zip(self.rows, tokens, self.scored)]
+
+
+class Runner:
+    def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None = None) -> None:
+        self._model = model
+        self._vocab_size = vocab_size
+        self._images = image_encoder
+        self._rows: dict[RowId, _Row] = {}
+        self._positions = BatchPositions()
+        self._caches = [c.new_batch(self._positions) for c in model.make_cache()]
+        self._order: list[RowId] = []         # batch rows in cache row order: the rows of the step queued last
+        self._joining: list[RowId] = []
+        self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
+        self._pending: _Pending | None = None
+
+    # -- rows ----------------------------------------------------------------------------------------------------
+
+    def open(self, row: RowId, sampling: SamplingParams, prompt_ids: list[int], top_logprobs: int | None,
+             cache: list[LayerCache] | None = None) -> None:
+        """Start a row: a fresh cache, or `cache` holding a prefix of the prompt (a prefix-cache hit)."""
+        if row in self._rows:
+            raise ValueError(f"row {row} is already open")
+        own = cache if cache is not None else self._model.make_cache()
+        self._rows[row] = _Row(Sampler(sampling, self._vocab_size, prompt_ids), top_logprobs, own)
+
+    def new_cache(self) -> list[LayerCache]:
+        """An empty cache for one sequence (what a prefix-cache lookup restores into)."""
+        return self._model.make_cache()
+
+    def prefill(self, row: RowId, ids: list[int], images: Sequence[ChunkImage] = ()) -> None:
+        """Run ids through the model into the row's cache; evaluates only the cache (no logits are needed)."""
+        r = self._rows[row]
+        self._forward(r, ids, images)
+        mx.eval([a for c in r.cache for a in c.state])
+
+    def prefill_scored(self, row: RowId, ids: list[int], targets: list[int], top_k: int,
+                       images: Sequence[ChunkImage] = ()) -> list[TokenLogprob]:
+        """Like prefill, but also score targets[i] (the token after ids[i]): prompt logprobs."""
+        r = self._rows[row]
+        logits = self._forward(r, ids, images)[0]
+        mx.eval([logits] + [a for c in r.cache for a in c.state])
+        chosen, top_ids, top_values = ops.prompt_scores(logits, targets, top_k)
+        return [TokenLogprob(t, value, _tops(i, v)) for t, value, i, v in zip(targets, chosen, top_ids, top_values)]
+
+    def cache_of(self, row: RowId) -> list[LayerCache]:
+        """The row's own cache before it joins the batch (for a prefix-cache snapshot of its prompt)."""
+        return self._rows[row].cache
+
+    def join(self, row: RowId, last_token: int) -> None:
+        """Decode the row from the next step on, feeding `last_token` first: the prompt's last token after a
+        prefill, or the last token generated when a parked row comes back."""
+        self._joining.append(row)
+        self._rows[row].next_token = last_token
+
+    def park(self, row: RowId) -> None:
+        """Take the row out of the batch at the next step, keeping its keys (a stream whose reader fell behind);
+        `join` brings it back. A step of it already queued still returns its token."""
+        r = self._rows[row]
+        if row in self._joining:
+            self._joining.remove(row)
+            return
+        index = self._order.index(row)
+        r.state = [cache.row_state(index) for cache in self._caches]
+        r.position = self._positions.values[index]
+        self._leaving.add(row)
+
+    def close(self, row: RowId, keep_cache: bool = False) -> list[LayerCache] | None:
+        """Forget the row. With keep_cache, first its cache as single-sequence caches holding every position it
+        saw (lazy views: read them before the next step), or None when a layer cannot give them all."""
+        r = self._rows.pop(row, None)
+        if r is None:
+            return None
+        kept = None
+        if row in self._joining:
+            self._joining.remove(row)
+            kept = r.cache if keep_cache else None
+        elif row in self._order and row not in self._leaving:
+            index = self._order.index(row)
+            if keep_cache:
+                caches = [cache.row_cache(index) for cache in self._caches]
+                kept = None if any(c is None for c in caches) else caches
+            self._leaving.add(row)
+        elif keep_cache and r.state is None:
+            kept = r.cache
+        return kept
+
+    def batch_rows(self) -> set[RowId]:
+        """Rows the batch holds or will hold: in it, joining, or in the step still to be read."""
+        return set(self._order) | set(self._joining) | set(self._pending.rows if self._pending else [])
+
+    def has_work(self) -> bool:
+        return bool(self._order or self._joining or self._pending)
+
+    def reset_batch(self) -> None:
+        """Forget every batch row and its keys (after a failed step: the caches' state is unknown)."""
+        for row in self.batch_rows():
+            self._rows.pop(row, None)
+        self._order, self._joining, self._leaving, self._pending = [], [], set(), None
+        self._positions.set([])
+        for cache in self._caches:
+            cache.keep_rows([])
+
+    # -- the decode step -----------------------------------------------------------------------------------------
+
+    def step(self) -> list[StepResult]:
+        """Queue the next decode step for every batch row, then return the tokens of the step queued before."""
+        previous, self._pending = self._pending, None
+        keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
+        joiners, self._joining, self._leaving = self._joining, [], set()
+        self._regroup(keep, joiners)
+        if self._order:
+            inputs = self._inputs(previous, keep, joiners)
+            self._pending = self._queue_step(inputs)
+            self._positions.advance()
+        return previous.read() if previous is not None else []
+
+    def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
+        if keep != list(range(len(self._order))):
+            for cache in self._caches:
+                cache.keep_rows(keep)
+        for cache in self._caches:
+            cache.compact()
+        positions = [self._positions.values[i] for i in keep]
+        for row in joiners:
+            r = self._rows[row]
+            states = r.state if r.state is not None else [c.kept() for c in r.cache]
+            for cache, state in zip(self._caches, states):
+                cache.add_row(state)
+            positions.append(r.position if r.state is not None else r.cache[0].offset)
+            r.cache, r.state = [], None  # the batch holds its keys now
+        self._positions.set(positions)
+        self._order = [self._order[i] for i in keep] + joiners
+
+    def _inputs(self, previous: _Pending | None, keep: list[int], joiners: list[RowId]) -> mx.array:
+        parts = []
+        if keep:
+            assert previous is not None, "batch rows without a queued step"
+            tokens = previous.tokens
+            parts.append(tokens if keep == list(range(tokens.shape[0])) else tokens[mx.array(keep, dtype=mx.int32)])
+        if joiners:
+            parts.append(mx.array([self._rows[row].next_token for row in joiners], dtype=mx.int32))
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts)
+
+    def _queue_step(self, inputs: mx.array) -> _Pending:
+        """Build the graph of one decode step for every row (inputs int32 [B]) and start computing it. Each row
+        samples with its own sampler; rows that are plainly greedy share one argmax."""
+        logits = self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
+        rows = [self._rows[row] for row in self._order]
+        plain = [r.sampler.plain_greedy for r in rows]
+        argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(plain) else None
+        if all(plain):
+            tokens = argmax
+        else:
+            tokens = mx.concatenate([argmax[i:i + 1] if plain[i] else r.sampler(logits[i])
+                                     for i, r in enumerate(rows)])
+        scored = [None if r.top_logprobs is None else _row_logprobs(logits[i], tokens[i], r.top_logprobs)
+                  for i, r in enumerate(rows)]
+        mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
+        return _Pending(list(self._order), tokens, scored)
+
+    # -- the rest that needs the model ---------------------------------------------------------------------------
+
+    def _forward(self, r: _Row, ids: list[int], images: Sequence[ChunkImage]) -> mx.array:
+        inputs = mx.array([ids], dtype=mx.int32)
+        if not images:
+            return self._model(inputs, cache=r.cache)
+        assert self._images is not None, "images reached a text-only model"
+        embedded = [(start, self._images.encode(image)) for start, image in images]
+        return self._images.model(inputs, cache=r.cache, images=embedded)
+
+    def kv_layout(self) -> KvLayout:
+        """What each layer stores per position: one token run through a fresh cache, read off its shapes."""
+        cache = self._model.make_cache()
+        self._model(mx.array([[0]], dtype=mx.int32), cache=cache)
+        mx.eval([a for c in cache for a in c.state])
+        return KvLayout.of(cache)
+
+
+def _row_logprobs(logits: mx.array, token: mx.array, top_k: int) -> tuple[mx.array, ...]:
+    scores = logprobs(logits)
+    chosen = scores[token]
+    return (chosen, *top_logprobs(scores, top_k)) if top_k else (chosen,)
+
+
+def _token_logprob(token: int, arrays: tuple[mx.array, ...]) -> TokenLogprob:
+    top = _tops(arrays[1].tolist(), arrays[2].tolist()) if len(arrays) == 3 else []
+    return TokenLogprob(token, float(arrays[0].item()), top)
+
+
+def _tops(ids: list[int], values: list[float]) -> list[TopLogprob]:
+    return [TopLogprob(int(i), float(v)) for i, v in zip(ids, values)]
+

@@ -1,0 +1,34 @@
+"""What the engine needs of the loaded model and its tokenizer, in one record built one way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mlxd.engine.vision import ImageEncoder
+from mlxd.models.protocol import LanguageModel
+
+if TYPE_CHECKING:
+    from mlxd.loading.loader import LoadedModel
+    from mlxd.loading.tokenizer import Tokenizer
+
+
+@dataclass
+class ModelRuntime:
+    model: LanguageModel
+    decode_text: Callable[[list[int]], str]
+    byte_fallback_ids: frozenset[int]     # tokens the detokenizer holds until their byte run ends
+    eos_ids: frozenset[int]
+    context_length: int
+    vocab_size: int
+    image_encoder: ImageEncoder | None = None    # vision-language models only
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:
+        """The runtime of a model as the loader returns it; end ids come from the tokenizer and the config."""
+        eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
+        vision = loaded.model if hasattr(loaded.model, "encode_images") else None
+        encoder = ImageEncoder(vision, image_cache_bytes) if vision is not None else None
+        return cls(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
+                   loaded.vocab_size, encoder)
