@@ -10,6 +10,7 @@ Each attack gets a daemon of its own. A failed attack prints FAIL and the run ex
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import random
 import sys
@@ -17,15 +18,23 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "availability")]
 
-from attacks import (concurrent_calls, header_only_streams, health_latencies, heavy_stop_strings,  # noqa: E402
-                     idle_connections, summary_ms, undeliverable_streams, watched_stream)
-from daemon_process import Daemon, FIXTURES, resident_bytes, start_daemon  # noqa: E402
+from attacks import (  # noqa: E402
+    concurrent_calls,
+    header_only_streams,
+    health_latencies,
+    heavy_stop_strings,
+    idle_connections,
+    summary_ms,
+    undeliverable_streams,
+    watched_stream,
+)
+from daemon_process import FIXTURES, Daemon, resident_bytes, start_daemon  # noqa: E402
 from mlxd_client import Client, MlxdClientError, pb  # noqa: E402
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -136,7 +145,7 @@ def heavy_preparation(run: Run) -> None:
                 time.sleep(1.0)
                 quiet = stream.longest()
                 latencies: list[float] = []
-                checker = threading.Thread(target=lambda: latencies.extend(health_latencies(d.addr, run.args.checks)))
+                checker = threading.Thread(target=functools.partial(_extend, latencies, d.addr, run.args.checks))
                 started = time.monotonic()
                 stream.arrivals.clear()
                 checker.start()
@@ -146,10 +155,14 @@ def heavy_preparation(run: Run) -> None:
                 checker.join()
             refused = sum(isinstance(r, MlxdClientError) for r in results)
             print(f"  --max-preparing {slots}: {run.args.heavy} requests with 256 x 1,024-character stops took "
-                  f"{elapsed:.1f} s ({refused} refused); longest pause of a running stream {stream.longest() * 1e3:.0f} "
-                  f"ms (before: {quiet * 1e3:.0f} ms); health {summary_ms(latencies)}")
+                  f"{elapsed:.1f} s ({refused} refused); longest pause of a running stream "
+                  f"{stream.longest() * 1e3:.0f} ms (before: {quiet * 1e3:.0f} ms); health {summary_ms(latencies)}")
         finally:
             d.stop()
+
+
+def _extend(latencies: list[float], addr: str, checks: int) -> None:
+    latencies.extend(health_latencies(addr, checks))
 
 
 def quick_cancels(run: Run) -> None:
@@ -197,15 +210,18 @@ def images(run: Run) -> None:
             pictures[mode] = out.getvalue()
         base = resident_bytes(d.proc.pid)
         for mode, data in pictures.items():
-            part = pb.ContentPart(image=pb.Image(data=data))
-            results = concurrent_calls(d.addr, 4, lambda client, i: list(client.stub.MultimodalGenerate(
-                pb.MultimodalGenerateRequest(prompt=pb.MultimodalPrompt(parts=[part]),
-                                             options=pb.GenerationOptions(max_tokens=1)), timeout=300)))
+            request = pb.MultimodalGenerateRequest(prompt=pb.MultimodalPrompt(parts=[
+                pb.ContentPart(image=pb.Image(data=data))]), options=pb.GenerationOptions(max_tokens=1))
+            results = concurrent_calls(d.addr, 4, functools.partial(_multimodal, request))
             errors = [r for r in results if isinstance(r, Exception)]
             print(f"  4 at once of a {len(data) / 1024:.0f} KB {mode} PNG of 7000x7000: peak resident "
                   f"{peak_bytes(d.proc.pid) / MB:.0f} MB (idle {base / MB:.0f} MB); errors {errors[:1]}")
     finally:
         d.stop()
+
+
+def _multimodal(request: pb.MultimodalGenerateRequest, client: Client, i: int) -> list:
+    return list(client.stub.MultimodalGenerate(request, timeout=300))
 
 
 def health_under_load(run: Run) -> None:

@@ -7,12 +7,11 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import grpc
-
 from mlxd_client import Client, MlxdClientError, pb
 from raw_http2 import RawConnection, connect
 

@@ -8,14 +8,13 @@ import contextlib
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
-
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
 
 from daemon_process import FIXTURES
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
 from mlxd.engine.request import FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.worker import MlxMemory, WorkerState
 from mlxd.errors import InvalidRequest
@@ -104,7 +103,7 @@ class InProcess:
 
 
 @contextlib.contextmanager
-def serving(engine: FakeEngine | None = None, *, limits: Limits = Limits(), slots: int = 2, stream_limit: int = 1024,
+def serving(engine: FakeEngine | None = None, *, limits: Limits | None = None, slots: int = 2, stream_limit: int = 1024,
             stalled_seconds: float = 60.0, token: bytes | None = None,
             model: ServedModel | None = None) -> Iterator[InProcess]:
     """Serve on a unix socket from an event loop on a thread of its own, until the block ends."""
@@ -115,7 +114,7 @@ def serving(engine: FakeEngine | None = None, *, limits: Limits = Limits(), slot
     stop: list[asyncio.Event] = []
 
     async def main() -> None:
-        servicer = InferenceServicer(engine, limits, Preparation(slots), stream_limit=stream_limit,
+        servicer = InferenceServicer(engine, limits or Limits(), Preparation(slots), stream_limit=stream_limit,
                                      stalled_seconds=stalled_seconds)
         servicer.set_model(model or served_llama())
         health = health_aio.HealthServicer()

@@ -68,7 +68,7 @@ class RawConnection:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 break
             if not data:
                 break

@@ -8,10 +8,9 @@ import time
 
 import grpc
 import pytest
-from PIL import Image
-
 from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, pb
+from PIL import Image
 
 LLAMA = FIXTURES / "parity" / "llama"
 

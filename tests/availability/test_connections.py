@@ -6,7 +6,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from attacks import health_latencies, idle_connections
 from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError

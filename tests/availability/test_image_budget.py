@@ -7,15 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import mlxd.images.decode as decode
 import numpy as np
 import pytest
-from PIL import Image
-
-import mlxd.images.decode as decode
 from daemon_process import daemon_env
 from mlxd.errors import Cancelled, InvalidRequest
 from mlxd.images.decode import ImageLimits, decode_bytes, decode_image
 from mlxd.images.preprocess import ProcessorConfig, preprocess
+from PIL import Image
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

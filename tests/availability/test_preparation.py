@@ -3,10 +3,9 @@
 
 import grpc
 import pytest
-
 from attacks import concurrent_calls, health_latencies, heavy_stop_strings, watched_stream
 from daemon_process import FIXTURES, start_daemon
-from mlxd_client import Client, MlxdClientError, pb
+from mlxd_client import Client, pb
 
 LLAMA = FIXTURES / "parity" / "llama"
 

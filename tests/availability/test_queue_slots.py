@@ -1,21 +1,18 @@
-"""Issue 15 item 5: requests cancelled, expired or Cancel-RPC'd while they wait in the queue free their slot at
-once. The service's half holds (each reaches the worker as a cancel at once); the worker's half, taking them out
-of the count of live requests before the batch has room, is the engine's (the lead's rewrite)."""
+"""Issue 15 item 5: requests whose client left or whose deadline passed while they wait in the queue free their
+slot at once: the service turns each into a cancel at once (the client's task ends), and the worker no longer
+counts a cancelled request against --max-queue."""
 
 import threading
 import time
 
 import grpc
 import pytest
-
 from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError, pb
 
 LONG = dict(tokens=[5] * 8, max_tokens=0, ignore_eos=True)
 
 
-@pytest.mark.xfail(reason="the worker counts a cancelled waiting request against --max-queue until the batch has "
-                          "room: the engine's half of issue 15 item 5", strict=False)
 def test_gone_clients_free_their_queue_slots(tmp_path):
     daemon = start_daemon(FIXTURES / "parity" / "llama", "--max-queue", "2", "--max-batch-size", "1",
                           workdir=tmp_path)

@@ -6,7 +6,6 @@ import time
 
 import grpc
 import pytest
-
 from inprocess import FakeEngine, serving
 from mlxd_client import Client, MlxdClientError, pb
 from raw_http2 import RawConnection

@@ -8,7 +8,6 @@ import sys
 
 import grpc
 import pytest
-
 from daemon_process import FIXTURES, daemon_env, start_daemon
 from inprocess import FakeEngine, serving
 from mlxd_client import Client, MlxdClientError

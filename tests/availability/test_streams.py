@@ -5,11 +5,9 @@ import time
 
 import grpc
 import pytest
-
 from attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
 from daemon_process import FIXTURES, resident_bytes, start_daemon
 from mlxd_client import Client, MlxdClientError, pb
-
 
 LLAMA = FIXTURES / "parity" / "llama"
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -89,7 +87,8 @@ def test_clients_that_stop_reading_are_bounded_and_cancelled(daemon):
         grew = resident_bytes(daemon.proc.pid) - before
     assert grew < 200 << 20, f"the resident set grew by {grew >> 20} MB"   # the sync server: ~800 MB
     log = daemon.stderr()
-    assert log.count("the client stopped reading, so it is cancelled") + log.count("for its client; the call is ended") >= 80
+    ended = log.count("the client stopped reading, so it is cancelled") + log.count("for its client; the call is ended")
+    assert ended >= 80, ended
     _serves_everyone(daemon.addr)
 
 

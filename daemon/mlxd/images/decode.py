@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError

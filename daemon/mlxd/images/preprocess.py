@@ -32,7 +32,7 @@ class ProcessorConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], default_size: int) -> "ProcessorConfig":
+    def from_dict(cls, d: dict[str, Any], default_size: int) -> ProcessorConfig:
         size = d.get("size") or {}
         height = int(size.get("height", size.get("shortest_edge", default_size)))
         width = int(size.get("width", size.get("shortest_edge", default_size)))

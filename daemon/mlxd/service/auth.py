@@ -10,8 +10,8 @@ from __future__ import annotations
 import hmac
 import logging
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import grpc
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlxd_proto.v1 import inference_pb2 as pb
+
 from mlxd.engine.worker import MlxMemory, Worker
+from mlxd.errors import ModelLoadError
 from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
-from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass
@@ -44,6 +46,8 @@ def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
 
 def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     loaded, tokenizer = worker.loaded, worker.tokenizer
+    if loaded is None or tokenizer is None:
+        raise ModelLoadError("the worker is serving without a loaded model and tokenizer")
     vision = _vision_input(path, loaded.model)
     info = pb.ModelInfo(
         model_id=path.name,
@@ -62,8 +66,8 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         device=worker.device,
         load_note=loaded.load_note,
     )
-    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=sampling_defaults(path) if path.is_dir() else {},
-                       vision=vision)
+    defaults = sampling_defaults(path) if path.is_dir() else {}
+    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=defaults, vision=vision)
 
 
 def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:

@@ -8,8 +8,11 @@ them (it writes `<start_of_image>` where an image item is), so the marker string
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from mlxd_proto.v1 import inference_pb2 as pb
 
 from mlxd.engine.request import CancelToken, PromptImage
 from mlxd.errors import InvalidRequest, ResourceExhausted, Unsupported
@@ -21,7 +24,6 @@ from mlxd.service.limits import Limits
 from mlxd.service.preparation import check
 from mlxd.service.prompts import check_chat
 from mlxd.service.sizes import PromptBounds, check_options, check_token_ids
-from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ whose client already left.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent import futures
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from mlxd.engine.request import CancelToken
 from mlxd.errors import Cancelled

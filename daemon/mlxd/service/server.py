@@ -8,6 +8,7 @@ with a one-line reason as the last line on stderr. The main thread runs the even
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -15,10 +16,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from grpc_health.v1.health import aio as health_aio
@@ -34,6 +35,7 @@ from mlxd.service.grpc_server import HEALTH_NAMES, start_server
 from mlxd.service.health import HealthMonitor
 from mlxd.service.limits import Limits
 from mlxd.service.listen import Listener, ListenError, check_policy
+from mlxd.service.loop import call_soon
 from mlxd.service.model_info import served_model
 from mlxd.service.preparation import Preparation
 from mlxd.service.request_log import RequestLog
@@ -80,7 +82,7 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
-    _watch_parent(lambda reason: loop.call_soon_threadsafe(request_stop, reason), options.exit_on_stdin_eof)
+    _watch_parent(functools.partial(call_soon, loop, request_stop), options.exit_on_stdin_eof)
 
     log.info("%s; open-file limit %d", blas_note(), fd_limit)
     try:

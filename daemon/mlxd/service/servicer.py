@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from mlxd_proto.v1 import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 from mlxd.engine.request import CancelToken, FinalEvent, FinishReason, GenerationRequest, PromptImage
 from mlxd.engine.worker import WorkerState
@@ -31,8 +34,6 @@ from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
 from mlxd.service.streaming import StreamWriter, stream
-from mlxd_proto.v1 import inference_pb2 as pb
-from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 EXPECTED_MODEL_QUOTE_CHARS = 200   # of expected_model quoted in an error (the whole value could exceed the
@@ -66,7 +67,7 @@ Prepare = Callable[[Any, Job], GenerationRequest]
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, engine: Engine, limits: Limits, preparation: Preparation, *,
-                 request_log: RequestLog = RequestLog(), stream_limit: int = 1024,
+                 request_log: RequestLog = RequestLog(), stream_limit: int = 1024,  # noqa: B008 (frozen)
                  stalled_seconds: float = 60.0) -> None:
         self._engine = engine
         self._limits = limits

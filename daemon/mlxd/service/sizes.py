@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mlxd_proto.v1 import inference_pb2 as pb
 
 from mlxd.errors import InvalidRequest, ResourceExhausted
 from mlxd.service.limits import Limits
-from mlxd_proto.v1 import inference_pb2 as pb
 
 NORMALIZER_SLACK = 4
 
@@ -33,7 +33,7 @@ class PromptBounds:
     context_length: int
 
     @classmethod
-    def of(cls, limits: Limits, context_length: int, token_bytes: int) -> "PromptBounds":
+    def of(cls, limits: Limits, context_length: int, token_bytes: int) -> PromptBounds:
         max_tokens = min(limits.max_prompt_tokens or context_length, context_length - 1)
         return cls(max_tokens, max_tokens * token_bytes * NORMALIZER_SLACK, context_length)
 

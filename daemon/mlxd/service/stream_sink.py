@@ -12,10 +12,10 @@ import asyncio
 import collections
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from mlxd.engine.request import CancelToken, ErrorEvent, Event, TokenEvent
-from mlxd.errors import InternalError
+from mlxd.errors import Unavailable
 from mlxd.service.loop import call_soon
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class StreamSink:
                 waiter = self._waiter = self._loop.create_future()
             await asyncio.wait([waiter], timeout=ALIVE_POLL_SECONDS)
             if not waiter.done() and not worker_alive():
-                return [ErrorEvent(InternalError("the MLX worker thread is gone"))]
+                return [ErrorEvent(Unavailable("the MLX worker thread is gone"))]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
