@@ -7,6 +7,7 @@ import time
 import grpc
 import pytest
 from inprocess import FakeEngine, serving
+from mlxd.service.limits import Limits
 from mlxd_client import Client, MlxdClientError, pb
 from raw_http2 import RawConnection
 
@@ -120,3 +121,12 @@ def test_duplicate_request_id_is_refused_before_any_preparation():
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "'dup'" in info.value.details
         assert [r.request_id for r in served.engine.submitted] == ["dup"]
         first.close()
+
+
+def test_a_response_beyond_the_message_limit_is_resource_exhausted():
+    # gRPC would fail the send inside the server (ExecuteBatchError, logged with a traceback) instead.
+    with serving(limits=Limits(max_message_bytes=10_000)) as served, Client(served.addr) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.stub.Tokenize(pb.TokenizeRequest(text="ab " * 5_000), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the response would be" in info.value.details()

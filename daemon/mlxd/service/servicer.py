@@ -30,7 +30,7 @@ from mlxd.service.limits import Limits
 from mlxd.service.model_info import ServedModel, with_memory
 from mlxd.service.preparation import Preparation, check
 from mlxd.service.request_log import RequestLog, quoted
-from mlxd.service.sizes import PromptBounds, check_token_ids
+from mlxd.service.sizes import PromptBounds, check_response, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
 from mlxd.service.streaming import StreamWriter, stream
@@ -145,7 +145,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 job = Job(model, bounds, self._limits, request_id, cancel, sink,
                           convert.deadline_of(context.time_remaining()))
                 gen = await self._preparation.run(functools.partial(prepare, request, job), cancel)
-                return await stream(gen, sink, self._engine, writer, entry, model.tokenizer.id_to_token)
+                final = await stream(gen, sink, self._engine, writer, entry, model.tokenizer.id_to_token)
+                check_response(final, self._limits.max_message_bytes)   # prompt logprobs can make it large
+                return final
             finally:
                 self._inflight.remove(request_id, cancel)
         except Cancelled:
@@ -179,7 +181,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             model, bounds = self._served()
             check(request, bounds)
-            return await self._preparation.run(functools.partial(job, request, model), cancel)
+            response = await self._preparation.run(functools.partial(job, request, model), cancel)
+            check_response(response, self._limits.max_message_bytes)
+            return response
         except Exception as error:
             await abort(context, error)
         finally:

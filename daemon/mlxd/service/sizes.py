@@ -76,3 +76,11 @@ def check_token_ids(ids: Any, vocab_size: int, field: str) -> list[int]:
         i = int(bad[0])
         raise InvalidRequest(f"{field}[{i}] = {int(array[i])} is outside the vocabulary [0, {vocab_size})")
     return array.tolist()
+
+
+def check_response(message: Any, max_bytes: int) -> None:
+    """A response larger than the send limit would fail inside gRPC (as ExecuteBatchError, not a status): refuse
+    it with one the client can act on."""
+    size = message.ByteSize()
+    if size > max_bytes:
+        raise ResourceExhausted(f"the response would be {size} bytes; the limit is {max_bytes} (--max-message-mb)")
