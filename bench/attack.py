@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import random
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from attacks import (  # noqa: E402
     health_latencies,
     heavy_stop_strings,
     idle_connections,
+    quick_cancels,
     summary_ms,
     undeliverable_streams,
     watched_stream,
@@ -165,25 +165,14 @@ def _extend(latencies: list[float], addr: str, checks: int) -> None:
     latencies.extend(health_latencies(addr, checks))
 
 
-def quick_cancels(run: Run) -> None:
+def cancels(run: Run) -> None:
     d = run.daemon()
-    rng = random.Random(1)
     try:
         with Client(d.addr) as client:
-            ids = []
-            for i in range(run.args.cancels):
-                request_id = f"quick-{i}"
-                call = client.stub.Generate(pb.GenerateRequest(
-                    request_id=request_id, prompt="tell me a long story " * 20,
-                    options=pb.GenerationOptions(max_tokens=0, ignore_eos=True)), timeout=60)
-                time.sleep(rng.uniform(0, 0.004))
-                call.cancel()
-                ids.append(request_id)
-            time.sleep(1.0)
-            leaked = [rid for rid in ids if client.cancel(rid)]
+            leaked = quick_cancels(client, run.args.cancels)
         print(f"  {run.args.cancels} calls cancelled 0-4 ms after sending: {len(leaked)} leaked")
         if leaked:
-            run.failures.append(f"quick_cancels: {len(leaked)} leaked")
+            run.failures.append(f"cancels: {len(leaked)} leaked")
     finally:
         d.stop()
 
@@ -249,7 +238,7 @@ def health_under_load(run: Run) -> None:
 
 ATTACKS: dict[str, Callable[[Run], None]] = {
     "header_only": header_only, "undeliverable": undeliverable, "unread_memory": unread_memory,
-    "big_prompt": big_prompt, "heavy_preparation": heavy_preparation, "quick_cancels": quick_cancels,
+    "big_prompt": big_prompt, "heavy_preparation": heavy_preparation, "cancels": cancels,
     "idle": idle, "images": images, "health_under_load": health_under_load,
 }
 

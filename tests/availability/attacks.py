@@ -3,6 +3,7 @@ and by bench/attack.py at full size, which also reports the figures (health late
 
 from __future__ import annotations
 
+import random
 import socket
 import statistics
 import threading
@@ -140,6 +141,23 @@ def watched_stream(addr: str, max_tokens: int = 0) -> Iterator[Gaps]:
     finally:
         stop.set()
         thread.join(60)
+
+
+def quick_cancels(client: Client, count: int, seed: int = 1) -> list[str]:
+    """count generations (each to the context length) cancelled 0-4 ms after they were sent; the request ids the
+    daemon still holds a second later: cancels it lost, requests generating for nobody."""
+    rng = random.Random(seed)
+    ids = []
+    for i in range(count):
+        request_id = f"quick-cancel-{i}"
+        call = client.stub.Generate(pb.GenerateRequest(
+            request_id=request_id, prompt="tell me a long story " * 20,
+            options=pb.GenerationOptions(max_tokens=0, ignore_eos=True)), timeout=60)
+        time.sleep(rng.uniform(0, 0.004))
+        call.cancel()
+        ids.append(request_id)
+    time.sleep(1.0)   # a cancelled request ends within a worker step
+    return [rid for rid in ids if client.cancel(rid)]
 
 
 def heavy_stop_strings(count: int = 256, length: int = 1024) -> list[str]:
