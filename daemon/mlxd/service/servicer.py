@@ -152,7 +152,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self._inflight.remove(request_id, cancel)
         except Cancelled:
             # Cancelled (Cancel RPC, shutdown) before it reached the worker: it ends as a queued one would.
-            return convert.final_message(FinalEvent(FinishReason.CANCELLED, 0, 0), request_id, str)
+            return convert.final_message(FinalEvent(FinishReason.CANCELLED, 0, 0), request_id, lambda token_id: "")
         except Exception as error:
             entry.failed(error)
             await abort(context, error)
