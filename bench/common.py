@@ -53,6 +53,17 @@ def blas_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
+def reexec_with_blas(module: str, argv: list[str] | None) -> None:
+    """For a benchmark that runs MLX in its own process: exec it again once with OpenBLAS preloaded (LD_PRELOAD
+    works only at process start), as `mlxd serve` does itself, so its CPU numbers are the daemon's."""
+    if not sys.platform.startswith("linux") or "MLXD_BLAS_PRELOAD" in os.environ:
+        return
+    env = blas_env()
+    env.setdefault("MLXD_BLAS_PRELOAD", "none:no OpenBLAS found")  # once, found or not
+    args = sys.argv[1:] if argv is None else argv
+    os.execve(sys.executable, bench_command(module.rsplit(".", 1)[-1], *args), env)
+
+
 def bench_command(name: str, *args: str) -> list[str]:
     """`python -m bench NAME ARGS` with this interpreter, for a step best run in a process of its own."""
     return [sys.executable, "-m", "bench", name, *args]

@@ -1,6 +1,7 @@
 """The engine's batched decode without gRPC: N greedy streams through one Scheduler on this thread, as the
 worker drives it. Decode-phase tok/s here against batch_throughput's over gRPC separates the service's cost from
-the engine's; --breakdown says where a step's time goes when the device is not the limit.
+the engine's; --breakdown says where a step's time goes when the device is not the limit. OpenBLAS is
+preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
 
     python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
                                     [--breakdown] [--profile OUT.txt]
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
     args = p.parse_args(argv)
+    common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     runtime = ModelRuntime.from_loaded(*load_model_and_tokenizer(common.resolve_model(args.model), args.dtype))
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
