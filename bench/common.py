@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(tempfile.gettempdir()) / "mlxd-bench"
@@ -24,6 +24,8 @@ OUT = Path(tempfile.gettempdir()) / "mlxd-bench"
 MODELS = OUT / "models"
 
 Row = dict[str, Any]
+Case = TypeVar("Case", bound=Hashable)
+Contender = TypeVar("Contender", bound=Hashable)
 
 
 # -- processes ---------------------------------------------------------------------------------------------------
@@ -191,8 +193,8 @@ def batch_rates(start: float, all_started: float, end: float, tokens: int, strea
 
 # -- rounds and summaries ----------------------------------------------------------------------------------------
 
-def alternate(rounds: int, cases: Iterable[Hashable], contenders: Iterable[Hashable],
-              run: Callable[[Hashable, Hashable, int], Row], log: Path | None = None) -> list[Row]:
+def alternate(rounds: int, cases: Iterable[Case], contenders: Iterable[Contender],
+              run: Callable[[Contender, Case, int], Row], log: Path | None = None) -> list[Row]:
     """Run every contender on every case in each round, the contenders' order rotating after each case, so a
     shared machine's drift falls on all of them alike. Rows carry round, case and contender; each goes to `log`
     as a JSON line and to stderr as it comes."""
@@ -239,5 +241,5 @@ def table(header: list[str], lines: list[list[Any]]) -> str:
     cells = [header] + [[cell(v) for v in line] for line in lines]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     numeric = [all(isinstance(line[i], (int, float)) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
-                     for row in cells)
+    aligned = (zip(row, widths, numeric, strict=True) for row in cells)
+    return "\n".join("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in row).rstrip() for row in aligned)

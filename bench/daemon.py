@@ -34,7 +34,9 @@ class Daemon:
     def _ready_line(self, timeout: float) -> dict:
         # readline blocks; a thread lets a daemon that hangs while loading fail the benchmark instead.
         lines: list[bytes] = []
-        reader = threading.Thread(target=lambda: lines.append(self.proc.stdout.readline()), daemon=True)
+        stdout = self.proc.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         if not lines or not lines[0]:

@@ -33,6 +33,7 @@ class EngineProcess:
         with open(log, "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", f"bench.anchors.{module}", *args], env=env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.name = f"{module} {' '.join(args[:2])}"
         self.log = log
         self.info = self._read()
         print(f"{module} ready: {self.info}", file=sys.stderr)
@@ -47,8 +48,7 @@ class EngineProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{' '.join(map(str, self.proc.args[1:4]))} exited with {self.proc.wait()}; "
-                               f"see {self.log}")
+            raise RuntimeError(f"{self.name} exited with {self.proc.wait()}; see {self.log}")
         return json.loads(line)
 
     def close(self) -> None:

@@ -16,11 +16,10 @@ import functools
 import threading
 import time
 
-from mlxd_client import Client
-
 from bench import common
 from bench.anchors import batch
 from bench.daemon import Daemon
+from mlxd_client import Client
 
 
 def over_grpc(addr: str, prompts: list[list[int]], new_tokens: int) -> common.Row:

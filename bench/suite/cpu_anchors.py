@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 
 from gguf import GGUFReader
-from mlxd_client import Client
 
 from bench import common
 from bench.anchors import generate
 from bench.daemon import Daemon
+from mlxd_client import Client
 
 ENGINES = ("mlxd", "mlx-lm", "llama.cpp")
 RATIOS = (("mlxd", "mlx-lm"), ("mlxd", "llama.cpp"))

@@ -17,10 +17,9 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mlxd_client import Client
-
 from bench import common
 from bench.daemon import Daemon
+from mlxd_client import Client
 
 
 def concurrent(client: Client, vocab: int, streams: int, salt: int, args: argparse.Namespace) -> common.Row:

@@ -18,11 +18,10 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from mlxd_client import Client
-
 from bench import common
 from bench.anchors import generate
 from bench.daemon import Daemon
+from mlxd_client import Client
 
 GRPC, ENGINE, MLX_LM = "gRPC stream", "engine, no gRPC", "mlx-lm generate_step"
 DEFAULT_PATH = "engine, MLX default path"

@@ -12,10 +12,9 @@ import statistics
 import threading
 import time
 
-from mlxd_client import Client, collect
-
 from bench import common
 from bench.daemon import Daemon
+from mlxd_client import Client, collect
 
 # The tests' tiny Llama (random weights, 320-token vocabulary): the worker's load, not the model, is the point.
 TINY = common.ROOT / "tests" / "fixtures" / "parity" / "llama"

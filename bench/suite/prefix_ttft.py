@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from mlxd_client import Client
-
 from bench import common
 from bench.daemon import Daemon
+from mlxd_client import Client
 
 QUESTION, OTHER_QUESTION, NEXT_QUESTION = [11, 12, 13, 14], [21, 22, 23, 24], [31, 32, 33, 34]
 

@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -35,7 +36,7 @@ from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.models.gemma3 import Model, ModelArgs
 
 # Gemma 3 4B's vision tower and image layout; a 1B-sized decoder with a small vocabulary keeps CPU runs short.
-RANDOM_CONFIG = {
+RANDOM_CONFIG: dict[str, Any] = {
     "model_type": "gemma3", "mm_tokens_per_image": 256, "boi_token_index": 300, "eoi_token_index": 301,
     "image_token_index": 302,
     "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
