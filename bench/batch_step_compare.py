@@ -22,7 +22,6 @@ from mlx_lm.utils import load_model as lm_load_model
 
 from mlxd.engine.batch import DecodeBatch
 from mlxd.loading.loader import load_model
-from mlxd.models.base import fuse_projections
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions
 from mlxd.models.cache import KVCache
 
@@ -133,8 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kinds", default="mixed,aligned")
     args = parser.parse_args()
-    ours = load_model(args.model, dtype="auto").model
-    fuse_projections(ours)  # as `mlxd serve` loads it
+    ours = load_model(args.model, dtype="auto", fuse=True).model  # as `mlxd serve` loads it
     theirs, _ = lm_load_model(args.model)
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):

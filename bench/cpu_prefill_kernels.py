@@ -1,11 +1,12 @@
-"""CPU prefill with mlxd's NumPy kernels (daemon/mlxd/models/cpu_kernels.py: attention, gated MLP activation)
-against MLX's own ops, on one loaded model (fused, as `mlxd serve` loads it), alternating in one process. OpenBLAS is preloaded as
-`mlxd serve` preloads it (the script re-executes itself once).
+"""CPU prefill with mlxd's NumPy kernels (daemon/mlxd/models/ops_cpu_numpy.py: attention, gated MLP activation)
+against MLX's own ops (ops_mlx.py), on one loaded model (fused, as `mlxd serve` loads it), alternating the
+backends (models/ops.py `use`) in one process. OpenBLAS is preloaded as `mlxd serve` preloads it (the script
+re-executes itself once).
 
-    python bench/cpu_prefill_kernels.py --model PATH.gguf [--tokens 512,2000 --rounds 3 --threads 1]
+    python bench/cpu_prefill_kernels.py --model PATH.gguf [--kernels numpy,mlx --tokens 512,2000 --rounds 3]
 
 Prefill runs in chunks of --chunk tokens (the daemon's --prefill-chunk) through mlxd's prefill_chunk; the table
-printed last has the best of --rounds per variant.
+printed last has the best of --rounds per backend, and their ratio when both ran.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def prefill_seconds(model, n_tokens: int, chunk: int, seed: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--kernels", default="numpy,mlx", help="backends of models/ops.py to alternate")
     parser.add_argument("--tokens", default="512,2000")
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
@@ -55,28 +57,29 @@ def main() -> None:
 
     import mlx.core as mx
     from mlxd.loading.model_source import load_model_and_tokenizer
-    from mlxd.models import cpu_kernels
+    from mlxd.models import ops
 
     mx.set_default_device(mx.cpu)
     model = load_model_and_tokenizer(args.model)[0].model
-    use_numpy = cpu_kernels.prefill_on_cpu
-    variants = {"numpy": use_numpy, "mlx": lambda *_, **__: False}
+    kernels = args.kernels.split(",")
     lengths = [int(x) for x in args.tokens.split(",")]
     prefill_seconds(model, 64, args.chunk, seed=0)  # warm-up
     best: dict[tuple[int, str], float] = {}
     for r in range(args.rounds):
         for n in lengths:
-            for name, rule in (variants.items() if r % 2 == 0 else reversed(variants.items())):
-                cpu_kernels.prefill_on_cpu = rule
+            for name in (kernels if r % 2 == 0 else reversed(kernels)):
+                ops.use(name)
                 s = prefill_seconds(model, n, args.chunk, seed=r * 10 + n)
                 best[(n, name)] = min(best.get((n, name), s), s)
                 print(f"round {r + 1} {n} tokens {name}: {s:.2f} s ({n / s:.1f} tok/s)", flush=True)
-    cpu_kernels.prefill_on_cpu = use_numpy
     print(f"{args.model.name}, chunk {args.chunk}, {args.threads} BLAS thread(s), best of {args.rounds}")
-    print(f"{'tokens':>6} {'mlx tok/s':>10} {'numpy tok/s':>12} {'numpy/mlx':>10}")
+    both = {"numpy", "mlx"} <= set(kernels)
+    print(f"{'tokens':>6}" + "".join(f" {name + ' tok/s':>12}" for name in kernels)
+          + (f" {'numpy/mlx':>10}" if both else ""))
     for n in lengths:
-        m, p = n / best[(n, "mlx")], n / best[(n, "numpy")]
-        print(f"{n:>6} {m:>10.1f} {p:>12.1f} {p / m:>10.2f}")
+        rates = {name: n / best[(n, name)] for name in kernels}
+        ratio = f" {rates['numpy'] / rates['mlx']:>10.2f}" if both else ""
+        print(f"{n:>6}" + "".join(f" {rates[name]:>12.1f}" for name in kernels) + ratio)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fused input projections (one matmul for q/k/v, one for gate/up, as `mlxd serve` loads a model) against the
-separate ones of the model as stored: mlxd's pipelined decode loop (bench/batch_step_compare.py's) on two
-copies of the same weights, alternating, in one process.
+separate ones of the model as stored: mlxd's pipelined decode loop (bench/batch_step_compare.py's) on the same
+weights loaded both ways (load_model's `fuse`), alternating, in one process.
 
     python bench/fused_projections.py --model PATH [--batches 1,16 --context 128 --steps 64 --rounds 3]
 """
@@ -12,7 +12,6 @@ from pathlib import Path
 
 from batch_step_compare import lengths_for, mlxd_ms
 from mlxd.loading.loader import load_model
-from mlxd.models.base import fuse_projections
 
 
 def main() -> None:
@@ -24,8 +23,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     models = {"separate": load_model(args.model, dtype="auto").model,
-              "fused": load_model(args.model, dtype="auto").model}
-    fuse_projections(models["fused"])
+              "fused": load_model(args.model, dtype="auto", fuse=True).model}
     batches = [int(x) for x in args.batches.split(",")]
     results: dict[tuple[int, str], list[float]] = {}
     for _ in range(args.rounds):

@@ -1,6 +1,6 @@
 """Decode attention (one query per row) over a padded batch, three ways, timed over 32 layers' worth of calls:
 MLX's fused kernel with no mask (rows aligned), MLX's with an additive padding mask (rows of different lengths:
-MLX's CUDA backend falls back to unfused ops), and mlxd's (models/base.py), which then takes grouped-query
+MLX's CUDA backend falls back to unfused ops), and mlxd's (models/ops_mlx.py), which then takes grouped-query
 attention written as two batched matmuls.
 
     python bench/masked_decode_attention.py [--batch 16 --keys 384 --heads 32 --kv-heads 8 --head-dim 128]
@@ -13,7 +13,7 @@ import argparse
 import mlx.core as mx
 
 from decode_step_profile import timed
-from mlxd.models.base import scaled_dot_product_attention
+from mlxd.models import ops
 
 
 def main() -> None:
@@ -36,15 +36,16 @@ def main() -> None:
     mask = mx.where(keep, mx.array(0, dtype), mx.array(-mx.inf, dtype))[:, None, None, :]
     mx.eval(qs, ks, vs, mask)
     scale = D ** -0.5
+    ops.use("mlx")  # what a GPU load chooses
 
     def fused(m):
         return lambda: [mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=m)
                         for q, k, v in zip(qs, ks, vs)]
 
     # mlxd's attention: with an array mask and one query per row it takes the grouped matmuls.
-    grouped = lambda: [scaled_dot_product_attention(q, k, v, scale, mask) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
+    grouped = lambda: [ops.attention(q, k, v, scale, mask) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
     want = mx.fast.scaled_dot_product_attention(qs[0], ks[0], vs[0], scale=scale, mask=mask).astype(mx.float32)
-    got = scaled_dot_product_attention(qs[0], ks[0], vs[0], scale, mask).astype(mx.float32)
+    got = ops.attention(qs[0], ks[0], vs[0], scale, mask).astype(mx.float32)
     print(f"max |grouped - fused with mask| = {mx.abs(want - got).max().item():.2e}")
     rows = [("fused, no mask (aligned rows)", timed(fused(None), args.reps)),
             ("fused, padding mask", timed(fused(mask), args.reps)),

@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from mlxd.engine.request import TokenLogprob, TopLogprob
 from mlxd.generation.sampling import logprobs, top_logprobs
-from mlxd.models import cpu_kernels
+from mlxd.models import ops
 
 
 @dataclass
@@ -60,15 +60,8 @@ def prefill_chunk_with_logprobs(model: Any, cache: list[Any], ids: list[int], ta
                                 top_k: int, images: Sequence[tuple[int, mx.array]] = ()) -> list[TokenLogprob]:
     """Like prefill_chunk, but also score targets[i] (the token after ids[i]) for prompt logprobs."""
     logits = _forward(model, cache, ids, images)[0]
-    if cpu_kernels.scores_apply(logits):
-        mx.eval([logits] + cache_state(cache))
-        rows = zip(targets, *cpu_kernels.scores(logits, targets, top_k))
-    else:
-        scores = logprobs(logits)
-        chosen = mx.take_along_axis(scores, mx.array(targets, dtype=mx.int32)[:, None], axis=-1)[:, 0]
-        tops = top_logprobs(scores, top_k) if top_k else None
-        mx.eval([chosen, *(tops or ())] + cache_state(cache))
-        rows = zip(targets, chosen.tolist(), *(t.tolist() for t in tops) if tops else ([[]] * len(targets),) * 2)
+    rows = zip(targets, *ops.prompt_scores(logits, targets, top_k))
+    mx.eval(cache_state(cache))  # mostly computed with the logits already
     return [TokenLogprob(token, value, _tops(top_ids, top_values)) for token, value, top_ids, top_values in rows]
 
 
