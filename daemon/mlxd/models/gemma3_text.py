@@ -11,7 +11,15 @@ import mlx.nn as nn
 
 from mlxd.models import ops
 from mlxd.models.base import BaseModelArgs, MaskModifier, drop_unused_weights, layer_masks
-from mlxd.models.projections import Projections, decoder_fusion, decoder_projections, join_fused_weights
+from mlxd.models.projections import (
+    GATE_UP,
+    QKV,
+    Projections,
+    add_linears,
+    decoder_fusion,
+    decoder_projections,
+    join_fused_weights,
+)
 from mlxd.models.rope import make_rope
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
@@ -76,14 +84,9 @@ class Attention(nn.Module):
         self.scale = args.query_pre_attn_scalar**-0.5
         self.softcap = args.attn_logit_softcapping
         q_dim, kv_dim = self.n_heads * head_dim, self.n_kv_heads * head_dim
-        self.fused = fused
-        if fused:  # q, k and v from one matmul (see models/projections.py)
-            self.qkv_proj = nn.Linear(dim, q_dim + 2 * kv_dim, bias=args.attention_bias)
-            self._split = [q_dim, q_dim + kv_dim]
-        else:
-            self.q_proj = nn.Linear(dim, q_dim, bias=args.attention_bias)
-            self.k_proj = nn.Linear(dim, kv_dim, bias=args.attention_bias)
-            self.v_proj = nn.Linear(dim, kv_dim, bias=args.attention_bias)
+        # qkv_proj where the loader fused q, k and v into one matmul, else q_proj, k_proj and v_proj.
+        self.fused, self._split = fused, [q_dim, q_dim + kv_dim]
+        add_linears(self, QKV, dim, (q_dim, kv_dim, kv_dim), args.attention_bias, fused)
         self.o_proj = nn.Linear(q_dim, dim, bias=args.attention_bias)
         self.q_norm = RMSNorm(head_dim, args.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, args.rms_norm_eps)
@@ -110,12 +113,8 @@ class MLP(nn.Module):
     def __init__(self, args: ModelArgs, fused: bool = False):
         super().__init__()
         dim, hidden = args.hidden_size, args.intermediate_size
-        self.fused = fused
-        if fused:  # gate and up from one matmul
-            self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
-        else:
-            self.gate_proj = nn.Linear(dim, hidden, bias=False)
-            self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.fused = fused  # gate_up_proj, else gate_proj and up_proj
+        add_linears(self, GATE_UP, dim, (hidden, hidden), False, fused)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -10,7 +10,15 @@ import mlx.nn as nn
 
 from mlxd.models import ops
 from mlxd.models.base import BaseModelArgs, drop_unused_weights, layer_masks
-from mlxd.models.projections import Projections, decoder_fusion, decoder_projections, join_fused_weights
+from mlxd.models.projections import (
+    GATE_UP,
+    QKV,
+    Projections,
+    add_linears,
+    decoder_fusion,
+    decoder_projections,
+    join_fused_weights,
+)
 from mlxd.models.rope import make_rope
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
@@ -66,14 +74,9 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
         self.scale = head_dim**-0.5
         q_dim, kv_dim = self.n_heads * head_dim, self.n_kv_heads * head_dim
-        self.fused = fused
-        if fused:  # q, k and v from one matmul (see models/projections.py)
-            self.qkv_proj = nn.Linear(dim, q_dim + 2 * kv_dim, bias=args.qkv_bias)
-            self._split = [q_dim, q_dim + kv_dim]
-        else:
-            self.q_proj = nn.Linear(dim, q_dim, bias=args.qkv_bias)
-            self.k_proj = nn.Linear(dim, kv_dim, bias=args.qkv_bias)
-            self.v_proj = nn.Linear(dim, kv_dim, bias=args.qkv_bias)
+        # qkv_proj where the loader fused q, k and v into one matmul, else q_proj, k_proj and v_proj.
+        self.fused, self._split = fused, [q_dim, q_dim + kv_dim]
+        add_linears(self, QKV, dim, (q_dim, kv_dim, kv_dim), args.qkv_bias, fused)
         self.o_proj = nn.Linear(q_dim, dim, bias=args.o_bias)
         self.use_qk_norm = args.qk_norm
         if args.qk_norm:
@@ -105,12 +108,8 @@ class MLP(nn.Module):
     def __init__(self, args: ModelArgs, fused: bool = False):
         super().__init__()
         dim, hidden = args.hidden_size, args.intermediate_size
-        self.fused = fused
-        if fused:  # gate and up from one matmul
-            self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=args.mlp_bias)
-        else:
-            self.gate_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
-            self.up_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
+        self.fused = fused  # gate_up_proj, else gate_proj and up_proj
+        add_linears(self, GATE_UP, dim, (hidden, hidden), args.mlp_bias, fused)
         self.down_proj = nn.Linear(hidden, dim, bias=args.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -12,6 +12,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 
 import mlx.core as mx
+import mlx.nn as nn
 
 # A linear layer's arrays: a float layer's weight and bias, and a quantized one's scales and biases besides.
 PARAMETERS = ("weight", "bias", "scales", "biases")
@@ -27,6 +28,17 @@ class Projections:
 
 QKV = Projections("qkv_proj", ("q_proj", "k_proj", "v_proj"))
 GATE_UP = Projections("gate_up_proj", ("gate_proj", "up_proj"))
+
+
+def add_linears(module: nn.Module, group: Projections, dims: int, widths: tuple[int, ...], bias: bool,
+                fused: bool) -> None:
+    """Give `module` the layers of `group`, each reading `dims` features: one layer `group.fused` with the parts'
+    output `widths` side by side when `fused`, else one layer per part, as checkpoints store them."""
+    if fused:
+        module[group.fused] = nn.Linear(dims, sum(widths), bias=bias)
+    else:
+        for part, width in zip(group.parts, widths):
+            module[part] = nn.Linear(dims, width, bias=bias)
 
 
 def decoder_projections(prefix: str, n_layers: int) -> dict[str, Projections]:
