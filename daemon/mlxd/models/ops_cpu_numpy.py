@@ -127,9 +127,11 @@ def _numpy_openblas_functions(name: str) -> list:
     for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "lib*openblas*.so*")):
         lib = ctypes.CDLL(path)
         for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
-            if hasattr(lib, symbol):
-                found.append(getattr(lib, symbol))
+            try:
+                found.append(lib[symbol])
                 break
+            except AttributeError:  # not the name this build exports
+                continue
     return found
 
 
