@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Make .bench-venv: mlxd plus the engines it is compared against (mlx-lm, llama-cpp-python). Never a
-# dependency of mlxd itself. llama-cpp-python has no Linux wheel on PyPI, so it builds from source (CPU only,
-# OpenBLAS when Debian's libopenblas-dev is there, plain ggml otherwise): ~15-25 minutes on 2 cores. Idempotent.
+# Make .bench-venv: mlxd plus the engines it is compared against (mlx-lm, llama-cpp-python) and py-spy for
+# profiling the daemon; then `.bench-venv/bin/python -m bench <name>` from the repository root (bench/README.md).
+# Never a dependency of mlxd itself. llama-cpp-python has no Linux wheel on PyPI, so it builds from source (CPU
+# only, OpenBLAS when Debian's libopenblas-dev is there, plain ggml otherwise): ~15-25 minutes on 2 cores.
+# Idempotent.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"

@@ -26,6 +26,9 @@ def test_float32_logits_match_the_reference(tiny):
     assert not loaded.quantized
     assert loaded.quantization["tensor_types"]["Q4_0"] == 2
     np.testing.assert_allclose(np.array(loaded.model(TOKENS)), np.array(reference(TOKENS)), atol=1e-4, rtol=1e-4)
+    fused = load_gguf_model(path, dtype="float32", fuse=True).model
+    assert fused.fused == frozenset(fused.fusable_projections())  # dequantized, every group shares a matmul
+    np.testing.assert_allclose(np.array(fused(TOKENS)), np.array(reference(TOKENS)), atol=1e-4, rtol=1e-4)
 
 
 def test_kept_quantized_layers_hold_the_exact_codes(tiny):
@@ -43,6 +46,19 @@ def test_kept_quantized_layers_hold_the_exact_codes(tiny):
     np.testing.assert_array_equal(np.array(got), np.array(reference.model.layers[0].self_attn.q_proj.weight))
     np.testing.assert_allclose(np.array(loaded.model(TOKENS).astype(mx.float32)), np.array(reference(TOKENS)),
                                atol=5e-2, rtol=5e-2)
+    # Q4_0 q and Q4_1 k beside a 5-bit v, a Q8_0 gate beside an F16 up: each group stays split when fusing.
+    assert not load_gguf_model(path, dtype="keep", fuse=True).model.fused
+
+
+def test_kept_quantized_projections_of_one_type_share_a_matmul(tmp_path):
+    """As Q4_K_M files store most layers: q, k and v of one type (and here gate and up of another)."""
+    path = tmp_path / "one-type.gguf"
+    write_tiny_llama(path, types={"self_attn.v_proj": "Q4_0", "mlp.up_proj": "Q8_0"})
+    split = load_gguf_model(path, dtype="keep").model
+    fused = load_gguf_model(path, dtype="keep", fuse=True).model
+    qkv, gate_up = fused.layers[1].self_attn.qkv_proj, fused.layers[1].mlp.gate_up_proj
+    assert isinstance(qkv, nn.QuantizedLinear) and qkv.bits == 4 and gate_up.bits == 8
+    assert mx.array_equal(fused(TOKENS), split(TOKENS))
 
 
 @pytest.mark.parametrize(

@@ -48,17 +48,19 @@ def permute_like_llama_cpp(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_names() -> dict[str, tuple[str, str]]:
+def _gguf_names(types: dict[str, str]) -> dict[str, tuple[str, str]]:
     names = {f"{hf}.weight": (f"{gg}.weight", t) for hf, (gg, t) in GLOBAL_TENSORS.items()}
     for i in range(CONFIG["num_hidden_layers"]):
         for hf, (gg, t) in LAYER_TENSORS.items():
-            names[f"model.layers.{i}.{hf}.weight"] = (f"blk.{i}.{gg}.weight", t)
+            names[f"model.layers.{i}.{hf}.weight"] = (f"blk.{i}.{gg}.weight", types.get(hf, t))
     return names
 
 
 def write_tiny_llama(path: Path, *, arch: str = "llama", extra_tensor: str | None = None,
-                     drop_tensor: str | None = None, seed: int = 0) -> llama.Model:
-    """Write a GGUF of a random llama and return the reference model holding the GGUF's (quantized) values."""
+                     drop_tensor: str | None = None, seed: int = 0, types: dict[str, str] | None = None
+                     ) -> llama.Model:
+    """Write a GGUF of a random llama and return the reference model holding the GGUF's (quantized) values.
+    `types` changes the GGML type of layer tensors (HF leaf name -> type) from LAYER_TENSORS'."""
     rng = np.random.default_rng(seed)
     model = llama.Model(llama.ModelArgs.from_dict(CONFIG))
     writer = GGUFWriter(str(path), arch)
@@ -69,7 +71,7 @@ def write_tiny_llama(path: Path, *, arch: str = "llama", extra_tensor: str | Non
     writer.add_float32(f"{arch}.rope.freq_base", 10000.0)
     reference = {}
     shapes = dict(tree_flatten(model.parameters()))
-    for hf, (gg, type_name) in _gguf_names().items():
+    for hf, (gg, type_name) in _gguf_names(types or {}).items():
         if gg == drop_tensor:
             continue
         values = (rng.standard_normal(shapes[hf].shape) * 0.2).astype(np.float32)

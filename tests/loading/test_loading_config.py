@@ -17,7 +17,7 @@ from mlxd.loading.config import (
     normalize_config,
     quantization,
 )
-from mlxd.models import get_model_module
+from mlxd.models import architecture
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
@@ -28,7 +28,7 @@ def _read(arch: str, name: str) -> dict:
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"])
 def test_both_layouts_give_equal_model_args(arch):
-    module = get_model_module(arch)
+    module = architecture(arch).module
     v5 = module.ModelArgs.from_dict(normalize_config(_read(arch, "config.json")))
     v4 = module.ModelArgs.from_dict(normalize_config(_read(arch, "config_v4.json")))
     assert v5 == v4

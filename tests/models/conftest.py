@@ -14,6 +14,7 @@ import mlx.core as mx
 import pytest
 
 from mlxd.loading.loader import LoadedModel, load_model
+from mlxd.models import ops
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
@@ -24,6 +25,13 @@ def copy_model_folder(arch: str, layout: str, dest: Path) -> Path:
     if layout == "v4":
         shutil.copyfile(PARITY / arch / "config_v4.json", dest / "config.json")
     return dest
+
+
+@pytest.fixture(autouse=True)
+def float32_kernels():
+    """Each test starts with the kernels a float32 load chooses here (NumPy's on the CPU, models/ops.py), so a
+    model loaded once per session runs through them whatever an earlier test loaded since."""
+    ops.use(ops.choose(mx.default_device(), "float32"))
 
 
 @pytest.fixture(scope="session")

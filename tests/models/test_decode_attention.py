@@ -1,17 +1,19 @@
 """Decode attention with an array mask (rows of a batch at different lengths, sliding windows) takes mlxd's own
-grouped-query path (models/base.py); it must equal MLX's fused attention with the same mask."""
+grouped-query path (models/ops_mlx.py), in either backend; it must equal MLX's fused attention with the same
+mask."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import pytest
 
-from mlxd.models.base import scaled_dot_product_attention
+from mlxd.models import ops
 
 
+@pytest.mark.parametrize("kernels", ops.BACKENDS)
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (6, 1)])
 @pytest.mark.parametrize("additive", [False, True])
-def test_masked_decode_attention_equals_mlx_fused(heads, kv_heads, additive):
+def test_masked_decode_attention_equals_mlx_fused(heads, kv_heads, additive, kernels):
     batch, keys, dim = 3, 11, 16
     mx.random.seed(0)
     q = mx.random.normal((batch, heads, 1, dim))
@@ -20,7 +22,8 @@ def test_masked_decode_attention_equals_mlx_fused(heads, kv_heads, additive):
     starts = mx.array([0, 4, 9])  # row r sees keys [starts[r], keys)
     visible = (mx.arange(keys)[None, :] >= starts[:, None])[:, None, None, :]
     mask = mx.where(visible, 0.0, -mx.inf) if additive else visible
-    got = scaled_dot_product_attention(q, k, v, dim**-0.5, mask)
+    ops.use(kernels)
+    got = ops.attention(q, k, v, dim**-0.5, mask)
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim**-0.5, mask=mask)
     assert got.shape == (batch, heads, 1, dim)
     assert mx.abs(got - want).max().item() < 1e-5

@@ -1,60 +1,87 @@
-"""Serving fuses each attention's q/k/v projections and each MLP's gate/up projections into one matmul where the
-weights allow (models/base.py fuse_linears); the logits must not change, and layers that cannot share a matmul
-(different quantization) must stay apart."""
+"""Serving builds each attention's q/k/v projections and each MLP's gate/up projections as one matmul where the
+checkpoint's tensors allow (loading/fusion.py decides, models/projections.py joins the weights); the logits must
+not change, and layers that cannot share a matmul (different quantization) must stay apart."""
 
 from __future__ import annotations
+
+import json
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from mlx.utils import tree_flatten
 from models.conftest import copy_model_folder
 
 from mlxd.loading.loader import load_model
-from mlxd.models.base import fuse_linears, fuse_projections
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 LOGIT_TOL = 1e-3  # against transformers, as in test_model_parity.py
 
 
-def _load(arch: str, tmp_path):
+def _folder(arch: str, tmp_path):
     folder = copy_model_folder(arch, "v5", tmp_path / arch)
-    return load_model(folder, dtype="float32"), mx.load(str(folder / "expected.safetensors"))
+    return folder, mx.load(str(folder / "expected.safetensors"))
+
+
+def _quantize_folder(folder, bits: int, predicate, overrides: dict | None = None) -> None:
+    """Rewrite a float folder as mlx-lm writes a quantized one, quantizing the layers `predicate` picks (with
+    per-layer `overrides`, as mixed-precision recipes write them)."""
+    model = load_model(folder, dtype="float32").model
+    nn.quantize(model, group_size=32, bits=bits, class_predicate=predicate)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization"] = {"group_size": 32, "bits": bits, **(overrides or {})}
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fused_float_model_gives_the_same_logits(arch, tmp_path):
-    loaded, expected = _load(arch, tmp_path)
-    model, tokens = loaded.model, expected["input_ids"]
-    separate = model(tokens)
-    assert fuse_projections(model) == 2 * len(model.layers)
+    folder, expected = _folder(arch, tmp_path)
+    tokens = expected["input_ids"]
+    split = load_model(folder, dtype="float32").model
+    model = load_model(folder, dtype="float32", fuse=True).model
+    assert model.fused == frozenset(model.fusable_projections()) and len(model.fused) == 2 * len(model.layers)
     attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
     assert "qkv_proj" in attn and "q_proj" not in attn and "v_proj" not in attn
     assert "gate_up_proj" in mlp and "up_proj" not in mlp
+    assert "q_proj" in split.layers[0].self_attn and "qkv_proj" not in split.layers[0].self_attn
     fused = model(tokens)
-    assert mx.abs(fused - separate).max().item() < 1e-5
+    assert mx.abs(fused - split(tokens)).max().item() < 1e-5
     assert mx.abs(fused[0] - expected["logits"]).max().item() < LOGIT_TOL
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
 def test_fused_quantized_model_gives_the_same_logits(arch, bits, tmp_path):
-    loaded, expected = _load(arch, tmp_path)
-    model, tokens = loaded.model, expected["input_ids"]
-    nn.quantize(model, group_size=32, bits=bits, class_predicate=lambda p, m: isinstance(m, nn.Linear))
-    separate = model(tokens)
-    fuse_projections(model)
+    folder, expected = _folder(arch, tmp_path)
+    tokens = expected["input_ids"]
+    _quantize_folder(folder, bits, lambda p, m: isinstance(m, nn.Linear))
+    separate = load_model(folder, dtype="keep").model(tokens)
+    model = load_model(folder, dtype="keep", fuse=True).model
     qkv = model.layers[0].self_attn.qkv_proj
     assert isinstance(qkv, nn.QuantizedLinear) and qkv.bits == bits
     assert mx.abs(model(tokens) - separate).max().item() < 1e-5
 
 
 def test_layers_quantized_differently_stay_apart(tmp_path):
-    loaded, expected = _load("llama", tmp_path)
-    model, tokens = loaded.model, expected["input_ids"]
-    nn.quantize(model, group_size=32, bits=4, class_predicate=lambda p, m: p.endswith("v_proj"))
-    separate = model(tokens)
+    folder, expected = _folder("llama", tmp_path)
+    tokens = expected["input_ids"]
+    _quantize_folder(folder, 4, lambda p, m: p.endswith("v_proj"))  # a float q beside a 4-bit v
+    separate = load_model(folder, dtype="keep").model(tokens)
+    model = load_model(folder, dtype="keep", fuse=True).model
     attn = model.layers[0].self_attn
-    assert not fuse_linears(attn, "qkv_proj", ["q_proj", "k_proj", "v_proj"])  # a float q beside a 4-bit v
-    assert "q_proj" in attn and "qkv_proj" not in attn
-    assert fuse_projections(model) == len(model.layers)  # only the MLPs
+    assert "q_proj" in attn and "qkv_proj" not in attn and isinstance(attn.v_proj, nn.QuantizedLinear)
+    assert model.fused == frozenset(f"model.layers.{i}.mlp" for i in range(len(model.layers)))  # only the MLPs
+    assert mx.abs(model(tokens) - separate).max().item() < 1e-5
+
+
+def test_a_fused_layer_is_quantized_as_its_parts(tmp_path):
+    """Per-layer overrides name the checkpoint's layers; a group whose parts share one takes it when fused."""
+    folder, expected = _folder("llama", tmp_path)
+    tokens = expected["input_ids"]
+    eight = {f"model.layers.1.self_attn.{p}": {"group_size": 32, "bits": 8} for p in ("q_proj", "k_proj", "v_proj")}
+    _quantize_folder(folder, 4, lambda p, m: isinstance(m, nn.Linear) and eight.get(p, True), eight)
+    separate = load_model(folder, dtype="keep").model(tokens)
+    model = load_model(folder, dtype="keep", fuse=True).model
+    assert model.layers[1].self_attn.qkv_proj.bits == 8 and model.layers[0].self_attn.qkv_proj.bits == 4
     assert mx.abs(model(tokens) - separate).max().item() < 1e-5

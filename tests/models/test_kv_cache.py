@@ -6,7 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxd.models.base import create_attention_mask, scaled_dot_product_attention
+from mlxd.models import ops
+from mlxd.models.base import create_attention_mask
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
 B, HEADS, KV_HEADS, DIM = 2, 4, 2, 8
@@ -27,7 +28,7 @@ def _reference(q, k, v, window):
     mask = np.tril(np.ones((n, n), dtype=bool))
     if window is not None:
         mask &= ~np.tril(np.ones((n, n), dtype=bool), -window)
-    return scaled_dot_product_attention(q, k, v, DIM**-0.5, mx.array(mask))
+    return ops.attention(q, k, v, DIM**-0.5, mx.array(mask))
 
 
 def _cached(cache, q, k, v, chunks, window):
@@ -36,7 +37,7 @@ def _cached(cache, q, k, v, chunks, window):
         sl = slice(start, start + size)
         mask = cache.make_mask(size, window)
         keys, values = cache.update_and_fetch(k[:, :, sl], v[:, :, sl])
-        outs.append(scaled_dot_product_attention(q[:, :, sl], keys, values, DIM**-0.5, mask))
+        outs.append(ops.attention(q[:, :, sl], keys, values, DIM**-0.5, mask))
         mx.eval(outs[-1], cache.state)
         start += size
     return mx.concatenate(outs, axis=2)
@@ -134,8 +135,8 @@ def test_softcapped_attention_with_a_huge_cap_equals_the_fused_kernel(mask):
     q, k, v = _sequence(9, seed=2)
     if mask == "window":
         mask = create_attention_mask(9, 0, 3)
-    fused = scaled_dot_product_attention(q, k, v, 0.3, mask)
-    explicit = scaled_dot_product_attention(q, k, v, 0.3, mask, softcap=1e6)
+    fused = ops.attention(q, k, v, 0.3, mask)
+    explicit = ops.attention(q, k, v, 0.3, mask, softcap=1e6)
     assert mx.abs(fused - explicit).max().item() < 1e-4
 
 
@@ -143,5 +144,5 @@ def test_softcap_bounds_the_scores():
     q, k, v = _sequence(3, seed=3)
     v = mx.broadcast_to(mx.arange(3, dtype=mx.float32)[None, None, :, None], v.shape)
     # With a cap of 1e-6 every score is ~0, so attention averages the values uniformly.
-    out = scaled_dot_product_attention(q * 100, k, v, 1.0, None, softcap=1e-6)
+    out = ops.attention(q * 100, k, v, 1.0, None, softcap=1e-6)
     assert mx.allclose(out, mx.ones_like(out), atol=1e-4)

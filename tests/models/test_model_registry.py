@@ -1,4 +1,4 @@
-"""The alias dict, ModelArgs parsing, rope construction and the model interface the engine relies on."""
+"""The architecture registry, ModelArgs parsing, rope construction and the model interface the engine relies on."""
 
 from __future__ import annotations
 
@@ -11,27 +11,30 @@ import pytest
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.config import normalize_config
-from mlxd.models import MODEL_TYPES, get_model_module
-from mlxd.models.base import make_rope
+from mlxd.models import TEXT_MODELS, VISION_LANGUAGE_MODELS, architecture
+from mlxd.models.rope import make_rope
 from mlxd.models.cache import KVCache, RotatingKVCache
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
 
-@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
-def test_every_alias_imports_a_complete_module(model_type):
-    module = get_model_module(model_type)
-    assert hasattr(module, "ModelArgs") and hasattr(module, "Model")
+@pytest.mark.parametrize("model_type", sorted(TEXT_MODELS + VISION_LANGUAGE_MODELS))
+def test_every_architecture_imports_a_complete_module(model_type):
+    arch = architecture(model_type)
+    assert hasattr(arch.module, "ModelArgs") and hasattr(arch.module, "Model")
+    assert arch.model_type == model_type and arch.takes_images == (model_type in VISION_LANGUAGE_MODELS)
 
 
-def test_unknown_model_type_is_named():
-    with pytest.raises(ModelLoadError, match="'bert'"):
-        get_model_module("bert")
+@pytest.mark.parametrize("model_type", ["bert", "cache", "ops", "base"])
+def test_unknown_model_type_is_named(model_type):
+    """Modules of mlxd.models that are not architectures are refused like unknown names."""
+    with pytest.raises(ModelLoadError, match=f"'{model_type}'"):
+        architecture(model_type)
 
 
 def _args(arch: str):
     config = normalize_config(json.loads((PARITY / arch / "config.json").read_text()))
-    return get_model_module(arch).ModelArgs.from_dict({**config, "not_a_field": 1})
+    return architecture(arch).module.ModelArgs.from_dict({**config, "not_a_field": 1})
 
 
 @pytest.mark.parametrize(
@@ -45,14 +48,14 @@ def _args(arch: str):
     ],
 )
 def test_make_cache_has_one_cache_per_layer(arch, cache_types):
-    model = get_model_module(arch).Model(_args(arch))
+    model = architecture(arch).module.Model(_args(arch))
     assert [type(c) for c in model.make_cache()] == cache_types
     assert len(model.layers) == model.args.num_hidden_layers == len(cache_types)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_batched_forward_equals_rows_one_at_a_time(arch):
-    model = get_model_module(arch).Model(_args(arch))
+    model = architecture(arch).module.Model(_args(arch))
     tokens = mx.random.randint(0, model.args.vocab_size, (2, 20), key=mx.random.key(0))
     batched = model(tokens, model.make_cache())
     for row in range(2):
@@ -60,8 +63,17 @@ def test_batched_forward_equals_rows_one_at_a_time(arch):
         assert mx.abs(batched[row] - single[0]).max().item() < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_input_embeddings_stand_for_the_token_embeddings(arch):
+    """Gemma's input embeddings come after its sqrt(hidden) scale (Model.embed), as transformers' inputs_embeds."""
+    model = architecture(arch).module.Model(_args(arch))
+    tokens = mx.random.randint(0, model.args.vocab_size, (1, 12), key=mx.random.key(1))
+    embeddings = model.embed(tokens) if arch == "gemma3_text" else model.model.embed_tokens(tokens)
+    assert mx.array_equal(model(tokens, input_embeddings=embeddings), model(tokens))
+
+
 def test_sanitize_drops_rotary_buffers_and_tied_lm_head():
-    model = get_model_module("qwen2").Model(_args("qwen2"))
+    model = architecture("qwen2").module.Model(_args("qwen2"))
     weights = {
         "model.norm.weight": mx.ones((64,)),
         "model.layers.0.self_attn.rotary_emb.inv_freq": mx.ones((8,)),
@@ -71,7 +83,7 @@ def test_sanitize_drops_rotary_buffers_and_tied_lm_head():
 
 
 def test_qwen2_ignores_sliding_window_unless_enabled():
-    module = get_model_module("qwen2")
+    module = architecture("qwen2").module
     base = dict(model_type="qwen2", hidden_size=8, num_hidden_layers=2, intermediate_size=8,
                 num_attention_heads=2, vocab_size=10, sliding_window=4)
     assert module.ModelArgs.from_dict(base).window(0) is None

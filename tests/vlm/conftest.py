@@ -12,6 +12,7 @@ import pytest
 
 from gemma3_fixture import GEMMA3, model_folder
 from mlxd.loading.loader import LoadedModel, load_model
+from models.conftest import float32_kernels  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="session")

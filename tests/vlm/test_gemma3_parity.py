@@ -56,6 +56,28 @@ def test_causal_only_attention_fails_parity(vlm, expected, monkeypatch):
     assert error.max().item() > 1.0
 
 
+def test_input_embeddings_with_images_equal_token_ids(vlm, expected):
+    """input_embeddings stand for the text model's scaled embeddings; the images still go in unscaled."""
+    model = vlm().model
+    images = [(8, image_embeddings(model))]
+    embeddings = model.language_model.embed(expected["input_ids"])
+    got = model(expected["input_ids"], input_embeddings=embeddings, images=images)
+    assert mx.array_equal(got, model(expected["input_ids"], images=images))
+
+
+def test_fused_text_projections_give_the_same_logits(vlm, expected, tmp_path):
+    """As served: the text decoder's q/k/v and gate/up share a matmul each; the vision tower's stay apart."""
+    model = load_model(model_folder("v5", tmp_path / "gemma3"), dtype="float32", fuse=True).model
+    text = model.language_model
+    assert text.fused == frozenset(text.fusable_projections()) and "qkv_proj" in model.layers[0].self_attn
+    assert all(path.startswith("language_model.") for path in model.fusable_projections())
+    assert "q_proj" in model.vision_tower.vision_model.encoder.layers[0].self_attn
+    images = [(8, image_embeddings(model))]
+    logits = model(expected["input_ids"], images=images)
+    assert mx.abs(logits - vlm().model(expected["input_ids"], images=images)).max().item() < 1e-5
+    assert mx.abs(logits[0] - expected["logits"]).max().item() < LOGIT_TOL
+
+
 def test_without_image_embeddings_parity_fails(vlm, expected):
     logits = vlm().model(expected["input_ids"])
     assert mx.abs(logits[0] - expected["logits"]).max().item() > 100 * LOGIT_TOL

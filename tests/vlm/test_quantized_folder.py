@@ -53,3 +53,14 @@ def test_quantized_and_dequantized_loads_agree_and_stay_near_float(quantized_fol
     assert mx.abs(logits_kept - logits_deq).max().item() < 1e-3
     bits = json.loads((quantized_folder / "config.json").read_text())["quantization"]["bits"]
     assert mx.abs(logits_kept[0] - expected["logits"]).max().item() < NEAR_FLOAT[bits]
+
+
+def test_fused_quantized_text_projections_give_the_same_logits(quantized_folder, expected):
+    """As served: the quantized text decoder's q/k/v and gate/up share a matmul each, at the checkpoint's bits."""
+    split = load_model(quantized_folder, dtype="keep").model
+    fused = load_model(quantized_folder, dtype="keep", fuse=True).model
+    qkv = fused.language_model.layers[0].self_attn.qkv_proj
+    bits = json.loads((quantized_folder / "config.json").read_text())["quantization"]["bits"]
+    assert isinstance(qkv, nn.QuantizedLinear) and qkv.bits == bits
+    ids, images = expected["input_ids"], [(8, image_embeddings(split))]
+    assert mx.abs(fused(ids, images=images) - split(ids, images=images)).max().item() < 1e-5

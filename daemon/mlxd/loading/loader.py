@@ -7,16 +7,20 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
+from mlxd.images.prompt import ImageTokens
 from mlxd.loading import config as cfg
 from mlxd.loading import weights as wts
-from mlxd.models import get_model_module
+from mlxd.loading.fusion import Quantization, build_fused
+from mlxd.models import architecture, ops
+from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,10 @@ DEFAULT_CONTEXT_LENGTH = 4096
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: LanguageModel
+    # The same model when its architecture takes images (the registry says so: mlxd.models.architecture), else
+    # None: what the engine gives the image encoder and the service reads image_tokens from.
+    vision_language: VisionLanguageModel | None
     args: Any
     model_type: str
     config: dict[str, Any]
@@ -44,6 +51,12 @@ class LoadedModel:
     bos_token_id: int | None
     weight_bytes: int
     load_note: str
+    kernels: str  # the models/ops.py backend chosen for this model: "mlx" or "numpy"
+
+    @property
+    def image_tokens(self) -> ImageTokens | None:
+        """How images sit in the prompt, for a vision-language model (plain data, no MLX)."""
+        return None if self.vision_language is None else self.vision_language.image_tokens
 
 
 @dataclass(frozen=True)
@@ -109,18 +122,36 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     return data
 
 
-def _context_from_args(args: Any) -> int | None:
-    """The context length a model's own defaults give, for configs that leave it out (published Gemma 3
-    vision configs omit text_config.max_position_embeddings because it equals transformers' default)."""
-    for part in (args, getattr(args, "text", None)):
-        value = getattr(part, "max_position_embeddings", None)
-        if value:
-            return int(value)
-    return None
+def select_kernels(dtype: str) -> str:
+    """Choose, once per load, the kernels every model call uses from now on (models/ops.py), from the device
+    and the dtype the weights are held in."""
+    name = ops.choose(mx.default_device(), dtype)
+    ops.use(name)
+    logger.info("%s weights on the %s: %s kernels", dtype, mx.default_device(), name)
+    return name
 
 
-def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
-    """Read config, weights and generation config from the folder `path` into an evaluated model."""
+def _final_layout(module: ModuleType, args: Any, model: nn.Module, weights: dict[str, mx.array],
+                  kept: dict[str, Any] | None, fuse: bool) -> tuple[nn.Module, dict[str, mx.array]]:
+    """The model that takes `weights`: rebuilt with its projections fused where they can share a matmul (when
+    `fuse`), with quantized layers where the checkpoint's are kept quantized (`kept`: its quantization block)."""
+    if fuse:
+        def held(path: str) -> Quantization:
+            params = cfg.layer_quantization(kept, path) if kept and f"{path}.scales" in weights else None
+            return None if params is None else (params["bits"], params["group_size"], params.get("mode", "affine"))
+
+        model, weights, fused = build_fused(module, args, model, weights, held)
+        if kept is not None:  # a fused layer is quantized as its parts are
+            kept = kept | {layer: kept[part] for layer, part in fused.items() if part in kept}
+    if kept is not None:
+        wts.quantize_model(model, weights, kept)
+    return model, weights
+
+
+def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> LoadedModel:
+    """Read config, weights and generation config from the folder `path` into an evaluated model. With `fuse`
+    (as served), its input projections share one matmul where the weights allow (loading/fusion.py); without,
+    its parameters are the checkpoint's, as mlx-lm holds them."""
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model folder {path} does not exist")
@@ -131,10 +162,10 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     model_type = raw.get("model_type")
     if not model_type:
         raise ModelLoadError(f"{config_file} has no model_type")
-    module = get_model_module(model_type)
+    arch = architecture(model_type)
     try:
-        args = module.ModelArgs.from_dict(cfg.normalize_config(raw))
-        model = module.Model(args)
+        args = arch.module.ModelArgs.from_dict(cfg.normalize_config(raw))
+        model = arch.module.Model(args)
     except (TypeError, KeyError, ValueError) as e:
         raise ModelLoadError(f"{config_file} does not describe a valid {model_type} model: {e}") from e
 
@@ -153,10 +184,10 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     logger.info("loading %s from %s: %s", model_type, path, plan.note)
     if quant is not None and plan.dequantize:
         weights = wts.dequantize_weights(weights, quant)
-    elif quant is not None:
-        wts.quantize_model(model, weights, quant)
     if plan.dtype is not None:
         weights = wts.cast_weights(weights, plan.dtype)
+    kept = quant if quant is not None and not plan.dequantize else None
+    model, weights = _final_layout(arch.module, args, model, weights, kept, fuse)
 
     wts.check_weight_names(model, weights, f"weights in {path}")
     try:
@@ -165,14 +196,16 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         raise ModelLoadError(f"weights in {path} do not fit {model_type}: {str(e).splitlines()[0][:300]}") from e
     mx.eval(model.parameters())
 
-    context = cfg.context_length(raw) or _context_from_args(args)
+    # Published Gemma 3 vision configs omit text_config.max_position_embeddings: it equals the default.
+    context = cfg.context_length(raw) or args.max_position_embeddings or None
     if context is None:
         logger.warning("%s names no context length; assuming %d", config_file, DEFAULT_CONTEXT_LENGTH)
         context = DEFAULT_CONTEXT_LENGTH
     params = tree_flatten(model.parameters())
     files_read = [config_file, *([generation_file] if generation is not None else []), *files]
     return LoadedModel(
-        model=model,
+        model=cast(LanguageModel, model),
+        vision_language=cast(VisionLanguageModel, model) if arch.takes_images else None,
         args=args,
         model_type=model_type,
         config=raw,
@@ -187,4 +220,5 @@ def load_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         bos_token_id=cfg.bos_token_id(raw, generation),
         weight_bytes=sum(v.nbytes for _, v in params),
         load_note=plan.note,
+        kernels=select_kernels(plan.dtype or checkpoint_dtype),
     )

@@ -104,11 +104,15 @@ def cast_weights(weights: dict[str, mx.array], dtype: str) -> dict[str, mx.array
     return {k: w.astype(target) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
 
 
+# The layer types MLX can quantize (each has to_quantized).
+QUANTIZABLE = (nn.Linear, nn.Embedding)
+
+
 def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[str, Any]) -> None:
     """Swap in quantized layers exactly where the checkpoint has `.scales`, with per-layer overrides."""
 
     def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
-        if f"{path}.scales" not in weights or not hasattr(module, "to_quantized"):
+        if f"{path}.scales" not in weights or not isinstance(module, QUANTIZABLE):
             return False
         return layer_quantization(quant, path) or False
 

@@ -1,26 +1,30 @@
-"""Model architectures, one module per Hugging Face `model_type`."""
+"""Model architectures, one module per Hugging Face `model_type`, imported by that name (as mlx-lm does)."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 
 from mlxd.errors import ModelLoadError
 
-# HF model_type -> module under mlxd.models. Aliases map checkpoints that reuse an architecture.
-MODEL_TYPES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "mistral",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "gemma3_text": "gemma3_text",
-    "gemma3": "gemma3",
-}
+# Every model_type mlxd implements, each in the module mlxd.models.<model_type> (ModelArgs and Model): the
+# allowlist, one line per architecture. Vision-language models (protocol.VisionLanguageModel) take images.
+TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+VISION_LANGUAGE_MODELS = ("gemma3",)
 
 
-def get_model_module(model_type: str) -> ModuleType:
-    """The module (with ModelArgs and Model) implementing `model_type`; ModelLoadError if there is none."""
-    name = MODEL_TYPES.get(model_type)
-    if name is None:
-        raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(MODEL_TYPES))}")
-    return importlib.import_module(f"mlxd.models.{name}")
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    module: ModuleType  # with ModelArgs and Model
+    takes_images: bool
+
+
+def architecture(model_type: str) -> Architecture:
+    """The architecture implementing `model_type`; ModelLoadError naming the supported ones if there is none."""
+    takes_images = model_type in VISION_LANGUAGE_MODELS
+    if model_type not in TEXT_MODELS and not takes_images:
+        supported = ", ".join(sorted(TEXT_MODELS + VISION_LANGUAGE_MODELS))
+        raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {supported}")
+    return Architecture(model_type, importlib.import_module(f"mlxd.models.{model_type}"), takes_images)

@@ -9,18 +9,18 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models.base import (
+from mlxd.models import ops
+from mlxd.models.base import BaseModelArgs, MaskModifier, drop_unused_weights, layer_masks
+from mlxd.models.projections import (
     GATE_UP,
     QKV,
-    BaseModelArgs,
-    drop_unused_weights,
-    fuse_linears,
-    gated_activation,
-    layer_masks,
-    make_rope,
-    project,
-    scaled_dot_product_attention,
+    Projections,
+    add_linears,
+    decoder_fusion,
+    decoder_projections,
+    join_fused_weights,
 )
+from mlxd.models.rope import make_rope
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
 
@@ -77,28 +77,27 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, layer_type: str):
+    def __init__(self, args: ModelArgs, layer_type: str, fused: bool = False):
         super().__init__()
         dim, head_dim = args.hidden_size, args.head_dim
         self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
         self.scale = args.query_pre_attn_scalar**-0.5
         self.softcap = args.attn_logit_softcapping
-        self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=args.attention_bias)
-        self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=args.attention_bias)
-        self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=args.attention_bias)
-        self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=args.attention_bias)
+        q_dim, kv_dim = self.n_heads * head_dim, self.n_kv_heads * head_dim
+        # qkv_proj where the loader fused q, k and v into one matmul, else q_proj, k_proj and v_proj.
+        self.fused, self._split = fused, [q_dim, q_dim + kv_dim]
+        add_linears(self, QKV, dim, (q_dim, kv_dim, kv_dim), args.attention_bias, fused)
+        self.o_proj = nn.Linear(q_dim, dim, bias=args.attention_bias)
         self.q_norm = RMSNorm(head_dim, args.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, args.rms_norm_eps)
         self.rope = make_rope(head_dim, args.rope_parameters[layer_type])
-        # Where q ends and k ends in a fused projection's output (ints: a list would become a module item).
-        self._q_end, self._k_end = self.n_heads * head_dim, (self.n_heads + self.n_kv_heads) * head_dim
-
-    def fuse_projections(self) -> bool:
-        return fuse_linears(self, *QKV)
 
     def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
         B, L, _ = x.shape
-        q, k, v = project(self, *QKV, x, [self._q_end, self._k_end])
+        if self.fused:
+            q, k, v = mx.split(self.qkv_proj(x), self._split, axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self.q_norm(q.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(k.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -106,32 +105,33 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = scaled_dot_product_attention(q, k, v, self.scale, mask, softcap=self.softcap)
+        out = ops.attention(q, k, v, self.scale, mask, softcap=self.softcap)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, fused: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
-
-    def fuse_projections(self) -> bool:
-        return fuse_linears(self, *GATE_UP)
+        dim, hidden = args.hidden_size, args.intermediate_size
+        self.fused = fused  # gate_up_proj, else gate_proj and up_proj
+        add_linears(self, GATE_UP, dim, (hidden, hidden), False, fused)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        gate, up = project(self, *GATE_UP, x, 2)
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         # gelu_pytorch_tanh is the tanh approximation of GELU.
-        return self.down_proj(gated_activation(gate, up, "gelu_tanh"))
+        return self.down_proj(ops.gated_activation(gate, up, "gelu_tanh"))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, layer_type: str):
+    def __init__(self, args: ModelArgs, layer_type: str, fused_attention: bool = False, fused_mlp: bool = False):
         super().__init__()
         eps = args.rms_norm_eps
-        self.self_attn = Attention(args, layer_type)
-        self.mlp = MLP(args)
+        self.self_attn = Attention(args, layer_type, fused_attention)
+        self.mlp = MLP(args, fused_mlp)
         self.input_layernorm = RMSNorm(args.hidden_size, eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, eps)
         self.pre_feedforward_layernorm = RMSNorm(args.hidden_size, eps)
@@ -143,20 +143,22 @@ class TransformerBlock(nn.Module):
 
 
 class Gemma3TextModel(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, fused: list[tuple[bool, bool]]):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args, t) for t in args.layer_types]
+        self.layers = [TransformerBlock(args, t, *f) for t, f in zip(args.layer_types, fused)]
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
 
 class Model(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, fused: frozenset[str] = frozenset()):
+        """`fused`: the groups of fusable_projections() to build as one matmul (the loader decides which)."""
         super().__init__()
         self.args = args
         self.model_type = args.model_type
+        self.fused = fused
         self._windows = [args.window(i) for i in range(args.num_hidden_layers)]
-        self.model = Gemma3TextModel(args)
+        self.model = Gemma3TextModel(args, decoder_fusion(fused, "model.layers", args.num_hidden_layers))
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
@@ -164,12 +166,19 @@ class Model(nn.Module):
     def layers(self) -> list[TransformerBlock]:
         return self.model.layers
 
-    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+    def embed(self, inputs: mx.array) -> mx.array:
+        """The decoder's input for token ids: embeddings times sqrt(hidden_size), as transformers'
+        Gemma3TextScaledWordEmbedding; `input_embeddings` stand for exactly this."""
         h = self.model.embed_tokens(inputs)
         # HF rounds the scale to the embedding dtype before multiplying.
-        h = h * mx.array(math.sqrt(self.args.hidden_size), dtype=h.dtype)
+        return h * mx.array(math.sqrt(self.args.hidden_size), dtype=h.dtype)
+
+    def __call__(self, inputs: mx.array, cache: list | None = None, *, input_embeddings: mx.array | None = None,
+                 mask_modifier: MaskModifier | None = None) -> mx.array:
+        """`mask_modifier` changes each layer's attention mask: the VLM lets one image's tokens see each other."""
+        h = self.embed(inputs) if input_embeddings is None else input_embeddings
         cache = cache if cache is not None else [None] * len(self.layers)
-        masks = layer_masks(inputs.shape[1], cache, self._windows)
+        masks = layer_masks(inputs.shape[1], cache, self._windows, mask_modifier)
         for layer, c, mask in zip(self.layers, cache, masks):
             h = layer(h, mask, c)
         h = self.model.norm(h)
@@ -177,8 +186,12 @@ class Model(nn.Module):
         cap = self.args.final_logit_softcapping
         return logits if cap is None else mx.tanh(logits / cap) * cap
 
+    def fusable_projections(self) -> dict[str, Projections]:
+        return decoder_projections("model.layers", self.args.num_hidden_layers)
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        return drop_unused_weights(weights, self.args.tie_word_embeddings)
+        weights = drop_unused_weights(weights, self.args.tie_word_embeddings)
+        return join_fused_weights(weights, self.fusable_projections(), self.fused)
 
     def make_cache(self) -> list[KVCache | RotatingKVCache]:
         return make_layer_caches(self._windows)

@@ -1,45 +1,67 @@
-"""The kernels model files call, in one place: attention, MLP activations, and prompt scoring.
+"""The kernels model files call, in one place: attention, MLP activations, and the engine's prompt scoring.
 
-Interface first (issue 14): today each function still decides per call which implementation runs; the
-backends chosen once at load (MLX, MLX with the CUDA masked-decode attention, NumPy for CPU prefill) replace that
-behind these same names.
+Every call goes to one backend, chosen once when a model is loaded (the loader calls `use(choose(...))`) from
+the device and the dtype the weights are held in:
+- "mlx" (ops_mlx.py): MLX's own ops, with explicit soft-capped attention and a grouped attention for one query
+  per row with an array mask (batched decode on CUDA);
+- "numpy" (ops_cpu_numpy.py): float32 on the CPU, where MLX computes `exp` one element at a time; prefill
+  (more than one token) runs in NumPy, decode steps stay in MLX.
+Only the worker thread, which alone runs MLX, loads a model and so switches the backend.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from mlxd.generation.sampling import logprobs, top_logprobs
-from mlxd.models import base, cpu_kernels
+from mlxd.models.base import Mask
+from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
+from mlxd.models.ops_mlx import MLXBackend
 
-Mask = base.Mask
+_BACKENDS: dict[str, MLXBackend] = {"mlx": MLXBackend(), "numpy": NumpyBackend()}
+BACKENDS = tuple(_BACKENDS)
+
+_backend: MLXBackend = _BACKENDS["mlx"]
+
+
+def choose(device: mx.Device, dtype: str) -> str:
+    """The backend for weights held in `dtype` (a name: "float32", "bfloat16", ...) on `device`."""
+    return "numpy" if device.type == mx.cpu and dtype == "float32" else "mlx"
+
+
+def use(name: str) -> None:
+    """Send every call below to backend `name` from now on. NumPy's own BLAS then runs on one thread, beside
+    the threads of MLX's (see ops_cpu_numpy.numpy_blas_on_one_thread)."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown kernels {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name == "numpy":
+        numpy_blas_on_one_thread()
+    _backend = _BACKENDS[name]
+
+
+def backend() -> str:
+    """The name of the backend in use."""
+    return _backend.name
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
               softcap: float | None = None) -> mx.array:
     """softmax(scale * q k^T [soft-capped] + mask) v over [B, heads, T, D]; kv heads may be fewer (grouped)."""
-    return base.scaled_dot_product_attention(queries, keys, values, scale, mask, softcap)
+    return _backend.attention(queries, keys, values, scale, mask, softcap)
 
 
 def gated_activation(gate: mx.array, up: mx.array, kind: str) -> mx.array:
-    """activation(gate) * up for a gated MLP; kind is "silu" or "gelu_tanh"."""
-    return base.gated_activation(gate, up, kind)
+    """activation(gate) * up for a gated MLP; kind is "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3)."""
+    return _backend.gated_activation(gate, up, kind)
 
 
 def activation(x: mx.array, kind: str) -> mx.array:
-    """"silu", "gelu_tanh" or "gelu" of x."""
-    return base.activation(x, kind)
+    """"silu", "gelu_tanh" (GELU's tanh approximation, gelu_pytorch_tanh) or "gelu" of x."""
+    return _backend.activation(x, kind)
 
 
 def prompt_scores(logits: mx.array, targets: list[int],
                   top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
     """For logits [T, V]: the log-probability of targets[i] in row i, and when top_k each row's top_k ids and
     log-probabilities, best first. Evaluates (the caller reads the lists)."""
-    if cpu_kernels.scores_apply(logits):
-        return cpu_kernels.scores(logits, targets, top_k)
-    scores = logprobs(logits)
-    chosen = mx.take_along_axis(scores, mx.array(targets, dtype=mx.int32)[:, None], axis=-1)[:, 0]
-    if not top_k:
-        return chosen.tolist(), [[] for _ in targets], [[] for _ in targets]
-    ids, values = top_logprobs(scores, top_k)
-    return chosen.tolist(), ids.tolist(), values.tolist()
+    return _backend.prompt_scores(logits, targets, top_k)

@@ -1,8 +1,9 @@
 """What the engine needs from a model, and nothing else (issue 14): a reader, mypy and a new model's author
-all find it here.
+all find it here. The loader also calls `sanitize` and `fusable_projections` (models/projections.py).
 
 The engine's runner is the only caller. Text models take token ids; a vision-language model also takes the
-image embeddings of the prompt chunk it is given, and encodes images with its vision tower.
+image embeddings of the prompt chunk it is given, and encodes images with its vision tower. Which kind a
+checkpoint is, the architecture registry says (mlxd.models.architecture), not the model object.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.images.prompt import ImageTokens
+from mlxd.models.projections import Projections
 
 # (position of the image's first token within the chunk, its embeddings [tokens, hidden]), for each image whose
-# span lies in a prefill chunk.
+# span lies in a prefill chunk, in order of position.
 ChunkImages = Sequence[tuple[int, mx.array]]
 
 
 class LanguageModel(Protocol):
     """A decoder: logits [B, L, vocab] for input ids [B, L], appending to `cache` (one entry per layer, from
-    make_cache, or the batched caches of the decode batch)."""
+    make_cache, or the batched caches of the decode batch).
+
+    `input_embeddings` [B, L, hidden], when given, replace what the model makes of `inputs` as the first layer's
+    input (for Gemma after its sqrt(hidden) scale, as transformers' inputs_embeds); `inputs` still gives L."""
 
     @property
     def layers(self) -> Sequence[nn.Module]: ...
@@ -32,7 +37,13 @@ class LanguageModel(Protocol):
 
     def make_cache(self) -> list[Any]: ...
 
-    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]: ...
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """The checkpoint's arrays under this model's parameter names (the fused groups' concatenated)."""
+        ...
+
+    def fusable_projections(self) -> dict[str, Projections]:
+        """Module path -> linear layers there that may share one matmul; `Model(args, fused)` builds some fused."""
+        ...
 
 
 class VisionLanguageModel(LanguageModel, Protocol):

@@ -49,7 +49,7 @@ _REFUSED = {
     "attention.temperature_scale": "attention temperature scaling",
     "rope.scaling_beta": "attention temperature scaling",
 }
-# The rope type (mlxd.models.base) that takes rope_freqs.weight's per-pair factors.
+# The rope type (mlxd.models.rope) that takes rope_freqs.weight's per-pair factors.
 FREQ_FACTORS_ROPE = "freq_factors"
 
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,14 +14,16 @@ from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading import config as cfg
-from mlxd.loading.weights import check_weight_names
+from mlxd.loading.fusion import Quantization, build_fused
 from mlxd.loading.gguf import names, tensors
 from mlxd.loading.gguf.config import architecture, hf_config
 from mlxd.loading.gguf.quants import GROUP_SIZE
 from mlxd.loading.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import eog_token_ids
-from mlxd.loading.loader import LoadedModel, physical_ram_bytes, plan_dtype
-from mlxd.models import get_model_module
+from mlxd.loading.loader import LoadedModel, physical_ram_bytes, plan_dtype, select_kernels
+from mlxd.loading.weights import QUANTIZABLE, check_weight_names
+from mlxd.models import architecture as model_architecture
+from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def quantization_summary(gguf: GGUFFile) -> dict[str, Any]:
 
 
 def _quantizable_paths(model: nn.Module) -> set[str]:
-    return {path for path, module in model.named_modules() if hasattr(module, "to_quantized")}
+    return {path for path, module in model.named_modules() if isinstance(module, QUANTIZABLE)}
 
 
 def _convert(
@@ -75,8 +77,9 @@ def rope_factors(gguf: GGUFFile) -> list[float] | None:
     return factors
 
 
-def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
-    """Read a GGUF file into an evaluated model, under the same dtype policy as Hugging Face folders."""
+def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> LoadedModel:
+    """Read a GGUF file into an evaluated model, under the same dtype policy and projection fusion (`fuse`) as
+    Hugging Face folders."""
     start = time.perf_counter()
     path = Path(path)
     if not path.is_file():
@@ -86,10 +89,10 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
     for t in gguf.tensors:
         tensors.check_type(t)
     config = hf_config(gguf.metadata, {t.name: t.shape for t in gguf.tensors}, rope_factors(gguf))
-    module = get_model_module(config["model_type"])
+    model_arch = model_architecture(config["model_type"])
     try:
-        args = module.ModelArgs.from_dict(cfg.normalize_config(config))
-        model = module.Model(args)
+        args = model_arch.module.ModelArgs.from_dict(cfg.normalize_config(config))
+        model = model_arch.module.Model(args)
     except (TypeError, KeyError, ValueError) as e:
         raise ModelLoadError(f"{path} does not describe a valid {config['model_type']} model: {e}") from e
 
@@ -127,6 +130,12 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
             layer_bits[hf.removesuffix(".weight")] = bits
 
     weights = model.sanitize(weights)
+    if fuse:
+        def held(p: str) -> Quantization:
+            return (layer_bits[p], GROUP_SIZE, "affine") if p in layer_bits else None
+
+        model, weights, fused = build_fused(model_arch.module, args, model, weights, held)
+        layer_bits |= {layer: layer_bits[part] for layer, part in fused.items() if part in layer_bits}
     if layer_bits:
         nn.quantize(
             model,
@@ -144,7 +153,8 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
 
     params = tree_flatten(model.parameters())
     return LoadedModel(
-        model=model,
+        model=cast(LanguageModel, model),
+        vision_language=cast(VisionLanguageModel, model) if model_arch.takes_images else None,
         args=args,
         model_type=config["model_type"],
         config=config,
@@ -159,4 +169,5 @@ def load_gguf_model(path: Path, *, dtype: str = "auto") -> LoadedModel:
         bos_token_id=config.get("bos_token_id"),
         weight_bytes=sum(v.nbytes for _, v in params),
         load_note=plan.note,
+        kernels=select_kernels(plan.dtype or stored),
     )

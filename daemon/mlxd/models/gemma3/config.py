@@ -67,3 +67,7 @@ class ModelArgs(BaseModelArgs):
     @property
     def vocab_size(self) -> int:
         return self.text.vocab_size
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return self.text.max_position_embeddings

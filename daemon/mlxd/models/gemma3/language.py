@@ -1,21 +1,30 @@
-"""The gemma3 text decoder of the VLM: image embeddings replace the image tokens' embeddings, and the tokens
-of one image attend to each other in both directions (transformers' token_type_ids mask); the rest is causal
-and the sliding layers keep their window.
+"""How the VLM's images reach the gemma3 text decoder: their embeddings replace the image tokens' embeddings,
+and the tokens of one image attend to each other in both directions (transformers' token_type_ids mask); the
+rest stays causal and the sliding layers keep their window.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import mlx.core as mx
 
-from mlxd.models import gemma3_text
-from mlxd.models.base import Mask, layer_masks
+from mlxd.models.base import Mask
 from mlxd.models.cache import RotatingKVCache
+from mlxd.models.protocol import ChunkImages
 
-# (first position within the chunk, embeddings [tokens, hidden]) for each image whose span lies in the chunk.
-ChunkImages = Sequence[tuple[int, mx.array]]
+
+def splice_images(h: mx.array, images: ChunkImages) -> mx.array:
+    """The decoder input `h` [B, L, hidden] with each image's embeddings in place of its tokens' rows.
+
+    Image features go in unscaled, after the text embeddings' sqrt(hidden) scale, as transformers'
+    masked_scatter puts them (the parity fixture in tests/fixtures/parity/gemma3 depends on it).
+    """
+    pieces, end = [], 0
+    for start, embeddings in images:
+        pieces += [h[:, end:start], mx.broadcast_to(embeddings.astype(h.dtype), (h.shape[0], *embeddings.shape))]
+        end = start + embeddings.shape[0]
+    return mx.concatenate([*pieces, h[:, end:]], axis=1)
 
 
 def _key_range(length: int, cache: Any) -> tuple[int, int]:
@@ -46,25 +55,3 @@ def image_block_mask(length: int, cache: Any, base: Mask, images: ChunkImages) -
     key_group = mx.concatenate([mx.full((offset - key_start,), -1, dtype=mx.int32), group])
     same_image = (group[:, None] == key_group[None, :]) & (group[:, None] >= 0)
     return base | same_image
-
-
-class LanguageModel(gemma3_text.Model):
-    def __call__(self, inputs: mx.array, cache: list | None = None, images: ChunkImages = ()) -> mx.array:
-        h = self.model.embed_tokens(inputs)
-        h = h * mx.array(math.sqrt(self.args.hidden_size), dtype=h.dtype)
-        for start, embeddings in images:
-            # Image features go in unscaled, as transformers' masked_scatter puts them.
-            h[:, start : start + embeddings.shape[0]] = embeddings.astype(h.dtype)
-        cache = cache if cache is not None else [None] * len(self.layers)
-        length = inputs.shape[1]
-        base = layer_masks(length, cache, self._windows)
-        masks: dict[int | None, Mask] = {}
-        for window, c, mask in zip(self._windows, cache, base):
-            if window not in masks:
-                masks[window] = image_block_mask(length, c, mask, images)
-        for layer, c, window in zip(self.layers, cache, self._windows):
-            h = layer(h, masks[window], c)
-        h = self.model.norm(h)
-        logits = self.model.embed_tokens.as_linear(h) if self.args.tie_word_embeddings else self.lm_head(h)
-        cap = self.args.final_logit_softcapping
-        return logits if cap is None else mx.tanh(logits / cap) * cap

@@ -6,12 +6,16 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.images.prompt import ImageTokens
-from mlxd.models.base import drop_unused_weights
+from mlxd.models import gemma3_text
 from mlxd.models.cache import KVCache, RotatingKVCache
+from mlxd.models.gemma3 import language
 from mlxd.models.gemma3.config import ModelArgs
-from mlxd.models.gemma3.language import ChunkImages, LanguageModel
 from mlxd.models.gemma3.vision import MultiModalProjector, VisionTower
+from mlxd.models.projections import Projections
+from mlxd.models.protocol import ChunkImages
 
+# Where the text decoder's weights sit.
+TEXT = "language_model."
 # transformers 5 saves the VLM under `model.`; older checkpoints and MLX conversions use these names.
 _RENAMES = (
     ("model.language_model.", "language_model.model."),
@@ -29,11 +33,12 @@ def _rename(key: str) -> str:
 
 
 class Model(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, fused: frozenset[str] = frozenset()):
+        """`fused`: the groups of fusable_projections() to build as one matmul (the loader decides which)."""
         super().__init__()
         self.args = args
         self.model_type = args.model_type
-        self.language_model = LanguageModel(args.text)
+        self.language_model = gemma3_text.Model(args.text, frozenset(p.removeprefix(TEXT) for p in fused))
         self.vision_tower = VisionTower(args.vision)
         self.multi_modal_projector = MultiModalProjector(args)
         self.image_tokens = ImageTokens(
@@ -46,14 +51,24 @@ class Model(nn.Module):
     def layers(self) -> list:
         return self.language_model.layers
 
-    def __call__(self, inputs: mx.array, cache: list | None = None, images: ChunkImages = ()) -> mx.array:
-        return self.language_model(inputs, cache, images)
+    def __call__(self, inputs: mx.array, cache: list | None = None, *, input_embeddings: mx.array | None = None,
+                 images: ChunkImages = ()) -> mx.array:
+        if not images:
+            return self.language_model(inputs, cache, input_embeddings=input_embeddings)
+        h = self.language_model.embed(inputs) if input_embeddings is None else input_embeddings
+        return self.language_model(
+            inputs, cache, input_embeddings=language.splice_images(h, images),
+            mask_modifier=lambda length, c, mask: language.image_block_mask(length, c, mask, images))
 
     def encode_images(self, pixels: mx.array) -> mx.array:
         """Embeddings [B, mm_tokens_per_image, text hidden] of normalized pixels [B, 3, H, W]."""
         dtype = self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
         patches = self.vision_tower(pixels.transpose(0, 2, 3, 1).astype(dtype))
         return self.multi_modal_projector(patches)
+
+    def fusable_projections(self) -> dict[str, Projections]:
+        """The text decoder's; the vision tower's attention stays split."""
+        return {TEXT + path: group for path, group in self.language_model.fusable_projections().items()}
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         out = {}
@@ -64,10 +79,9 @@ class Model(nn.Module):
             if key.endswith("patch_embedding.weight") and value.shape[1] == self.args.vision.num_channels:
                 value = value.transpose(0, 2, 3, 1)  # torch conv [out, in, kh, kw] -> MLX [out, kh, kw, in]
             out[key] = value
-        tied = self.args.text.tie_word_embeddings
-        text = {k[len("language_model."):]: v for k, v in out.items() if k.startswith("language_model.")}
-        rest = {k: v for k, v in out.items() if not k.startswith("language_model.")}
-        return rest | {f"language_model.{k}": v for k, v in drop_unused_weights(text, tied).items()}
+        text = {k.removeprefix(TEXT): v for k, v in out.items() if k.startswith(TEXT)}
+        rest = {k: v for k, v in out.items() if not k.startswith(TEXT)}
+        return rest | {TEXT + k: v for k, v in self.language_model.sanitize(text).items()}
 
     def make_cache(self) -> list[KVCache | RotatingKVCache]:
         return self.language_model.make_cache()

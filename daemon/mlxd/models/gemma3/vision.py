@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models.base import activation, scaled_dot_product_attention
+from mlxd.models import ops
 from mlxd.models.gemma3.config import ModelArgs, VisionArgs
 from mlxd.models.gemma3_text import RMSNorm
 
@@ -40,7 +40,7 @@ class VisionAttention(nn.Module):
         q, k, v = (proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         # Every patch sees every other patch: no mask.
-        out = scaled_dot_product_attention(q, k, v, self.scale, None)
+        out = ops.attention(q, k, v, self.scale, None)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -52,7 +52,7 @@ class VisionMLP(nn.Module):
         self._activation = "gelu_tanh" if args.hidden_act == "gelu_pytorch_tanh" else "gelu"
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(activation(self.fc1(x), self._activation))
+        return self.fc2(ops.activation(self.fc1(x), self._activation))
 
 
 class EncoderLayer(nn.Module):

@@ -1,6 +1,6 @@
 """Write a random-weight Hugging Face folder of a published model's shape, for speed benchmarks.
 
-    python bench/random_model.py --shape llama-1b --dtype bfloat16 [--bits 4] --out /tmp/llama-1b
+    python -m bench random_model --shape llama-1b --dtype bfloat16 [--bits 4] --out /tmp/llama-1b
 
 The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing.
 """
@@ -20,7 +20,7 @@ SHAPES = {
     "llama-1b": (2048, 16, 32, 8, 8192, 128256),
     "llama-8b": (4096, 32, 32, 8, 14336, 128256),
 }
-TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity" / "llama"
+TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
 
 
 def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0) -> Path:
@@ -67,13 +67,13 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--bits", type=int, default=0, choices=[0, 4, 8], help="store matrices MLX-quantized")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(write_random_model(args.shape, args.dtype, args.out, bits=args.bits))
 
 

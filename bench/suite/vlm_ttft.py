@@ -1,40 +1,43 @@
 """Time to first token of a vision-language request, split into preprocessing, vision encoding and prefill.
 
-    python bench/vlm_ttft.py                      # real Gemma 3 vision shapes (SigLIP 896 px), small text model
-    python bench/vlm_ttft.py --model PATH         # a Gemma 3 folder (Hugging Face or MLX-quantized)
+    python -m bench vlm_ttft                  # real Gemma 3 vision shapes (SigLIP 896 px), random weights
+    python -m bench vlm_ttft --model PATH     # a Gemma 3 folder (Hugging Face or MLX-quantized)
 
 Preprocessing (Pillow decode + resize + normalize of a 1024x768 JPEG) runs where the daemon runs it, off the
 MLX thread; vision encoding is the SigLIP tower + projector; prefill runs the prompt with the image's 256
-tokens and samples the first token. Prints one JSON line per run, then the medians.
+tokens and samples the first token. The anchor is the split itself: which part of the wait is worth shortening.
+OpenBLAS is preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once). Prints one JSON
+line per run, then the medians.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 from PIL import Image
 
-from mlxd.engine.images import ImageEncoder
+from bench import common
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage
-from mlxd.engine.scheduler import ModelRuntime, run_to_completion
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
 from mlxd.images.decode import ImageLimits, decode_image
 from mlxd.images.preprocess import ProcessorConfig, content_digest, preprocess
 from mlxd.launcher import blas_note
-from mlxd.loading.loader import load_model
+from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.models.gemma3 import Model, ModelArgs
 
 # Gemma 3 4B's vision tower and image layout; a 1B-sized decoder with a small vocabulary keeps CPU runs short.
-RANDOM_CONFIG = {
+RANDOM_CONFIG: dict[str, Any] = {
     "model_type": "gemma3", "mm_tokens_per_image": 256, "boi_token_index": 300, "eoi_token_index": 301,
     "image_token_index": 302,
     "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
@@ -45,7 +48,8 @@ RANDOM_CONFIG = {
 }
 
 
-def random_model(vision_layers: int, text_layers: int) -> nn.Module:
+def random_runtime(vision_layers: int, text_layers: int) -> ModelRuntime:
+    """A runtime built by hand: random weights have no loader, so no LoadedModel for ModelRuntime.from_loaded."""
     config = {**RANDOM_CONFIG, "vision_config": {**RANDOM_CONFIG["vision_config"], "num_hidden_layers": vision_layers},
               "text_config": {**RANDOM_CONFIG["text_config"], "num_hidden_layers": text_layers}}
     model = Model(ModelArgs.from_dict(config))
@@ -53,7 +57,8 @@ def random_model(vision_layers: int, text_layers: int) -> nn.Module:
     # Small random values everywhere (zero-initialized norms and projection included) keep activations finite.
     model.update(tree_map(lambda p: mx.random.normal(p.shape) * 0.02, model.parameters()))
     mx.eval(model.parameters())
-    return model
+    vocab = model.args.vocab_size
+    return ModelRuntime(model, lambda ids: "", frozenset(), frozenset(), 32768, vocab, ImageEncoder(model, 1 << 30))
 
 
 def jpeg(width: int = 1024, height: int = 768) -> bytes:
@@ -63,28 +68,31 @@ def jpeg(width: int = 1024, height: int = 768) -> bytes:
     return out.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
     parser.add_argument("--model", type=Path, help="a Gemma 3 folder; default: random weights, real vision shapes")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--text-tokens", type=int, default=32, help="text tokens around the image")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--vision-layers", type=int, default=27, help="random model: SigLIP layers (Gemma 3: 27)")
     parser.add_argument("--text-layers", type=int, default=26, help="random model: decoder layers (Gemma 3 1B: 26)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
-    model = load_model(args.model, dtype=args.dtype).model if args.model else \
-        random_model(args.vision_layers, args.text_layers)
-    tokens = model.image_tokens
+    runtime = ModelRuntime.from_loaded(*load_model_and_tokenizer(args.model, args.dtype)) if args.model else \
+        random_runtime(args.vision_layers, args.text_layers)
+    assert runtime.image_encoder is not None, f"{args.model} is not a vision-language model"
+    tokens = runtime.image_encoder.model.image_tokens
     config = ProcessorConfig(height=tokens.image_size, width=tokens.image_size)
-    vocab = model.args.vocab_size
+    vocab = runtime.vocab_size
     half = args.text_tokens // 2
     text = [(i * 7919 + 13) % (min(vocab, 250) - 10) + 5 for i in range(args.text_tokens)]
     ids = [2] + text[:half] + tokens.span() + text[half:]
-    runtime = ModelRuntime(model, lambda ids: "", frozenset(), frozenset(), 32768, vocab, ImageEncoder(model, 1 << 30))
     data = jpeg()
     print(json.dumps({"device": str(mx.default_device()), "blas": blas_note(), "prompt_tokens": len(ids),
                       "image_tokens": tokens.per_image, "image_bytes": len(data)}), flush=True)
+    # One scheduler for every run, as the daemon keeps one: its KV budget is measured once, in the warm-up run.
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512))
     rows = []
     for run in range(args.runs + 1):  # the first run compiles kernels and is not counted
         started = time.perf_counter()
@@ -96,16 +104,16 @@ def main() -> None:
         # The embeddings are cached now: this run's prefill pays only for the language model.
         request = GenerationRequest(f"r{run}", ids, SamplingParams(temperature=0.0), max_tokens=1, ignore_eos=True,
                                     images=(image,))
-        final = run_to_completion(runtime, request, prefill_chunk_size=512)[-1]
-        assert isinstance(final, FinalEvent), final
+        scheduler.add(request)
+        events = []
+        while scheduler.has_work():
+            events += [event for _, event in scheduler.step()]
+        assert isinstance(events[-1], FinalEvent), events[-1]
         done = time.perf_counter()
         row = {"preprocess_s": preprocessed - started, "vision_s": encoded - preprocessed,
                "prefill_s": done - encoded, "ttft_s": done - started}
         if run:
             rows.append(row)
             print(json.dumps({"run": run, **{k: round(v, 4) for k, v in row.items()}}), flush=True)
-    print(json.dumps({"median": {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}}))
-
-
-if __name__ == "__main__":
-    main()
+    print(f"\nmedians of {args.runs} runs, seconds")
+    print(common.table(list(rows[0]), [[statistics.median(r[k] for r in rows) for k in rows[0]]]))

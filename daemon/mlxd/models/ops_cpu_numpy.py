@@ -1,17 +1,17 @@
-"""NumPy kernels for prefill on the CPU, where MLX's CPU backend is slowest.
+"""The NumPy backend of models/ops.py, chosen for float32 weights on the CPU, where MLX's CPU backend is slowest.
 
 MLX's CPU backend computes transcendental functions one element at a time: `exp` takes 23 ns per element on
 our 2-core Xeon, 20x NumPy's vectorized exp. At 512 tokens of a Llama-shaped 0.37B model that made attention's
 softmax and the MLP's SiLU together about half of prefill (bench/cpu_prefill_kernels.py). So for a prefill
-(more than one token) of float32 arrays on the CPU:
+(more than one token) of float32 arrays:
 - attention: the two matmuls go to BLAS through NumPy, the softmax is NumPy's, and query blocks of a causal
   prefill skip the keys they cannot see (about half the work of a fresh prompt);
 - MLP activations (SiLU, tanh-GELU, times the up projection in a gated MLP) are NumPy's;
 - prompt logprobs (log-softmax over the vocabulary for every prompt token, and the top k) are NumPy's: 1.4x to
   1.9x faster for a 512-token SmolLM2 prompt, and closer to float64 (3e-6 against MLX's 8e-5).
 Each kernel evaluates its MLX inputs (a sync point per layer, which a prefill can afford) and returns a new MLX
-array (the prompt logprobs: Python lists, what the caller reads them into). Decode steps, other dtypes and the
-GPU stay in MLX.
+array (the prompt logprobs: Python lists, what the caller reads them into). Decode steps stay in MLX, and so do
+arrays of another dtype (another model loaded into the same process).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ import os
 import mlx.core as mx
 import numpy as np
 
+from mlxd.models.base import Mask
+from mlxd.models.ops_mlx import MLXBackend
+
 # Queries per block: small enough that skipping keys past the block's last position saves most of the masked
 # half, large enough that each block's two matmuls keep BLAS efficient. Fewer (down to MIN_BLOCK) when one
 # block's scores would pass SCORES_BYTES: long contexts with many heads.
@@ -33,24 +36,51 @@ MIN_BLOCK = 16
 SCORES_BYTES = 64 << 20
 
 
-def prefill_on_cpu(x: mx.array, tokens: int) -> bool:
-    """True when `x` (float32) belongs to a forward pass of more than one token on the CPU."""
-    return tokens > 1 and x.dtype == mx.float32 and mx.default_device().type == mx.cpu
+class NumpyBackend(MLXBackend):
+    """NumPy where its kernels apply (the rules below), MLX's ops everywhere else."""
+
+    name = "numpy"
+
+    def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
+                  softcap: float | None = None) -> mx.array:
+        if attention_applies(queries, mask, softcap):
+            return attention(queries, keys, values, scale, mask)
+        return super().attention(queries, keys, values, scale, mask, softcap)
+
+    def gated_activation(self, gate: mx.array, up: mx.array, kind: str) -> mx.array:
+        if activation_applies(gate, kind):
+            return activation(gate, kind, up)
+        return super().gated_activation(gate, up, kind)
+
+    def activation(self, x: mx.array, kind: str) -> mx.array:
+        if activation_applies(x, kind):
+            return activation(x, kind)
+        return super().activation(x, kind)
+
+    def prompt_scores(self, logits: mx.array, targets: list[int],
+                      top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
+        if scores_apply(logits):
+            return scores(logits, targets, top_k)
+        return super().prompt_scores(logits, targets, top_k)
 
 
-def attention_applies(queries: mx.array, mask: object, softcap: float | None) -> bool:
+def prefill(x: mx.array, tokens: int) -> bool:
+    """True when `x` (float32) belongs to a forward pass of more than one token."""
+    return tokens > 1 and x.dtype == mx.float32
+
+
+def attention_applies(queries: mx.array, mask: Mask, softcap: float | None) -> bool:
     """Attention over [B, heads, T, D] queries without soft-capping and with no mask, a causal or a boolean one."""
-    return (softcap is None and prefill_on_cpu(queries, queries.shape[2])
+    return (softcap is None and prefill(queries, queries.shape[2])
             and (mask is None or isinstance(mask, str) or mask.dtype == mx.bool_))
 
 
-def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: mx.array | str | None) -> mx.array:
+def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask) -> mx.array:
     """softmax(scale * q k^T + mask) v over [B, heads, T, D]; kv heads may be fewer than query heads.
 
     A "causal" mask is bottom-right aligned (the queries are the last T positions of the keys); a boolean
     array mask broadcasts against [B, heads, T, keys] and is True where a key is visible.
     """
-    _numpy_blas_on_one_thread()
     causal = isinstance(mask, str)
     arrays = [queries, keys, values] + ([mask] if isinstance(mask, mx.array) else [])
     mx.eval(arrays)
@@ -80,12 +110,12 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     return mx.array(out.reshape(B, n_heads, n_q, -1))
 
 
-@functools.cache
-def _numpy_blas_on_one_thread() -> None:
+def numpy_blas_on_one_thread() -> None:
     """NumPy's wheels bundle their own OpenBLAS, whose thread pool sits beside that of the OpenBLAS MLX uses.
     Threads of one pool spin for a while after their work, so the two fight over the cores: on 2 cores with both
     at 2 threads, prefill ran at half the speed of NumPy's at 1 (bench/cpu_prefill_kernels.py --threads 2:
-    195 against 404 tok/s at 512 tokens). So NumPy's matmuls run on one thread; MLX's keep every core."""
+    195 against 404 tok/s at 512 tokens). So NumPy's matmuls run on one thread; MLX's keep every core. Called
+    when this backend is chosen (ops.use)."""
     for setter in _numpy_openblas_functions("set_num_threads"):
         setter(1)
 
@@ -97,9 +127,11 @@ def _numpy_openblas_functions(name: str) -> list:
     for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "lib*openblas*.so*")):
         lib = ctypes.CDLL(path)
         for symbol in (f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}"):
-            if hasattr(lib, symbol):
-                found.append(getattr(lib, symbol))
+            try:
+                found.append(lib[symbol])
                 break
+            except AttributeError:  # not the name this build exports
+                continue
     return found
 
 
@@ -131,7 +163,7 @@ def _exp_normalized(scores: np.ndarray) -> None:
 
 def activation_applies(x: mx.array, kind: str) -> bool:
     """An activation over [..., T, features] that NumPy has (not exact GELU: NumPy has no erf)."""
-    return kind in ("silu", "gelu_tanh") and prefill_on_cpu(x, x.shape[-2])
+    return kind in ("silu", "gelu_tanh") and prefill(x, x.shape[-2])
 
 
 def activation(x: mx.array, kind: str, up: mx.array | None = None) -> mx.array:
@@ -166,9 +198,9 @@ def _activation(g: np.ndarray, kind: str) -> np.ndarray:
 
 
 def scores_apply(logits: mx.array) -> bool:
-    """Prompt logprobs of a CPU prefill: rows of float32 logits, scored together (bench/cpu_prompt_logprobs.py).
+    """Prompt logprobs of a prefill: rows of float32 logits, scored together (bench/cpu_prompt_logprobs.py).
     One row (a decode step's) stays in MLX, lazy, so the step pipelines."""
-    return logits.ndim == 2 and prefill_on_cpu(logits, logits.shape[0])
+    return logits.ndim == 2 and prefill(logits, logits.shape[0])
 
 
 def scores(logits: mx.array, targets: list[int], top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:

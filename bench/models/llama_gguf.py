@@ -1,7 +1,7 @@
-"""Write a random-weight Llama GGUF (~0.37B parameters by default) that mlxd, mlx-lm (via bench/mlx_export.py)
+"""Write a random-weight Llama GGUF (~0.37B parameters by default) that mlxd, mlx-lm (via bench/models/mlx_export.py)
 and llama.cpp all run, for speed comparisons on a larger model than SmolLM2-135M.
 
-    python bench/llama_gguf.py --out /tmp/llama-0.4b.Q4_0.gguf [--type Q4_0|Q8_0] [--tokenizer-from SMOLLM2.gguf]
+    python -m bench llama_gguf --out /tmp/llama-0.4b.Q4_0.gguf [--type Q4_0|Q8_0] [--tokenizer-from SMOLLM2.gguf]
 
 The tokenizer (tokenizer.ggml.*: vocabulary, merges, special ids) is copied from another GGUF, SmolLM2's by
 default, so both llama.cpp and mlxd accept the file; the vocabulary size follows it. Weights are normal with
@@ -94,13 +94,13 @@ def write_llama_gguf(out: Path, tokenizer_from: Path, shape: str = "llama-0.4b",
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-0.4b")
     parser.add_argument("--type", choices=sorted(FILE_TYPES), default="Q4_0")
     parser.add_argument("--tokenizer-from", type=Path, help="a GGUF whose tokenizer to copy (default: SmolLM2)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tokenizer_from is None:
         from mlxd.loading.gguf.fetch import fetch_model
         args.tokenizer_from = fetch_model("smollm2")

@@ -1,6 +1,6 @@
 """Health under load: how fast grpc.health.v1 Check answers while the worker is saturated with generations.
 
-    .venv/bin/python bench/health_latency.py [--model PATH] [--streams 8] [--checks 2000]
+    python -m bench health_latency [--model PATH] [--streams 8] [--checks 2000]
 
 Health answers from state the worker publishes (DESIGN.md §1), so its latency should not depend on the load.
 Prints p50/p99/max of Check with the worker idle (the anchor) and saturated, and their ratio.
@@ -8,18 +8,16 @@ Prints p50/p99/max of Check with the worker idle (the anchor) and saturated, and
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from bench import common
+from bench.daemon import Daemon
+from mlxd_client import Client, collect
 
-from daemon_process import FIXTURES, start_daemon  # noqa: E402
-from mlxd_client import Client, collect  # noqa: E402
+# The tests' tiny Llama (random weights, 320-token vocabulary): the worker's load, not the model, is the point.
+TINY = common.ROOT / "tests" / "fixtures" / "parity" / "llama"
 
 
 def check_latencies(addr: str, count: int) -> list[float]:
@@ -40,14 +38,15 @@ def summary(latencies: list[float]) -> tuple[float, float, float]:
     return (statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3, ordered[-1] * 1e3)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=FIXTURES / "parity" / "llama")
+def main(argv: list[str] | None = None) -> None:
+    parser = common.parser(__doc__)
+    common.add_model_args(parser, default=str(TINY))
     parser.add_argument("--streams", type=int, default=8, help="concurrent generations that keep the worker busy")
     parser.add_argument("--checks", type=int, default=2000)
-    args = parser.parse_args()
-    daemon = start_daemon(args.model, "--max-queue", str(args.streams * 2))
-    try:
+    common.add_out_arg(parser, "health_latency")
+    args = parser.parse_args(argv)
+    model = common.resolve_model(args.model)
+    with Daemon(model, args.out, "--dtype", args.dtype, "--max-queue", str(args.streams * 2)) as daemon:
         idle = check_latencies(daemon.addr, args.checks)
         stop = threading.Event()
         generated = []
@@ -67,17 +66,10 @@ def main() -> int:
         stop.set()
         for w in workers:
             w.join()
-    finally:
-        assert daemon.stop() == 0, daemon.stderr()
-    (i50, i99, imax), (b50, b99, bmax) = summary(idle), summary(busy)
-    print(f"model {args.model}; {args.checks} Checks each; {args.streams} streams kept the worker busy "
+        # Health must not have cost the daemon anything: it drains and exits cleanly.
+        assert daemon.stop() == 0, f"mlxd exited with an error; see {daemon.log}"
+    idle_row, busy_row = summary(idle), summary(busy)
+    print(f"\n{model.name}; {args.checks} Checks each; {args.streams} streams kept the worker busy "
           f"({sum(generated)} tokens generated meanwhile)")
-    print(f"{'worker':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    print(f"{'idle':10} {i50:8.2f} {i99:8.2f} {imax:8.2f}")
-    print(f"{'saturated':10} {b50:8.2f} {b99:8.2f} {bmax:8.2f}")
-    print(f"saturated / idle p99: {b99 / i99:.2f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    print(common.table(["worker", "p50 ms", "p99 ms", "max ms"], [["idle", *idle_row], ["saturated", *busy_row]]))
+    print(f"saturated / idle p99: {busy_row[1] / idle_row[1]:.2f}")

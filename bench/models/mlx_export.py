@@ -1,6 +1,6 @@
 """Save the weights mlxd serves from a GGUF file as a folder mlx-lm loads: the same arrays, not a re-conversion.
 
-    python bench/mlx_export.py --gguf FILE.gguf --dtype auto --out DIR
+    python -m bench mlx_export --gguf FILE.gguf --dtype auto --out DIR
 
 mlxd's loader turns the GGUF into an MLX model (on CPU with --dtype auto: dequantized to float32; with
 --dtype keep: MLX affine group-32 quantized). Its parameters go to model.safetensors as they are; config.json is
@@ -65,12 +65,12 @@ def export(gguf: Path, dtype: str, out: Path) -> Path:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gguf", type=Path, required=True)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(export(args.gguf, args.dtype, args.out))
 
 

@@ -1,0 +1,58 @@
+"""python -m bench <name> [options]: run one benchmark (or a model-making tool); with no name, list them.
+
+Run from the repository root with a Python that has mlxd installed (.venv) or, for the anchors that need mlx-lm
+and llama.cpp, the bench venv (`bash scripts/bench_env.sh` once, then `.bench-venv/bin/python -m bench ...`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, what it measures, against what)
+BENCHMARKS = {
+    "grpc_vs_inprocess": ("bench.suite.grpc_vs_inprocess",
+                          "one stream's prefill and decode tok/s over gRPC, against the engine without gRPC "
+                          "[and mlx-lm's generate_step]"),
+    "batch_throughput": ("bench.suite.batch_throughput",
+                         "aggregate tok/s of N gRPC streams, against mlx-lm's BatchGenerator"),
+    "batch_inprocess": ("bench.suite.batch_inprocess",
+                        "the engine's batched decode without gRPC; where a step's time goes (--breakdown)"),
+    "cpu_anchors": ("bench.suite.cpu_anchors",
+                    "CPU prefill and decode over gRPC, against mlx-lm and llama.cpp on the same weights"),
+    "cpu_concurrency": ("bench.suite.cpu_concurrency",
+                        "aggregate tok/s of 1..N streams against one stream; TTFT with a shared prefix"),
+    "prefix_ttft": ("bench.suite.prefix_ttft", "time to first token with a cached prefix, against a cold one"),
+    "vlm_ttft": ("bench.suite.vlm_ttft", "a vision request's TTFT split into preprocessing, vision and prefill"),
+    "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
+}
+TOOLS = {
+    "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),
+    "llama_gguf": ("bench.models.llama_gguf", "write a random-weight Llama GGUF that mlxd, mlx-lm and llama.cpp run"),
+    "mlx_export": ("bench.models.mlx_export", "save the arrays mlxd serves from a GGUF as a folder mlx-lm loads"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m bench <name> [options]   (python -m bench <name> --help for its options)", "",
+             "benchmarks:"]
+    lines += [f"  {name:18} {what}" for name, (_, what) in BENCHMARKS.items()]
+    lines += ["", "tools:"] + [f"  {name:18} {what}" for name, (_, what) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    commands = {**BENCHMARKS, **TOOLS}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] not in commands:
+        print(f"unknown benchmark {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[argv[0]][0])
+    sys.argv = [f"python -m bench {argv[0]}", *argv[1:]]  # so argparse names the command in its messages
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

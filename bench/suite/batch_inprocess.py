@@ -1,0 +1,122 @@
+"""The engine's batched decode without gRPC: N greedy streams through one Scheduler on this thread, as the
+worker drives it. Decode-phase tok/s here against batch_throughput's over gRPC separates the service's cost from
+the engine's; --breakdown says where a step's time goes when the device is not the limit. OpenBLAS is
+preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
+
+    python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
+                                    [--breakdown] [--profile OUT.txt]
+
+--breakdown runs once more under cProfile and reads the cumulative time of the runner's and scheduler's main
+parts from it (waiting for a step's tokens, queueing a step and the model's graph build within it, regrouping
+rows, prefill, the per-request output state), per decode step. Nothing in the daemon is patched; the profiler's own
+overhead inflates the Python parts (compare its wall time with the unprofiled run's). --profile writes the
+30 functions with the most own time.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+from bench import common
+from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+
+# label -> (file name ending, function name) as cProfile records them. MLX's functions are not Python's, so
+# cProfile does not see mx.eval itself: the device wait shows as the time to read a queued step's tokens.
+PARTS = {
+    "scheduler step (all)": ("engine/scheduler.py", "step"),
+    "runner: read a step's tokens (device wait)": ("engine/runner.py", "read"),
+    "runner: queue a step (graph, sampling, async_eval)": ("engine/runner.py", "_queue_step"),
+    "runner: regroup rows and caches": ("engine/runner.py", "_regroup"),
+    "runner: prefill chunks": ("engine/runner.py", "prefill"),
+    "output: accept tokens (detokenize, stops, events)": ("engine/output.py", "accept"),
+}
+Stat = tuple[int, int, float, float, dict]  # pstats: calls, primitive calls, own time, cumulative time, callers
+
+
+def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int) -> common.Row:
+    """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common)."""
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
+    for i, prompt in enumerate(prompts):
+        scheduler.add(GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
+                                        ignore_eos=True))
+    started: set[str] = set()
+    tokens = 0
+    start = all_started = time.perf_counter()
+    while scheduler.has_work():
+        for request, event in scheduler.step():
+            if isinstance(event, ErrorEvent):
+                raise event.error
+            if isinstance(event, TokenEvent) and event.token_ids:
+                tokens += len(event.token_ids)
+                if request.request_id not in started:
+                    started.add(request.request_id)
+                    if len(started) == len(prompts):
+                        all_started = time.perf_counter()
+    return common.batch_rates(start, all_started, time.perf_counter(), tokens, len(prompts))
+
+
+def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
+    """ms per decode step of each part in PARTS (cumulative: a part's callees count in it), and of the model's
+    forward pass as _queue_step calls it (building its graph; MLX computes it later)."""
+    table: dict[tuple[str, int, str], Stat] = stats.stats  # type: ignore[attr-defined]
+
+    def key(file_end: str, name: str) -> tuple[str, int, str] | None:
+        return next((k for k in table if k[2] == name and k[0].endswith(file_end)), None)
+
+    lines = []
+    for label, where in PARTS.items():
+        k = key(*where)
+        lines.append([label, (table[k][3] if k else 0.0) / steps * 1e3])
+    queue = key("engine/runner.py", "_queue_step")
+    graph = max((v[4][queue][3] for k, v in table.items() if k[2] == "__call__" and "/models/" in k[0]
+                 and queue in v[4]), default=0.0)
+    lines.insert(3, ["  of which the model's forward (graph build)", graph / steps * 1e3])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
+    p.add_argument("--breakdown", action="store_true")
+    p.add_argument("--profile", type=Path, help="write the profile's top functions here")
+    args = p.parse_args(argv)
+    common.reexec_with_blas(__name__, argv)
+    mx.set_default_stream(mx.new_stream(mx.default_device()))
+    runtime = ModelRuntime.from_loaded(*load_model_and_tokenizer(common.resolve_model(args.model), args.dtype))
+    prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
+    run(runtime, prompts, 16)  # warm-up at this batch size
+    plain = run(runtime, prompts, args.new_tokens)
+    print(f"{args.streams} streams in-process, {args.new_tokens} new tokens each: "
+          f"{plain['decode_tps']:.1f} tok/s decode phase, {plain['total_tps']:.1f} total")
+    if not (args.breakdown or args.profile):
+        return
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    profiled = run(runtime, prompts, args.new_tokens)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler)
+    if args.breakdown:
+        steps = args.new_tokens
+        print(f"profiled: {profiled['decode_tps']:.1f} tok/s; ms per decode step ({steps} steps, prefill included "
+              f"in the totals):")
+        print(common.table(["part", "ms/step"], breakdown(stats, steps) + [["wall", wall / steps * 1e3]]))
+    if args.profile:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+        args.profile.write_text(text.getvalue())
