@@ -10,4 +10,9 @@ blas=$(.venv/bin/python -c "from mlxd.launcher import find_loadable_blas; print(
 if [ -n "$blas" ] && [ "$(uname)" = Linux ]; then
   export LD_PRELOAD="$blas${LD_PRELOAD:+:$LD_PRELOAD}" MLXD_BLAS_PRELOAD="openblas:$blas"
 fi
+# --fast: only the tier without real models, child processes or stress runs (under a minute on 2 cores).
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m "not real_model and not process and not stress" "$@"
+fi
 exec .venv/bin/python -m pytest -q "$@"

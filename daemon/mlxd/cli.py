@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxd_client.cli import add_client_commands, run
+
+if TYPE_CHECKING:
+    from mlxd.engine.worker import RuntimeFactory
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -76,9 +80,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
     from mlxd.launcher import reexec_with_blas
-    reexec_with_blas(sys.argv[1:])
+    reexec_with_blas()
     from mlxd.service.request_log import RequestLog, configure_logging
     configure_logging(args.log_level, args.log_requests)
     if args.model is None:
@@ -116,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
                               tls=tls, auth_token_file=args.auth_token_file,
                               auth_exempt_health=args.auth_exempt_health,
                               request_log=RequestLog(args.log_requests, args.log_requests_max_chars),
-                              connections=connections, preparation_slots=args.max_preparing))
+                              connections=connections, preparation_slots=args.max_preparing, load=load))
     # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
     # ("terminate called without an active exception") when a thread other than main used the device.
     logging.shutdown()
@@ -125,10 +129,11 @@ def _serve(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, load: RuntimeFactory | None = None) -> int:
+    """`load` replaces how `serve` builds its model runtime: a test entry point serves a faulty model through it."""
     parser = argparse.ArgumentParser(prog="mlxd", description=__doc__)
     sub = parser.add_subparsers(required=True)
     _add_serve(sub)
     add_client_commands(sub)
     args = parser.parse_args(argv)
-    return args.run(args) if args.run is _serve else run(args)
+    return _serve(args, load) if args.run is _serve else run(args)

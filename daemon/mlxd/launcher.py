@@ -38,8 +38,9 @@ def find_loadable_blas() -> tuple[str | None, str]:
     return None, "; ".join(reasons) or "no OpenBLAS found (pip install cmeel-openblas)"
 
 
-def reexec_with_blas(argv: list[str]) -> None:
-    """On Linux, exec this command again with OpenBLAS preloaded; returns only when that is not done."""
+def reexec_with_blas() -> None:
+    """On Linux, exec this command again, as it was started, with OpenBLAS preloaded; returns only when that is
+    not done."""
     if not sys.platform.startswith("linux") or _MARKER in os.environ or os.environ.get("MLXD_NO_BLAS_PRELOAD"):
         return
     path, why = find_loadable_blas()
@@ -50,7 +51,7 @@ def reexec_with_blas(argv: list[str]) -> None:
         return
     env[_MARKER] = f"openblas:{path}"
     env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
-    os.execve(sys.executable, [sys.executable, "-m", "mlxd", *argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def blas_note() -> str:

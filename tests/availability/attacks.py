@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from mlxd_client import Client, MlxdClientError, pb
 from raw_http2 import RawConnection, connect
+
+from mlxd_client import Client, MlxdClientError, pb
 
 GENERATE = "/mlxd.v1.Inference/Generate"
 

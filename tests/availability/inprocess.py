@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon_process import FIXTURES
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
+
 from mlxd.engine.request import FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.worker import MlxMemory, WorkerState
 from mlxd.errors import InvalidRequest
@@ -27,6 +27,7 @@ from mlxd.service.model_info import ServedModel
 from mlxd.service.preparation import Preparation
 from mlxd.service.servicer import InferenceServicer
 from mlxd_proto.v1 import inference_pb2 as pb
+from tests.helpers.daemon_process import FIXTURES
 
 LLAMA = FIXTURES / "parity" / "llama"
 
@@ -97,6 +98,7 @@ class InProcess:
     engine: FakeEngine
     servicer: InferenceServicer
     loop: asyncio.AbstractEventLoop
+    preparation: Preparation
 
     def call(self, fn: Callable[[], object]) -> None:
         self.loop.call_soon_threadsafe(fn)
@@ -114,7 +116,8 @@ def serving(engine: FakeEngine | None = None, *, limits: Limits | None = None, s
     stop: list[asyncio.Event] = []
 
     async def main() -> None:
-        servicer = InferenceServicer(engine, limits or Limits(), Preparation(slots), stream_limit=stream_limit,
+        preparation = Preparation(slots)
+        servicer = InferenceServicer(engine, limits or Limits(), preparation, stream_limit=stream_limit,
                                      stalled_seconds=stalled_seconds)
         servicer.set_model(model or served_llama())
         health = health_aio.HealthServicer()
@@ -125,7 +128,7 @@ def serving(engine: FakeEngine | None = None, *, limits: Limits | None = None, s
         for name in HEALTH_NAMES:
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         stop.append(asyncio.Event())
-        started.update(addr=listener.addr, servicer=servicer, loop=asyncio.get_running_loop())
+        started.update(addr=listener.addr, servicer=servicer, loop=asyncio.get_running_loop(), preparation=preparation)
         ready.set()
         await stop[0].wait()
         await server.stop(0)
@@ -135,7 +138,7 @@ def serving(engine: FakeEngine | None = None, *, limits: Limits | None = None, s
     thread.start()
     assert ready.wait(30), "the in-process server did not start"
     try:
-        yield InProcess(started["addr"], engine, started["servicer"], started["loop"])
+        yield InProcess(started["addr"], engine, started["servicer"], started["loop"], started["preparation"])
     finally:
         started["loop"].call_soon_threadsafe(stop[0].set)
         thread.join(10)

@@ -8,9 +8,12 @@ import time
 import grpc
 import pytest
 from attacks import quick_cancels
-from daemon_process import FIXTURES, start_daemon
-from mlxd_client import Client, pb
 from PIL import Image
+
+from mlxd_client import Client, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 

@@ -7,8 +7,11 @@ from pathlib import Path
 import grpc
 import pytest
 from attacks import health_latencies, idle_connections
-from daemon_process import FIXTURES, start_daemon
+
 from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 LLAMA = FIXTURES / "parity" / "llama"
 

@@ -7,14 +7,15 @@ import subprocess
 import sys
 import textwrap
 
-import mlxd.images.decode as decode
 import numpy as np
 import pytest
-from daemon_process import daemon_env
+from PIL import Image
+
+import mlxd.images.decode as decode
 from mlxd.errors import Cancelled, InvalidRequest
 from mlxd.images.decode import ImageLimits, decode_bytes, decode_image
 from mlxd.images.preprocess import ProcessorConfig, preprocess
-from PIL import Image
+from tests.helpers.daemon_process import daemon_env
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

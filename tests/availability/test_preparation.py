@@ -4,8 +4,11 @@
 import grpc
 import pytest
 from attacks import concurrent_calls, health_latencies, heavy_stop_strings, watched_stream
-from daemon_process import FIXTURES, start_daemon
+
 from mlxd_client import Client, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 

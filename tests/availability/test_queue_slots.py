@@ -7,8 +7,11 @@ import time
 
 import grpc
 import pytest
-from daemon_process import FIXTURES, start_daemon
+
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LONG = dict(tokens=[5] * 8, max_tokens=0, ignore_eos=True)
 

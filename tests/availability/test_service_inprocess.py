@@ -7,9 +7,10 @@ import time
 import grpc
 import pytest
 from inprocess import FakeEngine, serving
+from raw_http2 import RawConnection
+
 from mlxd.service.limits import Limits
 from mlxd_client import Client, MlxdClientError, pb
-from raw_http2 import RawConnection
 
 HEAVY_STOPS = [f"{i:03d}" + "x" * 1021 for i in range(256)]   # 256 x 1,024 trie nodes: ~0.3 s to build
 
@@ -63,9 +64,10 @@ def test_a_client_gone_during_preparation_never_reaches_the_engine():
             return client.stub.Generate(request, timeout=30)
 
         heavy = [call(f"heavy-{i}", stop=HEAVY_STOPS) for i in range(3)]
+        assert _wait(lambda: served.preparation.running == 1)  # a heavy one holds the only slot
         quitter = call("quitter")
         time.sleep(0.05)
-        quitter.cancel()   # while it waits for the preparation slot
+        quitter.cancel()   # while it waits for the preparation slot, behind the heavy ones
         for stream in heavy:
             assert [r for r in stream if r.HasField("final")]
         assert {r.request_id for r in served.engine.submitted} == {"heavy-0", "heavy-1", "heavy-2"}

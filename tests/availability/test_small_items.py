@@ -8,9 +8,12 @@ import sys
 
 import grpc
 import pytest
-from daemon_process import FIXTURES, daemon_env, start_daemon
 from inprocess import FakeEngine, serving
+
 from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, daemon_env, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 

@@ -6,8 +6,11 @@ import time
 import grpc
 import pytest
 from attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
-from daemon_process import FIXTURES, resident_bytes, start_daemon
+
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, resident_bytes, start_daemon
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 LLAMA = FIXTURES / "parity" / "llama"
 TOKEN = "s3cret-token-0123456789abcdef"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from daemon_process import FIXTURES
+
 from mlxd.loading.loader import load_model
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions
 from mlxd.models.cache import KVCache, RotatingKVCache
+from tests.helpers.daemon_process import FIXTURES
 
 STEPS = 24
 # (prompt length, step it joins at, step it leaves at)

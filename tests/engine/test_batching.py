@@ -4,7 +4,7 @@ logprobs decoding beside others as alone, whatever its sampling settings, prompt
 from __future__ import annotations
 
 import pytest
-from engine_runs import deliver, drain, run_arrivals
+
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -12,6 +12,9 @@ from mlxd.errors import ResourceExhausted
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.engine_runs import deliver, drain, run_arrivals
+
+pytestmark = pytest.mark.real_model
 
 PROMPTS = [
     "The capital of France is",

@@ -10,6 +10,7 @@ import mlx.core as mx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.loading.loader import load_model
 from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches

@@ -5,13 +5,16 @@ sliding-window model (Gemma 3, window 512) reuses a rotated snapshot only for a 
 from __future__ import annotations
 
 import pytest
-from engine_runs import drain, run
+
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.engine_runs import drain, run
+
+pytestmark = pytest.mark.real_model
 
 SYSTEM = ("You are a careful assistant. Answer briefly, cite no sources, and never invent facts. "
           "If a question is ambiguous, say which reading you answer. ") * 3

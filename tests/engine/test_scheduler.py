@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from engine_runs import deliver, drain, run, run_arrivals
-from fakes import FakeModel, fake_runtime
+
 from mlxd.engine.request import ErrorEvent, EventQueue, FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.errors import DeadlineExceeded, InternalError, ResourceExhausted
 from mlxd.generation.params import SamplingParams
+from tests.helpers.engine_runs import deliver, drain, run, run_arrivals
+from tests.helpers.fakes import FakeModel, fake_runtime
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fakes import FakeModel, fake_runtime
+
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import Scheduler
 from mlxd.engine.worker import Worker, WorkerOptions, WorkerState
 from mlxd.errors import InternalError, ResourceExhausted, Unavailable
 from mlxd.generation.params import SamplingParams
+from tests.helpers.fakes import FakeModel, fake_runtime
 
 FAIL, STALL, FATAL = 40, 41, 42
 

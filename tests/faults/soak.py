@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from daemon_process import resident_bytes
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import resident_bytes
 
 KINDS = ("greedy", "seeded", "sampled", "stop", "client_cancel", "deadline", "cancel_rpc")
 DEADLINE_SECONDS = 60.0   # every call has one: a stream still open after it is a hang

@@ -5,9 +5,11 @@ import re
 import grpc
 import pytest
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd.service.request_log import WITHHELD
 from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 FAIL_TOKEN = 300
 
@@ -15,7 +17,7 @@ FAIL_TOKEN = 300
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     daemon = start_daemon(FIXTURES / "parity" / "llama", workdir=tmp_path_factory.mktemp("faulty"),
-                          env={"MLXD_TEST_FAIL_ON_TOKEN": str(FAIL_TOKEN)})
+                          faults=("--fail-on-token", str(FAIL_TOKEN)))
     yield daemon
     assert daemon.stop() == 0, daemon.stderr()
 

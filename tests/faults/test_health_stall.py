@@ -4,15 +4,19 @@ SERVING again when it recovers; Check answers at once throughout (it never waits
 import threading
 import time
 
-from daemon_process import FIXTURES, start_daemon
+import pytest
+
 from mlxd_client import Client, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 STALL_TOKEN, STALL_SECONDS = 301, 2.5
 
 
 def test_stalled_worker_is_not_serving_then_recovers(tmp_path):
     daemon = start_daemon(FIXTURES / "parity" / "llama", "--stall-timeout", "0.5", workdir=tmp_path,
-                          env={"MLXD_TEST_STALL_ON_TOKEN": f"{STALL_TOKEN}:{STALL_SECONDS}"})
+                          faults=("--stall-on-token", f"{STALL_TOKEN}:{STALL_SECONDS}"))
     try:
         with Client(daemon.addr) as client:
             finals = []

@@ -8,8 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 LLAMA = FIXTURES / "parity" / "llama"
 

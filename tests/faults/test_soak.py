@@ -3,10 +3,12 @@
 import collections
 
 import pytest
-
-from daemon_process import FIXTURES, start_daemon
-from mlxd_client import Client
 from soak import check, growth, memory, plan, references, soak
+
+from mlxd_client import Client
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 
 @pytest.fixture(scope="module")

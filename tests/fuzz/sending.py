@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-
-from daemon_process import Daemon, start_daemon
 from hostile_requests import Call
+
 from mlxd_client import pb
+from tests.helpers.daemon_process import Daemon, start_daemon
 
 DEADLINE_SECONDS = 30.0   # far beyond any request here: reaching it means a hang
 MAX_RESPONSES = 6         # then the stream is cancelled by the client, which is a path worth fuzzing too

@@ -4,12 +4,14 @@ a bomb's header, not an image at all) with OK or a documented status, and the da
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
-from daemon_process import FIXTURES
 from hostile_requests import multimodal_calls
-from mlxd_client import Client
+from hypothesis import HealthCheck, given, settings
 from sending import fuzzed_daemon, run
+
+from mlxd_client import Client
+from tests.helpers.daemon_process import FIXTURES
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 GEMMA3 = FIXTURES / "parity" / "gemma3"
 EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "100"))

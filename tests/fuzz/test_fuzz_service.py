@@ -5,12 +5,14 @@ import os
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-
-from daemon_process import FIXTURES
 from hostile_requests import Call, any_call
-from mlxd_client import Client, MlxdClientError, pb
+from hypothesis import HealthCheck, example, given, settings
 from sending import fuzzed_daemon, run
+
+from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES
+
+pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 LLAMA = FIXTURES / "parity" / "llama"
 EXAMPLES = int(os.environ.get("MLXD_FUZZ_EXAMPLES", "200"))

@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 
 from mlxd.errors import InvalidRequest
-from mlxd.generation.sampling import (Sampler, SamplingParams, apply_logit_bias, apply_min_p,
-                                      apply_presence_frequency, apply_repetition_penalty, apply_temperature,
-                                      apply_top_k, apply_top_p, logprobs, top_logprobs)
+from mlxd.generation.sampling import (
+    Sampler,
+    SamplingParams,
+    apply_logit_bias,
+    apply_min_p,
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    logprobs,
+    top_logprobs,
+)
 
 NEG = -math.inf
 

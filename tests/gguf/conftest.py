@@ -15,7 +15,6 @@ from mlxd.loading.gguf.reader import GGUFFile, read_gguf
 from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel
 from mlxd.loading.tokenizer import Tokenizer
-from models.conftest import float32_kernels  # noqa: F401 (autouse)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gguf"
 

@@ -24,6 +24,8 @@ from mlx.utils import tree_flatten
 
 from mlxd.errors import Unsupported
 
+pytestmark = pytest.mark.real_model
+
 GREEDY_MARGIN = 0.25  # logits, as for SmolLM2
 MIN_GREEDY_TOKENS = 8
 # Per greedy case, how many leading tokens must be our argmax: 8, except where the reference has a near-tie.

@@ -14,7 +14,7 @@ from mlxd.loading.loader import load_model
 from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd.models.rope import make_rope
-from parity_checks import greedy_with_cache
+from tests.helpers.parity_checks import greedy_with_cache
 
 # (fixture, GGUF architecture): Mistral both as llama.cpp ("mistral3") and Ollama's earlier converter ("mistral")
 # name it; its fixture's sliding window (16) bites on the 40 input tokens.

@@ -36,6 +36,7 @@ def test_truncated_file_is_reported(tmp_path):
         read_gguf(tmp_path / "head.gguf")
 
 
+@pytest.mark.real_model
 def test_smollm2_metadata_is_read(smollm2_file):
     assert smollm2_file.metadata["general.architecture"] == "llama"
     assert len(smollm2_file.metadata["tokenizer.ggml.tokens"]) == 49152

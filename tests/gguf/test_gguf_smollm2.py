@@ -15,6 +15,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.real_model
+
 GREEDY_MARGIN = 0.25  # logits; the largest per-token disagreement seen in the perplexity text is 0.2 nats
 MIN_GREEDY_TOKENS = 8
 

@@ -10,9 +10,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
-from models.conftest import copy_model_folder
 
 from mlxd.loading.loader import load_model
+from tests.helpers.parity import copy_model_folder
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 LOGIT_TOL = 1e-3  # against transformers, as in test_model_parity.py

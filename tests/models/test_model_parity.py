@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-from parity_checks import greedy_with_cache
+
+from tests.helpers.parity_checks import greedy_with_cache
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]

@@ -12,8 +12,8 @@ import pytest
 from mlxd.errors import ModelLoadError
 from mlxd.loading.config import normalize_config
 from mlxd.models import TEXT_MODELS, VISION_LANGUAGE_MODELS, architecture
-from mlxd.models.rope import make_rope
 from mlxd.models.cache import KVCache, RotatingKVCache
+from mlxd.models.rope import make_rope
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 

@@ -3,8 +3,10 @@
 import grpc
 import pytest
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,16 @@ import stat
 import subprocess
 import sys
 import textwrap
-
-import grpc
-import pytest
 import time
 from pathlib import Path
 
-from daemon_process import FIXTURES, daemon_env, start_daemon
+import grpc
+import pytest
+
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, daemon_env, start_daemon
+
+pytestmark = pytest.mark.process
 
 MODEL = FIXTURES / "parity" / "qwen2"
 
@@ -76,9 +78,7 @@ def test_unusable_address_exits_nonzero_with_a_one_line_reason(tmp_path):
 def test_daemon_exits_when_its_parent_dies(tmp_path):
     # A parent process that spawns the daemon, reports its pid, then waits forever; we SIGKILL the parent.
     parent_code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from daemon_process import start_daemon
+        from tests.helpers.daemon_process import start_daemon
         from pathlib import Path
         d = start_daemon(Path({str(MODEL)!r}), workdir=Path({str(tmp_path)!r}))
         print(d.proc.pid, flush=True)
@@ -115,9 +115,10 @@ def _running(pid: int) -> bool:
 
 def test_health_not_serving_until_loaded_then_serving(tmp_path):
     sock = tmp_path / "slow.sock"
-    env = dict(daemon_env(), MLXD_TEST_LOAD_DELAY_SECONDS="3")
-    proc = subprocess.Popen([sys.executable, "-m", "mlxd", "serve", "--model", str(MODEL), "--addr", f"unix:{sock}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    # The test entry point holds the loading state for 3 s (tests/helpers/fault_daemon.py).
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.fault_daemon", "--load-delay", "3", "serve",
+                             "--model", str(MODEL), "--addr", f"unix:{sock}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=daemon_env())
     try:
         deadline = time.monotonic() + 60
         while not sock.exists() and time.monotonic() < deadline:

@@ -8,8 +8,10 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 TOKEN = "s3cret-token-0123456789abcdef"

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from daemon_process import FIXTURES, daemon_env, start_daemon
 from mlxd.service.listen import ListenError, check_policy, is_local
 from mlxd_client import Client
+from tests.helpers.daemon_process import FIXTURES, daemon_env, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 

@@ -5,9 +5,11 @@ import re
 import grpc
 import pytest
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd.service.request_log import WITHHELD, describe_prompt, quoted, withheld_traceback
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 FAIL_TOKEN = 300
 SECRET = "zebra-7f3a-secret"
@@ -20,7 +22,7 @@ PROMPT = f"tell me about {SECRET}\n{FORGED}"
 def daemon(request, tmp_path_factory):
     flags = ["--log-requests"] if request.param else []
     d = start_daemon(FIXTURES / "parity" / "llama", *flags, workdir=tmp_path_factory.mktemp("log"),
-                     env={"MLXD_TEST_FAIL_ON_TOKEN": str(FAIL_TOKEN)})
+                     faults=("--fail-on-token", str(FAIL_TOKEN)))
     d.logs_requests = request.param
     yield d
     assert d.stop() == 0, d.stderr()
@@ -71,7 +73,7 @@ def test_internal_error(daemon):
     log = daemon.stderr()
     # The bug is logged with its traceback either way; its message (which could quote the request) only with
     # the flag.
-    assert "Traceback (most recent call last)" in log and "fault_injection.py" in log
+    assert "Traceback (most recent call last)" in log and "fault_daemon.py" in log
     if not daemon.logs_requests:
         # (The source line that raises it is in the traceback; the message with its thread id is not.)
         assert not re.search(r"injected fault: token \d+ on thread \d+", log) and f"RuntimeError: {WITHHELD}" in log

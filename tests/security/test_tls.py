@@ -2,10 +2,12 @@
 
 import grpc
 import pytest
-
 from certs import make_authority
-from daemon_process import FIXTURES, start_daemon
+
 from mlxd_client import Client, MlxdClientError, TlsOptions
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LLAMA = FIXTURES / "parity" / "llama"
 

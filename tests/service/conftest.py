@@ -1,8 +1,8 @@
 import pytest
 from safetensors.numpy import load_file
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client
+from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 LLAMA = FIXTURES / "parity" / "llama"
 

@@ -6,8 +6,10 @@ import time
 import grpc
 import pytest
 
-from daemon_process import FIXTURES, start_daemon
 from mlxd_client import Client, MlxdClientError, pb
+from tests.helpers.daemon_process import FIXTURES, start_daemon
+
+pytestmark = pytest.mark.process
 
 LONG = dict(tokens=[5] * 8, max_tokens=2000, ignore_eos=True, temperature=0.0)
 

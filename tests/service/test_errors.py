@@ -5,6 +5,8 @@ import pytest
 
 from mlxd_client import MlxdClientError, pb
 
+pytestmark = pytest.mark.process
+
 BAD_OPTIONS = [
     ({"temperature": -1.0}, "temperature"),
     ({"temperature": float("nan")}, "temperature"),

@@ -3,9 +3,12 @@
 import threading
 
 import numpy as np
+import pytest
 
-from daemon_process import FIXTURES
 from mlxd_client import pb
+from tests.helpers.daemon_process import FIXTURES
+
+pytestmark = pytest.mark.process
 
 
 def greedy(client, ids, **kw):

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
-# On NVIDIA GPUs MLX runs float32 matmuls in TF32 unless told not to; parity tolerances assume true float32.
-os.environ.setdefault("MLX_ENABLE_TF32", "0")
-
 import mlx.core as mx
 import pytest
-
 from gemma3_fixture import GEMMA3, model_folder
+
 from mlxd.loading.loader import LoadedModel, load_model
-from models.conftest import float32_kernels  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,17 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from safetensors.numpy import load_file, save_file
 
-from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
-from mlxd.engine.vision import ImageEncoder, chunk_end
-from mlxd.engine.request import FinalEvent, PromptImage, TokenEvent, GenerationRequest
+from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import run_to_completion
+from mlxd.engine.vision import ImageEncoder, chunk_end
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.loader import load_model
 from mlxd.images.decode import ImageLimits, decode_image
 from mlxd.images.preprocess import content_digest, load_processor_config, preprocess
+from mlxd.loading.loader import load_model
 from mlxd.models.gemma3 import language
 
 LOGIT_TOL = 1e-3

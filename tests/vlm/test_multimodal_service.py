@@ -8,13 +8,15 @@ import json
 import grpc
 import numpy as np
 import pytest
+from gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from PIL import Image
 from safetensors.numpy import load_file
 
-from gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
-from daemon_process import start_daemon
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd_client import Client, MlxdClientError, collect, pb
+from tests.helpers.daemon_process import start_daemon
+
+pytestmark = pytest.mark.process
 
 LOGIT_TOL = 1e-3
 PNG = IMAGE_PNG.read_bytes()

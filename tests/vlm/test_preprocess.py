@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from gemma3_fixture import GEMMA3, IMAGE_PNG
 from PIL import Image
 
-from gemma3_fixture import GEMMA3, IMAGE_PNG
 from mlxd.errors import InvalidRequest
 from mlxd.images.decode import ImageLimits, decode_image, to_rgb
 from mlxd.images.preprocess import ProcessorConfig, load_processor_config, preprocess

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -49,6 +50,20 @@ func runOrphanHelper() {
 }
 
 // testOptions starts the test model with the test Python, logging to the test's output on failure.
+// slowLoadingPython is an interpreter for Options.Python whose daemon holds the loading state for `seconds`
+// first: it serves through the Python tests' entry point tests.helpers.fault_daemon (mlxd itself has no such
+// hook), given the `-m mlxd serve ...` command line the runner builds.
+func slowLoadingPython(t *testing.T, seconds int) string {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "python")
+	body := fmt.Sprintf("#!/bin/sh\nshift 2 # -m mlxd\ncd %q && exec %q -m tests.helpers.fault_daemon --load-delay %d \"$@\"\n",
+		testenv.RepoRoot(), testenv.Python(t), seconds)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script
+}
+
 func testOptions(t *testing.T) Options {
 	return Options{Python: testenv.Python(t), Model: testenv.Model(t), StartTimeout: time.Minute,
 		Stderr: testLog{t}}

@@ -35,7 +35,7 @@ func TestBadModelPathReportsTheDaemonsReason(t *testing.T) {
 
 func TestStartTimeoutKillsTheDaemon(t *testing.T) {
 	opts := testOptions(t)
-	opts.Env = []string{"MLXD_TEST_LOAD_DELAY_SECONDS=60"}
+	opts.Python = slowLoadingPython(t, 60)
 	opts.StartTimeout = 2 * time.Second
 	opts.Addr = "unix:" + filepath.Join(t.TempDir(), "mlxd.sock") // marks the daemon's command line
 	_, err := Start(context.Background(), opts)

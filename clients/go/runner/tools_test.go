@@ -44,7 +44,7 @@ func TestThirdPartyClients(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "mlxd.sock")
 	opts := testOptions(t)
 	opts.Addr = "unix:" + sock
-	opts.Env = []string{"MLXD_TEST_LOAD_DELAY_SECONDS=3"} // the daemon listens but holds the loading state
+	opts.Python = slowLoadingPython(t, 3) // the daemon listens but holds the loading state
 	started := make(chan error, 1)
 	var r *Runner
 	go func() {

@@ -62,7 +62,7 @@ class MlxMemory:
     prefix_cache_bytes: int = 0      # the prefix cache's KV snapshots, part of active_bytes
 
 
-# Builds the runtime on the worker thread once it started: the model's load, or a test's fake model.
+# Builds the runtime, warmed up, on the worker thread once it started: the model's load, or a test's fake model.
 RuntimeFactory = Callable[["Worker"], ModelRuntime]
 
 
@@ -224,11 +224,8 @@ class Worker:
                 break
 
     def _load(self) -> Scheduler:
-        from mlxd.engine.warmup import warm_up
-
         started = time.monotonic()
         runtime = self._load_runtime(self)
-        warm_up(runtime)
         log.info("model loaded and warmed up in %.2f s%s", time.monotonic() - started,
                  f": {self.loaded.load_note}" if self.loaded is not None else "")
         scheduler = Scheduler(runtime, self.options.scheduler_options())
@@ -239,9 +236,12 @@ class Worker:
 
 
 def load_runtime(worker: Worker) -> ModelRuntime:
-    """Load the model and tokenizer the worker's options name; publish them for the service."""
+    """Load the model and tokenizer the worker's options name, publish them for the service, and warm up."""
+    from mlxd.engine.warmup import warm_up
     from mlxd.loading.model_source import load_model_and_tokenizer
 
     options = worker.options
     worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype)
-    return ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
+    runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
+    warm_up(runtime)
+    return runtime

@@ -10,6 +10,7 @@ from mlxd_proto.v1 import inference_pb2 as pb
 
 from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.errors import ModelLoadError
+from mlxd.images.prompt import ImageTokens
 from mlxd.images.preprocess import load_processor_config
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
@@ -48,7 +49,7 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     loaded, tokenizer = worker.loaded, worker.tokenizer
     if loaded is None or tokenizer is None:
         raise ModelLoadError("the worker is serving without a loaded model and tokenizer")
-    vision = _vision_input(path, loaded.model)
+    vision = _vision_input(path, loaded.image_tokens)
     info = pb.ModelInfo(
         model_id=path.name,
         path=str(path.resolve()),
@@ -81,9 +82,8 @@ def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:
     return current
 
 
-def _vision_input(path: Path, model: Any) -> VisionInput | None:
-    """How images reach the model, for models that take them (their `image_tokens` is plain data, no MLX)."""
-    tokens = getattr(model, "image_tokens", None)
+def _vision_input(path: Path, tokens: ImageTokens | None) -> VisionInput | None:
+    """How images reach the model, for models that take them (`image_tokens` is plain data, no MLX)."""
     if tokens is None:
         return None
     folder = path if path.is_dir() else path.parent

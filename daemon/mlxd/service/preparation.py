@@ -33,6 +33,7 @@ class Preparation:
         self.slots = slots
         self._pool = futures.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="prepare")
         self._free: asyncio.Semaphore | None = None   # made on the event loop, at the first call
+        self.running = 0                                # jobs holding a slot now
 
     async def run(self, job: Callable[[], T], cancel: CancelToken) -> T:
         loop = asyncio.get_running_loop()
@@ -40,13 +41,18 @@ class Preparation:
             self._free = asyncio.Semaphore(self.slots)
         free = self._free
         await free.acquire()
+        self.running += 1
+
+        def release() -> None:
+            self.running -= 1
+            free.release()
         try:
             check(cancel)
             future = self._pool.submit(job)
         except BaseException:
-            free.release()
+            release()
             raise
-        future.add_done_callback(lambda _: call_soon(loop, free.release))
+        future.add_done_callback(lambda _: call_soon(loop, release))
         # If this coroutine is cancelled (the client left), the thread finishes its current stage and stops at the
         # next check, since the caller cancels the token.
         return await asyncio.wrap_future(future)

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
-from mlxd.engine.worker import Worker, WorkerOptions
+from mlxd.engine.worker import RuntimeFactory, Worker, WorkerOptions
 from mlxd.errors import MlxdError
 from mlxd.launcher import blas_note
 from mlxd.loading.identity import content_digest
@@ -63,6 +63,7 @@ class ServeOptions:
     request_log: RequestLog = RequestLog()
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     preparation_slots: int = 2      # requests prepared at once (tokenizing, templates, stop strings, images)
+    load: RuntimeFactory | None = None  # how the worker builds its runtime; None: load options.worker.model_path
 
 
 def serve(options: ServeOptions) -> int:
@@ -92,7 +93,7 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
     except (ListenError, TlsConfigError, TokenFileError) as error:
         print(f"mlxd: {error}", file=sys.stderr, flush=True)
         return 1
-    worker = Worker(options.worker)
+    worker = Worker(options.worker, load=options.load)
     preparation = Preparation(options.preparation_slots)
     servicer = InferenceServicer(worker, options.limits, preparation, request_log=options.request_log,
                                  stream_limit=STREAM_LIMIT_FACTOR * options.worker.max_stream_backlog,

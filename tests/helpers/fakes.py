@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import mlx.core as mx
+
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.models.cache import KVCache, LayerCache, RotatingKVCache
 

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def daemon_env() -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(ROOT / "daemon"), str(ROOT / "clients" / "python")]
+    # The repository root too: a test entry point (tests.helpers.fault_daemon) runs as a module of it.
+    paths = [str(ROOT / "daemon"), str(ROOT / "clients" / "python"), str(ROOT)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else paths)
     return env
 
@@ -67,9 +68,10 @@ def read_ready_line(proc: subprocess.Popen, timeout: float) -> dict:
 
 def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: float = 120.0,
                  workdir: Path | None = None, env: dict[str, str] | None = None,
-                 open_files: int | None = None) -> Daemon:
-    """env: extra environment variables (test hooks) for the daemon; open_files: its soft limit on open files
-    at start (as a parent with the common default of 1,024 would leave it)."""
+                 open_files: int | None = None, faults: tuple[str, ...] = ()) -> Daemon:
+    """env: extra environment variables for the daemon; open_files: its soft limit on open files at start (as a
+    parent with the common default of 1,024 would leave it); faults: serve a faulty model through
+    tests.helpers.fault_daemon with these of its flags (e.g. ("--fail-on-token", "300"))."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mlxd-test-"))
     addr = addr or f"unix:{workdir / 'mlxd.sock'}"
     stderr_path = workdir / "stderr.log"
@@ -77,7 +79,8 @@ def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: flo
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     limit = None if open_files is None else limit_open_files
-    proc = subprocess.Popen([sys.executable, "-m", "mlxd", "serve", "--model", str(model), "--addr", addr, *extra],
+    program = ["-m", "tests.helpers.fault_daemon", *faults] if faults else ["-m", "mlxd"]
+    proc = subprocess.Popen([sys.executable, *program, "serve", "--model", str(model), "--addr", addr, *extra],
                             stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"), stdin=subprocess.DEVNULL,
                             env=dict(daemon_env(), **(env or {})), preexec_fn=limit)
     try:

@@ -1,0 +1,1 @@
+"""mlxd's test suite; shared helpers live in tests.helpers."""
