@@ -35,6 +35,7 @@ from attacks import (  # noqa: E402
     watched_stream,
 )
 from daemon_process import FIXTURES, Daemon, resident_bytes, start_daemon  # noqa: E402
+
 from mlxd_client import Client, MlxdClientError, pb  # noqa: E402
 
 TOKEN = "s3cret-token-0123456789abcdef"

@@ -93,7 +93,7 @@ def resolve_model(spec: str | Path) -> Path:
     """A model name the benchmarks know, made or fetched once, or a path as given."""
     spec = str(spec)
     if spec == "smollm2":
-        from mlxd.loading.gguf.fetch import fetch_model
+        from mlxd.demo_models import fetch_model
         return fetch_model("smollm2")
     if spec.startswith("llama-") and not Path(spec).exists():
         path = MODELS / f"{spec}.Q4_0.gguf"

@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "fuzz")]
 
 import grpc  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-
 from daemon_process import FIXTURES, start_daemon  # noqa: E402
 from hostile_requests import any_call  # noqa: E402
-from mlxd_client import Client  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from sending import run  # noqa: E402
+
+from mlxd_client import Client  # noqa: E402
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]
 
 from daemon_process import FIXTURES, daemon_env, start_daemon  # noqa: E402
+
 from mlxd_client import Client, MlxdClientError  # noqa: E402
 
 PROBE_TIMEOUT = 30.0   # a probe still streaming after this is a hang

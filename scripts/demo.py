@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     if args.model is None:
-        from mlxd.loading.gguf.fetch import fetch_model
+        from mlxd.demo_models import fetch_model
         args.model = fetch_model()
 
     sock = Path(tempfile.mkdtemp(prefix="mlxd-demo-")) / "mlxd.sock"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
 
+from mlxd.demo_models import MODELS, cache_dir, fetch_model  # noqa: E402
 from mlxd.errors import ModelLoadError  # noqa: E402
-from mlxd.loading.gguf.fetch import MODELS, cache_dir, fetch_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

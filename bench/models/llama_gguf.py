@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer-from", type=Path, help="a GGUF whose tokenizer to copy (default: SmolLM2)")
     args = parser.parse_args(argv)
     if args.tokenizer_from is None:
-        from mlxd.loading.gguf.fetch import fetch_model
+        from mlxd.demo_models import fetch_model
         args.tokenizer_from = fetch_model("smollm2")
     print(write_llama_gguf(args.out, args.tokenizer_from, args.shape, args.type))
 

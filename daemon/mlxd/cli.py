@@ -86,8 +86,8 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
     from mlxd.service.request_log import RequestLog, configure_logging
     configure_logging(args.log_level, args.log_requests)
     if args.model is None:
+        from mlxd.demo_models import fetch_model
         from mlxd.errors import ModelLoadError
-        from mlxd.loading.gguf.fetch import fetch_model
         try:
             args.model = fetch_model()
         except ModelLoadError as error:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from mlxd.demo_models import fetch_model
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.engine_runs import drain, run
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from mlxd.demo_models import fetch_model
 from mlxd.loading.gguf import load_gguf_model, load_gguf_tokenizer
-from mlxd.loading.gguf.fetch import fetch_model
 from mlxd.loading.gguf.reader import GGUFFile, read_gguf
 from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel

@@ -11,6 +11,7 @@ import mlx.nn as nn
 
 from mlxd.models import ops
 from mlxd.models.base import BaseModelArgs, MaskModifier, drop_unused_weights, layer_masks
+from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 from mlxd.models.projections import (
     GATE_UP,
     QKV,
@@ -21,7 +22,6 @@ from mlxd.models.projections import (
     join_fused_weights,
 )
 from mlxd.models.rope import make_rope
-from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
 
 @dataclass

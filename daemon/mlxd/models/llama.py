@@ -10,6 +10,7 @@ import mlx.nn as nn
 
 from mlxd.models import ops
 from mlxd.models.base import BaseModelArgs, drop_unused_weights, layer_masks
+from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 from mlxd.models.projections import (
     GATE_UP,
     QKV,
@@ -20,7 +21,6 @@ from mlxd.models.projections import (
     join_fused_weights,
 )
 from mlxd.models.rope import make_rope
-from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
 
 
 @dataclass

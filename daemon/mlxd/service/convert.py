@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mlxd_proto.v1 import inference_pb2 as pb
-
 from mlxd.engine.request import (
     CancelToken,
     EventSink,
@@ -25,6 +23,7 @@ from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import validate_stops
 from mlxd.service.limits import Limits
 from mlxd.service.sizes import PromptBounds, check_token_ids
+from mlxd_proto.v1 import inference_pb2 as pb
 
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window",
                     "presence_penalty", "frequency_penalty")

@@ -10,10 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from mlxd_proto.v1 import inference_pb2, inference_pb2_grpc
 
 from mlxd.service.listen import Listener, bind, bind_private
 from mlxd.service.servicer import InferenceServicer
+from mlxd_proto.v1 import inference_pb2, inference_pb2_grpc
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 HEALTH_NAMES = ["", SERVICE_NAME]

@@ -6,15 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxd_proto.v1 import inference_pb2 as pb
-
 from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.errors import ModelLoadError
-from mlxd.images.prompt import ImageTokens
 from mlxd.images.preprocess import load_processor_config
+from mlxd.images.prompt import ImageTokens
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
+from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass

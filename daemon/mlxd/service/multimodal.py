@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlxd_proto.v1 import inference_pb2 as pb
-
 from mlxd.engine.request import CancelToken, PromptImage
 from mlxd.errors import InvalidRequest, ResourceExhausted, Unsupported
 from mlxd.images.decode import decode_image
@@ -24,6 +22,7 @@ from mlxd.service.limits import Limits
 from mlxd.service.preparation import check
 from mlxd.service.prompts import check_chat
 from mlxd.service.sizes import PromptBounds, check_options, check_token_ids
+from mlxd_proto.v1 import inference_pb2 as pb
 
 
 @dataclass(frozen=True)

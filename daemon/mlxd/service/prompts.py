@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlxd_proto.v1 import inference_pb2 as pb
-
 from mlxd.errors import InvalidRequest, ResourceExhausted
 from mlxd.service.chat import chat_ids, chat_texts
 from mlxd.service.limits import Limits
 from mlxd.service.sizes import PromptBounds, check_options, check_token_ids
+from mlxd_proto.v1 import inference_pb2 as pb
 
 # Tokenize and Detokenize serve documents longer than one prompt (to count or trim them), within this many prompts.
 UNARY_PROMPTS = 4

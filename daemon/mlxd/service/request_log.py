@@ -14,10 +14,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from mlxd_proto.v1 import inference_pb2 as pb
-
 from mlxd.engine.request import FinalEvent, GenerationRequest
 from mlxd.service.status import status_for
+from mlxd_proto.v1 import inference_pb2 as pb
 
 LOGGER_NAME = "mlxd.requests"
 log = logging.getLogger(LOGGER_NAME)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from mlxd_proto.v1 import inference_pb2 as pb
-from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 from mlxd.engine.request import CancelToken, FinalEvent, FinishReason, GenerationRequest, PromptImage
 from mlxd.engine.worker import WorkerState
@@ -34,6 +32,8 @@ from mlxd.service.sizes import PromptBounds, check_response, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
 from mlxd.service.streaming import StreamWriter, stream
+from mlxd_proto.v1 import inference_pb2 as pb
+from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 EXPECTED_MODEL_QUOTE_CHARS = 200   # of expected_model quoted in an error (the whole value could exceed the

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from mlxd_proto.v1 import inference_pb2 as pb
 
 from mlxd.errors import InvalidRequest, ResourceExhausted
 from mlxd.service.limits import Limits
+from mlxd_proto.v1 import inference_pb2 as pb
 
 NORMALIZER_SLACK = 4
 

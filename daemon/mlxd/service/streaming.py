@@ -13,13 +13,13 @@ import logging
 from typing import Any
 
 import grpc
-from mlxd_proto.v1 import inference_pb2 as pb
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, TokenEvent
 from mlxd.service import convert
 from mlxd.service.engine import Engine
 from mlxd.service.request_log import RequestEntry
 from mlxd.service.stream_sink import StreamSink
+from mlxd_proto.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 
