@@ -1,5 +1,5 @@
 """What a hostile or careless client does to a daemon, as functions: used by the tests of this folder at CI size
-and by bench/attack.py at full size, which also reports the figures (health latency, memory, gaps)."""
+and by tests/stress/attack.py at full size, which also reports the figures (health latency, memory, gaps)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from raw_http2 import RawConnection, connect
+from tests.availability.raw_http2 import RawConnection, connect
 
 from mlxd_client import Client, MlxdClientError, pb
 

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from attacks import quick_cancels
+from tests.availability.attacks import quick_cancels
 from PIL import Image
 
 from mlxd_client import Client, pb

@@ -2,7 +2,7 @@
 with parse_special), through Generate, Tokenize and MultimodalGenerate."""
 
 import pytest
-from inprocess import LLAMA, FakeEngine, serving
+from tests.availability.inprocess import LLAMA, FakeEngine, serving
 
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd.service.chat import SpecialGuard, chat_ids

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from attacks import health_latencies, idle_connections
+from tests.availability.attacks import health_latencies, idle_connections
 
 from mlxd_client import Client, MlxdClientError
 from tests.helpers.daemon_process import FIXTURES, start_daemon

@@ -6,8 +6,8 @@ import time
 
 import grpc
 import pytest
-from inprocess import FakeEngine, serving
-from raw_http2 import RawConnection
+from tests.availability.inprocess import FakeEngine, serving
+from tests.availability.raw_http2 import RawConnection
 
 from mlxd.service.limits import Limits
 from mlxd_client import Client, MlxdClientError, pb

@@ -8,7 +8,7 @@ import sys
 
 import grpc
 import pytest
-from inprocess import FakeEngine, serving
+from tests.availability.inprocess import FakeEngine, serving
 
 from mlxd_client import Client, MlxdClientError
 from tests.helpers.daemon_process import FIXTURES, daemon_env, start_daemon

@@ -5,7 +5,7 @@ import time
 
 import grpc
 import pytest
-from attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
+from tests.availability.attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
 
 from mlxd_client import Client, MlxdClientError, pb
 from tests.helpers.daemon_process import FIXTURES, resident_bytes, start_daemon

@@ -2,7 +2,7 @@
 
 Kinds: greedy and seeded (must give the tokens they give alone), sampled, with stop strings, cancelled by the
 client, with a deadline too short to finish, cancelled by a Cancel RPC. Used by tests/faults/test_soak.py at CI
-size and by bench/soak.py at full size, both with the daemon's memory after each hundred requests.
+size and by tests/stress/soak.py at full size, both with the daemon's memory after each hundred requests.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ LLAMA = FIXTURES / "parity" / "llama"
 
 def test_sigkill_mid_stream_gives_unavailable(tmp_path):
     # A hang would end at the call's deadline with DEADLINE_EXCEEDED. How fast UNAVAILABLE comes (the issue
-    # asks for < 1 s) is measured by bench/process_faults.py, not asserted here.
+    # asks for < 1 s) is measured by tests/stress/process_faults.py, not asserted here.
     daemon = start_daemon(LLAMA, workdir=tmp_path)
     with Client(daemon.addr) as client:
         stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)

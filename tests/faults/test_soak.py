@@ -1,9 +1,9 @@
-"""Soak at CI size: 200 mixed requests at concurrency 8 (bench/soak.py runs 1,000 at 16)."""
+"""Soak at CI size: 200 mixed requests at concurrency 8 (tests/stress/soak.py runs 1,000 at 16)."""
 
 import collections
 
 import pytest
-from soak import check, growth, memory, plan, references, soak
+from tests.faults.soak import check, growth, memory, plan, references, soak
 
 from mlxd_client import Client
 from tests.helpers.daemon_process import FIXTURES, start_daemon
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.process, pytest.mark.stress]
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    # No prefix cache: idle, MLX then holds the weights and nothing else, exactly (bench/soak.py soaks with one).
+    # No prefix cache: idle, MLX then holds the weights and nothing else, exactly (tests/stress/soak.py soaks with one).
     d = start_daemon(FIXTURES / "parity" / "llama", "--max-queue", "16", "--prefix-cache-mb", "0",
                      workdir=tmp_path_factory.mktemp("soak"))
     yield d
@@ -32,7 +32,7 @@ def test_soak_every_stream_ends_right_and_repeatable_ones_repeat(daemon):
         check(outcome, expected)
     # Memory after the first hundred requests (warm) and after the second. Idle, MLX active memory is the
     # weights (under 1 MB), so one leaked KV cache fails the 5% bound. The resident set moves by up to ~8% either
-    # way between hundreds on a 2-core machine, so its bound here only catches gross leaks; bench/soak.py reports
+    # way between hundreds on a 2-core machine, so its bound here only catches gross leaks; tests/stress/soak.py reports
     # it against 5% over 1,000 requests.
     grew = growth(samples)
     assert grew["mlx_active"] < 0.05, (grew, samples)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from hostile_requests import Call
+from tests.fuzz.hostile_requests import Call
 
 from mlxd_client import pb
 from tests.helpers.daemon_process import Daemon, start_daemon

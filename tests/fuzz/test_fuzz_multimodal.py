@@ -4,9 +4,9 @@ a bomb's header, not an image at all) with OK or a documented status, and the da
 import os
 
 import pytest
-from hostile_requests import multimodal_calls
+from tests.fuzz.hostile_requests import multimodal_calls
 from hypothesis import HealthCheck, given, settings
-from sending import fuzzed_daemon, run
+from tests.fuzz.sending import fuzzed_daemon, run
 
 from mlxd_client import Client
 from tests.helpers.daemon_process import FIXTURES

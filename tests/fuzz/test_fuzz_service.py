@@ -1,13 +1,13 @@
 """Property: every request, however hostile, gets OK or a documented status (never INTERNAL or UNKNOWN, never a
-hang), and the daemon stays SERVING. MLXD_FUZZ_EXAMPLES raises the example count (bench/fuzz.py)."""
+hang), and the daemon stays SERVING. MLXD_FUZZ_EXAMPLES raises the example count (tests/stress/fuzz.py)."""
 
 import os
 
 import grpc
 import pytest
-from hostile_requests import Call, any_call
+from tests.fuzz.hostile_requests import Call, any_call
 from hypothesis import HealthCheck, example, given, settings
-from sending import fuzzed_daemon, run
+from tests.fuzz.sending import fuzzed_daemon, run
 
 from mlxd_client import Client, MlxdClientError, pb
 from tests.helpers.daemon_process import FIXTURES

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_gguf import permute_like_llama_cpp
+from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 from mlxd.demo_models import cache_dir
 from mlxd.errors import ModelLoadError

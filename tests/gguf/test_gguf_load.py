@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from tiny_gguf import write_tiny_llama
+from tests.gguf.tiny_gguf import write_tiny_llama
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import load_gguf_model

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import tokenizers
-from hf_to_gguf import PARITY, write_gguf
+from tests.gguf.hf_to_gguf import PARITY, write_gguf
 
 from mlxd.loading.loader import load_model
 from mlxd.loading.model_source import load_model_and_tokenizer

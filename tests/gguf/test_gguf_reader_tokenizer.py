@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from tiny_gguf import write_tiny_llama
+from tests.gguf.tiny_gguf import write_tiny_llama
 
 from mlxd.errors import ModelLoadError, Unsupported
 from mlxd.loading.gguf.reader import read_gguf

@@ -98,7 +98,7 @@ def test_daemon_exits_when_its_parent_dies(tmp_path):
     else:
         os.kill(child_pid, signal.SIGKILL)
         raise AssertionError("the daemon outlived its parent by 5 s")
-    # How soon it exits (the issue asks for < 2 s) is measured by bench/process_faults.py, not asserted here.
+    # How soon it exits (the issue asks for < 2 s) is measured by tests/stress/process_faults.py, not asserted here.
 
 
 def _running(pid: int) -> bool:

@@ -2,7 +2,7 @@
 
 import grpc
 import pytest
-from certs import make_authority
+from tests.security.certs import make_authority
 
 from mlxd_client import Client, MlxdClientError, TlsOptions
 from tests.helpers.daemon_process import FIXTURES, start_daemon

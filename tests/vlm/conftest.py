@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-from gemma3_fixture import GEMMA3, model_folder
+from tests.vlm.gemma3_fixture import GEMMA3, model_folder
 
 from mlxd.loading.loader import LoadedModel, load_model
 

@@ -2,7 +2,7 @@
 
 import json
 
-from gemma3_fixture import model_folder
+from tests.vlm.gemma3_fixture import model_folder
 
 from mlxd.loading.loader import load_model
 

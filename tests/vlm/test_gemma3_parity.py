@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
+from tests.vlm.gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from safetensors.numpy import load_file, save_file
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage, TokenEvent

@@ -8,7 +8,7 @@ import json
 import grpc
 import numpy as np
 import pytest
-from gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
+from tests.vlm.gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from PIL import Image
 from safetensors.numpy import load_file
 

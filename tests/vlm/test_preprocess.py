@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from gemma3_fixture import GEMMA3, IMAGE_PNG
+from tests.vlm.gemma3_fixture import GEMMA3, IMAGE_PNG
 from PIL import Image
 
 from mlxd.errors import InvalidRequest

@@ -8,7 +8,7 @@ import shutil
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from gemma3_fixture import GEMMA3
+from tests.vlm.gemma3_fixture import GEMMA3
 from mlx.utils import tree_flatten
 from test_gemma3_parity import image_embeddings
 

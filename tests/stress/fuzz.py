@@ -1,7 +1,7 @@
 """The fuzz property of tests/fuzz at full size: many hostile requests against one daemon, with a table of the
 status codes they got. Fails (exit 1) on the first request answered outside the documented codes.
 
-    .venv/bin/python bench/fuzz.py --examples 10000 [--model tests/fixtures/parity/llama] [--serve-arg=...]
+    .venv/bin/python -m tests.stress.fuzz --examples 10000 [--model tests/fixtures/parity/llama] [--serve-arg=...]
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "fuzz")]
+import grpc
+from hypothesis import HealthCheck, given, settings
 
-import grpc  # noqa: E402
-from daemon_process import FIXTURES, start_daemon  # noqa: E402
-from hostile_requests import any_call  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from sending import run  # noqa: E402
-
-from mlxd_client import Client  # noqa: E402
+from mlxd_client import Client
+from tests.fuzz.hostile_requests import any_call
+from tests.fuzz.sending import run
+from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 
 def main() -> int:

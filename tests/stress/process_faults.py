@@ -7,7 +7,7 @@ the outcomes with generous timeouts; this script times them over many trials:
 - go runner: package runner started the daemon and streams (mlxd-stream-probe --model); time to its error.
 - parent: a parent process that spawned the daemon gets SIGKILL; time until the daemon has exited.
 
-    .venv/bin/python bench/process_faults.py [--trials 20] [--transports unix,tcp] [--model ...]
+    .venv/bin/python -m tests.stress.process_faults [--trials 20] [--transports unix,tcp] [--model ...]
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]
-
-from daemon_process import FIXTURES, daemon_env, start_daemon  # noqa: E402
-
-from mlxd_client import Client, MlxdClientError  # noqa: E402
+from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, ROOT, daemon_env, start_daemon
 
 PROBE_TIMEOUT = 30.0   # a probe still streaming after this is a hang
 
@@ -100,8 +96,7 @@ def parent_killed(model: Path) -> tuple[float, str]:
     parent_code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        sys.path.insert(0, {str(ROOT / "tests")!r})
-        from daemon_process import start_daemon
+        from tests.helpers.daemon_process import start_daemon
         d = start_daemon(Path({str(model)!r}), workdir=Path({str(workdir)!r}))
         print(d.proc.pid, flush=True)
         time.sleep(600)

@@ -4,7 +4,7 @@ it, and resident + MLX active, which must grow less than 5% from the first hundr
 warm-up hundred runs first, unmeasured, so that the prefix cache (small here: it keeps snapshots up to its budget
 by design) is full before the first sample.
 
-    .venv/bin/python bench/soak.py [--requests 1000] [--concurrency 16] [--model tests/fixtures/parity/llama]
+    .venv/bin/python -m tests.stress.soak [--requests 1000] [--concurrency 16] [--model tests/fixtures/parity/llama]
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "faults")]
-
-from daemon_process import FIXTURES, start_daemon  # noqa: E402
-from soak import check, growth, memory, plan, references, soak  # noqa: E402
+from tests.faults.soak import check, growth, memory, plan, references, soak
+from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 
 def main() -> int:

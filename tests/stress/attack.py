@@ -1,7 +1,7 @@
 """The attacks of tests/availability at full size, with the figures they leave: health latency while each runs, the
 daemon's resident memory, the longest pause of a running stream, what leaked (issue 15).
 
-    .venv/bin/python bench/attack.py [--model tests/fixtures/parity/llama] [--vlm tests/fixtures/parity/gemma3]
+    .venv/bin/python -m tests.stress.attack [--model tests/fixtures/parity/llama] [--vlm tests/fixtures/parity/gemma3]
         [--only NAME ...] [--serve-arg=...]
 
 Each attack gets a daemon of its own. A failed attack prints FAIL and the run exits 1.
@@ -20,10 +20,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "availability")]
-
-from attacks import (  # noqa: E402
+from mlxd_client import Client, MlxdClientError, pb
+from tests.availability.attacks import (
     concurrent_calls,
     header_only_streams,
     health_latencies,
@@ -34,9 +32,7 @@ from attacks import (  # noqa: E402
     undeliverable_streams,
     watched_stream,
 )
-from daemon_process import FIXTURES, Daemon, resident_bytes, start_daemon  # noqa: E402
-
-from mlxd_client import Client, MlxdClientError, pb  # noqa: E402
+from tests.helpers.daemon_process import FIXTURES, Daemon, resident_bytes, start_daemon
 
 TOKEN = "s3cret-token-0123456789abcdef"
 MB = 1 << 20
