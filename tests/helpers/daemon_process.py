@@ -90,3 +90,32 @@ def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: flo
         proc.wait()
         raise RuntimeError(f"mlxd did not start; stderr:\n{stderr_path.read_text(errors='replace')}")
     return Daemon(proc, ready["addr"], ready, stderr_path)
+
+
+def daemon_of_a_killed_parent(model: Path, workdir: Path) -> tuple[int, float]:
+    """Start a parent process that starts the daemon and waits; SIGKILL the parent. The daemon's pid, and when the
+    parent was killed (time.monotonic), for a test of how soon the orphan exits."""
+    parent_code = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from tests.helpers.daemon_process import start_daemon\n"
+        f"d = start_daemon(Path({str(model)!r}), workdir=Path({str(workdir)!r}))\n"
+        "print(d.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              env=daemon_env())
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    killed = time.monotonic()
+    parent.wait()
+    return pid, killed
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie: an orphan's zombie lingers until its new parent (often PID 1) reaps it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -20,12 +20,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 from mlxd_client import Client, MlxdClientError
-from tests.helpers.daemon_process import FIXTURES, ROOT, daemon_env, start_daemon
+from tests.helpers.daemon_process import FIXTURES, ROOT, daemon_env, daemon_of_a_killed_parent, running, start_daemon
 
 PROBE_TIMEOUT = 30.0   # a probe still streaming after this is a hang
 
@@ -93,20 +92,7 @@ def go_runner(probe: Path, model: Path) -> tuple[float, str]:
 
 def parent_killed(model: Path) -> tuple[float, str]:
     workdir = Path(tempfile.mkdtemp(prefix="mlxd-faults-"))
-    parent_code = textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
-        from tests.helpers.daemon_process import start_daemon
-        d = start_daemon(Path({str(model)!r}), workdir=Path({str(workdir)!r}))
-        print(d.proc.pid, flush=True)
-        time.sleep(600)
-    """)
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
-                              env=daemon_env())
-    pid = int(parent.stdout.readline())
-    parent.kill()
-    killed = time.monotonic()
-    parent.wait()
+    pid, killed = daemon_of_a_killed_parent(model, workdir)
     while running(pid):
         if time.monotonic() - killed > PROBE_TIMEOUT:
             os.kill(pid, signal.SIGKILL)
@@ -115,15 +101,6 @@ def parent_killed(model: Path) -> tuple[float, str]:
     elapsed = time.monotonic() - killed
     shutil.rmtree(workdir, ignore_errors=True)
     return elapsed, "exited"
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie: an orphan's zombie lingers until its new parent reaps it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def build_probe(into: Path) -> Path:
