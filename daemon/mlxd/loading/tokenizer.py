@@ -49,7 +49,7 @@ class Tokenizer:
         self._tok_plain.encode_special_tokens = True
         self._special = special
         self.bos_token_id = self._id_of(special.bos)
-        self._add_bos = add_bos and self.bos_token_id is not None
+        self._bos_to_add = self.bos_token_id if add_bos else None  # None: encode never prepends one
         eos = [i for i in [self._id_of(special.eos), *extra_eos_ids] if i is not None]
         self.eos_token_ids: list[int] = list(dict.fromkeys(eos))
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -78,8 +78,9 @@ class Tokenizer:
         # The post-processor's special tokens are never used; BOS is handled here so it is never doubled.
         # encode_batch_fast releases the GIL while it works (encode holds it: 10 MB froze every thread ~10 s).
         ids = tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
-        if add_special_tokens and self._add_bos and (not ids or ids[0] != self.bos_token_id):
-            ids.insert(0, self.bos_token_id)
+        bos = self._bos_to_add
+        if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
         return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:

@@ -40,8 +40,7 @@ def create_attention_mask(length: int, offset: int, window: int | None = None, k
     so the common cases materialize no array.
     """
     n_keys = offset + length - key_start
-    window_bites = window is not None and offset + length - 1 - key_start >= window
-    if not window_bites:
+    if window is None or offset + length - 1 - key_start < window:  # the window hides no key
         return None if length == 1 else "causal"
     q_pos = mx.arange(offset, offset + length)[:, None]
     k_pos = mx.arange(key_start, key_start + n_keys)[None, :]

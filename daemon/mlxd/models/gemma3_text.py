@@ -33,12 +33,12 @@ class ModelArgs(BaseModelArgs):
     num_attention_heads: int
     vocab_size: int
     head_dim: int = 256
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int = 0  # 0 (or null in config.json): as many as the attention heads
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int | None = None
     query_pre_attn_scalar: float = 256
     sliding_window: int = 4096
-    layer_types: list[str] | None = None
+    layer_types: list[str] = field(default_factory=list)  # empty: Gemma 3's fixed pattern
     # Keyed by layer type; loading.config converts the transformers 4 layout into this one.
     rope_parameters: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
@@ -54,7 +54,7 @@ class ModelArgs(BaseModelArgs):
 
     def __post_init__(self) -> None:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
-        if self.layer_types is None:
+        if not self.layer_types:
             # Gemma 3's fixed pattern: five sliding layers, then one full.
             self.layer_types = [
                 "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(self.num_hidden_layers)
