@@ -149,7 +149,7 @@ class Runner:
         r = self._rows.pop(row, None)
         if r is None:
             return None
-        kept = None
+        kept: list[LayerCache] | None = None
         if row in self._joining:
             self._joining.remove(row)
             kept = r.cache if keep_cache else None
@@ -157,7 +157,8 @@ class Runner:
             index = self._order.index(row)
             if keep_cache:
                 caches = [cache.row_cache(index) for cache in self._caches]
-                kept = None if any(c is None for c in caches) else caches
+                whole: list[LayerCache] = [c for c in caches if c is not None]
+                kept = whole if len(whole) == len(caches) else None
             self._leaving.add(row)
         elif keep_cache and r.state is None:
             kept = r.cache

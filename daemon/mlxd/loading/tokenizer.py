@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,9 @@ from mlxd.errors import InvalidRequest, ModelLoadError, Unsupported
 log = logging.getLogger(__name__)
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+# A token id's string (Tokenizer.id_to_token): None for an id outside the tokenizer's vocabulary.
+TokenText = Callable[[int], str | None]
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from typing import Protocol
 
 import mlx.core as mx
 
-from mlxd.models.base import Mask
+from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.cache import KVCache, RowState, kv_storage
 
 
-class BatchLayerCache(Protocol):
+class BatchLayerCache(AttentionCache, Protocol):
     """One layer's cache of a batch of sequences, as the runner drives it between steps (any cache kind)."""
 
     @property

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import mlx.core as mx
 
-from mlxd.models.base import Mask, create_attention_mask
+from mlxd.models.base import AttentionCache, Mask, create_attention_mask
 
 if TYPE_CHECKING:
     from mlxd.models.batch_cache import BatchLayerCache, BatchPositions
@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 RowState = tuple[mx.array, ...] | None
 
 
-class LayerCache(Protocol):
+class LayerCache(AttentionCache, Protocol):
     offset: int            # positions seen
-    window: int | None     # the sliding window of the layer, None when it keeps every position
+
+    @property
+    def window(self) -> int | None:
+        """The sliding window of the layer, None when it keeps every position."""
+        ...
 
     @property
     def state(self) -> list[mx.array]:
@@ -304,6 +308,6 @@ class RotatingKVCache:
         self._idx = kept % self.window  # temporal order: slot 0 holds the oldest once the ring is full
 
 
-def make_layer_caches(windows: list[int | None]) -> list[KVCache | RotatingKVCache]:
+def make_layer_caches(windows: list[int | None]) -> list[LayerCache]:
     """One cache per layer: a rotating one for each sliding-window layer, a full one otherwise."""
     return [KVCache() if w is None else RotatingKVCache(w) for w in windows]
