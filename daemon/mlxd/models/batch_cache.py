@@ -17,7 +17,7 @@ from typing import Protocol
 import mlx.core as mx
 
 from mlxd.models.base import AttentionCache, Mask
-from mlxd.models.cache import KVCache, RowState, kv_storage
+from mlxd.models.cache import KVCache, RowState, grown_storage, kv_storage
 
 
 class BatchLayerCache(AttentionCache, Protocol):
@@ -205,16 +205,9 @@ class BatchKVCache:
 
     def _grow(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """`step` more columns; returns the new storage (also kept as self.keys and self.values)."""
-        batch, heads, _, _ = keys.shape
-        new_k = mx.zeros((batch, heads, self.step, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, self.step, values.shape[3]), values.dtype)
-        stored = kv_storage(self.keys, self.values)
-        if stored is not None:
-            old_k, old_v = stored
-            new_k = mx.concatenate([old_k[..., : self.end, :], new_k], axis=2)
-            new_v = mx.concatenate([old_v[..., : self.end, :], new_v], axis=2)
-        self.keys, self.values = new_k, new_v
-        return new_k, new_v
+        grown = grown_storage(kv_storage(self.keys, self.values), self.end, keys, values, self.step)
+        self.keys, self.values = grown
+        return grown
 
     def _pad_left(self, n: int) -> None:
         stored = kv_storage(self.keys, self.values)

@@ -79,6 +79,20 @@ def kv_storage(keys: mx.array | None, values: mx.array | None) -> tuple[mx.array
     return None if keys is None or values is None else (keys, values)
 
 
+def grown_storage(stored: tuple[mx.array, mx.array] | None, kept: int, keys: mx.array, values: mx.array,
+                  size: int) -> tuple[mx.array, mx.array]:
+    """The first `kept` positions of `stored` (keys, values), then `size` zeroed ones shaped like the new `keys`
+    and `values` [B, heads, L, head_dim]; only the zeroed ones when `stored` is None."""
+    batch, heads = keys.shape[:2]
+    new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
+    new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)
+    if stored is None:
+        return new_k, new_v
+    old_k, old_v = stored
+    return (mx.concatenate([old_k[..., :kept, :], new_k], axis=2),
+            mx.concatenate([old_v[..., :kept, :], new_v], axis=2))
+
+
 def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> None:
     if snapshot.window != window:
         raise ValueError(f"snapshot of a cache with window {snapshot.window} restored into one with window {window}")
@@ -112,17 +126,10 @@ class KVCache:
     def _grow(self, keys: mx.array, values: mx.array, needed: int) -> tuple[mx.array, mx.array]:
         """Room for `needed` positions; returns the new storage (also kept as self.keys and self.values)."""
         size = -(-(needed - self.offset) // self.step) * self.step
-        batch, heads = keys.shape[:2]
-        new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)
-        stored = kv_storage(self.keys, self.values)
-        if stored is not None:
-            # Positions past offset (after a trim) are stale; keep only valid ones before appending the block.
-            old_k, old_v = stored
-            new_k = mx.concatenate([old_k[..., : self.offset, :], new_k], axis=2)
-            new_v = mx.concatenate([old_v[..., : self.offset, :], new_v], axis=2)
-        self.keys, self.values = new_k, new_v
-        return new_k, new_v
+        # Positions past offset (after a trim) are stale; keep only valid ones before appending the block.
+        grown = grown_storage(kv_storage(self.keys, self.values), self.offset, keys, values, size)
+        self.keys, self.values = grown
+        return grown
 
     def make_mask(self, length: int, window: int | None = None) -> Mask:
         """Mask for the next `length` queries; keys start at position 0."""
