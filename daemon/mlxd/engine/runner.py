@@ -231,8 +231,8 @@ class Runner:
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
         else:
             argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
-            tokens = argmax if all(plain) else mx.concatenate([argmax[i:i + 1] if plain[i] else r.sampler(logits[i])
-                                                               for i, r in enumerate(rows)])
+            tokens = argmax if all(plain) else mx.concatenate(
+                [argmax[i:i + 1] if plain[i] else r.sampler(logits[i]) for i, r in enumerate(rows)])
         scored = [None if r.top_logprobs is None else _row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])

@@ -127,7 +127,7 @@ def _require_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def context_length(config: dict[str, Any], args_context: int | None, source: object) -> int:
+def context_length(config: dict[str, Any], args_context: int | None, source: Path) -> int:
     """The context length `config` names, else the architecture's default (`args_context`, from its ModelArgs), else
     DEFAULT_CONTEXT_LENGTH with a warning naming `source`."""
     context = cfg.context_length(config) or args_context or None

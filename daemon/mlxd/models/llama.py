@@ -33,16 +33,15 @@ class ModelArgs(BaseModelArgs):
     num_attention_heads: int
     vocab_size: int
     rms_norm_eps: float = 1e-6
-    # 0 (or null in config.json) for these three, an empty list for layer_types: derived in __post_init__.
-    num_key_value_heads: int = 0
-    head_dim: int = 0
+    num_key_value_heads: int = 0  # 0 (or null in config.json): as many as the attention heads
+    head_dim: int = 0  # 0 (or null): hidden_size // num_attention_heads
     max_position_embeddings: int | None = None
     rope_parameters: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     attention_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
-    layer_types: list[str] = field(default_factory=list)
+    layer_types: list[str] = field(default_factory=list)  # empty: every layer as sliding_window says
 
     def __post_init__(self) -> None:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads

@@ -25,8 +25,8 @@ ChunkImages = Sequence[tuple[int, mx.array]]
 
 
 class LanguageModel(Protocol):
-    """A decoder: logits [B, L, vocab] for input ids [B, L], appending to `cache` (one entry per layer: from
-    make_cache, or the batched caches of the decode batch; none, and nothing is kept).
+    """A decoder: logits [B, L, vocab] for input ids [B, L], appending to `cache` (one entry per layer, from
+    make_cache, or the batched caches of the decode batch).
 
     `input_embeddings` [B, L, hidden], when given, replace what the model makes of `inputs` as the first layer's
     input (for Gemma after its sqrt(hidden) scale, as transformers' inputs_embeds); `inputs` still gives L."""
