@@ -15,4 +15,5 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
     generated = sorted(p.name for p in tmp_path.iterdir())
     assert generated == sorted(p.name for p in COMMITTED.iterdir() if p.is_file())
     for name in generated:
-        assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), f"{name} is stale: run scripts/gen_proto.sh"
+        stale = f"{name} is stale: run scripts/gen_proto.sh"
+        assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), stale

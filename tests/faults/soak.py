@@ -13,7 +13,6 @@ import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 

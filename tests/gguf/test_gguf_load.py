@@ -10,6 +10,7 @@ from tests.gguf.tiny_gguf import write_tiny_llama
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import load_gguf_model
+from mlxd.loading.loader import DEFAULT_CONTEXT_LENGTH
 
 TOKENS = mx.array([[3, 17, 42, 5, 88, 1, 60, 9]], dtype=mx.int32)
 
@@ -75,6 +76,15 @@ def test_load_errors_name_the_cause(tmp_path, kwargs, message):
     write_tiny_llama(path, **kwargs)
     with pytest.raises(ModelLoadError, match=message):
         load_gguf_model(path, dtype="float32")
+
+
+def test_a_file_without_a_context_length_gets_the_default_one(tiny, tmp_path, caplog):
+    """As a folder whose config.json names none (<arch>.context_length is optional): not None, which served nothing."""
+    assert load_gguf_model(tiny[0], dtype="float32").context_length == 256
+    path = tmp_path / "no-context.gguf"
+    write_tiny_llama(path, context_length=None)
+    assert load_gguf_model(path, dtype="float32").context_length == DEFAULT_CONTEXT_LENGTH
+    assert f"names no context length; assuming {DEFAULT_CONTEXT_LENGTH}" in caplog.text
 
 
 def test_missing_and_foreign_files(tmp_path):

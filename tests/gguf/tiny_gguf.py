@@ -57,16 +57,18 @@ def _gguf_names(types: dict[str, str]) -> dict[str, tuple[str, str]]:
 
 
 def write_tiny_llama(path: Path, *, arch: str = "llama", extra_tensor: str | None = None,
-                     drop_tensor: str | None = None, seed: int = 0, types: dict[str, str] | None = None
-                     ) -> llama.Model:
+                     drop_tensor: str | None = None, seed: int = 0, types: dict[str, str] | None = None,
+                     context_length: int | None = 256) -> llama.Model:
     """Write a GGUF of a random llama and return the reference model holding the GGUF's (quantized) values.
-    `types` changes the GGML type of layer tensors (HF leaf name -> type) from LAYER_TENSORS'."""
+    `types` changes the GGML type of layer tensors (HF leaf name -> type) from LAYER_TENSORS'; `context_length`
+    None leaves <arch>.context_length out."""
     rng = np.random.default_rng(seed)
     model = llama.Model(llama.ModelArgs.from_dict(CONFIG))
     writer = GGUFWriter(str(path), arch)
-    for key, value in {"embedding_length": 64, "block_count": 2, "feed_forward_length": 128,
-                       "attention.head_count": 4, "attention.head_count_kv": 2, "context_length": 256}.items():
-        writer.add_uint32(f"{arch}.{key}", value)
+    for key, value in {"embedding_length": 64, "block_count": 2, "feed_forward_length": 128, "attention.head_count": 4,
+                       "attention.head_count_kv": 2, "context_length": context_length}.items():
+        if value is not None:
+            writer.add_uint32(f"{arch}.{key}", value)
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
     writer.add_float32(f"{arch}.rope.freq_base", 10000.0)
     reference = {}

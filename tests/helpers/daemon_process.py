@@ -85,10 +85,10 @@ def start_daemon(model: Path, *extra: str, addr: str | None = None, timeout: flo
                             env=dict(daemon_env(), **(env or {})), preexec_fn=limit)
     try:
         ready = read_ready_line(proc, timeout)
-    except Exception:
+    except Exception as error:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"mlxd did not start; stderr:\n{stderr_path.read_text(errors='replace')}")
+        raise RuntimeError(f"mlxd did not start; stderr:\n{stderr_path.read_text(errors='replace')}") from error
     return Daemon(proc, ready["addr"], ready, stderr_path)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from mlxd.loading.tokenizer import load_tokenizer
-from mlxd_client import Client, MlxdClientError, collect, pb
+from mlxd_client import Client, collect, pb
 from tests.helpers.daemon_process import start_daemon
 
 pytestmark = pytest.mark.process
@@ -125,7 +125,10 @@ def test_chat_places_several_images_with_the_processors_blank_lines(client, fold
         pb.ContentPart(text="Compare "), image(), pb.ContentPart(text=" and "), image(png(Image.new("L", (9, 9))))])])
     _, final = run(client, chat=chat, max_tokens=2, ignore_eos=True, prompt_logprobs=True)
     tok = load_tokenizer(folder)
-    encode = lambda text: tok.encode(text, add_special_tokens=False)
+
+    def encode(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
     want = [1] + encode("<|user|>\nCompare \n\n") + SPAN + encode("\n\n and \n\n") + SPAN + \
         encode("\n\n<eos>\n<|assistant|>\n")
     assert [1] + [lp.token_id for lp in final.prompt_logprobs] == want

@@ -20,7 +20,7 @@ class TlsOptions:
 
     @classmethod
     def from_files(cls, ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None,
-                   server_name: str | None = None) -> "TlsOptions":
+                   server_name: str | None = None) -> TlsOptions:
         def read(path: str | Path | None) -> bytes | None:
             return Path(path).read_bytes() if path is not None else None
         return cls(read(ca), read(cert), read(key), server_name)

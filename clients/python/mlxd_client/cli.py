@@ -76,7 +76,8 @@ def _generate(args: argparse.Namespace) -> int:
                 print(f"[{final.usage.prompt_tokens} prompt + {final.usage.completion_tokens} generated tokens, "
                       f"finish: {pb.FinishReason.Name(final.finish_reason)}, "
                       f"ttft {t.time_to_first_token_seconds * 1000:.0f} ms, "
-                      f"prefill {t.prefill_tokens_per_second:.1f} tok/s, decode {t.decode_tokens_per_second:.1f} tok/s]",
+                      f"prefill {t.prefill_tokens_per_second:.1f} tok/s, "
+                      f"decode {t.decode_tokens_per_second:.1f} tok/s]",
                       file=sys.stderr)
     return 0
 

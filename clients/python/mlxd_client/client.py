@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, TypeAlias, TypedDict
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,12 +35,19 @@ class Completion:
     final: pb.Final | None = None
 
 
-def options(**kwargs: object) -> pb.GenerationOptions:
-    """GenerationOptions from keyword arguments (None values are left unset)."""
+def options(**kwargs: Any) -> pb.GenerationOptions:
+    """GenerationOptions from keyword arguments (None values are left unset); the message checks their types."""
     return pb.GenerationOptions(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-Part = Union[str, bytes, Sequence[int]]
+Part: TypeAlias = str | bytes | Sequence[int]
+
+
+class MultimodalChatMessage(TypedDict):
+    """One message of `multimodal_generate(messages=...)`: content is text, an image or a sequence of parts."""
+
+    role: str
+    content: str | bytes | Sequence[Part]
 
 
 def _content_part(part: Part) -> pb.ContentPart:
@@ -92,7 +100,7 @@ class Client:
         self.stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -106,7 +114,7 @@ class Client:
     def generate(self, prompt: str | None = None, *, tokens: Sequence[int] | None = None,
                  messages: Sequence[Mapping[str, str]] | None = None, request_id: str = "",
                  expected_model: str = "", timeout: float | None = None,
-                 **option_values: object) -> Iterator[pb.GenerateResponse]:
+                 **option_values: Any) -> Iterator[pb.GenerateResponse]:
         """Stream responses: chunks (`.chunk`), then one `.final`. Exactly one of prompt, tokens, messages."""
         request = pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, expected_model=expected_model,
                                      options=options(**option_values))
@@ -119,9 +127,9 @@ class Client:
         return _stream(lambda: self.stub.Generate(request, timeout=timeout))
 
     def multimodal_generate(self, parts: Sequence[Part] | None = None, *,
-                            messages: Sequence[Mapping[str, object]] | None = None, request_id: str = "",
+                            messages: Sequence[MultimodalChatMessage] | None = None, request_id: str = "",
                             expected_model: str = "", timeout: float | None = None,
-                            **option_values: object) -> Iterator[pb.GenerateResponse]:
+                            **option_values: Any) -> Iterator[pb.GenerateResponse]:
         """Like generate, with images. `parts`: str (text), bytes (an encoded image: PNG, JPEG, ...) or a list of
         token ids, in prompt order; or `messages`: {"role": ..., "content": str or a sequence of such parts}."""
         request = pb.MultimodalGenerateRequest(request_id=request_id or uuid.uuid4().hex,
@@ -131,13 +139,13 @@ class Client:
         elif messages is not None:
             for m in messages:
                 content = m["content"]
-                content = [content] if isinstance(content, (str, bytes)) else content
+                message_parts: Sequence[Part] = [content] if isinstance(content, (str, bytes)) else content
                 request.chat.messages.append(pb.MultimodalMessage(role=m["role"],
-                                                                  content=[_content_part(p) for p in content]))
+                                                                  content=[_content_part(p) for p in message_parts]))
         return _stream(lambda: self.stub.MultimodalGenerate(request, timeout=timeout))
 
-    def complete(self, prompt: str | None = None, **kwargs: object) -> Completion:
-        """Run a generation to its end and return the whole text and the final message."""
+    def complete(self, prompt: str | None = None, **kwargs: Any) -> Completion:
+        """Run a generation to its end and return the whole text and the final message (`kwargs`: generate's)."""
         return collect(self.generate(prompt, **kwargs))
 
     def cancel(self, request_id: str) -> bool:

@@ -9,9 +9,12 @@ plus one growth step).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
+
+from mlxd.models.cache import LayerCache
 
 _GROWTH_STEP = 256  # columns a cache allocates at a time (models/cache.py, models/batch_cache.py)
 
@@ -27,11 +30,14 @@ class KvLayout:
         return sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
 
     @classmethod
-    def of(cls, cache: list) -> KvLayout:
+    def of(cls, cache: Sequence[LayerCache]) -> KvLayout:
         """The layout of a one-sequence cache that holds at least one position (what the runner probes)."""
         layers = []
         for c in cache:
-            keys, values = c.kept()
+            kept = c.kept()
+            if kept is None:
+                raise ValueError("the cache to read the layout off holds no position")
+            keys, values = kept
             per_position = keys.shape[1] * keys.shape[3] * keys.dtype.size + \
                 values.shape[1] * values.shape[3] * values.dtype.size
             layers.append((per_position, c.window))

@@ -166,7 +166,7 @@ class PrefixCache:
         self._lru[entry] = None
         self._bytes += nbytes
         if entry.trimmable:
-            above = node
+            above: _Node | None = node
             while above is not None:
                 above.trimmable += 1
                 above = above.parent
@@ -221,7 +221,7 @@ class PrefixCache:
         del self._lru[entry]
         self._bytes -= entry.nbytes
         if entry.trimmable:
-            above = node
+            above: _Node | None = node
             while above is not None:
                 above.trimmable -= 1
                 above = above.parent

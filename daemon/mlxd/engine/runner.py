@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import mlx.core as mx
 
@@ -72,7 +73,8 @@ class _Pending:
     def read(self) -> list[StepResult]:
         # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
         mx.eval(self.tokens, *[a for arrays in self.scored if arrays for a in arrays])
-        tokens = self.tokens.tolist()
+        # int32 [B] reads back as ints; MLX's stub types every tolist() as any nesting of any scalar.
+        tokens = cast(list[int], self.tokens.tolist())
         return [StepResult(row, token, None if lp is None else _token_logprob(token, lp))
                 for row, token, lp in zip(self.rows, tokens, self.scored)]
 
@@ -147,7 +149,7 @@ class Runner:
         r = self._rows.pop(row, None)
         if r is None:
             return None
-        kept = None
+        kept: list[LayerCache] | None = None
         if row in self._joining:
             self._joining.remove(row)
             kept = r.cache if keep_cache else None
@@ -155,7 +157,8 @@ class Runner:
             index = self._order.index(row)
             if keep_cache:
                 caches = [cache.row_cache(index) for cache in self._caches]
-                kept = None if any(c is None for c in caches) else caches
+                whole: list[LayerCache] = [c for c in caches if c is not None]
+                kept = whole if len(whole) == len(caches) else None
             self._leaving.add(row)
         elif keep_cache and r.state is None:
             kept = r.cache
@@ -224,12 +227,12 @@ class Runner:
         logits = self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
         rows = [self._rows[row] for row in self._order]
         plain = [r.sampler.plain_greedy for r in rows]
-        argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(plain) else None
-        if all(plain):
-            tokens = argmax
+        if not any(plain):
+            tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
         else:
-            tokens = mx.concatenate([argmax[i:i + 1] if plain[i] else r.sampler(logits[i])
-                                     for i, r in enumerate(rows)])
+            argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
+            tokens = argmax if all(plain) else mx.concatenate(
+                [argmax[i:i + 1] if plain[i] else r.sampler(logits[i]) for i, r in enumerate(rows)])
         scored = [None if r.top_logprobs is None else _row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
@@ -260,8 +263,10 @@ def _row_logprobs(logits: mx.array, token: mx.array, top_k: int) -> tuple[mx.arr
 
 
 def _token_logprob(token: int, arrays: tuple[mx.array, ...]) -> TokenLogprob:
-    top = _tops(arrays[1].tolist(), arrays[2].tolist()) if len(arrays) == 3 else []
-    return TokenLogprob(token, float(arrays[0].item()), top)
+    # (chosen float32 [], top ids int32 [k], their float32 values [k]): MLX's stub types tolist() as any nesting
+    # of any scalar, complex included.
+    top = _tops(cast(list[int], arrays[1].tolist()), cast(list[float], arrays[2].tolist())) if len(arrays) == 3 else []
+    return TokenLogprob(token, float(arrays[0]), top)
 
 
 def _tops(ids: list[int], values: list[float]) -> list[TopLogprob]:

@@ -125,7 +125,7 @@ class Scheduler:
 
     def abort(self, error: MlxdError) -> list[Routed]:
         """End everything held with `error` and start over empty (the worker's last resort after a bug)."""
-        out = [(request, ErrorEvent(error)) for request in self.requests()]
+        out: list[Routed] = [(request, ErrorEvent(error)) for request in self.requests()]
         self.waiting.clear()
         for live in self._admitted:
             self._runner.close(live.row)
@@ -235,13 +235,13 @@ class Scheduler:
         for live in stepping:
             live.queued += 1
         for result in results:
-            live = by_row.get(result.row)
-            if live is not None and live.phase is not Phase.DONE:
-                events = live.output.accept(result.token, result.logprob)
-                if live.output.done:
-                    self._end(live, events, out)
+            owner = by_row.get(result.row)
+            if owner is not None and owner.phase is not Phase.DONE:
+                events = owner.output.accept(result.token, result.logprob)
+                if owner.output.done:
+                    self._end(owner, events, out)
                 else:
-                    out += [(live.request, event) for event in events]
+                    out += [(owner.request, event) for event in events]
 
     def _apply_backpressure(self, out: list[Routed]) -> None:
         """Park the rows whose reader fell `max_stream_backlog` events behind; bring them back once it caught up

@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.images.prompt import ImageTokens
@@ -108,10 +107,9 @@ def physical_ram_bytes() -> int | None:
         return None
 
 
-def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, None when there is no such file."""
     if not path.is_file():
-        if required:
-            raise ModelLoadError(f"missing {path}")
         return None
     try:
         data = json.loads(path.read_text())
@@ -120,6 +118,23 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} is not a JSON object")
     return data
+
+
+def _require_json(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    if data is None:
+        raise ModelLoadError(f"missing {path}")
+    return data
+
+
+def context_length(config: dict[str, Any], args_context: int | None, source: Path) -> int:
+    """The context length `config` names, else the architecture's default (`args_context`, from its ModelArgs), else
+    DEFAULT_CONTEXT_LENGTH with a warning naming `source`."""
+    context = cfg.context_length(config) or args_context or None
+    if context is None:
+        logger.warning("%s names no context length; assuming %d", source, DEFAULT_CONTEXT_LENGTH)
+        context = DEFAULT_CONTEXT_LENGTH
+    return context
 
 
 def select_kernels(dtype: str) -> str:
@@ -156,9 +171,9 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
     if not path.is_dir():
         raise ModelLoadError(f"model folder {path} does not exist")
     config_file = path / "config.json"
-    raw = _read_json(config_file, required=True)
+    raw = _require_json(config_file)
     generation_file = path / "generation_config.json"
-    generation = _read_json(generation_file, required=False)
+    generation = _read_json(generation_file)
     model_type = raw.get("model_type")
     if not model_type:
         raise ModelLoadError(f"{config_file} has no model_type")
@@ -197,11 +212,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
     mx.eval(model.parameters())
 
     # Published Gemma 3 vision configs omit text_config.max_position_embeddings: it equals the default.
-    context = cfg.context_length(raw) or args.max_position_embeddings or None
-    if context is None:
-        logger.warning("%s names no context length; assuming %d", config_file, DEFAULT_CONTEXT_LENGTH)
-        context = DEFAULT_CONTEXT_LENGTH
-    params = tree_flatten(model.parameters())
+    context = context_length(raw, args.max_position_embeddings, config_file)
     files_read = [config_file, *([generation_file] if generation is not None else []), *files]
     return LoadedModel(
         model=cast(LanguageModel, model),
@@ -218,7 +229,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
         files=files_read,
         eos_token_ids=cfg.eos_token_ids(raw, generation),
         bos_token_id=cfg.bos_token_id(raw, generation),
-        weight_bytes=sum(v.nbytes for _, v in params),
+        weight_bytes=sum(v.nbytes for _, v in wts.parameter_arrays(model)),
         load_note=plan.note,
         kernels=select_kernels(plan.dtype or checkpoint_dtype),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,9 @@ from mlxd.errors import InvalidRequest, ModelLoadError, Unsupported
 log = logging.getLogger(__name__)
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+# A token id's string (Tokenizer.id_to_token): None for an id outside the tokenizer's vocabulary.
+TokenText = Callable[[int], str | None]
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Tokenizer:
         self._tok_plain.encode_special_tokens = True
         self._special = special
         self.bos_token_id = self._id_of(special.bos)
-        self._add_bos = add_bos and self.bos_token_id is not None
+        self._bos_to_add = self.bos_token_id if add_bos else None  # None: encode never prepends one
         eos = [i for i in [self._id_of(special.eos), *extra_eos_ids] if i is not None]
         self.eos_token_ids: list[int] = list(dict.fromkeys(eos))
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -78,8 +81,9 @@ class Tokenizer:
         # The post-processor's special tokens are never used; BOS is handled here so it is never doubled.
         # encode_batch_fast releases the GIL while it works (encode holds it: 10 MB froze every thread ~10 s).
         ids = tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
-        if add_special_tokens and self._add_bos and (not ids or ids[0] != self.bos_token_id):
-            ids.insert(0, self.bos_token_id)
+        bos = self._bos_to_add
+        if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
         return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:

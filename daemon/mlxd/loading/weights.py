@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -48,7 +48,8 @@ def read_weights(files: list[Path]) -> dict[str, mx.array]:
     weights: dict[str, mx.array] = {}
     for f in files:
         try:
-            weights.update(mx.load(str(f), format="safetensors"))
+            # A safetensors file loads as a dict of arrays; MLX's stub types mx.load as any format's result.
+            weights.update(cast(dict[str, mx.array], mx.load(str(f), format="safetensors")))
         except Exception as e:  # MLX raises bare RuntimeError/ValueError for any unreadable file
             raise ModelLoadError(f"cannot read weights {f}: {e}") from e
     return weights
@@ -75,10 +76,11 @@ def float32_bytes(weights: dict[str, mx.array], quant: dict[str, Any] | None) ->
     """Bytes the weights would take as float32, counting quantized matrices at their dequantized size."""
     total = 0
     packed = set()
-    for prefix in _quantized_prefixes(weights) if quant else []:
-        params = layer_quantization(quant, prefix) or quant
-        total += weights[f"{prefix}.scales"].size * params["group_size"] * 4
-        packed.update({f"{prefix}.weight", f"{prefix}.scales", f"{prefix}.biases"})
+    if quant:
+        for prefix in _quantized_prefixes(weights):
+            params = layer_quantization(quant, prefix) or quant
+            total += weights[f"{prefix}.scales"].size * params["group_size"] * 4
+            packed.update({f"{prefix}.weight", f"{prefix}.scales", f"{prefix}.biases"})
     return total + sum(w.size * 4 for k, w in weights.items() if k not in packed)
 
 
@@ -104,6 +106,12 @@ def cast_weights(weights: dict[str, mx.array], dtype: str) -> dict[str, mx.array
     return {k: w.astype(target) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
 
 
+def parameter_arrays(model: nn.Module) -> list[tuple[str, mx.array]]:
+    """Every parameter of `model` under its dotted path."""
+    # Without a destination tree_flatten returns this list; MLX's stub adds the dict it fills when given one.
+    return cast(list[tuple[str, mx.array]], tree_flatten(model.parameters()))
+
+
 # The layer types MLX can quantize (each has to_quantized).
 QUANTIZABLE = (nn.Linear, nn.Embedding)
 
@@ -121,7 +129,7 @@ def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[s
 
 def check_weight_names(model: nn.Module, weights: dict[str, mx.array], source: str) -> None:
     """Name the first missing or unexpected weight: MLX's own messages list every key on one huge line."""
-    expected = {k for k, _ in tree_flatten(model.parameters())}
+    expected = {k for k, _ in parameter_arrays(model)}
     missing, extra = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
     if missing:
         raise ModelLoadError(f"{source} lack {missing[0]} ({len(missing)} missing in all)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import mlx.core as mx
@@ -27,9 +27,23 @@ class MaskingCache(Protocol):
     def make_mask(self, length: int, window: int | None = None) -> Mask: ...
 
 
+class AttentionCache(MaskingCache, Protocol):
+    """What a model's attention uses of its layer's cache: one sequence's (models/cache.py, LayerCache) in a
+    prefill, the decode batch's (models/batch_cache.py, BatchLayerCache) in a decode step."""
+
+    @property
+    def offset(self) -> int | mx.array:
+        """The position of the next token: an int, or int32 [B] in a batch whose rows are at different ones."""
+        ...
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Append the new positions' keys and values [B, heads, L, head_dim]; every key and value to attend to."""
+        ...
+
+
 # A change to the mask of one forward pass of `length` tokens, given a layer's cache and its causal or sliding
 # mask: a vision-language model lets the tokens of one image see each other (transformers' or_mask_function).
-MaskModifier = Callable[[int, Any, Mask], Mask]
+MaskModifier = Callable[[int, AttentionCache | None, Mask], Mask]
 
 
 def create_attention_mask(length: int, offset: int, window: int | None = None, key_start: int = 0) -> Mask:
@@ -40,8 +54,7 @@ def create_attention_mask(length: int, offset: int, window: int | None = None, k
     so the common cases materialize no array.
     """
     n_keys = offset + length - key_start
-    window_bites = window is not None and offset + length - 1 - key_start >= window
-    if not window_bites:
+    if window is None or offset + length - 1 - key_start < window:  # the window hides no key
         return None if length == 1 else "causal"
     q_pos = mx.arange(offset, offset + length)[:, None]
     k_pos = mx.arange(key_start, key_start + n_keys)[None, :]
@@ -55,7 +68,7 @@ def attention_mask(length: int, cache: MaskingCache | None, window: int | None =
     return cache.make_mask(length, window)
 
 
-def layer_masks(length: int, caches: list, windows: list[int | None],
+def layer_masks(length: int, caches: Sequence[AttentionCache | None], windows: list[int | None],
                 modify: MaskModifier | None = None) -> list[Mask]:
     """One mask per layer, built once per distinct window from the first cache of a layer with that window
     (and changed by `modify` when given)."""

@@ -16,11 +16,11 @@ from typing import Protocol
 
 import mlx.core as mx
 
-from mlxd.models.base import Mask
-from mlxd.models.cache import KVCache, RowState
+from mlxd.models.base import AttentionCache, Mask
+from mlxd.models.cache import KVCache, RowState, grown_storage, kv_storage
 
 
-class BatchLayerCache(Protocol):
+class BatchLayerCache(AttentionCache, Protocol):
     """One layer's cache of a batch of sequences, as the runner drives it between steps (any cache kind)."""
 
     @property
@@ -95,14 +95,15 @@ class BatchKVCache:
         if length != 1:
             raise ValueError("a batch cache takes one token per row per step; prefill runs per sequence")
         window = self.window
+        # The last column older than the window, or None while the window hides no column.
+        outside = self.end - window if window is not None and self.end >= window else None
         lowest = min(self.starts, default=0)
-        window_bites = window is not None and self.end >= window
-        if lowest == max(self.starts, default=0) == 0 and not window_bites:
+        if lowest == max(self.starts, default=0) == 0 and outside is None:
             return None
         columns = mx.arange(self.end + 1)[None, :]
         mask = columns >= self._starts()[:, None]
-        if window_bites:
-            mask = mask & (columns > self.end - window)
+        if outside is not None:
+            mask = mask & (columns > outside)
         if self.keys is None:
             return mask[:, None, None, :]
         # Additive, in the keys' dtype: MLX's CUDA attention converts a boolean mask in every layer otherwise.
@@ -113,36 +114,43 @@ class BatchKVCache:
         """Write one new column ([B, H, 1, D]) and return every column up to it."""
         if keys.shape[2] != 1:
             raise ValueError("a batch cache takes one token per row per step")
-        if self.keys is None or self.end >= self.keys.shape[2]:
-            self._grow(keys, values)
-        self.keys[..., self.end : self.end + 1, :] = keys
-        self.values[..., self.end : self.end + 1, :] = values
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or self.end >= stored[0].shape[2]:
+            stored = self._grow(keys, values)
+        stored_keys, stored_values = stored
+        stored_keys[..., self.end : self.end + 1, :] = keys
+        stored_values[..., self.end : self.end + 1, :] = values
         self.end += 1
-        return self.keys[..., : self.end, :], self.values[..., : self.end, :]
+        return stored_keys[..., : self.end, :], stored_values[..., : self.end, :]
 
     @property
     def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [self.keys, self.values]
+        stored = kv_storage(self.keys, self.values)
+        return [] if stored is None else list(stored)
 
     # -- rows joining and leaving (the batch's bookkeeping, between steps) -----------------------------------
 
     def add_row(self, kept: RowState) -> None:
         """Append a sequence as the last row, given its keys and values ([1, H, n, D], oldest first) or None."""
-        keys, values = kept if kept is not None else (None, None)
-        n = 0 if keys is None else keys.shape[2]
+        n = 0 if kept is None else kept[0].shape[2]
         if n > self.end:
             self._pad_left(n - self.end)
-        if keys is None:
-            if self.keys is not None:  # an empty row: all padding
-                self.keys = mx.concatenate([self.keys, mx.zeros_like(self.keys[:1])], axis=0)
-                self.values = mx.concatenate([self.values, mx.zeros_like(self.values[:1])], axis=0)
-        elif self.keys is None:
-            self.keys, self.values, self.end = keys, values, n
+        stored = kv_storage(self.keys, self.values)
+        if kept is None:
+            if stored is not None:  # an empty row: all padding
+                old_k, old_v = stored
+                self.keys = mx.concatenate([old_k, mx.zeros_like(old_k[:1])], axis=0)
+                self.values = mx.concatenate([old_v, mx.zeros_like(old_v[:1])], axis=0)
+        elif stored is None:
+            self.keys, self.values = kept
+            self.end = n
         else:
-            width = self.keys.shape[2]
+            keys, values = kept
+            old_k, old_v = stored
+            width = old_k.shape[2]
             pad = [(0, 0), (0, 0), (self.end - n, width - self.end), (0, 0)]
-            self.keys = mx.concatenate([self.keys, mx.pad(keys, pad)], axis=0)
-            self.values = mx.concatenate([self.values, mx.pad(values, pad)], axis=0)
+            self.keys = mx.concatenate([old_k, mx.pad(keys, pad)], axis=0)
+            self.values = mx.concatenate([old_v, mx.pad(values, pad)], axis=0)
         self._set_starts(self.starts + [self.end - n])
 
     def keep_rows(self, rows: list[int]) -> None:
@@ -152,28 +160,31 @@ class BatchKVCache:
             self.end = 0
             self._set_starts([])
             return
-        if self.keys is not None and rows != list(range(self.keys.shape[0])):
+        stored = kv_storage(self.keys, self.values)
+        if stored is not None and rows != list(range(stored[0].shape[0])):
             index = mx.array(rows, dtype=mx.int32)
-            self.keys, self.values = self.keys[index], self.values[index]
+            self.keys, self.values = stored[0][index], stored[1][index]
         self._set_starts([self.starts[r] for r in rows])
         self._drop_unseen_columns(force=True)
 
     def row_state(self, row: int) -> RowState:
         """The row's kept columns (a sliding-window layer may have cut the oldest: the mask hides them anyway)."""
-        if self.keys is None or self.starts[row] == self.end:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or self.starts[row] == self.end:
             return None
-        start = self.starts[row]
-        return self.keys[row:row + 1, :, start:self.end, :], self.values[row:row + 1, :, start:self.end, :]
+        (keys, values), start = stored, self.starts[row]
+        return keys[row:row + 1, :, start:self.end, :], values[row:row + 1, :, start:self.end, :]
 
     def row_cache(self, row: int) -> KVCache | None:
         """Row `row`'s keys as a single-sequence cache (lazy slices of this one; read them before the next
         step writes), or None for a sliding-window layer, which may have dropped some of the row's positions."""
-        if self.window is not None or self.keys is None:
+        stored = kv_storage(self.keys, self.values)
+        if self.window is not None or stored is None:
             return None
         cache = KVCache()
-        start = self.starts[row]
-        cache.keys = self.keys[row:row + 1, :, start:self.end, :]
-        cache.values = self.values[row:row + 1, :, start:self.end, :]
+        (keys, values), start = stored, self.starts[row]
+        cache.keys = keys[row:row + 1, :, start:self.end, :]
+        cache.values = values[row:row + 1, :, start:self.end, :]
         cache.offset = self.end - start
         return cache
 
@@ -192,34 +203,32 @@ class BatchKVCache:
         self.starts = starts
         self._starts_array = None
 
-    def _grow(self, keys: mx.array, values: mx.array) -> None:
-        batch, heads, _, _ = keys.shape
-        new_k = mx.zeros((batch, heads, self.step, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, self.step, values.shape[3]), values.dtype)
-        if self.keys is None:
-            self.keys, self.values = new_k, new_v
-        else:
-            self.keys = mx.concatenate([self.keys[..., : self.end, :], new_k], axis=2)
-            self.values = mx.concatenate([self.values[..., : self.end, :], new_v], axis=2)
+    def _grow(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """`step` more columns; returns the new storage (also kept as self.keys and self.values)."""
+        grown = grown_storage(kv_storage(self.keys, self.values), self.end, keys, values, self.step)
+        self.keys, self.values = grown
+        return grown
 
     def _pad_left(self, n: int) -> None:
-        if self.keys is not None:
+        stored = kv_storage(self.keys, self.values)
+        if stored is not None:
             pad = [(0, 0), (0, 0), (n, 0), (0, 0)]
-            self.keys, self.values = mx.pad(self.keys, pad), mx.pad(self.values, pad)
+            self.keys, self.values = mx.pad(stored[0], pad), mx.pad(stored[1], pad)
         self.end += n
         self._set_starts([s + n for s in self.starts])
 
     def _drop_unseen_columns(self, force: bool) -> None:
         """Cut the leading columns that every row masks (padding, or keys older than the window). Without
         force only when at least `step` of them pile up, since the cut copies the whole cache."""
-        if self.keys is None or not self.starts:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or not self.starts:
             return
         lowest = min(self.starts)
         if self.window is not None:
             lowest = max(lowest, self.end + 1 - self.window)
         if lowest <= 0 or (not force and lowest < self.step):
             return
-        self.keys, self.values = self.keys[..., lowest:, :], self.values[..., lowest:, :]
+        self.keys, self.values = stored[0][..., lowest:, :], stored[1][..., lowest:, :]
         self.end -= lowest
         self._set_starts([max(s - lowest, 0) for s in self.starts])
 

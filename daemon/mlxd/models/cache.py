@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import mlx.core as mx
 
-from mlxd.models.base import Mask, create_attention_mask
+from mlxd.models.base import AttentionCache, Mask, create_attention_mask
 
 if TYPE_CHECKING:
     from mlxd.models.batch_cache import BatchLayerCache, BatchPositions
@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 RowState = tuple[mx.array, ...] | None
 
 
-class LayerCache(Protocol):
+class LayerCache(AttentionCache, Protocol):
     offset: int            # positions seen
-    window: int | None     # the sliding window of the layer, None when it keeps every position
+
+    @property
+    def window(self) -> int | None:
+        """The sliding window of the layer, None when it keeps every position."""
+        ...
 
     @property
     def state(self) -> list[mx.array]:
@@ -70,6 +74,25 @@ class LayerSnapshot:
         return length == self.offset or (0 < length < self.offset and self.trimmable)
 
 
+def kv_storage(keys: mx.array | None, values: mx.array | None) -> tuple[mx.array, mx.array] | None:
+    """A cache's storage (keys, values), which is set and cleared as a pair; None while it holds nothing."""
+    return None if keys is None or values is None else (keys, values)
+
+
+def grown_storage(stored: tuple[mx.array, mx.array] | None, kept: int, keys: mx.array, values: mx.array,
+                  size: int) -> tuple[mx.array, mx.array]:
+    """The first `kept` positions of `stored` (keys, values), then `size` zeroed ones shaped like the new `keys`
+    and `values` [B, heads, L, head_dim]; only the zeroed ones when `stored` is None."""
+    batch, heads = keys.shape[:2]
+    new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
+    new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)
+    if stored is None:
+        return new_k, new_v
+    old_k, old_v = stored
+    return (mx.concatenate([old_k[..., :kept, :], new_k], axis=2),
+            mx.concatenate([old_v[..., :kept, :], new_v], axis=2))
+
+
 def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> None:
     if snapshot.window != window:
         raise ValueError(f"snapshot of a cache with window {snapshot.window} restored into one with window {window}")
@@ -91,24 +114,22 @@ class KVCache:
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append L new positions ([B, H, L, D]) and return all cached keys and values."""
         start, length = self.offset, keys.shape[2]
-        if self.keys is None or start + length > self.keys.shape[2]:
-            self._grow(keys, values, start + length)
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or start + length > stored[0].shape[2]:
+            stored = self._grow(keys, values, start + length)
+        stored_keys, stored_values = stored
         self.offset += length
-        self.keys[..., start : self.offset, :] = keys
-        self.values[..., start : self.offset, :] = values
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+        stored_keys[..., start : self.offset, :] = keys
+        stored_values[..., start : self.offset, :] = values
+        return stored_keys[..., : self.offset, :], stored_values[..., : self.offset, :]
 
-    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
+    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> tuple[mx.array, mx.array]:
+        """Room for `needed` positions; returns the new storage (also kept as self.keys and self.values)."""
         size = -(-(needed - self.offset) // self.step) * self.step
-        batch, heads = keys.shape[:2]
-        new_k = mx.zeros((batch, heads, size, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, size, values.shape[3]), values.dtype)
-        if self.keys is None:
-            self.keys, self.values = new_k, new_v
-        else:
-            # Positions past offset (after a trim) are stale; keep only valid ones before appending the block.
-            self.keys = mx.concatenate([self.keys[..., : self.offset, :], new_k], axis=2)
-            self.values = mx.concatenate([self.values[..., : self.offset, :], new_v], axis=2)
+        # Positions past offset (after a trim) are stale; keep only valid ones before appending the block.
+        grown = grown_storage(kv_storage(self.keys, self.values), self.offset, keys, values, size)
+        self.keys, self.values = grown
+        return grown
 
     def make_mask(self, length: int, window: int | None = None) -> Mask:
         """Mask for the next `length` queries; keys start at position 0."""
@@ -117,12 +138,15 @@ class KVCache:
     @property
     def state(self) -> list[mx.array]:
         """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
-        return [] if self.keys is None else [self.keys, self.values]
+        stored = kv_storage(self.keys, self.values)
+        return [] if stored is None else list(stored)
 
     def kept(self) -> RowState:
-        if self.keys is None or self.offset == 0:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or self.offset == 0:
             return None
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+        keys, values = stored
+        return keys[..., : self.offset, :], values[..., : self.offset, :]
 
     def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
         from mlxd.models.batch_cache import BatchKVCache
@@ -144,11 +168,13 @@ class KVCache:
 
     def snapshot(self) -> LayerSnapshot:
         """A lazy copy of positions 0..offset-1 that shares no buffer with this cache; evaluate it before keeping."""
-        if self.keys is None:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None:
             raise ValueError("cannot snapshot an empty cache")
+        keys, values = stored
         # mx.array copies: a slice alone would keep the whole (step-rounded, still written) buffer alive.
-        return LayerSnapshot(mx.array(self.keys[..., : self.offset, :]),
-                             mx.array(self.values[..., : self.offset, :]), self.offset)
+        return LayerSnapshot(mx.array(keys[..., : self.offset, :]), mx.array(values[..., : self.offset, :]),
+                             self.offset)
 
     def restore(self, snapshot: LayerSnapshot, length: int) -> None:
         """Hold exactly positions 0..length-1 of `snapshot`. The next append copies them into new storage."""
@@ -177,24 +203,28 @@ class RotatingKVCache:
     def _kept(self) -> int:
         return min(self.offset, self.window)
 
-    def _temporal(self) -> tuple[mx.array, mx.array]:
+    def _temporal(self, stored: tuple[mx.array, mx.array]) -> tuple[mx.array, mx.array]:
+        """The kept positions of the storage `stored` in temporal order."""
+        stored_keys, stored_values = stored
         n = self._kept()
         if n < self.window or self._idx == 0:
-            return self.keys[..., :n, :], self.values[..., :n, :]
+            return stored_keys[..., :n, :], stored_values[..., :n, :]
         i = self._idx
         return (
-            mx.concatenate([self.keys[..., i:, :], self.keys[..., :i, :]], axis=2),
-            mx.concatenate([self.values[..., i:, :], self.values[..., :i, :]], axis=2),
+            mx.concatenate([stored_keys[..., i:, :], stored_keys[..., :i, :]], axis=2),
+            mx.concatenate([stored_values[..., i:, :], stored_values[..., :i, :]], axis=2),
         )
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        if keys.shape[2] == 1 and self.keys is not None:
-            return self._update_in_place(keys, values)
-        return self._update_concat(keys, values)
+        stored = kv_storage(self.keys, self.values)
+        if keys.shape[2] == 1 and stored is not None:
+            return self._update_in_place(stored, keys, values)
+        return self._update_concat(stored, keys, values)
 
-    def _update_concat(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        if self.keys is not None and self._kept() > 0:
-            old_k, old_v = self._temporal()
+    def _update_concat(self, stored: tuple[mx.array, mx.array] | None, keys: mx.array,
+                       values: mx.array) -> tuple[mx.array, mx.array]:
+        if stored is not None and self._kept() > 0:
+            old_k, old_v = self._temporal(stored)
             keys = mx.concatenate([old_k, keys], axis=2)
             values = mx.concatenate([old_v, values], axis=2)
         self.offset += keys.shape[2] - self._kept()
@@ -204,25 +234,28 @@ class RotatingKVCache:
         self._idx = keep % self.window
         return keys, values
 
-    def _update_in_place(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        capacity = self.keys.shape[2]
+    def _update_in_place(self, stored: tuple[mx.array, mx.array], keys: mx.array,
+                         values: mx.array) -> tuple[mx.array, mx.array]:
+        stored_keys, stored_values = stored
+        capacity = stored_keys.shape[2]
         if self._idx >= capacity and capacity < self.window:
             grow = min(self.step, self.window - capacity)
             batch, heads = keys.shape[:2]
-            self.keys = mx.concatenate(
-                [self.keys, mx.zeros((batch, heads, grow, keys.shape[3]), keys.dtype)], axis=2
+            stored_keys = mx.concatenate(
+                [stored_keys, mx.zeros((batch, heads, grow, keys.shape[3]), keys.dtype)], axis=2
             )
-            self.values = mx.concatenate(
-                [self.values, mx.zeros((batch, heads, grow, values.shape[3]), values.dtype)], axis=2
+            stored_values = mx.concatenate(
+                [stored_values, mx.zeros((batch, heads, grow, values.shape[3]), values.dtype)], axis=2
             )
+            self.keys, self.values = stored_keys, stored_values
         i = self._idx
-        self.keys[..., i : i + 1, :] = keys
-        self.values[..., i : i + 1, :] = values
+        stored_keys[..., i : i + 1, :] = keys
+        stored_values[..., i : i + 1, :] = values
         self.offset += 1
         self._idx = (i + 1) % self.window
         n = self._kept()
         # Ring order differs from temporal order, which is harmless for a single query that sees every kept key.
-        return self.keys[..., :n, :], self.values[..., :n, :]
+        return stored_keys[..., :n, :], stored_values[..., :n, :]
 
     def make_mask(self, length: int, window: int | None = None) -> Mask:
         """Mask for the next `length` queries against the keys update_and_fetch will return; uses self.window."""
@@ -232,12 +265,14 @@ class RotatingKVCache:
 
     @property
     def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [self.keys, self.values]
+        stored = kv_storage(self.keys, self.values)
+        return [] if stored is None else list(stored)
 
     def kept(self) -> RowState:
-        if self.keys is None or self.offset == 0:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None or self.offset == 0:
             return None
-        return self._temporal()
+        return self._temporal(stored)
 
     def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
         from mlxd.models.batch_cache import BatchKVCache
@@ -263,9 +298,10 @@ class RotatingKVCache:
 
     def snapshot(self) -> LayerSnapshot:
         """A lazy copy of the kept positions in temporal order; evaluate it before keeping."""
-        if self.keys is None:
+        stored = kv_storage(self.keys, self.values)
+        if stored is None:
             raise ValueError("cannot snapshot an empty cache")
-        keys, values = self._temporal()
+        keys, values = self._temporal(stored)
         return LayerSnapshot(mx.array(keys), mx.array(values), self.offset, self.window)
 
     def restore(self, snapshot: LayerSnapshot, length: int) -> None:
@@ -279,6 +315,6 @@ class RotatingKVCache:
         self._idx = kept % self.window  # temporal order: slot 0 holds the oldest once the ring is full
 
 
-def make_layer_caches(windows: list[int | None]) -> list[KVCache | RotatingKVCache]:
+def make_layer_caches(windows: list[int | None]) -> list[LayerCache]:
     """One cache per layer: a rotating one for each sliding-window layer, a full one otherwise."""
     return [KVCache() if w is None else RotatingKVCache(w) for w in windows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.models import ops
-from mlxd.models.base import BaseModelArgs, MaskModifier, drop_unused_weights, layer_masks
-from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
+from mlxd.models.base import AttentionCache, BaseModelArgs, Mask, MaskModifier, drop_unused_weights, layer_masks
+from mlxd.models.cache import LayerCache, make_layer_caches
 from mlxd.models.projections import (
     GATE_UP,
     QKV,
@@ -33,12 +34,12 @@ class ModelArgs(BaseModelArgs):
     num_attention_heads: int
     vocab_size: int
     head_dim: int = 256
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int = 0  # 0 (or null in config.json): as many as the attention heads
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int | None = None
     query_pre_attn_scalar: float = 256
     sliding_window: int = 4096
-    layer_types: list[str] | None = None
+    layer_types: list[str] = field(default_factory=list)  # empty: Gemma 3's fixed pattern
     # Keyed by layer type; loading.config converts the transformers 4 layout into this one.
     rope_parameters: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
@@ -54,7 +55,7 @@ class ModelArgs(BaseModelArgs):
 
     def __post_init__(self) -> None:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
-        if self.layer_types is None:
+        if not self.layer_types:
             # Gemma 3's fixed pattern: five sliding layers, then one full.
             self.layer_types = [
                 "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(self.num_hidden_layers)
@@ -92,7 +93,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, args.rms_norm_eps)
         self.rope = make_rope(head_dim, args.rope_parameters[layer_type])
 
-    def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         B, L, _ = x.shape
         if self.fused:
             q, k, v = mx.split(self.qkv_proj(x), self._split, axis=-1)
@@ -137,7 +138,7 @@ class TransformerBlock(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(args.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(args.hidden_size, eps)
 
-    def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cache))
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
@@ -173,13 +174,14 @@ class Model(nn.Module):
         # HF rounds the scale to the embedding dtype before multiplying.
         return h * mx.array(math.sqrt(self.args.hidden_size), dtype=h.dtype)
 
-    def __call__(self, inputs: mx.array, cache: list | None = None, *, input_embeddings: mx.array | None = None,
+    def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,
+                 input_embeddings: mx.array | None = None,
                  mask_modifier: MaskModifier | None = None) -> mx.array:
         """`mask_modifier` changes each layer's attention mask: the VLM lets one image's tokens see each other."""
         h = self.embed(inputs) if input_embeddings is None else input_embeddings
-        cache = cache if cache is not None else [None] * len(self.layers)
-        masks = layer_masks(inputs.shape[1], cache, self._windows, mask_modifier)
-        for layer, c, mask in zip(self.layers, cache, masks):
+        caches: Sequence[AttentionCache | None] = cache if cache is not None else [None] * len(self.layers)
+        masks = layer_masks(inputs.shape[1], caches, self._windows, mask_modifier)
+        for layer, c, mask in zip(self.layers, caches, masks):
             h = layer(h, mask, c)
         h = self.model.norm(h)
         logits = self.model.embed_tokens.as_linear(h) if self.args.tie_word_embeddings else self.lm_head(h)
@@ -193,5 +195,5 @@ class Model(nn.Module):
         weights = drop_unused_weights(weights, self.args.tie_word_embeddings)
         return join_fused_weights(weights, self.fusable_projections(), self.fused)
 
-    def make_cache(self) -> list[KVCache | RotatingKVCache]:
+    def make_cache(self) -> list[LayerCache]:
         return make_layer_caches(self._windows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,8 +10,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.models import ops
-from mlxd.models.base import BaseModelArgs, drop_unused_weights, layer_masks
-from mlxd.models.cache import KVCache, RotatingKVCache, make_layer_caches
+from mlxd.models.base import AttentionCache, BaseModelArgs, Mask, drop_unused_weights, layer_masks
+from mlxd.models.cache import LayerCache, make_layer_caches
 from mlxd.models.projections import (
     GATE_UP,
     QKV,
@@ -32,20 +33,20 @@ class ModelArgs(BaseModelArgs):
     num_attention_heads: int
     vocab_size: int
     rms_norm_eps: float = 1e-6
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
+    num_key_value_heads: int = 0  # 0 (or null in config.json): as many as the attention heads
+    head_dim: int = 0  # 0 (or null): hidden_size // num_attention_heads
     max_position_embeddings: int | None = None
     rope_parameters: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
     attention_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
-    layer_types: list[str] | None = None
+    layer_types: list[str] = field(default_factory=list)  # empty: every layer as sliding_window says
 
     def __post_init__(self) -> None:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-        if self.layer_types is None:
+        if not self.layer_types:
             kind = "sliding_attention" if self.sliding_window else "full_attention"
             self.layer_types = [kind] * self.num_hidden_layers
 
@@ -84,7 +85,7 @@ class Attention(nn.Module):
             self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
         self.rope = make_rope(head_dim, args.rope_parameters)
 
-    def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         B, L, _ = x.shape
         if self.fused:
             q, k, v = mx.split(self.qkv_proj(x), self._split, axis=-1)
@@ -128,7 +129,7 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -157,12 +158,12 @@ class Model(nn.Module):
     def layers(self) -> list[TransformerBlock]:
         return self.model.layers
 
-    def __call__(self, inputs: mx.array, cache: list | None = None, *,
+    def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,
                  input_embeddings: mx.array | None = None) -> mx.array:
         h = self.model.embed_tokens(inputs) if input_embeddings is None else input_embeddings
-        cache = cache if cache is not None else [None] * len(self.layers)
-        masks = layer_masks(inputs.shape[1], cache, self._windows)
-        for layer, c, mask in zip(self.layers, cache, masks):
+        caches: Sequence[AttentionCache | None] = cache if cache is not None else [None] * len(self.layers)
+        masks = layer_masks(inputs.shape[1], caches, self._windows)
+        for layer, c, mask in zip(self.layers, caches, masks):
             h = layer(h, mask, c)
         h = self.model.norm(h)
         if self.args.tie_word_embeddings:
@@ -176,5 +177,5 @@ class Model(nn.Module):
         weights = drop_unused_weights(weights, self.args.tie_word_embeddings)
         return join_fused_weights(weights, self.fusable_projections(), self.fused)
 
-    def make_cache(self) -> list[KVCache | RotatingKVCache]:
+    def make_cache(self) -> list[LayerCache]:
         return make_layer_caches(self._windows)

@@ -137,10 +137,11 @@ def _numpy_openblas_functions(name: str) -> list:
 
 def _grouped_mask(mask: np.ndarray, rep: int) -> np.ndarray:
     """A mask broadcastable to [B, heads, T, keys] reshaped to broadcast against [B, kv heads, rep, T, keys]."""
-    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    if mask.shape[1] == 1:
-        return mask[:, :, None]
-    return mask.reshape(mask.shape[0], mask.shape[1] // rep, rep, *mask.shape[2:])
+    # Declared, since numpy's stubs give reshape to a shape of unknown length their 0-d overload.
+    full: np.ndarray = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    if full.shape[1] == 1:
+        return full[:, :, None]
+    return full.reshape(full.shape[0], full.shape[1] // rep, rep, *full.shape[2:])
 
 
 def _hide_future(square: np.ndarray) -> None:

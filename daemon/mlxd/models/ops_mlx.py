@@ -6,6 +6,8 @@ and one query per row with an array mask (batched decode), which MLX's CUDA back
 
 from __future__ import annotations
 
+from typing import cast
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -38,9 +40,12 @@ class MLXBackend:
         chosen = mx.take_along_axis(scores, mx.array(targets, dtype=mx.int32)[:, None], axis=-1)[:, 0]
         tops = top_logprobs(scores, top_k) if top_k else ()
         mx.eval(chosen, *tops)  # one evaluation, which waits without the GIL (tolist would hold it)
+        # float32 [T], int32 [T, k] and float32 [T, k] read back as these lists; MLX's stub types every tolist()
+        # as any nesting of any scalar.
+        values = cast(list[float], chosen.tolist())
         if not tops:
-            return chosen.tolist(), [[] for _ in targets], [[] for _ in targets]
-        return chosen.tolist(), tops[0].tolist(), tops[1].tolist()
+            return values, [[] for _ in targets], [[] for _ in targets]
+        return values, cast(list[list[int]], tops[0].tolist()), cast(list[list[float]], tops[1].tolist())
 
 
 def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,

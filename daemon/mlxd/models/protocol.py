@@ -9,12 +9,14 @@ checkpoint is, the architecture registry says (mlxd.models.architecture), not th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.images.prompt import ImageTokens
+from mlxd.models.base import AttentionCache
+from mlxd.models.cache import LayerCache
 from mlxd.models.projections import Projections
 
 # (position of the image's first token within the chunk, its embeddings [tokens, hidden]), for each image whose
@@ -32,10 +34,10 @@ class LanguageModel(Protocol):
     @property
     def layers(self) -> Sequence[nn.Module]: ...
 
-    def __call__(self, inputs: mx.array, cache: list[Any] | None = None, *,
+    def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,
                  input_embeddings: mx.array | None = None) -> mx.array: ...
 
-    def make_cache(self) -> list[Any]: ...
+    def make_cache(self) -> list[LayerCache]: ...
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """The checkpoint's arrays under this model's parameter names (the fused groups' concatenated)."""
@@ -49,7 +51,7 @@ class LanguageModel(Protocol):
 class VisionLanguageModel(LanguageModel, Protocol):
     image_tokens: ImageTokens
 
-    def __call__(self, inputs: mx.array, cache: list[Any] | None = None, *,
+    def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,
                  input_embeddings: mx.array | None = None, images: ChunkImages = ()) -> mx.array: ...
 
     def encode_images(self, pixels: mx.array) -> mx.array:

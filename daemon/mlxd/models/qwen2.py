@@ -15,7 +15,7 @@ class ModelArgs(llama.ModelArgs):
         # Published configs carry a sliding_window value that only applies when use_sliding_window is set.
         if not self.use_sliding_window:
             self.sliding_window = None
-            self.layer_types = None
+            self.layer_types = []
         super().__post_init__()
 
     @property

@@ -9,13 +9,13 @@ from mlxd.models import llama
 
 @dataclass
 class ModelArgs(llama.ModelArgs):
-    head_dim: int | None = 128  # transformers' Qwen3Config default, not hidden_size // heads
+    head_dim: int = 128  # transformers' Qwen3Config default, not hidden_size // heads
     use_sliding_window: bool = False
 
     def __post_init__(self) -> None:
         if not self.use_sliding_window:
             self.sliding_window = None
-            self.layer_types = None
+            self.layer_types = []
         super().__post_init__()
 
     @property

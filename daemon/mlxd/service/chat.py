@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from mlxd.loading.tokenizer import Tokenizer
 from mlxd_proto.v1 import inference_pb2 as pb
 
 _MARKER_BASE = 0xF0000   # private-use plane 15: no template writes these, and no special token contains one
@@ -21,7 +22,7 @@ _MARKER_BASE = 0xF0000   # private-use plane 15: no template writes these, and n
 class SpecialGuard:
     """The special-token strings found in a request's text, and how to encode text rendered around them."""
 
-    def __init__(self, tokenizer: Any, texts: Iterable[str], parse_special: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, texts: Iterable[str], parse_special: bool) -> None:
         self._tokenizer = tokenizer
         texts = [t for t in texts if t]
         self.forged: list[str] = [] if parse_special else self._find(texts)
@@ -92,7 +93,7 @@ def chat_texts(chat: pb.ChatMessages | pb.MultimodalChat) -> list[str]:
     return texts
 
 
-def chat_ids(tokenizer: Any, chat: pb.ChatMessages) -> list[int]:
+def chat_ids(tokenizer: Tokenizer, chat: pb.ChatMessages) -> list[int]:
     """A text chat rendered with the model's template and tokenized (the template writes BOS itself)."""
     guard = SpecialGuard(tokenizer, chat_texts(chat), chat.parse_special)
     messages = guard.messages([{"role": m.role, "content": m.content} for m in chat.messages])

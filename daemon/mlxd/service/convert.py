@@ -21,6 +21,7 @@ from mlxd.engine.request import (
 from mlxd.errors import InvalidRequest
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import validate_stops
+from mlxd.loading.tokenizer import TokenText
 from mlxd.service.limits import Limits
 from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -84,19 +85,19 @@ def deadline_of(time_remaining: float | None) -> float | None:
     return time.monotonic() + time_remaining if time_remaining is not None and time_remaining < 86400 else None
 
 
-def _logprob_pb(lp: TokenLogprob, token_text: Any) -> pb.TokenLogprob:
+def _logprob_pb(lp: TokenLogprob, token_text: TokenText) -> pb.TokenLogprob:
     # A model's logits may be wider than its tokenizer's vocabulary: such ids have no token text.
     return pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, token=token_text(lp.token_id) or "",
                            top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob,
                                               token=token_text(t.token_id) or "") for t in lp.top])
 
 
-def chunk_message(event: TokenEvent, token_text: Any) -> pb.GenerateResponse:
+def chunk_message(event: TokenEvent, token_text: TokenText) -> pb.GenerateResponse:
     return pb.GenerateResponse(chunk=pb.Chunk(text=event.text, token_ids=event.token_ids,
                                               logprobs=[_logprob_pb(lp, token_text) for lp in event.logprobs]))
 
 
-def final_message(event: FinalEvent, request_id: str, token_text: Any) -> pb.GenerateResponse:
+def final_message(event: FinalEvent, request_id: str, token_text: TokenText) -> pb.GenerateResponse:
     t = event.timings
     return pb.GenerateResponse(final=pb.Final(
         finish_reason=_FINISH[event.finish_reason],

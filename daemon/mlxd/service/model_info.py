@@ -11,6 +11,7 @@ from mlxd.errors import ModelLoadError
 from mlxd.images.preprocess import load_processor_config
 from mlxd.images.prompt import ImageTokens
 from mlxd.loading.generation_defaults import sampling_defaults
+from mlxd.loading.tokenizer import Tokenizer
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -21,7 +22,7 @@ class ServedModel:
     """What the servicer knows about the model once the worker has loaded it."""
 
     info: pb.ModelInfo
-    tokenizer: Any
+    tokenizer: Tokenizer
     sampling_defaults: dict[str, Any]
     vision: VisionInput | None = None    # set for vision-language models
     max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer

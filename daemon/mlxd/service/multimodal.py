@@ -17,6 +17,7 @@ from mlxd.errors import InvalidRequest, ResourceExhausted, Unsupported
 from mlxd.images.decode import decode_image
 from mlxd.images.preprocess import ProcessorConfig, content_digest, preprocess
 from mlxd.images.prompt import ImageTokens
+from mlxd.loading.tokenizer import Tokenizer
 from mlxd.service.chat import SpecialGuard, chat_texts
 from mlxd.service.limits import Limits
 from mlxd.service.preparation import check
@@ -72,7 +73,7 @@ def check_request(request: pb.MultimodalGenerateRequest, bounds: PromptBounds, v
     check_options(request.options, vocab_size, limits)
 
 
-def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Any, vision: VisionInput, limits: Limits,
+def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Tokenizer, vision: VisionInput, limits: Limits,
                  bounds: PromptBounds, *, vocab_size: int,
                  cancel: CancelToken) -> tuple[list[int], tuple[PromptImage, ...]]:
     markers = [tokenizer.id_to_token(i) or "" for i in (vision.tokens.begin_id, vision.tokens.image_id,
@@ -99,7 +100,7 @@ def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Any, vision: 
     return ids, tuple(images)
 
 
-def _raw_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+def _raw_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
     # Prompt parts are the client's own text, special tokens included, as in Generate's prompt.
     return lambda text: tokenizer.encode(text, add_special_tokens=False, parse_special=True)
 
@@ -110,7 +111,7 @@ def _check_text(text: str, field: str, markers: list[str]) -> None:
             raise InvalidRequest(f"{field} contains the image marker {marker!r}; send images as image parts")
 
 
-def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Any, markers: list[str], tokens: ImageTokens,
+def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Tokenizer, markers: list[str], tokens: ImageTokens,
                      vocab_size: int) -> tuple[list[int], list[Segment]]:
     segments: list[Segment] = []
     for i, part in enumerate(prompt.parts):
@@ -134,7 +135,7 @@ def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Any, markers: list[
     return prefix, segments
 
 
-def _chat_segments(chat: pb.MultimodalChat, tokenizer: Any, markers: list[str],
+def _chat_segments(chat: pb.MultimodalChat, tokenizer: Tokenizer, markers: list[str],
                    guard: SpecialGuard) -> list[Segment]:
     messages, images = [], []
     for i, message in enumerate(chat.messages):

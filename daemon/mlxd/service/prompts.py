@@ -3,9 +3,8 @@ tokenization itself, on a preparation thread."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mlxd.errors import InvalidRequest, ResourceExhausted
+from mlxd.loading.tokenizer import Tokenizer
 from mlxd.service.chat import chat_ids, chat_texts
 from mlxd.service.limits import Limits
 from mlxd.service.sizes import PromptBounds, check_options, check_token_ids
@@ -33,7 +32,7 @@ def check_generate(request: pb.GenerateRequest, bounds: PromptBounds, vocab_size
     check_options(request.options, vocab_size, limits)
 
 
-def generate_ids(request: pb.GenerateRequest, tokenizer: Any, vocab_size: int) -> list[int]:
+def generate_ids(request: pb.GenerateRequest, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
     kind = request.WhichOneof("input")
     if kind == "prompt":
         # A raw prompt is the client's own text, special tokens included, as it wrote them.
@@ -50,7 +49,7 @@ def check_tokenize(request: pb.TokenizeRequest, bounds: PromptBounds) -> None:
         bounds.check_chars(len(request.text), "text", scale=UNARY_PROMPTS)
 
 
-def tokenize_ids(request: pb.TokenizeRequest, tokenizer: Any) -> list[int]:
+def tokenize_ids(request: pb.TokenizeRequest, tokenizer: Tokenizer) -> list[int]:
     if request.HasField("chat"):
         return chat_ids(tokenizer, request.chat)
     return tokenizer.encode(request.text, add_special_tokens=request.add_special_tokens,

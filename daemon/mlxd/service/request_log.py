@@ -187,6 +187,9 @@ def configure_logging(level: str, log_requests: bool) -> None:
 
     def thread_died(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is not SystemExit:
+            # exc_value is typed optional, but an exception a thread raised is normalized: it is always there.
+            error = args.exc_value
+            exc_info = None if error is None else (args.exc_type, error, args.exc_traceback)
             logging.getLogger("mlxd").critical("thread %r died", args.thread.name if args.thread else "?",
-                                               exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                                               exc_info=exc_info)
     threading.excepthook = thread_died

@@ -14,7 +14,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -36,6 +36,9 @@ from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+# A generation call's request, and a unary call's.
+GenerateCall = TypeVar("GenerateCall", pb.GenerateRequest, pb.MultimodalGenerateRequest)
+UnaryCall = TypeVar("UnaryCall")
 EXPECTED_MODEL_QUOTE_CHARS = 200   # of expected_model quoted in an error (the whole value could exceed the
                                    # client's metadata limit and turn the answer into RESOURCE_EXHAUSTED)
 
@@ -60,9 +63,6 @@ class Job:
         return convert.generation_request(self.request_id, prompt_ids, options, defaults=self.model.sampling_defaults,
                                           vocab_size=info.vocab_size, bounds=self.bounds, limits=self.limits,
                                           deadline=self.deadline, cancel=self.cancel, events=self.sink, images=images)
-
-
-Prepare = Callable[[Any, Job], GenerationRequest]
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -106,8 +106,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                                  context: grpc.aio.ServicerContext) -> None:
         await self._generate("MultimodalGenerate", request, context, self._check_multimodal, _prepare_multimodal)
 
-    async def _generate(self, method: str, request: Any, context: grpc.aio.ServicerContext,
-                        check: Callable[[Any, ServedModel, PromptBounds], None], prepare: Prepare) -> None:
+    async def _generate(self, method: str, request: GenerateCall, context: grpc.aio.ServicerContext,
+                        check: Callable[[GenerateCall, ServedModel, PromptBounds], None],
+                        prepare: Callable[[GenerateCall, Job], GenerationRequest]) -> None:
         writer = StreamWriter(context, self._stalled_seconds)
         try:
             final = await self._generation(method, request, context, writer, check, prepare)
@@ -125,9 +126,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                               "it cannot take images")
         multimodal.check_request(request, bounds, model.info.vocab_size, self._limits)
 
-    async def _generation(self, method: str, request: Any, context: grpc.aio.ServicerContext, writer: StreamWriter,
-                          check: Callable[[Any, ServedModel, PromptBounds], None],
-                          prepare: Prepare) -> pb.GenerateResponse:
+    async def _generation(self, method: str, request: GenerateCall, context: grpc.aio.ServicerContext,
+                          writer: StreamWriter, check: Callable[[GenerateCall, ServedModel, PromptBounds], None],
+                          prepare: Callable[[GenerateCall, Job], GenerationRequest]) -> pb.GenerateResponse:
         """Prepare, submit and stream one generation; its final message, for the caller to write once this frame
         (and with it the request) is gone."""
         entry = self._request_log.entry(method, request)
@@ -174,8 +175,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                          context: grpc.aio.ServicerContext) -> pb.DetokenizeResponse:
         return await self._prepared(context, prompts.check_detokenize, _detokenize, request)
 
-    async def _prepared(self, context: grpc.aio.ServicerContext, check: Callable[[Any, PromptBounds], None],
-                        job: Callable[[Any, ServedModel], T], request: Any) -> T:
+    async def _prepared(self, context: grpc.aio.ServicerContext, check: Callable[[UnaryCall, PromptBounds], None],
+                        job: Callable[[UnaryCall, ServedModel], T], request: UnaryCall) -> T:
         """A unary call whose work runs on a preparation thread."""
         cancel = CancelToken()
         try:

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from mlxd.errors import InvalidRequest, ResourceExhausted
+from mlxd.loading.tokenizer import TokenText
 from mlxd.service.limits import Limits
 from mlxd_proto.v1 import inference_pb2 as pb
 
 NORMALIZER_SLACK = 4
 
 
-def longest_token_bytes(token_text: Any, vocab_size: int) -> int:
+def longest_token_bytes(token_text: TokenText, vocab_size: int) -> int:
     """UTF-8 length of the longest token string: at least the bytes of text any one token stands for (byte-level
     pieces are one character per byte, sentencepiece's ▁ is 3 bytes for a space, <0x41> 6 for one byte)."""
     return max((len((token_text(i) or "").encode()) for i in range(vocab_size)), default=1) or 1

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import grpc
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, TokenEvent
+from mlxd.loading.tokenizer import TokenText
 from mlxd.service import convert
 from mlxd.service.engine import Engine
 from mlxd.service.request_log import RequestEntry
@@ -60,7 +60,7 @@ class StreamWriter:
 
 
 async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, writer: StreamWriter,
-                 entry: RequestEntry, token_text: Any) -> pb.GenerateResponse:
+                 entry: RequestEntry, token_text: TokenText) -> pb.GenerateResponse:
     """Write the chunks of gen; return its final message for the caller to write once it has let go of the
     request (a final message its client never takes then holds nothing else)."""
     engine.submit(gen)
@@ -81,7 +81,8 @@ async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, write
         await _write_chunk(tokens, writer, entry, token_text)
 
 
-async def _write_chunk(tokens: list[TokenEvent], writer: StreamWriter, entry: RequestEntry, token_text: Any) -> None:
+async def _write_chunk(tokens: list[TokenEvent], writer: StreamWriter, entry: RequestEntry,
+                       token_text: TokenText) -> None:
     """Token events that queued up while the client was slow go out as one larger message."""
     if not tokens:
         return

@@ -10,7 +10,6 @@ from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading import config as cfg
@@ -20,8 +19,8 @@ from mlxd.loading.gguf.config import architecture, hf_config
 from mlxd.loading.gguf.quants import GROUP_SIZE
 from mlxd.loading.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import eog_token_ids
-from mlxd.loading.loader import LoadedModel, physical_ram_bytes, plan_dtype, select_kernels
-from mlxd.loading.weights import QUANTIZABLE, check_weight_names
+from mlxd.loading.loader import LoadedModel, context_length, physical_ram_bytes, plan_dtype, select_kernels
+from mlxd.loading.weights import QUANTIZABLE, check_weight_names, parameter_arrays
 from mlxd.models import architecture as model_architecture
 from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
@@ -71,7 +70,8 @@ def rope_factors(gguf: GGUFFile) -> list[float] | None:
     t = next((t for t in gguf.tensors if t.name == names.ROPE_FREQS), None)
     if t is None:
         return None
-    factors = tensors.dense(t, mx.float32).reshape(-1).tolist()
+    # A float32 vector reads back as floats; MLX's stub types every tolist() as any nesting of any scalar.
+    factors = cast(list[float], tensors.dense(t, mx.float32).reshape(-1).tolist())
     logger.info("%s: %d per-pair rotary factors from %.4g to %.4g", names.ROPE_FREQS, len(factors),
                 min(factors, default=0.0), max(factors, default=0.0))
     return factors
@@ -151,14 +151,13 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
     mx.eval(model.parameters())
     logger.info("loaded %s in %.2f s", path.name, time.perf_counter() - start)
 
-    params = tree_flatten(model.parameters())
     return LoadedModel(
         model=cast(LanguageModel, model),
         vision_language=cast(VisionLanguageModel, model) if model_arch.takes_images else None,
         args=args,
         model_type=config["model_type"],
         config=config,
-        context_length=cfg.context_length(config),
+        context_length=context_length(config, args.max_position_embeddings, path),
         vocab_size=args.vocab_size,
         dtype=plan.dtype or stored,
         checkpoint_dtype=stored,
@@ -167,7 +166,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         files=[path],
         eos_token_ids=eog_token_ids(gguf.metadata),
         bos_token_id=config.get("bos_token_id"),
-        weight_bytes=sum(v.nbytes for _, v in params),
+        weight_bytes=sum(v.nbytes for _, v in parameter_arrays(model)),
         load_note=plan.note,
         kernels=select_kernels(plan.dtype or stored),
     )

@@ -110,7 +110,7 @@ def read_gguf(path: Path) -> GGUFFile:
         data = np.memmap(path, mode="r")
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read GGUF file {path}: {e}") from e
-    cur = _Cursor(memoryview(data))
+    cur = _Cursor(data.data)  # the array's memoryview (numpy types ndarrays as buffers only from Python 3.12)
     try:
         if cur.unpack("<I") != GGUF_MAGIC:
             raise ModelLoadError(f"{path} is not a GGUF file (bad magic)")

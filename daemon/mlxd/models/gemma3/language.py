@@ -5,11 +5,9 @@ rest stays causal and the sliding layers keep their window.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 
-from mlxd.models.base import Mask
+from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.cache import RotatingKVCache
 from mlxd.models.protocol import ChunkImages
 
@@ -27,15 +25,17 @@ def splice_images(h: mx.array, images: ChunkImages) -> mx.array:
     return mx.concatenate([*pieces, h[:, end:]], axis=1)
 
 
-def _key_range(length: int, cache: Any) -> tuple[int, int]:
+def _key_range(length: int, cache: AttentionCache | None) -> tuple[int, int]:
     """(absolute position of the chunk's first query, of the first key attention sees) for one layer's cache."""
     offset = 0 if cache is None else cache.offset
+    if not isinstance(offset, int):  # per-row positions: a decode batch's cache, which images never reach
+        raise TypeError("images reach the model only in a prefill, whose cache holds one sequence")
     if isinstance(cache, RotatingKVCache):
         return offset, offset - min(offset, cache.window)
     return offset, 0
 
 
-def image_block_mask(length: int, cache: Any, base: Mask, images: ChunkImages) -> Mask:
+def image_block_mask(length: int, cache: AttentionCache | None, base: Mask, images: ChunkImages) -> Mask:
     """`base` (the layer's causal or sliding mask) or'ed with "same image" pairs inside this chunk.
 
     Chunked prefill never splits an image, so every pair of one image's tokens lies inside the chunk.

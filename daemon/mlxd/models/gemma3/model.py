@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.images.prompt import ImageTokens
 from mlxd.models import gemma3_text
-from mlxd.models.cache import KVCache, RotatingKVCache
+from mlxd.models.base import AttentionCache
+from mlxd.models.cache import LayerCache
 from mlxd.models.gemma3 import language
 from mlxd.models.gemma3.config import ModelArgs
 from mlxd.models.gemma3.vision import MultiModalProjector, VisionTower
@@ -51,7 +54,8 @@ class Model(nn.Module):
     def layers(self) -> list:
         return self.language_model.layers
 
-    def __call__(self, inputs: mx.array, cache: list | None = None, *, input_embeddings: mx.array | None = None,
+    def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,
+                 input_embeddings: mx.array | None = None,
                  images: ChunkImages = ()) -> mx.array:
         if not images:
             return self.language_model(inputs, cache, input_embeddings=input_embeddings)
@@ -83,5 +87,5 @@ class Model(nn.Module):
         rest = {k: v for k, v in out.items() if not k.startswith(TEXT)}
         return rest | {TEXT + k: v for k, v in self.language_model.sanitize(text).items()}
 
-    def make_cache(self) -> list[KVCache | RotatingKVCache]:
+    def make_cache(self) -> list[LayerCache]:
         return self.language_model.make_cache()
