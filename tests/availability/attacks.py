@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from tests.availability.raw_http2 import RawConnection, connect
 
 from mlxd_client import Client, MlxdClientError, pb
+from tests.availability.raw_http2 import RawConnection, connect
 
 GENERATE = "/mlxd.v1.Inference/Generate"
 

@@ -7,10 +7,10 @@ import time
 
 import grpc
 import pytest
-from tests.availability.attacks import quick_cancels
 from PIL import Image
 
 from mlxd_client import Client, pb
+from tests.availability.attacks import quick_cancels
 from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 pytestmark = pytest.mark.process

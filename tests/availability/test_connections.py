@@ -6,9 +6,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tests.availability.attacks import health_latencies, idle_connections
 
 from mlxd_client import Client, MlxdClientError
+from tests.availability.attacks import health_latencies, idle_connections
 from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 pytestmark = [pytest.mark.process, pytest.mark.stress]

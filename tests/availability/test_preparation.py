@@ -3,9 +3,9 @@
 
 import grpc
 import pytest
-from tests.availability.attacks import concurrent_calls, health_latencies, heavy_stop_strings, watched_stream
 
 from mlxd_client import Client, pb
+from tests.availability.attacks import concurrent_calls, health_latencies, heavy_stop_strings, watched_stream
 from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 pytestmark = pytest.mark.process

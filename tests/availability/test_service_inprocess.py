@@ -6,11 +6,11 @@ import time
 
 import grpc
 import pytest
-from tests.availability.inprocess import FakeEngine, serving
-from tests.availability.raw_http2 import RawConnection
 
 from mlxd.service.limits import Limits
 from mlxd_client import Client, MlxdClientError, pb
+from tests.availability.inprocess import FakeEngine, serving
+from tests.availability.raw_http2 import RawConnection
 
 HEAVY_STOPS = [f"{i:03d}" + "x" * 1021 for i in range(256)]   # 256 x 1,024 trie nodes: ~0.3 s to build
 

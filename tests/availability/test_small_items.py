@@ -8,9 +8,9 @@ import sys
 
 import grpc
 import pytest
-from tests.availability.inprocess import FakeEngine, serving
 
 from mlxd_client import Client, MlxdClientError
+from tests.availability.inprocess import FakeEngine, serving
 from tests.helpers.daemon_process import FIXTURES, daemon_env, start_daemon
 
 pytestmark = pytest.mark.process

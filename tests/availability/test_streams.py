@@ -5,9 +5,9 @@ import time
 
 import grpc
 import pytest
-from tests.availability.attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
 
 from mlxd_client import Client, MlxdClientError, pb
+from tests.availability.attacks import concurrent_calls, header_only_streams, health_latencies, undeliverable_streams
 from tests.helpers.daemon_process import FIXTURES, resident_bytes, start_daemon
 
 pytestmark = [pytest.mark.process, pytest.mark.stress]

@@ -3,9 +3,9 @@
 import collections
 
 import pytest
-from tests.faults.soak import check, growth, memory, plan, references, soak
 
 from mlxd_client import Client
+from tests.faults.soak import check, growth, memory, plan, references, soak
 from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 pytestmark = [pytest.mark.process, pytest.mark.stress]

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-from tests.fuzz.hostile_requests import Call
 
 from mlxd_client import pb
+from tests.fuzz.hostile_requests import Call
 from tests.helpers.daemon_process import Daemon, start_daemon
 
 DEADLINE_SECONDS = 30.0   # far beyond any request here: reaching it means a hang

@@ -4,11 +4,11 @@ a bomb's header, not an image at all) with OK or a documented status, and the da
 import os
 
 import pytest
-from tests.fuzz.hostile_requests import multimodal_calls
 from hypothesis import HealthCheck, given, settings
-from tests.fuzz.sending import fuzzed_daemon, run
 
 from mlxd_client import Client
+from tests.fuzz.hostile_requests import multimodal_calls
+from tests.fuzz.sending import fuzzed_daemon, run
 from tests.helpers.daemon_process import FIXTURES
 
 pytestmark = [pytest.mark.process, pytest.mark.stress]

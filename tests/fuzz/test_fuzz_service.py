@@ -5,11 +5,11 @@ import os
 
 import grpc
 import pytest
-from tests.fuzz.hostile_requests import Call, any_call
 from hypothesis import HealthCheck, example, given, settings
-from tests.fuzz.sending import fuzzed_daemon, run
 
 from mlxd_client import Client, MlxdClientError, pb
+from tests.fuzz.hostile_requests import Call, any_call
+from tests.fuzz.sending import fuzzed_daemon, run
 from tests.helpers.daemon_process import FIXTURES
 
 pytestmark = [pytest.mark.process, pytest.mark.stress]

@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, get_tensor_name_map
 from gguf.quants import dequantize, quantize
+
 from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 from mlxd.demo_models import cache_dir
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import names
 from mlxd.loading.gguf.config import hf_config
+from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 SHAPES = {"token_embd.weight": (49152, 576), "blk.0.attn_q.weight": (576, 576)}
 LLAMA = {

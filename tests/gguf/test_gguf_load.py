@@ -6,11 +6,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from tests.gguf.tiny_gguf import write_tiny_llama
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import load_gguf_model
 from mlxd.loading.loader import DEFAULT_CONTEXT_LENGTH
+from tests.gguf.tiny_gguf import write_tiny_llama
 
 TOKENS = mx.array([[3, 17, 42, 5, 88, 1, 60, 9]], dtype=mx.int32)
 

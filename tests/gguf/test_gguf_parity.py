@@ -8,12 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import tokenizers
-from tests.gguf.hf_to_gguf import PARITY, write_gguf
 
 from mlxd.loading.loader import load_model
 from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd.models.rope import make_rope
+from tests.gguf.hf_to_gguf import PARITY, write_gguf
 from tests.helpers.parity_checks import greedy_with_cache
 
 # (fixture, GGUF architecture): Mistral both as llama.cpp ("mistral3") and Ollama's earlier converter ("mistral")

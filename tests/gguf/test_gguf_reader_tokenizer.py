@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from tests.gguf.tiny_gguf import write_tiny_llama
 
 from mlxd.errors import ModelLoadError, Unsupported
 from mlxd.loading.gguf.reader import read_gguf
 from mlxd.loading.gguf.tokenizer import PRE_TOKENIZERS, build_tokenizer, eog_token_ids, score_merges
+from tests.gguf.tiny_gguf import write_tiny_llama
 
 
 def test_reader_agrees_with_gguf_package(tmp_path):

@@ -2,10 +2,10 @@
 
 import grpc
 import pytest
-from tests.security.certs import make_authority
 
 from mlxd_client import Client, MlxdClientError, TlsOptions
 from tests.helpers.daemon_process import FIXTURES, start_daemon
+from tests.security.certs import make_authority
 
 pytestmark = pytest.mark.process
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-from tests.vlm.gemma3_fixture import GEMMA3, model_folder
 
 from mlxd.loading.loader import LoadedModel, load_model
+from tests.vlm.gemma3_fixture import GEMMA3, model_folder
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,8 @@
 
 import json
 
-from tests.vlm.gemma3_fixture import model_folder
-
 from mlxd.loading.loader import load_model
+from tests.vlm.gemma3_fixture import model_folder
 
 
 def test_context_length_defaults_to_gemma3s_when_the_config_omits_it(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from tests.vlm.gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from safetensors.numpy import load_file, save_file
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage, TokenEvent
@@ -18,6 +17,7 @@ from mlxd.images.decode import ImageLimits, decode_image
 from mlxd.images.preprocess import content_digest, load_processor_config, preprocess
 from mlxd.loading.loader import load_model
 from mlxd.models.gemma3 import language
+from tests.vlm.gemma3_fixture import GEMMA3, IMAGE, IMAGE_PNG, model_folder
 
 LOGIT_TOL = 1e-3
 LAYOUTS = ["v5", "v4"]

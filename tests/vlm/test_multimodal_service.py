@@ -8,13 +8,13 @@ import json
 import grpc
 import numpy as np
 import pytest
-from tests.vlm.gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 from PIL import Image
 from safetensors.numpy import load_file
 
 from mlxd.loading.tokenizer import load_tokenizer
 from mlxd_client import Client, collect, pb
 from tests.helpers.daemon_process import start_daemon
+from tests.vlm.gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 
 pytestmark = pytest.mark.process
 

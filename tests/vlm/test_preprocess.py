@@ -6,12 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from tests.vlm.gemma3_fixture import GEMMA3, IMAGE_PNG
 from PIL import Image
 
 from mlxd.errors import InvalidRequest
 from mlxd.images.decode import ImageLimits, decode_image, to_rgb
 from mlxd.images.preprocess import ProcessorConfig, load_processor_config, preprocess
+from tests.vlm.gemma3_fixture import GEMMA3, IMAGE_PNG
 
 LIMITS = ImageLimits()
 

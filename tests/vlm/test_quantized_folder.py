@@ -8,11 +8,11 @@ import shutil
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from tests.vlm.gemma3_fixture import GEMMA3
 from mlx.utils import tree_flatten
 from test_gemma3_parity import image_embeddings
 
 from mlxd.loading.loader import load_model
+from tests.vlm.gemma3_fixture import GEMMA3
 
 # Tolerance against transformers' float32 logits (spread about +-2.7): random tiny weights quantize badly.
 NEAR_FLOAT = {4: 2.0, 8: 0.1}
