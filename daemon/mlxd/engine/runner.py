@@ -18,8 +18,9 @@ How the next features fit this shape, without another rewrite:
   next step; results then carry a list of tokens per row.
 - **Caches that are not only KV** (a recurrent state per row for linear-attention layers): the runner touches
   caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py, models/batch_cache.py):
-  `new_batch`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A recurrent layer's cache
-  implements the same methods with its state arrays (joined, filtered and snapshotted like KV).
+  `batched`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A recurrent layer's cache
+  implements the same methods with its state arrays (joined, filtered and snapshotted like KV), and
+  `batch_cache.batched` names its batch class.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.sampling import Sampler, logprobs, top_logprobs
 from mlxd.models import ops
-from mlxd.models.batch_cache import BatchPositions
+from mlxd.models.batch_cache import BatchPositions, batched
 from mlxd.models.cache import LayerCache, RowState
 from mlxd.models.protocol import LanguageModel
 
@@ -86,7 +87,7 @@ class Runner:
         self._images = image_encoder
         self._rows: dict[RowId, _Row] = {}
         self._positions = BatchPositions()
-        self._caches = [c.new_batch(self._positions) for c in model.make_cache()]
+        self._caches = [batched(c, self._positions) for c in model.make_cache()]
         self._order: list[RowId] = []         # batch rows in cache row order: the rows of the step queued last
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step

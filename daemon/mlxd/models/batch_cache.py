@@ -17,7 +17,7 @@ from typing import Protocol
 import mlx.core as mx
 
 from mlxd.models.base import AttentionCache, Mask
-from mlxd.models.cache import KVCache, RowState, grown_storage, kv_storage
+from mlxd.models.cache import KVCache, LayerCache, RotatingKVCache, RowState, grown_storage, kv_storage
 
 
 class BatchLayerCache(AttentionCache, Protocol):
@@ -232,3 +232,13 @@ class BatchKVCache:
         self.end -= lowest
         self._set_starts([max(s - lowest, 0) for s in self.starts])
 
+
+
+def batched(cache: LayerCache, positions: BatchPositions) -> BatchLayerCache:
+    """An empty batch cache for the kind of layer `cache` is (one sequence's cache, from the model's make_cache).
+
+    Every kind here keeps keys and values, a full or a sliding-window layer, which BatchKVCache holds both; a kind
+    that keeps another state (a recurrent layer's) gets its own batch class, chosen here by the cache's type."""
+    if isinstance(cache, (KVCache, RotatingKVCache)):
+        return BatchKVCache(positions, cache.window)
+    raise TypeError(f"no batch cache for a layer cache of type {type(cache).__name__}")

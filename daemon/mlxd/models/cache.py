@@ -3,20 +3,18 @@ batched (models/batch_cache.py).
 
 What the engine needs of any layer's cache, whatever it holds (keys and values here; a recurrent state for
 linear-attention layers later), is the `LayerCache` protocol: its position, the arrays to evaluate, the row state it
-hands to a batch and takes back, its batched counterpart, and snapshots for the prefix cache.
+hands to a batch and takes back, and snapshots for the prefix cache. Its batched counterpart is models/batch_cache.py's
+to choose (`batched`), so this module imports nothing of batches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import mlx.core as mx
 
 from mlxd.models.base import AttentionCache, Mask, create_attention_mask
-
-if TYPE_CHECKING:
-    from mlxd.models.batch_cache import BatchLayerCache, BatchPositions
 
 # One sequence's state in one layer as arrays with a batch axis of 1 (keys and values, oldest position first), or
 # None when it holds nothing yet. What a batch cache takes in `add_row` and gives back in `row_state`.
@@ -37,10 +35,6 @@ class LayerCache(AttentionCache, Protocol):
         ...
 
     def kept(self) -> RowState: ...
-
-    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
-        """An empty cache of the same kind for a batch of sequences whose positions are `positions`."""
-        ...
 
     def snapshot(self) -> LayerSnapshot: ...
 
@@ -147,11 +141,6 @@ class KVCache:
             return None
         keys, values = stored
         return keys[..., : self.offset, :], values[..., : self.offset, :]
-
-    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
-        from mlxd.models.batch_cache import BatchKVCache
-
-        return BatchKVCache(positions, None)
 
     def is_trimmable(self) -> bool:
         return True
@@ -273,11 +262,6 @@ class RotatingKVCache:
         if stored is None or self.offset == 0:
             return None
         return self._temporal(stored)
-
-    def new_batch(self, positions: BatchPositions) -> BatchLayerCache:
-        from mlxd.models.batch_cache import BatchKVCache
-
-        return BatchKVCache(positions, self.window)
 
     def is_trimmable(self) -> bool:
         """Positions can be forgotten only while none has been dropped from the window yet."""
