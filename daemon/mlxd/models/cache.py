@@ -94,7 +94,26 @@ def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> 
         raise ValueError(f"snapshot of {snapshot.offset} positions (window {snapshot.window}) cannot serve {length}")
 
 
-class KVCache:
+class _HeldKeys:
+    """Keys and values [B, H, T, D], allocated at the first write (None before), and the positions seen."""
+
+    keys: mx.array | None
+    values: mx.array | None
+    offset: int
+
+    @property
+    def state(self) -> list[mx.array]:
+        """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
+        stored = kv_storage(self.keys, self.values)
+        return [] if stored is None else list(stored)
+
+    def _held(self) -> tuple[mx.array, mx.array] | None:
+        """The storage, or None while it holds no position."""
+        stored = kv_storage(self.keys, self.values)
+        return None if stored is None or self.offset == 0 else stored
+
+
+class KVCache(_HeldKeys):
     """Keeps every position. Storage grows in blocks of `step` positions so decode steps write in place."""
 
     window = None
@@ -129,15 +148,9 @@ class KVCache:
         """Mask for the next `length` queries; keys start at position 0."""
         return create_attention_mask(length, self.offset, window)
 
-    @property
-    def state(self) -> list[mx.array]:
-        """The arrays to evaluate after a prefill chunk so the lazy graph does not keep growing."""
-        stored = kv_storage(self.keys, self.values)
-        return [] if stored is None else list(stored)
-
     def kept(self) -> RowState:
-        stored = kv_storage(self.keys, self.values)
-        if stored is None or self.offset == 0:
+        stored = self._held()
+        if stored is None:
             return None
         keys, values = stored
         return keys[..., : self.offset, :], values[..., : self.offset, :]
@@ -173,7 +186,7 @@ class KVCache:
         self.offset = length
 
 
-class RotatingKVCache:
+class RotatingKVCache(_HeldKeys):
     """Keeps only the last `window` positions, for sliding-window attention layers.
 
     Decode steps write into a ring buffer in place. Multi-token updates return the kept positions plus the new
@@ -252,16 +265,9 @@ class RotatingKVCache:
             return None
         return create_attention_mask(length, self.offset, self.window, key_start=self.offset - self._kept())
 
-    @property
-    def state(self) -> list[mx.array]:
-        stored = kv_storage(self.keys, self.values)
-        return [] if stored is None else list(stored)
-
     def kept(self) -> RowState:
-        stored = kv_storage(self.keys, self.values)
-        if stored is None or self.offset == 0:
-            return None
-        return self._temporal(stored)
+        stored = self._held()
+        return None if stored is None else self._temporal(stored)
 
     def is_trimmable(self) -> bool:
         """Positions can be forgotten only while none has been dropped from the window yet."""
