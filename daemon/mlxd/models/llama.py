@@ -17,7 +17,6 @@ from mlxd.models.projections import (
     QKV,
     Projections,
     add_linears,
-    decoder_fusion,
     decoder_projections,
     join_fused_weights,
 )
@@ -122,10 +121,12 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, fused_attention: bool = False, fused_mlp: bool = False):
+    def __init__(self, args: ModelArgs, fused_attention: bool = False, fused_mlp: bool = False,
+                 mlp: nn.Module | None = None):
+        """`mlp`: the layer's MLP when it is not the dense one (a MoE layer's, models/moe.py)."""
         super().__init__()
         self.self_attn = Attention(args, fused_attention)
-        self.mlp = MLP(args, fused_mlp)
+        self.mlp = MLP(args, fused_mlp) if mlp is None else mlp
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
@@ -135,10 +136,10 @@ class TransformerBlock(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, args: ModelArgs, fused: list[tuple[bool, bool]]):
+    def __init__(self, args: ModelArgs, layers: list[nn.Module]):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args, *layer_fused) for layer_fused in fused]
+        self.layers = layers
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
 
@@ -150,12 +151,16 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.fused = fused
         self._windows = [args.window(i) for i in range(args.num_hidden_layers)]
-        self.model = LlamaModel(args, decoder_fusion(fused, "model.layers", args.num_hidden_layers))
+        self.model = LlamaModel(args, [self.block(args, i, fused) for i in range(args.num_hidden_layers)])
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
+    def block(self, args: ModelArgs, layer: int, fused: frozenset[str]) -> nn.Module:
+        """Decoder layer `layer`, built with its groups in `fused` fused; MoE architectures override it."""
+        return TransformerBlock(args, f"model.layers.{layer}.self_attn" in fused, f"model.layers.{layer}.mlp" in fused)
+
     @property
-    def layers(self) -> list[TransformerBlock]:
+    def layers(self) -> list[nn.Module]:
         return self.model.layers
 
     def __call__(self, inputs: mx.array, cache: Sequence[AttentionCache] | None = None, *,

@@ -50,14 +50,18 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     return _backend.attention(queries, keys, values, scale, mask, softcap)
 
 
-def gated_activation(gate: mx.array, up: mx.array, kind: str) -> mx.array:
-    """activation(gate) * up for a gated MLP; kind is "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3)."""
-    return _backend.gated_activation(gate, up, kind)
+def gated_activation(gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:
+    """activation(gate) * up for a gated MLP; kind is "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3).
+
+    `tokens`: how many tokens of each sequence the forward pass computes, which tells a prefill from a decode
+    step; None reads it off `gate.shape[-2]`, a dense MLP's [..., T, features]. Experts' activations, laid out
+    [..., k, 1, features] by the gathered matmuls (models/moe.py), say it explicitly."""
+    return _backend.gated_activation(gate, up, kind, tokens)
 
 
-def activation(x: mx.array, kind: str) -> mx.array:
-    """"silu", "gelu_tanh" (GELU's tanh approximation, gelu_pytorch_tanh) or "gelu" of x."""
-    return _backend.activation(x, kind)
+def activation(x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
+    """"silu", "gelu_tanh" (GELU's tanh approximation, gelu_pytorch_tanh) or "gelu" of x; `tokens` as above."""
+    return _backend.activation(x, kind, tokens)
 
 
 def prompt_scores(logits: mx.array, targets: list[int],

@@ -47,15 +47,15 @@ class NumpyBackend(MLXBackend):
             return attention(queries, keys, values, scale, mask)
         return super().attention(queries, keys, values, scale, mask, softcap)
 
-    def gated_activation(self, gate: mx.array, up: mx.array, kind: str) -> mx.array:
-        if activation_applies(gate, kind):
+    def gated_activation(self, gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:
+        if activation_applies(gate, kind, tokens):
             return activation(gate, kind, up)
-        return super().gated_activation(gate, up, kind)
+        return super().gated_activation(gate, up, kind, tokens)
 
-    def activation(self, x: mx.array, kind: str) -> mx.array:
-        if activation_applies(x, kind):
+    def activation(self, x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
+        if activation_applies(x, kind, tokens):
             return activation(x, kind)
-        return super().activation(x, kind)
+        return super().activation(x, kind, tokens)
 
     def prompt_scores(self, logits: mx.array, targets: list[int],
                       top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
@@ -162,9 +162,11 @@ def _exp_normalized(scores: np.ndarray) -> None:
     np.exp(scores, out=scores)
 
 
-def activation_applies(x: mx.array, kind: str) -> bool:
-    """An activation over [..., T, features] that NumPy has (not exact GELU: NumPy has no erf)."""
-    return kind in ("silu", "gelu_tanh") and prefill(x, x.shape[-2])
+def activation_applies(x: mx.array, kind: str, tokens: int | None = None) -> bool:
+    """An activation NumPy has (not exact GELU: NumPy has no erf) in a prefill: `tokens` per sequence, or when
+    None the T of a dense MLP's [..., T, features]. Never the rows of the array: a batched decode step has one
+    row per sequence and must stay lazy in MLX, and routed experts lay out [..., k, 1, features]."""
+    return kind in ("silu", "gelu_tanh") and prefill(x, x.shape[-2] if tokens is None else tokens)
 
 
 def activation(x: mx.array, kind: str, up: mx.array | None = None) -> mx.array:

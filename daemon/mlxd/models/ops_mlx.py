@@ -28,10 +28,10 @@ class MLXBackend:
             return masked_decode_attention(queries, keys, values, scale, mask)
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
 
-    def gated_activation(self, gate: mx.array, up: mx.array, kind: str) -> mx.array:
+    def gated_activation(self, gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](gate) * up
 
-    def activation(self, x: mx.array, kind: str) -> mx.array:
+    def activation(self, x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](x)
 
     def prompt_scores(self, logits: mx.array, targets: list[int],

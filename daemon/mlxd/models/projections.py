@@ -61,7 +61,12 @@ def join_fused_weights(weights: dict[str, mx.array], groups: dict[str, Projectio
     for path in fused:
         group = groups[path]
         layers = [f"{path}.{part}" for part in group.parts]
+        if f"{layers[0]}.weight" not in out:
+            continue
+        # Output features are the first axis of a linear layer's arrays, the second of stacked experts' ([E, out, in]).
+        axis = out[f"{layers[0]}.weight"].ndim - 2
         for name in PARAMETERS:
             if f"{layers[0]}.{name}" in out:
-                out[f"{path}.{group.fused}.{name}"] = mx.concatenate([out.pop(f"{lay}.{name}") for lay in layers])
+                out[f"{path}.{group.fused}.{name}"] = mx.concatenate([out.pop(f"{lay}.{name}") for lay in layers],
+                                                                     axis=axis)
     return out

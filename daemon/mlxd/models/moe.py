@@ -1,0 +1,198 @@
+"""The Mixture-of-Experts layer every MoE architecture shares (qwen3_moe, mixtral; gpt_oss next).
+
+A router (a linear layer, with a bias in gpt-oss) scores the E experts for each token; `route` keeps the k best and
+weights them as the architecture says (`Routing`). Each projection's E matrices are stacked per layer,
+[E, out, in] (`SwitchLinear`), and applied only to the (token, expert) pairs the router chose with one gathered
+matmul (`mx.gather_mm`, `mx.gather_qmm` once quantized) instead of a loop over experts. For many pairs (a prefill
+chunk) the pairs are sorted by expert first, so each expert's matrix is read once per run of its tokens, as in
+mlx-lm's switch_layers.py.
+
+Parameter names are mlx-lm's (`gate` for the router, `switch_mlp.{gate,up,down}_proj` for the experts), so its
+converted folders need no renames; checkpoints' per-expert tensors are stacked by each model's sanitize
+(`stack_experts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxd.errors import ModelLoadError
+from mlxd.models import ops
+
+# (token, expert) pairs from which the gathered matmuls sort them by expert: mlx-lm's threshold. Below it (decode
+# steps of a small batch) the argsort and the two gathers cost more than the scattered reads they save.
+SORT_MIN_PAIRS = 64
+
+# activation(gate, up, tokens) for the experts' hidden features; `tokens`: tokens per sequence in this forward
+# pass (models/ops.py: how its CPU kernels tell a prefill from a decode step).
+GatedActivation = Callable[[mx.array, mx.array, int], mx.array]
+
+
+def swiglu(gate: mx.array, up: mx.array, tokens: int) -> mx.array:
+    """silu(gate) * up: the experts of Qwen3-MoE and Mixtral."""
+    return ops.gated_activation(gate, up, "silu", tokens)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How one token's router logits over the experts become k experts and their weights.
+
+    Both rules take the k largest logits. `softmax_over_kept` False: softmax over all experts, then the k kept
+    probabilities, divided by their sum when `renormalize` (Mixtral always, Qwen3-MoE iff norm_topk_prob).
+    True: softmax over the k kept logits only (gpt-oss; the same numbers as renormalizing, up to rounding)."""
+
+    top_k: int
+    renormalize: bool = True
+    softmax_over_kept: bool = False
+
+
+def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
+    """The experts [..., k] (in no particular order) and their weights [..., k] for router logits [..., E]. The
+    softmax runs in float32, as transformers' does; the weights come back in the logits' dtype."""
+    k = routing.top_k
+    indices = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+    scores = logits.astype(mx.float32)
+    if routing.softmax_over_kept:
+        weights = mx.softmax(mx.take_along_axis(scores, indices, axis=-1), axis=-1)
+    else:
+        weights = mx.take_along_axis(mx.softmax(scores, axis=-1), indices, axis=-1)
+        if routing.renormalize:
+            weights = weights / weights.sum(axis=-1, keepdims=True)
+    return indices, weights.astype(logits.dtype)
+
+
+class SwitchLinear(nn.Module):
+    """E linear layers of one shape: weight [E, out, in] and an optional bias [E, out]. Row r of the input goes
+    through the expert indices[r] names."""
+
+    def __init__(self, input_dims: int, output_dims: int, experts: int, bias: bool = False):
+        super().__init__()
+        self.weight = mx.zeros((experts, output_dims, input_dims))
+        if bias:
+            self.bias = mx.zeros((experts, output_dims))
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        y = mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
+        return _add_bias(self, y, indices)
+
+    def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine") -> QuantizedSwitchLinear:
+        """This layer with quantized weights (what nn.quantize calls, as it does on nn.Linear)."""
+        experts, output_dims, input_dims = self.weight.shape
+        layer = QuantizedSwitchLinear(input_dims, output_dims, experts, "bias" in self, group_size, bits, mode)
+        layer.weight, layer.scales, *biases = mx.quantize(self.weight, group_size, bits, mode=mode)
+        if biases:
+            layer.biases = biases[0]
+        if "bias" in self:
+            layer.bias = self.bias
+        return layer
+
+
+class QuantizedSwitchLinear(nn.Module):
+    """SwitchLinear with each expert's matrix quantized as QuantizedLinear holds it (`weight`, `scales`, and
+    `biases` in affine mode); `bias` is the float per-expert bias, as in SwitchLinear."""
+
+    def __init__(self, input_dims: int, output_dims: int, experts: int, bias: bool = False, group_size: int = 64,
+                 bits: int = 4, mode: str = "affine"):
+        super().__init__()
+        self.group_size, self.bits, self.mode = group_size, bits, mode
+        # The packed layout of this mode, filled by load_weights.
+        self.weight, self.scales, *biases = mx.quantize(mx.zeros((experts, output_dims, input_dims)),
+                                                        group_size, bits, mode=mode)
+        if biases:
+            self.biases = biases[0]
+        if bias:
+            self.bias = mx.zeros((experts, output_dims))
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        y = mx.gather_qmm(x, self.weight, self.scales, self.get("biases"), rhs_indices=indices, transpose=True,
+                          group_size=self.group_size, bits=self.bits, mode=self.mode, sorted_indices=sorted_indices)
+        return _add_bias(self, y, indices)
+
+
+def _add_bias(layer: nn.Module, y: mx.array, indices: mx.array) -> mx.array:
+    """y [..., 1, out] plus the bias of each row's expert."""
+    return y + mx.expand_dims(layer["bias"][indices], -2) if "bias" in layer else y
+
+
+class SwitchGLU(nn.Module):
+    """The experts of one layer: down(activation(gate x, up x)), each projection's E matrices stacked. `fused`:
+    gate and up held as one [E, 2 * hidden, in] layer `gate_up_proj` (one gathered matmul instead of two; the
+    loader decides, loading/fusion.py), gate in the first half."""
+
+    def __init__(self, dims: int, hidden: int, experts: int, *, bias: bool = False,
+                 activation: GatedActivation = swiglu, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.gate_up_proj = SwitchLinear(dims, 2 * hidden, experts, bias)
+        else:
+            self.gate_proj = SwitchLinear(dims, hidden, experts, bias)
+            self.up_proj = SwitchLinear(dims, hidden, experts, bias)
+        self.down_proj = SwitchLinear(hidden, dims, experts, bias)
+        self.activation = activation
+
+    def __call__(self, x: mx.array, indices: mx.array, tokens: int) -> mx.array:
+        """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
+        x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
+        order = None
+        if indices.size >= SORT_MIN_PAIRS:
+            x, experts, order = _sort_by_expert(x, indices)
+        else:
+            experts = indices
+        by_expert = order is not None
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x, experts, by_expert), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x, experts, by_expert), self.up_proj(x, experts, by_expert)
+        y = self.down_proj(self.activation(gate, up, tokens), experts, by_expert)
+        if order is not None:
+            y = mx.unflatten(y[mx.argsort(order)], 0, indices.shape)  # back to [..., k, 1, dims]
+        return y.squeeze(-2)
+
+
+def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """One row per (token, expert) pair [pairs, 1, dims], ordered by expert; the experts in that order; and the
+    order (pair numbers, token-major) that undoes it."""
+    k = indices.shape[-1]
+    flat = indices.flatten()
+    order = mx.argsort(flat)
+    return x.flatten(0, -3)[order // k], flat[order], order
+
+
+class SparseMoe(nn.Module):
+    """A MoE MLP: the router `gate` picks experts per token as `routing` says, and the output is the sum of the
+    chosen experts' outputs (`switch_mlp`) times their weights. Router and experts may have biases (gpt-oss),
+    and the experts another activation."""
+
+    def __init__(self, dims: int, hidden: int, experts: int, routing: Routing, *, router_bias: bool = False,
+                 expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False):
+        super().__init__()
+        self.routing = routing
+        self.gate = nn.Linear(dims, experts, bias=router_bias)
+        self.switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        indices, weights = route(self.gate(x), self.routing)
+        y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
+        return (y * weights[..., None]).sum(axis=-2)
+
+
+def stack_experts(weights: dict[str, mx.array], prefix: str, experts: int,
+                  names: dict[str, str]) -> dict[str, mx.array]:
+    """`weights` with the per-expert tensors `{prefix}.experts.{e}.{name}.{weight,bias}` of a checkpoint stacked
+    into `{prefix}.switch_mlp.{ours}.*`, for each name -> ours in `names` (e.g. "w1" -> "gate_proj"). Weights
+    stacked already stay as they are; an expert missing beside the others is named."""
+    out = dict(weights)
+    for name, ours in names.items():
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}.experts.{e}.{name}.{kind}" for e in range(experts)]
+            present = [p in out for p in parts]
+            if any(present) and not all(present):
+                raise ModelLoadError(f"the checkpoint lacks {parts[present.index(False)]} beside the other experts")
+            if present and all(present):
+                out[f"{prefix}.switch_mlp.{ours}.{kind}"] = mx.stack([out.pop(p) for p in parts])
+    return out
