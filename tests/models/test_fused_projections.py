@@ -12,6 +12,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlxd.loading.loader import load_model
+from mlxd.models.moe import QuantizedSwitchLinear, SwitchLinear
 from tests.helpers.parity import copy_model_folder
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
@@ -84,4 +85,36 @@ def test_a_fused_layer_is_quantized_as_its_parts(tmp_path):
     separate = load_model(folder, dtype="keep").model(tokens)
     model = load_model(folder, dtype="keep", fuse=True).model
     assert model.layers[1].self_attn.qkv_proj.bits == 8 and model.layers[0].self_attn.qkv_proj.bits == 4
+    assert mx.abs(model(tokens) - separate).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("arch,moe", [("qwen3_moe", "mlp"), ("mixtral", "block_sparse_moe")])
+def test_fused_moe_model_gives_the_same_logits(arch, moe, tmp_path):
+    """q/k/v, the dense layers' gate/up, and the experts' stacked gate/up ([E, 2 * hidden, in]: one gathered
+    matmul instead of two)."""
+    folder, expected = _folder(arch, tmp_path)
+    tokens = expected["input_ids"]
+    split = load_model(folder, dtype="float32").model
+    model = load_model(folder, dtype="float32", fuse=True).model
+    assert model.fused == frozenset(model.fusable_projections()) and len(model.fused) == 2 * len(model.layers)
+    experts, separate = model.layers[0][moe].switch_mlp, split.layers[0][moe].switch_mlp
+    assert "gate_proj" not in experts and "gate_up_proj" not in separate
+    n, hidden, dims = separate.gate_proj.weight.shape
+    assert experts.gate_up_proj.weight.shape == (n, 2 * hidden, dims)
+    if arch == "qwen3_moe":  # its dense layer
+        assert "gate_up_proj" in model.layers[1].mlp and "gate_up_proj" not in split.layers[1].mlp
+    fused = model(tokens)
+    assert mx.abs(fused - split(tokens)).max().item() < 1e-5
+    assert mx.abs(fused[0] - expected["logits"]).max().item() < LOGIT_TOL
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_fused_quantized_experts_give_the_same_logits(arch, tmp_path):
+    folder, expected = _folder(arch, tmp_path)
+    tokens = expected["input_ids"]
+    _quantize_folder(folder, 4, lambda p, m: isinstance(m, (nn.Linear, SwitchLinear)))
+    separate = load_model(folder, dtype="keep").model(tokens)
+    model = load_model(folder, dtype="keep", fuse=True).model
+    moe = model.layers[0]["mlp" if arch == "qwen3_moe" else "block_sparse_moe"]
+    assert isinstance(moe.switch_mlp.gate_up_proj, QuantizedSwitchLinear) and moe.switch_mlp.gate_up_proj.bits == 4
     assert mx.abs(model(tokens) - separate).max().item() < 1e-5

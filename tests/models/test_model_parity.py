@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers.parity_checks import greedy_with_cache
 
-ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral"]
 CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]
 LOGIT_TOL = 1e-3
 # Same weights, same math, only the order of floating-point operations differs.

@@ -45,6 +45,8 @@ def _args(arch: str):
         ("qwen3", [KVCache] * 3),
         ("mistral", [RotatingKVCache] * 3),
         ("gemma3_text", [RotatingKVCache] * 5 + [KVCache]),
+        ("qwen3_moe", [KVCache] * 3),
+        ("mixtral", [KVCache] * 3),
     ],
 )
 def test_make_cache_has_one_cache_per_layer(arch, cache_types):
@@ -53,7 +55,7 @@ def test_make_cache_has_one_cache_per_layer(arch, cache_types):
     assert len(model.layers) == model.args.num_hidden_layers == len(cache_types)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_moe", "mixtral"])
 def test_batched_forward_equals_rows_one_at_a_time(arch):
     model = architecture(arch).module.Model(_args(arch))
     tokens = mx.random.randint(0, model.args.vocab_size, (2, 20), key=mx.random.key(0))
@@ -88,6 +90,19 @@ def test_qwen2_ignores_sliding_window_unless_enabled():
                 num_attention_heads=2, vocab_size=10, sliding_window=4)
     assert module.ModelArgs.from_dict(base).window(0) is None
     assert module.ModelArgs.from_dict({**base, "use_sliding_window": True}).window(0) == 4
+
+
+def test_qwen3_moe_layers_and_expert_count_as_transformers_reads_them():
+    module = architecture("qwen3_moe").module
+    base = dict(model_type="qwen3_moe", hidden_size=64, num_hidden_layers=6, intermediate_size=8,
+                num_attention_heads=4, vocab_size=10)
+    args = module.ModelArgs.from_dict({**base, "num_experts": 4, "decoder_sparse_step": 2, "mlp_only_layers": [3]})
+    assert [args.sparse(i) for i in range(6)] == [False, True, False, False, False, True]
+    assert args.head_dim == 16 and not args.norm_topk_prob  # Qwen3MoeConfig's defaults, not Qwen3's
+    v5 = module.ModelArgs.from_dict({**base, "num_local_experts": 4, "mlp_only_layers": None})
+    assert v5.num_experts == 4 and all(v5.sparse(i) for i in range(6))
+    layers = module.Model(args).layers
+    assert [type(layer.mlp).__name__ for layer in layers[:2]] == ["MLP", "SparseMoe"]
 
 
 def test_linear_rope_divides_positions_by_the_factor():

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.config import layer_quantization
+from mlxd.models.moe import SwitchLinear
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -112,8 +113,8 @@ def parameter_arrays(model: nn.Module) -> list[tuple[str, mx.array]]:
     return cast(list[tuple[str, mx.array]], tree_flatten(model.parameters()))
 
 
-# The layer types MLX can quantize (each has to_quantized).
-QUANTIZABLE = (nn.Linear, nn.Embedding)
+# The layer types MLX can quantize (each has to_quantized), and stacked experts (gathered quantized matmuls).
+QUANTIZABLE = (nn.Linear, nn.Embedding, SwitchLinear)
 
 
 def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[str, Any]) -> None:

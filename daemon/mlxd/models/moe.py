@@ -71,7 +71,8 @@ class SwitchLinear(nn.Module):
 
     def __init__(self, input_dims: int, output_dims: int, experts: int, bias: bool = False):
         super().__init__()
-        self.weight = mx.zeros((experts, output_dims, input_dims))
+        scale = input_dims**-0.5  # nn.Linear's initialization, for models built without a checkpoint
+        self.weight = mx.random.uniform(-scale, scale, (experts, output_dims, input_dims))
         if bias:
             self.bias = mx.zeros((experts, output_dims))
 
