@@ -108,13 +108,19 @@ def test_fused_moe_model_gives_the_same_logits(arch, moe, tmp_path):
     assert mx.abs(fused[0] - expected["logits"]).max().item() < LOGIT_TOL
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
-def test_fused_quantized_experts_give_the_same_logits(arch, tmp_path):
+@pytest.mark.parametrize("arch,moe", [("qwen3_moe", "mlp"), ("mixtral", "block_sparse_moe")])
+def test_fused_quantized_experts_give_the_same_logits(arch, moe, tmp_path):
+    """Quantized as mlx-lm converts MoE models: experts 4-bit, routers 8-bit through per-layer overrides."""
     folder, expected = _folder(arch, tmp_path)
     tokens = expected["input_ids"]
-    _quantize_folder(folder, 4, lambda p, m: isinstance(m, (nn.Linear, SwitchLinear)))
+    routers = {f"model.layers.{i}.{moe}.gate": {"group_size": 64, "bits": 8} for i in range(3)}
+    _quantize_folder(folder, 4, lambda p, m: isinstance(m, (nn.Linear, SwitchLinear)) and routers.get(p, True),
+                     routers)
     separate = load_model(folder, dtype="keep").model(tokens)
     model = load_model(folder, dtype="keep", fuse=True).model
-    moe = model.layers[0]["mlp" if arch == "qwen3_moe" else "block_sparse_moe"]
-    assert isinstance(moe.switch_mlp.gate_up_proj, QuantizedSwitchLinear) and moe.switch_mlp.gate_up_proj.bits == 4
+    layer = model.layers[0][moe]
+    assert isinstance(layer.switch_mlp.gate_up_proj, QuantizedSwitchLinear) and layer.switch_mlp.gate_up_proj.bits == 4
+    assert isinstance(layer.gate, nn.QuantizedLinear) and layer.gate.bits == 8
     assert mx.abs(model(tokens) - separate).max().item() < 1e-5
+    # Dequantized to float32 on load (the CPU's fast path): the same values as float matrices.
+    assert mx.abs(load_model(folder, dtype="float32").model(tokens) - separate).max().item() < 1e-4
