@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import mlx.core as mx
 import pytest
 
+from mlxd.loading.loader import load_model
 from tests.helpers.parity_checks import greedy_with_cache
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral"]
@@ -58,3 +61,19 @@ def test_decode_logits_equal_full_forward(parity_model, arch, layout):
         step = model(sequence[:, pos : pos + 1], cache)[0, -1]
         full = model(sequence[:, : pos + 1])[0, -1]
         assert mx.abs(step - full).max().item() < SELF_TOL, f"position {pos}"
+
+
+def test_mixtral_attends_within_a_sliding_window_when_its_config_sets_one(model_folder, parity_model):
+    """The fixture has no window (as published Mixtral configs); set to 16, positions before 16 keep every
+    logit, later ones change, and chunked prefill still equals one shot."""
+    folder = model_folder("mixtral")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 16}))
+    model = load_model(folder, dtype="float32").model
+    plain, expected = parity_model("mixtral", "v5")
+    tokens = expected["input_ids"]
+    assert [c.window for c in model.make_cache()] == [16, 16, 16]
+    windowed, full = model(tokens), plain.model(tokens)
+    assert mx.abs(windowed[:, :16] - full[:, :16]).max().item() < SELF_TOL
+    assert mx.abs(windowed[:, 16:] - full[:, 16:]).max().item() > 1e-2
+    assert mx.abs(_prefill(model, tokens, 7)[0] - windowed).max().item() < SELF_TOL

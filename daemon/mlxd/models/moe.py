@@ -54,7 +54,7 @@ def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
     """The experts [..., k] (in no particular order) and their weights [..., k] for router logits [..., E]. The
     softmax runs in float32, as transformers' does; the weights come back in the logits' dtype."""
     k = routing.top_k
-    indices = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+    indices = mx.argpartition(logits, kth=-k, axis=-1)[..., -k:]
     scores = logits.astype(mx.float32)
     if routing.softmax_over_kept:
         weights = mx.softmax(mx.take_along_axis(scores, indices, axis=-1), axis=-1)
@@ -194,6 +194,6 @@ def stack_experts(weights: dict[str, mx.array], prefix: str, experts: int,
             present = [p in out for p in parts]
             if any(present) and not all(present):
                 raise ModelLoadError(f"the checkpoint lacks {parts[present.index(False)]} beside the other experts")
-            if present and all(present):
+            if all(present) and present:
                 out[f"{prefix}.switch_mlp.{ours}.{kind}"] = mx.stack([out.pop(p) for p in parts])
     return out
