@@ -45,9 +45,13 @@ def backend() -> str:
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
-              softcap: float | None = None) -> mx.array:
-    """softmax(scale * q k^T [soft-capped] + mask) v over [B, heads, T, D]; kv heads may be fewer (grouped)."""
-    return _backend.attention(queries, keys, values, scale, mask, softcap)
+              softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
+    """softmax(scale * q k^T [soft-capped] + mask) v over [B, heads, T, D]; kv heads may be fewer (grouped).
+
+    `sinks` [heads] (gpt-oss): one learned logit per query head that joins every softmax row as an extra key with
+    no value, so the weights of the real keys sum to less than 1 (transformers' eager_attention_forward).
+    """
+    return _backend.attention(queries, keys, values, scale, mask, softcap, sinks)
 
 
 def gated_activation(gate: mx.array, up: mx.array, kind: str) -> mx.array:
