@@ -54,6 +54,13 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
     return _backend.attention(queries, keys, values, scale, mask, softcap, sinks)
 
 
+def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+    """gpt-oss's expert activation (transformers' GptOssExperts._apply_gate): with g = min(gate, limit) (clamped
+    above only), (clip(up, -limit, limit) + 1) * g * sigmoid(alpha * g); limit 7.0 and alpha 1.702 in gpt-oss.
+    `gate` and `up` are the even and odd output columns of its fused gate_up projection, already separated."""
+    return _backend.clamped_swiglu(gate, up, limit, alpha)
+
+
 def gated_activation(gate: mx.array, up: mx.array, kind: str) -> mx.array:
     """activation(gate) * up for a gated MLP; kind is "silu" (Llama, Mistral, Qwen) or "gelu_tanh" (Gemma 3)."""
     return _backend.gated_activation(gate, up, kind)

@@ -31,6 +31,9 @@ class MLXBackend:
             sinks = sinks.astype(queries.dtype)
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks)
 
+    def clamped_swiglu(self, gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+        return clamped_swiglu(gate, up, limit, alpha)
+
     def gated_activation(self, gate: mx.array, up: mx.array, kind: str) -> mx.array:
         return _ACTIVATIONS[kind](gate) * up
 
@@ -102,3 +105,11 @@ def with_sinks(scores: mx.array, sinks: mx.array) -> mx.array:
     scores[..., :1]. A softmax over the result, its last column dropped, is attention with sinks."""
     column = mx.broadcast_to(sinks.astype(scores.dtype), (*scores.shape[:-1], 1))
     return mx.concatenate([scores, column], axis=-1)
+
+
+def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+    """gpt-oss's clamped SwiGLU (ops.clamped_swiglu) in MLX ops. Not mx.compile'd: MLX 0.32.4 aborts at exit
+    ("terminate called without an active exception") once a module-level compiled function ran on another
+    thread than the main one, and the worker thread is where every MLX call runs."""
+    gate = mx.minimum(gate, limit)
+    return (mx.clip(up, -limit, limit) + 1) * (gate * mx.sigmoid(alpha * gate))
