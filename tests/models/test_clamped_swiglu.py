@@ -112,7 +112,8 @@ def _reference_expert(x, e, dense, bias):
 def test_gpt_oss_expert_from_mxfp4_equals_float64(experts, kernels, split):
     """Either keep gate_up fused and take the interleaved output columns (gate even, up odd), or split the rows
     of the quantized weight, its scales and the bias at load ([::2] gate, [1::2] up; each row has its own
-    scales, so this is exact) and run two matmuls."""
+    scales, so this is exact) and run two matmuls. Split rows must be made contiguous: MLX 0.32.4's CUDA
+    quantized_matmul has no kernel for a strided weight ("No implementation for problem shape")."""
     quantized, dense, bias = experts
     x = mx.random.normal((150, 64), key=mx.random.key(5))
     qmm = {"transpose": True, "group_size": 32, "bits": 4, "mode": "mxfp4"}
@@ -124,8 +125,9 @@ def test_gpt_oss_expert_from_mxfp4_equals_float64(experts, kernels, split):
                 gu = mx.quantized_matmul(x, gu_w[e], gu_s[e], **qmm) + bias["gate_up_proj"][e]
                 gate, up = gu[..., 0::2], gu[..., 1::2]
             else:
-                gate = mx.quantized_matmul(x, gu_w[e, 0::2], gu_s[e, 0::2], **qmm) + bias["gate_up_proj"][e, 0::2]
-                up = mx.quantized_matmul(x, gu_w[e, 1::2], gu_s[e, 1::2], **qmm) + bias["gate_up_proj"][e, 1::2]
+                gate_w, up_w, gate_s, up_s = (mx.contiguous(a[e, i::2]) for a in (gu_w, gu_s) for i in (0, 1))
+                gate = mx.quantized_matmul(x, gate_w, gate_s, **qmm) + bias["gate_up_proj"][e, 0::2]
+                up = mx.quantized_matmul(x, up_w, up_s, **qmm) + bias["gate_up_proj"][e, 1::2]
             h = ops.clamped_swiglu(gate, up, LIMIT, ALPHA)
             got = mx.quantized_matmul(h, down_w[e], down_s[e], **qmm) + bias["down_proj"][e]
             want = _reference_expert(x, e, dense, bias)

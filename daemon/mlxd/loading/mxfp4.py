@@ -10,6 +10,8 @@ keeps the same E8M0 bytes as its scales, so a block's 16 bytes are 4 words of ML
 
 transformers transposes the decoded weight to [..., in, out] and computes x @ W; with MLX's arrays the same
 product is mx.quantized_matmul(x, weight, scales, transpose=True, ...) (or mx.gather_qmm for routed experts).
+Rows may be regrouped (gpt-oss interleaves gate and up rows; each row has its own scales), but a strided row
+slice must be made contiguous: MLX 0.32.4's CUDA quantized matmul has no kernel for strided weights.
 """
 
 from __future__ import annotations
