@@ -122,5 +122,5 @@ def test_llama3_rope_keeps_high_and_stretches_low_frequencies():
 
 
 def test_unsupported_rope_type_is_named():
-    with pytest.raises(ModelLoadError, match="'yarn'"):
-        make_rope(16, {"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ModelLoadError, match="'longrope'"):
+        make_rope(16, {"rope_type": "longrope", "factor": 4.0})

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading import mxfp4
 
 # model_type -> default rope theta of its sliding layers, for models whose rope differs per layer type.
 # In the transformers 4 layout that theta is `rope_local_base_freq`; rope_theta/rope_scaling are the full layers'.
@@ -119,14 +120,23 @@ def context_length(config: dict[str, Any]) -> int | None:
 def quantization(config: dict[str, Any]) -> dict[str, Any] | None:
     """The MLX quantization block ({"group_size", "bits", optional "mode" and per-layer overrides}), or None.
 
-    Other quantization formats (GPTQ, AWQ, bitsandbytes, fp8...) carry `quant_method`; they are refused.
+    A Hugging Face `quant_method` MLX holds natively gives its MLX block, with `quant_method` kept to say where it
+    came from: "mxfp4" (gpt-oss) is MLX's mxfp4 mode (loading/mxfp4.py). Other formats (GPTQ, AWQ,
+    bitsandbytes, fp8...) are refused by name.
     """
     quant = config.get("quantization") or config.get("quantization_config")
     if not quant:
         return None
-    if "quant_method" in quant or "bits" not in quant or "group_size" not in quant:
-        method = quant.get("quant_method", "unknown")
-        raise ModelLoadError(f"unsupported quantization {method!r}: only MLX quantization (group_size, bits) loads")
+    method = quant.get("quant_method")
+    if method is not None:
+        if method == mxfp4.QUANT_METHOD:
+            return {"quant_method": method, **mxfp4.MLX_QUANTIZATION}
+        raise ModelLoadError(
+            f"unsupported quantization method {method!r} (quantization_config.quant_method); loadable: MLX "
+            f"quantization (group_size, bits) and {mxfp4.QUANT_METHOD!r}"
+        )
+    if "bits" not in quant or "group_size" not in quant:
+        raise ModelLoadError(f"unsupported quantization block {sorted(quant)}: MLX's has group_size and bits")
     return dict(quant)
 
 

@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlxd.errors import ModelLoadError
 from mlxd.images.prompt import ImageTokens
 from mlxd.loading import config as cfg
+from mlxd.loading import mxfp4
 from mlxd.loading import weights as wts
 from mlxd.loading.fusion import Quantization, build_fused
 from mlxd.models import architecture, ops
@@ -185,8 +186,11 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
         raise ModelLoadError(f"{config_file} does not describe a valid {model_type} model: {e}") from e
 
     files = wts.find_weight_files(path)
-    weights = model.sanitize(wts.read_weights(files))
     quant = cfg.quantization(raw)
+    weights = wts.read_weights(files)
+    if quant is not None and quant.get("quant_method") == mxfp4.QUANT_METHOD:
+        weights = mxfp4.unpack(weights)  # *_blocks + *_scales as MLX mxfp4 .weight + .scales, for sanitize to place
+    weights = model.sanitize(weights)
     checkpoint_dtype = wts.weights_dtype(weights) or cfg.config_dtype(raw) or "float32"
     plan = plan_dtype(
         dtype,

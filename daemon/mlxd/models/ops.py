@@ -45,9 +45,20 @@ def backend() -> str:
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
-              softcap: float | None = None) -> mx.array:
-    """softmax(scale * q k^T [soft-capped] + mask) v over [B, heads, T, D]; kv heads may be fewer (grouped)."""
-    return _backend.attention(queries, keys, values, scale, mask, softcap)
+              softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
+    """softmax(scale * q k^T [soft-capped] + mask) v over [B, heads, T, D]; kv heads may be fewer (grouped).
+
+    `sinks` [heads] (gpt-oss): one learned logit per query head that joins every softmax row as an extra key with
+    no value, so the weights of the real keys sum to less than 1 (transformers' eager_attention_forward).
+    """
+    return _backend.attention(queries, keys, values, scale, mask, softcap, sinks)
+
+
+def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+    """gpt-oss's expert activation (transformers' GptOssExperts._apply_gate): with g = min(gate, limit) (clamped
+    above only), (clip(up, -limit, limit) + 1) * g * sigmoid(alpha * g); limit 7.0 and alpha 1.702 in gpt-oss.
+    `gate` and `up` are the even and odd output columns of its fused gate_up projection, already separated."""
+    return _backend.clamped_swiglu(gate, up, limit, alpha)
 
 
 def gated_activation(gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:

@@ -1,7 +1,8 @@
 """The MLX backend of models/ops.py: MLX's own ops, for every device and dtype.
 
 Attention takes MLX's fused kernel, with two exceptions: logit soft-capping (Gemma), which has no fused kernel,
-and one query per row with an array mask (batched decode), which MLX's CUDA backend runs unfused.
+and one query per row with an array mask (batched decode), which MLX's CUDA backend runs unfused. Attention sinks
+(gpt-oss) go to the fused kernel as its `sinks` argument, and join the explicit paths' softmax as one more key.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ class MLXBackend:
     name = "mlx"
 
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
-                  softcap: float | None = None) -> mx.array:
+                  softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
         if softcap is not None:
-            return softcapped_attention(queries, keys, values, scale, mask, softcap)
+            return softcapped_attention(queries, keys, values, scale, mask, softcap, sinks)
         if queries.shape[2] == 1 and isinstance(mask, mx.array):
-            return masked_decode_attention(queries, keys, values, scale, mask)
-        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+            return masked_decode_attention(queries, keys, values, scale, mask, sinks)
+        if sinks is not None:  # the fused kernel wants sinks of a type that promotes to the output's
+            sinks = sinks.astype(queries.dtype)
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks)
+
+    def clamped_swiglu(self, gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+        return clamped_swiglu(gate, up, limit, alpha)
 
     def gated_activation(self, gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](gate) * up
@@ -49,8 +55,9 @@ class MLXBackend:
 
 
 def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
-                         softcap: float) -> mx.array:
-    """Attention with the scores soft-capped (cap * tanh(scores / cap)) before the mask, computed explicitly."""
+                         softcap: float, sinks: mx.array | None = None) -> mx.array:
+    """Attention with the scores soft-capped (cap * tanh(scores / cap)) before the mask, computed explicitly;
+    sinks [heads], when given, join the softmax uncapped."""
     n_rep = queries.shape[1] // keys.shape[1]
     if n_rep > 1:
         keys = mx.repeat(keys, n_rep, axis=1)
@@ -64,12 +71,15 @@ def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, sc
         scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
     elif mask is not None:
         scores = scores + mask.astype(scores.dtype)  # additive: 0 or -inf
-    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(values.dtype)
-    return weights @ values
+    if sinks is None:
+        weights = mx.softmax(scores.astype(mx.float32), axis=-1)
+    else:
+        weights = mx.softmax(with_sinks(scores.astype(mx.float32), sinks.reshape(-1, 1, 1)), axis=-1)[..., :-1]
+    return weights.astype(values.dtype) @ values
 
 
 def masked_decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
-                            mask: mx.array) -> mx.array:
+                            mask: mx.array, sinks: mx.array | None = None) -> mx.array:
     """One query per row with an array mask (a batch of rows of different lengths, or a sliding window).
     MLX's fused kernel takes no array mask on CUDA and falls back to unfused ops that repeat the keys per query
     head; here the query heads that share a kv head are the rows of one matmul, so each key is read once:
@@ -82,5 +92,24 @@ def masked_decode_attention(queries: mx.array, keys: mx.array, values: mx.array,
         scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
     else:
         scores = scores + mask
-    weights = mx.softmax(scores, axis=-1, precise=True)
+    if sinks is None:
+        weights = mx.softmax(scores, axis=-1, precise=True)
+    else:
+        weights = mx.softmax(with_sinks(scores, sinks.reshape(n_kv, n_heads // n_kv, 1)), axis=-1, precise=True)
+        weights = weights[..., :-1]
     return (weights @ values).reshape(B, n_heads, 1, values.shape[-1])
+
+
+def with_sinks(scores: mx.array, sinks: mx.array) -> mx.array:
+    """`scores` [..., keys] with one more key per row holding its head's sink logit; `sinks` broadcasts against
+    scores[..., :1]. A softmax over the result, its last column dropped, is attention with sinks."""
+    column = mx.broadcast_to(sinks.astype(scores.dtype), (*scores.shape[:-1], 1))
+    return mx.concatenate([scores, column], axis=-1)
+
+
+def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
+    """gpt-oss's clamped SwiGLU (ops.clamped_swiglu) in MLX ops. Not mx.compile'd: MLX 0.32.4 aborts at exit
+    ("terminate called without an active exception") once a module-level compiled function ran on another
+    thread than the main one, and the worker thread is where every MLX call runs."""
+    gate = mx.minimum(gate, limit)
+    return (mx.clip(up, -limit, limit) + 1) * (gate * mx.sigmoid(alpha * gate))

@@ -13,15 +13,22 @@ from mlxd.errors import ModelLoadError
 
 
 class RoPE(nn.Module):
-    """Rotary embedding of HF's rotate-half layout, with precomputed per-pair periods (base ** (2i / dims))."""
+    """Rotary embedding of HF's rotate-half layout, with precomputed per-pair periods (base ** (2i / dims)), and
+    transformers' `attention_scaling` (YaRN's mscale), which multiplies cos and sin and so the rotated dims."""
 
-    def __init__(self, dims: int, periods: mx.array):
+    def __init__(self, dims: int, periods: mx.array, attention_scaling: float = 1.0):
         super().__init__()
         self.dims = dims
+        self.attention_scaling = attention_scaling
         self._periods = periods  # leading underscore: not a parameter, never saved or loaded
 
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
-        return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._periods)
+        out = mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._periods)
+        if self.attention_scaling == 1.0:
+            return out
+        if self.dims == x.shape[-1]:
+            return out * self.attention_scaling
+        return mx.concatenate([out[..., : self.dims] * self.attention_scaling, out[..., self.dims :]], axis=-1)
 
 
 def _default_periods(dims: int, base: float, params: dict[str, Any]) -> mx.array:
@@ -57,12 +64,59 @@ def _freq_factor_periods(dims: int, base: float, params: dict[str, Any]) -> mx.a
     return _default_periods(dims, base, params) * factors
 
 
+def yarn_correction_range(dims: int, base: float, params: dict[str, Any]) -> tuple[float, float]:
+    """The pairs between which YaRN's ramp runs from the original frequency to frequency / factor: transformers'
+    find_correction_range, rounded outwards only when `truncate` (true when absent; gpt-oss says false)."""
+    context = float(params["original_max_position_embeddings"])
+
+    def pair(rotations: float) -> float:
+        return dims * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = pair(float(params.get("beta_fast") or 32)), pair(float(params.get("beta_slow") or 1))
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dims - 1)  # dims - 1 (not dims / 2 - 1), as transformers clamps
+
+
+def _yarn_periods(dims: int, base: float, params: dict[str, Any]) -> mx.array:
+    """YaRN (transformers' _compute_yarn_parameters, in float32 as it computes them): pairs below the correction
+    range keep their frequency, pairs above it are divided by `factor`, a linear ramp between."""
+    factor = float(params["factor"])
+    low, high = yarn_correction_range(dims, base, params)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = mx.clip((mx.arange(dims // 2, dtype=mx.float32) - low) / (high - low), 0, 1)
+    periods = _default_periods(dims, base, params)
+    kept = 1 - ramp  # transformers' inv_freq_extrapolation_factor
+    inv_freq = 1.0 / (factor * periods) * (1 - kept) + 1.0 / periods * kept
+    return 1.0 / inv_freq
+
+
+def yarn_attention_factor(params: dict[str, Any]) -> float:
+    """YaRN's `attention_factor` (mscale) that multiplies cos and sin: the config's, else 0.1 ln(factor) + 1, or the
+    ratio of two such terms when the config gives `mscale` and `mscale_all_dim` (DeepSeek)."""
+    if params.get("attention_factor") is not None:
+        return float(params["attention_factor"])
+    factor = float(params["factor"])
+
+    def mscale(weight: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+    if params.get("mscale") and params.get("mscale_all_dim"):
+        return mscale(float(params["mscale"])) / mscale(float(params["mscale_all_dim"]))
+    return mscale(1.0)
+
+
 _ROPE_TYPES = {
     "default": _default_periods,
     "linear": _linear_periods,
     "llama3": _llama3_periods,
     "freq_factors": _freq_factor_periods,
+    "yarn": _yarn_periods,
 }
+
+# Rope types whose cos and sin carry a factor (transformers' attention_scaling); 1 for the others.
+_ATTENTION_SCALING = {"yarn": yarn_attention_factor}
 
 
 def make_rope(dims: int, rope_parameters: dict[str, Any]) -> RoPE:
@@ -71,4 +125,6 @@ def make_rope(dims: int, rope_parameters: dict[str, Any]) -> RoPE:
     build = _ROPE_TYPES.get(rope_type)
     if build is None:
         raise ModelLoadError(f"unsupported rope_type {rope_type!r}; supported: {sorted(_ROPE_TYPES)}")
-    return RoPE(dims, build(dims, float(rope_parameters.get("rope_theta", 10000.0)), rope_parameters))
+    scaling = _ATTENTION_SCALING.get(rope_type)
+    periods = build(dims, float(rope_parameters.get("rope_theta", 10000.0)), rope_parameters)
+    return RoPE(dims, periods, 1.0 if scaling is None else scaling(rope_parameters))
