@@ -4,6 +4,7 @@ fixture prompt transformers' tokens, and a repeated prompt hits the prefix cache
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
@@ -46,3 +47,13 @@ def test_concurrent_greedy_streams_equal_the_in_process_model(served):
         assert [r.token_ids for r in results] == want
         again = _greedy(client, prompts[3])
     assert again.token_ids == want[3] and again.final.usage.cached_tokens > 0
+
+
+def test_model_info_reports_the_experts(served):
+    folder, daemon = served
+    with Client(daemon.addr) as client:
+        info = client.model_info()
+    config = json.loads((folder / "config.json").read_text())
+    experts = config.get("num_experts") or config["num_local_experts"]
+    assert (info.num_experts, info.experts_per_token) == (experts, config["num_experts_per_tok"])
+    assert list(info.quantization_modes) == []  # float32 on the CPU

@@ -1734,8 +1734,14 @@ type ModelInfo struct {
 	MlxCacheMemoryBytes  uint64 `protobuf:"varint,17,opt,name=mlx_cache_memory_bytes,json=mlxCacheMemoryBytes,proto3" json:"mlx_cache_memory_bytes,omitempty"`
 	MlxPeakMemoryBytes   uint64 `protobuf:"varint,18,opt,name=mlx_peak_memory_bytes,json=mlxPeakMemoryBytes,proto3" json:"mlx_peak_memory_bytes,omitempty"`
 	PrefixCacheBytes     uint64 `protobuf:"varint,19,opt,name=prefix_cache_bytes,json=prefixCacheBytes,proto3" json:"prefix_cache_bytes,omitempty"` // KV snapshots kept for prompt reuse (--prefix-cache-mb), part of active
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Mixture-of-experts models: the experts of each MoE layer and how many each token runs through; 0 when dense.
+	NumExperts      uint32 `protobuf:"varint,20,opt,name=num_experts,json=numExperts,proto3" json:"num_experts,omitempty"`
+	ExpertsPerToken uint32 `protobuf:"varint,21,opt,name=experts_per_token,json=expertsPerToken,proto3" json:"experts_per_token,omitempty"`
+	// How the weights are held quantized now, most layers first, e.g. "mxfp4 4-bit, group 32 (72 layers)";
+	// empty when every weight is held in `dtype`.
+	QuantizationModes []string `protobuf:"bytes,22,rep,name=quantization_modes,json=quantizationModes,proto3" json:"quantization_modes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -1899,6 +1905,27 @@ func (x *ModelInfo) GetPrefixCacheBytes() uint64 {
 		return x.PrefixCacheBytes
 	}
 	return 0
+}
+
+func (x *ModelInfo) GetNumExperts() uint32 {
+	if x != nil {
+		return x.NumExperts
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetExpertsPerToken() uint32 {
+	if x != nil {
+		return x.ExpertsPerToken
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetQuantizationModes() []string {
+	if x != nil {
+		return x.QuantizationModes
+	}
+	return nil
 }
 
 type CancelRequest struct {
@@ -2124,7 +2151,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x13skip_special_tokens\x18\x02 \x01(\bR\x11skipSpecialTokens\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x15\n" +
-	"\x13GetModelInfoRequest\"\xbe\x05\n" +
+	"\x13GetModelInfoRequest\"\xba\x06\n" +
 	"\tModelInfo\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -2147,7 +2174,11 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x17mlx_active_memory_bytes\x18\x10 \x01(\x04R\x14mlxActiveMemoryBytes\x123\n" +
 	"\x16mlx_cache_memory_bytes\x18\x11 \x01(\x04R\x13mlxCacheMemoryBytes\x121\n" +
 	"\x15mlx_peak_memory_bytes\x18\x12 \x01(\x04R\x12mlxPeakMemoryBytes\x12,\n" +
-	"\x12prefix_cache_bytes\x18\x13 \x01(\x04R\x10prefixCacheBytes\".\n" +
+	"\x12prefix_cache_bytes\x18\x13 \x01(\x04R\x10prefixCacheBytes\x12\x1f\n" +
+	"\vnum_experts\x18\x14 \x01(\rR\n" +
+	"numExperts\x12*\n" +
+	"\x11experts_per_token\x18\x15 \x01(\rR\x0fexpertsPerToken\x12-\n" +
+	"\x12quantization_modes\x18\x16 \x03(\tR\x11quantizationModes\".\n" +
 	"\rCancelRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"&\n" +

@@ -173,6 +173,7 @@ class SparseMoe(nn.Module):
                  expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False):
         super().__init__()
         self.routing = routing
+        self.experts = experts
         self.gate = nn.Linear(dims, experts, bias=router_bias)
         self.switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
 

@@ -12,6 +12,7 @@ from mlxd.images.preprocess import load_processor_config
 from mlxd.images.prompt import ImageTokens
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.loading.tokenizer import Tokenizer
+from mlxd.models.inventory import expert_counts, quantization_modes
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -50,6 +51,7 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     if loaded is None or tokenizer is None:
         raise ModelLoadError("the worker is serving without a loaded model and tokenizer")
     vision = _vision_input(path, loaded.image_tokens)
+    experts, experts_per_token = expert_counts(loaded.model)
     info = pb.ModelInfo(
         model_id=path.name,
         path=str(path.resolve()),
@@ -66,6 +68,9 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         supports_vision=vision is not None,
         device=worker.device,
         load_note=loaded.load_note,
+        num_experts=experts,
+        experts_per_token=experts_per_token,
+        quantization_modes=quantization_modes(loaded.model),
     )
     defaults = sampling_defaults(path) if path.is_dir() else {}
     return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=defaults, vision=vision)
