@@ -175,3 +175,15 @@ def test_loader_hands_sanitize_mlx_mxfp4_arrays(monkeypatch):
     assert from_mxfp4[EXPERTS[0] + ".weight"].dtype == mx.uint32 and EXPERTS[0] + ".scales" in from_mxfp4
     assert not any(k.endswith(("_blocks", "_scales")) for k in from_mxfp4)
     assert from_dense[EXPERTS[0]].dtype == mx.float32 and EXPERTS[0] + ".weight" not in from_dense
+
+
+def test_float32_size_counts_mxfp4_experts_at_their_unpacked_size(packed, dense):
+    """The CPU dtype policy weighs a float32 copy: MXFP4 experts count as the float32 matrices they decode to,
+    so gpt-oss-20b (~13 GB in MXFP4, ~80 GB as float32) keeps its quantized weights on a machine they would not fit."""
+    quant = quantization({"quantization_config": {"quant_method": "mxfp4"}})
+    unpacked = mxfp4.unpack(packed)
+    assert wts.float32_bytes(unpacked, quant) == sum(w.size * 4 for w in dense.values())
+    plan = loader.plan_dtype("auto", on_gpu=False, checkpoint_dtype="bfloat16", quantized=True,
+                             float32_bytes=80 << 30, ram_bytes=24 << 30)
+    assert (plan.dtype, plan.dequantize) == (None, False)
+    assert "(MLX-quantized) on CPU" in plan.note and "80.0 GiB" in plan.note
