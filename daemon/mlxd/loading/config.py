@@ -33,9 +33,10 @@ def _normalize_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {"rope_type": rope_type, **entry}
 
 
-def _rope_entry(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
-    """One transformers 5 rope entry from a transformers 4 theta and `rope_scaling` block."""
-    return _normalize_entry({**(scaling or {}), "rope_theta": theta})
+def _rope_entry(theta: float | None, scaling: dict[str, Any] | None) -> dict[str, Any]:
+    """One transformers 5 rope entry from a transformers 4 theta and `rope_scaling` block. Without a theta the entry
+    has none: the architecture's default applies (gpt-oss's is 150000, make_rope's 10000)."""
+    return _normalize_entry({**(scaling or {}), **({} if theta is None else {"rope_theta": theta})})
 
 
 def _rope_parameters(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -60,7 +61,7 @@ def _rope_parameters(config: dict[str, Any]) -> dict[str, Any] | None:
         }
     if theta is None and scaling is None:
         return None
-    return _rope_entry(10000.0 if theta is None else theta, scaling)
+    return _rope_entry(theta, scaling)
 
 
 def _layer_types(config: dict[str, Any]) -> list[str] | None:

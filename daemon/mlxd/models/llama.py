@@ -1,4 +1,5 @@
-"""Llama (1, 2, 3.x) and the decoder layout mistral, qwen2 and qwen3 share with it."""
+"""Llama (1, 2, 3.x) and the decoder layout mistral, qwen2, qwen3 and the MoE models (qwen3_moe, mixtral,
+gpt_oss) share with it."""
 
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ class ModelArgs(BaseModelArgs):
     def qk_norm(self) -> bool:
         return False
 
+    @property
+    def attention_sinks(self) -> bool:
+        """Whether each head has a learned logit that joins its softmax (gpt-oss; ops.attention's `sinks`)."""
+        return False
+
     def window(self, layer: int) -> int | None:
         """The sliding window of layer `layer`, None for full attention."""
         return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
@@ -82,6 +88,9 @@ class Attention(nn.Module):
         if args.qk_norm:
             self.q_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
+        self.use_sinks = args.attention_sinks
+        if args.attention_sinks:
+            self.sinks = mx.zeros((self.n_heads,))
         self.rope = make_rope(head_dim, args.rope_parameters)
 
     def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
@@ -100,7 +109,7 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = ops.attention(q, k, v, self.scale, mask)
+        out = ops.attention(q, k, v, self.scale, mask, sinks=self.sinks if self.use_sinks else None)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

@@ -1,4 +1,4 @@
-"""The Mixture-of-Experts layer every MoE architecture shares (qwen3_moe, mixtral; gpt_oss next).
+"""The Mixture-of-Experts layer every MoE architecture shares (qwen3_moe, mixtral, gpt_oss).
 
 A router (a linear layer, with a bias in gpt-oss) scores the E experts for each token; `route` keeps the k best and
 weights them as the architecture says (`Routing`). Each projection's E matrices are stacked per layer,
@@ -165,20 +165,23 @@ def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array,
 
 
 class SparseMoe(nn.Module):
-    """A MoE MLP: the router `gate` picks experts per token as `routing` says, and the output is the sum of the
-    chosen experts' outputs (`switch_mlp`) times their weights. Router and experts may have biases (gpt-oss),
-    and the experts another activation."""
+    """A MoE MLP: the router (`gate`, or `router_name`) picks experts per token as `routing` says, and the output
+    is the sum of the chosen experts' outputs (`switch_mlp`) times their weights. Router and experts may have
+    biases (gpt-oss), and the experts another activation. gpt-oss's checkpoints and mlx-lm's conversions call the
+    router `router`, and mlx-lm's per-layer quantization (8-bit routers) is keyed by that path."""
 
     def __init__(self, dims: int, hidden: int, experts: int, routing: Routing, *, router_bias: bool = False,
-                 expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False):
+                 expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False,
+                 router_name: str = "gate"):
         super().__init__()
         self.routing = routing
         self.experts = experts
-        self.gate = nn.Linear(dims, experts, bias=router_bias)
+        self.router_name = router_name
+        self[router_name] = nn.Linear(dims, experts, bias=router_bias)
         self.switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
 
     def __call__(self, x: mx.array) -> mx.array:
-        indices, weights = route(self.gate(x), self.routing)
+        indices, weights = route(self[self.router_name](x), self.routing)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
         return (y * weights[..., None]).sum(axis=-2)
 
