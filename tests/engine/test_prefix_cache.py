@@ -299,7 +299,7 @@ def _run(model, tokens, cache, chunks) -> mx.array:
     return mx.concatenate(out, axis=0)
 
 
-# (arch, stored length, shared length, prompt length, expected n); gemma3_text slides 12, mistral 16.
+# (arch, stored length, shared length, prompt length, expected n); gemma3_text slides 12, mistral and gpt_oss 16.
 MODEL_CASES = [
     ("llama", 20, 20, 26, 20),
     ("llama", 20, 20, 21, 20),   # prompt[:-1] is exactly the stored prefix
@@ -312,6 +312,9 @@ MODEL_CASES = [
     ("gemma3_text", 30, 25, 38, 0),  # a rotated snapshot cannot be trimmed
     ("mistral", 40, 40, 45, 40),
     ("mistral", 14, 9, 25, 9),
+    ("gpt_oss", 40, 40, 45, 40),  # sliding and full layers: a rotated snapshot beside a full one
+    ("gpt_oss", 14, 9, 25, 9),
+    ("gpt_oss", 30, 25, 38, 0),
 ]
 
 

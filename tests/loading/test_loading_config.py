@@ -26,9 +26,9 @@ def _read(arch: str, name: str) -> dict:
     return json.loads((PARITY / arch / name).read_text())
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt_oss", "gpt_oss_dense"])
 def test_both_layouts_give_equal_model_args(arch):
-    module = architecture(arch).module
+    module = architecture(_read(arch, "config.json")["model_type"]).module
     v5 = module.ModelArgs.from_dict(normalize_config(_read(arch, "config.json")))
     v4 = module.ModelArgs.from_dict(normalize_config(_read(arch, "config_v4.json")))
     assert v5 == v4
@@ -43,6 +43,11 @@ GEMMA = {"model_type": "gemma3_text", "num_hidden_layers": 6}
 ROPE_CASES = [
     ("v4 default", {"rope_theta": 500000}, {"rope_type": "default", "rope_theta": 500000.0}),
     ("v4 nothing", {}, None),
+    (
+        "v4 scaling without theta: the architecture's default theta stands",
+        {"rope_scaling": {"rope_type": "yarn", "factor": 32.0, "truncate": False}},
+        {"rope_type": "yarn", "factor": 32.0, "truncate": False},
+    ),
     (
         "v4 old 'type' key",
         {"rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}},

@@ -10,7 +10,8 @@ import pytest
 from mlxd.loading.loader import load_model
 from tests.helpers.parity_checks import greedy_with_cache
 
-ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral"]
+# gpt_oss: MXFP4 experts (dequantized to float32 on load); gpt_oss_dense: the same model with float32 experts.
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss", "gpt_oss_dense"]
 CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]
 LOGIT_TOL = 1e-3
 # Same weights, same math, only the order of floating-point operations differs.
@@ -41,7 +42,7 @@ def test_greedy_decode_with_cache_matches_transformers(parity_model, arch, layou
     assert greedy_with_cache(loaded.model, expected["input_ids"], len(want)) == want
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 7, 12, 16, 40])
+@pytest.mark.parametrize("chunk", [1, 5, 7, 12, 16, 40])  # 7 and 12 cross the 16-key windows
 @pytest.mark.parametrize("arch,layout", CASES)
 def test_chunked_prefill_equals_one_shot(parity_model, arch, layout, chunk):
     loaded, expected = parity_model(arch, layout)

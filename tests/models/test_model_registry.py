@@ -47,6 +47,7 @@ def _args(arch: str):
         ("gemma3_text", [RotatingKVCache] * 5 + [KVCache]),
         ("qwen3_moe", [KVCache] * 3),
         ("mixtral", [KVCache] * 3),
+        ("gpt_oss", [RotatingKVCache, KVCache, RotatingKVCache]),
     ],
 )
 def test_make_cache_has_one_cache_per_layer(arch, cache_types):
@@ -55,7 +56,7 @@ def test_make_cache_has_one_cache_per_layer(arch, cache_types):
     assert len(model.layers) == model.args.num_hidden_layers == len(cache_types)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss"])
 def test_batched_forward_equals_rows_one_at_a_time(arch):
     model = architecture(arch).module.Model(_args(arch))
     tokens = mx.random.randint(0, model.args.vocab_size, (2, 20), key=mx.random.key(0))

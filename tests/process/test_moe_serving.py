@@ -1,6 +1,7 @@
 """The random-weight MoE fixtures served by `mlxd serve` over gRPC: concurrent greedy streams of mixed prompt
 lengths (one decode batch, prompts in prefill chunks of 16) give the tokens the model gives in-process, the
-fixture prompt transformers' tokens, and a repeated prompt hits the prefix cache with the same tokens."""
+fixture prompt transformers' tokens, and a repeated prompt hits the prefix cache with the same tokens. gpt_oss is
+served from its MXFP4 files (dequantized to float32 on the CPU), with sliding windows of 16 that the prompts cross."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.process
 NEW_TOKENS = 12
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral"])
+@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral", "gpt_oss"])
 def served(request, tmp_path_factory):
     folder = FIXTURES / "parity" / request.param
     daemon = start_daemon(folder, "--prefill-chunk", "16", "--max-batch-size", "4",

@@ -94,9 +94,9 @@ def _stacked_experts(weights: dict[str, mx.array], prefix: str) -> dict[str, mx.
     - MXFP4, after loading/mxfp4.py: `gate_up_proj.{weight,scales}` and `down_proj.{weight,scales}`, [E, out, ...];
     - beside either, `gate_up_proj_bias` [E, 2I] and `down_proj_bias` [E, out];
     - mlx-lm's conversions: `{gate,up,down}_proj.*`, as ours.
-    gate_up's rows (its bias's entries) alternate gate, up, gate, up...: split into two contiguous halves (MLX's
-    CUDA quantized matmul has no kernel for strided weights). Nothing is left under `experts.`, so this may run
-    on its own output."""
+    gate_up's rows (its bias's entries) alternate gate, up, gate, up...: split into two halves. Every array comes
+    out row-contiguous (MLX's CUDA quantized matmul has no kernel for strided weights). Nothing is left under
+    `experts.`, so this may run on its own output."""
     source, ours = f"{prefix}.experts.", f"{prefix}.switch_mlp."
     out: dict[str, mx.array] = {}
     for key, value in weights.items():
@@ -107,7 +107,7 @@ def _stacked_experts(weights: dict[str, mx.array], prefix: str) -> dict[str, mx.
         if layer.endswith("_bias"):
             layer, kind = layer.removesuffix("_bias"), "bias"
         elif not kind:  # transformers' float experts, [E, in, out]
-            value, kind = value.swapaxes(-1, -2), "weight"
+            value, kind = mx.contiguous(value.swapaxes(-1, -2)), "weight"
         if layer == "gate_up_proj":
             out[f"{ours}gate_proj.{kind}"] = mx.contiguous(value[:, 0::2])
             out[f"{ours}up_proj.{kind}"] = mx.contiguous(value[:, 1::2])
