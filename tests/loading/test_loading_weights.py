@@ -106,7 +106,7 @@ ERROR_CASES = [
     ("missing config", lambda f: (f / "config.json").unlink(), "config.json"),
     ("bad json", lambda f: (f / "config.json").write_text("{"), "unreadable"),
     ("no model_type", lambda f: _edit_config(f, model_type=None), "no model_type"),
-    ("unknown model_type", lambda f: _edit_config(f, model_type="gpt_oss"), "'gpt_oss'"),
+    ("unknown model_type", lambda f: _edit_config(f, model_type="deepseek_v3"), "'deepseek_v3'"),
     ("bad generation config", lambda f: (f / "generation_config.json").write_text("[1]"), "generation_config"),
     ("missing weight", lambda f: _edit_weights(f, lambda w: w.pop("model.norm.weight")), "lack model.norm.weight"),
     ("extra weight", lambda f: _edit_weights(f, lambda w: w.update({"model.extra": mx.zeros(2)})), "model.extra"),

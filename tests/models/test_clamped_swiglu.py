@@ -1,6 +1,6 @@
 """gpt-oss's clamped SwiGLU (ops.clamped_swiglu) against a float64 reference written from transformers'
 GptOssExperts._apply_gate (MOE_NOTES §3.2), in both backends; and one gpt-oss expert computed from the MXFP4
-fixture through MLX's quantized matmul, the way the gpt_oss model will, against the float64 dense expert."""
+fixture through MLX's quantized matmul, the way the gpt_oss model does, against the float64 dense expert."""
 
 from __future__ import annotations
 
