@@ -15,9 +15,10 @@ from mlxd.loading import mxfp4
 from mlxd.loading import weights as wts
 from mlxd.loading.config import normalize_config
 from mlxd.loading.loader import load_model
-from mlxd.models import gpt_oss
+from mlxd.models import gpt_oss, ops
 from mlxd.models.moe import QuantizedSwitchLinear
 from tests.helpers.parity import PARITY, copy_model_folder
+from tests.helpers.parity_checks import greedy_with_cache
 
 LOGIT_TOL = 1e-3  # against transformers, as in test_model_parity.py
 SELF_TOL = 1e-4
@@ -45,6 +46,24 @@ def test_mxfp4_files_give_the_dense_folders_logits(expected, dense_logits, dtype
     logits = loaded.model(expected["input_ids"])
     assert mx.abs(logits - dense_logits).max().item() < SELF_TOL
     assert mx.abs(logits[0] - expected["logits"]).max().item() < LOGIT_TOL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "keep"])
+def test_mlx_kernels_as_on_a_gpu_give_the_same_logits_in_chunks_and_steps(expected, dtype):
+    """What a GPU runs (MLX's fused attention with sinks and window masks, the MXFP4 experts kept quantized
+    through gather_qmm), here on the CPU: transformers' logits, chunks crossing the window, greedy ids."""
+    model = load_model(PARITY / "gpt_oss", dtype=dtype, fuse=True).model
+    tokens = expected["input_ids"]
+    previous = ops.backend()
+    ops.use("mlx")
+    try:
+        cache = model.make_cache()
+        chunked = mx.concatenate([model(tokens[:, i : i + 12], cache) for i in range(0, 40, 12)], axis=1)
+        assert mx.abs(chunked[0] - expected["logits"]).max().item() < LOGIT_TOL
+        assert mx.abs(chunked - model(tokens)).max().item() < SELF_TOL
+        assert greedy_with_cache(model, tokens, 16) == expected["greedy_ids"].tolist()
+    finally:
+        ops.use(previous)
 
 
 def _model(fused: frozenset[str] = frozenset()) -> gpt_oss.Model:
