@@ -1,12 +1,13 @@
-"""Fixtures for GGUF tests: llama.cpp's references for SmolLM2 and Gemma 3 270M and the real model files, fetched
-once into the cache."""
+"""Fixtures for GGUF tests: the parity fixtures written as GGUF files (hf_to_gguf), llama.cpp's references for
+SmolLM2 and Gemma 3 270M and the real model files, fetched once into the cache."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import mlx.core as mx
 import pytest
 
 from mlxd.demo_models import fetch_model
@@ -15,8 +16,37 @@ from mlxd.loading.gguf.reader import GGUFFile, read_gguf
 from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel
 from mlxd.loading.tokenizer import Tokenizer
+from tests.gguf.hf_to_gguf import PARITY, write_gguf
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gguf"
+
+
+class ParityGGUF(NamedTuple):
+    path: Path
+    loaded: LoadedModel
+    stored: dict[str, mx.array]  # what the quantized tensors hold, under Hugging Face names (hf_to_gguf)
+    expected: dict[str, mx.array]  # transformers' float32 results (expected.safetensors)
+
+
+@pytest.fixture(scope="session")
+def parity_gguf(tmp_path_factory):
+    """Factory (fixture, arch, qtype="F32", dtype="float32", fuse=True) -> ParityGGUF: the parity fixture written
+    as a GGUF of architecture `arch` with its matrices in `qtype` (hf_to_gguf.QTYPES), loaded as served (its
+    projections fused where they can be) unless `fuse` is False. Each file is written once, each load made once."""
+    files: dict[tuple[str, str, str], tuple[Path, dict[str, mx.array]]] = {}
+    loads: dict[tuple[Any, ...], LoadedModel] = {}
+
+    def get(fixture: str, arch: str, qtype: str = "F32", dtype: str = "float32", fuse: bool = True) -> ParityGGUF:
+        if (fixture, arch, qtype) not in files:
+            path = tmp_path_factory.mktemp("gguf") / f"{fixture}-{arch}-{qtype}.gguf"
+            files[fixture, arch, qtype] = path, write_gguf(fixture, arch, path, qtype=qtype)
+        path, stored = files[fixture, arch, qtype]
+        if (fixture, arch, qtype, dtype, fuse) not in loads:
+            loads[fixture, arch, qtype, dtype, fuse] = load_gguf_model(path, dtype=dtype, fuse=fuse)
+        expected = mx.load(str(PARITY / fixture / "expected.safetensors"))
+        return ParityGGUF(path, loads[fixture, arch, qtype, dtype, fuse], stored, expected)
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,14 @@
 """Write a parity fixture (a tiny Hugging Face model folder) as one GGUF file, laid out as llama.cpp's
 convert_hf_to_gguf.py lays out that architecture: tensor names from the `gguf` package's own name tables, q/k
-rows permuted for its interleaved rotary embedding (llama, Mistral), Gemma's norms stored plus one, Llama 3.1
-rope scaling as a rope_freqs.weight tensor instead of config keys, 1-D tensors kept F32, and the byte-level
-BPE tokenizer as tokenizer.ggml.* metadata."""
+rows permuted for its interleaved rotary embedding (llama, Mistral, and Mixtral, which it writes as llama),
+Gemma's norms stored plus one, Llama 3.1 rope scaling as a rope_freqs.weight tensor instead of config keys, a
+MoE layer's experts stacked into one [E, out, in] tensor per projection with expert_* keys, 1-D tensors and
+routers kept F32, and the byte-level BPE tokenizer as tokenizer.ggml.* metadata."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,27 @@ TENSOR_TABLES = {
     "mistral3": MODEL_ARCH.MISTRAL3,
     "qwen2": MODEL_ARCH.QWEN2,
     "qwen3": MODEL_ARCH.QWEN3,
+    "qwen3moe": MODEL_ARCH.QWEN3MOE,
     "gemma3": MODEL_ARCH.GEMMA3,
 }
+# Names an architecture's table lacks: Qwen3-MoE's dense layers (mlp_only_layers). llama.cpp cannot express them
+# (its converter stops at "Can not map tensor", its qwen3moe graph wants experts in every layer); they are
+# written under the dense names its other MoE architectures use for dense layers, as Qwen3's table gives them.
+_FALLBACK_TABLES = {"qwen3moe": MODEL_ARCH.QWEN3}
 _PERMUTED = {"llama", "mistral", "mistral3"}
-_FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "Q8_0": LlamaFileType.MOSTLY_Q8_0}
+# qtype -> (GGML type of matrices, of stacked experts, general.file_type). MXFP4_MOE is llama-quantize's: experts
+# in MXFP4 (ggml type 39), the other matrices Q8_0. *_EXPERTS quantize the experts only, the layout of llama.cpp's
+# gpt-oss conversion with --outtype f32 (its MXFP4 experts kept, the rest F32).
+QTYPES = {
+    "F32": ("F32", "F32", LlamaFileType.ALL_F32),
+    "Q8_0": ("Q8_0", "Q8_0", LlamaFileType.MOSTLY_Q8_0),
+    "Q4_1": ("Q4_1", "Q4_1", LlamaFileType.MOSTLY_Q4_1),
+    "MXFP4_MOE": ("Q8_0", "MXFP4", LlamaFileType.MOSTLY_MXFP4_MOE),
+    "Q8_0_EXPERTS": ("F32", "Q8_0", LlamaFileType.ALL_F32),
+    "MXFP4_EXPERTS": ("F32", "MXFP4", LlamaFileType.ALL_F32),
+}
+# A checkpoint's per-expert matrix: layer, MoE module, expert, projection.
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.(block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight")
 
 
 def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
@@ -63,6 +82,12 @@ def _hyperparameters(w: GGUFWriter, arch: str, config: dict[str, Any]) -> None:
         w.add_rope_dimension_count(head_dim or config["hidden_size"] // config["num_attention_heads"])
     if config.get("sliding_window") and arch != "llama":
         w.add_sliding_window(config["sliding_window"])
+    # TextModel's expert keys; Qwen2MoeModel (Qwen3-MoE's base) adds the experts' width.
+    if experts := config.get("num_local_experts") or config.get("num_experts"):
+        w.add_expert_count(experts)
+        w.add_expert_used_count(config["num_experts_per_tok"])
+    if config.get("moe_intermediate_size"):
+        w.add_expert_feed_forward_length(config["moe_intermediate_size"])
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if config.get(key) is not None:
             w.add_float32(f"{arch}.{key}", config[key])
@@ -100,9 +125,29 @@ def _tokenizer(w: GGUFWriter, folder: Path, vocab_size: int) -> None:
     w.add_chat_template(tok_config["chat_template"])
 
 
+def merge_experts(weights: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, list[str]]]:
+    """(name to look up in the tensor table, values, the checkpoint tensors they hold) for each tensor to write:
+    each layer's experts of one projection stacked in expert order, [E, out, in], under the merged name
+    llama.cpp's converter gives them (LlamaModel for Mixtral's w1/w2/w3, Qwen2MoeModel for Qwen3-MoE's)."""
+    out, merged = [], {}
+    for hf, values in weights.items():
+        m = _EXPERT.fullmatch(hf)
+        if m is None:
+            out.append((hf, values, [hf]))
+            continue
+        layer, block, expert, proj = m.groups()
+        name = (f"layers.{layer}.feed_forward.experts.{proj}.weight" if block == "block_sparse_moe"
+                else f"model.layers.{layer}.mlp.experts.{proj}.weight")
+        merged.setdefault(name, {})[int(expert)] = hf
+    for name, by_expert in merged.items():
+        parts = [by_expert[e] for e in range(len(by_expert))]
+        out.append((name, np.stack([weights[p] for p in parts]), parts))
+    return out
+
+
 def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_freqs: bool = True
                ) -> dict[str, mx.array]:
-    """Write the parity fixture `fixture` as a GGUF of architecture `arch` with its 2-D tensors in `qtype`.
+    """Write the parity fixture `fixture` as a GGUF of architecture `arch`, its matrices in `qtype` (QTYPES).
 
     Returns, under their Hugging Face names, the values the quantized tensors hold (what a model loaded from the
     file must compute with); empty for F32. `rope_freqs=False` leaves Llama 3.1 scaling out of the file.
@@ -110,27 +155,35 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     folder = PARITY / fixture
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
-    names = get_tensor_name_map(TENSOR_TABLES[arch], config["num_hidden_layers"])
+    n_layers = config["num_hidden_layers"]
+    names = get_tensor_name_map(TENSOR_TABLES[arch], n_layers)
+    fallback = get_tensor_name_map(_FALLBACK_TABLES.get(arch, TENSOR_TABLES[arch]), n_layers)
     n_heads, n_kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    matrix_type, expert_type, file_type = QTYPES[qtype]
 
     w = GGUFWriter(str(path), arch)
     _hyperparameters(w, arch, config)
-    w.add_file_type(_FILE_TYPES[qtype])
+    w.add_file_type(file_type)
     _tokenizer(w, folder, config["vocab_size"])
 
     stored: dict[str, mx.array] = {}
-    for hf, values in weights.items():
-        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+    for hf, values, parts in merge_experts(weights):
+        original = values
+        suffixes = (".weight", ".bias")
+        name = names.get_name(hf, try_suffixes=suffixes) or fallback.get_name(hf, try_suffixes=suffixes)
         assert name is not None, hf
         if arch == "gemma3" and hf.endswith("norm.weight"):
             values = values + 1.0  # llama.cpp scales by w, Gemma by 1 + w
         if arch in _PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             values = permute_like_llama_cpp(values, n_heads if ".q_proj." in hf else n_kv_heads)
-        if values.ndim == 2 and qtype != "F32":
-            kind = GGMLQuantizationType[qtype]
+        type_name = expert_type if values.ndim == 3 else matrix_type
+        # Routers stay F32, as the converter and llama-quantize keep them.
+        if values.ndim >= 2 and type_name != "F32" and not name.endswith("ffn_gate_inp.weight"):
+            kind = GGMLQuantizationType[type_name]
             packed = quantize(values, kind)
             # Permuting whole rows commutes with quantizing them, so the HF-layout values are the originals'.
-            stored[hf] = mx.array(dequantize(quantize(weights[hf], kind), kind).reshape(values.shape))
+            held = dequantize(quantize(original, kind), kind).reshape(original.shape)
+            stored.update(zip(parts, map(mx.array, held)) if values.ndim == 3 else {hf: mx.array(held)})
             w.add_tensor(name, packed, raw_dtype=kind)
         else:
             w.add_tensor(name, values.astype(np.float32))

@@ -125,6 +125,50 @@ def test_rope_freqs_errors(changes, factors, message):
         hf_config({**LLAMA, **changes}, SHAPES, factors)
 
 
+def _moe_meta(arch: str, **keys: int) -> dict:
+    """LLAMA's hyperparameters under `arch`'s keys with 4 layers and the given <arch>.<key> values."""
+    meta = {"general.architecture": arch, **_renamed(arch), f"{arch}.block_count": 4}
+    return meta | {f"{arch}.{k}": v for k, v in keys.items()}
+
+
+ROUTERS = {f"blk.{i}.ffn_gate_inp.weight": (8, 576) for i in range(4)}
+
+
+@pytest.mark.parametrize(
+    ("meta", "shapes", "expected"),
+    [
+        # llama.cpp writes Mixtral as llama with experts; a llama without expert_count is dense.
+        (_moe_meta("llama", expert_count=8, expert_used_count=2), ROUTERS,
+         {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 1536}),
+        (_moe_meta("llama", expert_count=0), {}, {"model_type": "llama", "num_local_experts": None}),
+        # qwen3moe: llama.cpp's graph always renormalizes the kept weights; every layer with a router routes.
+        (_moe_meta("qwen3moe", expert_count=8, expert_used_count=2, expert_feed_forward_length=768), ROUTERS,
+         {"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 768,
+          "intermediate_size": 1536, "norm_topk_prob": True, "mlp_only_layers": [], "decoder_sparse_step": 1}),
+        # A layer without a router holds a dense MLP; without expert_feed_forward_length, llama.cpp's n_ff / k.
+        (_moe_meta("qwen3moe", expert_count=8, expert_used_count=2),
+         {k: v for k, v in ROUTERS.items() if not k.startswith(("blk.0.", "blk.2."))},
+         {"mlp_only_layers": [0, 2], "moe_intermediate_size": 768}),
+    ],
+)
+def test_moe_config(meta, shapes, expected):
+    config = hf_config(meta, {**SHAPES, **shapes})
+    assert {k: config.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (_moe_meta("qwen3moe", expert_used_count=2), "lacks qwen3moe.expert_count"),
+        (_moe_meta("qwen3moe", expert_count=8), "lacks qwen3moe.expert_used_count"),
+        (_moe_meta("llama", expert_count=8), "lacks llama.expert_used_count"),
+    ],
+)
+def test_moe_config_errors(meta, message):
+    with pytest.raises(ModelLoadError, match=message):
+        hf_config(meta, {**SHAPES, **ROUTERS})
+
+
 def test_missing_required_key_is_named():
     meta = {k: v for k, v in LLAMA.items() if k != "llama.block_count"}
     with pytest.raises(ModelLoadError, match="lacks llama.block_count"):
@@ -153,10 +197,36 @@ def test_hf_name(gguf_name, arch, hf):
     assert names.hf_name(gguf_name, arch) == hf
 
 
-@pytest.mark.parametrize("gguf_name", ["rope_freqs.weight", "blk.0.ffn_gate_exps.weight", "blk.0.post_ffw_norm.weight"])
-def test_unknown_tensor_is_named(gguf_name):
+@pytest.mark.parametrize(
+    ("gguf_name", "arch", "model_type", "hf"),
+    [
+        ("blk.0.ffn_gate_inp.weight", "qwen3moe", "qwen3_moe", "model.layers.0.mlp.gate.weight"),
+        ("blk.2.ffn_gate_exps.weight", "qwen3moe", "qwen3_moe", "model.layers.2.mlp.switch_mlp.gate_proj.weight"),
+        ("blk.2.ffn_up_exps.bias", "qwen3moe", "qwen3_moe", "model.layers.2.mlp.switch_mlp.up_proj.bias"),
+        ("blk.1.ffn_gate.weight", "qwen3moe", "qwen3_moe", "model.layers.1.mlp.gate_proj.weight"),  # a dense layer
+        ("blk.0.ffn_gate_inp.weight", "llama", "mixtral", "model.layers.0.block_sparse_moe.gate.weight"),
+        ("blk.3.ffn_down_exps.weight", "llama", "mixtral",
+         "model.layers.3.block_sparse_moe.switch_mlp.down_proj.weight"),
+        ("blk.3.attn_q.weight", "llama", "mixtral", "model.layers.3.self_attn.q_proj.weight"),
+    ],
+)
+def test_hf_name_of_moe_tensors(gguf_name, arch, model_type, hf):
+    assert names.hf_name(gguf_name, arch, model_type) == hf
+
+
+@pytest.mark.parametrize(
+    ("gguf_name", "model_type"),
+    [
+        ("rope_freqs.weight", "llama"),
+        ("blk.0.ffn_gate_exps.weight", "llama"),  # experts in a dense model
+        ("blk.0.ffn_gate_inp.weight", "qwen3"),
+        ("blk.0.post_ffw_norm.weight", "llama"),
+        ("blk.0.ffn_gate_shexp.weight", "qwen3_moe"),  # Qwen2-MoE's shared expert
+    ],
+)
+def test_unknown_tensor_is_named(gguf_name, model_type):
     with pytest.raises(ModelLoadError, match=gguf_name.replace(".", r"\.")):
-        names.hf_name(gguf_name, "llama")
+        names.hf_name(gguf_name, "llama", model_type)
 
 
 @pytest.mark.parametrize(("n_heads", "head_dim"), [(1, 2), (4, 8), (9, 64), (3, 64)])
@@ -182,6 +252,7 @@ def test_unpermute_rejects_odd_heads():
         ("model.layers.0.self_attn.q_proj.weight", "mistral", 9),
         ("model.layers.0.self_attn.k_proj.weight", "mistral3", 3),
         ("model.layers.0.self_attn.q_proj.weight", "gemma3", None),
+        ("model.layers.0.self_attn.q_proj.weight", "qwen3moe", None),  # Qwen rotates halves, llama.cpp too
         ("model.layers.0.self_attn.k_proj.bias", "llama", 3),
     ],
 )

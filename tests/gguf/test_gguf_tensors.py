@@ -44,7 +44,7 @@ def random_tensor(type_name: str, rows: int = ROWS, cols: int = COLS, seed: int 
         return GGUFTensor("t.weight", type_name, (rows, cols), raw.reshape(-1))
     block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
     blocks = rng.integers(0, 256, size=(rows * cols // block, block_bytes), dtype=np.uint8)
-    for offset in F16_FIELDS[type_name]:
+    for offset in F16_FIELDS.get(type_name, ()):  # MXFP4 has none: any exponent byte is a value
         # Block scales span a realistic range of magnitudes, both signs (ggml's mins are stored negated).
         d = (rng.standard_normal(len(blocks)) * 10.0 ** rng.uniform(-4, 0, len(blocks))).astype(np.float16)
         blocks[:, offset : offset + 2] = d.view(np.uint8).reshape(-1, 2)

@@ -8,7 +8,7 @@ import mlx.core as mx
 import pytest
 
 from mlxd.loading.loader import load_model
-from tests.helpers.parity_checks import greedy_with_cache
+from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
 
 # gpt_oss: MXFP4 experts (dequantized to float32 on load); gpt_oss_dense: the same model with float32 experts.
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss", "gpt_oss_dense"]
@@ -16,15 +16,6 @@ CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]
 LOGIT_TOL = 1e-3
 # Same weights, same math, only the order of floating-point operations differs.
 SELF_TOL = 1e-4
-
-
-def _prefill(model, tokens: mx.array, chunk: int) -> tuple[mx.array, list]:
-    cache = model.make_cache()
-    pieces = []
-    for start in range(0, tokens.shape[1], chunk):
-        pieces.append(model(tokens[:, start : start + chunk], cache))
-        mx.eval(pieces[-1], [c.state for c in cache])
-    return mx.concatenate(pieces, axis=1), cache
 
 
 @pytest.mark.parametrize("arch,layout", CASES)
@@ -47,7 +38,7 @@ def test_greedy_decode_with_cache_matches_transformers(parity_model, arch, layou
 def test_chunked_prefill_equals_one_shot(parity_model, arch, layout, chunk):
     loaded, expected = parity_model(arch, layout)
     one_shot = loaded.model(expected["input_ids"])
-    chunked, cache = _prefill(loaded.model, expected["input_ids"], chunk)
+    chunked, cache = prefill_in_chunks(loaded.model, expected["input_ids"], chunk)
     assert all(c.offset == 40 for c in cache)
     assert mx.abs(chunked - one_shot).max().item() < SELF_TOL
 
@@ -55,13 +46,7 @@ def test_chunked_prefill_equals_one_shot(parity_model, arch, layout, chunk):
 @pytest.mark.parametrize("arch,layout", CASES)
 def test_decode_logits_equal_full_forward(parity_model, arch, layout):
     loaded, expected = parity_model(arch, layout)
-    model = loaded.model
-    sequence = mx.concatenate([expected["input_ids"], expected["greedy_ids"][None, :]], axis=1)
-    _, cache = _prefill(model, expected["input_ids"], 16)
-    for pos in range(40, sequence.shape[1]):
-        step = model(sequence[:, pos : pos + 1], cache)[0, -1]
-        full = model(sequence[:, : pos + 1])[0, -1]
-        assert mx.abs(step - full).max().item() < SELF_TOL, f"position {pos}"
+    assert max_decode_error(loaded.model, expected["input_ids"], expected["greedy_ids"]) < SELF_TOL
 
 
 def test_mixtral_attends_within_a_sliding_window_when_its_config_sets_one(model_folder, parity_model):
@@ -77,4 +62,4 @@ def test_mixtral_attends_within_a_sliding_window_when_its_config_sets_one(model_
     windowed, full = model(tokens), plain.model(tokens)
     assert mx.abs(windowed[:, :16] - full[:, :16]).max().item() < SELF_TOL
     assert mx.abs(windowed[:, 16:] - full[:, 16:]).max().item() > 1e-2
-    assert mx.abs(_prefill(model, tokens, 7)[0] - windowed).max().item() < SELF_TOL
+    assert mx.abs(prefill_in_chunks(model, tokens, 7)[0] - windowed).max().item() < SELF_TOL

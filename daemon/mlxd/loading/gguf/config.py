@@ -22,8 +22,12 @@ ARCHITECTURES: dict[str, str] = {
     "mistral3": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "qwen3moe": "qwen3_moe",
     "gemma3": "gemma3_text",
 }
+# Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
+# converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
+_WITH_EXPERTS = {"llama": "mixtral"}
 
 # "<arch>.<key>" -> config name: required, then optional.
 _REQUIRED = {
@@ -114,6 +118,42 @@ def _freq_factors(config: dict[str, Any], factors: Sequence[float]) -> dict[str,
     return {"rope_type": FREQ_FACTORS_ROPE, "freq_factors": [float(f) * linear for f in factors]}
 
 
+def _count(metadata: Mapping[str, Any], key: str) -> int:
+    """The integer `key` holds, 0 when the file lacks it."""
+    return int(_scalar(metadata, key)) if key in metadata else 0
+
+
+def _model_type(metadata: Mapping[str, Any], arch: str) -> str:
+    if arch in _WITH_EXPERTS and _count(metadata, f"{arch}.expert_count"):
+        return _WITH_EXPERTS[arch]
+    return ARCHITECTURES[arch]
+
+
+def _experts(metadata: Mapping[str, Any], arch: str, config: dict[str, Any],
+             tensor_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Routed experts as llama.cpp reads them for `llama` and `qwen3moe`: expert_count experts, expert_used_count
+    per token, softmax over all experts with the kept weights renormalized (both graphs hard-code it, so Qwen3-MoE's
+    norm_topk_prob is true), Mixtral's experts feed_forward_length wide, Qwen3-MoE's expert_feed_forward_length
+    (else, as llama.cpp, feed_forward_length / expert_used_count)."""
+    count, used = _count(metadata, f"{arch}.expert_count"), _count(metadata, f"{arch}.expert_used_count")
+    if not count or not used:
+        raise ModelLoadError(f"GGUF file lacks {arch}.{'expert_used_count' if count else 'expert_count'} "
+                             f"(a {config['model_type']} model routes to experts)")
+    config["num_experts_per_tok"] = used
+    if config["model_type"] == "mixtral":
+        config["num_local_experts"] = count
+        return
+    config["num_experts"] = count
+    width = _count(metadata, f"{arch}.expert_feed_forward_length")
+    config["moe_intermediate_size"] = width or config["intermediate_size"] // used
+    config["norm_topk_prob"] = True
+    # llama.cpp's qwen3moe wants experts in every layer; a layer without a router here holds a dense MLP
+    # (ffn_gate/ffn_up/ffn_down, feed_forward_length wide), as Qwen3-MoE's mlp_only_layers.
+    config["decoder_sparse_step"] = 1
+    config["mlp_only_layers"] = [i for i in range(config["num_hidden_layers"])
+                                 if f"blk.{i}.ffn_gate_inp.weight" not in tensor_shapes]
+
+
 def _mistral(config: dict[str, Any]) -> None:
     """A window only where the file gives one (transformers' MistralConfig would default to 4096)."""
     config.setdefault("sliding_window", None)
@@ -140,7 +180,7 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     for key, what in _REFUSED.items():
         if f"{arch}.{key}" in metadata:
             raise ModelLoadError(f"GGUF key {arch}.{key} asks for {what}, which mlxd does not support")
-    model_type = ARCHITECTURES[arch]
+    model_type = _model_type(metadata, arch)
     config: dict[str, Any] = {"model_type": model_type}
     for key, name in _REQUIRED.items():
         if f"{arch}.{key}" not in metadata:
@@ -171,4 +211,6 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         _gemma3(config)
     if model_type == "mistral":
         _mistral(config)
+    if model_type in ("mixtral", "qwen3_moe"):
+        _experts(metadata, arch, config, tensor_shapes)
     return config

@@ -50,15 +50,19 @@ def _quantizable_paths(model: nn.Module) -> set[str]:
 
 def _convert(
     t: GGUFTensor, hf: str, arch: str, config: dict[str, Any], dtype: mx.Dtype, keep_quantized: bool
-) -> tuple[dict[str, mx.array], int | None]:
-    """The arrays `t` becomes under the name `hf` (with .scales/.biases when kept quantized) and their bits."""
+) -> tuple[dict[str, mx.array], tuple[int, str] | None]:
+    """The arrays `t` becomes under the name `hf` (with .scales/.biases when kept quantized) and, when kept
+    quantized, its (bits, mode)."""
     heads = names.qk_heads(hf, arch, config["num_attention_heads"], config.get("num_key_value_heads") or
                            config["num_attention_heads"])
     order = names.unpermute_order(t.shape[0], heads) if heads else None
     if keep_quantized:
         q = tensors.quantized(t, dtype, order)
         prefix = hf.removesuffix(".weight")
-        return {hf: q.weight, f"{prefix}.scales": q.scales, f"{prefix}.biases": q.biases}, q.bits
+        arrays = {hf: q.weight, f"{prefix}.scales": q.scales}
+        if q.biases is not None:
+            arrays[f"{prefix}.biases"] = q.biases
+        return arrays, (q.bits, q.mode)
     offset = names.value_offset(hf, arch)
     if offset:
         return {hf: (tensors.dense(t, mx.float32, order) + offset).astype(dtype)}, None
@@ -116,31 +120,33 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
 
     quantizable = _quantizable_paths(model)
     weights: dict[str, mx.array] = {}
-    layer_bits: dict[str, int] = {}
+    layer_quant: dict[str, tuple[int, str]] = {}  # (bits, mode) of each layer kept quantized
     for t in gguf.tensors:
         if t.name == names.ROPE_FREQS:
             continue  # in the config already
-        hf = names.hf_name(t.name, arch)
-        keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) == 2
+        hf = names.hf_name(t.name, arch, config["model_type"])
+        # Matrices, and stacked experts' matrices [E, out, in] (quantized per expert row, as ggml stores them).
+        keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) in (2, 3)
                 and hf.endswith(".weight") and hf.removesuffix(".weight") in quantizable)
-        arrays, bits = _convert(t, hf, arch, config, target, keep)
+        arrays, held_as = _convert(t, hf, arch, config, target, keep)
         mx.eval(*arrays.values())  # now, so the numpy temporaries of one tensor are freed before the next
         weights.update(arrays)
-        if bits is not None:
-            layer_bits[hf.removesuffix(".weight")] = bits
+        if held_as is not None:
+            layer_quant[hf.removesuffix(".weight")] = held_as
 
     weights = model.sanitize(weights)
     if fuse:
         def held(p: str) -> Quantization:
-            return (layer_bits[p], GROUP_SIZE, "affine") if p in layer_bits else None
+            return (layer_quant[p][0], GROUP_SIZE, layer_quant[p][1]) if p in layer_quant else None
 
         model, weights, fused = build_fused(model_arch.module, args, model, weights, held)
-        layer_bits |= {layer: layer_bits[part] for layer, part in fused.items() if part in layer_bits}
-    if layer_bits:
+        layer_quant |= {layer: layer_quant[part] for layer, part in fused.items() if part in layer_quant}
+    if layer_quant:
         nn.quantize(
             model,
             GROUP_SIZE,
-            class_predicate=lambda p, m: p in layer_bits and {"group_size": GROUP_SIZE, "bits": layer_bits[p]},
+            class_predicate=lambda p, m: p in layer_quant and {"group_size": GROUP_SIZE, "bits": layer_quant[p][0],
+                                                                "mode": layer_quant[p][1]},
         )
     check_weight_names(model, weights, f"tensors of {path}")
     try:
@@ -162,7 +168,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         dtype=plan.dtype or stored,
         checkpoint_dtype=stored,
         quantization=quantization_summary(gguf),
-        quantized=bool(layer_bits),
+        quantized=bool(layer_quant),
         files=[path],
         eos_token_ids=eog_token_ids(gguf.metadata),
         bos_token_id=config.get("bos_token_id"),

@@ -1,8 +1,11 @@
 """GGUF tensor names to Hugging Face names, and what llama.cpp's converter did to the values on the way.
 
 Pure functions. llama.cpp's converter (convert_hf_to_gguf.py) renames every tensor, permutes the q/k rows of
-`llama` and Mistral models for its interleaved rotary embedding (Qwen and Gemma use the rotate-half one), and
-adds one to Gemma's norm weights (llama.cpp scales by w, Hugging Face's Gemma by 1 + w); each is undone here.
+`llama` and Mistral models for its interleaved rotary embedding (Qwen and Gemma use the rotate-half one; so
+Mixtral, written as `llama`, is permuted and Qwen3-MoE is not), and adds one to Gemma's norm weights (llama.cpp
+scales by w, Hugging Face's Gemma by 1 + w); each is undone here. It also stacks a MoE layer's per-expert
+matrices into one tensor per projection, [E, out, in] as `SwitchLinear` holds them (models/moe.py), so those
+take the stacked layers' names.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ _LAYER = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# A MoE layer's router and its experts' stacked projections, under the MoE module of the model type
+# (_MOE_MODULE): the names of models/moe.py's SparseMoe, which each model's sanitize leaves as they are.
+_EXPERTS = {
+    "ffn_gate_inp": "gate",
+    "ffn_gate_exps": "switch_mlp.gate_proj",
+    "ffn_up_exps": "switch_mlp.up_proj",
+    "ffn_down_exps": "switch_mlp.down_proj",
+}
+_MOE_MODULE = {"qwen3_moe": "mlp", "mixtral": "block_sparse_moe"}
 # Per GGUF architecture, changes to _LAYER: Gemma norms before and after both attention and MLP.
 _LAYER_OVERRIDES: dict[str, dict[str, str]] = {
     "gemma3": {
@@ -52,12 +64,15 @@ _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_NAME = re.compile(r"(\w+)\.(weight|bias)")
 
 
-def hf_name(gguf_name: str, arch: str) -> str:
-    """The Hugging Face name of a GGUF tensor; ModelLoadError naming it when it has none."""
+def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
+    """The Hugging Face name of a GGUF tensor of architecture `arch`, held by a `model_type` model (expert tensors
+    have names only in MoE models); ModelLoadError naming it when it has none."""
     layer = _LAYER_NAME.fullmatch(gguf_name)
     if layer:
         index, base, kind = layer.groups()
         table = {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})}
+        if model_type in _MOE_MODULE:
+            table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
         if base in table:
             return f"model.layers.{index}.{table[base]}.{kind}"
     else:

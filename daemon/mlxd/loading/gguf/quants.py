@@ -6,7 +6,8 @@ ggml's: float16 block scales widened to float32, products of a float16 and a sma
 so `scale * q + bias` reproduces ggml's dequantized float32 values bit for bit.
 
 Layouts are ggml's (ggml-common.h): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 hold 32 values a block; Q4_K/Q5_K hold 256 values
-in 8 sub-blocks of 32 with 6-bit scales and mins packed into 12 bytes.
+in 8 sub-blocks of 32 with 6-bit scales and mins packed into 12 bytes. MXFP4 is not affine: `mxfp4` relabels its
+blocks for MLX's mxfp4 mode instead.
 """
 
 from __future__ import annotations
@@ -116,3 +117,15 @@ EXACT_DECODERS: dict[str, Callable[[np.ndarray], AffineCodes]] = {
     "Q4_K": q4_k,
     "Q5_K": q5_k,
 }
+
+
+def mxfp4(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GGML MXFP4 blocks (n, 17) as MLX mxfp4 arrays: codes (n, 16) uint8 and scales (n, 1) uint8.
+
+    A ggml block is one E8M0 exponent byte e, then 16 bytes of FP4 E2M1 codes, value j in the low nibble of
+    byte j and value j + 16 in its high nibble (as Q4_0); ggml's value is its doubled E2M1 table times
+    2^(e - 127) / 2, i.e. E2M1 * 2^(e - 127), what MLX's mxfp4 mode computes with e as the scale. MLX packs the
+    codes in value order from the low bits up (value 2j low, 2j + 1 high in byte j), so only the nibbles move.
+    """
+    codes = _nibbles_split(blocks[:, 1:17])
+    return codes[:, 0::2] | (codes[:, 1::2] << 4), blocks[:, 0:1]

@@ -1,11 +1,13 @@
-"""GGUF tensors to MLX arrays, one tensor at a time: dense floats, or MLX affine-quantized (group size 32).
+"""GGUF tensors to MLX arrays, one tensor at a time: dense floats, or MLX-quantized with group size 32.
 
-Three kinds of GGML type:
+Four kinds of GGML type:
 - dense (F32, F16, BF16): read as they are;
-- exact (quants.EXACT_DECODERS): repacked into MLX's layout with the same codes, scales and biases;
+- exact (quants.EXACT_DECODERS): repacked into MLX's affine layout with the same codes, scales and biases;
+- MXFP4 (ggml type 39): repacked into MLX's mxfp4 mode with the same E2M1 codes and E8M0 scales (quants.mxfp4);
 - requantized (Q2_K, Q3_K, Q6_K: 16-value groups, which MLX lacks): dequantized by the `gguf` package, then
   held dense or requantized to 8 bits with group size 32 (within one 8-bit step, 1/255 of a group's range).
-Anything else raises ModelLoadError naming the type.
+Anything else raises ModelLoadError naming the type. Quantized tensors are matrices [out, in] or stacked
+experts' matrices [E, out, in]; either is converted as rows of `in` values, since ggml blocks never cross a row.
 
 A large tensor is converted a block of rows at a time, each block written into the preallocated result, so its
 numpy and MLX temporaries stay near CHUNK_ELEMENTS values: Gemma 3's 262k x 640 embedding would otherwise take
@@ -23,22 +25,24 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf.quants import EXACT_DECODERS, GROUP_SIZE
+from mlxd.loading.gguf.quants import EXACT_DECODERS, GROUP_SIZE, mxfp4
 from mlxd.loading.gguf.reader import GGUFTensor
 
 DENSE_TYPES = ("F32", "F16", "BF16")
+MXFP4 = "MXFP4"
 REQUANTIZED_TYPES = ("Q2_K", "Q3_K", "Q6_K")
 REQUANTIZED_BITS = 8
-SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, *REQUANTIZED_TYPES)
+SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, MXFP4, *REQUANTIZED_TYPES)
 CHUNK_ELEMENTS = 1 << 22  # values converted at once (16 MiB as float32)
 
 
 @dataclass(frozen=True)
 class QuantizedArrays:
-    weight: mx.array  # uint32, packed as MLX affine quantization packs it
+    weight: mx.array  # uint32, packed as MLX quantization packs it
     scales: mx.array
-    biases: mx.array
+    biases: mx.array | None  # None in mxfp4 mode, which has none
     bits: int
+    mode: str = "affine"
 
 
 def check_type(tensor: GGUFTensor) -> None:
@@ -93,14 +97,22 @@ def _to_mx(arr: np.ndarray, type_name: str) -> mx.array:
     return out.view(mx.bfloat16) if type_name == "BF16" and arr.dtype == np.uint16 else out
 
 
-def _affine(tensor: GGUFTensor) -> QuantizedArrays:
-    """The exact MLX repacking of a block-quantized tensor, scales and biases in float32."""
+def _affine(tensor: GGUFTensor) -> tuple[mx.array, mx.array, mx.array, int]:
+    """The exact MLX repacking of a block-quantized tensor: weight, scales and biases in float32, bits."""
     rows, cols = _rows(tensor)
     codes = EXACT_DECODERS[tensor.type_name](_blocks(tensor))
     q = codes.q.reshape(rows, cols)
     scales = codes.scales.reshape(rows, cols // GROUP_SIZE)
     biases = codes.biases.reshape(rows, cols // GROUP_SIZE)
-    return QuantizedArrays(mx.array(pack(q, codes.bits)), mx.array(scales), mx.array(biases), codes.bits)
+    return mx.array(pack(q, codes.bits)), mx.array(scales), mx.array(biases), codes.bits
+
+
+def _mxfp4(tensor: GGUFTensor) -> tuple[mx.array, mx.array]:
+    """The exact MLX mxfp4 repacking of an MXFP4 tensor: weight uint32 [rows, cols/8], scales uint8 [rows, cols/32]."""
+    rows, cols = _rows(tensor)
+    codes, exponents = mxfp4(_blocks(tensor))
+    weight = np.ascontiguousarray(codes).reshape(rows, cols // 2).view(np.uint32)
+    return mx.array(weight), mx.array(exponents.reshape(rows, cols // GROUP_SIZE))
 
 
 def _shape(tensor: GGUFTensor, arr: mx.array) -> mx.array:
@@ -144,9 +156,8 @@ def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = No
 
     def convert(block: GGUFTensor) -> tuple[mx.array]:
         if block.type_name in EXACT_DECODERS:
-            packed = _affine(block)
-            values = mx.dequantize(packed.weight, packed.scales, packed.biases, group_size=GROUP_SIZE,
-                                   bits=packed.bits)
+            weight, scales, biases, bits = _affine(block)
+            values = mx.dequantize(weight, scales, biases, group_size=GROUP_SIZE, bits=bits)
             return (values.astype(dtype),)
         return (_to_mx(_dense_numpy(block), block.type_name).astype(dtype),)
 
@@ -156,26 +167,35 @@ def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = No
 
 def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = None, *,
               chunk_elements: int = CHUNK_ELEMENTS) -> QuantizedArrays:
-    """A quantized matrix in MLX's affine layout with scales and biases of `dtype` (evaluate it next).
+    """A quantized matrix [out, in], or stacked experts' matrices [E, out, in], in MLX's layout: affine with
+    scales and biases of `dtype`, or mxfp4 with its uint8 scales (evaluate it next). Arrays keep the tensor's
+    leading axes: weight [..., out, in * bits / 32], scales (and biases) [..., out, in / 32].
 
     Exact types keep their codes; float16 scales and biases are then exact for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and
     within float16 rounding for Q4_K/Q5_K (whose scales are products of two numbers); float32 keeps every type
-    exact. Requantized types go to 8 bits.
+    exact. MXFP4 is exact whatever `dtype`. Requantized types go to 8 bits.
     """
     check_type(tensor)
-    if not is_quantized(tensor.type_name) or len(tensor.shape) != 2:
+    if not is_quantized(tensor.type_name) or len(tensor.shape) not in (2, 3):
         raise ValueError(f"{tensor.name} ({tensor.type_name}, shape {tensor.shape}) is not a quantized matrix")
+    if tensor.type_name == MXFP4:
+        weight, scales = _by_rows(tensor, row_order, chunk_elements, _mxfp4)
+        return QuantizedArrays(_leading(tensor, weight), _leading(tensor, scales), None, 4, "mxfp4")
     bits = REQUANTIZED_BITS
 
     def convert(block: GGUFTensor) -> tuple[mx.array, mx.array, mx.array]:
         nonlocal bits
         if block.type_name in EXACT_DECODERS:
-            packed = _affine(block)
-            weight, scales, biases, bits = packed.weight, packed.scales, packed.biases, packed.bits
+            weight, scales, biases, bits = _affine(block)
         else:
             values = mx.array(_dense_numpy(block))
             weight, scales, biases = mx.quantize(values, group_size=GROUP_SIZE, bits=REQUANTIZED_BITS)
         return weight, scales.astype(dtype), biases.astype(dtype)
 
     weight, scales, biases = _by_rows(tensor, row_order, chunk_elements, convert)
-    return QuantizedArrays(weight, scales, biases, bits)
+    return QuantizedArrays(_leading(tensor, weight), _leading(tensor, scales), _leading(tensor, biases), bits)
+
+
+def _leading(tensor: GGUFTensor, arr: mx.array) -> mx.array:
+    """A per-row array [rows, n] given the tensor's leading axes back ([E, out, n] for stacked experts)."""
+    return arr.reshape(*tensor.shape[:-1], arr.shape[-1]) if len(tensor.shape) > 2 else arr
