@@ -2,9 +2,12 @@
 
     python -m bench random_model --shape llama-1b --dtype bfloat16 [--bits 4] --out /tmp/llama-1b
     python -m bench random_model --shape qwen3-moe-small --dtype float32 --out /tmp/qwen3-moe-small
+    python -m bench random_model --shape qwen3-30b-a3b --bits 4 --out /tmp/qwen3-30b-a3b-4bit
+    python -m bench random_model --shape gpt-oss-20b --out /tmp/gpt-oss-20b
 
-The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing. MoE
-shapes are written as Hugging Face checkpoints hold them: one tensor per expert and projection.
+The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing. Float
+MoE shapes are written as Hugging Face checkpoints hold them (one tensor per expert and projection), quantized ones
+as mlx-lm converts them, gpt-oss as OpenAI publishes it (MXFP4 experts); mlxd and mlx-lm load all three.
 """
 
 from __future__ import annotations
@@ -23,79 +26,146 @@ SHAPES = {
     "llama-8b": (4096, 32, 32, 8, 14336, 128256),
     "qwen3-moe-small": (1024, 8, 16, 4, 3072, 32000),
     "qwen3-30b-a3b": (2048, 48, 32, 4, 6144, 151936),
+    "gpt-oss-small": (512, 4, 8, 2, 512, 32000),
+    "gpt-oss-20b": (2880, 24, 64, 8, 2880, 201088),
 }
-# MoE shapes (Qwen3-MoE): head_dim, experts, experts per token, one expert's intermediate size.
+# MoE shapes: head_dim, experts, experts per token, one expert's intermediate size.
 MOE = {
     "qwen3-moe-small": (64, 32, 4, 256),
     "qwen3-30b-a3b": (128, 128, 8, 768),
+    "gpt-oss-small": (64, 8, 2, 512),
+    "gpt-oss-20b": (64, 32, 4, 2880),
 }
 TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
 
 
 def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0) -> Path:
-    """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64), as mlx-lm's converter does."""
+    """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64) as mlx-lm's converter writes them
+    (MoE experts stacked under `switch_mlp`, routers at 8 bits). gpt-oss is written as OpenAI publishes it: MXFP4
+    experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it."""
     import mlx.core as mx
+    if bits and _is_gpt_oss(shape):
+        raise ValueError("gpt-oss shapes are written with MXFP4 experts as published; --bits does not apply")
+    out.mkdir(parents=True, exist_ok=True)
+    config = _config(shape, dtype, bits)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, out / name)
+    mx.random.seed(seed)
+    weights: dict[str, mx.array] = {}
+    for name, s in _float_shapes(shape, stacked=bool(bits)).items():
+        if len(s) == 1:
+            weights[name] = mx.zeros(s, dtype=getattr(mx, dtype)) if name.endswith(("bias", "sinks")) else \
+                mx.ones(s, dtype=getattr(mx, dtype))
+            continue
+        made = {name: (mx.random.normal(s) * (1.0 / np.sqrt(s[-1]))).astype(getattr(mx, dtype))}
+        if bits and name.endswith(".weight"):
+            stem = name.removesuffix(".weight")
+            layer_bits = config["quantization"].get(stem, {}).get("bits", bits)
+            made = dict(zip((name, stem + ".scales", stem + ".biases"),
+                            mx.quantize(made[name], group_size=64, bits=layer_bits)))
+        mx.eval(made)  # one tensor at a time: a MoE checkpoint has thousands
+        weights.update(made)
+    if _is_gpt_oss(shape):
+        weights.update(_mxfp4_experts(shape))
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    return out
+
+
+def _config(shape: str, dtype: str, bits: int) -> dict:
     hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
     head_dim, experts, top_k, expert_inter = MOE.get(shape, (hidden // heads, 0, 0, 0))
-    if bits and experts:
-        raise ValueError("MoE shapes are written as float Hugging Face checkpoints only")
-    out.mkdir(parents=True, exist_ok=True)
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
               "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
               "intermediate_size": inter, "vocab_size": vocab, "rms_norm_eps": 1e-5, "head_dim": head_dim,
               "max_position_embeddings": 8192, "rope_theta": 500000.0, "tie_word_embeddings": False,
               "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype}
-    if bits:
-        config["quantization"] = {"group_size": 64, "bits": bits}
+    if _is_gpt_oss(shape):  # gpt-oss-20b's published config.json's values (transformers-4 layout)
+        config.update(model_type="gpt_oss", architectures=["GptOssForCausalLM"], num_local_experts=experts,
+                      num_experts_per_tok=top_k, sliding_window=128, attention_bias=True, swiglu_limit=7.0,
+                      max_position_embeddings=131072, rope_theta=150000.0,
+                      layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+                      rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                    "truncate": False, "original_max_position_embeddings": 4096},
+                      quantization_config={"quant_method": "mxfp4", "modules_to_not_convert": [
+                          "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]})
+        return config
     if experts:
         config.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], num_experts=experts,
                       num_experts_per_tok=top_k, moe_intermediate_size=expert_inter, norm_topk_prob=True,
                       decoder_sparse_step=1, mlp_only_layers=[])
-    (out / "config.json").write_text(json.dumps(config, indent=1))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, out / name)
-    mx.random.seed(seed)
-    mx_dtype = getattr(mx, dtype)
+    if bits:
+        config["quantization"] = {"group_size": 64, "bits": bits}
+        if experts:  # mlx-lm's qwen3_moe quant_predicate keeps the routers at 8 bits
+            config["quantization"].update({f"model.layers.{i}.mlp.gate": {"group_size": 64, "bits": 8}
+                                           for i in range(layers)})
+    return config
+
+
+def _float_shapes(shape: str, stacked: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor written from random normals (norms as ones, biases and sinks as zeros). stacked: MoE experts
+    as one [E, out, in] tensor per projection under `switch_mlp` (mlx-lm's layout), else one per expert."""
+    hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
+    head_dim, experts, _, expert_inter = MOE.get(shape, (hidden // heads, 0, 0, 0))
+    gpt_oss = _is_gpt_oss(shape)
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
               "model.norm.weight": (hidden,)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-                       p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
-                       p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
-                       p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+        attention = {"q_proj": heads * head_dim, "k_proj": kv_heads * head_dim, "v_proj": kv_heads * head_dim}
+        for name, rows in attention.items():
+            shapes[f"{p}self_attn.{name}.weight"] = (rows, hidden)
+            if gpt_oss:
+                shapes[f"{p}self_attn.{name}.bias"] = (rows,)
+        shapes.update({p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
                        p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
-        if experts:
+        if gpt_oss:
+            shapes.update({p + "self_attn.o_proj.bias": (hidden,), p + "self_attn.sinks": (heads,),
+                           p + "mlp.router.weight": (experts, hidden), p + "mlp.router.bias": (experts,),
+                           p + "mlp.experts.gate_up_proj_bias": (experts, 2 * expert_inter),
+                           p + "mlp.experts.down_proj_bias": (experts, hidden)})
+        elif experts:
             shapes.update({p + "self_attn.q_norm.weight": (head_dim,), p + "self_attn.k_norm.weight": (head_dim,),
                            p + "mlp.gate.weight": (experts, hidden)})
-            for e in range(experts):
-                shapes.update({f"{p}mlp.experts.{e}.gate_proj.weight": (expert_inter, hidden),
-                               f"{p}mlp.experts.{e}.up_proj.weight": (expert_inter, hidden),
-                               f"{p}mlp.experts.{e}.down_proj.weight": (hidden, expert_inter)})
+            projections = {"gate_proj": (expert_inter, hidden), "up_proj": (expert_inter, hidden),
+                           "down_proj": (hidden, expert_inter)}
+            for name, (rows, columns) in projections.items():
+                if stacked:
+                    shapes[f"{p}mlp.switch_mlp.{name}.weight"] = (experts, rows, columns)
+                else:
+                    shapes.update({f"{p}mlp.experts.{e}.{name}.weight": (rows, columns) for e in range(experts)})
         else:
             shapes.update({p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
                            p + "mlp.down_proj.weight": (hidden, inter)})
-    weights = {}
-    for name, s in shapes.items():
-        if len(s) == 1:
-            weights[name] = mx.ones(s, dtype=mx_dtype)
-            continue
-        made = {name: (mx.random.normal(s) * (1.0 / np.sqrt(s[1]))).astype(mx_dtype)}
-        if bits:
-            stem = name.removesuffix(".weight")
-            made = dict(zip((name, stem + ".scales", stem + ".biases"),
-                            mx.quantize(made[name], group_size=64, bits=bits)))
-        mx.eval(made)  # one tensor at a time: a MoE checkpoint has thousands
-        weights.update(made)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
-    return out
+    return shapes
+
+
+def _is_gpt_oss(shape: str) -> bool:
+    return shape.startswith("gpt-oss")
+
+
+def _mxfp4_experts(shape: str) -> dict:
+    """gpt-oss's experts as published: uint8 blocks of 32 E2M1 codes (16 bytes) and one E8M0 scale per block. Random
+    codes have an RMS of ~2.9, so the exponent 120 (2**-7) gives weights of about 1/sqrt(2880), like the normals."""
+    import mlx.core as mx
+    hidden, layers, _, _, _, _ = SHAPES[shape]
+    _, experts, _, expert_inter = MOE[shape]
+    made = {}
+    for i in range(layers):
+        p = f"model.layers.{i}.mlp.experts."
+        for name, rows, columns in (("gate_up_proj", 2 * expert_inter, hidden), ("down_proj", hidden, expert_inter)):
+            made[p + name + "_blocks"] = mx.random.randint(0, 256, (experts, rows, columns // 32, 16)).astype(mx.uint8)
+            made[p + name + "_scales"] = mx.full((experts, rows, columns // 32), 120, dtype=mx.uint8)
+        mx.eval(made)
+    return made
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--bits", type=int, default=0, choices=[0, 4, 8], help="store matrices MLX-quantized")
+    parser.add_argument("--bits", type=int, default=0, choices=[0, 4, 8],
+                        help="store matrices MLX-quantized (not gpt-oss: its experts are MXFP4)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     print(write_random_model(args.shape, args.dtype, args.out, bits=args.bits))
