@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.faults.soak import check, growth, memory, plan, references, soak
+from tests.faults.soak import STEADY_MALLOC, check, growth, memory, plan, references, soak
 from tests.helpers.daemon_process import FIXTURES, start_daemon
 
 
@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100, help="requests run before the first sample")
     args = parser.parse_args()
     daemon = start_daemon(args.model, "--max-queue", str(args.concurrency * 2), "--prefix-cache-mb",
-                          str(args.prefix_cache_mb))
+                          str(args.prefix_cache_mb), env=STEADY_MALLOC)
     specs = plan(args.requests, args.seed)
     expected = references(daemon.addr, specs)
     soak(daemon.addr, plan(args.warmup, args.seed + 1), args.concurrency)
