@@ -108,9 +108,10 @@ def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
         table = dict(_LAYER_TABLES.get(arch) or {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})})
         if model_type in _MOE_MODULE:
             table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
-        if base in _PARAMETERS and base in table and kind == "weight":
-            return f"model.layers.{index}.{table[base]}"
-        if base in table:
+        if base in _PARAMETERS and base in table:
+            if kind == "weight":
+                return f"model.layers.{index}.{table[base]}"
+        elif base in table:
             return f"model.layers.{index}.{table[base]}.{kind}"
     else:
         glob = _GLOBAL_NAME.fullmatch(gguf_name)
