@@ -207,8 +207,9 @@ def test_gpt_oss_needs_the_keys_llama_cpp_requires(key):
         # Another architecture's YaRN keeps transformers' default rounding of the correction range.
         ({"llama.rope.scaling.yarn_beta_fast": 16.0}, {"rope_type": "yarn", "factor": 4.0, "beta_fast": 16.0}),
         # Values that leave llama.cpp's YaRN as transformers' (a negative ext_factor reads as 1).
-        ({"llama.rope.scaling.yarn_ext_factor": -1.0, "llama.rope.scaling.yarn_attn_factor": 1.0,
-          "llama.rope.scaling.yarn_log_multiplier": 0.0}, {"rope_type": "yarn", "factor": 4.0}),
+        ({"llama.rope.scaling.yarn_ext_factor": -1.0, "llama.rope.scaling.yarn_log_multiplier": 0.0},
+         {"rope_type": "yarn", "factor": 4.0}),
+        ({"llama.rope.scaling.yarn_ext_factor": 1.0}, {"rope_type": "yarn", "factor": 4.0}),
     ],
 )
 def test_yarn_keys(changes, expected):
@@ -216,11 +217,18 @@ def test_yarn_keys(changes, expected):
     assert hf_config(meta, SHAPES)["rope_scaling"] == expected
 
 
-@pytest.mark.parametrize("key", ["yarn_ext_factor", "yarn_attn_factor", "yarn_log_multiplier"])
-def test_yarn_arithmetic_mlxd_lacks_is_refused(key):
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("yarn_ext_factor", 0.5, "yarn_ext_factor = 0.5 asks for YaRN arithmetic"),
+        ("yarn_log_multiplier", 0.1, "yarn_log_multiplier = 0.1 asks for YaRN arithmetic"),
+        ("yarn_attn_factor", 1.0, "yarn_attn_factor gives YaRN's attention scale"),
+    ],
+)
+def test_yarn_arithmetic_mlxd_lacks_is_refused(key, value, message):
     meta = {**LLAMA, "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
-            f"llama.rope.scaling.{key}": 0.5}
-    with pytest.raises(ModelLoadError, match=f"llama.rope.scaling.{key} = 0.5"):
+            f"llama.rope.scaling.{key}": value}
+    with pytest.raises(ModelLoadError, match=message):
         hf_config(meta, SHAPES)
 
 

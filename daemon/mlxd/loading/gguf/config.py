@@ -52,11 +52,12 @@ _ROPE_SCALING = {"linear": "linear", "yarn": "yarn"}
 _NO_ROPE_SCALING = ("none", "")
 # llama.cpp's YaRN keys -> transformers' rope entry names (absent: both default to llama.cpp's 32 and 1).
 _YARN_KEYS = {"rope.scaling.yarn_beta_fast": "beta_fast", "rope.scaling.yarn_beta_slow": "beta_slow"}
-# YaRN keys whose arithmetic differs from transformers' (a ramp mixed by ext_factor, an extra factor on the
-# attention scale, DeepSeek's log multiplier), with the value that leaves llama.cpp's YaRN as transformers' is;
-# llama.cpp reads a negative ext_factor as 1. Another value is refused, not ignored.
-_YARN_NEUTRAL = {"rope.scaling.yarn_ext_factor": 1.0, "rope.scaling.yarn_attn_factor": 1.0,
-                 "rope.scaling.yarn_log_multiplier": 0.0}
+# YaRN keys whose arithmetic differs from transformers' (a ramp mixed by ext_factor, DeepSeek's log multiplier),
+# with the value that leaves llama.cpp's YaRN as transformers' is (a negative ext_factor reads as 1); another value
+# is refused, not ignored. yarn_attn_factor is refused whatever its value: llama.cpp's architectures read it as a
+# factor on YaRN's attention scale or as that whole scale, and the file does not say which.
+_YARN_NEUTRAL = {"rope.scaling.yarn_ext_factor": 1.0, "rope.scaling.yarn_log_multiplier": 0.0}
+_YARN_ATTN_FACTOR = "rope.scaling.yarn_attn_factor"
 # Keys whose math the model files lack (Llama 4 / Ministral 3 attention temperature): refused, not ignored.
 _REFUSED = {
     "attention.temperature_scale": "attention temperature scaling",
@@ -110,6 +111,9 @@ def _yarn(metadata: Mapping[str, Any], arch: str, scaling: dict[str, Any]) -> No
             continue
         if float(value) != neutral:
             raise ModelLoadError(f"GGUF key {arch}.{key} = {value} asks for YaRN arithmetic mlxd does not support")
+    if f"{arch}.{_YARN_ATTN_FACTOR}" in metadata:
+        raise ModelLoadError(f"GGUF key {arch}.{_YARN_ATTN_FACTOR} gives YaRN's attention scale in a form mlxd "
+                             "cannot tell apart (a factor or the whole scale)")
 
 
 def _head_dim(metadata: Mapping[str, Any], arch: str, config: dict[str, Any]) -> int:
