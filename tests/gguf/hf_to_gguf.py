@@ -2,8 +2,9 @@
 convert_hf_to_gguf.py lays out that architecture: tensor names from the `gguf` package's own name tables, q/k
 rows permuted for its interleaved rotary embedding (llama, Mistral, and Mixtral, which it writes as llama),
 Gemma's norms stored plus one, Llama 3.1 rope scaling as a rope_freqs.weight tensor instead of config keys, a
-MoE layer's experts stacked into one [E, out, in] tensor per projection with expert_* keys, 1-D tensors and
-routers kept F32, and the byte-level BPE tokenizer as tokenizer.ggml.* metadata."""
+MoE layer's experts stacked into one [E, out, in] tensor per projection with expert_* keys, 1-D tensors, biases and
+routers kept F32, gpt-oss's tensors as its GptOssModel writes them (gpt_oss_to_gguf: gate and up split apart, MXFP4
+experts copied as they are) with YaRN keys, and the byte-level BPE tokenizer as tokenizer.ggml.* metadata."""
 
 from __future__ import annotations
 
@@ -14,13 +15,24 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, get_tensor_name_map
+from gguf import (
+    MODEL_ARCH,
+    MODEL_ARCH_NAMES,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+    RopeScalingType,
+    TokenType,
+    get_tensor_name_map,
+)
 from gguf.quants import dequantize, quantize
 
+from tests.gguf.gpt_oss_to_gguf import MXFP4Blocks, gpt_oss_tensors
 from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
+GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]
 # GGUF architecture -> the gguf package's tensor table ("mistral", Ollama's name, has no table: llama's names).
 TENSOR_TABLES = {
     "llama": MODEL_ARCH.LLAMA,
@@ -30,6 +42,7 @@ TENSOR_TABLES = {
     "qwen3": MODEL_ARCH.QWEN3,
     "qwen3moe": MODEL_ARCH.QWEN3MOE,
     "gemma3": MODEL_ARCH.GEMMA3,
+    GPT_OSS: MODEL_ARCH.GPT_OSS,
 }
 # Names an architecture's table lacks: Qwen3-MoE's dense layers (mlp_only_layers). llama.cpp cannot express them
 # (its converter stops at "Can not map tensor", its qwen3moe graph wants experts in every layer); they are
@@ -88,6 +101,16 @@ def _hyperparameters(w: GGUFWriter, arch: str, config: dict[str, Any]) -> None:
         w.add_expert_used_count(config["num_experts_per_tok"])
     if config.get("moe_intermediate_size"):
         w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    if arch == GPT_OSS:  # GptOssModel: its experts are intermediate_size wide
+        w.add_expert_feed_forward_length(config["intermediate_size"])
+    if full.get("rope_type") == "yarn":  # TextModel's YaRN keys; `truncate` has none
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(full["factor"])
+        w.add_rope_scaling_orig_ctx_len(full["original_max_position_embeddings"])
+        if "beta_fast" in full:
+            w.add_rope_scaling_yarn_beta_fast(full["beta_fast"])
+        if "beta_slow" in full:
+            w.add_rope_scaling_yarn_beta_slow(full["beta_slow"])
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if config.get(key) is not None:
             w.add_float32(f"{arch}.{key}", config[key])
@@ -150,7 +173,10 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     """Write the parity fixture `fixture` as a GGUF of architecture `arch`, its matrices in `qtype` (QTYPES).
 
     Returns, under their Hugging Face names, the values the quantized tensors hold (what a model loaded from the
-    file must compute with); empty for F32. `rope_freqs=False` leaves Llama 3.1 scaling out of the file.
+    file must compute with); empty for F32. gpt-oss's gate and up experts, which transformers holds as one
+    interleaved tensor, come under the split names models/gpt_oss.py's sanitize gives them, and its MXFP4 experts,
+    copied whatever `qtype`, under none (they hold the checkpoint's values). `rope_freqs=False` leaves Llama 3.1
+    scaling out of the file.
     """
     folder = PARITY / fixture
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -167,23 +193,28 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     _tokenizer(w, folder, config["vocab_size"])
 
     stored: dict[str, mx.array] = {}
-    for hf, values, parts in merge_experts(weights):
-        original = values
+    for hf, values, parts in gpt_oss_tensors(weights) if arch == GPT_OSS else merge_experts(weights):
         suffixes = (".weight", ".bias")
         name = names.get_name(hf, try_suffixes=suffixes) or fallback.get_name(hf, try_suffixes=suffixes)
         assert name is not None, hf
+        if isinstance(values, MXFP4Blocks):
+            w.add_tensor(name, values.raw, raw_dtype=GGMLQuantizationType.MXFP4)
+            continue
+        original = values
         if arch == "gemma3" and hf.endswith("norm.weight"):
             values = values + 1.0  # llama.cpp scales by w, Gemma by 1 + w
         if arch in _PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             values = permute_like_llama_cpp(values, n_heads if ".q_proj." in hf else n_kv_heads)
         type_name = expert_type if values.ndim == 3 else matrix_type
-        # Routers stay F32, as the converter and llama-quantize keep them.
-        if values.ndim >= 2 and type_name != "F32" and not name.endswith("ffn_gate_inp.weight"):
+        # Routers and biases (gpt-oss's experts' are 2-D) stay F32, as the converter and llama-quantize keep them.
+        router = name.endswith("ffn_gate_inp.weight")
+        if values.ndim >= 2 and type_name != "F32" and name.endswith(".weight") and not router:
             kind = GGMLQuantizationType[type_name]
             packed = quantize(values, kind)
             # Permuting whole rows commutes with quantizing them, so the HF-layout values are the originals'.
             held = dequantize(quantize(original, kind), kind).reshape(original.shape)
-            stored.update(zip(parts, map(mx.array, held)) if values.ndim == 3 else {hf: mx.array(held)})
+            # Stacked experts are returned per expert where the checkpoint held them so.
+            stored.update(zip(parts, map(mx.array, held)) if len(parts) > 1 else {parts[0]: mx.array(held)})
             w.add_tensor(name, packed, raw_dtype=kind)
         else:
             w.add_tensor(name, values.astype(np.float32))

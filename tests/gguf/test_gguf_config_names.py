@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import MODEL_ARCH, MODEL_TENSORS, TENSOR_NAMES
 
 from mlxd.demo_models import cache_dir
 from mlxd.errors import ModelLoadError
@@ -169,6 +170,68 @@ def test_moe_config_errors(meta, message):
         hf_config(meta, {**SHAPES, **ROUTERS})
 
 
+GPT_OSS = {
+    **_moe_meta("gpt-oss", block_count=5, expert_count=32, expert_used_count=4, expert_feed_forward_length=2880,
+                **{"attention.sliding_window": 128, "rope.scaling.original_context_length": 4096}),
+    "gpt-oss.rope.scaling.type": "yarn",
+    "gpt-oss.rope.scaling.factor": 32.0,
+    "gpt-oss.rope.scaling.yarn_beta_fast": 32.0,
+    "gpt-oss.rope.scaling.yarn_beta_slow": 1.0,
+}
+
+
+def test_gpt_oss_gets_what_llama_cpp_reads_and_hard_codes():
+    config = hf_config(GPT_OSS, {**SHAPES, "blk.0.attn_q.bias": (576,)})
+    assert config["model_type"] == "gpt_oss"
+    assert (config["num_local_experts"], config["num_experts_per_tok"]) == (32, 4)
+    assert config["intermediate_size"] == 2880  # the experts' width, not feed_forward_length
+    assert config["sliding_window"] == 128 and config["attention_bias"]
+    # llama.cpp's set_swa_pattern(2): even layers slide.
+    assert config["layer_types"] == ["sliding_attention", "full_attention"] * 2 + ["sliding_attention"]
+    assert (config["swiglu_limit"], config["swiglu_alpha"]) == (7.0, 1.702)
+    assert config["rope_scaling"] == {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+                                      "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
+
+
+@pytest.mark.parametrize("key", ["expert_count", "expert_used_count", "expert_feed_forward_length",
+                                 "attention.sliding_window"])
+def test_gpt_oss_needs_the_keys_llama_cpp_requires(key):
+    meta = {k: v for k, v in GPT_OSS.items() if k != f"gpt-oss.{key}"}
+    with pytest.raises(ModelLoadError, match=f"lacks gpt-oss.{key}"):
+        hf_config(meta, SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # Another architecture's YaRN keeps transformers' default rounding of the correction range.
+        ({"llama.rope.scaling.yarn_beta_fast": 16.0}, {"rope_type": "yarn", "factor": 4.0, "beta_fast": 16.0}),
+        # Values that leave llama.cpp's YaRN as transformers' (a negative ext_factor reads as 1).
+        ({"llama.rope.scaling.yarn_ext_factor": -1.0, "llama.rope.scaling.yarn_log_multiplier": 0.0},
+         {"rope_type": "yarn", "factor": 4.0}),
+        ({"llama.rope.scaling.yarn_ext_factor": 1.0}, {"rope_type": "yarn", "factor": 4.0}),
+    ],
+)
+def test_yarn_keys(changes, expected):
+    meta = {**LLAMA, "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0, **changes}
+    assert hf_config(meta, SHAPES)["rope_scaling"] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("yarn_ext_factor", 0.5, "yarn_ext_factor = 0.5 asks for YaRN arithmetic"),
+        ("yarn_log_multiplier", 0.1, "yarn_log_multiplier = 0.1 asks for YaRN arithmetic"),
+        ("yarn_attn_factor", 1.0, "yarn_attn_factor gives YaRN's attention scale"),
+    ],
+)
+def test_yarn_arithmetic_mlxd_lacks_is_refused(key, value, message):
+    meta = {**LLAMA, "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+            f"llama.rope.scaling.{key}": value}
+    with pytest.raises(ModelLoadError, match=message):
+        hf_config(meta, SHAPES)
+
+
 def test_missing_required_key_is_named():
     meta = {k: v for k, v in LLAMA.items() if k != "llama.block_count"}
     with pytest.raises(ModelLoadError, match="lacks llama.block_count"):
@@ -212,6 +275,39 @@ def test_hf_name(gguf_name, arch, hf):
 )
 def test_hf_name_of_moe_tensors(gguf_name, arch, model_type, hf):
     assert names.hf_name(gguf_name, arch, model_type) == hf
+
+
+@pytest.mark.parametrize(
+    ("gguf_name", "hf"),
+    [
+        ("blk.0.attn_sinks.weight", "model.layers.0.self_attn.sinks"),  # a parameter: the converter added .weight
+        ("blk.1.post_attention_norm.weight", "model.layers.1.post_attention_layernorm.weight"),
+        ("blk.2.attn_q.bias", "model.layers.2.self_attn.q_proj.bias"),
+        ("blk.2.ffn_gate_inp.weight", "model.layers.2.mlp.router.weight"),
+        ("blk.2.ffn_gate_inp.bias", "model.layers.2.mlp.router.bias"),
+        ("blk.0.ffn_gate_exps.weight", "model.layers.0.mlp.switch_mlp.gate_proj.weight"),
+        ("blk.0.ffn_up_exps.bias", "model.layers.0.mlp.switch_mlp.up_proj.bias"),
+        ("blk.0.ffn_down_exps.bias", "model.layers.0.mlp.switch_mlp.down_proj.bias"),
+        ("output.weight", "lm_head.weight"),
+    ],
+)
+def test_hf_name_of_gpt_oss_tensors(gguf_name, hf):
+    assert names.hf_name(gguf_name, "gpt-oss", "gpt_oss") == hf
+
+
+def test_every_tensor_of_the_gguf_packages_gpt_oss_table_has_a_name():
+    for tensor in MODEL_TENSORS[MODEL_ARCH.GPT_OSS]:
+        name = TENSOR_NAMES[tensor].format(bid=3)
+        assert names.hf_name(f"{name}.weight", names.GPT_OSS, "gpt_oss").endswith(
+            "sinks" if name.endswith("sinks") else ".weight"), name
+
+
+# llama.cpp's newer converters can fuse gate and up (ffn_gate_up_exps), which the gguf package's table lacks.
+@pytest.mark.parametrize("gguf_name",
+                         ["blk.0.ffn_norm.weight", "blk.0.attn_sinks.bias", "blk.0.ffn_gate_up_exps.weight"])
+def test_gpt_oss_tensor_without_a_counterpart_is_named(gguf_name):
+    with pytest.raises(ModelLoadError, match=gguf_name.replace(".", r"\.")):
+        names.hf_name(gguf_name, "gpt-oss", "gpt_oss")
 
 
 @pytest.mark.parametrize(

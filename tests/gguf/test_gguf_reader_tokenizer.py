@@ -94,6 +94,14 @@ def test_eog_ids():
     assert eog_token_ids({**META, "tokenizer.ggml.tokens": ["<s>", "</s>", "x", *BYTES[3:]]}) == [1]
 
 
+def test_harmony_message_end_is_no_end_of_generation():
+    """gpt-oss's <|end|> closes a message, not the turn, where <|return|> and <|call|> exist (llama.cpp's rule)."""
+    harmony = ["<|return|>", "<|end|>", "<|call|>", "<|endoftext|>"]
+    assert eog_token_ids({**META, "tokenizer.ggml.tokens": harmony, "tokenizer.ggml.eos_token_id": 0}) == [0, 2, 3]
+    chat = ["<|end|>", "<|endoftext|>", "x"]  # Phi-3's <|end|> does end the turn
+    assert eog_token_ids({**META, "tokenizer.ggml.tokens": chat, "tokenizer.ggml.eos_token_id": 1}) == [1, 0]
+
+
 # A SentencePiece vocabulary: "▁" is the space, pieces merge by score, <0xNN> are byte-fallback tokens.
 SPM = ["<unk>", "<s>", "</s>", "<start_of_turn>", "\n", "<0xC3>", "<0xA9>", "▁", "h", "i", "hi", "▁hi",
        "a", "b", "c", "ab", "bc"]

@@ -2,7 +2,7 @@
 
 Pure functions over the metadata dict, the tensors' names and shapes, and the values of `rope_freqs.weight`.
 Keys are llama.cpp's (`<arch>.embedding_length`, ...); what llama.cpp hard-codes per architecture instead of
-storing is filled in from the same facts here (see `_gemma3`).
+storing is filled in from the same facts here (see `_gemma3`, `_gpt_oss`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.names import GPT_OSS
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
 # Mistral 7B and Nemo files say "llama"; Mistral Small 3.x text models are "mistral3" (llama.cpp's and Ollama's
@@ -24,6 +25,7 @@ ARCHITECTURES: dict[str, str] = {
     "qwen3": "qwen3",
     "qwen3moe": "qwen3_moe",
     "gemma3": "gemma3_text",
+    GPT_OSS: "gpt_oss",
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -48,6 +50,14 @@ _OPTIONAL = {
 # llama.cpp's rope.scaling.type -> transformers' rope type; "none" (or Ollama's "") means no scaling.
 _ROPE_SCALING = {"linear": "linear", "yarn": "yarn"}
 _NO_ROPE_SCALING = ("none", "")
+# llama.cpp's YaRN keys -> transformers' rope entry names (absent: both default to llama.cpp's 32 and 1).
+_YARN_KEYS = {"rope.scaling.yarn_beta_fast": "beta_fast", "rope.scaling.yarn_beta_slow": "beta_slow"}
+# YaRN keys whose arithmetic differs from transformers' (a ramp mixed by ext_factor, DeepSeek's log multiplier),
+# with the value that leaves llama.cpp's YaRN as transformers' is (a negative ext_factor reads as 1); another value
+# is refused, not ignored. yarn_attn_factor is refused whatever its value: llama.cpp's architectures read it as a
+# factor on YaRN's attention scale or as that whole scale, and the file does not say which.
+_YARN_NEUTRAL = {"rope.scaling.yarn_ext_factor": 1.0, "rope.scaling.yarn_log_multiplier": 0.0}
+_YARN_ATTN_FACTOR = "rope.scaling.yarn_attn_factor"
 # Keys whose math the model files lack (Llama 4 / Ministral 3 attention temperature): refused, not ignored.
 _REFUSED = {
     "attention.temperature_scale": "attention temperature scaling",
@@ -86,7 +96,24 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | No
     original = metadata.get(f"{arch}.rope.scaling.original_context_length")
     if original:
         scaling["original_max_position_embeddings"] = int(original)
+    if kind == "yarn":
+        _yarn(metadata, arch, scaling)
     return scaling
+
+
+def _yarn(metadata: Mapping[str, Any], arch: str, scaling: dict[str, Any]) -> None:
+    for key, name in _YARN_KEYS.items():
+        if f"{arch}.{key}" in metadata:
+            scaling[name] = float(_scalar(metadata, f"{arch}.{key}"))
+    for key, neutral in _YARN_NEUTRAL.items():
+        value = metadata.get(f"{arch}.{key}")
+        if value is None or (key.endswith("ext_factor") and value < 0):
+            continue
+        if float(value) != neutral:
+            raise ModelLoadError(f"GGUF key {arch}.{key} = {value} asks for YaRN arithmetic mlxd does not support")
+    if f"{arch}.{_YARN_ATTN_FACTOR}" in metadata:
+        raise ModelLoadError(f"GGUF key {arch}.{_YARN_ATTN_FACTOR} gives YaRN's attention scale in a form mlxd "
+                             "cannot tell apart (a factor or the whole scale)")
 
 
 def _head_dim(metadata: Mapping[str, Any], arch: str, config: dict[str, Any]) -> int:
@@ -170,6 +197,32 @@ def _gemma3(config: dict[str, Any]) -> None:
     config["query_pre_attn_scalar"] = config["hidden_size"] // config["num_attention_heads"] if wide else head_dim
 
 
+def _gpt_oss(metadata: Mapping[str, Any], arch: str, config: dict[str, Any]) -> None:
+    """What llama.cpp's gpt-oss loader reads (it requires each key) or hard-codes.
+
+    - Experts: expert_count of them, expert_used_count per token, expert_feed_forward_length wide (the converter
+      writes intermediate_size there and in feed_forward_length).
+    - A window of attention.sliding_window keys on the even layers, full attention on the odd ones: its
+      set_swa_pattern(2), which is also GptOssConfig's default.
+    - The clamped SwiGLU's limit 7 and alpha 1.702: constants of its swiglu_oai op, transformers' defaults.
+    - YaRN's correction range unrounded. The published configs say `truncate: false` (OpenAI's reference never
+      rounds), which the converter cannot store; ggml rounds it outwards for every model. mlxd computes the model
+      as its reference does, so a GGUF file gives its Hugging Face folder's logits (rounding would move the parity
+      fixture's by 1.48: tests/fixtures/parity/MOE_NOTES.md, section 5).
+    """
+    keys = {"expert_count": "num_local_experts", "expert_used_count": "num_experts_per_tok",
+            "expert_feed_forward_length": "intermediate_size", "attention.sliding_window": "sliding_window"}
+    for key, name in keys.items():
+        if not _count(metadata, f"{arch}.{key}"):
+            raise ModelLoadError(f"GGUF file lacks {arch}.{key} (llama.cpp's gpt-oss requires it)")
+        config[name] = _count(metadata, f"{arch}.{key}")
+    config["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                             for i in range(config["num_hidden_layers"])]
+    config["swiglu_limit"], config["swiglu_alpha"] = 7.0, 1.702
+    if config.get("rope_scaling", {}).get("rope_type") == "yarn":
+        config["rope_scaling"]["truncate"] = False
+
+
 def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]],
               rope_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """The config.json a Hugging Face checkpoint of this model would carry (as far as inference needs it).
@@ -213,4 +266,6 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         _mistral(config)
     if model_type in ("mixtral", "qwen3_moe"):
         _experts(metadata, arch, config, tensor_shapes)
+    if model_type == "gpt_oss":
+        _gpt_oss(metadata, arch, config)
     return config

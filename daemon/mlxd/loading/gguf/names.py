@@ -6,6 +6,9 @@ Mixtral, written as `llama`, is permuted and Qwen3-MoE is not), and adds one to 
 scales by w, Hugging Face's Gemma by 1 + w); each is undone here. It also stacks a MoE layer's per-expert
 matrices into one tensor per projection, [E, out, in] as `SwitchLinear` holds them (models/moe.py), so those
 take the stacked layers' names.
+
+gpt-oss's names are spelled by the `gguf` package's own tables (TENSOR_NAMES), the ones its converter writes with;
+tests/gguf check that every tensor of MODEL_TENSORS[GPT_OSS] has a name here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
 
 from mlxd.errors import ModelLoadError
 
@@ -51,6 +55,37 @@ _LAYER_OVERRIDES: dict[str, dict[str, str]] = {
         "post_ffw_norm": "post_feedforward_layernorm",
     },
 }
+
+GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]  # "gpt-oss", general.architecture of its files
+
+
+def _base(tensor: MODEL_TENSOR) -> str:
+    """A layer tensor's name within its block (`attn_sinks` for "blk.{bid}.attn_sinks")."""
+    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
+
+
+# gpt-oss's layer tensors under models/gpt_oss.py's names: the norm after attention is `post_attention_norm`
+# (llama.cpp's ATTN_POST_NORM, which its graph applies before the experts), the router is `router`, and the
+# converter splits transformers' interleaved gate_up experts into separate gate and up tensors.
+_GPT_OSS_LAYER = {
+    _base(MODEL_TENSOR.ATTN_NORM): "input_layernorm",
+    _base(MODEL_TENSOR.ATTN_POST_NORM): "post_attention_layernorm",
+    _base(MODEL_TENSOR.ATTN_Q): "self_attn.q_proj",
+    _base(MODEL_TENSOR.ATTN_K): "self_attn.k_proj",
+    _base(MODEL_TENSOR.ATTN_V): "self_attn.v_proj",
+    _base(MODEL_TENSOR.ATTN_OUT): "self_attn.o_proj",
+    _base(MODEL_TENSOR.ATTN_SINKS): "self_attn.sinks",
+    _base(MODEL_TENSOR.FFN_GATE_INP): "mlp.router",
+    _base(MODEL_TENSOR.FFN_GATE_EXP): "mlp.switch_mlp.gate_proj",
+    _base(MODEL_TENSOR.FFN_UP_EXP): "mlp.switch_mlp.up_proj",
+    _base(MODEL_TENSOR.FFN_DOWN_EXP): "mlp.switch_mlp.down_proj",
+}
+# Architectures whose layer names are a table of their own rather than changes to _LAYER.
+_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER}
+# Tensors that are a bare parameter, not a layer's weight: llama.cpp's converter appended ".weight" to the name
+# (gpt-oss's `self_attn.sinks`, one logit per head).
+_PARAMETERS = {_base(MODEL_TENSOR.ATTN_SINKS)}
+
 # Architectures whose q/k rows the converters permuted (llama.cpp's LlamaModel and its Mistral subclasses,
 # Ollama's mistral converters); the others use neox-style rope.
 _PERMUTED_QK = {"llama", "mistral", "mistral3"}
@@ -70,10 +105,13 @@ def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
     layer = _LAYER_NAME.fullmatch(gguf_name)
     if layer:
         index, base, kind = layer.groups()
-        table = {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})}
+        table = dict(_LAYER_TABLES.get(arch) or {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})})
         if model_type in _MOE_MODULE:
             table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
-        if base in table:
+        if base in _PARAMETERS and base in table:
+            if kind == "weight":
+                return f"model.layers.{index}.{table[base]}"
+        elif base in table:
             return f"model.layers.{index}.{table[base]}.{kind}"
     else:
         glob = _GLOBAL_NAME.fullmatch(gguf_name)

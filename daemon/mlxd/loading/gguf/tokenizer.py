@@ -31,6 +31,9 @@ _EOG_TEXTS = frozenset({
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
     "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
 })
+# gpt-oss's harmony format: <|return|> and <|call|> end a turn, <|end|> only one message of it.
+_HARMONY_ENDS = frozenset({"<|return|>", "<|call|>", "<|end|>"})
+_HARMONY_MESSAGE_END = "<|end|>"
 
 # llama-vocab.cpp's regexes. Where it adapts a tokenizer.json original for its own regex engine, the adapted
 # form is used when it splits the same way (case-insensitive contractions spelled out), the original when it
@@ -182,11 +185,17 @@ BUILDERS = {
 
 
 def eog_token_ids(metadata: Mapping[str, Any]) -> list[int]:
-    """Tokens that end generation: eos, eot and eom ids, and the end-of-turn texts llama.cpp recognizes."""
+    """Tokens that end generation: eos, eot and eom ids, and the end-of-turn texts llama.cpp recognizes, less
+    <|end|> where <|return|> and <|call|> end generation too (gpt-oss's harmony format: <|end|> closes one message,
+    the analysis channel's say, and the model goes on to the next; llama.cpp drops it from its list likewise)."""
     ids = [metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("eos", "eot", "eom")]
     tokens = metadata.get("tokenizer.ggml.tokens") or []
     ids += [i for i, t in enumerate(tokens) if t in _EOG_TEXTS]
-    return list(dict.fromkeys(int(i) for i in ids if i is not None and 0 <= i < len(tokens)))
+    eog = list(dict.fromkeys(int(i) for i in ids if i is not None and 0 <= i < len(tokens)))
+    texts = {tokens[i] for i in eog}
+    if _HARMONY_ENDS <= texts:
+        eog = [i for i in eog if tokens[i] != _HARMONY_MESSAGE_END]
+    return eog
 
 
 def build_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
