@@ -94,12 +94,17 @@ def test_experts_equal_a_loop_over_experts(shape, bias):
     assert np.allclose(np.array(got), _loop_over_experts(layer, x, indices), atol=2e-5)
 
 
+# Two ways of computing the same float32 products: on the CPU they sum in the same order (< 1e-6); on a GPU the
+# sorted, fused and plain gathered matmuls are different kernels that sum in other orders (4.8e-6 seen on an H200).
+SAME_SUMS = 1e-6 if mx.default_device() == mx.cpu else 2e-5
+
+
 def test_sorting_by_expert_changes_nothing(monkeypatch):
     layer = _experts(bias=True)
     x, indices = mx.random.normal((1, 50, 16)), mx.random.randint(0, 6, (1, 50, 3))
     by_expert = layer(x, indices, tokens=50)
     monkeypatch.setattr(moe, "SORT_MIN_PAIRS", 10**9)
-    assert mx.abs(by_expert - layer(x, indices, tokens=50)).max().item() < 1e-6
+    assert mx.abs(by_expert - layer(x, indices, tokens=50)).max().item() < SAME_SUMS
 
 
 def test_fused_gate_up_equals_the_two_projections():
@@ -109,7 +114,7 @@ def test_fused_gate_up_equals_the_two_projections():
                                for k in ("weight", "bias")})
     fused.down_proj.update(split.down_proj.parameters())
     x, indices = mx.random.normal((2, 9, 16)), mx.random.randint(0, 6, (2, 9, 2))
-    assert mx.abs(fused(x, indices, 9) - split(x, indices, 9)).max().item() < 1e-6
+    assert mx.abs(fused(x, indices, 9) - split(x, indices, 9)).max().item() < SAME_SUMS
 
 
 def test_the_activation_is_pluggable_and_told_the_tokens_per_sequence():
