@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
+from mlxd.errors import ModelLoadError
 from mlxd.loading.loader import load_model
 from mlxd.models.moe import QuantizedSwitchLinear, SparseMoe
 from tests.gguf.hf_to_gguf import PARITY
@@ -119,3 +120,14 @@ def test_quantized_experts_beside_f32_weights_compute_in_float32(parity_gguf, re
     assert mx.abs(loaded.model(tokens) - want(tokens)).max().item() < LOGIT_TOL
     assert greedy_with_cache(loaded.model, tokens, 16) == greedy_with_cache(want, tokens, 16)
     assert max_decode_error(loaded.model, tokens, expected["greedy_ids"]) < SELF_TOL
+
+
+@pytest.mark.skipif(mx.default_device() != mx.cpu, reason="the CPU's rule")
+def test_float_experts_in_bfloat16_on_the_cpu_are_refused_and_quantized_ones_kept(parity_gguf):
+    # MLX's CPU gather_mm multiplies float32 only (loading/loader.py plan_dtype); gather_qmm takes bfloat16.
+    with pytest.raises(ModelLoadError, match="float experts in float32 only"):
+        parity_gguf("qwen3_moe", "qwen3moe", "F32", dtype="bfloat16")
+    loaded = parity_gguf("qwen3_moe", "qwen3moe", "Q8_0", dtype="bfloat16").loaded
+    assert any(isinstance(m, QuantizedSwitchLinear) for _, m in loaded.model.named_modules())
+    logits = loaded.model(mx.array([[1, 5, 9]]), cache=loaded.model.make_cache())
+    assert logits.dtype == mx.bfloat16 and bool(mx.isfinite(logits).all())

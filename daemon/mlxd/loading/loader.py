@@ -20,6 +20,7 @@ from mlxd.loading import mxfp4
 from mlxd.loading import weights as wts
 from mlxd.loading.fusion import Quantization, build_fused
 from mlxd.models import architecture, ops
+from mlxd.models.inventory import expert_counts
 from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,25 @@ def plan_dtype(
     quantized: bool,
     float32_bytes: int,
     ram_bytes: int | None,
+    experts: bool = False,
 ) -> DtypePlan:
-    """Decide the dtype the weights are held in. Pure: every fact about the machine comes in as an argument."""
+    """Decide the dtype the weights are held in. Pure: every fact about the machine comes in as an argument.
+    experts: the model has MoE experts (stacked SwitchLinear layers)."""
+    plan = _plan_dtype(requested, on_gpu, checkpoint_dtype, quantized, float32_bytes, ram_bytes)
+    if experts and not on_gpu and (plan.dtype or checkpoint_dtype) != "float32" and (plan.dequantize or not quantized):
+        # MLX 0.32.4's CPU gather_mm (float experts' matmul) computes float32 only; its gather_qmm takes bfloat16
+        # and float16 activations, so quantized experts may stay quantized in those dtypes.
+        if quantized:
+            return DtypePlan(plan.dtype, False, f"{plan.note}, keeping the weights quantized: on a CPU, MLX "
+                                                "multiplies float experts in float32 only")
+        raise ModelLoadError(
+            f"{plan.note}, but on a CPU MLX multiplies a MoE model's float experts in float32 only: use --dtype "
+            "float32 (or auto where a float32 copy fits in RAM), a quantized copy of the model, or a GPU")
+    return plan
+
+
+def _plan_dtype(requested: str, on_gpu: bool, checkpoint_dtype: str, quantized: bool, float32_bytes: int,
+                ram_bytes: int | None) -> DtypePlan:
     stored = f"{checkpoint_dtype}{' (MLX-quantized)' if quantized else ''}"
     if requested not in DTYPE_CHOICES:
         raise ModelLoadError(f"unknown dtype {requested!r}; expected one of {', '.join(DTYPE_CHOICES)}")
@@ -199,6 +217,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
         quantized=quant is not None,
         float32_bytes=wts.float32_bytes(weights, quant),
         ram_bytes=physical_ram_bytes(),
+        experts=expert_counts(model)[0] > 0,
     )
     logger.info("loading %s from %s: %s", model_type, path, plan.note)
     if quant is not None and plan.dequantize:

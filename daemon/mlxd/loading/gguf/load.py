@@ -22,6 +22,7 @@ from mlxd.loading.gguf.tokenizer import eog_token_ids
 from mlxd.loading.loader import LoadedModel, context_length, physical_ram_bytes, plan_dtype, select_kernels
 from mlxd.loading.weights import QUANTIZABLE, check_weight_names, parameter_arrays
 from mlxd.models import architecture as model_architecture
+from mlxd.models.inventory import expert_counts
 from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         quantized=quantized,
         float32_bytes=sum(t.size * 4 for t in gguf.tensors),
         ram_bytes=physical_ram_bytes(),
+        experts=expert_counts(model)[0] > 0,
     )
     # One float type for every array, scales included, so activations keep one dtype through the model.
     target = _DTYPES[plan.dtype or stored]
