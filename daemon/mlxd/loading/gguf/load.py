@@ -16,6 +16,7 @@ from mlxd.loading import config as cfg
 from mlxd.loading.fusion import Quantization, build_fused
 from mlxd.loading.gguf import names, tensors
 from mlxd.loading.gguf.config import architecture, hf_config
+from mlxd.loading.gguf.ollama import as_llama_cpp
 from mlxd.loading.gguf.quants import GROUP_SIZE
 from mlxd.loading.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import eog_token_ids
@@ -89,7 +90,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {path} does not exist")
-    gguf = read_gguf(path)
+    gguf = as_llama_cpp(read_gguf(path))  # Ollama's gpt-oss layout translated into llama.cpp's
     arch = architecture(gguf.metadata)
     for t in gguf.tensors:
         tensors.check_type(t)

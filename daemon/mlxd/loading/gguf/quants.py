@@ -7,7 +7,7 @@ so `scale * q + bias` reproduces ggml's dequantized float32 values bit for bit.
 
 Layouts are ggml's (ggml-common.h): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 hold 32 values a block; Q4_K/Q5_K hold 256 values
 in 8 sub-blocks of 32 with 6-bit scales and mins packed into 12 bytes. MXFP4 is not affine: `mxfp4` relabels its
-blocks for MLX's mxfp4 mode instead.
+blocks for MLX's mxfp4 mode instead, as `mxfp4_paired` does Ollama's first MXFP4 type.
 """
 
 from __future__ import annotations
@@ -129,3 +129,22 @@ def mxfp4(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     codes = _nibbles_split(blocks[:, 1:17])
     return codes[:, 0::2] | (codes[:, 1::2] << 4), blocks[:, 0:1]
+
+
+# Ollama's first MXFP4 type (its converter, August 2025): ggml type 4, a slot ggml freed (Q4_2, removed before GGUF
+# existed), so a GGUF tensor of type 4 is always this. Blocks of 32 values in 17 bytes as ggml's MXFP4, but the codes
+# in the order transformers and OpenAI's checkpoints pack them. Ollama's later files use ggml's type 39 ("MXFP4").
+OLLAMA_MXFP4 = "OLLAMA_MXFP4"
+OLLAMA_MXFP4_CODE = 4
+# Types the `gguf` package does not know: name -> (values per block, bytes per block).
+OTHER_BLOCK_SIZES = {OLLAMA_MXFP4: (32, 17)}
+
+
+def mxfp4_paired(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ollama's type-4 MXFP4 blocks (n, 17) as MLX mxfp4 arrays: codes (n, 16) uint8 and scales (n, 1) uint8.
+
+    A block is the E8M0 exponent byte, then 16 bytes holding value 2j in the low nibble of byte j and value 2j + 1
+    in its high nibble: the checkpoint's `*_blocks` bytes as they are, which is MLX's packing already, so nothing
+    moves (Ollama's own loader swapped them into ggml's order on loading).
+    """
+    return blocks[:, 1:17], blocks[:, 0:1]

@@ -16,6 +16,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.quants import OLLAMA_MXFP4, OLLAMA_MXFP4_CODE, OTHER_BLOCK_SIZES
 
 _SCALARS: dict[int, str] = {
     GGUFValueType.UINT8: "<B",
@@ -37,7 +38,9 @@ class GGUFTensor:
     name: str
     type_name: str  # GGML type name, e.g. "Q4_K"
     shape: tuple[int, ...]  # numpy order (ggml's dims reversed): (rows, columns) for a matrix
-    raw: np.ndarray  # uint8, memory-mapped bytes of the tensor
+    # uint8, the tensor's bytes in order: memory-mapped, or a strided view of them (a part split off a fused
+    # tensor, ollama.py), which tensors.py reads a block of rows at a time
+    raw: np.ndarray
 
     @property
     def size(self) -> int:
@@ -87,6 +90,8 @@ class _Cursor:
 
 
 def _type_name(code: int) -> str:
+    if code == OLLAMA_MXFP4_CODE:
+        return OLLAMA_MXFP4
     try:
         return GGMLQuantizationType(code).name
     except ValueError:
@@ -94,6 +99,9 @@ def _type_name(code: int) -> str:
 
 
 def _tensor_bytes(type_name: str, n_elements: int) -> int | None:
+    if type_name in OTHER_BLOCK_SIZES:
+        block, block_bytes = OTHER_BLOCK_SIZES[type_name]
+        return n_elements // block * block_bytes
     if type_name not in GGMLQuantizationType.__members__:
         return None
     sizes = GGML_QUANT_SIZES.get(GGMLQuantizationType[type_name])

@@ -3,7 +3,8 @@
 Four kinds of GGML type:
 - dense (F32, F16, BF16): read as they are;
 - exact (quants.EXACT_DECODERS): repacked into MLX's affine layout with the same codes, scales and biases;
-- MXFP4 (ggml type 39): repacked into MLX's mxfp4 mode with the same E2M1 codes and E8M0 scales (quants.mxfp4);
+- MXFP4 (ggml type 39, and Ollama's first type 4): repacked into MLX's mxfp4 mode with the same E2M1 codes and
+  E8M0 scales (quants.mxfp4, quants.mxfp4_paired), or dequantized by MLX from them;
 - requantized (Q2_K, Q3_K, Q6_K: 16-value groups, which MLX lacks): dequantized by the `gguf` package, then
   held dense or requantized to 8 bits with group size 32 (within one 8-bit step, 1/255 of a group's range).
 Anything else raises ModelLoadError naming the type. Quantized tensors are matrices [out, in] or stacked
@@ -25,14 +26,23 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf.quants import EXACT_DECODERS, GROUP_SIZE, mxfp4
+from mlxd.loading.gguf.quants import (
+    EXACT_DECODERS,
+    GROUP_SIZE,
+    OLLAMA_MXFP4,
+    OTHER_BLOCK_SIZES,
+    mxfp4,
+    mxfp4_paired,
+)
 from mlxd.loading.gguf.reader import GGUFTensor
 
 DENSE_TYPES = ("F32", "F16", "BF16")
 MXFP4 = "MXFP4"
+# MXFP4 types -> their blocks as MLX mxfp4 codes and scales.
+MXFP4_DECODERS = {MXFP4: mxfp4, OLLAMA_MXFP4: mxfp4_paired}
 REQUANTIZED_TYPES = ("Q2_K", "Q3_K", "Q6_K")
 REQUANTIZED_BITS = 8
-SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, MXFP4, *REQUANTIZED_TYPES)
+SUPPORTED_TYPES = (*DENSE_TYPES, *EXACT_DECODERS, *MXFP4_DECODERS, *REQUANTIZED_TYPES)
 CHUNK_ELEMENTS = 1 << 22  # values converted at once (16 MiB as float32)
 
 
@@ -73,7 +83,8 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _blocks(tensor: GGUFTensor) -> np.ndarray:
-    block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[tensor.type_name]][1]
+    sizes = OTHER_BLOCK_SIZES.get(tensor.type_name) or GGML_QUANT_SIZES[GGMLQuantizationType[tensor.type_name]]
+    block_bytes = sizes[1]
     return tensor.raw.reshape(-1, block_bytes)
 
 
@@ -110,7 +121,7 @@ def _affine(tensor: GGUFTensor) -> tuple[mx.array, mx.array, mx.array, int]:
 def _mxfp4(tensor: GGUFTensor) -> tuple[mx.array, mx.array]:
     """The exact MLX mxfp4 repacking of an MXFP4 tensor: weight uint32 [rows, cols/8], scales uint8 [rows, cols/32]."""
     rows, cols = _rows(tensor)
-    codes, exponents = mxfp4(_blocks(tensor))
+    codes, exponents = MXFP4_DECODERS[tensor.type_name](_blocks(tensor))
     weight = np.ascontiguousarray(codes).reshape(rows, cols // 2).view(np.uint32)
     return mx.array(weight), mx.array(exponents.reshape(rows, cols // GROUP_SIZE))
 
@@ -159,6 +170,11 @@ def dense(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None = No
             weight, scales, biases, bits = _affine(block)
             values = mx.dequantize(weight, scales, biases, group_size=GROUP_SIZE, bits=bits)
             return (values.astype(dtype),)
+        if block.type_name in MXFP4_DECODERS:
+            # E2M1 times a power of two: exact in float32 (gguf's dequantizer does not know Ollama's type 4).
+            weight, scales = _mxfp4(block)
+            values = mx.dequantize(weight, scales, group_size=GROUP_SIZE, bits=4, mode="mxfp4", dtype=mx.float32)
+            return (values.astype(dtype),)
         return (_to_mx(_dense_numpy(block), block.type_name).astype(dtype),)
 
     (values,) = _by_rows(tensor, row_order, chunk_elements, convert)
@@ -178,7 +194,7 @@ def quantized(tensor: GGUFTensor, dtype: mx.Dtype, row_order: np.ndarray | None 
     check_type(tensor)
     if not is_quantized(tensor.type_name) or len(tensor.shape) not in (2, 3):
         raise ValueError(f"{tensor.name} ({tensor.type_name}, shape {tensor.shape}) is not a quantized matrix")
-    if tensor.type_name == MXFP4:
+    if tensor.type_name in MXFP4_DECODERS:
         weight, scales = _by_rows(tensor, row_order, chunk_elements, _mxfp4)
         return QuantizedArrays(_leading(tensor, weight), _leading(tensor, scales), None, 4, "mxfp4")
     bits = REQUANTIZED_BITS
