@@ -8,7 +8,8 @@ matrices into one tensor per projection, [E, out, in] as `SwitchLinear` holds th
 take the stacked layers' names.
 
 gpt-oss's names are spelled by the `gguf` package's own tables (TENSOR_NAMES), the ones its converter writes with;
-tests/gguf check that every tensor of MODEL_TENSORS[GPT_OSS] has a name here.
+tests/gguf check that every tensor of MODEL_TENSORS[GPT_OSS] has a name here. Ollama's gpt-oss files ("gptoss")
+use names of their own, which no table of the package holds: ollama.py renames them to these before they get here.
 """
 
 from __future__ import annotations

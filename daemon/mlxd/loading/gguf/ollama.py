@@ -7,7 +7,8 @@ one layout; Ollama now does the same for llama-server (llama/compat, handle_gpto
 tables name llama.cpp's tensors, has none for Ollama's names, so they are listed here (_RENAMES), apart from the
 llama.cpp tables in names.py. What the translation does, as Ollama's converter and model code show:
 - keys: "gptoss." becomes "gpt-oss."; the rope scaling type, which the files lack and the model code takes to be
-  YaRN (its RoPE always ramps with rope.scaling.factor), is "yarn"; the experts' width, which they lack too, is
+  YaRN (its RoPE always ramps with rope.scaling.factor), is "yarn", with the betas its RoPE passed (_YARN_BETAS,
+  its defaults; the files have none); the experts' width, which they lack too, is
   read off the gate experts' rows; tokenizer.ggml.pre, "default" in these files (the converter names only a few
   pre-tokenizers), is "gpt-4o", the o200k split the model code hard-codes;
 - names (_RENAMES): the attention output, the sinks (a bare tensor name), the norm before the experts;
@@ -40,6 +41,8 @@ _RENAMES = {
 _GATE_UP, _QKV = "ffn_gate_up_exps", "attn_qkv"
 _BLOCK_NAME = re.compile(r"(blk\.\d+\.)(.+)")
 _FUSED_NAME = re.compile(r"(blk\.\d+\.)(ffn_gate_up_exps|attn_qkv)\.(weight|bias)")
+# YaRN's betas as Ollama's RoPE defaulted them (ml/backend/ggml, RoPE), which its gptoss model code never set.
+_YARN_BETAS = {"rope.scaling.yarn_beta_fast": 32.0, "rope.scaling.yarn_beta_slow": 1.0}
 # The pre-tokenizer of gpt-oss (o200k), which Ollama's gptoss model code uses whatever the file names.
 GPT_OSS_PRE_TOKENIZER = "gpt-4o"
 
@@ -74,7 +77,8 @@ def _tensors(tensors: list[GGUFTensor], metadata: Mapping[str, Any]) -> list[GGU
     for t in tensors:
         fused = _FUSED_NAME.fullmatch(t.name)
         if fused:
-            out.extend(_split(t, *fused.groups(), metadata))
+            block, name, kind = fused.groups()
+            out.extend(_split(t, block, name, kind, metadata))
             continue
         block = _BLOCK_NAME.fullmatch(t.name)
         if block and block.group(2) in _RENAMES:
@@ -89,6 +93,8 @@ def _metadata(metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
     out["general.architecture"] = GPT_OSS
     if f"{_LLAMA_CPP_PREFIX}rope.scaling.factor" in out:
         out.setdefault(f"{_LLAMA_CPP_PREFIX}rope.scaling.type", "yarn")
+        for key, beta in _YARN_BETAS.items():
+            out.setdefault(_LLAMA_CPP_PREFIX + key, beta)
     gate = shapes.get("blk.0.ffn_gate_exps.weight")
     if gate is not None:  # [E, width, in]
         out.setdefault(f"{_LLAMA_CPP_PREFIX}expert_feed_forward_length", gate[-2])
