@@ -183,7 +183,7 @@ class Scheduler:
             length, cache = self.prefix_cache.lookup(request.prompt_ids[:-1], self._runner.new_cache)
             live.prefilled = output.cached_tokens = length
         top = request.top_logprobs if request.logprobs else None
-        self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache)
+        self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache, request.constraint)
         return live
 
     # -- prefill -------------------------------------------------------------------------------------------------
@@ -238,6 +238,8 @@ class Scheduler:
             owner = by_row.get(result.row)
             if owner is not None and owner.phase is not Phase.DONE:
                 events = owner.output.accept(result.token, result.logprob)
+                if result.constraint_done and not owner.output.done:
+                    events += owner.output.finish(FinishReason.STOP)  # the grammar is complete
                 if owner.output.done:
                     self._end(owner, events, out)
                 else:
