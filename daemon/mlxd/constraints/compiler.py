@@ -183,11 +183,18 @@ class GrammarCompiler:
         try:
             # Parsed here as well for a plain message on bad JSON (llguidance reports it at a column of its own
             # wrapping) and a clean refusal of nesting deep enough to exhaust the recursion.
-            json.loads(schema)
+            parsed = json.loads(schema)
         except RecursionError:
             raise ConstraintError("too_large", "the JSON schema is nested too deeply") from None
         except ValueError as exc:
             raise ConstraintError("invalid", f"the JSON schema is not valid JSON: {exc}") from None
+        # llguidance applies the whitespace options to an object schema only; the boolean schemas are spelled out.
+        if parsed is True:
+            schema = "{}"
+        elif parsed is False:
+            raise ConstraintError("invalid", "the JSON schema false allows no value")
+        elif not isinstance(parsed, dict):
+            raise ConstraintError("invalid", "the JSON schema must be an object or a boolean")
         bound = spec.effective_max_whitespace
         # Overrides win over the schema's own "x-guidance" settings, so the bound holds whatever the schema says;
         # an explicit None clears a whitespace_pattern the schema may set.
