@@ -24,7 +24,8 @@ SOURCES = {
 def test_the_key_names_what_changes_the_grammar():
     schema = SOURCES["json_schema"]
     assert ConstraintSpec("json_schema", schema).key == ConstraintSpec("json_schema", schema, after="</think>").key
-    assert ConstraintSpec("json_schema", schema).key == ConstraintSpec("json_schema", schema, DEFAULT_MAX_WHITESPACE).key
+    default = ConstraintSpec("json_schema", schema, DEFAULT_MAX_WHITESPACE)
+    assert ConstraintSpec("json_schema", schema).key == default.key
     assert ConstraintSpec("json_schema", schema).key != ConstraintSpec("json_schema", schema, 2).key
     assert ConstraintSpec("regex", "a+").key == ConstraintSpec("regex", "a+", 2).key  # not JSON: no whitespace bound
     assert ConstraintSpec("regex", "a+").key != ConstraintSpec("lark", "a+").key

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxd.constraints import ConstraintError, ConstraintSpec, RowConstraint
+from mlxd.constraints import ConstraintError, RowConstraint
 from tests.constraints.conftest import TINY_EOS, TINY_TOKENS
-from tests.constraints.walks import allowed_ids, closing_tokens, compile_spec, lowest, seeded, walk
+from tests.constraints.walks import allowed_ids, closing_tokens, compile_spec, lowest, seeded, walk, whitespace_run
 
 SCHEMAS = {
     "bounded_object": {
@@ -110,8 +110,8 @@ def test_the_date_format_allows_only_calendar_dates(tiny, date):
 
 # ASCII classes: a regex follows Rust's regex crate, whose \d is every Unicode digit of a newer Unicode than this
 # Python's re (U+16D70, a Kirat Rai digit, is one to Rust and not to Python 3.11).
-REGEXES = [r"[a-c]{2,5}-[0-9]{1,3}", r"(yes|no|maybe)", r"[0-9]{4}-[0-9]{2}-[0-9]{2}", r"[A-Z][a-z]{0,6}( [A-Z][a-z]{0,6}){0,2}",
-           r"(ab)+c?", r"[0-9]+"]
+REGEXES = [r"[a-c]{2,5}-[0-9]{1,3}", r"(yes|no|maybe)", r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
+           r"[A-Z][a-z]{0,6}( [A-Z][a-z]{0,6}){0,2}", r"(ab)+c?", r"[0-9]+"]
 
 
 @pytest.mark.parametrize("pattern", REGEXES)
@@ -305,46 +305,20 @@ def test_valid_text_is_allowed_token_by_token(tiny):
     _consume_text(tiny, compile_spec(tiny, "lark", LARK), "(12,abc,7)")
 
 
-def _whitespace_runs(compiler, grammar, prefix: str) -> int:
-    """After `prefix`, follows every run of whitespace-only tokens the masks allow (one path per run length) and
-    returns the longest run in characters."""
-    whitespace = {}
-    for token in range(TINY_TOKENS):
-        text = compiler.tokenizer.decode_str([token])
-        if text and not compiler.tokenizer.is_special_token(token) and not text.strip(" \t\n\r"):
-            whitespace[token] = len(text)
-    prefix_tokens = compiler.tokenizer.tokenize_str(prefix)
-    paths: dict[int, list[int]] = {0: []}
-    frontier = [0]
-    out = np.zeros(grammar.mask_words, dtype=np.int32)
-    while frontier:
-        run = frontier.pop()
-        row = RowConstraint(grammar)
-        for token in prefix_tokens + paths[run]:
-            row.consume(token)
-        row.fill_bitmask(out)
-        for token in set(allowed_ids(out).tolist()) & whitespace.keys():
-            longer = run + whitespace[token]
-            if longer not in paths:
-                paths[longer] = paths[run] + [token]
-                frontier.append(longer)
-    return max(paths)
-
-
 @pytest.mark.parametrize("bound", [None, 0, 1, 3, 12])
 def test_whitespace_between_json_tokens_is_bounded(tiny, bound):
     expected = 8 if bound is None else bound
     schema = json.dumps({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}})
     grammar = compile_spec(tiny, "json_schema", schema, max_whitespace=bound)
     for prefix in ("{", '{"a":', '{"a":[1,'):
-        assert _whitespace_runs(tiny, grammar, prefix) == expected, prefix
-    assert _whitespace_runs(tiny, compile_spec(tiny, "json_object", max_whitespace=bound), "{") == expected
+        assert whitespace_run(tiny, TINY_TOKENS, grammar, prefix) == expected, prefix
+    assert whitespace_run(tiny, TINY_TOKENS, compile_spec(tiny, "json_object", max_whitespace=bound), "{") == expected
 
 
 def test_the_bound_overrides_the_schemas_own_whitespace_settings(tiny):
     schema = json.dumps({"x-guidance": {"whitespace_pattern": "[ ]+"}, "type": "object"})
-    assert _whitespace_runs(tiny, compile_spec(tiny, "json_schema", schema, max_whitespace=2), "{") == 2
-    assert _whitespace_runs(tiny, compile_spec(tiny, "json_schema", schema, max_whitespace=0), "{") == 0
+    assert whitespace_run(tiny, TINY_TOKENS, compile_spec(tiny, "json_schema", schema, max_whitespace=2), "{") == 2
+    assert whitespace_run(tiny, TINY_TOKENS, compile_spec(tiny, "json_schema", schema, max_whitespace=0), "{") == 0
 
 
 def test_a_token_the_mask_forbids_is_rejected(tiny):

@@ -92,5 +92,31 @@ def seeded(seed: int, eos_ids: Sequence[int], closers: frozenset[int] = frozense
     return choose
 
 
+def whitespace_run(compiler: GrammarCompiler, tokenizer_tokens: int, grammar: CompiledGrammar, prefix: str) -> int:
+    """After `prefix`, follows every run of whitespace-only tokens the masks allow (one path per run length) and
+    returns the longest run in characters."""
+    whitespace: dict[int, int] = {}
+    for token in range(tokenizer_tokens):
+        text = compiler.tokenizer.decode_str([token])
+        if text and not compiler.tokenizer.is_special_token(token) and not text.strip(" \t\n\r"):
+            whitespace[token] = len(text)
+    prefix_tokens = compiler.tokenizer.tokenize_str(prefix)
+    paths: dict[int, list[int]] = {0: []}
+    frontier = [0]
+    out = np.zeros(grammar.mask_words, dtype=np.int32)
+    while frontier:
+        run = frontier.pop()
+        row = RowConstraint(grammar)
+        for token in prefix_tokens + paths[run]:
+            row.consume(token)
+        row.fill_bitmask(out)
+        for token in set(allowed_ids(out).tolist()) & whitespace.keys():
+            longer = run + whitespace[token]
+            if longer not in paths:
+                paths[longer] = paths[run] + [token]
+                frontier.append(longer)
+    return max(paths)
+
+
 def compile_spec(compiler: GrammarCompiler, kind: str, source: str = "", **settings: int | None) -> CompiledGrammar:
     return compiler.compile(ConstraintSpec(kind, source, **settings))  # type: ignore[arg-type]
