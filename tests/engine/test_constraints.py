@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxd.engine.constraint import allowed_tokens, bitmask_words, masked
+from mlxd.constraints import ConstraintError
 from mlxd.engine.request import FinishReason, GenerationRequest
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.errors import InternalError, ResourceExhausted
 from mlxd.generation.params import SamplingParams
 from tests.helpers.engine_runs import drain, run, run_arrivals
 from tests.helpers.fakes import VOCAB, fake_runtime
@@ -48,18 +48,6 @@ def _request(name, prompt, n=12, constraint=None, **kwargs) -> GenerationRequest
 def _alone(runtime, request: GenerationRequest):
     run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4)), request)
     return drain(request)
-
-
-def test_bitmask_bits_are_tokens():
-    rng = np.random.default_rng(0)
-    words = rng.integers(-2**31, 2**31, size=(3, bitmask_words(70)), dtype=np.int64).astype(np.int32)
-    allowed = np.array(allowed_tokens(mx.array(words), 70))
-    expected = [[bool((int(np.uint32(words[r, t // 32].view(np.uint32))) >> (t % 32)) & 1) for t in range(70)]
-                for r in range(3)]
-    assert allowed.tolist() == expected
-    logits = mx.arange(70, dtype=mx.bfloat16)[None]
-    out = masked(logits, allowed_tokens(mx.array(words[:1]), 70))
-    assert out.dtype == mx.bfloat16 and np.isneginf(np.array(out[0].astype(mx.float32))[~allowed[0]]).all()
 
 
 def test_a_constraint_the_greedy_output_meets_changes_nothing_and_ends_it():
@@ -120,3 +108,34 @@ def test_constrained_rows_beside_free_ones_change_nothing_for_either():
     run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=8)),
                  {0: batched[:2], 3: batched[2:]})
     assert [drain(r)[:2] for r in batched] == alone
+
+
+class FailsAt(AllowedSets):
+    """AllowedSets whose mask fill (or its being told a token) raises at step `at`: a grammar past its limits."""
+
+    def __init__(self, steps: list[set[int]], at: int, where: str) -> None:
+        super().__init__(steps)
+        self.at, self.where = at, where
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        if self.where == "fill" and len(self.told) == self.at:
+            raise ConstraintError("too_large", "the grammar ran out of fuel")
+        super().fill_bitmask(out)
+
+    def consume(self, token: int) -> None:
+        if self.where == "consume" and len(self.told) == self.at:
+            raise ConstraintError("rejected", "token refused")
+        super().consume(token)
+
+
+@pytest.mark.parametrize("where,error", [("fill", ResourceExhausted), ("consume", InternalError)])
+def test_a_failing_constraint_ends_its_row_only(where, error):
+    runtime = fake_runtime()
+    steps = [set(range(1, 40))] * 8
+    free = _request("free", PROMPTS[0], n=8)
+    failing = _request("failing", PROMPTS[1], n=8, constraint=FailsAt(steps, 3, where))
+    alone = _alone(runtime, _request("alone", PROMPTS[0], n=8))[0]
+    run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)), {0: [free, failing]})
+    assert drain(free)[0] == alone
+    with pytest.raises(error, match="constraint: "):
+        drain(failing)

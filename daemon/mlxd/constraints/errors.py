@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mlxd.errors import MlxdError
+from mlxd.errors import InternalError, InvalidRequest, MlxdError, ResourceExhausted
 
 # invalid: the schema, regex or grammar is wrong or uses what llguidance does not support (INVALID_ARGUMENT).
 # too_large: the source or the grammar it makes exceeds a size or work limit (RESOURCE_EXHAUSTED).
@@ -27,3 +27,11 @@ class ConstraintError(MlxdError):
 
     def __repr__(self) -> str:
         return f"ConstraintError({self.code!r}, {self.message!r})"
+
+
+def as_request_error(error: ConstraintError) -> MlxdError:
+    """The request error a client gets for it: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, or INTERNAL for a token the
+    mask should have made impossible."""
+    kinds: dict[str, type[MlxdError]] = {"invalid": InvalidRequest, "too_large": ResourceExhausted,
+                                         "rejected": InternalError}
+    return kinds[error.code](f"constraint: {error.message}")

@@ -168,6 +168,7 @@ class FinalEvent:
     timings: Timings = field(default_factory=Timings)
     peak_memory_bytes: int = 0
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    constraint_complete: bool = False  # the request's constraint accepted the whole output
 
 
 @dataclass

@@ -32,7 +32,8 @@ from typing import cast
 import mlx.core as mx
 import numpy as np
 
-from mlxd.engine.constraint import TokenConstraint, allowed_tokens, bitmask_words, masked
+from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
+from mlxd.engine.constraint import TokenConstraint, bitmask_words
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
 from mlxd.engine.vision import ImageEncoder
@@ -54,6 +55,7 @@ class StepResult:
     token: int
     logprob: TokenLogprob | None
     constraint_done: bool = False  # the row's constraint is complete after this token
+    error: Exception | None = None  # the row's constraint failed (a grammar past its limits): end this row only
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Row:
     position: int = 0                     # while parked: positions its columns hold
     next_token: int = 0                   # the token it feeds when it joins the batch
     constraint: TokenConstraint | None = None
+    failure: Exception | None = None      # its constraint's, reported with its next result
 
 
 @dataclass
@@ -206,7 +209,7 @@ class Runner:
             self._positions.advance()
         results = self._constrain(previous.read()) if previous is not None else []
         if logits is not None and self._pending is None:
-            self._pending = self._sample(masked(logits, self._allowed(rows, logits.shape[-1])), rows)
+            self._pending = self._sample(self._masked(logits, rows), rows)
         return results
 
     def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
@@ -261,23 +264,40 @@ class Runner:
         for result in results:
             r = self._rows.get(result.row)
             constraint = r.constraint if r is not None else None
-            if constraint is None or constraint.is_stopped():
+            if r is None or constraint is None or (r.failure is None and constraint.is_stopped()):
                 out.append(result)  # unconstrained, closed, or complete already (the caller ends it)
                 continue
-            constraint.consume(result.token)
-            out.append(StepResult(result.row, result.token, result.logprob, constraint.is_stopped()))
+            if r.failure is None:
+                try:
+                    constraint.consume(result.token)
+                except Exception as error:  # one grammar's failure ends its row, not the batch
+                    r.failure = error
+            done = r.failure is None and constraint.is_stopped()
+            out.append(StepResult(result.row, result.token, result.logprob, done, r.failure))
         return out
 
-    def _allowed(self, rows: list[_Row], width: int) -> mx.array:
-        """bool [B, width]: each constrained row's allowed tokens (every token for the others). The CPU fills the
-        bitmasks while the device runs the step's forward pass."""
-        bitmasks = np.full((len(rows), bitmask_words(width)), -1, dtype=np.int32)
-        for i, r in enumerate(rows):
-            if r.constraint is not None and not r.constraint.is_stopped():
-                r.constraint.fill_bitmask(bitmasks[i])
-                if not bitmasks[i].any():
-                    bitmasks[i] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends it
-        return allowed_tokens(mx.array(bitmasks), width)
+    def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
+        """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched). The
+        CPU fills the bitmasks while the device runs the step's forward pass."""
+        constrained = [i for i, r in enumerate(rows)
+                       if r.constraint is not None and r.failure is None and not r.constraint.is_stopped()]
+        if not constrained:
+            return logits
+        width = logits.shape[-1]
+        bitmasks = np.zeros((len(constrained), bitmask_words(width)), dtype=np.int32)
+        for j, i in enumerate(constrained):
+            constraint = rows[i].constraint
+            assert constraint is not None
+            try:
+                constraint.fill_bitmask(bitmasks[j])
+            except Exception as error:  # reported with the row's next result, which ends it
+                rows[i].failure = error
+            if not bitmasks[j].any():
+                bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
+        index = mx.array(constrained, dtype=mx.int32)
+        out = mx.array(logits)
+        out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(bitmasks), width))
+        return out
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 
