@@ -261,8 +261,11 @@ type GenerationOptions struct {
 	Logprobs          bool              `protobuf:"varint,15,opt,name=logprobs,proto3" json:"logprobs,omitempty"`                                   // log-probability of each generated token
 	TopLogprobs       uint32            `protobuf:"varint,16,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`          // and this many top alternatives (needs logprobs)
 	PromptLogprobs    bool              `protobuf:"varint,17,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"` // log-probability of each prompt token after the first
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The output must match this (JSON Schema, any JSON object, a regex or a grammar), enforced token by token.
+	// With a constraint, logprobs are those of the constrained distribution (disallowed tokens have none).
+	Constraint    *Constraint `protobuf:"bytes,18,opt,name=constraint,proto3" json:"constraint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerationOptions) Reset() {
@@ -414,6 +417,191 @@ func (x *GenerationOptions) GetPromptLogprobs() bool {
 	return false
 }
 
+func (x *GenerationOptions) GetConstraint() *Constraint {
+	if x != nil {
+		return x.Constraint
+	}
+	return nil
+}
+
+// A constraint on the generated text (llguidance's grammars). INVALID_ARGUMENT names what is wrong with it;
+// RESOURCE_EXHAUSTED says when it is too large to compile within the daemon's limits.
+type Constraint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Constraint_JsonSchema
+	//	*Constraint_JsonObject
+	//	*Constraint_Regex
+	//	*Constraint_Lark
+	//	*Constraint_Gbnf
+	Kind isConstraint_Kind `protobuf_oneof:"kind"`
+	// JSON only: the most whitespace characters in a row between tokens, so a model cannot loop on blanks
+	// (0: the daemon's default).
+	MaxWhitespace uint32 `protobuf:"varint,6,opt,name=max_whitespace,json=maxWhitespace,proto3" json:"max_whitespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Constraint) Reset() {
+	*x = Constraint{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Constraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Constraint) ProtoMessage() {}
+
+func (x *Constraint) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
+func (*Constraint) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Constraint) GetKind() isConstraint_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Constraint) GetJsonSchema() string {
+	if x != nil {
+		if x, ok := x.Kind.(*Constraint_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return ""
+}
+
+func (x *Constraint) GetJsonObject() *JsonObject {
+	if x != nil {
+		if x, ok := x.Kind.(*Constraint_JsonObject); ok {
+			return x.JsonObject
+		}
+	}
+	return nil
+}
+
+func (x *Constraint) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Kind.(*Constraint_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *Constraint) GetLark() string {
+	if x != nil {
+		if x, ok := x.Kind.(*Constraint_Lark); ok {
+			return x.Lark
+		}
+	}
+	return ""
+}
+
+func (x *Constraint) GetGbnf() string {
+	if x != nil {
+		if x, ok := x.Kind.(*Constraint_Gbnf); ok {
+			return x.Gbnf
+		}
+	}
+	return ""
+}
+
+func (x *Constraint) GetMaxWhitespace() uint32 {
+	if x != nil {
+		return x.MaxWhitespace
+	}
+	return 0
+}
+
+type isConstraint_Kind interface {
+	isConstraint_Kind()
+}
+
+type Constraint_JsonSchema struct {
+	JsonSchema string `protobuf:"bytes,1,opt,name=json_schema,json=jsonSchema,proto3,oneof"` // a JSON Schema, as JSON text
+}
+
+type Constraint_JsonObject struct {
+	JsonObject *JsonObject `protobuf:"bytes,2,opt,name=json_object,json=jsonObject,proto3,oneof"` // any JSON object (Ollama's `format: "json"`)
+}
+
+type Constraint_Regex struct {
+	Regex string `protobuf:"bytes,3,opt,name=regex,proto3,oneof"` // the whole output matches it
+}
+
+type Constraint_Lark struct {
+	Lark string `protobuf:"bytes,4,opt,name=lark,proto3,oneof"` // a Lark grammar (llguidance's dialect)
+}
+
+type Constraint_Gbnf struct {
+	Gbnf string `protobuf:"bytes,5,opt,name=gbnf,proto3,oneof"` // a GBNF grammar, as llama.cpp takes it
+}
+
+func (*Constraint_JsonSchema) isConstraint_Kind() {}
+
+func (*Constraint_JsonObject) isConstraint_Kind() {}
+
+func (*Constraint_Regex) isConstraint_Kind() {}
+
+func (*Constraint_Lark) isConstraint_Kind() {}
+
+func (*Constraint_Gbnf) isConstraint_Kind() {}
+
+type JsonObject struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonObject) Reset() {
+	*x = JsonObject{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonObject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonObject) ProtoMessage() {}
+
+func (x *JsonObject) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonObject.ProtoReflect.Descriptor instead.
+func (*JsonObject) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{5}
+}
+
 type GenerateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen id for Cancel; the daemon assigns one when empty. Must be unique among live requests.
@@ -434,7 +622,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +634,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +647,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GenerateRequest) GetRequestId() string {
@@ -549,7 +737,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +749,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +762,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Image) GetData() []byte {
@@ -606,7 +794,7 @@ type ContentPart struct {
 
 func (x *ContentPart) Reset() {
 	*x = ContentPart{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +806,7 @@ func (x *ContentPart) String() string {
 func (*ContentPart) ProtoMessage() {}
 
 func (x *ContentPart) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +819,7 @@ func (x *ContentPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
 func (*ContentPart) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ContentPart) GetPart() isContentPart_Part {
@@ -701,7 +889,7 @@ type MultimodalMessage struct {
 
 func (x *MultimodalMessage) Reset() {
 	*x = MultimodalMessage{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +901,7 @@ func (x *MultimodalMessage) String() string {
 func (*MultimodalMessage) ProtoMessage() {}
 
 func (x *MultimodalMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +914,7 @@ func (x *MultimodalMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalMessage.ProtoReflect.Descriptor instead.
 func (*MultimodalMessage) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MultimodalMessage) GetRole() string {
@@ -754,7 +942,7 @@ type MultimodalChat struct {
 
 func (x *MultimodalChat) Reset() {
 	*x = MultimodalChat{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +954,7 @@ func (x *MultimodalChat) String() string {
 func (*MultimodalChat) ProtoMessage() {}
 
 func (x *MultimodalChat) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +967,7 @@ func (x *MultimodalChat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalChat.ProtoReflect.Descriptor instead.
 func (*MultimodalChat) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MultimodalChat) GetMessages() []*MultimodalMessage {
@@ -812,7 +1000,7 @@ type MultimodalPrompt struct {
 
 func (x *MultimodalPrompt) Reset() {
 	*x = MultimodalPrompt{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1012,7 @@ func (x *MultimodalPrompt) String() string {
 func (*MultimodalPrompt) ProtoMessage() {}
 
 func (x *MultimodalPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1025,7 @@ func (x *MultimodalPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalPrompt.ProtoReflect.Descriptor instead.
 func (*MultimodalPrompt) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MultimodalPrompt) GetParts() []*ContentPart {
@@ -863,7 +1051,7 @@ type MultimodalGenerateRequest struct {
 
 func (x *MultimodalGenerateRequest) Reset() {
 	*x = MultimodalGenerateRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1063,7 @@ func (x *MultimodalGenerateRequest) String() string {
 func (*MultimodalGenerateRequest) ProtoMessage() {}
 
 func (x *MultimodalGenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1076,7 @@ func (x *MultimodalGenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalGenerateRequest.ProtoReflect.Descriptor instead.
 func (*MultimodalGenerateRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MultimodalGenerateRequest) GetRequestId() string {
@@ -964,7 +1152,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1164,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1177,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TopLogprob) GetTokenId() int32 {
@@ -1025,7 +1213,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1225,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1238,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenLogprob) GetTokenId() int32 {
@@ -1092,7 +1280,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1292,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1305,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Chunk) GetText() string {
@@ -1152,7 +1340,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1352,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1365,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1214,7 +1402,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1414,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1427,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Timings) GetQueueSeconds() float64 {
@@ -1287,13 +1475,15 @@ type Final struct {
 	PeakMemoryBytes uint64                 `protobuf:"varint,6,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
 	PromptLogprobs  []*TokenLogprob        `protobuf:"bytes,7,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
 	RequestId       string                 `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With a constraint: whether the output is complete under it (false when max_tokens or a stop cut it short).
+	ConstraintComplete bool `protobuf:"varint,9,opt,name=constraint_complete,json=constraintComplete,proto3" json:"constraint_complete,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1495,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1508,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Final) GetFinishReason() FinishReason {
@@ -1377,6 +1567,13 @@ func (x *Final) GetRequestId() string {
 	return ""
 }
 
+func (x *Final) GetConstraintComplete() bool {
+	if x != nil {
+		return x.ConstraintComplete
+	}
+	return false
+}
+
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Event:
@@ -1390,7 +1587,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1599,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1612,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -1471,7 +1668,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1680,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1693,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TokenizeRequest) GetText() string {
@@ -1537,7 +1734,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1746,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1759,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TokenizeResponse) GetIds() []int32 {
@@ -1589,7 +1786,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1798,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1811,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DetokenizeRequest) GetIds() []int32 {
@@ -1640,7 +1837,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1849,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1862,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1683,7 +1880,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1892,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1905,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 type ModelInfo struct {
@@ -1746,7 +1943,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1955,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1968,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ModelInfo) GetModelId() string {
@@ -1937,7 +2134,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2146,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2159,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelRequest) GetRequestId() string {
@@ -1981,7 +2178,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2190,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2203,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelResponse) GetFound() bool {
@@ -2030,7 +2227,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\rparse_special\x18\x03 \x01(\bR\fparseSpecialB\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xe0\x06\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x95\a\n" +
 	"\x11GenerationOptions\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12%\n" +
@@ -2052,7 +2249,10 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"ignore_eos\x18\x0e \x01(\bR\tignoreEos\x12\x1a\n" +
 	"\blogprobs\x18\x0f \x01(\bR\blogprobs\x12!\n" +
 	"\ftop_logprobs\x18\x10 \x01(\rR\vtopLogprobs\x12'\n" +
-	"\x0fprompt_logprobs\x18\x11 \x01(\bR\x0epromptLogprobs\x1a<\n" +
+	"\x0fprompt_logprobs\x18\x11 \x01(\bR\x0epromptLogprobs\x123\n" +
+	"\n" +
+	"constraint\x18\x12 \x01(\v2\x13.mlxd.v1.ConstraintR\n" +
+	"constraint\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\x0e\n" +
@@ -2064,7 +2264,20 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x12_repetition_windowB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
-	"\x05_seed\"\x8a\x02\n" +
+	"\x05_seed\"\xda\x01\n" +
+	"\n" +
+	"Constraint\x12!\n" +
+	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +
+	"jsonSchema\x126\n" +
+	"\vjson_object\x18\x02 \x01(\v2\x13.mlxd.v1.JsonObjectH\x00R\n" +
+	"jsonObject\x12\x16\n" +
+	"\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12\x14\n" +
+	"\x04lark\x18\x04 \x01(\tH\x00R\x04lark\x12\x14\n" +
+	"\x04gbnf\x18\x05 \x01(\tH\x00R\x04gbnf\x12%\n" +
+	"\x0emax_whitespace\x18\x06 \x01(\rR\rmaxWhitespaceB\x06\n" +
+	"\x04kind\"\f\n" +
+	"\n" +
+	"JsonObject\"\x8a\x02\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
@@ -2123,7 +2336,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x1btime_to_first_token_seconds\x18\x02 \x01(\x01R\x17timeToFirstTokenSeconds\x129\n" +
 	"\x19prefill_tokens_per_second\x18\x03 \x01(\x01R\x16prefillTokensPerSecond\x127\n" +
 	"\x18decode_tokens_per_second\x18\x04 \x01(\x01R\x15decodeTokensPerSecond\x12#\n" +
-	"\rtotal_seconds\x18\x05 \x01(\x01R\ftotalSeconds\"\xe7\x02\n" +
+	"\rtotal_seconds\x18\x05 \x01(\x01R\ftotalSeconds\"\x98\x03\n" +
 	"\x05Final\x12:\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x15.mlxd.v1.FinishReasonR\ffinishReason\x12!\n" +
 	"\fmatched_stop\x18\x02 \x01(\tR\vmatchedStop\x12\"\n" +
@@ -2133,7 +2346,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x11peak_memory_bytes\x18\x06 \x01(\x04R\x0fpeakMemoryBytes\x12>\n" +
 	"\x0fprompt_logprobs\x18\a \x03(\v2\x15.mlxd.v1.TokenLogprobR\x0epromptLogprobs\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"k\n" +
+	"request_id\x18\b \x01(\tR\trequestId\x12/\n" +
+	"\x13constraint_complete\x18\t \x01(\bR\x12constraintComplete\"k\n" +
 	"\x10GenerateResponse\x12&\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x0e.mlxd.v1.ChunkH\x00R\x05chunk\x12&\n" +
 	"\x05final\x18\x02 \x01(\v2\x0e.mlxd.v1.FinalH\x00R\x05finalB\a\n" +
@@ -2212,77 +2426,81 @@ func file_mlxd_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_mlxd_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlxd_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mlxd_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_mlxd_v1_inference_proto_goTypes = []any{
 	(FinishReason)(0),                 // 0: mlxd.v1.FinishReason
 	(*ChatMessage)(nil),               // 1: mlxd.v1.ChatMessage
 	(*ChatMessages)(nil),              // 2: mlxd.v1.ChatMessages
 	(*TokenIds)(nil),                  // 3: mlxd.v1.TokenIds
 	(*GenerationOptions)(nil),         // 4: mlxd.v1.GenerationOptions
-	(*GenerateRequest)(nil),           // 5: mlxd.v1.GenerateRequest
-	(*Image)(nil),                     // 6: mlxd.v1.Image
-	(*ContentPart)(nil),               // 7: mlxd.v1.ContentPart
-	(*MultimodalMessage)(nil),         // 8: mlxd.v1.MultimodalMessage
-	(*MultimodalChat)(nil),            // 9: mlxd.v1.MultimodalChat
-	(*MultimodalPrompt)(nil),          // 10: mlxd.v1.MultimodalPrompt
-	(*MultimodalGenerateRequest)(nil), // 11: mlxd.v1.MultimodalGenerateRequest
-	(*TopLogprob)(nil),                // 12: mlxd.v1.TopLogprob
-	(*TokenLogprob)(nil),              // 13: mlxd.v1.TokenLogprob
-	(*Chunk)(nil),                     // 14: mlxd.v1.Chunk
-	(*Usage)(nil),                     // 15: mlxd.v1.Usage
-	(*Timings)(nil),                   // 16: mlxd.v1.Timings
-	(*Final)(nil),                     // 17: mlxd.v1.Final
-	(*GenerateResponse)(nil),          // 18: mlxd.v1.GenerateResponse
-	(*TokenizeRequest)(nil),           // 19: mlxd.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),          // 20: mlxd.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),         // 21: mlxd.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),        // 22: mlxd.v1.DetokenizeResponse
-	(*GetModelInfoRequest)(nil),       // 23: mlxd.v1.GetModelInfoRequest
-	(*ModelInfo)(nil),                 // 24: mlxd.v1.ModelInfo
-	(*CancelRequest)(nil),             // 25: mlxd.v1.CancelRequest
-	(*CancelResponse)(nil),            // 26: mlxd.v1.CancelResponse
-	nil,                               // 27: mlxd.v1.GenerationOptions.LogitBiasEntry
+	(*Constraint)(nil),                // 5: mlxd.v1.Constraint
+	(*JsonObject)(nil),                // 6: mlxd.v1.JsonObject
+	(*GenerateRequest)(nil),           // 7: mlxd.v1.GenerateRequest
+	(*Image)(nil),                     // 8: mlxd.v1.Image
+	(*ContentPart)(nil),               // 9: mlxd.v1.ContentPart
+	(*MultimodalMessage)(nil),         // 10: mlxd.v1.MultimodalMessage
+	(*MultimodalChat)(nil),            // 11: mlxd.v1.MultimodalChat
+	(*MultimodalPrompt)(nil),          // 12: mlxd.v1.MultimodalPrompt
+	(*MultimodalGenerateRequest)(nil), // 13: mlxd.v1.MultimodalGenerateRequest
+	(*TopLogprob)(nil),                // 14: mlxd.v1.TopLogprob
+	(*TokenLogprob)(nil),              // 15: mlxd.v1.TokenLogprob
+	(*Chunk)(nil),                     // 16: mlxd.v1.Chunk
+	(*Usage)(nil),                     // 17: mlxd.v1.Usage
+	(*Timings)(nil),                   // 18: mlxd.v1.Timings
+	(*Final)(nil),                     // 19: mlxd.v1.Final
+	(*GenerateResponse)(nil),          // 20: mlxd.v1.GenerateResponse
+	(*TokenizeRequest)(nil),           // 21: mlxd.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),          // 22: mlxd.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),         // 23: mlxd.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),        // 24: mlxd.v1.DetokenizeResponse
+	(*GetModelInfoRequest)(nil),       // 25: mlxd.v1.GetModelInfoRequest
+	(*ModelInfo)(nil),                 // 26: mlxd.v1.ModelInfo
+	(*CancelRequest)(nil),             // 27: mlxd.v1.CancelRequest
+	(*CancelResponse)(nil),            // 28: mlxd.v1.CancelResponse
+	nil,                               // 29: mlxd.v1.GenerationOptions.LogitBiasEntry
 }
 var file_mlxd_v1_inference_proto_depIdxs = []int32{
 	1,  // 0: mlxd.v1.ChatMessages.messages:type_name -> mlxd.v1.ChatMessage
-	27, // 1: mlxd.v1.GenerationOptions.logit_bias:type_name -> mlxd.v1.GenerationOptions.LogitBiasEntry
-	3,  // 2: mlxd.v1.GenerateRequest.tokens:type_name -> mlxd.v1.TokenIds
-	2,  // 3: mlxd.v1.GenerateRequest.chat:type_name -> mlxd.v1.ChatMessages
-	4,  // 4: mlxd.v1.GenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	6,  // 5: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
-	3,  // 6: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
-	7,  // 7: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
-	8,  // 8: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
-	7,  // 9: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
-	10, // 10: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
-	9,  // 11: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
-	4,  // 12: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	12, // 13: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
-	13, // 14: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
-	0,  // 15: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
-	15, // 16: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
-	16, // 17: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
-	13, // 18: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
-	14, // 19: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
-	17, // 20: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
-	2,  // 21: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
-	5,  // 22: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
-	11, // 23: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
-	19, // 24: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
-	21, // 25: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
-	23, // 26: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
-	25, // 27: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
-	18, // 28: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
-	18, // 29: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
-	20, // 30: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
-	22, // 31: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
-	24, // 32: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
-	26, // 33: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	29, // 1: mlxd.v1.GenerationOptions.logit_bias:type_name -> mlxd.v1.GenerationOptions.LogitBiasEntry
+	5,  // 2: mlxd.v1.GenerationOptions.constraint:type_name -> mlxd.v1.Constraint
+	6,  // 3: mlxd.v1.Constraint.json_object:type_name -> mlxd.v1.JsonObject
+	3,  // 4: mlxd.v1.GenerateRequest.tokens:type_name -> mlxd.v1.TokenIds
+	2,  // 5: mlxd.v1.GenerateRequest.chat:type_name -> mlxd.v1.ChatMessages
+	4,  // 6: mlxd.v1.GenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	8,  // 7: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
+	3,  // 8: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
+	9,  // 9: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
+	10, // 10: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
+	9,  // 11: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
+	12, // 12: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
+	11, // 13: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
+	4,  // 14: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	14, // 15: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
+	15, // 16: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
+	0,  // 17: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
+	17, // 18: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
+	18, // 19: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
+	15, // 20: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
+	16, // 21: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
+	19, // 22: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
+	2,  // 23: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
+	7,  // 24: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
+	13, // 25: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
+	21, // 26: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
+	23, // 27: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
+	25, // 28: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
+	27, // 29: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
+	20, // 30: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
+	20, // 31: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
+	22, // 32: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
+	24, // 33: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
+	26, // 34: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
+	28, // 35: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
+	30, // [30:36] is the sub-list for method output_type
+	24, // [24:30] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_mlxd_v1_inference_proto_init() }
@@ -2293,21 +2511,28 @@ func file_mlxd_v1_inference_proto_init() {
 	file_mlxd_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
 	file_mlxd_v1_inference_proto_msgTypes[3].OneofWrappers = []any{}
 	file_mlxd_v1_inference_proto_msgTypes[4].OneofWrappers = []any{
+		(*Constraint_JsonSchema)(nil),
+		(*Constraint_JsonObject)(nil),
+		(*Constraint_Regex)(nil),
+		(*Constraint_Lark)(nil),
+		(*Constraint_Gbnf)(nil),
+	}
+	file_mlxd_v1_inference_proto_msgTypes[6].OneofWrappers = []any{
 		(*GenerateRequest_Prompt)(nil),
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[6].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
 		(*ContentPart_Text)(nil),
 		(*ContentPart_Image)(nil),
 		(*ContentPart_Tokens)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[8].OneofWrappers = []any{}
-	file_mlxd_v1_inference_proto_msgTypes[10].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[10].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[12].OneofWrappers = []any{
 		(*MultimodalGenerateRequest_Prompt)(nil),
 		(*MultimodalGenerateRequest_Chat)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[17].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[19].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
@@ -2317,7 +2542,7 @@ func file_mlxd_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlxd_v1_inference_proto_rawDesc), len(file_mlxd_v1_inference_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,6 +44,7 @@ class RequestOutput:
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else eos_ids)
         self.done = False
         self.generated: list[int] = []
+        self.constraint_complete = False  # the constraint accepted the output (set by the scheduler)
         self.prompt_logprobs: list[TokenLogprob] = []
         self.cached_tokens = 0           # prompt tokens a prefix-cache hit supplied
         self._started = time.monotonic()
@@ -100,4 +101,5 @@ class RequestOutput:
             timings.decode_tokens_per_second = (n_gen - 1) / decode_time if n_gen > 1 and decode_time > 0 else 0.0
         # peak_memory_bytes is the scheduler's to stamp: it owns the process-wide MLX counters.
         return FinalEvent(reason, n_prompt, n_gen, cached_tokens=self.cached_tokens, matched_stop=matched_stop,
-                          stop_token_id=stop_token_id, timings=timings, prompt_logprobs=self.prompt_logprobs)
+                          stop_token_id=stop_token_id, timings=timings, prompt_logprobs=self.prompt_logprobs,
+                          constraint_complete=self.constraint_complete)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mlxd.engine.constraint import TokenConstraint
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import StopStrings
 
@@ -112,6 +113,7 @@ class GenerationRequest:
     prompt_logprobs: bool = False
     images: tuple[PromptImage, ...] = ()    # in prompt order; spans never overlap
     deadline: float | None = None           # time.monotonic() value
+    constraint: TokenConstraint | None = None  # the tokens allowed at each step (a grammar); one per request
     cancel: CancelToken = field(default_factory=CancelToken)
     events: EventSink = field(default_factory=EventQueue)
     submitted_at: float = field(default_factory=time.monotonic)
@@ -166,6 +168,7 @@ class FinalEvent:
     timings: Timings = field(default_factory=Timings)
     peak_memory_bytes: int = 0
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    constraint_complete: bool = False  # the request's constraint accepted the whole output
 
 
 @dataclass

@@ -8,10 +8,10 @@ a row closed while a step of it was queued gets that token back with the step's 
 drops it.
 
 How the next features fit this shape, without another rewrite:
-- **Logits processors** (a grammar's token mask): a per-row object handed to `open`, kept in `_Row` beside the
-  sampler and applied in `_queue_step` to the row's logits after the forward pass and before sampling. A
-  processor fills its mask on the CPU for step n+1 while step n's forward pass runs (it learns step n's token
-  from the result the scheduler feeds back), so the mask is an input of the queued graph, not a sync.
+- **Token constraints** (a grammar's mask, engine/constraint.py): a per-row object handed to `open`, kept in
+  `_Row` beside the sampler. When a batch holds a constrained row, `step()` queues step n+1's forward pass, reads
+  step n, tells each constraint its row's token, fills the masks on the CPU while the device runs the forward
+  pass, and only then queues the sampling with the masks applied. Batches without one keep the plain pipeline.
 - **Several input tokens per row** (speculative verification of k drafted tokens): `join`/`step` take each row's
   input tokens instead of one, the batch's forward pass runs [B, 1 + k], each row's cache columns are written
   together, and a row that rejects drafts rolls back past them (a per-row `trim` of its batch columns) before the
@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import mlx.core as mx
+import numpy as np
 
+from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
+from mlxd.engine.constraint import TokenConstraint, bitmask_words
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
 from mlxd.engine.vision import ImageEncoder
@@ -51,6 +54,8 @@ class StepResult:
     row: RowId
     token: int
     logprob: TokenLogprob | None
+    constraint_done: bool = False  # the row's constraint is complete after this token
+    error: Exception | None = None  # the row's constraint failed (a grammar past its limits): end this row only
 
 
 @dataclass
@@ -61,6 +66,8 @@ class _Row:
     state: list[RowState] | None = None   # its batch columns while parked out of the batch
     position: int = 0                     # while parked: positions its columns hold
     next_token: int = 0                   # the token it feeds when it joins the batch
+    constraint: TokenConstraint | None = None
+    failure: Exception | None = None      # its constraint's, reported with its next result
 
 
 @dataclass
@@ -96,12 +103,14 @@ class Runner:
     # -- rows ----------------------------------------------------------------------------------------------------
 
     def open(self, row: RowId, sampling: SamplingParams, prompt_ids: list[int], top_logprobs: int | None,
-             cache: list[LayerCache] | None = None) -> None:
-        """Start a row: a fresh cache, or `cache` holding a prefix of the prompt (a prefix-cache hit)."""
+             cache: list[LayerCache] | None = None, constraint: TokenConstraint | None = None) -> None:
+        """Start a row: a fresh cache, or `cache` holding a prefix of the prompt (a prefix-cache hit); its tokens
+        drawn within `constraint` when given."""
         if row in self._rows:
             raise ValueError(f"row {row} is already open")
         own = cache if cache is not None else self._model.make_cache()
-        self._rows[row] = _Row(Sampler(sampling, self._vocab_size, prompt_ids), top_logprobs, own)
+        self._rows[row] = _Row(Sampler(sampling, self._vocab_size, prompt_ids), top_logprobs, own,
+                               constraint=constraint)
 
     def new_cache(self) -> list[LayerCache]:
         """An empty cache for one sequence (what a prefix-cache lookup restores into)."""
@@ -189,11 +198,19 @@ class Runner:
         keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
+        logits, rows = None, []
         if self._order:
-            inputs = self._inputs(previous, keep, joiners)
-            self._pending = self._queue_step(inputs)
+            logits = self._forward_step(self._inputs(previous, keep, joiners))
+            rows = [self._rows[row] for row in self._order]
+            if not any(r.constraint for r in rows):
+                self._pending = self._sample(logits, rows)
+            else:
+                mx.async_eval(logits)  # computed while the step before is read and the masks are filled
             self._positions.advance()
-        return previous.read() if previous is not None else []
+        results = self._constrain(previous.read()) if previous is not None else []
+        if logits is not None and self._pending is None:
+            self._pending = self._sample(self._masked(logits, rows), rows)
+        return results
 
     def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
         if keep != list(range(len(self._order))):
@@ -222,11 +239,13 @@ class Runner:
             parts.append(mx.array([self._rows[row].next_token for row in joiners], dtype=mx.int32))
         return parts[0] if len(parts) == 1 else mx.concatenate(parts)
 
-    def _queue_step(self, inputs: mx.array) -> _Pending:
-        """Build the graph of one decode step for every row (inputs int32 [B]) and start computing it. Each row
-        samples with its own sampler; rows that are plainly greedy share one argmax."""
-        logits = self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
-        rows = [self._rows[row] for row in self._order]
+    def _forward_step(self, inputs: mx.array) -> mx.array:
+        """The graph of one decode step's forward pass for every row (inputs int32 [B]): logits [B, vocab]."""
+        return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
+
+    def _sample(self, logits: mx.array, rows: list[_Row]) -> _Pending:
+        """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
+        own sampler; rows that are plainly greedy share one argmax."""
         plain = [r.sampler.plain_greedy for r in rows]
         if not any(plain):
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
@@ -238,6 +257,47 @@ class Runner:
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
         return _Pending(list(self._order), tokens, scored)
+
+    def _constrain(self, results: list[StepResult]) -> list[StepResult]:
+        """Tell each open row's constraint the token it generated; say which constraints are now complete."""
+        out = []
+        for result in results:
+            r = self._rows.get(result.row)
+            constraint = r.constraint if r is not None else None
+            if r is None or constraint is None or (r.failure is None and constraint.is_stopped()):
+                out.append(result)  # unconstrained, closed, or complete already (the caller ends it)
+                continue
+            if r.failure is None:
+                try:
+                    constraint.consume(result.token)
+                except Exception as error:  # one grammar's failure ends its row, not the batch
+                    r.failure = error
+            done = r.failure is None and constraint.is_stopped()
+            out.append(StepResult(result.row, result.token, result.logprob, done, r.failure))
+        return out
+
+    def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
+        """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched). The
+        CPU fills the bitmasks while the device runs the step's forward pass."""
+        constrained = [i for i, r in enumerate(rows)
+                       if r.constraint is not None and r.failure is None and not r.constraint.is_stopped()]
+        if not constrained:
+            return logits
+        width = logits.shape[-1]
+        bitmasks = np.zeros((len(constrained), bitmask_words(width)), dtype=np.int32)
+        for j, i in enumerate(constrained):
+            constraint = rows[i].constraint
+            assert constraint is not None
+            try:
+                constraint.fill_bitmask(bitmasks[j])
+            except Exception as error:  # reported with the row's next result, which ends it
+                rows[i].failure = error
+            if not bitmasks[j].any():
+                bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
+        index = mx.array(constrained, dtype=mx.int32)
+        out = mx.array(logits)
+        out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(bitmasks), width))
+        return out
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 

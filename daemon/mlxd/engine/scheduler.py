@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from mlxd.constraints.errors import ConstraintError, as_request_error
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
@@ -183,7 +184,7 @@ class Scheduler:
             length, cache = self.prefix_cache.lookup(request.prompt_ids[:-1], self._runner.new_cache)
             live.prefilled = output.cached_tokens = length
         top = request.top_logprobs if request.logprobs else None
-        self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache)
+        self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache, request.constraint)
         return live
 
     # -- prefill -------------------------------------------------------------------------------------------------
@@ -236,8 +237,13 @@ class Scheduler:
             live.queued += 1
         for result in results:
             owner = by_row.get(result.row)
-            if owner is not None and owner.phase is not Phase.DONE:
+            if owner is not None and owner.phase is not Phase.DONE and result.error is not None:
+                self._end(owner, owner.output.fail(_as_mlxd_error(result.error, owner.request)), out)
+            elif owner is not None and owner.phase is not Phase.DONE:
+                owner.output.constraint_complete |= result.constraint_done
                 events = owner.output.accept(result.token, result.logprob)
+                if result.constraint_done and not owner.output.done:
+                    events += owner.output.finish(FinishReason.STOP)  # the grammar is complete
                 if owner.output.done:
                     self._end(owner, events, out)
                 else:
@@ -339,6 +345,8 @@ def _gone(request: GenerationRequest) -> Event | None:
 
 
 def _as_mlxd_error(error: Exception, request: GenerationRequest) -> MlxdError:
+    if isinstance(error, ConstraintError):
+        return as_request_error(error)
     if isinstance(error, MlxdError):
         return error
     # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.

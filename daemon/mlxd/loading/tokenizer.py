@@ -46,6 +46,7 @@ class Tokenizer:
                  extra_eos_ids: list[int], chat_template: str | None) -> None:
         self._tok = tokenizer
         serialized = tokenizer.to_str()
+        self.serialized = serialized  # the tokenizers JSON: what llguidance builds its token tables from
         # A second instance that treats special-token strings as text; the flag is per instance, and
         # flipping it per call would race between gRPC threads.
         self._tok_plain = tokenizers.Tokenizer.from_str(serialized)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import (
     CancelToken,
     EventSink,
@@ -50,7 +51,8 @@ def sampling_params(options: pb.GenerationOptions, defaults: dict[str, Any], voc
 def generation_request(request_id: str, prompt_ids: list[int], options: pb.GenerationOptions, *,
                        defaults: dict[str, Any], vocab_size: int, bounds: PromptBounds, limits: Limits,
                        deadline: float | None, cancel: CancelToken, events: EventSink,
-                       images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
+                       images: tuple[PromptImage, ...] = (),
+                       constraint: TokenConstraint | None = None) -> GenerationRequest:
     """Validate the options and build the request; its stop strings are compiled here, by the caller's thread."""
     if not prompt_ids:
         raise InvalidRequest("the prompt is empty (no tokens)")
@@ -76,6 +78,7 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         deadline=deadline,
         cancel=cancel,
         events=events,
+        constraint=constraint,
     )
 
 
@@ -111,4 +114,5 @@ def final_message(event: FinalEvent, request_id: str, token_text: TokenText) -> 
         peak_memory_bytes=event.peak_memory_bytes,
         prompt_logprobs=[_logprob_pb(lp, token_text) for lp in event.prompt_logprobs],
         request_id=request_id,
+        constraint_complete=event.constraint_complete,
     ))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from mlxd.images.prompt import ImageTokens
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.loading.tokenizer import Tokenizer
 from mlxd.models.inventory import expert_counts, quantization_modes
+from mlxd.service.constraints import Grammars
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -27,10 +28,12 @@ class ServedModel:
     sampling_defaults: dict[str, Any]
     vision: VisionInput | None = None    # set for vision-language models
     max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer
+    grammars: Grammars = field(init=False)  # requests' constraints, compiled for this tokenizer
 
     def __post_init__(self) -> None:
         if not self.max_token_bytes:
             self.max_token_bytes = longest_token_bytes(self.tokenizer.id_to_token, self.info.vocab_size)
+        self.grammars = Grammars(self.tokenizer, self.info.vocab_size, list(self.info.eos_token_ids))
 
 
 def quantization_text(quantization: dict | None, held_quantized: bool) -> str:

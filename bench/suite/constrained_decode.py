@@ -1,0 +1,140 @@
+"""Decode speed under a JSON Schema: N gRPC streams constrained against the same N unconstrained, and free streams
+running beside constrained ones against the same streams beside free ones, alternating in one command.
+
+    python -m bench constrained_decode [--model smollm2|PATH --streams 1 16 --new-tokens 128]
+
+Greedy, ignore_eos. The schema (an object with one long string) keeps the output open for the whole run, so each
+stream generates about as many tokens either way; rates count what was generated. "mixed" runs half the streams
+constrained and reports the free half's decode rate, against that same half in "free" (every stream free, the
+batch as large): the target is >= 0.98. "constrained" against "free": the target is >= 0.95. Mask fill time per token
+and the grammar compile time are measured in this process with the same tokenizer (llguidance, as the daemon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import numpy as np
+
+from bench import common
+from bench.daemon import Daemon
+from mlxd_client import Client, pb
+
+SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
+          "required": ["title", "story"]}
+CONSTRAINT = pb.Constraint(json_schema=json.dumps(SCHEMA), max_whitespace=2)
+
+
+def streams(addr: str, prompts: list[list[int]], new_tokens: int, constrained: list[bool]) -> common.Row:
+    """Every stream started together; decode tok/s of the constrained and of the free ones, each from the moment
+    every stream has its first token."""
+    firsts, counts, ends = [0.0] * len(prompts), [0] * len(prompts), [0.0] * len(prompts)
+
+    def run(i: int) -> None:
+        extra = {"constraint": CONSTRAINT} if constrained[i] else {}
+        with Client(addr) as client:
+            for response in client.generate(tokens=prompts[i], temperature=0.0, ignore_eos=True,
+                                            max_tokens=new_tokens, **extra):
+                if response.HasField("chunk") and response.chunk.token_ids:
+                    firsts[i] = firsts[i] or time.perf_counter()
+                    counts[i] += len(response.chunk.token_ids)
+        ends[i] = time.perf_counter()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    row: common.Row = {}
+    start = max(firsts)
+    groups = {"constrained": [i for i, c in enumerate(constrained) if c],
+              "free": [i for i, c in enumerate(constrained) if not c],
+              "even": [i for i in range(len(prompts)) if i % 2 == 0]}  # the streams "mixed" leaves free
+    for kind, chosen in groups.items():
+        if chosen:
+            row[f"{kind}_tps"] = sum(counts[i] - 1 for i in chosen) / (max(ends[i] for i in chosen) - start)
+            row[f"{kind}_tokens"] = sum(counts[i] for i in chosen)
+    return row
+
+
+def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: int) -> dict[str, float]:
+    """Compile time of the schema and per-token mask fill p50/p99 (µs) along a lowest-allowed-token walk."""
+    from mlxd.constraints import ConstraintSpec, GrammarCompiler, RowConstraint
+    started = time.perf_counter()
+    compiler = GrammarCompiler(model_tokenizer_json, vocab, eos)
+    tables_s = time.perf_counter() - started
+    started = time.perf_counter()
+    grammar = compiler.compile(ConstraintSpec("json_schema", CONSTRAINT.json_schema, max_whitespace=2))
+    compile_s = time.perf_counter() - started
+    row = RowConstraint(grammar)
+    mask = np.zeros(grammar.mask_words, dtype=np.int32)
+    fills = []
+    for _ in range(tokens):
+        started = time.perf_counter()
+        row.fill_bitmask(mask)
+        fills.append(time.perf_counter() - started)
+        allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))
+        allowed = [t for t in allowed if t not in eos]
+        if not allowed or row.is_stopped():
+            break
+        row.consume(int(allowed[len(allowed) // 2]))
+    return {"tables_ms": tables_s * 1e3, "compile_ms": compile_s * 1e3,
+            "fill_p50_us": float(np.percentile(fills, 50) * 1e6), "fill_p99_us": float(np.percentile(fills, 99) * 1e6)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3, help="alternations per stream count (after a warm-up)")
+    common.add_out_arg(p, "constrained_decode")
+    args = p.parse_args(argv)
+    model = common.resolve_model(args.model)
+
+    with contextlib.ExitStack() as stack:
+        daemon = stack.enter_context(Daemon(model, args.out, "--dtype", args.dtype, "--max-batch-size",
+                                            str(max(args.streams))))
+        with Client(daemon.addr) as client:
+            info = client.model_info()
+
+        def prompts(n: int) -> list[list[int]]:
+            return common.stream_prompts(info.vocab_size, n, args.prompt_tokens)
+
+        def run(name: str, n: int, _round: int) -> common.Row:
+            # mixed: the odd streams constrained, the even ones free (compared with the even ones of "free").
+            chosen = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}[name]
+            row = streams(daemon.addr, prompts(n), args.new_tokens, chosen)
+            return {**row, "tps": row["constrained_tps" if name == "constrained" else "free_tps"],
+                    "even_free_tps": row["even_tps"] if name != "constrained" else 0.0}
+
+        for n in args.streams:  # warm-up, the grammar compiled once
+            run("constrained", n, 0)
+        contenders = ["free", "constrained", "mixed"]
+        rows = common.alternate(args.rounds, args.streams, contenders, run, args.out / "runs.jsonl")
+
+    from mlxd.loading.model_source import load_model_and_tokenizer
+    _, tokenizer = load_model_and_tokenizer(model)
+    masks = mask_timings(tokenizer.serialized, info.vocab_size, list(info.eos_token_ids), args.new_tokens)
+    print(f"\n{model}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens per stream, greedy, "
+          f"medians of {args.rounds} rounds; logs in {args.out}")
+    lines = []
+    for n in args.streams:
+        free = common.median(rows, "free_tps", case=n, contender="free")
+        constrained = common.median(rows, "constrained_tps", case=n, contender="constrained")
+        line = [n, free, constrained, common.median_ratio(rows, "tps", "constrained", "free", case=n)]
+        if n > 1:
+            line += [common.median(rows, "free_tps", case=n, contender="mixed"),
+                     common.median_ratio(rows, "even_free_tps", "mixed", "free", case=n)]
+        else:
+            line += ["-", "-"]
+        lines.append(line)
+    print(common.table(["streams", "free tok/s", "constrained tok/s", "constrained / free",
+                        "free beside constrained", "ratio to beside free"], lines))
+    print(f"grammar: token tables {masks['tables_ms']:.0f} ms once per model, schema compile "
+          f"{masks['compile_ms']:.1f} ms; mask fill per token p50 {masks['fill_p50_us']:.0f} us, "
+          f"p99 {masks['fill_p99_us']:.0f} us")

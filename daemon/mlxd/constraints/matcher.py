@@ -1,0 +1,77 @@
+"""One request's constraint state (the CPU side: mask filling, token consumption) and the MLX ops that turn a
+filled mask into -inf logits on the device."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+from llguidance.numpy import fill_next_token_bitmask
+
+from mlxd.constraints.compiler import CompiledGrammar, error_code
+from mlxd.constraints.errors import ConstraintError
+
+
+class RowConstraint:
+    """One llguidance matcher for one request, created at the grammar's start. Use it from one thread at a time
+    (the worker); the grammar it came from may be shared."""
+
+    def __init__(self, grammar: CompiledGrammar) -> None:
+        self.grammar = grammar
+        self._matcher = grammar.new_matcher()
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        """Writes the allowed next tokens into `out`, an int32 row of grammar.mask_words words (bit i of word w is
+        token 32*w + i), in place and without the GIL, so the device's forward pass and other Python threads go on
+        meanwhile. ConstraintError when the matcher fails: "too_large" where a per-token limit was hit."""
+        if out.dtype != np.int32 or out.shape[-1] != self.grammar.mask_words or out.size != self.grammar.mask_words:
+            raise ValueError(f"the mask row must be int32 of {self.grammar.mask_words} words, "
+                             f"not {out.dtype} {out.shape}")
+        if not out.flags["C_CONTIGUOUS"]:
+            raise ValueError("the mask row must be contiguous: llguidance writes it through a pointer")
+        # llguidance's helper takes a 2-D array; a new axis on a contiguous row is a view of the same memory.
+        fill_next_token_bitmask(self._matcher, out.reshape(1, -1) if out.ndim == 1 else out)
+        self._raise_if_failed()
+
+    def consume(self, token: int) -> None:
+        """Advances past the sampled `token`. ConstraintError("rejected") if the grammar refuses it: a token the
+        mask forbade, or a bug. The matcher stays failed afterwards."""
+        if not self._matcher.consume_token(token):
+            self._raise_if_failed()
+            raise ConstraintError("rejected", f"token {token} was refused")
+
+    def is_stopped(self) -> bool:
+        """The grammar is complete and allows nothing but EOS: the engine ends the sequence (STOP)."""
+        return self._matcher.is_stopped()
+
+    def is_accepting(self) -> bool:
+        """The output so far is complete under the grammar (EOS is allowed here), whether or not it could go on."""
+        return self._matcher.is_accepting()
+
+    def rollback(self, tokens: int) -> None:
+        """Undoes the last `tokens` consumed ones (speculative decoding's rejected drafts). ConstraintError
+        ("rejected") when there are fewer to undo; the matcher stays failed afterwards."""
+        if tokens < 0:
+            raise ValueError(f"cannot roll back {tokens} tokens")
+        if tokens and not self._matcher.rollback(tokens):
+            self._raise_if_failed()
+            raise ConstraintError("rejected", f"cannot roll back {tokens} tokens")
+
+    def _raise_if_failed(self) -> None:
+        if self._matcher.is_error():
+            message = self._matcher.get_error()
+            raise ConstraintError("too_large" if error_code(message) == "too_large" else "rejected", message)
+
+
+def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:
+    """bool[..., width] from int32[..., W] masks (bit i of word w allows token 32*w + i), with MLX ops only, so it
+    runs on the device next to the logits. `width` is the logits width, at most 32*W."""
+    words = bitmask.shape[-1]
+    if width > 32 * words:
+        raise ValueError(f"a mask of {words} words covers {32 * words} tokens, not {width}")
+    bits = (bitmask[..., None] >> mx.arange(32, dtype=mx.int32)) & 1
+    return bits.reshape(*bitmask.shape[:-1], 32 * words)[..., :width] != 0
+
+
+def apply_mask(logits: mx.array, allowed: mx.array) -> mx.array:
+    """`logits` with every disallowed entry at -inf, in the logits' own dtype (broadcasts `allowed` over rows)."""
+    return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))

@@ -1,0 +1,53 @@
+"""bitmask_to_allowed and apply_mask (MLX) against llguidance's NumPy reference."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llguidance.numpy import apply_token_bitmask_inplace
+
+from mlxd.constraints import apply_mask, bitmask_to_allowed
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 4), words=st.integers(1, 40), trim=st.integers(0, 31), seed=st.integers(0, 2**32 - 1),
+       density=st.sampled_from([0.0, 0.02, 0.5, 1.0]))
+def test_bitmask_to_allowed_agrees_with_llguidance(rows, words, trim, seed, density):
+    rng = np.random.default_rng(seed)
+    width = max(1, 32 * words - trim)
+    bits = rng.random((rows, 32 * words)) < density
+    masks = np.packbits(bits, axis=1, bitorder="little").view(np.int32)  # bit i of word w: token 32*w + i
+    logits = np.zeros((rows, width), dtype=np.float32)
+    apply_token_bitmask_inplace(logits, masks)
+    expected = np.isfinite(logits)
+    allowed = bitmask_to_allowed(mx.array(masks), width)
+    assert allowed.dtype == mx.bool_ and allowed.shape == (rows, width)
+    assert np.array_equal(np.array(allowed), expected)
+    assert np.array_equal(np.array(bitmask_to_allowed(mx.array(masks[0]), width)), expected[0])  # one row
+
+
+def test_the_sign_bit_is_token_31():
+    mask = mx.array(np.array([-(2**31), 1], dtype=np.int32))
+    assert np.flatnonzero(np.array(bitmask_to_allowed(mask, 64))).tolist() == [31, 32]
+
+
+def test_a_width_past_the_mask_is_refused():
+    with pytest.raises(ValueError):
+        bitmask_to_allowed(mx.zeros((2,), dtype=mx.int32), 65)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
+def test_apply_mask_keeps_the_dtype_and_the_allowed_logits(dtype):
+    logits = mx.random.normal((3, 70), key=mx.random.key(0)).astype(dtype)
+    allowed = mx.random.uniform(shape=(3, 70), key=mx.random.key(1)) < 0.3
+    masked = apply_mask(logits, allowed)
+    assert masked.dtype == dtype and masked.shape == logits.shape
+    kept = np.array(allowed)
+    got, was = np.array(masked.astype(mx.float32)), np.array(logits.astype(mx.float32))
+    assert np.array_equal(got[kept], was[kept])
+    assert np.all(np.isneginf(got[~kept]))
+    one_row = apply_mask(logits, allowed[0])  # one mask broadcast over rows
+    assert np.all(np.isneginf(np.array(one_row.astype(mx.float32))[:, ~kept[0]]))

@@ -1,0 +1,141 @@
+"""Token constraints in the decode batch (engine/constraint.py) on a fake model, with a fake constraint: rows
+draw only allowed tokens whatever their sampling, a complete constraint ends the row with STOP, the mask removes
+only what was not chosen, and constrained rows change nothing for the rows beside them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mlxd.constraints import ConstraintError
+from mlxd.engine.request import FinishReason, GenerationRequest
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.errors import InternalError, ResourceExhausted
+from mlxd.generation.params import SamplingParams
+from tests.helpers.engine_runs import drain, run, run_arrivals
+from tests.helpers.fakes import VOCAB, fake_runtime
+
+GREEDY = SamplingParams(temperature=0.0)
+PROMPTS = [[3, 9, 4], [7] * 20, [5, 6], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+class AllowedSets:
+    """Step i allows the tokens in steps[i]; complete after the last. Records what it was told."""
+
+    def __init__(self, steps: list[set[int]]) -> None:
+        self.steps, self.told = steps, []
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        out[:] = 0
+        for token in self.steps[len(self.told)]:
+            out[token // 32] |= np.int32(np.uint32(1 << (token % 32)).view(np.int32))
+
+    def consume(self, token: int) -> None:
+        assert token in self.steps[len(self.told)], (token, len(self.told))
+        self.told.append(token)
+
+    def is_stopped(self) -> bool:
+        return len(self.told) == len(self.steps)
+
+
+def _request(name, prompt, n=12, constraint=None, **kwargs) -> GenerationRequest:
+    return GenerationRequest(name, prompt, kwargs.pop("sampling", GREEDY), max_tokens=n, ignore_eos=True,
+                             constraint=constraint, **kwargs)
+
+
+def _alone(runtime, request: GenerationRequest):
+    run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4)), request)
+    return drain(request)
+
+
+def test_a_constraint_the_greedy_output_meets_changes_nothing_and_ends_it():
+    runtime = fake_runtime()
+    free = _alone(runtime, _request("free", PROMPTS[0], n=12))[0]
+    steps = [{token, (token + 5) % VOCAB} for token in free[:6]]
+    ids, _, _, final = _alone(runtime, _request("c", PROMPTS[0], n=12, constraint=AllowedSets(steps)))
+    assert ids == free[:6]
+    assert final.finish_reason is FinishReason.STOP  # complete after 6 tokens, with max_tokens 12
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(temperature=1.0, seed=5),
+                                      SamplingParams(temperature=0.8, top_k=3, repetition_penalty=1.5, seed=1),
+                                      SamplingParams(temperature=0.0, logit_bias={1: 50.0})])
+def test_rows_draw_only_allowed_tokens_and_seeded_ones_repeat(sampling):
+    runtime = fake_runtime()
+    free = _alone(runtime, _request("free", PROMPTS[1], n=8, sampling=sampling))[0]
+    steps = [{(t + 1) % VOCAB, (t + 2) % VOCAB, (t + 3) % VOCAB} for t in free]  # never the free choice
+    runs = [_alone(runtime, _request(f"c{i}", PROMPTS[1], n=8, sampling=sampling, constraint=AllowedSets(steps)))
+            for i in range(2)]
+    ids = runs[0][0]
+    assert len(ids) == 8 and all(token in allowed for token, allowed in zip(ids, steps))
+    if sampling.temperature == 0 or sampling.seed is not None:
+        assert runs[1][0] == ids
+
+
+def test_logprobs_are_of_the_constrained_distribution():
+    runtime = fake_runtime()
+    steps = [set(range(10, 14))] * 5
+    request = _request("c", PROMPTS[2], n=5, constraint=AllowedSets(steps), logprobs=True, top_logprobs=6,
+                       sampling=SamplingParams(temperature=1.0, seed=2))
+    run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4)), request)
+    tokens = []
+    while not (event := request.events.get_nowait()).__class__.__name__ == "FinalEvent":
+        for lp in event.logprobs:
+            tokens.append(lp)
+    assert len(tokens) == 5
+    for lp in tokens:
+        allowed_tops = [t for t in lp.top if math.isfinite(t.logprob)]
+        assert {t.token_id for t in allowed_tops} <= steps[0] and len(allowed_tops) == 4
+        assert math.isclose(sum(math.exp(t.logprob) for t in allowed_tops), 1.0, rel_tol=1e-4)
+
+
+def test_constrained_rows_beside_free_ones_change_nothing_for_either():
+    runtime = fake_runtime()
+
+    def requests():
+        out = []
+        for i, prompt in enumerate(PROMPTS):
+            constraint = AllowedSets([{(7 * i + s) % VOCAB, (7 * i + s + 1) % VOCAB} for s in range(9)]) \
+                if i % 2 else None
+            out.append(_request(f"r{i}", prompt, n=9, constraint=constraint,
+                                sampling=SamplingParams(temperature=0.7, seed=i) if i == 3 else GREEDY))
+        return out
+
+    alone = [_alone(runtime, r)[:2] for r in requests()]
+    batched = requests()
+    run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=8)),
+                 {0: batched[:2], 3: batched[2:]})
+    assert [drain(r)[:2] for r in batched] == alone
+
+
+class FailsAt(AllowedSets):
+    """AllowedSets whose mask fill (or its being told a token) raises at step `at`: a grammar past its limits."""
+
+    def __init__(self, steps: list[set[int]], at: int, where: str) -> None:
+        super().__init__(steps)
+        self.at, self.where = at, where
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        if self.where == "fill" and len(self.told) == self.at:
+            raise ConstraintError("too_large", "the grammar ran out of fuel")
+        super().fill_bitmask(out)
+
+    def consume(self, token: int) -> None:
+        if self.where == "consume" and len(self.told) == self.at:
+            raise ConstraintError("rejected", "token refused")
+        super().consume(token)
+
+
+@pytest.mark.parametrize("where,error", [("fill", ResourceExhausted), ("consume", InternalError)])
+def test_a_failing_constraint_ends_its_row_only(where, error):
+    runtime = fake_runtime()
+    steps = [set(range(1, 40))] * 8
+    free = _request("free", PROMPTS[0], n=8)
+    failing = _request("failing", PROMPTS[1], n=8, constraint=FailsAt(steps, 3, where))
+    alone = _alone(runtime, _request("alone", PROMPTS[0], n=8))[0]
+    run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)), {0: [free, failing]})
+    assert drain(free)[0] == alone
+    with pytest.raises(error, match="constraint: "):
+        drain(failing)
