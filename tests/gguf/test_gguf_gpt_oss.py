@@ -113,8 +113,15 @@ def test_mxfp4_experts_keep_the_checkpoints_codes(parity_gguf):
     scales equal those of the folder's MXFP4 blocks, bit for bit: the converter's nibble reordering undone by
     mlxd's repacking. They give transformers' logits through gather_qmm, gate and up fused as served or not."""
     _, loaded, _, expected = parity_gguf("gpt_oss", GPT_OSS, dtype="keep", fuse=False)
+    assert loaded.dtype == "float32"
+    check_mxfp4_experts(loaded, parity_gguf("gpt_oss", GPT_OSS, dtype="keep").loaded, expected)
+
+
+def check_mxfp4_experts(loaded, served, expected) -> None:
+    """`loaded` (unfused) holds the MXFP4 experts as mxfp4 QuantizedSwitchLinear layers with the folder's codes,
+    scales and biases bit for bit and gives transformers' logits; `served` (fused) gives the same logits."""
     folder = load_model(PARITY / "gpt_oss", dtype="keep", fuse=False).model
-    assert loaded.quantized and loaded.dtype == "float32"
+    assert loaded.quantized
     for layer in range(3):
         for name in PROJECTIONS:
             ours, theirs = _experts(loaded.model, layer)[name], _experts(folder, layer)[name]
@@ -125,9 +132,8 @@ def test_mxfp4_experts_keep_the_checkpoints_codes(parity_gguf):
     tokens = expected["input_ids"]
     logits = loaded.model(tokens)
     assert mx.abs(logits[0] - expected["logits"]).max().item() < LOGIT_TOL
-    served = parity_gguf("gpt_oss", GPT_OSS, dtype="keep").loaded.model
-    assert isinstance(_experts(served, 0).gate_up_proj, QuantizedSwitchLinear)
-    assert mx.abs(served(tokens) - logits).max().item() < SELF_TOL
+    assert isinstance(_experts(served.model, 0).gate_up_proj, QuantizedSwitchLinear)
+    assert mx.abs(served.model(tokens) - logits).max().item() < SELF_TOL
 
 
 def test_q8_0_experts_stay_quantized_with_the_files_codes(parity_gguf):

@@ -21,11 +21,11 @@ from mlxd.loading.gguf.quants import OLLAMA_MXFP4, mxfp4, mxfp4_paired
 from mlxd.loading.gguf.reader import GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel, load_model
-from mlxd.models.moe import QuantizedSwitchLinear, SwitchLinear
+from mlxd.models.moe import SwitchLinear
 from tests.gguf.gpt_oss_to_gguf import ggml_mxfp4
 from tests.gguf.hf_to_gguf import GPT_OSS, PARITY, write_gguf
 from tests.gguf.ollama_gpt_oss_to_gguf import LAYOUTS, write_ollama_gguf
-from tests.gguf.test_gguf_gpt_oss import ARGS, FIXTURES, LOGIT_TOL, PROJECTIONS, SELF_TOL
+from tests.gguf.test_gguf_gpt_oss import ARGS, FIXTURES, LOGIT_TOL, PROJECTIONS, SELF_TOL, _experts, check_mxfp4_experts
 from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
 
 
@@ -68,10 +68,6 @@ def llama_cpp_gguf(tmp_path_factory):
         return read_gguf(path)
 
     return get
-
-
-def _experts(model, layer: int):
-    return model.model.layers[layer].mlp.switch_mlp
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -155,21 +151,7 @@ def test_mxfp4_experts_keep_the_checkpoints_codes(ollama_gguf, layout):
     codes and scales equal those of the folder's MXFP4 blocks, bit for bit, and give transformers' logits through
     gather_qmm, gate and up fused as served or not."""
     _, loaded, _, expected = ollama_gguf("gpt_oss", layout, "F32", dtype="keep", fuse=False)
-    folder = load_model(PARITY / "gpt_oss", dtype="keep", fuse=False).model
-    assert loaded.quantized
-    for layer in range(3):
-        for name in PROJECTIONS:
-            ours, theirs = _experts(loaded.model, layer)[name], _experts(folder, layer)[name]
-            assert isinstance(ours, QuantizedSwitchLinear)
-            assert (ours.mode, ours.bits, ours.group_size) == ("mxfp4", 4, 32)
-            for param in ("weight", "scales", "bias"):
-                assert mx.array_equal(ours[param], theirs[param]), (layer, name, param)
-    tokens = expected["input_ids"]
-    logits = loaded.model(tokens)
-    assert mx.abs(logits[0] - expected["logits"]).max().item() < LOGIT_TOL
-    served = ollama_gguf("gpt_oss", layout, "F32", dtype="keep").loaded.model
-    assert isinstance(_experts(served, 0).gate_up_proj, QuantizedSwitchLinear)
-    assert mx.abs(served(tokens) - logits).max().item() < SELF_TOL
+    check_mxfp4_experts(loaded, ollama_gguf("gpt_oss", layout, "F32", dtype="keep").loaded, expected)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
