@@ -23,7 +23,7 @@ SOURCES = {
 
 def test_the_key_names_what_changes_the_grammar():
     schema = SOURCES["json_schema"]
-    assert ConstraintSpec("json_schema", schema).key == ConstraintSpec("json_schema", schema, after="</think>").key
+    assert ConstraintSpec("json_schema", schema).key != ConstraintSpec("json_schema", schema, after="</think>").key
     default = ConstraintSpec("json_schema", schema, DEFAULT_MAX_WHITESPACE)
     assert ConstraintSpec("json_schema", schema).key == default.key
     assert ConstraintSpec("json_schema", schema).key != ConstraintSpec("json_schema", schema, 2).key
@@ -112,7 +112,8 @@ def test_llguidance_limits_make_too_large(tiny_json):
 def test_the_cache_returns_one_grammar_per_spec(tiny):
     first = tiny.compile(ConstraintSpec("regex", "[0-9]{3}"))
     assert tiny.compile(ConstraintSpec("regex", "[0-9]{3}")) is first
-    assert tiny.compile(ConstraintSpec("regex", "[0-9]{3}", after="</think>")) is first
+    after = tiny.compile(ConstraintSpec("regex", "[0-9]{3}", after="</think>"))
+    assert after is not first and tiny.compile(ConstraintSpec("regex", "[0-9]{3}", after="</think>")) is after
     assert tiny.compile(ConstraintSpec("regex", "[0-9]{4}")) is not first
 
 

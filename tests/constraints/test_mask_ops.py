@@ -12,7 +12,7 @@ from llguidance.numpy import apply_token_bitmask_inplace
 from mlxd.constraints import apply_mask, bitmask_to_allowed
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(rows=st.integers(1, 4), words=st.integers(1, 40), trim=st.integers(0, 31), seed=st.integers(0, 2**32 - 1),
        density=st.sampled_from([0.0, 0.02, 0.5, 1.0]))
 def test_bitmask_to_allowed_agrees_with_llguidance(rows, words, trim, seed, density):

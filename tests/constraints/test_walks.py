@@ -2,6 +2,7 @@
 walk ends with satisfies the constraint (jsonschema, re.fullmatch, a parser), and every mask on the way allows no
 padded id, EOS exactly where the grammar accepts, and no whitespace run past the bound."""
 
+# derandomize: CI runs the same examples every time (a random walk that fails is then seen at once, not one run in n).
 from __future__ import annotations
 
 import json
@@ -76,16 +77,18 @@ def test_the_lowest_allowed_token_makes_valid_json(tiny, name):
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_allowed_tokens_make_valid_json(tiny, name, seed):
     grammar = compile_spec(tiny, "json_schema", json.dumps(SCHEMAS[name]))
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, JSON_CLOSERS)), TINY_TOKENS)
+    # Open objects may take extra members for a while: 400 steps ran out once (seed 2968, still valid JSON so far).
+    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, JSON_CLOSERS)), TINY_TOKENS,
+                  max_steps=2000)
     assert result.finished, result.text
     _check_json(result.text, SCHEMAS[name])
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_json_object_makes_an_object(tiny, seed):
     grammar = compile_spec(tiny, "json_object")
@@ -115,7 +118,7 @@ REGEXES = [r"[a-c]{2,5}-[0-9]{1,3}", r"(yes|no|maybe)", r"[0-9]{4}-[0-9]{2}-[0-9
 
 
 @pytest.mark.parametrize("pattern", REGEXES)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_regex_walks_match(tiny, pattern, seed):
     grammar = compile_spec(tiny, "regex", pattern)
@@ -134,7 +137,7 @@ WORD: /[a-z]{1,5}/
 LARK_TEXT = re.compile(r"\((?:[0-9]{1,3}|[a-z]{1,5})(?:,(?:[0-9]{1,3}|[a-z]{1,5}))*\)")
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_lark_walks_match(tiny, seed):
     grammar = compile_spec(tiny, "lark", LARK)
@@ -246,7 +249,7 @@ def _arithmetic(text: str) -> bool:
     return lines > 0
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_list_walks_match(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_LIST)
@@ -255,7 +258,7 @@ def test_gbnf_list_walks_match(tiny, seed):
     assert re.fullmatch(r"(?:- [^\r\n\x0b\x0c\x85\u2028\u2029]+\n)+", result.text), result.text
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_arithmetic_walks_parse(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_ARITHMETIC)
@@ -275,7 +278,7 @@ def test_llama_cpps_arithmetic_grammar_takes_a_host_text(tiny):
     _consume_text(tiny, compile_spec(tiny, "gbnf", GBNF_ARITHMETIC_LLAMA_CPP), "x = y\n")
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_json_walks_parse(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_JSON)

@@ -61,6 +61,19 @@ def test_the_mask_removes_only_what_was_not_chosen(client, expected):
     assert loose.text and exact.token_ids == loose.token_ids and exact.final.constraint_complete
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_after_a_marker_the_constraint_applies(client, seed):
+    result = constrained(client, pb.Constraint(regex="(cat|dog)-[0-9]{2}", after="</think>"), seed, max_tokens=200)
+    head, marker, answer = result.text.partition("</think>")
+    if result.final.constraint_complete:
+        assert marker and re.fullmatch(r"\s{0,16}(cat|dog)-[0-9]{2}", answer), result.text
+    else:  # the tiny random model rarely writes the marker: its text stays free (tests/constraints cover the rest)
+        assert result.final.finish_reason == pb.FINISH_REASON_LENGTH and not marker
+    with pytest.raises(MlxdClientError) as caught:
+        constrained(client, pb.Constraint(regex="a", after="x" * 65))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "the limit is 64" in caught.value.details
+
+
 def test_json_object_is_json(client):
     result = constrained(client, pb.Constraint(json_object=pb.JsonObject(), max_whitespace=1), 5, max_tokens=200)
     if result.final.constraint_complete:

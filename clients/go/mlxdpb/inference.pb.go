@@ -439,6 +439,9 @@ type Constraint struct {
 	// JSON only: the most whitespace characters in a row between tokens, so a model cannot loop on blanks
 	// (0: the daemon's default).
 	MaxWhitespace uint32 `protobuf:"varint,6,opt,name=max_whitespace,json=maxWhitespace,proto3" json:"max_whitespace,omitempty"`
+	// A literal marker (a reasoning model's "</think>") before which generation is free: the constraint applies to
+	// what follows its first occurrence (up to 16 blanks after it are allowed). At most 64 characters.
+	After         string `protobuf:"bytes,7,opt,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -530,6 +533,13 @@ func (x *Constraint) GetMaxWhitespace() uint32 {
 		return x.MaxWhitespace
 	}
 	return 0
+}
+
+func (x *Constraint) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
 }
 
 type isConstraint_Kind interface {
@@ -2264,7 +2274,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x12_repetition_windowB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
-	"\x05_seed\"\xda\x01\n" +
+	"\x05_seed\"\xf0\x01\n" +
 	"\n" +
 	"Constraint\x12!\n" +
 	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +
@@ -2274,7 +2284,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12\x14\n" +
 	"\x04lark\x18\x04 \x01(\tH\x00R\x04lark\x12\x14\n" +
 	"\x04gbnf\x18\x05 \x01(\tH\x00R\x04gbnf\x12%\n" +
-	"\x0emax_whitespace\x18\x06 \x01(\rR\rmaxWhitespaceB\x06\n" +
+	"\x0emax_whitespace\x18\x06 \x01(\rR\rmaxWhitespace\x12\x14\n" +
+	"\x05after\x18\a \x01(\tR\x05afterB\x06\n" +
 	"\x04kind\"\f\n" +
 	"\n" +
 	"JsonObject\"\x8a\x02\n" +

@@ -17,6 +17,7 @@ from llguidance.gbnf_to_lark import gbnf_to_lark
 from llguidance.numpy import fill_next_token_bitmask
 
 from mlxd.constraints.errors import ConstraintError, ConstraintErrorCode
+from mlxd.constraints.free_prefix import free_until
 from mlxd.constraints.spec import ConstraintSpec
 
 if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only, absent at run time
@@ -156,6 +157,8 @@ class GrammarCompiler:
             raise ConstraintError("too_large", f"the {spec.kind} source is {size} bytes; the limit is "
                                                f"{MAX_SOURCE_BYTES}")
         grammar = self._grammar_text(spec)
+        if spec.after:
+            grammar = free_until(grammar, spec.after)
         # Building the matcher validates the grammar as LLMatcher.validate_grammar does (the same parser is
         # built, with the same messages); keeping it makes each request's matcher a copy. llguidance drops the GIL
         # while it builds.

@@ -24,8 +24,8 @@ MAX_WHITESPACE_LIMIT = 256
 class ConstraintSpec:
     """One request's constraint. `source` is the JSON Schema text, the regex or the grammar text (empty for
     json_object). `max_whitespace` bounds consecutive whitespace between JSON tokens (DEFAULT_MAX_WHITESPACE when
-    None; 0 means compact JSON); other kinds ignore it. `after` is a literal marker before which generation is free:
-    the engine enforces it, the grammar does not include it."""
+    None; 0 means compact JSON); other kinds ignore it. `after` is a literal marker before which generation is free
+    (free_prefix.py builds it into the grammar)."""
 
     kind: ConstraintKind
     source: str = ""
@@ -54,7 +54,7 @@ class ConstraintSpec:
         return DEFAULT_MAX_WHITESPACE if self.max_whitespace is None else self.max_whitespace
 
     def _content_key(self) -> str:
-        # Only what changes the compiled grammar: `after` does not, nor max_whitespace outside JSON, so specs
-        # that differ only there share one cache entry.
-        identity = json.dumps([self.kind, self.source, self.effective_max_whitespace], ensure_ascii=False)
+        # Only what changes the compiled grammar: max_whitespace outside JSON does not, so specs that differ only
+        # there share one cache entry.
+        identity = json.dumps([self.kind, self.source, self.effective_max_whitespace, self.after], ensure_ascii=False)
         return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()

@@ -41,4 +41,4 @@ def spec_of(message: pb.Constraint) -> ConstraintSpec:
     if kind is None:
         raise InvalidRequest("constraint: set one of json_schema, json_object, regex, lark or gbnf")
     source = "" if kind == "json_object" else getattr(message, kind)
-    return ConstraintSpec(kind, source, max_whitespace=message.max_whitespace or None)
+    return ConstraintSpec(kind, source, max_whitespace=message.max_whitespace or None, after=message.after)
