@@ -31,7 +31,7 @@ from mlxd.service.request_log import RequestLog, quoted
 from mlxd.service.sizes import PromptBounds, check_response, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
-from mlxd.service.streaming import StreamWriter, stream
+from mlxd.service.streaming import ClientGone, StreamWriter, stream
 from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -116,6 +116,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             final = await self._generation(method, request, context, writer, check, prepare)
             await writer.write(final)
+        except ClientGone:
+            pass  # its request is cancelled already (_generation's finally); nobody is left to answer
         finally:
             writer.close()
 
@@ -154,6 +156,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 return final
             finally:
                 self._inflight.remove(request_id, cancel)
+        except ClientGone:
+            raise  # no answer to give; the finally below cancels the request
         except Cancelled:
             # Cancelled (Cancel RPC, shutdown) before it reached the worker: it ends as a queued one would.
             return convert.final_message(FinalEvent(FinishReason.CANCELLED, 0, 0), request_id, lambda token_id: "")

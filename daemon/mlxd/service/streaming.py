@@ -14,6 +14,7 @@ import logging
 import grpc
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, TokenEvent
+from mlxd.errors import Cancelled
 from mlxd.loading.tokenizer import TokenText
 from mlxd.service import convert
 from mlxd.service.engine import Engine
@@ -22,6 +23,12 @@ from mlxd.service.stream_sink import StreamSink
 from mlxd_proto.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+class ClientGone(Cancelled):
+    """A write met a call its client had already ended: the client cancelled or went away while the message was on
+    its way (grpc raises its internal ExecuteBatchError then, not the task cancellation it raises before a write).
+    Nothing is left to tell that client; the request is cancelled like any other whose client left."""
 
 
 class StreamWriter:
@@ -40,7 +47,12 @@ class StreamWriter:
 
     async def write(self, message: pb.GenerateResponse) -> None:
         self._since = self._loop.time()
-        await self._context.write(message)
+        try:
+            await self._context.write(message)
+        except Exception:
+            if self._context.cancelled() or self._context.done():
+                raise ClientGone("the client ended the call during a write") from None
+            raise
         self._since = None
 
     def abandon(self) -> None:
