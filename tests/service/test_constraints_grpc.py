@@ -117,3 +117,45 @@ def test_unconstrained_streams_beside_constrained_ones_are_unchanged(daemon, cli
     assert results["free"].token_ids == expected["greedy_ids"].tolist()
     for name in ("c0", "c1"):
         assert re.fullmatch("[a-z ]{1,40}", results[name].text)
+
+
+# Found by tests/service/test_constraints_fuzz.py.
+
+@pytest.mark.xfail(strict=True, reason="the token at max_tokens never reaches the matcher (the row has left the batch "
+                                       "when its result comes back: runner._constrain skips rows it no longer holds), "
+                                       "so EOS there ends the request with STOP and stop_token_id EOS, allowed only "
+                                       "because the grammar accepted, yet constraint_complete is false")
+def test_eos_as_the_last_allowed_token_completes_the_constraint(client):
+    # The bias makes EOS the first token; "(ab)*" accepts the empty output, so the mask allows it.
+    result = constrained(client, pb.Constraint(regex="(ab)*"), max_tokens=1, logit_bias={2: 100.0})
+    assert result.final.finish_reason == pb.FINISH_REASON_STOP and result.final.stop_token_id == 2
+    assert result.text == "" and result.final.constraint_complete
+
+
+@pytest.mark.xfail(strict=True, reason="the token at max_tokens never reaches the matcher (runner._constrain skips "
+                                       "rows that have left the batch), so an output the grammar completes with its "
+                                       "last allowed token ends LENGTH with constraint_complete false, where one more "
+                                       "token of room gives the same tokens, STOP and constraint_complete true")
+def test_a_grammar_completed_by_the_last_allowed_token_is_complete(client):
+    roomy = constrained(client, pb.Constraint(regex="ab"), max_tokens=3)
+    assert roomy.text == "ab" and len(roomy.token_ids) == 2 and roomy.final.constraint_complete
+    exact = constrained(client, pb.Constraint(regex="ab"), max_tokens=2)
+    assert exact.token_ids == roomy.token_ids
+    assert exact.final.finish_reason == pb.FINISH_REASON_STOP and exact.final.constraint_complete
+
+
+@pytest.mark.xfail(strict=True, reason="llguidance's grammar_from_regex drops a trailing lone backslash (it escapes "
+                                       "'/' for its Lark wrapper), so the invalid regex 'ab\\' is compiled as 'ab' and "
+                                       "served instead of being refused with INVALID_ARGUMENT")
+def test_a_regex_with_a_trailing_backslash_is_refused(client):
+    with pytest.raises(MlxdClientError) as caught:
+        constrained(client, pb.Constraint(regex="ab\\"))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "constraint" in caught.value.details
+
+
+@pytest.mark.xfail(strict=True, reason="llguidance's gbnf_to_lark drops the parentheses around a group of one repeated "
+                                       "item, so GBNF ([a-z]+)? becomes the Lark /[a-z]/+? that its own parser "
+                                       "refuses: a valid llama.cpp grammar gets INVALID_ARGUMENT")
+def test_gbnf_takes_an_optional_group_of_a_repeated_item(client):
+    result = constrained(client, pb.Constraint(gbnf='root ::= ([a-z]+)? "."'))
+    assert result.final.constraint_complete and re.fullmatch(r"[a-z]*\.", result.text), result.text
