@@ -362,12 +362,6 @@ def send(addr: str, fuzzed: Fuzzed, options: dict) -> str:
         assert final.finish_reason == pb.FINISH_REASON_STOP, final
         fuzzed.check_complete(result.text)
         return "OK complete"
-    if final.finish_reason == pb.FINISH_REASON_STOP and len(result.token_ids) == options["max_tokens"]:
-        # The daemon bug pinned by test_constraints_grpc.py's
-        # test_eos_as_the_last_allowed_token_completes_the_constraint: the grammar accepted (EOS was allowed) and
-        # EOS ended the request, but the final token of max_tokens never reaches the matcher.
-        assert result.token_ids[-1] == final.stop_token_id, (result, fuzzed.constraint)
-        return "OK complete, reported incomplete (known bug)"
     assert final.finish_reason == pb.FINISH_REASON_LENGTH, (final, fuzzed.constraint)
     return "OK cut"
 

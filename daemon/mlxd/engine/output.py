@@ -44,19 +44,21 @@ class RequestOutput:
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else eos_ids)
         self.done = False
         self.generated: list[int] = []
-        self.constraint_complete = False  # the constraint accepted the output (set by the scheduler)
+        self.constraint_complete = False  # the constraint accepted the output
         self.prompt_logprobs: list[TokenLogprob] = []
         self.cached_tokens = 0           # prompt tokens a prefix-cache hit supplied
         self._started = time.monotonic()
         self._first_token_at = 0.0
 
-    def accept(self, token: int, logprob: TokenLogprob | None) -> list[Event]:
-        """The next generated token: the text it releases, and the final event when it ends the request."""
+    def accept(self, token: int, logprob: TokenLogprob | None, completes: bool = False) -> list[Event]:
+        """The next generated token: the text it releases, and the final event when it ends the request.
+        completes: the request's constraint is complete with this token (nothing may follow it: STOP)."""
         if self.done:
             return []  # ended (cancel, stop) after the step that made this token was queued
         if not self.generated:
             self._first_token_at = time.monotonic()
         self.generated.append(token)
+        self.constraint_complete |= completes
         logprobs = [logprob] if logprob else []
         if token in self._end_ids:
             return [TokenEvent("", [token], logprobs), *self.finish(FinishReason.STOP, stop_token_id=token)]
@@ -64,6 +66,8 @@ class RequestOutput:
         events: list[Event] = [TokenEvent(text, [token], logprobs)]
         if matched is not None:
             events += self.finish(FinishReason.STOP_SEQUENCE, matched_stop=matched)
+        elif completes:
+            events += self.finish(FinishReason.STOP)
         elif len(self.generated) >= self.limit:
             events += self.finish(FinishReason.LENGTH)
         return events

@@ -77,6 +77,9 @@ class _Pending:
     rows: list[RowId]
     tokens: mx.array                                  # int32 [B]
     scored: list[tuple[mx.array, ...] | None] = field(default_factory=list)  # per row: (chosen[, top ids, values])
+    # The rows' state at queue time, in order: a row closed before the step is read (its last token, at max_tokens)
+    # still tells its constraint that token, so the final can say whether the output is complete.
+    owners: list[_Row] = field(default_factory=list)
 
     def read(self) -> list[StepResult]:
         # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
@@ -207,7 +210,7 @@ class Runner:
             else:
                 mx.async_eval(logits)  # computed while the step before is read and the masks are filled
             self._positions.advance()
-        results = self._constrain(previous.read()) if previous is not None else []
+        results = self._constrain(previous.read(), previous.owners) if previous is not None else []
         if logits is not None and self._pending is None:
             self._pending = self._sample(self._masked(logits, rows), rows)
         return results
@@ -256,16 +259,15 @@ class Runner:
         scored = [None if r.top_logprobs is None else _row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
-        return _Pending(list(self._order), tokens, scored)
+        return _Pending(list(self._order), tokens, scored, rows)
 
-    def _constrain(self, results: list[StepResult]) -> list[StepResult]:
-        """Tell each open row's constraint the token it generated; say which constraints are now complete."""
+    def _constrain(self, results: list[StepResult], owners: list[_Row]) -> list[StepResult]:
+        """Tell each row's constraint the token it generated (closed rows' too); say which are now complete."""
         out = []
-        for result in results:
-            r = self._rows.get(result.row)
-            constraint = r.constraint if r is not None else None
-            if r is None or constraint is None or (r.failure is None and constraint.is_stopped()):
-                out.append(result)  # unconstrained, closed, or complete already (the caller ends it)
+        for result, r in zip(results, owners):
+            constraint = r.constraint
+            if constraint is None or (r.failure is None and constraint.is_stopped()):
+                out.append(result)  # unconstrained, or complete already (the caller ends it)
                 continue
             if r.failure is None:
                 try:

@@ -240,10 +240,7 @@ class Scheduler:
             if owner is not None and owner.phase is not Phase.DONE and result.error is not None:
                 self._end(owner, owner.output.fail(_as_mlxd_error(result.error, owner.request)), out)
             elif owner is not None and owner.phase is not Phase.DONE:
-                owner.output.constraint_complete |= result.constraint_done
-                events = owner.output.accept(result.token, result.logprob)
-                if result.constraint_done and not owner.output.done:
-                    events += owner.output.finish(FinishReason.STOP)  # the grammar is complete
+                events = owner.output.accept(result.token, result.logprob, completes=result.constraint_done)
                 if owner.output.done:
                     self._end(owner, events, out)
                 else:
