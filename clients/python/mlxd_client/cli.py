@@ -31,6 +31,13 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=[])
     gen.add_argument("--timeout", type=float)
+    shape = gen.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the output is a JSON object")
+    shape.add_argument("--json-schema", help="the output follows this JSON Schema (its text, or @FILE)")
+    shape.add_argument("--regex", help="the whole output matches this regex")
+    shape.add_argument("--gbnf", help="the output follows this GBNF grammar, as llama.cpp takes it (text or @FILE)")
+    shape.add_argument("--lark", help="the output follows this Lark grammar (llguidance's dialect; text or @FILE)")
+    gen.add_argument("--after", help="with a constraint: free text until this marker (e.g. </think>), then the rest")
     gen.set_defaults(run=_generate)
     health = sub.add_parser("health", help="print the daemon's health (exit 0 when SERVING)")
     _add_connection(health)
@@ -57,9 +64,28 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.addr, token=token, tls=tls)
 
 
+def constraint_of(args: argparse.Namespace) -> pb.Constraint | None:
+    """The --json / --json-schema / --regex / --gbnf / --lark option as the request's constraint (@FILE: read it)."""
+    if args.json:
+        constraint = pb.Constraint(json_object=pb.JsonObject())
+    else:
+        kind = next((k for k in ("json_schema", "regex", "gbnf", "lark") if getattr(args, k) is not None), None)
+        if kind is None:
+            if args.after:
+                raise SystemExit("mlxd: --after needs a constraint (--json, --json-schema, --regex, --gbnf, --lark)")
+            return None
+        source = getattr(args, kind)
+        if kind != "regex" and source.startswith("@"):
+            source = Path(source[1:]).read_text()
+        constraint = pb.Constraint(**{kind: source})
+    if args.after:
+        constraint.after = args.after
+    return constraint
+
+
 def _generate(args: argparse.Namespace) -> int:
     kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                  seed=args.seed, stop=args.stop, timeout=args.timeout)
+                  seed=args.seed, stop=args.stop, timeout=args.timeout, constraint=constraint_of(args))
     if args.chat:
         kwargs["messages"] = [{"role": "user", "content": args.prompt}]
     else:
@@ -77,7 +103,8 @@ def _generate(args: argparse.Namespace) -> int:
                       f"finish: {pb.FinishReason.Name(final.finish_reason)}, "
                       f"ttft {t.time_to_first_token_seconds * 1000:.0f} ms, "
                       f"prefill {t.prefill_tokens_per_second:.1f} tok/s, "
-                      f"decode {t.decode_tokens_per_second:.1f} tok/s]",
+                      f"decode {t.decode_tokens_per_second:.1f} tok/s"
+                      f"{', constraint complete' if final.constraint_complete else ''}]",
                       file=sys.stderr)
     return 0
 
