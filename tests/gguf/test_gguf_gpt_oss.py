@@ -97,10 +97,7 @@ def test_dense_experts_are_the_folders_split_gate_and_up(parity_gguf):
     loaded = parity_gguf("gpt_oss_dense", GPT_OSS, fuse=False).loaded.model
     folder = load_model(PARITY / "gpt_oss_dense", dtype="float32").model
     for layer in range(3):
-        for name in PROJECTIONS:
-            ours, theirs = _experts(loaded, layer)[name], _experts(folder, layer)[name]
-            assert isinstance(ours, SwitchLinear)
-            assert mx.array_equal(ours.weight, theirs.weight) and mx.array_equal(ours.bias, theirs.bias), name
+        check_split_experts(loaded, folder, layer)
         for name in ("router.weight", "router.bias"):
             module, param = name.split(".")
             assert mx.array_equal(loaded.model.layers[layer].mlp[module][param],
@@ -115,6 +112,14 @@ def test_mxfp4_experts_keep_the_checkpoints_codes(parity_gguf):
     _, loaded, _, expected = parity_gguf("gpt_oss", GPT_OSS, dtype="keep", fuse=False)
     assert loaded.dtype == "float32"
     check_mxfp4_experts(loaded, parity_gguf("gpt_oss", GPT_OSS, dtype="keep").loaded, expected)
+
+
+def check_split_experts(loaded, folder, layer: int) -> None:
+    """The layer's float experts, gate, up and down with their biases, equal the folder's."""
+    for name in PROJECTIONS:
+        ours, theirs = _experts(loaded, layer)[name], _experts(folder, layer)[name]
+        assert isinstance(ours, SwitchLinear)
+        assert mx.array_equal(ours.weight, theirs.weight) and mx.array_equal(ours.bias, theirs.bias), name
 
 
 def check_mxfp4_experts(loaded, served, expected) -> None:

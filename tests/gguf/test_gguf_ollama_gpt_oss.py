@@ -21,11 +21,10 @@ from mlxd.loading.gguf.quants import OLLAMA_MXFP4, mxfp4, mxfp4_paired
 from mlxd.loading.gguf.reader import GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import build_tokenizer
 from mlxd.loading.loader import LoadedModel, load_model
-from mlxd.models.moe import SwitchLinear
 from tests.gguf.gpt_oss_to_gguf import ggml_mxfp4
 from tests.gguf.hf_to_gguf import GPT_OSS, PARITY, write_gguf
 from tests.gguf.ollama_gpt_oss_to_gguf import LAYOUTS, write_ollama_gguf
-from tests.gguf.test_gguf_gpt_oss import ARGS, FIXTURES, LOGIT_TOL, PROJECTIONS, SELF_TOL, _experts, check_mxfp4_experts
+from tests.gguf.test_gguf_gpt_oss import ARGS, FIXTURES, LOGIT_TOL, SELF_TOL, check_mxfp4_experts, check_split_experts
 from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
 
 
@@ -161,10 +160,7 @@ def test_dense_experts_are_the_folders_split_gate_and_up(ollama_gguf, layout):
     loaded = ollama_gguf("gpt_oss_dense", layout, "F32", fuse=False).loaded.model
     folder = load_model(PARITY / "gpt_oss_dense", dtype="float32").model
     for layer in range(3):
-        for name in PROJECTIONS:
-            ours, theirs = _experts(loaded, layer)[name], _experts(folder, layer)[name]
-            assert isinstance(ours, SwitchLinear)
-            assert mx.array_equal(ours.weight, theirs.weight) and mx.array_equal(ours.bias, theirs.bias), name
+        check_split_experts(loaded, folder, layer)
         assert mx.array_equal(loaded.model.layers[layer].self_attn.sinks, folder.model.layers[layer].self_attn.sinks)
 
 
