@@ -24,10 +24,11 @@ PROMPTS = [[3, 9, 4], [7] * 20, [5, 6], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
 class AllowedSets:
     """Step i allows the tokens in steps[i]; complete after the last. Records what it was told."""
 
-    def __init__(self, steps: list[set[int]]) -> None:
-        self.steps, self.told = steps, []
+    def __init__(self, steps: list[set[int]], mask_words: int = (VOCAB + 31) // 32) -> None:
+        self.steps, self.told, self.mask_words = steps, [], mask_words
 
     def fill_bitmask(self, out: np.ndarray) -> None:
+        assert out.shape == (self.mask_words,) and out.flags["C_CONTIGUOUS"], out.shape
         out[:] = 0
         for token in self.steps[len(self.told)]:
             out[token // 32] |= np.int32(np.uint32(1 << (token % 32)).view(np.int32))
@@ -57,6 +58,15 @@ def test_a_constraint_the_greedy_output_meets_changes_nothing_and_ends_it():
     ids, _, _, final = _alone(runtime, _request("c", PROMPTS[0], n=12, constraint=AllowedSets(steps)))
     assert ids == free[:6]
     assert final.finish_reason is FinishReason.STOP  # complete after 6 tokens, with max_tokens 12
+
+
+def test_a_constraint_wider_than_the_logits_fills_its_own_width():
+    # A tokenizer with more ids than the model's logits: its mask rows are wider, and only the logits' bits count.
+    runtime = fake_runtime()
+    steps = [{3, 4}, {5}, {6, 7}]
+    wide = _alone(runtime, _request("wide", PROMPTS[0], n=8, constraint=AllowedSets(steps, mask_words=5)))
+    narrow = _alone(runtime, _request("narrow", PROMPTS[0], n=8, constraint=AllowedSets(steps)))
+    assert wide[0] == narrow[0] and len(wide[0]) == 3 and all(t in a for t, a in zip(wide[0], steps))
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(temperature=1.0, seed=5),

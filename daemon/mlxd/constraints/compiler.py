@@ -32,6 +32,11 @@ CACHE_ENTRIES = 128
 _JSON_WHITESPACE = r"[\x20\x0A\x0D\x09]"
 
 
+def mask_words(width: int) -> int:
+    """int32 words in one mask row covering token ids 0 .. width-1."""
+    return (width + 31) // 32
+
+
 def parser_limits() -> llguidance.LLParserLimits:
     """llguidance's limits on the work one grammar may cost, tighter than its defaults where a hostile source
     showed them too loose. Measured on SmolLM2's 49k vocabulary: a regex such as x{1000}{1000} spent ~0.7 s on its
@@ -68,7 +73,7 @@ class CompiledGrammar:
         self.kind = kind
         self.grammar = grammar  # llguidance's JSON form, for logs and tests
         self.width = width  # the mask covers token ids 0 .. width-1
-        self.mask_words = (width + 31) // 32  # int32 words in one mask row
+        self.mask_words = mask_words(width)
         self.eos_token_ids = eos_token_ids
         self.warnings = warnings
         self._prototype = prototype
@@ -95,7 +100,7 @@ class GrammarCompiler:
         # A logits row narrower than the tokenizer (rare) still gets a mask over every token llguidance knows;
         # ids past the logits are never sampled, so the runner reads only the first vocab_size bits.
         self.width = max(vocab_size, tokenizer_tokens)
-        self.mask_words = (self.width + 31) // 32
+        self.mask_words = mask_words(self.width)
         self.eos_token_ids = tuple(dict.fromkeys(eos_token_ids))
         # Expensive (a token trie over the whole vocabulary: ~0.2 s for 49k tokens), hence once per model.
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=self.width,

@@ -17,6 +17,7 @@ class RowConstraint:
 
     def __init__(self, grammar: CompiledGrammar) -> None:
         self.grammar = grammar
+        self.mask_words = grammar.mask_words  # the width of the row fill_bitmask writes
         self._matcher = grammar.new_matcher()
 
     def fill_bitmask(self, out: np.ndarray) -> None:

@@ -15,15 +15,15 @@ import numpy as np
 
 
 class TokenConstraint(Protocol):
+    # int32 words of the mask row it fills: at least the logits width's (ids past the logits are never allowed),
+    # more where its tokenizer is wider than the logits.
+    mask_words: int
+
     def fill_bitmask(self, out: np.ndarray) -> None:
-        """Write the allowed next tokens into `out`, an int32 row of ceil(logits width / 32) words."""
+        """Write the allowed next tokens into `out`, an int32 row of `mask_words` words."""
 
     def consume(self, token: int) -> None:
         """The token the row generated (always one the last mask allowed)."""
 
     def is_stopped(self) -> bool:
         """The constraint is complete: nothing may follow (the sequence ends with STOP)."""
-
-
-def bitmask_words(width: int) -> int:
-    return (width + 31) // 32

@@ -32,8 +32,9 @@ from typing import cast
 import mlx.core as mx
 import numpy as np
 
+from mlxd.constraints.compiler import mask_words
 from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
-from mlxd.engine.constraint import TokenConstraint, bitmask_words
+from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
 from mlxd.engine.vision import ImageEncoder
@@ -281,22 +282,22 @@ class Runner:
     def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
         """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched). The
         CPU fills the bitmasks while the device runs the step's forward pass."""
-        constrained = [i for i, r in enumerate(rows)
+        constrained = [(i, r.constraint) for i, r in enumerate(rows)
                        if r.constraint is not None and r.failure is None and not r.constraint.is_stopped()]
         if not constrained:
             return logits
         width = logits.shape[-1]
-        bitmasks = np.zeros((len(constrained), bitmask_words(width)), dtype=np.int32)
-        for j, i in enumerate(constrained):
-            constraint = rows[i].constraint
-            assert constraint is not None
+        # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read.
+        words = max(mask_words(width), *(constraint.mask_words for _, constraint in constrained))
+        bitmasks = np.zeros((len(constrained), words), dtype=np.int32)
+        for j, (i, constraint) in enumerate(constrained):
             try:
-                constraint.fill_bitmask(bitmasks[j])
+                constraint.fill_bitmask(bitmasks[j, :constraint.mask_words])
             except Exception as error:  # reported with the row's next result, which ends it
                 rows[i].failure = error
             if not bitmasks[j].any():
                 bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
-        index = mx.array(constrained, dtype=mx.int32)
+        index = mx.array([i for i, _ in constrained], dtype=mx.int32)
         out = mx.array(logits)
         out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(bitmasks), width))
         return out
