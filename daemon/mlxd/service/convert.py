@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import (
     CancelToken,
     EventSink,
@@ -51,8 +50,7 @@ def sampling_params(options: pb.GenerationOptions, defaults: dict[str, Any], voc
 def generation_request(request_id: str, prompt_ids: list[int], options: pb.GenerationOptions, *,
                        defaults: dict[str, Any], vocab_size: int, bounds: PromptBounds, limits: Limits,
                        deadline: float | None, cancel: CancelToken, events: EventSink,
-                       images: tuple[PromptImage, ...] = (),
-                       constraint: TokenConstraint | None = None) -> GenerationRequest:
+                       images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
     """Validate the options and build the request; its stop strings are compiled here, by the caller's thread."""
     if not prompt_ids:
         raise InvalidRequest("the prompt is empty (no tokens)")
@@ -78,7 +76,6 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         deadline=deadline,
         cancel=cancel,
         events=events,
-        constraint=constraint,
     )
 
 

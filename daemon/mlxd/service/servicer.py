@@ -60,12 +60,13 @@ class Job:
                 images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
         check(self.cancel)
         info = self.model.info
-        constraint = self.model.grammars.constraint(options.constraint) if options.HasField("constraint") else None
-        check(self.cancel)  # a compile may have taken a while
-        return convert.generation_request(self.request_id, prompt_ids, options, defaults=self.model.sampling_defaults,
-                                          vocab_size=info.vocab_size, bounds=self.bounds, limits=self.limits,
-                                          deadline=self.deadline, cancel=self.cancel, events=self.sink, images=images,
-                                          constraint=constraint)
+        gen = convert.generation_request(self.request_id, prompt_ids, options, defaults=self.model.sampling_defaults,
+                                         vocab_size=info.vocab_size, bounds=self.bounds, limits=self.limits,
+                                         deadline=self.deadline, cancel=self.cancel, events=self.sink, images=images)
+        if options.HasField("constraint"):  # compiled once the cheaper checks above have passed
+            gen.constraint = self.model.grammars.constraint(options.constraint)
+            check(self.cancel)  # a compile may have taken a while
+        return gen
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
