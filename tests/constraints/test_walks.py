@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from mlxd.constraints import ConstraintError, RowConstraint
 from tests.constraints.conftest import TINY_EOS, TINY_TOKENS
-from tests.constraints.walks import allowed_ids, closing_tokens, compile_spec, lowest, seeded, walk, whitespace_run
+from tests.constraints.walks import (
+    allowed_ids,
+    compile_spec,
+    finished_seeded_walk,
+    lowest,
+    seeded,
+    walk,
+    whitespace_run,
+)
 
 SCHEMAS = {
     "bounded_object": {
@@ -82,19 +90,16 @@ def test_the_lowest_allowed_token_makes_valid_json(tiny, name):
 def test_random_allowed_tokens_make_valid_json(tiny, name, seed):
     grammar = compile_spec(tiny, "json_schema", json.dumps(SCHEMAS[name]))
     # Open objects may take extra members for a while: 400 steps ran out once (seed 2968, still valid JSON so far).
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, JSON_CLOSERS)), TINY_TOKENS,
-                  max_steps=2000)
-    assert result.finished, result.text
-    _check_json(result.text, SCHEMAS[name])
+    text = finished_seeded_walk(tiny, grammar, seed, JSON_CLOSERS, TINY_TOKENS, max_steps=2000)
+    _check_json(text, SCHEMAS[name])
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_json_object_makes_an_object(tiny, seed):
     grammar = compile_spec(tiny, "json_object")
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, JSON_CLOSERS)), TINY_TOKENS)
-    assert result.finished, result.text
-    assert isinstance(json.loads(result.text), dict)
+    text = finished_seeded_walk(tiny, grammar, seed, JSON_CLOSERS, TINY_TOKENS)
+    assert isinstance(json.loads(text), dict)
 
 
 @pytest.mark.xfail(strict=True, reason="llguidance's date format is RFC 3339's grammar, not the calendar: it allows "
@@ -141,9 +146,8 @@ LARK_TEXT = re.compile(r"\((?:[0-9]{1,3}|[a-z]{1,5})(?:,(?:[0-9]{1,3}|[a-z]{1,5}
 @given(seed=st.integers(0, 2**32 - 1))
 def test_lark_walks_match(tiny, seed):
     grammar = compile_spec(tiny, "lark", LARK)
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, ")")), TINY_TOKENS)
-    assert result.finished, result.text
-    assert LARK_TEXT.fullmatch(result.text), result.text
+    text = finished_seeded_walk(tiny, grammar, seed, ")", TINY_TOKENS)
+    assert LARK_TEXT.fullmatch(text), text
 
 
 # llama.cpp's grammars/ folder, as a host sends them.
@@ -253,18 +257,16 @@ def _arithmetic(text: str) -> bool:
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_list_walks_match(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_LIST)
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, "\n")), TINY_TOKENS)
-    assert result.finished, result.text
-    assert re.fullmatch(r"(?:- [^\r\n\x0b\x0c\x85\u2028\u2029]+\n)+", result.text), result.text
+    text = finished_seeded_walk(tiny, grammar, seed, "\n", TINY_TOKENS)
+    assert re.fullmatch(r"(?:- [^\r\n\x0b\x0c\x85\u2028\u2029]+\n)+", text), text
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_arithmetic_walks_parse(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_ARITHMETIC)
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, "=)\n")), TINY_TOKENS)
-    assert result.finished, result.text
-    assert _arithmetic(result.text), result.text
+    text = finished_seeded_walk(tiny, grammar, seed, "=)\n", TINY_TOKENS)
+    assert _arithmetic(text), text
 
 
 def test_gbnf_arithmetic_takes_a_host_text(tiny):
@@ -282,9 +284,8 @@ def test_llama_cpps_arithmetic_grammar_takes_a_host_text(tiny):
 @given(seed=st.integers(0, 2**32 - 1))
 def test_gbnf_json_walks_parse(tiny, seed):
     grammar = compile_spec(tiny, "gbnf", GBNF_JSON)
-    result = walk(tiny, grammar, seeded(seed, TINY_EOS, closing_tokens(tiny, JSON_CLOSERS)), TINY_TOKENS)
-    assert result.finished, result.text
-    assert isinstance(json.loads(result.text), dict)
+    text = finished_seeded_walk(tiny, grammar, seed, JSON_CLOSERS, TINY_TOKENS)
+    assert isinstance(json.loads(text), dict)
 
 
 def _consume_text(compiler, grammar, text: str) -> RowConstraint:

@@ -120,3 +120,12 @@ def whitespace_run(compiler: GrammarCompiler, tokenizer_tokens: int, grammar: Co
 
 def compile_spec(compiler: GrammarCompiler, kind: str, source: str = "", **settings: int | None) -> CompiledGrammar:
     return compiler.compile(ConstraintSpec(kind, source, **settings))  # type: ignore[arg-type]
+
+
+def finished_seeded_walk(compiler: GrammarCompiler, grammar: CompiledGrammar, seed: int, closers: str,
+                         tokenizer_tokens: int, max_steps: int = 400) -> str:
+    """The text of a `seeded` walk that closes with tokens made of `closers` characters; it must finish."""
+    chooser = seeded(seed, grammar.eos_token_ids, closing_tokens(compiler, closers))
+    result = walk(compiler, grammar, chooser, tokenizer_tokens, max_steps=max_steps)
+    assert result.finished, result.text
+    return result.text
