@@ -106,14 +106,35 @@ def test_json_object_makes_an_object(tiny, seed):
                                       "year 0000 and 29 February of any year, which jsonschema (Python's date) refuses")
 @pytest.mark.parametrize("date", ["0000-01-01", "2023-02-29"])
 def test_the_date_format_allows_only_calendar_dates(tiny, date):
-    row = RowConstraint(compile_spec(tiny, "json_schema", '{"type": "string", "format": "date"}'))
+    assert not _schema_accepts(tiny, '{"type": "string", "format": "date"}', json.dumps(date))
+
+
+def _schema_accepts(tiny, schema: str, text: str) -> bool:
+    """Whether the schema's constraint takes text's tokens and may stop after them."""
+    row = RowConstraint(compile_spec(tiny, "json_schema", schema))
     try:
-        for token in tiny.tokenizer.tokenize_str(json.dumps(date)):
+        for token in tiny.tokenizer.tokenize_str(text):
             row.consume(token)
-        allowed = row.is_accepting()
+        return row.is_accepting()
     except ConstraintError:
-        allowed = False
-    assert not allowed
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="llguidance 1.9.1 builds a wrong range for an integral exclusiveMinimum N with "
+                                      "a maximum below N + 1: it accepts N itself (0 for exclusiveMinimum 0, maximum "
+                                      "0.5; found by the gRPC fuzz); with maximum >= N + 1 it is right")
+@pytest.mark.parametrize("bounds,number", [((0, 0.5), "0"), ((10, 10.5), "10")])
+def test_an_exclusive_minimum_refuses_the_bound(tiny, bounds, number):
+    low, high = bounds
+    schema = json.dumps({"type": "number", "exclusiveMinimum": low, "maximum": high})
+    assert not _schema_accepts(tiny, schema, number)
+
+
+@pytest.mark.parametrize("bounds,number", [((0, 1.5), "0"), ((0.5, 0.75), "0.5"), ((-1, -0.5), "-1")])
+def test_an_exclusive_minimum_refuses_the_bound_where_llguidance_gets_it_right(tiny, bounds, number):
+    low, high = bounds
+    schema = json.dumps({"type": "number", "exclusiveMinimum": low, "maximum": high})
+    assert not _schema_accepts(tiny, schema, number)
 
 
 # ASCII classes: a regex follows Rust's regex crate, whose \d is every Unicode digit of a newer Unicode than this

@@ -192,6 +192,16 @@ WRONG_SCHEMAS = [
 ]
 
 
+def number_range(draw: tuple[float, float, bool]) -> dict:
+    """A number schema with an inclusive or exclusive lower bound. An integral exclusive bound N keeps its maximum at
+    N + 1 or above: below that llguidance 1.9.1 accepts N itself (test_walks' strict xfail
+    test_an_exclusive_minimum_refuses_the_bound pins that bug, so the fuzz need not find it again)."""
+    low, width, exclusive = draw
+    if exclusive and low.is_integer():
+        width = max(width, 1.0)
+    return {"type": "number", ("exclusiveMinimum" if exclusive else "minimum"): low, "maximum": low + width}
+
+
 def leaf_schemas() -> st.SearchStrategy[object]:
     return st.one_of(
         st.sampled_from(TYPES).map(lambda t: {"type": t}),
@@ -199,7 +209,7 @@ def leaf_schemas() -> st.SearchStrategy[object]:
         st.tuples(st.integers(-50, 50), st.integers(0, 60)).map(
             lambda lw: {"type": "integer", "minimum": lw[0], "maximum": lw[0] + lw[1]}),
         st.tuples(st.floats(-10, 10, allow_nan=False), st.floats(0, 10, allow_nan=False), st.booleans()).map(
-            lambda t: {"type": "number", ("exclusiveMinimum" if t[2] else "minimum"): t[0], "maximum": t[0] + t[1]}),
+            number_range),
         st.integers(1, 9).map(lambda m: {"type": "integer", "multipleOf": m}),
         st.tuples(SMALL, SMALL).map(lambda lw: {"type": "string", "minLength": lw[0], "maxLength": lw[0] + lw[1]}),
         TREES.map(lambda n: {"type": "string", "pattern": f"^{n.rust}$"}),

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 import grpc
+from grpc._cython import cygrpc
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, TokenEvent
 from mlxd.errors import Cancelled
@@ -23,6 +24,12 @@ from mlxd.service.stream_sink import StreamSink
 from mlxd_proto.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+# grpc's core refused a write's batch of operations. Messages are sized below the send limit before they are
+# written (sizes.check_response), so the one cause left is a call its client has ended; the context need not say
+# so yet (a CI soak saw cancelled() and done() both False, and the abort that followed failed the same way).
+_WRITE_BATCH_FAILED = cygrpc.ExecuteBatchError
 
 
 class ClientGone(Cancelled):
@@ -49,8 +56,8 @@ class StreamWriter:
         self._since = self._loop.time()
         try:
             await self._context.write(message)
-        except Exception:
-            if self._context.cancelled() or self._context.done():
+        except Exception as error:
+            if isinstance(error, _WRITE_BATCH_FAILED) or self._context.cancelled() or self._context.done():
                 raise ClientGone("the client ended the call during a write") from None
             raise
         self._since = None
