@@ -14,6 +14,7 @@ package mlxdpb
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -26,6 +27,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ToolChoiceMode int32
+
+const (
+	ToolChoiceMode_TOOL_CHOICE_AUTO     ToolChoiceMode = 0 // the model decides
+	ToolChoiceMode_TOOL_CHOICE_NONE     ToolChoiceMode = 1 // no call: the tools are not given to the template, and the reply is not parsed for calls
+	ToolChoiceMode_TOOL_CHOICE_REQUIRED ToolChoiceMode = 2 // the reply is tool calls, their arguments valid under each function's schema
+)
+
+// Enum value maps for ToolChoiceMode.
+var (
+	ToolChoiceMode_name = map[int32]string{
+		0: "TOOL_CHOICE_AUTO",
+		1: "TOOL_CHOICE_NONE",
+		2: "TOOL_CHOICE_REQUIRED",
+	}
+	ToolChoiceMode_value = map[string]int32{
+		"TOOL_CHOICE_AUTO":     0,
+		"TOOL_CHOICE_NONE":     1,
+		"TOOL_CHOICE_REQUIRED": 2,
+	}
+)
+
+func (x ToolChoiceMode) Enum() *ToolChoiceMode {
+	p := new(ToolChoiceMode)
+	*p = x
+	return p
+}
+
+func (x ToolChoiceMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoiceMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mlxd_v1_inference_proto_enumTypes[0].Descriptor()
+}
+
+func (ToolChoiceMode) Type() protoreflect.EnumType {
+	return &file_mlxd_v1_inference_proto_enumTypes[0]
+}
+
+func (x ToolChoiceMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoiceMode.Descriptor instead.
+func (ToolChoiceMode) EnumDescriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{0}
+}
+
 type FinishReason int32
 
 const (
@@ -34,6 +84,7 @@ const (
 	FinishReason_FINISH_REASON_LENGTH        FinishReason = 2 // max_tokens or the context length reached
 	FinishReason_FINISH_REASON_STOP_SEQUENCE FinishReason = 3 // a stop string matched
 	FinishReason_FINISH_REASON_CANCELLED     FinishReason = 4 // Cancel RPC or shutdown grace deadline
+	FinishReason_FINISH_REASON_TOOL_CALLS    FinishReason = 5 // with ChatMessages.parse_reply: the turn ended in tool calls
 )
 
 // Enum value maps for FinishReason.
@@ -44,6 +95,7 @@ var (
 		2: "FINISH_REASON_LENGTH",
 		3: "FINISH_REASON_STOP_SEQUENCE",
 		4: "FINISH_REASON_CANCELLED",
+		5: "FINISH_REASON_TOOL_CALLS",
 	}
 	FinishReason_value = map[string]int32{
 		"FINISH_REASON_UNSPECIFIED":   0,
@@ -51,6 +103,7 @@ var (
 		"FINISH_REASON_LENGTH":        2,
 		"FINISH_REASON_STOP_SEQUENCE": 3,
 		"FINISH_REASON_CANCELLED":     4,
+		"FINISH_REASON_TOOL_CALLS":    5,
 	}
 )
 
@@ -65,11 +118,11 @@ func (x FinishReason) String() string {
 }
 
 func (FinishReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_mlxd_v1_inference_proto_enumTypes[0].Descriptor()
+	return file_mlxd_v1_inference_proto_enumTypes[1].Descriptor()
 }
 
 func (FinishReason) Type() protoreflect.EnumType {
-	return &file_mlxd_v1_inference_proto_enumTypes[0]
+	return &file_mlxd_v1_inference_proto_enumTypes[1]
 }
 
 func (x FinishReason) Number() protoreflect.EnumNumber {
@@ -78,15 +131,19 @@ func (x FinishReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FinishReason.Descriptor instead.
 func (FinishReason) EnumDescriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{0}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{1}
 }
 
 type ChatMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"` // "system", "user", "assistant", ... whatever the model's chat template accepts
-	Content       string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Role             string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"` // "system", "user", "assistant", "tool", ... whatever the model's chat template accepts
+	Content          string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	ToolCalls        []*ToolCall            `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`                            // an assistant turn that called tools
+	ToolCallId       string                 `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`                       // a tool result: the id of the call it answers
+	Name             string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`                                                       // a tool result: the function's name
+	ReasoningContent *string                `protobuf:"bytes,6,opt,name=reasoning_content,json=reasoningContent,proto3,oneof" json:"reasoning_content,omitempty"` // an earlier assistant turn's reasoning (for templates that read it)
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ChatMessage) Reset() {
@@ -133,6 +190,320 @@ func (x *ChatMessage) GetContent() string {
 	return ""
 }
 
+func (x *ChatMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetReasoningContent() string {
+	if x != nil && x.ReasoningContent != nil {
+		return *x.ReasoningContent
+	}
+	return ""
+}
+
+// A function call: in an assistant turn of the history, and as the model's output when the reply is parsed.
+type ToolCall struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Arguments     string                 `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"` // a JSON object, as JSON text
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// A function the model may call, given to the chat template as OpenAI's {"type": "function", "function": {...}}.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Definition:
+	//
+	//	*Tool_Function
+	//	*Tool_Json
+	Definition    isTool_Definition `protobuf_oneof:"definition"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Tool) GetDefinition() isTool_Definition {
+	if x != nil {
+		return x.Definition
+	}
+	return nil
+}
+
+func (x *Tool) GetFunction() *Function {
+	if x != nil {
+		if x, ok := x.Definition.(*Tool_Function); ok {
+			return x.Function
+		}
+	}
+	return nil
+}
+
+func (x *Tool) GetJson() string {
+	if x != nil {
+		if x, ok := x.Definition.(*Tool_Json); ok {
+			return x.Json
+		}
+	}
+	return ""
+}
+
+type isTool_Definition interface {
+	isTool_Definition()
+}
+
+type Tool_Function struct {
+	Function *Function `protobuf:"bytes,1,opt,name=function,proto3,oneof"`
+}
+
+type Tool_Json struct {
+	Json string `protobuf:"bytes,2,opt,name=json,proto3,oneof"` // the whole tool as JSON text: {"type": "function", "function": {...}} or the function alone
+}
+
+func (*Tool_Function) isTool_Definition() {}
+
+func (*Tool_Json) isTool_Definition() {}
+
+type Function struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Parameters    string                 `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"` // a JSON Schema of the arguments (an object), as JSON text; empty: no arguments
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Function) Reset() {
+	*x = Function{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Function) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Function) ProtoMessage() {}
+
+func (x *Function) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Function.ProtoReflect.Descriptor instead.
+func (*Function) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Function) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Function) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Function) GetParameters() string {
+	if x != nil {
+		return x.Parameters
+	}
+	return ""
+}
+
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Choice:
+	//
+	//	*ToolChoice_Mode
+	//	*ToolChoice_Function
+	Choice        isToolChoice_Choice `protobuf_oneof:"choice"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolChoice) GetChoice() isToolChoice_Choice {
+	if x != nil {
+		return x.Choice
+	}
+	return nil
+}
+
+func (x *ToolChoice) GetMode() ToolChoiceMode {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Mode); ok {
+			return x.Mode
+		}
+	}
+	return ToolChoiceMode_TOOL_CHOICE_AUTO
+}
+
+func (x *ToolChoice) GetFunction() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Function); ok {
+			return x.Function
+		}
+	}
+	return ""
+}
+
+type isToolChoice_Choice interface {
+	isToolChoice_Choice()
+}
+
+type ToolChoice_Mode struct {
+	Mode ToolChoiceMode `protobuf:"varint,1,opt,name=mode,proto3,enum=mlxd.v1.ToolChoiceMode,oneof"`
+}
+
+type ToolChoice_Function struct {
+	Function string `protobuf:"bytes,2,opt,name=function,proto3,oneof"` // the reply is one call of this function, its arguments valid under its schema
+}
+
+func (*ToolChoice_Mode) isToolChoice_Choice() {}
+
+func (*ToolChoice_Function) isToolChoice_Choice() {}
+
 type ChatMessages struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Messages []*ChatMessage         `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
@@ -140,14 +511,22 @@ type ChatMessages struct {
 	AddGenerationPrompt *bool `protobuf:"varint,2,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3,oneof" json:"add_generation_prompt,omitempty"`
 	// Special-token strings in roles and content (e.g. "<|im_end|>") become special tokens, like the template's own
 	// markers. Off by default: they are plain text, so a message cannot end its turn or speak as another role.
-	ParseSpecial  bool `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"`
+	ParseSpecial bool    `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"`
+	Tools        []*Tool `protobuf:"bytes,4,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Variables for the template, e.g. {"enable_thinking": false} (Qwen 3) or {"reasoning_effort": "high"} (gpt-oss).
+	ChatTemplateKwargs *structpb.Struct `protobuf:"bytes,5,opt,name=chat_template_kwargs,json=chatTemplateKwargs,proto3" json:"chat_template_kwargs,omitempty"`
+	ChatTemplate       string           `protobuf:"bytes,6,opt,name=chat_template,json=chatTemplate,proto3" json:"chat_template,omitempty"` // a Jinja chat template used instead of the model's own
+	ToolChoice         *ToolChoice      `protobuf:"bytes,7,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// Split the reply into reasoning (Chunk.reasoning), answer text (Chunk.text) and tool calls (Chunk.tool_calls),
+	// in the format of the model's template family. Off: the reply streams as raw text.
+	ParseReply    bool `protobuf:"varint,8,opt,name=parse_reply,json=parseReply,proto3" json:"parse_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatMessages) Reset() {
 	*x = ChatMessages{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[1]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +538,7 @@ func (x *ChatMessages) String() string {
 func (*ChatMessages) ProtoMessage() {}
 
 func (x *ChatMessages) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[1]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +551,7 @@ func (x *ChatMessages) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessages.ProtoReflect.Descriptor instead.
 func (*ChatMessages) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{1}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ChatMessages) GetMessages() []*ChatMessage {
@@ -196,6 +575,41 @@ func (x *ChatMessages) GetParseSpecial() bool {
 	return false
 }
 
+func (x *ChatMessages) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *ChatMessages) GetChatTemplateKwargs() *structpb.Struct {
+	if x != nil {
+		return x.ChatTemplateKwargs
+	}
+	return nil
+}
+
+func (x *ChatMessages) GetChatTemplate() string {
+	if x != nil {
+		return x.ChatTemplate
+	}
+	return ""
+}
+
+func (x *ChatMessages) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *ChatMessages) GetParseReply() bool {
+	if x != nil {
+		return x.ParseReply
+	}
+	return false
+}
+
 type TokenIds struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ids           []int32                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
@@ -205,7 +619,7 @@ type TokenIds struct {
 
 func (x *TokenIds) Reset() {
 	*x = TokenIds{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[2]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +631,7 @@ func (x *TokenIds) String() string {
 func (*TokenIds) ProtoMessage() {}
 
 func (x *TokenIds) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[2]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +644,7 @@ func (x *TokenIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenIds.ProtoReflect.Descriptor instead.
 func (*TokenIds) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TokenIds) GetIds() []int32 {
@@ -263,14 +677,17 @@ type GenerationOptions struct {
 	PromptLogprobs    bool              `protobuf:"varint,17,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"` // log-probability of each prompt token after the first
 	// The output must match this (JSON Schema, any JSON object, a regex or a grammar), enforced token by token.
 	// With a constraint, logprobs are those of the constrained distribution (disallowed tokens have none).
-	Constraint    *Constraint `protobuf:"bytes,18,opt,name=constraint,proto3" json:"constraint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Constraint *Constraint `protobuf:"bytes,18,opt,name=constraint,proto3" json:"constraint,omitempty"`
+	// Special tokens the model generates (e.g. "<|channel|>") are part of the text when unset or true, as a host
+	// that parses the reply itself needs; false leaves them out of the text (Chunk.token_ids still has them).
+	IncludeSpecialTokens *bool `protobuf:"varint,19,opt,name=include_special_tokens,json=includeSpecialTokens,proto3,oneof" json:"include_special_tokens,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GenerationOptions) Reset() {
 	*x = GenerationOptions{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[3]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +699,7 @@ func (x *GenerationOptions) String() string {
 func (*GenerationOptions) ProtoMessage() {}
 
 func (x *GenerationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[3]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +712,7 @@ func (x *GenerationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationOptions.ProtoReflect.Descriptor instead.
 func (*GenerationOptions) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GenerationOptions) GetMaxTokens() uint32 {
@@ -424,6 +841,13 @@ func (x *GenerationOptions) GetConstraint() *Constraint {
 	return nil
 }
 
+func (x *GenerationOptions) GetIncludeSpecialTokens() bool {
+	if x != nil && x.IncludeSpecialTokens != nil {
+		return *x.IncludeSpecialTokens
+	}
+	return false
+}
+
 // A constraint on the generated text (llguidance's grammars). INVALID_ARGUMENT names what is wrong with it;
 // RESOURCE_EXHAUSTED says when it is too large to compile within the daemon's limits.
 type Constraint struct {
@@ -448,7 +872,7 @@ type Constraint struct {
 
 func (x *Constraint) Reset() {
 	*x = Constraint{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +884,7 @@ func (x *Constraint) String() string {
 func (*Constraint) ProtoMessage() {}
 
 func (x *Constraint) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[4]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +897,7 @@ func (x *Constraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
 func (*Constraint) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Constraint) GetKind() isConstraint_Kind {
@@ -584,7 +1008,7 @@ type JsonObject struct {
 
 func (x *JsonObject) Reset() {
 	*x = JsonObject{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +1020,7 @@ func (x *JsonObject) String() string {
 func (*JsonObject) ProtoMessage() {}
 
 func (x *JsonObject) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[5]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +1033,7 @@ func (x *JsonObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JsonObject.ProtoReflect.Descriptor instead.
 func (*JsonObject) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 type GenerateRequest struct {
@@ -632,7 +1056,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +1068,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[6]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +1081,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GenerateRequest) GetRequestId() string {
@@ -747,7 +1171,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1183,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[7]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1196,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Image) GetData() []byte {
@@ -804,7 +1228,7 @@ type ContentPart struct {
 
 func (x *ContentPart) Reset() {
 	*x = ContentPart{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +1240,7 @@ func (x *ContentPart) String() string {
 func (*ContentPart) ProtoMessage() {}
 
 func (x *ContentPart) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[8]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +1253,7 @@ func (x *ContentPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
 func (*ContentPart) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContentPart) GetPart() isContentPart_Part {
@@ -899,7 +1323,7 @@ type MultimodalMessage struct {
 
 func (x *MultimodalMessage) Reset() {
 	*x = MultimodalMessage{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1335,7 @@ func (x *MultimodalMessage) String() string {
 func (*MultimodalMessage) ProtoMessage() {}
 
 func (x *MultimodalMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[9]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1348,7 @@ func (x *MultimodalMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalMessage.ProtoReflect.Descriptor instead.
 func (*MultimodalMessage) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MultimodalMessage) GetRole() string {
@@ -952,7 +1376,7 @@ type MultimodalChat struct {
 
 func (x *MultimodalChat) Reset() {
 	*x = MultimodalChat{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1388,7 @@ func (x *MultimodalChat) String() string {
 func (*MultimodalChat) ProtoMessage() {}
 
 func (x *MultimodalChat) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[10]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1401,7 @@ func (x *MultimodalChat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalChat.ProtoReflect.Descriptor instead.
 func (*MultimodalChat) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MultimodalChat) GetMessages() []*MultimodalMessage {
@@ -1010,7 +1434,7 @@ type MultimodalPrompt struct {
 
 func (x *MultimodalPrompt) Reset() {
 	*x = MultimodalPrompt{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1446,7 @@ func (x *MultimodalPrompt) String() string {
 func (*MultimodalPrompt) ProtoMessage() {}
 
 func (x *MultimodalPrompt) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[11]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1459,7 @@ func (x *MultimodalPrompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalPrompt.ProtoReflect.Descriptor instead.
 func (*MultimodalPrompt) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MultimodalPrompt) GetParts() []*ContentPart {
@@ -1061,7 +1485,7 @@ type MultimodalGenerateRequest struct {
 
 func (x *MultimodalGenerateRequest) Reset() {
 	*x = MultimodalGenerateRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1497,7 @@ func (x *MultimodalGenerateRequest) String() string {
 func (*MultimodalGenerateRequest) ProtoMessage() {}
 
 func (x *MultimodalGenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[12]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1510,7 @@ func (x *MultimodalGenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MultimodalGenerateRequest.ProtoReflect.Descriptor instead.
 func (*MultimodalGenerateRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MultimodalGenerateRequest) GetRequestId() string {
@@ -1162,7 +1586,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1598,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[13]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1611,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TopLogprob) GetTokenId() int32 {
@@ -1223,7 +1647,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1659,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[14]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1672,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TokenLogprob) GetTokenId() int32 {
@@ -1284,13 +1708,15 @@ type Chunk struct {
 	Text          string                 `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`                                 // text delta that is final now (UTF-8 whole, stop strings held back)
 	TokenIds      []int32                `protobuf:"varint,2,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"` // tokens generated since the previous chunk
 	Logprobs      []*TokenLogprob        `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	Reasoning     string                 `protobuf:"bytes,4,opt,name=reasoning,proto3" json:"reasoning,omitempty"`                  // with ChatMessages.parse_reply: reasoning delta, never part of text
+	ToolCalls     []*ToolCall            `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"` // with ChatMessages.parse_reply: each call once it is complete
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1728,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[15]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1741,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Chunk) GetText() string {
@@ -1339,6 +1765,20 @@ func (x *Chunk) GetLogprobs() []*TokenLogprob {
 	return nil
 }
 
+func (x *Chunk) GetReasoning() string {
+	if x != nil {
+		return x.Reasoning
+	}
+	return ""
+}
+
+func (x *Chunk) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
 type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
@@ -1350,7 +1790,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1802,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[16]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1815,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1412,7 +1852,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1864,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[17]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1877,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Timings) GetQueueSeconds() float64 {
@@ -1493,7 +1933,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1945,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[18]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1958,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Final) GetFinishReason() FinishReason {
@@ -1597,7 +2037,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2049,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[19]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2062,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -1678,7 +2118,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +2130,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[20]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +2143,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TokenizeRequest) GetText() string {
@@ -1744,7 +2184,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +2196,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[21]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +2209,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TokenizeResponse) GetIds() []int32 {
@@ -1796,7 +2236,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +2248,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[22]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +2261,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DetokenizeRequest) GetIds() []int32 {
@@ -1847,7 +2287,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2299,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[23]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2312,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1890,7 +2330,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2342,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[24]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2355,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 type ModelInfo struct {
@@ -1953,7 +2393,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2405,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[25]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2418,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ModelInfo) GetModelId() string {
@@ -2144,7 +2584,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2596,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[26]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2609,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CancelRequest) GetRequestId() string {
@@ -2188,7 +2628,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2640,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlxd_v1_inference_proto_msgTypes[27]
+	mi := &file_mlxd_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2653,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_mlxd_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CancelResponse) GetFound() bool {
@@ -2227,17 +2667,51 @@ var File_mlxd_v1_inference_proto protoreflect.FileDescriptor
 
 const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\n" +
-	"\x17mlxd/v1/inference.proto\x12\amlxd.v1\";\n" +
+	"\x17mlxd/v1/inference.proto\x12\amlxd.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xeb\x01\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\xb8\x01\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x120\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x04 \x01(\tR\n" +
+	"toolCallId\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x120\n" +
+	"\x11reasoning_content\x18\x06 \x01(\tH\x00R\x10reasoningContent\x88\x01\x01B\x14\n" +
+	"\x12_reasoning_content\"L\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\"[\n" +
+	"\x04Tool\x12/\n" +
+	"\bfunction\x18\x01 \x01(\v2\x11.mlxd.v1.FunctionH\x00R\bfunction\x12\x14\n" +
+	"\x04json\x18\x02 \x01(\tH\x00R\x04jsonB\f\n" +
+	"\n" +
+	"definition\"`\n" +
+	"\bFunction\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\tR\n" +
+	"parameters\"c\n" +
+	"\n" +
+	"ToolChoice\x12-\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x17.mlxd.v1.ToolChoiceModeH\x00R\x04mode\x12\x1c\n" +
+	"\bfunction\x18\x02 \x01(\tH\x00R\bfunctionB\b\n" +
+	"\x06choice\"\xa4\x03\n" +
 	"\fChatMessages\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.mlxd.v1.ChatMessageR\bmessages\x127\n" +
 	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01\x12#\n" +
-	"\rparse_special\x18\x03 \x01(\bR\fparseSpecialB\x18\n" +
+	"\rparse_special\x18\x03 \x01(\bR\fparseSpecial\x12#\n" +
+	"\x05tools\x18\x04 \x03(\v2\r.mlxd.v1.ToolR\x05tools\x12I\n" +
+	"\x14chat_template_kwargs\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x12chatTemplateKwargs\x12#\n" +
+	"\rchat_template\x18\x06 \x01(\tR\fchatTemplate\x124\n" +
+	"\vtool_choice\x18\a \x01(\v2\x13.mlxd.v1.ToolChoiceR\n" +
+	"toolChoice\x12\x1f\n" +
+	"\vparse_reply\x18\b \x01(\bR\n" +
+	"parseReplyB\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x95\a\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xeb\a\n" +
 	"\x11GenerationOptions\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12%\n" +
@@ -2262,7 +2736,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x0fprompt_logprobs\x18\x11 \x01(\bR\x0epromptLogprobs\x123\n" +
 	"\n" +
 	"constraint\x18\x12 \x01(\v2\x13.mlxd.v1.ConstraintR\n" +
-	"constraint\x1a<\n" +
+	"constraint\x129\n" +
+	"\x16include_special_tokens\x18\x13 \x01(\bH\tR\x14includeSpecialTokens\x88\x01\x01\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\x0e\n" +
@@ -2274,7 +2749,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x12_repetition_windowB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
-	"\x05_seed\"\xf0\x01\n" +
+	"\x05_seedB\x19\n" +
+	"\x17_include_special_tokens\"\xf0\x01\n" +
 	"\n" +
 	"Constraint\x12!\n" +
 	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +
@@ -2333,11 +2809,14 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x18\n" +
 	"\alogprob\x18\x02 \x01(\x02R\alogprob\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12%\n" +
-	"\x03top\x18\x04 \x03(\v2\x13.mlxd.v1.TopLogprobR\x03top\"k\n" +
+	"\x03top\x18\x04 \x03(\v2\x13.mlxd.v1.TopLogprobR\x03top\"\xbb\x01\n" +
 	"\x05Chunk\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x121\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x15.mlxd.v1.TokenLogprobR\blogprobs\"~\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x15.mlxd.v1.TokenLogprobR\blogprobs\x12\x1c\n" +
+	"\treasoning\x18\x04 \x01(\tR\treasoning\x120\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\"~\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
@@ -2408,13 +2887,18 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"&\n" +
 	"\x0eCancelResponse\x12\x14\n" +
-	"\x05found\x18\x01 \x01(\bR\x05found*\x9d\x01\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found*V\n" +
+	"\x0eToolChoiceMode\x12\x14\n" +
+	"\x10TOOL_CHOICE_AUTO\x10\x00\x12\x14\n" +
+	"\x10TOOL_CHOICE_NONE\x10\x01\x12\x18\n" +
+	"\x14TOOL_CHOICE_REQUIRED\x10\x02*\xbb\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12\x1f\n" +
 	"\x1bFINISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n" +
-	"\x17FINISH_REASON_CANCELLED\x10\x042\xaa\x03\n" +
+	"\x17FINISH_REASON_CANCELLED\x10\x04\x12\x1c\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x052\xaa\x03\n" +
 	"\tInference\x12A\n" +
 	"\bGenerate\x12\x18.mlxd.v1.GenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12U\n" +
 	"\x12MultimodalGenerate\x12\".mlxd.v1.MultimodalGenerateRequest\x1a\x19.mlxd.v1.GenerateResponse0\x01\x12?\n" +
@@ -2436,82 +2920,95 @@ func file_mlxd_v1_inference_proto_rawDescGZIP() []byte {
 	return file_mlxd_v1_inference_proto_rawDescData
 }
 
-var file_mlxd_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlxd_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_mlxd_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_mlxd_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_mlxd_v1_inference_proto_goTypes = []any{
-	(FinishReason)(0),                 // 0: mlxd.v1.FinishReason
-	(*ChatMessage)(nil),               // 1: mlxd.v1.ChatMessage
-	(*ChatMessages)(nil),              // 2: mlxd.v1.ChatMessages
-	(*TokenIds)(nil),                  // 3: mlxd.v1.TokenIds
-	(*GenerationOptions)(nil),         // 4: mlxd.v1.GenerationOptions
-	(*Constraint)(nil),                // 5: mlxd.v1.Constraint
-	(*JsonObject)(nil),                // 6: mlxd.v1.JsonObject
-	(*GenerateRequest)(nil),           // 7: mlxd.v1.GenerateRequest
-	(*Image)(nil),                     // 8: mlxd.v1.Image
-	(*ContentPart)(nil),               // 9: mlxd.v1.ContentPart
-	(*MultimodalMessage)(nil),         // 10: mlxd.v1.MultimodalMessage
-	(*MultimodalChat)(nil),            // 11: mlxd.v1.MultimodalChat
-	(*MultimodalPrompt)(nil),          // 12: mlxd.v1.MultimodalPrompt
-	(*MultimodalGenerateRequest)(nil), // 13: mlxd.v1.MultimodalGenerateRequest
-	(*TopLogprob)(nil),                // 14: mlxd.v1.TopLogprob
-	(*TokenLogprob)(nil),              // 15: mlxd.v1.TokenLogprob
-	(*Chunk)(nil),                     // 16: mlxd.v1.Chunk
-	(*Usage)(nil),                     // 17: mlxd.v1.Usage
-	(*Timings)(nil),                   // 18: mlxd.v1.Timings
-	(*Final)(nil),                     // 19: mlxd.v1.Final
-	(*GenerateResponse)(nil),          // 20: mlxd.v1.GenerateResponse
-	(*TokenizeRequest)(nil),           // 21: mlxd.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),          // 22: mlxd.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),         // 23: mlxd.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),        // 24: mlxd.v1.DetokenizeResponse
-	(*GetModelInfoRequest)(nil),       // 25: mlxd.v1.GetModelInfoRequest
-	(*ModelInfo)(nil),                 // 26: mlxd.v1.ModelInfo
-	(*CancelRequest)(nil),             // 27: mlxd.v1.CancelRequest
-	(*CancelResponse)(nil),            // 28: mlxd.v1.CancelResponse
-	nil,                               // 29: mlxd.v1.GenerationOptions.LogitBiasEntry
+	(ToolChoiceMode)(0),               // 0: mlxd.v1.ToolChoiceMode
+	(FinishReason)(0),                 // 1: mlxd.v1.FinishReason
+	(*ChatMessage)(nil),               // 2: mlxd.v1.ChatMessage
+	(*ToolCall)(nil),                  // 3: mlxd.v1.ToolCall
+	(*Tool)(nil),                      // 4: mlxd.v1.Tool
+	(*Function)(nil),                  // 5: mlxd.v1.Function
+	(*ToolChoice)(nil),                // 6: mlxd.v1.ToolChoice
+	(*ChatMessages)(nil),              // 7: mlxd.v1.ChatMessages
+	(*TokenIds)(nil),                  // 8: mlxd.v1.TokenIds
+	(*GenerationOptions)(nil),         // 9: mlxd.v1.GenerationOptions
+	(*Constraint)(nil),                // 10: mlxd.v1.Constraint
+	(*JsonObject)(nil),                // 11: mlxd.v1.JsonObject
+	(*GenerateRequest)(nil),           // 12: mlxd.v1.GenerateRequest
+	(*Image)(nil),                     // 13: mlxd.v1.Image
+	(*ContentPart)(nil),               // 14: mlxd.v1.ContentPart
+	(*MultimodalMessage)(nil),         // 15: mlxd.v1.MultimodalMessage
+	(*MultimodalChat)(nil),            // 16: mlxd.v1.MultimodalChat
+	(*MultimodalPrompt)(nil),          // 17: mlxd.v1.MultimodalPrompt
+	(*MultimodalGenerateRequest)(nil), // 18: mlxd.v1.MultimodalGenerateRequest
+	(*TopLogprob)(nil),                // 19: mlxd.v1.TopLogprob
+	(*TokenLogprob)(nil),              // 20: mlxd.v1.TokenLogprob
+	(*Chunk)(nil),                     // 21: mlxd.v1.Chunk
+	(*Usage)(nil),                     // 22: mlxd.v1.Usage
+	(*Timings)(nil),                   // 23: mlxd.v1.Timings
+	(*Final)(nil),                     // 24: mlxd.v1.Final
+	(*GenerateResponse)(nil),          // 25: mlxd.v1.GenerateResponse
+	(*TokenizeRequest)(nil),           // 26: mlxd.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),          // 27: mlxd.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),         // 28: mlxd.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),        // 29: mlxd.v1.DetokenizeResponse
+	(*GetModelInfoRequest)(nil),       // 30: mlxd.v1.GetModelInfoRequest
+	(*ModelInfo)(nil),                 // 31: mlxd.v1.ModelInfo
+	(*CancelRequest)(nil),             // 32: mlxd.v1.CancelRequest
+	(*CancelResponse)(nil),            // 33: mlxd.v1.CancelResponse
+	nil,                               // 34: mlxd.v1.GenerationOptions.LogitBiasEntry
+	(*structpb.Struct)(nil),           // 35: google.protobuf.Struct
 }
 var file_mlxd_v1_inference_proto_depIdxs = []int32{
-	1,  // 0: mlxd.v1.ChatMessages.messages:type_name -> mlxd.v1.ChatMessage
-	29, // 1: mlxd.v1.GenerationOptions.logit_bias:type_name -> mlxd.v1.GenerationOptions.LogitBiasEntry
-	5,  // 2: mlxd.v1.GenerationOptions.constraint:type_name -> mlxd.v1.Constraint
-	6,  // 3: mlxd.v1.Constraint.json_object:type_name -> mlxd.v1.JsonObject
-	3,  // 4: mlxd.v1.GenerateRequest.tokens:type_name -> mlxd.v1.TokenIds
-	2,  // 5: mlxd.v1.GenerateRequest.chat:type_name -> mlxd.v1.ChatMessages
-	4,  // 6: mlxd.v1.GenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	8,  // 7: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
-	3,  // 8: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
-	9,  // 9: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
-	10, // 10: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
-	9,  // 11: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
-	12, // 12: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
-	11, // 13: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
-	4,  // 14: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	14, // 15: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
-	15, // 16: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
-	0,  // 17: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
-	17, // 18: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
-	18, // 19: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
-	15, // 20: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
-	16, // 21: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
-	19, // 22: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
-	2,  // 23: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
-	7,  // 24: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
-	13, // 25: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
-	21, // 26: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
-	23, // 27: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
-	25, // 28: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
-	27, // 29: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
-	20, // 30: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
-	20, // 31: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
-	22, // 32: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
-	24, // 33: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
-	26, // 34: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
-	28, // 35: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
-	30, // [30:36] is the sub-list for method output_type
-	24, // [24:30] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	3,  // 0: mlxd.v1.ChatMessage.tool_calls:type_name -> mlxd.v1.ToolCall
+	5,  // 1: mlxd.v1.Tool.function:type_name -> mlxd.v1.Function
+	0,  // 2: mlxd.v1.ToolChoice.mode:type_name -> mlxd.v1.ToolChoiceMode
+	2,  // 3: mlxd.v1.ChatMessages.messages:type_name -> mlxd.v1.ChatMessage
+	4,  // 4: mlxd.v1.ChatMessages.tools:type_name -> mlxd.v1.Tool
+	35, // 5: mlxd.v1.ChatMessages.chat_template_kwargs:type_name -> google.protobuf.Struct
+	6,  // 6: mlxd.v1.ChatMessages.tool_choice:type_name -> mlxd.v1.ToolChoice
+	34, // 7: mlxd.v1.GenerationOptions.logit_bias:type_name -> mlxd.v1.GenerationOptions.LogitBiasEntry
+	10, // 8: mlxd.v1.GenerationOptions.constraint:type_name -> mlxd.v1.Constraint
+	11, // 9: mlxd.v1.Constraint.json_object:type_name -> mlxd.v1.JsonObject
+	8,  // 10: mlxd.v1.GenerateRequest.tokens:type_name -> mlxd.v1.TokenIds
+	7,  // 11: mlxd.v1.GenerateRequest.chat:type_name -> mlxd.v1.ChatMessages
+	9,  // 12: mlxd.v1.GenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	13, // 13: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
+	8,  // 14: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
+	14, // 15: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
+	15, // 16: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
+	14, // 17: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
+	17, // 18: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
+	16, // 19: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
+	9,  // 20: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	19, // 21: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
+	20, // 22: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
+	3,  // 23: mlxd.v1.Chunk.tool_calls:type_name -> mlxd.v1.ToolCall
+	1,  // 24: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
+	22, // 25: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
+	23, // 26: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
+	20, // 27: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
+	21, // 28: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
+	24, // 29: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
+	7,  // 30: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
+	12, // 31: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
+	18, // 32: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
+	26, // 33: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
+	28, // 34: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
+	30, // 35: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
+	32, // 36: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
+	25, // 37: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
+	25, // 38: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
+	27, // 39: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
+	29, // 40: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
+	31, // 41: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
+	33, // 42: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
+	37, // [37:43] is the sub-list for method output_type
+	31, // [31:37] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_mlxd_v1_inference_proto_init() }
@@ -2519,31 +3016,40 @@ func file_mlxd_v1_inference_proto_init() {
 	if File_mlxd_v1_inference_proto != nil {
 		return
 	}
-	file_mlxd_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
-	file_mlxd_v1_inference_proto_msgTypes[3].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[0].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[2].OneofWrappers = []any{
+		(*Tool_Function)(nil),
+		(*Tool_Json)(nil),
+	}
 	file_mlxd_v1_inference_proto_msgTypes[4].OneofWrappers = []any{
+		(*ToolChoice_Mode)(nil),
+		(*ToolChoice_Function)(nil),
+	}
+	file_mlxd_v1_inference_proto_msgTypes[5].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[7].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
 		(*Constraint_JsonSchema)(nil),
 		(*Constraint_JsonObject)(nil),
 		(*Constraint_Regex)(nil),
 		(*Constraint_Lark)(nil),
 		(*Constraint_Gbnf)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[6].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[10].OneofWrappers = []any{
 		(*GenerateRequest_Prompt)(nil),
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[12].OneofWrappers = []any{
 		(*ContentPart_Text)(nil),
 		(*ContentPart_Image)(nil),
 		(*ContentPart_Tokens)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[10].OneofWrappers = []any{}
-	file_mlxd_v1_inference_proto_msgTypes[12].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[14].OneofWrappers = []any{}
+	file_mlxd_v1_inference_proto_msgTypes[16].OneofWrappers = []any{
 		(*MultimodalGenerateRequest_Prompt)(nil),
 		(*MultimodalGenerateRequest_Chat)(nil),
 	}
-	file_mlxd_v1_inference_proto_msgTypes[19].OneofWrappers = []any{
+	file_mlxd_v1_inference_proto_msgTypes[23].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
@@ -2552,8 +3058,8 @@ func file_mlxd_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlxd_v1_inference_proto_rawDesc), len(file_mlxd_v1_inference_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   29,
+			NumEnums:      2,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
