@@ -200,3 +200,19 @@ def test_a_row_paused_past_the_stall_limit_is_cancelled():
     assert isinstance(events[-1], FinalEvent) and events[-1].finish_reason is FinishReason.CANCELLED
     assert sum(len(e.token_ids) for e in events if isinstance(e, TokenEvent)) < 10
     assert not any(isinstance(e, ErrorEvent) for e in events)
+
+
+def test_skipped_special_tokens_leave_the_text_but_not_the_ids():
+    runtime = fake_runtime()
+    every = _alone(runtime, [3, 9, 4])
+    runtime.special_ids = frozenset(every[::3])
+    told = _request("told", [3, 9, 4])
+    untold = _request("untold", [3, 9, 4], skip_special_tokens=True)
+    for request in (told, untold):
+        run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4)), request)
+    told_ids, told_text, _, _ = drain(told)
+    untold_ids, untold_text, _, _ = drain(untold)
+    assert told_ids == untold_ids == every
+    assert told_text == runtime.decode_text(every)
+    assert untold_text == runtime.decode_text([i for i in every if i not in runtime.special_ids])
+    assert len(untold_text) < len(told_text)

@@ -36,10 +36,12 @@ def token_limit(request: GenerationRequest, context_length: int) -> int:
 
 class RequestOutput:
     def __init__(self, request: GenerationRequest, limit: int, decode_text: Callable[[list[int]], str],
-                 held_ids: frozenset[int], eos_ids: frozenset[int]) -> None:
+                 held_ids: frozenset[int], eos_ids: frozenset[int], special_ids: frozenset[int] = frozenset()) -> None:
         self.request = request
         self.limit = limit
         self._detokenizer = StreamingDetokenizer(decode_text, held_ids=held_ids)
+        # Left out of the detokenizer, so the text is what decode(ids, skip_special_tokens=True) gives.
+        self._untold = special_ids if request.skip_special_tokens else frozenset()
         self._stops = StopMatcher(request.compiled_stops)
         self._end_ids = request.stop_token_ids | (frozenset() if request.ignore_eos else eos_ids)
         self.done = False
@@ -62,7 +64,7 @@ class RequestOutput:
         logprobs = [logprob] if logprob else []
         if token in self._end_ids:
             return [TokenEvent("", [token], logprobs), *self.finish(FinishReason.STOP, stop_token_id=token)]
-        text, matched = self._stops.feed(self._detokenizer.add(token))
+        text, matched = self._stops.feed("" if token in self._untold else self._detokenizer.add(token))
         events: list[Event] = [TokenEvent(text, [token], logprobs)]
         if matched is not None:
             events += self.finish(FinishReason.STOP_SEQUENCE, matched_stop=matched)

@@ -23,6 +23,7 @@ class ModelRuntime:
     context_length: int
     vocab_size: int
     image_encoder: ImageEncoder | None = None    # vision-language models only
+    special_ids: frozenset[int] = frozenset()     # what GenerationRequest.skip_special_tokens leaves out of the text
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:
@@ -31,4 +32,4 @@ class ModelRuntime:
         vision = loaded.vision_language
         encoder = ImageEncoder(vision, image_cache_bytes) if vision is not None else None
         return cls(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,
-                   loaded.vocab_size, encoder)
+                   loaded.vocab_size, encoder, frozenset(tokenizer.special_tokens.values()))

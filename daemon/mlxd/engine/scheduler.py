@@ -177,7 +177,8 @@ class Scheduler:
         if request.images and runtime.image_encoder is None:
             raise Unsupported("this model is text-only; it cannot take images")
         limit = token_limit(request, runtime.context_length)
-        output = RequestOutput(request, limit, runtime.decode_text, runtime.byte_fallback_ids, runtime.eos_ids)
+        output = RequestOutput(request, limit, runtime.decode_text, runtime.byte_fallback_ids, runtime.eos_ids,
+                               runtime.special_ids)
         live = _Live(request, output, next(self._rows), len(request.prompt_ids) + limit)
         cache = None
         if live.prefix_cacheable:

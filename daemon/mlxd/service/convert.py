@@ -72,6 +72,7 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         logprobs=options.logprobs,
         top_logprobs=options.top_logprobs,
         prompt_logprobs=options.prompt_logprobs,
+        skip_special_tokens=options.HasField("include_special_tokens") and not options.include_special_tokens,
         images=images,
         deadline=deadline,
         cancel=cancel,
