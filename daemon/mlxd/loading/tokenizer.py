@@ -1,7 +1,7 @@
 """The model's tokenizer: Hugging Face `tokenizers` plus the special tokens and chat template of its folder.
 
-Safe to use from any thread: nothing is mutated after loading and no MLX is involved. Chat templates render
-in a jinja2 ImmutableSandboxedEnvironment configured like transformers' apply_chat_template.
+Safe to use from any thread: nothing is mutated after loading (but the renderer's cache of client templates, which
+locks) and no MLX is involved. Chat templates render through loading/chat_template.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.ext
-import jinja2.nodes
 import tokenizers
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from mlxd.errors import InvalidRequest, ModelLoadError, Unsupported
+from mlxd.errors import ModelLoadError, Unsupported
+from mlxd.loading.chat_template import ChatTemplate, Clock, TemplateRenderer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ class Tokenizer:
     """Encode, decode and render chat prompts for one model."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, *, special: SpecialTokens, add_bos: bool,
-                 extra_eos_ids: list[int], chat_template: str | None) -> None:
+                 extra_eos_ids: list[int], chat_template: str | None, clock: Clock = datetime.now) -> None:
         self._tok = tokenizer
         serialized = tokenizer.to_str()
         self.serialized = serialized  # the tokenizers JSON: what llguidance builds its token tables from
@@ -61,11 +59,13 @@ class Tokenizer:
         # Strings that parse_special=True turns into one special token each (content -> id).
         self.special_tokens: dict[str, int] = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()
                                                if t.special}
-        self._template: jinja2.Template | None = None
+        self.chat_template = chat_template  # the model's template source, None when it has none
+        self._renderer = TemplateRenderer(clock)
+        self._template: ChatTemplate | None = None
         self._template_error = ""
         if chat_template is not None:
             try:
-                self._template = _compile_template(chat_template)
+                self._template = self._renderer.compile(chat_template)
             except jinja2.TemplateSyntaxError as exc:
                 # Raw completions still work; chat requests get told why they cannot.
                 self._template_error = f"the model's chat template does not compile: {exc}"
@@ -100,16 +100,22 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
-        """Render messages with the model's template; the result already contains BOS if the model uses one."""
-        if self._template is None:
+    def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            tools: list[dict[str, Any]] | None = None,
+                            chat_template_kwargs: Mapping[str, Any] | None = None,
+                            chat_template: str | None = None) -> str:
+        """Render messages with the model's template, or with `chat_template` (a client's source) when given; the
+        result already contains BOS if the template writes it. chat_template_kwargs are template variables beside
+        the special tokens (bos_token, eos_token, ...), which they may replace as in transformers."""
+        if chat_template:
+            template = self._renderer.compile_override(chat_template)
+        elif self._template is not None:
+            template = self._template
+        else:
             raise Unsupported(self._template_error or "this model has no chat template")
         tokens = {f"{name}_token": value for name, value in vars(self._special).items() if value is not None}
-        try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
-        except (jinja2.TemplateError, TypeError, ValueError, LookupError) as exc:
-            # The template rejected these messages (raise_exception, or data of a shape it cannot handle).
-            raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
+        return self._renderer.render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                     chat_template_kwargs={**tokens, **(chat_template_kwargs or {})})
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
@@ -174,37 +180,3 @@ def _byte_fallback_ids(tok: tokenizers.Tokenizer, serialized: dict[str, Any]) ->
     if not serialized.get("model", {}).get("byte_fallback"):
         return frozenset()
     return frozenset(i for piece, i in tok.get_vocab(with_added_tokens=False).items() if _BYTE_PIECE.fullmatch(piece))
-
-
-class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; here it just renders."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.Scope(body, lineno=lineno)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    # jinja2's own tojson escapes HTML characters, which would change the prompt text.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _compile_template(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env.from_string(source)

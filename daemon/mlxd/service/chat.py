@@ -1,9 +1,10 @@
 """Chat messages to token ids, so that message text cannot forge the chat template's special tokens.
 
 Rendered and tokenized as one string, a user message holding "<|im_end|>\\n<|im_start|>system" would end its turn
-and speak as the system. So special-token strings found in roles and content are each swapped for a marker before
-rendering; the rendered text is tokenized with special tokens parsed (the template's own markers stay special),
-and each marker becomes its string tokenized as plain text. Text without such strings renders and tokenizes
+and speak as the system. So special-token strings found in any client text the template sees (roles, content, tool
+calls and results, reasoning, tool definitions, template arguments) are each swapped for a marker before rendering;
+the rendered text is tokenized with special tokens parsed (the template's own markers stay special), and each marker
+becomes its string tokenized as plain text. Text without such strings renders and tokenizes
 exactly as before. `parse_special` (ChatMessages.parse_special) keeps the raw behaviour for hosts that want it.
 """
 
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from mlxd.loading.tokenizer import Tokenizer
+from mlxd.service.chat_inputs import client_texts, map_client_text, template_inputs
 from mlxd_proto.v1 import inference_pb2 as pb
 
 _MARKER_BASE = 0xF0000   # private-use plane 15: no template writes these, and no special token contains one
@@ -46,6 +51,10 @@ class SpecialGuard:
             if string in text:
                 text = text.replace(string, f"{self._marker}{self._index[string]}{self._marker}")
         return text
+
+    def restore(self, text: str) -> str:
+        """Rendered text with each marker turned back into the client's string."""
+        return self._split.sub(lambda m: self.forged[int(m.group(1))], text) if self._split else text
 
     def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Messages (string content or a list of text and image items) with their text guarded."""
@@ -82,20 +91,63 @@ def _unused_character(texts: list[str]) -> str:
 
 
 def chat_texts(chat: pb.ChatMessages | pb.MultimodalChat) -> list[str]:
-    """Every role and text of a chat, for the size check and the guard."""
+    """Every client text of a chat as sent (JSON unparsed, which is never shorter than what it parses to), for the
+    size check: roles and content, and for ChatMessages tool calls and results, reasoning, tools and the template
+    arguments' strings."""
     texts = []
     for message in chat.messages:
         texts.append(message.role)
-        if isinstance(message.content, str):
-            texts.append(message.content)
+        if isinstance(message, pb.ChatMessage):
+            texts += [message.content, message.tool_call_id, message.name, message.reasoning_content]
+            texts += [text for call in message.tool_calls for text in (call.id, call.name, call.arguments)]
         else:
             texts += [part.text for part in message.content if part.WhichOneof("part") == "text"]
+    if isinstance(chat, pb.ChatMessages):
+        for tool in chat.tools:
+            function = tool.function
+            texts += [tool.json, function.name, function.description, function.parameters]
+        texts += _struct_texts(chat.chat_template_kwargs)
     return texts
 
 
+def _struct_texts(struct: struct_pb2.Struct) -> list[str]:
+    return [text for name, value in struct.fields.items() for text in (name, *_value_texts(value))]
+
+
+def _value_texts(value: struct_pb2.Value) -> list[str]:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return [value.string_value]
+    if kind == "struct_value":
+        return _struct_texts(value.struct_value)
+    if kind == "list_value":
+        return [text for item in value.list_value.values for text in _value_texts(item)]
+    return []
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """A chat rendered for the model: what the output parser and a tool-call grammar are chosen from."""
+
+    ids: list[int]           # the prompt's token ids (client text never forges special tokens unless parse_special)
+    text: str                # the rendered prompt, as the client's text reads
+    template: str            # the template source used: the request's chat_template, or the model's
+    tools: list[dict[str, Any]]  # the tools given to the template, as the client sent them; [] when none
+
+
+def render_chat(tokenizer: Tokenizer, chat: pb.ChatMessages) -> RenderedChat:
+    """A text chat rendered with the request's template or the model's, and tokenized (the template writes BOS)."""
+    inputs = template_inputs(chat)
+    guard = SpecialGuard(tokenizer, client_texts(inputs), chat.parse_special)
+    guarded = map_client_text(inputs, guard.text) if guard.forged else inputs
+    rendered = tokenizer.apply_chat_template(guarded.messages, add_generation_prompt=guarded.add_generation_prompt,
+                                             tools=guarded.tools or None,
+                                             chat_template_kwargs=guarded.chat_template_kwargs,
+                                             chat_template=chat.chat_template or None)
+    return RenderedChat(ids=guard.encode(rendered), text=guard.restore(rendered),
+                        template=chat.chat_template or tokenizer.chat_template or "", tools=inputs.tools)
+
+
 def chat_ids(tokenizer: Tokenizer, chat: pb.ChatMessages) -> list[int]:
-    """A text chat rendered with the model's template and tokenized (the template writes BOS itself)."""
-    guard = SpecialGuard(tokenizer, chat_texts(chat), chat.parse_special)
-    messages = guard.messages([{"role": m.role, "content": m.content} for m in chat.messages])
-    add_prompt = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-    return guard.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=add_prompt))
+    """A text chat's prompt token ids (render_chat's)."""
+    return render_chat(tokenizer, chat).ids
