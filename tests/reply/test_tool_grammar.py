@@ -220,9 +220,11 @@ def test_bad_tools_are_invalid(tools, function, message):
     assert caught.value.code == "invalid"
 
 
-def test_a_function_without_parameters_takes_any_object():
+@pytest.mark.parametrize("function", [{"name": "ping"}, {"name": "ping", "parameters": {}},
+                                      {"name": "ping", "parameters": True}])
+def test_a_function_without_parameters_takes_any_object(function):
     spec = SPECS[0]
-    bare = {"type": "function", "function": {"name": "ping"}}
-    tiny, grammar = _forced(spec, tools=[bare, TIME])
+    tiny, grammar = _forced(spec, tools=[{"type": "function", "function": function}, TIME])
     assert tiny.accepts(grammar, spec.calls(("ping", {})))
     assert tiny.accepts(grammar, spec.calls(("ping", {"any": [1]})))
+    assert not tiny.accepts(grammar, '<tool_call>\n{"name": "ping", "arguments": "x"}\n</tool_call>')

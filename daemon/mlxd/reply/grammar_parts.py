@@ -72,8 +72,11 @@ def json_rule(schema: dict[str, Any]) -> str:
 
 
 def arguments_schema(function: Function) -> dict[str, Any]:
-    """The function's parameters as the root of a %json (what a "$schema" key would confuse, dropped)."""
-    return {key: value for key, value in function.parameters.items() if key != "$schema"}
+    """The function's parameters as the root of a %json: always an object (a schema that says nothing, {}, would
+    let a string through, and arguments are an object), and without "$schema", which means nothing nested."""
+    schema = {key: value for key, value in function.parameters.items() if key != "$schema"}
+    schema.setdefault("type", "object")
+    return schema
 
 
 def call_object_schema(function: Function, arguments_key: str, at: str = "#") -> dict[str, Any]:

@@ -31,9 +31,6 @@ class Parsed:
     reasoning: str = ""
     tool_calls: list[ParsedToolCall] = field(default_factory=list)
 
-    def is_empty(self) -> bool:
-        return not (self.text or self.reasoning or self.tool_calls)
-
 
 class ReplyParser(Protocol):
     """Reads one reply as it streams. feed() takes the decoded text in deltas of any size (special tokens
