@@ -68,3 +68,27 @@ def test_every_kind_takes_a_marker(tiny, kind, source, answer):
 def test_bad_markers_are_refused(tiny, marker, words):
     with pytest.raises(ConstraintError, match=re.escape(words)):
         tiny.compile(ConstraintSpec("regex", "a", after=marker))
+
+
+@pytest.mark.parametrize("spelled", [False, True])
+def test_a_marker_the_tokenizer_holds_as_one_token(spelled):
+    # Qwen 3's </think> is an added token, which llguidance treats as special: no regex matches it.
+    from tests.reply.grammar_support import model
+    qwen = model("qwen3", ["<think>", "</think>"], "<|im_end|>")
+    grammar = qwen.compile(f"start: %json {json.dumps(SCHEMA)}", after="</think>")
+    if spelled:  # the marker in pieces, as a model may also write it
+        ids = qwen.tokenizer.encode("hmm </", add_special_tokens=False).ids
+        ids += qwen.tokenizer.encode("think>", add_special_tokens=False).ids
+        assert qwen.tokenizer.token_to_id("</think>") not in ids
+    else:
+        ids = qwen.tokenizer.encode("hmm </think>", add_special_tokens=False).ids
+        assert qwen.tokenizer.token_to_id("</think>") in ids
+    row = RowConstraint(grammar)
+    for token in ids + qwen.tokenizer.encode('\n\n{"a": 3}', add_special_tokens=False).ids:
+        row.consume(token)
+    assert row.is_accepting()
+    after_marker = RowConstraint(grammar)
+    after_marker.consume(qwen.tokenizer.token_to_id("</think>"))
+    with pytest.raises(ConstraintError):   # the constraint holds from the marker token on
+        for token in qwen.tokenizer.encode("not json", add_special_tokens=False).ids:
+            after_marker.consume(token)

@@ -30,22 +30,25 @@ const (
 type ToolChoiceMode int32
 
 const (
-	ToolChoiceMode_TOOL_CHOICE_AUTO     ToolChoiceMode = 0 // the model decides
-	ToolChoiceMode_TOOL_CHOICE_NONE     ToolChoiceMode = 1 // no call: the tools are not given to the template, and the reply is not parsed for calls
-	ToolChoiceMode_TOOL_CHOICE_REQUIRED ToolChoiceMode = 2 // the reply is tool calls, their arguments valid under each function's schema
+	ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED ToolChoiceMode = 0 // as TOOL_CHOICE_AUTO
+	ToolChoiceMode_TOOL_CHOICE_AUTO             ToolChoiceMode = 1 // the model decides
+	ToolChoiceMode_TOOL_CHOICE_NONE             ToolChoiceMode = 2 // no call: the tools are not given to the template, and the reply is not parsed for calls
+	ToolChoiceMode_TOOL_CHOICE_REQUIRED         ToolChoiceMode = 3 // the reply is tool calls, their arguments valid under each function's schema
 )
 
 // Enum value maps for ToolChoiceMode.
 var (
 	ToolChoiceMode_name = map[int32]string{
-		0: "TOOL_CHOICE_AUTO",
-		1: "TOOL_CHOICE_NONE",
-		2: "TOOL_CHOICE_REQUIRED",
+		0: "TOOL_CHOICE_MODE_UNSPECIFIED",
+		1: "TOOL_CHOICE_AUTO",
+		2: "TOOL_CHOICE_NONE",
+		3: "TOOL_CHOICE_REQUIRED",
 	}
 	ToolChoiceMode_value = map[string]int32{
-		"TOOL_CHOICE_AUTO":     0,
-		"TOOL_CHOICE_NONE":     1,
-		"TOOL_CHOICE_REQUIRED": 2,
+		"TOOL_CHOICE_MODE_UNSPECIFIED": 0,
+		"TOOL_CHOICE_AUTO":             1,
+		"TOOL_CHOICE_NONE":             2,
+		"TOOL_CHOICE_REQUIRED":         3,
 	}
 )
 
@@ -476,7 +479,7 @@ func (x *ToolChoice) GetMode() ToolChoiceMode {
 			return x.Mode
 		}
 	}
-	return ToolChoiceMode_TOOL_CHOICE_AUTO
+	return ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED
 }
 
 func (x *ToolChoice) GetFunction() string {
@@ -2387,8 +2390,11 @@ type ModelInfo struct {
 	// How the weights are held quantized now, most layers first, e.g. "mxfp4 4-bit, group 32 (72 layers)";
 	// empty when every weight is held in `dtype`.
 	QuantizationModes []string `protobuf:"bytes,22,rep,name=quantization_modes,json=quantizationModes,proto3" json:"quantization_modes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The reply format ChatMessages.parse_reply reads for the model's own template: "qwen3", "qwq", "hermes",
+	// "mistral", "llama3", "harmony", "gemma4", "think" (<think> reasoning only) or "plain" (all text).
+	ReplyFormat   string `protobuf:"bytes,23,opt,name=reply_format,json=replyFormat,proto3" json:"reply_format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -2573,6 +2579,13 @@ func (x *ModelInfo) GetQuantizationModes() []string {
 		return x.QuantizationModes
 	}
 	return nil
+}
+
+func (x *ModelInfo) GetReplyFormat() string {
+	if x != nil {
+		return x.ReplyFormat
+	}
+	return ""
 }
 
 type CancelRequest struct {
@@ -2855,7 +2868,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x13skip_special_tokens\x18\x02 \x01(\bR\x11skipSpecialTokens\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x15\n" +
-	"\x13GetModelInfoRequest\"\xba\x06\n" +
+	"\x13GetModelInfoRequest\"\xdd\x06\n" +
 	"\tModelInfo\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -2882,16 +2895,18 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\vnum_experts\x18\x14 \x01(\rR\n" +
 	"numExperts\x12*\n" +
 	"\x11experts_per_token\x18\x15 \x01(\rR\x0fexpertsPerToken\x12-\n" +
-	"\x12quantization_modes\x18\x16 \x03(\tR\x11quantizationModes\".\n" +
+	"\x12quantization_modes\x18\x16 \x03(\tR\x11quantizationModes\x12!\n" +
+	"\freply_format\x18\x17 \x01(\tR\vreplyFormat\".\n" +
 	"\rCancelRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\"&\n" +
 	"\x0eCancelResponse\x12\x14\n" +
-	"\x05found\x18\x01 \x01(\bR\x05found*V\n" +
-	"\x0eToolChoiceMode\x12\x14\n" +
-	"\x10TOOL_CHOICE_AUTO\x10\x00\x12\x14\n" +
-	"\x10TOOL_CHOICE_NONE\x10\x01\x12\x18\n" +
-	"\x14TOOL_CHOICE_REQUIRED\x10\x02*\xbb\x01\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found*x\n" +
+	"\x0eToolChoiceMode\x12 \n" +
+	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TOOL_CHOICE_AUTO\x10\x01\x12\x14\n" +
+	"\x10TOOL_CHOICE_NONE\x10\x02\x12\x18\n" +
+	"\x14TOOL_CHOICE_REQUIRED\x10\x03*\xbb\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +

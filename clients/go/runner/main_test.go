@@ -104,27 +104,31 @@ func startRunner(t *testing.T, opts Options) *Runner {
 }
 
 type completion struct {
-	text     string
-	tokenIDs []int32
-	final    *mlxdpb.Final
+	text      string
+	reasoning string
+	toolCalls []*mlxdpb.ToolCall
+	tokenIDs  []int32
+	final     *mlxdpb.Final
 }
 
 func collect(t *testing.T, r *Runner, ctx context.Context, req *mlxdpb.GenerateRequest) (completion, error) {
 	t.Helper()
 	var c completion
-	var parts strings.Builder
+	var parts, reasoning strings.Builder
 	for resp, err := range r.Generate(ctx, req) {
 		if err != nil {
 			return c, err
 		}
 		if chunk := resp.GetChunk(); chunk != nil {
 			parts.WriteString(chunk.GetText())
+			reasoning.WriteString(chunk.GetReasoning())
+			c.toolCalls = append(c.toolCalls, chunk.GetToolCalls()...)
 			c.tokenIDs = append(c.tokenIDs, chunk.GetTokenIds()...)
 		} else {
 			c.final = resp.GetFinal()
 		}
 	}
-	c.text = parts.String()
+	c.text, c.reasoning = parts.String(), reasoning.String()
 	return c, nil
 }
 

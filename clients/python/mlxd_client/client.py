@@ -33,6 +33,8 @@ class Completion:
     text: str
     token_ids: list[int] = field(default_factory=list)
     final: pb.Final | None = None
+    reasoning: str = ""                                   # with ChatMessages.parse_reply
+    tool_calls: list[pb.ToolCall] = field(default_factory=list)
 
 
 def options(**kwargs: Any) -> pb.GenerationOptions:
@@ -61,14 +63,16 @@ def _content_part(part: Part) -> pb.ContentPart:
 def collect(responses: Iterable[pb.GenerateResponse]) -> Completion:
     """Read a response stream to its end: the whole text, every token id and the final message."""
     result = Completion(text="")
-    texts = []
+    texts, reasoning = [], []
     for response in responses:
         if response.HasField("chunk"):
             texts.append(response.chunk.text)
+            reasoning.append(response.chunk.reasoning)
             result.token_ids.extend(response.chunk.token_ids)
+            result.tool_calls.extend(response.chunk.tool_calls)
         else:
             result.final = response.final
-    result.text = "".join(texts)
+    result.text, result.reasoning = "".join(texts), "".join(reasoning)
     return result
 
 
@@ -112,10 +116,11 @@ class Client:
     # -- generation ---------------------------------------------------------------------------------------------
 
     def generate(self, prompt: str | None = None, *, tokens: Sequence[int] | None = None,
-                 messages: Sequence[Mapping[str, str]] | None = None, request_id: str = "",
-                 expected_model: str = "", timeout: float | None = None,
+                 messages: Sequence[Mapping[str, str]] | None = None, chat: pb.ChatMessages | None = None,
+                 request_id: str = "", expected_model: str = "", timeout: float | None = None,
                  **option_values: Any) -> Iterator[pb.GenerateResponse]:
-        """Stream responses: chunks (`.chunk`), then one `.final`. Exactly one of prompt, tokens, messages."""
+        """Stream responses: chunks (`.chunk`), then one `.final`. Exactly one of prompt, tokens, messages (role and
+        content each) or chat (tools, tool calls, template arguments: see mlxd_client.chat.chat_messages)."""
         request = pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, expected_model=expected_model,
                                      options=options(**option_values))
         if prompt is not None:
@@ -124,6 +129,8 @@ class Client:
             request.tokens.ids.extend(tokens)
         elif messages is not None:
             request.chat.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+        elif chat is not None:
+            request.chat.CopyFrom(chat)
         return _stream(lambda: self.stub.Generate(request, timeout=timeout))
 
     def multimodal_generate(self, parts: Sequence[Part] | None = None, *,

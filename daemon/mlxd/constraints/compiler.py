@@ -96,7 +96,10 @@ class GrammarCompiler:
                  cache_entries: int = CACHE_ENTRIES, limits: llguidance.LLParserLimits | None = None) -> None:
         if cache_entries < 1:
             raise ValueError(f"cache_entries must be at least 1, not {cache_entries}")
-        tokenizer_tokens = tokenizers.Tokenizer.from_str(tokenizer_json).get_vocab_size(with_added_tokens=True)
+        plain = tokenizers.Tokenizer.from_str(tokenizer_json)
+        tokenizer_tokens = plain.get_vocab_size(with_added_tokens=True)
+        # Added tokens (content -> id): an `after` marker that is one of them is matched as that token.
+        self.added_tokens = {t.content: i for i, t in plain.get_added_tokens_decoder().items()}
         # A logits row narrower than the tokenizer (rare) still gets a mask over every token llguidance knows;
         # ids past the logits are never sampled, so the runner reads only the first vocab_size bits.
         self.width = max(vocab_size, tokenizer_tokens)
@@ -163,7 +166,7 @@ class GrammarCompiler:
                                                f"{MAX_SOURCE_BYTES}")
         grammar = self._grammar_text(spec)
         if spec.after:
-            grammar = free_until(grammar, spec.after)
+            grammar = free_until(grammar, spec.after, self.added_tokens.get(spec.after))
         # Building the matcher validates the grammar as LLMatcher.validate_grammar does (the same parser is
         # built, with the same messages); keeping it makes each request's matcher a copy. llguidance drops the GIL
         # while it builds.

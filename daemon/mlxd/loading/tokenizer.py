@@ -57,8 +57,11 @@ class Tokenizer:
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         self.byte_fallback_ids: frozenset[int] = _byte_fallback_ids(tokenizer, json.loads(serialized))
         # Strings that parse_special=True turns into one special token each (content -> id).
-        self.special_tokens: dict[str, int] = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()
-                                               if t.special}
+        added = tokenizer.get_added_tokens_decoder()
+        self.special_tokens: dict[str, int] = {t.content: i for i, t in added.items() if t.special}
+        # Every added token, special or not (Qwen's <think> and <tool_call> are not): each is one token to a
+        # grammar (llguidance) and a marker a reply parser may look for.
+        self.added_tokens: dict[str, int] = {t.content: i for i, t in added.items()}
         self.chat_template = chat_template  # the model's template source, None when it has none
         self._renderer = TemplateRenderer(clock)
         self._template: ChatTemplate | None = None

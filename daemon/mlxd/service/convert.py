@@ -22,6 +22,7 @@ from mlxd.errors import InvalidRequest
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.stops import validate_stops
 from mlxd.loading.tokenizer import TokenText
+from mlxd.reply import Parsed
 from mlxd.service.limits import Limits
 from mlxd.service.sizes import PromptBounds, check_token_ids
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -93,15 +94,21 @@ def _logprob_pb(lp: TokenLogprob, token_text: TokenText) -> pb.TokenLogprob:
                                               token=token_text(t.token_id) or "") for t in lp.top])
 
 
-def chunk_message(event: TokenEvent, token_text: TokenText) -> pb.GenerateResponse:
-    return pb.GenerateResponse(chunk=pb.Chunk(text=event.text, token_ids=event.token_ids,
-                                              logprobs=[_logprob_pb(lp, token_text) for lp in event.logprobs]))
+def chunk_message(event: TokenEvent, token_text: TokenText, parsed: Parsed | None = None) -> pb.GenerateResponse:
+    """The chunk of event; with parsed (parse_reply), its text is parsed's answer text beside reasoning and calls."""
+    chunk = pb.Chunk(text=event.text, token_ids=event.token_ids,
+                     logprobs=[_logprob_pb(lp, token_text) for lp in event.logprobs])
+    if parsed is not None:
+        chunk.text, chunk.reasoning = parsed.text, parsed.reasoning
+        chunk.tool_calls.extend(pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in parsed.tool_calls)
+    return pb.GenerateResponse(chunk=chunk)
 
 
-def final_message(event: FinalEvent, request_id: str, token_text: TokenText) -> pb.GenerateResponse:
+def final_message(event: FinalEvent, request_id: str, token_text: TokenText,
+                  ended_in_calls: bool = False) -> pb.GenerateResponse:
     t = event.timings
     return pb.GenerateResponse(final=pb.Final(
-        finish_reason=_FINISH[event.finish_reason],
+        finish_reason=pb.FINISH_REASON_TOOL_CALLS if ended_in_calls else _FINISH[event.finish_reason],
         matched_stop=event.matched_stop,
         stop_token_id=event.stop_token_id,
         usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,

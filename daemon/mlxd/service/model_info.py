@@ -13,6 +13,7 @@ from mlxd.images.prompt import ImageTokens
 from mlxd.loading.generation_defaults import sampling_defaults
 from mlxd.loading.tokenizer import Tokenizer
 from mlxd.models.inventory import expert_counts, quantization_modes
+from mlxd.reply import ReplyFormat, reply_format
 from mlxd.service.constraints import Grammars
 from mlxd.service.multimodal import VisionInput
 from mlxd.service.sizes import longest_token_bytes
@@ -29,11 +30,14 @@ class ServedModel:
     vision: VisionInput | None = None    # set for vision-language models
     max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer
     grammars: Grammars = field(init=False)  # requests' constraints, compiled for this tokenizer
+    reply_format: ReplyFormat = field(init=False)   # how parse_reply reads replies of the model's own template
 
     def __post_init__(self) -> None:
         if not self.max_token_bytes:
             self.max_token_bytes = longest_token_bytes(self.tokenizer.id_to_token, self.info.vocab_size)
         self.grammars = Grammars(self.tokenizer, self.info.vocab_size, list(self.info.eos_token_ids))
+        self.reply_format = reply_format(self.tokenizer.chat_template or "", self.tokenizer.added_tokens)
+        self.info.reply_format = self.reply_format.name
 
 
 def quantization_text(quantization: dict | None, held_quantized: bool) -> str:

@@ -22,11 +22,13 @@ from mlxd.engine.request import CancelToken, FinalEvent, FinishReason, Generatio
 from mlxd.engine.worker import WorkerState
 from mlxd.errors import Cancelled, InvalidRequest, Unavailable, Unsupported
 from mlxd.service import convert, multimodal, prompts
+from mlxd.service.chat import render_chat
 from mlxd.service.engine import Engine
 from mlxd.service.inflight import InFlight
 from mlxd.service.limits import Limits
 from mlxd.service.model_info import ServedModel, with_memory
 from mlxd.service.preparation import Preparation, check
+from mlxd.service.reply import ReplyStream, plan_reply
 from mlxd.service.request_log import RequestLog, quoted
 from mlxd.service.sizes import PromptBounds, check_response, check_token_ids
 from mlxd.service.status import abort
@@ -44,7 +46,7 @@ EXPECTED_MODEL_QUOTE_CHARS = 200   # of expected_model quoted in an error (the w
 
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
     """What a preparation thread needs besides the request message to build its GenerationRequest."""
 
@@ -55,17 +57,23 @@ class Job:
     cancel: CancelToken
     sink: StreamSink
     deadline: float | None
+    reply: ReplyStream | None = None   # set by the preparation of a chat with parse_reply
 
-    def request(self, options: pb.GenerationOptions, prompt_ids: list[int],
-                images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
+    def request(self, options: pb.GenerationOptions, prompt_ids: list[int], images: tuple[PromptImage, ...] = (),
+                constraint: pb.Constraint | None = None) -> GenerationRequest:
+        """constraint: one the daemon chose (a required tool call's grammar) in place of options.constraint."""
         check(self.cancel)
         info = self.model.info
         gen = convert.generation_request(self.request_id, prompt_ids, options, defaults=self.model.sampling_defaults,
                                          vocab_size=info.vocab_size, bounds=self.bounds, limits=self.limits,
                                          deadline=self.deadline, cancel=self.cancel, events=self.sink, images=images)
-        if options.HasField("constraint"):  # compiled once the cheaper checks above have passed
-            gen.constraint = self.model.grammars.constraint(options.constraint)
+        if constraint is None and options.HasField("constraint"):
+            constraint = options.constraint
+        if constraint is not None:  # compiled once the cheaper checks above have passed
+            gen.constraint = self.model.grammars.constraint(constraint)
             check(self.cancel)  # a compile may have taken a while
+        if self.reply is not None:
+            gen.skip_special_tokens = False   # the reply's parser reads the markers; it keeps them out of text
         return gen
 
 
@@ -152,7 +160,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 job = Job(model, bounds, self._limits, request_id, cancel, sink,
                           convert.deadline_of(context.time_remaining()))
                 gen = await self._preparation.run(functools.partial(prepare, request, job), cancel)
-                final = await stream(gen, sink, self._engine, writer, entry, model.tokenizer.id_to_token)
+                final = await stream(gen, sink, self._engine, writer, entry, model.tokenizer.id_to_token, job.reply)
                 check_response(final, self._limits.max_message_bytes)   # prompt logprobs can make it large
                 return final
             finally:
@@ -220,7 +228,13 @@ async def _answer(context: grpc.aio.ServicerContext, answer: Callable[[], T]) ->
 # -- preparation jobs (on a preparation thread) ---------------------------------------------------------------------
 
 def _prepare_text(request: pb.GenerateRequest, job: Job) -> GenerationRequest:
-    return job.request(request.options, prompts.generate_ids(request, job.model.tokenizer, job.model.info.vocab_size))
+    model = job.model
+    if request.WhichOneof("input") != "chat":
+        return job.request(request.options, prompts.generate_ids(request, model.tokenizer, model.info.vocab_size))
+    rendered = render_chat(model.tokenizer, request.chat)
+    plan = plan_reply(request.chat, rendered, model.reply_format, model.tokenizer.added_tokens, request.options)
+    job.reply = ReplyStream(plan.parser) if plan.parser is not None else None
+    return job.request(request.options, rendered.ids, constraint=plan.constraint)
 
 
 def _prepare_multimodal(request: pb.MultimodalGenerateRequest, job: Job) -> GenerationRequest:

@@ -19,6 +19,7 @@ from mlxd.errors import Cancelled
 from mlxd.loading.tokenizer import TokenText
 from mlxd.service import convert
 from mlxd.service.engine import Engine
+from mlxd.service.reply import ReplyStream
 from mlxd.service.request_log import RequestEntry
 from mlxd.service.stream_sink import StreamSink
 from mlxd_proto.v1 import inference_pb2 as pb
@@ -79,9 +80,10 @@ class StreamWriter:
 
 
 async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, writer: StreamWriter,
-                 entry: RequestEntry, token_text: TokenText) -> pb.GenerateResponse:
-    """Write the chunks of gen; return its final message for the caller to write once it has let go of the
-    request (a final message its client never takes then holds nothing else)."""
+                 entry: RequestEntry, token_text: TokenText, reply: ReplyStream | None = None) -> pb.GenerateResponse:
+    """Write the chunks of gen (split by reply when the chat asked for parse_reply); return its final message for
+    the caller to write once it has let go of the request (a final message its client never takes then holds
+    nothing else)."""
     engine.submit(gen)
     entry.started(gen)
     request_id = gen.request_id
@@ -92,16 +94,22 @@ async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, write
             if isinstance(event, TokenEvent):
                 tokens.append(event)
                 continue
-            await _write_chunk(tokens, writer, entry, token_text)
+            await _write_chunk(tokens, writer, entry, token_text, reply)
             if isinstance(event, FinalEvent):
                 entry.finished(event)
-                return convert.final_message(event, request_id, token_text)
+                if reply is None:
+                    return convert.final_message(event, request_id, token_text)
+                stop_text = token_text(event.stop_token_id) or "" if event.stop_token_id >= 0 else ""
+                rest = reply.finish(event, stop_text)
+                if rest.text or rest.reasoning or rest.tool_calls:
+                    await writer.write(convert.chunk_message(TokenEvent("", []), token_text, rest))
+                return convert.final_message(event, request_id, token_text, reply.ended_in_calls(event))
             raise event.error
-        await _write_chunk(tokens, writer, entry, token_text)
+        await _write_chunk(tokens, writer, entry, token_text, reply)
 
 
 async def _write_chunk(tokens: list[TokenEvent], writer: StreamWriter, entry: RequestEntry,
-                       token_text: TokenText) -> None:
+                       token_text: TokenText, reply: ReplyStream | None) -> None:
     """Token events that queued up while the client was slow go out as one larger message."""
     if not tokens:
         return
@@ -109,4 +117,5 @@ async def _write_chunk(tokens: list[TokenEvent], writer: StreamWriter, entry: Re
         "".join(t.text for t in tokens), [i for t in tokens for i in t.token_ids],
         [lp for t in tokens for lp in t.logprobs])
     entry.add_output(merged.text)
-    await writer.write(convert.chunk_message(merged, token_text))
+    parsed = reply.feed(merged) if reply is not None else None
+    await writer.write(convert.chunk_message(merged, token_text, parsed))

@@ -10,6 +10,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class ToolChoiceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ClassVar[ToolChoiceMode]
     TOOL_CHOICE_AUTO: _ClassVar[ToolChoiceMode]
     TOOL_CHOICE_NONE: _ClassVar[ToolChoiceMode]
     TOOL_CHOICE_REQUIRED: _ClassVar[ToolChoiceMode]
@@ -22,6 +23,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP_SEQUENCE: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
 TOOL_CHOICE_AUTO: ToolChoiceMode
 TOOL_CHOICE_NONE: ToolChoiceMode
 TOOL_CHOICE_REQUIRED: ToolChoiceMode
@@ -382,7 +384,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "mlx_peak_memory_bytes", "prefix_cache_bytes", "num_experts", "experts_per_token", "quantization_modes")
+    __slots__ = ("model_id", "path", "digest", "architecture", "context_length", "vocab_size", "eos_token_ids", "bos_token_id", "dtype", "checkpoint_dtype", "quantization", "has_chat_template", "supports_vision", "device", "load_note", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "mlx_peak_memory_bytes", "prefix_cache_bytes", "num_experts", "experts_per_token", "quantization_modes", "reply_format")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +407,7 @@ class ModelInfo(_message.Message):
     NUM_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     EXPERTS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_MODES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     path: str
     digest: str
@@ -427,7 +430,8 @@ class ModelInfo(_message.Message):
     num_experts: int
     experts_per_token: int
     quantization_modes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., mlx_peak_memory_bytes: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., num_experts: _Optional[int] = ..., experts_per_token: _Optional[int] = ..., quantization_modes: _Optional[_Iterable[str]] = ...) -> None: ...
+    reply_format: str
+    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., bos_token_id: _Optional[int] = ..., dtype: _Optional[str] = ..., checkpoint_dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., device: _Optional[str] = ..., load_note: _Optional[str] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., mlx_peak_memory_bytes: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., num_experts: _Optional[int] = ..., experts_per_token: _Optional[int] = ..., quantization_modes: _Optional[_Iterable[str]] = ..., reply_format: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)
