@@ -13,6 +13,7 @@ from mlxd.engine.kv_budget import KvLayout
 from mlxd.loading.loader import load_model
 from mlxd.models.glm4_moe_lite.args import ModelArgs
 from mlxd.models.glm4_moe_lite.experts import GroupLimitedRouter
+from mlxd.models.glm4_moe_lite.latent_weights import kv_b_from_absorbed
 from mlxd.models.glm4_moe_lite.model import Model
 from tests.helpers.parity import copy_model_folder
 from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
@@ -179,3 +180,25 @@ def test_quantized_kv_b_proj_decodes_as_its_full_pass():
     tokens = mx.random.randint(0, 64, (1, 12), key=mx.random.key(2))
     continuation = mx.random.randint(0, 64, (6,), key=mx.random.key(3))
     assert max_decode_error(model, tokens, continuation) < SELF_TOL
+
+
+def test_quantized_split_kv_b_proj_is_dequantized_back_to_float():
+    """mlx-lm quantizes embed_q along nope and unembed_out along the latent; kv_b_proj comes back in float, each
+    head's key rows then its value rows, holding exactly the dequantized values."""
+    args = ModelArgs.from_dict(dict(model_type=ARCH, num_hidden_layers=1, num_attention_heads=2, kv_lora_rank=64,
+                                    qk_nope_head_dim=32, v_head_dim=32))
+    keys = mx.random.normal((2, 64, 32), key=mx.random.key(4))    # [heads, latent, nope]
+    values = mx.random.normal((2, 32, 64), key=mx.random.key(5))  # [heads, v, latent]
+    weights = {}
+    for name, w in (("embed_q", keys), ("unembed_out", values)):
+        q, s, b = mx.quantize(w, group_size=32, bits=4)
+        weights |= {f"a.{name}.weight": q, f"a.{name}.scales": s, f"a.{name}.biases": b}
+    joined = kv_b_from_absorbed(weights, "a", args)
+    assert list(joined) == ["a.kv_b_proj.weight"]
+    per_head = joined["a.kv_b_proj.weight"].reshape(2, 64, 64)
+
+    def dq(name: str) -> mx.array:
+        return mx.dequantize(*(weights[f"a.{name}.{k}"] for k in ("weight", "scales", "biases")), group_size=32, bits=4)
+
+    assert mx.array_equal(per_head[:, :32], dq("embed_q").swapaxes(-1, -2))
+    assert mx.array_equal(per_head[:, 32:], dq("unembed_out"))
