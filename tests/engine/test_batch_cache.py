@@ -18,7 +18,7 @@ ROWS = [(3, 0, 24), (29, 0, 10), (9, 4, 24), (1, 6, 18), (40, 12, 24)]
 
 
 @pytest.fixture(scope="module", params=["llama", "mistral", "qwen3", "gemma3_text", "qwen3_moe", "mixtral",
-                                                     "gpt_oss"])
+                                                     "gpt_oss", "glm4_moe_lite"])
 def model(request):
     return load_model(FIXTURES / "parity" / request.param, dtype="float32").model
 

@@ -315,6 +315,7 @@ MODEL_CASES = [
     ("gpt_oss", 40, 40, 45, 40),  # sliding and full layers: a rotated snapshot beside a full one
     ("gpt_oss", 14, 9, 25, 9),
     ("gpt_oss", 30, 25, 38, 0),
+    ("glm4_moe_lite", 20, 13, 24, 13),  # latent caches (one "head" of kv_lora_rank keys, rope-part values)
 ]
 
 

@@ -4,7 +4,10 @@ rows permuted for its interleaved rotary embedding (llama, Mistral, and Mixtral,
 Gemma's norms stored plus one, Llama 3.1 rope scaling as a rope_freqs.weight tensor instead of config keys, a
 MoE layer's experts stacked into one [E, out, in] tensor per projection with expert_* keys, 1-D tensors, biases and
 routers kept F32, gpt-oss's tensors as its GptOssModel writes them (gpt_oss_to_gguf: gate and up split apart, MXFP4
-experts copied as they are) with YaRN keys, and the byte-level BPE tokenizer as tokenizer.ggml.* metadata."""
+experts copied as they are) with YaRN keys, GLM-4.7-Flash as its deepseek2 (mla_to_gguf: kv_b_proj split per head),
+and the byte-level BPE tokenizer as tokenizer.ggml.* metadata. A matrix whose rows are not a whole number of
+quantization blocks stays F32 (llama-quantize falls back for such a tensor; only the glm4_moe_lite fixture has
+one: its latent is 24 wide)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 from gguf import (
+    GGML_QUANT_SIZES,
     MODEL_ARCH,
     MODEL_ARCH_NAMES,
     GGMLQuantizationType,
@@ -28,11 +32,13 @@ from gguf import (
 from gguf.quants import dequantize, quantize
 
 from tests.gguf.gpt_oss_to_gguf import MXFP4Blocks, gpt_oss_tensors
+from tests.gguf.mla_to_gguf import mla_hyperparameters, mla_tensors
 from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
 GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]
+DEEPSEEK2 = MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]
 # GGUF architecture -> the gguf package's tensor table ("mistral", Ollama's name, has no table: llama's names).
 TENSOR_TABLES = {
     "llama": MODEL_ARCH.LLAMA,
@@ -43,6 +49,7 @@ TENSOR_TABLES = {
     "qwen3moe": MODEL_ARCH.QWEN3MOE,
     "gemma3": MODEL_ARCH.GEMMA3,
     GPT_OSS: MODEL_ARCH.GPT_OSS,
+    DEEPSEEK2: MODEL_ARCH.DEEPSEEK2,
 }
 # Names an architecture's table lacks: Qwen3-MoE's dense layers (mlp_only_layers). llama.cpp cannot express them
 # (its converter stops at "Can not map tensor", its qwen3moe graph wants experts in every layer); they are
@@ -185,15 +192,23 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     names = get_tensor_name_map(TENSOR_TABLES[arch], n_layers)
     fallback = get_tensor_name_map(_FALLBACK_TABLES.get(arch, TENSOR_TABLES[arch]), n_layers)
     n_heads, n_kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    if arch == GPT_OSS:
+        entries = gpt_oss_tensors(weights)
+    else:
+        entries = merge_experts(weights)
+        entries = mla_tensors(entries, config) if arch == DEEPSEEK2 else entries
     matrix_type, expert_type, file_type = QTYPES[qtype]
 
     w = GGUFWriter(str(path), arch)
-    _hyperparameters(w, arch, config)
+    if arch == DEEPSEEK2:
+        mla_hyperparameters(w, config)
+    else:
+        _hyperparameters(w, arch, config)
     w.add_file_type(file_type)
     _tokenizer(w, folder, config["vocab_size"])
 
     stored: dict[str, mx.array] = {}
-    for hf, values, parts in gpt_oss_tensors(weights) if arch == GPT_OSS else merge_experts(weights):
+    for hf, values, parts in entries:
         suffixes = (".weight", ".bias")
         name = names.get_name(hf, try_suffixes=suffixes) or fallback.get_name(hf, try_suffixes=suffixes)
         assert name is not None, hf
@@ -208,8 +223,9 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
         type_name = expert_type if values.ndim == 3 else matrix_type
         # Routers and biases (gpt-oss's experts' are 2-D) stay F32, as the converter and llama-quantize keep them.
         router = name.endswith("ffn_gate_inp.weight")
-        if values.ndim >= 2 and type_name != "F32" and name.endswith(".weight") and not router:
-            kind = GGMLQuantizationType[type_name]
+        kind = GGMLQuantizationType[type_name]
+        whole_blocks = values.shape[-1] % GGML_QUANT_SIZES[kind][0] == 0
+        if values.ndim >= 2 and type_name != "F32" and name.endswith(".weight") and not router and whole_blocks:
             packed = quantize(values, kind)
             # Permuting whole rows commutes with quantizing them, so the HF-layout values are the originals'.
             held = dequantize(quantize(original, kind), kind).reshape(original.shape)

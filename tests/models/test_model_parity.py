@@ -11,7 +11,8 @@ from mlxd.loading.loader import load_model
 from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
 
 # gpt_oss: MXFP4 experts (dequantized to float32 on load); gpt_oss_dense: the same model with float32 experts.
-ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss", "gpt_oss_dense"]
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss", "gpt_oss_dense",
+         "glm4_moe_lite"]
 CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]
 LOGIT_TOL = 1e-3
 # Same weights, same math, only the order of floating-point operations differs.

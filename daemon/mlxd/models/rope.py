@@ -13,17 +13,21 @@ from mlxd.errors import ModelLoadError
 
 
 class RoPE(nn.Module):
-    """Rotary embedding of HF's rotate-half layout, with precomputed per-pair periods (base ** (2i / dims)), and
-    transformers' `attention_scaling` (YaRN's mscale), which multiplies cos and sin and so the rotated dims."""
+    """Rotary embedding of HF's rotate-half layout (dims i and i + dims/2 rotate together), or with `traditional`
+    of adjacent pairs (2i, 2i + 1: transformers' rope_interleave), with precomputed per-pair periods
+    (base ** (2i / dims)), and transformers' `attention_scaling` (YaRN's mscale), which multiplies cos and sin and
+    so the rotated dims."""
 
-    def __init__(self, dims: int, periods: mx.array, attention_scaling: float = 1.0):
+    def __init__(self, dims: int, periods: mx.array, attention_scaling: float = 1.0, traditional: bool = False):
         super().__init__()
         self.dims = dims
         self.attention_scaling = attention_scaling
+        self.traditional = traditional
         self._periods = periods  # leading underscore: not a parameter, never saved or loaded
 
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
-        out = mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._periods)
+        out = mx.fast.rope(x, self.dims, traditional=self.traditional, base=None, scale=1.0, offset=offset,
+                           freqs=self._periods)
         if self.attention_scaling == 1.0:
             return out
         if self.dims == x.shape[-1]:
@@ -119,12 +123,13 @@ _ROPE_TYPES = {
 _ATTENTION_SCALING = {"yarn": yarn_attention_factor}
 
 
-def make_rope(dims: int, rope_parameters: dict[str, Any]) -> RoPE:
-    """Build a RoPE from one HF `rope_parameters` entry ({"rope_type", "rope_theta", scaling keys...})."""
+def make_rope(dims: int, rope_parameters: dict[str, Any], traditional: bool = False) -> RoPE:
+    """Build a RoPE from one HF `rope_parameters` entry ({"rope_type", "rope_theta", scaling keys...});
+    `traditional`: rotate adjacent pairs (RoPE's docstring)."""
     rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
     build = _ROPE_TYPES.get(rope_type)
     if build is None:
         raise ModelLoadError(f"unsupported rope_type {rope_type!r}; supported: {sorted(_ROPE_TYPES)}")
     scaling = _ATTENTION_SCALING.get(rope_type)
     periods = build(dims, float(rope_parameters.get("rope_theta", 10000.0)), rope_parameters)
-    return RoPE(dims, periods, 1.0 if scaling is None else scaling(rope_parameters))
+    return RoPE(dims, periods, 1.0 if scaling is None else scaling(rope_parameters), traditional)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
@@ -26,6 +27,7 @@ ARCHITECTURES: dict[str, str] = {
     "qwen3moe": "qwen3_moe",
     "gemma3": "gemma3_text",
     GPT_OSS: "gpt_oss",
+    DEEPSEEK2: "glm4_moe_lite",
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -242,7 +244,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     for key, name in _OPTIONAL.items():
         if f"{arch}.{key}" in metadata:
             config[name] = _scalar(metadata, f"{arch}.{key}")
-    config["head_dim"] = _head_dim(metadata, arch, config)
+    if arch != DEEPSEEK2:  # its key and value lengths are the latent's (deepseek2.py)
+        config["head_dim"] = _head_dim(metadata, arch, config)
     if "rope_theta" in config:
         config["rope_theta"] = float(config["rope_theta"])
     scaling = _rope_scaling(metadata, arch)
@@ -268,4 +271,6 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         _experts(metadata, arch, config, tensor_shapes)
     if model_type == "gpt_oss":
         _gpt_oss(metadata, arch, config)
+    if arch == DEEPSEEK2:
+        mla_config(metadata, config, tensor_shapes)
     return config

@@ -20,6 +20,9 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
+from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
+from mlxd.loading.gguf.deepseek2 import LAYER_NAMES as _DEEPSEEK2_LAYER
 
 _GLOBAL = {
     "token_embd": "model.embed_tokens",
@@ -82,10 +85,10 @@ _GPT_OSS_LAYER = {
     _base(MODEL_TENSOR.FFN_DOWN_EXP): "mlp.switch_mlp.down_proj",
 }
 # Architectures whose layer names are a table of their own rather than changes to _LAYER.
-_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER}
-# Tensors that are a bare parameter, not a layer's weight: llama.cpp's converter appended ".weight" to the name
-# (gpt-oss's `self_attn.sinks`, one logit per head).
-_PARAMETERS = {_base(MODEL_TENSOR.ATTN_SINKS)}
+_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER}
+# Tensors that are a bare parameter, not a layer's weight, and the suffix llama.cpp's converter appended to the
+# name: ".weight" to gpt-oss's `self_attn.sinks` (one logit per head), ".bias" to deepseek2's correction biases.
+_PARAMETERS = {_base(MODEL_TENSOR.ATTN_SINKS): "weight", **_DEEPSEEK2_PARAMETERS}
 
 # Architectures whose q/k rows the converters permuted (llama.cpp's LlamaModel and its Mistral subclasses,
 # Ollama's mistral converters); the others use neox-style rope.
@@ -110,7 +113,7 @@ def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
         if model_type in _MOE_MODULE:
             table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
         if base in _PARAMETERS and base in table:
-            if kind == "weight":
+            if kind == _PARAMETERS[base]:
                 return f"model.layers.{index}.{table[base]}"
         elif base in table:
             return f"model.layers.{index}.{table[base]}.{kind}"

@@ -1,0 +1,77 @@
+"""GLM-4.7-Flash's MLPs: the dense SwiGLU of the first layers and of the shared experts, and the MoE layer whose
+router scores experts with a sigmoid and picks them within the best groups (DeepSeek-V3's "noaux_tc")."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxd.models import moe, ops
+from mlxd.models.glm4_moe_lite.args import ModelArgs
+from mlxd.models.projections import GATE_UP, add_linears
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate x) * up x); gate and up held as one `gate_up_proj` when `fused`."""
+
+    def __init__(self, dims: int, hidden: int, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+        add_linears(self, GATE_UP, dims, (hidden, hidden), False, fused)
+        self.down_proj = nn.Linear(hidden, dims, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(ops.gated_activation(gate, up, "silu"))
+
+
+class GroupLimitedRouter(nn.Module):
+    """transformers' Glm4MoeLiteTopkRouter, in float32 as it computes: s = sigmoid(x Wᵀ); experts are chosen by
+    s + e_score_correction_bias, only within the `topk_group` groups (of `n_group` equal ones) whose two best
+    choice scores sum highest; the chosen experts are weighted by their unbiased s, divided by the sum of those
+    (when norm_topk_prob) and times routed_scaling_factor."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.weight = mx.zeros((args.n_routed_experts, args.hidden_size))
+        self.e_score_correction_bias = mx.zeros((args.n_routed_experts,))
+        self.top_k, self.n_group, self.topk_group = args.num_experts_per_tok, args.n_group, args.topk_group
+        self.normalize, self.scaling = args.norm_topk_prob, args.routed_scaling_factor
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """The experts [..., k] (in no particular order) and their weights [..., k] in x's dtype."""
+        scores = mx.sigmoid(x.astype(mx.float32) @ self.weight.astype(mx.float32).T)
+        choice = scores + self.e_score_correction_bias.astype(mx.float32)
+        dropped = self.n_group - self.topk_group
+        if dropped:
+            groups = choice.reshape(*choice.shape[:-1], self.n_group, -1)
+            best_two = min(2, groups.shape[-1])
+            group_scores = mx.topk(groups, best_two, axis=-1).sum(axis=-1)  # [..., n_group]
+            worst = mx.argpartition(group_scores, kth=dropped - 1, axis=-1)[..., :dropped]
+            groups = mx.put_along_axis(groups, worst[..., None], mx.array(-mx.inf, mx.float32), axis=-2)
+            choice = groups.reshape(choice.shape)
+        indices = mx.argpartition(-choice, kth=self.top_k - 1, axis=-1)[..., : self.top_k]
+        weights = mx.take_along_axis(scores, indices, axis=-1)
+        if self.normalize:
+            weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
+        return indices, (weights * self.scaling).astype(x.dtype)
+
+
+class SharedExpertMoe(moe.SparseMoe):
+    """The routed experts (models/moe.py's stacked SwitchGLU) under the group-limited router `gate`, plus the
+    always-on shared experts (one SwiGLU of n_shared_experts × moe_intermediate_size, no gate of its own)."""
+
+    def __init__(self, args: ModelArgs, fused_experts: bool = False, fused_shared: bool = False):
+        super().__init__(args.hidden_size, args.moe_intermediate_size, args.n_routed_experts,
+                         moe.Routing(args.num_experts_per_tok), fused=fused_experts)
+        self.gate = GroupLimitedRouter(args)  # in place of SparseMoe's softmax router
+        self.shared_experts = GatedMLP(args.hidden_size, args.moe_intermediate_size * args.n_shared_experts,
+                                       fused_shared)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        indices, weights = self.gate(x)
+        y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
+        return (y * weights[..., None]).sum(axis=-2) + self.shared_experts(x)

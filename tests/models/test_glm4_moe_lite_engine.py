@@ -1,0 +1,78 @@
+"""GLM-4.7-Flash's latent cache through the real scheduler and runner (the fixture folder, served as the daemon
+loads it: fused projections, its tokenizer): batched rows of mixed lengths yield what each yields alone, a
+prefix-cache hit yields the cold tokens, and admission counts the latent's bytes per token."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxd.engine.request import GenerationRequest
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.daemon_process import FIXTURES
+from tests.helpers.engine_runs import drain, run, run_arrivals
+
+SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.95, seed=7),
+             SamplingParams(temperature=0.0, repetition_penalty=1.2), SamplingParams(temperature=0.7, seed=3)]
+PROMPT_LENGTHS = [37, 3, 21, 1, 58, 12]
+
+
+@pytest.fixture(scope="module")
+def runtime() -> ModelRuntime:
+    loaded, tokenizer = load_model_and_tokenizer(FIXTURES / "parity" / "glm4_moe_lite", dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+def _prompt(n: int, seed: int) -> list[int]:
+    return [3 + (seed * 131 + i * 37 + (i * i) % 17) % 314 for i in range(n)]
+
+
+def _requests() -> list[GenerationRequest]:
+    return [GenerationRequest(f"r{i}", _prompt(n, i), SAMPLINGS[i % len(SAMPLINGS)], max_tokens=8 + 3 * i,
+                              ignore_eos=True, logprobs=True)
+            for i, n in enumerate(PROMPT_LENGTHS)]
+
+
+def test_batched_rows_yield_what_they_yield_alone(runtime):
+    alone = []
+    for request in _requests():
+        run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=7, max_batch_size=1)), request)
+        alone.append(drain(request))
+    batched = _requests()
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=16, max_batch_size=8))
+    run_arrivals(scheduler, {0: batched[:2], 3: batched[2:4], 8: batched[4:]})
+    for i, request in enumerate(batched):
+        ids, _, logprobs, final = drain(request)
+        assert ids == alone[i][0], f"request {i}"
+        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
+        assert final.completion_tokens == alone[i][3].completion_tokens
+
+
+def _serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams) -> tuple[list[int], int]:
+    request = GenerationRequest("r", ids, sampling, max_tokens=20, ignore_eos=True)
+    run(scheduler, request)
+    tokens, _, _, final = drain(request)
+    return tokens, final.cached_tokens
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[:2], ids=["greedy", "seeded"])
+def test_prefix_cache_hits_yield_the_cold_tokens(runtime, sampling):
+    first, second = _prompt(50, 1), _prompt(30, 1) + _prompt(25, 2)
+    cold = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=16, prefix_cache_bytes=0))
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=16, prefix_cache_bytes=64 << 20))
+    assert _serve(scheduler, first, sampling)[1] == 0
+    tokens, cached = _serve(scheduler, second, sampling)
+    assert cached == 30  # the stored prompt's latents, trimmed to what both share
+    assert tokens == _serve(cold, second, sampling)[0]
+    tokens, cached = _serve(scheduler, first, sampling)  # the same prompt again
+    assert cached == len(first) - 1
+    assert tokens == _serve(cold, first, sampling)[0]
+
+
+def test_admission_counts_the_latent_bytes_per_token(runtime):
+    """(kv_lora_rank 24 + rope 8) float32 values per layer: 128 bytes, not plain attention's 4 x (24 + 12) x 4."""
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=16, max_batch_size=4))
+    assert scheduler.budget.layout.layers == ((128, None),) * 3
+    assert scheduler.budget.need([100, 60]) == 2 * 100 * 3 * 128
