@@ -41,7 +41,8 @@ class Tokenizer:
     """Encode, decode and render chat prompts for one model."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, *, special: SpecialTokens, add_bos: bool,
-                 extra_eos_ids: list[int], chat_template: str | None, clock: Clock = datetime.now) -> None:
+                 extra_eos_ids: list[int], chat_template: str | None, clock: Clock = datetime.now,
+                 tool_use_template: str | None = None) -> None:
         self._tok = tokenizer
         serialized = tokenizer.to_str()
         self.serialized = serialized  # the tokenizers JSON: what llguidance builds its token tables from
@@ -63,16 +64,23 @@ class Tokenizer:
         # grammar (llguidance) and a marker a reply parser may look for.
         self.added_tokens: dict[str, int] = {t.content: i for i, t in added.items()}
         self.chat_template = chat_template  # the model's template source, None when it has none
+        # A second named template for chats with tools (Hermes 3 ships "default" and "tool_use"), used for them
+        # as transformers does.
+        self.tool_use_template = tool_use_template
         self._renderer = TemplateRenderer(clock)
         self._template: ChatTemplate | None = None
+        self._tool_template: ChatTemplate | None = None
         self._template_error = ""
-        if chat_template is not None:
-            try:
+        try:
+            if chat_template is not None:
                 self._template = self._renderer.compile(chat_template)
-            except jinja2.TemplateSyntaxError as exc:
-                # Raw completions still work; chat requests get told why they cannot.
-                self._template_error = f"the model's chat template does not compile: {exc}"
-                log.warning("%s", self._template_error)
+            if tool_use_template is not None:
+                self._tool_template = self._renderer.compile(tool_use_template)
+        except jinja2.TemplateSyntaxError as exc:
+            # Raw completions still work; chat requests get told why they cannot.
+            self._template, self._tool_template = None, None
+            self._template_error = f"the model's chat template does not compile: {exc}"
+            log.warning("%s", self._template_error)
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
@@ -103,15 +111,23 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
+    def template_source(self, tools: bool) -> str | None:
+        """The source of the model's template a chat is rendered with: the tool_use one for a chat with tools when
+        the model has one, else the default."""
+        return self.tool_use_template if tools and self._tool_template is not None else self.chat_template
+
     def apply_chat_template(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
                             tools: list[dict[str, Any]] | None = None,
                             chat_template_kwargs: Mapping[str, Any] | None = None,
                             chat_template: str | None = None) -> str:
-        """Render messages with the model's template, or with `chat_template` (a client's source) when given; the
-        result already contains BOS if the template writes it. chat_template_kwargs are template variables beside
-        the special tokens (bos_token, eos_token, ...), which they may replace as in transformers."""
+        """Render messages with the model's template (its tool_use one when tools are given and it has one), or
+        with `chat_template` (a client's source) when given; the result already contains BOS if the template
+        writes it. chat_template_kwargs are template variables beside the special tokens (bos_token, eos_token,
+        ...), which they may replace as in transformers."""
         if chat_template:
             template = self._renderer.compile_override(chat_template)
+        elif tools and self._tool_template is not None:
+            template = self._tool_template
         elif self._template is not None:
             template = self._template
         else:
@@ -141,8 +157,9 @@ def load_tokenizer(folder: Path) -> Tokenizer:
         add_bos = bos_id is not None and tok.encode("", add_special_tokens=True).ids[:1] == [bos_id]
     eos = generation.get("eos_token_id")
     extra_eos = [eos] if isinstance(eos, int) else list(eos or [])
+    default_template, tool_use_template = _find_chat_templates(folder, config)
     return Tokenizer(tok, special=special, add_bos=add_bos, extra_eos_ids=extra_eos,
-                     chat_template=_find_chat_template(folder, config))
+                     chat_template=default_template, tool_use_template=tool_use_template)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -164,18 +181,21 @@ def _token_string(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _find_chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
-    """chat_template.jinja wins, then chat_template.json (processor folders), then tokenizer_config."""
+def _find_chat_templates(folder: Path, config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the default template, the tool_use one or None): chat_template.jinja wins, then chat_template.json
+    (processor folders), then tokenizer_config, whose chat_template may be a list of named ones."""
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return jinja_file.read_text(encoding="utf-8"), None
     template = _read_json(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
+    tool_use = None
     if isinstance(template, list):  # named templates, e.g. "default" and "tool_use"
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
         if "default" not in named:
             log.warning("chat templates %s have no 'default'; using the first", list(named))
         template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) else None
+        tool_use = named.get("tool_use")
+    return (template if isinstance(template, str) else None), (tool_use if isinstance(tool_use, str) else None)
 
 
 def _byte_fallback_ids(tok: tokenizers.Tokenizer, serialized: dict[str, Any]) -> frozenset[int]:

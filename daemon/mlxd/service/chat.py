@@ -145,7 +145,8 @@ def render_chat(tokenizer: Tokenizer, chat: pb.ChatMessages) -> RenderedChat:
                                              chat_template_kwargs=guarded.chat_template_kwargs,
                                              chat_template=chat.chat_template or None)
     return RenderedChat(ids=guard.encode(rendered), text=guard.restore(rendered),
-                        template=chat.chat_template or tokenizer.chat_template or "", tools=inputs.tools)
+                        template=chat.chat_template or tokenizer.template_source(bool(guarded.tools)) or "",
+                        tools=inputs.tools)
 
 
 def chat_ids(tokenizer: Tokenizer, chat: pb.ChatMessages) -> list[int]:

@@ -7,6 +7,7 @@ The engine streams the raw text, special tokens included; the split happens here
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mlxd.constraints.errors import ConstraintError
@@ -26,11 +27,11 @@ class ReplyPlan:
     constraint: pb.Constraint | None = None   # tool_choice required / named: the calls' grammar
 
 
-def plan_reply(chat: pb.ChatMessages, rendered: RenderedChat, model_format: ReplyFormat,
+def plan_reply(chat: pb.ChatMessages, rendered: RenderedChat, model_formats: Mapping[str, ReplyFormat],
                added_tokens: dict[str, int], options: pb.GenerationOptions) -> ReplyPlan:
-    """The parser and the constraint of one chat request. The model's own template's format is found once (at
-    load); a request's template override has its format found here."""
-    fmt = model_format if not chat.chat_template else reply_format(chat.chat_template, added_tokens)
+    """The parser and the constraint of one chat request. The formats of the model's own templates (source ->
+    format) are found once, at load; a request's template override has its format found here."""
+    fmt = model_formats.get(rendered.template) or reply_format(rendered.template, added_tokens)
     plan = ReplyPlan()
     choice = chat.tool_choice.WhichOneof("choice") if chat.HasField("tool_choice") else None
     function = chat.tool_choice.function if choice == "function" else None

@@ -232,7 +232,8 @@ def _prepare_text(request: pb.GenerateRequest, job: Job) -> GenerationRequest:
     if request.WhichOneof("input") != "chat":
         return job.request(request.options, prompts.generate_ids(request, model.tokenizer, model.info.vocab_size))
     rendered = render_chat(model.tokenizer, request.chat)
-    plan = plan_reply(request.chat, rendered, model.reply_format, model.tokenizer.added_tokens, request.options)
+    plan = plan_reply(request.chat, rendered, model.reply_formats, model.tokenizer.added_tokens,
+                      request.options)
     job.reply = ReplyStream(plan.parser) if plan.parser is not None else None
     return job.request(request.options, rendered.ids, constraint=plan.constraint)
 

@@ -217,4 +217,6 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
         add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default)),
         extra_eos_ids=eog_token_ids(metadata),
         chat_template=metadata.get("tokenizer.chat_template"),
+        # llama.cpp's convert script writes a model's named templates as tokenizer.chat_template.<name>.
+        tool_use_template=metadata.get("tokenizer.chat_template.tool_use"),
     )
