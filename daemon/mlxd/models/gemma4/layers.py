@@ -51,12 +51,13 @@ class Router(nn.Module):
 class MoeBlock(moe.SparseMoe):
     """The experts beside the dense MLP: routed on the residual stream, they run on its separately normed copy.
     Softmax over every expert, the k best renormalized to sum 1, then each weight times its expert's
-    `per_expert_scale`."""
+    `per_expert_scale`. Gate and up are one stacked layer, as every Gemma 4 checkpoint (and GGUF file) holds them,
+    so a quantized file's codes load as they are."""
 
-    def __init__(self, args: TextArgs, fused: bool = False):
+    def __init__(self, args: TextArgs):
         assert args.num_experts and args.top_k_experts and args.moe_intermediate_size
         super().__init__(args.hidden_size, args.moe_intermediate_size, args.num_experts,
-                         moe.Routing(args.top_k_experts, renormalize=True), activation=gelu_tanh, fused=fused,
+                         moe.Routing(args.top_k_experts, renormalize=True), activation=gelu_tanh, fused=True,
                          router_name="router")
         self.router = Router(args.hidden_size, args.num_experts, args.rms_norm_eps)
 
@@ -70,7 +71,7 @@ class MoeBlock(moe.SparseMoe):
 
 class DecoderLayer(nn.Module):
     def __init__(self, args: TextArgs, layer: int, fused: frozenset[str] = frozenset()):
-        """`fused`: which of "self_attn", "mlp", "moe.switch_mlp" the loader fused."""
+        """`fused`: which of "self_attn" and "mlp" the loader fused."""
         super().__init__()
         dim, eps = args.hidden_size, args.rms_norm_eps
         self.self_attn = Attention(args, layer, "self_attn" in fused)
@@ -82,7 +83,7 @@ class DecoderLayer(nn.Module):
         self.layer_scalar = mx.ones((1,))
         self.has_moe = args.enable_moe_block
         if self.has_moe:
-            self.moe = MoeBlock(args, "moe.switch_mlp" in fused)
+            self.moe = MoeBlock(args)
             self.pre_feedforward_layernorm_2 = nn.RMSNorm(dim, eps=eps)
             self.post_feedforward_layernorm_1 = nn.RMSNorm(dim, eps=eps)
             self.post_feedforward_layernorm_2 = nn.RMSNorm(dim, eps=eps)

@@ -116,8 +116,6 @@ class Model(nn.Module):
             if not (self.text.shares_kv(i) or self.text.keys_equal_values(i)):
                 groups[f"{path}.self_attn"] = QKV
             groups[f"{path}.mlp"] = GATE_UP
-            if self.text.enable_moe_block:
-                groups[f"{path}.moe.switch_mlp"] = GATE_UP
         return groups
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -140,8 +138,8 @@ class Model(nn.Module):
 
 
 def _layer_weights(weights: dict[str, mx.array], path: str, shares_kv: bool) -> dict[str, mx.array]:
-    """One layer's checkpoint arrays under our names: the router and experts inside `moe` (experts' gate_up_proj
-    [E, 2I, H] split into gate, the first I rows, and up), and no key/value weights on a KV-shared layer (which
+    """One layer's checkpoint arrays under our names: the router and the experts' stacked `gate_up_proj` [E, 2I, H]
+    (gate in the first I rows) and `down_proj` inside `moe`, and no key/value weights on a KV-shared layer (which
     transformers ignores too). Names that are ours already stay, so this may run on its own output."""
     out = dict(weights)
     if shares_kv:
@@ -150,13 +148,8 @@ def _layer_weights(weights: dict[str, mx.array], path: str, shares_kv: bool) -> 
                 del out[key]
     for key in [k for k in out if k.startswith(f"{path}.router.")]:
         out[f"{path}.moe.{key.removeprefix(path + '.')}"] = out.pop(key)
-    experts = f"{path}.moe.switch_mlp"
-    gate_up = out.pop(f"{path}.experts.gate_up_proj", None)
-    if gate_up is not None:
-        half = gate_up.shape[1] // 2
-        out[f"{experts}.gate_proj.weight"] = mx.contiguous(gate_up[:, :half])
-        out[f"{experts}.up_proj.weight"] = mx.contiguous(gate_up[:, half:])
-    down = out.pop(f"{path}.experts.down_proj", None)
-    if down is not None:
-        out[f"{experts}.down_proj.weight"] = down
+    for name in ("gate_up_proj", "down_proj"):
+        stacked = out.pop(f"{path}.experts.{name}", None)
+        if stacked is not None:
+            out[f"{path}.moe.switch_mlp.{name}.weight"] = stacked
     return out
