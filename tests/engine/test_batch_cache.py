@@ -1,5 +1,6 @@
 """Batched decode gives every row the logits it gets alone: mixed prompt lengths, rows joining and leaving
-mid-stream, sliding windows smaller than the sequences (gemma3_text: 12, mistral and gpt_oss: 16)."""
+mid-stream, sliding windows smaller than the sequences (gemma3_text: 12, mistral and gpt_oss: 16, gemma4: 14 with
+KV-shared layers, gemma4_moe: 13)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROWS = [(3, 0, 24), (29, 0, 10), (9, 4, 24), (1, 6, 18), (40, 12, 24)]
 
 
 @pytest.fixture(scope="module", params=["llama", "mistral", "qwen3", "gemma3_text", "qwen3_moe", "mixtral",
-                                                     "gpt_oss", "glm4_moe_lite"])
+                                                     "gpt_oss", "glm4_moe_lite", "gemma4", "gemma4_moe"])
 def model(request):
     return load_model(FIXTURES / "parity" / request.param, dtype="float32").model
 

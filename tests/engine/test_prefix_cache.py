@@ -299,7 +299,8 @@ def _run(model, tokens, cache, chunks) -> mx.array:
     return mx.concatenate(out, axis=0)
 
 
-# (arch, stored length, shared length, prompt length, expected n); gemma3_text slides 12, mistral and gpt_oss 16.
+# (arch, stored length, shared length, prompt length, expected n); gemma3_text slides 12, mistral and gpt_oss 16,
+# gemma4 14, gemma4_moe 13.
 MODEL_CASES = [
     ("llama", 20, 20, 26, 20),
     ("llama", 20, 20, 21, 20),   # prompt[:-1] is exactly the stored prefix
@@ -316,6 +317,11 @@ MODEL_CASES = [
     ("gpt_oss", 14, 9, 25, 9),
     ("gpt_oss", 30, 25, 38, 0),
     ("glm4_moe_lite", 20, 13, 24, 13),  # latent caches (one "head" of kv_lora_rank keys, rope-part values)
+    ("gemma4", 10, 6, 30, 6),     # KV-shared layers (no cache of their own) read a restored sliding and full cache
+    ("gemma4", 30, 30, 38, 30),   # ... a rotated one
+    ("gemma4", 30, 25, 38, 0),
+    ("gemma4_moe", 40, 40, 45, 40),
+    ("gemma4_moe", 12, 7, 30, 7),
 ]
 
 

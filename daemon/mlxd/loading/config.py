@@ -16,6 +16,7 @@ from mlxd.loading import mxfp4
 # In the transformers 4 layout that theta is `rope_local_base_freq`; rope_theta/rope_scaling are the full layers'.
 _PER_LAYER_TYPE_ROPE: dict[str, float] = {
     "gemma3_text": 10000.0,
+    "gemma4_text": 10000.0,
 }
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length", "n_ctx")

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf import gemma4
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
 
@@ -28,6 +29,7 @@ ARCHITECTURES: dict[str, str] = {
     "gemma3": "gemma3_text",
     GPT_OSS: "gpt_oss",
     DEEPSEEK2: "glm4_moe_lite",
+    gemma4.ARCH: "gemma4_text",
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -232,6 +234,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     `rope_factors` are the values of the file's rope_freqs.weight (Llama 3.1+ carry their rope scaling so).
     """
     arch = architecture(metadata)
+    if arch == gemma4.ARCH:  # keys per layer and per layer kind, read by its own module
+        return gemma4.gemma4_config(metadata, tensor_shapes, rope_factors)
     for key, what in _REFUSED.items():
         if f"{arch}.{key}" in metadata:
             raise ModelLoadError(f"GGUF key {arch}.{key} asks for {what}, which mlxd does not support")

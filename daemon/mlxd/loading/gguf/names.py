@@ -28,6 +28,10 @@ _GLOBAL = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
+    # Gemma 4's per-layer embeddings (PLE).
+    "per_layer_token_embd": "model.embed_tokens_per_layer",
+    "per_layer_model_proj": "model.per_layer_model_projection",
+    "per_layer_proj_norm": "model.per_layer_projection_norm",
 }
 _LAYER = {
     "attn_norm": "input_layernorm",
@@ -84,11 +88,42 @@ _GPT_OSS_LAYER = {
     _base(MODEL_TENSOR.FFN_UP_EXP): "mlp.switch_mlp.up_proj",
     _base(MODEL_TENSOR.FFN_DOWN_EXP): "mlp.switch_mlp.down_proj",
 }
+GEMMA4 = MODEL_ARCH_NAMES[MODEL_ARCH.GEMMA4]
+# Gemma 4's layer tensors under the checkpoint's names (models/gemma4's sanitize places them): norms around
+# attention, MLP, the experts beside it and the per-layer input branch; the router; the layer's output scale. The
+# experts' two stacked tensors (gate and up as one, [E, 2I, H]) take the model's own names, so that a quantized
+# file's codes stay quantized.
+_GEMMA4_LAYER = {
+    _base(MODEL_TENSOR.ATTN_NORM): "input_layernorm",
+    _base(MODEL_TENSOR.ATTN_POST_NORM): "post_attention_layernorm",
+    **{k: v for k, v in _LAYER.items() if k.startswith(("attn_", "ffn_gate", "ffn_up", "ffn_down"))},
+    _base(MODEL_TENSOR.FFN_PRE_NORM): "pre_feedforward_layernorm",
+    _base(MODEL_TENSOR.FFN_POST_NORM): "post_feedforward_layernorm",
+    _base(MODEL_TENSOR.FFN_PRE_NORM_2): "pre_feedforward_layernorm_2",
+    _base(MODEL_TENSOR.FFN_POST_NORM_1): "post_feedforward_layernorm_1",
+    _base(MODEL_TENSOR.FFN_POST_NORM_2): "post_feedforward_layernorm_2",
+    _base(MODEL_TENSOR.FFN_GATE_INP): "router.proj",
+    _base(MODEL_TENSOR.FFN_GATE_UP_EXP): "moe.switch_mlp.gate_up_proj",
+    _base(MODEL_TENSOR.FFN_DOWN_EXP): "moe.switch_mlp.down_proj",
+    _base(MODEL_TENSOR.LAYER_OUT_SCALE): "layer_scalar",
+    _base(MODEL_TENSOR.PER_LAYER_INP_GATE): "per_layer_input_gate",
+    _base(MODEL_TENSOR.PER_LAYER_PROJ): "per_layer_projection",
+    _base(MODEL_TENSOR.PER_LAYER_POST_NORM): "post_per_layer_input_norm",
+}
 # Architectures whose layer names are a table of their own rather than changes to _LAYER.
-_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER}
-# Tensors that are a bare parameter, not a layer's weight, and the suffix llama.cpp's converter appended to the
-# name: ".weight" to gpt-oss's `self_attn.sinks` (one logit per head), ".bias" to deepseek2's correction biases.
-_PARAMETERS = {_base(MODEL_TENSOR.ATTN_SINKS): "weight", **_DEEPSEEK2_PARAMETERS}
+_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER, GEMMA4: _GEMMA4_LAYER}
+# Tensors that are a bare parameter, not a layer's weight, per architecture, and the suffix llama.cpp's converter
+# appended to the name: ".weight" to gpt-oss's `self_attn.sinks` (one logit per head) and Gemma 4's layer scale,
+# ".bias" to deepseek2's correction biases.
+_PARAMETERS: dict[str, dict[str, str]] = {
+    GPT_OSS: {_base(MODEL_TENSOR.ATTN_SINKS): "weight"},
+    GEMMA4: {_base(MODEL_TENSOR.LAYER_OUT_SCALE): "weight"},
+    DEEPSEEK2: dict(_DEEPSEEK2_PARAMETERS),
+}
+# `blk.N.<base>.scale` tensors: Gemma 4's router's input scale and its per-expert output scale, which llama.cpp's
+# converter files under the router and the experts' down projection.
+_SCALES = {GEMMA4: {_base(MODEL_TENSOR.FFN_GATE_INP): "router.scale",
+                    _base(MODEL_TENSOR.FFN_DOWN_EXP): "router.per_expert_scale"}}
 
 # Architectures whose q/k rows the converters permuted (llama.cpp's LlamaModel and its Mistral subclasses,
 # Ollama's mistral converters); the others use neox-style rope.
@@ -99,7 +134,7 @@ _NORM_PLUS_ONE = {"gemma3"}
 # Not a weight: per-pair rotary factors, read into the config (see config.hf_config).
 ROPE_FREQS = "rope_freqs.weight"
 
-_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias|scale)")
 _GLOBAL_NAME = re.compile(r"(\w+)\.(weight|bias)")
 
 
@@ -112,8 +147,12 @@ def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
         table = dict(_LAYER_TABLES.get(arch) or {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})})
         if model_type in _MOE_MODULE:
             table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
-        if base in _PARAMETERS and base in table:
-            if kind == _PARAMETERS[base]:
+        parameters = _PARAMETERS.get(arch, {})
+        if kind == "scale":
+            if base in _SCALES.get(arch, {}):
+                return f"model.layers.{index}.{_SCALES[arch][base]}"
+        elif base in parameters and base in table:
+            if kind == parameters[base]:
                 return f"model.layers.{index}.{table[base]}"
         elif base in table:
             return f"model.layers.{index}.{table[base]}.{kind}"

@@ -1,0 +1,73 @@
+"""Gemma 4 through the engine's real scheduler and runner (loaded as served: fused projections, the CPU's kernels):
+requests decoding together yield what each yields alone, and prefix-cache hits yield the cold tokens, with
+KV-shared layers (gemma4) and sliding windows shorter than the prompts (14 and 13 positions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlxd.engine.request import GenerationRequest
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.engine_runs import drain, run, run_arrivals
+from tests.helpers.parity import PARITY
+
+LENGTHS = [3, 20, 31, 45, 9, 17]
+SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.9, seed=7),
+             SamplingParams(temperature=0.7, top_k=20, seed=11)]
+
+
+@pytest.fixture(scope="module", params=["gemma4", "gemma4_moe"])
+def runtime(request):
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+def _prompt(length: int, seed: int) -> list[int]:
+    # Ids 3..316: no special or image token (317-319).
+    return np.random.default_rng(seed).integers(3, 317, length).tolist()
+
+
+def _requests() -> list[GenerationRequest]:
+    return [GenerationRequest(f"r{i}", _prompt(n, i), SAMPLINGS[i % len(SAMPLINGS)], max_tokens=10 + 3 * i,
+                              ignore_eos=True, logprobs=True) for i, n in enumerate(LENGTHS)]
+
+
+def test_batched_requests_yield_what_they_yield_alone(runtime):
+    alone = []
+    for request in _requests():
+        run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=8, max_batch_size=1)), request)
+        alone.append(drain(request))
+    batched = _requests()
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=8, max_batch_size=8))
+    run_arrivals(scheduler, {0: batched[:2], 3: batched[2:4], 7: batched[4:]})
+    for i, request in enumerate(batched):
+        ids, _, logprobs, final = drain(request)
+        assert ids == alone[i][0], f"request {i}"
+        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
+        assert final.completion_tokens == alone[i][3].completion_tokens
+
+
+def _serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams) -> tuple[list[int], int]:
+    request = GenerationRequest("r", ids, sampling, max_tokens=12, ignore_eos=True)
+    run(scheduler, request)
+    tokens, _, _, final = drain(request)
+    return tokens, final.cached_tokens
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[:2], ids=["greedy", "seeded"])
+def test_prefix_cache_hits_yield_the_cold_tokens(runtime, sampling):
+    """Prompts past the window: the stored prompt serves itself and any prompt that extends it, never a prompt
+    that leaves it part way (its sliding layers dropped positions)."""
+    stored = _prompt(30, 100)
+    prompts = [stored, stored + _prompt(9, 101), stored[:20] + _prompt(15, 102)]
+    cold = [_serve(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=7)), p, sampling)[0] for p in prompts]
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=7, max_batch_size=4,
+                                                    prefix_cache_bytes=64 << 20))
+    assert _serve(scheduler, stored, sampling) == (cold[0], 0)
+    assert _serve(scheduler, stored, sampling) == (cold[0], len(stored) - 1)
+    assert _serve(scheduler, prompts[1], sampling) == (cold[1], len(stored) - 1)
+    assert _serve(scheduler, prompts[2], sampling) == (cold[2], 0)
