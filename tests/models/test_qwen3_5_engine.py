@@ -124,3 +124,21 @@ def test_kv_budget_counts_recurrent_layers_per_row(runtime):
     assert len(layout.layers) == 2 and layout.row_bytes > 0  # two full-attention layers, two recurrent
     assert layout.bytes_for(1001) - layout.bytes_for(1) == 1000 * sum(b for b, _ in layout.layers)
     assert len(caches) == 4
+
+
+def test_snapshots_within_a_prompt_serve_prompts_that_share_part_of_it(runtime):
+    """Every `recurrent_snapshot_period` positions of a prefill a snapshot is stored (chunks stop there), so a
+    prompt sharing only the first 70 tokens of a stored one reuses 64 of them."""
+    rt, prompt = runtime
+    options = SchedulerOptions(prefill_chunk_size=20, prefix_cache_bytes=64 << 20, recurrent_snapshot_period=32)
+    scheduler = Scheduler(rt, options)
+    first, other = prompt[:100], prompt[:70] + prompt[120:150]
+    assert _serve(scheduler, first)[1] == 0
+    assert scheduler.prefix_cache.entries == 4  # at 32, 64, 96 and the prompt's 99
+    tokens, cached = _serve(scheduler, other)
+    assert cached == 64
+    assert tokens == _cold(rt, other)
+    plain = Scheduler(rt, SchedulerOptions(prefill_chunk_size=20, prefix_cache_bytes=64 << 20,
+                                           recurrent_snapshot_period=0))
+    _serve(plain, first)
+    assert _serve(plain, other)[1] == 0 and plain.prefix_cache.entries == 2  # 99, and the next prompt's
