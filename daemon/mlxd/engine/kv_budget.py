@@ -3,7 +3,8 @@
 The decode batch right-aligns its rows (models/batch_cache.py), so a batch of B rows holds B × (its longest
 row) columns per layer; a sequence may grow to prompt + token limit. Admitting a request must keep
 B × max(prompt + limit) within the budget, counted per layer (sliding-window layers keep at most their window
-plus one growth step).
+plus one growth step). A recurrent layer (models/recurrent_cache.py) holds the same states however long its row
+is: a fixed number of bytes per row.
 """
 
 from __future__ import annotations
@@ -15,33 +16,40 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from mlxd.models.cache import LayerCache
+from mlxd.models.recurrent_cache import RecurrentCache
 
 _GROWTH_STEP = 256  # columns a cache allocates at a time (models/cache.py, models/batch_cache.py)
 
 
 @dataclass(frozen=True)
 class KvLayout:
-    """Per layer: bytes one position of one sequence takes (keys + values), and the sliding window or None."""
+    """Per attention layer: bytes one position of one sequence takes (keys + values), and the sliding window or
+    None; and the bytes the recurrent layers' states of one sequence take, whatever its length."""
 
     layers: tuple[tuple[int, int | None], ...]
+    row_bytes: int = 0
 
     def bytes_for(self, columns: int) -> int:
         """Bytes one row of `columns` positions takes over all layers."""
-        return sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
+        per_position = sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
+        return per_position + self.row_bytes
 
     @classmethod
     def of(cls, cache: Sequence[LayerCache]) -> KvLayout:
         """The layout of a one-sequence cache that holds at least one position (what the runner probes)."""
-        layers = []
+        layers, row_bytes = [], 0
         for c in cache:
             kept = c.kept()
             if kept is None:
                 raise ValueError("the cache to read the layout off holds no position")
+            if isinstance(c, RecurrentCache):
+                row_bytes += sum(a.nbytes for a in kept)
+                continue
             keys, values = kept
             per_position = keys.shape[1] * keys.shape[3] * keys.dtype.size + \
                 values.shape[1] * values.shape[3] * values.dtype.size
             layers.append((per_position, c.window))
-        return cls(tuple(layers))
+        return cls(tuple(layers), row_bytes)
 
 
 def auto_budget_bytes() -> int:

@@ -6,7 +6,9 @@ the edges above it and at most one snapshot of exactly that prefix. A lookup wal
 
 A snapshot of m tokens serves a prompt sharing only its first n < m tokens by trimming, but only when it is
 "trimmable": every layer still holds all m positions. Full layers always do; a sliding-window layer only while
-m <= window. A snapshot that has rotated serves only a prompt that starts with all of its m tokens.
+m <= window. A snapshot that has rotated serves only a prompt that starts with all of its m tokens, and so does
+every snapshot of a model with recurrent layers (models/recurrent_cache.py): a recurrent state cannot be rewound,
+so the longest snapshot whose tokens all start the prompt serves it.
 
 Memory is the bytes of the stored arrays, bounded by a budget with least-recently-used eviction. Everything runs
 on the one MLX worker thread, so there are no locks.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from mlxd.models.cache import LayerSnapshot
+from mlxd.models.cache import Snapshot
 
 _BLOCK = 64  # tokens compared per slice while looking for where an edge and a prompt part
 
@@ -28,7 +30,7 @@ _BLOCK = 64  # tokens compared per slice while looking for where an edge and a p
 @dataclass(eq=False)
 class _Entry:
     node: _Node
-    layers: list[LayerSnapshot]
+    layers: list[Snapshot]
     nbytes: int
     trimmable: bool  # can serve any shorter prefix of its tokens
 
@@ -159,7 +161,7 @@ class PrefixCache:
             return
         while self._bytes + nbytes > self.budget_bytes:
             self._remove(next(iter(self._lru)))
-        (mx.eval if wait else mx.async_eval)([(layer.keys, layer.values) for layer in layers])
+        (mx.eval if wait else mx.async_eval)([layer.arrays for layer in layers])
         node = self._make_node(tokens)
         entry = _Entry(node, layers, nbytes, all(layer.trimmable for layer in layers))
         node.entry = entry

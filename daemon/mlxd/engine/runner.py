@@ -16,11 +16,11 @@ How the next features fit this shape, without another rewrite:
   input tokens instead of one, the batch's forward pass runs [B, 1 + k], each row's cache columns are written
   together, and a row that rejects drafts rolls back past them (a per-row `trim` of its batch columns) before the
   next step; results then carry a list of tokens per row.
-- **Caches that are not only KV** (a recurrent state per row for linear-attention layers): the runner touches
-  caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py, models/batch_cache.py):
-  `batched`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A recurrent layer's cache
-  implements the same methods with its state arrays (joined, filtered and snapshotted like KV), and
-  `batch_cache.batched` names its batch class.
+- **Caches that are not only KV** (a recurrent state per row for linear-attention layers, in place): the runner
+  touches caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py,
+  models/batch_cache.py): `batched`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A
+  recurrent layer's cache (models/recurrent_cache.py) implements the same methods with its state arrays (joined,
+  filtered and snapshotted like KV), and `batch_cache.batched` names its batch class.
 """
 
 from __future__ import annotations

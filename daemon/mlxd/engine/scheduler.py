@@ -30,6 +30,7 @@ from mlxd.engine.runner import RowId, Runner
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.vision import chunk_end
 from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted, Unsupported
+from mlxd.models.recurrent_cache import RecurrentCache
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ class SchedulerOptions:
     prefix_cache_bytes: int = 0         # 0: no prefix cache
     max_stream_backlog: int = 0         # undelivered events at which a row pauses; 0: never
     stalled_stream_seconds: float = 60.0  # a row paused this long is cancelled
+    # Prompt positions (multiples of this) at which a model with recurrent layers also snapshots its prefill, since
+    # its end-of-prompt snapshot serves no shorter prefix; 0: none. A hit then misses at most period - 1 tokens
+    # it could reuse, while a prompt of N tokens stores about N^2 / (2 period) positions of the attention layers'
+    # KV (a quarter of the layers in Qwen3.5): 1024, two default prefill chunks, keeps both to a few times the
+    # prompt's own KV for prompts of some thousand tokens, where reusing a shared system prompt pays.
+    recurrent_snapshot_period: int = 1024
 
 
 class Phase(enum.Enum):
@@ -87,6 +94,7 @@ class Scheduler:
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
+        self._recurrent: bool | None = None       # whether the model has recurrent layers, once asked
 
     @property
     def budget(self) -> KvBudget:
@@ -196,6 +204,9 @@ class Scheduler:
         request, prompt = live.request, live.request.prompt_ids
         try:
             end = chunk_end(live.prefilled, self._options.prefill_chunk_size, len(prompt) - 1, request.images)
+            period = self._snapshot_period(live)
+            if period:
+                end = min(end, (live.prefilled // period + 1) * period)  # stop at the next snapshot position
             if end > live.prefilled:
                 ids = prompt[live.prefilled:end]
                 images = [(image.position - live.prefilled, image) for image in request.images
@@ -210,6 +221,8 @@ class Scheduler:
         except Exception as error:
             self._end(live, live.output.fail(_as_mlxd_error(error, request)), out)
             return
+        if live.prefilled < len(prompt) - 1 and period and live.prefilled % period == 0:
+            self._store(prompt[:live.prefilled], self._runner.cache_of(live.row), wait=True)
         if live.prefilled >= len(prompt) - 1:
             self._remember_prefix(live)
             live.phase = Phase.DECODE
@@ -307,6 +320,16 @@ class Scheduler:
         prefix = live.request.prompt_ids[:-1]
         if live.prefix_cacheable and len(prefix) - live.output.cached_tokens >= _MIN_PREFIX_TOKENS:
             self._store(prefix, self._runner.cache_of(live.row), wait=True)
+
+    def _snapshot_period(self, live: _Live) -> int:
+        """Tokens between the snapshots taken within this request's prompt, 0 for none: only a model with recurrent
+        layers needs them (a key/value snapshot of the whole prompt serves every prefix of it)."""
+        period = self._options.recurrent_snapshot_period
+        if not period or not live.prefix_cacheable or self.prefix_cache.budget_bytes == 0:
+            return 0
+        if self._recurrent is None:
+            self._recurrent = any(isinstance(c, RecurrentCache) for c in self._runner.new_cache())
+        return period if self._recurrent else 0
 
     def _remembers_answer(self, live: _Live) -> bool:
         return (self.prefix_cache.budget_bytes > 0 and live.prefix_cacheable

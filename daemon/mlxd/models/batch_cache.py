@@ -18,6 +18,7 @@ import mlx.core as mx
 
 from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.cache import KVCache, LayerCache, RotatingKVCache, RowState, grown_storage, kv_storage
+from mlxd.models.recurrent_cache import BatchRecurrentCache, RecurrentCache
 
 
 class BatchLayerCache(AttentionCache, Protocol):
@@ -38,7 +39,7 @@ class BatchLayerCache(AttentionCache, Protocol):
         """Row `row`'s state, to add back later (a row paused out of the batch); lazy, read before the next step."""
         ...
 
-    def row_cache(self, row: int) -> KVCache | None:
+    def row_cache(self, row: int) -> LayerCache | None:
         """Row `row` as a single-sequence cache holding every position it saw (for a prefix-cache snapshot), or None
         when this layer cannot give them all."""
         ...
@@ -237,8 +238,10 @@ class BatchKVCache:
 def batched(cache: LayerCache, positions: BatchPositions) -> BatchLayerCache:
     """An empty batch cache for the kind of layer `cache` is (one sequence's cache, from the model's make_cache).
 
-    Every kind here keeps keys and values, a full or a sliding-window layer, which BatchKVCache holds both; a kind
-    that keeps another state (a recurrent layer's) gets its own batch class, chosen here by the cache's type."""
+    A full or a sliding-window layer keeps keys and values, which BatchKVCache holds both; a recurrent layer keeps
+    its states (models/recurrent_cache.py)."""
     if isinstance(cache, (KVCache, RotatingKVCache)):
         return BatchKVCache(positions, cache.window)
+    if isinstance(cache, RecurrentCache):
+        return BatchRecurrentCache(positions)
     raise TypeError(f"no batch cache for a layer cache of type {type(cache).__name__}")

@@ -1,8 +1,8 @@
 """Per-layer key/value caches of one sequence. Every array is [B, n_kv_heads, T, head_dim] so sequences can be
 batched (models/batch_cache.py).
 
-What the engine needs of any layer's cache, whatever it holds (keys and values here; a recurrent state for
-linear-attention layers later), is the `LayerCache` protocol: its position, the arrays to evaluate, the row state it
+What the engine needs of any layer's cache, whatever it holds (keys and values here; a recurrent layer's states in
+models/recurrent_cache.py), is the `LayerCache` protocol: its position, the arrays to evaluate, the row state it
 hands to a batch and takes back, and snapshots for the prefix cache. Its batched counterpart is models/batch_cache.py's
 to choose (`batched`), so this module imports nothing of batches.
 """
@@ -36,9 +36,36 @@ class LayerCache(AttentionCache, Protocol):
 
     def kept(self) -> RowState: ...
 
-    def snapshot(self) -> LayerSnapshot: ...
+    def snapshot(self) -> Snapshot: ...
 
-    def restore(self, snapshot: LayerSnapshot, length: int) -> None: ...
+    def restore(self, snapshot: Snapshot, length: int) -> None: ...
+
+
+class Snapshot(Protocol):
+    """One layer's state copied out of its cache for the prefix cache (LayerSnapshot: keys and values;
+    recurrent_cache.RecurrentSnapshot: a recurrent layer's states)."""
+
+    @property
+    def offset(self) -> int:
+        """Positions the layer had seen."""
+        ...
+
+    @property
+    def arrays(self) -> tuple[mx.array, ...]:
+        """What to evaluate before keeping it."""
+        ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def trimmable(self) -> bool:
+        """Whether it can serve any shorter prefix of its positions."""
+        ...
+
+    def restorable(self, length: int) -> bool:
+        """Whether a cache holding exactly positions 0..length-1 can be rebuilt from it."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +80,10 @@ class LayerSnapshot:
     values: mx.array
     offset: int                 # positions the layer had seen; kept = min(offset, window)
     window: int | None = None   # None for a full cache
+
+    @property
+    def arrays(self) -> tuple[mx.array, ...]:
+        return self.keys, self.values
 
     @property
     def nbytes(self) -> int:
@@ -87,11 +118,14 @@ def grown_storage(stored: tuple[mx.array, mx.array] | None, kept: int, keys: mx.
             mx.concatenate([old_v[..., :kept, :], new_v], axis=2))
 
 
-def _check_restore(snapshot: LayerSnapshot, length: int, window: int | None) -> None:
+def _check_restore(snapshot: Snapshot, length: int, window: int | None) -> LayerSnapshot:
+    if not isinstance(snapshot, LayerSnapshot):
+        raise ValueError(f"a {type(snapshot).__name__} cannot restore a key/value cache")
     if snapshot.window != window:
         raise ValueError(f"snapshot of a cache with window {snapshot.window} restored into one with window {window}")
     if not snapshot.restorable(length):
         raise ValueError(f"snapshot of {snapshot.offset} positions (window {snapshot.window}) cannot serve {length}")
+    return snapshot
 
 
 class _HeldKeys:
@@ -178,11 +212,11 @@ class KVCache(_HeldKeys):
         return LayerSnapshot(mx.array(keys[..., : self.offset, :]), mx.array(values[..., : self.offset, :]),
                              self.offset)
 
-    def restore(self, snapshot: LayerSnapshot, length: int) -> None:
+    def restore(self, snapshot: Snapshot, length: int) -> None:
         """Hold exactly positions 0..length-1 of `snapshot`. The next append copies them into new storage."""
-        _check_restore(snapshot, length, None)
-        self.keys = snapshot.keys[..., :length, :]
-        self.values = snapshot.values[..., :length, :]
+        stored = _check_restore(snapshot, length, None)
+        self.keys = stored.keys[..., :length, :]
+        self.values = stored.values[..., :length, :]
         self.offset = length
 
 
@@ -294,13 +328,13 @@ class RotatingKVCache(_HeldKeys):
         keys, values = self._temporal(stored)
         return LayerSnapshot(mx.array(keys), mx.array(values), self.offset, self.window)
 
-    def restore(self, snapshot: LayerSnapshot, length: int) -> None:
+    def restore(self, snapshot: Snapshot, length: int) -> None:
         """Hold the positions a cache that saw exactly 0..length-1 would keep: the snapshot's last ones when
         length equals its offset, else its first `length` (all present, since it never dropped one)."""
-        _check_restore(snapshot, length, self.window)
-        kept = min(length, snapshot.keys.shape[2])
-        self.keys = snapshot.keys[..., :kept, :]
-        self.values = snapshot.values[..., :kept, :]
+        stored = _check_restore(snapshot, length, self.window)
+        kept = min(length, stored.keys.shape[2])
+        self.keys = stored.keys[..., :kept, :]
+        self.values = stored.values[..., :kept, :]
         self.offset = length
         self._idx = kept % self.window  # temporal order: slot 0 holds the oldest once the ring is full
 
