@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+import jinja2.sandbox
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -30,6 +32,13 @@ Clock = Callable[[], datetime]
 # A client's template is compiled per distinct source; this bounds what one request makes the daemon parse.
 MAX_OVERRIDE_BYTES = 128 * 1024
 OVERRIDE_CACHE_SIZE = 32
+
+# What one render may cost: a client's template is code, and a preparation thread held by a loop that never ends
+# would cost every client. Real templates render in milliseconds; the bounds are checked on every call the
+# template makes, every RANGE_CHECK_EVERY items of a range it loops over, and every repetition (`*`) it computes.
+RENDER_SECONDS = 5.0
+MAX_REPEATED_ITEMS = 1 << 20
+RANGE_CHECK_EVERY = 1024
 
 # Variables the renderer sets from the request itself; template arguments cannot replace them.
 RESERVED_VARIABLES = ("messages", "tools", "add_generation_prompt")
@@ -93,6 +102,7 @@ class TemplateRenderer:
         for name in RESERVED_VARIABLES:
             if name in variables:
                 raise InvalidRequest(f"chat_template_kwargs cannot set {name!r}: the request itself sets it")
+        _deadline.value = time.monotonic() + RENDER_SECONDS
         try:
             return template.compiled.render(messages=messages, tools=tools,
                                             add_generation_prompt=add_generation_prompt, **variables)
@@ -154,9 +164,66 @@ class _TemplateNamespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"a namespace cannot hold the underscore-prefixed name {name!r}")
 
 
+# The current render's deadline, per thread (renders run on several preparation threads at once).
+_deadline = threading.local()
+
+
+def _check_time() -> None:
+    if time.monotonic() > getattr(_deadline, "value", float("inf")):
+        raise jinja2.exceptions.SecurityError(f"the template ran for more than {RENDER_SECONDS:g} s")
+
+
+class _BudgetedRange:
+    """range() for templates: a sequence like Python's (length, indexing, membership), whose iteration checks the
+    render's deadline, so that nested loops over ranges cannot run for hours."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = range(*args)
+        if len(self._range) > jinja2.sandbox.MAX_RANGE:
+            raise OverflowError(f"range of {len(self._range)} items; at most {jinja2.sandbox.MAX_RANGE}")
+
+    def __iter__(self) -> Any:
+        for i, value in enumerate(self._range):
+            if i % RANGE_CHECK_EVERY == 0:
+                _check_time()
+            yield value
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._range
+
+
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with a time bound on every call and a size bound on repetition (`"x" * 10**9`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+        _check_time()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and abs(right) > 1024 and not (isinstance(left, int) and abs(left) <= 1):
+                raise jinja2.exceptions.SecurityError(f"power with an exponent of {right} is not allowed")
+            return left ** right
+        for sequence, count in ((left, right), (right, left)):
+            if isinstance(sequence, (str, list, tuple)) and isinstance(count, int):
+                if len(sequence) * count > MAX_REPEATED_ITEMS:
+                    raise jinja2.exceptions.SecurityError(
+                        f"repeating {len(sequence)} items {count} times exceeds {MAX_REPEATED_ITEMS}")
+        return left * right
+
+
 def _environment(clock: Clock) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env = _BudgetedSandbox(trim_blocks=True, lstrip_blocks=True,
+                           extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.globals["range"] = _BudgetedRange
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: clock().strftime(fmt)
