@@ -83,8 +83,9 @@ class Model(nn.Module):
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Published names kept (`model.*`, transformers' names in memory, read as `backbone.*`); the
-        multi-token-prediction head (`mtp.*`) left out; conv weights [C, 1, K] moved to MLX's [C, K, 1]; per-expert
-        tensors stacked; the fused groups joined. Takes its own output too."""
+        multi-token-prediction head (`mtp.*`) left out; Mamba-2 tensors in llama.cpp's layout taken back
+        (loading/gguf/nemotron_h.py); conv weights moved to MLX's [C, K, 1]; per-expert tensors stacked; the fused
+        groups joined. Takes its own output too."""
         out, skipped = {}, 0
         for name, value in weights.items():
             if name.startswith("mtp."):
@@ -92,8 +93,7 @@ class Model(nn.Module):
                 continue
             if name.startswith("model."):
                 name = "backbone." + name.removeprefix("model.")
-            if name.endswith("conv1d.weight") and value.shape[-1] != 1:
-                value = value.moveaxis(2, 1)
+            name, value = _mamba_layout(name, value)
             out[name] = value
         if skipped:
             log.info("skipping %d multi-token-prediction tensors (mtp.*)", skipped)
@@ -102,3 +102,18 @@ class Model(nn.Module):
                 out = moe.stack_experts(out, f"{LAYERS}.{i}.mixer", self.args.n_routed_experts, EXPERT_PROJECTIONS)
         out = drop_unused_weights(out, self.args.tie_word_embeddings)
         return join_fused_weights(out, self.fusable_projections(), self.fused)
+
+
+def _mamba_layout(name: str, value: mx.array) -> tuple[str, mx.array]:
+    """A Mamba-2 tensor under our name and shape: conv weights [C, K, 1] from a checkpoint's [C, 1, K] or
+    llama.cpp's [C, K]; llama.cpp's A = -exp(A_log) [H, 1] back to A_log; its [H, 1] D and its gated norm's
+    [groups, I / groups] weight flat. Anything else as it is."""
+    if name.endswith("conv1d.weight"):
+        if value.ndim == 2:
+            return name, value[:, :, None]
+        return name, value if value.shape[-1] == 1 else value.moveaxis(2, 1)
+    if name.endswith("mixer.A"):
+        return name + "_log", mx.log(-value.astype(mx.float32)).reshape(-1).astype(value.dtype)
+    if name.endswith(("mixer.D", "mixer.dt_bias", "mixer.norm.weight")) and value.ndim > 1:
+        return name, value.reshape(-1)
+    return name, value
