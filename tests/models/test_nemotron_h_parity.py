@@ -135,6 +135,8 @@ def test_both_layer_lists_read_alike():
     assert (args.hybrid_override_pattern, args.num_hidden_layers) == ("ME*M-E", 6)
     older = {**v5, "layers_block_type": ["mamba", "moe", "attention", "mamba", "mlp", "moe"]}
     assert ModelArgs.from_dict(older).hybrid_override_pattern == "ME*M-E"
+    remote_code = {k: v for k, v in v4.items() if k != "head_dim"} | {"attention_head_dim": 16}
+    assert ModelArgs.from_dict(remote_code).head_dim == 16
 
 
 @pytest.mark.parametrize("change", [

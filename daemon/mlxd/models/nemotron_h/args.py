@@ -31,7 +31,8 @@ class ModelArgs(BaseModelArgs):
     # Attention (no positional encoding)
     num_attention_heads: int = 32
     num_key_value_heads: int = 8
-    head_dim: int | None = 128
+    head_dim: int | None = None
+    attention_head_dim: int | None = None  # what earlier (remote-code) configs call head_dim
     attention_bias: bool = False
     # Dense MLP: down(relu(up x)^2)
     intermediate_size: int = 21504
@@ -71,7 +72,7 @@ class ModelArgs(BaseModelArgs):
         self.num_hidden_layers = self.num_hidden_layers or len(pattern)
         if len(pattern) != self.num_hidden_layers:
             raise ValueError(f"the layer pattern names {len(pattern)} layers, not {self.num_hidden_layers}")
-        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        self.head_dim = self.head_dim or self.attention_head_dim or 128  # NemotronHConfig's default
         if self.moe_latent_size is not None:
             raise ValueError("latent MoE projections (moe_latent_size) are not supported")
         for name in ("mlp_hidden_act", "mamba_hidden_act"):
