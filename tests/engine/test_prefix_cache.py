@@ -322,6 +322,8 @@ MODEL_CASES = [
     ("gemma4", 30, 25, 38, 0),
     ("gemma4_moe", 40, 40, 45, 40),
     ("gemma4_moe", 12, 7, 30, 7),
+    ("nemotron_h", 20, 20, 26, 20),  # Mamba-2 states restore at their exact length only
+    ("nemotron_h", 20, 13, 24, 0),
 ]
 
 

@@ -33,12 +33,14 @@ from gguf.quants import dequantize, quantize
 
 from tests.gguf.gpt_oss_to_gguf import MXFP4Blocks, gpt_oss_tensors
 from tests.gguf.mla_to_gguf import mla_hyperparameters, mla_tensors
+from tests.gguf.nemotron_to_gguf import nemotron_config, nemotron_hyperparameters, nemotron_tensors
 from tests.gguf.tiny_gguf import permute_like_llama_cpp
 
 PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 
 GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]
 DEEPSEEK2 = MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]
+NEMOTRON_H_MOE = MODEL_ARCH_NAMES[MODEL_ARCH.NEMOTRON_H_MOE]
 # GGUF architecture -> the gguf package's tensor table ("mistral", Ollama's name, has no table: llama's names).
 TENSOR_TABLES = {
     "llama": MODEL_ARCH.LLAMA,
@@ -50,6 +52,7 @@ TENSOR_TABLES = {
     "gemma3": MODEL_ARCH.GEMMA3,
     GPT_OSS: MODEL_ARCH.GPT_OSS,
     DEEPSEEK2: MODEL_ARCH.DEEPSEEK2,
+    NEMOTRON_H_MOE: MODEL_ARCH.NEMOTRON_H_MOE,
 }
 # Names an architecture's table lacks: Qwen3-MoE's dense layers (mlp_only_layers). llama.cpp cannot express them
 # (its converter stops at "Can not map tensor", its qwen3moe graph wants experts in every layer); they are
@@ -187,6 +190,8 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     """
     folder = PARITY / fixture
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if arch == NEMOTRON_H_MOE:
+        config = nemotron_config(config)
     weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
     n_layers = config["num_hidden_layers"]
     names = get_tensor_name_map(TENSOR_TABLES[arch], n_layers)
@@ -194,6 +199,8 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     n_heads, n_kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     if arch == GPT_OSS:
         entries = gpt_oss_tensors(weights)
+    elif arch == NEMOTRON_H_MOE:
+        entries = nemotron_tensors(weights, config)
     else:
         entries = merge_experts(weights)
         entries = mla_tensors(entries, config) if arch == DEEPSEEK2 else entries
@@ -202,6 +209,8 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
     w = GGUFWriter(str(path), arch)
     if arch == DEEPSEEK2:
         mla_hyperparameters(w, config)
+    elif arch == NEMOTRON_H_MOE:
+        nemotron_hyperparameters(w, config)
     else:
         _hyperparameters(w, arch, config)
     w.add_file_type(file_type)
@@ -221,8 +230,9 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
         if arch in _PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             values = permute_like_llama_cpp(values, n_heads if ".q_proj." in hf else n_kv_heads)
         type_name = expert_type if values.ndim == 3 else matrix_type
-        # Routers and biases (gpt-oss's experts' are 2-D) stay F32, as the converter and llama-quantize keep them.
-        router = name.endswith("ffn_gate_inp.weight")
+        # Routers, norms (Mamba-2's gated one is 2-D) and biases (gpt-oss's experts' are 2-D) stay F32, as the
+        # converter and llama-quantize keep them.
+        router = name.endswith(("ffn_gate_inp.weight", "_norm.weight"))
         kind = GGMLQuantizationType[type_name]
         whole_blocks = values.shape[-1] % GGML_QUANT_SIZES[kind][0] == 0
         if values.ndim >= 2 and type_name != "F32" and name.endswith(".weight") and not router and whole_blocks:
@@ -234,7 +244,7 @@ def write_gguf(fixture: str, arch: str, path: Path, *, qtype: str = "F32", rope_
             w.add_tensor(name, packed, raw_dtype=kind)
         else:
             w.add_tensor(name, values.astype(np.float32))
-    rope = config["rope_parameters"]
+    rope = config.get("rope_parameters", {})  # Nemotron-H has none
     if rope_freqs and rope.get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, config["head_dim"]))
     w.write_header_to_file()

@@ -21,10 +21,11 @@ from mlxd.models import ops
 CHUNK = 64  # transformers' chunk size; any power of two gives the same numbers up to rounding
 
 
-def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None) -> tuple[mx.array, mx.array]:
+def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None,
+                bias: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """SiLU of the causal depthwise convolution of x [B, T, C] with weight [C, K] (the last tap multiplies the
-    current token), continuing from conv_state [B, K-1, C] (zeros before the sequence: None); and the new conv
-    state, the last K-1 inputs."""
+    current token) plus `bias` [C] (Mamba-2's; Gated DeltaNet's has none), continuing from conv_state [B, K-1, C]
+    (zeros before the sequence: None); and the new conv state, the last K-1 inputs."""
     batch, length, channels = x.shape
     taps = weight.shape[1]
     if conv_state is None:
@@ -33,6 +34,8 @@ def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None) -> t
     out = window[:, :length] * weight[:, 0]
     for j in range(1, taps):
         out = out + window[:, j:j + length] * weight[:, j]
+    if bias is not None:
+        out = out + bias
     new_state = window[:, length:]
     if length > 1:
         # A copy: the slice would keep the whole chunk's input alive while the row waits to decode.

@@ -155,6 +155,31 @@ class SwitchGLU(nn.Module):
         return y.squeeze(-2)
 
 
+class SwitchMLP(nn.Module):
+    """Ungated experts: fc2(activation(fc1 x)), each projection's E matrices stacked (Nemotron-H's relu² experts,
+    under mlx-lm's names). Called as SwitchGLU is."""
+
+    def __init__(self, dims: int, hidden: int, experts: int, activation: Callable[[mx.array], mx.array], *,
+                 bias: bool = False):
+        super().__init__()
+        self.fc1 = SwitchLinear(dims, hidden, experts, bias)
+        self.fc2 = SwitchLinear(hidden, dims, experts, bias)
+        self.activation = activation
+
+    def __call__(self, x: mx.array, indices: mx.array, tokens: int) -> mx.array:
+        """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
+        x = mx.expand_dims(x, (-2, -3))
+        order = None
+        if indices.size >= SORT_MIN_PAIRS:
+            x, experts, order = _sort_by_expert(x, indices)
+        else:
+            experts = indices
+        y = self.fc2(self.activation(self.fc1(x, experts, order is not None)), experts, order is not None)
+        if order is not None:
+            y = mx.unflatten(y[mx.argsort(order)], 0, indices.shape)
+        return y.squeeze(-2)
+
+
 def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     """One row per (token, expert) pair [pairs, 1, dims], ordered by expert; the experts in that order; and the
     order (pair numbers, token-major) that undoes it."""
@@ -172,13 +197,16 @@ class SparseMoe(nn.Module):
 
     def __init__(self, dims: int, hidden: int, experts: int, routing: Routing, *, router_bias: bool = False,
                  expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False,
-                 router_name: str = "gate"):
+                 router_name: str = "gate", switch_mlp: nn.Module | None = None):
+        """`switch_mlp`: the experts when they are not gated (SwitchMLP), in place of a SwitchGLU."""
         super().__init__()
         self.routing = routing
         self.experts = experts
         self.router_name = router_name
         self[router_name] = nn.Linear(dims, experts, bias=router_bias)
-        self.switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
+        if switch_mlp is None:
+            switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
+        self.switch_mlp = switch_mlp
 
     def __call__(self, x: mx.array) -> mx.array:
         indices, weights = route(self[self.router_name](x), self.routing)

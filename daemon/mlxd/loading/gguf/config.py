@@ -15,6 +15,7 @@ from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import gemma4
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
+from mlxd.loading.gguf.nemotron_h import NEMOTRON_H, NEMOTRON_H_MOE, nemotron_config
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
 # Mistral 7B and Nemo files say "llama"; Mistral Small 3.x text models are "mistral3" (llama.cpp's and Ollama's
@@ -30,6 +31,7 @@ ARCHITECTURES: dict[str, str] = {
     GPT_OSS: "gpt_oss",
     DEEPSEEK2: "glm4_moe_lite",
     gemma4.ARCH: "gemma4_text",
+    NEMOTRON_H: "nemotron_h", NEMOTRON_H_MOE: "nemotron_h",
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -236,6 +238,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     arch = architecture(metadata)
     if arch == gemma4.ARCH:  # keys per layer and per layer kind, read by its own module
         return gemma4.gemma4_config(metadata, tensor_shapes, rope_factors)
+    if arch in (NEMOTRON_H, NEMOTRON_H_MOE):  # layer kinds and widths from the tensors, by its own module
+        return nemotron_config(metadata, tensor_shapes)
     for key, what in _REFUSED.items():
         if f"{arch}.{key}" in metadata:
             raise ModelLoadError(f"GGUF key {arch}.{key} asks for {what}, which mlxd does not support")

@@ -23,6 +23,11 @@ from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
 from mlxd.loading.gguf.deepseek2 import LAYER_NAMES as _DEEPSEEK2_LAYER
+from mlxd.loading.gguf.nemotron_h import ARCHS as _NEMOTRON_ARCHS
+from mlxd.loading.gguf.nemotron_h import BARE_PARAMETERS as _NEMOTRON_PARAMETERS
+from mlxd.loading.gguf.nemotron_h import GLOBAL_NAMES as _NEMOTRON_GLOBAL
+from mlxd.loading.gguf.nemotron_h import LAYER_NAMES as _NEMOTRON_LAYER
+from mlxd.loading.gguf.nemotron_h import LAYERS as _NEMOTRON_LAYERS
 
 _GLOBAL = {
     "token_embd": "model.embed_tokens",
@@ -111,14 +116,19 @@ _GEMMA4_LAYER = {
     _base(MODEL_TENSOR.PER_LAYER_POST_NORM): "post_per_layer_input_norm",
 }
 # Architectures whose layer names are a table of their own rather than changes to _LAYER.
-_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER, GEMMA4: _GEMMA4_LAYER}
+_LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER, GEMMA4: _GEMMA4_LAYER,
+                 **dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_LAYER)}
+# Architectures whose model holds its layers and global tensors under other names than model.layers.N / model.*.
+_LAYER_PREFIXES = dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_LAYERS)
+_GLOBAL_TABLES = dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_GLOBAL)
 # Tensors that are a bare parameter, not a layer's weight, per architecture, and the suffix llama.cpp's converter
 # appended to the name: ".weight" to gpt-oss's `self_attn.sinks` (one logit per head) and Gemma 4's layer scale,
-# ".bias" to deepseek2's correction biases.
+# ".bias" to deepseek2's correction biases; none ("") to Mamba-2's A and D.
 _PARAMETERS: dict[str, dict[str, str]] = {
     GPT_OSS: {_base(MODEL_TENSOR.ATTN_SINKS): "weight"},
     GEMMA4: {_base(MODEL_TENSOR.LAYER_OUT_SCALE): "weight"},
     DEEPSEEK2: dict(_DEEPSEEK2_PARAMETERS),
+    **dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_PARAMETERS),
 }
 # `blk.N.<base>.scale` tensors: Gemma 4's router's input scale and its per-expert output scale, which llama.cpp's
 # converter files under the router and the experts' down projection.
@@ -134,7 +144,7 @@ _NORM_PLUS_ONE = {"gemma3"}
 # Not a weight: per-pair rotary factors, read into the config (see config.hf_config).
 ROPE_FREQS = "rope_freqs.weight"
 
-_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias|scale)")
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)(?:\.(weight|bias|scale))?")
 _GLOBAL_NAME = re.compile(r"(\w+)\.(weight|bias)")
 
 
@@ -144,22 +154,24 @@ def hf_name(gguf_name: str, arch: str, model_type: str = "") -> str:
     layer = _LAYER_NAME.fullmatch(gguf_name)
     if layer:
         index, base, kind = layer.groups()
+        prefix = _LAYER_PREFIXES.get(arch, "model.layers")
         table = dict(_LAYER_TABLES.get(arch) or {**_LAYER, **_LAYER_OVERRIDES.get(arch, {})})
         if model_type in _MOE_MODULE:
             table |= {name: f"{_MOE_MODULE[model_type]}.{ours}" for name, ours in _EXPERTS.items()}
         parameters = _PARAMETERS.get(arch, {})
         if kind == "scale":
             if base in _SCALES.get(arch, {}):
-                return f"model.layers.{index}.{_SCALES[arch][base]}"
+                return f"{prefix}.{index}.{_SCALES[arch][base]}"
         elif base in parameters and base in table:
-            if kind == parameters[base]:
-                return f"model.layers.{index}.{table[base]}"
-        elif base in table:
-            return f"model.layers.{index}.{table[base]}.{kind}"
+            if (kind or "") == parameters[base]:
+                return f"{prefix}.{index}.{table[base]}"
+        elif base in table and kind is not None:
+            return f"{prefix}.{index}.{table[base]}.{kind}"
     else:
         glob = _GLOBAL_NAME.fullmatch(gguf_name)
-        if glob and glob.group(1) in _GLOBAL:
-            return f"{_GLOBAL[glob.group(1)]}.{glob.group(2)}"
+        global_names = _GLOBAL_TABLES.get(arch, _GLOBAL)
+        if glob and glob.group(1) in global_names:
+            return f"{global_names[glob.group(1)]}.{glob.group(2)}"
     raise ModelLoadError(f"GGUF tensor {gguf_name} has no counterpart in the {arch} model of mlxd")
 
 

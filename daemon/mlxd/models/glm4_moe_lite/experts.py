@@ -3,6 +3,8 @@ router scores experts with a sigmoid and picks them within the best groups (Deep
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -28,13 +30,25 @@ class GatedMLP(nn.Module):
         return self.down_proj(ops.gated_activation(gate, up, "silu"))
 
 
+class GroupRoutingArgs(Protocol):
+    """What the router reads of a config (GLM-4.7-Flash's and Nemotron-H's name them alike)."""
+
+    hidden_size: int
+    n_routed_experts: int
+    num_experts_per_tok: int
+    n_group: int
+    topk_group: int
+    norm_topk_prob: bool
+    routed_scaling_factor: float
+
+
 class GroupLimitedRouter(nn.Module):
     """transformers' Glm4MoeLiteTopkRouter, in float32 as it computes: s = sigmoid(x Wᵀ); experts are chosen by
     s + e_score_correction_bias, only within the `topk_group` groups (of `n_group` equal ones) whose two best
     choice scores sum highest; the chosen experts are weighted by their unbiased s, divided by the sum of those
     (when norm_topk_prob) and times routed_scaling_factor."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: GroupRoutingArgs):
         super().__init__()
         self.weight = mx.zeros((args.n_routed_experts, args.hidden_size))
         self.e_score_correction_bias = mx.zeros((args.n_routed_experts,))
