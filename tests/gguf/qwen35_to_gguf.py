@@ -13,6 +13,9 @@ TextModel merges it). Nothing more than the converter does:
   and of the conv, the rows of in_proj_z/a/b, A_log and dt_bias, the columns of out_proj; then A_log stored as
   -exp(A_log), dt_bias renamed dt_proj.bias, the conv squeezed to [C, K], the zero-centred norms (all but the
   DeltaNet's gated norm) stored plus one; fused experts split into gate and up; names from the package's tables.
+- The MTP head (_Qwen35MtpMixin), when the checkpoint has one: its layer appended as block num_hidden_layers
+  (block_count counts it), fc and its norms as that block's nextn.* tensors, nextn_predict_layers set. The
+  fixtures have none; `mtp_head` gives them a random one, shaped as the published checkpoints' is.
 - Types as its prepare_tensors picks them: 1-D tensors, norms, routers (ffn_gate_inp, ffn_gate_inp_shexp), the
   conv and tensors not named .weight stay F32; other matrices take the output type, F16 where rows are not whole
   Q8_0 blocks (its QuantError fallback).
@@ -27,7 +30,16 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, GGMLQuantizationType, GGUFWriter, LlamaFileType, get_tensor_name_map
+from gguf import (
+    MODEL_ARCH,
+    MODEL_ARCH_NAMES,
+    MODEL_TENSOR,
+    TENSOR_NAMES,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+    get_tensor_name_map,
+)
 from gguf.quants import QuantError, dequantize, quantize
 
 from tests.gguf.hf_to_gguf import PARITY, _tokenizer
@@ -38,6 +50,11 @@ _DEFAULT_SECTIONS = [11, 11, 10, 0]  # _Qwen35MRopeMixin's, when a config names 
 _TEXT, _OURS = "model.language_model.", "model."
 # Tensors prepare_tensors keeps F32 whatever the output type (besides 1-D ones and norms).
 _ALWAYS_F32 = (".ffn_gate_inp.weight", ".ffn_gate_inp_shexp.weight", ".ssm_conv1d.weight")
+# _Qwen35MtpMixin's names for the MTP head's own tensors, and the tables' names it maps them to.
+_MTP_NAMES = {"mtp.fc": ("eh_proj", MODEL_TENSOR.NEXTN_EH_PROJ),
+              "mtp.pre_fc_norm_embedding": ("enorm", MODEL_TENSOR.NEXTN_ENORM),
+              "mtp.pre_fc_norm_hidden": ("hnorm", MODEL_TENSOR.NEXTN_HNORM),
+              "mtp.norm": ("shared_head.norm", MODEL_TENSOR.NEXTN_SHARED_HEAD_NORM)}
 
 
 def hyperparameters(folder: Path) -> dict[str, Any]:
@@ -48,7 +65,7 @@ def hyperparameters(folder: Path) -> dict[str, Any]:
 
 def _keys(w: GGUFWriter, hp: dict[str, Any]) -> None:
     rope = hp["rope_parameters"]
-    w.add_block_count(hp["num_hidden_layers"])
+    w.add_block_count(hp["num_hidden_layers"] + hp.get("mtp_num_hidden_layers", 0))
     w.add_context_length(hp["max_position_embeddings"])
     w.add_embedding_length(hp["hidden_size"])
     if "intermediate_size" in hp:
@@ -73,6 +90,8 @@ def _keys(w: GGUFWriter, hp: dict[str, Any]) -> None:
     w.add_ssm_inner_size(hp["linear_value_head_dim"] * hp["linear_num_value_heads"])
     w.add_full_attention_interval(hp.get("full_attention_interval", 4))
     w.add_rope_dimension_count(int(hp["head_dim"] * hp.get("partial_rotary_factor", 0.25)))
+    if hp.get("mtp_num_hidden_layers"):
+        w.add_nextn_predict_layers(hp["mtp_num_hidden_layers"])
 
 
 def swap_head_groups(x: np.ndarray, axis: int, outer: int, inner: int, head_dim: int) -> np.ndarray:
@@ -111,13 +130,29 @@ def reorder_value_heads(name: str, x: np.ndarray, hp: dict[str, Any], *, back: b
     return np.concatenate([head, swap_head_groups(values, axis, outer, inner, head_dim)], axis=axis)
 
 
+def _remapped(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(checkpoint name, text-model name, values): the vision tower left out (it goes to the mmproj file), the
+    decoder's prefix dropped, the MTP head's layer and own tensors renamed into the blocks after the model's layers
+    (_Qwen35MtpMixin, the first of the chain)."""
+    n_layers = hp["num_hidden_layers"]
+    for original, value in weights.items():
+        if original.startswith("model.visual."):
+            continue
+        if original.startswith("mtp.layers."):
+            index = int(original.split(".")[2])
+            yield original, original.replace(f"mtp.layers.{index}.", f"model.layers.{n_layers + index}.", 1), value
+        elif original.startswith("mtp."):
+            stem, suffix = original.rsplit(".", 1)
+            for block in range(n_layers, n_layers + hp["mtp_num_hidden_layers"]):
+                yield original, f"model.layers.{block}.{_MTP_NAMES[stem][0]}.{suffix}", value
+        else:
+            yield original, original.replace(_TEXT, _OURS), value
+
+
 def converted(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> Iterator[tuple[str, str, np.ndarray]]:
     """(checkpoint name, name handed to the tensor table, values) as the converter's modify_tensors chain yields
-    them; the vision tower and MTP head are left out (they go to the mmproj file, MTP is off here)."""
-    for original, value in weights.items():
-        if original.startswith(("model.visual.", "mtp.")):
-            continue
-        name = original.replace(_TEXT, _OURS)
+    them."""
+    for original, name, value in _remapped(weights, hp):
         value = reorder_value_heads(name, value, hp)
         if name.endswith(".A_log"):
             value = -np.exp(value)
@@ -144,14 +179,33 @@ def _type(gguf_name: str, values: np.ndarray, qtype: str) -> GGMLQuantizationTyp
     return GGMLQuantizationType[qtype]
 
 
-def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32") -> dict[str, mx.array]:
-    """The fixture as a qwen35/qwen35moe GGUF with its matrices in `qtype` ("F32" or "Q8_0"). Returns what its
-    quantized (and F16 fallback) tensors hold, back in the checkpoint's names and layout (value heads grouped,
-    experts' gate and up fused as the checkpoint holds them): what a model loaded from the file computes with."""
+def mtp_head(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A random MTP head as the published checkpoints hold one: a full-attention layer (shaped as the fixture's
+    last layer) under mtp.layers.0, the fc joining embedding and hidden state, and its three norms."""
+    last = f"{_TEXT}layers.{hp['num_hidden_layers'] - 1}."
+    rng = np.random.default_rng(0)
+    head = {f"mtp.layers.0.{k.removeprefix(last)}": rng.normal(0, 0.02, v.shape).astype(np.float32)
+            for k, v in weights.items() if k.startswith(last)}
+    width = hp["hidden_size"]
+    head["mtp.fc.weight"] = rng.normal(0, 0.02, (width, 2 * width)).astype(np.float32)
+    for norm in ("mtp.pre_fc_norm_embedding", "mtp.pre_fc_norm_hidden", "mtp.norm"):
+        head[f"{norm}.weight"] = np.zeros(width, np.float32)
+    return head
+
+
+def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32", *, with_mtp: bool = False) -> dict[str, mx.array]:
+    """The fixture as a qwen35/qwen35moe GGUF with its matrices in `qtype` ("F32" or "Q8_0"), with a random MTP
+    head when `with_mtp`. Returns what its quantized (and F16 fallback) tensors hold, back in the checkpoint's
+    names and layout (value heads grouped, experts' gate and up fused as the checkpoint holds them): what a model
+    loaded from the file computes with."""
     folder = PARITY / fixture
     hp = hyperparameters(folder)
     weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
-    names = get_tensor_name_map(ARCHS[fixture], hp["num_hidden_layers"])
+    if with_mtp:
+        weights |= mtp_head(weights, hp)
+        hp["mtp_num_hidden_layers"] = 1
+    blocks = hp["num_hidden_layers"] + hp.get("mtp_num_hidden_layers", 0)
+    names = get_tensor_name_map(ARCHS[fixture], blocks)
 
     w = GGUFWriter(str(path), MODEL_ARCH_NAMES[ARCHS[fixture]])
     _keys(w, hp)
@@ -159,7 +213,7 @@ def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32") -> dict[str,
     _tokenizer(w, folder, hp["vocab_size"])
     held: dict[str, dict[str, np.ndarray]] = {}
     for original, name, values in converted(weights, hp):
-        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias")) or _nextn_name(name)
         assert gguf_name is not None, name
         kind = _type(gguf_name, values, qtype)
         if kind == GGMLQuantizationType.F32:
@@ -182,3 +236,11 @@ def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32") -> dict[str,
                                else next(iter(parts.values())))
             for original, parts in held.items()}
 
+
+def _nextn_name(name: str) -> str | None:
+    """The name of an MTP head's own tensor (the package's tables here map none of them for qwen35)."""
+    parts = name.split(".")
+    for leaf, tensor in _MTP_NAMES.values():
+        if ".".join(parts[3:-1]) == leaf:
+            return TENSOR_NAMES[tensor].format(bid=int(parts[2])) + "." + parts[-1]
+    return None

@@ -176,3 +176,16 @@ def test_value_heads_go_back_and_forth():
     np.testing.assert_array_equal(heads, qkv[12:].reshape(6, 2, 5)[[0, 3, 1, 4, 2, 5], 0, 0])
     back = reorder_value_heads("model.layers.0.linear_attn.in_proj_qkv.weight", tiled, hp, back=True)
     np.testing.assert_array_equal(back, qkv)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_the_mtp_head_the_converter_appends_is_skipped(tmp_path, fixture):
+    """A file with the MTP head (block_count one more than the model's layers, nextn_predict_layers 1, the head's
+    layer and nextn.* tensors as block 4) loads the model's 4 layers and computes as the file without it."""
+    path = tmp_path / f"{fixture}-mtp.gguf"
+    write_qwen35_gguf(fixture, path, with_mtp=True)
+    assert any(t.name == "blk.4.nextn.eh_proj.weight" for t in read_gguf(path).tensors)
+    loaded = load_gguf_model(path, dtype="float32")
+    assert loaded.args.num_hidden_layers == 4 and len(loaded.model.layers) == 4
+    expected = _expected(fixture)
+    assert mx.abs(loaded.model(expected["input_ids"])[0] - expected["logits"]).max().item() < LOGIT_TOL
