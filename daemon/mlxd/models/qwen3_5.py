@@ -49,6 +49,9 @@ class ModelArgs(llama.ModelArgs):
     linear_value_head_dim: int = 128
     linear_num_key_heads: int = 16
     linear_num_value_heads: int = 32
+    # Which key head a DeltaNet value head reads: "grouped" (the checkpoint's: value head j reads key head
+    # j // (Hv / Hk)) or "tiled" (llama.cpp's GGUF files reorder the value heads so that j reads j mod Hk).
+    linear_value_head_order: str = "grouped"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -121,6 +124,9 @@ class GatedDeltaNet(nn.Module):
         super().__init__()
         self.hk, self.hv = args.linear_num_key_heads, args.linear_num_value_heads
         self.dk, self.dv = args.linear_key_head_dim, args.linear_value_head_dim
+        if args.linear_value_head_order not in ("grouped", "tiled"):
+            raise ValueError(f"linear_value_head_order {args.linear_value_head_order!r}: grouped or tiled")
+        self.tiled = args.linear_value_head_order == "tiled"
         conv_dim = 2 * self.hk * self.dk + self.hv * self.dv
         widths = (conv_dim, self.hv * self.dv, self.hv, self.hv)
         self.fused, self._split = fused, [conv_dim, conv_dim + widths[1], conv_dim + widths[1] + self.hv]
@@ -131,6 +137,11 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = mx.ones((self.hv,))
         self.norm = nn.RMSNorm(self.dv, eps=args.rms_norm_eps)
         self.out_proj = nn.Linear(self.hv * self.dv, args.hidden_size, bias=False)
+
+    def _per_value_head(self, x: mx.array) -> mx.array:
+        """Key-head tensor [B, L, Hk, D] -> [B, L, Hv, D], the key head each value head reads."""
+        per_key = self.hv // self.hk
+        return mx.tile(x, (1, 1, per_key, 1)) if self.tiled else mx.repeat(x, per_key, axis=2)
 
     def __call__(self, x: mx.array, cache: RecurrentState | None = None) -> mx.array:
         B, L, _ = x.shape
@@ -143,7 +154,7 @@ class GatedDeltaNet(nn.Module):
         q, k, v = mx.split(mixed, [key_width, 2 * key_width], axis=-1)
         q, k = q.reshape(B, L, self.hk, self.dk), k.reshape(B, L, self.hk, self.dk)
         if self.hv != self.hk:
-            q, k = mx.repeat(q, self.hv // self.hk, axis=2), mx.repeat(k, self.hv // self.hk, axis=2)
+            q, k = (self._per_value_head(x) for x in (q, k))
         q = l2_normalize(q.astype(mx.float32)) * self.dk**-0.5
         k = l2_normalize(k.astype(mx.float32))
         beta = mx.sigmoid(b.astype(mx.float32))

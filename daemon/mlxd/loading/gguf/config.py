@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf import gemma4
+from mlxd.loading.gguf import gemma4, qwen35
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
 from mlxd.loading.gguf.nemotron_h import NEMOTRON_H, NEMOTRON_H_MOE, nemotron_config
@@ -32,6 +32,8 @@ ARCHITECTURES: dict[str, str] = {
     DEEPSEEK2: "glm4_moe_lite",
     gemma4.ARCH: "gemma4_text",
     NEMOTRON_H: "nemotron_h", NEMOTRON_H_MOE: "nemotron_h",
+    qwen35.QWEN35: "qwen3_5_text",
+    qwen35.QWEN35MOE: "qwen3_5_moe_text",
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -240,6 +242,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         return gemma4.gemma4_config(metadata, tensor_shapes, rope_factors)
     if arch in (NEMOTRON_H, NEMOTRON_H_MOE):  # layer kinds and widths from the tensors, by its own module
         return nemotron_config(metadata, tensor_shapes)
+    if arch in qwen35.MODEL_TYPES:  # layer kinds and DeltaNet sizes, read by its own module
+        return qwen35.qwen35_config(metadata, tensor_shapes)
     for key, what in _REFUSED.items():
         if f"{arch}.{key}" in metadata:
             raise ModelLoadError(f"GGUF key {arch}.{key} asks for {what}, which mlxd does not support")

@@ -65,10 +65,11 @@ def _convert(
         if q.biases is not None:
             arrays[f"{prefix}.biases"] = q.biases
         return arrays, (q.bits, q.mode)
-    offset = names.value_offset(hf, arch)
-    if offset:
-        return {hf: (tensors.dense(t, mx.float32, order) + offset).astype(dtype)}, None
-    return {hf: tensors.dense(t, dtype, order)}, None
+    if names.needs_float32(hf, arch):
+        values = tensors.dense(t, mx.float32, order) + names.value_offset(hf, arch)
+    else:
+        values = tensors.dense(t, dtype, order)
+    return {hf: names.model_layout(hf, arch, values).astype(dtype)}, None
 
 
 def rope_factors(gguf: GGUFFile) -> list[float] | None:
@@ -127,6 +128,8 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
     for t in gguf.tensors:
         if t.name == names.ROPE_FREQS:
             continue  # in the config already
+        if names.beyond_the_model(t.name, arch, config):
+            continue  # a block the converter appends after the model's layers (Qwen3.5's MTP head)
         hf = names.hf_name(t.name, arch, config["model_type"])
         # Matrices, and stacked experts' matrices [E, out, in] (quantized per expert row, as ggml stores them).
         keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) in (2, 3)

@@ -10,16 +10,23 @@ take the stacked layers' names.
 gpt-oss's names are spelled by the `gguf` package's own tables (TENSOR_NAMES), the ones its converter writes with;
 tests/gguf check that every tensor of MODEL_TENSORS[GPT_OSS] has a name here. Ollama's gpt-oss files ("gptoss")
 use names of their own, which no table of the package holds: ollama.py renames them to these before they get here.
+
+Qwen3.5 (qwen35, qwen35moe) has its table and value changes in qwen35.py: A stored as -exp(A_log), the conv
+without its middle axis, the folded norms (stored as mlxd holds them), the MTP head appended as extra blocks.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
+import mlx.core as mx
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf import qwen35
 from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
 from mlxd.loading.gguf.deepseek2 import LAYER_NAMES as _DEEPSEEK2_LAYER
@@ -117,18 +124,20 @@ _GEMMA4_LAYER = {
 }
 # Architectures whose layer names are a table of their own rather than changes to _LAYER.
 _LAYER_TABLES = {GPT_OSS: _GPT_OSS_LAYER, DEEPSEEK2: _DEEPSEEK2_LAYER, GEMMA4: _GEMMA4_LAYER,
-                 **dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_LAYER)}
+                 **dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_LAYER), **dict.fromkeys(qwen35.ARCHS, qwen35.LAYER_NAMES)}
 # Architectures whose model holds its layers and global tensors under other names than model.layers.N / model.*.
 _LAYER_PREFIXES = dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_LAYERS)
 _GLOBAL_TABLES = dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_GLOBAL)
 # Tensors that are a bare parameter, not a layer's weight, per architecture, and the suffix llama.cpp's converter
 # appended to the name: ".weight" to gpt-oss's `self_attn.sinks` (one logit per head) and Gemma 4's layer scale,
-# ".bias" to deepseek2's correction biases; none ("") to Mamba-2's A and D.
+# ".bias" to deepseek2's correction biases and Qwen3.5's dt_bias; none ("") to Mamba-2's A and D and to Qwen3.5's A
+# ("blk.N.ssm_a").
 _PARAMETERS: dict[str, dict[str, str]] = {
     GPT_OSS: {_base(MODEL_TENSOR.ATTN_SINKS): "weight"},
     GEMMA4: {_base(MODEL_TENSOR.LAYER_OUT_SCALE): "weight"},
     DEEPSEEK2: dict(_DEEPSEEK2_PARAMETERS),
     **dict.fromkeys(_NEMOTRON_ARCHS, _NEMOTRON_PARAMETERS),
+    **dict.fromkeys(qwen35.ARCHS, qwen35.BARE_PARAMETERS),
 }
 # `blk.N.<base>.scale` tensors: Gemma 4's router's input scale and its per-expert output scale, which llama.cpp's
 # converter files under the router and the experts' down projection.
@@ -201,3 +210,18 @@ def qk_heads(hf: str, arch: str, n_heads: int, n_kv_heads: int) -> int | None:
 def value_offset(hf: str, arch: str) -> float:
     """What to add to a tensor's values to undo the converter's shift (non-zero only for Gemma's norms)."""
     return -1.0 if arch in _NORM_PLUS_ONE and hf.endswith("norm.weight") else 0.0
+
+
+def model_layout(hf: str, arch: str, values: mx.array) -> mx.array:
+    """A dense tensor in the layout of the model that holds it (Qwen3.5's A, conv and shared-expert gate)."""
+    return qwen35.to_model_layout(hf, values) if arch in qwen35.ARCHS else values
+
+
+def needs_float32(hf: str, arch: str) -> bool:
+    """Whether a dense tensor is to be read in float32 before model_layout or the offset change its values."""
+    return value_offset(hf, arch) != 0.0 or (arch in qwen35.ARCHS and qwen35.from_float32(hf))
+
+
+def beyond_the_model(gguf_name: str, arch: str, config: Mapping[str, Any]) -> bool:
+    """Whether a tensor is of a block after the model's layers: Qwen3.5's MTP head, which mlxd does not run."""
+    return arch in qwen35.ARCHS and qwen35.beyond_the_model(gguf_name, config)
