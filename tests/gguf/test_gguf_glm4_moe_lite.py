@@ -5,8 +5,10 @@ and chunked prefill; Q8_0 computing with its stored values; and what the deepsee
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from gguf import MODEL_ARCH, MODEL_TENSOR, MODEL_TENSORS, TENSOR_NAMES
+from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf.config import hf_config
@@ -60,6 +62,22 @@ def test_q8_0_file_quantizes_every_matrix_its_rows_allow(parity_gguf):
     for t in read_gguf(path).tensors:
         quantizable = len(t.shape) > 1 and ".ffn_gate_inp." not in t.name and t.shape[-1] % 32 == 0
         assert t.type_name == ("Q8_0" if quantizable else "F32"), t.name
+
+
+def test_routing_biases_stay_float32_in_bfloat16(parity_gguf):
+    """Loaded in bfloat16 (the Q8_0 file, whose experts stay quantized as a CPU needs), the correction biases are
+    the file's float32 values (loading/weights.py, float32_parameters); every other float is bfloat16."""
+    path, loaded, _, _ = parity_gguf(FIXTURE, ARCH, "Q8_0", dtype="bfloat16")
+    assert loaded.dtype == "bfloat16" and loaded.quantized
+    params = dict(tree_flatten(loaded.model.parameters()))
+    for t in read_gguf(path).tensors:
+        if t.name.endswith("exp_probs_b.bias"):
+            bias = params[hf_name(t.name, ARCH, FIXTURE)]
+            assert t.type_name == "F32" and bias.dtype == mx.float32
+            np.testing.assert_array_equal(np.array(bias), t.raw.view(np.float32))
+    floats = {v.dtype for k, v in params.items()
+              if not k.endswith("e_score_correction_bias") and mx.issubdtype(v.dtype, mx.floating)}
+    assert floats == {mx.bfloat16}
 
 
 def _metadata(**changes) -> tuple[dict, dict]:

@@ -223,7 +223,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
     if quant is not None and plan.dequantize:
         weights = wts.dequantize_weights(weights, quant)
     if plan.dtype is not None:
-        weights = wts.cast_weights(weights, plan.dtype)
+        weights = wts.cast_weights(weights, plan.dtype, wts.float32_parameters(model))
     kept = quant if quant is not None and not plan.dequantize else None
     model, weights = _final_layout(arch.module, args, model, weights, kept, fuse)
 

@@ -101,10 +101,28 @@ def dequantize_weights(weights: dict[str, mx.array], quant: dict[str, Any]) -> d
     return out
 
 
-def cast_weights(weights: dict[str, mx.array], dtype: str) -> dict[str, mx.array]:
-    """Cast every floating array to `dtype`; packed quantized integers stay as they are."""
-    target = _DTYPES[dtype]
-    return {k: w.astype(target) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
+def float32_parameters(model: nn.Module) -> tuple[str, ...]:
+    """The names of the parameters `model` holds in float32 whatever dtype the rest is held in: those its Model
+    class lists in FLOAT32_PARAMETERS, as the last part(s) of a dotted name (e.g. "e_score_correction_bias").
+
+    A model lists values that make discrete choices and are kept in float32 by the reference (transformers, and
+    mlx-lm's cast_predicate): GLM's routing bias picks experts among sigmoid scores that differ by less than a
+    bfloat16 step (2**-8 near 0.5), so rounding it turns near-ties into ties and changes the experts chosen."""
+    return tuple(getattr(type(model), "FLOAT32_PARAMETERS", ()))
+
+
+def holds_float32(name: str, float32_names: tuple[str, ...]) -> bool:
+    """Whether the parameter `name` is one of `float32_names` (float32_parameters)."""
+    return any(name == p or name.endswith(f".{p}") for p in float32_names)
+
+
+def cast_weights(weights: dict[str, mx.array], dtype: str, float32_names: tuple[str, ...] = ()) -> dict[str, mx.array]:
+    """Cast every floating array to `dtype`, those named in `float32_names` (float32_parameters) to float32;
+    packed quantized integers stay as they are."""
+    def target(name: str) -> mx.Dtype:
+        return mx.float32 if holds_float32(name, float32_names) else _DTYPES[dtype]
+
+    return {k: w.astype(target(k)) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
 
 
 def parameter_arrays(model: nn.Module) -> list[tuple[str, mx.array]]:

@@ -1,5 +1,6 @@
 """What the engine needs from a model, and nothing else (issue 14): a reader, mypy and a new model's author
-all find it here. The loader also calls `sanitize` and `fusable_projections` (models/projections.py).
+all find it here. The loader also calls `sanitize` and `fusable_projections` (models/projections.py), and holds
+in float32 the parameters a Model class names in FLOAT32_PARAMETERS (loading/weights.py, float32_parameters).
 
 The engine's runner is the only caller. Text models take token ids; a vision-language model also takes the
 image embeddings of the prompt chunk it is given, and encodes images with its vision tower. Which kind a

@@ -21,7 +21,7 @@ from mlxd.loading.gguf.quants import GROUP_SIZE
 from mlxd.loading.gguf.reader import GGUFFile, GGUFTensor, read_gguf
 from mlxd.loading.gguf.tokenizer import eog_token_ids
 from mlxd.loading.loader import LoadedModel, context_length, physical_ram_bytes, plan_dtype, select_kernels
-from mlxd.loading.weights import QUANTIZABLE, check_weight_names, parameter_arrays
+from mlxd.loading.weights import QUANTIZABLE, check_weight_names, float32_parameters, holds_float32, parameter_arrays
 from mlxd.models import architecture as model_architecture
 from mlxd.models.inventory import expert_counts
 from mlxd.models.protocol import LanguageModel, VisionLanguageModel
@@ -114,7 +114,8 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         ram_bytes=physical_ram_bytes(),
         experts=expert_counts(model)[0] > 0,
     )
-    # One float type for every array, scales included, so activations keep one dtype through the model.
+    # One float type for every array, scales included, so activations keep one dtype through the model; only the
+    # parameters the model holds in float32 (loading/weights.py, float32_parameters) are read as float32.
     target = _DTYPES[plan.dtype or stored]
     logger.info("loading %s (%s) from %s: %s", arch, config["model_type"], path, plan.note)
     requantized = sorted({t.type_name for t in gguf.tensors if t.type_name in tensors.REQUANTIZED_TYPES})
@@ -123,6 +124,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         logger.info("%s has no exact MLX layout: %s", "/".join(requantized), how)
 
     quantizable = _quantizable_paths(model)
+    float32_names = float32_parameters(model)
     weights: dict[str, mx.array] = {}
     layer_quant: dict[str, tuple[int, str]] = {}  # (bits, mode) of each layer kept quantized
     for t in gguf.tensors:
@@ -134,7 +136,8 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
         # Matrices, and stacked experts' matrices [E, out, in] (quantized per expert row, as ggml stores them).
         keep = (not plan.dequantize and tensors.is_quantized(t.type_name) and len(t.shape) in (2, 3)
                 and hf.endswith(".weight") and hf.removesuffix(".weight") in quantizable)
-        arrays, held_as = _convert(t, hf, arch, config, target, keep)
+        dtype_held = mx.float32 if holds_float32(hf, float32_names) else target
+        arrays, held_as = _convert(t, hf, arch, config, dtype_held, keep)
         mx.eval(*arrays.values())  # now, so the numpy temporaries of one tensor are freed before the next
         weights.update(arrays)
         if held_as is not None:

@@ -6,6 +6,7 @@ when special tokens are, user-defined tokens always, and generation ending on ll
 tokens.
 SentencePiece vocabularies (`llama`) carry scores instead of merges; llama.cpp merges the adjacent pair whose
 joined text is the best-scoring token, which a BPE whose merges are ranked by that score reproduces.
+Gemma 4's (`gemma4`) is a BPE with ranked merges over raw UTF-8 where a space is "▁" (see gemma4_tokenizer).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from mlxd.loading.tokenizer import SpecialTokens, Tokenizer
 log = logging.getLogger(__name__)
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
-CONTROL, USER_DEFINED = 3, 4
+NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
 
 # Texts llama.cpp treats as ending generation whatever the metadata says (llama-vocab.cpp, special_eog_ids).
 _EOG_TEXTS = frozenset({
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
     "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+    "<eos>", "<turn|>", "<|tool_response>",  # Gemma 4: its end of text, of a turn, and of a turn calling a tool
 })
 # gpt-oss's harmony format: <|return|> and <|call|> end a turn, <|end|> only one message of it.
 _HARMONY_ENDS = frozenset({"<|return|>", "<|call|>", "<|end|>"})
@@ -125,11 +127,15 @@ def _vocab(tokens: list[str]) -> dict[str, int]:
     return vocab
 
 
+def _merges(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    # llama.cpp splits a merge at the first space after its first character.
+    return [(m[: m.index(" ", 1)], m[m.index(" ", 1) + 1 :]) for m in _required(metadata, "tokenizer.ggml.merges")]
+
+
 def bpe_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bool]:
     """A byte-level BPE (`tokenizer.ggml.model` = gpt2) and llama.cpp's add_bos default for it."""
     tokens = _required(metadata, "tokenizer.ggml.tokens")
-    # llama.cpp splits a merge at the first space after its first character.
-    merges = [(m[: m.index(" ", 1)], m[m.index(" ", 1) + 1 :]) for m in _required(metadata, "tokenizer.ggml.merges")]
+    merges = _merges(metadata)
     pre = _pre_tokenizer(metadata)
     tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, ignore_merges=pre.ignore_merges))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -139,6 +145,19 @@ def bpe_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bo
     tok.decoder = decoders.ByteLevel()
     _add_special(tok, tokens, metadata.get("tokenizer.ggml.token_type") or [])
     return tok, pre.add_bos
+
+
+def _unknown_token(metadata: Mapping[str, Any], tokens: list[str]) -> str | None:
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+    return tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+
+
+def _space_escaping(tok: tokenizers.Tokenizer, space_prefix: bool) -> None:
+    """Spaces as "▁" (with one put before the text when `space_prefix`), <0xNN> pieces decoded as their bytes."""
+    escape = normalizers.Replace(" ", "▁")
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), escape]) if space_prefix else escape
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] if space_prefix else steps)
 
 
 def score_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
@@ -162,18 +181,36 @@ def spm_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bo
     outside the vocabulary become <0xNN> byte tokens; llama.cpp adds BOS and a leading space by default."""
     tokens = _required(metadata, "tokenizer.ggml.tokens")
     merges = score_merges(tokens, _required(metadata, "tokenizer.ggml.scores"))
-    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
-    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-    tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges, unk_token=unk, fuse_unk=True,
+    tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=merges,
+                                          unk_token=_unknown_token(metadata, tokens), fuse_unk=True,
                                           byte_fallback=True))
     # llama.cpp puts the space before every stretch of text that starts the input or follows a token
     # matched as text; tokenizers normalizes exactly those stretches (added tokens are cut out first).
-    space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
-    escape = normalizers.Replace(" ", "▁")
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), escape]) if space_prefix else escape
-    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] if space_prefix else steps)
+    _space_escaping(tok, bool(metadata.get("tokenizer.ggml.add_space_prefix", True)))
     _add_special(tok, tokens, metadata.get("tokenizer.ggml.token_type") or [])
+    return tok, True
+
+
+def gemma4_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bool]:
+    """Gemma 4's vocabulary (`tokenizer.ggml.model` = gemma4), as Hugging Face's GemmaTokenizer and llama.cpp's
+    gemma4 BPE read it: merges ranked as written, applied to raw UTF-8 (no byte-level mapping) in which a space is
+    "▁", with no prefix space and no split at spaces; characters outside the vocabulary as <0xNN> byte tokens.
+
+    Newlines: llama.cpp cuts runs of newlines off the text around them and takes a run that is one token whole
+    (where Hugging Face's tokenizer.json holds these runs as added tokens, matched before any merge); the converter
+    writes them as plain tokens. Here they are added tokens again, and the split stays for runs the vocabulary
+    lacks. Other plain tokens that are added tokens in tokenizer.json merge as llama.cpp merges them.
+    """
+    tokens = _required(metadata, "tokenizer.ggml.tokens")
+    types = metadata.get("tokenizer.ggml.token_type") or []
+    tok = tokenizers.Tokenizer(models.BPE(vocab=_vocab(tokens), merges=_merges(metadata),
+                                          unk_token=_unknown_token(metadata, tokens), fuse_unk=True,
+                                          byte_fallback=True))
+    _space_escaping(tok, bool(metadata.get("tokenizer.ggml.add_space_prefix", False)))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n+"), behavior="isolated")
+    _add_special(tok, tokens, types)
+    plain = [t for t, k in zip(tokens, types) if k == NORMAL]
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain if t and not t.strip("\n")])
     return tok, True
 
 
@@ -181,7 +218,10 @@ def spm_tokenizer(metadata: Mapping[str, Any]) -> tuple[tokenizers.Tokenizer, bo
 BUILDERS = {
     "gpt2": bpe_tokenizer,
     "llama": spm_tokenizer,
+    "gemma4": gemma4_tokenizer,
 }
+# Models whose BOS llama.cpp adds even where the file says not to (its workaround for Gemma 4 files that do).
+ALWAYS_ADD_BOS = frozenset({"gemma4"})
 
 
 def eog_token_ids(metadata: Mapping[str, Any]) -> list[int]:
@@ -214,7 +254,7 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
     return Tokenizer(
         tok,
         special=special,
-        add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+        add_bos=kind in ALWAYS_ADD_BOS or bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default)),
         extra_eos_ids=eog_token_ids(metadata),
         chat_template=metadata.get("tokenizer.chat_template"),
         # llama.cpp's convert script writes a model's named templates as tokenizer.chat_template.<name>.

@@ -1,0 +1,103 @@
+"""Parameters a model holds in float32 whatever dtype is asked for (loading/weights.py, float32_parameters):
+GLM-4.7-Flash's routing bias, loaded in bfloat16, keeps the checkpoint's float32 values and routes a near-tie as
+float32 does, where the bias rounded to bfloat16 would not.
+
+On a CPU MLX multiplies float experts in float32 only, so the fixture is loaded in bfloat16 from an MLX-quantized
+copy (8-bit where the rows allow), as a CPU serves a MoE model in bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten
+
+from mlxd.loading.loader import load_model
+from mlxd.loading.weights import cast_weights, float32_parameters, holds_float32
+
+FIXTURE = "glm4_moe_lite"
+GATE = "model.layers.1.mlp.gate"  # the first sparse layer's router
+BIAS = "e_score_correction_bias"
+# Experts 1 and 2 of group 0 (experts 0-3) nearly tie: 1's bias is 2**-10 higher, 2's score 2**-11 higher (its
+# router row meets the input at 2**-9, sigmoid's slope there being 1/4). In bfloat16, whose step at 0.5 is 2**-8,
+# both biases are 0.5, and expert 2 would win. Expert 0 is chosen always; experts 3-7 never, nor group 1.
+NEAR_TIE_BIAS = [2.0, 0.5 + 2**-10, 0.5, -1.0, -1.0, -1.0, -1.0, -1.0]
+FLOAT32_CHOICE = [0, 1]
+
+
+def _craft_near_tie(folder: Path) -> None:
+    weights = mx.load(str(folder / "model.safetensors"))
+    mx.eval(weights)  # read before the file is written over
+    router = mx.zeros_like(weights[f"{GATE}.weight"])
+    router[2, 0] = 2**-9
+    weights[f"{GATE}.weight"] = router
+    weights[f"{GATE}.{BIAS}"] = mx.array(NEAR_TIE_BIAS, dtype=mx.float32)
+    mx.save_safetensors(str(folder / "model.safetensors"), weights)
+
+
+def _quantize(folder: Path) -> None:
+    """The folder in mlx-lm's quantized layout: 8-bit, group 32, every layer whose rows hold whole groups."""
+    model = load_model(folder, dtype="float32").model
+    nn.quantize(model, 32, 8, class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 32 == 0)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization"] = {"group_size": 32, "bits": 8}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _chosen(router: nn.Module) -> list[int]:
+    x = mx.zeros((1, 1, 64), dtype=mx.bfloat16)
+    x[..., 0] = 1.0
+    indices, _ = router(x)
+    return sorted(indices.reshape(-1).tolist())
+
+
+@pytest.fixture
+def near_tie_folder(model_folder) -> Path:
+    folder = model_folder(FIXTURE)
+    _craft_near_tie(folder)
+    _quantize(folder)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["v5", "v4"])
+def test_routing_bias_stays_float32_in_bfloat16(model_folder, layout):
+    folder = model_folder(FIXTURE, layout)
+    stored = mx.load(str(folder / "model.safetensors"))
+    mx.eval(stored)  # read before _quantize writes the file over
+    _quantize(folder)
+    loaded = load_model(folder, dtype="bfloat16")
+    assert loaded.dtype == "bfloat16" and loaded.quantized
+    params = dict(tree_flatten(loaded.model.parameters()))
+    biases = {k: v for k, v in params.items() if k.endswith(BIAS)}
+    assert sorted(biases) == [f"model.layers.{i}.mlp.gate.{BIAS}" for i in (1, 2)]
+    for name, bias in biases.items():
+        assert bias.dtype == mx.float32 and mx.array_equal(bias, stored[name]).item(), name
+    floats = {v.dtype for k, v in params.items() if not k.endswith(BIAS) and mx.issubdtype(v.dtype, mx.floating)}
+    assert floats == {mx.bfloat16}
+
+
+def test_a_near_tie_routes_as_in_float32(near_tie_folder):
+    bfloat16 = load_model(near_tie_folder, dtype="bfloat16").model.layers[1].mlp.gate
+    float32 = load_model(near_tie_folder, dtype="float32").model.layers[1].mlp.gate
+    assert bfloat16.weight.dtype == mx.bfloat16
+    assert _chosen(bfloat16) == _chosen(float32) == FLOAT32_CHOICE
+    # The same router with its bias rounded to bfloat16 picks the other expert: the input is a real near-tie.
+    bfloat16.e_score_correction_bias = bfloat16.e_score_correction_bias.astype(mx.bfloat16)
+    assert _chosen(bfloat16) == [0, 2]
+
+
+def test_the_rule_matches_whole_name_parts(model_folder):
+    model = load_model(model_folder(FIXTURE), dtype="float32").model
+    names = float32_parameters(model)
+    assert names == (BIAS,)
+    assert holds_float32(f"{GATE}.{BIAS}", names)
+    assert not holds_float32(f"{GATE}.weight", names) and not holds_float32(f"{GATE}.x_{BIAS}", names)
+    assert float32_parameters(nn.Linear(2, 2)) == ()  # a model naming none holds every parameter as asked
+    cast = cast_weights({f"{GATE}.{BIAS}": mx.ones(2), "w": mx.ones(2), "q": mx.ones(2, dtype=mx.uint32)},
+                        "float16", names)
+    assert [v.dtype for v in cast.values()] == [mx.float32, mx.float16, mx.uint32]
