@@ -101,3 +101,12 @@ def test_the_rule_matches_whole_name_parts(model_folder):
     cast = cast_weights({f"{GATE}.{BIAS}": mx.ones(2), "w": mx.ones(2), "q": mx.ones(2, dtype=mx.uint32)},
                         "float16", names)
     assert [v.dtype for v in cast.values()] == [mx.float32, mx.float16, mx.uint32]
+
+
+@pytest.mark.parametrize("arch", ["glm4_moe_lite", "nemotron_h"])
+def test_models_that_route_with_glms_router_name_its_bias(arch):
+    # Nemotron-H's MoE layers use GLM-4.7-Flash's router; the rule must match parameters the model really has.
+    model = load_model(Path(__file__).parents[1] / "fixtures" / "parity" / arch, dtype="float32").model
+    names = float32_parameters(model)
+    matched = [name for name, _ in tree_flatten(model.parameters()) if holds_float32(name, names)]
+    assert names == (BIAS,) and matched and all(name.endswith(BIAS) for name in matched)
