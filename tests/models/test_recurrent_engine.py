@@ -1,9 +1,12 @@
-"""Nemotron-H (Mamba-2 states and one attention layer's keys in the cache; MLP and MoE layers own none) through the
-real scheduler and runner: batched rows of mixed lengths, joining and leaving mid-stream, yield what each yields
-alone; a parked row keeps its states; a prefix-cache hit (exact-length snapshots only) yields the cold tokens and
-reports the tokens it served; the KV budget counts the Mamba-2 states per row and the attention keys per token."""
+"""Models with recurrent state in the cache (Qwen3.5's gated delta, dense and MoE; Nemotron-H's Mamba-2 beside one
+attention layer) through the real scheduler and runner: batched rows of mixed lengths, joining and leaving
+mid-stream, yield what each yields alone; a parked row keeps its states; a prefix-cache hit (exact-length
+snapshots only) yields the cold tokens and reports the tokens it served; the KV budget counts the recurrent states
+per row and the attention keys per token. What differs between the architectures is data in ARCHES."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import mlx.core as mx
 import pytest
@@ -16,7 +19,29 @@ from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.engine_runs import drain, run, run_arrivals
 from tests.helpers.parity import PARITY
 
-ARCH = "nemotron_h"
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    longest: int  # the last batched prompt's length
+    caches: int  # what make_cache returns: one per layer that owns state
+    attention_layers: int  # the budget's per-token layers
+    # Exact budget figures, where the test states them: the per-token layers and the per-row state bytes.
+    layers: tuple[tuple[int, int | None], ...] | None = None
+    row_bytes: int | None = None
+
+
+ARCHES = [
+    # Two full-attention layers and two recurrent ones; the fixture's prompt has 150 tokens.
+    Arch("qwen3_5", longest=150, caches=4, attention_layers=2),
+    Arch("qwen3_5_moe", longest=150, caches=4, attention_layers=2),
+    # Two Mamba-2 layers and the attention layer; MLP and MoE layers own none. 140 spans nine 16-token SSD chunks.
+    # The attention layer: 2 kv heads x 16 dims, keys and values, float32, per token. Each Mamba-2 layer, whatever
+    # the length: conv state [3, 128] and SSM state [8, 8, 16], float32.
+    Arch("nemotron_h", longest=140, caches=3, attention_layers=1,
+         layers=((2 * 2 * 16 * 4, None),), row_bytes=2 * (3 * 128 + 8 * 8 * 16) * 4),
+]
+PROMPT_TOKENS = 150
 GREEDY = SamplingParams(temperature=0.0)
 SETTINGS = [
     dict(sampling=GREEDY),
@@ -26,31 +51,44 @@ SETTINGS = [
     dict(sampling=GREEDY, logprobs=True),
     dict(sampling=SamplingParams(temperature=1.0, seed=3)),
 ]
-LENGTHS = [1, 2, 17, 40, 70, 140]  # a one-token prompt joins with empty states; 140 spans nine 16-token SSD chunks
+
+
+def _lengths(arch: Arch) -> list[int]:
+    return [1, 2, 17, 40, 70, arch.longest]  # a one-token prompt joins with empty states
+
+
+def _prompt(name: str) -> list[int]:
+    """The fixture's prompt, then ordinary tokens (3..316) to 150 where it is shorter (Nemotron-H's 45)."""
+    fixture = mx.load(str(PARITY / name / "expected.safetensors"))["input_ids"][0].tolist()
+    if len(fixture) >= PROMPT_TOKENS:
+        return fixture
+    return fixture + mx.random.randint(3, 317, (PROMPT_TOKENS - len(fixture),), key=mx.random.key(20)).tolist()
+
+
+@pytest.fixture(scope="module", params=ARCHES, ids=lambda arch: arch.name)
+def arch(request) -> Arch:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def runtime():
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / ARCH, dtype="float32")
-    fixture = mx.load(str(PARITY / ARCH / "expected.safetensors"))["input_ids"][0].tolist()
-    # The fixture's 45-token prompt, then ordinary tokens (3..316) to 150.
-    more = mx.random.randint(3, 317, (150 - len(fixture),), key=mx.random.key(20)).tolist()
-    return ModelRuntime.from_loaded(loaded, tokenizer), fixture + more
+def runtime(arch):
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch.name, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer), _prompt(arch.name)
 
 
-def _requests(prompt: list[int]) -> list[GenerationRequest]:
+def _requests(prompt: list[int], lengths: list[int]) -> list[GenerationRequest]:
     # Distinct prompts: each starts at another offset of the source.
     return [GenerationRequest(f"r{i}", prompt[i:i + n], max_tokens=6 + 3 * i, ignore_eos=True, **SETTINGS[i])
-            for i, n in enumerate(LENGTHS)]
+            for i, n in enumerate(lengths)]
 
 
-def test_batched_rows_yield_what_they_yield_alone(runtime):
+def test_batched_rows_yield_what_they_yield_alone(runtime, arch):
     rt, prompt = runtime
     alone = []
-    for request in _requests(prompt):
+    for request in _requests(prompt, _lengths(arch)):
         run(Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=1)), request)
         alone.append(drain(request))
-    batched = _requests(prompt)
+    batched = _requests(prompt, _lengths(arch))
     scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=16))
     run_arrivals(scheduler, {0: batched[:3], 4: batched[3:5], 11: batched[5:]})
     for i, request in enumerate(batched):
@@ -107,7 +145,7 @@ def test_prefix_cache_serves_exact_snapshots_only_with_the_cold_tokens(runtime):
     scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=32, prefix_cache_bytes=64 << 20))
     answer, cached = _serve(scheduler, first, n=20)
     assert cached == 0
-    # The stored prompt shares 50 tokens with this one, but a Mamba-2 state cannot be rewound to them.
+    # The stored prompt shares 50 tokens with this one, but a recurrent state cannot be rewound to them.
     tokens, cached = _serve(scheduler, other)
     assert cached == 0 and tokens == _cold(rt, other)
     tokens, cached = _serve(scheduler, first)  # the same prompt again: its snapshot, at its exact length
@@ -134,13 +172,19 @@ def test_snapshots_within_a_prompt_serve_prompts_that_share_part_of_it(runtime):
     tokens, cached = _serve(scheduler, other)
     assert cached == 64
     assert tokens == _cold(rt, other)
+    plain = Scheduler(rt, SchedulerOptions(prefill_chunk_size=20, prefix_cache_bytes=64 << 20,
+                                           recurrent_snapshot_period=0))
+    _serve(plain, first)
+    assert _serve(plain, other)[1] == 0 and plain.prefix_cache.entries == 2  # 99, and the next prompt's
 
 
-def test_kv_budget_counts_mamba_states_per_row(runtime):
+def test_kv_budget_counts_recurrent_states_per_row(runtime, arch):
     rt, _ = runtime
     layout = Scheduler(rt, SchedulerOptions()).budget.layout
-    assert len(rt.model.make_cache()) == 3  # two Mamba-2 layers and the attention layer; MLP and MoE own none
-    # The attention layer: 2 kv heads x 16 dims, keys and values, float32, per token.
-    assert layout.layers == ((2 * 2 * 16 * 4, None),)
-    # Each Mamba-2 layer, whatever the length: conv state [3, 128] and SSM state [8, 8, 16], float32.
-    assert layout.row_bytes == 2 * (3 * 128 + 8 * 8 * 16) * 4
+    assert len(rt.model.make_cache()) == arch.caches
+    assert len(layout.layers) == arch.attention_layers and layout.row_bytes > 0
+    assert layout.bytes_for(1001) - layout.bytes_for(1) == 1000 * sum(b for b, _ in layout.layers)
+    if arch.layers is not None:
+        assert layout.layers == arch.layers
+    if arch.row_bytes is not None:
+        assert layout.row_bytes == arch.row_bytes
