@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
-from mlxd.engine.scheduler import Routed, Scheduler
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Routed, Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
 
 
 def deliver(routed: list[Routed]) -> None:
@@ -43,3 +49,30 @@ def drain(request: GenerationRequest) -> tuple[list[int], str, list[float], Fina
         ids += event.token_ids
         text += event.text
         logprobs += [lp.logprob for lp in event.logprobs]
+
+
+def assert_batched_rows_yield_what_they_yield_alone(runtime: ModelRuntime,
+                                                    requests: Callable[[], list[GenerationRequest]],
+                                                    alone: SchedulerOptions, batched: SchedulerOptions,
+                                                    arrivals: dict[int, slice]) -> None:
+    """Each request served by itself (`alone`, whose max_batch_size should be 1), then fresh copies from
+    `requests()` joining a shared scheduler at the steps `arrivals` names: the same ids, logprobs and counts."""
+    singles = []
+    for request in requests():
+        run(Scheduler(runtime, alone), request)
+        singles.append(drain(request))
+    together = requests()
+    run_arrivals(Scheduler(runtime, batched), {step: together[rows] for step, rows in arrivals.items()})
+    for i, request in enumerate(together):
+        ids, _, logprobs, final = drain(request)
+        assert ids == singles[i][0], f"request {i}"
+        assert logprobs == pytest.approx(singles[i][2], abs=1e-4)
+        assert final.completion_tokens == singles[i][3].completion_tokens
+
+
+def serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams, max_tokens: int) -> tuple[list[int], int]:
+    """One request to the end (EOS ignored): its token ids and the prompt tokens the prefix cache served."""
+    request = GenerationRequest("r", ids, sampling, max_tokens=max_tokens, ignore_eos=True)
+    run(scheduler, request)
+    tokens, _, _, final = drain(request)
+    return tokens, final.cached_tokens

@@ -12,7 +12,7 @@ from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.daemon_process import FIXTURES
-from tests.helpers.engine_runs import drain, run, run_arrivals
+from tests.helpers.engine_runs import assert_batched_rows_yield_what_they_yield_alone, serve
 
 SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.95, seed=7),
              SamplingParams(temperature=0.0, repetition_penalty=1.2), SamplingParams(temperature=0.7, seed=3)]
@@ -36,25 +36,14 @@ def _requests() -> list[GenerationRequest]:
 
 
 def test_batched_rows_yield_what_they_yield_alone(runtime):
-    alone = []
-    for request in _requests():
-        run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=7, max_batch_size=1)), request)
-        alone.append(drain(request))
-    batched = _requests()
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=16, max_batch_size=8))
-    run_arrivals(scheduler, {0: batched[:2], 3: batched[2:4], 8: batched[4:]})
-    for i, request in enumerate(batched):
-        ids, _, logprobs, final = drain(request)
-        assert ids == alone[i][0], f"request {i}"
-        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
-        assert final.completion_tokens == alone[i][3].completion_tokens
+    assert_batched_rows_yield_what_they_yield_alone(
+        runtime, _requests, alone=SchedulerOptions(prefill_chunk_size=7, max_batch_size=1),
+        batched=SchedulerOptions(prefill_chunk_size=16, max_batch_size=8),
+        arrivals={0: slice(None, 2), 3: slice(2, 4), 8: slice(4, None)})
 
 
 def _serve(scheduler: Scheduler, ids: list[int], sampling: SamplingParams) -> tuple[list[int], int]:
-    request = GenerationRequest("r", ids, sampling, max_tokens=20, ignore_eos=True)
-    run(scheduler, request)
-    tokens, _, _, final = drain(request)
-    return tokens, final.cached_tokens
+    return serve(scheduler, ids, sampling, max_tokens=20)
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS[:2], ids=["greedy", "seeded"])

@@ -16,7 +16,7 @@ from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
-from tests.helpers.engine_runs import drain, run, run_arrivals
+from tests.helpers.engine_runs import assert_batched_rows_yield_what_they_yield_alone, drain, run, serve
 from tests.helpers.parity import PARITY
 
 
@@ -84,18 +84,10 @@ def _requests(prompt: list[int], lengths: list[int]) -> list[GenerationRequest]:
 
 def test_batched_rows_yield_what_they_yield_alone(runtime, arch):
     rt, prompt = runtime
-    alone = []
-    for request in _requests(prompt, _lengths(arch)):
-        run(Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=1)), request)
-        alone.append(drain(request))
-    batched = _requests(prompt, _lengths(arch))
-    scheduler = Scheduler(rt, SchedulerOptions(prefill_chunk_size=16, max_batch_size=16))
-    run_arrivals(scheduler, {0: batched[:3], 4: batched[3:5], 11: batched[5:]})
-    for i, request in enumerate(batched):
-        ids, _, logprobs, final = drain(request)
-        assert ids == alone[i][0], f"request {i}"
-        assert logprobs == pytest.approx(alone[i][2], abs=1e-4)
-        assert final.completion_tokens == alone[i][3].completion_tokens
+    assert_batched_rows_yield_what_they_yield_alone(
+        rt, lambda: _requests(prompt, _lengths(arch)), alone=SchedulerOptions(prefill_chunk_size=16, max_batch_size=1),
+        batched=SchedulerOptions(prefill_chunk_size=16, max_batch_size=16),
+        arrivals={0: slice(None, 3), 4: slice(3, 5), 11: slice(5, None)})
 
 
 class _SlowReader(EventQueue):
@@ -129,10 +121,7 @@ def test_a_parked_row_keeps_its_states(runtime):
 
 
 def _serve(scheduler: Scheduler, ids: list[int], n: int = 12) -> tuple[list[int], int]:
-    request = GenerationRequest("r", ids, GREEDY, max_tokens=n, ignore_eos=True)
-    run(scheduler, request)
-    tokens, _, _, final = drain(request)
-    return tokens, final.cached_tokens
+    return serve(scheduler, ids, GREEDY, max_tokens=n)
 
 
 def _cold(rt: ModelRuntime, ids: list[int], n: int = 12) -> list[int]:
