@@ -19,7 +19,13 @@ from mlxd.models.moe import QuantizedSwitchLinear
 from mlxd.models.rope import make_rope
 from tests.gguf.gemma4_to_gguf import write_gemma4_gguf
 from tests.gguf.hf_to_gguf import PARITY
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import (
+    assert_chunks_and_steps_match,
+    assert_computes_with_stored_values,
+    expected_results,
+    files_written_once,
+    greedy_with_cache,
+)
 
 FIXTURES = ["gemma4", "gemma4_moe"]
 LOGIT_TOL = 2e-4  # as tests/models/test_gemma4.py (HYBRID_NOTES.md §0)
@@ -36,20 +42,7 @@ ARGS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory):
-    """Factory (fixture, qtype) -> (path, the values its quantized tensors hold), each written once."""
-    files: dict[tuple[str, str], tuple] = {}
-
-    def get(fixture: str, qtype: str = "F32"):
-        if (fixture, qtype) not in files:
-            path = tmp_path_factory.mktemp("gguf") / f"{fixture}-{qtype}.gguf"
-            files[fixture, qtype] = path, write_gemma4_gguf(fixture, path, qtype)
-        return files[fixture, qtype]
-
-    return get
-
-
-def _expected(fixture: str) -> dict[str, mx.array]:
-    return mx.load(str(PARITY / fixture / "expected.safetensors"))
+    return files_written_once(tmp_path_factory, write_gemma4_gguf)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)
@@ -74,7 +67,7 @@ def test_the_file_describes_the_folders_model(gguf_file, fixture):
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_f32_logits_and_greedy_ids_match_transformers(gguf_file, fixture):
     model = load_gguf_model(gguf_file(fixture)[0], dtype="float32", fuse=True).model
-    expected = _expected(fixture)
+    expected = expected_results(fixture)
     tokens = expected["input_ids"]
     assert mx.abs(model(tokens)[0] - expected["logits"]).max().item() < LOGIT_TOL
     assert greedy_with_cache(model, tokens, 16) == expected["greedy_ids"].tolist()
@@ -86,13 +79,10 @@ def test_q8_0_file_computes_with_its_stored_values_in_chunks_and_steps(gguf_file
     back), routers and 1-D tensors F32; the reference is the folder's model holding the stored values."""
     path, stored = gguf_file(fixture, "Q8_0")
     model = load_gguf_model(path, dtype="float32", fuse=True).model
-    reference = load_model(PARITY / fixture, dtype="float32").model
-    reference.load_weights(list(reference.sanitize(dict(stored)).items()), strict=False)
-    tokens = _expected(fixture)["input_ids"]
+    tokens = expected_results(fixture)["input_ids"]
     logits = model(tokens)
-    assert mx.abs(logits - reference(tokens)).max().item() < LOGIT_TOL
-    assert mx.abs(prefill_in_chunks(model, tokens, 6)[0] - logits).max().item() < SELF_TOL
-    assert max_decode_error(model, tokens, _expected(fixture)["greedy_ids"][:6]) < SELF_TOL
+    assert_computes_with_stored_values(logits, fixture, stored, tokens, LOGIT_TOL)
+    assert_chunks_and_steps_match(model, tokens, logits, expected_results(fixture)["greedy_ids"][:6], 6, SELF_TOL)
     for t in read_gguf(path).tensors:
         if len(t.shape) == 1 or ".ffn_gate_inp." in t.name:
             assert t.type_name == "F32", t.name
@@ -109,7 +99,7 @@ def test_kept_quantized_layers_hold_the_files_codes(gguf_file):
     reference = load_model(PARITY / "gemma4", dtype="float16").model
     values = {k: v.astype(mx.float16) for k, v in stored.items()}
     reference.load_weights(list(reference.sanitize(values).items()), strict=False)
-    tokens = _expected("gemma4")["input_ids"]
+    tokens = expected_results("gemma4")["input_ids"]
     difference = loaded.model(tokens).astype(mx.float32) - reference(tokens).astype(mx.float32)
     assert mx.abs(difference).max().item() < HALF_TOL
     moe = load_gguf_model(gguf_file("gemma4_moe", "Q8_0")[0], dtype="keep").model

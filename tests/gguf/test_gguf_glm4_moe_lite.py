@@ -16,7 +16,11 @@ from mlxd.loading.gguf.names import hf_name
 from mlxd.loading.gguf.reader import read_gguf
 from mlxd.loading.loader import load_model
 from tests.gguf.hf_to_gguf import PARITY
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import (
+    assert_chunks_and_steps_match,
+    assert_computes_with_stored_values,
+    greedy_with_cache,
+)
 
 FIXTURE, ARCH = "glm4_moe_lite", "deepseek2"
 LOGIT_TOL = 2e-4  # the bar for this family, as tests/models/test_glm4_moe_lite.py
@@ -50,11 +54,8 @@ def test_logits_greedy_cache_and_chunks(parity_gguf, qtype):
         assert greedy_with_cache(loaded.model, tokens, 16) == expected["greedy_ids"].tolist()
     else:
         assert stored  # some matrices are quantized
-        reference = load_model(PARITY / FIXTURE, dtype="float32")
-        reference.model.load_weights(list(reference.model.sanitize(dict(stored)).items()), strict=False)
-        assert mx.abs(logits - reference.model(tokens)).max().item() < LOGIT_TOL
-    assert max_decode_error(loaded.model, tokens, expected["greedy_ids"]) < SELF_TOL
-    assert mx.abs(prefill_in_chunks(loaded.model, tokens, 7)[0] - logits).max().item() < SELF_TOL
+        assert_computes_with_stored_values(logits, FIXTURE, stored, tokens, LOGIT_TOL)
+    assert_chunks_and_steps_match(loaded.model, tokens, logits, expected["greedy_ids"], 7, SELF_TOL)
 
 
 def test_q8_0_file_quantizes_every_matrix_its_rows_allow(parity_gguf):

@@ -14,7 +14,12 @@ from mlxd.loading.gguf.names import hf_name
 from mlxd.loading.gguf.reader import read_gguf
 from mlxd.loading.loader import load_model
 from tests.gguf.hf_to_gguf import PARITY
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import (
+    assert_chunks_and_steps_match,
+    assert_computes_with_stored_values,
+    greedy_with_cache,
+    prefill_in_chunks,
+)
 
 FIXTURE, ARCH = "nemotron_h", "nemotron_h_moe"
 LOGIT_TOL = 1e-3  # the bar, as tests/models/test_nemotron_h_parity.py
@@ -54,11 +59,8 @@ def test_logits_greedy_cache_chunks_and_states(parity_gguf, qtype):
             assert mx.abs(c.recurrent_state[0] - want[f"layers.{layer}.ssm_state"]).max().item() < SELF_TOL
     else:
         assert stored  # some matrices are quantized
-        reference = load_model(PARITY / FIXTURE, dtype="float32")
-        reference.model.load_weights(list(reference.model.sanitize(dict(stored)).items()), strict=False)
-        assert mx.abs(logits - reference.model(tokens)).max().item() < LOGIT_TOL
-    assert max_decode_error(loaded.model, tokens, expected["greedy_ids"]) < SELF_TOL
-    assert mx.abs(prefill_in_chunks(loaded.model, tokens, 7)[0] - logits).max().item() < SELF_TOL
+        assert_computes_with_stored_values(logits, FIXTURE, stored, tokens, LOGIT_TOL)
+    assert_chunks_and_steps_match(loaded.model, tokens, logits, expected["greedy_ids"], 7, SELF_TOL)
 
 
 def test_q8_0_file_quantizes_every_matrix_its_rows_allow(parity_gguf):

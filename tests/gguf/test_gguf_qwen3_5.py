@@ -17,7 +17,13 @@ from mlxd.loading.loader import load_model
 from mlxd.models.moe import QuantizedSwitchLinear
 from tests.gguf.hf_to_gguf import PARITY
 from tests.gguf.qwen35_to_gguf import ARCHS, reorder_value_heads, write_qwen35_gguf
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import (
+    assert_chunks_and_steps_match,
+    assert_computes_with_stored_values,
+    expected_results,
+    files_written_once,
+    greedy_with_cache,
+)
 
 FIXTURES = ["qwen3_5", "qwen3_5_moe"]
 LOGIT_TOL = 1e-3  # the issue's bar, as tests/models/test_qwen3_5_parity.py
@@ -36,20 +42,7 @@ MOE_ARGS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shar
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory):
-    """Factory (fixture, qtype) -> (path, the values its quantized tensors hold), each written once."""
-    files: dict[tuple[str, str], tuple] = {}
-
-    def get(fixture: str, qtype: str = "F32"):
-        if (fixture, qtype) not in files:
-            path = tmp_path_factory.mktemp("gguf") / f"{fixture}-{qtype}.gguf"
-            files[fixture, qtype] = path, write_qwen35_gguf(fixture, path, qtype)
-        return files[fixture, qtype]
-
-    return get
-
-
-def _expected(fixture: str) -> dict[str, mx.array]:
-    return mx.load(str(PARITY / fixture / "expected.safetensors"))
+    return files_written_once(tmp_path_factory, write_qwen35_gguf)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)
@@ -70,7 +63,7 @@ def test_the_file_describes_the_folders_model(gguf_file, fixture):
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_f32_logits_and_greedy_ids_match_transformers(gguf_file, fixture, fuse):
     model = load_gguf_model(gguf_file(fixture)[0], dtype="float32", fuse=fuse).model
-    expected = _expected(fixture)
+    expected = expected_results(fixture)
     tokens = expected["input_ids"]
     assert mx.abs(model(tokens)[0] - expected["logits"]).max().item() < LOGIT_TOL
     assert greedy_with_cache(model, tokens, 16) == expected["greedy_ids"].tolist()
@@ -88,14 +81,11 @@ def test_q8_0_file_computes_with_its_stored_values_in_chunks_and_steps(gguf_file
     falls back), the rest F32; the reference is the folder's model holding the stored values."""
     path, stored = gguf_file(fixture, "Q8_0")
     model = load_gguf_model(path, dtype="float32", fuse=True).model
-    reference = load_model(PARITY / fixture, dtype="float32").model
-    reference.load_weights(list(reference.sanitize(dict(stored)).items()), strict=False)
-    expected = _expected(fixture)
+    expected = expected_results(fixture)
     tokens = expected["input_ids"]
     logits = model(tokens)
-    assert mx.abs(logits - reference(tokens)).max().item() < LOGIT_TOL
-    assert mx.abs(prefill_in_chunks(model, tokens, 7)[0] - logits).max().item() < SELF_TOL
-    assert max_decode_error(model, tokens, expected["greedy_ids"][:6]) < SELF_TOL
+    assert_computes_with_stored_values(logits, fixture, stored, tokens, LOGIT_TOL)
+    assert_chunks_and_steps_match(model, tokens, logits, expected["greedy_ids"][:6], 7, SELF_TOL)
     for t in read_gguf(path).tensors:
         if _kept_f32(t.name, t.shape):
             assert t.type_name == "F32", t.name
@@ -117,7 +107,7 @@ def test_kept_quantized_layers_hold_the_files_codes(gguf_file):
         assert getattr(layer, "bits", None) == 8, layer
     reference = load_model(PARITY / "qwen3_5", dtype="float32").model
     reference.load_weights(list(reference.sanitize(dict(stored)).items()), strict=False)
-    tokens = _expected("qwen3_5")["input_ids"]
+    tokens = expected_results("qwen3_5")["input_ids"]
     difference = model(tokens).astype(mx.float32) - reference(tokens)
     assert mx.abs(difference).max().item() < HALF_TOL
 
@@ -187,5 +177,5 @@ def test_the_mtp_head_the_converter_appends_is_skipped(tmp_path, fixture):
     assert any(t.name == "blk.4.nextn.eh_proj.weight" for t in read_gguf(path).tensors)
     loaded = load_gguf_model(path, dtype="float32")
     assert loaded.args.num_hidden_layers == 4 and len(loaded.model.layers) == 4
-    expected = _expected(fixture)
+    expected = expected_results(fixture)
     assert mx.abs(loaded.model(expected["input_ids"])[0] - expected["logits"]).max().item() < LOGIT_TOL

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from mlxd.loading.loader import load_model
+from tests.helpers.parity import PARITY
+
 
 def greedy_with_cache(model, input_ids: mx.array, count: int) -> list[int]:
     """`count` greedy tokens after input_ids [1, T], decoding one token at a time through the KV cache."""
@@ -37,3 +40,39 @@ def max_decode_error(model, tokens: mx.array, continuation: mx.array) -> float:
         full = model(sequence[:, : pos + 1])[0, -1]
         worst = max(worst, mx.abs(step - full).max().item())
     return worst
+
+
+def assert_chunks_and_steps_match(model, tokens: mx.array, logits: mx.array, continuation: mx.array, chunk: int,
+                                  tol: float) -> None:
+    """The one-pass `logits` of tokens [1, T] again when prefilled `chunk` tokens at a time, and `continuation`
+    decoded step by step as in full passes: both within `tol`."""
+    assert mx.abs(prefill_in_chunks(model, tokens, chunk)[0] - logits).max().item() < tol
+    assert max_decode_error(model, tokens, continuation) < tol
+
+
+def assert_computes_with_stored_values(logits: mx.array, fixture: str, stored: dict[str, mx.array],
+                                       tokens: mx.array, tol: float) -> None:
+    """A quantized file's `logits` against the fixture folder's model (float32) holding the values the file stores
+    (Hugging Face names), so that only the computing differs, not the rounding of the values."""
+    reference = load_model(PARITY / fixture, dtype="float32").model
+    reference.load_weights(list(reference.sanitize(dict(stored)).items()), strict=False)
+    assert mx.abs(logits - reference(tokens)).max().item() < tol
+
+
+def expected_results(fixture: str) -> dict[str, mx.array]:
+    """transformers' float32 results for the parity fixture (expected.safetensors)."""
+    return mx.load(str(PARITY / fixture / "expected.safetensors"))
+
+
+def files_written_once(tmp_path_factory, write):
+    """Factory (fixture, qtype="F32") -> (path, the values its quantized tensors hold), each file written once by
+    write(fixture, path, qtype) under a pytest temporary folder."""
+    files: dict[tuple[str, str], tuple] = {}
+
+    def get(fixture: str, qtype: str = "F32"):
+        if (fixture, qtype) not in files:
+            path = tmp_path_factory.mktemp("gguf") / f"{fixture}-{qtype}.gguf"
+            files[fixture, qtype] = path, write(fixture, path, qtype)
+        return files[fixture, qtype]
+
+    return get
