@@ -42,6 +42,13 @@ def max_decode_error(model, tokens: mx.array, continuation: mx.array) -> float:
     return worst
 
 
+def assert_matches_transformers(model, logits: mx.array, expected: dict[str, mx.array], tol: float) -> None:
+    """The one-pass `logits` of expected["input_ids"] within `tol` of transformers', and 16 greedy tokens decoded
+    through the cache the ids transformers chose."""
+    assert mx.abs(logits[0] - expected["logits"]).max().item() < tol
+    assert greedy_with_cache(model, expected["input_ids"], 16) == expected["greedy_ids"].tolist()
+
+
 def assert_chunks_and_steps_match(model, tokens: mx.array, logits: mx.array, continuation: mx.array, chunk: int,
                                   tol: float) -> None:
     """The one-pass `logits` of tokens [1, T] again when prefilled `chunk` tokens at a time, and `continuation`
