@@ -83,3 +83,17 @@ def files_written_once(tmp_path_factory, write):
         return files[fixture, qtype]
 
     return get
+
+
+def assert_file_parity(model, fixture: str, qtype: str, stored: dict[str, mx.array], expected: dict[str, mx.array],
+                       logit_tol: float, self_tol: float) -> None:
+    """A parity fixture's file loaded as `model`: F32 against transformers, a quantized `qtype` against the
+    folder's model holding the values the file stores; either way chunks of 7 and steps as in one pass."""
+    tokens = expected["input_ids"]
+    logits = model(tokens)
+    if qtype == "F32":
+        assert_matches_transformers(model, logits, expected, logit_tol)
+    else:
+        assert stored  # some matrices are quantized
+        assert_computes_with_stored_values(logits, fixture, stored, tokens, logit_tol)
+    assert_chunks_and_steps_match(model, tokens, logits, expected["greedy_ids"], 7, self_tol)
