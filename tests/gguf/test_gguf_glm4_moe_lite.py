@@ -18,6 +18,7 @@ from mlxd.loading.loader import load_model
 from tests.gguf.hf_to_gguf import PARITY
 from tests.helpers.parity_checks import (
     assert_file_parity,
+    assert_same_args,
 )
 
 FIXTURE, ARCH = "glm4_moe_lite", "deepseek2"
@@ -33,9 +34,7 @@ def test_the_file_describes_the_folders_model(parity_gguf):
     path, loaded, _, _ = parity_gguf(FIXTURE, ARCH)
     folder = load_model(PARITY / FIXTURE, dtype="float32")
     assert loaded.model_type == FIXTURE
-    for name in ARGS:
-        assert getattr(loaded.args, name) == getattr(folder.args, name), name
-    assert loaded.args.rms_norm_eps == pytest.approx(folder.args.rms_norm_eps)  # a float32 in the file
+    assert_same_args(loaded.args, folder.args, ARGS, "rms_norm_eps")
     names = {t.name for t in read_gguf(path).tensors}
     assert {"blk.1.attn_k_b.weight", "blk.1.attn_v_b.weight", "blk.1.exp_probs_b.bias"} <= names
     assert "blk.1.attn_kv_b.weight" not in names

@@ -16,6 +16,7 @@ from mlxd.loading.loader import load_model
 from tests.gguf.hf_to_gguf import PARITY
 from tests.helpers.parity_checks import (
     assert_file_parity,
+    assert_same_args,
     prefill_in_chunks,
 )
 
@@ -33,9 +34,7 @@ def test_the_file_describes_the_folders_model(parity_gguf):
     path, loaded, _, _ = parity_gguf(FIXTURE, ARCH)
     folder = load_model(PARITY / FIXTURE, dtype="float32")
     assert loaded.model_type == FIXTURE
-    for name in ARGS:
-        assert getattr(loaded.args, name) == getattr(folder.args, name), name
-    assert loaded.args.layer_norm_epsilon == pytest.approx(folder.args.layer_norm_epsilon)  # a float32 in the file
+    assert_same_args(loaded.args, folder.args, ARGS, "layer_norm_epsilon")
     names = {t.name for t in read_gguf(path).tensors}
     assert {"blk.0.ssm_a", "blk.0.ssm_d", "blk.0.ssm_dt.bias", "blk.1.ffn_up_exps.weight", "blk.1.exp_probs_b.bias",
             "blk.4.ffn_up.weight"} <= names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import pytest
 
 from mlxd.loading.loader import load_model
 from tests.helpers.parity import PARITY
@@ -97,3 +98,11 @@ def assert_file_parity(model, fixture: str, qtype: str, stored: dict[str, mx.arr
         assert stored  # some matrices are quantized
         assert_computes_with_stored_values(logits, fixture, stored, tokens, logit_tol)
     assert_chunks_and_steps_match(model, tokens, logits, expected["greedy_ids"], 7, self_tol)
+
+
+def assert_same_args(loaded, folder, names: tuple[str, ...], eps: str) -> None:
+    """A file's model args (`loaded`) as the fixture folder's: `names` exactly, the norm's `eps` as the float32
+    the file holds."""
+    for name in names:
+        assert getattr(loaded, name) == getattr(folder, name), name
+    assert getattr(loaded, eps) == pytest.approx(getattr(folder, eps))
