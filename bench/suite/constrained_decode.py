@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         contenders = ["free", "constrained", "mixed"]
         rows = common.alternate(args.rounds, args.streams, contenders, run, args.out / "runs.jsonl")
 
-    from mlxd.loading.model_source import load_model_and_tokenizer
-    _, tokenizer = load_model_and_tokenizer(model)
+    from mlxd.loading.model_source import load_model_tokenizer
+    tokenizer = load_model_tokenizer(model)   # not the weights: the daemon holds the model already
     masks = mask_timings(tokenizer.serialized, info.vocab_size, list(info.eos_token_ids), args.new_tokens)
     print(f"\n{model}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens per stream, greedy, "
           f"medians of {args.rounds} rounds; logs in {args.out}")

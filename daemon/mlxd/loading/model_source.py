@@ -12,9 +12,25 @@ from mlxd.loading.tokenizer import Tokenizer, load_tokenizer
 def load_model_and_tokenizer(path: Path, dtype: str = "auto") -> tuple[LoadedModel, Tokenizer]:
     """The model ready to serve (its input projections fused where the weights allow, its kernels chosen) and
     its tokenizer."""
-    if path.is_file() and path.suffix == ".gguf":
-        from mlxd.loading.gguf import load_gguf_model, load_gguf_tokenizer
-        return load_gguf_model(path, dtype=dtype, fuse=True), load_gguf_tokenizer(path)
-    if path.is_dir():
-        return load_model(path, dtype=dtype, fuse=True), load_tokenizer(path)
-    raise ModelLoadError(f"{path}: not a model folder or a .gguf file")
+    if _is_gguf(path):
+        from mlxd.loading.gguf import load_gguf_model
+        return load_gguf_model(path, dtype=dtype, fuse=True), load_model_tokenizer(path)
+    return load_model(_folder(path), dtype=dtype, fuse=True), load_model_tokenizer(path)
+
+
+def load_model_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer of a model folder or GGUF file, without reading its weights."""
+    if _is_gguf(path):
+        from mlxd.loading.gguf import load_gguf_tokenizer
+        return load_gguf_tokenizer(path)
+    return load_tokenizer(_folder(path))
+
+
+def _is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".gguf"
+
+
+def _folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: not a model folder or a .gguf file")
+    return path
