@@ -33,13 +33,11 @@ def check_generate(request: pb.GenerateRequest, bounds: PromptBounds, vocab_size
 
 
 def generate_ids(request: pb.GenerateRequest, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
-    kind = request.WhichOneof("input")
-    if kind == "prompt":
+    """The ids of a prompt or tokens input (a chat is rendered with its reply plan: service.chat.render_chat)."""
+    if request.WhichOneof("input") == "prompt":
         # A raw prompt is the client's own text, special tokens included, as it wrote them.
         return tokenizer.encode(request.prompt, add_special_tokens=True, parse_special=True)
-    if kind == "tokens":
-        return check_token_ids(request.tokens.ids, vocab_size, "tokens.ids")
-    return chat_ids(tokenizer, request.chat)
+    return check_token_ids(request.tokens.ids, vocab_size, "tokens.ids")
 
 
 def check_tokenize(request: pb.TokenizeRequest, bounds: PromptBounds) -> None:
