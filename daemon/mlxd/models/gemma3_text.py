@@ -14,8 +14,8 @@ from mlxd.models import ops
 from mlxd.models.base import AttentionCache, BaseModelArgs, Mask, MaskModifier, drop_unused_weights, layer_masks
 from mlxd.models.cache import LayerCache, make_layer_caches
 from mlxd.models.projections import (
-    GATE_UP,
     QKV,
+    GatedMLP,
     Projections,
     add_linears,
     decoder_fusion,
@@ -110,21 +110,10 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
-class MLP(nn.Module):
+class MLP(GatedMLP):
     def __init__(self, args: ModelArgs, fused: bool = False):
-        super().__init__()
-        dim, hidden = args.hidden_size, args.intermediate_size
-        self.fused = fused  # gate_up_proj, else gate_proj and up_proj
-        add_linears(self, GATE_UP, dim, (hidden, hidden), False, fused)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.fused:
-            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
         # gelu_pytorch_tanh is the tanh approximation of GELU.
-        return self.down_proj(ops.gated_activation(gate, up, "gelu_tanh"))
+        super().__init__(args.hidden_size, args.intermediate_size, "gelu_tanh", fused=fused)
 
 
 class TransformerBlock(nn.Module):

@@ -119,7 +119,29 @@ def _add_bias(layer: nn.Module, y: mx.array, indices: mx.array) -> mx.array:
     return y + mx.expand_dims(layer["bias"][indices], -2) if "bias" in layer else y
 
 
-class SwitchGLU(nn.Module):
+class StackedExperts(nn.Module):
+    """The experts of one layer, each projection's E matrices stacked; a subclass says how one row goes through its
+    experts (`mlp`)."""
+
+    def __call__(self, x: mx.array, indices: mx.array, tokens: int) -> mx.array:
+        """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
+        x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
+        order = None
+        if indices.size >= SORT_MIN_PAIRS:
+            x, experts, order = _sort_by_expert(x, indices)
+        else:
+            experts = indices
+        y = self.mlp(x, experts, order is not None, tokens)
+        if order is not None:
+            y = mx.unflatten(y[mx.argsort(order)], 0, indices.shape)  # back to [..., k, 1, dims]
+        return y.squeeze(-2)
+
+    def mlp(self, x: mx.array, experts: mx.array, by_expert: bool, tokens: int) -> mx.array:
+        """Rows x [..., 1, dims] through their experts [...] (the rows ordered by expert when `by_expert`)."""
+        raise NotImplementedError
+
+
+class SwitchGLU(StackedExperts):
     """The experts of one layer: down(activation(gate x, up x)), each projection's E matrices stacked. `fused`:
     gate and up held as one [E, 2 * hidden, in] layer `gate_up_proj` (one gathered matmul instead of two; the
     loader decides, loading/fusion.py), gate in the first half."""
@@ -136,26 +158,15 @@ class SwitchGLU(nn.Module):
         self.down_proj = SwitchLinear(hidden, dims, experts, bias)
         self.activation = activation
 
-    def __call__(self, x: mx.array, indices: mx.array, tokens: int) -> mx.array:
-        """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
-        x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
-        order = None
-        if indices.size >= SORT_MIN_PAIRS:
-            x, experts, order = _sort_by_expert(x, indices)
-        else:
-            experts = indices
-        by_expert = order is not None
+    def mlp(self, x: mx.array, experts: mx.array, by_expert: bool, tokens: int) -> mx.array:
         if self.fused:
             gate, up = mx.split(self.gate_up_proj(x, experts, by_expert), 2, axis=-1)
         else:
             gate, up = self.gate_proj(x, experts, by_expert), self.up_proj(x, experts, by_expert)
-        y = self.down_proj(self.activation(gate, up, tokens), experts, by_expert)
-        if order is not None:
-            y = mx.unflatten(y[mx.argsort(order)], 0, indices.shape)  # back to [..., k, 1, dims]
-        return y.squeeze(-2)
+        return self.down_proj(self.activation(gate, up, tokens), experts, by_expert)
 
 
-class SwitchMLP(nn.Module):
+class SwitchMLP(StackedExperts):
     """Ungated experts: fc2(activation(fc1 x)), each projection's E matrices stacked (Nemotron-H's relu² experts,
     under mlx-lm's names). Called as SwitchGLU is."""
 
@@ -166,18 +177,8 @@ class SwitchMLP(nn.Module):
         self.fc2 = SwitchLinear(hidden, dims, experts, bias)
         self.activation = activation
 
-    def __call__(self, x: mx.array, indices: mx.array, tokens: int) -> mx.array:
-        """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
-        x = mx.expand_dims(x, (-2, -3))
-        order = None
-        if indices.size >= SORT_MIN_PAIRS:
-            x, experts, order = _sort_by_expert(x, indices)
-        else:
-            experts = indices
-        y = self.fc2(self.activation(self.fc1(x, experts, order is not None)), experts, order is not None)
-        if order is not None:
-            y = mx.unflatten(y[mx.argsort(order)], 0, indices.shape)
-        return y.squeeze(-2)
+    def mlp(self, x: mx.array, experts: mx.array, by_expert: bool, tokens: int) -> mx.array:
+        return self.fc2(self.activation(self.fc1(x, experts, by_expert)), experts, by_expert)
 
 
 def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array, mx.array]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxd.models import ops
+
 # A linear layer's arrays: a float layer's weight and bias, and a quantized one's scales and biases besides.
 PARAMETERS = ("weight", "bias", "scales", "biases")
 
@@ -39,6 +41,24 @@ def add_linears(module: nn.Module, group: Projections, dims: int, widths: tuple[
     else:
         for part, width in zip(group.parts, widths):
             module[part] = nn.Linear(dims, width, bias=bias)
+
+
+class GatedMLP(nn.Module):
+    """down(activation(gate x) * up x), `activation` a kind of ops.gated_activation; gate and up held as one
+    `gate_up_proj` when `fused`, else as `gate_proj` and `up_proj`."""
+
+    def __init__(self, dims: int, hidden: int, activation: str, bias: bool = False, fused: bool = False):
+        super().__init__()
+        self.fused, self.activation = fused, activation
+        add_linears(self, GATE_UP, dims, (hidden, hidden), bias, fused)
+        self.down_proj = nn.Linear(hidden, dims, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(ops.gated_activation(gate, up, self.activation))
 
 
 def decoder_projections(prefix: str, n_layers: int) -> dict[str, Projections]:

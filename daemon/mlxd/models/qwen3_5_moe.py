@@ -8,15 +8,14 @@ weight`...). Both load."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import llama, moe, qwen3_5
-from mlxd.models.projections import GATE_UP, Projections
+from mlxd.models import moe, qwen3_5
+from mlxd.models.projections import GATE_UP, GatedMLP, Projections
 
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -41,8 +40,8 @@ class SharedExpertMoe(moe.SparseMoe):
         routing = moe.Routing(args.num_experts_per_tok, renormalize=True)
         super().__init__(args.hidden_size, args.moe_intermediate_size, args.num_experts, routing,
                          fused=fused_experts)
-        shared = dataclasses.replace(args, intermediate_size=args.shared_expert_intermediate_size)
-        self.shared_expert = llama.MLP(shared, fused_shared)
+        self.shared_expert = GatedMLP(args.hidden_size, args.shared_expert_intermediate_size, "silu", args.mlp_bias,
+                                      fused_shared)
         self.shared_expert_gate = nn.Linear(args.hidden_size, 1, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -10,27 +10,12 @@ from mlxd.models import moe, ops
 from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.gemma4.attention import Attention, KeysValues, rms_norm_no_weight
 from mlxd.models.gemma4.config import TextArgs
-from mlxd.models.projections import GATE_UP, add_linears
+from mlxd.models.projections import GatedMLP
 
 
 def gelu_tanh(gate: mx.array, up: mx.array, tokens: int) -> mx.array:
     """gelu_pytorch_tanh(gate) * up, for the experts."""
     return ops.gated_activation(gate, up, "gelu_tanh", tokens)
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, fused: bool = False):
-        super().__init__()
-        self.fused = fused  # gate_up_proj, else gate_proj and up_proj
-        add_linears(self, GATE_UP, dim, (hidden, hidden), False, fused)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.fused:
-            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(ops.gated_activation(gate, up, "gelu_tanh"))
 
 
 class Router(nn.Module):
@@ -75,7 +60,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         dim, eps = args.hidden_size, args.rms_norm_eps
         self.self_attn = Attention(args, layer, "self_attn" in fused)
-        self.mlp = MLP(dim, args.mlp_width(layer), "mlp" in fused)
+        self.mlp = GatedMLP(dim, args.mlp_width(layer), "gelu_tanh", fused="mlp" in fused)
         self.input_layernorm = nn.RMSNorm(dim, eps=eps)
         self.post_attention_layernorm = nn.RMSNorm(dim, eps=eps)
         self.pre_feedforward_layernorm = nn.RMSNorm(dim, eps=eps)

@@ -1,5 +1,5 @@
-"""GLM-4.7-Flash's MLPs: the dense SwiGLU of the first layers and of the shared experts, and the MoE layer whose
-router scores experts with a sigmoid and picks them within the best groups (DeepSeek-V3's "noaux_tc")."""
+"""GLM-4.7-Flash's MoE layer: routed experts whose router scores them with a sigmoid and picks them within the best
+groups (DeepSeek-V3's "noaux_tc"), plus shared experts (a SwiGLU, as the first layers' dense MLP)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,9 @@ from typing import Protocol
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import moe, ops
+from mlxd.models import moe
 from mlxd.models.glm4_moe_lite.args import ModelArgs
-from mlxd.models.projections import GATE_UP, add_linears
-
-
-class GatedMLP(nn.Module):
-    """down(silu(gate x) * up x); gate and up held as one `gate_up_proj` when `fused`."""
-
-    def __init__(self, dims: int, hidden: int, fused: bool = False):
-        super().__init__()
-        self.fused = fused
-        add_linears(self, GATE_UP, dims, (hidden, hidden), False, fused)
-        self.down_proj = nn.Linear(hidden, dims, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.fused:
-            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(ops.gated_activation(gate, up, "silu"))
+from mlxd.models.projections import GatedMLP
 
 
 class GroupRoutingArgs(Protocol):
@@ -83,7 +66,7 @@ class SharedExpertMoe(moe.SparseMoe):
                          moe.Routing(args.num_experts_per_tok), fused=fused_experts)
         self.gate = GroupLimitedRouter(args)  # in place of SparseMoe's softmax router
         self.shared_experts = GatedMLP(args.hidden_size, args.moe_intermediate_size * args.n_shared_experts,
-                                       fused_shared)
+                                       "silu", fused=fused_shared)
 
     def __call__(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)

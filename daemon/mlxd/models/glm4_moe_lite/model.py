@@ -13,9 +13,9 @@ from mlxd.models.base import AttentionCache, Mask, drop_unused_weights, layer_ma
 from mlxd.models.cache import KVCache, LayerCache
 from mlxd.models.glm4_moe_lite.args import ModelArgs
 from mlxd.models.glm4_moe_lite.attention import DOWN_PROJECTIONS, LatentAttention
-from mlxd.models.glm4_moe_lite.experts import GatedMLP, SharedExpertMoe
+from mlxd.models.glm4_moe_lite.experts import SharedExpertMoe
 from mlxd.models.glm4_moe_lite.latent_weights import kv_b_from_absorbed
-from mlxd.models.projections import GATE_UP, Projections, join_fused_weights
+from mlxd.models.projections import GATE_UP, GatedMLP, Projections, join_fused_weights
 
 EXPERT_PROJECTIONS = {name: name for name in ("gate_proj", "up_proj", "down_proj")}
 
@@ -29,7 +29,7 @@ class DecoderLayer(nn.Module):
         if args.sparse(layer):
             self.mlp = SharedExpertMoe(args, f"{path}.mlp.switch_mlp" in fused, f"{path}.mlp.shared_experts" in fused)
         else:
-            self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, f"{path}.mlp" in fused)
+            self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, "silu", fused=f"{path}.mlp" in fused)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
