@@ -13,6 +13,7 @@ from typing import Any
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import gemma4, qwen35
+from mlxd.loading.gguf.common import token_ids, vocab_size
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
 from mlxd.loading.gguf.nemotron_h import NEMOTRON_H, NEMOTRON_H_MOE, nemotron_config
@@ -265,16 +266,10 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         config["rope_scaling"] = scaling
     if rope_factors is not None:
         config["rope_scaling"] = _freq_factors(config, rope_factors)
-    if "token_embd.weight" not in tensor_shapes:
-        raise ModelLoadError("GGUF file has no token_embd.weight")
-    # The embedding's rows are the vocabulary the model scores; metadata vocab_size is often missing.
-    config["vocab_size"] = int(tensor_shapes["token_embd.weight"][0])
+    config["vocab_size"] = vocab_size(tensor_shapes)
     config["tie_word_embeddings"] = "output.weight" not in tensor_shapes
     config["attention_bias"] = "blk.0.attn_q.bias" in tensor_shapes
-    for name in ("bos", "eos"):
-        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None:
-            config[f"{name}_token_id"] = int(token_id)
+    config.update(token_ids(metadata))
     if model_type == "gemma3_text":
         _gemma3(config)
     if model_type == "mistral":

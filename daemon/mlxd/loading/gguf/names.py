@@ -23,10 +23,11 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import qwen35
+from mlxd.loading.gguf.common import layer_base as _base
 from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
 from mlxd.loading.gguf.deepseek2 import LAYER_NAMES as _DEEPSEEK2_LAYER
@@ -77,11 +78,6 @@ _LAYER_OVERRIDES: dict[str, dict[str, str]] = {
 }
 
 GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]  # "gpt-oss", general.architecture of its files
-
-
-def _base(tensor: MODEL_TENSOR) -> str:
-    """A layer tensor's name within its block (`attn_sinks` for "blk.{bid}.attn_sinks")."""
-    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
 
 
 # gpt-oss's layer tensors under models/gpt_oss.py's names: the norm after attention is `post_attention_norm`
