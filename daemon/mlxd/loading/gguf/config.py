@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf import gemma4, qwen35
+from mlxd.loading.gguf import deepseek2, gemma4, nemotron_h, qwen35
 from mlxd.loading.gguf.common import token_ids, vocab_size
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
-from mlxd.loading.gguf.nemotron_h import NEMOTRON_H, NEMOTRON_H_MOE, nemotron_config
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
 # Mistral 7B and Nemo files say "llama"; Mistral Small 3.x text models are "mistral3" (llama.cpp's and Ollama's
@@ -30,11 +29,10 @@ ARCHITECTURES: dict[str, str] = {
     "qwen3moe": "qwen3_moe",
     "gemma3": "gemma3_text",
     GPT_OSS: "gpt_oss",
-    DEEPSEEK2: "glm4_moe_lite",
-    gemma4.ARCH: "gemma4_text",
-    NEMOTRON_H: "nemotron_h", NEMOTRON_H_MOE: "nemotron_h",
-    qwen35.QWEN35: "qwen3_5_text",
-    qwen35.QWEN35MOE: "qwen3_5_moe_text",
+    DEEPSEEK2: deepseek2.MODEL_TYPE,
+    gemma4.ARCH: gemma4.MODEL_TYPE,
+    **dict.fromkeys(nemotron_h.ARCHS, nemotron_h.MODEL_TYPE),
+    **qwen35.MODEL_TYPES,
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -241,8 +239,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     arch = architecture(metadata)
     if arch == gemma4.ARCH:  # keys per layer and per layer kind, read by its own module
         return gemma4.gemma4_config(metadata, tensor_shapes, rope_factors)
-    if arch in (NEMOTRON_H, NEMOTRON_H_MOE):  # layer kinds and widths from the tensors, by its own module
-        return nemotron_config(metadata, tensor_shapes)
+    if arch in nemotron_h.ARCHS:  # layer kinds and widths from the tensors, by its own module
+        return nemotron_h.nemotron_config(metadata, tensor_shapes)
     if arch in qwen35.MODEL_TYPES:  # layer kinds and DeltaNet sizes, read by its own module
         return qwen35.qwen35_config(metadata, tensor_shapes)
     for key, what in _REFUSED.items():

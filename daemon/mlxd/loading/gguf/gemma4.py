@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
+
 from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf.common import token_ids, vocab_size
 
-ARCH = "gemma4"
+ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.GEMMA4]  # "gemma4", general.architecture of its files
+MODEL_TYPE = "gemma4_text"
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
@@ -101,7 +104,7 @@ def gemma4_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
         raise ModelLoadError(f"GGUF {ARCH} file has an output.weight: Gemma 4's head is its embeddings")
     ple = int(metadata.get(f"{ARCH}.embedding_length_per_layer_input") or 0)
     config: dict[str, Any] = {
-        "model_type": "gemma4_text",
+        "model_type": MODEL_TYPE,
         "vocab_size": vocab,
         "hidden_size": int(_value(metadata, "embedding_length")),
         "num_hidden_layers": n,

@@ -26,7 +26,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf import qwen35
+from mlxd.loading.gguf import gemma4, qwen35
 from mlxd.loading.gguf.common import layer_base as _base
 from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
@@ -96,7 +96,7 @@ _GPT_OSS_LAYER = {
     _base(MODEL_TENSOR.FFN_UP_EXP): "mlp.switch_mlp.up_proj",
     _base(MODEL_TENSOR.FFN_DOWN_EXP): "mlp.switch_mlp.down_proj",
 }
-GEMMA4 = MODEL_ARCH_NAMES[MODEL_ARCH.GEMMA4]
+GEMMA4 = gemma4.ARCH
 # Gemma 4's layer tensors under the checkpoint's names (models/gemma4's sanitize places them): norms around
 # attention, MLP, the experts beside it and the per-layer input branch; the router; the layer's output scale. The
 # experts' two stacked tensors (gate and up as one, [E, 2I, H]) take the model's own names, so that a quantized
