@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf import gemma4, qwen35
+from mlxd.loading.gguf import deepseek2, gemma4, nemotron_h, qwen35
+from mlxd.loading.gguf.common import token_ids, vocab_size
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2, mla_config
 from mlxd.loading.gguf.names import GPT_OSS
-from mlxd.loading.gguf.nemotron_h import NEMOTRON_H, NEMOTRON_H_MOE, nemotron_config
 
 # general.architecture -> Hugging Face model_type (a module of mlxd.models).
 # Mistral 7B and Nemo files say "llama"; Mistral Small 3.x text models are "mistral3" (llama.cpp's and Ollama's
@@ -29,11 +29,10 @@ ARCHITECTURES: dict[str, str] = {
     "qwen3moe": "qwen3_moe",
     "gemma3": "gemma3_text",
     GPT_OSS: "gpt_oss",
-    DEEPSEEK2: "glm4_moe_lite",
-    gemma4.ARCH: "gemma4_text",
-    NEMOTRON_H: "nemotron_h", NEMOTRON_H_MOE: "nemotron_h",
-    qwen35.QWEN35: "qwen3_5_text",
-    qwen35.QWEN35MOE: "qwen3_5_moe_text",
+    DEEPSEEK2: deepseek2.MODEL_TYPE,
+    gemma4.ARCH: gemma4.MODEL_TYPE,
+    **dict.fromkeys(nemotron_h.ARCHS, nemotron_h.MODEL_TYPE),
+    **qwen35.MODEL_TYPES,
 }
 # Architectures that hold a MoE model when <arch>.expert_count is set: llama.cpp writes Mixtral as "llama" (its
 # converter's LlamaModel takes MixtralForCausalLM and its llama graph routes where a layer has ffn_gate_inp).
@@ -240,8 +239,8 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
     arch = architecture(metadata)
     if arch == gemma4.ARCH:  # keys per layer and per layer kind, read by its own module
         return gemma4.gemma4_config(metadata, tensor_shapes, rope_factors)
-    if arch in (NEMOTRON_H, NEMOTRON_H_MOE):  # layer kinds and widths from the tensors, by its own module
-        return nemotron_config(metadata, tensor_shapes)
+    if arch in nemotron_h.ARCHS:  # layer kinds and widths from the tensors, by its own module
+        return nemotron_h.nemotron_config(metadata, tensor_shapes)
     if arch in qwen35.MODEL_TYPES:  # layer kinds and DeltaNet sizes, read by its own module
         return qwen35.qwen35_config(metadata, tensor_shapes)
     for key, what in _REFUSED.items():
@@ -265,16 +264,10 @@ def hf_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int
         config["rope_scaling"] = scaling
     if rope_factors is not None:
         config["rope_scaling"] = _freq_factors(config, rope_factors)
-    if "token_embd.weight" not in tensor_shapes:
-        raise ModelLoadError("GGUF file has no token_embd.weight")
-    # The embedding's rows are the vocabulary the model scores; metadata vocab_size is often missing.
-    config["vocab_size"] = int(tensor_shapes["token_embd.weight"][0])
+    config["vocab_size"] = vocab_size(tensor_shapes)
     config["tie_word_embeddings"] = "output.weight" not in tensor_shapes
     config["attention_bias"] = "blk.0.attn_q.bias" in tensor_shapes
-    for name in ("bos", "eos"):
-        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None:
-            config[f"{name}_token_id"] = int(token_id)
+    config.update(token_ids(metadata))
     if model_type == "gemma3_text":
         _gemma3(config)
     if model_type == "mistral":

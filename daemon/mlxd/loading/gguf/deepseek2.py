@@ -19,16 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, ExpertGatingFuncType
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, ExpertGatingFuncType
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.common import layer_base as _base
 
 DEEPSEEK2 = MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]  # general.architecture of its files
 MODEL_TYPE = "glm4_moe_lite"
-
-
-def _base(tensor: MODEL_TENSOR) -> str:
-    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
 
 
 # Layer tensors under models/glm4_moe_lite's names.

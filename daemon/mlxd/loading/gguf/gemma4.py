@@ -14,9 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlxd.errors import ModelLoadError
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
 
-ARCH = "gemma4"
+from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.common import token_ids, vocab_size
+
+ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.GEMMA4]  # "gemma4", general.architecture of its files
+MODEL_TYPE = "gemma4_text"
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
@@ -95,14 +99,13 @@ def gemma4_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
     intermediate, double_wide = _mlp(widths, n - shared)
     unshared_full = [i for i in range(n - shared) if layer_types[i] == FULL]
     without_v = [f"blk.{i}.attn_v.weight" not in tensor_shapes for i in unshared_full]
-    if "token_embd.weight" not in tensor_shapes:
-        raise ModelLoadError("GGUF file has no token_embd.weight")
+    vocab = vocab_size(tensor_shapes)
     if "output.weight" in tensor_shapes:
         raise ModelLoadError(f"GGUF {ARCH} file has an output.weight: Gemma 4's head is its embeddings")
     ple = int(metadata.get(f"{ARCH}.embedding_length_per_layer_input") or 0)
     config: dict[str, Any] = {
-        "model_type": "gemma4_text",
-        "vocab_size": int(tensor_shapes["token_embd.weight"][0]),
+        "model_type": MODEL_TYPE,
+        "vocab_size": vocab,
         "hidden_size": int(_value(metadata, "embedding_length")),
         "num_hidden_layers": n,
         "intermediate_size": intermediate,
@@ -127,8 +130,5 @@ def gemma4_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
     if f"{ARCH}.context_length" in metadata:
         config["max_position_embeddings"] = int(metadata[f"{ARCH}.context_length"])
     _experts(metadata, config)
-    for name in ("bos", "eos"):
-        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None:
-            config[f"{name}_token_id"] = int(token_id)
+    config.update(token_ids(metadata))
     return config

@@ -23,10 +23,11 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
 
 from mlxd.errors import ModelLoadError
-from mlxd.loading.gguf import qwen35
+from mlxd.loading.gguf import gemma4, qwen35
+from mlxd.loading.gguf.common import layer_base as _base
 from mlxd.loading.gguf.deepseek2 import BARE_PARAMETERS as _DEEPSEEK2_PARAMETERS
 from mlxd.loading.gguf.deepseek2 import DEEPSEEK2
 from mlxd.loading.gguf.deepseek2 import LAYER_NAMES as _DEEPSEEK2_LAYER
@@ -79,11 +80,6 @@ _LAYER_OVERRIDES: dict[str, dict[str, str]] = {
 GPT_OSS = MODEL_ARCH_NAMES[MODEL_ARCH.GPT_OSS]  # "gpt-oss", general.architecture of its files
 
 
-def _base(tensor: MODEL_TENSOR) -> str:
-    """A layer tensor's name within its block (`attn_sinks` for "blk.{bid}.attn_sinks")."""
-    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
-
-
 # gpt-oss's layer tensors under models/gpt_oss.py's names: the norm after attention is `post_attention_norm`
 # (llama.cpp's ATTN_POST_NORM, which its graph applies before the experts), the router is `router`, and the
 # converter splits transformers' interleaved gate_up experts into separate gate and up tensors.
@@ -100,7 +96,7 @@ _GPT_OSS_LAYER = {
     _base(MODEL_TENSOR.FFN_UP_EXP): "mlp.switch_mlp.up_proj",
     _base(MODEL_TENSOR.FFN_DOWN_EXP): "mlp.switch_mlp.down_proj",
 }
-GEMMA4 = MODEL_ARCH_NAMES[MODEL_ARCH.GEMMA4]
+GEMMA4 = gemma4.ARCH
 # Gemma 4's layer tensors under the checkpoint's names (models/gemma4's sanitize places them): norms around
 # attention, MLP, the experts beside it and the per-layer input branch; the router; the layer's output scale. The
 # experts' two stacked tensors (gate and up as one, [E, 2I, H]) take the model's own names, so that a quantized

@@ -23,19 +23,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.common import layer_base as _base
+from mlxd.loading.gguf.common import token_ids
 
 NEMOTRON_H = MODEL_ARCH_NAMES[MODEL_ARCH.NEMOTRON_H]
 NEMOTRON_H_MOE = MODEL_ARCH_NAMES[MODEL_ARCH.NEMOTRON_H_MOE]
 ARCHS = (NEMOTRON_H, NEMOTRON_H_MOE)
 MODEL_TYPE = "nemotron_h"
 LAYERS = "backbone.layers"
-
-
-def _base(tensor: MODEL_TENSOR) -> str:
-    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
 
 
 # Global tensors under the model's (backbone.*) names.
@@ -142,8 +140,5 @@ def nemotron_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tup
         )
         if f"blk.{pattern.find('E')}.ffn_latent_down.weight" in tensor_shapes:
             raise ModelLoadError("GGUF file has latent MoE projections (ffn_latent_down), which mlxd does not support")
-    for name in ("bos", "eos"):
-        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None:
-            config[f"{name}_token_id"] = int(token_id)
+    config.update(token_ids(metadata))
     return config

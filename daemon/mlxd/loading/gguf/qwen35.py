@@ -27,19 +27,17 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, ExpertGatingFuncType
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, ExpertGatingFuncType
 
 from mlxd.errors import ModelLoadError
+from mlxd.loading.gguf.common import layer_base as _base
+from mlxd.loading.gguf.common import token_ids, vocab_size
 
 QWEN35 = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35]
 QWEN35MOE = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35MOE]
 ARCHS = (QWEN35, QWEN35MOE)
 MODEL_TYPES = {QWEN35: "qwen3_5_text", QWEN35MOE: "qwen3_5_moe_text"}
 TILED = "tiled"
-
-
-def _base(tensor: MODEL_TENSOR) -> str:
-    return TENSOR_NAMES[tensor].removeprefix("blk.{bid}.")
 
 
 # Layer tensors under models/qwen3_5's names (MoE ones under models/qwen3_5_moe's SharedExpertMoe).
@@ -123,11 +121,9 @@ def qwen35_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
         raise ModelLoadError(f"GGUF {arch} ssm sizes do not divide: inner_size {inner}, {value_heads} value heads, "
                              f"{key_heads} key heads")
     rotated = int(_value(metadata, arch, "rope.dimension_count", head_dim))
-    if "token_embd.weight" not in tensor_shapes:
-        raise ModelLoadError("GGUF file has no token_embd.weight")
     config: dict[str, Any] = {
         "model_type": MODEL_TYPES[arch],
-        "vocab_size": int(tensor_shapes["token_embd.weight"][0]),
+        "vocab_size": vocab_size(tensor_shapes),
         "hidden_size": int(_value(metadata, arch, "embedding_length")),
         "num_hidden_layers": n_layers,
         "num_attention_heads": int(_value(metadata, arch, "attention.head_count")),
@@ -152,10 +148,7 @@ def qwen35_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
         config["max_position_embeddings"] = int(metadata[f"{arch}.context_length"])
     if arch == QWEN35MOE:
         _experts(metadata, arch, config)
-    for name in ("bos", "eos"):
-        token_id = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None:
-            config[f"{name}_token_id"] = int(token_id)
+    config.update(token_ids(metadata))
     return config
 
 
