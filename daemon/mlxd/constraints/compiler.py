@@ -37,6 +37,13 @@ def mask_words(width: int) -> int:
     return (width + 31) // 32
 
 
+def json_whitespace(bound: int | None) -> JsonCompileOptions:
+    """llguidance's JSON options for at most `bound` whitespace characters between two JSON tokens (None or 0:
+    compact JSON; the explicit None pattern clears one the schema may set)."""
+    return {"whitespace_flexible": bool(bound),
+            "whitespace_pattern": f"{_JSON_WHITESPACE}{{1,{bound}}}" if bound else None}
+
+
 def parser_limits() -> llguidance.LLParserLimits:
     """llguidance's limits on the work one grammar may cost, tighter than its defaults where a hostile source
     showed them too loose. Measured on SmolLM2's 49k vocabulary: a regex such as x{1000}{1000} spent ~0.7 s on its
@@ -206,13 +213,8 @@ class GrammarCompiler:
             raise ConstraintError("invalid", "the JSON schema false allows no value")
         elif not isinstance(parsed, dict):
             raise ConstraintError("invalid", "the JSON schema must be an object or a boolean")
-        bound = spec.effective_max_whitespace
-        # Overrides win over the schema's own "x-guidance" settings, so the bound holds whatever the schema says;
-        # an explicit None clears a whitespace_pattern the schema may set.
-        overrides: JsonCompileOptions = {
-            "whitespace_flexible": bool(bound),
-            "whitespace_pattern": f"{_JSON_WHITESPACE}{{1,{bound}}}" if bound else None,
-        }
+        # Overrides win over the schema's own "x-guidance" settings, so the bound holds whatever the schema says.
+        overrides = json_whitespace(spec.effective_max_whitespace)
         try:
             return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=overrides)
         except ValueError as exc:

@@ -10,16 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlxd.constraints.compiler import json_whitespace
 from mlxd.constraints.errors import ConstraintError
 from mlxd.constraints.spec import DEFAULT_MAX_WHITESPACE
 from mlxd.reply.formats import ReplyFormat
 
 # OpenAI's rule for function names, with "." for namespaced tools.
 _FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-# The JSON whitespace llguidance allows, bounded as json_schema constraints bound it (compiler.py), so a model
-# cannot loop on blanks inside a forced call.
-_WHITESPACE = {"whitespace_flexible": True,
-               "whitespace_pattern": f"[\\x20\\x0A\\x0D\\x09]{{1,{DEFAULT_MAX_WHITESPACE}}}"}
+# The JSON whitespace llguidance allows, bounded as json_schema constraints bound it, so a model cannot loop on
+# blanks inside a forced call.
+_WHITESPACE = json_whitespace(DEFAULT_MAX_WHITESPACE)
 
 
 @dataclass(frozen=True)

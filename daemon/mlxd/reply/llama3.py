@@ -88,10 +88,3 @@ class Llama3Parser(MarkerParser):
                 builtin = builtin_call(self._body)
                 calls = [builtin] if builtin else None
             self._emit_calls(calls, PYTHON_TAG + self._body)
-
-    def _emit_calls(self, calls: list[ParsedToolCall] | None, raw: str) -> None:
-        if calls is None:
-            self._emit_text(raw)
-            return
-        for call in calls:
-            self._emit_call(call)

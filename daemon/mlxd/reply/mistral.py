@@ -61,12 +61,7 @@ class MistralParser(MarkerParser):
     def _close_call(self) -> None:
         if not self._in_call:
             return
-        calls = self._calls()
-        if calls is None:
-            self._emit_text(self._raw)
-        else:
-            for call in calls:
-                self._emit_call(call)
+        self._emit_calls(self._calls(), self._raw)
         self._in_call, self._raw = False, ""
 
     def _calls(self) -> list[ParsedToolCall] | None:

@@ -84,6 +84,14 @@ class MarkerParser:
         self._skip_newlines = False
         self._out.tool_calls.append(call)
 
+    def _emit_calls(self, calls: list[ParsedToolCall] | None, raw: str) -> None:
+        """The calls a block held, or, when it held none (None: malformed), its raw text as answer text."""
+        if calls is None:
+            self._emit_text(raw)
+            return
+        for call in calls:
+            self._emit_call(call)
+
     def _after_newlines(self, text: str) -> str:
         if self._skip_newlines:
             text = text.lstrip("\n")

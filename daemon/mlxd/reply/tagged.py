@@ -95,12 +95,7 @@ class TaggedParser(MarkerParser):
             self._close_call(marker)
 
     def _close_call(self, closing: str) -> None:
-        calls = calls_from_json(self._call_body)
-        if calls is None:
-            self._emit_text(self._call_open + self._call_body + closing)
-        else:
-            for call in calls:
-                self._emit_call(call)
+        self._emit_calls(calls_from_json(self._call_body), self._call_open + self._call_body + closing)
         self._state = _State.TEXT
         self._skip_newlines = True
 

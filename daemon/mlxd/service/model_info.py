@@ -30,7 +30,6 @@ class ServedModel:
     vision: VisionInput | None = None    # set for vision-language models
     max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer
     grammars: Grammars = field(init=False)  # requests' constraints, compiled for this tokenizer
-    reply_format: ReplyFormat = field(init=False)   # how parse_reply reads replies of the model's own template
     reply_formats: dict[str, ReplyFormat] = field(init=False)   # of each of its templates (default, tool_use)
 
     def __post_init__(self) -> None:
@@ -38,10 +37,11 @@ class ServedModel:
             self.max_token_bytes = longest_token_bytes(self.tokenizer.id_to_token, self.info.vocab_size)
         self.grammars = Grammars(self.tokenizer, self.info.vocab_size, list(self.info.eos_token_ids))
         tokenizer = self.tokenizer
-        self.reply_format = reply_format(tokenizer.chat_template or "", tokenizer.added_tokens)
         self.reply_formats = {source: reply_format(source, tokenizer.added_tokens)
                               for source in (tokenizer.chat_template, tokenizer.tool_use_template) if source}
-        self.info.reply_format = self.reply_format.name
+        # The format of the model's own (default) template's replies; a model without one replies plain text.
+        default = tokenizer.chat_template
+        self.info.reply_format = self.reply_formats[default].name if default else "plain"
 
 
 def quantization_text(quantization: dict | None, held_quantized: bool) -> str:
