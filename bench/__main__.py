@@ -25,6 +25,8 @@ BENCHMARKS = {
     "prefix_ttft": ("bench.suite.prefix_ttft", "time to first token with a cached prefix, against a cold one"),
     "vlm_ttft": ("bench.suite.vlm_ttft", "a vision request's TTFT split into preprocessing, vision and prefill"),
     "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
+    "decode_profile": ("bench.suite.decode_profile",
+                       "where one sequence's decode step goes (attention, MLP/MoE, output layer), against mlx-lm"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
 }
