@@ -4,10 +4,18 @@
     python -m bench random_model --shape qwen3-moe-small --dtype float32 --out /tmp/qwen3-moe-small
     python -m bench random_model --shape qwen3-30b-a3b --bits 4 --out /tmp/qwen3-30b-a3b-4bit
     python -m bench random_model --shape gpt-oss-20b --out /tmp/gpt-oss-20b
+    python -m bench random_model --shape qwen3.5-35b-a3b --out /tmp/qwen3.5-35b-a3b      # also qwen3.5-4b,
+    python -m bench random_model --shape glm-4.7-flash --bits 4 --out /tmp/glm-4.7-flash  # gemma4-26b-a4b
+    python -m bench random_model --shape gemma4-26b-a4b --tiny --dtype float32 --out /tmp/gemma4-tiny
 
 The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing. Float
 MoE shapes are written as Hugging Face checkpoints hold them (one tensor per expert and projection), quantized ones
 as mlx-lm converts them, gpt-oss as OpenAI publishes it (MXFP4 experts); mlxd and mlx-lm load all three.
+
+The Qwen3.5, Gemma 4 and GLM-4.7-Flash shapes (shapes_hybrid.py) are written as their published checkpoints lay
+them out, or with --bits as mlx-lm's converter writes them: its own model class, built lazily from the config, names
+the tensors and its quant predicate picks the 8-bit ones, so --bits for these needs an interpreter with mlx-lm (the
+anchor's venv; mlxd does not depend on it). Big folders are split into shards of SHARD_BYTES with an index.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from bench.models import shapes_hybrid
 
 SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, vocab
@@ -36,6 +46,7 @@ MOE = {
     "gpt-oss-small": (64, 8, 2, 512),
     "gpt-oss-20b": (64, 32, 4, 2880),
 }
+SHARD_BYTES = 4 << 30
 TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
 
 
@@ -44,6 +55,8 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
     (MoE experts stacked under `switch_mlp`, routers at 8 bits). gpt-oss is written as OpenAI publishes it: MXFP4
     experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it."""
     import mlx.core as mx
+    if shape in shapes_hybrid.HYBRID:
+        return write_hybrid(shape, dtype, out, seed, bits)
     if bits and _is_gpt_oss(shape):
         raise ValueError("gpt-oss shapes are written with MXFP4 experts as published; --bits does not apply")
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +83,122 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
         weights.update(_mxfp4_experts(shape))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
     return out
+
+
+def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0, tiny: bool = False) -> Path:
+    """A shapes_hybrid shape: the published layout, or (bits) mlx-lm's conversion of it."""
+    import mlx.core as mx
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("model*.safetensors*"):
+        old.unlink()
+    config = shapes_hybrid.config(shape, tiny)
+    _set_dtype(config, dtype)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, out / name)
+    mx.random.seed(seed)
+    if not bits:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        made = ((name, _random(name, s, getattr(mx, dtype))) for name, s in
+                shapes_hybrid.tensors(shape, config).items())
+        _save_sharded(made, out)
+        return out
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes, quantize_model, save_config
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))  # lazy: its own arrays are never evaluated
+    model, qconfig = quantize_model(model, config, 64, bits)
+    save_config(qconfig, out / "config.json")
+    cast = getattr(model, "cast_predicate", lambda _: True)
+    quantized = {path for path, m in model.named_modules() if "scales" in m}
+
+    def tensors():
+        for name, value in tree_flatten(model.parameters()):
+            stem = name.rsplit(".", 1)[0]
+            if stem in quantized and name.endswith(".weight"):
+                q = qconfig["quantization"].get(stem, qconfig["quantization"])
+                shape_ = (*value.shape[:-1], value.shape[-1] * 32 // q["bits"])
+                w = _random(name, shape_, getattr(mx, dtype))
+                yield from zip((name, stem + ".scales", stem + ".biases"),
+                               mx.quantize(w, group_size=q["group_size"], bits=q["bits"]))
+            elif stem in quantized:
+                continue  # scales and biases: written with their weight
+            else:
+                yield name, _random(name, value.shape, getattr(mx, dtype) if cast(name) else mx.float32)
+    _save_sharded(tensors(), out)
+    return out
+
+
+def hybrid_bytes(shape: str, dtype: str, bits: int = 0, tiny: bool = False) -> int:
+    """The tensors' bytes write_hybrid would write (the folder's size, less a few KB of JSON), without writing.
+    bits: packed codes plus one scale and one bias per group of 64 (in `dtype`), 8 bits for the routers and
+    gates mlx-lm's quant predicates keep at 8 (a vector's or a non-64-divisible matrix's bytes as float)."""
+    import mlx.core as mx
+    size = getattr(mx, dtype).size
+    total = 0
+    for name, s in shapes_hybrid.tensors(shape, shapes_hybrid.config(shape, tiny)).items():
+        count = int(np.prod(s))
+        if not bits or len(s) == 1 or s[-1] % 64 or name.endswith(("A_log", "dt_bias", "conv1d.weight")):
+            total += count * size
+            continue
+        layer_bits = 8 if name.endswith(("mlp.gate.weight", "shared_expert_gate.weight", "router.proj.weight")) \
+            else bits
+        total += count * layer_bits // 8 + 2 * (count // 64) * size
+    return total
+
+
+def _set_dtype(config: dict, dtype: str) -> None:
+    for c in (config, config.get("text_config") or {}):
+        if "dtype" in c:
+            c["dtype"] = dtype
+
+
+def _random(name: str, shape: tuple[int, ...], dtype):
+    """Normals scaled by 1/sqrt(fan-in) for matrices; 1-D: biases and routing-bias zeros, the rest ones."""
+    import mlx.core as mx
+    if len(shape) == 1:
+        zero = name.endswith(("bias", "dt_bias", "e_score_correction_bias", "sinks"))
+        return mx.zeros(shape, dtype=dtype) if zero else mx.ones(shape, dtype=dtype)
+    return (mx.random.normal(shape) * (1.0 / np.sqrt(shape[-1]))).astype(dtype)
+
+
+def _save_sharded(made, out: Path) -> None:
+    """Evaluates one tensor at a time and writes a shard whenever SHARD_BYTES are held, with an index when there
+    is more than one."""
+    import mlx.core as mx
+    shards: list[dict] = [{}]
+    held = 0
+    paths: list[Path] = []
+
+    def flush() -> None:
+        paths.append(out / f"model-{len(paths) + 1:05d}.safetensors")
+        mx.save_safetensors(str(paths[-1]), shards[-1], metadata={"format": "pt"})
+        weight_map.update({k: paths[-1].name for k in shards[-1]})
+        shards[-1] = {}
+
+    weight_map: dict[str, str] = {}
+    for name, value in made:
+        mx.eval(value)
+        if held and held + value.nbytes > SHARD_BYTES:
+            flush()
+            held = 0
+        shards[-1][name] = value
+        held += value.nbytes
+    flush()
+    if len(paths) == 1:
+        paths[0].rename(out / "model.safetensors")
+        return
+    total = sum(p.stat().st_size for p in paths)
+    final = {}
+    for i, p in enumerate(paths):
+        name = f"model-{i + 1:05d}-of-{len(paths):05d}.safetensors"
+        p.rename(out / name)
+        final.update({k: name for k, v in weight_map.items() if v == p.name})
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": final}, indent=1))
+
+
+def folder_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.iterdir() if p.is_file())
 
 
 def _config(shape: str, dtype: str, bits: int) -> dict:
@@ -162,13 +291,29 @@ def _mxfp4_experts(shape: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--shape", choices=sorted([*SHAPES, *shapes_hybrid.HYBRID]), required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--bits", type=int, default=0, choices=[0, 4, 8],
                         help="store matrices MLX-quantized (not gpt-oss: its experts are MXFP4)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tiny", action="store_true",
+                        help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: same keys and structure, small numbers")
+    parser.add_argument("--size-only", action="store_true",
+                        help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: print the bytes it would write, write nothing")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    print(write_random_model(args.shape, args.dtype, args.out, bits=args.bits))
+    if args.size_only:
+        size = hybrid_bytes(args.shape, args.dtype, args.bits, args.tiny)
+        print(f"{args.shape}{' tiny' if args.tiny else ''} {args.dtype}{f' {args.bits}-bit' if args.bits else ''}: "
+              f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)")
+        return
+    if args.out is None:
+        parser.error("--out is required")
+    if args.shape in shapes_hybrid.HYBRID:
+        out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny)
+    else:
+        out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits)
+    size = folder_bytes(out)
+    print(f"{out}: {size / 1e9:.3f} GB on disk ({size / 2**30:.3f} GiB)")
 
 
 if __name__ == "__main__":

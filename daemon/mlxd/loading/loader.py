@@ -208,7 +208,10 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
     weights = wts.read_weights(files)
     if quant is not None and quant.get("quant_method") == mxfp4.QUANT_METHOD:
         weights = mxfp4.unpack(weights)  # *_blocks + *_scales as MLX mxfp4 .weight + .scales, for sanitize to place
-    weights = model.sanitize(weights)
+    stored, weights = weights, model.sanitize(weights)
+    if quant is not None:
+        quant = wts.follow_layer_overrides(quant, stored, weights)
+    del stored
     checkpoint_dtype = wts.weights_dtype(weights) or cfg.config_dtype(raw) or "float32"
     plan = plan_dtype(
         dtype,

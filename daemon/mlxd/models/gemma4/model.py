@@ -25,8 +25,9 @@ from mlxd.models.projections import GATE_UP, QKV, Projections, join_fused_weight
 
 logger = logging.getLogger(__name__)
 
-# Checkpoint prefixes of the decoder: the published vision-language layout's, then a text-only save's.
-_DECODER_PREFIXES = ("model.language_model.", "model.")
+# Checkpoint prefixes of the decoder: the published vision-language layout's, mlx-lm's conversion of it, then a
+# text-only save's.
+_DECODER_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 # The published checkpoints' multimodal parts, which a text model leaves out.
 _TOWER_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
 LAYERS = "model.layers"
@@ -152,4 +153,14 @@ def _layer_weights(weights: dict[str, mx.array], path: str, shares_kv: bool) -> 
         stacked = out.pop(f"{path}.experts.{name}", None)
         if stacked is not None:
             out[f"{path}.moe.switch_mlp.{name}.weight"] = stacked
+    # mlx-lm's conversion: the experts split into switch_glu.{gate,up,down}_proj, possibly quantized. Gate and up
+    # join along their output rows, as in the published gate_up_proj (quantization groups run along the inputs,
+    # so packed weights, scales and biases join the same way).
+    glu = f"{path}.experts.switch_glu"
+    for part in ("weight", "scales", "biases"):
+        if f"{glu}.gate_proj.{part}" in out:
+            out[f"{path}.moe.switch_mlp.gate_up_proj.{part}"] = mx.concatenate(
+                [out.pop(f"{glu}.gate_proj.{part}"), out.pop(f"{glu}.up_proj.{part}")], axis=-2)
+        if f"{glu}.down_proj.{part}" in out:
+            out[f"{path}.moe.switch_mlp.down_proj.{part}"] = out.pop(f"{glu}.down_proj.{part}")
     return out
