@@ -43,7 +43,8 @@ class Routing:
 
     Both rules take the k largest logits. `softmax_over_kept` False: softmax over all experts, then the k kept
     probabilities, divided by their sum when `renormalize` (Mixtral always, Qwen3-MoE iff norm_topk_prob).
-    True: softmax over the k kept logits only (gpt-oss; the same numbers as renormalizing, up to rounding)."""
+    True: softmax over the k kept logits only (gpt-oss; the same numbers as renormalizing, up to rounding, and
+    computed so: `route`)."""
 
     top_k: int
     renormalize: bool = True
@@ -52,17 +53,18 @@ class Routing:
 
 def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
     """The experts [..., k] (in no particular order) and their weights [..., k] for router logits [..., E]. The
-    softmax runs in float32, as transformers' does; the weights come back in the logits' dtype."""
+    softmax runs in float32 (`precise`), as transformers' does, and rounds once to the logits' dtype.
+
+    Renormalizing the k kept probabilities of a softmax over all experts gives the softmax over the k kept logits
+    (the sum over all experts cancels), so both rules that renormalize take that one: three kernels per layer
+    instead of seven, which counts in a decode step bound by kernel launches (docs/performance.md)."""
     k = routing.top_k
     indices = mx.argpartition(logits, kth=-k, axis=-1)[..., -k:]
-    scores = logits.astype(mx.float32)
-    if routing.softmax_over_kept:
-        weights = mx.softmax(mx.take_along_axis(scores, indices, axis=-1), axis=-1)
+    if routing.softmax_over_kept or routing.renormalize:
+        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
     else:
-        weights = mx.take_along_axis(mx.softmax(scores, axis=-1), indices, axis=-1)
-        if routing.renormalize:
-            weights = weights / weights.sum(axis=-1, keepdims=True)
-    return indices, weights.astype(logits.dtype)
+        weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
+    return indices, weights
 
 
 class SwitchLinear(nn.Module):

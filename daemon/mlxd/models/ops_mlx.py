@@ -7,6 +7,8 @@ and one query per row with an array mask (batched decode), which MLX's CUDA back
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import cast
 
 import mlx.core as mx
@@ -16,6 +18,8 @@ from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import Mask
 
 _ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
+_GATED: dict[str, Callable[[mx.array, mx.array], mx.array]] = {
+    kind: (lambda f: lambda gate, up: f(gate) * up)(f) for kind, f in _ACTIVATIONS.items()}
 
 
 class MLXBackend:
@@ -32,10 +36,10 @@ class MLXBackend:
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks)
 
     def clamped_swiglu(self, gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
-        return clamped_swiglu(gate, up, limit, alpha)
+        return fused("clamped_swiglu", clamped_swiglu)(gate, up, limit, alpha)
 
     def gated_activation(self, gate: mx.array, up: mx.array, kind: str, tokens: int | None = None) -> mx.array:
-        return _ACTIVATIONS[kind](gate) * up
+        return fused(kind, _GATED[kind])(gate, up)
 
     def activation(self, x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](x)
@@ -108,8 +112,21 @@ def with_sinks(scores: mx.array, sinks: mx.array) -> mx.array:
 
 
 def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> mx.array:
-    """gpt-oss's clamped SwiGLU (ops.clamped_swiglu) in MLX ops. Not mx.compile'd: MLX 0.32.4 aborts at exit
-    ("terminate called without an active exception") once a module-level compiled function ran on another
-    thread than the main one, and the worker thread is where every MLX call runs."""
+    """gpt-oss's clamped SwiGLU (ops.clamped_swiglu) in MLX ops (the backend runs it fused)."""
     gate = mx.minimum(gate, limit)
     return (mx.clip(up, -limit, limit) + 1) * (gate * mx.sigmoid(alpha * gate))
+
+
+_fused_here = threading.local()
+
+
+def fused(name: str, fn: Callable[..., mx.array]) -> Callable[..., mx.array]:
+    """fn mx.compile'd, shapeless (one compilation for every shape), so its element-wise ops run as one kernel: a
+    decode step is bound by kernel launches, not bandwidth (docs/performance.md). Made once per thread: MLX 0.32.4
+    aborts at exit ("terminate called without an active exception") once a module-level compiled function ran on
+    another thread than the main one, and the worker thread is where the model runs."""
+    made = getattr(_fused_here, name, None)
+    if made is None:
+        made = mx.compile(fn, shapeless=True)
+        setattr(_fused_here, name, made)
+    return cast(Callable[..., mx.array], made)
