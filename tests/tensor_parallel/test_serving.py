@@ -1,0 +1,90 @@
+"""`mlxd serve --tensor-parallel 2` on the CPU (2 ranks over the TCP ring on loopback), over gRPC: concurrent
+greedy streams of mixed prompt lengths (one decode batch, prompts in prefill chunks) give the tokens of the
+1-rank model, a repeated prompt hits the prefix cache with the same tokens; SIGTERM stops every rank with 0; a
+follower killed mid-stream ends the stream UNAVAILABLE within 2 s and the group exits non-zero; rank 0 SIGKILLed
+leaves no follower behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxd.loading.loader import load_model
+from mlxd_client import Client, MlxdClientError
+from tests.helpers.daemon_process import FIXTURES, running, start_daemon
+from tests.helpers.parity_checks import greedy_with_cache
+
+pytestmark = pytest.mark.process
+
+NEW_TOKENS = 12
+TP = ("--tensor-parallel", "2", "--prefill-chunk", "16", "--max-batch-size", "4")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux): rank 0's followers."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _greedy(client: Client, ids: list[int]):
+    return client.complete(tokens=ids, temperature=0.0, ignore_eos=True, max_tokens=NEW_TOKENS)
+
+
+# Dense, MoE with a shared expert and gated-DeltaNet layers, and a vision-language model's text path.
+@pytest.mark.parametrize("arch", ["llama", "qwen3_5_moe", "gemma3"])
+def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
+    folder = FIXTURES / "parity" / arch
+    daemon = start_daemon(folder, *TP, workdir=tmp_path)
+    try:
+        followers = children(daemon.proc.pid)
+        assert len(followers) == 1
+        rng = np.random.default_rng(0)
+        prompts = [rng.integers(3, 300, n).tolist() for n in (7, 23, 61)]
+        model = load_model(folder, fuse=True).model  # one rank, as served
+        want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
+        with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
+            assert [r.token_ids for r in pool.map(lambda p: _greedy(client, p), prompts)] == want
+            again = _greedy(client, prompts[2])
+        assert again.token_ids == want[2] and again.final.usage.cached_tokens > 0
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()
+    assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
+
+
+def test_a_follower_killed_mid_stream_ends_streams_unavailable_and_the_group(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    with Client(daemon.addr) as client:
+        stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
+        assert next(stream).HasField("chunk")
+        killed = time.monotonic()
+        os.kill(follower, signal.SIGKILL)
+        with pytest.raises(MlxdClientError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - killed < 2.0
+    assert daemon.proc.wait(15) != 0
+    assert "rank 1" in daemon.stderr().strip().splitlines()[-1]
+
+
+def test_rank_0_killed_leaves_no_follower(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    daemon.proc.kill()
+    daemon.proc.wait()
+    deadline = time.monotonic() + 5
+    while running(follower) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(follower)
