@@ -27,6 +27,8 @@ BENCHMARKS = {
     "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
+    "tensor_parallel": ("bench.suite.tensor_parallel",
+                        "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),
 }
 TOOLS = {
     "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),

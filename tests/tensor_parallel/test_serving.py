@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mlxd.loading.loader import load_model
-from mlxd_client import Client, MlxdClientError
+from mlxd_client import Client, MlxdClientError, pb
 from tests.helpers.daemon_process import FIXTURES, running, start_daemon
 from tests.helpers.parity_checks import greedy_with_cache
 
@@ -88,3 +88,44 @@ def test_rank_0_killed_leaves_no_follower(tmp_path):
     while running(follower) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(follower)
+
+
+def test_a_stalled_follower_ends_streams_unavailable_and_the_group(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    with Client(daemon.addr) as client:
+        stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
+        assert next(stream).HasField("chunk")
+        stopped = time.monotonic()
+        os.kill(follower, signal.SIGSTOP)  # alive, but neither computing nor sending heartbeats
+        with pytest.raises(MlxdClientError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - stopped < 2.5  # the 1.5 s heartbeat timeout, then at once
+    assert daemon.proc.wait(15) != 0
+    assert "rank 1 stalled" in daemon.stderr()
+    deadline = time.monotonic() + 5
+    while running(follower) and time.monotonic() < deadline:  # SIGKILLed with its parent, stopped or not
+        time.sleep(0.05)
+    assert not running(follower)
+
+
+def test_sampled_and_constrained_requests(tmp_path):
+    """Unseeded sampling runs on both ranks with the seed rank 0 drew (a divergence would stop the group);
+    a grammar is refused, and the group keeps serving."""
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    try:
+        with Client(daemon.addr) as client:
+            sampled = [client.complete(tokens=[7, 8, 9], temperature=1.0, top_p=0.9, max_tokens=16,
+                                       ignore_eos=True) for _ in range(3)]
+            assert all(len(r.token_ids) == 16 for r in sampled)
+            seeded = [client.complete(tokens=[7, 8, 9], temperature=1.0, seed=11, max_tokens=16,
+                                      ignore_eos=True).token_ids for _ in range(2)]
+            assert seeded[0] == seeded[1]
+            with pytest.raises(MlxdClientError) as info:
+                client.complete(tokens=[7, 8, 9], max_tokens=4, constraint=pb.Constraint(regex="[ab]+"))
+            assert "tensor parallelism" in info.value.details
+            assert client.health() == "SERVING"
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()

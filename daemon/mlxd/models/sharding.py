@@ -51,7 +51,16 @@ def take(array: mx.array, axis: int, group: mx.distributed.Group, segments: Sequ
         index[axis] = slice(start + rank * size // n, start + (rank + 1) * size // n)
         parts.append(array[tuple(index)])
         start += size
-    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=axis)
+    return _copy(parts[0], axis) if len(parts) == 1 else mx.concatenate(parts, axis=axis)
+
+
+def _copy(part: mx.array, axis: int) -> mx.array:
+    """`part` in memory of its own. A slice is a view that keeps the whole tensor it was read from alive, and
+    MLX's copies (mx.array, mx.contiguous) of a contiguous slice share its buffer; a concatenation always writes
+    a new one."""
+    empty = list(part.shape)
+    empty[axis] = 0
+    return mx.concatenate([part, mx.zeros(empty, part.dtype)], axis=axis)
 
 
 def shard_columns(layer: nn.Module, group: mx.distributed.Group, segments: Sequence[int] = ()) -> None:
@@ -72,7 +81,7 @@ def keep_head(layer: nn.Module, heads: int, head: int) -> None:
             width = layer[name].shape[axis] // heads
             index = [slice(None)] * layer[name].ndim
             index[axis] = slice(head * width, (head + 1) * width)
-            layer[name] = layer[name][tuple(index)]
+            layer[name] = _copy(layer[name][tuple(index)], axis)
 
 
 def shard_rows(layer: nn.Module, group: mx.distributed.Group, summed: bool = True) -> None:
