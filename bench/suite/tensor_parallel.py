@@ -1,10 +1,10 @@
 """`mlxd serve --tensor-parallel 2` against 1 rank on the CPU: one stream's prefill and decode tok/s and the
-aggregate tok/s of 4 streams, on a random-weight Llama folder that fits (llama-1b by default, written once).
+aggregate tok/s of 4 streams, on a random-weight Llama folder that fits (llama-0.2b by default, written once).
 Numbers only: on the CPU both ranks share this host's cores (1 BLAS thread per rank against 2 for the single
 rank, so each contender has the same cores), and the ring's all_sums go through loopback TCP; tensor parallelism
 is for models that do not fit one device, or GPUs (issue 23).
 
-    nice -n 5 python -m bench tensor_parallel [--shape llama-1b --rounds 2]
+    nice -n 5 python -m bench tensor_parallel [--shape llama-0.2b --rounds 2]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def measure(addr: str, vocab: int, salt: int, args) -> common.Row:
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__)
-    p.add_argument("--shape", default="llama-1b", help="a bench.models.random_model shape (default: %(default)s)")
+    p.add_argument("--shape", default="llama-0.2b", help="a bench.models.random_model shape (default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--streams", type=int, default=4)

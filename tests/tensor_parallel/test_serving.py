@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mlxd.loading.loader import load_model
-from mlxd_client import Client, MlxdClientError, pb
+from mlxd_client import Client, MlxdClientError, collect, pb
 from tests.helpers.daemon_process import FIXTURES, running, start_daemon
 from tests.helpers.parity_checks import greedy_with_cache
 
@@ -127,5 +127,23 @@ def test_sampled_and_constrained_requests(tmp_path):
                 client.complete(tokens=[7, 8, 9], max_tokens=4, constraint=pb.Constraint(regex="[ab]+"))
             assert "tensor parallelism" in info.value.details
             assert client.health() == "SERVING"
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+
+
+def test_an_image_prompt_gives_transformers_tokens(tmp_path):
+    """Gemma 3's fixture prompt with its PNG, prefill chunks cutting the image span and prompt logprobs: the
+    pixels go to the follower, whose vision tower (replicated) encodes them too."""
+    folder = FIXTURES / "parity" / "gemma3"
+    expected = mx.load(str(folder / "expected.safetensors"))
+    ids = expected["input_ids"][0].tolist()
+    daemon = start_daemon(folder, "--tensor-parallel", "2", "--prefill-chunk", "5", workdir=tmp_path)
+    try:
+        with Client(daemon.addr) as client:
+            result = collect(client.multimodal_generate([ids[:7], (folder / "image.png").read_bytes(), ids[13:]],
+                                                        max_tokens=16, ignore_eos=True, temperature=0.0,
+                                                        prompt_logprobs=True))
+        assert result.token_ids == expected["greedy_ids"].tolist()
+        assert [lp.token_id for lp in result.final.prompt_logprobs] == ids[1:]
     finally:
         assert daemon.stop() == 0, daemon.stderr()
