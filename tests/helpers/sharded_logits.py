@@ -34,8 +34,9 @@ def logits_and_greedy(model: Any, input_ids: mx.array, pixels: mx.array | None =
 
 
 def run(out: Path, folders: list[Path], group: mx.distributed.Group | None) -> None:
+    """Each folder loaded in float32, or with its weights as stored when its name ends in "-keep" (quantized)."""
     for folder in folders:
-        loaded = load_model(folder, dtype="float32", group=group)
+        loaded = load_model(folder, dtype="keep" if folder.name.endswith("-keep") else "float32", group=group)
         expected = mx.load(str(folder / "expected.safetensors"))
         assert isinstance(expected, dict)
         result = logits_and_greedy(loaded.model, expected["input_ids"].reshape(-1), expected.get("pixel_values"))

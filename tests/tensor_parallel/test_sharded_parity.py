@@ -3,9 +3,15 @@ loopback gives the logits of 1 rank within 1e-4 at every position, and the same 
 
 from __future__ import annotations
 
-import mlx.core as mx
-import pytest
+import json
+from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten
+
+from mlxd.loading.loader import load_model
 from tests.helpers.parity import copy_model_folder
 from tests.helpers.ranks import run_ranks
 from tests.helpers.sharded_logits import run
@@ -18,21 +24,37 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "qwen3_m
 TOLERANCE = 1e-4
 
 
+# Kept quantized: llama with 8-bit affine layers wherever a rank's half of a row holds whole groups of 32 (the
+# MLP's down projection, 160 wide, stays float), and gpt-oss's MXFP4 experts as published.
+QUANTIZED = ("llama-q8-keep", "gpt_oss-keep")
+
+
+def _quantized_llama(folder: Path) -> None:
+    model = load_model(folder, dtype="float32").model
+    nn.quantize(model, 32, 8, class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"quantization": {"group_size": 32, "bits": 8}}))
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """(1-rank, 2-rank) results per architecture: every fixture run by one pair of rank processes."""
     root = tmp_path_factory.mktemp("tensor_parallel")
     folders = [copy_model_folder(arch, "v5", root / "models" / arch) for arch in ARCHS]
+    folders.append(copy_model_folder("llama", "v5", root / "models" / QUANTIZED[0]))
+    _quantized_llama(folders[-1])
+    folders.append(copy_model_folder("gpt_oss", "v5", root / "models" / QUANTIZED[1]))
     single, sharded = root / "single", root / "sharded"
     single.mkdir()
     sharded.mkdir()
     run(single, folders, None)
     run_ranks("tests.helpers.sharded_logits", [str(sharded), *map(str, folders)], 2, root, timeout=300)
     return {arch: (mx.load(str(single / f"{arch}.safetensors")), mx.load(str(sharded / f"{arch}.safetensors")))
-            for arch in ARCHS}
+            for arch in ARCHS + QUANTIZED}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + QUANTIZED)
 def test_two_ranks_match_one(results, arch):
     one, two = results[arch]
     delta = mx.abs(one["logits"] - two["logits"]).max().item()
