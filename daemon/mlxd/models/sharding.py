@@ -17,7 +17,7 @@ Choices, and why:
   whatever the router picks (no rank waits on a hot expert), and the layer costs one all_sum like a dense MLP,
   instead of an all-to-all of tokens. The router (tiny) is replicated.
 - The embedding and LM head are replicated: a vocab-parallel head would need an all_gather of the logits each
-  step, and replicated logits let every rank sample the same tokens itself (engine/tensor_parallel.py). The
+  step, and replicated logits let every rank sample the same tokens itself (parallel/replication.py). The
   cost is memory: vocab × hidden per rank (e.g. 2.8 GB of Gemma 3 27B's 54 GB in bf16).
 - Sharding slices lazily loaded weights before they are evaluated, so each rank reads only its share into memory
   (loading/loader.py evaluates after `shard`).
