@@ -51,17 +51,20 @@ def main(argv: list[str] | None = None) -> None:
     common.add_out_arg(p, "tensor_parallel")
     args = p.parse_args(argv)
     model = model_folder(args.shape)
-    rows = []
-    for ranks in (1, 2):
-        threads = str(CORES // ranks)
-        with Daemon(model, args.out / f"tp{ranks}", "--tensor-parallel", str(ranks), "--max-batch-size",
-                    str(args.streams), env={"OPENBLAS_NUM_THREADS": threads}) as daemon:
-            with Client(daemon.addr) as client:
-                vocab = client.model_info().vocab_size
-            measure(daemon.addr, vocab, 999, args)  # warm-up
-            rows += common.alternate(args.rounds, ["tp"], [ranks],
-                                     lambda n, _, round_, a=daemon.addr, v=vocab: measure(a, v, 1000 * round_, args),
-                                     args.out / "runs.jsonl")
+    # Both served at once (idle between their turns) and measured in alternation, so a shared machine's drift
+    # falls on both alike.
+    with Daemon(model, args.out / "tp1", "--max-batch-size", str(args.streams),
+                env={"OPENBLAS_NUM_THREADS": str(CORES)}) as one, \
+            Daemon(model, args.out / "tp2", "--tensor-parallel", "2", "--max-batch-size", str(args.streams),
+                   env={"OPENBLAS_NUM_THREADS": str(CORES // 2)}) as two:
+        addrs = {1: one.addr, 2: two.addr}
+        with Client(one.addr) as client:
+            vocab = client.model_info().vocab_size
+        for addr in addrs.values():
+            measure(addr, vocab, 999, args)  # warm-up
+        rows = common.alternate(args.rounds, ["tp"], [1, 2],
+                                lambda n, _, round_: measure(addrs[n], vocab, 1000 * round_, args),
+                                args.out / "runs.jsonl")
     print(f"\nmlxd, random {args.shape} (float32 on the CPU), {args.prompt_tokens}-token prompts, {args.new_tokens} "
           f"new tokens, medians of {args.rounds} rounds; logs in {args.out}")
     print(common.table(
