@@ -29,6 +29,8 @@ BENCHMARKS = {
                        "where one sequence's decode step goes (attention, MLP/MoE, output layer), against mlx-lm"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
+    "tensor_parallel": ("bench.suite.tensor_parallel",
+                        "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),
 }
 TOOLS = {
     "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),

@@ -32,6 +32,7 @@ from bench.models import shapes_hybrid
 SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, vocab
     "smollm2-135m": (576, 30, 9, 3, 1536, 49152),
+    "llama-0.2b": (1024, 12, 16, 4, 2816, 32000),
     "llama-1b": (2048, 16, 32, 8, 8192, 128256),
     "llama-8b": (4096, 32, 32, 8, 14336, 128256),
     "qwen3-moe-small": (1024, 8, 16, 4, 3072, 32000),

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxd_client.cli import add_client_commands, run
 
@@ -71,6 +71,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (chain)")
     serve.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: clients need a certificate this CA signed")
+    serve.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                       help="split the model across N ranks on this host (processes on the CPU, one GPU each on "
+                            "CUDA): each holds 1/N of the weights; see docs/tensor-parallel.md")
+    serve.add_argument("--tp-leader", metavar="HOST:PORT",
+                       help="with mlx.launch on several hosts: rank 0's side-channel address, reachable from every "
+                            "rank; rank 0 serves, the others follow it (docs/tensor-parallel.md)")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-requests", action="store_true",
                        help="log each generation's prompt and output (truncated) at INFO; without it no prompt or "
@@ -93,6 +99,9 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
         except ModelLoadError as error:
             print(f"mlxd: cannot fetch the default model: {error}", file=sys.stderr)
             return 1
+    ranks, load = _tensor_parallel(args, load)
+    if isinstance(ranks, int):
+        return ranks  # this process was a follower, and is done
     from mlxd.engine.worker import WorkerOptions
     from mlxd.images.decode import ImageLimits
     from mlxd.service.connections import ConnectionLimits
@@ -121,12 +130,38 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
                               auth_exempt_health=args.auth_exempt_health,
                               request_log=RequestLog(args.log_requests, args.log_requests_max_chars),
                               connections=connections, preparation_slots=args.max_preparing, load=load))
+    if ranks is not None:
+        code = ranks.stop(code)
     # Everything is shut down by now. Skip the interpreter's teardown: on CUDA, MLX's static destructors abort
     # ("terminate called without an active exception") when a thread other than main used the device.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _tensor_parallel(args: argparse.Namespace, load: RuntimeFactory | None) -> tuple[Any, RuntimeFactory | None]:
+    """(the ranks this process leads, rank 0's runtime factory) under tensor parallelism; (None, load) without;
+    (exit code, None) when mlx.launch started this process as another rank, which it then ran as a follower."""
+    from mlxd.parallel.group import environment_rank
+
+    if args.tensor_parallel <= 1 and args.tp_leader is None:
+        return None, load
+    from mlxd.parallel import launch
+    from mlxd.parallel.leader import leader_runtime
+
+    follower = launch.FollowerArgs(args.model, args.dtype, args.image_cache_mb << 20, args.log_level)
+    if args.tp_leader is not None:
+        rank = environment_rank()
+        if rank is None:
+            raise SystemExit("mlxd: --tp-leader needs the environment of mlx.launch (MLX_RANK, MLX_HOSTFILE)")
+        if rank > 0:
+            from mlxd.parallel.follower import main as follow
+            return follow(launch.follower_argv(follower, args.tp_leader)), None
+        ranks = launch.start_launched(args.tp_leader)
+    else:
+        ranks = launch.start_local(args.tensor_parallel, follower)
+    return ranks, leader_runtime(ranks.leader, ranks.backend)
 
 
 def main(argv: list[str] | None = None, load: RuntimeFactory | None = None) -> int:

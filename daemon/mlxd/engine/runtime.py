@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mlxd.engine.vision import ImageEncoder
 from mlxd.models.protocol import LanguageModel
 
 if TYPE_CHECKING:
+    from mlxd.engine.prefix_cache import PrefixCache
+    from mlxd.engine.runner import Runner
     from mlxd.loading.loader import LoadedModel
     from mlxd.loading.tokenizer import Tokenizer
+
+
+class EngineParts(Protocol):
+    """How a scheduler builds its runner and prefix cache when they are not the plain ones (tensor parallelism:
+    parallel/replication.py replays their calls on the other ranks)."""
+
+    def runner(self, runtime: ModelRuntime) -> Runner: ...
+
+    def prefix_cache(self, budget_bytes: int, runner: Runner) -> PrefixCache: ...
 
 
 @dataclass
@@ -24,6 +35,7 @@ class ModelRuntime:
     vocab_size: int
     image_encoder: ImageEncoder | None = None    # vision-language models only
     special_ids: frozenset[int] = frozenset()     # what GenerationRequest.skip_special_tokens leaves out of the text
+    parts: EngineParts | None = None              # None: the plain runner and prefix cache
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:

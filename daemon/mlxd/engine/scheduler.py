@@ -87,10 +87,14 @@ class Scheduler:
     def __init__(self, runtime: ModelRuntime, options: SchedulerOptions, runner: Runner | None = None) -> None:
         self._runtime = runtime
         self._options = options
-        self._runner = runner if runner is not None else Runner(runtime.model, runtime.vocab_size,
+        parts = runtime.parts
+        if runner is None:
+            runner = parts.runner(runtime) if parts else Runner(runtime.model, runtime.vocab_size,
                                                                 runtime.image_encoder)
+        self._runner = runner
         self._budget: KvBudget | None = None
-        self.prefix_cache = PrefixCache(options.prefix_cache_bytes)
+        self.prefix_cache = parts.prefix_cache(options.prefix_cache_bytes, runner) if parts else \
+            PrefixCache(options.prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()

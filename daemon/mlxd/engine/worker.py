@@ -75,6 +75,7 @@ class Worker:
         self.tokenizer: Tokenizer | None = None     # once SERVING
         self.device = ""                 # the MLX device the worker runs on, once loading started
         self.load_error: BaseException | None = None
+        self.fatal: str | None = None    # why the worker can serve no more (another rank failed); the daemon exits 1
         self.last_progress = time.monotonic()
         self.memory = MlxMemory()        # published by the worker for GetModelInfo (other threads make no MLX calls)
         self._inbox: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()
@@ -111,6 +112,22 @@ class Worker:
             requests = list(self._live.values())
         for request in requests:
             request.cancel.cancel(reason)
+
+    def fail(self, reason: str) -> None:
+        """Serve no more, from any thread, even while the worker thread is blocked (in a collective whose other
+        rank is gone): a load in progress fails with `reason`; every live stream ends UNAVAILABLE now."""
+        if self.fatal is not None:
+            return
+        self.fatal = reason
+        if self.state is WorkerState.LOADING:
+            self.load_error = ModelLoadError(reason)
+            self.state = WorkerState.FAILED
+            self.ready.set()
+            return
+        self.state = WorkerState.FAILED
+        with self._lock:
+            stranded = list(self._live.values())
+        self.deliver([(r, ErrorEvent(Unavailable(reason))) for r in stranded])
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -182,11 +182,27 @@ def _final_layout(module: ModuleType, args: Any, model: nn.Module, weights: dict
     return model, weights
 
 
-def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> LoadedModel:
+def _shard(model: nn.Module, group: mx.distributed.Group, model_type: str) -> None:
+    """This rank's share of `model`, evaluated a layer at a time so that at most one layer's whole tensors are
+    read at once."""
+    try:
+        cast(LanguageModel, model).shard(group)
+    except ValueError as e:
+        raise ModelLoadError(f"cannot split {model_type} across {group.size()} ranks: {e}") from e
+    for layer in cast(LanguageModel, model).layers:
+        mx.eval(layer.parameters())
+
+
+def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False,
+               group: mx.distributed.Group | None = None) -> LoadedModel:
     """Read config, weights and generation config from the folder `path` into an evaluated model. With `fuse`
     (as served), its input projections share one matmul where the weights allow (loading/fusion.py); without,
-    its parameters are the checkpoint's, as mlx-lm holds them."""
+    its parameters are the checkpoint's, as mlx-lm holds them. With a `group` of several ranks, this rank's
+    tensor-parallel share only (models/sharding.py), unfused: the lazily read weights are sliced before they are
+    evaluated, so no rank holds the whole model."""
     path = Path(path)
+    sharded = group is not None and group.size() > 1
+    fuse = fuse and not sharded
     if not path.is_dir():
         raise ModelLoadError(f"model folder {path} does not exist")
     config_file = path / "config.json"
@@ -235,6 +251,10 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> Loaded
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise ModelLoadError(f"weights in {path} do not fit {model_type}: {str(e).splitlines()[0][:300]}") from e
+    del weights  # the model holds what it needs: nothing else keeps a whole tensor alive once read
+    if sharded:
+        assert group is not None
+        _shard(model, group, model_type)
     mx.eval(model.parameters())
 
     # Published Gemma 3 vision configs omit text_config.max_position_embeddings: it equals the default.

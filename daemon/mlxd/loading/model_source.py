@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
+
 from mlxd.errors import ModelLoadError
 from mlxd.loading.loader import LoadedModel, load_model
 from mlxd.loading.tokenizer import Tokenizer, load_tokenizer
 
 
-def load_model_and_tokenizer(path: Path, dtype: str = "auto") -> tuple[LoadedModel, Tokenizer]:
+def load_model_and_tokenizer(path: Path, dtype: str = "auto",
+                              group: mx.distributed.Group | None = None) -> tuple[LoadedModel, Tokenizer]:
     """The model ready to serve (its input projections fused where the weights allow, its kernels chosen) and
-    its tokenizer."""
+    its tokenizer; with a `group` of several ranks, this rank's tensor-parallel share (a folder's only)."""
     if _is_gguf(path):
+        if group is not None and group.size() > 1:
+            raise ModelLoadError("tensor parallelism loads model folders; convert the GGUF file to one")
         from mlxd.loading.gguf import load_gguf_model
         return load_gguf_model(path, dtype=dtype, fuse=True), load_model_tokenizer(path)
-    return load_model(_folder(path), dtype=dtype, fuse=True), load_model_tokenizer(path)
+    return load_model(_folder(path), dtype=dtype, fuse=True, group=group), load_model_tokenizer(path)
 
 
 def load_model_tokenizer(path: Path) -> Tokenizer:

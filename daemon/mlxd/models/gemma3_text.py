@@ -10,7 +10,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import ops
+from mlxd.models import ops, sharding
 from mlxd.models.base import AttentionCache, BaseModelArgs, Mask, MaskModifier, drop_unused_weights, layer_masks
 from mlxd.models.cache import LayerCache, make_layer_caches
 from mlxd.models.projections import (
@@ -186,3 +186,6 @@ class Model(nn.Module):
 
     def make_cache(self) -> list[LayerCache]:
         return make_layer_caches(self._windows)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        sharding.shard_decoder_layers(self.layers, group)

@@ -9,7 +9,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import llama, moe
+from mlxd.models import llama, moe, sharding
 from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.projections import GATE_UP, QKV, Projections
 
@@ -55,3 +55,6 @@ class Model(llama.Model):
             weights = moe.stack_experts(weights, f"model.layers.{layer}.block_sparse_moe",
                                         self.args.num_local_experts, EXPERT_PROJECTIONS)
         return super().sanitize(weights)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        sharding.shard_decoder_layers(self.layers, group, feed_forward="block_sparse_moe")

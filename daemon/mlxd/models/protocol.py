@@ -48,6 +48,12 @@ class LanguageModel(Protocol):
         """Module path -> linear layers there that may share one matmul; `Model(args, fused)` builds some fused."""
         ...
 
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Keep only this rank's share of the weights for tensor parallelism over `group` (models/sharding.py):
+        its heads and hidden features, with one all_sum per block; called on an unfused model before its lazily
+        loaded weights are evaluated, so each rank reads only its share."""
+        ...
+
 
 class VisionLanguageModel(LanguageModel, Protocol):
     image_tokens: ImageTokens

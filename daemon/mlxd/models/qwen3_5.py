@@ -23,7 +23,7 @@ from typing import Any, cast
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import llama, ops
+from mlxd.models import llama, ops, sharding
 from mlxd.models.base import AttentionCache, Mask, attention_mask, drop_unused_weights
 from mlxd.models.cache import KVCache, LayerCache
 from mlxd.models.gated_delta import causal_conv, gated_delta, l2_normalize
@@ -138,6 +138,23 @@ class GatedDeltaNet(nn.Module):
         self.norm = nn.RMSNorm(self.dv, eps=args.rms_norm_eps)
         self.out_proj = nn.Linear(self.hv * self.dv, args.hidden_size, bias=False)
 
+    def shard(self, group: mx.distributed.Group) -> None:
+        """This rank's key and value heads (value head j reads key head j // (Hv / Hk), so a rank's value heads
+        read its own key heads): their slices of [q | k | v], of the conv over them and of the per-head decay;
+        conv and recurrent states then hold only these heads."""
+        if self.tiled:
+            raise ValueError("tensor parallelism needs the grouped value-head order (a GGUF file's is tiled)")
+        key_width, value_width = self.hk * self.dk, self.hv * self.dv
+        qkv = (key_width, key_width, value_width)
+        sharding.shard_columns(self.in_proj_qkv, group, qkv)
+        for name in ("in_proj_z", "in_proj_b", "in_proj_a"):
+            sharding.shard_columns(self[name], group)
+        sharding.shard_channels(self.conv1d, ("weight", "bias"), group, qkv)
+        sharding.shard_channels(self, ("A_log", "dt_bias"), group)
+        sharding.shard_rows(self.out_proj, group)
+        self.hk = sharding.per_rank(self.hk, group, "key heads")
+        self.hv = sharding.per_rank(self.hv, group, "value heads")
+
     def _per_value_head(self, x: mx.array) -> mx.array:
         """Key-head tensor [B, L, Hk, D] -> [B, L, Hv, D], the key head each value head reads."""
         per_key = self.hv // self.hk
@@ -224,6 +241,14 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        for layer in self.layers:
+            if layer.is_linear:
+                layer.linear_attn.shard(group)
+            else:
+                sharding.shard_attention(layer.self_attn, group)
+            sharding.shard_feed_forward(layer.mlp, group)
 
     def make_cache(self) -> list[LayerCache]:
         return [RecurrentCache() if self.args.linear(i) else KVCache() for i in range(self.args.num_hidden_layers)]

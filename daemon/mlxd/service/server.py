@@ -131,10 +131,26 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
     print(json.dumps({"event": "ready", "addr": listeners[0].addr, "parent_addr": listeners[1].addr,
                       "pid": os.getpid(), "model": str(options.worker.model_path),
                       "digest": servicer.model_info().digest}), flush=True)
-    await stop.wait()
+    await _wait_for_stop(stop, worker, request_stop)
     log.info("stopping (%s)", stop_reason[0])
-    return await _shutdown(server, worker, servicer, monitor, options, listeners,
-                           graceful=stop_reason[0] != "parent died")
+    code = await _shutdown(server, worker, servicer, monitor, options, listeners,
+                           graceful=stop_reason[0] != "parent died" and worker.fatal is None)
+    if worker.fatal is not None:
+        print(f"mlxd: {worker.fatal}", file=sys.stderr, flush=True)
+        return 1
+    return code
+
+
+async def _wait_for_stop(stop: asyncio.Event, worker: Worker, request_stop: Callable[[str], None]) -> None:
+    """Until a signal or the parent's death asks to stop, or the worker can serve no more (worker.fail)."""
+    while not stop.is_set():
+        if worker.fatal is not None:
+            request_stop(f"fatal: {worker.fatal}")
+            break
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
 
 
 def _interceptors(options: ServeOptions) -> list[grpc.aio.ServerInterceptor]:
@@ -172,7 +188,8 @@ async def _shutdown(server: grpc.aio.Server, worker: Worker, servicer: Inference
     for listener, moved in zip(listeners, aside):
         listener.restore(moved)
         listener.remove()
-    await asyncio.get_running_loop().run_in_executor(None, worker.stop, 5.0)
+    # A failed worker's thread may wait in a collective whose other rank is gone: do not wait for it long.
+    await asyncio.get_running_loop().run_in_executor(None, worker.stop, 5.0 if worker.fatal is None else 0.5)
     return 0
 
 

@@ -89,3 +89,7 @@ class Model(nn.Module):
 
     def make_cache(self) -> list[LayerCache]:
         return self.language_model.make_cache()
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """The language model's heads and features; the vision tower (run once per image) stays replicated."""
+        self.language_model.shard(group)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxd.models import sharding
 from mlxd.models.base import AttentionCache, drop_unused_weights, layer_masks
 from mlxd.models.cache import LayerCache, make_layer_caches
 from mlxd.models.gemma4.attention import KeysValues
@@ -109,6 +110,15 @@ class Model(nn.Module):
 
     def make_cache(self) -> list[LayerCache]:
         return make_layer_caches([self._windows[i] for i in self._owners])
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Heads, MLP and expert features; a KV-shared layer reads its source layer's keys and values of this
+        rank's heads (the same split); the per-layer-input branch and routers are replicated."""
+        for layer in self.layers:
+            sharding.shard_attention(layer.self_attn, group)
+            sharding.shard_mlp(layer.mlp, group)
+            if layer.has_moe:
+                sharding.shard_moe(layer.moe, group)
 
     def fusable_projections(self) -> dict[str, Projections]:
         groups: dict[str, Projections] = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import ops
+from mlxd.models import ops, sharding
 from mlxd.models.base import AttentionCache, Mask
 from mlxd.models.glm4_moe_lite.args import ModelArgs
 from mlxd.models.projections import Projections, add_linears
@@ -57,6 +57,14 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.v_dims, dim, bias=args.attention_bias)
         self.scale = args.attention_scale
         self.rope = make_rope(self.rope_dims, args.rope_parameters, traditional=args.rope_interleave)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """This rank's heads: its rows of the query projection and of kv_b_proj, its columns of o_proj. The
+        down-projections (q_a, kv_a) and so the latent stay whole on every rank."""
+        sharding.shard_columns(self.q_b_proj if self.q_lora_rank is not None else self.q_proj, group)
+        sharding.shard_columns(self.kv_b_proj, group)
+        sharding.shard_rows(self.o_proj, group)
+        self.n_heads = sharding.per_rank(self.n_heads, group, "attention heads")
 
     def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         B, L, _ = x.shape

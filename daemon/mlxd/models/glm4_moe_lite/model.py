@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import moe
+from mlxd.models import moe, sharding
 from mlxd.models.base import AttentionCache, Mask, drop_unused_weights, layer_masks
 from mlxd.models.cache import KVCache, LayerCache
 from mlxd.models.glm4_moe_lite.args import ModelArgs
@@ -76,6 +76,13 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Heads of the queries and of kv_b_proj's expansion, MLP and expert features; the latent (and so the
+        cache) is every head's, replicated."""
+        for layer in self.layers:
+            layer.self_attn.shard(group)
+            sharding.shard_feed_forward(layer.mlp, group)
 
     def make_cache(self) -> list[LayerCache]:
         """One KVCache per layer whose single "head" holds the normalised latent as keys [.., kv_lora_rank] and

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import ops
+from mlxd.models import ops, sharding
 from mlxd.models.gated_delta import causal_conv
 from mlxd.models.nemotron_h.args import ModelArgs
 from mlxd.models.recurrent_cache import RecurrentState
@@ -53,6 +53,21 @@ class Mamba2Mixer(nn.Module):
         # Step sizes are clamped to the config's limits in prefill and decode alike (mlx-lm and mamba_ssm's kernels
         # do; transformers' torch prefill clamps at time_step_min instead and its decode not at all).
         self.dt_min, self.dt_max = (float(v) for v in args.time_step_limit)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """This rank's heads and B/C groups (head h reads group h // (heads / groups), so a rank's heads read its
+        own groups): their slices of in_proj's [z | x | B | C | dt], of the conv over [x | B | C], of the
+        per-head parameters and of the gated norm (per group); the states then hold only these heads."""
+        inner, group_width = self.heads * self.head_dim, self.groups * self.n_state
+        sharding.shard_columns(self.in_proj, group, (inner, inner, group_width, group_width, self.heads))
+        sharding.shard_channels(self.conv1d, ("weight", "bias"), group, (inner, group_width, group_width))
+        sharding.shard_channels(self, ("dt_bias", "A_log", "D"), group)
+        sharding.shard_channels(self.norm, ("weight",), group)
+        sharding.shard_rows(self.out_proj, group)
+        self.heads = sharding.per_rank(self.heads, group, "Mamba-2 heads")
+        self.groups = self.norm.groups = sharding.per_rank(self.groups, group, "Mamba-2 groups")
+        inner, conv_dim = self.heads * self.head_dim, self.conv1d.weight.shape[0]
+        self._split = [inner, inner + conv_dim]
 
     def __call__(self, x: mx.array, cache: RecurrentState | None = None) -> mx.array:
         B, L, _ = x.shape

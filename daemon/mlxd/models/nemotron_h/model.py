@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import moe
+from mlxd.models import moe, sharding
 from mlxd.models.base import AttentionCache, attention_mask, drop_unused_weights
 from mlxd.models.cache import KVCache, LayerCache
 from mlxd.models.nemotron_h.args import ATTENTION, MAMBA, MOE, ModelArgs
@@ -77,6 +77,15 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings:
             return self.backbone.embeddings.as_linear(h)
         return self.lm_head(h)
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        for layer in self.layers:
+            if layer.kind == MAMBA:
+                layer.mixer.shard(group)
+            elif layer.kind == ATTENTION:
+                sharding.shard_attention(layer.mixer, group)
+            else:
+                sharding.shard_feed_forward(layer.mixer, group)
 
     def make_cache(self) -> list[LayerCache]:
         return [RecurrentCache() if self.args.kind(i) == MAMBA else KVCache() for i in self._owners]

@@ -1,0 +1,77 @@
+"""`mlxd serve --tensor-parallel 2` against 1 rank on the CPU: one stream's prefill and decode tok/s and the
+aggregate tok/s of 4 streams, on a random-weight Llama folder that fits (llama-0.2b by default, written once).
+Numbers only: on the CPU both ranks share this host's cores (1 BLAS thread per rank against 2 for the single
+rank, so each contender has the same cores), and the ring's all_sums go through loopback TCP; tensor parallelism
+is for models that do not fit one device, or GPUs (issue 23).
+
+    nice -n 5 python -m bench tensor_parallel [--shape llama-0.2b --rounds 2]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench import common
+from bench.daemon import Daemon
+from mlxd_client import Client
+
+CORES = 2
+
+
+def model_folder(shape: str) -> Path:
+    folder = common.MODELS / f"{shape}-bf16"
+    if not (folder / "config.json").is_file():
+        common.MODELS.mkdir(parents=True, exist_ok=True)
+        common.run_quietly(common.bench_command("random_model", "--shape", shape, "--out", str(folder)))
+    return folder
+
+
+def measure(addr: str, vocab: int, salt: int, args) -> common.Row:
+    with Client(addr) as client:
+        one = common.timed_stream(client, common.prompt_ids(vocab, args.prompt_tokens, salt=salt), args.new_tokens)
+        prompts = common.stream_prompts(vocab, args.streams, args.prompt_tokens, salt=salt + 1)
+        with ThreadPoolExecutor(args.streams) as pool:
+            t0 = time.perf_counter()
+            results = list(pool.map(lambda p: common.timed_stream(client, p, args.new_tokens), prompts))
+            wall = time.perf_counter() - t0
+    return {"prefill_tps": one["prefill_tps"], "decode_tps": one["decode_tps"], "ttft_s": one["ttft_s"],
+            "aggregate_tps": sum(r["new_tokens"] for r in results) / wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--shape", default="llama-0.2b", help="a bench.models.random_model shape (default: %(default)s)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    common.add_out_arg(p, "tensor_parallel")
+    args = p.parse_args(argv)
+    model = model_folder(args.shape)
+    # Both served at once (idle between their turns) and measured in alternation, so a shared machine's drift
+    # falls on both alike.
+    with Daemon(model, args.out / "tp1", "--max-batch-size", str(args.streams),
+                env={"OPENBLAS_NUM_THREADS": str(CORES)}) as one, \
+            Daemon(model, args.out / "tp2", "--tensor-parallel", "2", "--max-batch-size", str(args.streams),
+                   env={"OPENBLAS_NUM_THREADS": str(CORES // 2)}) as two:
+        addrs = {1: one.addr, 2: two.addr}
+        with Client(one.addr) as client:
+            vocab = client.model_info().vocab_size
+        for addr in addrs.values():
+            measure(addr, vocab, 999, args)  # warm-up
+        rows = common.alternate(args.rounds, ["tp"], [1, 2],
+                                lambda n, _, round_: measure(addrs[n], vocab, 1000 * round_, args),
+                                args.out / "runs.jsonl")
+    print(f"\nmlxd, random {args.shape} (float32 on the CPU), {args.prompt_tokens}-token prompts, {args.new_tokens} "
+          f"new tokens, medians of {args.rounds} rounds; logs in {args.out}")
+    print(common.table(
+        ["ranks", "prefill tok/s", "decode tok/s", "TTFT s", f"{args.streams} streams tok/s"],
+        [[n, *(statistics.median(r[k] for r in rows if r["contender"] == n)
+               for k in ("prefill_tps", "decode_tps", "ttft_s", "aggregate_tps"))] for n in (1, 2)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The side channel between rank 0 and the other ranks: length-prefixed JSON frames over TCP (no pickle: a rank
+never unpickles what the network sends).
+
+Rank 0 (`Leader`) sends each runner call to every follower before running it; followers send only heartbeats.
+A follower whose connection closes (it died) or that sends nothing for HEARTBEAT_TIMEOUT (it stalled, e.g.
+stopped or swapped out) is reported once through `on_failure`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!I")
+HEARTBEAT_SECONDS = 0.25
+HEARTBEAT_TIMEOUT = 3.0  # a rank on a busy shared host may be slow to send, never this slow
+MAX_FRAME = 1 << 30
+HEARTBEAT = {"op": "alive"}
+
+Message = dict[str, Any]
+
+
+def send_frame(sock: socket.socket, message: Message) -> None:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    sock.sendall(_LENGTH.pack(len(body)) + body)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket) -> Message | None:
+    """The next message, or None when the peer closed the connection."""
+    header = _read_exactly(sock, _LENGTH.size)
+    if header is None:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"a side-channel frame of {length} bytes")
+    body = _read_exactly(sock, length)
+    if body is None:
+        return None
+    message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("a side-channel frame that is not a JSON object")
+    return message
+
+
+class Leader:
+    """Rank 0's end: listens on `addr`, accepts one connection per follower (each says its rank first)."""
+
+    def __init__(self, host: str, port: int, followers: int) -> None:
+        self._server = socket.create_server((host, port))
+        self.addr = f"{host}:{self._server.getsockname()[1]}"
+        self.followers = followers
+        self._socks: dict[int, socket.socket] = {}
+        self._lock = threading.Lock()
+        self.failure: str | None = None
+        self._on_failure: Callable[[str], None] = lambda reason: None
+        self._closing = False
+
+    def accept(self, timeout: float, on_failure: Callable[[str], None]) -> None:
+        """Wait for every follower to connect (within `timeout` seconds), then watch each one's heartbeats."""
+        self._on_failure = on_failure
+        self._server.settimeout(timeout)
+        while len(self._socks) < self.followers:
+            try:
+                sock, _ = self._server.accept()
+            except TimeoutError as e:
+                raise TimeoutError(f"{self.followers - len(self._socks)} rank(s) did not connect within "
+                                   f"{timeout:.0f} s") from e
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hello = recv_frame(sock)
+            if hello is None or hello.get("op") != "hello" or not isinstance(hello.get("rank"), int):
+                sock.close()
+                continue
+            self._socks[hello["rank"]] = sock
+        self._server.close()
+        for rank, sock in self._socks.items():
+            threading.Thread(target=self._watch, args=(rank, sock), name=f"rank-{rank}-watch", daemon=True).start()
+
+    def send(self, message: Message) -> None:
+        """Send `message` to every follower; a follower that cannot take it is reported as failed."""
+        if self.failure is not None:
+            raise ConnectionError(self.failure)
+        with self._lock:
+            for rank, sock in self._socks.items():
+                try:
+                    send_frame(sock, message)
+                except OSError as e:
+                    self._fail(f"rank {rank} is gone ({e})")
+                    raise ConnectionError(self.failure) from e
+
+    def close(self) -> None:
+        """Tell every follower to exit (after a drain) and close the connections."""
+        self._closing = True
+        try:
+            with self._lock:
+                for sock in self._socks.values():
+                    try:
+                        send_frame(sock, {"op": "exit"})
+                    except OSError:
+                        pass
+        finally:
+            for sock in self._socks.values():
+                sock.close()
+            self._server.close()
+
+    def _watch(self, rank: int, sock: socket.socket) -> None:
+        sock.settimeout(HEARTBEAT_TIMEOUT)
+        while not self._closing:
+            try:
+                message = recv_frame(sock)
+            except TimeoutError:
+                self._fail(f"rank {rank} stalled: no heartbeat for {HEARTBEAT_TIMEOUT} s")
+                return
+            except (OSError, ValueError) as e:
+                message, reason = None, f"rank {rank} is gone ({e})"
+            else:
+                reason = f"rank {rank} exited"
+            if message is None:
+                if not self._closing:
+                    self._fail(reason)
+                return
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None and not self._closing:
+            self.failure = reason
+            log.critical("tensor parallelism: %s", reason)
+            self._on_failure(reason)
+
+
+def connect(addr: str, rank: int, timeout: float = 60.0) -> socket.socket:
+    """A follower's connection to rank 0's side channel (retried while rank 0 is starting), announced with its rank;
+    a thread sends heartbeats on it from then on."""
+    host, port = addr.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    send_frame(sock, {"op": "hello", "rank": rank})
+
+    def beat() -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            try:
+                send_frame(sock, HEARTBEAT)
+            except OSError:
+                return
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+    return sock

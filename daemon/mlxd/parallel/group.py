@@ -1,0 +1,62 @@
+"""Which mx.distributed backend the ranks use, and the environment each rank needs for it.
+
+- CPU (and Metal on one Mac): MLX's TCP ring, each rank listening on its address of a hostfile (MLX_HOSTFILE, a
+  JSON list with one list of "ip:port" per rank, and MLX_RANK). On one host the addresses are loopback ports.
+- CUDA: NCCL, which rank 0 bootstraps on NCCL_HOST_IP:NCCL_PORT (MLX_RANK, MLX_WORLD_SIZE), one GPU per rank.
+
+The choice is made once, from the device, in `backend_for`; everything else reads the environment it wrote, as
+`mlx.launch` writes it for several hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import mlx.core as mx
+
+
+def backend_for(device: mx.Device) -> str:
+    """"nccl" for CUDA GPUs, else "ring" (CPU, and Metal: JACCL needs Thunderbolt RDMA set up by hand)."""
+    return "nccl" if device.type == mx.gpu and mx.cuda.is_available() else "ring"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def local_environments(ranks: int, backend: str, workdir: Path) -> list[dict[str, str]]:
+    """The environment of each of `ranks` ranks on this host (rank 0's first), for `backend`."""
+    if backend == "nccl":
+        port = str(free_port())
+        return [{"MLX_RANK": str(r), "MLX_WORLD_SIZE": str(ranks), "NCCL_HOST_IP": "127.0.0.1", "NCCL_PORT": port,
+                 "CUDA_VISIBLE_DEVICES": str(r)} for r in range(ranks)]
+    hostfile = workdir / "hostfile.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"] for _ in range(ranks)]))
+    return [{"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)} for r in range(ranks)]
+
+
+def environment_rank() -> int | None:
+    """This process's rank when a launcher (ours or mlx.launch) started it as one rank of a group, else None."""
+    rank = os.environ.get("MLX_RANK")
+    started = "MLX_HOSTFILE" in os.environ or "MLX_WORLD_SIZE" in os.environ
+    return int(rank) if rank is not None and started else None
+
+
+def environment_size() -> int:
+    """The number of ranks the launcher's environment names (the hostfile's entries, or MLX_WORLD_SIZE)."""
+    if "MLX_WORLD_SIZE" in os.environ:
+        return int(os.environ["MLX_WORLD_SIZE"])
+    return len(json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text()))
+
+
+def init_group(backend: str) -> mx.distributed.Group:
+    """This rank's group, from the environment `local_environments` (or mlx.launch) set."""
+    group = mx.distributed.init(strict=True, backend=backend)
+    if group.size() < 2:
+        raise RuntimeError(f"the {backend} group has {group.size()} rank: nothing to split")
+    return group

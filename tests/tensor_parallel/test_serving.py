@@ -1,0 +1,150 @@
+"""`mlxd serve --tensor-parallel 2` on the CPU (2 ranks over the TCP ring on loopback), over gRPC: concurrent
+greedy streams of mixed prompt lengths (one decode batch, prompts in prefill chunks) give the tokens of the
+1-rank model, a repeated prompt hits the prefix cache with the same tokens; SIGTERM stops every rank with 0; a
+follower killed mid-stream ends the stream UNAVAILABLE within 2 s and the group exits non-zero; rank 0 SIGKILLed
+leaves no follower behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxd.loading.loader import load_model
+from mlxd.parallel.channel import HEARTBEAT_TIMEOUT
+from mlxd_client import Client, MlxdClientError, collect, pb
+from tests.helpers.daemon_process import FIXTURES, running, start_daemon
+from tests.helpers.parity_checks import greedy_with_cache
+
+pytestmark = pytest.mark.process
+
+NEW_TOKENS = 12
+TP = ("--tensor-parallel", "2", "--prefill-chunk", "16", "--max-batch-size", "4")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux): rank 0's followers."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _greedy(client: Client, ids: list[int]):
+    return client.complete(tokens=ids, temperature=0.0, ignore_eos=True, max_tokens=NEW_TOKENS)
+
+
+# Dense, MoE with a shared expert and gated-DeltaNet layers, and a vision-language model's text path.
+@pytest.mark.parametrize("arch", ["llama", "qwen3_5_moe", "gemma3"])
+def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
+    folder = FIXTURES / "parity" / arch
+    daemon = start_daemon(folder, *TP, workdir=tmp_path)
+    try:
+        followers = children(daemon.proc.pid)
+        assert len(followers) == 1
+        rng = np.random.default_rng(0)
+        prompts = [rng.integers(3, 300, n).tolist() for n in (7, 23, 61)]
+        model = load_model(folder, fuse=True).model  # one rank, as served
+        want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
+        with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
+            assert [r.token_ids for r in pool.map(lambda p: _greedy(client, p), prompts)] == want
+            again = _greedy(client, prompts[2])
+        assert again.token_ids == want[2] and again.final.usage.cached_tokens > 0
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()
+    assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
+
+
+def test_a_follower_killed_mid_stream_ends_streams_unavailable_and_the_group(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    with Client(daemon.addr) as client:
+        stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
+        assert next(stream).HasField("chunk")
+        killed = time.monotonic()
+        os.kill(follower, signal.SIGKILL)
+        with pytest.raises(MlxdClientError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - killed < 2.0
+    assert daemon.proc.wait(15) != 0
+    assert "rank 1" in daemon.stderr().strip().splitlines()[-1]
+
+
+def test_rank_0_killed_leaves_no_follower(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    daemon.proc.kill()
+    daemon.proc.wait()
+    deadline = time.monotonic() + 5
+    while running(follower) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(follower)
+
+
+def test_a_stalled_follower_ends_streams_unavailable_and_the_group(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    with Client(daemon.addr) as client:
+        stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
+        assert next(stream).HasField("chunk")
+        stopped = time.monotonic()
+        os.kill(follower, signal.SIGSTOP)  # alive, but neither computing nor sending heartbeats
+        with pytest.raises(MlxdClientError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - stopped < HEARTBEAT_TIMEOUT + 1.0  # then at once
+    assert daemon.proc.wait(15) != 0
+    assert "rank 1 stalled" in daemon.stderr()
+    deadline = time.monotonic() + 5
+    while running(follower) and time.monotonic() < deadline:  # SIGKILLed with its parent, stopped or not
+        time.sleep(0.05)
+    assert not running(follower)
+
+
+def test_sampled_and_constrained_requests(tmp_path):
+    """Unseeded sampling runs on both ranks with the seed rank 0 drew (a divergence would stop the group);
+    a grammar is refused, and the group keeps serving."""
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    try:
+        with Client(daemon.addr) as client:
+            sampled = [client.complete(tokens=[7, 8, 9], temperature=1.0, top_p=0.9, max_tokens=16,
+                                       ignore_eos=True) for _ in range(3)]
+            assert all(len(r.token_ids) == 16 for r in sampled)
+            seeded = [client.complete(tokens=[7, 8, 9], temperature=1.0, seed=11, max_tokens=16,
+                                      ignore_eos=True).token_ids for _ in range(2)]
+            assert seeded[0] == seeded[1]
+            with pytest.raises(MlxdClientError) as info:
+                client.complete(tokens=[7, 8, 9], max_tokens=4, constraint=pb.Constraint(regex="[ab]+"))
+            assert "tensor parallelism" in info.value.details
+            assert client.health() == "SERVING"
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+
+
+def test_an_image_prompt_gives_transformers_tokens(tmp_path):
+    """Gemma 3's fixture prompt with its PNG, prefill chunks cutting the image span and prompt logprobs: the
+    pixels go to the follower, whose vision tower (replicated) encodes them too."""
+    folder = FIXTURES / "parity" / "gemma3"
+    expected = mx.load(str(folder / "expected.safetensors"))
+    ids = expected["input_ids"][0].tolist()
+    daemon = start_daemon(folder, "--tensor-parallel", "2", "--prefill-chunk", "5", workdir=tmp_path)
+    try:
+        with Client(daemon.addr) as client:
+            result = collect(client.multimodal_generate([ids[:7], (folder / "image.png").read_bytes(), ids[13:]],
+                                                        max_tokens=16, ignore_eos=True, temperature=0.0,
+                                                        prompt_logprobs=True))
+        assert result.token_ids == expected["greedy_ids"].tolist()
+        assert [lp.token_id for lp in result.final.prompt_logprobs] == ids[1:]
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
