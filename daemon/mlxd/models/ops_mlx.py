@@ -18,8 +18,13 @@ from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import Mask
 
 _ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
-_GATED: dict[str, Callable[[mx.array, mx.array], mx.array]] = {
-    kind: (lambda f: lambda gate, up: f(gate) * up)(f) for kind, f in _ACTIVATIONS.items()}
+
+
+def _gated(activation: Callable[[mx.array], mx.array]) -> Callable[[mx.array, mx.array], mx.array]:
+    return lambda gate, up: activation(gate) * up
+
+
+_GATED = {kind: _gated(f) for kind, f in _ACTIVATIONS.items()}
 
 
 class MLXBackend:
