@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench.anchors.protocol import EngineProcess, Job, serve
+from bench.anchors.protocol import EngineProcess, Job, config_vocab_size, serve
 from bench.common import Row, batch_rates
 
 
@@ -53,7 +53,7 @@ def main() -> None:
         gen.close()
         return batch_rates(start, all_started, end, tokens, len(prompts))
 
-    serve(handle, {"vocab_size": config["vocab_size"]})
+    serve(handle, {"vocab_size": config_vocab_size(config)})
 
 
 if __name__ == "__main__":

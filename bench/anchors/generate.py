@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.anchors.protocol import EngineProcess, Job, serve
+from bench.anchors.protocol import EngineProcess, Job, config_vocab_size, serve
 from bench.common import Row, Timer, with_rates
 
 # (prompt ids, new tokens) -> the new tokens, in the groups the engine hands them out
@@ -67,7 +67,7 @@ def mlx_lm_engine(model: Path, _dtype: str, _threads: int) -> tuple[Generate, Jo
         for token, _ in steps:
             yield [int(token)]
 
-    return generate, {"vocab_size": config["vocab_size"], "quantization": config.get("quantization")}
+    return generate, {"vocab_size": config_vocab_size(config), "quantization": config.get("quantization")}
 
 
 def llama_cpp_engine(gguf: Path, _dtype: str, threads: int) -> tuple[Generate, Job]:

@@ -61,3 +61,9 @@ class EngineProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def config_vocab_size(config: dict[str, Any]) -> int:
+    """An mlx-lm folder's vocabulary size: top-level, or under `text_config` in the vision-language layout that
+    Qwen3.5 and Gemma 4 checkpoints are published in."""
+    return int(config.get("vocab_size") or config["text_config"]["vocab_size"])
