@@ -3,9 +3,14 @@ filled mask into -inf logits on the device."""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Sequence
+
+import llguidance
 import mlx.core as mx
 import numpy as np
-from llguidance.numpy import fill_next_token_bitmask
+from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_par
 
 from mlxd.constraints.compiler import CompiledGrammar, error_code
 from mlxd.constraints.errors import ConstraintError
@@ -58,9 +63,44 @@ class RowConstraint:
             raise ConstraintError("rejected", f"cannot roll back {tokens} tokens")
 
     def _raise_if_failed(self) -> None:
-        if self._matcher.is_error():
-            message = self._matcher.get_error()
-            raise ConstraintError("too_large" if error_code(message) == "too_large" else "rejected", message)
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+    def failure(self) -> ConstraintError | None:
+        """Why the matcher failed ("too_large" where a per-token limit was hit), or None while it has not."""
+        if not self._matcher.is_error():
+            return None
+        message = self._matcher.get_error()
+        return ConstraintError("too_large" if error_code(message) == "too_large" else "rejected", message)
+
+
+def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[ConstraintError | None]:
+    """Row j of `out` (int32 [len(rows), words], contiguous; words each row's mask_words) filled as rows[j]'s
+    fill_bitmask would, every row at once on llguidance's threads, without the GIL: a batch's masks in about one
+    mask's time where a loop takes one per row (16 streams on an H200 spent ~3 ms a step filling one by one).
+    Returns each row's failure, None where it filled."""
+    if not rows:
+        return []
+    words = rows[0].mask_words
+    if out.dtype != np.int32 or out.shape != (len(rows), words) or not out.flags["C_CONTIGUOUS"]:
+        raise ValueError(f"the masks must be contiguous int32 [{len(rows)}, {words}], not {out.dtype} {out.shape}")
+    if any(row.mask_words != words for row in rows):
+        raise ValueError("the rows' masks differ in width")
+    fill_next_token_bitmask_par(_executor(), [(row._matcher, j) for j, row in enumerate(rows)], out)
+    return [row.failure() for row in rows]
+
+
+_executor_lock = threading.Lock()
+_executors: list[llguidance.LLExecutor] = []
+
+
+def _executor() -> llguidance.LLExecutor:
+    """llguidance's thread pool for batched mask fills, made on first use: one thread per core, at most 16."""
+    with _executor_lock:
+        if not _executors:
+            _executors.append(llguidance.LLExecutor(num_threads=min(16, os.cpu_count() or 1)))
+        return _executors[0]
 
 
 def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:

@@ -33,7 +33,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.constraints.compiler import mask_words
-from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
+from mlxd.constraints.matcher import RowConstraint, apply_mask, bitmask_to_allowed, fill_bitmasks
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
@@ -290,11 +290,22 @@ class Runner:
         # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read.
         words = max(mask_words(width), *(constraint.mask_words for _, constraint in constrained))
         bitmasks = np.zeros((len(constrained), words), dtype=np.int32)
+        # llguidance's matchers of the model's width fill together on its threads; any other kind one by one.
+        together = [j for j, (_, c) in enumerate(constrained) if isinstance(c, RowConstraint) and c.mask_words == words]
+        filled_together = set(together)
+        if together:
+            filled = np.zeros((len(together), words), dtype=np.int32)
+            failures = fill_bitmasks([cast(RowConstraint, constrained[j][1]) for j in together], filled)
+            bitmasks[together] = filled
+            for j, failure in zip(together, failures):
+                if failure is not None:  # reported with the row's next result, which ends it
+                    rows[constrained[j][0]].failure = failure
         for j, (i, constraint) in enumerate(constrained):
-            try:
-                constraint.fill_bitmask(bitmasks[j, :constraint.mask_words])
-            except Exception as error:  # reported with the row's next result, which ends it
-                rows[i].failure = error
+            if j not in filled_together:
+                try:
+                    constraint.fill_bitmask(bitmasks[j, :constraint.mask_words])
+                except Exception as error:  # reported with the row's next result, which ends it
+                    rows[i].failure = error
             if not bitmasks[j].any():
                 bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
         index = mx.array([i for i, _ in constrained], dtype=mx.int32)
