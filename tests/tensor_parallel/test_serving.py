@@ -63,19 +63,26 @@ def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
     assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
 
 
-def test_a_follower_killed_mid_stream_ends_streams_unavailable_and_the_group(tmp_path):
-    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+def _stream_cut_by(daemon, sig: int) -> tuple[int, float]:
+    """A stream started, then `sig` sent to the follower once the first chunk came: the follower's pid and the
+    seconds from the signal until the stream ended UNAVAILABLE."""
     (follower,) = children(daemon.proc.pid)
     with Client(daemon.addr) as client:
         stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
         assert next(stream).HasField("chunk")
-        killed = time.monotonic()
-        os.kill(follower, signal.SIGKILL)
+        sent = time.monotonic()
+        os.kill(follower, sig)
         with pytest.raises(MlxdClientError) as info:
             for _ in stream:
                 pass
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - killed < 2.0
+        return follower, time.monotonic() - sent
+
+
+def test_a_follower_killed_mid_stream_ends_streams_unavailable_and_the_group(tmp_path):
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    _, seconds = _stream_cut_by(daemon, signal.SIGKILL)
+    assert seconds < 2.0
     assert daemon.proc.wait(15) != 0
     assert "rank 1" in daemon.stderr().strip().splitlines()[-1]
 
@@ -93,17 +100,9 @@ def test_rank_0_killed_leaves_no_follower(tmp_path):
 
 def test_a_stalled_follower_ends_streams_unavailable_and_the_group(tmp_path):
     daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
-    (follower,) = children(daemon.proc.pid)
-    with Client(daemon.addr) as client:
-        stream = client.generate(tokens=[5] * 4, max_tokens=0, ignore_eos=True, timeout=30)
-        assert next(stream).HasField("chunk")
-        stopped = time.monotonic()
-        os.kill(follower, signal.SIGSTOP)  # alive, but neither computing nor sending heartbeats
-        with pytest.raises(MlxdClientError) as info:
-            for _ in stream:
-                pass
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - stopped < HEARTBEAT_TIMEOUT + 1.0  # then at once
+    # SIGSTOP: alive, but neither computing nor sending heartbeats
+    follower, seconds = _stream_cut_by(daemon, signal.SIGSTOP)
+    assert seconds < HEARTBEAT_TIMEOUT + 1.0  # then at once
     assert daemon.proc.wait(15) != 0
     assert "rank 1 stalled" in daemon.stderr()
     deadline = time.monotonic() + 5
