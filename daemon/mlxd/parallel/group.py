@@ -23,20 +23,27 @@ def backend_for(device: mx.Device) -> str:
     return "nccl" if device.type == mx.gpu and mx.cuda.is_available() else "ring"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free on `host` now (bound together, then released: another process may still take one
+    before a rank binds it, which is unlikely)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def local_environments(ranks: int, backend: str, workdir: Path) -> list[dict[str, str]]:
     """The environment of each of `ranks` ranks on this host (rank 0's first), for `backend`."""
     if backend == "nccl":
-        port = str(free_port())
+        (port,) = map(str, free_ports(1))
         return [{"MLX_RANK": str(r), "MLX_WORLD_SIZE": str(ranks), "NCCL_HOST_IP": "127.0.0.1", "NCCL_PORT": port,
                  "CUDA_VISIBLE_DEVICES": str(r)} for r in range(ranks)]
     hostfile = workdir / "hostfile.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"] for _ in range(ranks)]))
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in free_ports(ranks)]))
     return [{"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)} for r in range(ranks)]
 
 
