@@ -61,6 +61,11 @@ def environment_size() -> int:
     return len(json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text()))
 
 
+def environment_backend() -> str:
+    """The backend the launcher's environment is for: NCCL's variables, else the ring's hostfile."""
+    return "nccl" if "NCCL_HOST_IP" in os.environ else "ring"
+
+
 def init_group(backend: str) -> mx.distributed.Group:
     """This rank's group, from the environment `local_environments` (or mlx.launch) set."""
     group = mx.distributed.init(strict=True, backend=backend)

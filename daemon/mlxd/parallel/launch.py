@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxd.parallel.channel import Leader
-from mlxd.parallel.group import backend_for, environment_size, local_environments
+from mlxd.parallel.group import backend_for, environment_backend, environment_size, local_environments
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,12 @@ def start_local(ranks: int, args: FollowerArgs) -> Ranks:
 def start_launched(leader_addr: str) -> Ranks:
     """Rank 0 of a group mlx.launch started on several hosts: listen for the others on `leader_addr`."""
     host, port = leader_addr.rsplit(":", 1)
-    backend = "nccl" if "NCCL_HOST_IP" in os.environ else "ring"
-    return Ranks(Leader(host, int(port), environment_size() - 1), backend)
+    return Ranks(Leader(host, int(port), environment_size() - 1), environment_backend())
 
 
 def follower_argv(args: FollowerArgs, leader_addr: str) -> list[str]:
     """A follower's flags when mlx.launch started this process as a rank other than 0."""
-    backend = "nccl" if "NCCL_HOST_IP" in os.environ else "ring"
-    return _follower_flags(args, leader_addr, backend)
+    return _follower_flags(args, leader_addr, environment_backend())
 
 
 def _follower_flags(args: FollowerArgs, leader_addr: str, backend: str) -> list[str]:
