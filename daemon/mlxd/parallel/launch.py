@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +39,11 @@ class Ranks:
     leader: Leader
     backend: str
     children: list[subprocess.Popen] = field(default_factory=list)
+    workdir: Path | None = None  # what start_local wrote for the ranks (the ring's hostfile)
 
     def stop(self, code: int) -> int:
-        """Tell every rank to exit, reap the ones this process started; the group's exit code (`code`, rank 0's,
-        unless another rank failed)."""
+        """Tell every rank to exit, reap the ones this process started and remove what it wrote for them; the
+        group's exit code (`code`, rank 0's, unless another rank failed)."""
         self.leader.close()
         for rank, child in enumerate(self.children, start=1):
             try:
@@ -52,16 +54,19 @@ class Ranks:
                 child_code = child.wait()
             if child_code != 0 and code == 0:
                 code = 1
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return code
 
 
 def start_local(ranks: int, args: FollowerArgs) -> Ranks:
     """Ranks 1..ranks-1 on this host, over loopback (the ring on CPU, NCCL on CUDA); this process becomes rank 0."""
     backend = backend_for(mx.default_device())
-    envs = local_environments(ranks, backend, Path(tempfile.mkdtemp(prefix="mlxd-tp-")))
+    workdir = Path(tempfile.mkdtemp(prefix="mlxd-tp-"))
+    envs = local_environments(ranks, backend, workdir)
     os.environ.update(envs[0])
     leader = Leader("127.0.0.1", 0, ranks - 1)
-    out = Ranks(leader, backend)
+    out = Ranks(leader, backend, workdir=workdir)
     for env in envs[1:]:
         command = [sys.executable, "-m", "mlxd.parallel.follower", *_follower_flags(args, leader.addr, backend),
                    "--die-with-parent"]
