@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!I")
 HEARTBEAT_SECONDS = 0.25
 HEARTBEAT_TIMEOUT = 3.0  # a rank on a busy shared host may be slow to send, never this slow
-MAX_FRAME = 1 << 30
+MAX_FRAME = 1 << 30     # rank 0's runner calls (a prompt's image pixels, base64)
+FOLLOWER_FRAME = 1 << 10  # a follower's hello or heartbeat
 HEARTBEAT = {"op": "alive"}
 
 Message = dict[str, Any]
@@ -44,13 +45,14 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> Message | None:
-    """The next message, or None when the peer closed the connection."""
+def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> Message | None:
+    """The next message, or None when the peer closed the connection; a ValueError for a frame over `limit`
+    bytes."""
     header = _read_exactly(sock, _LENGTH.size)
     if header is None:
         return None
     (length,) = _LENGTH.unpack(header)
-    if length > MAX_FRAME:
+    if length > limit:
         raise ValueError(f"a side-channel frame of {length} bytes")
     body = _read_exactly(sock, length)
     if body is None:
@@ -85,7 +87,11 @@ class Leader:
                 raise TimeoutError(f"{self.followers - len(self._socks)} rank(s) did not connect within "
                                    f"{timeout:.0f} s") from e
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hello = recv_frame(sock)
+            sock.settimeout(HEARTBEAT_TIMEOUT)  # a follower says hello as it connects, then beats
+            try:
+                hello = recv_frame(sock, FOLLOWER_FRAME)
+            except (OSError, ValueError):
+                hello = None
             if hello is None or hello.get("op") != "hello" or not isinstance(hello.get("rank"), int):
                 sock.close()
                 continue
@@ -122,20 +128,18 @@ class Leader:
             self._server.close()
 
     def _watch(self, rank: int, sock: socket.socket) -> None:
-        sock.settimeout(HEARTBEAT_TIMEOUT)
-        while not self._closing:
+        """Read `rank`'s heartbeats until it fails (closing the connections ends this too, as no failure)."""
+        while True:
             try:
-                message = recv_frame(sock)
+                message = recv_frame(sock, FOLLOWER_FRAME)
             except TimeoutError:
                 self._fail(f"rank {rank} stalled: no heartbeat for {HEARTBEAT_TIMEOUT} s")
                 return
             except (OSError, ValueError) as e:
-                message, reason = None, f"rank {rank} is gone ({e})"
-            else:
-                reason = f"rank {rank} exited"
+                self._fail(f"rank {rank} is gone ({e})")
+                return
             if message is None:
-                if not self._closing:
-                    self._fail(reason)
+                self._fail(f"rank {rank} exited")
                 return
 
     def _fail(self, reason: str) -> None:
