@@ -193,11 +193,6 @@ def shard_feed_forward(block: nn.Module, group: mx.distributed.Group) -> None:
         shard_mlp(block, group)
 
 
-def replicated(group: mx.distributed.Group | None) -> bool:
-    """Whether there is nothing to shard (no group, or a group of one)."""
-    return group is None or group.size() == 1
-
-
 def shard_decoder_layers(layers: Sequence[nn.Module], group: mx.distributed.Group,
                          feed_forward: str = "mlp") -> None:
     """Decoder layers of attention (`self_attn`) and a dense or MoE block (`feed_forward`)."""
