@@ -1,5 +1,12 @@
 """Rank 0's runner and prefix cache under tensor parallelism: each call that runs the model (or changes what the
-prefix cache holds) is sent to the other ranks before it runs here, and they replay it (follower.py).
+prefix cache holds) is sent to the other ranks before it runs here (a lookup, which runs none, after, with what it
+found), and they replay it (follower.py).
+
+Replicated, each as the op of its name that replay.py's Replayer handles: the runner's open, prefill,
+prefill_scored, join, park, close, reset_batch, step and kv_layout, and the prefix cache's lookup, insert and
+clear; and building either (the ops "runner" and "prefix_cache", leader.py). Not replicated, as they change
+nothing a forward pass reads: new_cache, cache_of, batch_rows and has_work (an insert names its caches by the row
+that cache_of or close gave them for).
 
 Why the runner is the seam: it is the only caller of the model and deterministic given its calls, so the ranks
 stay in lockstep with no scheduler, queue or clock of their own; every forward pass runs on every rank in the
