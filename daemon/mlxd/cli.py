@@ -7,12 +7,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlxd_client.cli import add_client_commands, run
 
 if TYPE_CHECKING:
     from mlxd.engine.worker import RuntimeFactory
+    from mlxd.parallel.launch import Ranks
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -140,7 +141,8 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
     os._exit(code)
 
 
-def _tensor_parallel(args: argparse.Namespace, load: RuntimeFactory | None) -> tuple[Any, RuntimeFactory | None]:
+def _tensor_parallel(args: argparse.Namespace,
+                     load: RuntimeFactory | None) -> tuple[Ranks | int | None, RuntimeFactory | None]:
     """(the ranks this process leads, rank 0's runtime factory) under tensor parallelism; (None, load) without;
     (exit code, None) when mlx.launch started this process as another rank, which it then ran as a follower."""
     from mlxd.parallel.group import environment_rank
