@@ -38,7 +38,11 @@ _MATRICES = ("weight", "scales", "biases")
 def take(array: mx.array, axis: int, group: mx.distributed.Group, segments: Sequence[int] = ()) -> mx.array:
     """This rank's share of `array` along `axis`: the `group.rank()`-th of `group.size()` equal parts of each
     segment (sizes along `axis` that are split separately, e.g. [q | k | v] stacked; () for one segment)."""
-    n, rank = group.size(), group.rank()
+    return _part(array, axis, group.rank(), group.size(), segments)
+
+
+def _part(array: mx.array, axis: int, index: int, n: int, segments: Sequence[int] = ()) -> mx.array:
+    """The `index`-th of `n` equal parts of each segment of `array` along `axis` (`take`), in memory of its own."""
     length = array.shape[axis]
     sizes = list(segments) or [length]
     if sum(sizes) != length:
@@ -47,9 +51,9 @@ def take(array: mx.array, axis: int, group: mx.distributed.Group, segments: Sequ
     for size in sizes:
         if size % n:
             raise ValueError(f"cannot split {size} features (of an array {array.shape}) across {n} ranks")
-        index = [slice(None)] * array.ndim
-        index[axis] = slice(start + rank * size // n, start + (rank + 1) * size // n)
-        parts.append(array[tuple(index)])
+        where = [slice(None)] * array.ndim
+        where[axis] = slice(start + index * size // n, start + (index + 1) * size // n)
+        parts.append(array[tuple(where)])
         start += size
     return _copy(parts[0], axis) if len(parts) == 1 else mx.concatenate(parts, axis=axis)
 
@@ -66,22 +70,21 @@ def _copy(part: mx.array, axis: int) -> mx.array:
 def shard_columns(layer: nn.Module, group: mx.distributed.Group, segments: Sequence[int] = ()) -> None:
     """Keep this rank's output features of a linear layer (nn.Linear, QuantizedLinear or stacked experts),
     `segments` as `take` reads them (in output features)."""
-    for name in _MATRICES:
-        if name in layer:
-            layer[name] = take(layer[name], -2, group, segments)
-    if "bias" in layer:
-        layer["bias"] = take(layer["bias"], -1, group, segments)
+    _keep_outputs(layer, group.rank(), group.size(), segments)
 
 
 def keep_head(layer: nn.Module, heads: int, head: int) -> None:
     """Keep only output head `head` of the `heads` of a linear layer (a key-value head several ranks share)."""
-    for name in (*_MATRICES, "bias"):
+    _keep_outputs(layer, head, heads)
+
+
+def _keep_outputs(layer: nn.Module, index: int, n: int, segments: Sequence[int] = ()) -> None:
+    """Keep the `index`-th of `n` parts of a linear layer's output features (`_part`)."""
+    for name in _MATRICES:
         if name in layer:
-            axis = -1 if name == "bias" else -2
-            width = layer[name].shape[axis] // heads
-            index = [slice(None)] * layer[name].ndim
-            index[axis] = slice(head * width, (head + 1) * width)
-            layer[name] = _copy(layer[name][tuple(index)], axis)
+            layer[name] = _part(layer[name], -2, index, n, segments)
+    if "bias" in layer:
+        layer["bias"] = _part(layer["bias"], -1, index, n, segments)
 
 
 def shard_rows(layer: nn.Module, group: mx.distributed.Group, summed: bool = True) -> None:
