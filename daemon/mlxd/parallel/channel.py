@@ -29,9 +29,13 @@ HEARTBEAT = {"op": "alive"}
 Message = dict[str, Any]
 
 
-def send_frame(sock: socket.socket, message: Message) -> None:
+def frame(message: Message) -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode()
-    sock.sendall(_LENGTH.pack(len(body)) + body)
+    return _LENGTH.pack(len(body)) + body
+
+
+def send_frame(sock: socket.socket, message: Message) -> None:
+    sock.sendall(frame(message))
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
@@ -104,10 +108,11 @@ class Leader:
         """Send `message` to every follower; a follower that cannot take it is reported as failed."""
         if self.failure is not None:
             raise ConnectionError(self.failure)
+        data = frame(message)  # encoded once for every follower
         with self._lock:
             for rank, sock in self._socks.items():
                 try:
-                    send_frame(sock, message)
+                    sock.sendall(data)
                 except OSError as e:
                     self._fail(f"rank {rank} is gone ({e})")
                     raise ConnectionError(self.failure) from e
@@ -116,10 +121,11 @@ class Leader:
         """Tell every follower to exit (after a drain) and close the connections."""
         self._closing = True
         try:
+            data = frame({"op": "exit"})
             with self._lock:
                 for sock in self._socks.values():
                     try:
-                        send_frame(sock, {"op": "exit"})
+                        sock.sendall(data)
                     except OSError:
                         pass
         finally:
