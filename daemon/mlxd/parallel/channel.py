@@ -96,10 +96,11 @@ class Leader:
                 hello = recv_frame(sock, FOLLOWER_FRAME)
             except (OSError, ValueError):
                 hello = None
-            if hello is None or hello.get("op") != "hello" or not isinstance(hello.get("rank"), int):
-                sock.close()
+            rank = hello.get("rank") if hello is not None and hello.get("op") == "hello" else None
+            if not isinstance(rank, int) or not 0 < rank <= self.followers or rank in self._socks:
+                sock.close()  # not a follower of this group, or a rank already connected
                 continue
-            self._socks[hello["rank"]] = sock
+            self._socks[rank] = sock
         self._server.close()
         for rank, sock in self._socks.items():
             threading.Thread(target=self._watch, args=(rank, sock), name=f"rank-{rank}-watch", daemon=True).start()
