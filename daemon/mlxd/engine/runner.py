@@ -9,9 +9,10 @@ drops it.
 
 How the next features fit this shape, without another rewrite:
 - **Token constraints** (a grammar's mask, engine/constraint.py): a per-row object handed to `open`, kept in
-  `_Row` beside the sampler. When a batch holds a constrained row, `step()` queues step n+1's forward pass, reads
-  step n, tells each constraint its row's token, fills the masks on the CPU while the device runs the forward
-  pass, and only then queues the sampling with the masks applied. Batches without one keep the plain pipeline.
+  `_Row` beside the sampler. When a batch holds a constrained row, `step()` reads step n, tells each constraint
+  its row's token, fills the masks on another thread (engine/masks.py) while it builds and queues step n+1's
+  forward pass, and only then queues the sampling with the masks applied. Batches without one keep the plain
+  pipeline.
 - **Several input tokens per row** (speculative verification of k drafted tokens): `join`/`step` take each row's
   input tokens instead of one, the batch's forward pass runs [B, 1 + k], each row's cache columns are written
   together, and a row that rejects drafts rolls back past them (a per-row `trim` of its batch columns) before the
@@ -26,16 +27,15 @@ How the next features fit this shape, without another rewrite:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
 import mlx.core as mx
-import numpy as np
 
-from mlxd.constraints.compiler import mask_words
-from mlxd.constraints.matcher import RowConstraint, apply_mask, bitmask_to_allowed, fill_bitmasks
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
+from mlxd.engine.masks import FilledMasks, apply_masks, fill_masks
 from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
 from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
@@ -103,6 +103,7 @@ class Runner:
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: _Pending | None = None
+        self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
 
@@ -202,18 +203,28 @@ class Runner:
         keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
-        logits, rows = None, []
-        if self._order:
-            logits = self._forward_step(self._inputs(previous, keep, joiners))
-            rows = [self._rows[row] for row in self._order]
-            if not any(r.constraint for r in rows):
-                self._pending = self._sample(logits, rows)
-            else:
-                mx.async_eval(logits)  # computed while the step before is read and the masks are filled
+        rows = [self._rows[row] for row in self._order]
+        if any(r.constraint for r in rows):
+            return self._constrained_step(previous, keep, joiners, rows)
+        if rows:
+            self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
             self._positions.advance()
+        return self._constrain(previous.read(), previous.owners) if previous is not None else []
+
+    def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
+                          rows: list[_Row]) -> list[StepResult]:
+        """A step of a batch holding constrained rows. The step before is read first, so that its tokens reach the
+        constraints; their masks are then filled on another thread while this one builds and queues the forward
+        pass. A GPU decode step is bound by that host work (graph building, kernel launches), so fills done after
+        it would add to every row's step time, the free rows' too."""
         results = self._constrain(previous.read(), previous.owners) if previous is not None else []
-        if logits is not None and self._pending is None:
-            self._pending = self._sample(self._masked(logits, rows), rows)
+        if self._mask_filler is None:
+            self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
+        masks = self._mask_filler.submit(self._fill_masks, rows)
+        logits = self._forward_step(self._inputs(previous, keep, joiners))
+        mx.async_eval(logits)
+        self._positions.advance()
+        self._pending = self._sample(self._apply_masks(logits, rows, masks.result()), rows)
         return results
 
     def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
@@ -280,38 +291,19 @@ class Runner:
         return out
 
     def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
-        """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched). The
-        CPU fills the bitmasks while the device runs the step's forward pass."""
-        constrained = [(i, r.constraint) for i, r in enumerate(rows)
-                       if r.constraint is not None and r.failure is None and not r.constraint.is_stopped()]
-        if not constrained:
-            return logits
-        width = logits.shape[-1]
-        # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read.
-        words = max(mask_words(width), *(constraint.mask_words for _, constraint in constrained))
-        bitmasks = np.zeros((len(constrained), words), dtype=np.int32)
-        # llguidance's matchers of the model's width fill together on its threads; any other kind one by one.
-        together = [j for j, (_, c) in enumerate(constrained) if isinstance(c, RowConstraint) and c.mask_words == words]
-        filled_together = set(together)
-        if together:
-            filled = np.zeros((len(together), words), dtype=np.int32)
-            failures = fill_bitmasks([cast(RowConstraint, constrained[j][1]) for j in together], filled)
-            bitmasks[together] = filled
-            for j, failure in zip(together, failures):
-                if failure is not None:  # reported with the row's next result, which ends it
-                    rows[constrained[j][0]].failure = failure
-        for j, (i, constraint) in enumerate(constrained):
-            if j not in filled_together:
-                try:
-                    constraint.fill_bitmask(bitmasks[j, :constraint.mask_words])
-                except Exception as error:  # reported with the row's next result, which ends it
-                    rows[i].failure = error
-            if not bitmasks[j].any():
-                bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
-        index = mx.array([i for i, _ in constrained], dtype=mx.int32)
-        out = mx.array(logits)
-        out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(bitmasks), width))
-        return out
+        """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched)."""
+        return self._apply_masks(logits, rows, self._fill_masks(rows))
+
+    def _fill_masks(self, rows: list[_Row]) -> FilledMasks:
+        """The masks of the rows whose constraint goes on (CPU work, safe on another thread while this one builds
+        the forward pass: it touches only the rows' constraints)."""
+        return fill_masks([r.constraint if r.constraint is not None and r.failure is None
+                           and not r.constraint.is_stopped() else None for r in rows], self._vocab_size)
+
+    def _apply_masks(self, logits: mx.array, rows: list[_Row], masks: FilledMasks) -> mx.array:
+        for i, failure in masks.failures.items():
+            rows[i].failure = failure  # reported with the row's next result, which ends it
+        return apply_masks(logits, masks)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 

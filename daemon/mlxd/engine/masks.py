@@ -1,0 +1,62 @@
+"""The token masks of a decode step's constrained rows: filled on the CPU, then applied to the logits on the device.
+
+llguidance's matchers (constraints/matcher.py RowConstraint) of the model's width fill together, in one call on
+llguidance's own threads without the GIL; any other TokenConstraint fills its row itself. A row whose constraint
+fails keeps a mask that allows everything and carries the failure, which ends that row only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import mlx.core as mx
+import numpy as np
+
+from mlxd.constraints.compiler import mask_words
+from mlxd.constraints.matcher import RowConstraint, apply_mask, bitmask_to_allowed, fill_bitmasks
+from mlxd.engine.constraint import TokenConstraint
+
+
+@dataclass
+class FilledMasks:
+    rows: list[int]                    # the batch rows (indices) that are masked, in the order of `bitmasks`
+    bitmasks: np.ndarray               # int32 [len(rows), words]: bit t of word t // 32 allows token t
+    failures: dict[int, Exception] = field(default_factory=dict)  # batch row -> why its constraint failed
+
+
+def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> FilledMasks:
+    """The masks of the rows whose constraint is given (None: a free row, or one whose constraint is done or
+    failed), for logits `width` wide."""
+    rows = [i for i, c in enumerate(constraints) if c is not None]
+    active = [cast(TokenConstraint, constraints[i]) for i in rows]
+    # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read.
+    words = max([mask_words(width), *(c.mask_words for c in active)])
+    masks = FilledMasks(rows, np.zeros((len(rows), words), dtype=np.int32))
+    together = [j for j, c in enumerate(active) if isinstance(c, RowConstraint) and c.mask_words == words]
+    if together:
+        filled = np.zeros((len(together), words), dtype=np.int32)
+        failures = fill_bitmasks([cast(RowConstraint, active[j]) for j in together], filled)
+        masks.bitmasks[together] = filled
+        masks.failures.update({rows[j]: failure for j, failure in zip(together, failures) if failure is not None})
+    alone = set(range(len(active))) - set(together)
+    for j in sorted(alone):
+        try:
+            active[j].fill_bitmask(masks.bitmasks[j, :active[j].mask_words])
+        except Exception as error:  # reported with the row's next result, which ends it
+            masks.failures[rows[j]] = error
+    for j in range(len(rows)):
+        if not masks.bitmasks[j].any():
+            masks.bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
+    return masks
+
+
+def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:
+    """logits [B, vocab] with each masked row's disallowed tokens at -inf (the other rows untouched)."""
+    if not masks.rows:
+        return logits
+    index = mx.array(masks.rows, dtype=mx.int32)
+    out = mx.array(logits)
+    out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(masks.bitmasks), logits.shape[-1]))
+    return out
