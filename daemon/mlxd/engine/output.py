@@ -74,6 +74,17 @@ class RequestOutput:
             events += self.finish(FinishReason.LENGTH)
         return events
 
+    def accept_run(self, tokens: list[int], logprobs: list[TokenLogprob] | None,
+                   completes: bool = False) -> list[Event]:
+        """A step's tokens (several after a verify step), taken one by one as `accept` takes them: the first
+        that ends the request (an end token, a stop string, the token limit) drops the rest of the run."""
+        events: list[Event] = []
+        for i, token in enumerate(tokens):
+            if self.done:
+                break
+            events += self.accept(token, logprobs[i] if logprobs else None, completes and i == len(tokens) - 1)
+        return events
+
     def finish(self, reason: FinishReason, matched_stop: str = "", stop_token_id: int = -1) -> list[Event]:
         """End the request: the text still held back (final now; it may still complete a stop), then the final."""
         events: list[Event] = []

@@ -254,7 +254,7 @@ class Scheduler:
             if owner is not None and owner.phase is not Phase.DONE and result.error is not None:
                 self._end(owner, owner.output.fail(_as_mlxd_error(result.error, owner.request)), out)
             elif owner is not None and owner.phase is not Phase.DONE:
-                events = owner.output.accept(result.token, result.logprob, completes=result.constraint_done)
+                events = owner.output.accept_run(result.tokens, result.logprobs, completes=result.constraint_done)
                 if owner.output.done:
                     self._end(owner, events, out)
                 else:
