@@ -684,8 +684,11 @@ type GenerationOptions struct {
 	// Special tokens the model generates (e.g. "<|channel|>") are part of the text when unset or true, as a host
 	// that parses the reply itself needs; false leaves them out of the text (Chunk.token_ids still has them).
 	IncludeSpecialTokens *bool `protobuf:"varint,19,opt,name=include_special_tokens,json=includeSpecialTokens,proto3,oneof" json:"include_special_tokens,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Speculative decoding (when the daemon serves with it: `--speculate`): the most tokens drafted per step for
+	// this request, 0 = off; unset = the daemon's depth. The output is the same either way (exact verification).
+	Speculation   *uint32 `protobuf:"varint,20,opt,name=speculation,proto3,oneof" json:"speculation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerationOptions) Reset() {
@@ -849,6 +852,13 @@ func (x *GenerationOptions) GetIncludeSpecialTokens() bool {
 		return *x.IncludeSpecialTokens
 	}
 	return false
+}
+
+func (x *GenerationOptions) GetSpeculation() uint32 {
+	if x != nil && x.Speculation != nil {
+		return *x.Speculation
+	}
+	return 0
 }
 
 // A constraint on the generated text (llguidance's grammars). INVALID_ARGUMENT names what is wrong with it;
@@ -2724,7 +2734,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"parseReplyB\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xeb\a\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xa2\b\n" +
 	"\x11GenerationOptions\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12%\n" +
@@ -2750,7 +2760,9 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"constraint\x18\x12 \x01(\v2\x13.mlxd.v1.ConstraintR\n" +
 	"constraint\x129\n" +
-	"\x16include_special_tokens\x18\x13 \x01(\bH\tR\x14includeSpecialTokens\x88\x01\x01\x1a<\n" +
+	"\x16include_special_tokens\x18\x13 \x01(\bH\tR\x14includeSpecialTokens\x88\x01\x01\x12%\n" +
+	"\vspeculation\x18\x14 \x01(\rH\n" +
+	"R\vspeculation\x88\x01\x01\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\x0e\n" +
@@ -2763,7 +2775,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
 	"\x05_seedB\x19\n" +
-	"\x17_include_special_tokens\"\xf0\x01\n" +
+	"\x17_include_special_tokensB\x0e\n" +
+	"\f_speculation\"\xf0\x01\n" +
 	"\n" +
 	"Constraint\x12!\n" +
 	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +

@@ -48,10 +48,13 @@ class WorkerOptions:
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
     max_stream_backlog: int = 256   # undelivered events at which a request's row pauses (backpressure); 0 = never
     stalled_stream_seconds: float = 60.0  # a request paused this long (its client reads nothing) is cancelled
+    speculate: str = ""             # "ngram": speculative decoding by prompt lookup; "": off
+    speculate_depth: int = 4        # the most tokens drafted per row per step
 
     def scheduler_options(self) -> SchedulerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
-                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds)
+                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds,
+                                speculate=self.speculate, speculate_depth=self.speculate_depth)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def generation_request(request_id: str, prompt_ids: list[int], options: pb.Gener
         top_logprobs=options.top_logprobs,
         prompt_logprobs=options.prompt_logprobs,
         skip_special_tokens=options.HasField("include_special_tokens") and not options.include_special_tokens,
+        speculation=options.speculation if options.HasField("speculation") else None,
         images=images,
         deadline=deadline,
         cancel=cancel,
