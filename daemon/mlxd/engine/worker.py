@@ -50,11 +50,13 @@ class WorkerOptions:
     stalled_stream_seconds: float = 60.0  # a request paused this long (its client reads nothing) is cancelled
     speculate: str = ""             # "ngram": speculative decoding by prompt lookup; "": off
     speculate_depth: int = 4        # the most tokens drafted per row per step
+    speculate_adaptive: bool = True  # False: always speculate_depth
 
     def scheduler_options(self) -> SchedulerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
                                 self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds,
-                                speculate=self.speculate, speculate_depth=self.speculate_depth)
+                                speculate=self.speculate, speculate_depth=self.speculate_depth,
+                                speculate_adaptive=self.speculate_adaptive)
 
 
 @dataclass(frozen=True)
