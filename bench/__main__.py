@@ -25,6 +25,8 @@ BENCHMARKS = {
     "prefix_ttft": ("bench.suite.prefix_ttft", "time to first token with a cached prefix, against a cold one"),
     "vlm_ttft": ("bench.suite.vlm_ttft", "a vision request's TTFT split into preprocessing, vision and prefill"),
     "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
+    "speculative": ("bench.suite.speculative",
+                    "effective tok/s and acceptance with speculative decoding (n-gram or a draft model), against plain"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
 }

@@ -1797,8 +1797,12 @@ type Usage struct {
 	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens uint32                 `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	CachedTokens     uint32                 `protobuf:"varint,3,opt,name=cached_tokens,json=cachedTokens,proto3" json:"cached_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Speculative decoding: tokens drafted for this request and how many of them the model accepted (each accepted
+	// one is a completion token that cost no forward pass of its own).
+	DraftedTokens       uint32 `protobuf:"varint,4,opt,name=drafted_tokens,json=draftedTokens,proto3" json:"drafted_tokens,omitempty"`
+	AcceptedDraftTokens uint32 `protobuf:"varint,5,opt,name=accepted_draft_tokens,json=acceptedDraftTokens,proto3" json:"accepted_draft_tokens,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -1848,6 +1852,20 @@ func (x *Usage) GetCompletionTokens() uint32 {
 func (x *Usage) GetCachedTokens() uint32 {
 	if x != nil {
 		return x.CachedTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetDraftedTokens() uint32 {
+	if x != nil {
+		return x.DraftedTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetAcceptedDraftTokens() uint32 {
+	if x != nil {
+		return x.AcceptedDraftTokens
 	}
 	return 0
 }
@@ -2842,11 +2860,13 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\blogprobs\x18\x03 \x03(\v2\x15.mlxd.v1.TokenLogprobR\blogprobs\x12\x1c\n" +
 	"\treasoning\x18\x04 \x01(\tR\treasoning\x120\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\"~\n" +
+	"tool_calls\x18\x05 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\"\xd9\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
-	"\rcached_tokens\x18\x03 \x01(\rR\fcachedTokens\"\x85\x02\n" +
+	"\rcached_tokens\x18\x03 \x01(\rR\fcachedTokens\x12%\n" +
+	"\x0edrafted_tokens\x18\x04 \x01(\rR\rdraftedTokens\x122\n" +
+	"\x15accepted_draft_tokens\x18\x05 \x01(\rR\x13acceptedDraftTokens\"\x85\x02\n" +
 	"\aTimings\x12#\n" +
 	"\rqueue_seconds\x18\x01 \x01(\x01R\fqueueSeconds\x12<\n" +
 	"\x1btime_to_first_token_seconds\x18\x02 \x01(\x01R\x17timeToFirstTokenSeconds\x129\n" +

@@ -165,6 +165,8 @@ class FinalEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    drafted_tokens: int = 0            # speculative decoding: tokens drafted, and of them accepted
+    accepted_draft_tokens: int = 0
     matched_stop: str = ""
     stop_token_id: int = -1
     timings: Timings = field(default_factory=Timings)

@@ -285,6 +285,7 @@ class Scheduler:
             if owner is not None and owner.phase is not Phase.DONE and result.error is not None:
                 self._end(owner, owner.output.fail(as_mlxd_error(result.error, owner.request)), out)
             elif owner is not None and owner.phase is not Phase.DONE:
+                owner.output.count_drafts(len(drafts.get(result.row, [])), len(result.tokens) - 1)
                 events = owner.output.accept_run(result.tokens, result.logprobs, completes=result.constraint_done)
                 if owner.output.done:
                     self._end(owner, events, out)
