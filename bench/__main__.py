@@ -26,7 +26,7 @@ BENCHMARKS = {
     "vlm_ttft": ("bench.suite.vlm_ttft", "a vision request's TTFT split into preprocessing, vision and prefill"),
     "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
     "speculative": ("bench.suite.speculative",
-                    "effective tok/s and acceptance with speculative decoding (n-gram or a draft model), against plain"),
+                    "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
 }
