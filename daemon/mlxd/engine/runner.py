@@ -254,26 +254,30 @@ class Runner:
         length = 1 + max(len(d) for d in fed)
         inputs = [[r.next_token, *d] + [r.next_token] * (length - 1 - len(d)) for r, d in zip(rows, fed)]
         logits = self._model(mx.array(inputs, dtype=mx.int32), cache=self._caches)
-        tokens = self._accept(logits, rows, fed)
+        # A row without drafts samples its one token as in a plain step, its constraint's mask applied.
+        first = self._masked(logits[:, 0, :], rows) if any(r.constraint for r in rows) else logits[:, 0, :]
+        tokens = self._accept(logits, first, rows, fed)
         for cache in self._caches:
             cache.rollback([len(t) for t in tokens])
         self._positions.advance([len(t) for t in tokens])
         for r, run in zip(rows, tokens):
             r.next_token = run[-1]
-        scored = [None if r.top_logprobs is None else run_logprobs(logits[i, :len(run)], run, r.top_logprobs)
-                  for i, (r, run) in enumerate(zip(rows, tokens))]
+        scored = [None if r.top_logprobs is None else
+                  run_logprobs(logits[i, :len(run)] if d else first[i:i + 1], run, r.top_logprobs)
+                  for i, (r, run, d) in enumerate(zip(rows, tokens, fed))]
         results = [StepResult(row, run, lp) for row, run, lp in zip(self._order, tokens, scored)]
         return self._constrain(results, rows)
 
-    def _accept(self, logits: mx.array, rows: list[_Row], drafts: list[list[int]]) -> list[list[int]]:
-        """Each row's tokens of a verify step (logits [B, L, vocab]): a row without drafts samples as in a plain
-        step (its constraint's mask applied); the others verify theirs (generation/verification.py)."""
-        first = self._masked(logits[:, 0, :], rows) if any(r.constraint for r in rows) else logits[:, 0, :]
+    def _accept(self, logits: mx.array, first: mx.array, rows: list[_Row],
+                drafts: list[list[int]]) -> list[list[int]]:
+        """Each row's tokens of a verify step (logits [B, L, vocab]): a row without drafts samples from `first`
+        (its position 0, masked) as in a plain step; the others verify theirs (generation/verification.py)."""
         argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(r.sampler.plain_greedy for r in rows) else None
         plans: list[VerifyPlan | mx.array] = []
         for i, (r, d) in enumerate(zip(rows, drafts)):
             if not d:
-                plans.append(argmax[i, :1] if argmax is not None and r.sampler.plain_greedy else r.sampler(first[i]))
+                plain = r.sampler.plain_greedy and r.constraint is None
+                plans.append(argmax[i, :1] if argmax is not None and plain else r.sampler(first[i]))
             elif argmax is not None and r.sampler.plain_greedy:
                 plans.append(greedy_plan(argmax[i], d))
             else:
