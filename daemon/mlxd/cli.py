@@ -28,6 +28,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--speculate", default="", choices=["", "ngram"],
                        help="speculative decoding: ngram = draft by prompt lookup (exact; depth adapts per request)")
     serve.add_argument("--speculate-depth", type=int, default=4, help="most tokens drafted per request per step")
+    serve.add_argument("--draft-model", type=Path,
+                       help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
     serve.add_argument("--speculate-fixed", action="store_true",
                        help="always draft --speculate-depth tokens, never adapt (benchmarks and tests)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
@@ -117,7 +119,8 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
                            kv_cache_bytes=args.kv_cache_mb << 20, prefix_cache_bytes=args.prefix_cache_mb << 20,
                            image_cache_bytes=args.image_cache_mb << 20, max_stream_backlog=args.max_stream_backlog,
                            stalled_stream_seconds=args.stalled_stream_seconds, speculate=args.speculate,
-                           speculate_depth=args.speculate_depth, speculate_adaptive=not args.speculate_fixed)
+                           speculate_depth=args.speculate_depth, speculate_adaptive=not args.speculate_fixed,
+                           draft_model_path=args.draft_model)
     connections = ConnectionLimits(max_connections=args.max_connections,
                                    max_streams_per_connection=args.max_streams_per_connection,
                                    idle_seconds=args.idle_connection_seconds)

@@ -52,3 +52,22 @@ def test_speculative_requests_yield_the_plain_output(daemon):
         plain = list(pool.map(lambda c: _complete(daemon.addr, *c, 0), cases))
     for case, got, want in zip(cases, speculative, plain):
         assert got == want, case
+
+
+def test_smollm2_as_its_own_draft_model_is_accepted_throughout(tmp_path):
+    """`--draft-model` with the target itself: greedy drafts are all accepted; the output is the plain one."""
+    from mlxd.demo_models import fetch_model
+    model = fetch_model("smollm2")
+    d = start_daemon(model, "--draft-model", str(model), "--speculate-fixed", "--speculate-depth", "4",
+                     workdir=tmp_path)
+    try:
+        with Client(d.addr) as client:
+            for prompt in PROMPTS[:2]:
+                options = dict(max_tokens=40, ignore_eos=True, temperature=0.0)
+                drafted = client.complete(prompt, **options)
+                plain = client.complete(prompt, speculation=0, **options)
+                assert list(drafted.token_ids) == list(plain.token_ids) and drafted.text == plain.text
+                usage = drafted.final.usage
+                assert usage.accepted_draft_tokens == usage.drafted_tokens > 20
+    finally:
+        assert d.stop() == 0, d.stderr()

@@ -249,7 +249,7 @@ class Runner:
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
         rows = [self._rows[row] for row in self._order]
-        fed = [[] if r.constraint else [t for t in drafts.get(row, []) if 0 <= t < self._vocab_size]
+        fed = [[] if r.constraint else _within(drafts.get(row, []), self._vocab_size)
                for row, r in zip(self._order, rows)]
         length = 1 + max(len(d) for d in fed)
         inputs = [[r.next_token, *d] + [r.next_token] * (length - 1 - len(d)) for r, d in zip(rows, fed)]
@@ -389,3 +389,11 @@ class Runner:
         self._model(mx.array([[0]], dtype=mx.int32), cache=cache)
         mx.eval([a for c in cache for a in c.state])
         return KvLayout.of(cache)
+
+
+def _within(drafts: list[int], vocab_size: int) -> list[int]:
+    """The drafts up to the first that is no token of the model's (a draft model's wider logits)."""
+    for i, token in enumerate(drafts):
+        if not 0 <= token < vocab_size:
+            return drafts[:i]
+    return drafts

@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from mlxd.engine.draft_model import DraftModel
 from mlxd.engine.endings import as_mlxd_error, gone
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
@@ -55,7 +56,8 @@ class SchedulerOptions:
     # KV (a quarter of the layers in Qwen3.5): 1024, two default prefill chunks, keeps both to a few times the
     # prompt's own KV for prompts of some thousand tokens, where reusing a shared system prompt pays.
     recurrent_snapshot_period: int = 1024
-    speculate: str = ""                 # "ngram": draft by prompt lookup (engine/speculation.py); "": never
+    speculate: str = ""                 # "ngram": draft by prompt lookup (engine/speculation.py); "": only with a
+    #                                     draft model (ModelRuntime.draft_model)
     speculate_depth: int = 4            # the most drafted tokens per row per step
     speculate_adaptive: bool = True     # False: always draft speculate_depth (tests, benchmarks of a fixed depth)
 
@@ -100,8 +102,9 @@ class Scheduler:
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
         self._recurrent: bool | None = None       # whether the model has recurrent layers, once asked
-        self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive)
-                            if options.speculate == "ngram" and self._runner.can_speculate else None)
+        draft = DraftModel(runtime.draft_model) if runtime.draft_model is not None else None
+        self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive, model=draft)
+                            if (options.speculate == "ngram" or draft) and self._runner.can_speculate else None)
 
     @property
     def budget(self) -> KvBudget:

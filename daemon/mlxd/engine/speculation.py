@@ -19,8 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlxd.engine.draft_model import DraftModel
+
 _EMA = 0.1          # weight of the newest observation in every estimate
 _PRIOR = 0.5        # acceptance assumed before any observation
+_PROBE_EVERY = 16   # a draft model's row at depth 0 drafts one token after this many steps (to relearn acceptance)
 
 
 class NgramIndex:
@@ -59,6 +62,7 @@ class _RowSpeculation:
     cap: int                                  # the most drafts per step this row takes
     acceptance: float = _PRIOR
     probe: int | None = None                  # the first token it would have drafted in a step without drafts
+    idle: int = 0                             # steps since it last drafted
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Speculator:
     max_depth: int = 4
     max_ngram: int = 3
     adaptive: bool = True                                    # False: always the row's cap
+    model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
     _cost: dict[int, float] = field(default_factory=dict)   # seconds of a step feeding L tokens per row
 
@@ -75,10 +80,15 @@ class Speculator:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
         depth = self.max_depth if cap is None else min(cap, self.max_depth)
         if depth > 0:
-            self._rows[row] = _RowSpeculation(NgramIndex(prompt, self.max_ngram), depth)
+            self._rows[row] = _RowSpeculation(NgramIndex(prompt if self.model is None else [], self.max_ngram),
+                                              depth)
+            if self.model is not None:
+                self.model.start(row, prompt)
 
     def forget(self, row: int) -> None:
         self._rows.pop(row, None)
+        if self.model is not None:
+            self.model.forget(row)
 
     def wants_drafts(self, rooms: dict[int, int]) -> bool:
         """Whether some row would draft now (rooms: the tokens each row may still generate)."""
@@ -86,7 +96,7 @@ class Speculator:
 
     def probe(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """No drafts this step; each row notes the token it would have drafted (to learn its acceptance)."""
-        for row in rooms:
+        for row in rooms if self.model is None else ():
             spec = self._rows.get(row)
             if spec is not None:
                 proposal = spec.index.draft(1)
@@ -95,6 +105,8 @@ class Speculator:
 
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """Each row's drafts for the next step; rows at depth 0 are left out (and probe)."""
+        if self.model is not None:
+            return self.model.draft({row: self._depth(row, room) for row, room in rooms.items()})
         out: dict[int, list[int]] = {}
         for row, room in rooms.items():
             spec = self._rows.get(row)
@@ -109,7 +121,12 @@ class Speculator:
 
     def _depth(self, row: int, room: int) -> int:
         spec = self._rows.get(row)
-        return 0 if spec is None else min(self.depth(spec.acceptance, spec.cap), room - 1)
+        if spec is None:
+            return 0
+        depth = self.depth(spec.acceptance, spec.cap)
+        if depth == 0 and self.model is not None and spec.idle >= _PROBE_EVERY:
+            depth = 1  # no free check of what a model would have drafted: try one token now and then
+        return min(depth, room - 1)
 
     def depth(self, acceptance: float, cap: int) -> int:
         """The depth in 0..cap with the most expected tokens per second, given the measured step costs."""
@@ -138,7 +155,11 @@ class Speculator:
         elif spec.probe is not None and tokens:
             spec.acceptance += _EMA * (float(tokens[0] == spec.probe) - spec.acceptance)
         spec.probe = None
-        spec.index.extend(tokens)
+        spec.idle = 0 if drafted else spec.idle + 1
+        if self.model is not None:
+            self.model.observe(row, drafted, tokens)
+        else:
+            spec.index.extend(tokens)
 
     def timed(self, length: int, seconds: float) -> None:
         """A step feeding `length` tokens per row took `seconds`."""

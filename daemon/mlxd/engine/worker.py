@@ -51,6 +51,7 @@ class WorkerOptions:
     speculate: str = ""             # "ngram": speculative decoding by prompt lookup; "": off
     speculate_depth: int = 4        # the most tokens drafted per row per step
     speculate_adaptive: bool = True  # False: always speculate_depth
+    draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
 
     def scheduler_options(self) -> SchedulerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
@@ -243,10 +244,12 @@ class Worker:
 def load_runtime(worker: Worker) -> ModelRuntime:
     """Load the model and tokenizer the worker's options name, publish them for the service, and warm up."""
     from mlxd.engine.warmup import warm_up
-    from mlxd.loading.model_source import load_model_and_tokenizer
+    from mlxd.loading.model_source import load_draft_model, load_model_and_tokenizer
 
     options = worker.options
     worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype)
     runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
+    if options.draft_model_path is not None:
+        runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
     warm_up(runtime)
     return runtime

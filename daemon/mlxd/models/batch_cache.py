@@ -153,6 +153,16 @@ class BatchKVCache:
             self._valid = valid
         self._written = 0
 
+    def forget(self, counts: list[int]) -> None:
+        """Row r forgets its last counts[r] positions, whichever steps wrote them (a draft model's rejected
+        drafts); they become holes."""
+        if any(counts):
+            valid = self._host_valid()
+            for r, n in enumerate(counts):
+                if n:
+                    valid[r, np.nonzero(valid[r])[0][-n:]] = False
+            self._valid = valid
+
     @property
     def state(self) -> list[mx.array]:
         stored = kv_storage(self.keys, self.values)
