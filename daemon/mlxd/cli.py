@@ -26,6 +26,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                             "new private directory); an address other than loopback needs TLS or a token")
     serve.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "float16", "bfloat16"],
                        help="weight dtype; auto = float32 on a Linux CPU (fast BLAS path), the checkpoint's on a GPU")
+    serve.add_argument("--speculate", default="", choices=["", "ngram"],
+                       help="speculative decoding: ngram = draft by prompt lookup (exact; depth adapts per request)")
+    serve.add_argument("--speculate-depth", type=int, default=4, help="most tokens drafted per request per step")
+    serve.add_argument("--draft-model", type=Path,
+                       help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
+    serve.add_argument("--speculate-fixed", action="store_true",
+                       help="always draft --speculate-depth tokens, never adapt (benchmarks and tests)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")
@@ -121,7 +128,9 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
                            prefill_chunk_size=args.prefill_chunk, max_batch_size=args.max_batch_size,
                            kv_cache_bytes=args.kv_cache_mb << 20, prefix_cache_bytes=args.prefix_cache_mb << 20,
                            image_cache_bytes=args.image_cache_mb << 20, max_stream_backlog=args.max_stream_backlog,
-                           stalled_stream_seconds=args.stalled_stream_seconds)
+                           stalled_stream_seconds=args.stalled_stream_seconds, speculate=args.speculate,
+                           speculate_depth=args.speculate_depth, speculate_adaptive=not args.speculate_fixed,
+                           draft_model_path=args.draft_model)
     connections = ConnectionLimits(max_connections=args.max_connections,
                                    max_streams_per_connection=args.max_streams_per_connection,
                                    idle_seconds=args.idle_connection_seconds)

@@ -101,7 +101,10 @@ def test_logprobs_are_of_the_constrained_distribution():
         assert math.isclose(sum(math.exp(t.logprob) for t in allowed_tops), 1.0, rel_tol=1e-4)
 
 
-def test_constrained_rows_beside_free_ones_change_nothing_for_either():
+@pytest.mark.parametrize("speculate", ["", "ngram"])
+def test_constrained_rows_beside_free_ones_change_nothing_for_either(speculate):
+    """Also beside rows that draft (n-gram, every step): constrained rows take no drafts, their masks and
+    logprobs stay those of a plain step."""
     runtime = fake_runtime()
 
     def requests():
@@ -109,15 +112,20 @@ def test_constrained_rows_beside_free_ones_change_nothing_for_either():
         for i, prompt in enumerate(PROMPTS):
             constraint = AllowedSets([{(7 * i + s) % VOCAB, (7 * i + s + 1) % VOCAB} for s in range(9)]) \
                 if i % 2 else None
-            out.append(_request(f"r{i}", prompt, n=9, constraint=constraint,
+            out.append(_request(f"r{i}", prompt, n=9, constraint=constraint, logprobs=True,
                                 sampling=SamplingParams(temperature=0.7, seed=i) if i == 3 else GREEDY))
         return out
 
-    alone = [_alone(runtime, r)[:2] for r in requests()]
+    alone = [_alone(runtime, r)[:3] for r in requests()]
     batched = requests()
-    run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=8)),
-                 {0: batched[:2], 3: batched[2:]})
-    assert [drain(r)[:2] for r in batched] == alone
+    options = SchedulerOptions(prefill_chunk_size=4, max_batch_size=8, speculate=speculate, speculate_adaptive=False)
+    run_arrivals(Scheduler(runtime, options), {0: batched[:2], 3: batched[2:]})
+    got = [drain(r) for r in batched]
+    assert [g[:2] for g in got] == [a[:2] for a in alone]
+    for g, a in zip(got, alone):
+        assert g[2] == pytest.approx(a[2], abs=1e-5)
+    if speculate:
+        assert any(g[3].drafted_tokens for g in got) and not any(g[3].drafted_tokens for g in got[1::2])
 
 
 class FailsAt(AllowedSets):

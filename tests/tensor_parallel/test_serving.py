@@ -63,6 +63,23 @@ def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
     assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
 
 
+def test_ngram_speculation_with_two_ranks_gives_the_tokens_of_one(tmp_path):
+    """Drafts go to the other ranks with each verify step, and every rank rolls back the same columns."""
+    folder = FIXTURES / "parity" / "llama"
+    daemon = start_daemon(folder, *TP, "--speculate", "ngram", "--speculate-fixed", workdir=tmp_path)
+    try:
+        prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]  # repeats: prompt lookup drafts from step one
+        model = load_model(folder, fuse=True).model
+        want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
+        with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
+            got = list(pool.map(lambda p: _greedy(client, p), prompts))
+        assert [r.token_ids for r in got] == want
+        assert sum(r.final.usage.drafted_tokens for r in got) > 0
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()
+
+
 def _stream_cut_by(daemon, sig: int) -> tuple[int, float]:
     """A stream started, then `sig` sent to the follower once the first chunk came: the follower's pid and the
     seconds from the signal until the stream ended UNAVAILABLE."""

@@ -10,8 +10,8 @@ from safetensors.numpy import load_file, save_file
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.engine.scheduler import run_to_completion
 from mlxd.engine.vision import ImageEncoder, chunk_end
+from mlxd.engine.warmup import run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.images.decode import ImageLimits, decode_image
 from mlxd.images.preprocess import content_digest, load_processor_config, preprocess

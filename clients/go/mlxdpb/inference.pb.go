@@ -684,8 +684,11 @@ type GenerationOptions struct {
 	// Special tokens the model generates (e.g. "<|channel|>") are part of the text when unset or true, as a host
 	// that parses the reply itself needs; false leaves them out of the text (Chunk.token_ids still has them).
 	IncludeSpecialTokens *bool `protobuf:"varint,19,opt,name=include_special_tokens,json=includeSpecialTokens,proto3,oneof" json:"include_special_tokens,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Speculative decoding (when the daemon serves with it: `--speculate`): the most tokens drafted per step for
+	// this request, 0 = off; unset = the daemon's depth. The output is the same either way (exact verification).
+	Speculation   *uint32 `protobuf:"varint,20,opt,name=speculation,proto3,oneof" json:"speculation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerationOptions) Reset() {
@@ -849,6 +852,13 @@ func (x *GenerationOptions) GetIncludeSpecialTokens() bool {
 		return *x.IncludeSpecialTokens
 	}
 	return false
+}
+
+func (x *GenerationOptions) GetSpeculation() uint32 {
+	if x != nil && x.Speculation != nil {
+		return *x.Speculation
+	}
+	return 0
 }
 
 // A constraint on the generated text (llguidance's grammars). INVALID_ARGUMENT names what is wrong with it;
@@ -1787,8 +1797,12 @@ type Usage struct {
 	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens uint32                 `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	CachedTokens     uint32                 `protobuf:"varint,3,opt,name=cached_tokens,json=cachedTokens,proto3" json:"cached_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Speculative decoding: tokens drafted for this request and how many of them the model accepted (each accepted
+	// one is a completion token that cost no forward pass of its own).
+	DraftedTokens       uint32 `protobuf:"varint,4,opt,name=drafted_tokens,json=draftedTokens,proto3" json:"drafted_tokens,omitempty"`
+	AcceptedDraftTokens uint32 `protobuf:"varint,5,opt,name=accepted_draft_tokens,json=acceptedDraftTokens,proto3" json:"accepted_draft_tokens,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -1838,6 +1852,20 @@ func (x *Usage) GetCompletionTokens() uint32 {
 func (x *Usage) GetCachedTokens() uint32 {
 	if x != nil {
 		return x.CachedTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetDraftedTokens() uint32 {
+	if x != nil {
+		return x.DraftedTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetAcceptedDraftTokens() uint32 {
+	if x != nil {
+		return x.AcceptedDraftTokens
 	}
 	return 0
 }
@@ -2724,7 +2752,7 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"parseReplyB\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xeb\a\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xa2\b\n" +
 	"\x11GenerationOptions\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rR\tmaxTokens\x12%\n" +
@@ -2750,7 +2778,9 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"constraint\x18\x12 \x01(\v2\x13.mlxd.v1.ConstraintR\n" +
 	"constraint\x129\n" +
-	"\x16include_special_tokens\x18\x13 \x01(\bH\tR\x14includeSpecialTokens\x88\x01\x01\x1a<\n" +
+	"\x16include_special_tokens\x18\x13 \x01(\bH\tR\x14includeSpecialTokens\x88\x01\x01\x12%\n" +
+	"\vspeculation\x18\x14 \x01(\rH\n" +
+	"R\vspeculation\x88\x01\x01\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\x0e\n" +
@@ -2763,7 +2793,8 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
 	"\x05_seedB\x19\n" +
-	"\x17_include_special_tokens\"\xf0\x01\n" +
+	"\x17_include_special_tokensB\x0e\n" +
+	"\f_speculation\"\xf0\x01\n" +
 	"\n" +
 	"Constraint\x12!\n" +
 	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +
@@ -2829,11 +2860,13 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\blogprobs\x18\x03 \x03(\v2\x15.mlxd.v1.TokenLogprobR\blogprobs\x12\x1c\n" +
 	"\treasoning\x18\x04 \x01(\tR\treasoning\x120\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\"~\n" +
+	"tool_calls\x18\x05 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\"\xd9\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
-	"\rcached_tokens\x18\x03 \x01(\rR\fcachedTokens\"\x85\x02\n" +
+	"\rcached_tokens\x18\x03 \x01(\rR\fcachedTokens\x12%\n" +
+	"\x0edrafted_tokens\x18\x04 \x01(\rR\rdraftedTokens\x122\n" +
+	"\x15accepted_draft_tokens\x18\x05 \x01(\rR\x13acceptedDraftTokens\"\x85\x02\n" +
 	"\aTimings\x12#\n" +
 	"\rqueue_seconds\x18\x01 \x01(\x01R\fqueueSeconds\x12<\n" +
 	"\x1btime_to_first_token_seconds\x18\x02 \x01(\x01R\x17timeToFirstTokenSeconds\x129\n" +

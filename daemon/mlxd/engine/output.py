@@ -49,6 +49,7 @@ class RequestOutput:
         self.constraint_complete = False  # the constraint accepted the output
         self.prompt_logprobs: list[TokenLogprob] = []
         self.cached_tokens = 0           # prompt tokens a prefix-cache hit supplied
+        self.drafted = self.accepted_drafts = 0  # speculative decoding's drafts, and those the model accepted
         self._started = time.monotonic()
         self._first_token_at = 0.0
 
@@ -73,6 +74,21 @@ class RequestOutput:
         elif len(self.generated) >= self.limit:
             events += self.finish(FinishReason.LENGTH)
         return events
+
+    def accept_run(self, tokens: list[int], logprobs: list[TokenLogprob] | None,
+                   completes: bool = False) -> list[Event]:
+        """A step's tokens (several after a verify step), taken one by one as `accept` takes them: the first
+        that ends the request (an end token, a stop string, the token limit) drops the rest of the run."""
+        events: list[Event] = []
+        for i, token in enumerate(tokens):
+            if self.done:
+                break
+            events += self.accept(token, logprobs[i] if logprobs else None, completes and i == len(tokens) - 1)
+        return events
+
+    def count_drafts(self, drafted: int, accepted: int) -> None:
+        self.drafted += drafted
+        self.accepted_drafts += accepted
 
     def finish(self, reason: FinishReason, matched_stop: str = "", stop_token_id: int = -1) -> list[Event]:
         """End the request: the text still held back (final now; it may still complete a stop), then the final."""
@@ -106,6 +122,7 @@ class RequestOutput:
             decode_time = now - self._first_token_at
             timings.decode_tokens_per_second = (n_gen - 1) / decode_time if n_gen > 1 and decode_time > 0 else 0.0
         # peak_memory_bytes is the scheduler's to stamp: it owns the process-wide MLX counters.
-        return FinalEvent(reason, n_prompt, n_gen, cached_tokens=self.cached_tokens, matched_stop=matched_stop,
+        return FinalEvent(reason, n_prompt, n_gen, cached_tokens=self.cached_tokens, drafted_tokens=self.drafted,
+                          accepted_draft_tokens=self.accepted_drafts, matched_stop=matched_stop,
                           stop_token_id=stop_token_id, timings=timings, prompt_logprobs=self.prompt_logprobs,
                           constraint_complete=self.constraint_complete)

@@ -114,6 +114,7 @@ class GenerationRequest:
     images: tuple[PromptImage, ...] = ()    # in prompt order; spans never overlap
     deadline: float | None = None           # time.monotonic() value
     constraint: TokenConstraint | None = None  # the tokens allowed at each step (a grammar); one per request
+    speculation: int | None = None          # most drafted tokens per step: 0 = never, None = the daemon's setting
     skip_special_tokens: bool = False       # special tokens stay out of the text (they still count and stream ids)
     cancel: CancelToken = field(default_factory=CancelToken)
     events: EventSink = field(default_factory=EventQueue)
@@ -164,6 +165,8 @@ class FinalEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    drafted_tokens: int = 0            # speculative decoding: tokens drafted, and of them accepted
+    accepted_draft_tokens: int = 0
     matched_stop: str = ""
     stop_token_id: int = -1
     timings: Timings = field(default_factory=Timings)

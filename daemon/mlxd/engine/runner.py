@@ -13,10 +13,9 @@ How the next features fit this shape, without another rewrite:
   its row's token, fills the masks on another thread (engine/masks.py) while it builds and queues step n+1's
   forward pass, and only then queues the sampling with the masks applied. Batches without one keep the plain
   pipeline.
-- **Several input tokens per row** (speculative verification of k drafted tokens): `join`/`step` take each row's
-  input tokens instead of one, the batch's forward pass runs [B, 1 + k], each row's cache columns are written
-  together, and a row that rejects drafts rolls back past them (a per-row `trim` of its batch columns) before the
-  next step; results then carry a list of tokens per row.
+- **Several input tokens per row** (speculative verification, `step(drafts)`): a verify step feeds each row its
+  last token and its drafts, [B, 1 + max k], synchronously; generation/verification.py accepts each row's run and
+  the batch caches roll the rejected columns back (`rollback`). Rows without drafts share the pass.
 - **Caches that are not only KV** (a recurrent state per row for linear-attention layers, in place): the runner
   touches caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py,
   models/batch_cache.py): `batched`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A
@@ -26,7 +25,7 @@ How the next features fit this shape, without another rewrite:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
@@ -36,12 +35,14 @@ import mlx.core as mx
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.masks import FilledMasks, apply_masks, fill_masks
-from mlxd.engine.request import PromptImage, TokenLogprob, TopLogprob
+from mlxd.engine.request import PromptImage, TokenLogprob
+from mlxd.engine.scores import row_logprobs, run_logprobs, token_logprob, tops
 from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
-from mlxd.generation.sampling import Sampler, logprobs, top_logprobs
+from mlxd.generation.sampling import Sampler
+from mlxd.generation.verification import VerifyPlan, greedy_plan, sampler_plan
 from mlxd.models import ops
-from mlxd.models.batch_cache import BatchPositions, batched
+from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
 from mlxd.models.cache import LayerCache, RowState
 from mlxd.models.protocol import LanguageModel
 
@@ -53,8 +54,8 @@ ChunkImage = tuple[int, PromptImage]
 @dataclass(frozen=True)
 class StepResult:
     row: RowId
-    token: int
-    logprob: TokenLogprob | None
+    tokens: list[int]                      # one, or a verify step's accepted run (1..k+1)
+    logprobs: list[TokenLogprob] | None    # one per token; None when the row asked for none
     constraint_done: bool = False  # the row's constraint is complete after this token
     error: Exception | None = None  # the row's constraint failed (a grammar past its limits): end this row only
 
@@ -87,7 +88,7 @@ class _Pending:
         mx.eval(self.tokens, *[a for arrays in self.scored if arrays for a in arrays])
         # int32 [B] reads back as ints; MLX's stub types every tolist() as any nesting of any scalar.
         tokens = cast(list[int], self.tokens.tolist())
-        return [StepResult(row, token, None if lp is None else _token_logprob(token, lp))
+        return [StepResult(row, [token], None if lp is None else [token_logprob(token, lp)])
                 for row, token, lp in zip(self.rows, tokens, self.scored)]
 
 
@@ -134,7 +135,7 @@ class Runner:
         logits = self._forward(r, ids, images)[0]
         mx.eval([logits] + [a for c in r.cache for a in c.state])
         chosen, top_ids, top_values = ops.prompt_scores(logits, targets, top_k)
-        return [TokenLogprob(t, value, _tops(i, v)) for t, value, i, v in zip(targets, chosen, top_ids, top_values)]
+        return [TokenLogprob(t, value, tops(i, v)) for t, value, i, v in zip(targets, chosen, top_ids, top_values)]
 
     def cache_of(self, row: RowId) -> list[LayerCache]:
         """The row's own cache before it joins the batch (for a prefix-cache snapshot of its prompt)."""
@@ -197,8 +198,37 @@ class Runner:
 
     # -- the decode step -----------------------------------------------------------------------------------------
 
-    def step(self) -> list[StepResult]:
-        """Queue the next decode step for every batch row, then return the tokens of the step queued before."""
+    @property
+    def can_speculate(self) -> bool:
+        """Whether rows may be given drafts: every layer's cache can roll rejected positions back (a recurrent
+        layer's state cannot)."""
+        return all(isinstance(cache, BatchKVCache) for cache in self._caches)
+
+    def flush(self) -> list[StepResult]:
+        """The tokens of the step queued last, queueing none (before a verify step, whose drafts need them)."""
+        return self._flush()
+
+    def _flush(self) -> list[StepResult]:
+        # step() flushes through this one, so that a subclass's flush (parallel/replication.py's, which tells
+        # the other ranks) runs only where the scheduler calls it.
+        previous, self._pending = self._pending, None
+        if previous is None:
+            return []
+        results = self._constrain(previous.read(), previous.owners)
+        for result in results:
+            r = self._rows.get(result.row)
+            if r is not None:
+                r.next_token = result.tokens[-1]
+        return results
+
+    def step(self, drafts: Mapping[RowId, list[int]] | None = None) -> list[StepResult]:
+        """Queue the next decode step for every batch row, then return the tokens of the step queued before.
+
+        With `drafts` (tokens proposed to follow each row's last one; rows left out have none) the step is a
+        verify step instead: it runs synchronously and returns its own tokens, 1..k+1 per row (after those of a
+        step still queued, if any)."""
+        if drafts and self.can_speculate and any(drafts.get(row) for row in self._order + self._joining):
+            return self._flush() + self._verify(drafts)
         previous, self._pending = self._pending, None
         keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
         joiners, self._joining, self._leaving = self._joining, [], set()
@@ -227,6 +257,50 @@ class Runner:
         self._pending = self._sample(self._apply_masks(logits, rows, masks.result()), rows)
         return results
 
+    def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
+        """One synchronous step feeding each row its last token and its drafts (rows with fewer fill up with
+        copies, which they reject): [B, 1 + max k] through the model, each row's drafts verified, the cache
+        columns of rejected ones rolled back."""
+        keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
+        joiners, self._joining, self._leaving = self._joining, [], set()
+        self._regroup(keep, joiners)
+        rows = [self._rows[row] for row in self._order]
+        fed = [[] if r.constraint else _within(drafts.get(row, []), self._vocab_size)
+               for row, r in zip(self._order, rows)]
+        length = 1 + max(len(d) for d in fed)
+        inputs = [[r.next_token, *d] + [r.next_token] * (length - 1 - len(d)) for r, d in zip(rows, fed)]
+        logits = self._model(mx.array(inputs, dtype=mx.int32), cache=self._caches)
+        # A row without drafts samples its one token as in a plain step, its constraint's mask applied.
+        first = self._masked(logits[:, 0, :], rows) if any(r.constraint for r in rows) else logits[:, 0, :]
+        tokens = self._accept(logits, first, rows, fed)
+        for cache in self._caches:
+            cache.rollback([len(t) for t in tokens])
+        self._positions.advance([len(t) for t in tokens])
+        for r, run in zip(rows, tokens):
+            r.next_token = run[-1]
+        scored = [None if r.top_logprobs is None else
+                  run_logprobs(logits[i, :len(run)] if d else first[i:i + 1], run, r.top_logprobs)
+                  for i, (r, run, d) in enumerate(zip(rows, tokens, fed))]
+        results = [StepResult(row, run, lp) for row, run, lp in zip(self._order, tokens, scored)]
+        return self._constrain(results, rows)
+
+    def _accept(self, logits: mx.array, first: mx.array, rows: list[_Row],
+                drafts: list[list[int]]) -> list[list[int]]:
+        """Each row's tokens of a verify step (logits [B, L, vocab]): a row without drafts samples from `first`
+        (its position 0, masked) as in a plain step; the others verify theirs (generation/verification.py)."""
+        argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(r.sampler.plain_greedy for r in rows) else None
+        plans: list[VerifyPlan | mx.array] = []
+        for i, (r, d) in enumerate(zip(rows, drafts)):
+            if not d:
+                plain = r.sampler.plain_greedy and r.constraint is None
+                plans.append(argmax[i, :1] if argmax is not None and plain else r.sampler(first[i]))
+            elif argmax is not None and r.sampler.plain_greedy:
+                plans.append(greedy_plan(argmax[i], d))
+            else:
+                plans.append(sampler_plan(r.sampler, logits[i, :len(d) + 1], d))
+        mx.eval([p.choices if isinstance(p, VerifyPlan) else p for p in plans])
+        return [p.accepted() if isinstance(p, VerifyPlan) else cast(list[int], p.tolist()) for p in plans]
+
     def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
         if keep != list(range(len(self._order))):
             for cache in self._caches:
@@ -246,8 +320,10 @@ class Runner:
 
     def _inputs(self, previous: _Pending | None, keep: list[int], joiners: list[RowId]) -> mx.array:
         parts = []
-        if keep:
-            assert previous is not None, "batch rows without a queued step"
+        if keep and previous is None:  # the step before was a verify step: its tokens are on the host
+            parts.append(mx.array([self._rows[row].next_token for row in self._order[:len(keep)]], dtype=mx.int32))
+        elif keep:
+            assert previous is not None
             tokens = previous.tokens
             parts.append(tokens if keep == list(range(tokens.shape[0])) else tokens[mx.array(keep, dtype=mx.int32)])
         if joiners:
@@ -268,7 +344,7 @@ class Runner:
             argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
             tokens = argmax if all(plain) else mx.concatenate(
                 [argmax[i:i + 1] if plain[i] else r.sampler(logits[i]) for i, r in enumerate(rows)])
-        scored = [None if r.top_logprobs is None else _row_logprobs(logits[i], tokens[i], r.top_logprobs)
+        scored = [None if r.top_logprobs is None else row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
         return _Pending(list(self._order), tokens, scored, rows)
@@ -283,11 +359,11 @@ class Runner:
                 continue
             if r.failure is None:
                 try:
-                    constraint.consume(result.token)
+                    constraint.consume(result.tokens[0])  # constrained rows get no drafts: one token
                 except Exception as error:  # one grammar's failure ends its row, not the batch
                     r.failure = error
             done = r.failure is None and constraint.is_stopped()
-            out.append(StepResult(result.row, result.token, result.logprob, done, r.failure))
+            out.append(StepResult(result.row, result.tokens, result.logprobs, done, r.failure))
         return out
 
     def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
@@ -323,19 +399,9 @@ class Runner:
         return KvLayout.of(cache)
 
 
-def _row_logprobs(logits: mx.array, token: mx.array, top_k: int) -> tuple[mx.array, ...]:
-    scores = logprobs(logits)
-    chosen = scores[token]
-    return (chosen, *top_logprobs(scores, top_k)) if top_k else (chosen,)
-
-
-def _token_logprob(token: int, arrays: tuple[mx.array, ...]) -> TokenLogprob:
-    # (chosen float32 [], top ids int32 [k], their float32 values [k]): MLX's stub types tolist() as any nesting
-    # of any scalar, complex included.
-    top = _tops(cast(list[int], arrays[1].tolist()), cast(list[float], arrays[2].tolist())) if len(arrays) == 3 else []
-    return TokenLogprob(token, float(arrays[0]), top)
-
-
-def _tops(ids: list[int], values: list[float]) -> list[TopLogprob]:
-    return [TopLogprob(int(i), float(v)) for i, v in zip(ids, values)]
-
+def _within(drafts: list[int], vocab_size: int) -> list[int]:
+    """The drafts up to the first that is no token of the model's (a draft model's wider logits)."""
+    for i, token in enumerate(drafts):
+        if not 0 <= token < vocab_size:
+            return drafts[:i]
+    return drafts

@@ -36,6 +36,7 @@ class ModelRuntime:
     image_encoder: ImageEncoder | None = None    # vision-language models only
     special_ids: frozenset[int] = frozenset()     # what GenerationRequest.skip_special_tokens leaves out of the text
     parts: EngineParts | None = None              # None: the plain runner and prefix cache
+    draft_model: LanguageModel | None = None      # speculative decoding's drafter (same vocabulary), if any
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:

@@ -9,7 +9,8 @@ request; the worker delivers them. Nothing climbs back up: no callbacks, no queu
 Policy kept here: admission order and the KV budget, prefill chunking (never splitting an image), the prefix
 cache (look up at admission, store the prompt after prefill and prompt + answer when a row leaves), cancellation
 and deadlines, and backpressure (a row whose reader fell behind leaves the batch with its keys until the reader
-catches up, and ends after `stalled_stream_seconds`).
+catches up, and ends after `stalled_stream_seconds`). Speculation: which rows draft and how deep
+(engine/speculation.py); a step with drafts first reads the step still queued, then verifies synchronously.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mlxd.constraints.errors import ConstraintError, as_request_error
+from mlxd.engine.draft_model import DraftModel
+from mlxd.engine.endings import as_mlxd_error, gone
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
-from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
-from mlxd.engine.runner import RowId, Runner
+from mlxd.engine.request import ErrorEvent, Event, FinishReason, GenerationRequest
+from mlxd.engine.runner import RowId, Runner, StepResult
 from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.speculation import Speculator
 from mlxd.engine.vision import chunk_end
-from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted, Unsupported
+from mlxd.errors import DeadlineExceeded, MlxdError, ResourceExhausted, Unsupported
 from mlxd.models.recurrent_cache import RecurrentCache
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,10 @@ class SchedulerOptions:
     # KV (a quarter of the layers in Qwen3.5): 1024, two default prefill chunks, keeps both to a few times the
     # prompt's own KV for prompts of some thousand tokens, where reusing a shared system prompt pays.
     recurrent_snapshot_period: int = 1024
+    speculate: str = ""                 # "ngram": draft by prompt lookup (engine/speculation.py); "": only with a
+    #                                     draft model (ModelRuntime.draft_model)
+    speculate_depth: int = 4            # the most drafted tokens per row per step
+    speculate_adaptive: bool = True     # False: always draft speculate_depth (tests, benchmarks of a fixed depth)
 
 
 class Phase(enum.Enum):
@@ -99,6 +106,9 @@ class Scheduler:
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
         self._recurrent: bool | None = None       # whether the model has recurrent layers, once asked
+        draft = DraftModel(runtime.draft_model) if runtime.draft_model is not None else None
+        self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive, model=draft)
+                            if (options.speculate == "ngram" or draft) and self._runner.can_speculate else None)
 
     @property
     def budget(self) -> KvBudget:
@@ -151,10 +161,10 @@ class Scheduler:
 
     def _end_gone_waiting(self, out: list[Routed]) -> None:
         """Waiting requests cancelled or expired end now, so they hold no queue slot while the batch is full."""
-        if any(_gone(request) for request in self.waiting):
+        if any(gone(request) for request in self.waiting):
             kept: collections.deque[GenerationRequest] = collections.deque()
             for request in self.waiting:
-                event = _gone(request)
+                event = gone(request)
                 if event is None:
                     kept.append(request)
                 else:
@@ -170,7 +180,7 @@ class Scheduler:
                 live = self._start(request)
             except Exception as error:
                 self.waiting.popleft()
-                out.append((request, ErrorEvent(_as_mlxd_error(error, request))))
+                out.append((request, ErrorEvent(as_mlxd_error(error, request))))
                 continue
             self.waiting.popleft()
             self._admitted.append(live)
@@ -198,12 +208,14 @@ class Scheduler:
             live.prefilled = output.cached_tokens = length
         top = request.top_logprobs if request.logprobs else None
         self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache, request.constraint)
+        if self._speculator is not None and request.constraint is None:
+            self._speculator.start(live.row, request.prompt_ids, request.speculation)
         return live
 
     # -- prefill -------------------------------------------------------------------------------------------------
 
     def _prefill_one_chunk(self, live: _Live, out: list[Routed]) -> None:
-        if self._end_if_gone(live, out):
+        if self._end_ifgone(live, out):
             return
         request, prompt = live.request, live.request.prompt_ids
         try:
@@ -223,7 +235,7 @@ class Scheduler:
                     self._runner.prefill(live.row, ids, images)
                 live.prefilled = end
         except Exception as error:
-            self._end(live, live.output.fail(_as_mlxd_error(error, request)), out)
+            self._end(live, live.output.fail(as_mlxd_error(error, request)), out)
             return
         if live.prefilled < len(prompt) - 1 and period and live.prefilled % period == 0:
             self._store(prompt[:live.prefilled], self._runner.cache_of(live.row), wait=True)
@@ -237,28 +249,51 @@ class Scheduler:
 
     def _decode_one_step(self, out: list[Routed]) -> None:
         for live in self._admitted:
-            if live.in_batch and not self._end_if_gone(live, out) and live.queued >= live.output.limit:
+            if live.in_batch and not self._end_ifgone(live, out) and live.queued >= live.output.limit:
                 self._leave_batch(live)  # its last token is queued; the step that reads it comes next
-        stepping = [live for live in self._admitted if live.in_batch]
         by_row = {live.row: live for live in self._admitted}
         try:
-            results = self._runner.step()
+            drafts, started = self._drafts(by_row, out), time.perf_counter()
+            stepping = [live for live in self._admitted if live.in_batch]
+            results = self._runner.step(drafts)
         except Exception as error:
             # One forward pass serves every row, so a failure inside it ends them all; the worker goes on.
             held = self._runner.batch_rows()
             for live in self._admitted:
                 if live.row in held and live.phase is not Phase.DONE:
-                    self._end(live, live.output.fail(_as_mlxd_error(error, live.request)), out)
+                    self._end(live, live.output.fail(as_mlxd_error(error, live.request)), out)
             self._runner.reset_batch()
             return
-        for live in stepping:
-            live.queued += 1
+        if self._speculator is not None:  # a step feeding L tokens per row (1 + the most drafts), timed
+            self._speculator.timed(1 + max(map(len, drafts.values()), default=0), time.perf_counter() - started)
+        self._deliver(results, by_row, drafts, out)
+        for live in stepping:  # a verify step's tokens are all read: none is left queued
+            live.queued = len(live.output.generated) if drafts else live.queued + 1
+
+    def _drafts(self, by_row: dict[RowId, _Live], out: list[Routed]) -> dict[RowId, list[int]]:
+        """The rows' drafts for the next step: none without a speculator, or when no row's depth is above 0.
+        Drafts continue a row's last token, so the step still queued is read first (the pipeline pauses)."""
+        spec = self._speculator
+        if spec is None:
+            return {}
+        rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
+                 if live.in_batch and live.request.constraint is None}
+        if not spec.wants_drafts(rooms):
+            return spec.probe(rooms)
+        self._deliver(self._runner.flush(), by_row, {}, out)
+        return spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch})
+
+    def _deliver(self, results: list[StepResult], by_row: dict[RowId, _Live], drafts: dict[RowId, list[int]],
+                 out: list[Routed]) -> None:
         for result in results:
             owner = by_row.get(result.row)
+            if self._speculator is not None:
+                self._speculator.observe(result.row, drafts.get(result.row, []), result.tokens)
             if owner is not None and owner.phase is not Phase.DONE and result.error is not None:
-                self._end(owner, owner.output.fail(_as_mlxd_error(result.error, owner.request)), out)
+                self._end(owner, owner.output.fail(as_mlxd_error(result.error, owner.request)), out)
             elif owner is not None and owner.phase is not Phase.DONE:
-                events = owner.output.accept(result.token, result.logprob, completes=result.constraint_done)
+                owner.output.count_drafts(len(drafts.get(result.row, [])), len(result.tokens) - 1)
+                events = owner.output.accept_run(result.tokens, result.logprobs, completes=result.constraint_done)
                 if owner.output.done:
                     self._end(owner, events, out)
                 else:
@@ -276,7 +311,7 @@ class Scheduler:
                 live.phase, live.paused_at, live.in_batch = Phase.PAUSED, now, False
                 self._runner.park(live.row)
                 log.info("request %r paused: its client has not read %d events", live.request.request_id, limit)
-            elif live.phase is Phase.PAUSED and not self._end_if_gone(live, out):
+            elif live.phase is Phase.PAUSED and not self._end_ifgone(live, out):
                 if live.request.events.backlog() <= limit // 2:
                     live.phase, live.in_batch = Phase.DECODE, True
                     generated = live.output.generated
@@ -288,7 +323,7 @@ class Scheduler:
 
     # -- ending --------------------------------------------------------------------------------------------------
 
-    def _end_if_gone(self, live: _Live, out: list[Routed]) -> bool:
+    def _end_ifgone(self, live: _Live, out: list[Routed]) -> bool:
         """End the request if its client cancelled or its deadline passed."""
         request = live.request
         if request.deadline_passed():
@@ -308,6 +343,8 @@ class Scheduler:
         else:
             self._runner.close(live.row)
         live.phase = Phase.DONE
+        if self._speculator is not None:
+            self._speculator.forget(live.row)
         out += [(live.request, event) for event in events]
 
     def _leave_batch(self, live: _Live) -> None:
@@ -358,34 +395,3 @@ class Scheduler:
             self.prefix_cache.insert(tokens, caches, wait=wait)
         except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
             log.exception("could not store a prefix-cache snapshot")
-
-
-def _gone(request: GenerationRequest) -> Event | None:
-    """The event that ends a waiting request whose deadline passed or whose client cancelled, else None."""
-    if request.deadline_passed():
-        return ErrorEvent(DeadlineExceeded(f"request {request.request_id!r} expired in the queue"))
-    if request.cancel.is_set:
-        return FinalEvent(FinishReason.CANCELLED, len(request.prompt_ids), 0)
-    return None
-
-
-def _as_mlxd_error(error: Exception, request: GenerationRequest) -> MlxdError:
-    if isinstance(error, ConstraintError):
-        return as_request_error(error)
-    if isinstance(error, MlxdError):
-        return error
-    # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.
-    log.error("request %r failed", request.request_id, exc_info=error)
-    return InternalError(f"{type(error).__name__}: {error}")
-
-
-def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
-                      prefill_chunk_size: int = 512) -> list[Event]:
-    """Serve one request on the calling thread with a scheduler of its own; its events, in order.
-    For warm-up and in-process benchmarks: the service goes through the worker instead."""
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size))
-    scheduler.add(request)
-    events: list[Event] = []
-    while scheduler.has_work():
-        events += [event for _, event in scheduler.step()]
-    return events

@@ -6,9 +6,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from mlxd.engine.request import ErrorEvent, GenerationRequest, PromptImage
+from mlxd.engine.request import ErrorEvent, Event, GenerationRequest, PromptImage
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.engine.scheduler import run_to_completion
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 
 
@@ -38,3 +38,15 @@ def _run(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: 
     for event in run_to_completion(runtime, request, prefill_chunk_size=prefill_chunk_size):
         if isinstance(event, ErrorEvent):
             raise event.error
+
+
+def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
+                      prefill_chunk_size: int = 512) -> list[Event]:
+    """Serve one request on the calling thread with a scheduler of its own; its events, in order.
+    For warm-up and in-process benchmarks: the service goes through the worker instead."""
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size))
+    scheduler.add(request)
+    events: list[Event] = []
+    while scheduler.has_work():
+        events += [event for _, event in scheduler.step()]
+    return events

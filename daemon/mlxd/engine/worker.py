@@ -48,10 +48,16 @@ class WorkerOptions:
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
     max_stream_backlog: int = 256   # undelivered events at which a request's row pauses (backpressure); 0 = never
     stalled_stream_seconds: float = 60.0  # a request paused this long (its client reads nothing) is cancelled
+    speculate: str = ""             # "ngram": speculative decoding by prompt lookup; "": off
+    speculate_depth: int = 4        # the most tokens drafted per row per step
+    speculate_adaptive: bool = True  # False: always speculate_depth
+    draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
 
     def scheduler_options(self) -> SchedulerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
-                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds)
+                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds,
+                                speculate=self.speculate, speculate_depth=self.speculate_depth,
+                                speculate_adaptive=self.speculate_adaptive)
 
 
 @dataclass(frozen=True)
@@ -255,10 +261,12 @@ class Worker:
 def load_runtime(worker: Worker) -> ModelRuntime:
     """Load the model and tokenizer the worker's options name, publish them for the service, and warm up."""
     from mlxd.engine.warmup import warm_up
-    from mlxd.loading.model_source import load_model_and_tokenizer
+    from mlxd.loading.model_source import load_draft_model, load_model_and_tokenizer
 
     options = worker.options
     worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype)
     runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
+    if options.draft_model_path is not None:
+        runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
     warm_up(runtime)
     return runtime

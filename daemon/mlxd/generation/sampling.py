@@ -117,24 +117,73 @@ class Sampler:
     def __call__(self, logits: mx.array) -> mx.array:
         """logits [V] or [1, V] → the sampled token, int32 [1]. Order: penalties → logit_bias → greedy argmax,
         or temperature → top_k → top_p → min_p → categorical."""
-        p = self.params
-        x = logits.reshape(-1).astype(mx.float32)
-        if self._recent_len:
-            x = apply_repetition_penalty(x, self._recent, p.repetition_penalty)
-        if self._counts is not None:
-            x = apply_presence_frequency(x, self._counts, p.presence_penalty, p.frequency_penalty)
-        if self._bias is not None:
-            x = apply_logit_bias(x, *self._bias)
-        if p.greedy:
+        x = self.filtered(logits.reshape(-1), self._recent, self._counts)
+        if self.params.greedy:
             token = mx.argmax(x, axis=-1)
         else:
-            x = apply_min_p(apply_top_p(apply_top_k(apply_temperature(x, p.temperature), p.top_k), p.top_p), p.min_p)
-            keys = mx.random.split(self._key)
-            self._key = keys[0]
-            token = mx.random.categorical(x, key=keys[1])
+            token = mx.random.categorical(x, key=self.next_key())
         token = token.reshape(1).astype(mx.int32)
         self._record(token)
         return token
+
+    def filtered(self, logits: mx.array, recent: mx.array, counts: mx.array | None) -> mx.array:
+        """logits [V] after the penalties (given the recent ids and counts they see), the bias and, when
+        sampling, the temperature and the top-k/top-p/min-p filters: the distribution a token is drawn from (or
+        whose argmax a greedy row takes)."""
+        p = self.params
+        x = logits.astype(mx.float32)
+        if self._window and recent.size:
+            x = apply_repetition_penalty(x, recent, p.repetition_penalty)
+        if counts is not None:
+            x = apply_presence_frequency(x, counts, p.presence_penalty, p.frequency_penalty)
+        if self._bias is not None:
+            x = apply_logit_bias(x, *self._bias)
+        if p.greedy:
+            return x
+        return apply_min_p(apply_top_p(apply_top_k(apply_temperature(x, p.temperature), p.top_k), p.top_p), p.min_p)
+
+    def filtered_after(self, logits: mx.array, drafts: list[int]) -> mx.array:
+        """logits [k + 1, V] of a verify step → each position's filtered logits [k + 1, V], position j's penalties
+        seeing drafts[:j] as generated (what __call__ would have applied had they been sampled)."""
+        rows = []
+        for j in range(len(drafts) + 1):
+            ahead = mx.array(drafts[:j], dtype=mx.int32)
+            recent = self._recent
+            if self._window and j:
+                recent = mx.concatenate([recent, ahead])
+                if recent.size > self._window:  # never slice by the window itself: it may exceed int32
+                    recent = recent[recent.size - self._window:]
+            counts = self._counts
+            if counts is not None and j:
+                counts = counts.at[ahead].add(1.0)
+            rows.append(self.filtered(logits[j], recent, counts))
+        return mx.stack(rows)
+
+    def next_key(self) -> mx.array:
+        """A fresh key from the sampler's chain (a seeded request draws the same ones every run)."""
+        keys = mx.random.split(self._key)
+        self._key = keys[0]
+        return keys[1]
+
+    def upcoming_keys(self, n: int) -> tuple[list[mx.array], list[mx.array]]:
+        """The keys the next n draws would take from the chain, and the chain's key after each, without
+        advancing it (a verify step keeps as many as it accepted tokens: `resume`)."""
+        draws, chain, key = [], [], self._key
+        for _ in range(n):
+            keys = mx.random.split(key)
+            key = keys[0]
+            draws.append(keys[1])
+            chain.append(key)
+        return draws, chain
+
+    def resume(self, key: mx.array) -> None:
+        self._key = key
+
+    def record(self, tokens: list[int]) -> None:
+        """Take tokens chosen outside __call__ (a verify step's accepted run) into the penalty state."""
+        if self._window or self._counts is not None:
+            for token in tokens:
+                self._record(mx.array([token], dtype=mx.int32))
 
     def _record(self, token: mx.array) -> None:
         if self._window:

@@ -85,6 +85,10 @@ class Tokenizer:
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
 
+    def vocabulary(self) -> dict[str, int]:
+        """Every token's string and id, added tokens included (a draft model must share the target's)."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def encode(self, text: str, *, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
         """add_special_tokens prepends BOS when the model wants one and the text does not already start with
         it; parse_special=False encodes special-token strings in the text ("<eos>") as plain text. Encode a

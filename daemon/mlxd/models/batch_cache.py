@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import mlx.core as mx
+import numpy as np
 
 from mlxd.models.base import AttentionCache, Mask
+from mlxd.models.batch_columns import contiguous_valid, needed, squeeze_plan, visible
 from mlxd.models.cache import KVCache, LayerCache, RotatingKVCache, RowState, grown_storage, kv_storage
 from mlxd.models.recurrent_cache import BatchRecurrentCache, RecurrentCache
 
@@ -48,6 +50,11 @@ class BatchLayerCache(AttentionCache, Protocol):
         """Between steps: give back memory no row needs any more."""
         ...
 
+    def rollback(self, kept: list[int]) -> None:
+        """After a step that fed several tokens per row: row r keeps the first kept[r] of that step's positions
+        (a verify step's rejected drafts are forgotten)."""
+        ...
+
 
 class BatchPositions:
     """The absolute position of each row's next token, shared by every layer of one batch (rope offsets)."""
@@ -68,8 +75,9 @@ class BatchPositions:
         self.values = values
         self._offset = None
 
-    def advance(self) -> None:
-        self.set([v + 1 for v in self.values])
+    def advance(self, counts: list[int] | None = None) -> None:
+        """Move each row on by one token, or by counts[r] (a verify step's accepted tokens)."""
+        self.set([v + 1 for v in self.values] if counts is None else [v + c for v, c in zip(self.values, counts)])
 
 
 class BatchKVCache:
@@ -84,6 +92,10 @@ class BatchKVCache:
         self.end = 0                    # the next column to write, shared by every row
         self.starts: list[int] = []     # first column of each row's kept keys
         self._starts_array: mx.array | None = None
+        # Which of the columns [0, end) hold a position of their row, once a rollback left holes (None: none do,
+        # and row r holds exactly [starts[r], end)). Host-side: the runner reads acceptance there anyway.
+        self._valid: np.ndarray | None = None
+        self._written = 0               # columns the last write took (what `rollback` may give back)
 
     # -- what the model's attention calls ----------------------------------------------------------------------
 
@@ -92,9 +104,10 @@ class BatchKVCache:
         return self.positions.offset()
 
     def make_mask(self, length: int, window: int | None = None) -> Mask:
-        """Mask for one decode step (length 1): row r sees columns [starts[r], end] within the window."""
-        if length != 1:
-            raise ValueError("a batch cache takes one token per row per step; prefill runs per sequence")
+        """Mask for one step of `length` tokens per row: row r sees its own columns within the window, and
+        its new tokens see each other causally."""
+        if length != 1 or self._valid is not None:
+            return self._position_mask(length)
         window = self.window
         # The last column older than the window, or None while the window hides no column.
         outside = self.end - window if window is not None and self.end >= window else None
@@ -105,24 +118,50 @@ class BatchKVCache:
         mask = columns >= self._starts()[:, None]
         if outside is not None:
             mask = mask & (columns > outside)
-        if self.keys is None:
-            return mask[:, None, None, :]
-        # Additive, in the keys' dtype: MLX's CUDA attention converts a boolean mask in every layer otherwise.
-        additive = mx.where(mask, mx.array(0, self.keys.dtype), mx.array(-mx.inf, self.keys.dtype))
-        return additive[:, None, None, :]
+        return self._additive(mask[:, None, None, :])
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Write one new column ([B, H, 1, D]) and return every column up to it."""
-        if keys.shape[2] != 1:
-            raise ValueError("a batch cache takes one token per row per step")
+        """Write the step's columns ([B, H, L, D]) and return every column up to them."""
+        length = keys.shape[2]
         stored = kv_storage(self.keys, self.values)
-        if stored is None or self.end >= stored[0].shape[2]:
-            stored = self._grow(keys, values)
+        if stored is None or self.end + length > stored[0].shape[2]:
+            stored = self._grow(keys, values, length)
         stored_keys, stored_values = stored
-        stored_keys[..., self.end : self.end + 1, :] = keys
-        stored_values[..., self.end : self.end + 1, :] = values
-        self.end += 1
+        stored_keys[..., self.end : self.end + length, :] = keys
+        stored_values[..., self.end : self.end + length, :] = values
+        self.end += length
+        self._written = length
+        if self._valid is not None:
+            self._valid = np.concatenate([self._valid, np.ones((len(self.starts), length), dtype=bool)], axis=1)
         return stored_keys[..., : self.end, :], stored_values[..., : self.end, :]
+
+    def rollback(self, kept: list[int]) -> None:
+        """After a step of several columns: row r keeps the first kept[r] of them; the rest are forgotten (the
+        columns every row rejects are given back, the others become holes the mask hides)."""
+        dropped = [self._written - k for k in kept]
+        common = min(dropped, default=0)
+        if common:
+            self.end -= common
+            if self._valid is not None:
+                self._valid = self._valid[:, : self.end]
+            self._set_starts([min(s, self.end) for s in self.starts])
+        if any(d > common for d in dropped):
+            valid = self._host_valid()
+            for r, d in enumerate(dropped):
+                if d > common:
+                    valid[r, self.end - (d - common) : self.end] = False
+            self._valid = valid
+        self._written = 0
+
+    def forget(self, counts: list[int]) -> None:
+        """Row r forgets its last counts[r] positions, whichever steps wrote them (a draft model's rejected
+        drafts); they become holes."""
+        if any(counts):
+            valid = self._host_valid()
+            for r, n in enumerate(counts):
+                if n:
+                    valid[r, np.nonzero(valid[r])[0][-n:]] = False
+            self._valid = valid
 
     @property
     def state(self) -> list[mx.array]:
@@ -152,6 +191,8 @@ class BatchKVCache:
             pad = [(0, 0), (0, 0), (self.end - n, width - self.end), (0, 0)]
             self.keys = mx.concatenate([old_k, mx.pad(keys, pad)], axis=0)
             self.values = mx.concatenate([old_v, mx.pad(values, pad)], axis=0)
+        if self._valid is not None:
+            self._valid = np.concatenate([self._valid, contiguous_valid([self.end - n], self.end)], axis=0)
         self._set_starts(self.starts + [self.end - n])
 
     def keep_rows(self, rows: list[int]) -> None:
@@ -159,12 +200,15 @@ class BatchKVCache:
         if not rows:
             self.keys = self.values = None
             self.end = 0
+            self._valid = None
             self._set_starts([])
             return
         stored = kv_storage(self.keys, self.values)
         if stored is not None and rows != list(range(stored[0].shape[0])):
             index = mx.array(rows, dtype=mx.int32)
             self.keys, self.values = stored[0][index], stored[1][index]
+        if self._valid is not None:
+            self._valid = self._valid[rows]
         self._set_starts([self.starts[r] for r in rows])
         self._drop_unseen_columns(force=True)
 
@@ -173,8 +217,7 @@ class BatchKVCache:
         stored = kv_storage(self.keys, self.values)
         if stored is None or self.starts[row] == self.end:
             return None
-        (keys, values), start = stored, self.starts[row]
-        return keys[row:row + 1, :, start:self.end, :], values[row:row + 1, :, start:self.end, :]
+        return self._row_columns(stored, row)
 
     def row_cache(self, row: int) -> KVCache | None:
         """Row `row`'s keys as a single-sequence cache (lazy slices of this one; read them before the next
@@ -183,14 +226,12 @@ class BatchKVCache:
         if self.window is not None or stored is None:
             return None
         cache = KVCache()
-        (keys, values), start = stored, self.starts[row]
-        cache.keys = keys[row:row + 1, :, start:self.end, :]
-        cache.values = values[row:row + 1, :, start:self.end, :]
-        cache.offset = self.end - start
+        cache.keys, cache.values = self._row_columns(stored, row)
+        cache.offset = cache.keys.shape[2]
         return cache
 
     def compact(self) -> None:
-        """Between steps: drop the leading columns no row can see once `step` of them piled up."""
+        """Between steps: drop the leading columns no row can see once `step` of them piled up (and the holes)."""
         self._drop_unseen_columns(force=False)
 
     # -- internals -----------------------------------------------------------------------------------------
@@ -204,9 +245,30 @@ class BatchKVCache:
         self.starts = starts
         self._starts_array = None
 
-    def _grow(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """`step` more columns; returns the new storage (also kept as self.keys and self.values)."""
-        grown = grown_storage(kv_storage(self.keys, self.values), self.end, keys, values, self.step)
+    def _host_valid(self) -> np.ndarray:
+        return self._valid.copy() if self._valid is not None else contiguous_valid(self.starts, self.end)
+
+    def _additive(self, mask: mx.array) -> mx.array:
+        if self.keys is None:
+            return mask
+        # Additive, in the keys' dtype: MLX's CUDA attention converts a boolean mask in every layer otherwise.
+        return mx.where(mask, mx.array(0, self.keys.dtype), mx.array(-mx.inf, self.keys.dtype))
+
+    def _position_mask(self, length: int) -> mx.array:
+        seen = visible(self._host_valid(), length, self.window)
+        return self._additive(mx.array(seen)[:, None, :, :])
+
+    def _row_columns(self, stored: tuple[mx.array, mx.array], row: int) -> tuple[mx.array, mx.array]:
+        (keys, values), start = stored, self.starts[row]
+        if self._valid is None:
+            return keys[row:row + 1, :, start:self.end, :], values[row:row + 1, :, start:self.end, :]
+        index = mx.array(np.nonzero(self._valid[row])[0].astype(np.int32))
+        return keys[row:row + 1, :, index, :], values[row:row + 1, :, index, :]
+
+    def _grow(self, keys: mx.array, values: mx.array, length: int) -> tuple[mx.array, mx.array]:
+        """At least `step` more columns; returns the new storage (also kept as self.keys and self.values)."""
+        size = -(-length // self.step) * self.step
+        grown = grown_storage(kv_storage(self.keys, self.values), self.end, keys, values, size)
         self.keys, self.values = grown
         return grown
 
@@ -215,6 +277,8 @@ class BatchKVCache:
         if stored is not None:
             pad = [(0, 0), (0, 0), (n, 0), (0, 0)]
             self.keys, self.values = mx.pad(stored[0], pad), mx.pad(stored[1], pad)
+        if self._valid is not None:
+            self._valid = np.pad(self._valid, [(0, 0), (n, 0)])
         self.end += n
         self._set_starts([s + n for s in self.starts])
 
@@ -223,6 +287,9 @@ class BatchKVCache:
         force only when at least `step` of them pile up, since the cut copies the whole cache."""
         stored = kv_storage(self.keys, self.values)
         if stored is None or not self.starts:
+            return
+        if self._valid is not None:
+            self._squeeze(stored, force)
             return
         lowest = min(self.starts)
         if self.window is not None:
@@ -233,6 +300,21 @@ class BatchKVCache:
         self.end -= lowest
         self._set_starts([max(s - lowest, 0) for s in self.starts])
 
+    def _squeeze(self, stored: tuple[mx.array, mx.array], force: bool) -> None:
+        """With holes: once `step` columns could go (with force, any), gather each row's needed columns
+        right-aligned without holes, back to the contiguous layout."""
+        assert self._valid is not None
+        keep = needed(self._valid, self.window)
+        index, starts = squeeze_plan(keep)
+        freed = self.end - index.shape[1]
+        if freed <= 0 or (not force and freed < self.step):
+            return
+        gather = mx.array(index)[:, None, :, None]
+        self.keys = mx.take_along_axis(stored[0], gather, axis=2)
+        self.values = mx.take_along_axis(stored[1], gather, axis=2)
+        self.end = index.shape[1]
+        self._valid = None
+        self._set_starts(starts)
 
 
 def batched(cache: LayerCache, positions: BatchPositions) -> BatchLayerCache:

@@ -180,6 +180,10 @@ class BatchRecurrentCache(_Unkeyed):
     def compact(self) -> None:
         """Nothing to give back: a row's state does not grow."""
 
+    def rollback(self, kept: list[int]) -> None:
+        """A recurrent state cannot forget tokens it took in; the runner never feeds such a model drafts."""
+        raise NotImplementedError("a recurrent layer's state cannot roll back past rejected drafts")
+
     def _held(self) -> tuple[mx.array, mx.array] | None:
         if self.conv_state is None or self.recurrent_state is None:
             return None

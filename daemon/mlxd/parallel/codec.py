@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mlxd.engine.request import PromptImage
-from mlxd.engine.runner import ChunkImage
+from mlxd.engine.runner import ChunkImage, StepResult
 from mlxd.generation.params import SamplingParams
 
 
@@ -43,3 +43,8 @@ def decode_images(encoded: list[dict[str, Any]]) -> list[ChunkImage]:
         pixels = np.frombuffer(base64.b64decode(e["pixels"]), dtype=np.float32).reshape(e["shape"])
         out.append((int(e["start"]), PromptImage(int(e["position"]), int(e["length"]), pixels, str(e["digest"]))))
     return out
+
+
+def read_tokens(results: Sequence[StepResult]) -> list[int]:
+    """The tokens a step read, every row's run in row order: what rank 0 sends for the followers to check."""
+    return [token for result in results for token in result.tokens]

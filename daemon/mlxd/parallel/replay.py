@@ -10,7 +10,7 @@ from mlxd.engine.runner import Runner
 from mlxd.engine.vision import ImageEncoder
 from mlxd.models.cache import LayerCache
 from mlxd.models.protocol import LanguageModel
-from mlxd.parallel.codec import decode_images, decode_sampling
+from mlxd.parallel.codec import decode_images, decode_sampling, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,19 @@ class Replayer:
     def _reset_batch(self, m: dict[str, Any]) -> None:
         self.runner.reset_batch()
 
-    def _step(self, m: dict[str, Any]) -> None:
+    def _check(self, m: dict[str, Any]) -> None:
         if m["check"] != self._read:
             raise Divergence(f"rank 0 read tokens {m['check']}, this rank {self._read}")
+
+    def _step(self, m: dict[str, Any]) -> None:
+        self._check(m)
         self._kept.clear()  # lazy views of the batch: stale once another step runs
-        self._read = [r.token for r in self.runner.step()]
+        drafts = {int(row): tokens for row, tokens in m["drafts"].items()} if m.get("drafts") else None
+        self._read = read_tokens(self.runner.step(drafts))
+
+    def _flush(self, m: dict[str, Any]) -> None:
+        self._check(m)
+        self._read = read_tokens(self.runner.flush())
 
     def _kv_layout(self, m: dict[str, Any]) -> None:
         self.runner.kv_layout()

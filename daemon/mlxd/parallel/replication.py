@@ -3,10 +3,10 @@ prefix cache holds) is sent to the other ranks before it runs here (a lookup, wh
 found), and they replay it (follower.py).
 
 Replicated, each as the op of its name that replay.py's Replayer handles: the runner's open, prefill,
-prefill_scored, join, park, close, reset_batch, step and kv_layout, and the prefix cache's lookup, insert and
-clear; and building either (the ops "runner" and "prefix_cache", leader.py). Not replicated, as they change
-nothing a forward pass reads: new_cache, cache_of, batch_rows and has_work (an insert names its caches by the row
-that cache_of or close gave them for).
+prefill_scored, join, park, close, reset_batch, step (with its drafts: speculative decoding), flush and kv_layout,
+and the prefix cache's lookup, insert and clear; and building either (the ops "runner" and "prefix_cache",
+leader.py). Not replicated, as they change nothing a forward pass reads: new_cache, cache_of, batch_rows and
+has_work (an insert names its caches by the row that cache_of or close gave them for).
 
 Why the runner is the seam: it is the only caller of the model and deterministic given its calls, so the ranks
 stay in lockstep with no scheduler, queue or clock of their own; every forward pass runs on every rank in the
@@ -25,7 +25,7 @@ lookups and clears are replayed on it in order, so they hold the same entries an
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from mlxd.engine.constraint import TokenConstraint
@@ -38,7 +38,7 @@ from mlxd.errors import Unsupported
 from mlxd.generation.params import SamplingParams
 from mlxd.models.cache import LayerCache
 from mlxd.models.protocol import LanguageModel
-from mlxd.parallel.codec import encode_images, encode_sampling
+from mlxd.parallel.codec import encode_images, encode_sampling, read_tokens
 
 Send = Callable[[dict], None]
 
@@ -93,10 +93,18 @@ class ReplicatingRunner(Runner):
         self._send({"op": "reset_batch"})
         super().reset_batch()
 
-    def step(self) -> list[StepResult]:
-        self._send({"op": "step", "check": self._read})
-        results = super().step()
-        self._read = [r.token for r in results]
+    def step(self, drafts: Mapping[RowId, list[int]] | None = None) -> list[StepResult]:
+        # Drafts go with the step: the other ranks verify the same tokens (a draft model runs on rank 0 only).
+        sent = {str(row): list(tokens) for row, tokens in drafts.items()} if drafts else None
+        self._send({"op": "step", "check": self._read, "drafts": sent})
+        return self._reading(super().step(drafts))
+
+    def flush(self) -> list[StepResult]:
+        self._send({"op": "flush", "check": self._read})
+        return self._reading(super().flush())
+
+    def _reading(self, results: list[StepResult]) -> list[StepResult]:
+        self._read = read_tokens(results)
         return results
 
     def kv_layout(self) -> KvLayout:

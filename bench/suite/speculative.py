@@ -1,0 +1,96 @@
+"""Speculative decoding against plain decoding, over gRPC, in one daemon (`mlxd serve --speculate ...`): the same
+requests with speculation on (the daemon's depth) and off (GenerationOptions.speculation = 0), alternating rounds.
+
+    python -m bench speculative [--model smollm2|PATH] [--streams 1,16] [--tasks rewrite,json,free]
+                                [--depth 4 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
+
+Tasks: `rewrite` (a paragraph rewritten with small changes: copy-heavy), `json` (a JSON record filled from a given
+text: keys and values copied), `free` (free text: little to copy). Each stream of a case sends that task's
+prompt (greedy), all streams at once. Reports effective tok/s (completion tokens over the wall time from the
+first request to the last token), its ratio to plain, and the acceptance rate (accepted / drafted tokens, from
+Final.usage). The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own
+draft) --streams 1,16. Without --draft-model the daemon drafts by n-gram prompt lookup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from bench import common
+from bench.daemon import Daemon
+from mlxd_client import Client
+
+PARAGRAPH = ("The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips. Every "
+             "evening the keeper climbed the ninety steps to light the lamp, and every morning he wrote the weather "
+             "in a small green notebook. Ships passed far out at sea, and none of them knew his name, but all of "
+             "them trusted the light.")
+RECORD = ("Maria Lopez, born 12 March 1987 in Valencia, Spain, works as a marine biologist at the Oceanographic "
+          "Institute. Her email is maria.lopez@example.org and her phone number is +34 600 123 456. She speaks "
+          "Spanish, English and Portuguese.")
+TASKS = {
+    "rewrite": [{"role": "user", "content": "Rewrite this paragraph, changing only 'keeper' to 'guardian' and "
+                                            f"'green' to 'blue'. Keep everything else the same.\n\n{PARAGRAPH}"}],
+    "json": [{"role": "user", "content": f"{RECORD}\n\nFill in this JSON record from the text above:\n"
+                                         '{"name": "", "birth_date": "", "birth_place": "", "job": "", '
+                                         '"employer": "", "email": "", "phone": "", "languages": []}'}],
+    "free": [{"role": "user", "content": "Write a short story about a fox who learns to play the violin."}],
+}
+
+
+def one_case(client: Client, contender: str, case: tuple[str, int], args: argparse.Namespace) -> common.Row:
+    task, streams = case
+    speculation = 0 if contender == "plain" else None
+
+    def stream(_: int):
+        return client.complete(messages=TASKS[task], temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
+                               speculation=speculation)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        done = list(pool.map(stream, range(streams)))
+    elapsed = time.perf_counter() - start
+    tokens = sum(d.final.usage.completion_tokens for d in done)
+    drafted = sum(d.final.usage.drafted_tokens for d in done)
+    accepted = sum(d.final.usage.accepted_draft_tokens for d in done)
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "drafted": drafted, "accepted": accepted,
+            "acceptance": accepted / drafted if drafted else 0.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    p.add_argument("--streams", default="1", help="comma-separated stream counts (default: %(default)s)")
+    p.add_argument("--tasks", default="rewrite,json,free", help="comma-separated, of: " + ", ".join(TASKS))
+    p.add_argument("--depth", type=int, default=4, help="`--speculate-depth` (default: %(default)s)")
+    p.add_argument("--fixed", action="store_true", help="`--speculate-fixed`: always the full depth")
+    p.add_argument("--draft-model", help="`--draft-model PATH` instead of n-gram lookup")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    common.add_out_arg(p, "speculative")
+    args = p.parse_args(argv)
+    model = common.resolve_model(args.model)
+    method = ["--draft-model", args.draft_model] if args.draft_model else ["--speculate", "ngram"]
+    serve = ["--dtype", args.dtype, *method, "--speculate-depth", str(args.depth),
+             *(["--speculate-fixed"] if args.fixed else []),
+             "--max-batch-size", str(max(int(s) for s in args.streams.split(",")))]
+    cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]
+    with Daemon(model, args.out, *serve) as daemon, Client(daemon.addr) as client:
+        client.complete(messages=TASKS["free"], max_tokens=8)  # warm-up
+        rows = common.alternate(args.rounds, cases, ["speculative", "plain"],
+                                lambda contender, case, _: one_case(client, contender, case, args),
+                                args.out / "runs.jsonl")
+
+    print(f"\n{model.name}, {' '.join(method)} depth {args.depth}{' fixed' if args.fixed else ' adaptive'}, "
+          f"{args.max_tokens} tokens, medians of {args.rounds} rounds")
+    lines = [[task, streams, common.median(rows, "tok_s", case=(task, streams), contender="plain"),
+              common.median(rows, "tok_s", case=(task, streams), contender="speculative"),
+              common.median_ratio(rows, "tok_s", "speculative", "plain", case=(task, streams)),
+              common.median(rows, "acceptance", case=(task, streams), contender="speculative")]
+             for task, streams in cases]
+    print(common.table(["task", "streams", "plain tok/s", "speculative tok/s", "ratio", "acceptance"], lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Speculative decoding with a draft model (engine/draft_model.py) through the real scheduler: the output is the
+plain output whatever the draft (the target itself, full acceptance for greedy rows; another model of the same
+vocabulary, little), batched with rows joining and leaving, greedy and seeded."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.loading.loader import load_model
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.engine.test_speculative_scheduler import PLAIN, _assert_same, _outputs, _requests
+from tests.helpers.engine_runs import run_arrivals
+from tests.helpers.parity import PARITY
+
+DRAFTING = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8, speculate_depth=3, speculate_adaptive=False)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def runtime(request):
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+@pytest.mark.parametrize("draft", ["itself", "qwen3"])
+def test_a_draft_models_drafts_leave_the_output_unchanged(runtime, draft):
+    model = runtime.model if draft == "itself" else load_model(PARITY / draft, dtype="float32").model
+    drafting = dataclasses.replace(runtime, draft_model=model)
+    arrivals = {0: slice(None, 2), 3: slice(2, 4), 6: slice(4, None)}
+    plain, speculative = _requests(), _requests()
+    run_arrivals(Scheduler(runtime, PLAIN), {step: plain[rows] for step, rows in arrivals.items()})
+    run_arrivals(Scheduler(drafting, DRAFTING), {step: speculative[rows] for step, rows in arrivals.items()})
+    got = _outputs(speculative)
+    _assert_same(got, _outputs(plain))
+    drafted = sum(g[3].drafted_tokens for g in got)
+    accepted = sum(g[3].accepted_draft_tokens for g in got)
+    assert drafted > 0
+    if draft == "itself":  # greedy rows accept every draft (the sampled ones about as often as they agree)
+        greedy = [g for i, g in enumerate(got) if i % 4 == 0]  # plainly greedy (no penalty, as the draft)
+        assert sum(g[3].accepted_draft_tokens for g in greedy) == sum(g[3].drafted_tokens for g in greedy) > 0
+    else:
+        assert accepted < drafted
+
+
+def test_a_draft_model_of_another_vocabulary_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from mlxd.errors import ModelLoadError
+    from mlxd.loading.model_source import load_draft_model, load_model_tokenizer
+
+    folder = shutil.copytree(PARITY / "qwen3", tmp_path / "draft")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first = next(iter(vocab))
+    vocab["renamed"] = vocab.pop(first)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ModelLoadError, match="another vocabulary"):
+        load_draft_model(folder, "float32", load_model_tokenizer(PARITY / "llama"))
+    assert load_draft_model(PARITY / "qwen3", "float32", load_model_tokenizer(PARITY / "llama")) is not None

@@ -1,0 +1,171 @@
+"""Speculative decoding through the real scheduler and runner: with n-gram drafting the requests yield exactly what
+they yield without it (tokens, text, logprobs, finish), batched with rows joining and leaving, whatever ends them
+inside an accepted run (a stop string, max_tokens, a stop token), and a request cancelled during a verify step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlxd.engine.request import FinishReason, GenerationRequest
+from mlxd.engine.runner import Runner
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.engine_runs import drain, run, run_arrivals
+from tests.helpers.parity import PARITY
+
+SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.9, seed=7),
+             SamplingParams(temperature=0.0, repetition_penalty=1.2), SamplingParams(temperature=0.7, top_k=20, seed=1)]
+PLAIN = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8)
+SPECULATIVE = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8, speculate="ngram", speculate_depth=4,
+                               speculate_adaptive=False)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text", "gpt_oss"])
+def runtime(request):
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+def _prompt(length: int, seed: int) -> list[int]:
+    """A random phrase said twice: the second time gives n-gram lookup something to find."""
+    phrase = np.random.default_rng(seed).integers(3, 317, length).tolist()
+    return phrase + phrase[: length // 2]
+
+
+def _requests(**extra) -> list[GenerationRequest]:
+    return [GenerationRequest(f"r{i}", _prompt(n, i), SAMPLINGS[i % len(SAMPLINGS)], max_tokens=14 + 3 * i,
+                              ignore_eos=True, logprobs=True, **extra) for i, n in enumerate([6, 17, 3, 25, 9])]
+
+
+def _outputs(requests: list[GenerationRequest]) -> list[tuple]:
+    return [drain(request) for request in requests]
+
+
+def _assert_same(got: list[tuple], want: list[tuple]) -> None:
+    for i, ((ids, text, logprobs, final), (ids0, text0, logprobs0, final0)) in enumerate(zip(got, want)):
+        assert ids == ids0, f"request {i}"
+        assert text == text0
+        assert logprobs == pytest.approx(logprobs0, abs=1e-4)
+        assert (final.finish_reason, final.completion_tokens) == (final0.finish_reason, final0.completion_tokens)
+
+
+def test_ngram_speculation_yields_the_plain_output(runtime):
+    arrivals = {0: slice(None, 2), 3: slice(2, 4), 6: slice(4, None)}
+    plain, speculative = _requests(), _requests()
+    run_arrivals(Scheduler(runtime, PLAIN), {step: plain[rows] for step, rows in arrivals.items()})
+    scheduler = Scheduler(runtime, SPECULATIVE)
+    steps = _count_verify_steps(scheduler)
+    run_arrivals(scheduler, {step: speculative[rows] for step, rows in arrivals.items()})
+    assert steps, "no step verified drafts"
+    _assert_same(_outputs(speculative), _outputs(plain))
+
+
+def test_a_request_can_turn_speculation_off(runtime):
+    scheduler = Scheduler(runtime, SPECULATIVE)
+    steps = _count_verify_steps(scheduler)
+    run(scheduler, *_requests(speculation=0))
+    assert not steps
+
+
+def test_ends_inside_an_accepted_run_are_exact(runtime):
+    """max_tokens and a stop token that fall inside a verify step's accepted run end the request there."""
+    for seed in range(10):  # the first prompt whose output accepts drafts (random tiny models loop, mostly)
+        scheduler = Scheduler(runtime, SPECULATIVE)
+        runs = _record_runs(scheduler)
+        (request,) = _ending_requests(seed)
+        run(scheduler, request)
+        ids = drain(request)[0]
+        if runs:
+            break
+    inside = [p for start, length in runs for p in range(start, start + length - 1)]  # tokens follow in the run
+    assert inside, f"no verify step accepted a draft: {runs}"
+    # A stop token first generated inside a run (drafts copy the prompt too, so one exists in most outputs).
+    fresh = [p for p in inside if ids[p] not in ids[:p]]
+    ends = [(inside[0], dict(max_tokens=inside[0] + 1))]
+    ends += [(fresh[0], dict(stop_token_ids=frozenset({ids[fresh[0]]})))] if fresh else []
+    for position, extra in ends:
+        plain, speculative = _ending_requests(seed, **extra), _ending_requests(seed, **extra)
+        run(Scheduler(runtime, PLAIN), *plain)
+        run(Scheduler(runtime, SPECULATIVE), *speculative)
+        got = _outputs(speculative)
+        _assert_same(got, _outputs(plain))
+        assert len(got[0][0]) == position + 1  # it ended inside the run
+
+
+def _ending_requests(seed: int, **extra) -> list[GenerationRequest]:
+    options = {"max_tokens": 40, **extra}
+    return [GenerationRequest("r", _prompt(12, seed), SAMPLINGS[0], ignore_eos=True, **options)]
+
+
+def _record_runs(scheduler: Scheduler) -> list[tuple[int, int]]:
+    """(first token's index, length) of every run a verify step returns for the scheduler's single row."""
+    runs: list[tuple[int, int]] = []
+    seen = [0]
+    runner = scheduler._runner
+    step, flush = runner.step, runner.flush
+
+    def recording(results):
+        for result in results:
+            if len(result.tokens) > 1:
+                runs.append((seen[0], len(result.tokens)))
+            seen[0] += len(result.tokens)
+        return results
+
+    runner.step = lambda drafts=None: recording(step(drafts))  # type: ignore[method-assign]
+    runner.flush = lambda: recording(flush())  # type: ignore[method-assign]
+    return runs
+
+
+def test_a_request_cancelled_during_a_verify_step_ends_cancelled(runtime):
+    requests = _requests()
+    runner = _CancellingRunner(runtime, requests[1])
+    run(Scheduler(runtime, SPECULATIVE, runner), *requests)
+    plain = _requests()
+    run(Scheduler(runtime, PLAIN), *plain)
+    ids, _, _, final = drain(requests[1])
+    assert final.finish_reason is FinishReason.CANCELLED
+    assert ids == drain(plain[1])[0][:len(ids)]
+    assert not runner.has_work()
+    _assert_same(_outputs(requests[2:]), _outputs(plain[2:]))
+
+
+class _CancellingRunner(Runner):
+    """Cancels `victim` while the first verify step that drafts for several rows runs."""
+
+    def __init__(self, runtime: ModelRuntime, victim: GenerationRequest) -> None:
+        super().__init__(runtime.model, runtime.vocab_size)
+        self.victim = victim
+
+    def step(self, drafts=None):
+        if drafts and len(drafts) > 1:
+            self.victim.cancel.cancel("client left")
+        return super().step(drafts)
+
+
+def _count_verify_steps(scheduler: Scheduler) -> list[int]:
+    steps: list[int] = []
+    step = scheduler._runner.step
+
+    def counting(drafts=None):
+        if drafts:
+            steps.append(len(drafts))
+        return step(drafts)
+
+    scheduler._runner.step = counting  # type: ignore[method-assign]
+    return steps
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5", "nemotron_h"])
+def test_models_with_recurrent_layers_are_never_given_drafts(arch):
+    """A recurrent layer's state cannot roll back: such a model serves with --speculate as without it."""
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
+    rt = ModelRuntime.from_loaded(loaded, tokenizer)
+    scheduler = Scheduler(rt, SPECULATIVE)
+    assert not scheduler._runner.can_speculate and scheduler._speculator is None
+    plain, speculative = _requests()[:2], _requests()[:2]
+    run(Scheduler(rt, PLAIN), *plain)
+    run(scheduler, *speculative)
+    _assert_same(_outputs(speculative), _outputs(plain))
