@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
 from mlxd.loading.loader import load_model
+from tests.helpers import sharded_batch
 
 GREEDY_TOKENS = 16
 IMAGE_POSITION = 8  # where the Gemma 3 fixture's prompt holds its image (tests/vlm/test_gemma3_parity.py)
@@ -34,14 +35,25 @@ def logits_and_greedy(model: Any, input_ids: mx.array, pixels: mx.array | None =
 
 
 def run(out: Path, folders: list[Path], group: mx.distributed.Group | None) -> None:
-    """Each folder loaded in float32, or with its weights as stored when its name ends in "-keep" (quantized)."""
+    """Each folder loaded in float32, or with its weights as stored when its name ends in "-keep" (quantized);
+    then the engine's batched script (sharded_batch.py) on it, its tokens saved beside the logits."""
+    rank = 0 if group is None else group.rank()
+    sock = None if group is None else sharded_batch.side_channel(out, rank)
     for folder in folders:
         loaded = load_model(folder, dtype="keep" if folder.name.endswith("-keep") else "float32", group=group)
         expected = mx.load(str(folder / "expected.safetensors"))
         assert isinstance(expected, dict)
-        result = logits_and_greedy(loaded.model, expected["input_ids"].reshape(-1), expected.get("pixel_values"))
+        ids = expected["input_ids"].reshape(-1)
+        result = logits_and_greedy(loaded.model, ids, expected.get("pixel_values"))
         mx.eval(result)
-        if group is None or group.rank() == 0:
+        prompt = cast(list[int], ids.tolist())
+        if sock is None:
+            result |= sharded_batch.to_arrays(sharded_batch.single(loaded, prompt))
+        elif rank == 0:
+            result |= sharded_batch.to_arrays(sharded_batch.lead(loaded, prompt, sock))
+        else:
+            sharded_batch.follow(loaded, sock)
+        if rank == 0:
             mx.save_safetensors(str(out / f"{folder.name}.safetensors"), result)
 
 

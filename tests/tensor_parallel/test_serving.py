@@ -6,6 +6,7 @@ leaves no follower behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -26,6 +27,8 @@ from tests.helpers.parity_checks import greedy_with_cache
 pytestmark = pytest.mark.process
 
 NEW_TOKENS = 12
+SCHEMA = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                     "additionalProperties": False})
 TP = ("--tensor-parallel", "2", "--prefill-chunk", "16", "--max-batch-size", "4")
 
 
@@ -129,8 +132,8 @@ def test_a_stalled_follower_ends_streams_unavailable_and_the_group(tmp_path):
 
 
 def test_sampled_and_constrained_requests(tmp_path):
-    """Unseeded sampling runs on both ranks with the seed rank 0 drew (a divergence would stop the group);
-    a grammar is refused, and the group keeps serving."""
+    """Unseeded sampling runs on both ranks with the seed rank 0 drew (a divergence would stop the group); a
+    JSON-schema constraint (every rank builds the matcher) gives valid JSON, the tokens of a 1-rank daemon."""
     daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
     try:
         with Client(daemon.addr) as client:
@@ -140,12 +143,31 @@ def test_sampled_and_constrained_requests(tmp_path):
             seeded = [client.complete(tokens=[7, 8, 9], temperature=1.0, seed=11, max_tokens=16,
                                       ignore_eos=True).token_ids for _ in range(2)]
             assert seeded[0] == seeded[1]
-            with pytest.raises(MlxdClientError) as info:
-                client.complete(tokens=[7, 8, 9], max_tokens=4, constraint=pb.Constraint(regex="[ab]+"))
-            assert "tensor parallelism" in info.value.details
+            constrained = _constrained(client)
             assert client.health() == "SERVING"
     finally:
         assert daemon.stop() == 0, daemon.stderr()
+    (tmp_path / "one-rank").mkdir()
+    single = start_daemon(FIXTURES / "parity" / "llama", workdir=tmp_path / "one-rank")
+    try:
+        with Client(single.addr) as client:
+            assert [c.token_ids for c in _constrained(client)] == [c.token_ids for c in constrained]
+    finally:
+        assert single.stop() == 0, single.stderr()
+    for completion in constrained:
+        assert json.loads(completion.text).keys() == {"ok"}, completion.text
+        assert completion.final.finish_reason == pb.FINISH_REASON_STOP
+
+
+def _constrained(client: Client) -> list:
+    """Greedy JSON-schema completions of two prompts, run one after the other and batched together."""
+    def one(ids: list[int]):
+        return client.complete(tokens=ids, max_tokens=48, temperature=0.0,
+                               constraint=pb.Constraint(json_schema=SCHEMA))
+
+    prompts = [[7, 8, 9], [11, 12, 13, 14, 15]]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return [one(p) for p in prompts] + list(pool.map(one, prompts))
 
 
 def test_an_image_prompt_gives_transformers_tokens(tmp_path):

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from mlxd.loading.loader import load_model
 from tests.helpers.parity import copy_model_folder
 from tests.helpers.ranks import run_ranks
+from tests.helpers.sharded_batch import HIT_TOKENS
 from tests.helpers.sharded_logits import run
 
 pytestmark = pytest.mark.process
@@ -61,3 +62,16 @@ def test_two_ranks_match_one(results, arch):
     assert delta <= TOLERANCE, f"{arch}: max |Δlogit| {delta:.2e} between 1 and 2 ranks"
     assert one["greedy_ids"].tolist() == two["greedy_ids"].tolist()
     print(f"{arch}: max |Δlogit| {delta:.2e}")
+
+
+@pytest.mark.parametrize("arch", ARCHS + QUANTIZED)
+def test_batched_rows_and_a_prefix_hit_match_one_rank(results, arch):
+    """The engine's runner and prefix cache on 2 ranks (tests/helpers/sharded_batch.py): rows of mixed lengths
+    joining and leaving a batch give 1 rank's greedy tokens, and a prefix-cache hit gives the cold row's."""
+    one, two = results[arch]
+    rows = sorted(k for k in one if k.startswith("batch_row"))
+    assert rows == sorted(k for k in two if k.startswith("batch_row")) and len(rows) == 4
+    for row in rows:
+        assert one[row].tolist() == two[row].tolist(), f"{arch}: {row}'s tokens differ between 1 and 2 ranks"
+    cold, hit = one["batch_row0"].tolist(), one["batch_row3"].tolist()
+    assert len(hit) >= HIT_TOKENS and hit[:HIT_TOKENS] == cold[:HIT_TOKENS], f"{arch}: hit {hit}, cold {cold}"

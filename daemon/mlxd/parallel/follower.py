@@ -69,6 +69,8 @@ def _load(args: argparse.Namespace) -> Any:
 
     from mlxd.engine.vision import ImageEncoder
     from mlxd.loading.loader import load_model
+    from mlxd.loading.model_source import load_model_tokenizer
+    from mlxd.parallel.constraints import FollowerGrammars
     from mlxd.parallel.replay import Replayer
 
     mx.set_default_stream(mx.new_stream(mx.default_device()))
@@ -77,7 +79,9 @@ def _load(args: argparse.Namespace) -> Any:
     vision = loaded.vision_language
     encoder = ImageEncoder(vision, args.image_cache_bytes) if vision is not None else None
     log.info("rank %d of %d loaded its share of %s", group.rank(), group.size(), args.model)
-    return Replayer(loaded.model, loaded.vocab_size, encoder)
+    # The tokenizer only for constrained rows' grammars, read at the first one (constraints.py).
+    grammars = FollowerGrammars(lambda: load_model_tokenizer(args.model).serialized, loaded.vocab_size)
+    return Replayer(loaded.model, loaded.vocab_size, encoder, grammars)
 
 
 def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:

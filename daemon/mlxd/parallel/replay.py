@@ -11,6 +11,7 @@ from mlxd.engine.vision import ImageEncoder
 from mlxd.models.cache import LayerCache
 from mlxd.models.protocol import LanguageModel
 from mlxd.parallel.codec import decode_images, decode_sampling, read_tokens
+from mlxd.parallel.constraints import FollowerGrammars
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,10 @@ class Divergence(RuntimeError):
 
 
 class Replayer:
-    def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None) -> None:
+    def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None,
+                 grammars: FollowerGrammars | None = None) -> None:
         self._model, self._vocab_size, self._images = model, vocab_size, image_encoder
+        self._grammars = grammars  # None: a constrained open fails here (rank 0 then runs the row unmatched)
         self.runner = Runner(model, vocab_size, image_encoder)
         self.prefix = PrefixCache(0)
         self._kept: dict[int, list[LayerCache]] = {}   # caches close(keep_cache) gave, until the next step
@@ -48,7 +51,13 @@ class Replayer:
 
     def _open(self, m: dict[str, Any]) -> None:
         cache, self._restored = (self._restored if m["restored"] else None), None
-        self.runner.open(m["row"], decode_sampling(m["sampling"]), m["prompt_ids"], m["top_logprobs"], cache)
+        spec, constraint = m.get("constraint"), None
+        if spec is not None:
+            if self._grammars is None:
+                raise Divergence("rank 0 opened a constrained row; this rank cannot build its grammar")
+            constraint = self._grammars.constraint(spec)
+        self.runner.open(m["row"], decode_sampling(m["sampling"]), m["prompt_ids"], m["top_logprobs"], cache,
+                         constraint)
 
     def _prefill(self, m: dict[str, Any]) -> None:
         self.runner.prefill(m["row"], m["ids"], decode_images(m["images"]))

@@ -15,8 +15,10 @@ same order, which is what each all_sum needs.
 Sampling runs on every rank, identically: rank 0 fixes each row's seed (drawing one when the request has none)
 and the logits are the same on every rank (the hidden state after each all_sum is, and the LM head is
 replicated). A rank thus has its next input token without another message per step, and the decode pipeline
-(step n+1 queued before step n is read) stays as it is. Rank 0 sends the tokens it read with each step, and a
-follower that read others stops the group (a divergence is a bug, never silent).
+(step n+1 queued before step n is read) stays as it is. A constrained row's grammar goes with its open call and
+every rank builds the same matcher (constraints.py), so every rank masks the same tokens. Rank 0 sends the
+tokens it read with each step, and a follower that read others stops the group (a divergence is a bug, never
+silent).
 
 Prefix-cache hits: every rank keeps its own prefix cache (its share of each snapshot) and rank 0's inserts,
 lookups and clears are replayed on it in order, so they hold the same entries and a lookup finds the same prefix.
@@ -34,11 +36,11 @@ from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.request import TokenLogprob
 from mlxd.engine.runner import ChunkImage, RowId, Runner, StepResult
 from mlxd.engine.vision import ImageEncoder
-from mlxd.errors import Unsupported
 from mlxd.generation.params import SamplingParams
 from mlxd.models.cache import LayerCache
 from mlxd.models.protocol import LanguageModel
 from mlxd.parallel.codec import encode_images, encode_sampling, read_tokens
+from mlxd.parallel.constraints import encode_constraint
 
 Send = Callable[[dict], None]
 
@@ -52,13 +54,12 @@ class ReplicatingRunner(Runner):
 
     def open(self, row: RowId, sampling: SamplingParams, prompt_ids: list[int], top_logprobs: int | None,
              cache: list[LayerCache] | None = None, constraint: TokenConstraint | None = None) -> None:
-        if constraint is not None:
-            raise Unsupported("constrained decoding is not available with tensor parallelism yet")
+        spec = None if constraint is None else encode_constraint(constraint)  # the same matcher on every rank
         if sampling.seed is None:
             sampling = replace(sampling, seed=secrets.randbits(63))
         self._send({"op": "open", "row": row, "sampling": encode_sampling(sampling), "prompt_ids": prompt_ids,
-                    "top_logprobs": top_logprobs, "restored": cache is not None})
-        super().open(row, sampling, prompt_ids, top_logprobs, cache)
+                    "top_logprobs": top_logprobs, "restored": cache is not None, "constraint": spec})
+        super().open(row, sampling, prompt_ids, top_logprobs, cache, constraint)
 
     def prefill(self, row: RowId, ids: list[int], images: Sequence[ChunkImage] = ()) -> None:
         self._send({"op": "prefill", "row": row, "ids": ids, "images": encode_images(images)})
