@@ -46,7 +46,7 @@ def script(runner: Runner, prefix: PrefixCache, ids: list[int]) -> dict[int, lis
         for _ in range(times):
             for result in runner.step():
                 if result.row in live:  # a row closed while its step was queued: the scheduler drops that token
-                    tokens.setdefault(result.row, []).append(result.token)
+                    tokens.setdefault(result.row, []).extend(result.tokens)
 
     def start(row: int, prompt: list[int], remember: bool) -> None:
         found, cache = prefix.lookup(prompt[:-1], runner.new_cache)
