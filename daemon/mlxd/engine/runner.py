@@ -7,20 +7,15 @@ before it reads the tokens of step n, so the device never waits for Python. Rows
 a row closed while a step of it was queued gets that token back with the step's other results, and the caller
 drops it.
 
-How the next features fit this shape, without another rewrite:
-- **Token constraints** (a grammar's mask, engine/constraint.py): a per-row object handed to `open`, kept in
-  `_Row` beside the sampler. When a batch holds a constrained row, `step()` reads step n, tells each constraint
-  its row's token, fills the masks on another thread (engine/masks.py) while it builds and queues step n+1's
-  forward pass, and only then queues the sampling with the masks applied. Batches without one keep the plain
-  pipeline.
-- **Several input tokens per row** (speculative verification, `step(drafts)`): a verify step feeds each row its
-  last token and its drafts, [B, 1 + max k], synchronously; generation/verification.py accepts each row's run and
-  the batch caches roll the rejected columns back (`rollback`). Rows without drafts share the pass.
-- **Caches that are not only KV** (a recurrent state per row for linear-attention layers, in place): the runner
-  touches caches only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py,
-  models/batch_cache.py): `batched`, `add_row(kept())`, `keep_rows`, `row_state`, `row_cache`, `state`. A
-  recurrent layer's cache (models/recurrent_cache.py) implements the same methods with its state arrays (joined,
-  filtered and snapshotted like KV), and `batch_cache.batched` names its batch class.
+Beside that plain pipeline:
+- **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one reads step n first, tells
+  each constraint its row's token, fills the masks on another thread (engine/masks.py) while it builds and queues
+  step n+1's forward pass, then queues the sampling with the masks applied.
+- **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
+  synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
+  back. Rows without drafts share the pass.
+- **Caches** are touched only through the `LayerCache` / `BatchLayerCache` protocols (models/cache.py,
+  models/batch_cache.py), which recurrent layers (models/recurrent_cache.py) implement with their state arrays.
 """
 
 from __future__ import annotations
@@ -40,7 +35,7 @@ from mlxd.engine.scores import row_logprobs, run_logprobs, token_logprob, tops
 from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.sampling import Sampler
-from mlxd.generation.verification import VerifyPlan, greedy_plan, sampler_plan
+from mlxd.generation.verification import VerifyPlan, greedy_plan, sampler_plan, within_vocabulary
 from mlxd.models import ops
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
 from mlxd.models.cache import LayerCache, RowState
@@ -265,7 +260,7 @@ class Runner:
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
         rows = [self._rows[row] for row in self._order]
-        fed = [[] if r.constraint else _within(drafts.get(row, []), self._vocab_size)
+        fed = [[] if r.constraint else within_vocabulary(drafts.get(row, []), self._vocab_size)
                for row, r in zip(self._order, rows)]
         length = 1 + max(len(d) for d in fed)
         inputs = [[r.next_token, *d] + [r.next_token] * (length - 1 - len(d)) for r, d in zip(rows, fed)]
@@ -397,11 +392,3 @@ class Runner:
         self._model(mx.array([[0]], dtype=mx.int32), cache=cache)
         mx.eval([a for c in cache for a in c.state])
         return KvLayout.of(cache)
-
-
-def _within(drafts: list[int], vocab_size: int) -> list[int]:
-    """The drafts up to the first that is no token of the model's (a draft model's wider logits)."""
-    for i, token in enumerate(drafts):
-        if not 0 <= token < vocab_size:
-            return drafts[:i]
-    return drafts

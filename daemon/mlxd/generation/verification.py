@@ -64,3 +64,11 @@ def sampler_plan(sampler: Sampler, logits: mx.array, drafts: list[int]) -> Verif
     choices = mx.concatenate([mx.random.categorical(filtered[j], key=key).reshape(1)
                               for j, key in enumerate(draws)]).astype(mx.int32)
     return VerifyPlan(drafts, choices, sampler, chain)
+
+
+def within_vocabulary(drafts: list[int], vocab_size: int) -> list[int]:
+    """The drafts up to the first that is no token of the model's (a draft model's wider logits)."""
+    for i, token in enumerate(drafts):
+        if not 0 <= token < vocab_size:
+            return drafts[:i]
+    return drafts
