@@ -60,8 +60,9 @@ class MLPBlock(moe.SparseMoe):
         def activation(gate: mx.array, up: mx.array, tokens: int) -> mx.array:
             return ops.clamped_swiglu(gate, up, limit, alpha)
 
+        # Its softmax over the k kept logits is what a renormalizing router computes (moe.route).
         super().__init__(args.hidden_size, args.intermediate_size, args.num_local_experts,
-                         moe.Routing(args.num_experts_per_tok, softmax_over_kept=True), router_bias=True,
+                         moe.Routing(args.num_experts_per_tok), router_bias=True,
                          expert_bias=True, activation=activation, fused=fused, router_name="router")
 
 

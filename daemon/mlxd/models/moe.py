@@ -41,14 +41,12 @@ def swiglu(gate: mx.array, up: mx.array, tokens: int) -> mx.array:
 class Routing:
     """How one token's router logits over the experts become k experts and their weights.
 
-    Both rules take the k largest logits. `softmax_over_kept` False: softmax over all experts, then the k kept
-    probabilities, divided by their sum when `renormalize` (Mixtral always, Qwen3-MoE iff norm_topk_prob).
-    True: softmax over the k kept logits only (gpt-oss; the same numbers as renormalizing, up to rounding, and
-    computed so: `route`)."""
+    Both rules take the k largest logits: a softmax over all experts, then the k kept probabilities, divided by
+    their sum when `renormalize` (Mixtral always, Qwen3-MoE iff norm_topk_prob). gpt-oss's softmax over the k kept
+    logits is the renormalizing rule (the same numbers, and computed so: `route`)."""
 
     top_k: int
     renormalize: bool = True
-    softmax_over_kept: bool = False
 
 
 def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
@@ -56,11 +54,11 @@ def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
     softmax runs in float32 (`precise`), as transformers' does, and rounds once to the logits' dtype.
 
     Renormalizing the k kept probabilities of a softmax over all experts gives the softmax over the k kept logits
-    (the sum over all experts cancels), so both rules that renormalize take that one: three kernels per layer
+    (the sum over all experts cancels), so that is what a renormalizing router computes: three kernels per layer
     instead of seven, which counts in a decode step bound by kernel launches (docs/performance.md)."""
     k = routing.top_k
     indices = mx.argpartition(logits, kth=-k, axis=-1)[..., -k:]
-    if routing.softmax_over_kept or routing.renormalize:
+    if routing.renormalize:
         weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
     else:
         weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
