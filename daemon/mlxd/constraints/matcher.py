@@ -3,8 +3,8 @@ filled mask into -inf logits on the device."""
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from collections.abc import Sequence
 
 import llguidance
@@ -91,16 +91,10 @@ def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[Constr
     return [row.failure() for row in rows]
 
 
-_executor_lock = threading.Lock()
-_executors: list[llguidance.LLExecutor] = []
-
-
+@functools.cache
 def _executor() -> llguidance.LLExecutor:
     """llguidance's thread pool for batched mask fills, made on first use: one thread per core, at most 16."""
-    with _executor_lock:
-        if not _executors:
-            _executors.append(llguidance.LLExecutor(num_threads=min(16, os.cpu_count() or 1)))
-        return _executors[0]
+    return llguidance.LLExecutor(num_threads=min(16, os.cpu_count() or 1))
 
 
 def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:
