@@ -52,3 +52,17 @@ def test_causal_conv_continues_from_its_state():
     # The last tap multiplies the current token; before the sequence, zeros.
     first = x[0, 0] * weight[:, 3]
     assert mx.allclose(whole[0, 0], first * mx.sigmoid(first), atol=1e-6)
+
+
+def test_unit_lower_inverse_keeps_few_dimensions():
+    """(I + L)^-1 over a chunk's leading dims [B, H, n]: exact, and built without a new axis per halving (MLX's
+    CUDA kernels take at most 10 dimensions; a 64-token chunk of [B, H, n, 64, 64] once needed 11)."""
+    import numpy as np
+
+    from mlxd.models.gated_delta import _unit_lower_inverse
+
+    lower = mx.tril(mx.random.normal((2, 3, 2, 64, 64), key=mx.random.key(3)) * 0.1, -1)
+    got = np.array(_unit_lower_inverse(lower), dtype=np.float64)
+    want = np.linalg.inv(np.eye(64) + np.array(lower, dtype=np.float64))
+    assert got.shape == (2, 3, 2, 64, 64)
+    assert np.abs(got - want).max() < 1e-4

@@ -103,15 +103,22 @@ def chunked_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta
 
 
 def _unit_lower_inverse(lower: mx.array) -> mx.array:
-    """(I + lower)^-1 for strictly lower-triangular lower [..., n, n], n a power of two, by halves:
-    [[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]], both diagonal halves inverted in one call."""
+    """(I + lower)^-1 for strictly lower-triangular lower [..., n, n], n a power of two (see _inverse_flat)."""
     n = lower.shape[-1]
+    return _inverse_flat(lower.reshape(-1, n, n)).reshape(lower.shape)
+
+
+def _inverse_flat(lower: mx.array) -> mx.array:
+    """(I + lower)^-1 for lower [m, n, n], by halves: [[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]],
+    both diagonal halves inverted in one call. The halves join along the first axis, not a new one: MLX's CUDA
+    kernels take at most 10 dimensions, and a new axis per level of a 64-token chunk would pass that."""
+    m, n = lower.shape[0], lower.shape[-1]
     if n == 1:
         return mx.ones_like(lower)
     h = n // 2
-    halves = _unit_lower_inverse(mx.stack([lower[..., :h, :h], lower[..., h:, h:]]))
-    first, second = halves[0], halves[1]
-    corner = -(second @ lower[..., h:, :h] @ first)
+    halves = _inverse_flat(mx.concatenate([lower[:, :h, :h], lower[:, h:, h:]]))
+    first, second = halves[:m], halves[m:]
+    corner = -(second @ lower[:, h:, :h] @ first)
     top = mx.concatenate([first, mx.zeros_like(first)], axis=-1)
     return mx.concatenate([top, mx.concatenate([corner, second], axis=-1)], axis=-2)
 
