@@ -1,8 +1,9 @@
-"""Models with recurrent state in the cache (Qwen3.5's gated delta, dense and MoE; Nemotron-H's Mamba-2 beside one
-attention layer) through the real scheduler and runner: batched rows of mixed lengths, joining and leaving
-mid-stream, yield what each yields alone; a parked row keeps its states; a prefix-cache hit (exact-length
-snapshots only) yields the cold tokens and reports the tokens it served; the KV budget counts the recurrent states
-per row and the attention keys per token. What differs between the architectures is data in ARCHES."""
+"""Models with recurrent state in the cache (Qwen3.5's gated delta, dense and MoE, and Qwen3-Next's; Nemotron-H's
+Mamba-2 beside one attention layer) through the real scheduler and runner: batched rows of mixed lengths, joining
+and leaving mid-stream, yield what each yields alone; a parked row keeps its states; a prefix-cache hit
+(exact-length snapshots only) yields the cold tokens and reports the tokens it served; the KV budget counts the
+recurrent states per row and the attention keys per token. What differs between the architectures is data in
+ARCHES."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ ARCHES = [
     # Two full-attention layers and two recurrent ones; the fixture's prompt has 150 tokens.
     Arch("qwen3_5", longest=150, caches=4, attention_layers=2),
     Arch("qwen3_5_moe", longest=150, caches=4, attention_layers=2),
+    Arch("qwen3_next", longest=150, caches=4, attention_layers=2),
     # Two Mamba-2 layers and the attention layer; MLP and MoE layers own none. 140 spans nine 16-token SSD chunks.
     # The attention layer: 2 kv heads x 16 dims, keys and values, float32, per token. Each Mamba-2 layer, whatever
     # the length: conv state [3, 128] and SSM state [8, 8, 16], float32.

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.process
 
 # Dense, MoE, hybrid (recurrent + attention), MLA and vision-language: every architecture mlxd serves.
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "qwen3_moe", "mixtral", "gpt_oss",
-         "gpt_oss_dense", "qwen3_5", "qwen3_5_moe", "nemotron_h", "gemma4", "gemma4_moe", "glm4_moe_lite")
+         "gpt_oss_dense", "qwen3_5", "qwen3_5_moe", "qwen3_next", "nemotron_h", "gemma4", "gemma4_moe",
+         "glm4_moe_lite")
 TOLERANCE = 1e-4
 
 

@@ -12,7 +12,7 @@ from mlxd.errors import ModelLoadError
 # allowlist, one line per architecture. Vision-language models (protocol.VisionLanguageModel) take images.
 TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss",
                "glm4_moe_lite", "gemma4", "gemma4_text", "qwen3_5", "qwen3_5_text", "qwen3_5_moe",
-               "qwen3_5_moe_text", "nemotron_h")
+               "qwen3_5_moe_text", "qwen3_next", "nemotron_h")
 VISION_LANGUAGE_MODELS = ("gemma3",)
 
 

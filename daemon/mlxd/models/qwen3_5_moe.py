@@ -34,10 +34,11 @@ class ModelArgs(qwen3_5.ModelArgs):
 
 
 class SharedExpertMoe(moe.SparseMoe):
-    """Routed experts plus a shared expert, gated by sigmoid(shared_expert_gate x) per token."""
+    """Routed experts plus a shared expert, gated by sigmoid(shared_expert_gate x) per token. Qwen3.5's router always
+    renormalizes the k kept probabilities; Qwen3-Next's (models/qwen3_next.py) iff its config says so."""
 
-    def __init__(self, args: ModelArgs, fused_experts: bool, fused_shared: bool):
-        routing = moe.Routing(args.num_experts_per_tok, renormalize=True)
+    def __init__(self, args: ModelArgs, fused_experts: bool, fused_shared: bool, renormalize: bool = True):
+        routing = moe.Routing(args.num_experts_per_tok, renormalize=renormalize)
         super().__init__(args.hidden_size, args.moe_intermediate_size, args.num_experts, routing,
                          fused=fused_experts)
         self.shared_expert = GatedMLP(args.hidden_size, args.shared_expert_intermediate_size, "silu", args.mlp_bias,
