@@ -9,7 +9,7 @@ import pytest
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.loader import load_model
-from mlxd.loading.weights import find_weight_files, float32_bytes, read_weights, weights_dtype
+from mlxd.loading.weights import find_weight_files, float32_bytes, follow_layer_overrides, read_weights, weights_dtype
 
 
 def _shard(folder, n_shards: int, with_index: bool) -> list[str]:
@@ -140,3 +140,17 @@ def test_context_length_falls_back_when_the_config_names_none(model_folder):
     folder = model_folder("llama")
     _edit_config(folder, max_position_embeddings=None)
     assert load_model(folder).context_length == 4096
+
+
+def test_layer_overrides_follow_renamed_and_split_layers():
+    """An override follows its layer's arrays to their new name, and passes to the parts of a layer sanitize split
+    (SPLIT_LAYERS); a part without scales (kept float) gets none, and other layers keep theirs."""
+    gate, fused = mx.zeros((4, 2)), mx.zeros((6, 2))
+    before = {"language_model.model.mlp.gate.scales": gate, "model.attn.qkvz.scales": fused,
+              "model.other.scales": mx.zeros((2, 2))}
+    after = {"model.mlp.gate.scales": gate, "model.attn.qkv.scales": fused[:4], "model.other.scales": mx.zeros((2, 2))}
+    eight, four = {"group_size": 32, "bits": 8}, {"group_size": 64, "bits": 4}
+    quant = {"group_size": 32, "bits": 6, "language_model.model.mlp.gate": eight, "model.attn.qkvz": four}
+    out = follow_layer_overrides(quant, before, after, {"qkvz": ("qkv", "z")})
+    assert out["model.mlp.gate"] == eight and out["model.attn.qkv"] == four and "model.attn.z" not in out
+    assert follow_layer_overrides(quant, before, after).get("model.attn.qkv") is None

@@ -58,7 +58,7 @@ def test_make_cache_has_one_cache_per_layer(arch, cache_types):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_moe", "mixtral", "gpt_oss", "glm4_moe_lite",
-                                  "nemotron_h"])
+                                  "qwen3_next", "nemotron_h"])
 def test_batched_forward_equals_rows_one_at_a_time(arch):
     model = architecture(arch).module.Model(_args(arch))
     tokens = mx.random.randint(0, model.args.vocab_size, (2, 20), key=mx.random.key(0))

@@ -226,7 +226,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False,
         weights = mxfp4.unpack(weights)  # *_blocks + *_scales as MLX mxfp4 .weight + .scales, for sanitize to place
     stored, weights = weights, model.sanitize(weights)
     if quant is not None:
-        quant = wts.follow_layer_overrides(quant, stored, weights)
+        quant = wts.follow_layer_overrides(quant, stored, weights, getattr(type(model), "SPLIT_LAYERS", None))
     del stored
     checkpoint_dtype = wts.weights_dtype(weights) or cfg.config_dtype(raw) or "float32"
     plan = plan_dtype(

@@ -73,20 +73,26 @@ def _quantized_prefixes(weights: dict[str, mx.array]) -> list[str]:
     return [k.removesuffix(".scales") for k in weights if k.endswith(".scales")]
 
 
-def follow_layer_overrides(quant: dict[str, Any], before: dict[str, mx.array],
-                           after: dict[str, mx.array]) -> dict[str, Any]:
+def follow_layer_overrides(quant: dict[str, Any], before: dict[str, mx.array], after: dict[str, mx.array],
+                           split_layers: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """The quantization block with its per-layer overrides renamed as `sanitize` renamed their layers (`before` ->
     `after`, the same arrays under new names). mlx-lm names overrides after its own modules: a vision-language
     conversion's 8-bit routers are `language_model.model.layers.N.mlp.gate`, which the text model here holds as
-    `model.layers.N.mlp.gate`; read under the wrong name, such a layer would be taken for the default bits."""
+    `model.layers.N.mlp.gate`; read under the wrong name, such a layer would be taken for the default bits.
+
+    A layer that sanitize splits into parts (new arrays, no identity to follow) passes its override to each part
+    beside it: `split_layers` maps the layer's last name to its parts' (the Model class's SPLIT_LAYERS)."""
     overrides = {id(before[f"{k}.scales"]): v for k, v in quant.items()
                  if isinstance(v, dict) and f"{k}.scales" in before}
-    if not overrides:
-        return quant
     out = dict(quant)
     for name, value in after.items():
         if name.endswith(".scales") and id(value) in overrides:
             out[name.removesuffix(".scales")] = overrides[id(value)]
+    for key, value in quant.items():
+        layer, _, last = key.rpartition(".")
+        for part in (split_layers or {}).get(last, ()) if isinstance(value, dict) else ():
+            if f"{layer}.{part}.scales" in after:
+                out.setdefault(f"{layer}.{part}", value)
     return out
 
 

@@ -1,6 +1,7 @@
 """What the engine needs from a model, and nothing else (issue 14): a reader, mypy and a new model's author
-all find it here. The loader also calls `sanitize` and `fusable_projections` (models/projections.py), and holds
-in float32 the parameters a Model class names in FLOAT32_PARAMETERS (loading/weights.py, float32_parameters).
+all find it here. The loader also calls `sanitize` and `fusable_projections` (models/projections.py), holds
+in float32 the parameters a Model class names in FLOAT32_PARAMETERS (loading/weights.py, float32_parameters), and
+gives the parts of a layer that sanitize splits (SPLIT_LAYERS) that layer's per-layer quantization.
 
 The engine's runner is the only caller. Text models take token ids; a vision-language model also takes the
 image embeddings of the prompt chunk it is given, and encodes images with its vision tower. Which kind a

@@ -50,6 +50,8 @@ class ModelArgs(qwen3_5_moe.ModelArgs):
 
 class Model(qwen3_5_moe.Model):
     args: ModelArgs
+    # The layers sanitize splits: a quantized folder's per-layer bits for one hold for its parts (loading/weights.py).
+    SPLIT_LAYERS = {"in_proj_qkvz": ("in_proj_qkv", "in_proj_z"), "in_proj_ba": ("in_proj_b", "in_proj_a")}
 
     def mlp(self, args: qwen3_5.ModelArgs, layer: int, fused: frozenset[str]) -> nn.Module:
         assert isinstance(args, ModelArgs)
