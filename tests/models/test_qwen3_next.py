@@ -2,7 +2,7 @@
 both config layouts: transformers' float32 logits at every position of a 150-token prompt, its greedy ids, chunked
 prefill equal to one shot, cached decode equal to the full pass, the recurrent states after the prompt, and the
 folders mlx-lm writes (fused names kept, quantized or not). The fixture: tests/fixtures/parity/qwen3_next
-(make_fixture.py)."""
+(make_fixture.py), and mlx-lm's own 8-bit conversion of it (make_mlx_lm_q8.py)."""
 
 from __future__ import annotations
 
@@ -161,6 +161,20 @@ def test_mlx_lm_quantized_conversion_loads(tmp_path, parity_model, overrides, me
     # And the quantized model stays near transformers' (the largest gaps follow routing choices that the rounding
     # flips, so the mean is the measure).
     assert mx.abs(want[0] - expected["logits"]).mean().item() < mean_gap
+
+
+@pytest.mark.parametrize("dtype", ["keep", "float32"])
+def test_a_real_mlx_lm_conversion_computes_what_mlx_lm_computes(dtype):
+    """mlx_lm_q8/ is this model as mlx-lm 0.32.2's convert wrote it (8 bits, its routers and shared-expert gates at
+    8 bits in groups of 64), with mlx-lm's logits for the prompt's last 40 positions (make_mlx_lm_q8.py). Kept
+    quantized or dequantized, it gives them (measured: 4.0e-6)."""
+    folder = PARITY / ARCH / "mlx_lm_q8"
+    want = mx.load(str(folder / "expected_mlx_lm.safetensors"))["logits"]
+    loaded = load_model(folder, dtype=dtype)
+    assert loaded.quantized == (dtype == "keep")
+    tokens = mx.load(str(PARITY / ARCH / "expected.safetensors"))["input_ids"]
+    got = loaded.model(tokens)[0, -want.shape[0]:]
+    assert mx.abs(got - want).max().item() < SELF_TOL
 
 
 def test_sanitize_takes_its_own_output(parity_model):
