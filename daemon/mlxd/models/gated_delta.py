@@ -21,11 +21,12 @@ from mlxd.models import ops
 CHUNK = 64  # transformers' chunk size; any power of two gives the same numbers up to rounding
 
 
-def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None,
-                bias: mx.array | None = None) -> tuple[mx.array, mx.array]:
+def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None, bias: mx.array | None = None,
+                stepwise: bool = False) -> tuple[mx.array, mx.array]:
     """SiLU of the causal depthwise convolution of x [B, T, C] with weight [C, K] (the last tap multiplies the
     current token) plus `bias` [C] (Mamba-2's; Gated DeltaNet's has none), continuing from conv_state [B, K-1, C]
-    (zeros before the sequence: None); and the new conv state, the last K-1 inputs."""
+    (zeros before the sequence: None); and the new conv state, the last K-1 inputs. With `stepwise`, instead of
+    the new state the whole window [B, K-1+T, C]: the state after token t is window[:, t+1 : t+K]."""
     batch, length, channels = x.shape
     taps = weight.shape[1]
     if conv_state is None:
@@ -36,6 +37,8 @@ def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None,
         out = out + window[:, j:j + length] * weight[:, j]
     if bias is not None:
         out = out + bias
+    if stepwise:
+        return ops.activation(out, "silu"), window
     new_state = window[:, length:]
     if length > 1:
         # A copy: the slice would keep the whole chunk's input alive while the row waits to decode.
@@ -49,10 +52,11 @@ def l2_normalize(x: mx.array) -> mx.array:
 
 
 def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
-                          state: mx.array) -> tuple[mx.array, mx.array]:
+                          state: mx.array, stepwise: bool = False) -> tuple[mx.array, mx.array]:
     """Token by token: q, k [B, T, H, Dk] (normalized, q scaled), v [B, T, H, Dv], log decays g and beta [B, T, H],
-    state [B, H, Dv, Dk] (float32). Returns the outputs [B, T, H, Dv] and the new state."""
-    outs = []
+    state [B, H, Dv, Dk] (float32). Returns the outputs [B, T, H, Dv] and the new state, or with `stepwise` the
+    state after each token [B, T, H, Dv, Dk] (a verify step's, which rolls back to one of them)."""
+    outs, states = [], []
     for t in range(q.shape[1]):
         state = state * mx.exp(g[:, t])[..., None, None]
         k_t = k[:, t]
@@ -60,7 +64,9 @@ def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, be
         correction = beta[:, t, :, None] * (v[:, t] - predicted)
         state = state + correction[..., None] * k_t[..., None, :]
         outs.append((state @ q[:, t, :, :, None])[..., 0])
-    return mx.stack(outs, axis=1), state
+        if stepwise:
+            states.append(state)
+    return mx.stack(outs, axis=1), mx.stack(states, axis=1) if stepwise else state
 
 
 def chunked_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
@@ -124,14 +130,17 @@ def _inverse_flat(lower: mx.array) -> mx.array:
 
 
 def gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
-                state: mx.array | None) -> tuple[mx.array, mx.array]:
-    """Outputs [B, T, H, Dv] (in v's dtype) and the new float32 state [B, H, Dv, Dk], from `state` (None: zeros).
-    The arithmetic runs in float32, as transformers' does."""
+                state: mx.array | None, stepwise: bool = False) -> tuple[mx.array, mx.array]:
+    """Outputs [B, T, H, Dv] (in v's dtype) and the new float32 state [B, H, Dv, Dk], from `state` (None: zeros);
+    with `stepwise`, the state after each token [B, T, H, Dv, Dk], token by token: a verify step's few tokens, as
+    exact as the decode steps they stand for. The arithmetic runs in float32, as transformers' does."""
     batch, length, heads, dk = q.shape
     dtype = v.dtype
     if state is None:
         state = mx.zeros((batch, heads, v.shape[-1], dk), mx.float32)
     q, k, v, g, beta = (x.astype(mx.float32) for x in (q, k, v, g, beta))
-    run = recurrent_gated_delta if length == 1 else chunked_gated_delta
-    out, state = run(q, k, v, g, beta, state)
+    if stepwise or length == 1:
+        out, state = recurrent_gated_delta(q, k, v, g, beta, state, stepwise)
+    else:
+        out, state = chunked_gated_delta(q, k, v, g, beta, state)
     return out.astype(dtype), state
