@@ -71,7 +71,8 @@ def test_a_draft_models_drafts_leave_the_output_unchanged(runtime):
 
 def _open(runner: Runner, row: int, prompt: list[int], sampling: SamplingParams = GREEDY) -> None:
     runner.open(row, sampling, prompt, None)
-    runner.prefill(row, prompt[:-1])
+    if len(prompt) > 1:
+        runner.prefill(row, prompt[:-1])
     runner.join(row, prompt[-1])
 
 
@@ -87,9 +88,10 @@ def _alone(runtime: ModelRuntime, prompt: list[int], n: int, sampling: SamplingP
 def test_drafts_all_accepted_all_rejected_and_none_share_verify_steps(runtime):
     """Each step gives each row another kind of draft: the greedy continuation (k = 1..4, all accepted), a wrong
     first token (all rejected), or none; plain steps come between. Every row's tokens are its plain ones, so every
-    row's states after each verify step are those after its accepted tokens, whatever the other rows fed."""
+    row's states after each verify step are those after its accepted tokens, whatever the other rows fed. The first
+    row's prompt is one token: it joins with nothing seen, and the batch holds no states until the first step."""
     rows, n = 4, 24
-    prompts = [_prompt(7 + 3 * row, 40 + row) for row in range(rows)]
+    prompts = [[17]] + [_prompt(7 + 3 * row, 40 + row) for row in range(1, rows)]
     truth = [_alone(runtime, p, n + 8) for p in prompts]
     runner = Runner(runtime.model, runtime.vocab_size)
     for row, prompt in enumerate(prompts):
