@@ -52,10 +52,17 @@ def l2_normalize(x: mx.array) -> mx.array:
 
 
 def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
-                          state: mx.array, stepwise: bool = False) -> tuple[mx.array, mx.array]:
+                          state: mx.array) -> tuple[mx.array, mx.array]:
     """Token by token: q, k [B, T, H, Dk] (normalized, q scaled), v [B, T, H, Dv], log decays g and beta [B, T, H],
-    state [B, H, Dv, Dk] (float32). Returns the outputs [B, T, H, Dv] and the new state, or with `stepwise` the
-    state after each token [B, T, H, Dv, Dk] (a verify step's, which rolls back to one of them)."""
+    state [B, H, Dv, Dk] (float32). Returns the outputs [B, T, H, Dv] and the new state."""
+    out, states = recurrent_gated_delta_steps(q, k, v, g, beta, state)
+    return out, states[-1]
+
+
+def recurrent_gated_delta_steps(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                                state: mx.array) -> tuple[mx.array, list[mx.array]]:
+    """recurrent_gated_delta's outputs and the state after each token (a verify step rolls back to one of them;
+    a list, not stacked: stacking would copy them all while they are alive anyway)."""
     outs, states = [], []
     for t in range(q.shape[1]):
         state = state * mx.exp(g[:, t])[..., None, None]
@@ -64,9 +71,8 @@ def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, be
         correction = beta[:, t, :, None] * (v[:, t] - predicted)
         state = state + correction[..., None] * k_t[..., None, :]
         outs.append((state @ q[:, t, :, :, None])[..., 0])
-        if stepwise:
-            states.append(state)
-    return mx.stack(outs, axis=1), mx.stack(states, axis=1) if stepwise else state
+        states.append(state)
+    return mx.stack(outs, axis=1), states
 
 
 def chunked_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
@@ -130,17 +136,29 @@ def _inverse_flat(lower: mx.array) -> mx.array:
 
 
 def gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
-                state: mx.array | None, stepwise: bool = False) -> tuple[mx.array, mx.array]:
-    """Outputs [B, T, H, Dv] (in v's dtype) and the new float32 state [B, H, Dv, Dk], from `state` (None: zeros);
-    with `stepwise`, the state after each token [B, T, H, Dv, Dk], token by token: a verify step's few tokens, as
-    exact as the decode steps they stand for. The arithmetic runs in float32, as transformers' does."""
-    batch, length, heads, dk = q.shape
+                state: mx.array | None) -> tuple[mx.array, mx.array]:
+    """Outputs [B, T, H, Dv] (in v's dtype) and the new float32 state [B, H, Dv, Dk], from `state` (None: zeros).
+    The arithmetic runs in float32, as transformers' does."""
     dtype = v.dtype
+    q, k, v, g, beta, state = _in_float32(q, k, v, g, beta, state)
+    run = recurrent_gated_delta if q.shape[1] == 1 else chunked_gated_delta
+    out, state = run(q, k, v, g, beta, state)
+    return out.astype(dtype), state
+
+
+def gated_delta_steps(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                      state: mx.array | None) -> tuple[mx.array, list[mx.array]]:
+    """gated_delta's outputs and the float32 state after each token, token by token: a verify step's few tokens, as
+    exact as the decode steps they stand for."""
+    dtype = v.dtype
+    out, states = recurrent_gated_delta_steps(*_in_float32(q, k, v, g, beta, state))
+    return out.astype(dtype), states
+
+
+def _in_float32(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                state: mx.array | None) -> tuple[mx.array, ...]:
+    """The inputs in float32 and the state, zeros where None."""
+    batch, _, heads, dk = q.shape
     if state is None:
         state = mx.zeros((batch, heads, v.shape[-1], dk), mx.float32)
-    q, k, v, g, beta = (x.astype(mx.float32) for x in (q, k, v, g, beta))
-    if stepwise or length == 1:
-        out, state = recurrent_gated_delta(q, k, v, g, beta, state, stepwise)
-    else:
-        out, state = chunked_gated_delta(q, k, v, g, beta, state)
-    return out.astype(dtype), state
+    return (*(x.astype(mx.float32) for x in (q, k, v, g, beta)), state)

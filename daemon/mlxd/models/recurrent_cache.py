@@ -25,6 +25,7 @@ verify step holds L states per row, and only until its rollback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,9 +55,9 @@ class RecurrentState(Protocol):
         """Whether a step of `tokens` per row must hand over the states after each of them (`advance_steps`)."""
         ...
 
-    def advance_steps(self, conv_window: mx.array, recurrent_states: mx.array) -> None:
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
         """Take a verify step's conv window [B, K-1+L, C] (the conv state it started from, then its L inputs) and
-        the recurrent state after each of its L positions [B, L, ...]; `rollback` chooses each row's."""
+        the recurrent state after each of its L positions; `rollback` chooses each row's."""
         ...
 
 
@@ -112,7 +113,7 @@ class RecurrentCache(_Unkeyed):
     def stepwise(self, tokens: int) -> bool:
         return False  # one sequence's steps are a prefill's or a decode step's, never a verify step's
 
-    def advance_steps(self, conv_window: mx.array, recurrent_states: mx.array) -> None:
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
         raise TypeError("a single sequence's cache takes no verify steps")
 
     @property
@@ -151,7 +152,8 @@ class BatchRecurrentCache(_Unkeyed):
         self.conv_state: mx.array | None = None
         self.recurrent_state: mx.array | None = None
         self._rows = 0  # rows held, also while every one of them is still empty (no arrays yet)
-        self._steps: tuple[mx.array, mx.array] | None = None  # a verify step's (conv window, states) until rollback
+        # A verify step's conv window and states after each position, until its rollback.
+        self._steps: tuple[mx.array, Sequence[mx.array]] | None = None
 
     @property
     def offset(self) -> int | mx.array:
@@ -164,7 +166,7 @@ class BatchRecurrentCache(_Unkeyed):
         # The batch takes several tokens per row only in a verify step, whose rejected ones rollback forgets.
         return tokens > 1
 
-    def advance_steps(self, conv_window: mx.array, recurrent_states: mx.array) -> None:
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
         self._steps = conv_window, recurrent_states
 
     @property
@@ -215,15 +217,20 @@ class BatchRecurrentCache(_Unkeyed):
         if self._steps is None:
             raise ValueError("rollback without a verify step: the states of its positions are gone")
         (window, states), self._steps = self._steps, None
-        length = states.shape[1]
-        if len(kept) != states.shape[0] or not all(1 <= k <= length for k in kept):
-            raise ValueError(f"cannot keep {kept} of {length} positions in {states.shape[0]} rows")
+        length = len(states)
+        if len(kept) != window.shape[0] or not all(1 <= k <= length for k in kept):
+            raise ValueError(f"cannot keep {kept} of {length} positions in {window.shape[0]} rows")
         # The conv state after position j is the K-1 inputs ending there: window[:, j+1 : j+K].
         taps = window.shape[1] - length
-        counts = mx.array(kept, dtype=mx.int32)
-        columns = counts[:, None] + mx.arange(taps, dtype=mx.int32)[None, :]
+        columns = mx.array(kept, dtype=mx.int32)[:, None] + mx.arange(taps, dtype=mx.int32)[None, :]
         self.conv_state = mx.take_along_axis(window, columns[:, :, None], axis=1)
-        self.recurrent_state = states[mx.arange(len(kept)), counts - 1]
+        # Each row's recurrent state, chosen by mx.where among the positions kept (none when every row kept as many).
+        counts = sorted(set(kept))
+        state = states[counts[0] - 1]
+        for count in counts[1:]:
+            rows = mx.array([k == count for k in kept]).reshape(-1, *[1] * (state.ndim - 1))
+            state = mx.where(rows, states[count - 1], state)
+        self.recurrent_state = state
 
     def _held(self) -> tuple[mx.array, mx.array] | None:
         if self.conv_state is None or self.recurrent_state is None:

@@ -21,9 +21,16 @@ import mlx.core as mx
 
 
 def recurrent_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
-                   state: mx.array, stepwise: bool = False) -> tuple[mx.array, mx.array]:
-    """Token by token; returns y [b, T, H, P] and the new state, or with `stepwise` the state after each token
-    [b, T, H, P, N] (a verify step's, which rolls back to one of them)."""
+                   state: mx.array) -> tuple[mx.array, mx.array]:
+    """Token by token; returns y [b, T, H, P] and the new state."""
+    y, states = recurrent_scan_steps(x, dt, A, B, C, state)
+    return y, states[-1]
+
+
+def recurrent_scan_steps(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+                         state: mx.array) -> tuple[mx.array, list[mx.array]]:
+    """recurrent_scan's y and the state after each token (a verify step rolls back to one of them; a list, not
+    stacked: stacking would copy them all while they are alive anyway)."""
     heads_per_group = x.shape[2] // B.shape[2]
     B, C = mx.repeat(B, heads_per_group, axis=2), mx.repeat(C, heads_per_group, axis=2)  # [b, T, H, N]
     decay = mx.exp(dt * A)
@@ -32,9 +39,8 @@ def recurrent_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.ar
         inflow = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]   # [b, H, P, N]
         state = decay[:, t, :, None, None] * state + inflow
         outs.append((state @ C[:, t, :, :, None])[..., 0])
-        if stepwise:
-            states.append(state)
-    return mx.stack(outs, axis=1), mx.stack(states, axis=1) if stepwise else state
+        states.append(state)
+    return mx.stack(outs, axis=1), states
 
 
 def chunked_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array, state: mx.array,
@@ -78,14 +84,26 @@ def chunked_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.arra
 
 
 def scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array, state: mx.array | None,
-         chunk: int, stepwise: bool = False) -> tuple[mx.array, mx.array]:
+         chunk: int) -> tuple[mx.array, mx.array]:
     """y [b, T, H, P] and the new state [b, H, P, N], from `state` (None: zeros), both float32: the arithmetic
-    runs in float32, as transformers' does. With `stepwise`, the state after each token [b, T, H, P, N], token by
-    token: a verify step's few tokens, as exact as the decode steps they stand for."""
+    runs in float32, as transformers' does."""
+    x, dt, A, B, C, state = _in_float32(x, dt, A, B, C, state)
+    if x.shape[1] == 1:
+        return recurrent_scan(x, dt, A, B, C, state)
+    return chunked_scan(x, dt, A, B, C, state, chunk)
+
+
+def scan_steps(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+               state: mx.array | None) -> tuple[mx.array, list[mx.array]]:
+    """scan's y and the state after each token, token by token: a verify step's few tokens, as exact as the decode
+    steps they stand for."""
+    return recurrent_scan_steps(*_in_float32(x, dt, A, B, C, state))
+
+
+def _in_float32(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+                state: mx.array | None) -> tuple[mx.array, ...]:
+    """The inputs in float32 and the state, zeros where None."""
     batch, _, heads, head_dim = x.shape
     if state is None:
         state = mx.zeros((batch, heads, head_dim, B.shape[-1]), mx.float32)
-    x, dt, A, B, C = (a.astype(mx.float32) for a in (x, dt, A, B, C))
-    if stepwise or x.shape[1] == 1:
-        return recurrent_scan(x, dt, A, B, C, state, stepwise)
-    return chunked_scan(x, dt, A, B, C, state, chunk)
+    return (*(a.astype(mx.float32) for a in (x, dt, A, B, C)), state)

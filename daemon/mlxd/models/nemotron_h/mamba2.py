@@ -14,7 +14,7 @@ from mlxd.models import ops, sharding
 from mlxd.models.gated_delta import causal_conv
 from mlxd.models.nemotron_h.args import ModelArgs
 from mlxd.models.recurrent_cache import RecurrentState
-from mlxd.models.ssd import scan
+from mlxd.models.ssd import scan, scan_steps
 
 
 class GroupGatedNorm(nn.Module):
@@ -83,11 +83,14 @@ class Mamba2Mixer(nn.Module):
         step = mx.logaddexp(dt.astype(mx.float32) + self.dt_bias.astype(mx.float32), 0.0)  # softplus
         step = mx.clip(step, self.dt_min, self.dt_max)
         A = -mx.exp(self.A_log.astype(mx.float32))
-        y, state = scan(xs, step, A, Bs.reshape(B, L, self.groups, -1), Cs.reshape(B, L, self.groups, -1),
-                        None if cache is None else cache.recurrent_state, self.chunk, stepwise)
+        Bs, Cs = Bs.reshape(B, L, self.groups, -1), Cs.reshape(B, L, self.groups, -1)
+        held = None if cache is None else cache.recurrent_state
         if cache is not None and stepwise:
-            cache.advance_steps(conv_state, state)
-        elif cache is not None:
-            cache.advance(conv_state, state, L)
+            y, states = scan_steps(xs, step, A, Bs, Cs, held)
+            cache.advance_steps(conv_state, states)
+        else:
+            y, state = scan(xs, step, A, Bs, Cs, held, self.chunk)
+            if cache is not None:
+                cache.advance(conv_state, state, L)
         y = y + xs.astype(mx.float32) * self.D.astype(mx.float32)[:, None]
         return self.out_proj(self.norm(y.reshape(B, L, -1), z))
