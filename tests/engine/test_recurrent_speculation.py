@@ -199,6 +199,14 @@ def test_an_answers_snapshot_holds_the_states_after_its_accepted_tokens(runtime)
     assert tokens == drain(again)[0]
 
 
+def test_the_kv_budget_counts_a_verify_steps_states(runtime):
+    """With drafts of up to 4 tokens a row may hold its recurrent states 6 times over (before a verify step and
+    after each of its 5 positions); the attention layers' bytes per position are as without speculation."""
+    plain, speculative = Scheduler(runtime, PLAIN).budget.layout, Scheduler(runtime, SPECULATIVE).budget.layout
+    assert plain.row_bytes > 0 and speculative.row_bytes == 6 * plain.row_bytes
+    assert speculative.layers == plain.layers
+
+
 def test_a_verify_steps_states_are_dropped_by_its_rollback(runtime):
     """Only a verify step holds the states of each position, until its rollback; plain steps hold none."""
     runner = Runner(runtime.model, runtime.vocab_size)

@@ -77,6 +77,9 @@ def test_kv_layout_counts_recurrent_states_per_row_not_per_token():
     assert layout.row_bytes == state_bytes
     assert layout.bytes_for(10) == 10 * 2 * 2 * 16 * 4 + state_bytes
     assert layout.bytes_for(1000) - layout.bytes_for(10) == 990 * 2 * 2 * 16 * 4
+    # Verify steps of up to 4 drafts: the states before the step and after each of its 5 positions.
+    verifying = layout.verifying(4)
+    assert verifying.row_bytes == 6 * state_bytes and verifying.layers == layout.layers
 
 
 @pytest.mark.parametrize("kept", [[1, 4, 2], [3, 3, 3], [4, 1, 4]])
