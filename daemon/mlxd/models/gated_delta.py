@@ -6,7 +6,8 @@ models/recurrent_cache.py) takes each token as
     S <- exp(g_t) S;  S <- S + beta_t (v_t - S k_t) k_t^T;  o_t = S q_t
 (decay, then the delta rule corrects what S already predicts for k_t, then the read sees token t).
 
-A decode step runs that recurrence (`recurrent_gated_delta`). A prefill runs the equivalent chunked form
+A decode step runs that recurrence (`recurrent_gated_delta`), and so does a speculative verify step, keeping the
+state after each of its few tokens for the rollback (`gated_delta_steps`). A prefill runs the equivalent chunked form
 (`chunked_gated_delta`, transformers' torch_chunk_gated_delta_rule): within a chunk of C tokens the recurrence is a
 unit lower-triangular system solved for all tokens at once, so a prompt costs T / C sequential steps of matmuls
 instead of T. The two agree to float32 rounding, not bit for bit.

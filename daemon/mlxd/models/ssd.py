@@ -5,11 +5,12 @@ Per head h (of H, in G groups; head h reads group h // (H / G) of B and C) the s
 with x_t [P] the head's input, B_t, C_t [N] its group's, dt_t > 0 its step size and A < 0 its decay rate (the
 D skip and the gate are the caller's).
 
-A decode step runs that recurrence (`recurrent_scan`). A prefill runs the equivalent chunked form (`chunked_scan`,
-the "state space duality" of the Mamba-2 paper): within a chunk of L tokens the outputs are one masked, decayed
-attention-like product C B^T over the chunk plus what the state carried in gives, and the state moves from chunk
-to chunk in one step each, so a prompt costs T / L sequential steps instead of T. The two agree to float32
-rounding, not bit for bit.
+A decode step runs that recurrence (`recurrent_scan`), and so does a speculative verify step, keeping the state
+after each of its few tokens for the rollback (`scan_steps`). A prefill runs the equivalent chunked form
+(`chunked_scan`, the "state space duality" of the Mamba-2 paper): within a chunk of L tokens the outputs are one
+masked, decayed attention-like product C B^T over the chunk plus what the state carried in gives, and the state
+moves from chunk to chunk in one step each, so a prompt costs T / L sequential steps instead of T. The two agree to
+float32 rounding, not bit for bit.
 
 Layouts: x [b, T, H, P], dt [b, T, H], B and C [b, T, G, N]; the state [b, H, P, N] (as transformers and
 expected_state.safetensors hold it), float32.
