@@ -189,6 +189,7 @@ class BatchRecurrentCache(_Unkeyed):
     def keep_rows(self, rows: list[int]) -> None:
         held = self._held()
         self._rows = len(rows)
+        self._steps = None  # a verify step cut short (reset_batch after a failure): its states fit no rows now
         if not rows:
             self.conv_state = self.recurrent_state = None
         elif held is not None and rows != list(range(held[0].shape[0])):
