@@ -1,6 +1,6 @@
 """Speculative verification in the runner: rows fed drafts (right and wrong ones, of any depth, beside rows without
-any) yield exactly the tokens plain decoding yields, on every attention architecture's fixture, with rows of mixed
-lengths joining and leaving, across sliding windows and cache growth boundaries."""
+any) yield exactly the tokens plain decoding yields, on every architecture's fixture (recurrent layers' too), with
+rows of mixed lengths joining and leaving, across sliding windows and cache growth boundaries."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 from mlxd.engine.runner import Runner
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.loader import load_model
+from mlxd.models.batch_cache import BatchKVCache
 from tests.helpers.parity import PARITY
 
-ARCHS = ["llama", "qwen3", "gemma3_text", "gpt_oss", "mixtral", "qwen3_moe", "glm4_moe_lite", "gemma4"]
+ARCHS = ["llama", "qwen3", "gemma3_text", "gpt_oss", "mixtral", "qwen3_moe", "glm4_moe_lite", "gemma4",
+         "qwen3_5", "qwen3_5_moe", "nemotron_h"]
 # (prompt length, step it joins at, tokens it generates): prompts shorter and longer than the fixtures' windows
 # (12 to 16 positions), generating past them.
 ROWS = [(5, 0, 22), (19, 0, 30), (2, 3, 18), (33, 5, 25), (11, 9, 20)]
@@ -64,7 +66,8 @@ def test_verified_drafts_yield_the_plain_tokens(loaded):
     expected = [_alone(loaded, i, p, n) for i, (p, (_, _, n)) in enumerate(zip(prompts, ROWS))]
     runner = Runner(loaded.model, loaded.vocab_size)
     for cache in runner._caches:  # a small growth step: verify steps write across growth boundaries
-        cache.step = 8  # type: ignore[attr-defined]
+        if isinstance(cache, BatchKVCache):
+            cache.step = 8
     rng = np.random.default_rng(0)
     got: dict[int, list[int]] = {i: [] for i in range(len(ROWS))}
     logprobs: dict[int, list[float]] = {i: [] for i in range(len(ROWS))}

@@ -156,16 +156,3 @@ def _count_verify_steps(scheduler: Scheduler) -> list[int]:
 
     scheduler._runner.step = counting  # type: ignore[method-assign]
     return steps
-
-
-@pytest.mark.parametrize("arch", ["qwen3_5", "nemotron_h"])
-def test_models_with_recurrent_layers_are_never_given_drafts(arch):
-    """A recurrent layer's state cannot roll back: such a model serves with --speculate as without it."""
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
-    rt = ModelRuntime.from_loaded(loaded, tokenizer)
-    scheduler = Scheduler(rt, SPECULATIVE)
-    assert not scheduler._runner.can_speculate and scheduler._speculator is None
-    plain, speculative = _requests()[:2], _requests()[:2]
-    run(Scheduler(rt, PLAIN), *plain)
-    run(scheduler, *speculative)
-    _assert_same(_outputs(speculative), _outputs(plain))

@@ -6,7 +6,13 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxd.models.gated_delta import causal_conv, chunked_gated_delta, l2_normalize, recurrent_gated_delta
+from mlxd.models.gated_delta import (
+    causal_conv,
+    chunked_gated_delta,
+    gated_delta_steps,
+    l2_normalize,
+    recurrent_gated_delta,
+)
 
 
 def _inputs(length: int, seed: int, heads: int = 3, dk: int = 8, dv: int = 5):
@@ -66,3 +72,26 @@ def test_unit_lower_inverse_keeps_few_dimensions():
     want = np.linalg.inv(np.eye(64) + np.array(lower, dtype=np.float64))
     assert got.shape == (2, 3, 2, 64, 64)
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_steps_keep_the_state_after_each_token():
+    """A verify step's form: the same outputs as the recurrence, and after token t the state that the first t + 1
+    tokens alone reach (what rollback sets a row to), bit for bit."""
+    q, k, v, g, beta, state = _inputs(5, 11)
+    out, end = recurrent_gated_delta(q, k, v, g, beta, state)
+    out_s, states = gated_delta_steps(q, k, v, g, beta, state)
+    assert len(states) == 5 and mx.array_equal(out_s, out) and mx.array_equal(states[-1], end)
+    for t in range(5):
+        _, after = recurrent_gated_delta(q[:, :t + 1], k[:, :t + 1], v[:, :t + 1], g[:, :t + 1], beta[:, :t + 1],
+                                         state)
+        assert mx.array_equal(states[t], after)
+
+
+def test_stepwise_conv_gives_its_window_whose_slices_are_the_states_after_each_token():
+    x = mx.random.normal((2, 5, 6), key=mx.random.key(3))
+    weight = mx.random.normal((6, 4), key=mx.random.key(4))
+    start = mx.random.normal((2, 3, 6), key=mx.random.key(5))
+    out, window = causal_conv(x, weight, start, stepwise=True)
+    assert mx.array_equal(out, causal_conv(x, weight, start)[0]) and window.shape == (2, 8, 6)
+    for t in range(5):
+        assert mx.array_equal(window[:, t + 1:t + 4], causal_conv(x[:, :t + 1], weight, start)[1])

@@ -77,3 +77,31 @@ def test_kv_layout_counts_recurrent_states_per_row_not_per_token():
     assert layout.row_bytes == state_bytes
     assert layout.bytes_for(10) == 10 * 2 * 2 * 16 * 4 + state_bytes
     assert layout.bytes_for(1000) - layout.bytes_for(10) == 990 * 2 * 2 * 16 * 4
+    # Verify steps of up to 4 drafts: the states before the step and after each of its 5 positions.
+    verifying = layout.verifying(4)
+    assert verifying.row_bytes == 6 * state_bytes and verifying.layers == layout.layers
+
+
+@pytest.mark.parametrize("kept", [[1, 4, 2], [3, 3, 3], [4, 1, 4]])
+def test_rollback_sets_each_row_to_its_states_after_its_kept_positions(kept):
+    """A verify step of L = 4 positions: row r keeps kept[r] of them; its conv state is the K-1 = 3 inputs ending at
+    its last kept position, its recurrent state the one after it; the per-position states are then dropped."""
+    batch = batched(RecurrentCache(), BatchPositions())
+    for seed in range(3):
+        batch.add_row(_row(seed).kept())
+    assert not batch.stepwise(1) and batch.stepwise(4) and not RecurrentCache().stepwise(4)
+    window = mx.random.normal((3, 3 + 4, 8), key=mx.random.key(7))   # the held conv state, then the 4 inputs
+    states = [mx.random.normal((3, 2, 4, 6), key=mx.random.key(8 + t)) for t in range(4)]  # after each position
+    batch.advance_steps(window, states)
+    batch.rollback(kept)
+    conv, state = batch.state
+    assert conv.shape == (3, 3, 8) and state.shape == (3, 2, 4, 6)
+    for r, k in enumerate(kept):
+        assert mx.array_equal(conv[r], window[r, k:k + 3])
+        assert mx.array_equal(state[r], states[k - 1][r])
+    assert batch._steps is None
+    with pytest.raises(ValueError, match="without a verify step"):
+        batch.rollback(kept)
+    batch.advance_steps(window, states)
+    with pytest.raises(ValueError, match="cannot keep"):
+        batch.rollback([0, 1, 1])

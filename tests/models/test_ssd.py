@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxd.models.ssd import chunked_scan, recurrent_scan, scan
+from mlxd.models.ssd import chunked_scan, recurrent_scan, scan, scan_steps
 
 
 def _inputs(length: int, batch: int = 2, groups: int = 2, per_group: int = 3, head_dim: int = 4, n_state: int = 5):
@@ -47,3 +47,15 @@ def test_padded_positions_leave_the_state_alone():
     _, padded = chunked_scan(x, dt, A, B, C, state, 4)
     _, exact = chunked_scan(x, dt, A, B, C, state, 9)
     assert mx.abs(padded - exact).max().item() < 1e-5
+
+
+def test_steps_keep_the_state_after_each_token():
+    """A verify step's form: the recurrence's outputs, and after token t the state the first t + 1 tokens alone
+    reach (what rollback sets a row to), bit for bit."""
+    x, dt, A, B, C, state = _inputs(4)
+    y, end = recurrent_scan(x, dt, A, B, C, state)
+    y_s, states = scan_steps(x, dt, A, B, C, state)
+    assert len(states) == 4 and mx.array_equal(y_s, y) and mx.array_equal(states[-1], end)
+    for t in range(4):
+        _, after = recurrent_scan(x[:, :t + 1], dt[:, :t + 1], A, B[:, :t + 1], C[:, :t + 1], state)
+        assert mx.array_equal(states[t], after)

@@ -66,9 +66,11 @@ def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
     assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
 
 
-def test_ngram_speculation_with_two_ranks_gives_the_tokens_of_one(tmp_path):
-    """Drafts go to the other ranks with each verify step, and every rank rolls back the same columns."""
-    folder = FIXTURES / "parity" / "llama"
+@pytest.mark.parametrize("arch", ["llama", "qwen3_5_moe"])
+def test_ngram_speculation_with_two_ranks_gives_the_tokens_of_one(arch, tmp_path):
+    """Drafts go to the other ranks with each verify step, and every rank rolls back the same columns (and, with
+    gated-DeltaNet layers, each rank its heads' states to the same positions)."""
+    folder = FIXTURES / "parity" / arch
     daemon = start_daemon(folder, *TP, "--speculate", "ngram", "--speculate-fixed", workdir=tmp_path)
     try:
         prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]  # repeats: prompt lookup drafts from step one

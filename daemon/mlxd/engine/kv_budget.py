@@ -4,11 +4,12 @@ The decode batch right-aligns its rows (models/batch_cache.py), so a batch of B 
 row) columns per layer; a sequence may grow to prompt + token limit. Admitting a request must keep
 B × max(prompt + limit) within the budget, counted per layer (sliding-window layers keep at most their window
 plus one growth step). A recurrent layer (models/recurrent_cache.py) holds the same states however long its row
-is: a fixed number of bytes per row.
+is: a fixed number of bytes per row (more during a verify step, which keeps them after each position it feeds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ class KvLayout:
         """Bytes one row of `columns` positions takes over all layers."""
         per_position = sum(b * (columns if w is None else min(columns, w + _GROWTH_STEP)) for b, w in self.layers)
         return per_position + self.row_bytes
+
+    def verifying(self, depth: int) -> KvLayout:
+        """The layout while verify steps feed up to `depth` drafts per row: such a step holds, beside a row's
+        recurrent states, those after each of its 1 + depth positions until its rollback picks the accepted one."""
+        return dataclasses.replace(self, row_bytes=self.row_bytes * (depth + 2))
 
     @classmethod
     def of(cls, cache: Sequence[LayerCache]) -> KvLayout:

@@ -40,6 +40,7 @@ from mlxd.models import ops
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
 from mlxd.models.cache import LayerCache, RowState
 from mlxd.models.protocol import LanguageModel
+from mlxd.models.recurrent_cache import BatchRecurrentCache
 
 RowId = int
 # (position of the image's first token within the prefill chunk, the image)
@@ -196,8 +197,8 @@ class Runner:
     @property
     def can_speculate(self) -> bool:
         """Whether rows may be given drafts: every layer's cache can roll rejected positions back (a recurrent
-        layer's state cannot)."""
-        return all(isinstance(cache, BatchKVCache) for cache in self._caches)
+        layer's keeps the states after each position of a verify step)."""
+        return all(isinstance(cache, (BatchKVCache, BatchRecurrentCache)) for cache in self._caches)
 
     def flush(self) -> list[StepResult]:
         """The tokens of the step queued last, queueing none (before a verify step, whose drafts need them)."""

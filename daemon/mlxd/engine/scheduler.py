@@ -115,7 +115,9 @@ class Scheduler:
         """The KV budget, measured on first use (it runs one token through the model)."""
         if self._budget is None:
             total = self._options.kv_budget_bytes or auto_budget_bytes()
-            self._budget = KvBudget(self._runner.kv_layout(), total)
+            layout = self._runner.kv_layout()
+            spec = self._speculator  # a verify step holds a row's recurrent states after each position it feeds
+            self._budget = KvBudget(layout.verifying(self._options.speculate_depth) if spec else layout, total)
         return self._budget
 
     def add(self, request: GenerationRequest) -> None:

@@ -182,8 +182,12 @@ class BatchKVCache:
                 self.keys = mx.concatenate([old_k, mx.zeros_like(old_k[:1])], axis=0)
                 self.values = mx.concatenate([old_v, mx.zeros_like(old_v[:1])], axis=0)
         elif stored is None:
-            self.keys, self.values = kept
+            # The rows before it are empty (joined with nothing seen, no step yet): zero columns, all padding.
+            empty = len(self.starts)
+            self.keys, self.values = (mx.concatenate([mx.zeros((empty, *a.shape[1:]), a.dtype), a]) if empty else a
+                                      for a in kept)
             self.end = n
+            self.starts = [n] * empty
         else:
             keys, values = kept
             old_k, old_v = stored

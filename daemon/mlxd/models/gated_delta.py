@@ -6,7 +6,8 @@ models/recurrent_cache.py) takes each token as
     S <- exp(g_t) S;  S <- S + beta_t (v_t - S k_t) k_t^T;  o_t = S q_t
 (decay, then the delta rule corrects what S already predicts for k_t, then the read sees token t).
 
-A decode step runs that recurrence (`recurrent_gated_delta`). A prefill runs the equivalent chunked form
+A decode step runs that recurrence (`recurrent_gated_delta`), and so does a speculative verify step, keeping the
+state after each of its few tokens for the rollback (`gated_delta_steps`). A prefill runs the equivalent chunked form
 (`chunked_gated_delta`, transformers' torch_chunk_gated_delta_rule): within a chunk of C tokens the recurrence is a
 unit lower-triangular system solved for all tokens at once, so a prompt costs T / C sequential steps of matmuls
 instead of T. The two agree to float32 rounding, not bit for bit.
@@ -21,11 +22,12 @@ from mlxd.models import ops
 CHUNK = 64  # transformers' chunk size; any power of two gives the same numbers up to rounding
 
 
-def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None,
-                bias: mx.array | None = None) -> tuple[mx.array, mx.array]:
+def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None, bias: mx.array | None = None,
+                stepwise: bool = False) -> tuple[mx.array, mx.array]:
     """SiLU of the causal depthwise convolution of x [B, T, C] with weight [C, K] (the last tap multiplies the
     current token) plus `bias` [C] (Mamba-2's; Gated DeltaNet's has none), continuing from conv_state [B, K-1, C]
-    (zeros before the sequence: None); and the new conv state, the last K-1 inputs."""
+    (zeros before the sequence: None); and the new conv state, the last K-1 inputs. With `stepwise`, instead of
+    the new state the whole window [B, K-1+T, C]: the state after token t is window[:, t+1 : t+K]."""
     batch, length, channels = x.shape
     taps = weight.shape[1]
     if conv_state is None:
@@ -36,6 +38,8 @@ def causal_conv(x: mx.array, weight: mx.array, conv_state: mx.array | None,
         out = out + window[:, j:j + length] * weight[:, j]
     if bias is not None:
         out = out + bias
+    if stepwise:
+        return ops.activation(out, "silu"), window
     new_state = window[:, length:]
     if length > 1:
         # A copy: the slice would keep the whole chunk's input alive while the row waits to decode.
@@ -52,7 +56,15 @@ def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, be
                           state: mx.array) -> tuple[mx.array, mx.array]:
     """Token by token: q, k [B, T, H, Dk] (normalized, q scaled), v [B, T, H, Dv], log decays g and beta [B, T, H],
     state [B, H, Dv, Dk] (float32). Returns the outputs [B, T, H, Dv] and the new state."""
-    outs = []
+    out, states = recurrent_gated_delta_steps(q, k, v, g, beta, state)
+    return out, states[-1]
+
+
+def recurrent_gated_delta_steps(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                                state: mx.array) -> tuple[mx.array, list[mx.array]]:
+    """recurrent_gated_delta's outputs and the state after each token (a verify step rolls back to one of them;
+    a list, not stacked: stacking would copy them all while they are alive anyway)."""
+    outs, states = [], []
     for t in range(q.shape[1]):
         state = state * mx.exp(g[:, t])[..., None, None]
         k_t = k[:, t]
@@ -60,7 +72,8 @@ def recurrent_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, be
         correction = beta[:, t, :, None] * (v[:, t] - predicted)
         state = state + correction[..., None] * k_t[..., None, :]
         outs.append((state @ q[:, t, :, :, None])[..., 0])
-    return mx.stack(outs, axis=1), state
+        states.append(state)
+    return mx.stack(outs, axis=1), states
 
 
 def chunked_gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
@@ -127,11 +140,26 @@ def gated_delta(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.arr
                 state: mx.array | None) -> tuple[mx.array, mx.array]:
     """Outputs [B, T, H, Dv] (in v's dtype) and the new float32 state [B, H, Dv, Dk], from `state` (None: zeros).
     The arithmetic runs in float32, as transformers' does."""
-    batch, length, heads, dk = q.shape
     dtype = v.dtype
-    if state is None:
-        state = mx.zeros((batch, heads, v.shape[-1], dk), mx.float32)
-    q, k, v, g, beta = (x.astype(mx.float32) for x in (q, k, v, g, beta))
-    run = recurrent_gated_delta if length == 1 else chunked_gated_delta
+    q, k, v, g, beta, state = _in_float32(q, k, v, g, beta, state)
+    run = recurrent_gated_delta if q.shape[1] == 1 else chunked_gated_delta
     out, state = run(q, k, v, g, beta, state)
     return out.astype(dtype), state
+
+
+def gated_delta_steps(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                      state: mx.array | None) -> tuple[mx.array, list[mx.array]]:
+    """gated_delta's outputs and the float32 state after each token, token by token: a verify step's few tokens, as
+    exact as the decode steps they stand for."""
+    dtype = v.dtype
+    out, states = recurrent_gated_delta_steps(*_in_float32(q, k, v, g, beta, state))
+    return out.astype(dtype), states
+
+
+def _in_float32(q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                state: mx.array | None) -> tuple[mx.array, ...]:
+    """The inputs in float32 and the state, zeros where None."""
+    batch, _, heads, dk = q.shape
+    if state is None:
+        state = mx.zeros((batch, heads, v.shape[-1], dk), mx.float32)
+    return (*(x.astype(mx.float32) for x in (q, k, v, g, beta)), state)

@@ -26,7 +26,7 @@ import mlx.nn as nn
 from mlxd.models import llama, ops, sharding
 from mlxd.models.base import AttentionCache, Mask, attention_mask, drop_unused_weights
 from mlxd.models.cache import KVCache, LayerCache
-from mlxd.models.gated_delta import causal_conv, gated_delta, l2_normalize
+from mlxd.models.gated_delta import causal_conv, gated_delta, gated_delta_steps, l2_normalize
 from mlxd.models.projections import GATE_UP, QKV, Projections, add_linears, join_fused_weights
 from mlxd.models.recurrent_cache import RecurrentCache, RecurrentState
 from mlxd.models.rope import make_rope
@@ -166,7 +166,10 @@ class GatedDeltaNet(nn.Module):
             qkv, z, b, a = mx.split(self.in_proj(x), self._split, axis=-1)
         else:
             qkv, z, b, a = self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
-        mixed, conv_state = causal_conv(qkv, self.conv1d.weight[:, :, 0], None if cache is None else cache.conv_state)
+        # A verify step keeps the states after each of its tokens, for the cache to roll back to the accepted ones.
+        stepwise = cache is not None and cache.stepwise(L)
+        mixed, conv_state = causal_conv(qkv, self.conv1d.weight[:, :, 0], None if cache is None else cache.conv_state,
+                                        stepwise=stepwise)
         key_width = self.hk * self.dk
         q, k, v = mx.split(mixed, [key_width, 2 * key_width], axis=-1)
         q, k = q.reshape(B, L, self.hk, self.dk), k.reshape(B, L, self.hk, self.dk)
@@ -177,10 +180,14 @@ class GatedDeltaNet(nn.Module):
         beta = mx.sigmoid(b.astype(mx.float32))
         # Log decay per token and head, <= 0: -exp(A_log) * softplus(a + dt_bias).
         g = -mx.exp(self.A_log.astype(mx.float32)) * mx.logaddexp(a.astype(mx.float32) + self.dt_bias, 0.0)
-        out, state = gated_delta(q, k, v.reshape(B, L, self.hv, self.dv), g, beta,
-                                 None if cache is None else cache.recurrent_state)
-        if cache is not None:
-            cache.advance(conv_state, state, L)
+        v, held = v.reshape(B, L, self.hv, self.dv), None if cache is None else cache.recurrent_state
+        if cache is not None and stepwise:
+            out, states = gated_delta_steps(q, k, v, g, beta, held)
+            cache.advance_steps(conv_state, states)
+        else:
+            out, state = gated_delta(q, k, v, g, beta, held)
+            if cache is not None:
+                cache.advance(conv_state, state, L)
         out = self.norm(out) * ops.activation(z.reshape(B, L, self.hv, self.dv), "silu", L)
         return self.out_proj(out.reshape(B, L, -1))
 

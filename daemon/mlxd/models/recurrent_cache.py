@@ -11,14 +11,21 @@ The layer reads both (None before the first token: the layer starts from zeros) 
 the number of tokens they took in (`advance`). The arrays are replaced, never written in place, so a row's
 slices taken for a snapshot or a parked row stay valid.
 
-Neither state can be rewound: a snapshot serves only a prompt of exactly its length (`RecurrentSnapshot`), and a
-batch never pads a recurrent layer's input. Prefill runs one sequence at a time and a decode step feeds every row
-exactly one real token, so no padded position ever enters a row's state; a row joining with nothing seen (a
-one-token prompt) starts from zeros.
+Neither state can be rewound: a snapshot serves only a prompt of exactly its length (`RecurrentSnapshot`). Prefill
+runs one sequence at a time and a decode step feeds every row exactly one real token; a row joining with nothing
+seen (a one-token prompt) starts from zeros.
+
+A verify step (speculative decoding) feeds each row its last token and its drafts, L = 1 + the most drafts per
+row, a row with fewer padded at the end. There the layer asks `stepwise(L)`, runs its few tokens one by one
+(exact, as the decode steps they stand for) and hands the batch cache the conv window and the recurrent state
+after each position (`advance_steps`); `rollback(kept)` then sets each row to its states after its kept positions,
+which never reach its padding (a row keeps at most its last token and its drafts), and drops the rest. Only a
+verify step holds L states per row, and only until its rollback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +49,15 @@ class RecurrentState(Protocol):
 
     def advance(self, conv_state: mx.array, recurrent_state: mx.array, tokens: int) -> None:
         """Take the states after `tokens` more tokens of each row."""
+        ...
+
+    def stepwise(self, tokens: int) -> bool:
+        """Whether a step of `tokens` per row must hand over the states after each of them (`advance_steps`)."""
+        ...
+
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
+        """Take a verify step's conv window [B, K-1+L, C] (the conv state it started from, then its L inputs) and
+        the recurrent state after each of its L positions; `rollback` chooses each row's."""
         ...
 
 
@@ -94,6 +110,12 @@ class RecurrentCache(_Unkeyed):
         self.conv_state, self.recurrent_state = conv_state, recurrent_state
         self.offset += tokens
 
+    def stepwise(self, tokens: int) -> bool:
+        return False  # one sequence's steps are a prefill's or a decode step's, never a verify step's
+
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
+        raise TypeError("a single sequence's cache takes no verify steps")
+
     @property
     def state(self) -> list[mx.array]:
         return [a for a in (self.conv_state, self.recurrent_state) if a is not None]
@@ -130,6 +152,8 @@ class BatchRecurrentCache(_Unkeyed):
         self.conv_state: mx.array | None = None
         self.recurrent_state: mx.array | None = None
         self._rows = 0  # rows held, also while every one of them is still empty (no arrays yet)
+        # A verify step's conv window and states after each position, until its rollback.
+        self._steps: tuple[mx.array, Sequence[mx.array]] | None = None
 
     @property
     def offset(self) -> int | mx.array:
@@ -137,6 +161,13 @@ class BatchRecurrentCache(_Unkeyed):
 
     def advance(self, conv_state: mx.array, recurrent_state: mx.array, tokens: int) -> None:
         self.conv_state, self.recurrent_state = conv_state, recurrent_state
+
+    def stepwise(self, tokens: int) -> bool:
+        # The batch takes several tokens per row only in a verify step, whose rejected ones rollback forgets.
+        return tokens > 1
+
+    def advance_steps(self, conv_window: mx.array, recurrent_states: Sequence[mx.array]) -> None:
+        self._steps = conv_window, recurrent_states
 
     @property
     def state(self) -> list[mx.array]:
@@ -158,6 +189,7 @@ class BatchRecurrentCache(_Unkeyed):
     def keep_rows(self, rows: list[int]) -> None:
         held = self._held()
         self._rows = len(rows)
+        self._steps = None  # a verify step cut short (reset_batch after a failure): its states fit no rows now
         if not rows:
             self.conv_state = self.recurrent_state = None
         elif held is not None and rows != list(range(held[0].shape[0])):
@@ -181,8 +213,25 @@ class BatchRecurrentCache(_Unkeyed):
         """Nothing to give back: a row's state does not grow."""
 
     def rollback(self, kept: list[int]) -> None:
-        """A recurrent state cannot forget tokens it took in; the runner never feeds such a model drafts."""
-        raise NotImplementedError("a recurrent layer's state cannot roll back past rejected drafts")
+        """After a verify step: row r takes its states after the first kept[r] of the step's positions; the states
+        of the others are dropped."""
+        if self._steps is None:
+            raise ValueError("rollback without a verify step: the states of its positions are gone")
+        (window, states), self._steps = self._steps, None
+        length = len(states)
+        if len(kept) != window.shape[0] or not all(1 <= k <= length for k in kept):
+            raise ValueError(f"cannot keep {kept} of {length} positions in {window.shape[0]} rows")
+        # The conv state after position j is the K-1 inputs ending there: window[:, j+1 : j+K].
+        taps = window.shape[1] - length
+        columns = mx.array(kept, dtype=mx.int32)[:, None] + mx.arange(taps, dtype=mx.int32)[None, :]
+        self.conv_state = mx.take_along_axis(window, columns[:, :, None], axis=1)
+        # Each row's recurrent state, chosen by mx.where among the positions kept (none when every row kept as many).
+        counts = sorted(set(kept))
+        state = states[counts[0] - 1]
+        for count in counts[1:]:
+            rows = mx.array([k == count for k in kept]).reshape(-1, *[1] * (state.ndim - 1))
+            state = mx.where(rows, states[count - 1], state)
+        self.recurrent_state = state
 
     def _held(self) -> tuple[mx.array, mx.array] | None:
         if self.conv_state is None or self.recurrent_state is None:

@@ -5,11 +5,12 @@ Per head h (of H, in G groups; head h reads group h // (H / G) of B and C) the s
 with x_t [P] the head's input, B_t, C_t [N] its group's, dt_t > 0 its step size and A < 0 its decay rate (the
 D skip and the gate are the caller's).
 
-A decode step runs that recurrence (`recurrent_scan`). A prefill runs the equivalent chunked form (`chunked_scan`,
-the "state space duality" of the Mamba-2 paper): within a chunk of L tokens the outputs are one masked, decayed
-attention-like product C B^T over the chunk plus what the state carried in gives, and the state moves from chunk
-to chunk in one step each, so a prompt costs T / L sequential steps instead of T. The two agree to float32
-rounding, not bit for bit.
+A decode step runs that recurrence (`recurrent_scan`), and so does a speculative verify step, keeping the state
+after each of its few tokens for the rollback (`scan_steps`). A prefill runs the equivalent chunked form
+(`chunked_scan`, the "state space duality" of the Mamba-2 paper): within a chunk of L tokens the outputs are one
+masked, decayed attention-like product C B^T over the chunk plus what the state carried in gives, and the state
+moves from chunk to chunk in one step each, so a prompt costs T / L sequential steps instead of T. The two agree to
+float32 rounding, not bit for bit.
 
 Layouts: x [b, T, H, P], dt [b, T, H], B and C [b, T, G, N]; the state [b, H, P, N] (as transformers and
 expected_state.safetensors hold it), float32.
@@ -23,15 +24,24 @@ import mlx.core as mx
 def recurrent_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
                    state: mx.array) -> tuple[mx.array, mx.array]:
     """Token by token; returns y [b, T, H, P] and the new state."""
+    y, states = recurrent_scan_steps(x, dt, A, B, C, state)
+    return y, states[-1]
+
+
+def recurrent_scan_steps(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+                         state: mx.array) -> tuple[mx.array, list[mx.array]]:
+    """recurrent_scan's y and the state after each token (a verify step rolls back to one of them; a list, not
+    stacked: stacking would copy them all while they are alive anyway)."""
     heads_per_group = x.shape[2] // B.shape[2]
     B, C = mx.repeat(B, heads_per_group, axis=2), mx.repeat(C, heads_per_group, axis=2)  # [b, T, H, N]
     decay = mx.exp(dt * A)
-    outs = []
+    outs, states = [], []
     for t in range(x.shape[1]):
         inflow = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]   # [b, H, P, N]
         state = decay[:, t, :, None, None] * state + inflow
         outs.append((state @ C[:, t, :, :, None])[..., 0])
-    return mx.stack(outs, axis=1), state
+        states.append(state)
+    return mx.stack(outs, axis=1), states
 
 
 def chunked_scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array, state: mx.array,
@@ -78,10 +88,23 @@ def scan(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array, state
          chunk: int) -> tuple[mx.array, mx.array]:
     """y [b, T, H, P] and the new state [b, H, P, N], from `state` (None: zeros), both float32: the arithmetic
     runs in float32, as transformers' does."""
-    batch, _, heads, head_dim = x.shape
-    if state is None:
-        state = mx.zeros((batch, heads, head_dim, B.shape[-1]), mx.float32)
-    x, dt, A, B, C = (a.astype(mx.float32) for a in (x, dt, A, B, C))
+    x, dt, A, B, C, state = _in_float32(x, dt, A, B, C, state)
     if x.shape[1] == 1:
         return recurrent_scan(x, dt, A, B, C, state)
     return chunked_scan(x, dt, A, B, C, state, chunk)
+
+
+def scan_steps(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+               state: mx.array | None) -> tuple[mx.array, list[mx.array]]:
+    """scan's y and the state after each token, token by token: a verify step's few tokens, as exact as the decode
+    steps they stand for."""
+    return recurrent_scan_steps(*_in_float32(x, dt, A, B, C, state))
+
+
+def _in_float32(x: mx.array, dt: mx.array, A: mx.array, B: mx.array, C: mx.array,
+                state: mx.array | None) -> tuple[mx.array, ...]:
+    """The inputs in float32 and the state, zeros where None."""
+    batch, _, heads, head_dim = x.shape
+    if state is None:
+        state = mx.zeros((batch, heads, head_dim, B.shape[-1]), mx.float32)
+    return (*(a.astype(mx.float32) for a in (x, dt, A, B, C)), state)

@@ -14,7 +14,7 @@ from mlxd.models import ops, sharding
 from mlxd.models.gated_delta import causal_conv
 from mlxd.models.nemotron_h.args import ModelArgs
 from mlxd.models.recurrent_cache import RecurrentState
-from mlxd.models.ssd import scan
+from mlxd.models.ssd import scan, scan_steps
 
 
 class GroupGatedNorm(nn.Module):
@@ -73,17 +73,24 @@ class Mamba2Mixer(nn.Module):
         B, L, _ = x.shape
         z, xBC, dt = mx.split(self.in_proj(x), self._split, axis=-1)
         conv_bias = self.conv1d.bias if "bias" in self.conv1d else None
+        # A verify step keeps the states after each of its tokens, for the cache to roll back to the accepted ones.
+        stepwise = cache is not None and cache.stepwise(L)
         mixed, conv_state = causal_conv(xBC, self.conv1d.weight[:, :, 0], None if cache is None else cache.conv_state,
-                                        conv_bias)
+                                        conv_bias, stepwise)
         inner, group_width = self.heads * self.head_dim, self.groups * self.n_state
         xs, Bs, Cs = mx.split(mixed, [inner, inner + group_width], axis=-1)
         xs = xs.reshape(B, L, self.heads, self.head_dim)
         step = mx.logaddexp(dt.astype(mx.float32) + self.dt_bias.astype(mx.float32), 0.0)  # softplus
         step = mx.clip(step, self.dt_min, self.dt_max)
         A = -mx.exp(self.A_log.astype(mx.float32))
-        y, state = scan(xs, step, A, Bs.reshape(B, L, self.groups, -1), Cs.reshape(B, L, self.groups, -1),
-                        None if cache is None else cache.recurrent_state, self.chunk)
-        if cache is not None:
-            cache.advance(conv_state, state, L)
+        Bs, Cs = Bs.reshape(B, L, self.groups, -1), Cs.reshape(B, L, self.groups, -1)
+        held = None if cache is None else cache.recurrent_state
+        if cache is not None and stepwise:
+            y, states = scan_steps(xs, step, A, Bs, Cs, held)
+            cache.advance_steps(conv_state, states)
+        else:
+            y, state = scan(xs, step, A, Bs, Cs, held, self.chunk)
+            if cache is not None:
+                cache.advance(conv_state, state, L)
         y = y + xs.astype(mx.float32) * self.D.astype(mx.float32)[:, None]
         return self.out_proj(self.norm(y.reshape(B, L, -1), z))
