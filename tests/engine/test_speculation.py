@@ -14,16 +14,47 @@ def test_drafts_continue_the_latest_longest_match():
     assert NgramIndex([4, 4, 4]).draft(5) == [4]  # a match never reads past the end
 
 
+def _speculator_with_rows(acceptances: list[float], **options) -> Speculator:
+    """Rows 0.. whose prompts repeat (so n-gram lookup always finds 4 tokens to draft) at these acceptances."""
+    spec = Speculator(max_depth=4, **options)
+    for row, acceptance in enumerate(acceptances):
+        spec.start(row, [1, 2, 3, 4, 5, 6, 1, 2], cap=None)
+        spec._rows[row].acceptance = acceptance
+    return spec
+
+
 def test_depth_follows_acceptance_and_measured_cost():
-    spec = Speculator(max_depth=4)
-    assert spec.depth(0.9, 4) == 0                # no plain step measured yet
-    spec.timed(1, 0.010)
-    assert spec.depth(0.9, 4) == 4                # unmeasured depths are assumed cheap: tried first
+    rooms = {0: 100}
+    spec = _speculator_with_rows([0.9])
+    assert not spec.wants_drafts(rooms)           # no plain step measured yet: nothing to compare against
+    spec.timed(1, 1, 0.010)
+    assert spec.drafts(rooms) == {0: [3, 4, 5, 6]}  # unmeasured widths are assumed cheap: tried first
     for length in range(2, 6):
-        spec.timed(length, 0.010 * (1 + 0.5 * (length - 1)))
-    assert spec.depth(0.9, 4) >= 2                # worth it when drafts are mostly accepted
-    assert spec.depth(0.2, 4) == 0                # not when they are mostly rejected
-    assert Speculator(max_depth=3, adaptive=False).depth(0.0, 3) == 3
+        spec.timed(1, length, 0.010 * (1 + 0.5 * (length - 1)))
+    assert len(spec.drafts(rooms)[0]) >= 2        # worth it when drafts are mostly accepted
+    spec._rows[0].acceptance = 0.2
+    assert not spec.wants_drafts(rooms) and spec.drafts(rooms) == {}   # not when they are mostly rejected
+    assert spec.drafts({0: 3}) == {}              # two tokens left: at most one draft, not worth it either
+    assert _speculator_with_rows([0.0], adaptive=False).drafts(rooms) == {0: [3, 4, 5, 6]}
+
+
+def test_the_batch_chooses_one_width_for_all_its_rows():
+    """One eager row does not make fifteen others pay for a wide step where a step's cost grows with its tokens
+    (a CPU); where it hardly grows (a GPU step bound by host work), every row drafts."""
+    rooms = {row: 100 for row in range(16)}
+    cpu = _speculator_with_rows([0.95] + [0.1] * 15)
+    for tokens in range(16, 81):
+        cpu.timed(tokens, 1, 0.001 * tokens)      # a step's cost in proportion to the tokens it feeds
+    assert not cpu.wants_drafts(rooms) and cpu.drafts(rooms) == {}
+    gpu = _speculator_with_rows([0.95] + [0.1] * 15)
+    for tokens in range(16, 81):
+        gpu.timed(tokens, 1, 0.010 + 0.00001 * tokens)
+    drafts = gpu.drafts(rooms)
+    assert len(drafts) == 16 and {len(d) for d in drafts.values()} == {4}
+    alone = _speculator_with_rows([0.95])
+    for tokens in range(1, 6):
+        alone.timed(tokens, 1, 0.001 * tokens + 0.004)
+    assert alone.drafts({0: 100}) != {}           # the same row alone, on the same machine, drafts
 
 
 def test_rows_learn_acceptance_from_probes_and_verified_runs():
@@ -32,7 +63,7 @@ def test_rows_learn_acceptance_from_probes_and_verified_runs():
     spec.start(1, [1, 2, 3], cap=0)                 # a request that turned speculation off
     assert spec.probe({0: 10, 1: 10}) == {}
     spec.observe(0, [], [7])                       # it would have drafted 3; 7 came: a rejection
-    spec.timed(1, 0.01)
+    spec.timed(2, 1, 0.01)
     assert spec.drafts({0: 10, 1: 10}) == {}     # nothing to copy after a new token
     spec.observe(0, [], [9])
     for _ in range(30):

@@ -266,8 +266,9 @@ class Scheduler:
                     self._end(live, live.output.fail(as_mlxd_error(error, live.request)), out)
             self._runner.reset_batch()
             return
-        if self._speculator is not None:  # a step feeding L tokens per row (1 + the most drafts), timed
-            self._speculator.timed(1 + max(map(len, drafts.values()), default=0), time.perf_counter() - started)
+        if self._speculator is not None:  # a step of its rows feeding L tokens each (1 + the most drafts), timed
+            width = 1 + max(map(len, drafts.values()), default=0)
+            self._speculator.timed(len(stepping), width, time.perf_counter() - started)
         self._deliver(results, by_row, drafts, out)
         for live in stepping:  # a verify step's tokens are all read: none is left queued
             live.queued = len(live.output.generated) if drafts else live.queued + 1

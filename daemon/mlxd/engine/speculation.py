@@ -5,14 +5,16 @@ N-gram prompt lookup: a row's draft is what followed the most recent earlier occ
 copies its input: code edits, answers that quote, repeated JSON keys. An index of every n-gram's latest end keeps
 a lookup O(1) per step whatever the context length.
 
-Adaptive depth, per row: `acceptance` is an EMA of the chance that a drafted token is accepted, learned from the
-drafts verified and, while the row drafts nothing, from the draft it would have proposed (free to check: the next
-token tells). With acceptance a, a depth k yields (1 - a^(k+1)) / (1 - a) tokens per step; a step of the batch
-that feeds L tokens per row costs `cost[L]` seconds (an EMA of measured steps; unmeasured depths are assumed as
-cheap as the deepest measured one below them, so a depth is tried before it is judged). The row drafts the k in
-0..max that maximises tokens per second, 0 when no depth beats a plain step; so speculation costs little more
-than noise where drafts are not accepted. The batch cost is shared by every row of the step, a simplification:
-each row decides as if it alone set the step's length.
+Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + the deepest draft tokens (rows
+with fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance
+that a drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft
+it would have proposed (free to check: the next token tells). With acceptance a, k drafts yield
+(1 - a^(k+1)) / (1 - a) tokens; a step feeding N = rows x L tokens costs `cost[N]` seconds (an EMA of measured
+steps; an unmeasured N is assumed as cheap as the largest measured one below it, so it is tried before it is
+judged). The step takes the L that maximises the batch's expected tokens per second, 1 (no drafts) unless some L
+beats a plain step by a margin: so speculation costs little more than noise where drafts are not accepted, and
+one eager row cannot make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L times a
+plain one; on a GPU, whose step is bound by host work, little more).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class Speculator:
     adaptive: bool = True                                    # False: always the row's cap
     model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
-    _cost: dict[int, float] = field(default_factory=dict)   # seconds of a step feeding L tokens per row
+    _cost: dict[int, float] = field(default_factory=dict)   # seconds of a step feeding N tokens in all
 
     def start(self, row: int, prompt: list[int], cap: int | None) -> None:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
@@ -91,8 +93,9 @@ class Speculator:
             self.model.forget(row)
 
     def wants_drafts(self, rooms: dict[int, int]) -> bool:
-        """Whether some row would draft now (rooms: the tokens each row may still generate)."""
-        return any(self._depth(row, room) > 0 for row, room in rooms.items())
+        """Whether the next step would verify drafts (rooms: the tokens each row may still generate), judged
+        before the rows' newest tokens are read: every row is assumed to find a full draft."""
+        return self._width({row: self._cap(row, room) for row, room in rooms.items()}, len(rooms)) > 1
 
     def probe(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """No drafts this step; each row notes the token it would have drafted (to learn its acceptance)."""
@@ -104,44 +107,54 @@ class Speculator:
         return {}
 
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
-        """Each row's drafts for the next step; rows at depth 0 are left out (and probe)."""
+        """Each row's drafts for the next step (rows without any left out); {} for a plain step."""
         if self.model is not None:
-            return self.model.draft({row: self._depth(row, room) for row, room in rooms.items()})
-        out: dict[int, list[int]] = {}
+            width = self._width({row: self._cap(row, room) for row, room in rooms.items()}, len(rooms))
+            if width == 1 and any(spec.idle >= _PROBE_EVERY for spec in self._rows.values()):
+                width = 2  # no free check of what a model would have drafted: try one token now and then
+            return self.model.draft({row: min(self._cap(row, room), width - 1) for row, room in rooms.items()})
+        proposals = {}
         for row, room in rooms.items():
             spec = self._rows.get(row)
-            if spec is None:
-                continue
-            depth = self._depth(row, room)
-            proposal = spec.index.draft(max(depth, 1))
-            spec.probe = proposal[0] if proposal and depth <= 0 else None
-            if depth > 0 and proposal:
-                out[row] = proposal[:depth]
-        return out
+            if spec is not None:
+                proposals[row] = spec.index.draft(self._cap(row, room))
+        width = self._width({row: len(p) for row, p in proposals.items()}, len(rooms))
+        for row, proposal in proposals.items():
+            self._rows[row].probe = proposal[0] if proposal and width == 1 else None
+        return {row: p[:width - 1] for row, p in proposals.items() if p and width > 1}
 
-    def _depth(self, row: int, room: int) -> int:
+    def _cap(self, row: int, room: int) -> int:
+        """The most tokens the row may draft now: its cap, and one fewer than the tokens it may still generate."""
         spec = self._rows.get(row)
-        if spec is None:
-            return 0
-        depth = self.depth(spec.acceptance, spec.cap)
-        if depth == 0 and self.model is not None and spec.idle >= _PROBE_EVERY:
-            depth = 1  # no free check of what a model would have drafted: try one token now and then
-        return min(depth, room - 1)
+        return 0 if spec is None else max(0, min(spec.cap, room - 1))
 
-    def depth(self, acceptance: float, cap: int) -> int:
-        """The depth in 0..cap with the most expected tokens per second, given the measured step costs."""
-        plain = self._cost.get(1)
+    def _width(self, drafting: dict[int, int], rows: int) -> int:
+        """L for a step of `rows` rows where each row in `drafting` could draft up to that many tokens."""
+        deepest = max(drafting.values(), default=0)
         if not self.adaptive:
-            return cap
-        if plain is None:
-            return 0  # no plain step measured yet: nothing to compare against
-        best, best_rate, assumed = 0, 1.0 / plain, plain
-        for k in range(1, cap + 1):
-            assumed = self._cost.get(k + 1, assumed)
-            tokens = float(k + 1) if acceptance >= 1.0 else (1 - acceptance ** (k + 1)) / (1 - acceptance)
+            return 1 + deepest
+        if deepest == 0 or self._cost.get(rows) is None:
+            return 1  # nothing to draft, or no plain step of this batch measured yet to compare against
+        best, best_rate = 1, rows / self._cost[rows]
+        for width in range(2, deepest + 2):
+            assumed = self._estimate(rows * width)
+            tokens = rows + sum(self.expected(self._rows[row].acceptance, min(k, width - 1)) - 1
+                                for row, k in drafting.items())
             if tokens / assumed > best_rate * 1.02:  # a margin: noise alone never turns speculation on
-                best, best_rate = k, tokens / assumed
+                best, best_rate = width, tokens / assumed
         return best
+
+    @staticmethod
+    def expected(acceptance: float, drafts: int) -> float:
+        """The tokens a row gets from a step with `drafts` drafts at this acceptance (1 with none)."""
+        if acceptance >= 1.0:
+            return float(drafts + 1)
+        return (1 - acceptance ** (drafts + 1)) / (1 - acceptance)
+
+    def _estimate(self, tokens: int) -> float:
+        """The measured cost of a step feeding `tokens` tokens, else that of the largest measured step under it
+        (a plain step of the batch is): optimistic, so an unmeasured width is tried once before it is judged."""
+        return self._cost[max(n for n in self._cost if n <= tokens)]
 
     def observe(self, row: int, drafted: list[int], tokens: list[int]) -> None:
         """A step gave the row `tokens` after `drafted` drafts (none in a plain step)."""
@@ -161,7 +174,8 @@ class Speculator:
         else:
             spec.index.extend(tokens)
 
-    def timed(self, length: int, seconds: float) -> None:
-        """A step feeding `length` tokens per row took `seconds`."""
-        old = self._cost.get(length)
-        self._cost[length] = seconds if old is None else old + _EMA * (seconds - old)
+    def timed(self, rows: int, length: int, seconds: float) -> None:
+        """A step of `rows` rows feeding `length` tokens each took `seconds`."""
+        tokens = rows * length
+        old = self._cost.get(tokens)
+        self._cost[tokens] = seconds if old is None else old + _EMA * (seconds - old)
