@@ -106,3 +106,18 @@ def assert_same_args(loaded, folder, names: tuple[str, ...], eps: str) -> None:
     for name in names:
         assert getattr(loaded, name) == getattr(folder, name), name
     assert getattr(loaded, eps) == pytest.approx(getattr(folder, eps))
+
+
+def gated_delta_state_errors(model, input_ids, chunk: int, expected_state) -> tuple[list[int], float, float]:
+    """After prefilling `input_ids` in chunks: the recurrent layers' indices and the largest differences of their
+    conv and recurrent states from transformers' (`expected_state`: expected_state.safetensors, loaded). mlxd holds
+    a Gated DeltaNet state [Hv, Dv, Dk]; transformers' is [Hv, Dk, Dv]."""
+    from mlxd.models.recurrent_cache import RecurrentCache
+
+    _, cache = prefill_in_chunks(model, input_ids, chunk)
+    recurrent = [i for i, c in enumerate(cache) if isinstance(c, RecurrentCache)]
+    conv = max(mx.abs(cache[i].conv_state[0] - expected_state[f"layers.{i}.conv_state"]).max().item()
+               for i in recurrent)
+    state = max(mx.abs(cache[i].recurrent_state[0].swapaxes(-1, -2)
+                       - expected_state[f"layers.{i}.recurrent_state"]).max().item() for i in recurrent)
+    return recurrent, conv, state

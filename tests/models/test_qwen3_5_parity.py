@@ -13,9 +13,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mlxd.loading.loader import load_model
-from mlxd.models.recurrent_cache import RecurrentCache
 from tests.helpers.parity import PARITY, copy_model_folder
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import gated_delta_state_errors, greedy_with_cache, max_decode_error, prefill_in_chunks
 
 ARCHS = ["qwen3_5", "qwen3_5_moe"]
 CASES = [(arch, layout) for arch in ARCHS for layout in ("v5", "v4")]
@@ -60,15 +59,10 @@ def test_decode_logits_equal_full_forward(parity_model, arch):
 def test_recurrent_states_after_the_prompt_match_transformers(parity_model, arch, chunk):
     loaded, expected = parity_model(arch, "v5")
     want = mx.load(str(PARITY / arch / "expected_state.safetensors"))
-    _, cache = prefill_in_chunks(loaded.model, expected["input_ids"], chunk)
-    recurrent = [i for i, c in enumerate(cache) if isinstance(c, RecurrentCache)]
+    recurrent, conv, state = gated_delta_state_errors(loaded.model, expected["input_ids"], chunk, want)
     assert recurrent == [0, 2]
-    for i in recurrent:
-        c = cache[i]
-        assert mx.abs(c.conv_state[0] - want[f"layers.{i}.conv_state"]).max().item() < STATE_TOL
-        # Held [Hv, Dv, Dk]; transformers' is [Hv, Dk, Dv].
-        state = c.recurrent_state[0].swapaxes(-1, -2)
-        assert mx.abs(state - want[f"layers.{i}.recurrent_state"]).max().item() < STATE_TOL
+    assert conv < STATE_TOL
+    assert state < STATE_TOL
 
 
 @pytest.mark.parametrize("arch", ARCHS)

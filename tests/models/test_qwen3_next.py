@@ -17,9 +17,8 @@ from safetensors.numpy import load_file, save_file
 
 from mlxd.loading.loader import load_model
 from mlxd.models.qwen3_next import ModelArgs
-from mlxd.models.recurrent_cache import RecurrentCache
 from tests.helpers.parity import PARITY, copy_model_folder
-from tests.helpers.parity_checks import greedy_with_cache, max_decode_error, prefill_in_chunks
+from tests.helpers.parity_checks import gated_delta_state_errors, greedy_with_cache, max_decode_error, prefill_in_chunks
 
 ARCH = "qwen3_next"
 LAYOUTS = ["v5", "v4"]
@@ -71,15 +70,10 @@ def test_decode_logits_equal_full_forward(parity_model):
 def test_recurrent_states_after_the_prompt_match_transformers(parity_model, chunk):
     loaded, expected = parity_model(ARCH, "v5")
     want = mx.load(str(PARITY / ARCH / "expected_state.safetensors"))
-    _, cache = prefill_in_chunks(loaded.model, expected["input_ids"], chunk)
-    recurrent = [i for i, c in enumerate(cache) if isinstance(c, RecurrentCache)]
+    recurrent, conv, state = gated_delta_state_errors(loaded.model, expected["input_ids"], chunk, want)
     assert recurrent == [0, 2]
-    for i in recurrent:
-        c = cache[i]
-        assert mx.abs(c.conv_state[0] - want[f"layers.{i}.conv_state"]).max().item() < STATE_TOL
-        # Held [Hv, Dv, Dk]; transformers' is [Hv, Dk, Dv].
-        state = c.recurrent_state[0].swapaxes(-1, -2)
-        assert mx.abs(state - want[f"layers.{i}.recurrent_state"]).max().item() < STATE_TOL
+    assert conv < STATE_TOL
+    assert state < STATE_TOL
 
 
 def test_fused_projections_give_the_same_logits(parity_model):
