@@ -8,9 +8,9 @@ a row closed while a step of it was queued gets that token back with the step's 
 drops it.
 
 Beside that plain pipeline:
-- **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one reads step n first, tells
-  each constraint its row's token, fills the masks on another thread (engine/masks.py) while it builds and queues
-  step n+1's forward pass, then queues the sampling with the masks applied.
+- **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one queues step n+1's forward
+  pass, then reads step n, tells each constraint its row's token and fills the masks (engine/masks.py) while the
+  device computes, then queues the sampling with the masks applied.
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -21,7 +21,6 @@ Beside that plain pipeline:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -100,7 +99,6 @@ class Runner:
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: _Pending | None = None
-        self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
 
@@ -239,18 +237,16 @@ class Runner:
 
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
-        """A step of a batch holding constrained rows. The step before is read first, so that its tokens reach the
-        constraints; their masks are then filled on another thread while this one builds and queues the forward
-        pass. A GPU decode step is bound by that host work (graph building, kernel launches), so fills done after
-        it would add to every row's step time, the free rows' too."""
-        results = self._constrain(previous.read(), previous.owners) if previous is not None else []
-        if self._mask_filler is None:
-            self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
-        masks = self._mask_filler.submit(self._fill_masks, rows)
+        """A step of a batch holding constrained rows. The forward pass is queued first (its inputs are the step
+        before's lazy tokens, as in a plain step); only then is the step before read, its tokens told to the
+        constraints and the masks filled on the CPU, while the device runs the forward pass; the sampling, with
+        the masks applied, is queued last. Reading first would leave the device idle while this thread builds
+        the forward graph, and on a GPU that host work is most of a step."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         mx.async_eval(logits)
         self._positions.advance()
-        self._pending = self._sample(self._apply_masks(logits, rows, masks.result()), rows)
+        results = self._constrain(previous.read(), previous.owners) if previous is not None else []
+        self._pending = self._sample(self._masked(logits, rows), rows)
         return results
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
@@ -367,8 +363,7 @@ class Runner:
         return self._apply_masks(logits, rows, self._fill_masks(rows))
 
     def _fill_masks(self, rows: list[_Row]) -> FilledMasks:
-        """The masks of the rows whose constraint goes on (CPU work, safe on another thread while this one builds
-        the forward pass: it touches only the rows' constraints)."""
+        """The masks of the rows whose constraint goes on (CPU work, done while the device runs the forward pass)."""
         return fill_masks([r.constraint if r.constraint is not None and r.failure is None
                            and not r.constraint.is_stopped() else None for r in rows], self._vocab_size)
 
