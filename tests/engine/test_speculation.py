@@ -43,18 +43,71 @@ def test_the_batch_chooses_one_width_for_all_its_rows():
     (a CPU); where it hardly grows (a GPU step bound by host work), every row drafts."""
     rooms = {row: 100 for row in range(16)}
     cpu = _speculator_with_rows([0.95] + [0.1] * 15)
-    for tokens in range(16, 81):
-        cpu.timed(tokens, 1, 0.001 * tokens)      # a step's cost in proportion to the tokens it feeds
+    for width in range(1, 6):
+        cpu.timed(16, width, 0.001 * 16 * width)      # a step's cost in proportion to the tokens it feeds
     assert not cpu.wants_drafts(rooms) and cpu.drafts(rooms) == {}
     gpu = _speculator_with_rows([0.95] + [0.1] * 15)
-    for tokens in range(16, 81):
-        gpu.timed(tokens, 1, 0.010 + 0.00001 * tokens)
+    for width in range(1, 6):
+        gpu.timed(16, width, 0.010 + 0.00001 * 16 * width)
     drafts = gpu.drafts(rooms)
     assert len(drafts) == 16 and {len(d) for d in drafts.values()} == {4}
     alone = _speculator_with_rows([0.95])
-    for tokens in range(1, 6):
-        alone.timed(tokens, 1, 0.001 * tokens + 0.004)
+    for width in range(1, 6):
+        alone.timed(1, width, 0.001 * width + 0.004)
     assert alone.drafts({0: 100}) != {}           # the same row alone, on the same machine, drafts
+
+
+def test_an_unmeasured_verify_step_is_judged_by_the_nearest_measured_ratio():
+    """A verify step measured at twice a plain step's cost for 16 rows: a batch of 15 assumes the same ratio
+    instead of exploring again; a width never measured is assumed no dearer than the widest measured below it."""
+    spec = _speculator_with_rows([0.3] * 15)
+    spec.timed(16, 1, 0.010)
+    spec.timed(16, 2, 0.020)
+    spec.timed(15, 1, 0.009)
+    assert abs(spec._estimate(15, 2) - 0.018) < 1e-9
+    assert abs(spec._estimate(15, 4) - 0.018) < 1e-9
+    assert spec._estimate(15, 1) == 0.009
+    assert not spec.wants_drafts({row: 100 for row in range(15)})   # at most 1.4 tokens for 2x the cost: not worth it
+
+
+def test_a_new_row_starts_from_the_acceptance_the_rows_have_shown():
+    spec = Speculator(max_depth=4)
+    spec.start(0, [1, 2, 3], cap=None)
+    assert spec._rows[0].acceptance == 0.5         # nothing seen yet
+    for _ in range(200):
+        spec.observe(0, [5, 5], [7])               # every first draft rejected
+    spec.start(1, [1, 2, 3], cap=None)
+    assert spec._rows[1].acceptance < 0.05
+
+
+class _DraftsNothingUseful:
+    """A draft model's stand-in: drafts token 0, which the target never accepts."""
+
+    def start(self, row, prompt): pass
+
+    def forget(self, row): pass
+
+    def observe(self, row, drafted, tokens): pass
+
+    def draft(self, depths):
+        return {row: [0] * k for row, k in depths.items() if k}
+
+
+def test_a_draft_model_batch_probes_less_often_while_its_drafts_are_rejected():
+    """With no free check of a model's drafts, a batch at depth 0 drafts one token now and then; each probe that
+    does not turn speculation on doubles the wait, so rejected drafts cost ever less. Probes are not timed."""
+    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
+    spec.start(0, [1, 2, 3], cap=None)
+    spec._rows[0].acceptance = 0.0
+    rooms, probes = {0: 10_000}, []
+    for step in range(2000):
+        drafts = spec.drafts(rooms) if spec.wants_drafts(rooms) else spec.probe(rooms)
+        spec.timed(1, 1 + max(map(len, drafts.values()), default=0), 0.010 if not drafts else 0.5)
+        spec.observe(0, drafts.get(0, []), [7])
+        if drafts:
+            probes.append(step)
+    assert [b - a for a, b in zip(probes, probes[1:])][:5] == [33, 65, 129, 257, 257]
+    assert probes[0] == 16 and spec._verify == {}
 
 
 def test_rows_learn_acceptance_from_probes_and_verified_runs():

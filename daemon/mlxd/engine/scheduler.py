@@ -255,7 +255,7 @@ class Scheduler:
                 self._leave_batch(live)  # its last token is queued; the step that reads it comes next
         by_row = {live.row: live for live in self._admitted}
         try:
-            drafts, started = self._drafts(by_row, out), time.perf_counter()
+            drafts, started = self._drafts(by_row, out)
             stepping = [live for live in self._admitted if live.in_batch]
             results = self._runner.step(drafts)
         except Exception as error:
@@ -273,18 +273,20 @@ class Scheduler:
         for live in stepping:  # a verify step's tokens are all read: none is left queued
             live.queued = len(live.output.generated) if drafts else live.queued + 1
 
-    def _drafts(self, by_row: dict[RowId, _Live], out: list[Routed]) -> dict[RowId, list[int]]:
-        """The rows' drafts for the next step: none without a speculator, or when no row's depth is above 0.
-        Drafts continue a row's last token, so the step still queued is read first (the pipeline pauses)."""
+    def _drafts(self, by_row: dict[RowId, _Live], out: list[Routed]) -> tuple[dict[RowId, list[int]], float]:
+        """The rows' drafts for the next step (none without a speculator, or when no row's depth is above 0) and
+        when the step began. Drafts continue a row's last token, so the step still queued is read first (the
+        pipeline pauses); the step is timed from then, its drafting included."""
         spec = self._speculator
         if spec is None:
-            return {}
+            return {}, time.perf_counter()
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
                  if live.in_batch and live.request.constraint is None}
         if not spec.wants_drafts(rooms):
-            return spec.probe(rooms)
+            return spec.probe(rooms), time.perf_counter()
         self._deliver(self._runner.flush(), by_row, {}, out)
-        return spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch})
+        started = time.perf_counter()
+        return spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch}), started
 
     def _deliver(self, results: list[StepResult], by_row: dict[RowId, _Live], drafts: dict[RowId, list[int]],
                  out: list[Routed]) -> None:

@@ -8,13 +8,22 @@ a lookup O(1) per step whatever the context length.
 Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + the deepest draft tokens (rows
 with fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance
 that a drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft
-it would have proposed (free to check: the next token tells). With acceptance a, k drafts yield
-(1 - a^(k+1)) / (1 - a) tokens; a step feeding N = rows x L tokens costs `cost[N]` seconds (an EMA of measured
-steps; an unmeasured N is assumed as cheap as the largest measured one below it, so it is tried before it is
-judged). The step takes the L that maximises the batch's expected tokens per second, 1 (no drafts) unless some L
-beats a plain step by a margin: so speculation costs little more than noise where drafts are not accepted, and
-one eager row cannot make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L times a
-plain one; on a GPU, whose step is bound by host work, little more).
+it would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the
+acceptance all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens. The
+costs are measured: a plain step of B rows (pipelined) and a verify step of B rows at width L, drafting included
+(a draft model's passes and the pipeline pause are part of what speculation costs). An unmeasured verify step is
+assumed to cost the ratio to a plain step measured at the nearest width below it (and the nearest batch size), or
+a plain step's cost if no verify step was measured yet: optimistic, so a width is tried once before it is judged,
+and a batch that grows by one row does not explore again. The step takes the L that maximises the batch's
+expected tokens per second, 1 (no drafts) unless some L beats a plain step by a margin: so speculation costs
+little more than noise where drafts are not accepted, and one eager row cannot make fifteen others pay for a wide
+step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose step is bound by host work, little
+more).
+
+A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
+and then to relearn (a probe): after 16 plain steps, then after twice as many each time a probe does not turn
+speculation on, up to 256. A probe is not timed: the draft model's catch-up on every token since the
+last probe is exploration, not what a verify step costs while the batch speculates.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ from dataclasses import dataclass, field
 
 from mlxd.engine.draft_model import DraftModel
 
-_EMA = 0.1          # weight of the newest observation in every estimate
-_PRIOR = 0.5        # acceptance assumed before any observation
-_PROBE_EVERY = 16   # a draft model's row at depth 0 drafts one token after this many steps (to relearn acceptance)
+_EMA = 0.1           # weight of the newest observation in every estimate
+_PRIOR_EMA = 0.02    # weight of one row's observation in the acceptance a new row starts from
+_PRIOR = 0.5         # acceptance assumed before any observation
+_PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
+_PROBE_LAST = 256    # ...doubling after each probe that does not turn speculation on, up to this
 
 
 class NgramIndex:
@@ -62,7 +73,7 @@ class NgramIndex:
 class _RowSpeculation:
     index: NgramIndex
     cap: int                                  # the most drafts per step this row takes
-    acceptance: float = _PRIOR
+    acceptance: float
     probe: int | None = None                  # the first token it would have drafted in a step without drafts
     idle: int = 0                             # steps since it last drafted
 
@@ -76,14 +87,18 @@ class Speculator:
     adaptive: bool = True                                    # False: always the row's cap
     model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
-    _cost: dict[int, float] = field(default_factory=dict)   # seconds of a step feeding N tokens in all
+    _plain: dict[int, float] = field(default_factory=dict)              # rows -> seconds of a plain step
+    _verify: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, L) -> seconds, drafting included
+    _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
+    _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
+    _probing: bool = False              # the step being drafted is a probe (its time is not learned)
 
     def start(self, row: int, prompt: list[int], cap: int | None) -> None:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
         depth = self.max_depth if cap is None else min(cap, self.max_depth)
         if depth > 0:
             self._rows[row] = _RowSpeculation(NgramIndex(prompt if self.model is None else [], self.max_ngram),
-                                              depth)
+                                              depth, self._prior)
             if self.model is not None:
                 self.model.start(row, prompt)
 
@@ -95,7 +110,13 @@ class Speculator:
     def wants_drafts(self, rooms: dict[int, int]) -> bool:
         """Whether the next step would verify drafts (rooms: the tokens each row may still generate), judged
         before the rows' newest tokens are read: every row is assumed to find a full draft."""
-        return self._width({row: self._cap(row, room) for row, room in rooms.items()}, len(rooms)) > 1
+        caps = {row: self._cap(row, room) for row, room in rooms.items()}
+        return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
+
+    def _probe_due(self, caps: dict[int, int]) -> bool:
+        """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
+        return (self.model is not None and any(caps.values())
+                and any(spec.idle >= self._probe_after for spec in self._rows.values()))
 
     def probe(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """No drafts this step; each row notes the token it would have drafted (to learn its acceptance)."""
@@ -109,10 +130,15 @@ class Speculator:
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """Each row's drafts for the next step (rows without any left out); {} for a plain step."""
         if self.model is not None:
-            width = self._width({row: self._cap(row, room) for row, room in rooms.items()}, len(rooms))
-            if width == 1 and any(spec.idle >= _PROBE_EVERY for spec in self._rows.values()):
+            caps = {row: self._cap(row, room) for row, room in rooms.items()}
+            width = self._width(caps, len(rooms))
+            if width > 1:
+                self._probe_after = _PROBE_FIRST
+            elif self._probe_due(caps):
                 width = 2  # no free check of what a model would have drafted: try one token now and then
-            return self.model.draft({row: min(self._cap(row, room), width - 1) for row, room in rooms.items()})
+                self._probe_after = min(2 * self._probe_after, _PROBE_LAST)
+                self._probing = True
+            return self.model.draft({row: min(cap, width - 1) for row, cap in caps.items()})
         proposals = {}
         for row, room in rooms.items():
             spec = self._rows.get(row)
@@ -133,11 +159,11 @@ class Speculator:
         deepest = max(drafting.values(), default=0)
         if not self.adaptive:
             return 1 + deepest
-        if deepest == 0 or self._cost.get(rows) is None:
+        if deepest == 0 or self._plain.get(rows) is None:
             return 1  # nothing to draft, or no plain step of this batch measured yet to compare against
-        best, best_rate = 1, rows / self._cost[rows]
+        best, best_rate = 1, rows / self._plain[rows]
         for width in range(2, deepest + 2):
-            assumed = self._estimate(rows * width)
+            assumed = self._estimate(rows, width)
             tokens = rows + sum(self.expected(self._rows[row].acceptance, min(k, width - 1)) - 1
                                 for row, k in drafting.items())
             if tokens / assumed > best_rate * 1.02:  # a margin: noise alone never turns speculation on
@@ -151,10 +177,17 @@ class Speculator:
             return float(drafts + 1)
         return (1 - acceptance ** (drafts + 1)) / (1 - acceptance)
 
-    def _estimate(self, tokens: int) -> float:
-        """The measured cost of a step feeding `tokens` tokens, else that of the largest measured step under it
-        (a plain step of the batch is): optimistic, so an unmeasured width is tried once before it is judged."""
-        return self._cost[max(n for n in self._cost if n <= tokens)]
+    def _estimate(self, rows: int, width: int) -> float:
+        """The cost of a verify step of `rows` rows at `width`: measured, else a plain step's cost times the
+        ratio measured at the nearest width below (then the nearest batch size), else a plain step's cost."""
+        plain = self._plain[rows]
+        if (rows, width) in self._verify:
+            return self._verify[rows, width]
+        near = [(width - w, abs(rows - r), r, w) for r, w in self._verify if w <= width and r in self._plain]
+        if not near:
+            return plain
+        _, _, r, w = min(near)
+        return plain * self._verify[r, w] / self._plain[r]
 
     def observe(self, row: int, drafted: list[int], tokens: list[int]) -> None:
         """A step gave the row `tokens` after `drafted` drafts (none in a plain step)."""
@@ -164,9 +197,9 @@ class Speculator:
         if drafted:
             accepted = len(tokens) - 1
             for j in range(min(len(drafted), accepted + 1)):
-                spec.acceptance += _EMA * (float(j < accepted) - spec.acceptance)
+                self._learn(spec, j < accepted)
         elif spec.probe is not None and tokens:
-            spec.acceptance += _EMA * (float(tokens[0] == spec.probe) - spec.acceptance)
+            self._learn(spec, tokens[0] == spec.probe)
         spec.probe = None
         spec.idle = 0 if drafted else spec.idle + 1
         if self.model is not None:
@@ -174,8 +207,20 @@ class Speculator:
         else:
             spec.index.extend(tokens)
 
+    def _learn(self, spec: _RowSpeculation, accepted: bool) -> None:
+        spec.acceptance += _EMA * (float(accepted) - spec.acceptance)
+        self._prior += _PRIOR_EMA * (float(accepted) - self._prior)
+
     def timed(self, rows: int, length: int, seconds: float) -> None:
-        """A step of `rows` rows feeding `length` tokens each took `seconds`."""
-        tokens = rows * length
-        old = self._cost.get(tokens)
-        self._cost[tokens] = seconds if old is None else old + _EMA * (seconds - old)
+        """A step of `rows` rows feeding `length` tokens each took `seconds` (a verify step's drafting included)."""
+        if self._probing:
+            self._probing = False
+            return
+        if length == 1:
+            self._plain[rows] = _average(self._plain.get(rows), seconds)
+        else:
+            self._verify[rows, length] = _average(self._verify.get((rows, length)), seconds)
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + _EMA * (new - old)
