@@ -1,8 +1,11 @@
 """Drafting by a second, smaller model that shares the target's vocabulary (`mlxd serve --draft-model PATH`).
 
 The draft model keeps its own batch caches for the rows that draft (models/batch_cache.py), in the order it
-took them in. Each drafting step feeds every row the tokens it generated since (`pending`: the verified run, or
-the plain steps' tokens), then runs greedily for the deepest row's depth, all rows at once; rows that draft less
+took them in. A row joins empty, its whole prompt pending: the draft model spends nothing on a row until the
+batch first drafts (a draft model whose drafts are rejected costs little more than its memory). Each drafting
+step feeds every row the tokens it has not taken in (`pending`: its prompt at first, then the verified run, or
+the plain steps' tokens; in passes of at most 512 per row), then runs greedily for the deepest row's depth, all
+rows at once; rows that draft less
 (or not at all) write columns they roll back. The whole draft is one lazy graph read once. After the target
 verified, each row forgets the drafts it fed that were rejected (`forget`: holes in its own columns), and the
 accepted tokens it did not feed yet become its pending input.
@@ -17,6 +20,8 @@ import mlx.core as mx
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
 from mlxd.models.protocol import LanguageModel
 
+_CATCH_UP = 512  # the most pending tokens a row feeds in one pass (a long prompt is taken in several)
+
 
 class DraftModel:
     def __init__(self, model: LanguageModel) -> None:
@@ -30,16 +35,12 @@ class DraftModel:
         self._fed: dict[int, int] = {}            # drafts of the last step the row's columns hold (unverified)
 
     def start(self, row: int, prompt: list[int]) -> None:
-        """Take a row in: its prompt prefilled (all but the last token, which is its first pending one)."""
-        cache = self._model.make_cache()
-        if len(prompt) > 1:
-            self._model(mx.array([prompt[:-1]], dtype=mx.int32), cache=cache)
-            mx.eval([a for c in cache for a in c.state])
-        for batch, own in zip(self._caches, cache):
-            cast(BatchKVCache, batch).add_row(own.kept())
-        self._positions.set(self._positions.values + [len(prompt) - 1])
+        """Take a row in, empty: its prompt is pending until the batch first drafts."""
+        for batch in self._caches:
+            cast(BatchKVCache, batch).add_row(None)
+        self._positions.set(self._positions.values + [0])
         self._order.append(row)
-        self._pending[row] = [prompt[-1]]
+        self._pending[row] = list(prompt)
 
     def forget(self, row: int) -> None:
         if row not in self._pending:
@@ -76,8 +77,13 @@ class DraftModel:
             return {}
         for cache in self._caches:
             cache.compact()
-        # Catch up: every row takes its pending tokens (left-aligned, filler after), one pass.
+        # Catch up: every row takes its pending tokens (left-aligned, filler after). Passes of at most _CATCH_UP
+        # each first take all but a row's last _CATCH_UP or fewer, so every row's last token is in the final one.
         pending = [self._pending[row] for row in self._order]
+        while max(len(p) for p in pending) > _CATCH_UP:
+            early = [p[:min(_CATCH_UP, len(p) - _CATCH_UP)] if len(p) > _CATCH_UP else [] for p in pending]
+            self._feed(early)
+            pending = [p[len(e):] for p, e in zip(pending, early)]
         length = max(len(p) for p in pending)
         inputs = mx.array([p + [0] * (length - len(p)) for p in pending], dtype=mx.int32)
         logits = self._model(inputs, cache=self._caches)
@@ -100,6 +106,13 @@ class DraftModel:
                 out[row] = tokens[:w]
                 self._fed[row] = w - 1  # its last draft was never fed
         return out
+
+    def _feed(self, runs: list[list[int]]) -> None:
+        """Each row takes in its run of tokens (left-aligned, filler after); the logits are not needed."""
+        length = max(len(r) for r in runs)
+        self._model(mx.array([r + [0] * (length - len(r)) for r in runs], dtype=mx.int32), cache=self._caches)
+        self._advance([len(r) for r in runs])
+        mx.eval([a for c in self._caches for a in c.state])
 
     def _advance(self, kept: list[int]) -> None:
         for cache in self._caches:

@@ -266,7 +266,7 @@ class Scheduler:
                     self._end(live, live.output.fail(as_mlxd_error(error, live.request)), out)
             self._runner.reset_batch()
             return
-        if self._speculator is not None:  # a step of its rows feeding L tokens each (1 + the most drafts), timed
+        if self._speculator is not None and stepping:  # its rows fed L tokens each (1 + the most drafts): timed
             width = 1 + max(map(len, drafts.values()), default=0)
             self._speculator.timed(len(stepping), width, time.perf_counter() - started)
         self._deliver(results, by_row, drafts, out)
