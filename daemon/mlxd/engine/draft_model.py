@@ -84,7 +84,7 @@ class DraftModel:
             early = [p[:min(_CATCH_UP, len(p) - _CATCH_UP)] if len(p) > _CATCH_UP else [] for p in pending]
             self._feed(early)
             pending = [p[len(e):] for p, e in zip(pending, early)]
-        length = max(len(p) for p in pending)
+        length = _bucket(max(len(p) for p in pending))
         inputs = mx.array([p + [0] * (length - len(p)) for p in pending], dtype=mx.int32)
         logits = self._model(inputs, cache=self._caches)
         taken = [len(p) for p in pending]
@@ -109,7 +109,7 @@ class DraftModel:
 
     def _feed(self, runs: list[list[int]]) -> None:
         """Each row takes in its run of tokens (left-aligned, filler after); the logits are not needed."""
-        length = max(len(r) for r in runs)
+        length = _bucket(max(len(r) for r in runs))
         self._model(mx.array([r + [0] * (length - len(r)) for r in runs], dtype=mx.int32), cache=self._caches)
         self._advance([len(r) for r in runs])
         mx.eval([a for c in self._caches for a in c.state])
@@ -118,3 +118,9 @@ class DraftModel:
         for cache in self._caches:
             cache.rollback(kept)
         self._positions.advance(kept)
+
+
+def _bucket(length: int) -> int:
+    """A catch-up pass's width: a power of two. Its length varies from step to step, and on a GPU each new shape
+    of the draft model's pass compiled kernels the first time (the filler columns are rolled back like any)."""
+    return 1 << (length - 1).bit_length()

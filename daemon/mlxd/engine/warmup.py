@@ -12,7 +12,8 @@ from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 
 
-def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> None:
+def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, speculate: str = "",
+            speculate_depth: int = 0) -> None:
     ids = [i % runtime.vocab_size for i in range(1, prompt_len + 1)]
     request = GenerationRequest("warmup", ids, SamplingParams(temperature=0.0), max_tokens=new_tokens,
                                 ignore_eos=True)
@@ -20,7 +21,24 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4) -> 
     _run(runtime, request, prefill_chunk_size=prompt_len // 2)
     if runtime.image_encoder is not None:
         _run(runtime, _image_request(runtime, ids, new_tokens), prefill_chunk_size=prompt_len)
+    if (speculate or runtime.draft_model is not None) and speculate_depth > 0:
+        _warm_up_verify_steps(runtime, ids, speculate, speculate_depth)
     mx.clear_cache()
+
+
+def _warm_up_verify_steps(runtime: ModelRuntime, ids: list[int], speculate: str, depth: int) -> None:
+    """Verify steps of every width the adaptive depth may pick (and the draft model's passes): on a GPU the
+    first step of a new width compiled kernels for seconds, inside the first requests that speculated."""
+    options = SchedulerOptions(len(ids), speculate=speculate, speculate_depth=depth, speculate_adaptive=False)
+    for cap in range(1, depth + 1):
+        scheduler = Scheduler(runtime, options)
+        # The prompt said twice, so prompt lookup finds something to draft.
+        scheduler.add(GenerationRequest(f"warmup-verify-{cap}", ids + ids, SamplingParams(temperature=0.0),
+                                        max_tokens=cap + 3, ignore_eos=True, speculation=cap))
+        while scheduler.has_work():
+            for _, event in scheduler.step():
+                if isinstance(event, ErrorEvent):
+                    raise event.error
 
 
 def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> GenerationRequest:

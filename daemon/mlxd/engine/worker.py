@@ -268,5 +268,5 @@ def load_runtime(worker: Worker) -> ModelRuntime:
     runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
     if options.draft_model_path is not None:
         runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
-    warm_up(runtime)
+    warm_up(runtime, speculate=options.speculate, speculate_depth=options.speculate_depth)
     return runtime

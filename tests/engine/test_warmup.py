@@ -1,0 +1,36 @@
+"""The warm-up before SERVING (engine/warmup.py) runs every width of verify step speculation may pick."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mlxd.engine.runner import Runner
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.warmup import warm_up
+from mlxd.loading.loader import load_model
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.parity import PARITY
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / "llama", dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+@pytest.mark.parametrize("drafting", ["ngram", "draft model", "off"])
+def test_warm_up_runs_each_verify_width(runtime, drafting, monkeypatch):
+    widths: list[int] = []
+    verify = Runner._verify
+
+    def spy(self, drafts):
+        widths.append(1 + max(len(d) for d in drafts.values()))
+        return verify(self, drafts)
+
+    monkeypatch.setattr(Runner, "_verify", spy)
+    if drafting == "draft model":
+        runtime = dataclasses.replace(runtime, draft_model=load_model(PARITY / "qwen3", dtype="float32").model)
+    warm_up(runtime, speculate="ngram" if drafting == "ngram" else "", speculate_depth=4)
+    assert sorted(set(widths)) == ([] if drafting == "off" else [2, 3, 4, 5])
