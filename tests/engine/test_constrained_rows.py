@@ -40,6 +40,10 @@ class AllowedSets:
     def is_stopped(self) -> bool:
         return len(self.told) == len(self.steps)
 
+    def rollback(self, tokens: int) -> None:
+        assert 0 <= tokens <= len(self.told)
+        del self.told[len(self.told) - tokens:]
+
 
 def _request(name, prompt, n=12, constraint=None, **kwargs) -> GenerationRequest:
     return GenerationRequest(name, prompt, kwargs.pop("sampling", GREEDY), max_tokens=n, ignore_eos=True,
@@ -103,8 +107,9 @@ def test_logprobs_are_of_the_constrained_distribution():
 
 @pytest.mark.parametrize("speculate", ["", "ngram"])
 def test_constrained_rows_beside_free_ones_change_nothing_for_either(speculate):
-    """Also beside rows that draft (n-gram, every step): constrained rows take no drafts, their masks and
-    logprobs stay those of a plain step."""
+    """Also where rows draft (n-gram, every step): constrained rows draft too, their drafts cut where the
+    constraint refuses them and each verified position masked, so their tokens, masks and logprobs stay those of a
+    plain step."""
     runtime = fake_runtime()
 
     def requests():
@@ -125,7 +130,7 @@ def test_constrained_rows_beside_free_ones_change_nothing_for_either(speculate):
     for g, a in zip(got, alone):
         assert g[2] == pytest.approx(a[2], abs=1e-5)
     if speculate:
-        assert any(g[3].drafted_tokens for g in got) and not any(g[3].drafted_tokens for g in got[1::2])
+        assert any(g[3].drafted_tokens for g in got[0::2]) and any(g[3].drafted_tokens for g in got[1::2])
 
 
 class FailsAt(AllowedSets):
@@ -157,3 +162,23 @@ def test_a_failing_constraint_ends_its_row_only(where, error):
     assert drain(free)[0] == alone
     with pytest.raises(error, match="constraint: "):
         drain(failing)
+
+
+def test_draft_masks_follow_the_drafts_the_constraint_allows_and_leave_it_as_it_was():
+    from mlxd.engine.masks import draft_masks
+
+    def allowed(row):
+        return {t for t in range(VOCAB) if row[t // 32] >> (t % 32) & 1}
+
+    steps = [{1, 2}, {3}, {4, 5}, {6}]
+    constraint = AllowedSets(steps)
+    masks, kept = draft_masks(constraint, [2, 3, 9, 6])      # 9 is refused at position 2: cut there
+    assert kept == [2, 3] and [allowed(m) for m in masks] == [{1, 2}, {3}, {4, 5}]
+    assert constraint.told == []                               # rolled back
+    masks, kept = draft_masks(constraint, [1, 3, 4, 6, 7])     # complete after 6: what follows is free
+    assert kept == [1, 3, 4, 6] and len(masks) == 5 and allowed(masks[4]) == set(range(VOCAB))
+    failing = FailsAt(steps, 2, "fill")                        # its mask after two drafts fails: cut before
+    masks, kept = draft_masks(failing, [1, 3, 4])
+    assert kept == [1] and len(masks) == 2 and failing.told == []
+    with pytest.raises(ConstraintError):                       # its own mask fails: the row's failure
+        draft_masks(FailsAt(steps, 0, "fill"), [1])

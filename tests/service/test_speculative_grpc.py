@@ -71,3 +71,32 @@ def test_smollm2_as_its_own_draft_model_is_accepted_throughout(tmp_path):
                 assert usage.accepted_draft_tokens == usage.drafted_tokens > 20
     finally:
         assert d.stop() == 0, d.stderr()
+
+
+RECORD_SCHEMA = {"type": "object", "properties": {"building": {"type": "string", "maxLength": 40},
+                                                  "steps": {"type": "integer"},
+                                                  "notebook_color": {"type": "string", "maxLength": 20}},
+                 "required": ["building", "steps", "notebook_color"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=0.8, seed=3)])
+def test_constrained_requests_draft_and_yield_the_plain_output(daemon, settings):
+    """A JSON Schema constraint with prompt lookup: the record's keys are copied from the prompt, so drafts are
+    accepted, each cut where the grammar refuses it; tokens, text and completeness are the plain request's."""
+    import json
+
+    from mlxd_client import pb
+
+    constraint = pb.Constraint(json_schema=json.dumps(RECORD_SCHEMA), max_whitespace=1)
+
+    def complete(speculation):
+        with Client(daemon.addr) as client:
+            return client.complete(PROMPTS[1], speculation=speculation, max_tokens=80,
+                                   constraint=constraint, **settings)
+
+    got, want = complete(None), complete(0)
+    assert list(got.token_ids) == list(want.token_ids) and got.text == want.text
+    assert got.final.constraint_complete == want.final.constraint_complete
+    assert got.final.usage.accepted_draft_tokens > 0
+    if got.final.constraint_complete:
+        json.loads(got.text)

@@ -27,3 +27,6 @@ class TokenConstraint(Protocol):
 
     def is_stopped(self) -> bool:
         """The constraint is complete: nothing may follow (the sequence ends with STOP)."""
+
+    def rollback(self, tokens: int) -> None:
+        """Forget the last `tokens` consumed ones (a verify step's masks follow a row's drafts, then undo them)."""

@@ -52,6 +52,39 @@ def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> Fil
     return masks
 
 
+def draft_masks(constraint: TokenConstraint, draft: list[int]) -> tuple[np.ndarray, list[int]]:
+    """The masks of a verify step's positions for a constrained row that drafted `draft`: int32 [1 + k, words],
+    row j the tokens allowed after the first j drafts, and those k drafts: `draft` cut before its first token the
+    constraint refuses, so every position the target verifies has its mask (after a draft that completes the
+    constraint, all allowed: the row ends there). The constraint is told the kept drafts to fill the masks after
+    them, then rolled back, so it ends as it began. A failure of the row's own mask (position 0) is raised; one
+    later only cuts the draft there."""
+    masks = np.full((1 + len(draft), constraint.mask_words), -1, dtype=np.int32)
+    constraint.fill_bitmask(masks[0])
+    if not masks[0].any():
+        masks[0] = -1  # nothing allowed: as in a plain step, the row samples freely and its constraint ends it
+        return masks[:1], []
+    told = kept = 0
+    try:
+        for j, token in enumerate(draft):
+            if not (masks[j, token // 32] >> (token % 32)) & 1:
+                break
+            constraint.consume(token)
+            told += 1
+            if constraint.is_stopped():
+                kept = j + 1
+                break
+            constraint.fill_bitmask(masks[j + 1])
+            if not masks[j + 1].any():
+                break
+            kept = j + 1
+    except Exception:  # a grammar past its limits mid-draft: the drafts end before the failure
+        pass
+    finally:
+        constraint.rollback(told)
+    return masks[:1 + kept], draft[:kept]
+
+
 def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:
     """logits [B, vocab] with each masked row's disallowed tokens at -inf (the other rows untouched)."""
     if not masks.rows:

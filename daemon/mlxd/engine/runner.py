@@ -27,9 +27,16 @@ from typing import cast
 
 import mlx.core as mx
 
+from mlxd.engine.constrained_rows import (
+    RowId,
+    StepResult,
+    apply_step_masks,
+    fill_step_masks,
+    tell_constraints,
+    verify_masks,
+)
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
-from mlxd.engine.masks import FilledMasks, apply_masks, fill_masks
 from mlxd.engine.request import PromptImage, TokenLogprob
 from mlxd.engine.scores import row_logprobs, run_logprobs, token_logprob, tops
 from mlxd.engine.vision import ImageEncoder
@@ -42,18 +49,9 @@ from mlxd.models.cache import LayerCache, RowState
 from mlxd.models.protocol import LanguageModel
 from mlxd.models.recurrent_cache import BatchRecurrentCache
 
-RowId = int
 # (position of the image's first token within the prefill chunk, the image)
 ChunkImage = tuple[int, PromptImage]
 
-
-@dataclass(frozen=True)
-class StepResult:
-    row: RowId
-    tokens: list[int]                      # one, or a verify step's accepted run (1..k+1)
-    logprobs: list[TokenLogprob] | None    # one per token; None when the row asked for none
-    constraint_done: bool = False  # the row's constraint is complete after this token
-    error: Exception | None = None  # the row's constraint failed (a grammar past its limits): end this row only
 
 
 @dataclass
@@ -210,7 +208,7 @@ class Runner:
         previous, self._pending = self._pending, None
         if previous is None:
             return []
-        results = self._constrain(previous.read(), previous.owners)
+        results = tell_constraints(previous.read(), previous.owners)
         for result in results:
             r = self._rows.get(result.row)
             if r is not None:
@@ -235,7 +233,7 @@ class Runner:
         if rows:
             self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
             self._positions.advance()
-        return self._constrain(previous.read(), previous.owners) if previous is not None else []
+        return tell_constraints(previous.read(), previous.owners) if previous is not None else []
 
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
@@ -249,13 +247,13 @@ class Runner:
         the graph is built) gave 260 constrained tok/s for one stream, filling after the launch (a 16-row step
         longer by the whole fill) 1,470 for sixteen; this order 413-444 and 2,034-2,197."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
-        results = self._constrain(previous.read(), previous.owners) if previous is not None else []
+        results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
         if self._mask_filler is None:
             self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
-        masks = self._mask_filler.submit(self._fill_masks, rows)
+        masks = self._mask_filler.submit(fill_step_masks, rows, self._vocab_size)
         mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
         self._positions.advance()
-        self._pending = self._sample(self._apply_masks(logits, rows, masks.result()), rows)
+        self._pending = self._sample(apply_step_masks(logits, rows, masks.result()), rows)
         return results
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
@@ -266,13 +264,14 @@ class Runner:
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
         rows = [self._rows[row] for row in self._order]
-        fed = [[] if r.constraint else within_vocabulary(drafts.get(row, []), self._vocab_size)
-               for row, r in zip(self._order, rows)]
+        fed = [within_vocabulary(drafts.get(row, []), self._vocab_size) for row in self._order]
         length = 1 + max(len(d) for d in fed)
         inputs = [[r.next_token, *d] + [r.next_token] * (length - 1 - len(d)) for r, d in zip(rows, fed)]
         logits = self._model(mx.array(inputs, dtype=mx.int32), cache=self._caches)
-        # A row without drafts samples its one token as in a plain step, its constraint's mask applied.
-        first = self._masked(logits[:, 0, :], rows) if any(r.constraint for r in rows) else logits[:, 0, :]
+        if any(r.constraint for r in rows):
+            mx.async_eval(logits)  # the masks are filled while the device runs the pass
+            logits, fed = verify_masks(logits, rows, fed)
+        first = logits[:, 0, :]
         tokens = self._accept(logits, first, rows, fed)
         for cache in self._caches:
             cache.rollback([len(t) for t in tokens])
@@ -283,7 +282,7 @@ class Runner:
                   run_logprobs(logits[i, :len(run)] if d else first[i:i + 1], run, r.top_logprobs)
                   for i, (r, run, d) in enumerate(zip(rows, tokens, fed))]
         results = [StepResult(row, run, lp) for row, run, lp in zip(self._order, tokens, scored)]
-        return self._constrain(results, rows)
+        return tell_constraints(results, rows)
 
     def _accept(self, logits: mx.array, first: mx.array, rows: list[_Row],
                 drafts: list[list[int]]) -> list[list[int]]:
@@ -349,38 +348,6 @@ class Runner:
                   for i, r in enumerate(rows)]
         mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
         return _Pending(list(self._order), tokens, scored, rows)
-
-    def _constrain(self, results: list[StepResult], owners: list[_Row]) -> list[StepResult]:
-        """Tell each row's constraint the token it generated (closed rows' too); say which are now complete."""
-        out = []
-        for result, r in zip(results, owners):
-            constraint = r.constraint
-            if constraint is None or (r.failure is None and constraint.is_stopped()):
-                out.append(result)  # unconstrained, or complete already (the caller ends it)
-                continue
-            if r.failure is None:
-                try:
-                    constraint.consume(result.tokens[0])  # constrained rows get no drafts: one token
-                except Exception as error:  # one grammar's failure ends its row, not the batch
-                    r.failure = error
-            done = r.failure is None and constraint.is_stopped()
-            out.append(StepResult(result.row, result.tokens, result.logprobs, done, r.failure))
-        return out
-
-    def _masked(self, logits: mx.array, rows: list[_Row]) -> mx.array:
-        """logits [B, vocab] with each constrained row's disallowed tokens at -inf (the other rows untouched)."""
-        return self._apply_masks(logits, rows, self._fill_masks(rows))
-
-    def _fill_masks(self, rows: list[_Row]) -> FilledMasks:
-        """The masks of the rows whose constraint goes on (CPU work, safe on another thread while this one launches
-        the forward pass: it touches only the rows' constraints)."""
-        return fill_masks([r.constraint if r.constraint is not None and r.failure is None
-                           and not r.constraint.is_stopped() else None for r in rows], self._vocab_size)
-
-    def _apply_masks(self, logits: mx.array, rows: list[_Row], masks: FilledMasks) -> mx.array:
-        for i, failure in masks.failures.items():
-            rows[i].failure = failure  # reported with the row's next result, which ends it
-        return apply_masks(logits, masks)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 

@@ -210,7 +210,7 @@ class Scheduler:
             live.prefilled = output.cached_tokens = length
         top = request.top_logprobs if request.logprobs else None
         self._runner.open(live.row, request.sampling, request.prompt_ids, top, cache, request.constraint)
-        if self._speculator is not None and request.constraint is None:
+        if self._speculator is not None:  # a constrained row's drafts are cut where its grammar refuses them
             self._speculator.start(live.row, request.prompt_ids, request.speculation)
         return live
 
@@ -281,7 +281,7 @@ class Scheduler:
         if spec is None:
             return {}, time.perf_counter()
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
-                 if live.in_batch and live.request.constraint is None}
+                 if live.in_batch}
         if not spec.wants_drafts(rooms):
             return spec.probe(rooms), time.perf_counter()
         self._deliver(self._runner.flush(), by_row, {}, out)

@@ -1,0 +1,102 @@
+"""What a step does for its constrained rows (engine/constraint.py), apart from the model: the masks of a plain
+step and of a verify step's positions, and telling each constraint the tokens its row generated.
+
+A step's result per row (StepResult) lives here too: telling the constraints is what completes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import mlx.core as mx
+import numpy as np
+
+from mlxd.constraints.compiler import mask_words
+from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
+from mlxd.engine.constraint import TokenConstraint
+from mlxd.engine.masks import FilledMasks, apply_masks, draft_masks, fill_masks
+from mlxd.engine.request import TokenLogprob
+
+RowId = int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    row: RowId
+    tokens: list[int]                      # one, or a verify step's accepted run (1..k+1)
+    logprobs: list[TokenLogprob] | None    # one per token; None when the row asked for none
+    constraint_done: bool = False  # the row's constraint is complete after this token
+    error: Exception | None = None  # the row's constraint failed (a grammar past its limits): end this row only
+
+
+class ConstrainedRow(Protocol):
+    constraint: TokenConstraint | None
+    failure: Exception | None   # its constraint failed: reported with the row's next result, which ends it
+
+
+def _going_on(r: ConstrainedRow) -> TokenConstraint | None:
+    """The row's constraint while it applies (not failed, not complete)."""
+    c = r.constraint
+    return c if c is not None and r.failure is None and not c.is_stopped() else None
+
+
+def fill_step_masks(rows: Sequence[ConstrainedRow], width: int) -> FilledMasks:
+    """A plain step's masks (CPU work, safe on another thread while the worker launches the forward pass: it
+    touches only the rows' constraints)."""
+    return fill_masks([_going_on(r) for r in rows], width)
+
+
+def apply_step_masks(logits: mx.array, rows: Sequence[ConstrainedRow], masks: FilledMasks) -> mx.array:
+    for i, failure in masks.failures.items():
+        rows[i].failure = failure
+    return apply_masks(logits, masks)
+
+
+def verify_masks(logits: mx.array, rows: Sequence[ConstrainedRow],
+                 fed: list[list[int]]) -> tuple[mx.array, list[list[int]]]:
+    """A verify step's logits [B, L, vocab] with each constrained row's masks applied at every position it
+    verifies, and the drafts cut where its constraint refuses them (engine/masks.py draft_masks); what a row fed
+    past its cut draft is rejected like a padded column."""
+    words = max([mask_words(logits.shape[-1])] + [r.constraint.mask_words for r in rows if r.constraint])
+    masks = np.full((len(rows), logits.shape[1], words), -1, dtype=np.int32)
+    cut = []
+    for i, (r, drafts) in enumerate(zip(rows, fed)):
+        constraint = _going_on(r)
+        if constraint is not None:
+            try:
+                row_masks, drafts = draft_masks(constraint, drafts)
+            except Exception as error:  # its own mask failed: the row ends with its result
+                r.failure, drafts = error, []
+            else:
+                masks[i, :len(row_masks), :row_masks.shape[1]] = row_masks
+        cut.append(drafts)
+    return apply_mask(logits, bitmask_to_allowed(mx.array(masks), logits.shape[-1])), cut
+
+
+def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]) -> list[StepResult]:
+    """Tell each row's constraint the tokens it generated (closed rows' too; a verify step's run is cut after
+    the token that completes the constraint, since nothing may follow); say which are now complete."""
+    out = []
+    for result, r in zip(results, owners):
+        constraint = r.constraint
+        if constraint is None or (r.failure is None and constraint.is_stopped()):
+            out.append(result)  # unconstrained, or complete already (the caller ends it)
+            continue
+        told = 0
+        if r.failure is None:
+            try:
+                for token in result.tokens:
+                    constraint.consume(token)
+                    told += 1
+                    if constraint.is_stopped():
+                        break
+            except Exception as error:  # one grammar's failure ends its row, not the batch
+                r.failure = error
+        done = r.failure is None and constraint.is_stopped()
+        tokens, logprobs = result.tokens, result.logprobs
+        if done and told < len(tokens):
+            tokens, logprobs = tokens[:told], None if logprobs is None else logprobs[:told]
+        out.append(StepResult(result.row, tokens, logprobs, done, r.failure))
+    return out
