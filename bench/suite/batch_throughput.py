@@ -26,17 +26,22 @@ def over_grpc(addr: str, prompts: list[list[int]], new_tokens: int) -> common.Ro
     """One client per stream, all started together: the daemon batches whatever is in flight."""
     firsts: list[float] = []
     counts = [0] * len(prompts)
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def run(i: int) -> None:
-        with Client(addr) as client:
-            for response in client.generate(tokens=prompts[i], temperature=0.0, ignore_eos=True,
-                                            max_tokens=new_tokens):
-                if response.HasField("chunk") and response.chunk.token_ids:
-                    if counts[i] == 0:
-                        with lock:
-                            firsts.append(time.perf_counter())
-                    counts[i] += len(response.chunk.token_ids)
+        try:
+            with Client(addr) as client:
+                for response in client.generate(tokens=prompts[i], temperature=0.0, ignore_eos=True,
+                                                max_tokens=new_tokens):
+                    if response.HasField("chunk") and response.chunk.token_ids:
+                        if counts[i] == 0:
+                            with lock:
+                                firsts.append(time.perf_counter())
+                        counts[i] += len(response.chunk.token_ids)
+        except BaseException as error:  # raised below, so a failed stream is not hidden behind a missing rate
+            with lock:
+                errors.append(error)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
     start = time.perf_counter()
@@ -44,6 +49,8 @@ def over_grpc(addr: str, prompts: list[list[int]], new_tokens: int) -> common.Ro
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(prompts)} streams failed; the first: {errors[0]!r}") from errors[0]
     return common.batch_rates(start, max(firsts), time.perf_counter(), sum(counts), len(prompts))
 
 
