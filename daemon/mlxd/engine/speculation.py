@@ -14,7 +14,8 @@ costs are measured: a plain step of B rows (pipelined) and a verify step of B ro
 (a draft model's passes and the pipeline pause are part of what speculation costs). An unmeasured verify step is
 assumed to cost the ratio to a plain step measured at the nearest width below it (and the nearest batch size), or
 a plain step's cost if no verify step was measured yet: optimistic, so a width is tried once before it is judged,
-and a batch that grows by one row does not explore again. The step takes the L that maximises the batch's
+and a batch that grows by one row does not explore again. Widths are explored upwards, one above the widest
+measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step takes the L that maximises the batch's
 expected tokens per second, 1 (no drafts) unless some L beats a plain step by a margin: so speculation costs
 little more than noise where drafts are not accepted, and one eager row cannot make fifteen others pay for a wide
 step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose step is bound by host work, little
@@ -162,7 +163,10 @@ class Speculator:
         if deepest == 0 or self._plain.get(rows) is None:
             return 1  # nothing to draft, or no plain step of this batch measured yet to compare against
         best, best_rate = 1, rows / self._plain[rows]
-        for width in range(2, deepest + 2):
+        # Widths are explored upwards: one above the widest measured at most, so rejected drafts are found out
+        # with one draft, not with the full depth.
+        widest = max((w for _, w in self._verify), default=1)
+        for width in range(2, min(deepest, widest) + 2):
             assumed = self._estimate(rows, width)
             tokens = rows + sum(self.expected(self._rows[row].acceptance, min(k, width - 1)) - 1
                                 for row, k in drafting.items())
