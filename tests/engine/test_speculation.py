@@ -124,3 +124,14 @@ def test_rows_learn_acceptance_from_probes_and_verified_runs():
     assert spec.drafts({0: 10, 1: 10}) != {}
     assert 1 not in spec.drafts({0: 10, 1: 10})
     assert spec.drafts({0: 1}) == {}               # one token left: nothing to draft
+
+
+def test_one_slow_step_does_not_move_a_cost():
+    """On a GPU the first step of a new shape compiles kernels: a 2 s plain step among 10 ms ones must not make
+    plain steps look dear (and a verify step cheap) for the steps after it."""
+    spec = _speculator_with_rows([0.0])
+    spec.timed(1, 1, 2.0)
+    spec.timed(1, 1, 0.010)
+    spec.timed(1, 1, 0.010)
+    spec.timed(1, 2, 0.013)
+    assert spec._plain[1] == 0.010 and not spec.wants_drafts({0: 100})

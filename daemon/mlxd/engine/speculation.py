@@ -9,17 +9,18 @@ Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + 
 with fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance
 that a drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft
 it would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the
-acceptance all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens. The
-costs are measured: a plain step of B rows (pipelined) and a verify step of B rows at width L, drafting included
-(a draft model's passes and the pipeline pause are part of what speculation costs). An unmeasured verify step is
-assumed to cost the ratio to a plain step measured at the nearest width below it (and the nearest batch size), or
-a plain step's cost if no verify step was measured yet: optimistic, so a width is tried once before it is judged,
-and a batch that grows by one row does not explore again. Widths are explored upwards, one above the widest
-measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step takes the L that maximises the batch's
-expected tokens per second, 1 (no drafts) unless some L beats a plain step by a margin: so speculation costs
-little more than noise where drafts are not accepted, and one eager row cannot make fifteen others pay for a wide
-step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose step is bound by host work, little
-more).
+acceptance all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens.
+
+The costs are measured: a plain step of B rows (pipelined) and a verify step of B rows at width L, drafting
+included (a draft model's passes and the pipeline pause are part of what speculation costs), each the median of
+its latest measurements. An unmeasured verify step is assumed to cost the ratio to a plain step measured at the
+nearest width below it (and the nearest batch size), or a plain step's cost if no verify step was measured yet:
+optimistic, so a width is tried once before it is judged, and a batch that grows by one row does not explore
+again. Widths are explored upwards, one above the widest measured, so drafts that are rejected cost one drafted
+token to find out, not the full depth. The step takes the L that maximises the batch's expected tokens per second,
+1 (no drafts) unless some L beats a plain step by a margin: so speculation costs little more than noise where
+drafts are not accepted, and one eager row cannot make fifteen others pay for a wide step (a 16-row step on a CPU
+costs nearly L times a plain one; on a GPU, whose step is bound by host work, little more).
 
 A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
 and then to relearn (a probe): after 16 plain steps, then after twice as many each time a probe does not turn
@@ -29,11 +30,14 @@ last probe is exploration, not what a verify step costs while the batch speculat
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 from mlxd.engine.draft_model import DraftModel
 
-_EMA = 0.1           # weight of the newest observation in every estimate
+_EMA = 0.1           # weight of the newest observation in a row's acceptance
+_SAMPLES = 9         # a step's cost is the median of the latest this many of its measurements
 _PRIOR_EMA = 0.02    # weight of one row's observation in the acceptance a new row starts from
 _PRIOR = 0.5         # acceptance assumed before any observation
 _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
@@ -90,6 +94,7 @@ class Speculator:
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
     _plain: dict[int, float] = field(default_factory=dict)              # rows -> seconds of a plain step
     _verify: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, L) -> seconds, drafting included
+    _samples: dict[object, deque[float]] = field(default_factory=dict)  # the latest measurements behind each
     _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
@@ -220,11 +225,13 @@ class Speculator:
         if self._probing:
             self._probing = False
             return
+        key = rows if length == 1 else (rows, length)
+        samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
+        samples.append(seconds)
+        # The median, not a mean: on a GPU the first step of a new shape compiles kernels for up to seconds, and
+        # one such step in a mean made plain steps look dear (so speculation cheap) for dozens of steps.
+        cost = statistics.median(samples)
         if length == 1:
-            self._plain[rows] = _average(self._plain.get(rows), seconds)
+            self._plain[rows] = cost
         else:
-            self._verify[rows, length] = _average(self._verify.get((rows, length)), seconds)
-
-
-def _average(old: float | None, new: float) -> float:
-    return new if old is None else old + _EMA * (new - old)
+            self._verify[rows, length] = cost
