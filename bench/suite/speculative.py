@@ -5,7 +5,8 @@ requests with speculation on (the daemon's depth) and off (GenerationOptions.spe
                                 [--depth 4 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
 
 Tasks: `rewrite` (a paragraph rewritten with small changes: copy-heavy), `json` (a JSON record filled from a given
-text: keys and values copied), `free` (free text: little to copy). Each stream of a case sends that task's
+text: keys and values copied), `json-schema` (the same, held to the record's JSON Schema: constrained rows
+draft too), `free` (free text: little to copy). Each stream of a case sends that task's
 prompt (greedy), all streams at once. Reports effective tok/s (completion tokens over the wall time from the
 first request to the last token), its ratio to plain, and the acceptance rate (accepted / drafted tokens, from
 Final.usage). The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own
@@ -15,12 +16,13 @@ draft) --streams 1,16. Without --draft-model the daemon drafts by n-gram prompt 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import common
 from bench.daemon import Daemon
-from mlxd_client import Client
+from mlxd_client import Client, pb
 
 PARAGRAPH = ("The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips. Every "
              "evening the keeper climbed the ninety steps to light the lamp, and every morning he wrote the weather "
@@ -37,6 +39,19 @@ TASKS = {
                                          '"employer": "", "email": "", "phone": "", "languages": []}'}],
     "free": [{"role": "user", "content": "Write a short story about a fox who learns to play the violin."}],
 }
+TASKS["json-schema"] = TASKS["json"]  # the same record, its output held to RECORD_SCHEMA (constrained rows draft)
+_TEXT = {"type": "string", "maxLength": 60}
+RECORD_SCHEMA = {"type": "object", "properties": {
+    **{key: _TEXT for key in ("name", "birth_date", "birth_place", "job", "employer", "email", "phone")},
+    "languages": {"type": "array", "items": _TEXT, "maxItems": 5}},
+    "required": ["name", "birth_date", "birth_place", "job", "employer", "email", "phone", "languages"],
+    "additionalProperties": False}
+
+
+def _constraint(task: str) -> pb.Constraint | None:
+    if task != "json-schema":
+        return None
+    return pb.Constraint(json_schema=json.dumps(RECORD_SCHEMA), max_whitespace=1)
 
 
 def one_case(client: Client, contender: str, case: tuple[str, int], args: argparse.Namespace) -> common.Row:
@@ -45,7 +60,7 @@ def one_case(client: Client, contender: str, case: tuple[str, int], args: argpar
 
     def stream(_: int):
         return client.complete(messages=TASKS[task], temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
-                               speculation=speculation)
+                               speculation=speculation, constraint=_constraint(task))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
