@@ -34,3 +34,19 @@ def test_warm_up_runs_each_verify_width(runtime, drafting, monkeypatch):
         runtime = dataclasses.replace(runtime, draft_model=load_model(PARITY / "qwen3", dtype="float32").model)
     warm_up(runtime, speculate="ngram" if drafting == "ngram" else "", speculate_depth=4)
     assert sorted(set(widths)) == ([] if drafting == "off" else [2, 3, 4, 5])
+
+
+def test_warm_up_runs_the_draft_models_catch_up_at_every_width(runtime, monkeypatch):
+    from mlxd.engine import draft_model
+
+    widths: list[int] = []
+    bucket = draft_model._bucket
+
+    def spy(length):
+        widths.append(bucket(length))
+        return widths[-1]
+
+    monkeypatch.setattr(draft_model, "_bucket", spy)
+    runtime = dataclasses.replace(runtime, draft_model=load_model(PARITY / "qwen3", dtype="float32").model)
+    warm_up(runtime, speculate_depth=4)
+    assert {1 << i for i in range(10)} <= set(widths)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from mlxd.engine.draft_model import DraftModel
 from mlxd.engine.request import ErrorEvent, Event, GenerationRequest, PromptImage
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -23,6 +24,8 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, spe
         _run(runtime, _image_request(runtime, ids, new_tokens), prefill_chunk_size=prompt_len)
     if (speculate or runtime.draft_model is not None) and speculate_depth > 0:
         _warm_up_verify_steps(runtime, ids, speculate, speculate_depth)
+    if runtime.draft_model is not None and speculate_depth > 0:
+        _warm_up_catch_up(runtime)
     mx.clear_cache()
 
 
@@ -68,3 +71,14 @@ def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
     while scheduler.has_work():
         events += [event for _, event in scheduler.step()]
     return events
+
+
+def _warm_up_catch_up(runtime: ModelRuntime) -> None:
+    """The draft model's catch-up passes of one row at every width they take (powers of two up to 512): a row's
+    first drafting step takes in its whole prompt, a probe every token since the last, and on a GPU each new
+    width compiled kernels inside a request."""
+    assert runtime.draft_model is not None
+    for width in (1 << i for i in range(10)):
+        draft = DraftModel(runtime.draft_model)
+        draft.start(0, [1 + i % (runtime.vocab_size - 1) for i in range(width)])
+        draft.draft({0: 1})
