@@ -85,6 +85,48 @@ def test_ngram_speculation_with_two_ranks_gives_the_tokens_of_one(arch, tmp_path
     assert code == 0, daemon.stderr()
 
 
+def test_a_draft_model_with_two_ranks_gives_the_tokens_of_one(tmp_path):
+    """The draft model runs whole on rank 0; its drafts go to the other rank with each verify step."""
+    folder = FIXTURES / "parity" / "llama"
+    daemon = start_daemon(folder, *TP, "--draft-model", str(FIXTURES / "parity" / "qwen3"), "--speculate-fixed",
+                          workdir=tmp_path)
+    try:
+        prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]
+        model = load_model(folder, fuse=True).model
+        want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
+        with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
+            got = list(pool.map(lambda p: _greedy(client, p), prompts))
+        assert [r.token_ids for r in got] == want
+        assert sum(r.final.usage.drafted_tokens for r in got) > 0
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()
+
+
+def test_constrained_rows_draft_with_two_ranks(tmp_path):
+    """Every rank cuts a constrained row's drafts with its own matcher and rolls it back: the same tokens as
+    the same requests without speculation."""
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, "--speculate", "ngram", "--speculate-fixed",
+                          workdir=tmp_path)
+    try:
+        with Client(daemon.addr) as client:
+            def one(ids: list[int], speculation: int | None):
+                return client.complete(tokens=ids, max_tokens=48, temperature=0.0, speculation=speculation,
+                                       constraint=pb.Constraint(json_schema=SCHEMA))
+
+            prompts = [[7, 8, 9] * 5, [11, 12, 13, 14, 15] * 3]
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                drafting = list(pool.map(lambda p: one(p, None), prompts))
+            plain = [one(p, 0) for p in prompts]
+            assert client.health() == "SERVING"
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    assert [d.token_ids for d in drafting] == [p.token_ids for p in plain]
+    assert sum(d.final.usage.drafted_tokens for d in drafting) > 0
+    for completion in drafting:
+        assert json.loads(completion.text).keys() == {"ok"}, completion.text
+
+
 def _stream_cut_by(daemon, sig: int) -> tuple[int, float]:
     """A stream started, then `sig` sent to the follower once the first chunk came: the follower's pid and the
     seconds from the signal until the stream ended UNAVAILABLE."""

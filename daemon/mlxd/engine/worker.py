@@ -260,13 +260,22 @@ class Worker:
 
 def load_runtime(worker: Worker) -> ModelRuntime:
     """Load the model and tokenizer the worker's options name, publish them for the service, and warm up."""
-    from mlxd.engine.warmup import warm_up
-    from mlxd.loading.model_source import load_draft_model, load_model_and_tokenizer
+    from mlxd.loading.model_source import load_model_and_tokenizer
 
     options = worker.options
     worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype)
-    runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
+    return ready(worker, ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes))
+
+
+def ready(worker: Worker, runtime: ModelRuntime) -> ModelRuntime:
+    """The runtime given its draft model (whole, on this process: with several ranks, rank 0's drafts travel
+    with each verify step), then warmed up."""
+    from mlxd.engine.warmup import warm_up
+    from mlxd.loading.model_source import load_draft_model
+
+    options = worker.options
     if options.draft_model_path is not None:
+        assert worker.tokenizer is not None, "the target's tokenizer is loaded first: the draft model must match it"
         runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
     warm_up(runtime, speculate=options.speculate, speculate_depth=options.speculate_depth)
     return runtime

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.runner import Runner
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.engine.worker import RuntimeFactory, Worker
+from mlxd.engine.worker import RuntimeFactory, Worker, ready
 from mlxd.parallel.channel import Leader
 from mlxd.parallel.group import init_group
 from mlxd.parallel.replication import ReplicatingPrefixCache, ReplicatingRunner, Send
@@ -35,7 +35,6 @@ def leader_runtime(leader: Leader, backend: str) -> RuntimeFactory:
     """The worker's runtime factory on rank 0; a rank that fails or stalls from then on fails the worker."""
 
     def load(worker: Worker) -> ModelRuntime:
-        from mlxd.engine.warmup import warm_up
         from mlxd.loading.model_source import load_model_and_tokenizer
 
         leader.accept(CONNECT_SECONDS, worker.fail)
@@ -44,7 +43,6 @@ def leader_runtime(leader: Leader, backend: str) -> RuntimeFactory:
         worker.loaded, worker.tokenizer = load_model_and_tokenizer(options.model_path, options.dtype, group)
         runtime = ModelRuntime.from_loaded(worker.loaded, worker.tokenizer, options.image_cache_bytes)
         runtime.parts = ReplicatedParts(leader.send)
-        warm_up(runtime)
-        return runtime
+        return ready(worker, runtime)
 
     return load
