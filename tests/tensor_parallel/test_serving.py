@@ -70,28 +70,19 @@ def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
 def test_ngram_speculation_with_two_ranks_gives_the_tokens_of_one(arch, tmp_path):
     """Drafts go to the other ranks with each verify step, and every rank rolls back the same columns (and, with
     gated-DeltaNet layers, each rank its heads' states to the same positions)."""
-    folder = FIXTURES / "parity" / arch
-    daemon = start_daemon(folder, *TP, "--speculate", "ngram", "--speculate-fixed", workdir=tmp_path)
-    try:
-        prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]  # repeats: prompt lookup drafts from step one
-        model = load_model(folder, fuse=True).model
-        want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
-        with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
-            got = list(pool.map(lambda p: _greedy(client, p), prompts))
-        assert [r.token_ids for r in got] == want
-        assert sum(r.final.usage.drafted_tokens for r in got) > 0
-    finally:
-        code = daemon.stop()
-    assert code == 0, daemon.stderr()
+    _speculating_gives_the_tokens_of_one(FIXTURES / "parity" / arch, tmp_path, "--speculate", "ngram")
 
 
 def test_a_draft_model_with_two_ranks_gives_the_tokens_of_one(tmp_path):
     """The draft model runs whole on rank 0; its drafts go to the other rank with each verify step."""
-    folder = FIXTURES / "parity" / "llama"
-    daemon = start_daemon(folder, *TP, "--draft-model", str(FIXTURES / "parity" / "qwen3"), "--speculate-fixed",
-                          workdir=tmp_path)
+    _speculating_gives_the_tokens_of_one(FIXTURES / "parity" / "llama", tmp_path,
+                                         "--draft-model", str(FIXTURES / "parity" / "qwen3"))
+
+
+def _speculating_gives_the_tokens_of_one(folder: Path, tmp_path: Path, *drafting: str) -> None:
+    daemon = start_daemon(folder, *TP, *drafting, "--speculate-fixed", workdir=tmp_path)
     try:
-        prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]
+        prompts = [[5, 6, 7, 8, 9] * 6, [11, 12, 13] * 9 + [11]]  # repeats: prompt lookup drafts from step one
         model = load_model(folder, fuse=True).model
         want = [greedy_with_cache(model, mx.array([p]), NEW_TOKENS) for p in prompts]
         with Client(daemon.addr) as client, ThreadPoolExecutor(len(prompts)) as pool:
