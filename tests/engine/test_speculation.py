@@ -135,3 +135,16 @@ def test_one_slow_step_does_not_move_a_cost():
     spec.timed(1, 1, 0.010)
     spec.timed(1, 2, 0.013)
     assert spec._plain[1] == 0.010 and not spec.wants_drafts({0: 100})
+
+
+def test_a_verify_cost_measured_long_ago_is_forgotten():
+    """A width measured dear in a slow spell is tried again once its measurement is old, not never again."""
+    from mlxd.engine.speculation import _STALE
+
+    spec = _speculator_with_rows([0.8])
+    spec.timed(1, 1, 0.010)
+    spec.timed(1, 2, 0.100)                        # a slow spell
+    assert not spec.wants_drafts({0: 100})
+    for _ in range(_STALE + 256):
+        spec.timed(1, 1, 0.010)
+    assert spec._verify == {} and spec.wants_drafts({0: 100})

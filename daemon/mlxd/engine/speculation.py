@@ -38,6 +38,8 @@ from mlxd.engine.draft_model import DraftModel
 
 _EMA = 0.1           # weight of the newest observation in a row's acceptance
 _SAMPLES = 9         # a step's cost is the median of the latest this many of its measurements
+_STALE = 2048        # steps after which a verify step's cost is forgotten (measured in a slow spell, it would keep
+#                      speculation off for good: forgotten, that width is tried again when acceptance favours it)
 _PRIOR_EMA = 0.02    # weight of one row's observation in the acceptance a new row starts from
 _PRIOR = 0.5         # acceptance assumed before any observation
 _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
@@ -95,6 +97,8 @@ class Speculator:
     _plain: dict[int, float] = field(default_factory=dict)              # rows -> seconds of a plain step
     _verify: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, L) -> seconds, drafting included
     _samples: dict[object, deque[float]] = field(default_factory=dict)  # the latest measurements behind each
+    _measured: dict[tuple[int, int], int] = field(default_factory=dict)  # (rows, L) -> the step it was last timed
+    _steps: int = 0                     # steps timed
     _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
@@ -225,6 +229,9 @@ class Speculator:
         if self._probing:
             self._probing = False
             return
+        self._steps += 1
+        if self._steps % 256 == 0:
+            self._forget_stale()
         key = rows if length == 1 else (rows, length)
         samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
         samples.append(seconds)
@@ -235,3 +242,8 @@ class Speculator:
             self._plain[rows] = cost
         else:
             self._verify[rows, length] = cost
+            self._measured[rows, length] = self._steps
+
+    def _forget_stale(self) -> None:
+        for key in [k for k, at in self._measured.items() if self._steps - at > _STALE]:
+            del self._verify[key], self._measured[key], self._samples[key]
