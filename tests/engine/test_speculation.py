@@ -64,9 +64,9 @@ def test_an_unmeasured_verify_step_is_judged_by_the_nearest_measured_ratio():
     spec.timed(16, 1, 0.010)
     spec.timed(16, 2, 0.020)
     spec.timed(15, 1, 0.009)
-    assert abs(spec._estimate(15, 2) - 0.018) < 1e-9
-    assert abs(spec._estimate(15, 4) - 0.018) < 1e-9
-    assert spec._estimate(15, 1) == 0.009
+    assert abs(spec.costs.verify(15, 2) - 0.018) < 1e-9
+    assert abs(spec.costs.verify(15, 4) - 0.018) < 1e-9
+    assert spec.costs.verify(15, 1) == 0.009
     assert not spec.wants_drafts({row: 100 for row in range(15)})   # at most 1.4 tokens for 2x the cost: not worth it
 
 
@@ -107,7 +107,7 @@ def test_a_draft_model_batch_probes_less_often_while_its_drafts_are_rejected():
         if drafts:
             probes.append(step)
     assert [b - a for a, b in zip(probes, probes[1:])][:5] == [33, 65, 129, 257, 257]
-    assert probes[0] == 16 and spec._verify == {}
+    assert probes[0] == 16 and spec.costs.measured_verify() == {}
 
 
 def test_rows_learn_acceptance_from_probes_and_verified_runs():
@@ -134,17 +134,17 @@ def test_one_slow_step_does_not_move_a_cost():
     spec.timed(1, 1, 0.010)
     spec.timed(1, 1, 0.010)
     spec.timed(1, 2, 0.013)
-    assert spec._plain[1] == 0.010 and not spec.wants_drafts({0: 100})
+    assert spec.costs.plain(1) == 0.010 and not spec.wants_drafts({0: 100})
 
 
 def test_a_verify_cost_measured_long_ago_is_forgotten():
     """A width measured dear in a slow spell is tried again once its measurement is old, not never again."""
-    from mlxd.engine.speculation import _STALE
+    from mlxd.engine.step_costs import STALE
 
     spec = _speculator_with_rows([0.8])
     spec.timed(1, 1, 0.010)
     spec.timed(1, 2, 0.100)                        # a slow spell
     assert not spec.wants_drafts({0: 100})
-    for _ in range(_STALE + 256):
+    for _ in range(STALE + 256):
         spec.timed(1, 1, 0.010)
-    assert spec._verify == {} and spec.wants_drafts({0: 100})
+    assert spec.costs.measured_verify() == {} and spec.wants_drafts({0: 100})

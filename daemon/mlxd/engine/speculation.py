@@ -11,16 +11,12 @@ that a drafted token is accepted, learned from the drafts verified and, while th
 it would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the
 acceptance all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens.
 
-The costs are measured: a plain step of B rows (pipelined) and a verify step of B rows at width L, drafting
-included (a draft model's passes and the pipeline pause are part of what speculation costs), each the median of
-its latest measurements. An unmeasured verify step is assumed to cost the ratio to a plain step measured at the
-nearest width below it (and the nearest batch size), or a plain step's cost if no verify step was measured yet:
-optimistic, so a width is tried once before it is judged, and a batch that grows by one row does not explore
-again. Widths are explored upwards, one above the widest measured, so drafts that are rejected cost one drafted
-token to find out, not the full depth. The step takes the L that maximises the batch's expected tokens per second,
-1 (no drafts) unless some L beats a plain step by a margin: so speculation costs little more than noise where
-drafts are not accepted, and one eager row cannot make fifteen others pay for a wide step (a 16-row step on a CPU
-costs nearly L times a plain one; on a GPU, whose step is bound by host work, little more).
+The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
+the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
+takes the L that maximises the batch's expected tokens per second, 1 (no drafts) unless some L beats a plain step
+by a margin: so speculation costs little more than noise where drafts are not accepted, and one eager row cannot
+make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose
+step is bound by host work, little more).
 
 A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
 and then to relearn (a probe): after 16 plain steps, then after twice as many each time a probe does not turn
@@ -30,16 +26,12 @@ last probe is exploration, not what a verify step costs while the batch speculat
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
 from dataclasses import dataclass, field
 
 from mlxd.engine.draft_model import DraftModel
+from mlxd.engine.step_costs import StepCosts
 
 _EMA = 0.1           # weight of the newest observation in a row's acceptance
-_SAMPLES = 9         # a step's cost is the median of the latest this many of its measurements
-_STALE = 2048        # steps after which a verify step's cost is forgotten (measured in a slow spell, it would keep
-#                      speculation off for good: forgotten, that width is tried again when acceptance favours it)
 _PRIOR_EMA = 0.02    # weight of one row's observation in the acceptance a new row starts from
 _PRIOR = 0.5         # acceptance assumed before any observation
 _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
@@ -94,11 +86,7 @@ class Speculator:
     adaptive: bool = True                                    # False: always the row's cap
     model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
-    _plain: dict[int, float] = field(default_factory=dict)              # rows -> seconds of a plain step
-    _verify: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, L) -> seconds, drafting included
-    _samples: dict[object, deque[float]] = field(default_factory=dict)  # the latest measurements behind each
-    _measured: dict[tuple[int, int], int] = field(default_factory=dict)  # (rows, L) -> the step it was last timed
-    _steps: int = 0                     # steps timed
+    costs: StepCosts = field(default_factory=StepCosts)
     _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
@@ -169,14 +157,12 @@ class Speculator:
         deepest = max(drafting.values(), default=0)
         if not self.adaptive:
             return 1 + deepest
-        if deepest == 0 or self._plain.get(rows) is None:
+        plain = self.costs.plain(rows)
+        if deepest == 0 or plain is None:
             return 1  # nothing to draft, or no plain step of this batch measured yet to compare against
-        best, best_rate = 1, rows / self._plain[rows]
-        # Widths are explored upwards: one above the widest measured at most, so rejected drafts are found out
-        # with one draft, not with the full depth.
-        widest = max((w for _, w in self._verify), default=1)
-        for width in range(2, min(deepest, widest) + 2):
-            assumed = self._estimate(rows, width)
+        best, best_rate = 1, rows / plain
+        for width in range(2, min(deepest, self.costs.widest()) + 2):  # upwards: one above the widest measured
+            assumed = self.costs.verify(rows, width)
             tokens = rows + sum(self.expected(self._rows[row].acceptance, min(k, width - 1)) - 1
                                 for row, k in drafting.items())
             if tokens / assumed > best_rate * 1.02:  # a margin: noise alone never turns speculation on
@@ -189,18 +175,6 @@ class Speculator:
         if acceptance >= 1.0:
             return float(drafts + 1)
         return (1 - acceptance ** (drafts + 1)) / (1 - acceptance)
-
-    def _estimate(self, rows: int, width: int) -> float:
-        """The cost of a verify step of `rows` rows at `width`: measured, else a plain step's cost times the
-        ratio measured at the nearest width below (then the nearest batch size), else a plain step's cost."""
-        plain = self._plain[rows]
-        if (rows, width) in self._verify:
-            return self._verify[rows, width]
-        near = [(width - w, abs(rows - r), r, w) for r, w in self._verify if w <= width and r in self._plain]
-        if not near:
-            return plain
-        _, _, r, w = min(near)
-        return plain * self._verify[r, w] / self._plain[r]
 
     def observe(self, row: int, drafted: list[int], tokens: list[int]) -> None:
         """A step gave the row `tokens` after `drafted` drafts (none in a plain step)."""
@@ -229,21 +203,4 @@ class Speculator:
         if self._probing:
             self._probing = False
             return
-        self._steps += 1
-        if self._steps % 256 == 0:
-            self._forget_stale()
-        key = rows if length == 1 else (rows, length)
-        samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
-        samples.append(seconds)
-        # The median, not a mean: on a GPU the first step of a new shape compiles kernels for up to seconds, and
-        # one such step in a mean made plain steps look dear (so speculation cheap) for dozens of steps.
-        cost = statistics.median(samples)
-        if length == 1:
-            self._plain[rows] = cost
-        else:
-            self._verify[rows, length] = cost
-            self._measured[rows, length] = self._steps
-
-    def _forget_stale(self) -> None:
-        for key in [k for k, at in self._measured.items() if self._steps - at > _STALE]:
-            del self._verify[key], self._measured[key], self._samples[key]
+        self.costs.timed(rows, length, seconds)

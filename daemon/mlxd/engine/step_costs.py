@@ -1,0 +1,66 @@
+"""What decode steps cost, measured, for the speculation policy (engine/speculation.py): a plain step of B rows
+(pipelined) and a verify step of B rows at width L, its drafting included (a draft model's passes and the
+pipeline pause are part of what speculation costs).
+
+Each cost is the median of its latest measurements, not a mean: on a GPU the first step of a new shape compiles
+kernels for up to seconds, and one such step in a mean made plain steps look dear (so speculation cheap) for dozens
+of steps. An unmeasured verify step is assumed to cost the ratio to a plain step measured at the nearest width
+below it (and the nearest batch size), or a plain step's cost if no verify step was measured yet: optimistic, so a
+width is tried once before it is judged, and a batch that grows by one row does not explore again. A verify cost
+is forgotten a while after it was last measured: measured in a slow spell, it would keep speculation off for good.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+_SAMPLES = 9     # a cost is the median of the latest this many of its measurements
+STALE = 2048     # steps after which a verify step's cost is forgotten
+
+
+class StepCosts:
+    def __init__(self) -> None:
+        self._plain: dict[int, float] = {}               # rows -> seconds of a plain step
+        self._verify: dict[tuple[int, int], float] = {}  # (rows, L) -> seconds, drafting included
+        self._samples: dict[object, deque[float]] = {}   # the latest measurements behind each
+        self._measured: dict[tuple[int, int], int] = {}  # (rows, L) -> the step it was last timed
+        self._steps = 0
+
+    def plain(self, rows: int) -> float | None:
+        """A plain step's cost for this batch size, None while unmeasured."""
+        return self._plain.get(rows)
+
+    def measured_verify(self) -> dict[tuple[int, int], float]:
+        return dict(self._verify)
+
+    def widest(self) -> int:
+        """The widest verify step measured (1: none)."""
+        return max((w for _, w in self._verify), default=1)
+
+    def verify(self, rows: int, width: int) -> float:
+        """A verify step's cost (a plain step of `rows` rows must be measured): see the top."""
+        plain = self._plain[rows]
+        if (rows, width) in self._verify:
+            return self._verify[rows, width]
+        near = [(width - w, abs(rows - r), r, w) for r, w in self._verify if w <= width and r in self._plain]
+        if not near:
+            return plain
+        _, _, r, w = min(near)
+        return plain * self._verify[r, w] / self._plain[r]
+
+    def timed(self, rows: int, length: int, seconds: float) -> None:
+        """A step of `rows` rows feeding `length` tokens each took `seconds`."""
+        self._steps += 1
+        if self._steps % 256 == 0:
+            for stale in [k for k, at in self._measured.items() if self._steps - at > STALE]:
+                del self._verify[stale], self._measured[stale], self._samples[stale]
+        key = rows if length == 1 else (rows, length)
+        samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
+        samples.append(seconds)
+        cost = statistics.median(samples)
+        if length == 1:
+            self._plain[rows] = cost
+        else:
+            self._verify[rows, length] = cost
+            self._measured[rows, length] = self._steps
