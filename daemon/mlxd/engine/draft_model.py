@@ -84,9 +84,7 @@ class DraftModel:
             early = [p[:min(_CATCH_UP, len(p) - _CATCH_UP)] if len(p) > _CATCH_UP else [] for p in pending]
             self._feed(early)
             pending = [p[len(e):] for p, e in zip(pending, early)]
-        length = _bucket(max(len(p) for p in pending))
-        inputs = mx.array([p + [0] * (length - len(p)) for p in pending], dtype=mx.int32)
-        logits = self._model(inputs, cache=self._caches)
+        logits = self._model(_padded(pending), cache=self._caches)
         taken = [len(p) for p in pending]
         self._advance(taken)
         last = mx.array([max(n - 1, 0) for n in taken], dtype=mx.int32)
@@ -109,8 +107,7 @@ class DraftModel:
 
     def _feed(self, runs: list[list[int]]) -> None:
         """Each row takes in its run of tokens (left-aligned, filler after); the logits are not needed."""
-        length = _bucket(max(len(r) for r in runs))
-        self._model(mx.array([r + [0] * (length - len(r)) for r in runs], dtype=mx.int32), cache=self._caches)
+        self._model(_padded(runs), cache=self._caches)
         self._advance([len(r) for r in runs])
         mx.eval([a for c in self._caches for a in c.state])
 
@@ -118,6 +115,12 @@ class DraftModel:
         for cache in self._caches:
             cache.rollback(kept)
         self._positions.advance(kept)
+
+
+def _padded(runs: list[list[int]]) -> mx.array:
+    """The rows' runs left-aligned, filler after, in a catch-up pass as wide as the longest run's _bucket."""
+    length = _bucket(max(len(r) for r in runs))
+    return mx.array([r + [0] * (length - len(r)) for r in runs], dtype=mx.int32)
 
 
 def _bucket(length: int) -> int:

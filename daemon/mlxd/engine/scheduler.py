@@ -7,7 +7,7 @@ stalls the streams already decoding for more than a chunk. It returns the events
 request; the worker delivers them. Nothing climbs back up: no callbacks, no queues in here.
 
 Policy kept here: admission order and the KV budget, prefill chunking (never splitting an image), the prefix
-cache (look up at admission, store the prompt after prefill and prompt + answer when a row leaves), cancellation
+cache (look up at admission; what is stored, and when: engine/prefix_memory.py), cancellation
 and deadlines, and backpressure (a row whose reader fell behind leaves the batch with its keys until the reader
 catches up, and ends after `stalled_stream_seconds`). Speculation: which rows draft and how deep
 (engine/speculation.py); a step with drafts first reads the step still queued, then verifies synchronously.
@@ -27,17 +27,15 @@ from mlxd.engine.endings import as_mlxd_error, gone
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
+from mlxd.engine.prefix_memory import PrefixMemory
 from mlxd.engine.request import ErrorEvent, Event, FinishReason, GenerationRequest
 from mlxd.engine.runner import RowId, Runner, StepResult
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.speculation import Speculator
 from mlxd.engine.vision import chunk_end
 from mlxd.errors import DeadlineExceeded, MlxdError, ResourceExhausted, Unsupported
-from mlxd.models.recurrent_cache import RecurrentCache
 
 log = logging.getLogger(__name__)
-
-_MIN_PREFIX_TOKENS = 16  # shorter prompts or answers are cheaper to prefill again than to snapshot
 
 Routed = tuple[GenerationRequest, Event]
 
@@ -105,7 +103,7 @@ class Scheduler:
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
-        self._recurrent: bool | None = None       # whether the model has recurrent layers, once asked
+        self._memory = PrefixMemory(self.prefix_cache, runner, options.recurrent_snapshot_period)
         draft = DraftModel(runtime.draft_model) if runtime.draft_model is not None else None
         self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive, model=draft)
                             if (options.speculate == "ngram" or draft) and self._runner.can_speculate else None)
@@ -222,7 +220,7 @@ class Scheduler:
         request, prompt = live.request, live.request.prompt_ids
         try:
             end = chunk_end(live.prefilled, self._options.prefill_chunk_size, len(prompt) - 1, request.images)
-            period = self._snapshot_period(live)
+            period = self._memory.snapshot_period(live.prefix_cacheable)
             if period:
                 end = min(end, (live.prefilled // period + 1) * period)  # stop at the next snapshot position
             if end > live.prefilled:
@@ -240,9 +238,9 @@ class Scheduler:
             self._end(live, live.output.fail(as_mlxd_error(error, request)), out)
             return
         if live.prefilled < len(prompt) - 1 and period and live.prefilled % period == 0:
-            self._store(prompt[:live.prefilled], self._runner.cache_of(live.row), wait=True)
+            self._memory.snapshot(live.row, prompt[:live.prefilled])
         if live.prefilled >= len(prompt) - 1:
-            self._remember_prefix(live)
+            self._memory.prompt_prefilled(live.row, prompt, live.output.cached_tokens, live.prefix_cacheable)
             live.phase = Phase.DECODE
             self._runner.join(live.row, prompt[-1])
             live.in_batch = True
@@ -354,49 +352,7 @@ class Scheduler:
 
     def _leave_batch(self, live: _Live) -> None:
         live.in_batch = False
-        caches = self._runner.close(live.row, keep_cache=self._remembers_answer(live))
+        keep = self._memory.keeps_answer(live.prefix_cacheable, len(live.output.generated))
+        caches = self._runner.close(live.row, keep_cache=keep)
         if caches is not None:
-            self._remember_answer(live, caches)
-
-    # -- the prefix cache ----------------------------------------------------------------------------------------
-
-    def _remember_prefix(self, live: _Live) -> None:
-        """Store the KV of a prompt just prefilled, unless it adds few tokens to what came from the cache (a copy
-        of the whole prefix then costs more than those few tokens' prefill)."""
-        prefix = live.request.prompt_ids[:-1]
-        if live.prefix_cacheable and len(prefix) - live.output.cached_tokens >= _MIN_PREFIX_TOKENS:
-            self._store(prefix, self._runner.cache_of(live.row), wait=True)
-
-    def _snapshot_period(self, live: _Live) -> int:
-        """Tokens between the snapshots taken within this request's prompt, 0 for none: only a model with recurrent
-        layers needs them (a key/value snapshot of the whole prompt serves every prefix of it)."""
-        period = self._options.recurrent_snapshot_period
-        if not period or not live.prefix_cacheable or self.prefix_cache.budget_bytes == 0:
-            return 0
-        if self._recurrent is None:
-            self._recurrent = any(isinstance(c, RecurrentCache) for c in self._runner.new_cache())
-        return period if self._recurrent else 0
-
-    def _remembers_answer(self, live: _Live) -> bool:
-        return (self.prefix_cache.budget_bytes > 0 and live.prefix_cacheable
-                and len(live.output.generated) >= _MIN_PREFIX_TOKENS)
-
-    def _remember_answer(self, live: _Live, caches: list) -> None:
-        """Store the KV of prompt and answer of a row leaving the batch: the next turn of a chat resends both,
-        and gets them from the cache up to where its tokens differ (a trimmable snapshot). Not for
-        sliding-window models (the runner gives no caches: a row may have lost its oldest columns)."""
-        prompt, answer = live.request.prompt_ids, live.output.generated
-        # The cache holds the prompt and the answer but, when no step fed it yet, the answer's last token.
-        held = caches[0].offset
-        if not len(prompt) <= held <= len(prompt) + len(answer):
-            log.error("a leaving row holds %d positions for %d prompt and %d answer tokens; not stored",
-                      held, len(prompt), len(answer))
-            return
-        # Not waiting: a sync here would stall the decode step already queued for the other rows.
-        self._store((list(prompt) + answer)[:held], caches, wait=False)
-
-    def _store(self, tokens: list[int], caches: list, wait: bool) -> None:
-        try:
-            self.prefix_cache.insert(tokens, caches, wait=wait)
-        except Exception:  # a cache that cannot store is a lost speed-up, never a failed request
-            log.exception("could not store a prefix-cache snapshot")
+            self._memory.remember_answer(live.request.prompt_ids, live.output.generated, caches)

@@ -19,9 +19,9 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, spe
     request = GenerationRequest("warmup", ids, SamplingParams(temperature=0.0), max_tokens=new_tokens,
                                 ignore_eos=True)
     # Two prefill chunks, then decode steps: every code path a request takes.
-    _run(runtime, request, prefill_chunk_size=prompt_len // 2)
+    _run(runtime, request, SchedulerOptions(prompt_len // 2))
     if runtime.image_encoder is not None:
-        _run(runtime, _image_request(runtime, ids, new_tokens), prefill_chunk_size=prompt_len)
+        _run(runtime, _image_request(runtime, ids, new_tokens), SchedulerOptions(prompt_len))
     if (speculate or runtime.draft_model is not None) and speculate_depth > 0:
         _warm_up_verify_steps(runtime, ids, speculate, speculate_depth)
     if runtime.draft_model is not None and speculate_depth > 0:
@@ -34,14 +34,9 @@ def _warm_up_verify_steps(runtime: ModelRuntime, ids: list[int], speculate: str,
     first step of a new width compiled kernels for seconds, inside the first requests that speculated."""
     options = SchedulerOptions(len(ids), speculate=speculate, speculate_depth=depth, speculate_adaptive=False)
     for cap in range(1, depth + 1):
-        scheduler = Scheduler(runtime, options)
         # The prompt said twice, so prompt lookup finds something to draft.
-        scheduler.add(GenerationRequest(f"warmup-verify-{cap}", ids + ids, SamplingParams(temperature=0.0),
-                                        max_tokens=cap + 3, ignore_eos=True, speculation=cap))
-        while scheduler.has_work():
-            for _, event in scheduler.step():
-                if isinstance(event, ErrorEvent):
-                    raise event.error
+        _run(runtime, GenerationRequest(f"warmup-verify-{cap}", ids + ids, SamplingParams(temperature=0.0),
+                                        max_tokens=cap + 3, ignore_eos=True, speculation=cap), options)
 
 
 def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> GenerationRequest:
@@ -55,17 +50,18 @@ def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> Ge
                              max_tokens=new_tokens, ignore_eos=True, images=(image,))
 
 
-def _run(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int) -> None:
-    for event in run_to_completion(runtime, request, prefill_chunk_size=prefill_chunk_size):
+def _run(runtime: ModelRuntime, request: GenerationRequest, options: SchedulerOptions) -> None:
+    for event in run_to_completion(runtime, request, options=options):
         if isinstance(event, ErrorEvent):
             raise event.error
 
 
-def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
-                      prefill_chunk_size: int = 512) -> list[Event]:
-    """Serve one request on the calling thread with a scheduler of its own; its events, in order.
-    For warm-up and in-process benchmarks: the service goes through the worker instead."""
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size))
+def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512,
+                      options: SchedulerOptions | None = None) -> list[Event]:
+    """Serve one request on the calling thread with a scheduler of its own (`options`, else the defaults with
+    this prefill chunk size); its events, in order. For warm-up and in-process benchmarks: the service goes
+    through the worker instead."""
+    scheduler = Scheduler(runtime, options or SchedulerOptions(prefill_chunk_size))
     scheduler.add(request)
     events: list[Event] = []
     while scheduler.has_work():
