@@ -353,6 +353,22 @@ def test_a_token_the_mask_forbids_is_rejected(tiny):
     assert caught.value.code == "rejected"
 
 
+def test_a_grammar_that_cannot_go_on_is_invalid_not_a_bug(tiny):
+    """Found by the gRPC fuzzer: a $ref that names its own definition compiles, and llguidance fails the mask
+    after '{"p":' (NoExtensionBias). That is the request's schema at fault: "invalid" (INVALID_ARGUMENT), not
+    "rejected" (INTERNAL, kept for tokens the mask forbade)."""
+    schema = {"$defs": {"d": {"$defs": {"d": {"type": "null"}}, "$ref": "#/$defs/d"}}, "type": "object",
+              "properties": {"p": {"$ref": "#/$defs/d"}}, "required": ["p"]}
+    row = RowConstraint(compile_spec(tiny, "json_schema", json.dumps(schema)))
+    out = np.zeros(row.mask_words, dtype=np.int32)
+    with pytest.raises(ConstraintError) as caught:
+        for token in tiny.tokenizer.tokenize_str('{"p":'):
+            row.fill_bitmask(out)
+            row.consume(token)
+        row.fill_bitmask(out)
+    assert caught.value.code == "invalid" and "NoExtensionBias" in caught.value.message
+
+
 def test_rollback_returns_to_an_earlier_mask(tiny):
     grammar = compile_spec(tiny, "json_schema", json.dumps(SCHEMAS["bounded_object"]))
     row = RowConstraint(grammar)

@@ -6,7 +6,8 @@ from typing import Literal
 
 from mlxd.errors import InternalError, InvalidRequest, MlxdError, ResourceExhausted
 
-# invalid: the schema, regex or grammar is wrong or uses what llguidance does not support (INVALID_ARGUMENT).
+# invalid: the schema, regex or grammar is wrong or uses what llguidance does not support (INVALID_ARGUMENT), found
+#          when it is compiled or, for a grammar that cannot say what may follow, when a mask is filled.
 # too_large: the source or the grammar it makes exceeds a size or work limit (RESOURCE_EXHAUSTED).
 # rejected: the matcher refused a token or a rollback, which the mask should have made impossible (a bug: INTERNAL).
 ConstraintErrorCode = Literal["invalid", "too_large", "rejected"]

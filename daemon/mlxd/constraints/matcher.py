@@ -42,8 +42,7 @@ class RowConstraint:
         """Advances past the sampled `token`. ConstraintError("rejected") if the grammar refuses it: a token the
         mask forbade, or a bug. The matcher stays failed afterwards."""
         if not self._matcher.consume_token(token):
-            self._raise_if_failed()
-            raise ConstraintError("rejected", f"token {token} was refused")
+            raise self._refused(f"token {token} was refused")
 
     def is_stopped(self) -> bool:
         """The grammar is complete and allows nothing but EOS: the engine ends the sequence (STOP)."""
@@ -59,8 +58,7 @@ class RowConstraint:
         if tokens < 0:
             raise ValueError(f"cannot roll back {tokens} tokens")
         if tokens and not self._matcher.rollback(tokens):
-            self._raise_if_failed()
-            raise ConstraintError("rejected", f"cannot roll back {tokens} tokens")
+            raise self._refused(f"cannot roll back {tokens} tokens")
 
     def _raise_if_failed(self) -> None:
         failure = self.failure()
@@ -68,11 +66,21 @@ class RowConstraint:
             raise failure
 
     def failure(self) -> ConstraintError | None:
-        """Why the matcher failed ("too_large" where a per-token limit was hit), or None while it has not."""
+        """Why the matcher failed, or None while it has not: "too_large" where a per-token limit was hit, else
+        "invalid": a grammar that cannot say what may follow is the request's constraint at fault (the fuzzer's
+        schema whose $ref names itself compiled, then failed its sixth mask with NoExtensionBias)."""
         if not self._matcher.is_error():
             return None
         message = self._matcher.get_error()
-        return ConstraintError("too_large" if error_code(message) == "too_large" else "rejected", message)
+        return ConstraintError(error_code(message), message)
+
+    def _refused(self, message: str) -> ConstraintError:
+        """A token or a rollback the matcher refused: "rejected" (the mask should have made it impossible, a
+        bug), unless a limit was hit on the way."""
+        failure = self.failure()
+        if failure is not None and failure.code == "too_large":
+            return failure
+        return ConstraintError("rejected", failure.message if failure is not None else message)
 
 
 def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[ConstraintError | None]:
