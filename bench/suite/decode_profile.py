@@ -9,7 +9,9 @@ For each engine (both models are loaded side by side; the weights are read twice
 - `step without MLP`: the same, with every layer's MLP / MoE block replaced by the identity (what attention,
   norms, embedding and output layer cost);
 - `MLPs, chained`: every layer's MLP / MoE block on one token, chained in one graph (what the experts cost);
-- `output layer`: the final norm and the LM head on one token.
+- `output layer`: the final norm and the LM head on one token;
+- `graph building (host)`: of `step (sync)`, the time spent building the graph in Python (no evaluation).
+First it prints the kernel nodes of one decode step per engine (graph primitives, views left out) where they differ.
 mlxd's model is driven as its runner drives a single sequence (its own cache from make_cache). Greedy ids are
 not compared: random weights and two implementations only agree to rounding (see docs/performance.md). Prints
 medians of rounds in milliseconds, and the ratio mlx-lm / mlxd (above 1: mlxd faster) last.
@@ -17,7 +19,10 @@ medians of rounds in milliseconds, and the ratio mlx-lm / mlxd (above 1: mlxd fa
 
 from __future__ import annotations
 
+import collections
+import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,9 +89,13 @@ def profile(engine: str, model: Any, make_cache: Callable[[], list], holder: Any
 
     def sync_steps() -> float:
         cache = prefilled()
-        start = time.perf_counter()
+        start, building = time.perf_counter(), 0.0
         for _ in range(steps):
-            mx.eval(mx.argmax(model(token, cache=cache)[:, -1], axis=-1))
+            built = time.perf_counter()
+            y = mx.argmax(model(token, cache=cache)[:, -1], axis=-1)
+            building += time.perf_counter() - built
+            mx.eval(y)
+        out["graph building (host)"] = building * 1e3 / steps
         return (time.perf_counter() - start) * 1e3 / steps
 
     def pipelined_steps() -> float:
@@ -103,6 +112,7 @@ def profile(engine: str, model: Any, make_cache: Callable[[], list], holder: Any
         return (time.perf_counter() - start) * 1e3 / steps
 
     out["step (sync)"] = sync_steps()
+    building = out.pop("graph building (host)")
     out["step (pipelined)"] = pipelined_steps()
     mlps = [layer.mlp for layer in holder.layers]
     for layer in holder.layers:
@@ -125,8 +135,36 @@ def profile(engine: str, model: Any, make_cache: Callable[[], list], holder: Any
     out["MLPs, chained"] = _timed(chained, steps)
     head = getattr(model, "lm_head", None) or holder.embed_tokens.as_linear
     out["output layer"] = _timed(lambda: mx.eval(head(holder.norm(x))), steps)
+    out["graph building (host)"] = building
     print(engine, {k: round(v, 3) for k, v in out.items()}, flush=True)
     return out
+
+
+VIEWS = {"Broadcast", "Reshape", "Squeeze", "Slice", "Transpose", "AsStrided", "ExpandDims", "Split", "Flatten",
+         "Unflatten", "StopGradient", "Depends"}
+
+
+def kernel_nodes(model: Any, make_cache: Callable[[], list], vocab: int) -> collections.Counter:
+    """The primitives of one decode step's graph after a short prefill, views left out: on a GPU each one is
+    about one kernel launch, and a decode step is bound by launches (a compiled function counts once)."""
+    import mlx.core as mx
+
+    cache = make_cache()
+    mx.eval(model(mx.array([common.prompt_ids(vocab, 16)]), cache=cache))
+    step = model(mx.array([[7]]), cache=cache)
+    with tempfile.TemporaryDirectory() as folder:
+        dot = Path(folder, "step.dot")
+        mx.export_to_dot(str(dot), step)
+        labels = re.findall(r'label ="([^"]+)"', dot.read_text())
+    return collections.Counter(label for label in labels if label not in VIEWS)
+
+
+def print_kernel_nodes(counts: dict[str, collections.Counter]) -> None:
+    ours, theirs = counts[MLXD], counts[MLX_LM]
+    print(f"kernel nodes in one decode step: {MLXD} {sum(ours.values())}, {MLX_LM} {sum(theirs.values())}")
+    for name in sorted(set(ours) | set(theirs), key=lambda n: theirs[n] - ours[n]):
+        if ours[name] != theirs[name]:
+            print(f"  {name}: {ours[name]} / {theirs[name]}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
 
     engines = {name: _load(name, args.model, args.dtype) for name in (MLXD, MLX_LM)}
     vocab = 320  # the random-weight folders' tokenizer; ids only need to be valid
+    print_kernel_nodes({name: kernel_nodes(model, make_cache, vocab)
+                        for name, (model, make_cache, _) in engines.items()})
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
     for _ in range(args.rounds):
         for name, (model, make_cache, holder) in engines.items():

@@ -83,13 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draft-model", help="`--draft-model PATH` instead of n-gram lookup")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--log-level", default="INFO", help="the daemon's (DEBUG: a line per step on speculation)")
     common.add_out_arg(p, "speculative")
     args = p.parse_args(argv)
     model = common.resolve_model(args.model)
     method = ["--draft-model", args.draft_model] if args.draft_model else ["--speculate", "ngram"]
     serve = ["--dtype", args.dtype, *method, "--speculate-depth", str(args.depth),
              *(["--speculate-fixed"] if args.fixed else []),
-             "--max-batch-size", str(max(int(s) for s in args.streams.split(",")))]
+             "--max-batch-size", str(max(int(s) for s in args.streams.split(","))), "--log-level", args.log_level]
     cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]
     with Daemon(model, args.out, *serve) as daemon, Client(daemon.addr) as client:
         client.complete(messages=TASKS["free"], max_tokens=8)  # warm-up

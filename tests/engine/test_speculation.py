@@ -23,10 +23,19 @@ def _speculator_with_rows(acceptances: list[float], **options) -> Speculator:
     return spec
 
 
+def _plain(spec: Speculator, rows: int, seconds: float) -> None:
+    """Plain steps of `rows` rows measured at `seconds`, as often as a plain cost needs before it counts."""
+    for _ in range(3):
+        spec.timed(rows, 1, seconds)
+
+
 def test_depth_follows_acceptance_and_measured_cost():
     rooms = {0: 100}
     spec = _speculator_with_rows([0.9])
     assert not spec.wants_drafts(rooms)           # no plain step measured yet: nothing to compare against
+    spec.timed(1, 1, 0.010)
+    spec.timed(1, 1, 0.010)
+    assert not spec.wants_drafts(rooms)           # nor twice: one of them may have compiled kernels
     spec.timed(1, 1, 0.010)
     for length in range(2, 6):  # unmeasured widths are assumed cheap, so tried, upwards: one draft first
         assert spec.drafts(rooms) == {0: [3, 4, 5, 6][:length - 1]}
@@ -43,16 +52,19 @@ def test_the_batch_chooses_one_width_for_all_its_rows():
     (a CPU); where it hardly grows (a GPU step bound by host work), every row drafts."""
     rooms = {row: 100 for row in range(16)}
     cpu = _speculator_with_rows([0.95] + [0.1] * 15)
-    for width in range(1, 6):
+    _plain(cpu, 16, 0.001 * 16)
+    for width in range(2, 6):
         cpu.timed(16, width, 0.001 * 16 * width)      # a step's cost in proportion to the tokens it feeds
     assert not cpu.wants_drafts(rooms) and cpu.drafts(rooms) == {}
     gpu = _speculator_with_rows([0.95] + [0.1] * 15)
-    for width in range(1, 6):
+    _plain(gpu, 16, 0.010 + 0.00001 * 16)
+    for width in range(2, 6):
         gpu.timed(16, width, 0.010 + 0.00001 * 16 * width)
     drafts = gpu.drafts(rooms)
     assert len(drafts) == 16 and {len(d) for d in drafts.values()} == {4}
     alone = _speculator_with_rows([0.95])
-    for width in range(1, 6):
+    _plain(alone, 1, 0.005)
+    for width in range(2, 6):
         alone.timed(1, width, 0.001 * width + 0.004)
     assert alone.drafts({0: 100}) != {}           # the same row alone, on the same machine, drafts
 
@@ -61,9 +73,9 @@ def test_an_unmeasured_verify_step_is_judged_by_the_nearest_measured_ratio():
     """A verify step measured at twice a plain step's cost for 16 rows: a batch of 15 assumes the same ratio
     instead of exploring again; a width never measured is assumed no dearer than the widest measured below it."""
     spec = _speculator_with_rows([0.3] * 15)
-    spec.timed(16, 1, 0.010)
+    _plain(spec, 16, 0.010)
     spec.timed(16, 2, 0.020)
-    spec.timed(15, 1, 0.009)
+    _plain(spec, 15, 0.009)
     assert abs(spec.costs.verify(15, 2) - 0.018) < 1e-9
     assert abs(spec.costs.verify(15, 4) - 0.018) < 1e-9
     assert spec.costs.verify(15, 1) == 0.009
@@ -116,7 +128,7 @@ def test_rows_learn_acceptance_from_probes_and_verified_runs():
     spec.start(1, [1, 2, 3], cap=0)                 # a request that turned speculation off
     assert spec.probe({0: 10, 1: 10}) == {}
     spec.observe(0, [], [7])                       # it would have drafted 3; 7 came: a rejection
-    spec.timed(2, 1, 0.01)
+    _plain(spec, 2, 0.01)
     assert spec.drafts({0: 10, 1: 10}) == {}     # nothing to copy after a new token
     spec.observe(0, [], [9])
     for _ in range(30):
@@ -148,3 +160,16 @@ def test_a_verify_cost_measured_long_ago_is_forgotten():
     for _ in range(STALE + 256):
         spec.timed(1, 1, 0.010)
     assert spec.costs.measured_verify() == {} and spec.wants_drafts({0: 100})
+
+
+def test_a_verify_step_is_never_taken_as_cheaper_than_a_plain_step():
+    """Plain steps are not timed while the batch speculates, so a plain cost measured once while a kernel
+    compiled would stay: verify steps measured below it must not keep rows that accept nothing drafting (an H200
+    ran a draft model's first request at 11 tok/s against 185 plain that way)."""
+    spec = _speculator_with_rows([0.0])
+    for seconds in (2.0, 2.0, 0.005):               # two of the first plain steps compiled kernels
+        spec.timed(1, 1, seconds)
+    spec.timed(1, 2, 0.090)                         # measured below the plain cost: that one is stale
+    assert spec.costs.plain(1) is None and not spec.wants_drafts({0: 100})
+    _plain(spec, 1, 0.005)
+    assert spec.costs.verify(1, 2) == 0.090 and not spec.wants_drafts({0: 100})

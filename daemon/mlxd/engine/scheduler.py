@@ -104,6 +104,7 @@ class Scheduler:
         self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
         self._memory = PrefixMemory(self.prefix_cache, runner, options.recurrent_snapshot_period)
+        self._drafting_seconds = 0.0   # the latest verify step's drafting (a debug log line says it)
         draft = DraftModel(runtime.draft_model) if runtime.draft_model is not None else None
         self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive, model=draft)
                             if (options.speculate == "ngram" or draft) and self._runner.can_speculate else None)
@@ -266,7 +267,12 @@ class Scheduler:
             return
         if self._speculator is not None and stepping:  # its rows fed L tokens each (1 + the most drafts): timed
             width = 1 + max(map(len, drafts.values()), default=0)
-            self._speculator.timed(len(stepping), width, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._speculator.timed(len(stepping), width, seconds)
+            if log.isEnabledFor(logging.DEBUG):  # what the speculation policy saw, step by step
+                log.debug("step: %d rows, width %d, %.2f ms (drafting %.2f); %s", len(stepping), width,
+                          seconds * 1e3, self._drafting_seconds * 1e3 if drafts else 0.0,
+                          self._speculator.describe(len(stepping)))
         self._deliver(results, by_row, drafts, out)
         for live in stepping:  # a verify step's tokens are all read: none is left queued
             live.queued = len(live.output.generated) if drafts else live.queued + 1
@@ -284,7 +290,9 @@ class Scheduler:
             return spec.probe(rooms), time.perf_counter()
         self._deliver(self._runner.flush(), by_row, {}, out)
         started = time.perf_counter()
-        return spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch}), started
+        drafts = spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch})
+        self._drafting_seconds = time.perf_counter() - started
+        return drafts, started
 
     def _deliver(self, results: list[StepResult], by_row: dict[RowId, _Live], drafts: dict[RowId, list[int]],
                  out: list[Routed]) -> None:

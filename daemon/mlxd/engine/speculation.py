@@ -169,6 +169,14 @@ class Speculator:
                 best, best_rate = width, tokens / assumed
         return best
 
+    def describe(self, rows: int) -> str:
+        """The policy's state for a batch of `rows` rows, for a debug log line."""
+        plain = self.costs.plain(rows)
+        verify = {w: round(s * 1e3, 2) for (r, w), s in self.costs.measured_verify().items() if r == rows}
+        acceptance = [round(spec.acceptance, 2) for spec in self._rows.values()]
+        return (f"plain {'-' if plain is None else round(plain * 1e3, 2)} ms, verify {verify} ms, "
+                f"acceptance {acceptance}, prior {self._prior:.2f}")
+
     @staticmethod
     def expected(acceptance: float, drafts: int) -> float:
         """The tokens a row gets from a step with `drafts` drafts at this acceptance (1 with none)."""
