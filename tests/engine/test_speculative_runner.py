@@ -62,6 +62,25 @@ def _drafts(rng: np.random.Generator, truth: list[int], done: int) -> list[int]:
 
 
 def test_verified_drafts_yield_the_plain_tokens(loaded):
+    _verify_against_plain(loaded)
+
+
+def test_verify_steps_on_cuda_kernels_yield_the_plain_tokens(loaded, monkeypatch):
+    """On CUDA a step of a few queries per row (a verify step, a short chunk) takes ops_mlx.grouped_attention
+    instead of MLX's fused kernel (which plans every new key length there): the same tokens, with MLX's kernels
+    (the CPU's float32 default is the NumPy backend) and that rule forced."""
+    from mlxd.models import ops, ops_mlx
+
+    monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: True)
+    before = ops.backend()
+    ops.use("mlx")
+    try:
+        _verify_against_plain(loaded)
+    finally:
+        ops.use(before)
+
+
+def _verify_against_plain(loaded) -> None:
     prompts = [_prompt(n, i) for i, (n, _, _) in enumerate(ROWS)]
     expected = [_alone(loaded, i, p, n) for i, (p, (_, _, n)) in enumerate(zip(prompts, ROWS))]
     runner = Runner(loaded.model, loaded.vocab_size)

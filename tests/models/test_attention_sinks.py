@@ -111,7 +111,7 @@ def test_masked_decode_path_with_sinks(kernels, heads, kv_heads, additive):
         ops.use("mlx")
     assert got.shape == (3, heads, 1, 16)
     assert error(got, reference(q, k, v, 0.25, visible, sinks)) < 2e-6
-    got = ops_mlx.masked_decode_attention(q, k, v, 0.25, mask, sinks)
+    got = ops_mlx.grouped_attention(q, k, v, 0.25, mask, sinks)
     assert error(got, reference(q, k, v, 0.25, visible, sinks)) < 2e-6
 
 

@@ -27,3 +27,27 @@ def test_masked_decode_attention_equals_mlx_fused(heads, kv_heads, additive, ker
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim**-0.5, mask=mask)
     assert got.shape == (batch, heads, 1, dim)
     assert mx.abs(got - want).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("queries", [2, 5])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("mask_kind", ["causal", "array", "none"])
+def test_grouped_attention_for_a_few_queries_equals_mlx_fused(queries, heads, kv_heads, mask_kind):
+    """A verify step's few queries per row (on CUDA they take this path: the fused kernel plans every new key
+    length), with the causal mask of queries that are the last of the keys, a per-row array mask, or none."""
+    from mlxd.models.ops_mlx import grouped_attention
+
+    batch, keys, dim = 3, 13, 16
+    mx.random.seed(1)
+    q = mx.random.normal((batch, heads, queries, dim))
+    k = mx.random.normal((batch, kv_heads, keys, dim))
+    v = mx.random.normal((batch, kv_heads, keys, dim))
+    starts = mx.array([0, 4, 8])  # every query sees a key
+    causal = mx.arange(keys)[None, :] <= (keys - queries + mx.arange(queries))[:, None]
+    masks = {"causal": "causal", "none": None,
+             "array": ((mx.arange(keys)[None, :] >= starts[:, None])[:, None, None, :] & causal)}
+    mask = masks[mask_kind]
+    got = grouped_attention(q, k, v, dim**-0.5, mask)
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim**-0.5, mask=mask)
+    assert got.shape == (batch, heads, queries, dim)
+    assert mx.abs(got - want).max().item() < 1e-5

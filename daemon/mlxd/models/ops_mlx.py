@@ -1,7 +1,8 @@
 """The MLX backend of models/ops.py: MLX's own ops, for every device and dtype.
 
-Attention takes MLX's fused kernel, with two exceptions: logit soft-capping (Gemma), which has no fused kernel,
-and one query per row with an array mask (batched decode), which MLX's CUDA backend runs unfused. Attention sinks
+Attention takes MLX's fused kernel, with three exceptions: logit soft-capping (Gemma), which has no fused kernel;
+one query per row with an array mask (batched decode), which MLX's CUDA backend runs unfused; and a few queries per
+row on CUDA (verify steps), where the fused kernel builds a plan for every new key length. Attention sinks
 (gpt-oss) go to the fused kernel as its `sinks` argument, and join the explicit paths' softmax as one more key.
 """
 
@@ -35,7 +36,9 @@ class MLXBackend:
         if softcap is not None:
             return softcapped_attention(queries, keys, values, scale, mask, softcap, sinks)
         if queries.shape[2] == 1 and isinstance(mask, mx.array):
-            return masked_decode_attention(queries, keys, values, scale, mask, sinks)
+            return grouped_attention(queries, keys, values, scale, mask, sinks)
+        if 1 < queries.shape[2] <= FEW_QUERIES and _shared_by_heads(mask) and _plans_per_shape():
+            return grouped_attention(queries, keys, values, scale, mask, sinks)
         if sinks is not None:  # the fused kernel wants sinks of a type that promotes to the output's
             sinks = sinks.astype(queries.dtype)
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks)
@@ -87,26 +90,49 @@ def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, sc
     return weights.astype(values.dtype) @ values
 
 
-def masked_decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
-                            mask: mx.array, sinks: mx.array | None = None) -> mx.array:
-    """One query per row with an array mask (a batch of rows of different lengths, or a sliding window).
-    MLX's fused kernel takes no array mask on CUDA and falls back to unfused ops that repeat the keys per query
-    head; here the query heads that share a kv head are the rows of one matmul, so each key is read once:
-    2-3x faster at batch 16 on an H200 (bench/masked_decode_attention.py)."""
-    B, n_heads, _, D = queries.shape
-    n_kv = keys.shape[1]
-    q = (queries * scale).reshape(B, n_kv, n_heads // n_kv, D)
-    scores = q @ keys.swapaxes(-1, -2)  # [B, kv heads, query heads per kv head, T]
-    if mask.dtype == mx.bool_:
-        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
-    else:
-        scores = scores + mask
+# Query lengths up to this (a verify step's 1 + drafts, a draft model's short catch-up) take grouped_attention on
+# CUDA, where MLX's fused kernel for more than one query builds a cuDNN plan for each new key length: a verify
+# step of an 8B model on an H200 took 50-100 ms against 4.6 ms for a plain step, every step, since the key length
+# grows with each. The explicit path's scores are [B, heads, L, T]: small for a few queries.
+FEW_QUERIES = 16
+
+
+def _shared_by_heads(mask: Mask) -> bool:
+    return not isinstance(mask, mx.array) or mask.ndim < 4 or mask.shape[1] == 1
+
+
+def _plans_per_shape() -> bool:
+    return mx.default_device() == mx.gpu and mx.cuda.is_available()
+
+
+def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
+                      mask: Mask, sinks: mx.array | None = None) -> mx.array:
+    """Attention computed explicitly for a few queries per row, the query heads that share a kv head as the rows
+    of one matmul, so each key is read once. For one query per row with an array mask (a batch of rows of
+    different lengths, or a sliding window) MLX's fused kernel on CUDA falls back to unfused ops that repeat the
+    keys per query head: this is 2-3x faster at batch 16 on an H200 (bench/masked_decode_attention.py).
+    `mask`: None, "causal" (the queries are the last L of the T keys) or an array that broadcasts against
+    [B, 1, L, T] (one per row, shared by the heads)."""
+    B, n_heads, L, D = queries.shape
+    n_kv, T = keys.shape[1], keys.shape[2]
+    group = n_heads // n_kv
+    q = (queries * scale).reshape(B, n_kv, group * L, D)
+    scores = (q @ keys.swapaxes(-1, -2)).reshape(B, n_kv, group, L, T)
+    if isinstance(mask, str):
+        mask = mx.arange(T)[None] <= (T - L + mx.arange(L))[:, None]  # [L, T]
+    if mask is not None:
+        mask = mask if mask.ndim < 4 else mask[:, :, None]          # [B, 1, L, T] -> [B, 1, 1, L, T]
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+        else:
+            scores = scores + mask.astype(scores.dtype)
     if sinks is None:
         weights = mx.softmax(scores, axis=-1, precise=True)
     else:
-        weights = mx.softmax(with_sinks(scores, sinks.reshape(n_kv, n_heads // n_kv, 1)), axis=-1, precise=True)
+        weights = mx.softmax(with_sinks(scores, sinks.reshape(n_kv, group, 1, 1)), axis=-1, precise=True)
         weights = weights[..., :-1]
-    return (weights @ values).reshape(B, n_heads, 1, values.shape[-1])
+    out = weights.reshape(B, n_kv, group * L, T) @ values
+    return out.reshape(B, n_heads, L, values.shape[-1])
 
 
 def with_sinks(scores: mx.array, sinks: mx.array) -> mx.array:
