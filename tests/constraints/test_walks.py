@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mlxd.constraints import ConstraintError, RowConstraint
 from tests.constraints.conftest import TINY_EOS, TINY_TOKENS
 from tests.constraints.walks import (
+    SCHEMAS,
     allowed_ids,
     compile_spec,
     finished_seeded_walk,
@@ -26,43 +27,6 @@ from tests.constraints.walks import (
     whitespace_run,
 )
 
-SCHEMAS = {
-    "bounded_object": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "maxLength": 8},
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
-        },
-        "required": ["name", "age"],
-        "additionalProperties": False,
-    },
-    "nested_ref": {
-        "type": "object",
-        "properties": {"user": {"$ref": "#/$defs/user"}, "active": {"type": "boolean"}},
-        "required": ["user"],
-        "additionalProperties": False,
-        "$defs": {"user": {"type": "object", "properties": {
-            "id": {"type": "integer", "minimum": 1, "maximum": 9999},
-            "role": {"enum": ["admin", "guest", None]},
-        }, "required": ["id", "role"], "additionalProperties": False}},
-    },
-    "any_of": {"anyOf": [{"type": "integer", "minimum": -5, "maximum": 5}, {"type": "string", "maxLength": 4},
-                         {"type": "null"}, {"const": [1, "two"]}]},
-    "array_bounds": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
-                     "minItems": 2, "maxItems": 4},
-    "number_range": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5, "maximum": 2}},
-                     "required": ["x"], "additionalProperties": False},
-    "string_formats": {"type": "object", "properties": {
-        "ip": {"type": "string", "format": "ipv4"}, "id": {"type": "string", "format": "uuid"},
-        "mail": {"type": "string", "format": "email", "maxLength": 12},
-        "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"},
-    }, "required": ["ip", "id", "mail", "code"], "additionalProperties": False},
-    "optional_fields": {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}},
-                        "additionalProperties": False},
-    "open_object": {"type": "object", "properties": {"k": {"type": "integer"}}, "required": ["k"]},
-    "any_value": True,
-}
 JSON_CLOSERS = '"}],'
 
 
@@ -344,68 +308,3 @@ def test_the_bound_overrides_the_schemas_own_whitespace_settings(tiny):
     schema = json.dumps({"x-guidance": {"whitespace_pattern": "[ ]+"}, "type": "object"})
     assert whitespace_run(tiny, TINY_TOKENS, compile_spec(tiny, "json_schema", schema, max_whitespace=2), "{") == 2
     assert whitespace_run(tiny, TINY_TOKENS, compile_spec(tiny, "json_schema", schema, max_whitespace=0), "{") == 0
-
-
-def test_a_token_the_mask_forbids_is_rejected(tiny):
-    row = RowConstraint(compile_spec(tiny, "regex", "[0-9]+"))
-    with pytest.raises(ConstraintError) as caught:
-        row.consume(tiny.tokenizer.tokenize_str("a")[0])
-    assert caught.value.code == "rejected"
-
-
-def test_a_grammar_that_cannot_go_on_is_invalid_not_a_bug(tiny):
-    """Found by the gRPC fuzzer: a $ref that names its own definition compiles, and llguidance fails the mask
-    after '{"p":' (NoExtensionBias). That is the request's schema at fault: "invalid" (INVALID_ARGUMENT), not
-    "rejected" (INTERNAL, kept for tokens the mask forbade)."""
-    schema = {"$defs": {"d": {"$defs": {"d": {"type": "null"}}, "$ref": "#/$defs/d"}}, "type": "object",
-              "properties": {"p": {"$ref": "#/$defs/d"}}, "required": ["p"]}
-    row = RowConstraint(compile_spec(tiny, "json_schema", json.dumps(schema)))
-    out = np.zeros(row.mask_words, dtype=np.int32)
-    with pytest.raises(ConstraintError) as caught:
-        for token in tiny.tokenizer.tokenize_str('{"p":'):
-            row.fill_bitmask(out)
-            row.consume(token)
-        row.fill_bitmask(out)
-    assert caught.value.code == "invalid" and "NoExtensionBias" in caught.value.message
-
-
-def test_rollback_returns_to_an_earlier_mask(tiny):
-    grammar = compile_spec(tiny, "json_schema", json.dumps(SCHEMAS["bounded_object"]))
-    row = RowConstraint(grammar)
-    tokens = tiny.tokenizer.tokenize_str('{"name": "Al", "age": 3')
-    masks = []
-    out = np.zeros(grammar.mask_words, dtype=np.int32)
-    for token in tokens:
-        row.fill_bitmask(out)
-        masks.append(out.copy())
-        row.consume(token)
-    row.rollback(3)
-    row.fill_bitmask(out)
-    assert np.array_equal(out, masks[-3])
-    row.rollback(0)
-    with pytest.raises(ConstraintError) as caught:
-        row.rollback(len(tokens))
-    assert caught.value.code == "rejected"
-
-
-def test_the_mask_row_must_fit(tiny):
-    row = RowConstraint(compile_spec(tiny, "regex", "a"))
-    words = row.grammar.mask_words
-    for bad in (np.zeros(words, np.int64), np.zeros(words + 1, np.int32), np.zeros((2, words), np.int32),
-                np.zeros(2 * words, np.int32)[::2]):
-        with pytest.raises(ValueError):
-            row.fill_bitmask(bad)
-    batch = np.zeros((3, words), np.int32)
-    row.fill_bitmask(batch[1])  # a row of the runner's batch buffer, filled in place
-    assert batch[1].any() and not batch[0].any() and not batch[2].any()
-
-
-def test_a_grammar_too_costly_to_follow_fails_too_large(tiny):
-    # Compiles within the limits, but the lexer exceeds them a few tokens in: the request fails, it does not hang.
-    row = RowConstraint(compile_spec(tiny, "regex", "x{1000}{1000}"))
-    out = np.zeros(row.grammar.mask_words, dtype=np.int32)
-    with pytest.raises(ConstraintError) as caught:
-        for token in tiny.tokenizer.tokenize_str("x" * 64):
-            row.fill_bitmask(out)
-            row.consume(token)
-    assert caught.value.code == "too_large"

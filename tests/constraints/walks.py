@@ -129,3 +129,43 @@ def finished_seeded_walk(compiler: GrammarCompiler, grammar: CompiledGrammar, se
     result = walk(compiler, grammar, chooser, tokenizer_tokens, max_steps=max_steps)
     assert result.finished, result.text
     return result.text
+
+
+# JSON Schemas the walks and the matcher's tests take: each keyword family llguidance compiles.
+SCHEMAS = {
+    "bounded_object": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
+    "nested_ref": {
+        "type": "object",
+        "properties": {"user": {"$ref": "#/$defs/user"}, "active": {"type": "boolean"}},
+        "required": ["user"],
+        "additionalProperties": False,
+        "$defs": {"user": {"type": "object", "properties": {
+            "id": {"type": "integer", "minimum": 1, "maximum": 9999},
+            "role": {"enum": ["admin", "guest", None]},
+        }, "required": ["id", "role"], "additionalProperties": False}},
+    },
+    "any_of": {"anyOf": [{"type": "integer", "minimum": -5, "maximum": 5}, {"type": "string", "maxLength": 4},
+                         {"type": "null"}, {"const": [1, "two"]}]},
+    "array_bounds": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
+                     "minItems": 2, "maxItems": 4},
+    "number_range": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5, "maximum": 2}},
+                     "required": ["x"], "additionalProperties": False},
+    "string_formats": {"type": "object", "properties": {
+        "ip": {"type": "string", "format": "ipv4"}, "id": {"type": "string", "format": "uuid"},
+        "mail": {"type": "string", "format": "email", "maxLength": 12},
+        "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"},
+    }, "required": ["ip", "id", "mail", "code"], "additionalProperties": False},
+    "optional_fields": {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}},
+                        "additionalProperties": False},
+    "open_object": {"type": "object", "properties": {"k": {"type": "integer"}}, "required": ["k"]},
+    "any_value": True,
+}
