@@ -35,9 +35,7 @@ class MLXBackend:
                   softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
         if softcap is not None:
             return softcapped_attention(queries, keys, values, scale, mask, softcap, sinks)
-        if queries.shape[2] == 1 and isinstance(mask, mx.array):
-            return grouped_attention(queries, keys, values, scale, mask, sinks)
-        if 1 < queries.shape[2] <= FEW_QUERIES and _shared_by_heads(mask) and _plans_per_shape():
+        if _takes_grouped(queries.shape[2], mask):
             return grouped_attention(queries, keys, values, scale, mask, sinks)
         if sinks is not None:  # the fused kernel wants sinks of a type that promotes to the output's
             sinks = sinks.astype(queries.dtype)
@@ -97,8 +95,13 @@ def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, sc
 FEW_QUERIES = 16
 
 
-def _shared_by_heads(mask: Mask) -> bool:
-    return not isinstance(mask, mx.array) or mask.ndim < 4 or mask.shape[1] == 1
+def _takes_grouped(queries: int, mask: Mask) -> bool:
+    """Whether attention with `queries` queries per row takes grouped_attention (see the top): one query with an
+    array mask, or a few on CUDA with no mask of their own per head."""
+    if queries == 1:
+        return isinstance(mask, mx.array)
+    shared_by_heads = not isinstance(mask, mx.array) or mask.ndim < 4 or mask.shape[1] == 1
+    return queries <= FEW_QUERIES and shared_by_heads and _plans_per_shape()
 
 
 def _plans_per_shape() -> bool:
