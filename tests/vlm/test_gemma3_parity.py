@@ -10,6 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from mlxd.engine.request import FinalEvent, GenerationRequest, PromptImage, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import SchedulerOptions
 from mlxd.engine.vision import ImageEncoder, chunk_end
 from mlxd.engine.warmup import run_to_completion
 from mlxd.generation.params import SamplingParams
@@ -107,7 +108,7 @@ def test_engine_chunked_prefill_matches_transformers(vlm, expected, chunk):
     loaded = vlm()
     request = GenerationRequest("r", expected["input_ids"][0].tolist(), SamplingParams(temperature=0.0),
                                 max_tokens=16, ignore_eos=True, prompt_logprobs=True, images=(fixture_image(),))
-    events = run_to_completion(runtime(loaded), request, prefill_chunk_size=chunk)
+    events = run_to_completion(runtime(loaded), request, SchedulerOptions(prefill_chunk_size=chunk))
     final = events[-1]
     assert isinstance(final, FinalEvent), events
     assert [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids] == expected["greedy_ids"].tolist()

@@ -56,12 +56,11 @@ def _run(runtime: ModelRuntime, request: GenerationRequest, options: SchedulerOp
             raise event.error
 
 
-def run_to_completion(runtime: ModelRuntime, request: GenerationRequest, prefill_chunk_size: int = 512,
+def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
                       options: SchedulerOptions | None = None) -> list[Event]:
-    """Serve one request on the calling thread with a scheduler of its own (`options`, else the defaults with
-    this prefill chunk size); its events, in order. For warm-up and in-process benchmarks: the service goes
-    through the worker instead."""
-    scheduler = Scheduler(runtime, options or SchedulerOptions(prefill_chunk_size))
+    """Serve one request on the calling thread with a scheduler of its own (`options`, else the defaults); its
+    events, in order. For warm-up and in-process benchmarks: the service goes through the worker instead."""
+    scheduler = Scheduler(runtime, options or SchedulerOptions())
     scheduler.add(request)
     events: list[Event] = []
     while scheduler.has_work():
