@@ -113,7 +113,7 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, scale
     """Attention computed explicitly for a few queries per row, the query heads that share a kv head as the rows
     of one matmul, so each key is read once. For one query per row with an array mask (a batch of rows of
     different lengths, or a sliding window) MLX's fused kernel on CUDA falls back to unfused ops that repeat the
-    keys per query head: this is 2-3x faster at batch 16 on an H200 (bench/masked_decode_attention.py).
+    keys per query head: this is 2-3x faster at batch 16 on an H200 (docs/performance.md, 2026-11-22).
     `mask`: None, "causal" (the queries are the last L of the T keys) or an array that broadcasts against
     [B, 1, L, T] (one per row, shared by the heads)."""
     B, n_heads, L, D = queries.shape
