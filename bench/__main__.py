@@ -27,6 +27,8 @@ BENCHMARKS = {
     "health_latency": ("bench.suite.health_latency", "Health Check latency with the worker saturated, against idle"),
     "decode_profile": ("bench.suite.decode_profile",
                        "where one sequence's decode step goes (attention, MLP/MoE, output layer), against mlx-lm"),
+    "batch_step_profile": ("bench.suite.batch_step_profile",
+                           "where an N-row decode step goes (attention, linear attention, MLP/MoE), against mlx-lm"),
     "speculative": ("bench.suite.speculative",
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "constrained_decode": ("bench.suite.constrained_decode",

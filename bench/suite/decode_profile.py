@@ -150,17 +150,23 @@ def kernel_nodes(model: Any, make_cache: Callable[[], list], vocab: int) -> coll
 
     cache = make_cache()
     mx.eval(model(mx.array([common.prompt_ids(vocab, 16)]), cache=cache))
-    step = model(mx.array([[7]]), cache=cache)
+    return kernel_nodes_of(model(mx.array([[7]]), cache=cache))
+
+
+def kernel_nodes_of(output: Any) -> collections.Counter:
+    """The primitives of the (unevaluated) graph behind output, views left out."""
+    import mlx.core as mx
+
     with tempfile.TemporaryDirectory() as folder:
         dot = Path(folder, "step.dot")
-        mx.export_to_dot(str(dot), step)
+        mx.export_to_dot(str(dot), output)
         labels = re.findall(r'label ="([^"]+)"', dot.read_text())
     return collections.Counter(label for label in labels if label not in VIEWS)
 
 
-def print_kernel_nodes(counts: dict[str, collections.Counter]) -> None:
+def print_kernel_nodes(counts: dict[str, collections.Counter], what: str = "one decode step") -> None:
     ours, theirs = counts[MLXD], counts[MLX_LM]
-    print(f"kernel nodes in one decode step: {MLXD} {sum(ours.values())}, {MLX_LM} {sum(theirs.values())}")
+    print(f"kernel nodes in {what}: {MLXD} {sum(ours.values())}, {MLX_LM} {sum(theirs.values())}")
     for name in sorted(set(ours) | set(theirs), key=lambda n: theirs[n] - ours[n]):
         if ours[name] != theirs[name]:
             print(f"  {name}: {ours[name]} / {theirs[name]}")
