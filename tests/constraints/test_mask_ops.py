@@ -1,4 +1,5 @@
-"""bitmask_to_allowed and apply_mask (MLX) against llguidance's NumPy reference."""
+"""The mask kernels against llguidance's NumPy reference: bitmask_to_allowed and apply_mask (MLX), and both
+backends' mask_logits (MLX's select on the device; the NumPy backend's additive bias on the CPU) against each other."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llguidance.numpy import apply_token_bitmask_inplace
 
-from mlxd.constraints import apply_mask, bitmask_to_allowed
+from mlxd.models.ops_cpu_numpy import NumpyBackend
+from mlxd.models.ops_mlx import MLXBackend, apply_mask, bitmask_to_allowed
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -51,3 +53,28 @@ def test_apply_mask_keeps_the_dtype_and_the_allowed_logits(dtype):
     assert np.all(np.isneginf(got[~kept]))
     one_row = apply_mask(logits, allowed[0])  # one mask broadcast over rows
     assert np.all(np.isneginf(np.array(one_row.astype(mx.float32))[:, ~kept[0]]))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 5), words=st.integers(1, 12), trim=st.integers(0, 31), seed=st.integers(0, 2**32 - 1),
+       density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), some_rows=st.booleans(), positions=st.sampled_from([0, 1, 3]),
+       dtype=st.sampled_from([mx.float32, mx.bfloat16]))
+def test_both_backends_mask_alike(batch, words, trim, seed, density, some_rows, positions, dtype):
+    """The same masked logits from either backend: every row, some rows, and a verify step's [B, L, V]."""
+    rng = np.random.default_rng(seed)
+    width = max(1, 32 * words - trim)
+    rows = sorted(rng.choice(batch, size=rng.integers(1, batch + 1), replace=False).tolist()) if some_rows else None
+    lead = (batch,) + ((positions,) if positions else ())
+    masked_lead = ((len(rows),) if rows is not None else (batch,)) + lead[1:]
+    bits = rng.random(masked_lead + (32 * words,)) < density
+    masks = np.packbits(bits, axis=-1, bitorder="little").view(np.int32)
+    logits = mx.array(rng.normal(size=lead + (width,)).astype(np.float32)).astype(dtype)
+    device = MLXBackend().mask_logits(logits, masks, rows)
+    host = NumpyBackend().mask_logits(logits, masks, rows)
+    assert host.dtype == device.dtype == dtype and host.shape == device.shape == logits.shape
+    assert np.array_equal(np.array(host.astype(mx.float32)), np.array(device.astype(mx.float32)))
+
+
+def test_the_host_bias_refuses_a_width_past_the_mask():
+    with pytest.raises(ValueError):
+        NumpyBackend().mask_logits(mx.zeros((1, 65)), np.zeros((1, 2), dtype=np.int32))

@@ -1,5 +1,5 @@
-"""One request's constraint state (the CPU side: mask filling, token consumption) and the MLX ops that turn a
-filled mask into -inf logits on the device."""
+"""One request's constraint state (the CPU side: mask filling, token consumption); models/ops.py mask_logits
+turns the filled masks into -inf logits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from collections.abc import Sequence
 
 import llguidance
-import mlx.core as mx
 import numpy as np
 from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_par
 
@@ -105,18 +104,3 @@ def _executor() -> llguidance.LLExecutor:
     the worker launches the forward pass, and more threads took cores from that launch: 16 streams on an H200
     (random 1B, 16 host cores) kept 0.81-0.83 of the free rate with 4 threads, 0.76 with 16, 0.80 with 2."""
     return llguidance.LLExecutor(num_threads=min(4, os.cpu_count() or 1))
-
-
-def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:
-    """bool[..., width] from int32[..., W] masks (bit i of word w allows token 32*w + i), with MLX ops only, so it
-    runs on the device next to the logits. `width` is the logits width, at most 32*W."""
-    words = bitmask.shape[-1]
-    if width > 32 * words:
-        raise ValueError(f"a mask of {words} words covers {32 * words} tokens, not {width}")
-    bits = (bitmask[..., None] >> mx.arange(32, dtype=mx.int32)) & 1
-    return bits.reshape(*bitmask.shape[:-1], 32 * words)[..., :width] != 0
-
-
-def apply_mask(logits: mx.array, allowed: mx.array) -> mx.array:
-    """`logits` with every disallowed entry at -inf, in the logits' own dtype (broadcasts `allowed` over rows)."""
-    return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))

@@ -14,10 +14,10 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.constraints.compiler import mask_words
-from mlxd.constraints.matcher import apply_mask, bitmask_to_allowed
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.masks import FilledMasks, apply_masks, draft_masks, fill_masks
 from mlxd.engine.request import TokenLogprob
+from mlxd.models import ops
 
 RowId = int
 
@@ -72,7 +72,7 @@ def verify_masks(logits: mx.array, rows: Sequence[ConstrainedRow],
             else:
                 masks[i, :len(row_masks), :row_masks.shape[1]] = row_masks
         cut.append(drafts)
-    return apply_mask(logits, bitmask_to_allowed(mx.array(masks), logits.shape[-1])), cut
+    return ops.mask_logits(logits, masks), cut
 
 
 def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]) -> list[StepResult]:

@@ -15,8 +15,9 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.constraints.compiler import mask_words
-from mlxd.constraints.matcher import RowConstraint, apply_mask, bitmask_to_allowed, fill_bitmasks
+from mlxd.constraints.matcher import RowConstraint, fill_bitmasks
 from mlxd.engine.constraint import TokenConstraint
+from mlxd.models import ops
 
 
 @dataclass
@@ -89,7 +90,4 @@ def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:
     """logits [B, vocab] with each masked row's disallowed tokens at -inf (the other rows untouched)."""
     if not masks.rows:
         return logits
-    index = mx.array(masks.rows, dtype=mx.int32)
-    out = mx.array(logits)
-    out[index] = apply_mask(logits[index], bitmask_to_allowed(mx.array(masks.bitmasks), logits.shape[-1]))
-    return out
+    return ops.mask_logits(logits, masks.bitmasks, masks.rows)

@@ -12,6 +12,7 @@ Only the worker thread, which alone runs MLX, loads a model and so switches the 
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 from mlxd.models.base import Mask
 from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
@@ -80,3 +81,10 @@ def prompt_scores(logits: mx.array, targets: list[int],
     """For logits [T, V]: the log-probability of targets[i] in row i, and when top_k each row's top_k ids and
     log-probabilities, best first. Evaluates (the caller reads the lists)."""
     return _backend.prompt_scores(logits, targets, top_k)
+
+
+def mask_logits(logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
+    """logits [B, ..., V] with the tokens a constraint disallows at -inf, in the logits' dtype: `bitmasks` int32
+    [..., W] (bit i of word w allows token 32*w + i; W*32 >= V) masks every row, or with `rows` only those batch
+    rows, in their order (the others untouched)."""
+    return _backend.mask_logits(logits, bitmasks, rows)

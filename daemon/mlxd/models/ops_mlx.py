@@ -14,6 +14,7 @@ from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import Mask
@@ -49,6 +50,15 @@ class MLXBackend:
 
     def activation(self, x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](x)
+
+    def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
+        allowed = bitmask_to_allowed(mx.array(bitmasks), logits.shape[-1])
+        if rows is None:
+            return apply_mask(logits, allowed)
+        index = mx.array(rows, dtype=mx.int32)
+        out = mx.array(logits)
+        out[index] = apply_mask(logits[index], allowed)
+        return out
 
     def prompt_scores(self, logits: mx.array, targets: list[int],
                       top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
@@ -164,3 +174,18 @@ def fused(name: str, fn: Callable[..., mx.array]) -> Callable[..., mx.array]:
         made = mx.compile(fn, shapeless=True)
         setattr(_fused_here, name, made)
     return cast(Callable[..., mx.array], made)
+
+
+def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:
+    """bool[..., width] from int32[..., W] masks (bit i of word w allows token 32*w + i), with MLX ops only, so it
+    runs on the device next to the logits. `width` is the logits width, at most 32*W."""
+    words = bitmask.shape[-1]
+    if width > 32 * words:
+        raise ValueError(f"a mask of {words} words covers {32 * words} tokens, not {width}")
+    bits = (bitmask[..., None] >> mx.arange(32, dtype=mx.int32)) & 1
+    return bits.reshape(*bitmask.shape[:-1], 32 * words)[..., :width] != 0
+
+
+def apply_mask(logits: mx.array, allowed: mx.array) -> mx.array:
+    """`logits` with every disallowed entry at -inf, in the logits' own dtype (broadcasts `allowed` over rows)."""
+    return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))
