@@ -173,3 +173,28 @@ def test_a_verify_step_is_never_taken_as_cheaper_than_a_plain_step():
     assert spec.costs.plain(1) is None and not spec.wants_drafts({0: 100})
     _plain(spec, 1, 0.005)
     assert spec.costs.verify(1, 2) == 0.090 and not spec.wants_drafts({0: 100})
+
+
+def test_a_verify_step_measured_once_while_compiling_is_tried_again():
+    """On an H200 the first verify step of each width compiled kernels for seconds; measured once at that, a
+    copy-heavy task's n-gram drafts never ran again. A cost of fewer than three measurements is the least of them
+    and is retried after RETRY steps."""
+    from mlxd.engine.step_costs import RETRY
+
+    spec = _speculator_with_rows([0.9])
+    _plain(spec, 1, 0.005)
+    assert spec.drafts({0: 100}) == {0: [3]}
+    spec.timed(1, 2, 2.8)                           # compiling
+    assert not spec.wants_drafts({0: 100})
+    for _ in range(RETRY):
+        spec.timed(1, 1, 0.005)
+    assert spec.costs.measured_verify() == {} and spec.drafts({0: 100}) == {0: [3]}   # tried again
+    spec.timed(1, 2, 0.006)
+    assert spec.costs.verify(1, 2) == 0.006 and spec.wants_drafts({0: 100})
+    spec.timed(1, 2, 0.007)
+    spec.timed(1, 2, 0.0065)
+    firm = spec.costs.verify(1, 2)                  # the median of all four: the compiling one is outvoted
+    assert abs(firm - 0.00675) < 1e-12
+    for _ in range(RETRY + 1):
+        spec.timed(1, 1, 0.005)
+    assert spec.costs.measured_verify() == {(1, 2): firm}  # no longer provisional: kept

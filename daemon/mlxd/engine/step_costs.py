@@ -9,6 +9,11 @@ below it (and the nearest batch size), or a plain step's cost if no verify step 
 width is tried once before it is judged, and a batch that grows by one row does not explore again. A verify cost
 is forgotten a while after it was last measured: measured in a slow spell, it would keep speculation off for good.
 
+A verify cost of fewer than three measurements is provisional: the least of them (compiling only ever slows a
+step), forgotten RETRY steps after it was measured, so the width is tried again. On an H200 the first verify step of
+each width compiled kernels for up to seconds; measured once at that, n-gram lookup on a copy-heavy task never
+drafted again in its daemon's life (STALE steps are minutes of serving).
+
 A verify step is never taken as cheaper than a plain step of the same rows: it does all of a plain step's work and
 more. Measured cheaper, the plain cost is stale (plain steps are not timed while the batch speculates), so it is
 forgotten and measured again; and no plain cost counts before three measurements. On an H200 the first plain step
@@ -24,6 +29,8 @@ from collections import deque
 _SAMPLES = 9     # a cost is the median of the latest this many of its measurements
 _PLAIN_FIRST = 3  # plain steps measured before speculation is judged against them (one may have compiled)
 STALE = 2048     # steps after which a verify step's cost is forgotten
+RETRY = 32       # steps after which a provisional verify cost (fewer than _FIRM measurements) is tried again
+_FIRM = 3
 
 
 class StepCosts:
@@ -32,6 +39,7 @@ class StepCosts:
         self._verify: dict[tuple[int, int], float] = {}  # (rows, L) -> seconds, drafting included
         self._samples: dict[object, deque[float]] = {}   # the latest measurements behind each
         self._measured: dict[tuple[int, int], int] = {}  # (rows, L) -> the step it was last timed
+        self._retry: dict[tuple[int, int], int] = {}     # (rows, L) of a provisional cost -> the step it goes
         self._steps = 0
 
     def plain(self, rows: int) -> float | None:
@@ -60,9 +68,7 @@ class StepCosts:
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds`."""
         self._steps += 1
-        if self._steps % 256 == 0:
-            for stale in [k for k, at in self._measured.items() if self._steps - at > STALE]:
-                del self._verify[stale], self._measured[stale], self._samples[stale]
+        self._forget_due()
         key = rows if length == 1 else (rows, length)
         samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
         samples.append(seconds)
@@ -70,8 +76,25 @@ class StepCosts:
         if length == 1:
             self._plain[rows] = cost
         else:
+            if len(samples) < _FIRM:
+                cost = min(samples)
+                self._retry[rows, length] = self._steps + RETRY
+            else:
+                self._retry.pop((rows, length), None)
             self._verify[rows, length] = cost
             self._measured[rows, length] = self._steps
             if rows in self._plain and cost < self._plain[rows]:
                 # Less than a plain step: the plain cost is stale (see the top); measure it again before judging.
                 del self._plain[rows], self._samples[rows]
+
+    def _forget_due(self) -> None:
+        """Provisional verify costs whose retry is due go (their measurements stay, for the next one's least);
+        every 256 steps, verify costs measured more than STALE steps ago go with their measurements."""
+        for key in [k for k, due in self._retry.items() if due <= self._steps]:
+            del self._retry[key]
+            self._verify.pop(key, None)
+        if self._steps % 256 == 0:
+            for stale in [k for k, at in self._measured.items() if self._steps - at > STALE]:
+                del self._measured[stale], self._samples[stale]
+                self._verify.pop(stale, None)
+                self._retry.pop(stale, None)
