@@ -50,3 +50,28 @@ def test_warm_up_runs_the_draft_models_catch_up_at_every_width(runtime, monkeypa
     runtime = dataclasses.replace(runtime, draft_model=load_model(PARITY / "qwen3", dtype="float32").model)
     warm_up(runtime, speculate_depth=4)
     assert {1 << i for i in range(10)} <= set(widths)
+
+
+def test_the_batch_warm_up_decodes_every_batch_size(runtime, monkeypatch):
+    """warm_up_batch steps the batch at each size from 1 to the maximum (on a GPU, each new size may compile)."""
+    from mlxd.engine.warmup import warm_up_batch
+
+    sizes: list[int] = []
+    forward = Runner._forward_step
+
+    def spy(self, inputs):
+        sizes.append(int(inputs.size))
+        return forward(self, inputs)
+
+    monkeypatch.setattr(Runner, "_forward_step", spy)
+    warm_up_batch(runtime, [1, 2, 3, 4, 5, 6, 7, 8], rows=6)
+    assert set(range(1, 7)) <= set(sizes) and max(sizes) == 6
+
+
+def test_the_batch_warm_up_runs_only_on_a_gpu(runtime, monkeypatch):
+    from mlxd.engine import warmup
+
+    calls: list[int] = []
+    monkeypatch.setattr(warmup, "warm_up_batch", lambda runtime, ids, rows: calls.append(rows))
+    warm_up(runtime, batch_rows=16)
+    assert calls == []  # the tests run on the CPU, where nothing compiles

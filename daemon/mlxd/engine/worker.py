@@ -277,5 +277,6 @@ def ready(worker: Worker, runtime: ModelRuntime) -> ModelRuntime:
     if options.draft_model_path is not None:
         assert worker.tokenizer is not None, "the target's tokenizer is loaded first: the draft model must match it"
         runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
-    warm_up(runtime, speculate=options.speculate, speculate_depth=options.speculate_depth)
+    warm_up(runtime, speculate=options.speculate, speculate_depth=options.speculate_depth,
+            batch_rows=options.max_batch_size)
     return runtime
