@@ -68,10 +68,26 @@ def test_the_batch_warm_up_decodes_every_batch_size(runtime, monkeypatch):
     assert set(range(1, 7)) <= set(sizes) and max(sizes) == 6
 
 
-def test_the_batch_warm_up_runs_only_on_a_gpu(runtime, monkeypatch):
+def test_the_batch_and_prefill_warm_ups_run_only_on_a_gpu(runtime, monkeypatch):
     from mlxd.engine import warmup
 
     calls: list[int] = []
     monkeypatch.setattr(warmup, "warm_up_batch", lambda runtime, ids, rows: calls.append(rows))
+    monkeypatch.setattr(warmup, "warm_up_prefill_widths", lambda runtime: calls.append(0))
     warm_up(runtime, batch_rows=16)
     assert calls == []  # the tests run on the CPU, where nothing compiles
+
+
+def test_the_prefill_warm_up_runs_a_chunk_of_each_tile_width(runtime, monkeypatch):
+    from mlxd.engine.warmup import TILE_ROWS, warm_up_prefill_widths
+
+    chunks: list[int] = []
+    prefill = Runner.prefill
+
+    def spy(self, row, ids, images=()):
+        chunks.append(len(ids))
+        return prefill(self, row, ids, images)
+
+    monkeypatch.setattr(Runner, "prefill", spy)
+    warm_up_prefill_widths(runtime)
+    assert sorted(chunks) == sorted(TILE_ROWS)

@@ -26,9 +26,26 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, spe
         _warm_up_verify_steps(runtime, ids, speculate, speculate_depth)
     if runtime.draft_model is not None and speculate_depth > 0:
         _warm_up_catch_up(runtime)
-    if batch_rows > 1 and mx.default_device().type == mx.gpu:
-        warm_up_batch(runtime, ids, batch_rows)
+    if mx.default_device().type == mx.gpu:
+        warm_up_prefill_widths(runtime)
+        if batch_rows > 1:
+            warm_up_batch(runtime, ids, batch_rows)
     mx.clear_cache()
+
+
+# Rows of a quantized matmul at which MLX's CUDA kernels (0.32) change tile: up to 16, 32, 64, 128, more. Each tile
+# is a kernel compiled on its first use (NVRTC, seconds to tens of seconds), and a prompt chunk of T tokens, a batch
+# of B rows and a verify step of B x L tokens all pick their tile by those rows.
+TILE_ROWS = (16, 32, 64, 128, 256)
+
+
+def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
+    """One prompt chunk at each of TILE_ROWS tokens, so the first prompts of those lengths do not compile. GPU
+    only: nothing compiles on the CPU, where 500 tokens of prefill would cost a large model seconds."""
+    for rows in TILE_ROWS:
+        ids = [1 + i % (runtime.vocab_size - 1) for i in range(rows + 1)]  # the last token is decoded, not prefilled
+        _run(runtime, GenerationRequest(f"warmup-prefill-{rows}", ids, SamplingParams(temperature=0.0),
+                                        max_tokens=1, ignore_eos=True), SchedulerOptions(rows))
 
 
 def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int) -> None:
