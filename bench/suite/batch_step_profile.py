@@ -20,7 +20,6 @@ step (parts overlap on the device, so they need not add up).
 from __future__ import annotations
 
 import collections
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.suite.decode_profile import MLX_LM, MLXD, _Identity, _with_layers, kernel_nodes_of, print_kernel_nodes
+from bench.suite.decode_profile import (
+    MLX_LM,
+    MLXD,
+    _Identity,
+    _with_layers,
+    kernel_nodes_of,
+    print_kernel_nodes,
+    print_medians,
+)
 
 VARIANTS = {"step": (), "without MLP": ("mlp",), "without attention": ("self_attn",),
             "without linear attention": ("linear_attn", "mixer")}
@@ -165,14 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, (make, holder) in makers.items():
             rounds[name].append(profile(make, holder, args.steps))
             print(name, {k: round(v, 3) for k, v in rounds[name][-1].items()}, flush=True)
-    lines = []
-    for key in rounds[MLXD][0]:
-        mine = statistics.median(r[key] for r in rounds[MLXD])
-        other = statistics.median(r[key] for r in rounds[MLX_LM] if key in r)
-        lines.append([key, f"{mine:.3f}", f"{other:.3f}", f"{other / mine:.2f}"])
-    print(f"\n{args.model.name}, {args.rows} rows of {args.context}+ tokens, {args.steps} steps, medians of "
-          f"{args.rounds} rounds (ms per step)")
-    print(common.table(["what", MLXD, MLX_LM, "mlx-lm / mlxd"], lines))
+    print_medians(rounds, f"{args.model.name}, {args.rows} rows of {args.context}+ tokens, {args.steps} steps, "
+                          f"medians of {args.rounds} rounds (ms per step)")
 
 
 if __name__ == "__main__":

@@ -191,13 +191,18 @@ def main(argv: list[str] | None = None) -> None:
         for name, (model, make_cache, holder) in engines.items():
             rounds[name].append(profile(name, model, make_cache, holder, args.context, args.steps, vocab))
             mx.clear_cache()
-    keys = list(rounds[MLXD][0])
+    print_medians(rounds, f"{args.model.name}, context {args.context}, {args.steps} steps, medians of "
+                          f"{args.rounds} rounds (ms)")
+
+
+def print_medians(rounds: dict[str, list[dict[str, float]]], title: str) -> None:
+    """Each measurement's median over the rounds per engine, and mlx-lm's over mlxd's (above 1: mlxd faster)."""
     lines = []
-    for key in keys:
+    for key in rounds[MLXD][0]:
         ours = statistics.median(r[key] for r in rounds[MLXD])
-        theirs = statistics.median(r[key] for r in rounds[MLX_LM])
+        theirs = statistics.median(r[key] for r in rounds[MLX_LM] if key in r)
         lines.append([key, f"{ours:.3f}", f"{theirs:.3f}", f"{theirs / ours:.2f}"])
-    print(f"\n{args.model.name}, context {args.context}, {args.steps} steps, medians of {args.rounds} rounds (ms)")
+    print(f"\n{title}")
     print(common.table(["what", MLXD, MLX_LM, "mlx-lm / mlxd"], lines))
 
 

@@ -27,10 +27,10 @@ import statistics
 from collections import deque
 
 _SAMPLES = 9     # a cost is the median of the latest this many of its measurements
-_PLAIN_FIRST = 3  # plain steps measured before speculation is judged against them (one may have compiled)
+_FIRM = 3        # measurements before a cost is firm (one may have compiled): a plain cost counts from then, a
+#                  verify cost is provisional before
 STALE = 2048     # steps after which a verify step's cost is forgotten
-RETRY = 32       # steps after which a provisional verify cost (fewer than _FIRM measurements) is tried again
-_FIRM = 3
+RETRY = 32       # steps after which a provisional verify cost is tried again
 
 
 class StepCosts:
@@ -39,13 +39,12 @@ class StepCosts:
         self._verify: dict[tuple[int, int], float] = {}  # (rows, L) -> seconds, drafting included
         self._samples: dict[object, deque[float]] = {}   # the latest measurements behind each
         self._measured: dict[tuple[int, int], int] = {}  # (rows, L) -> the step it was last timed
-        self._retry: dict[tuple[int, int], int] = {}     # (rows, L) of a provisional cost -> the step it goes
         self._steps = 0
 
     def plain(self, rows: int) -> float | None:
-        """A plain step's cost for this batch size, None while measured fewer than _PLAIN_FIRST times."""
+        """A plain step's cost for this batch size, None while measured fewer than _FIRM times."""
         samples = self._samples.get(rows)
-        return self._plain.get(rows) if samples is not None and len(samples) >= _PLAIN_FIRST else None
+        return self._plain.get(rows) if samples is not None and len(samples) >= _FIRM else None
 
     def measured_verify(self) -> dict[tuple[int, int], float]:
         return dict(self._verify)
@@ -76,25 +75,19 @@ class StepCosts:
         if length == 1:
             self._plain[rows] = cost
         else:
-            if len(samples) < _FIRM:
-                cost = min(samples)
-                self._retry[rows, length] = self._steps + RETRY
-            else:
-                self._retry.pop((rows, length), None)
-            self._verify[rows, length] = cost
+            self._verify[rows, length] = cost if len(samples) >= _FIRM else min(samples)
             self._measured[rows, length] = self._steps
-            if rows in self._plain and cost < self._plain[rows]:
+            if rows in self._plain and self._verify[rows, length] < self._plain[rows]:
                 # Less than a plain step: the plain cost is stale (see the top); measure it again before judging.
                 del self._plain[rows], self._samples[rows]
 
     def _forget_due(self) -> None:
         """Provisional verify costs whose retry is due go (their measurements stay, for the next one's least);
         every 256 steps, verify costs measured more than STALE steps ago go with their measurements."""
-        for key in [k for k, due in self._retry.items() if due <= self._steps]:
-            del self._retry[key]
-            self._verify.pop(key, None)
+        for key in [k for k in self._verify
+                    if len(self._samples[k]) < _FIRM and self._steps - self._measured[k] >= RETRY]:
+            del self._verify[key]
         if self._steps % 256 == 0:
             for stale in [k for k, at in self._measured.items() if self._steps - at > STALE]:
                 del self._measured[stale], self._samples[stale]
                 self._verify.pop(stale, None)
-                self._retry.pop(stale, None)

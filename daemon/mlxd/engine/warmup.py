@@ -3,6 +3,8 @@ kernel compilation and first-touch allocation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import mlx.core as mx
 import numpy as np
 
@@ -43,7 +45,7 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
     """One prompt chunk at each of TILE_ROWS tokens, so the first prompts of those lengths do not compile. GPU
     only: nothing compiles on the CPU, where 500 tokens of prefill would cost a large model seconds."""
     for rows in TILE_ROWS:
-        ids = [1 + i % (runtime.vocab_size - 1) for i in range(rows + 1)]  # the last token is decoded, not prefilled
+        ids = _filler(runtime, rows + 1)  # the last token is decoded, not prefilled
         _run(runtime, GenerationRequest(f"warmup-prefill-{rows}", ids, SamplingParams(temperature=0.0),
                                         max_tokens=1, ignore_eos=True), SchedulerOptions(rows))
 
@@ -58,13 +60,13 @@ def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int) -> None:
     for i in range(rows):
         scheduler.add(GenerationRequest(f"warmup-batch-{i}", ids, SamplingParams(temperature=0.0),
                                         max_tokens=rows + 2, ignore_eos=True))
-        _step(scheduler)
+        _raise_failure(event for _, event in scheduler.step())
     while scheduler.has_work():
-        _step(scheduler)
+        _raise_failure(event for _, event in scheduler.step())
 
 
-def _step(scheduler: Scheduler) -> None:
-    for _, event in scheduler.step():
+def _raise_failure(events: Iterable[Event]) -> None:
+    for event in events:
         if isinstance(event, ErrorEvent):
             raise event.error
 
@@ -91,9 +93,7 @@ def _image_request(runtime: ModelRuntime, ids: list[int], new_tokens: int) -> Ge
 
 
 def _run(runtime: ModelRuntime, request: GenerationRequest, options: SchedulerOptions) -> None:
-    for event in run_to_completion(runtime, request, options=options):
-        if isinstance(event, ErrorEvent):
-            raise event.error
+    _raise_failure(run_to_completion(runtime, request, options=options))
 
 
 def run_to_completion(runtime: ModelRuntime, request: GenerationRequest,
@@ -115,5 +115,10 @@ def _warm_up_catch_up(runtime: ModelRuntime) -> None:
     assert runtime.draft_model is not None
     for width in (1 << i for i in range(10)):
         draft = DraftModel(runtime.draft_model)
-        draft.start(0, [1 + i % (runtime.vocab_size - 1) for i in range(width)])
+        draft.start(0, _filler(runtime, width))
         draft.draft({0: 1})
+
+
+def _filler(runtime: ModelRuntime, n: int) -> list[int]:
+    """n valid token ids, none of them 0 (often a special token)."""
+    return [1 + i % (runtime.vocab_size - 1) for i in range(n)]
