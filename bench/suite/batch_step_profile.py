@@ -11,7 +11,9 @@ same, plus its log-softmax of every row). Each variant replaces one part of ever
 - `without MLP`: the MLP / MoE blocks removed (what attention, norms, embedding and output layer cost);
 - `without attention`: the full-attention blocks (`self_attn`) removed;
 - `without linear attention`: the recurrent mixers (`linear_attn`, `mixer`) removed, for hybrid models.
-A part the model does not have is skipped. First it prints the kernel nodes of one step per engine where they
+A part the model does not have is skipped. `--also-kernels mlx` times mlxd a second time with that ops backend
+(models/ops.py; e.g. MLX's ops where the loader chose the CUDA kernels), to measure what the kernels buy.
+First it prints the kernel nodes of one step per engine where they
 differ (decode_profile's count, on the batched step). Medians of rounds in milliseconds per step, and the ratio
 mlx-lm / mlxd (above 1: mlxd faster) last. The differences between variants say what each part costs inside the
 step (parts overlap on the device, so they need not add up).
@@ -54,6 +56,18 @@ def without(holder: Any, parts: tuple[str, ...]) -> Iterator[bool]:
     finally:
         for layer, name, part in saved:
             setattr(layer, name, part)
+
+
+@contextmanager
+def kernels(name: str | None) -> Iterator[None]:
+    """mlxd's ops backend switched to `name` while inside (None: as the loader chose)."""
+    from mlxd.models import ops
+    before = ops.backend()
+    ops.use(name or before)
+    try:
+        yield
+    finally:
+        ops.use(before)
 
 
 def prompts(rows: int, context: int) -> list[list[int]]:
@@ -128,10 +142,11 @@ def timed_steps(batch: MlxdBatch | MlxLmBatch, steps: int) -> float:
     return elapsed
 
 
-def profile(make: Callable[[], MlxdBatch | MlxLmBatch], holder: Any, steps: int) -> dict[str, float]:
+def profile(make: Callable[[], MlxdBatch | MlxLmBatch], holder: Any, steps: int,
+            variants: dict[str, tuple[str, ...]]) -> dict[str, float]:
     import mlx.core as mx
     out: dict[str, float] = {}
-    for name, parts in VARIANTS.items():
+    for name, parts in variants.items():
         batch = make()  # prefilled by the whole model: only the timed steps go without the part
         with without(holder, parts) as present:
             if present:
@@ -150,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--also-kernels", default=None, help="time mlxd again with this ops backend (e.g. mlx)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     args = p.parse_args(argv)
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
     from mlx_lm.utils import load_model
 
     from mlxd.loading.model_source import load_model_and_tokenizer
@@ -158,19 +176,26 @@ def main(argv: list[str] | None = None) -> None:
     ours = load_model_and_tokenizer(args.model, args.dtype)[0].model
     theirs = load_model(args.model)[0]
     rows = prompts(args.rows, args.context)
-    makers: dict[str, tuple[Callable[[], MlxdBatch | MlxLmBatch], Any]] = {
-        MLXD: (lambda: MlxdBatch(ours, rows), _with_layers(ours)),
-        MLX_LM: (lambda: MlxLmBatch(theirs, rows), _with_layers(theirs))}
+    makers: dict[str, tuple[Callable[[], MlxdBatch | MlxLmBatch], Any, str | None]] = {
+        MLXD: (lambda: MlxdBatch(ours, rows), _with_layers(ours), None)}
+    if args.also_kernels:
+        makers[f"{MLXD} ({args.also_kernels})"] = (lambda: MlxdBatch(ours, rows), _with_layers(ours),
+                                                   args.also_kernels)
+    makers[MLX_LM] = (lambda: MlxLmBatch(theirs, rows), _with_layers(theirs), None)
     counts = {}
-    for name, (make, _) in makers.items():
-        batch = make()
-        counts[name] = batch.kernel_nodes()
-        batch.finish()
+    for name, (make, _, backend) in makers.items():
+        with kernels(backend):
+            batch = make()
+            counts[name] = batch.kernel_nodes()
+            batch.finish()
+        if name != MLXD and name != MLX_LM:
+            print(f"kernel nodes in one step, {name}: {sum(counts.pop(name).values())}")
     print_kernel_nodes(counts, f"one {args.rows}-row decode step")
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in makers}
     for _ in range(args.rounds):
-        for name, (make, holder) in makers.items():
-            rounds[name].append(profile(make, holder, args.steps))
+        for name, (make, holder, backend) in makers.items():
+            with kernels(backend):
+                rounds[name].append(profile(make, holder, args.steps, variants))
             print(name, {k: round(v, 3) for k, v in rounds[name][-1].items()}, flush=True)
     print_medians(rounds, f"{args.model.name}, {args.rows} rows of {args.context}+ tokens, {args.steps} steps, "
                           f"medians of {args.rounds} rounds (ms per step)")

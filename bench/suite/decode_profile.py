@@ -196,14 +196,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_medians(rounds: dict[str, list[dict[str, float]]], title: str) -> None:
-    """Each measurement's median over the rounds per engine, and mlx-lm's over mlxd's (above 1: mlxd faster)."""
+    """Each measurement's median over the rounds per engine (mlxd first, mlx-lm last, any other mlxd variant
+    between), and mlx-lm's over mlxd's (above 1: mlxd faster)."""
+    engines = [MLXD, *(name for name in rounds if name not in (MLXD, MLX_LM)), MLX_LM]
     lines = []
     for key in rounds[MLXD][0]:
-        ours = statistics.median(r[key] for r in rounds[MLXD])
-        theirs = statistics.median(r[key] for r in rounds[MLX_LM] if key in r)
-        lines.append([key, f"{ours:.3f}", f"{theirs:.3f}", f"{theirs / ours:.2f}"])
+        medians = {name: statistics.median(r[key] for r in rounds[name] if key in r) for name in engines}
+        lines.append([key, *(f"{medians[name]:.3f}" for name in engines),
+                      f"{medians[MLX_LM] / medians[MLXD]:.2f}"])
     print(f"\n{title}")
-    print(common.table(["what", MLXD, MLX_LM, "mlx-lm / mlxd"], lines))
+    print(common.table(["what", *engines, "mlx-lm / mlxd"], lines))
 
 
 if __name__ == "__main__":

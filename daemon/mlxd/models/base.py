@@ -21,6 +21,18 @@ class BaseModelArgs:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+@dataclasses.dataclass(frozen=True)
+class DeltaHeads:
+    """A Gated DeltaNet layer's heads (Qwen3.5, Qwen3-Next): key heads `hk` of width `dk`, value heads `hv` of
+    width `dv`; value head j reads key head j // (hv / hk), or j % hk when `tiled` (GGUF's order)."""
+
+    hk: int
+    hv: int
+    dk: int
+    dv: int
+    tiled: bool = False
+
+
 class MaskingCache(Protocol):
     """What mask creation needs from a KV cache (see mlxd.models.cache)."""
 

@@ -5,7 +5,9 @@ the device and the dtype the weights are held in:
 - "mlx" (ops_mlx.py): MLX's own ops, with explicit soft-capped attention and a grouped attention for one query
   per row with an array mask (batched decode on CUDA);
 - "numpy" (ops_cpu_numpy.py): float32 on the CPU, where MLX computes `exp` one element at a time; prefill
-  (more than one token) runs in NumPy, decode steps stay in MLX.
+  (more than one token) runs in NumPy, decode steps stay in MLX;
+- "cuda" (ops_cuda.py, listed where MLX has CUDA): "mlx" plus kernels of our own for a decode step's Gated
+  DeltaNet layers, where MLX's ops cost ~55 graph nodes a layer and a GPU step is bound by host work per node.
 Only the worker thread, which alone runs MLX, loads a model and so switches the backend.
 """
 
@@ -14,11 +16,14 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from mlxd.models.base import Mask
+from mlxd.models.base import DeltaHeads, Mask
 from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
+from mlxd.models.ops_cuda import CudaBackend
 from mlxd.models.ops_mlx import MLXBackend
 
 _BACKENDS: dict[str, MLXBackend] = {"mlx": MLXBackend(), "numpy": NumpyBackend()}
+if mx.cuda.is_available():
+    _BACKENDS["cuda"] = CudaBackend()
 BACKENDS = tuple(_BACKENDS)
 
 _backend: MLXBackend = _BACKENDS["mlx"]
@@ -26,7 +31,9 @@ _backend: MLXBackend = _BACKENDS["mlx"]
 
 def choose(device: mx.Device, dtype: str) -> str:
     """The backend for weights held in `dtype` (a name: "float32", "bfloat16", ...) on `device`."""
-    return "numpy" if device.type == mx.cpu and dtype == "float32" else "mlx"
+    if device.type == mx.cpu:
+        return "numpy" if dtype == "float32" else "mlx"
+    return "cuda" if "cuda" in _BACKENDS else "mlx"
 
 
 def use(name: str) -> None:
@@ -74,6 +81,17 @@ def gated_activation(gate: mx.array, up: mx.array, kind: str, tokens: int | None
 def activation(x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
     """"silu", "gelu_tanh" (GELU's tanh approximation, gelu_pytorch_tanh) or "gelu" of x; `tokens` as above."""
     return _backend.activation(x, kind, tokens)
+
+
+def gated_delta_decode(qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.array, conv_state: mx.array,
+                       A_log: mx.array, dt_bias: mx.array, state: mx.array,
+                       heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
+    """One decode token per row through a Gated DeltaNet layer's conv and recurrence, fused: from the in-projected
+    qkv [B, 1, C] and gate inputs a, b [B, 1, hv], the conv weight [C, K] and state [B, K-1, C], the layer's A_log
+    and dt_bias [hv] and the float32 recurrent state [B, hv, dv, dk]: (the outputs [B, 1, hv, dv] in qkv's dtype,
+    the new conv state, the new recurrent state). None where the backend has no fused kernel: the caller then runs
+    the MLX ops of models/gated_delta.py, which this equals to float32 rounding."""
+    return _backend.gated_delta_decode(qkv, a, b, conv_weight, conv_state, A_log, dt_bias, state, heads)
 
 
 def prompt_scores(logits: mx.array, targets: list[int],

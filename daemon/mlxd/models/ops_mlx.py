@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
-from mlxd.models.base import Mask
+from mlxd.models.base import DeltaHeads, Mask
 
 _ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
 
@@ -50,6 +50,11 @@ class MLXBackend:
 
     def activation(self, x: mx.array, kind: str, tokens: int | None = None) -> mx.array:
         return _ACTIVATIONS[kind](x)
+
+    def gated_delta_decode(self, qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.array,
+                           conv_state: mx.array, A_log: mx.array, dt_bias: mx.array, state: mx.array,
+                           heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
+        return None  # no fused kernel: the model runs models/gated_delta.py's ops
 
     def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
         allowed = bitmask_to_allowed(mx.array(bitmasks), logits.shape[-1])

@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxd.models import llama, ops, sharding
-from mlxd.models.base import AttentionCache, Mask, attention_mask, drop_unused_weights
+from mlxd.models.base import AttentionCache, DeltaHeads, Mask, attention_mask, drop_unused_weights
 from mlxd.models.cache import KVCache, LayerCache
 from mlxd.models.gated_delta import causal_conv, gated_delta, gated_delta_steps, l2_normalize
 from mlxd.models.projections import GATE_UP, QKV, Projections, add_linears, join_fused_weights
@@ -168,6 +168,13 @@ class GatedDeltaNet(nn.Module):
             qkv, z, b, a = self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
         # A verify step keeps the states after each of its tokens, for the cache to roll back to the accepted ones.
         stepwise = cache is not None and cache.stepwise(L)
+        if L == 1 and cache is not None and cache.conv_state is not None and cache.recurrent_state is not None:
+            fused = ops.gated_delta_decode(qkv, a, b, self.conv1d.weight[:, :, 0], cache.conv_state, self.A_log,
+                                           self.dt_bias, cache.recurrent_state, self.heads)
+            if fused is not None:
+                out, conv_state, state = fused
+                cache.advance(conv_state, state, L)
+                return self._gated_output(out, z)
         mixed, conv_state = causal_conv(qkv, self.conv1d.weight[:, :, 0], None if cache is None else cache.conv_state,
                                         stepwise=stepwise)
         key_width = self.hk * self.dk
@@ -188,8 +195,17 @@ class GatedDeltaNet(nn.Module):
             out, state = gated_delta(q, k, v, g, beta, held)
             if cache is not None:
                 cache.advance(conv_state, state, L)
-        out = self.norm(out) * ops.activation(z.reshape(B, L, self.hv, self.dv), "silu", L)
-        return self.out_proj(out.reshape(B, L, -1))
+        return self._gated_output(out, z)
+
+    def _gated_output(self, out: mx.array, z: mx.array) -> mx.array:
+        """out_proj of the normalized outputs [B, L, hv, dv] gated by silu(z) (one fused kernel)."""
+        B, L = out.shape[:2]
+        gated = ops.gated_activation(z.reshape(B, L, self.hv, self.dv), self.norm(out), "silu", L)
+        return self.out_proj(gated.reshape(B, L, -1))
+
+    @property
+    def heads(self) -> DeltaHeads:
+        return DeltaHeads(self.hk, self.hv, self.dk, self.dv, self.tiled)
 
 
 class DecoderLayer(nn.Module):
