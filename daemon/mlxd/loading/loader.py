@@ -193,6 +193,21 @@ def _shard(model: nn.Module, group: mx.distributed.Group, model_type: str) -> No
         mx.eval(layer.parameters())
 
 
+def materialize(model: nn.Module) -> None:
+    """Evaluate the model's arrays one at a time, each as an array of its own bytes (`mx.contiguous`, which keeps
+    the buffer of an array that already is one). A slice of a checkpoint tensor (the halves of Qwen3.5's fused
+    experts' gate_up, a tensor-parallel shard) would otherwise keep the whole tensor alive, and present a batch
+    stride that MLX 0.32.4's CUDA grouped GEMM ignores: its sorted gather_mm (MoE prefill) read other experts' rows,
+    3 logits off on the Qwen3.5-MoE fixture. One at a time, so each source tensor is freed once its slices are
+    copied: the peak stays about one tensor above the model."""
+    for _, module in model.named_modules():
+        for key, value in list(module.items()):
+            if isinstance(value, mx.array):
+                module[key] = mx.contiguous(value)
+                mx.eval(module[key])
+    mx.eval(model.parameters())  # any array held in a list or dict of a module
+
+
 def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False,
                group: mx.distributed.Group | None = None) -> LoadedModel:
     """Read config, weights and generation config from the folder `path` into an evaluated model. With `fuse`
@@ -255,7 +270,7 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False,
     if sharded:
         assert group is not None
         _shard(model, group, model_type)
-    mx.eval(model.parameters())
+    materialize(model)
 
     # Published Gemma 3 vision configs omit text_config.max_position_embeddings: it equals the default.
     context = context_length(raw, args.max_position_embeddings, config_file)
