@@ -94,6 +94,13 @@ def gated_delta_decode(qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.
     return _backend.gated_delta_decode(qkv, a, b, conv_weight, conv_state, A_log, dt_bias, state, heads)
 
 
+def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
+                     group_size: int, bits: int, mode: str) -> mx.array:
+    """mx.quantized_matmul, on every backend: MLX's CUDA backend has no kernel for `transpose=False` (x @ W with W
+    quantized along its rows), so the CUDA backend dequantizes W for that product."""
+    return _backend.quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
+
+
 def prompt_scores(logits: mx.array, targets: list[int],
                   top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
     """For logits [T, V]: the log-probability of targets[i] in row i, and when top_k each row's top_k ids and

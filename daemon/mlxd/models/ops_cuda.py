@@ -142,6 +142,13 @@ def gated_delta_step(mixed: mx.array, a: mx.array, b: mx.array, A_log: mx.array,
 class CudaBackend(MLXBackend):
     name = "cuda"
 
+    def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
+                         transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
+        if transpose:
+            return super().quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
+        # MLX 0.32.4 on CUDA: "[quantized_matmul] No implementation for problem shape ... transpose: false".
+        return x @ mx.dequantize(weight, scales, biases, group_size, bits, mode=mode).astype(x.dtype)
+
     def gated_delta_decode(self, qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.array,
                            conv_state: mx.array, A_log: mx.array, dt_bias: mx.array, state: mx.array,
                            heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:

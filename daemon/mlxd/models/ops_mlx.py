@@ -56,6 +56,11 @@ class MLXBackend:
                            heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
         return None  # no fused kernel: the model runs models/gated_delta.py's ops
 
+    def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
+                         transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
+        return mx.quantized_matmul(x, weight, scales, biases, transpose=transpose, group_size=group_size, bits=bits,
+                                   mode=mode)
+
     def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
         allowed = bitmask_to_allowed(mx.array(bitmasks), logits.shape[-1])
         if rows is None:

@@ -133,8 +133,8 @@ class LatentAttention(nn.Module):
 
         if isinstance(layer, nn.QuantizedLinear):
             biases = layer.get("biases")
-            return mx.quantized_matmul(x, per_head(layer.weight), per_head(layer.scales),
-                                       None if biases is None else per_head(biases), transpose=value,
-                                       group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+            return ops.quantized_matmul(x, per_head(layer.weight), per_head(layer.scales),
+                                        None if biases is None else per_head(biases), value, layer.group_size,
+                                        layer.bits, layer.mode)
         weight = per_head(layer.weight)  # [H, rows, kv_lora_rank]
         return x @ (weight.swapaxes(-1, -2) if value else weight)

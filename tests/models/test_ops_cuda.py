@@ -1,8 +1,9 @@
-"""On a CUDA device: a Gated DeltaNet layer's decode step through the fused kernels (models/ops_cuda.py) equals the
-same step through the MLX ops of models/gated_delta.py, outputs and both states, for the head layouts the models
-have (grouped and tiled value heads, key widths that fill, cut and undershoot a warp), in float32 and bfloat16, with
-inputs that are slices of a wider projection as the unfused and fused layers give them. Skipped elsewhere; a CPU
-run checks only that the backends without the kernels decline."""
+"""The CUDA backend's own kernels (models/ops_cuda.py). On a CUDA device: a Gated DeltaNet layer's decode step
+through the fused kernels equals the same step through the MLX ops of models/gated_delta.py, outputs and both
+states, for the head layouts the models have (grouped and tiled value heads, key widths that fill, cut and
+undershoot a warp), in float32 and bfloat16, with inputs that are slices of a wider projection as the unfused and
+fused layers give them. Skipped elsewhere; a CPU run checks that the backends without the kernels decline, and the
+CUDA backend's quantized matmul (plain MLX ops) everywhere."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from mlxd.models import ops
 from mlxd.models.base import DeltaHeads
+from mlxd.models.ops_cuda import CudaBackend
 from mlxd.models.qwen3_5 import GatedDeltaNet, ModelArgs
 from mlxd.models.recurrent_cache import RecurrentCache
 
@@ -81,3 +83,15 @@ def test_backends_without_the_kernels_decline():
                                           mx.zeros((1, 1, 4, 4)), heads) is None
         finally:
             ops.use(before)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_quantized_matmul_either_way_equals_mlx(transpose):
+    """x @ W with W quantized along its rows has no MLX kernel on CUDA; the CUDA backend dequantizes W for it
+    (runs anywhere: no custom kernel)."""
+    weight = mx.random.normal((4, 64, 32), key=mx.random.key(7))  # [batch, rows, columns], quantized along columns
+    quantized, scales, biases = mx.quantize(weight, 32, 8)
+    x = mx.random.normal((4, 1, 64 if not transpose else 32), key=mx.random.key(8))
+    want = mx.quantized_matmul(x, quantized, scales, biases, transpose=transpose, group_size=32, bits=8)
+    got = CudaBackend().quantized_matmul(x, quantized, scales, biases, transpose, 32, 8, "affine")
+    assert got.shape == want.shape and mx.allclose(got, want, atol=1e-4)
