@@ -95,3 +95,67 @@ def test_quantized_matmul_either_way_equals_mlx(transpose):
     want = mx.quantized_matmul(x, quantized, scales, biases, transpose=transpose, group_size=32, bits=8)
     got = CudaBackend().quantized_matmul(x, quantized, scales, biases, transpose, 32, 8, "affine")
     assert got.shape == want.shape and mx.allclose(got, want, atol=1e-4)
+
+
+def _cache_slices(rows: int, kv_heads: int, length: int, dims: int, value_dims: int, dtype: mx.Dtype):
+    """Keys and values as a batch cache returns them: the first `length` columns of a longer buffer."""
+    keys = mx.random.normal((rows, kv_heads, length + 29, dims)).astype(dtype)
+    values = mx.random.normal((rows, kv_heads, length + 29, value_dims)).astype(dtype)
+    return keys[..., :length, :], values[..., :length, :]
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+@pytest.mark.parametrize("heads,kv_heads,dims,value_dims", [(8, 2, 128, 128), (4, 4, 64, 64), (16, 2, 64, 64),
+                                                            (2, 1, 256, 256)])
+@pytest.mark.parametrize("mask_kind", ["additive", "bool", "window"])
+@pytest.mark.parametrize("with_sinks", [False, True])
+def test_decode_attention_equals_the_grouped_ops(dtype, tolerance, heads, kv_heads, dims, value_dims, mask_kind,
+                                                 with_sinks):
+    from mlxd.models.ops_cuda import decode_attention
+    from mlxd.models.ops_mlx import grouped_attention
+    rows, length = 3, 301
+    mx.random.seed(heads + dims)
+    queries = mx.random.normal((rows, heads, 1, dims)).astype(dtype)
+    keys, values = _cache_slices(rows, kv_heads, length, dims, value_dims, dtype)
+    columns = mx.arange(length)[None, :]
+    visible = columns >= mx.array([0, 17, 250])[:, None]  # left-padded rows of different lengths
+    if mask_kind == "window":
+        visible = visible & (columns > length - 64)
+    mask = visible[:, None, None, :]
+    if mask_kind != "bool":
+        mask = mx.where(mask, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
+    sinks = mx.random.normal((heads,)) if with_sinks else None
+    want = grouped_attention(queries, keys, values, dims**-0.5, mask, sinks)
+    got = decode_attention(queries, keys, values, dims**-0.5, mask, sinks)
+    assert got is not None and got.shape == want.shape and got.dtype == want.dtype
+    error = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
+    assert error <= tolerance * max(1.0, mx.abs(want.astype(mx.float32)).max().item())
+
+
+@on_cuda
+def test_the_cuda_backends_masked_decode_attention_equals_mlxs():
+    """ops.attention of a masked decode step takes the kernel on the CUDA backend and equals MLX's ops (the
+    parity files' batched-rows tests run whole models through it on a CUDA device)."""
+    queries = mx.random.normal((2, 4, 1, 64))
+    keys, values = _cache_slices(2, 2, 10, 64, 64, mx.float32)
+    mask = mx.array([[True] * 10, [False] * 4 + [True] * 6])[:, None, None, :]
+    before = ops.backend()
+    try:
+        ops.use("cuda")
+        got = ops.attention(queries, keys, values, 0.125, mask)
+        ops.use("mlx")
+        want = ops.attention(queries, keys, values, 0.125, mask)
+    finally:
+        ops.use(before)
+    assert mx.allclose(got, want, atol=1e-5)
+
+
+def test_decode_attention_declines_what_it_does_not_cover():
+    from mlxd.models.ops_cuda import decode_attention
+    keys = mx.zeros((1, 2, 8, 64))
+    for queries, values in ((mx.zeros((1, 4, 2, 64)), keys),      # two queries per row
+                            (mx.zeros((1, 4, 1, 80)), mx.zeros((1, 2, 8, 80))),  # a head width not of 32s
+                            (mx.zeros((1, 64, 1, 64)), keys)):    # 32 query heads per kv head: too many registers
+        k = keys if queries.shape[-1] == 64 else values
+        assert decode_attention(queries, k, values, 0.1, None, None) is None

@@ -17,7 +17,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlxd.models.base import DeltaHeads
+from mlxd.models.base import DeltaHeads, Mask
 from mlxd.models.ops_mlx import MLXBackend
 
 # One thread per channel of one row: the conv over the K-1 kept inputs and this token, in float32, then SiLU.
@@ -95,7 +95,91 @@ _GATED_DELTA_STEP = """
     if (lane == 0) y[(size_t)n * Dv + j] = static_cast<T>(y_j * q_scale);
 """
 
+# One block per (row, kv head): its W warps split the keys (warp w takes keys w, w + W, ...), the 32 lanes of a warp
+# split the head dimension, and each warp keeps a running softmax (max, sum, weighted values) for the G query heads
+# that share the kv head; the warps' partial results are merged through shared memory at the end.
+_DECODE_ATTENTION = """
+    constexpr int PD = D / 32, PV = DV / 32;
+    const float NEG_INF = __int_as_float(0xff800000);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int row = blockIdx.x / HKV, kvh = blockIdx.x % HKV;
+    const float sc = scale[0];
+    float qv[G][PD], acc[G][PV], m[G], l[G];
+    #pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const auto* qg = q + row * q_strides[0] + (kvh * G + g) * q_strides[1];
+        #pragma unroll
+        for (int i = 0; i < PD; ++i) qv[g][i] = static_cast<float>(qg[(lane + 32 * i) * q_strides[3]]) * sc;
+        #pragma unroll
+        for (int i = 0; i < PV; ++i) acc[g][i] = 0.f;
+        // The sink joins the softmax once: warp 0 starts from it, the others from nothing.
+        if (HAS_SINKS && warp == 0) { m[g] = static_cast<float>(sinks[kvh * G + g]); l[g] = 1.f; }
+        else { m[g] = NEG_INF; l[g] = 0.f; }
+    }
+    const auto* kb = k + row * k_strides[0] + kvh * k_strides[1];
+    const auto* vb = v + row * v_strides[0] + kvh * v_strides[1];
+    const int keys = k_shape[2];
+    for (int t = warp; t < keys; t += W) {
+        float bias = 0.f;
+        if (HAS_MASK) {
+            const float mv = static_cast<float>(mask[row * mask_strides[0] + t * mask_strides[3]]);
+            if (MASK_BOOL) { if (mv == 0.f) continue; }
+            else { bias = mv; if (bias == NEG_INF) continue; }
+        }
+        float kt[PD], vt[PV];
+        #pragma unroll
+        for (int i = 0; i < PD; ++i) kt[i] = static_cast<float>(kb[t * k_strides[2] + (lane + 32 * i) * k_strides[3]]);
+        #pragma unroll
+        for (int i = 0; i < PV; ++i) vt[i] = static_cast<float>(vb[t * v_strides[2] + (lane + 32 * i) * v_strides[3]]);
+        #pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float s = 0.f;
+            #pragma unroll
+            for (int i = 0; i < PD; ++i) s += qv[g][i] * kt[i];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+            s += bias;
+            const float m_new = fmaxf(m[g], s);
+            const float old = expf(m[g] - m_new), p = expf(s - m_new);
+            l[g] = l[g] * old + p;
+            #pragma unroll
+            for (int i = 0; i < PV; ++i) acc[g][i] = acc[g][i] * old + p * vt[i];
+            m[g] = m_new;
+        }
+    }
+    // Merge the warps: each writes its running max, sum and values; then thread j finishes (head, dim) pairs.
+    extern __shared__ float merged[];
+    float* ms = merged;                 // [W][G]
+    float* ls = ms + W * G;             // [W][G]
+    float* os = ls + W * G;             // [W][G][DV]
+    #pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (lane == 0) { ms[warp * G + g] = m[g]; ls[warp * G + g] = l[g]; }
+        #pragma unroll
+        for (int i = 0; i < PV; ++i) os[(warp * G + g) * DV + lane + 32 * i] = acc[g][i];
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < G * DV; j += 32 * W) {
+        const int g = j / DV, d = j % DV;
+        float top = NEG_INF;
+        for (int w = 0; w < W; ++w) top = fmaxf(top, ms[w * G + g]);
+        float total = 0.f, value = 0.f;
+        for (int w = 0; w < W; ++w) {
+            const float f = ms[w * G + g] == NEG_INF ? 0.f : expf(ms[w * G + g] - top);
+            total += ls[w * G + g] * f;
+            value += os[(w * G + g) * DV + d] * f;
+        }
+        out[((size_t)row * HKV * G + kvh * G + g) * DV + d] = static_cast<T>(value / total);
+    }
+"""
+
+# Registers per lane for the G heads' query and values (G * (D + DV) / 32 floats), and the merge's shared memory:
+# beyond these, the kernel would spill or not launch, and MLX's ops take the step.
+_MAX_LANE_FLOATS = 96
+_SHARED_BYTES = 48 * 1024
+_WARPS = 8
+
 _kernels: dict[str, Any] = {}
+_scales: dict[float, mx.array] = {}
 
 
 def _kernel(name: str, inputs: list[str], outputs: list[str], source: str) -> Any:
@@ -139,8 +223,52 @@ def gated_delta_step(mixed: mx.array, a: mx.array, b: mx.array, A_log: mx.array,
     return y, new_state
 
 
+def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: mx.array | None,
+                     sinks: mx.array | None) -> mx.array | None:
+    """softmax(scale q k^T + mask) v for one query per row, queries [B, Hq, 1, D] against keys [B, Hkv, T, D] and
+    values [B, Hkv, T, Dv] (slices of a cache: any strides), mask None or an additive or boolean array that
+    broadcasts against [B, 1, 1, T], `sinks` [Hq] as in ops.attention: [B, Hq, 1, Dv] in the queries' dtype, with
+    float32 scores and sums. None where the shapes do not suit it (the caller then runs MLX's ops)."""
+    batch, heads, length, dims = queries.shape
+    kv_heads, keys_length, value_dims = keys.shape[1], keys.shape[2], values.shape[-1]
+    group = heads // kv_heads
+    if (length != 1 or dims % 32 or value_dims % 32 or heads % kv_heads or keys_length == 0
+            or group * (dims + value_dims) // 32 > _MAX_LANE_FLOATS):
+        return None
+    warps = min(_WARPS, _SHARED_BYTES // (4 * group * (value_dims + 2)))
+    if warps < 1:
+        return None
+    if mask is not None:
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+            return None  # a mask per head or per query: not what a decode step's batch cache makes
+        mask = mx.broadcast_to(mask, (batch, 1, 1, keys_length))
+    if scale not in _scales:
+        _scales[scale] = mx.array([scale], mx.float32)
+    kernel = _kernel("mlxd_decode_attention", ["q", "k", "v", "scale", "mask", "sinks"], ["out"], _DECODE_ATTENTION)
+    (out,) = kernel(
+        inputs=[queries, keys, values, _scales[scale], mask if mask is not None else _scales[scale],
+                sinks if sinks is not None else _scales[scale]],
+        template=[("T", queries.dtype), ("D", dims), ("DV", value_dims), ("G", group), ("HKV", kv_heads),
+                  ("W", warps), ("HAS_MASK", mask is not None),
+                  ("MASK_BOOL", mask is not None and mask.dtype == mx.bool_), ("HAS_SINKS", sinks is not None)],
+        grid=(32 * warps * batch * kv_heads, 1, 1), threadgroup=(32 * warps, 1, 1),
+        output_shapes=[(batch, heads, 1, value_dims)], output_dtypes=[queries.dtype],
+        shared_memory=4 * warps * group * (value_dims + 2))
+    return out
+
+
 class CudaBackend(MLXBackend):
     name = "cuda"
+
+    def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
+                  softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
+        # One query per row with an array mask (a batch of rows of different lengths, or a sliding window): MLX's
+        # fused kernel takes no mask on CUDA, and its ops cost ~5 graph nodes a layer; this is one.
+        if softcap is None and queries.shape[2] == 1 and isinstance(mask, mx.array):
+            out = decode_attention(queries, keys, values, scale, mask, sinks)
+            if out is not None:
+                return out
+        return super().attention(queries, keys, values, scale, mask, softcap, sinks)
 
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
