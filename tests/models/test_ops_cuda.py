@@ -159,3 +159,36 @@ def test_decode_attention_declines_what_it_does_not_cover():
                             (mx.zeros((1, 64, 1, 64)), keys)):    # 32 query heads per kv head: too many registers
         k = keys if queries.shape[-1] == 64 else values
         assert decode_attention(queries, k, values, 0.1, None, None) is None
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("experts,top_k", [(8, 2), (32, 4), (128, 8), (256, 8), (40, 6)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_the_routing_kernel_chooses_and_weighs_as_mlx(dtype, experts, top_k, renormalize):
+    from mlxd.models.ops_cuda import route_experts
+    from mlxd.models.ops_mlx import MLXBackend
+    logits = mx.random.normal((3, 37, experts), key=mx.random.key(experts + top_k)).astype(dtype)
+    got = route_experts(logits, top_k, renormalize)
+    assert got is not None
+    want = MLXBackend().route_experts(logits, top_k, renormalize)
+    for (indices, weights) in (got, want):
+        assert indices.shape == weights.shape == (3, 37, top_k) and weights.dtype == dtype
+    # The same experts with the same weights, whatever the order.
+    got_order, want_order = mx.argsort(got[0], axis=-1), mx.argsort(want[0], axis=-1)
+    assert mx.array_equal(mx.take_along_axis(got[0], got_order, -1), mx.take_along_axis(want[0], want_order, -1))
+    got_w = mx.take_along_axis(got[1], got_order, -1).astype(mx.float32)
+    want_w = mx.take_along_axis(want[1], want_order, -1).astype(mx.float32)
+    assert mx.allclose(got_w, want_w, atol=1e-6 if dtype == mx.float32 else 1e-2)
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+def test_the_combining_kernel_sums_as_mlx(dtype, tolerance):
+    from mlxd.models.ops_cuda import combine_experts
+    from mlxd.models.ops_mlx import MLXBackend
+    y = mx.random.normal((2, 9, 4, 96), key=mx.random.key(3)).astype(dtype)
+    weights = mx.random.uniform(shape=(2, 9, 4), key=mx.random.key(4)).astype(dtype)
+    got, want = combine_experts(y, weights), MLXBackend().combine_experts(y, weights)
+    assert got.shape == want.shape == (2, 9, 96) and got.dtype == want.dtype
+    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * 4

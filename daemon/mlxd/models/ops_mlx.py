@@ -56,6 +56,17 @@ class MLXBackend:
                            heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
         return None  # no fused kernel: the model runs models/gated_delta.py's ops
 
+    def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
+        indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:]
+        if renormalize:
+            weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+        else:
+            weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
+        return indices, weights
+
+    def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
+        return (y * weights[..., None]).sum(axis=-2)
+
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
         return mx.quantized_matmul(x, weight, scales, biases, transpose=transpose, group_size=group_size, bits=bits,
