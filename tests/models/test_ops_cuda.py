@@ -168,7 +168,9 @@ def test_decode_attention_declines_what_it_does_not_cover():
 def test_the_routing_kernel_chooses_and_weighs_as_mlx(dtype, experts, top_k, renormalize):
     from mlxd.models.ops_cuda import route_experts
     from mlxd.models.ops_mlx import MLXBackend
-    logits = mx.random.normal((3, 37, experts), key=mx.random.key(experts + top_k)).astype(dtype)
+    # Distinct logits (a permutation of k/16, exact in bfloat16): with a tie at the k-th, either expert is right.
+    noise = mx.random.uniform(shape=(3, 37, experts), key=mx.random.key(experts + top_k))
+    logits = (mx.argsort(noise, axis=-1).astype(mx.float32) / 16).astype(dtype)
     got = route_experts(logits, top_k, renormalize)
     assert got is not None
     want = MLXBackend().route_experts(logits, top_k, renormalize)
