@@ -7,6 +7,7 @@
     python -m bench random_model --shape qwen3.5-35b-a3b --out /tmp/qwen3.5-35b-a3b      # also qwen3.5-4b,
     python -m bench random_model --shape glm-4.7-flash --bits 4 --out /tmp/glm-4.7-flash  # gemma4-26b-a4b
     python -m bench random_model --shape gemma4-26b-a4b --tiny --dtype float32 --out /tmp/gemma4-tiny
+    python -m bench random_model --shape qwen3.5-35b-a3b --layers 20 --out /tmp/q35-half   # 20 of its 40 layers
 
 The tokenizer is the 320-token test tokenizer: ids beyond it decode to nothing, which is fine for timing. Float
 MoE shapes are written as Hugging Face checkpoints hold them (one tensor per expert and projection), quantized ones
@@ -16,6 +17,9 @@ The Qwen3.5, Gemma 4 and GLM-4.7-Flash shapes (shapes_hybrid.py) are written as 
 them out, or with --bits as mlx-lm's converter writes them: its own model class, built lazily from the config, names
 the tensors and its quant predicate picks the 8-bit ones, so --bits for these needs an interpreter with mlx-lm (the
 anchor's venv; mlxd does not depend on it). Big folders are split into shards of SHARD_BYTES with an index.
+`--layers N` keeps a Qwen3.5 shape's first N layers, each as published: Qwen3.5-35B-A3B in bfloat16 (69 GB) fits
+neither the GPU machine's 64 GiB disk nor twice (mlxd's copy and mlx-lm's) in one H200; with 20 layers it does,
+and a decode step's ratio is a per-layer one.
 """
 
 from __future__ import annotations
@@ -86,13 +90,14 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
     return out
 
 
-def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0, tiny: bool = False) -> Path:
+def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0, tiny: bool = False,
+                 layers: int | None = None) -> Path:
     """A shapes_hybrid shape: the published layout, or (bits) mlx-lm's conversion of it."""
     import mlx.core as mx
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("model*.safetensors*"):
         old.unlink()
-    config = shapes_hybrid.config(shape, tiny)
+    config = shapes_hybrid.config(shape, tiny, layers)
     _set_dtype(config, dtype)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, out / name)
@@ -129,14 +134,14 @@ def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0
     return out
 
 
-def hybrid_bytes(shape: str, dtype: str, bits: int = 0, tiny: bool = False) -> int:
+def hybrid_bytes(shape: str, dtype: str, bits: int = 0, tiny: bool = False, layers: int | None = None) -> int:
     """The tensors' bytes write_hybrid would write (the folder's size, less a few KB of JSON), without writing.
     bits: packed codes plus one scale and one bias per group of 64 (in `dtype`), 8 bits for the routers and
     gates mlx-lm's quant predicates keep at 8 (a vector's or a non-64-divisible matrix's bytes as float)."""
     import mlx.core as mx
     size = getattr(mx, dtype).size
     total = 0
-    for name, s in shapes_hybrid.tensors(shape, shapes_hybrid.config(shape, tiny)).items():
+    for name, s in shapes_hybrid.tensors(shape, shapes_hybrid.config(shape, tiny, layers)).items():
         count = int(np.prod(s))
         if not bits or len(s) == 1 or s[-1] % 64 or name.endswith(("A_log", "dt_bias", "conv1d.weight")):
             total += count * size
@@ -300,17 +305,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: same keys and structure, small numbers")
     parser.add_argument("--size-only", action="store_true",
                         help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: print the bytes it would write, write nothing")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="Qwen3.5 shapes: only the first N layers, each as published (fits twice on a device)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.size_only:
-        size = hybrid_bytes(args.shape, args.dtype, args.bits, args.tiny)
+        size = hybrid_bytes(args.shape, args.dtype, args.bits, args.tiny, args.layers)
         print(f"{args.shape}{' tiny' if args.tiny else ''} {args.dtype}{f' {args.bits}-bit' if args.bits else ''}: "
               f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)")
         return
     if args.out is None:
         parser.error("--out is required")
     if args.shape in shapes_hybrid.HYBRID:
-        out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny)
+        out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny, layers=args.layers)
     else:
         out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits)
     size = folder_bytes(out)

@@ -16,19 +16,24 @@ QWEN_MOE, QWEN_DENSE, GEMMA4, GLM = "qwen3.5-35b-a3b", "qwen3.5-4b", "gemma4-26b
 HYBRID = (QWEN_MOE, QWEN_DENSE, GEMMA4, GLM)
 
 
-def config(shape: str, tiny: bool = False) -> dict:
+def config(shape: str, tiny: bool = False, layers: int | None = None) -> dict:
+    """`layers`: Qwen3.5 shapes only, the first that many layers (each as published), for a model that must fit
+    twice on one device (mlxd's copy and the anchor's)."""
     if shape.startswith("qwen3.5"):
-        return _qwen(shape == QWEN_MOE, tiny)
+        return _qwen(shape == QWEN_MOE, tiny, layers)
+    if layers is not None:
+        raise ValueError(f"{shape}: --layers is for the Qwen3.5 shapes (Gemma 4's KV sharing counts its layers)")
     return _gemma4(tiny) if shape == GEMMA4 else _glm(tiny)
 
 
-def _qwen(moe: bool, tiny: bool) -> dict:
+def _qwen(moe: bool, tiny: bool, kept_layers: int | None = None) -> dict:
     if tiny:
         hidden, layers, heads, kv, hd, hk, hv, dk, dv, vocab, interval = 64, 4, 4, 2, 32, 2, 4, 16, 32, 320, 2
     else:
         hidden, layers, heads, kv, hd, hk, hv, dk, dv, vocab, interval = \
             (2048, 40, 16, 2, 256, 16, 32, 128, 128, 248320, 4) if moe else \
             (2560, 32, 16, 4, 256, 16, 32, 128, 128, 248320, 4)
+    layers = min(layers, kept_layers or layers)
     text = {"model_type": "qwen3_5_moe_text" if moe else "qwen3_5_text", "vocab_size": vocab, "hidden_size": hidden,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
             "hidden_act": "silu", "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
