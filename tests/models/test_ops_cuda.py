@@ -194,3 +194,31 @@ def test_the_combining_kernel_sums_as_mlx(dtype, tolerance):
     got, want = combine_experts(y, weights), MLXBackend().combine_experts(y, weights)
     assert got.shape == want.shape == (2, 9, 96) and got.dtype == want.dtype
     assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * 4
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+@pytest.mark.parametrize("mask_kind", [None, "additive", "bool"])
+def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance, mask_kind):
+    """GLM's absorbed decode attention (every head over the one cached latent, plus the rope part)."""
+    from mlxd.models.ops_cuda import CudaBackend, decode_attention
+    from mlxd.models.ops_mlx import MLXBackend
+    rows, heads, latent_dims, rope_dims, length = 3, 20, 512, 64, 77
+    keys = mx.random.split(mx.random.key(11), 4)
+    q_latent = mx.random.normal((rows, heads, 1, latent_dims), key=keys[0]).astype(dtype)
+    q_rot = mx.random.normal((rows, heads, 1, rope_dims), key=keys[1]).astype(dtype)
+    latent = mx.random.normal((rows, 1, length + 5, latent_dims), key=keys[2]).astype(dtype)[:, :, :length]
+    k_rot = mx.random.normal((rows, 1, length + 5, rope_dims), key=keys[3]).astype(dtype)[:, :, :length]
+    mask = None
+    if mask_kind is not None:
+        visible = (mx.arange(length)[None, :] >= mx.array([0, 9, 70])[:, None])[:, None, None, :]
+        mask = visible if mask_kind == "bool" else mx.where(visible, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
+    scale = (latent_dims + rope_dims) ** -0.5
+    want = MLXBackend().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
+    got = CudaBackend().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
+    broadcast = mx.broadcast_to(latent, (rows, heads, length, latent_dims))
+    rope_keys = mx.broadcast_to(k_rot, (rows, heads, length, rope_dims))
+    assert decode_attention(q_latent, broadcast, broadcast, scale, mask, None, q_rot, rope_keys) is not None
+    assert got.shape == want.shape == (rows, heads, 1, latent_dims) and got.dtype == want.dtype
+    error = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
+    assert error <= tolerance * max(1.0, mx.abs(want.astype(mx.float32)).max().item())

@@ -99,17 +99,20 @@ _GATED_DELTA_STEP = """
 # split the head dimension, and each warp keeps a running softmax (max, sum, weighted values) for the G query heads
 # that share the kv head; the warps' partial results are merged through shared memory at the end.
 _DECODE_ATTENTION = """
-    constexpr int PD = D / 32, PV = DV / 32;
+    constexpr int PD = D / 32, PV = DV / 32, P2 = D2 / 32, P2A = P2 > 0 ? P2 : 1;
     const float NEG_INF = __int_as_float(0xff800000);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row = blockIdx.x / HKV, kvh = blockIdx.x % HKV;
     const float sc = scale[0];
-    float qv[G][PD], acc[G][PV], m[G], l[G];
+    float qv[G][PD], q2v[G][P2A], acc[G][PV], m[G], l[G];
     #pragma unroll
     for (int g = 0; g < G; ++g) {
         const auto* qg = q + row * q_strides[0] + (kvh * G + g) * q_strides[1];
         #pragma unroll
         for (int i = 0; i < PD; ++i) qv[g][i] = static_cast<float>(qg[(lane + 32 * i) * q_strides[3]]) * sc;
+        const auto* q2g = q2 + row * q2_strides[0] + (kvh * G + g) * q2_strides[1];
+        #pragma unroll
+        for (int i = 0; i < P2; ++i) q2v[g][i] = static_cast<float>(q2g[(lane + 32 * i) * q2_strides[3]]) * sc;
         #pragma unroll
         for (int i = 0; i < PV; ++i) acc[g][i] = 0.f;
         // The sink joins the softmax once: warp 0 starts from it, the others from nothing.
@@ -118,6 +121,7 @@ _DECODE_ATTENTION = """
     }
     const auto* kb = k + row * k_strides[0] + kvh * k_strides[1];
     const auto* vb = v + row * v_strides[0] + kvh * v_strides[1];
+    const auto* k2b = k2 + row * k2_strides[0] + kvh * k2_strides[1];
     const int keys = k_shape[2];
     for (int t = warp; t < keys; t += W) {
         float bias = 0.f;
@@ -126,16 +130,22 @@ _DECODE_ATTENTION = """
             if (MASK_BOOL) { if (mv == 0.f) continue; }
             else { bias = mv; if (bias == NEG_INF) continue; }
         }
-        float kt[PD], vt[PV];
+        float kt[PD], k2t[P2A], vt[PV];
         #pragma unroll
         for (int i = 0; i < PD; ++i) kt[i] = static_cast<float>(kb[t * k_strides[2] + (lane + 32 * i) * k_strides[3]]);
         #pragma unroll
-        for (int i = 0; i < PV; ++i) vt[i] = static_cast<float>(vb[t * v_strides[2] + (lane + 32 * i) * v_strides[3]]);
+        for (int i = 0; i < P2; ++i)
+            k2t[i] = static_cast<float>(k2b[t * k2_strides[2] + (lane + 32 * i) * k2_strides[3]]);
+        #pragma unroll
+        for (int i = 0; i < PV; ++i)  // MLA: the values are the keys' first part (the latent), read once
+            vt[i] = V_IS_K ? kt[i] : static_cast<float>(vb[t * v_strides[2] + (lane + 32 * i) * v_strides[3]]);
         #pragma unroll
         for (int g = 0; g < G; ++g) {
             float s = 0.f;
             #pragma unroll
             for (int i = 0; i < PD; ++i) s += qv[g][i] * kt[i];
+            #pragma unroll
+            for (int i = 0; i < P2; ++i) s += q2v[g][i] * k2t[i];
             for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
             s += bias;
             const float m_new = fmaxf(m[g], s);
@@ -294,16 +304,20 @@ def gated_delta_step(mixed: mx.array, a: mx.array, b: mx.array, A_log: mx.array,
 
 
 def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: mx.array | None,
-                     sinks: mx.array | None) -> mx.array | None:
+                     sinks: mx.array | None, queries2: mx.array | None = None,
+                     keys2: mx.array | None = None) -> mx.array | None:
     """softmax(scale q k^T + mask) v for one query per row, queries [B, Hq, 1, D] against keys [B, Hkv, T, D] and
     values [B, Hkv, T, Dv] (slices of a cache: any strides), mask None or an additive or boolean array that
     broadcasts against [B, 1, 1, T], `sinks` [Hq] as in ops.attention: [B, Hq, 1, Dv] in the queries' dtype, with
-    float32 scores and sums. None where the shapes do not suit it (the caller then runs MLX's ops)."""
+    float32 scores and sums. With `queries2` [B, Hq, 1, D2] and `keys2` [B, Hkv, T, D2], a score is q.k + q2.k2
+    (MLA's latent and rope parts); `values` may be `keys` itself (MLA's latent), then read once. None where the
+    shapes do not suit it (the caller then runs MLX's ops)."""
     batch, heads, length, dims = queries.shape
     kv_heads, keys_length, value_dims = keys.shape[1], keys.shape[2], values.shape[-1]
+    second = 0 if queries2 is None or keys2 is None else queries2.shape[-1]
     group = heads // kv_heads
-    if (length != 1 or dims % 32 or value_dims % 32 or heads % kv_heads or keys_length == 0
-            or group * (dims + value_dims) // 32 > _MAX_LANE_FLOATS):
+    if (length != 1 or dims % 32 or value_dims % 32 or second % 32 or heads % kv_heads or keys_length == 0
+            or group * (dims + second + value_dims) // 32 > _MAX_LANE_FLOATS):
         return None
     warps = min(_WARPS, _SHARED_BYTES // (4 * group * (value_dims + 2)))
     if warps < 1:
@@ -314,11 +328,14 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
         mask = mx.broadcast_to(mask, (batch, 1, 1, keys_length))
     if scale not in _scales:
         _scales[scale] = mx.array([scale], mx.float32)
-    kernel = _kernel("mlxd_decode_attention", ["q", "k", "v", "scale", "mask", "sinks"], ["out"], _DECODE_ATTENTION)
+    unused = _scales[scale]  # stands for an input the template switches off
+    kernel = _kernel("mlxd_decode_attention", ["q", "k", "v", "scale", "mask", "sinks", "q2", "k2"], ["out"],
+                     _DECODE_ATTENTION)
     (out,) = kernel(
-        inputs=[queries, keys, values, _scales[scale], mask if mask is not None else _scales[scale],
-                sinks if sinks is not None else _scales[scale]],
-        template=[("T", queries.dtype), ("D", dims), ("DV", value_dims), ("G", group), ("HKV", kv_heads),
+        inputs=[queries, keys, values, _scales[scale], unused if mask is None else mask,
+                unused if sinks is None else sinks, queries2 if second else unused, keys2 if second else unused],
+        template=[("T", queries.dtype), ("D", dims), ("DV", value_dims), ("D2", second),
+                  ("V_IS_K", values is keys and value_dims == dims), ("G", group), ("HKV", kv_heads),
                   ("W", warps), ("HAS_MASK", mask is not None),
                   ("MASK_BOOL", mask is not None and mask.dtype == mx.bool_), ("HAS_SINKS", sinks is not None)],
         grid=(32 * warps * batch * kv_heads, 1, 1), threadgroup=(32 * warps, 1, 1),
@@ -359,6 +376,19 @@ def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
 
 class CudaBackend(MLXBackend):
     name = "cuda"
+
+    def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
+                         scale: float, mask: Mask) -> mx.array:
+        if q_latent.shape[2] == 1 and not isinstance(mask, str):
+            B, H, _, _ = q_latent.shape
+            T = latent.shape[2]
+            # Each head a kv head of its own over the same cached latent (a broadcast: nothing is copied).
+            keys = mx.broadcast_to(latent, (B, H, T, latent.shape[-1]))
+            rope_keys = mx.broadcast_to(k_rot, (B, H, T, k_rot.shape[-1]))
+            out = decode_attention(q_latent, keys, keys, scale, mask, None, q_rot, rope_keys)
+            if out is not None:
+                return out
+        return super().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
 
     def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
         routed = route_experts(logits, top_k, renormalize)

@@ -56,6 +56,20 @@ class MLXBackend:
                            heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
         return None  # no fused kernel: the model runs models/gated_delta.py's ops
 
+    def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
+                         scale: float, mask: Mask) -> mx.array:
+        B, H, L, _ = q_latent.shape
+        # Every head reads the same single latent "head": the heads are the rows of one matmul.
+        scores = (q_latent.reshape(B, 1, H * L, -1) @ latent.swapaxes(-1, -2)
+                  + q_rot.reshape(B, 1, H * L, -1) @ k_rot.swapaxes(-1, -2)) * scale
+        if isinstance(mask, mx.array):
+            if mask.dtype == mx.bool_:
+                scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+            else:
+                scores = scores + mask.astype(scores.dtype)
+        weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(latent.dtype)
+        return (weights @ latent).reshape(B, H, L, -1)
+
     def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
         indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:]
         if renormalize:
