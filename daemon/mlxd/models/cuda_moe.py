@@ -17,10 +17,11 @@ _ROUTE = """
     const int lane = threadIdx.x % 32;
     const int token = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (token >= logits_shape[0]) return;  // a whole warp shares its token
-    const auto* row = logits + (size_t)token * E;
+    const auto* row = logits + token * logits_strides[0];
     float x[PE];
     #pragma unroll
-    for (int i = 0; i < PE; ++i) x[i] = lane + 32 * i < E ? static_cast<float>(row[lane + 32 * i]) : NEG_INF;
+    for (int i = 0; i < PE; ++i)
+        x[i] = lane + 32 * i < E ? static_cast<float>(row[(lane + 32 * i) * logits_strides[1]]) : NEG_INF;
     float top = NEG_INF, total = 0.f;
     if (!RENORM) {
         #pragma unroll
@@ -74,7 +75,8 @@ _COMBINE = """
     float sum = 0.f;
     #pragma unroll
     for (int j = 0; j < K; ++j)
-        sum += static_cast<float>(y[(token * K + j) * D + d]) * static_cast<float>(w[token * K + j]);
+        sum += static_cast<float>(y[token * y_strides[0] + j * y_strides[1] + d * y_strides[2]])
+               * static_cast<float>(w[token * w_strides[0] + j * w_strides[1]]);
     out[i] = static_cast<T>(sum);
 """
 
@@ -88,7 +90,7 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
     tokens = logits.size // experts
     kernel = cuda_jit.kernel("mlxd_route", ["logits"], ["indices", "weights"], _ROUTE)
     indices, weights = kernel(  # the token count is read from the shape: one compilation for every batch
-        inputs=[mx.contiguous(logits.reshape(tokens, experts))],
+        inputs=[logits.reshape(tokens, experts)],
         template=[("T", logits.dtype), ("E", experts), ("K", top_k), ("RENORM", renormalize)],
         grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
         output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, logits.dtype])
@@ -102,7 +104,7 @@ def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
     tokens = y.size // (top_k * dims)
     kernel = cuda_jit.kernel("mlxd_combine", ["y", "w"], ["out"], _COMBINE)
     (out,) = kernel(
-        inputs=[mx.contiguous(y.reshape(tokens, top_k, dims)), mx.contiguous(weights.reshape(tokens, top_k))],
+        inputs=[y.reshape(tokens, top_k, dims), weights.reshape(tokens, top_k)],
         template=[("T", y.dtype), ("K", top_k), ("D", dims)],
         grid=(tokens * dims, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(*y.shape[:-2], dims)], output_dtypes=[y.dtype])
