@@ -7,8 +7,8 @@ over a window, the q/k normalization, the decay and the gate, the delta rule's m
 casts); mlx-lm has a fused kernel for it on Metal only and runs the same ops on CUDA. Here it is two kernels:
 `conv_step` (the conv over the kept inputs and this token, SiLU, the new conv state) and `gated_delta_step` (the
 normalization, decay, gate and the recurrence, reading the state once and writing it once). The MLX ops in
-models/gated_delta.py stay the reference, and what the CPU and the other GPUs run; tests/models/
-test_gated_delta_cuda.py holds the two together on a CUDA device.
+models/gated_delta.py stay the reference, and what the CPU and the other GPUs run; tests/models/test_ops_cuda.py
+holds the two together on a CUDA device.
 """
 
 from __future__ import annotations
