@@ -58,18 +58,6 @@ def without(holder: Any, parts: tuple[str, ...]) -> Iterator[bool]:
             setattr(layer, name, part)
 
 
-@contextmanager
-def kernels(name: str | None) -> Iterator[None]:
-    """mlxd's ops backend switched to `name` while inside (None: as the loader chose)."""
-    from mlxd.models import ops
-    before = ops.backend()
-    ops.use(name or before)
-    try:
-        yield
-    finally:
-        ops.use(before)
-
-
 def prompts(rows: int, context: int) -> list[list[int]]:
     return [common.prompt_ids(VOCAB, context + 3 * i, salt=i) for i in range(rows)]
 
@@ -172,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlx_lm.utils import load_model
 
     from mlxd.loading.model_source import load_model_and_tokenizer
+    from mlxd.models import ops
 
     ours = load_model_and_tokenizer(args.model, args.dtype)[0].model
     theirs = load_model(args.model)[0]
@@ -184,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     makers[MLX_LM] = (lambda: MlxLmBatch(theirs, rows), _with_layers(theirs), None)
     counts = {}
     for name, (make, _, backend) in makers.items():
-        with kernels(backend):
+        with ops.using(backend or ops.backend()):
             batch = make()
             counts[name] = batch.kernel_nodes()
             batch.finish()
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in makers}
     for _ in range(args.rounds):
         for name, (make, holder, backend) in makers.items():
-            with kernels(backend):
+            with ops.using(backend or ops.backend()):
                 rounds[name].append(profile(make, holder, args.steps, variants))
             print(name, {k: round(v, 3) for k, v in rounds[name][-1].items()}, flush=True)
     print_medians(rounds, f"{args.model.name}, {args.rows} rows of {args.context}+ tokens, {args.steps} steps, "

@@ -72,12 +72,8 @@ def test_verify_steps_on_cuda_kernels_yield_the_plain_tokens(loaded, monkeypatch
     from mlxd.models import ops, ops_mlx
 
     monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: True)
-    before = ops.backend()
-    ops.use("mlx")
-    try:
+    with ops.using("mlx"):
         _verify_against_plain(loaded)
-    finally:
-        ops.use(before)
 
 
 def _verify_against_plain(loaded) -> None:

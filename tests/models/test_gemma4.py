@@ -62,14 +62,10 @@ def test_mlx_kernels_and_fused_projections_give_the_same_logits(parity_model, co
     model = loaded.model
     assert model.layers[0].self_attn.fused and model.layers[0].mlp.fused
     tokens = expected["input_ids"]
-    previous = ops.backend()
-    ops.use("mlx")
-    try:
+    with ops.using("mlx"):
         assert mx.abs(model(tokens)[0] - expected["logits"]).max().item() < LOGIT_TOL
         assert mx.abs(prefill_in_chunks(model, tokens, 7)[0][0] - expected["logits"]).max().item() < LOGIT_TOL
         assert greedy_with_cache(model, tokens, 16) == expected["greedy_ids"].tolist()
-    finally:
-        ops.use(previous)
 
 
 @pytest.fixture

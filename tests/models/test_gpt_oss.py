@@ -54,16 +54,12 @@ def test_mlx_kernels_as_on_a_gpu_give_the_same_logits_in_chunks_and_steps(expect
     through gather_qmm), here on the CPU: transformers' logits, chunks crossing the window, greedy ids."""
     model = load_model(PARITY / "gpt_oss", dtype=dtype, fuse=True).model
     tokens = expected["input_ids"]
-    previous = ops.backend()
-    ops.use("mlx")
-    try:
+    with ops.using("mlx"):
         cache = model.make_cache()
         chunked = mx.concatenate([model(tokens[:, i : i + 12], cache) for i in range(0, 40, 12)], axis=1)
         assert mx.abs(chunked[0] - expected["logits"]).max().item() < LOGIT_TOL
         assert mx.abs(chunked - model(tokens)).max().item() < SELF_TOL
         assert greedy_with_cache(model, tokens, 16) == expected["greedy_ids"].tolist()
-    finally:
-        ops.use(previous)
 
 
 def _model(fused: frozenset[str] = frozenset()) -> gpt_oss.Model:

@@ -35,16 +35,12 @@ def _layer(hk: int, hv: int, dk: int, dv: int, tiled: bool, fused: bool, dtype: 
 
 
 def _step(layer: GatedDeltaNet, x: mx.array, conv_state: mx.array, state: mx.array, kernels: str):
-    before = ops.backend()
-    ops.use(kernels)
-    try:
+    with ops.using(kernels):
         cache = RecurrentCache()
         cache.advance(conv_state, state, 5)
         out = layer(x, cache)
         mx.eval(out, cache.conv_state, cache.recurrent_state)
         return out, cache.conv_state, cache.recurrent_state
-    finally:
-        ops.use(before)
 
 
 @on_cuda
@@ -75,14 +71,10 @@ def test_the_loader_chooses_the_cuda_kernels_on_a_cuda_gpu():
 def test_backends_without_the_kernels_decline():
     heads = DeltaHeads(1, 1, 4, 4)
     for kernels in ("mlx", "numpy"):
-        before = ops.backend()
-        ops.use(kernels)
-        try:
+        with ops.using(kernels):
             assert ops.gated_delta_decode(mx.zeros((1, 1, 12)), mx.zeros((1, 1, 1)), mx.zeros((1, 1, 1)),
                                           mx.zeros((12, 4)), mx.zeros((1, 3, 12)), mx.zeros((1,)), mx.zeros((1,)),
                                           mx.zeros((1, 1, 4, 4)), heads) is None
-        finally:
-            ops.use(before)
 
 
 @pytest.mark.parametrize("transpose", [False, True])

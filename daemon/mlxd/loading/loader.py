@@ -183,14 +183,12 @@ def _final_layout(module: ModuleType, args: Any, model: nn.Module, weights: dict
 
 
 def _shard(model: nn.Module, group: mx.distributed.Group, model_type: str) -> None:
-    """This rank's share of `model`, evaluated a layer at a time so that at most one layer's whole tensors are
-    read at once."""
+    """This rank's share of `model`, still lazy: `materialize` then reads one whole tensor at a time and keeps
+    only the rank's slice of it."""
     try:
         cast(LanguageModel, model).shard(group)
     except ValueError as e:
         raise ModelLoadError(f"cannot split {model_type} across {group.size()} ranks: {e}") from e
-    for layer in cast(LanguageModel, model).layers:
-        mx.eval(layer.parameters())
 
 
 def materialize(model: nn.Module) -> None:

@@ -13,6 +13,9 @@ Only the worker thread, which alone runs MLX, loads a model and so switches the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import mlx.core as mx
 import numpy as np
 
@@ -50,6 +53,17 @@ def use(name: str) -> None:
 def backend() -> str:
     """The name of the backend in use."""
     return _backend.name
+
+
+@contextmanager
+def using(name: str) -> Iterator[None]:
+    """Backend `name` while inside, then the one before (tests and benchmarks that compare backends)."""
+    before = backend()
+    use(name)
+    try:
+        yield
+    finally:
+        use(before)
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
