@@ -132,14 +132,10 @@ def test_the_cuda_backends_masked_decode_attention_equals_mlxs():
     queries = mx.random.normal((2, 4, 1, 64))
     keys, values = _cache_slices(2, 2, 10, 64, 64, mx.float32)
     mask = mx.array([[True] * 10, [False] * 4 + [True] * 6])[:, None, None, :]
-    before = ops.backend()
-    try:
-        ops.use("cuda")
+    with ops.using("cuda"):
         got = ops.attention(queries, keys, values, 0.125, mask)
-        ops.use("mlx")
+    with ops.using("mlx"):
         want = ops.attention(queries, keys, values, 0.125, mask)
-    finally:
-        ops.use(before)
     assert mx.allclose(got, want, atol=1e-5)
 
 
