@@ -71,7 +71,7 @@ _DECODE_ATTENTION = """
         }
     }
     // Merge the warps: each writes its running max, sum and values; then thread j finishes (head, dim) pairs.
-    extern __shared__ float merged[];
+    __shared__ float merged[W * G * (DV + 2)];  // static: MLX's cuda_kernel takes no dynamic size
     float* ms = merged;                 // [W][G]
     float* ls = ms + W * G;             // [W][G]
     float* os = ls + W * G;             // [W][G][DV]
@@ -137,7 +137,6 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
                   ("W", warps), ("HAS_MASK", mask is not None),
                   ("MASK_BOOL", mask is not None and mask.dtype == mx.bool_), ("HAS_SINKS", sinks is not None)],
         grid=(32 * warps * batch * kv_heads, 1, 1), threadgroup=(32 * warps, 1, 1),
-        output_shapes=[(batch, heads, 1, value_dims)], output_dtypes=[queries.dtype],
-        shared_memory=4 * warps * group * (value_dims + 2))
+        output_shapes=[(batch, heads, 1, value_dims)], output_dtypes=[queries.dtype])
     return out
 

@@ -61,10 +61,12 @@ class CudaBackend(MLXBackend):
 
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
-        if transpose:
+        if transpose and weight.ndim == 2:
             return super().quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
-        # MLX 0.32.4 on CUDA: "[quantized_matmul] No implementation for problem shape ... transpose: false".
-        return x @ mx.dequantize(weight, scales, biases, group_size, bits, mode=mode).astype(x.dtype)
+        # MLX 0.32.4 on CUDA: "[quantized_matmul] No implementation for problem shape ... transpose: false", and
+        # none for weights stacked per head either (GLM's kv_b_proj split by head: "1x16x64x4, transpose: true").
+        dense = mx.dequantize(weight, scales, biases, group_size, bits, mode=mode).astype(x.dtype)
+        return x @ (dense.swapaxes(-1, -2) if transpose else dense)
 
     def gated_delta_decode(self, qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.array,
                            conv_state: mx.array, A_log: mx.array, dt_bias: mx.array, state: mx.array,
