@@ -24,6 +24,7 @@ HEARTBEAT_SECONDS = 0.25
 HEARTBEAT_TIMEOUT = 3.0  # a rank on a busy shared host may be slow to send, never this slow
 MAX_FRAME = 1 << 30     # rank 0's runner calls (a prompt's image pixels, base64)
 FOLLOWER_FRAME = 1 << 10  # a follower's hello or heartbeat
+ACCEPT_POLL = 0.5        # seconds between checks that the ranks still to connect are alive
 HEARTBEAT = {"op": "alive"}
 
 Message = dict[str, Any]
@@ -79,17 +80,27 @@ class Leader:
         self.failure: str | None = None
         self._on_failure: Callable[[str], None] = lambda reason: None
         self._closing = False
+        # Why a rank that has not connected never will (one this host started has exited), or None: checked while
+        # accept waits, so a rank that dies at start fails the group at once, not after the whole timeout.
+        self.lost: Callable[[], str | None] = lambda: None
 
     def accept(self, timeout: float, on_failure: Callable[[str], None]) -> None:
-        """Wait for every follower to connect (within `timeout` seconds), then watch each one's heartbeats."""
+        """Wait for every follower to connect (within `timeout` seconds), then watch each one's heartbeats; a
+        ConnectionError as soon as `lost` names a rank that cannot connect any more."""
         self._on_failure = on_failure
-        self._server.settimeout(timeout)
+        deadline = time.monotonic() + timeout
         while len(self._socks) < self.followers:
+            self._server.settimeout(max(0.01, min(ACCEPT_POLL, deadline - time.monotonic())))
             try:
                 sock, _ = self._server.accept()
             except TimeoutError as e:
-                raise TimeoutError(f"{self.followers - len(self._socks)} rank(s) did not connect within "
-                                   f"{timeout:.0f} s") from e
+                reason = self.lost()
+                if reason is not None:
+                    raise ConnectionError(reason) from e
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{self.followers - len(self._socks)} rank(s) did not connect within "
+                                       f"{timeout:.0f} s") from e
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(HEARTBEAT_TIMEOUT)  # a follower says hello as it connects, then beats
             try:

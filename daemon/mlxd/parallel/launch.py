@@ -58,6 +58,13 @@ class Ranks:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return code
 
+    def exited(self) -> str | None:
+        """The first rank this process started that has exited, as a reason, or None while all run."""
+        for rank, child in enumerate(self.children, start=1):
+            if child.poll() is not None:
+                return f"rank {rank} exited with code {child.returncode} while the group was forming"
+        return None
+
 
 def start_local(ranks: int, args: FollowerArgs) -> Ranks:
     """Ranks 1..ranks-1 on this host, over loopback (the ring on CPU, NCCL on CUDA); this process becomes rank 0."""
@@ -72,6 +79,7 @@ def start_local(ranks: int, args: FollowerArgs) -> Ranks:
                    "--die-with-parent"]
         out.children.append(subprocess.Popen(command, env=os.environ | env, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL))
+    leader.lost = out.exited
     log.info("tensor parallelism: %d ranks on this host over %s", ranks, backend)
     return out
 
