@@ -147,6 +147,8 @@ def test_decode_attention_declines_what_it_does_not_cover():
                             (mx.zeros((1, 64, 1, 64)), keys)):    # 32 query heads per kv head: too many registers
         k = keys if queries.shape[-1] == 64 else values
         assert decode_attention(queries, k, values, 0.1, None, None) is None
+    long = mx.zeros((1, 2, 1025, 64))  # more keys than one block per kv head should walk (no split over keys)
+    assert decode_attention(mx.zeros((1, 4, 1, 64)), long, long, 0.1, None, None) is None
 
 
 @on_cuda

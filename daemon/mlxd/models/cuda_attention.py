@@ -99,6 +99,11 @@ _DECODE_ATTENTION = """
 # Registers per lane for the G heads' query and values (G * (D + DV) / 32 floats), and the merge's shared memory:
 # beyond these, the kernel would spill or not launch, and MLX's ops take the step.
 _MAX_LANE_FLOATS = 96
+# A block per (row, kv head) walks all the keys with its W warps: no split over the keys (flash-decoding), so past a
+# few thousand keys a few dozen blocks would leave most of the device idle where MLX's matmuls spread the work. The
+# kernel was measured at contexts of a few hundred tokens (exact on an H200; GLM-4.7-Flash's 16 streams faster over
+# gRPC); beyond _MAX_KEYS, MLX's ops until a split over the keys is written and measured.
+_MAX_KEYS = 1024
 _SHARED_BYTES = 48 * 1024
 _WARPS = 8
 
@@ -116,7 +121,8 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
     kv_heads, keys_length, value_dims = keys.shape[1], keys.shape[2], values.shape[-1]
     second = 0 if queries2 is None or keys2 is None else queries2.shape[-1]
     group = heads // kv_heads
-    if (length != 1 or dims % 32 or value_dims % 32 or second % 32 or heads % kv_heads or keys_length == 0
+    if (length != 1 or not 0 < keys_length <= _MAX_KEYS or dims % 32 or value_dims % 32 or second % 32
+            or heads % kv_heads
             or group * (dims + second + value_dims) // 32 > _MAX_LANE_FLOATS):
         return None
     warps = min(_WARPS, _SHARED_BYTES // (4 * group * (value_dims + 2)))
