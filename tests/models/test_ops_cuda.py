@@ -87,3 +87,128 @@ def test_quantized_matmul_either_way_equals_mlx(transpose):
     want = mx.quantized_matmul(x, quantized, scales, biases, transpose=transpose, group_size=32, bits=8)
     got = CudaBackend().quantized_matmul(x, quantized, scales, biases, transpose, 32, 8, "affine")
     assert got.shape == want.shape and mx.allclose(got, want, atol=1e-4)
+
+
+def _cache_slices(rows: int, kv_heads: int, length: int, dims: int, value_dims: int, dtype: mx.Dtype):
+    """Keys and values as a batch cache returns them: the first `length` columns of a longer buffer."""
+    keys = mx.random.normal((rows, kv_heads, length + 29, dims)).astype(dtype)
+    values = mx.random.normal((rows, kv_heads, length + 29, value_dims)).astype(dtype)
+    return keys[..., :length, :], values[..., :length, :]
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+@pytest.mark.parametrize("heads,kv_heads,dims,value_dims", [(8, 2, 128, 128), (4, 4, 64, 64), (16, 2, 64, 64),
+                                                            (2, 1, 256, 256)])
+@pytest.mark.parametrize("mask_kind", ["additive", "bool", "window"])
+@pytest.mark.parametrize("with_sinks", [False, True])
+def test_decode_attention_equals_the_grouped_ops(dtype, tolerance, heads, kv_heads, dims, value_dims, mask_kind,
+                                                 with_sinks):
+    from mlxd.models.ops_cuda import decode_attention
+    from mlxd.models.ops_mlx import grouped_attention
+    rows, length = 3, 301
+    mx.random.seed(heads + dims)
+    queries = mx.random.normal((rows, heads, 1, dims)).astype(dtype)
+    keys, values = _cache_slices(rows, kv_heads, length, dims, value_dims, dtype)
+    columns = mx.arange(length)[None, :]
+    visible = columns >= mx.array([0, 17, 250])[:, None]  # left-padded rows of different lengths
+    if mask_kind == "window":
+        visible = visible & (columns > length - 64)
+    mask = visible[:, None, None, :]
+    if mask_kind != "bool":
+        mask = mx.where(mask, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
+    sinks = mx.random.normal((heads,)) if with_sinks else None
+    want = grouped_attention(queries, keys, values, dims**-0.5, mask, sinks)
+    got = decode_attention(queries, keys, values, dims**-0.5, mask, sinks)
+    assert got is not None and got.shape == want.shape and got.dtype == want.dtype
+    error = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
+    assert error <= tolerance * max(1.0, mx.abs(want.astype(mx.float32)).max().item())
+
+
+@on_cuda
+def test_the_cuda_backends_masked_decode_attention_equals_mlxs():
+    """ops.attention of a masked decode step takes the kernel on the CUDA backend and equals MLX's ops (the
+    parity files' batched-rows tests run whole models through it on a CUDA device)."""
+    queries = mx.random.normal((2, 4, 1, 64))
+    keys, values = _cache_slices(2, 2, 10, 64, 64, mx.float32)
+    mask = mx.array([[True] * 10, [False] * 4 + [True] * 6])[:, None, None, :]
+    with ops.using("cuda"):
+        got = ops.attention(queries, keys, values, 0.125, mask)
+    with ops.using("mlx"):
+        want = ops.attention(queries, keys, values, 0.125, mask)
+    assert mx.allclose(got, want, atol=1e-5)
+
+
+def test_decode_attention_declines_what_it_does_not_cover():
+    from mlxd.models.ops_cuda import decode_attention
+    keys = mx.zeros((1, 2, 8, 64))
+    for queries, values in ((mx.zeros((1, 4, 2, 64)), keys),      # two queries per row
+                            (mx.zeros((1, 4, 1, 80)), mx.zeros((1, 2, 8, 80))),  # a head width not of 32s
+                            (mx.zeros((1, 64, 1, 64)), keys)):    # 32 query heads per kv head: too many registers
+        k = keys if queries.shape[-1] == 64 else values
+        assert decode_attention(queries, k, values, 0.1, None, None) is None
+    long = mx.zeros((1, 2, 1025, 64))  # more keys than one block per kv head should walk (no split over keys)
+    assert decode_attention(mx.zeros((1, 4, 1, 64)), long, long, 0.1, None, None) is None
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("experts,top_k", [(8, 2), (32, 4), (128, 8), (256, 8), (40, 6)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_the_routing_kernel_chooses_and_weighs_as_mlx(dtype, experts, top_k, renormalize):
+    from mlxd.models.ops_cuda import route_experts
+    from mlxd.models.ops_mlx import MLXBackend
+    # Distinct logits (a permutation of k/16, exact in bfloat16): with a tie at the k-th, either expert is right.
+    noise = mx.random.uniform(shape=(3, 37, experts), key=mx.random.key(experts + top_k))
+    logits = (mx.argsort(noise, axis=-1).astype(mx.float32) / 16).astype(dtype)
+    got = route_experts(logits, top_k, renormalize)
+    assert got is not None
+    want = MLXBackend().route_experts(logits, top_k, renormalize)
+    for (indices, weights) in (got, want):
+        assert indices.shape == weights.shape == (3, 37, top_k) and weights.dtype == dtype
+    # The same experts with the same weights, whatever the order.
+    got_order, want_order = mx.argsort(got[0], axis=-1), mx.argsort(want[0], axis=-1)
+    assert mx.array_equal(mx.take_along_axis(got[0], got_order, -1), mx.take_along_axis(want[0], want_order, -1))
+    got_w = mx.take_along_axis(got[1], got_order, -1).astype(mx.float32)
+    want_w = mx.take_along_axis(want[1], want_order, -1).astype(mx.float32)
+    assert mx.allclose(got_w, want_w, atol=1e-6 if dtype == mx.float32 else 1e-2)
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+def test_the_combining_kernel_sums_as_mlx(dtype, tolerance):
+    from mlxd.models.ops_cuda import combine_experts
+    from mlxd.models.ops_mlx import MLXBackend
+    y = mx.random.normal((2, 9, 4, 96), key=mx.random.key(3)).astype(dtype)
+    weights = mx.random.uniform(shape=(2, 9, 4), key=mx.random.key(4)).astype(dtype)
+    got, want = combine_experts(y, weights), MLXBackend().combine_experts(y, weights)
+    assert got.shape == want.shape == (2, 9, 96) and got.dtype == want.dtype
+    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * 4
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
+@pytest.mark.parametrize("mask_kind", [None, "additive", "bool"])
+def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance, mask_kind):
+    """GLM's absorbed decode attention (every head over the one cached latent, plus the rope part)."""
+    from mlxd.models.ops_cuda import CudaBackend, decode_attention
+    from mlxd.models.ops_mlx import MLXBackend
+    rows, heads, latent_dims, rope_dims, length = 3, 20, 512, 64, 77
+    keys = mx.random.split(mx.random.key(11), 4)
+    q_latent = mx.random.normal((rows, heads, 1, latent_dims), key=keys[0]).astype(dtype)
+    q_rot = mx.random.normal((rows, heads, 1, rope_dims), key=keys[1]).astype(dtype)
+    latent = mx.random.normal((rows, 1, length + 5, latent_dims), key=keys[2]).astype(dtype)[:, :, :length]
+    k_rot = mx.random.normal((rows, 1, length + 5, rope_dims), key=keys[3]).astype(dtype)[:, :, :length]
+    mask = None
+    if mask_kind is not None:
+        visible = (mx.arange(length)[None, :] >= mx.array([0, 9, 70])[:, None])[:, None, None, :]
+        mask = visible if mask_kind == "bool" else mx.where(visible, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
+    scale = (latent_dims + rope_dims) ** -0.5
+    want = MLXBackend().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
+    got = CudaBackend().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
+    broadcast = mx.broadcast_to(latent, (rows, heads, length, latent_dims))
+    rope_keys = mx.broadcast_to(k_rot, (rows, heads, length, rope_dims))
+    assert decode_attention(q_latent, broadcast, broadcast, scale, mask, None, q_rot, rope_keys) is not None
+    assert got.shape == want.shape == (rows, heads, 1, latent_dims) and got.dtype == want.dtype
+    error = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
+    assert error <= tolerance * max(1.0, mx.abs(want.astype(mx.float32)).max().item())

@@ -56,13 +56,7 @@ def route(logits: mx.array, routing: Routing) -> tuple[mx.array, mx.array]:
     Renormalizing the k kept probabilities of a softmax over all experts gives the softmax over the k kept logits
     (the sum over all experts cancels), so that is what a renormalizing router computes: three kernels per layer
     instead of seven, which counts in a decode step bound by kernel launches (docs/performance.md)."""
-    k = routing.top_k
-    indices = mx.argpartition(logits, kth=-k, axis=-1)[..., -k:]
-    if routing.renormalize:
-        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
-    else:
-        weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
-    return indices, weights
+    return ops.route_experts(logits, routing.top_k, routing.renormalize)
 
 
 class SwitchLinear(nn.Module):
@@ -212,7 +206,7 @@ class SparseMoe(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         indices, weights = route(self[self.router_name](x), self.routing)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
-        return (y * weights[..., None]).sum(axis=-2)
+        return ops.combine_experts(y, weights)
 
 
 def stack_experts(weights: dict[str, mx.array], prefix: str, experts: int,

@@ -108,6 +108,27 @@ def gated_delta_decode(qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.
     return _backend.gated_delta_decode(qkv, a, b, conv_weight, conv_state, A_log, dt_bias, state, heads)
 
 
+def latent_attention(q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array, scale: float,
+                     mask: Mask) -> mx.array:
+    """Multi-head latent attention from the cache, kv_b_proj absorbed (models/glm4_moe_lite/attention.py): queries
+    q_latent [B, H, L, C] and q_rot [B, H, L, R] against the one cached "head" latent [B, 1, T, C] and k_rot
+    [B, 1, T, R]; score = scale (q_latent.latent + q_rot.k_rot) (+ mask: None, or one per row that broadcasts
+    against [B, 1, 1, T], boolean or additive), softmax in float32, then the weighted latents: [B, H, L, C]."""
+    return _backend.latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
+
+
+def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
+    """A MoE router's choice (models/moe.py `route`): for router logits [..., E], the k experts [..., k] with the
+    largest logits (in no particular order) and their weights [..., k] in the logits' dtype: a float32 softmax over
+    the k kept logits when `renormalize` (equal to renormalizing the softmax over all E), else over all E."""
+    return _backend.route_experts(logits, top_k, renormalize)
+
+
+def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
+    """The experts' outputs y [..., k, D] summed with their weights [..., k]: [..., D]."""
+    return _backend.combine_experts(y, weights)
+
+
 def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
                      group_size: int, bits: int, mode: str) -> mx.array:
     """mx.quantized_matmul, on every backend: MLX's CUDA backend has no kernel for `transpose=False` (x @ W with W

@@ -56,6 +56,31 @@ class MLXBackend:
                            heads: DeltaHeads) -> tuple[mx.array, mx.array, mx.array] | None:
         return None  # no fused kernel: the model runs models/gated_delta.py's ops
 
+    def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
+                         scale: float, mask: Mask) -> mx.array:
+        B, H, L, _ = q_latent.shape
+        # Every head reads the same single latent "head": the heads are the rows of one matmul.
+        scores = (q_latent.reshape(B, 1, H * L, -1) @ latent.swapaxes(-1, -2)
+                  + q_rot.reshape(B, 1, H * L, -1) @ k_rot.swapaxes(-1, -2)) * scale
+        if isinstance(mask, mx.array):
+            if mask.dtype == mx.bool_:
+                scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+            else:
+                scores = scores + mask.astype(scores.dtype)
+        weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(latent.dtype)
+        return (weights @ latent).reshape(B, H, L, -1)
+
+    def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
+        indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:]
+        if renormalize:
+            weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+        else:
+            weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
+        return indices, weights
+
+    def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
+        return (y * weights[..., None]).sum(axis=-2)
+
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
         return mx.quantized_matmul(x, weight, scales, biases, transpose=transpose, group_size=group_size, bits=bits,

@@ -51,7 +51,7 @@ class MoeBlock(moe.SparseMoe):
         indices, weights = moe.route(self.router(x if residual is None else residual), self.routing)
         weights = weights * self.router.per_expert_scale[indices].astype(weights.dtype)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])
-        return (y * weights[..., None]).sum(axis=-2)
+        return ops.combine_experts(y, weights)
 
 
 class DecoderLayer(nn.Module):

@@ -108,18 +108,8 @@ class LatentAttention(nn.Module):
         """One query per row against the latents [B, 1, T, ·], kv_b_proj folded into the query and the output:
         [B, heads, 1, v]. `mask`: None, or one per row that broadcasts against [B, 1, 1, T] (a decode batch's,
         boolean or additive)."""
-        B, H, L, _ = q_nope.shape
         q_latent = self._up_projection(q_nope, value=False)  # [B, H, 1, kv_lora_rank]
-        # Every head reads the same single latent "head": the heads are the rows of one matmul.
-        scores = (q_latent.reshape(B, 1, H * L, -1) @ latent.swapaxes(-1, -2)
-                  + q_rot.reshape(B, 1, H * L, -1) @ k_rot.swapaxes(-1, -2)) * self.scale
-        if isinstance(mask, mx.array):
-            if mask.dtype == mx.bool_:
-                scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
-            else:
-                scores = scores + mask.astype(scores.dtype)
-        weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(latent.dtype)
-        mixed = (weights @ latent).reshape(B, H, L, -1)  # [B, H, 1, kv_lora_rank]
+        mixed = ops.latent_attention(q_latent, q_rot, latent, k_rot, self.scale, mask)  # [B, H, 1, kv_lora_rank]
         return self._up_projection(mixed, value=True)
 
     def _up_projection(self, x: mx.array, value: bool) -> mx.array:

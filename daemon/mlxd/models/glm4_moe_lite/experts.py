@@ -8,7 +8,7 @@ from typing import Protocol
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxd.models import moe
+from mlxd.models import moe, ops
 from mlxd.models.glm4_moe_lite.args import ModelArgs
 from mlxd.models.projections import GatedMLP
 
@@ -71,4 +71,4 @@ class SharedExpertMoe(moe.SparseMoe):
     def __call__(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
-        return (y * weights[..., None]).sum(axis=-2) + self.shared_experts(x)
+        return ops.combine_experts(y, weights) + self.shared_experts(x)

@@ -1,0 +1,112 @@
+"""A MoE layer's routing (top-k and softmax) and combining (the weighted sum of the experts' outputs) as one CUDA
+kernel each, for models/ops_cuda.py; MLX's ops (ops_mlx.MLXBackend.route_experts, combine_experts) are the
+reference: 3 and 2 graph nodes a layer."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxd.models import cuda_jit
+
+# One warp per token: its lanes hold the router logits E/32 apiece; k rounds of a warp-wide argmax pick the experts
+# (the lowest index on a tie), then a float32 softmax weighs them: over the k kept logits (`RENORM`: the softmax
+# over all experts renormalized over the kept ones, which is the same numbers) or over all E.
+_ROUTE = """
+    constexpr int PE = (E + 31) / 32;
+    const float NEG_INF = __int_as_float(0xff800000);
+    const int lane = threadIdx.x % 32;
+    const int token = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (token >= logits_shape[0]) return;  // a whole warp shares its token
+    const auto* row = logits + token * logits_strides[0];
+    float x[PE];
+    #pragma unroll
+    for (int i = 0; i < PE; ++i)
+        x[i] = lane + 32 * i < E ? static_cast<float>(row[(lane + 32 * i) * logits_strides[1]]) : NEG_INF;
+    float top = NEG_INF, total = 0.f;
+    if (!RENORM) {
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) top = fmaxf(top, x[i]);
+        for (int o = 16; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, o));
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) total += x[i] == NEG_INF ? 0.f : expf(x[i] - top);
+        for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
+    }
+    float kept[K];
+    int chosen[K];
+    #pragma unroll
+    for (int j = 0; j < K; ++j) {
+        float best = NEG_INF;
+        int at = E;
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) {
+            const int e = lane + 32 * i;
+            if (x[i] > best || (x[i] == best && e < at)) { best = x[i]; at = e; }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float b2 = __shfl_xor_sync(0xffffffff, best, o);
+            const int a2 = __shfl_xor_sync(0xffffffff, at, o);
+            if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
+        }
+        kept[j] = best;
+        chosen[j] = at;
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) if (lane + 32 * i == at) x[i] = NEG_INF;
+    }
+    if (RENORM) {
+        top = kept[0];
+        #pragma unroll
+        for (int j = 0; j < K; ++j) total += expf(kept[j] - top);
+    }
+    if (lane < K) {
+        float mine = kept[0];
+        int expert = chosen[0];
+        #pragma unroll
+        for (int j = 1; j < K; ++j) if (j == lane) { mine = kept[j]; expert = chosen[j]; }
+        indices[(size_t)token * K + lane] = static_cast<uint32_t>(expert);
+        weights[(size_t)token * K + lane] = static_cast<T>(expf(mine - top) / total);
+    }
+"""
+
+# One thread per (token, feature): the k experts' outputs y [N, K, D] summed with their weights [N, K].
+_COMBINE = """
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)y_shape[0] * D) return;
+    const size_t token = i / D, d = i % D;
+    float sum = 0.f;
+    #pragma unroll
+    for (int j = 0; j < K; ++j)
+        sum += static_cast<float>(y[token * y_strides[0] + j * y_strides[1] + d * y_strides[2]])
+               * static_cast<float>(w[token * w_strides[0] + j * w_strides[1]]);
+    out[i] = static_cast<T>(sum);
+"""
+
+
+def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array] | None:
+    """moe.route in one kernel: logits [..., E] -> (the k experts [..., k] uint32, best first; their weights in the
+    logits' dtype). None for more than 1,024 experts or k above 32 (MLX's ops then)."""
+    experts = logits.shape[-1]
+    if experts > 1024 or not 0 < top_k <= min(32, experts):
+        return None
+    tokens = logits.size // experts
+    kernel = cuda_jit.kernel("mlxd_route", ["logits"], ["indices", "weights"], _ROUTE)
+    indices, weights = kernel(  # the token count is read from the shape: one compilation for every batch
+        inputs=[logits.reshape(tokens, experts)],
+        template=[("T", logits.dtype), ("E", experts), ("K", top_k), ("RENORM", renormalize)],
+        grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
+        output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, logits.dtype])
+    return indices, weights
+
+
+def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
+    """(y * weights[..., None]).sum(-2) in one kernel: y [..., k, D], weights [..., k] -> [..., D] in y's dtype,
+    summed in float32."""
+    top_k, dims = y.shape[-2:]
+    tokens = y.size // (top_k * dims)
+    kernel = cuda_jit.kernel("mlxd_combine", ["y", "w"], ["out"], _COMBINE)
+    (out,) = kernel(
+        inputs=[y.reshape(tokens, top_k, dims), weights.reshape(tokens, top_k)],
+        template=[("T", y.dtype), ("K", top_k), ("D", dims)],
+        grid=(tokens * dims, 1, 1), threadgroup=(256, 1, 1),
+        output_shapes=[(*y.shape[:-2], dims)], output_dtypes=[y.dtype])
+    return out
+
