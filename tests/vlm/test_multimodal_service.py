@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from mlxd.loading.tokenizer import load_tokenizer
-from mlxd_client import Client, collect, pb
+from mlxd_client import Client, MlxdClientError, chat_messages, collect, multimodal_chat, pb
 from tests.helpers.daemon_process import start_daemon
 from tests.vlm.gemma3_fixture import BOI, EOI, GEMMA3, IMAGE, IMAGE_PNG, model_folder
 
@@ -195,3 +195,77 @@ def test_template_without_image_support_is_failed_precondition(tmp_path):
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "does not place images" in details
     finally:
         assert d.stop() == 0, d.stderr()
+
+
+# A template of the client's that renders what an agent's chat carries: tools, calls, results, reasoning, arguments.
+TOOLS_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|tools|>\n{% for t in tools %}{{ t.function.name }}: {{ t.function.description }}"
+    "\n{% endfor %}{% endif %}{% for m in messages %}<|{{ m.role }}|>\n"
+    "{% if m.reasoning_content is defined %}[{{ m.reasoning_content }}]{% endif %}"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for item in m.content %}{% if item.type == 'image' %}"
+    "<start_of_image>{% else %}{{ item.text }}{% endif %}{% endfor %}{% endif %}"
+    "{% if m.tool_calls is defined %}{% for c in m.tool_calls %}call {{ c.function.name }} "
+    "{{ c.function.arguments | tojson }}{% endfor %}{% endif %}"
+    "{% if m.tool_call_id is defined %} for {{ m.tool_call_id }}{% endif %}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{{ mood }}\n{% endif %}")
+LOOK = {"type": "function", "function": {"name": "look", "description": "Zooms in",
+                                         "parameters": {"type": "object", "properties": {"zoom": {"type": "integer"}}}}}
+
+
+def agent_turns(first_content) -> list[dict]:
+    return [{"role": "user", "content": first_content},
+            {"role": "assistant", "content": "", "reasoning_content": "zoom in",
+             "tool_calls": [{"id": "c1", "function": {"name": "look", "arguments": {"zoom": 2}}}]},
+            {"role": "tool", "content": "a cat", "tool_call_id": "c1", "name": "look"},
+            {"role": "user", "content": "And now?"}]
+
+
+def prompt_and_reply(responses) -> tuple[list[int], list[int]]:
+    result = collect(responses)
+    return [lp.token_id for lp in result.final.prompt_logprobs], result.token_ids
+
+
+def test_a_chat_with_tools_calls_and_reasoning_renders_as_the_text_chat_does(client, folder):
+    """MultimodalChat carries what ChatMessages carries: without an image both render the same prompt and give the
+    same reply; with one, the image span sits in the first message and the rest renders the same."""
+    settings = dict(tools=[LOOK], chat_template=TOOLS_TEMPLATE, chat_template_kwargs={"mood": "!"})
+    greedy = dict(max_tokens=4, temperature=0.0, ignore_eos=True, prompt_logprobs=True)
+    text = prompt_and_reply(client.generate(chat=chat_messages(agent_turns("What is it?"), **settings), **greedy))
+    multimodal = multimodal_chat(agent_turns("What is it?"), **settings)
+    assert prompt_and_reply(client.multimodal_generate(chat=multimodal, **greedy)) == text
+    with_image = multimodal_chat(agent_turns(["What is it?", PNG]), **settings)
+    prompt, _ = prompt_and_reply(client.multimodal_generate(chat=with_image, **greedy))
+    shown = load_tokenizer(folder).decode(prompt, skip_special_tokens=False)
+    for rendered in ("<|tools|>\nlook: Zooms in", '[zoom in]call look {"zoom": 2}', "a cat for c1", "<|assistant|>!"):
+        assert rendered in shown
+    start = prompt.index(SPAN[0])
+    assert prompt[start:start + len(SPAN)] == SPAN
+    none = multimodal_chat(agent_turns("What is it?"), tool_choice="none", **settings)
+    assert "<|tools|>" not in load_tokenizer(folder).decode(
+        prompt_and_reply(client.multimodal_generate(chat=none, **greedy))[0], skip_special_tokens=False)
+
+
+def refusal(responses) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(MlxdClientError) as info:
+        collect(responses)
+    return info.value.code, info.value.details
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (dict(tools=[{"type": "function", "function": {"name": ""}}]), "chat.tools[0].json"),
+    (dict(tools=[LOOK], tool_choice="zoom"), "chat.tool_choice.function 'zoom'"),
+    (dict(tools=[LOOK], tool_choice="required"), "chat.tool_choice"),  # the model's replies have no call format
+])
+def test_a_chats_bad_tools_are_refused_as_the_text_chat_refuses_them(client, bad, reason):
+    turns = agent_turns("What is it?")
+    text = refusal(client.generate(chat=chat_messages(turns, **bad), max_tokens=1))
+    assert text[0] == grpc.StatusCode.INVALID_ARGUMENT and reason in text[1], text
+    assert refusal(client.multimodal_generate(chat=multimodal_chat(turns, **bad), max_tokens=1)) == text
+
+
+def test_an_image_marker_in_a_tool_is_refused(client):
+    marker = dict(tools=[{"type": "function", "function": {"name": "f", "description": "<start_of_image>"}}])
+    chat = multimodal_chat([{"role": "user", "content": ["hi", PNG]}], **marker)
+    chat.parse_special = True
+    code, details = refusal(client.multimodal_generate(chat=chat, max_tokens=1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "image marker" in details, details

@@ -1326,12 +1326,17 @@ func (*ContentPart_Image) isContentPart_Part() {}
 
 func (*ContentPart_Tokens) isContentPart_Part() {}
 
+// As ChatMessage, with content in parts (text and images).
 type MultimodalMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
-	Content       []*ContentPart         `protobuf:"bytes,2,rep,name=content,proto3" json:"content,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Role             string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Content          []*ContentPart         `protobuf:"bytes,2,rep,name=content,proto3" json:"content,omitempty"`
+	ToolCalls        []*ToolCall            `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	ToolCallId       string                 `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	Name             string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	ReasoningContent *string                `protobuf:"bytes,6,opt,name=reasoning_content,json=reasoningContent,proto3,oneof" json:"reasoning_content,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *MultimodalMessage) Reset() {
@@ -1378,11 +1383,46 @@ func (x *MultimodalMessage) GetContent() []*ContentPart {
 	return nil
 }
 
+func (x *MultimodalMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *MultimodalMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *MultimodalMessage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MultimodalMessage) GetReasoningContent() string {
+	if x != nil && x.ReasoningContent != nil {
+		return *x.ReasoningContent
+	}
+	return ""
+}
+
+// As ChatMessages: every field means what it means there (tools, tool_choice, reply parsing, template and its
+// arguments), the messages' images placed by the chat template.
 type MultimodalChat struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	Messages            []*MultimodalMessage   `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	AddGenerationPrompt *bool                  `protobuf:"varint,2,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3,oneof" json:"add_generation_prompt,omitempty"`
-	ParseSpecial        bool                   `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"` // as in ChatMessages
+	ParseSpecial        bool                   `protobuf:"varint,3,opt,name=parse_special,json=parseSpecial,proto3" json:"parse_special,omitempty"`
+	Tools               []*Tool                `protobuf:"bytes,4,rep,name=tools,proto3" json:"tools,omitempty"`
+	ChatTemplateKwargs  *structpb.Struct       `protobuf:"bytes,5,opt,name=chat_template_kwargs,json=chatTemplateKwargs,proto3" json:"chat_template_kwargs,omitempty"`
+	ChatTemplate        string                 `protobuf:"bytes,6,opt,name=chat_template,json=chatTemplate,proto3" json:"chat_template,omitempty"`
+	ToolChoice          *ToolChoice            `protobuf:"bytes,7,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	ParseReply          bool                   `protobuf:"varint,8,opt,name=parse_reply,json=parseReply,proto3" json:"parse_reply,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -1434,6 +1474,41 @@ func (x *MultimodalChat) GetAddGenerationPrompt() bool {
 func (x *MultimodalChat) GetParseSpecial() bool {
 	if x != nil {
 		return x.ParseSpecial
+	}
+	return false
+}
+
+func (x *MultimodalChat) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *MultimodalChat) GetChatTemplateKwargs() *structpb.Struct {
+	if x != nil {
+		return x.ChatTemplateKwargs
+	}
+	return nil
+}
+
+func (x *MultimodalChat) GetChatTemplate() string {
+	if x != nil {
+		return x.ChatTemplate
+	}
+	return ""
+}
+
+func (x *MultimodalChat) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *MultimodalChat) GetParseReply() bool {
+	if x != nil {
+		return x.ParseReply
 	}
 	return false
 }
@@ -2825,14 +2900,28 @@ const file_mlxd_v1_inference_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12&\n" +
 	"\x05image\x18\x02 \x01(\v2\x0e.mlxd.v1.ImageH\x00R\x05image\x12+\n" +
 	"\x06tokens\x18\x03 \x01(\v2\x11.mlxd.v1.TokenIdsH\x00R\x06tokensB\x06\n" +
-	"\x04part\"W\n" +
+	"\x04part\"\x87\x02\n" +
 	"\x11MultimodalMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12.\n" +
-	"\acontent\x18\x02 \x03(\v2\x14.mlxd.v1.ContentPartR\acontent\"\xc0\x01\n" +
+	"\acontent\x18\x02 \x03(\v2\x14.mlxd.v1.ContentPartR\acontent\x120\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x11.mlxd.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x04 \x01(\tR\n" +
+	"toolCallId\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x120\n" +
+	"\x11reasoning_content\x18\x06 \x01(\tH\x00R\x10reasoningContent\x88\x01\x01B\x14\n" +
+	"\x12_reasoning_content\"\xac\x03\n" +
 	"\x0eMultimodalChat\x126\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1a.mlxd.v1.MultimodalMessageR\bmessages\x127\n" +
 	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01\x12#\n" +
-	"\rparse_special\x18\x03 \x01(\bR\fparseSpecialB\x18\n" +
+	"\rparse_special\x18\x03 \x01(\bR\fparseSpecial\x12#\n" +
+	"\x05tools\x18\x04 \x03(\v2\r.mlxd.v1.ToolR\x05tools\x12I\n" +
+	"\x14chat_template_kwargs\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x12chatTemplateKwargs\x12#\n" +
+	"\rchat_template\x18\x06 \x01(\tR\fchatTemplate\x124\n" +
+	"\vtool_choice\x18\a \x01(\v2\x13.mlxd.v1.ToolChoiceR\n" +
+	"toolChoice\x12\x1f\n" +
+	"\vparse_reply\x18\b \x01(\bR\n" +
+	"parseReplyB\x18\n" +
 	"\x16_add_generation_prompt\">\n" +
 	"\x10MultimodalPrompt\x12*\n" +
 	"\x05parts\x18\x01 \x03(\v2\x14.mlxd.v1.ContentPartR\x05parts\"\x84\x02\n" +
@@ -3025,38 +3114,42 @@ var file_mlxd_v1_inference_proto_depIdxs = []int32{
 	13, // 13: mlxd.v1.ContentPart.image:type_name -> mlxd.v1.Image
 	8,  // 14: mlxd.v1.ContentPart.tokens:type_name -> mlxd.v1.TokenIds
 	14, // 15: mlxd.v1.MultimodalMessage.content:type_name -> mlxd.v1.ContentPart
-	15, // 16: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
-	14, // 17: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
-	17, // 18: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
-	16, // 19: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
-	9,  // 20: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
-	19, // 21: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
-	20, // 22: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
-	3,  // 23: mlxd.v1.Chunk.tool_calls:type_name -> mlxd.v1.ToolCall
-	1,  // 24: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
-	22, // 25: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
-	23, // 26: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
-	20, // 27: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
-	21, // 28: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
-	24, // 29: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
-	7,  // 30: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
-	12, // 31: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
-	18, // 32: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
-	26, // 33: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
-	28, // 34: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
-	30, // 35: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
-	32, // 36: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
-	25, // 37: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
-	25, // 38: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
-	27, // 39: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
-	29, // 40: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
-	31, // 41: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
-	33, // 42: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
-	37, // [37:43] is the sub-list for method output_type
-	31, // [31:37] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	3,  // 16: mlxd.v1.MultimodalMessage.tool_calls:type_name -> mlxd.v1.ToolCall
+	15, // 17: mlxd.v1.MultimodalChat.messages:type_name -> mlxd.v1.MultimodalMessage
+	4,  // 18: mlxd.v1.MultimodalChat.tools:type_name -> mlxd.v1.Tool
+	35, // 19: mlxd.v1.MultimodalChat.chat_template_kwargs:type_name -> google.protobuf.Struct
+	6,  // 20: mlxd.v1.MultimodalChat.tool_choice:type_name -> mlxd.v1.ToolChoice
+	14, // 21: mlxd.v1.MultimodalPrompt.parts:type_name -> mlxd.v1.ContentPart
+	17, // 22: mlxd.v1.MultimodalGenerateRequest.prompt:type_name -> mlxd.v1.MultimodalPrompt
+	16, // 23: mlxd.v1.MultimodalGenerateRequest.chat:type_name -> mlxd.v1.MultimodalChat
+	9,  // 24: mlxd.v1.MultimodalGenerateRequest.options:type_name -> mlxd.v1.GenerationOptions
+	19, // 25: mlxd.v1.TokenLogprob.top:type_name -> mlxd.v1.TopLogprob
+	20, // 26: mlxd.v1.Chunk.logprobs:type_name -> mlxd.v1.TokenLogprob
+	3,  // 27: mlxd.v1.Chunk.tool_calls:type_name -> mlxd.v1.ToolCall
+	1,  // 28: mlxd.v1.Final.finish_reason:type_name -> mlxd.v1.FinishReason
+	22, // 29: mlxd.v1.Final.usage:type_name -> mlxd.v1.Usage
+	23, // 30: mlxd.v1.Final.timings:type_name -> mlxd.v1.Timings
+	20, // 31: mlxd.v1.Final.prompt_logprobs:type_name -> mlxd.v1.TokenLogprob
+	21, // 32: mlxd.v1.GenerateResponse.chunk:type_name -> mlxd.v1.Chunk
+	24, // 33: mlxd.v1.GenerateResponse.final:type_name -> mlxd.v1.Final
+	7,  // 34: mlxd.v1.TokenizeRequest.chat:type_name -> mlxd.v1.ChatMessages
+	12, // 35: mlxd.v1.Inference.Generate:input_type -> mlxd.v1.GenerateRequest
+	18, // 36: mlxd.v1.Inference.MultimodalGenerate:input_type -> mlxd.v1.MultimodalGenerateRequest
+	26, // 37: mlxd.v1.Inference.Tokenize:input_type -> mlxd.v1.TokenizeRequest
+	28, // 38: mlxd.v1.Inference.Detokenize:input_type -> mlxd.v1.DetokenizeRequest
+	30, // 39: mlxd.v1.Inference.GetModelInfo:input_type -> mlxd.v1.GetModelInfoRequest
+	32, // 40: mlxd.v1.Inference.Cancel:input_type -> mlxd.v1.CancelRequest
+	25, // 41: mlxd.v1.Inference.Generate:output_type -> mlxd.v1.GenerateResponse
+	25, // 42: mlxd.v1.Inference.MultimodalGenerate:output_type -> mlxd.v1.GenerateResponse
+	27, // 43: mlxd.v1.Inference.Tokenize:output_type -> mlxd.v1.TokenizeResponse
+	29, // 44: mlxd.v1.Inference.Detokenize:output_type -> mlxd.v1.DetokenizeResponse
+	31, // 45: mlxd.v1.Inference.GetModelInfo:output_type -> mlxd.v1.ModelInfo
+	33, // 46: mlxd.v1.Inference.Cancel:output_type -> mlxd.v1.CancelResponse
+	41, // [41:47] is the sub-list for method output_type
+	35, // [35:41] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_mlxd_v1_inference_proto_init() }
@@ -3092,6 +3185,7 @@ func file_mlxd_v1_inference_proto_init() {
 		(*ContentPart_Image)(nil),
 		(*ContentPart_Tokens)(nil),
 	}
+	file_mlxd_v1_inference_proto_msgTypes[13].OneofWrappers = []any{}
 	file_mlxd_v1_inference_proto_msgTypes[14].OneofWrappers = []any{}
 	file_mlxd_v1_inference_proto_msgTypes[16].OneofWrappers = []any{
 		(*MultimodalGenerateRequest_Prompt)(nil),

@@ -1,5 +1,5 @@
-"""ChatMessages from the OpenAI-style values agents already hold: messages with tool calls and results, tools,
-template arguments, tool_choice."""
+"""ChatMessages and MultimodalChat from the OpenAI-style values agents already hold: messages with tool calls and
+results, tools, template arguments, tool_choice."""
 
 from __future__ import annotations
 
@@ -21,8 +21,40 @@ def chat_messages(messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapp
     """messages: {"role", "content", "tool_calls": [{"id", "function": {"name", "arguments"}}], "tool_call_id",
     "name", "reasoning_content"} (arguments a dict or JSON text); tools: {"type": "function", "function": {...}};
     tool_choice: "auto", "none", "required", a function's name or {"function": {"name": ...}}."""
-    chat = pb.ChatMessages(messages=[chat_message(m) for m in messages], chat_template=chat_template,
-                           parse_reply=parse_reply, tools=[pb.Tool(json=json.dumps(tool)) for tool in tools])
+    chat = pb.ChatMessages(messages=[chat_message(m) for m in messages])
+    return _settings(chat, tools, tool_choice, chat_template_kwargs, chat_template, parse_reply, add_generation_prompt)
+
+
+def multimodal_chat(messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] = (),
+                    tool_choice: str | Mapping[str, Any] | None = None,
+                    chat_template_kwargs: Mapping[str, Any] | None = None, chat_template: str = "",
+                    parse_reply: bool = False, add_generation_prompt: bool | None = None) -> pb.MultimodalChat:
+    """As chat_messages, for MultimodalGenerate: a message's "content" is text (str), an encoded image (bytes) or a
+    sequence of both, in order."""
+    chat = pb.MultimodalChat(messages=[_multimodal_message(m) for m in messages])
+    return _settings(chat, tools, tool_choice, chat_template_kwargs, chat_template, parse_reply, add_generation_prompt)
+
+
+def content_parts(content: str | bytes | Sequence[Any]) -> list[pb.ContentPart]:
+    """Text (str), encoded images (bytes) and token ids (a sequence of ints) as content parts, in order."""
+    parts = [content] if isinstance(content, (str, bytes, bytearray)) else content
+    return [_content_part(part) for part in parts]
+
+
+def _content_part(part: Any) -> pb.ContentPart:
+    if isinstance(part, str):
+        return pb.ContentPart(text=part)
+    if isinstance(part, (bytes, bytearray)):
+        return pb.ContentPart(image=pb.Image(data=bytes(part)))
+    return pb.ContentPart(tokens=pb.TokenIds(ids=list(part)))
+
+
+def _settings(chat: Any, tools: Sequence[Mapping[str, Any]], tool_choice: str | Mapping[str, Any] | None,
+              chat_template_kwargs: Mapping[str, Any] | None, chat_template: str, parse_reply: bool,
+              add_generation_prompt: bool | None) -> Any:
+    """The fields ChatMessages and MultimodalChat share, set on `chat`."""
+    chat.tools.extend(pb.Tool(json=json.dumps(tool)) for tool in tools)
+    chat.chat_template, chat.parse_reply = chat_template, parse_reply
     if add_generation_prompt is not None:
         chat.add_generation_prompt = add_generation_prompt
     if chat_template_kwargs:
@@ -33,8 +65,17 @@ def chat_messages(messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapp
 
 
 def chat_message(message: Mapping[str, Any]) -> pb.ChatMessage:
-    out = pb.ChatMessage(role=message["role"], content=message.get("content") or "",
-                         tool_call_id=message.get("tool_call_id") or "", name=message.get("name") or "")
+    return _with_turn_fields(pb.ChatMessage(role=message["role"], content=message.get("content") or ""), message)
+
+
+def _multimodal_message(message: Mapping[str, Any]) -> pb.MultimodalMessage:
+    out = pb.MultimodalMessage(role=message["role"], content=content_parts(message.get("content") or ()))
+    return _with_turn_fields(out, message)
+
+
+def _with_turn_fields(out: Any, message: Mapping[str, Any]) -> Any:
+    """A message's tool calls, tool result fields and reasoning, set on `out`."""
+    out.tool_call_id, out.name = message.get("tool_call_id") or "", message.get("name") or ""
     for call in message.get("tool_calls") or ():
         function = call.get("function", call)
         arguments = function.get("arguments", {})

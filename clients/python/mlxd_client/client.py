@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mlxd_client.channel import TlsOptions, open_channel
+from mlxd_client.chat import content_parts
 from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -50,14 +51,6 @@ class MultimodalChatMessage(TypedDict):
 
     role: str
     content: str | bytes | Sequence[Part]
-
-
-def _content_part(part: Part) -> pb.ContentPart:
-    if isinstance(part, str):
-        return pb.ContentPart(text=part)
-    if isinstance(part, (bytes, bytearray)):
-        return pb.ContentPart(image=pb.Image(data=bytes(part)))
-    return pb.ContentPart(tokens=pb.TokenIds(ids=list(part)))
 
 
 def collect(responses: Iterable[pb.GenerateResponse]) -> Completion:
@@ -134,21 +127,21 @@ class Client:
         return _stream(lambda: self.stub.Generate(request, timeout=timeout))
 
     def multimodal_generate(self, parts: Sequence[Part] | None = None, *,
-                            messages: Sequence[MultimodalChatMessage] | None = None, request_id: str = "",
-                            expected_model: str = "", timeout: float | None = None,
-                            **option_values: Any) -> Iterator[pb.GenerateResponse]:
+                            messages: Sequence[MultimodalChatMessage] | None = None,
+                            chat: pb.MultimodalChat | None = None, request_id: str = "", expected_model: str = "",
+                            timeout: float | None = None, **option_values: Any) -> Iterator[pb.GenerateResponse]:
         """Like generate, with images. `parts`: str (text), bytes (an encoded image: PNG, JPEG, ...) or a list of
-        token ids, in prompt order; or `messages`: {"role": ..., "content": str or a sequence of such parts}."""
+        token ids, in prompt order; or `messages`: {"role": ..., "content": str or a sequence of such parts}; or
+        `chat` (tools, tool calls, template arguments: see mlxd_client.chat.multimodal_chat)."""
         request = pb.MultimodalGenerateRequest(request_id=request_id or uuid.uuid4().hex,
                                                expected_model=expected_model, options=options(**option_values))
         if parts is not None:
-            request.prompt.parts.extend(_content_part(p) for p in parts)
+            request.prompt.parts.extend(content_parts(parts))
         elif messages is not None:
-            for m in messages:
-                content = m["content"]
-                message_parts: Sequence[Part] = [content] if isinstance(content, (str, bytes)) else content
-                request.chat.messages.append(pb.MultimodalMessage(role=m["role"],
-                                                                  content=[_content_part(p) for p in message_parts]))
+            request.chat.messages.extend(pb.MultimodalMessage(role=m["role"], content=content_parts(m["content"]))
+                                         for m in messages)
+        elif chat is not None:
+            request.chat.CopyFrom(chat)
         return _stream(lambda: self.stub.MultimodalGenerate(request, timeout=timeout))
 
     def complete(self, prompt: str | None = None, **kwargs: Any) -> Completion:

@@ -56,21 +56,6 @@ class SpecialGuard:
         """Rendered text with each marker turned back into the client's string."""
         return self._split.sub(lambda m: self.forged[int(m.group(1))], text) if self._split else text
 
-    def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Messages (string content or a list of text and image items) with their text guarded."""
-        if not self.forged:
-            return messages
-        guarded = []
-        for message in messages:
-            content = message["content"]
-            if isinstance(content, str):
-                content = self.text(content)
-            else:
-                content = [dict(item, text=self.text(item["text"])) if item.get("type") == "text" else item
-                           for item in content]
-            guarded.append({**message, "role": self.text(message["role"]), "content": content})
-        return guarded
-
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text: special tokens parsed, except where a marker stands for client text."""
         encode = self._tokenizer.encode
@@ -92,21 +77,20 @@ def _unused_character(texts: list[str]) -> str:
 
 def chat_texts(chat: pb.ChatMessages | pb.MultimodalChat) -> list[str]:
     """Every client text of a chat as sent (JSON unparsed, which is never shorter than what it parses to), for the
-    size check: roles and content, and for ChatMessages tool calls and results, reasoning, tools and the template
-    arguments' strings."""
+    size check: roles, content (a multimodal message's text parts), tool calls and results, reasoning, tools and the
+    template arguments' strings."""
     texts = []
     for message in chat.messages:
-        texts.append(message.role)
+        texts += [message.role, message.tool_call_id, message.name, message.reasoning_content]
         if isinstance(message, pb.ChatMessage):
-            texts += [message.content, message.tool_call_id, message.name, message.reasoning_content]
-            texts += [text for call in message.tool_calls for text in (call.id, call.name, call.arguments)]
+            texts.append(message.content)
         else:
             texts += [part.text for part in message.content if part.WhichOneof("part") == "text"]
-    if isinstance(chat, pb.ChatMessages):
-        for tool in chat.tools:
-            function = tool.function
-            texts += [tool.json, function.name, function.description, function.parameters]
-        texts += _struct_texts(chat.chat_template_kwargs)
+        texts += [text for call in message.tool_calls for text in (call.id, call.name, call.arguments)]
+    for tool in chat.tools:
+        function = tool.function
+        texts += [tool.json, function.name, function.description, function.parameters]
+    texts += _struct_texts(chat.chat_template_kwargs)
     return texts
 
 
@@ -135,18 +119,39 @@ class RenderedChat:
     tools: list[dict[str, Any]]  # the tools given to the template, as the client sent them; [] when none
 
 
-def render_chat(tokenizer: Tokenizer, chat: pb.ChatMessages) -> RenderedChat:
-    """A text chat rendered with the request's template or the model's, and tokenized (the template writes BOS)."""
-    inputs = template_inputs(chat)
+@dataclass(frozen=True)
+class TemplateOutput:
+    """What a chat template wrote, before tokenization."""
+
+    guarded: str             # the rendered text, each special-token string of the client's still as its marker
+    guard: SpecialGuard      # encodes `guarded` (guard.encode) and restores the client's text (guard.restore)
+    template: str            # the template source used: the request's chat_template, or the model's
+    tools: list[dict[str, Any]]  # the tools given to the template, as the client sent them; [] when none
+
+    def rendered(self, ids: list[int]) -> RenderedChat:
+        """The chat as rendered, `ids` its prompt's token ids."""
+        return RenderedChat(ids=ids, text=self.guard.restore(self.guarded), template=self.template, tools=self.tools)
+
+
+def apply_template(tokenizer: Tokenizer, chat: pb.ChatMessages | pb.MultimodalChat,
+                   contents: list[Any] | None = None) -> TemplateOutput:
+    """A chat rendered with the request's template or the model's (`contents`: a multimodal chat's messages'
+    content, chat_inputs.template_inputs)."""
+    inputs = template_inputs(chat, contents)
     guard = SpecialGuard(tokenizer, client_texts(inputs), chat.parse_special)
     guarded = map_client_text(inputs, guard.text) if guard.forged else inputs
     rendered = tokenizer.apply_chat_template(guarded.messages, add_generation_prompt=guarded.add_generation_prompt,
                                              tools=guarded.tools or None,
                                              chat_template_kwargs=guarded.chat_template_kwargs,
                                              chat_template=chat.chat_template or None)
-    return RenderedChat(ids=guard.encode(rendered), text=guard.restore(rendered),
-                        template=chat.chat_template or tokenizer.template_source(bool(guarded.tools)) or "",
-                        tools=inputs.tools)
+    return TemplateOutput(rendered, guard,
+                          chat.chat_template or tokenizer.template_source(bool(guarded.tools)) or "", inputs.tools)
+
+
+def render_chat(tokenizer: Tokenizer, chat: pb.ChatMessages) -> RenderedChat:
+    """A text chat rendered with the request's template or the model's, and tokenized (the template writes BOS)."""
+    output = apply_template(tokenizer, chat)
+    return output.rendered(output.guard.encode(output.guarded))
 
 
 def chat_ids(tokenizer: Tokenizer, chat: pb.ChatMessages) -> list[int]:

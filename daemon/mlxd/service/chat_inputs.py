@@ -1,4 +1,5 @@
-"""ChatMessages -> what a chat template reads: OpenAI-style message and tool dicts and template variables.
+"""ChatMessages and MultimodalChat -> what a chat template reads: OpenAI-style message and tool dicts and template
+variables.
 
 The dicts have the shapes transformers' apply_chat_template is given by OpenAI-compatible servers, so Hub
 templates render them as their authors tested. The JSON the client sends (tool-call arguments, schemas, whole tools)
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,10 @@ class TemplateInputs:
     add_generation_prompt: bool
 
 
-def template_inputs(chat: pb.ChatMessages) -> TemplateInputs:
-    """The template's inputs as the client sent them, checked; InvalidRequest names the bad field."""
+def template_inputs(chat: pb.ChatMessages | pb.MultimodalChat, contents: Sequence[Any] | None = None) -> TemplateInputs:
+    """The template's inputs as the client sent them, checked; InvalidRequest names the bad field. `contents`: each
+    message's content as the template reads it (a multimodal chat's: a string, or a list of text and image items)
+    in place of a text chat's strings."""
     tools = [_tool(tool, f"chat.tools[{i}]") for i, tool in enumerate(chat.tools)]
     names = [str(tool["function"]["name"]) for tool in tools]
     for i, name in enumerate(names):
@@ -46,16 +49,18 @@ def template_inputs(chat: pb.ChatMessages) -> TemplateInputs:
         # invite calls, and templates have no "tools, but do not call them" mode.
         tools = []
     add_prompt = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-    return TemplateInputs([_message(m, i) for i, m in enumerate(chat.messages)], tools,
-                          _kwargs(chat.chat_template_kwargs), add_prompt)
+    if contents is None:
+        assert isinstance(chat, pb.ChatMessages)
+        contents = [m.content for m in chat.messages]
+    return TemplateInputs([_message(m, i, content) for i, (m, content) in enumerate(zip(chat.messages, contents))],
+                          tools, _kwargs(chat.chat_template_kwargs), add_prompt)
 
 
 def map_client_text(inputs: TemplateInputs, text: Text) -> TemplateInputs:
     """The inputs with every string the client wrote (keys of its JSON included) mapped through text. Message keys
     and the names of template variables stay as they are; in tools every string is mapped, the few this module
     writes ("type", "function", ...) included, which changes nothing as they hold no special-token string."""
-    messages = [{key: ([_map_call(call, text) for call in value] if key == "tool_calls" else text(value))
-                 for key, value in message.items()} for message in inputs.messages]
+    messages = [{key: _map_field(key, value, text) for key, value in message.items()} for message in inputs.messages]
     return TemplateInputs(messages, _deep(inputs.tools, text),
                           {name: _deep(value, text) for name, value in inputs.chat_template_kwargs.items()},
                           inputs.add_generation_prompt)
@@ -71,6 +76,14 @@ def client_texts(inputs: TemplateInputs) -> list[str]:
 
     map_client_text(inputs, collect)
     return texts
+
+
+def _map_field(key: str, value: Any, text: Text) -> Any:
+    if key == "tool_calls":
+        return [_map_call(call, text) for call in value]
+    if isinstance(value, list):  # a multimodal message's items: the text ones are the client's
+        return [dict(item, text=text(item["text"])) if item.get("type") == "text" else item for item in value]
+    return text(value)
 
 
 def _map_call(call: dict[str, Any], text: Text) -> dict[str, Any]:
@@ -91,8 +104,8 @@ def _check_tool_choice(choice: pb.ToolChoice, names: list[str]) -> None:
             raise InvalidRequest("chat.tool_choice.mode is TOOL_CHOICE_REQUIRED but chat.tools is empty")
 
 
-def _message(message: pb.ChatMessage, index: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
+def _message(message: pb.ChatMessage | pb.MultimodalMessage, index: int, content: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls:
         out["tool_calls"] = [_tool_call(call, f"chat.messages[{index}].tool_calls[{j}]")
                              for j, call in enumerate(message.tool_calls)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from mlxd.engine.request import CancelToken, PromptImage
 from mlxd.errors import InvalidRequest, ResourceExhausted, Unsupported
@@ -18,7 +17,7 @@ from mlxd.images.decode import decode_image
 from mlxd.images.preprocess import ProcessorConfig, content_digest, preprocess
 from mlxd.images.prompt import ImageTokens
 from mlxd.loading.tokenizer import Tokenizer
-from mlxd.service.chat import SpecialGuard, chat_texts
+from mlxd.service.chat import RenderedChat, TemplateOutput, apply_template, chat_texts
 from mlxd.service.limits import Limits
 from mlxd.service.preparation import check
 from mlxd.service.prompts import check_chat
@@ -73,17 +72,24 @@ def check_request(request: pb.MultimodalGenerateRequest, bounds: PromptBounds, v
     check_options(request.options, vocab_size, limits)
 
 
+@dataclass(frozen=True)
+class BuiltPrompt:
+    ids: list[int]
+    images: tuple[PromptImage, ...]
+    chat: RenderedChat | None    # a chat as its template rendered it (for its reply plan: tools, parse_reply)
+
+
 def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Tokenizer, vision: VisionInput, limits: Limits,
-                 bounds: PromptBounds, *, vocab_size: int,
-                 cancel: CancelToken) -> tuple[list[int], tuple[PromptImage, ...]]:
+                 bounds: PromptBounds, *, vocab_size: int, cancel: CancelToken) -> BuiltPrompt:
     markers = [tokenizer.id_to_token(i) or "" for i in (vision.tokens.begin_id, vision.tokens.image_id,
                                                           vision.tokens.end_id)]
+    template = None
     if request.WhichOneof("input") == "prompt":
         prefix, segments = _prompt_segments(request.prompt, tokenizer, markers, vision.tokens, vocab_size)
         encode = _raw_encoder(tokenizer)
     else:
-        guard = SpecialGuard(tokenizer, chat_texts(request.chat), request.chat.parse_special)
-        prefix, segments, encode = [], _chat_segments(request.chat, tokenizer, markers, guard), guard.encode
+        segments, template = _chat_segments(request.chat, tokenizer, markers)
+        prefix, encode = [], template.guard.encode
     check(cancel)
     ids, positions = expand(segments, encode, vision.tokens)
     ids = prefix + ids
@@ -97,7 +103,7 @@ def build_prompt(request: pb.MultimodalGenerateRequest, tokenizer: Tokenizer, vi
         pixels = preprocess(decode_image(segment.data, index, limits.images, target=size,
                                          cancelled=lambda: cancel.is_set), vision.processor)
         images.append(PromptImage(position, vision.tokens.per_image, pixels, content_digest(segment.data)))
-    return ids, tuple(images)
+    return BuiltPrompt(ids, tuple(images), None if template is None else template.rendered(ids))
 
 
 def _raw_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
@@ -135,9 +141,10 @@ def _prompt_segments(prompt: pb.MultimodalPrompt, tokenizer: Tokenizer, markers:
     return prefix, segments
 
 
-def _chat_segments(chat: pb.MultimodalChat, tokenizer: Tokenizer, markers: list[str],
-                   guard: SpecialGuard) -> list[Segment]:
-    messages, images = [], []
+def _chat_segments(chat: pb.MultimodalChat, tokenizer: Tokenizer,
+                   markers: list[str]) -> tuple[list[Segment], TemplateOutput]:
+    contents: list[str | list[dict[str, str]]] = []
+    images: list[_Image] = []
     for i, message in enumerate(chat.messages):
         items: list[dict[str, str]] = []
         for j, part in enumerate(message.content):
@@ -155,20 +162,20 @@ def _chat_segments(chat: pb.MultimodalChat, tokenizer: Tokenizer, markers: list[
                 raise InvalidRequest(f"{field} is empty: it needs text or an image")
         # Text-only messages stay plain strings, which every chat template renders; images need the list form.
         has_image = any(item["type"] == "image" for item in items)
-        content: Any = items if has_image else "".join(item["text"] for item in items)
-        messages.append({"role": message.role, "content": content})
+        contents.append(items if has_image else "".join(item["text"] for item in items))
+    for text in chat_texts(chat):  # tools, tool calls, template arguments: the text parts were checked above
+        _check_text(text, "a role, tool, tool call or template argument of chat", markers)
     if not markers[0]:
         raise Unsupported("the tokenizer has no image marker token; images cannot go in chat messages")
-    add_prompt = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-    rendered = tokenizer.apply_chat_template(guard.messages(messages), add_generation_prompt=add_prompt)
-    pieces = rendered.split(markers[0])
+    template = apply_template(tokenizer, chat, contents)
+    pieces = template.guarded.split(markers[0])
     if len(pieces) - 1 != len(images):
         raise Unsupported(f"the model's chat template wrote {len(pieces) - 1} image markers for {len(images)} "
                           "images; it does not place images in messages")
     segments: list[Segment] = [pieces[0]]
     for image, piece in zip(images, pieces[1:]):
         segments += [image, piece]
-    return segments
+    return segments, template
 
 
 def expand(segments: list[Segment], encode: Callable[[str], list[int]],

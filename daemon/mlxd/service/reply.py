@@ -27,8 +27,9 @@ class ReplyPlan:
     constraint: pb.Constraint | None = None   # tool_choice required / named: the calls' grammar
 
 
-def plan_reply(chat: pb.ChatMessages, rendered: RenderedChat, model_formats: Mapping[str, ReplyFormat],
-               added_tokens: dict[str, int], options: pb.GenerationOptions) -> ReplyPlan:
+def plan_reply(chat: pb.ChatMessages | pb.MultimodalChat, rendered: RenderedChat,
+               model_formats: Mapping[str, ReplyFormat], added_tokens: dict[str, int],
+               options: pb.GenerationOptions) -> ReplyPlan:
     """The parser and the constraint of one chat request. The formats of the model's own templates (source ->
     format) are found once, at load; a request's template override has its format found here."""
     fmt = model_formats.get(rendered.template) or reply_format(rendered.template, added_tokens)

@@ -22,7 +22,7 @@ from mlxd.engine.request import CancelToken, FinalEvent, FinishReason, Generatio
 from mlxd.engine.worker import WorkerState
 from mlxd.errors import Cancelled, InvalidRequest, Unavailable, Unsupported
 from mlxd.service import convert, multimodal, prompts
-from mlxd.service.chat import render_chat
+from mlxd.service.chat import RenderedChat, render_chat
 from mlxd.service.engine import Engine
 from mlxd.service.inflight import InFlight
 from mlxd.service.limits import Limits
@@ -75,6 +75,14 @@ class Job:
         if self.reply is not None:
             gen.skip_special_tokens = False   # the reply's parser reads the markers; it keeps them out of text
         return gen
+
+    def chat_request(self, options: pb.GenerationOptions, chat: pb.ChatMessages | pb.MultimodalChat,
+                     rendered: RenderedChat, images: tuple[PromptImage, ...] = ()) -> GenerationRequest:
+        """A chat's request, with its reply plan: parse_reply's parser, a required tool call's grammar."""
+        model = self.model
+        plan = plan_reply(chat, rendered, model.reply_formats, model.tokenizer.added_tokens, options)
+        self.reply = ReplyStream(plan.parser) if plan.parser is not None else None
+        return self.request(options, rendered.ids, images, constraint=plan.constraint)
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -231,19 +239,17 @@ def _prepare_text(request: pb.GenerateRequest, job: Job) -> GenerationRequest:
     model = job.model
     if request.WhichOneof("input") != "chat":
         return job.request(request.options, prompts.generate_ids(request, model.tokenizer, model.info.vocab_size))
-    rendered = render_chat(model.tokenizer, request.chat)
-    plan = plan_reply(request.chat, rendered, model.reply_formats, model.tokenizer.added_tokens,
-                      request.options)
-    job.reply = ReplyStream(plan.parser) if plan.parser is not None else None
-    return job.request(request.options, rendered.ids, constraint=plan.constraint)
+    return job.chat_request(request.options, request.chat, render_chat(model.tokenizer, request.chat))
 
 
 def _prepare_multimodal(request: pb.MultimodalGenerateRequest, job: Job) -> GenerationRequest:
     model = job.model
     assert model.vision is not None   # checked on the loop
-    prompt_ids, images = multimodal.build_prompt(request, model.tokenizer, model.vision, job.limits, job.bounds,
-                                                 vocab_size=model.info.vocab_size, cancel=job.cancel)
-    return job.request(request.options, prompt_ids, images)
+    prompt = multimodal.build_prompt(request, model.tokenizer, model.vision, job.limits, job.bounds,
+                                     vocab_size=model.info.vocab_size, cancel=job.cancel)
+    if prompt.chat is None:
+        return job.request(request.options, prompt.ids, prompt.images)
+    return job.chat_request(request.options, request.chat, prompt.chat, prompt.images)
 
 
 def _tokenize(request: pb.TokenizeRequest, model: ServedModel) -> pb.TokenizeResponse:
