@@ -60,11 +60,12 @@ _MTP_NAMES = {"mtp.fc": ("eh_proj", MODEL_TENSOR.NEXTN_EH_PROJ),
 def hyperparameters(folder: Path) -> dict[str, Any]:
     """The converter's hparams: the published config with its text_config moved to the top level."""
     config = json.loads((folder / "config_v4.json").read_text(encoding="utf-8"))
-    return {**config, **config["text_config"]}
+    return {**config, **config.get("text_config", {})}
 
 
-def _keys(w: GGUFWriter, hp: dict[str, Any]) -> None:
-    rope = hp["rope_parameters"]
+def write_keys(w: GGUFWriter, hp: dict[str, Any], *, rope_sections: bool = True) -> None:
+    """The converter's keys (the M-RoPE sections: Qwen3.5's alone; Qwen3-Next keeps rope_theta at the top)."""
+    rope = hp.get("rope_parameters") or {"rope_theta": hp["rope_theta"]}
     w.add_block_count(hp["num_hidden_layers"] + hp.get("mtp_num_hidden_layers", 0))
     w.add_context_length(hp["max_position_embeddings"])
     w.add_embedding_length(hp["hidden_size"])
@@ -72,8 +73,9 @@ def _keys(w: GGUFWriter, hp: dict[str, Any]) -> None:
         w.add_feed_forward_length(hp["intermediate_size"])
     w.add_head_count(hp["num_attention_heads"])
     w.add_head_count_kv(hp["num_key_value_heads"])
-    sections = list(rope.get("mrope_section", _DEFAULT_SECTIONS))
-    w.add_rope_dimension_sections((sections + [0] * 4)[:4])
+    if rope_sections:
+        sections = list(rope.get("mrope_section", _DEFAULT_SECTIONS))
+        w.add_rope_dimension_sections((sections + [0] * 4)[:4])
     w.add_rope_freq_base(rope["rope_theta"])
     w.add_layer_norm_rms_eps(hp["rms_norm_eps"])
     if "num_experts" in hp:
@@ -208,7 +210,7 @@ def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32", *, with_mtp:
     names = get_tensor_name_map(ARCHS[fixture], blocks)
 
     w = GGUFWriter(str(path), MODEL_ARCH_NAMES[ARCHS[fixture]])
-    _keys(w, hp)
+    write_keys(w, hp)
     w.add_file_type(FILE_TYPES[qtype])
     _tokenizer(w, folder, hp["vocab_size"])
     held: dict[str, dict[str, np.ndarray]] = {}

@@ -1,4 +1,5 @@
-"""llama.cpp's `qwen35` and `qwen35moe` files (Qwen3.5 dense and MoE) as mlxd's qwen3_5_text / qwen3_5_moe_text.
+"""llama.cpp's `qwen35` and `qwen35moe` files (Qwen3.5 dense and MoE) as mlxd's qwen3_5_text / qwen3_5_moe_text,
+and its `qwen3next` files (Qwen3-Next) as qwen3_next.
 
 What llama.cpp's converter (Qwen3_5TextModel / Qwen3_5MoeTextModel over Qwen3NextModel) does to the checkpoint,
 and how it comes back here:
@@ -18,6 +19,11 @@ and how it comes back here:
   head size is a multiple of 32, and the tiled order is the same function, the file's codes kept as they are.
 - MoE: routed experts softmax-scored with the kept weights renormalized (llama.cpp's qwen35moe), a shared expert
   gated per token by ffn_gate_inp_shexp.
+- qwen3next (Qwen3NextModel, the base of the Qwen3.5 converters) differs: the value heads stay grouped by key head
+  (no tiling), in_proj_qkvz is stored as attn_qkv ([q | k | v] over all heads) and attn_gate (z), in_proj_ba stays
+  fused (ssm_ba, which models/qwen3_next.py splits), no M-RoPE sections, no MTP head, and every layer is MoE (the
+  arch's tensor table has no dense MLP); the kept weights are renormalized, as every published Qwen3-Next config
+  says (norm_topk_prob; the file does not store it).
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from mlxd.loading.gguf.common import token_ids, vocab_size
 
 QWEN35 = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35]
 QWEN35MOE = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35MOE]
-ARCHS = (QWEN35, QWEN35MOE)
-MODEL_TYPES = {QWEN35: "qwen3_5_text", QWEN35MOE: "qwen3_5_moe_text"}
-TILED = "tiled"
+QWEN3NEXT = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN3NEXT]
+ARCHS = (QWEN35, QWEN35MOE, QWEN3NEXT)
+MODEL_TYPES = {QWEN35: "qwen3_5_text", QWEN35MOE: "qwen3_5_moe_text", QWEN3NEXT: "qwen3_next"}
+TILED, GROUPED = "tiled", "grouped"
 
 
 # Layer tensors under models/qwen3_5's names (MoE ones under models/qwen3_5_moe's SharedExpertMoe).
@@ -54,6 +61,7 @@ LAYER_NAMES = {
     _base(MODEL_TENSOR.ATTN_GATE): "linear_attn.in_proj_z",
     _base(MODEL_TENSOR.SSM_ALPHA): "linear_attn.in_proj_a",
     _base(MODEL_TENSOR.SSM_BETA): "linear_attn.in_proj_b",
+    _base(MODEL_TENSOR.SSM_BETA_ALPHA): "linear_attn.in_proj_ba",
     _base(MODEL_TENSOR.SSM_A): "linear_attn.A_log",
     _base(MODEL_TENSOR.SSM_DT): "linear_attn.dt_bias",
     _base(MODEL_TENSOR.SSM_CONV1D): "linear_attn.conv1d",
@@ -138,7 +146,7 @@ def qwen35_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
         "linear_value_head_dim": inner // value_heads,
         "linear_num_key_heads": key_heads,
         "linear_num_value_heads": value_heads,
-        "linear_value_head_order": TILED,
+        "linear_value_head_order": GROUPED if arch == QWEN3NEXT else TILED,
         "attention_bias": False,
         "tie_word_embeddings": "output.weight" not in tensor_shapes,
     }
@@ -146,8 +154,14 @@ def qwen35_config(metadata: Mapping[str, Any], tensor_shapes: Mapping[str, tuple
         config["intermediate_size"] = int(_value(metadata, arch, "feed_forward_length"))
     if f"{arch}.context_length" in metadata:
         config["max_position_embeddings"] = int(metadata[f"{arch}.context_length"])
-    if arch == QWEN35MOE:
+    if arch in (QWEN35MOE, QWEN3NEXT):
         _experts(metadata, arch, config)
+    if arch == QWEN3NEXT:
+        dense = [i for i in range(n_layers) if f"blk.{i}.ffn_gate_inp.weight" not in tensor_shapes]
+        if dense:
+            raise ModelLoadError(f"GGUF qwen3next blocks {dense} have no experts; llama.cpp's qwen3next has no "
+                                 "dense layers")
+        config.update(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[])
     config.update(token_ids(metadata))
     return config
 
