@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TENSOR_NAMES
 
+from mlxd.errors import ModelLoadError
 from mlxd.loading.gguf import load_gguf_model
 from mlxd.loading.gguf.names import hf_name
+from mlxd.loading.gguf.qwen35 import qwen35_config
 from mlxd.loading.gguf.reader import read_gguf
 from mlxd.loading.loader import load_model
 from tests.gguf.hf_to_gguf import PARITY
@@ -102,3 +104,11 @@ def test_the_writers_qkvz_split_takes_each_key_heads_rows():
     qkv, z = _split_qkvz(rows, hp)
     assert qkv[:, 0].tolist() == ["q0", "q1", "k0", "k1", "v0a", "v0b", "v1a", "v1b"]
     assert z[:, 0].tolist() == ["z0a", "z0b", "z1a", "z1b"]
+
+
+def test_a_qwen3next_file_with_a_dense_block_is_refused_by_name(gguf_file):
+    """llama.cpp's qwen3next has no dense MLP: a file whose block lacks the router is not one it writes."""
+    gguf = read_gguf(gguf_file(FIXTURE)[0])
+    shapes = {t.name: tuple(t.shape) for t in gguf.tensors if t.name != "blk.2.ffn_gate_inp.weight"}
+    with pytest.raises(ModelLoadError, match=r"blocks \[2\] have no experts"):
+        qwen35_config(gguf.metadata, shapes)
