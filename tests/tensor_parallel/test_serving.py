@@ -153,6 +153,23 @@ def test_rank_0_killed_leaves_no_follower(tmp_path):
     assert not running(follower)
 
 
+def test_a_stalled_rank_0_is_left_by_its_followers(tmp_path):
+    """SIGSTOP on rank 0: its heartbeats stop, so the follower exits after HEARTBEAT_TIMEOUT (across hosts no
+    parent-death signal would end it); rank 0, continued, finds its follower gone and the group exits non-zero."""
+    daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
+    (follower,) = children(daemon.proc.pid)
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + HEARTBEAT_TIMEOUT + 5
+        while running(follower) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(follower)
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert daemon.proc.wait(15) != 0
+    assert "rank 0 stalled" in daemon.stderr()
+
+
 def test_a_stalled_follower_ends_streams_unavailable_and_the_group(tmp_path):
     daemon = start_daemon(FIXTURES / "parity" / "llama", *TP, workdir=tmp_path)
     # SIGSTOP: alive, but neither computing nor sending heartbeats

@@ -3,7 +3,9 @@ never unpickles what the network sends).
 
 Rank 0 (`Leader`) sends each runner call to every follower before running it; followers send only heartbeats.
 A follower whose connection closes (it died) or that sends nothing for HEARTBEAT_TIMEOUT (it stalled, e.g.
-stopped or swapped out) is reported once through `on_failure`.
+stopped or swapped out) is reported once through `on_failure`. Rank 0 sends heartbeats too, from the moment a
+follower connects, so that a follower tells a stalled rank 0 (stopped, or a host gone without closing the
+connection) from an idle one and exits (parallel/follower.py).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Leader:
         self.failure: str | None = None
         self._on_failure: Callable[[str], None] = lambda reason: None
         self._closing = False
+        threading.Thread(target=self._beat, name="rank-0-heartbeat", daemon=True).start()
         # Why a rank that has not connected never will (one this host started has exited), or None: checked while
         # accept waits, so a rank that dies at start fails the group at once, not after the whole timeout.
         self.lost: Callable[[], str | None] = lambda: None
@@ -111,7 +114,8 @@ class Leader:
             if not isinstance(rank, int) or not 0 < rank <= self.followers or rank in self._socks:
                 sock.close()  # not a follower of this group, or a rank already connected
                 continue
-            self._socks[rank] = sock
+            with self._lock:  # heartbeats go to it from now on
+                self._socks[rank] = sock
         self._server.close()
         for rank, sock in self._socks.items():
             threading.Thread(target=self._watch, args=(rank, sock), name=f"rank-{rank}-watch", daemon=True).start()
@@ -144,6 +148,21 @@ class Leader:
             for sock in self._socks.values():
                 sock.close()
             self._server.close()
+
+    def _beat(self) -> None:
+        """A heartbeat to every connected follower each HEARTBEAT_SECONDS (between runner calls, under the lock)."""
+        data = frame(HEARTBEAT)
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                if self._closing or self.failure is not None:
+                    return
+                for rank, sock in self._socks.items():
+                    try:
+                        sock.sendall(data)
+                    except OSError as e:
+                        self._fail(f"rank {rank} is gone ({e})")
+                        return
 
     def _watch(self, rank: int, sock: socket.socket) -> None:
         """Read `rank`'s heartbeats until it fails (closing the connections ends this too, as no failure)."""
@@ -180,7 +199,7 @@ def connect(addr: str, rank: int, timeout: float = 60.0) -> socket.socket:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    sock.settimeout(None)
+    sock.settimeout(HEARTBEAT_TIMEOUT)  # rank 0 beats too: silence this long is a stalled rank 0
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     send_frame(sock, {"op": "hello", "rank": rank})
 

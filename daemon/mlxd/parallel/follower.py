@@ -85,15 +85,21 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
-    """Frames into `inbox`; when rank 0 is gone, exit at once (the main thread may be waiting in a collective)."""
+    """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone or silent for HEARTBEAT_TIMEOUT,
+    exit at once (the main thread may be waiting in a collective)."""
     while True:
         try:
             message = channel.recv_frame(sock)
+        except TimeoutError:
+            log.error("rank 0 stalled: nothing from it for %.0f s; exiting", channel.HEARTBEAT_TIMEOUT)
+            _exit(1)
         except (OSError, ValueError):
             message = None
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
+        if message == channel.HEARTBEAT:
+            continue
         inbox.put(message)
         if message.get("op") == "exit":
             return
