@@ -199,7 +199,7 @@ def connect(addr: str, rank: int, timeout: float = 60.0) -> socket.socket:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    sock.settimeout(HEARTBEAT_TIMEOUT)  # rank 0 beats too: silence this long is a stalled rank 0
+    sock.settimeout(None)  # until rank 0 accepts this rank (it may still be starting): see follower._read
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     send_frame(sock, {"op": "hello", "rank": rank})
 

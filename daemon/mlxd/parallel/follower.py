@@ -85,8 +85,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
-    """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone or silent for HEARTBEAT_TIMEOUT,
-    exit at once (the main thread may be waiting in a collective)."""
+    """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone, or silent for HEARTBEAT_TIMEOUT once
+    it has accepted this rank (its first frame: it beats from then on), exit at once (the main thread may be waiting
+    in a collective)."""
     while True:
         try:
             message = channel.recv_frame(sock)
@@ -98,6 +99,7 @@ def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
+        sock.settimeout(channel.HEARTBEAT_TIMEOUT)
         if message == channel.HEARTBEAT:
             continue
         inbox.put(message)
