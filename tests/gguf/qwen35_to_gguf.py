@@ -181,6 +181,22 @@ def _type(gguf_name: str, values: np.ndarray, qtype: str) -> GGMLQuantizationTyp
     return GGMLQuantizationType[qtype]
 
 
+def add_tensor(w: GGUFWriter, gguf_name: str, values: np.ndarray, qtype: str) -> np.ndarray | None:
+    """`values` added as prepare_tensors types them (F32 kept, else `qtype`, F16 where rows are not whole blocks).
+    Returns what a quantized or F16 tensor holds (float32, the values' shape), None for an F32 one."""
+    kind = _type(gguf_name, values, qtype)
+    if kind == GGMLQuantizationType.F32:
+        w.add_tensor(gguf_name, values.astype(np.float32))
+        return None
+    try:
+        packed = quantize(values, kind)
+    except QuantError:
+        kind = GGMLQuantizationType.F16
+        packed = quantize(values, kind)
+    w.add_tensor(gguf_name, packed, raw_dtype=kind)
+    return dequantize(packed, kind).reshape(values.shape).astype(np.float32)
+
+
 def mtp_head(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> dict[str, np.ndarray]:
     """A random MTP head as the published checkpoints hold one: a full-attention layer (shaped as the fixture's
     last layer) under mtp.layers.0, the fc joining embedding and hidden state, and its three norms."""
@@ -217,18 +233,9 @@ def write_qwen35_gguf(fixture: str, path: Path, qtype: str = "F32", *, with_mtp:
     for original, name, values in converted(weights, hp):
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias")) or _nextn_name(name)
         assert gguf_name is not None, name
-        kind = _type(gguf_name, values, qtype)
-        if kind == GGMLQuantizationType.F32:
-            w.add_tensor(gguf_name, values.astype(np.float32))
-            continue
-        try:
-            packed = quantize(values, kind)
-        except QuantError:
-            kind = GGMLQuantizationType.F16
-            packed = quantize(values, kind)
-        w.add_tensor(gguf_name, packed, raw_dtype=kind)
-        values_held = dequantize(packed, kind).reshape(values.shape).astype(np.float32)
-        held.setdefault(original, {})[name] = reorder_value_heads(name, values_held, hp, back=True)
+        values_held = add_tensor(w, gguf_name, values, qtype)
+        if values_held is not None:
+            held.setdefault(original, {})[name] = reorder_value_heads(name, values_held, hp, back=True)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -11,7 +11,7 @@ than the converter does:
   tile them, unlike its Qwen3.5 subclasses); `in_proj_ba` stays fused (`ssm_ba`); the experts, one tensor each in
   the checkpoint, stacked into ffn_{gate,up,down}_exps (Qwen2MoeModel). Names from the package's tables, which for
   qwen3next have no dense MLP: every layer must be MoE (the fixture qwen3_next_all_moe).
-- Types: qwen35_to_gguf's.
+- Types: qwen35_to_gguf's (add_tensor).
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ from gguf import (
     MODEL_ARCH_NAMES,
     MODEL_TENSOR,
     TENSOR_NAMES,
-    GGMLQuantizationType,
     GGUFWriter,
     get_tensor_name_map,
 )
-from gguf.quants import QuantError, dequantize, quantize
 
 from tests.gguf.hf_to_gguf import PARITY, _tokenizer
-from tests.gguf.qwen35_to_gguf import FILE_TYPES, _type, hyperparameters, write_keys
+from tests.gguf.qwen35_to_gguf import FILE_TYPES, add_tensor, hyperparameters, write_keys
 
 ARCH = MODEL_ARCH.QWEN3NEXT
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
@@ -108,18 +106,9 @@ def write_qwen3next_gguf(fixture: str, path: Path, qtype: str = "F32") -> dict[s
     _tokenizer(w, folder, hp["vocab_size"])
     held: dict[str, mx.array] = {}
     for originals, name, values in converted(weights, hp):
-        gguf_name = _gguf_name(name, names)
-        kind = _type(gguf_name, values, qtype)
-        if kind == GGMLQuantizationType.F32:
-            w.add_tensor(gguf_name, values.astype(np.float32))
+        values_held = add_tensor(w, _gguf_name(name, names), values, qtype)
+        if values_held is None:
             continue
-        try:
-            packed = quantize(values, kind)
-        except QuantError:
-            kind = GGMLQuantizationType.F16
-            packed = quantize(values, kind)
-        w.add_tensor(gguf_name, packed, raw_dtype=kind)
-        values_held = dequantize(packed, kind).reshape(values.shape).astype(np.float32)
         parts = values_held if len(originals) > 1 else [values_held]
         held |= {original: mx.array(part) for original, part in zip(originals, parts)}
     w.write_header_to_file()
