@@ -99,7 +99,8 @@ def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
-        sock.settimeout(channel.HEARTBEAT_TIMEOUT)
+        if sock.gettimeout() is None:  # rank 0's first frame: it has accepted this rank and beats from now on
+            sock.settimeout(channel.HEARTBEAT_TIMEOUT)
         if message == channel.HEARTBEAT:
             continue
         inbox.put(message)
