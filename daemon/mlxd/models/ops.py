@@ -132,7 +132,7 @@ def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
 def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
                      group_size: int, bits: int, mode: str) -> mx.array:
     """mx.quantized_matmul, on every backend: MLX's CUDA backend has no kernel for `transpose=False` (x @ W with W
-    quantized along its rows), so the CUDA backend dequantizes W for that product."""
+    quantized along its rows) nor for weights stacked per head, so the CUDA backend dequantizes W for those."""
     return _backend.quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
 
 
