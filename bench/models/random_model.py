@@ -17,9 +17,10 @@ The Qwen3.5, Gemma 4 and GLM-4.7-Flash shapes (shapes_hybrid.py) are written as 
 them out, or with --bits as mlx-lm's converter writes them: its own model class, built lazily from the config, names
 the tensors and its quant predicate picks the 8-bit ones, so --bits for these needs an interpreter with mlx-lm (the
 anchor's venv; mlxd does not depend on it). Big folders are split into shards of SHARD_BYTES with an index.
-`--layers N` keeps a Qwen3.5 shape's first N layers, each as published: Qwen3.5-35B-A3B in bfloat16 (69 GB) fits
-neither the GPU machine's 64 GiB disk nor twice (mlxd's copy and mlx-lm's) in one H200; with 20 layers it does,
-and a decode step's ratio is a per-layer one.
+`--layers N` keeps any shape's first N layers, each as published: Qwen3.5-35B-A3B in bfloat16 (69 GB) fits
+neither the GPU machine's 64 GiB disk nor twice (mlxd's copy and mlx-lm's) in one H200, nor do Qwen3-30B-A3B
+(61 GB), GLM-4.7-Flash (~60 GB) or Gemma 4 26B-A4B (~52 GB) in bfloat16 beside the rest; with about half their
+layers they do, and a decode step's ratio is a per-layer one.
 """
 
 from __future__ import annotations
@@ -55,23 +56,24 @@ SHARD_BYTES = 4 << 30
 TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
 
 
-def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0) -> Path:
+def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0,
+                       layers: int | None = None) -> Path:
     """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64) as mlx-lm's converter writes them
     (MoE experts stacked under `switch_mlp`, routers at 8 bits). gpt-oss is written as OpenAI publishes it: MXFP4
     experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it."""
     import mlx.core as mx
     if shape in shapes_hybrid.HYBRID:
-        return write_hybrid(shape, dtype, out, seed, bits)
+        return write_hybrid(shape, dtype, out, seed, bits, layers=layers)
     if bits and _is_gpt_oss(shape):
         raise ValueError("gpt-oss shapes are written with MXFP4 experts as published; --bits does not apply")
     out.mkdir(parents=True, exist_ok=True)
-    config = _config(shape, dtype, bits)
+    config = _config(shape, dtype, bits, layers)
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, out / name)
     mx.random.seed(seed)
     weights: dict[str, mx.array] = {}
-    for name, s in _float_shapes(shape, stacked=bool(bits)).items():
+    for name, s in _float_shapes(shape, stacked=bool(bits), layers=layers).items():
         if len(s) == 1:
             weights[name] = mx.zeros(s, dtype=getattr(mx, dtype)) if name.endswith(("bias", "sinks")) else \
                 mx.ones(s, dtype=getattr(mx, dtype))
@@ -85,7 +87,7 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
         mx.eval(made)  # one tensor at a time: a MoE checkpoint has thousands
         weights.update(made)
     if _is_gpt_oss(shape):
-        weights.update(_mxfp4_experts(shape))
+        weights.update(_mxfp4_experts(shape, layers))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
     return out
 
@@ -207,8 +209,14 @@ def folder_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in out.iterdir() if p.is_file())
 
 
-def _config(shape: str, dtype: str, bits: int) -> dict:
-    hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
+def _dims(shape: str, layers: int | None) -> tuple[int, ...]:
+    """SHAPES[shape], with only the first `layers` layers when given."""
+    hidden, all_layers, *rest = SHAPES[shape]
+    return (hidden, min(all_layers, layers or all_layers), *rest)
+
+
+def _config(shape: str, dtype: str, bits: int, layers_kept: int | None = None) -> dict:
+    hidden, layers, heads, kv_heads, inter, vocab = _dims(shape, layers_kept)
     head_dim, experts, top_k, expert_inter = MOE.get(shape, (hidden // heads, 0, 0, 0))
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
               "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -237,10 +245,10 @@ def _config(shape: str, dtype: str, bits: int) -> dict:
     return config
 
 
-def _float_shapes(shape: str, stacked: bool) -> dict[str, tuple[int, ...]]:
+def _float_shapes(shape: str, stacked: bool, layers: int | None = None) -> dict[str, tuple[int, ...]]:
     """Every tensor written from random normals (norms as ones, biases and sinks as zeros). stacked: MoE experts
     as one [E, out, in] tensor per projection under `switch_mlp` (mlx-lm's layout), else one per expert."""
-    hidden, layers, heads, kv_heads, inter, vocab = SHAPES[shape]
+    hidden, layers, heads, kv_heads, inter, vocab = _dims(shape, layers)
     head_dim, experts, _, expert_inter = MOE.get(shape, (hidden // heads, 0, 0, 0))
     gpt_oss = _is_gpt_oss(shape)
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
@@ -279,11 +287,11 @@ def _is_gpt_oss(shape: str) -> bool:
     return shape.startswith("gpt-oss")
 
 
-def _mxfp4_experts(shape: str) -> dict:
+def _mxfp4_experts(shape: str, layers_kept: int | None = None) -> dict:
     """gpt-oss's experts as published: uint8 blocks of 32 E2M1 codes (16 bytes) and one E8M0 scale per block. Random
     codes have an RMS of ~2.9, so the exponent 120 (2**-7) gives weights of about 1/sqrt(2880), like the normals."""
     import mlx.core as mx
-    hidden, layers, _, _, _, _ = SHAPES[shape]
+    hidden, layers, _, _, _, _ = _dims(shape, layers_kept)
     _, experts, _, expert_inter = MOE[shape]
     made = {}
     for i in range(layers):
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size-only", action="store_true",
                         help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: print the bytes it would write, write nothing")
     parser.add_argument("--layers", type=int, default=None,
-                        help="Qwen3.5 shapes: only the first N layers, each as published (fits twice on a device)")
+                        help="only the first N layers, each as published (a bf16 MoE that must fit the disk)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.size_only:
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.shape in shapes_hybrid.HYBRID:
         out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny, layers=args.layers)
     else:
-        out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits)
+        out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits, layers=args.layers)
     size = folder_bytes(out)
     print(f"{out}: {size / 1e9:.3f} GB on disk ({size / 2**30:.3f} GiB)")
 

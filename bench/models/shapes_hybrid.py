@@ -17,13 +17,12 @@ HYBRID = (QWEN_MOE, QWEN_DENSE, GEMMA4, GLM)
 
 
 def config(shape: str, tiny: bool = False, layers: int | None = None) -> dict:
-    """`layers`: Qwen3.5 shapes only, the first that many layers (each as published), for a model that must fit
-    twice on one device (mlxd's copy and the anchor's)."""
+    """`layers`: only the first that many layers (each as published, the layer pattern kept), for a model that
+    must fit the device's disk or twice on one device (mlxd's copy and the anchor's). Gemma 4 26B-A4B shares no
+    KV across layers (`num_kv_shared_layers` 0), so its layers may be cut too."""
     if shape.startswith("qwen3.5"):
         return _qwen(shape == QWEN_MOE, tiny, layers)
-    if layers is not None:
-        raise ValueError(f"{shape}: --layers is for the Qwen3.5 shapes (Gemma 4's KV sharing counts its layers)")
-    return _gemma4(tiny) if shape == GEMMA4 else _glm(tiny)
+    return _gemma4(tiny, layers) if shape == GEMMA4 else _glm(tiny, layers)
 
 
 def _qwen(moe: bool, tiny: bool, kept_layers: int | None = None) -> dict:
@@ -62,13 +61,16 @@ def _qwen(moe: bool, tiny: bool, kept_layers: int | None = None) -> dict:
             "vision_start_token_id": 248053, "vision_end_token_id": 248054, "tie_word_embeddings": not moe}
 
 
-def _gemma4(tiny: bool) -> dict:
+def _gemma4(tiny: bool, kept_layers: int | None = None) -> dict:
     if tiny:
         vocab, hidden, inter, layers, heads, kv, hd, ghd, gkv, experts, top_k, moe_inter, window = \
             320, 128, 128, 6, 4, 2, 32, 64, 1, 8, 2, 64, 8
     else:
         vocab, hidden, inter, layers, heads, kv, hd, ghd, gkv, experts, top_k, moe_inter, window = \
             262144, 2816, 2112, 30, 16, 8, 256, 512, 2, 128, 8, 704, 1024
+    if kept_layers and kept_layers % 6:  # Gemma 4 makes its last layer a global one: keep whole groups of six
+        raise ValueError(f"{GEMMA4}: --layers must be a multiple of 6 (five sliding layers, then a global one)")
+    layers = min(layers, kept_layers or layers)
     text = {"model_type": "gemma4_text", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
             "global_head_dim": ghd, "num_global_key_value_heads": gkv, "hidden_activation": "gelu_pytorch_tanh",
@@ -94,13 +96,14 @@ def _gemma4(tiny: bool) -> dict:
     return out
 
 
-def _glm(tiny: bool) -> dict:
+def _glm(tiny: bool, kept_layers: int | None = None) -> dict:
     if tiny:
         vocab, hidden, inter, moe_inter, layers, heads, q_lora, kv_lora, nope, rope, v, experts, top_k, groups = \
             320, 128, 128, 64, 3, 4, 64, 64, 64, 16, 64, 8, 2, 2
     else:
         vocab, hidden, inter, moe_inter, layers, heads, q_lora, kv_lora, nope, rope, v, experts, top_k, groups = \
             154880, 2048, 10240, 1536, 47, 20, 768, 512, 192, 64, 256, 64, 4, 1
+    layers = min(layers, kept_layers or layers)
     return {"architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite", "vocab_size": vocab,
             "hidden_size": hidden, "intermediate_size": inter, "moe_intermediate_size": moe_inter,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,

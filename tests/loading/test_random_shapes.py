@@ -11,7 +11,7 @@ import json
 import mlx.core as mx
 import pytest
 
-from bench.models import shapes_hybrid
+from bench.models import random_model, shapes_hybrid
 from bench.models.random_model import write_hybrid
 from mlxd.loading.loader import load_model
 
@@ -29,6 +29,25 @@ def test_tiny_shape_loads_and_runs(shape, tmp_path):
     assert bool(mx.isfinite(logits).all()) and mx.abs(logits).max().item() > 0.1
     # Published names: the vision-language layouts' decoder under model.language_model.
     assert any(n.startswith("model.language_model.") for n in names) == (shape != shapes_hybrid.GLM)
+
+
+@pytest.mark.parametrize("shape,layers", [(shapes_hybrid.GLM, 2), (shapes_hybrid.QWEN_MOE, 2),
+                                          (shapes_hybrid.GEMMA4, 6)])
+def test_the_first_layers_of_a_shape_load_alone(shape, layers, tmp_path):
+    """--layers: a bfloat16 MoE too big for the GPU machine's disk is benchmarked on its first layers."""
+    loaded = load_model(write_hybrid(shape, "float32", tmp_path / shape, tiny=True, layers=layers), dtype="float32")
+    assert len(loaded.model.layers) == layers
+    assert loaded.model(IDS).shape == (1, IDS.shape[1], 320)
+
+
+def test_cut_shapes_keep_their_layer_pattern():
+    with pytest.raises(ValueError, match="multiple of 6"):
+        shapes_hybrid.config(shapes_hybrid.GEMMA4, layers=4)
+    config = random_model._config("qwen3-30b-a3b", "bfloat16", 4, 3)
+    assert config["num_hidden_layers"] == 3 and "model.layers.2.mlp.gate" in config["quantization"]
+    assert "model.layers.3.mlp.gate" not in config["quantization"]
+    names = random_model._float_shapes("gpt-oss-20b", stacked=False, layers=3)
+    assert "model.layers.2.mlp.router.weight" in names and "model.layers.3.mlp.router.weight" not in names
 
 
 def _to_mlx_lm_gemma4(weights: dict[str, mx.array], layers: int) -> tuple[dict[str, mx.array], dict[str, mx.array]]:
