@@ -47,8 +47,10 @@ def _load(engine: str, model: Path, dtype: str) -> tuple[Any, Callable[[], list]
 
 
 def _with_layers(model: Any) -> Any:
-    """The module that holds the decoder layers beside the final norm (`model.model` in both engines' text models)."""
-    for holder in (getattr(model, "model", None), model, getattr(model, "language_model", None)):
+    """The module that holds the decoder layers beside the final norm (`model.model` in both engines' text models,
+    `model.language_model.model` in mlx-lm's vision-language ones)."""
+    language_model = getattr(model, "language_model", None)
+    for holder in (getattr(model, "model", None), model, language_model, getattr(language_model, "model", None)):
         if holder is not None and isinstance(getattr(holder, "layers", None), list) and hasattr(holder, "norm"):
             return holder
     raise SystemExit(f"no decoder layers beside a norm in {type(model).__name__}")
