@@ -82,6 +82,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                        help="split the model across N ranks on this host (processes on the CPU, one GPU each on "
                             "CUDA): each holds 1/N of the weights; see docs/tensor-parallel.md")
+    serve.add_argument("--tp-backend", default="auto", choices=("auto", "nccl", "ring"),
+                       help="how the ranks of --tensor-parallel talk: auto (NCCL on CUDA, else MLX's ring), or ring "
+                            "on CUDA to let the ranks share one GPU (slow: for correctness runs)")
     serve.add_argument("--tp-leader", metavar="HOST:PORT",
                        help="with mlx.launch on several hosts: rank 0's side-channel address, reachable from every "
                             "rank; rank 0 serves, the others follow it (docs/tensor-parallel.md)")
@@ -171,7 +174,10 @@ def _tensor_parallel(args: argparse.Namespace,
             return follow(launch.follower_argv(follower, args.tp_leader)), None
         ranks = launch.start_launched(args.tp_leader)
     else:
-        ranks = launch.start_local(args.tensor_parallel, follower)
+        try:
+            ranks = launch.start_local(args.tensor_parallel, follower, args.tp_backend)
+        except ValueError as error:
+            raise SystemExit(f"mlxd: --tp-backend: {error}") from None
     return ranks, leader_runtime(ranks.leader, ranks.backend)
 
 

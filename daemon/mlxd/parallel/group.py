@@ -18,9 +18,22 @@ from pathlib import Path
 import mlx.core as mx
 
 
-def backend_for(device: mx.Device) -> str:
-    """"nccl" for CUDA GPUs, else "ring" (CPU, and Metal: JACCL needs Thunderbolt RDMA set up by hand)."""
-    return "nccl" if device.type == mx.gpu and mx.cuda.is_available() else "ring"
+BACKENDS = ("auto", "nccl", "ring")
+
+
+def backend_for(device: mx.Device, requested: str = "auto") -> str:
+    """`requested`, or for "auto": "nccl" for CUDA GPUs, else "ring" (CPU, and Metal: JACCL needs Thunderbolt RDMA
+    set up by hand). The ring on CUDA runs its all_sum on the CPU (MLX's ring group communicates on the CPU
+    stream) and puts every rank on the same GPU: slow, but it lets several ranks share one GPU, which NCCL
+    refuses (a correctness run of tensor parallelism on a one-GPU machine)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; expected one of {', '.join(BACKENDS)}")
+    cuda = device.type == mx.gpu and mx.cuda.is_available()
+    if requested == "nccl" and not cuda:
+        raise ValueError("the nccl backend needs CUDA GPUs")
+    if requested != "auto":
+        return requested
+    return "nccl" if cuda else "ring"
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

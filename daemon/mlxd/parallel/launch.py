@@ -66,9 +66,10 @@ class Ranks:
         return None
 
 
-def start_local(ranks: int, args: FollowerArgs) -> Ranks:
-    """Ranks 1..ranks-1 on this host, over loopback (the ring on CPU, NCCL on CUDA); this process becomes rank 0."""
-    backend = backend_for(mx.default_device())
+def start_local(ranks: int, args: FollowerArgs, backend: str = "auto") -> Ranks:
+    """Ranks 1..ranks-1 on this host, over loopback (by default the ring on CPU, NCCL on CUDA: group.backend_for);
+    this process becomes rank 0."""
+    backend = backend_for(mx.default_device(), backend)
     workdir = Path(tempfile.mkdtemp(prefix="mlxd-tp-"))
     envs = local_environments(ranks, backend, workdir)
     os.environ.update(envs[0])
