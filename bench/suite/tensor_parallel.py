@@ -5,7 +5,11 @@ rank, so each contender has the same cores), and the ring's all_sums go through 
 is for models that do not fit one device, or GPUs (issue 23).
 
     nice -n 5 python -m bench tensor_parallel [--shape llama-0.2b --rounds 2]
-"""
+    python -m bench tensor_parallel --model /tmp/llama-8b --tp-arg=--tp-backend --tp-arg=ring   # one GPU
+
+First it checks that both give the same greedy tokens (`--greedy-prompts` prompts of `--greedy-tokens` new
+tokens each, over gRPC), as issue 23 asks; with `--tp-backend ring` on CUDA both ranks share the one GPU (a
+correctness run: the all_sums go through the host)."""
 
 from __future__ import annotations
 
@@ -41,6 +45,20 @@ def measure(addr: str, vocab: int, salt: int, args) -> common.Row:
             "aggregate_tps": sum(r["new_tokens"] for r in results) / wall}
 
 
+def greedy_runs(addr: str, vocab: int, prompts: int, new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy tokens (ignore_eos), one stream at a time."""
+    runs = []
+    with Client(addr) as client:
+        for i in range(prompts):
+            ids: list[int] = []
+            for response in client.generate(tokens=common.prompt_ids(vocab, 32 + 7 * i, salt=77 + i),
+                                            temperature=0.0, ignore_eos=True, max_tokens=new_tokens):
+                if response.HasField("chunk"):
+                    ids.extend(response.chunk.token_ids)
+            runs.append(ids)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__)
     p.add_argument("--shape", default="llama-0.2b", help="a bench.models.random_model shape (default: %(default)s)")
@@ -48,24 +66,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--model", type=Path, help="an existing model folder in place of --shape's")
+    p.add_argument("--serve-arg", action="append", default=[], help="an extra `mlxd serve` argument of both "
+                   "daemons (repeat; e.g. --serve-arg=--kv-cache-mb --serve-arg=4096 when they share one GPU)")
+    p.add_argument("--tp-arg", action="append", default=[], help="an extra `mlxd serve` argument of the 2-rank "
+                   "daemon (repeat; e.g. --tp-arg=--tp-backend --tp-arg=ring)")
+    p.add_argument("--greedy-prompts", type=int, default=4)
+    p.add_argument("--greedy-tokens", type=int, default=64)
     common.add_out_arg(p, "tensor_parallel")
     args = p.parse_args(argv)
-    model = model_folder(args.shape)
+    model = args.model or model_folder(args.shape)
     # Both served at once (idle between their turns) and measured in alternation, so a shared machine's drift
     # falls on both alike.
-    with Daemon(model, args.out / "tp1", "--max-batch-size", str(args.streams),
+    with Daemon(model, args.out / "tp1", "--max-batch-size", str(args.streams), *args.serve_arg,
                 env={"OPENBLAS_NUM_THREADS": str(CORES)}) as one, \
             Daemon(model, args.out / "tp2", "--tensor-parallel", "2", "--max-batch-size", str(args.streams),
-                   env={"OPENBLAS_NUM_THREADS": str(CORES // 2)}) as two:
+                   *args.serve_arg, *args.tp_arg, env={"OPENBLAS_NUM_THREADS": str(CORES // 2)}) as two:
         addrs = {1: one.addr, 2: two.addr}
         with Client(one.addr) as client:
             vocab = client.model_info().vocab_size
+        greedy = {n: greedy_runs(addr, vocab, args.greedy_prompts, args.greedy_tokens) for n, addr in addrs.items()}
+        same = sum(a == b for a, b in zip(greedy[1], greedy[2]))
+        print(f"greedy tokens, 2 ranks against 1: {same} of {args.greedy_prompts} prompts equal "
+              f"({args.greedy_tokens} tokens each)", flush=True)
         for addr in addrs.values():
             measure(addr, vocab, 999, args)  # warm-up
         rows = common.alternate(args.rounds, ["tp"], [1, 2],
                                 lambda n, _, round_: measure(addrs[n], vocab, 1000 * round_, args),
                                 args.out / "runs.jsonl")
-    print(f"\nmlxd, random {args.shape} (float32 on the CPU), {args.prompt_tokens}-token prompts, {args.new_tokens} "
+    print(f"\nmlxd, {model.name}, {args.prompt_tokens}-token prompts, {args.new_tokens} "
           f"new tokens, medians of {args.rounds} rounds; logs in {args.out}")
     print(common.table(
         ["ranks", "prefill tok/s", "decode tok/s", "TTFT s", f"{args.streams} streams tok/s"],
