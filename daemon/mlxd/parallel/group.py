@@ -17,7 +17,6 @@ from pathlib import Path
 
 import mlx.core as mx
 
-
 BACKENDS = ("auto", "nccl", "ring")
 
 
