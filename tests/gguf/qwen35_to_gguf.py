@@ -151,19 +151,25 @@ def _remapped(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> Iterator[tu
             yield original, original.replace(_TEXT, _OURS), value
 
 
+def linear_attention_value(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """What llama.cpp's Qwen3-Next converter (and its Qwen3.5 subclasses) do to one tensor before naming it: A as
+    -exp(A_log), dt_bias renamed dt_proj.bias, the conv weight squeezed, the (1+w) norms stored as 1+w."""
+    if name.endswith(".A_log"):
+        return name, -np.exp(value)
+    if name.endswith(".dt_bias"):
+        return name.removesuffix(".dt_bias") + ".dt_proj.bias", value
+    if "conv1d" in name:
+        return name, value.squeeze()
+    if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+        return name, value + 1.0
+    return name, value
+
+
 def converted(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> Iterator[tuple[str, str, np.ndarray]]:
     """(checkpoint name, name handed to the tensor table, values) as the converter's modify_tensors chain yields
     them."""
     for original, name, value in _remapped(weights, hp):
-        value = reorder_value_heads(name, value, hp)
-        if name.endswith(".A_log"):
-            value = -np.exp(value)
-        elif name.endswith(".dt_bias"):
-            name = name.removesuffix(".dt_bias") + ".dt_proj.bias"
-        elif "conv1d" in name:
-            value = value.squeeze()
-        elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
-            value = value + 1.0
+        name, value = linear_attention_value(name, reorder_value_heads(name, value, hp))
         if name.endswith("mlp.experts.gate_up_proj"):
             gate, up = np.split(value, 2, axis=-2)
             base = name.removesuffix(".gate_up_proj")

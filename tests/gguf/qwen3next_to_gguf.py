@@ -33,7 +33,7 @@ from gguf import (
 )
 
 from tests.gguf.hf_to_gguf import PARITY, _tokenizer
-from tests.gguf.qwen35_to_gguf import FILE_TYPES, add_tensor, hyperparameters, write_keys
+from tests.gguf.qwen35_to_gguf import FILE_TYPES, add_tensor, hyperparameters, linear_attention_value, write_keys
 
 ARCH = MODEL_ARCH.QWEN3NEXT
 _EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
@@ -53,17 +53,9 @@ def converted(weights: dict[str, np.ndarray], hp: dict[str, Any]) -> Iterator[tu
     the model's names for the parts of in_proj_qkvz (so that the stored values go back where the model reads them)."""
     experts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for original, value in weights.items():
-        name = original
-        if name.startswith("mtp."):
+        if original.startswith("mtp."):
             continue
-        if name.endswith(".A_log"):
-            value = -np.exp(value)
-        elif name.endswith(".dt_bias"):
-            name = name.removesuffix(".dt_bias") + ".dt_proj.bias"
-        elif "conv1d" in name:
-            value = value.squeeze()
-        elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
-            value = value + 1.0
+        name, value = linear_attention_value(original, value)
         if (expert := _EXPERT.fullmatch(name)) is not None:
             experts.setdefault((expert[1], expert[3]), {})[int(expert[2])] = value
             group = experts[expert[1], expert[3]]
