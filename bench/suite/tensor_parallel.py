@@ -47,16 +47,9 @@ def measure(addr: str, vocab: int, salt: int, args) -> common.Row:
 
 def greedy_runs(addr: str, vocab: int, prompts: int, new_tokens: int) -> list[list[int]]:
     """Each prompt's greedy tokens (ignore_eos), one stream at a time."""
-    runs = []
     with Client(addr) as client:
-        for i in range(prompts):
-            ids: list[int] = []
-            for response in client.generate(tokens=common.prompt_ids(vocab, 32 + 7 * i, salt=77 + i),
-                                            temperature=0.0, ignore_eos=True, max_tokens=new_tokens):
-                if response.HasField("chunk"):
-                    ids.extend(response.chunk.token_ids)
-            runs.append(ids)
-    return runs
+        return [list(client.complete(tokens=common.prompt_ids(vocab, 32 + 7 * i, salt=77 + i), temperature=0.0,
+                                     ignore_eos=True, max_tokens=new_tokens).token_ids) for i in range(prompts)]
 
 
 def main(argv: list[str] | None = None) -> None:
