@@ -56,3 +56,26 @@ def test_grpcs_failed_write_batch_is_a_client_gone_before_the_call_says_so():
     # The CI soak's race: the client's end had not reached the context yet (cancelled() and done() were False).
     with pytest.raises(ClientGone):
         asyncio.run(_write(EndedCall(cancelled=False, done=False, error=cygrpc.ExecuteBatchError)))
+
+
+def test_grpcs_own_log_of_a_client_gone_at_the_end_is_one_info_line():
+    """grpc logs a failed last batch (the status after a stream whose client just left) with a traceback; the
+    daemon's filter on grpc's logger makes it one INFO line, and lets every other record through unchanged."""
+    import logging
+    import sys
+
+    from mlxd.service.streaming import ClientGoneAtTheEnd
+
+    def record(error: Exception) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:
+            return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 1, "ExecuteBatchError raised",
+                                     None, sys.exc_info())
+
+    gone = record(cygrpc.ExecuteBatchError("batch failed"))
+    assert ClientGoneAtTheEnd().filter(gone)
+    assert gone.levelno == logging.INFO and gone.exc_info is None and "client left" in gone.getMessage()
+    other = record(RuntimeError("something else"))
+    assert ClientGoneAtTheEnd().filter(other)
+    assert other.levelno == logging.ERROR and other.exc_info is not None

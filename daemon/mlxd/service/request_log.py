@@ -182,6 +182,8 @@ def configure_logging(level: str, log_requests: bool) -> None:
                                       exception_messages=log_requests))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.captureWarnings(True)
+    from mlxd.service.streaming import ClientGoneAtTheEnd  # streaming imports this module
+    logging.getLogger("grpc._cython.cygrpc").addFilter(ClientGoneAtTheEnd())
     if log_requests:
         log.setLevel(logging.INFO)   # the flag asks for these lines whatever --log-level says
 

@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 _WRITE_BATCH_FAILED = cygrpc.ExecuteBatchError
 
 
+class ClientGoneAtTheEnd(logging.Filter):
+    """For grpc's own logger: a call whose client left just as its handler returned fails grpc's last batch (the
+    status it sends after the stream), which grpc logs as an ERROR with a traceback though nothing was lost (the
+    response was complete, the client gone). Such a record becomes one INFO line; anything else passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _WRITE_BATCH_FAILED):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info, record.exc_text = \
+                "a call's client left before grpc sent its end", None, None, None
+        return True
+
+
 class ClientGone(Cancelled):
     """A write met a call its client had already ended: the client cancelled or went away while the message was on
     its way (grpc raises its internal ExecuteBatchError then, not the task cancellation it raises before a write).
