@@ -33,6 +33,18 @@ class DeltaHeads:
     tiled: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertQuantization:
+    """How a layer's stacked expert weights are quantized (models/moe.py QuantizedSwitchLinear): MLX's `mode`
+    ("affine", "mxfp4", ...), its group size and bits, the scales, and the biases of affine mode."""
+
+    group_size: int
+    bits: int
+    mode: str
+    scales: mx.array
+    biases: mx.array | None
+
+
 class MaskingCache(Protocol):
     """What mask creation needs from a KV cache (see mlxd.models.cache)."""
 

@@ -11,11 +11,12 @@ _kernels: dict[str, Any] = {}
 _scalars: dict[float, mx.array] = {}
 
 
-def kernel(name: str, inputs: list[str], outputs: list[str], source: str) -> Any:
-    """The custom kernel `name` (inputs read through their strides: no copies of slices)."""
+def kernel(name: str, inputs: list[str], outputs: list[str], source: str, row_contiguous: bool = False) -> Any:
+    """The custom kernel `name`: inputs read through their strides (no copies of slices), or with
+    `row_contiguous` laid out row-major, MLX copying any that are not (weights as loaded are)."""
     if name not in _kernels:
         _kernels[name] = mx.fast.cuda_kernel(name=name, input_names=inputs, output_names=outputs, source=source,
-                                             ensure_row_contiguous=False)
+                                             ensure_row_contiguous=row_contiguous)
     return _kernels[name]
 
 

@@ -3,9 +3,9 @@
 A router (a linear layer, with a bias in gpt-oss) scores the E experts for each token; `route` keeps the k best and
 weights them as the architecture says (`Routing`). Each projection's E matrices are stacked per layer,
 [E, out, in] (`SwitchLinear`), and applied only to the (token, expert) pairs the router chose with one gathered
-matmul (`mx.gather_mm`, `mx.gather_qmm` once quantized) instead of a loop over experts. For many pairs (a prefill
-chunk) the pairs are sorted by expert first, so each expert's matrix is read once per run of its tokens, as in
-mlx-lm's switch_layers.py.
+matmul (`ops.gather_matmul`: MLX's `mx.gather_mm` / `mx.gather_qmm`, or the CUDA backend's own kernel for a decode
+step) instead of a loop over experts. For many pairs (a prefill chunk) the pairs are sorted by expert first
+(`ops.sorts_experts`), so each expert's matrix is read once per run of its tokens, as in mlx-lm's switch_layers.py.
 
 Parameter names are mlx-lm's (`gate` for the router, `switch_mlp.{gate,up,down}_proj` for the experts), so its
 converted folders need no renames; checkpoints' per-expert tensors are stacked by each model's sanitize
@@ -22,10 +22,7 @@ import mlx.nn as nn
 
 from mlxd.errors import ModelLoadError
 from mlxd.models import ops
-
-# (token, expert) pairs from which the gathered matmuls sort them by expert: mlx-lm's threshold. Below it (decode
-# steps of a small batch) the argsort and the two gathers cost more than the scattered reads they save.
-SORT_MIN_PAIRS = 64
+from mlxd.models.base import ExpertQuantization
 
 # activation(gate, up, tokens) for the experts' hidden features; `tokens`: tokens per sequence in this forward
 # pass (models/ops.py: how its CPU kernels tell a prefill from a decode step).
@@ -71,8 +68,7 @@ class SwitchLinear(nn.Module):
             self.bias = mx.zeros((experts, output_dims))
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        y = mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
-        return _add_bias(self, y, indices)
+        return _add_bias(self, ops.gather_matmul(x, indices, self.weight, None, sorted_indices), indices)
 
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine") -> QuantizedSwitchLinear:
         """This layer with quantized weights (what nn.quantize calls, as it does on nn.Linear)."""
@@ -103,9 +99,8 @@ class QuantizedSwitchLinear(nn.Module):
             self.bias = mx.zeros((experts, output_dims))
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        y = mx.gather_qmm(x, self.weight, self.scales, self.get("biases"), rhs_indices=indices, transpose=True,
-                          group_size=self.group_size, bits=self.bits, mode=self.mode, sorted_indices=sorted_indices)
-        return _add_bias(self, y, indices)
+        quant = ExpertQuantization(self.group_size, self.bits, self.mode, self.scales, self.get("biases"))
+        return _add_bias(self, ops.gather_matmul(x, indices, self.weight, quant, sorted_indices), indices)
 
 
 def _add_bias(layer: nn.Module, y: mx.array, indices: mx.array) -> mx.array:
@@ -121,7 +116,7 @@ class StackedExperts(nn.Module):
         """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
         order = None
-        if indices.size >= SORT_MIN_PAIRS:
+        if ops.sorts_experts(indices.size):
             x, experts, order = _sort_by_expert(x, indices)
         else:
             experts = indices

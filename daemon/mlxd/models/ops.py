@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import mlx.core as mx
 import numpy as np
 
-from mlxd.models.base import DeltaHeads, Mask
+from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
 from mlxd.models.ops_cuda import CudaBackend
 from mlxd.models.ops_mlx import MLXBackend
@@ -127,6 +127,21 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
 def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
     """The experts' outputs y [..., k, D] summed with their weights [..., k]: [..., D]."""
     return _backend.combine_experts(y, weights)
+
+
+def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,
+                  sorted_indices: bool = False) -> mx.array:
+    """The routed experts' matmul of models/moe.py: each row of x [..., 1, in] (one per (token, expert) pair, or
+    [..., 1, 1, in] one per token, broadcast over its experts) times the transpose of its expert's matrix in
+    weight [E, out, in] (packed as `quant` says, or floats when None); indices [..., k] -> [..., k, 1, out].
+    `sorted_indices`: the pairs come ordered by expert (`sorts_experts`)."""
+    return _backend.gather_matmul(x, indices, weight, quant, sorted_indices)
+
+
+def sorts_experts(pairs: int) -> bool:
+    """Whether `gather_matmul` wants this many (token, expert) pairs ordered by expert first (MLX's kernels for a
+    prefill chunk's many pairs); the CUDA backend's own kernel takes a decode step's pairs as they come."""
+    return _backend.sorts_experts(pairs)
 
 
 def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,

@@ -8,7 +8,8 @@ MLX ops with one or two nodes:
   Metal-only);
 - cuda_attention.py: one-query attention with an array mask (a batch's rows of different lengths, windows,
   sinks), and MLA's absorbed attention over the cached latent (GLM);
-- cuda_moe.py: a MoE layer's routing and the weighted sum of its experts.
+- cuda_moe.py: a MoE layer's routing and the weighted sum of its experts;
+- cuda_experts.py: the routed experts' matmuls of a decode step (MLX's computes each (token, expert) pair apart).
 Each falls back to MLX's ops for shapes it does not take. The MLX ops stay the reference and what the CPU and the
 other GPUs run; tests/models/test_ops_cuda.py holds each kernel to them on a CUDA device.
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from mlxd.models.base import DeltaHeads, Mask
+from mlxd.models import cuda_experts
+from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 from mlxd.models.cuda_attention import decode_attention
 from mlxd.models.cuda_delta import conv_step, gated_delta_step
 from mlxd.models.cuda_moe import combine_experts, route_experts
@@ -43,6 +45,14 @@ class CudaBackend(MLXBackend):
     def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
         routed = route_experts(logits, top_k, renormalize)
         return routed if routed is not None else super().route_experts(logits, top_k, renormalize)
+
+    def gather_matmul(self, x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,
+                      sorted_indices: bool = False) -> mx.array:
+        out = cuda_experts.gather_matmul(x, indices, weight, quant)
+        return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
+
+    def sorts_experts(self, pairs: int) -> bool:
+        return pairs > cuda_experts.MAX_PAIRS
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         if y.dtype != weights.dtype:  # the sum then takes the wider dtype (GLM's float32 routing weights)

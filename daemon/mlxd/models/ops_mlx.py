@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
-from mlxd.models.base import DeltaHeads, Mask
+from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 
 _ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
 
@@ -69,6 +69,19 @@ class MLXBackend:
                 scores = scores + mask.astype(scores.dtype)
         weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(latent.dtype)
         return (weights @ latent).reshape(B, H, L, -1)
+
+    def gather_matmul(self, x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,
+                      sorted_indices: bool = False) -> mx.array:
+        if quant is None:
+            return mx.gather_mm(x, weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
+        return mx.gather_qmm(x, weight, quant.scales, quant.biases, rhs_indices=indices, transpose=True,
+                             group_size=quant.group_size, bits=quant.bits, mode=quant.mode,
+                             sorted_indices=sorted_indices)
+
+    def sorts_experts(self, pairs: int) -> bool:
+        # mlx-lm's threshold: below it (decode steps of a small batch) the argsort and the two gathers cost more
+        # than the scattered reads they save.
+        return pairs >= 64
 
     def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
         indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:]

@@ -1,0 +1,175 @@
+"""The routed experts' matmuls of a decode-sized MoE step as one CUDA kernel, for models/ops_cuda.py.
+
+MLX 0.32.4's CUDA `gather_qmm` computes every (token, expert) pair as a product of its own (one row, M = 1): at 16
+tokens and 8 experts each, Qwen3-30B-A3B's gate/up takes ~172 us where the ~81 distinct experts' weights would
+take ~25 us to read once (docs/performance.md, session 16). Here a block takes one expert and 32 of its output
+features, lists the pairs routed to that expert (from the indices, in shared memory), and computes them all from
+one read of those weights: each warp holds 4 weight rows, so every activation value it loads serves 4 rows, and
+works through the pairs `CHUNK` at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
+scales, decoded here), or floats. MLX's gathered matmuls stay the reference (tests/models/test_cuda_experts.py)
+and what larger inputs (prefill chunks, sorted by expert) run.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxd.models import cuda_jit
+from mlxd.models.base import ExpertQuantization
+
+# The most (token, expert) pairs one call takes: each block keeps the list of its expert's pairs in shared memory
+# (4 bytes a pair). 256 tokens of 8 experts; larger inputs are prefill chunks, sorted by expert for MLX's kernel.
+MAX_PAIRS = 2048
+
+# Weight kinds (the kernel's MODE) and how many input values one 32-bit load of a weight row holds.
+_FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
+
+_SOURCE = """
+    constexpr int WARPS = 8, RW = 4, TILE = WARPS * RW;
+    constexpr int TILES = (OUT + TILE - 1) / TILE;
+    constexpr int WORDS = IN / PER;            // loads along a weight row
+    __shared__ int pairs[MAXP];
+    __shared__ int count;
+    const int expert = blockIdx.x / TILES, tile = blockIdx.x % TILES;
+    const int n = idx_shape[0];
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    for (int p = threadIdx.x; p < n; p += blockDim.x)
+        if ((int)idx[p] == expert) pairs[atomicAdd(&count, 1)] = p;
+    __syncthreads();
+    const int m = count;
+    if (m == 0) return;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row0 = tile * TILE + warp * RW;
+    for (int c = 0; c < m; c += CHUNK) {
+        float acc[RW][CHUNK];
+        #pragma unroll
+        for (int r = 0; r < RW; ++r)
+            #pragma unroll
+            for (int j = 0; j < CHUNK; ++j) acc[r][j] = 0.f;
+        const T* xr[CHUNK];
+        #pragma unroll
+        for (int j = 0; j < CHUNK; ++j)  // a chunk past the last pair repeats it (computed, not written)
+            xr[j] = x + (size_t)(pairs[min(c + j, m - 1)] / DIV) * IN;
+        for (int word = lane; word < WORDS; word += 32) {
+            float xv[CHUNK][PER], xsum[CHUNK];
+            #pragma unroll
+            for (int j = 0; j < CHUNK; ++j) {
+                xsum[j] = 0.f;
+                #pragma unroll
+                for (int t = 0; t < PER; ++t) {
+                    xv[j][t] = static_cast<float>(xr[j][word * PER + t]);
+                    xsum[j] += xv[j][t];
+                }
+            }
+            #pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                const int row = row0 + r;
+                if (row >= OUT) break;
+                const size_t at = (size_t)expert * OUT + row;
+                float q[PER];
+                float scale = 1.f, bias = 0.f;
+                LOAD
+                #pragma unroll
+                for (int j = 0; j < CHUNK; ++j) {
+                    float dot = 0.f;
+                    #pragma unroll
+                    for (int t = 0; t < PER; ++t) dot += q[t] * xv[j][t];
+                    acc[r][j] += scale * dot + bias * xsum[j];
+                }
+            }
+        }
+        float mine = 0.f;  // after the sums, lane r * CHUNK + j writes row r's output for pair j
+        #pragma unroll
+        for (int r = 0; r < RW; ++r)
+            #pragma unroll
+            for (int j = 0; j < CHUNK; ++j) {
+                float v = acc[r][j];
+                #pragma unroll
+                for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+                if (lane == r * CHUNK + j) mine = v;
+            }
+        const int r = lane / CHUNK, j = lane % CHUNK;
+        if (r < RW && c + j < m && row0 + r < OUT)
+            out[(size_t)pairs[c + j] * OUT + row0 + r] = static_cast<T>(mine);
+    }
+"""
+
+
+# Row `at`'s values for this load into q[PER], and its group's scale and bias (value = scale * q + bias).
+_LOAD_FLOAT = """
+                #pragma unroll
+                for (int t = 0; t < PER; ++t) q[t] = static_cast<float>(w[at * IN + word * PER + t]);
+"""
+_LOAD_AFFINE = """
+                const uint32_t bits = w[at * WORDS + word];
+                #pragma unroll
+                for (int t = 0; t < PER; ++t) q[t] = static_cast<float>((bits >> (BITS * t)) & ((1u << BITS) - 1u));
+                scale = static_cast<float>(scales[at * (IN / GS) + word * PER / GS]);
+                bias = static_cast<float>(biases[at * (IN / GS) + word * PER / GS]);
+"""
+# E2M1 codes (sign, 2 exponent bits, 1 mantissa bit: 0, 0.5, 1, 1.5, 2, 3, 4, 6) and an E8M0 scale, 2^(s - 127).
+_LOAD_MXFP4 = """
+                const uint32_t bits = w[at * WORDS + word];
+                #pragma unroll
+                for (int t = 0; t < PER; ++t) {
+                    const uint32_t code = (bits >> (4 * t)) & 15u, mag = code & 7u;
+                    const float v = mag < 2u ? 0.5f * mag
+                        : __int_as_float((int)(((mag >> 1) + 126u) << 23 | (mag & 1u) << 22));
+                    q[t] = code & 8u ? -v : v;
+                }
+                const uint32_t s = scales[at * (IN / GS) + word * PER / GS];
+                scale = s == 0u ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
+"""
+_INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biases"],
+           _MXFP4: ["x", "idx", "w", "scales"]}
+_LOADS = {_FLOAT: _LOAD_FLOAT, _AFFINE: _LOAD_AFFINE, _MXFP4: _LOAD_MXFP4}
+
+
+def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:
+    """(MODE, BITS, values per 32-bit load) for these weights, or None where the kernel has no decoding."""
+    if quant is None:
+        return _FLOAT, 0, 8
+    if quant.mode == "affine" and quant.bits in (4, 8) and quant.biases is not None:
+        return _AFFINE, quant.bits, 32 // quant.bits
+    if quant.mode == "mxfp4":
+        return _MXFP4, 4, 8
+    return None
+
+
+def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
+                  quant: ExpertQuantization | None) -> mx.array | None:
+    """Each pair's row of x times its expert's matrix, transposed: x [..., 1, in] (one row per pair, or one per
+    token broadcast over its k experts: [..., 1, 1, in]), indices [..., k], weight [E, out, in] (packed when
+    quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where the kernel does not apply (too many
+    pairs, other shapes or weight kinds): MLX's gathered matmul then."""
+    kind = _kind(quant)
+    pairs = indices.size
+    if kind is None or pairs == 0 or pairs > MAX_PAIRS or x.shape[-2] != 1:
+        return None
+    mode, bits, per = kind
+    experts, out_dims = weight.shape[:2]
+    in_dims = x.shape[-1]
+    rows = x.size // in_dims
+    if rows == pairs:
+        div = 1
+    elif rows * indices.shape[-1] == pairs and x.ndim >= 3 and x.shape[-3] == 1:
+        div = indices.shape[-1]
+    else:
+        return None
+    if in_dims % per or (quant is not None and in_dims % quant.group_size):
+        return None
+    inputs = [x.reshape(rows, in_dims), indices.reshape(pairs).astype(mx.uint32), weight]
+    if quant is not None:
+        inputs += [quant.scales] + ([quant.biases] if mode == _AFFINE else [])
+    tiles = -(-out_dims // 32)
+    kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", _INPUTS[mode], ["out"], _SOURCE.replace("LOAD", _LOADS[mode]),
+                             row_contiguous=True)
+    (out,) = kernel(
+        inputs=inputs,
+        template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PER", per), ("IN", in_dims), ("OUT", out_dims),
+                  ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
+                  ("CHUNK", 1 if pairs == indices.shape[-1] else 8), ("MAXP", MAX_PAIRS)],
+        grid=(256 * experts * tiles, 1, 1), threadgroup=(256, 1, 1),
+        output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
+    return out.reshape(*indices.shape, 1, out_dims)

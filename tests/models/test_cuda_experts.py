@@ -1,0 +1,79 @@
+"""The CUDA backend's routed-experts matmul (models/cuda_experts.py) against MLX's gathered matmuls: on a CUDA
+device, for every weight kind it decodes (floats, affine 4 and 8 bits, MXFP4), activations in float32 and
+bfloat16, one token (one pair per expert) and several (experts shared by many pairs, chunks cut short), inputs one
+row per token broadcast over its experts (gate/up) and one per pair (down), and output widths that cut a block's
+32 rows. Everywhere: the shapes and kinds it declines (MLX's kernels then)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from mlxd.models import cuda_experts, ops
+from mlxd.models.base import ExpertQuantization
+
+on_cuda = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA backend")
+
+EXPERTS, TOP_K = 16, 4
+
+
+def _weights(kind: str, out_dims: int, in_dims: int, dtype: mx.Dtype):
+    w = mx.random.normal((EXPERTS, out_dims, in_dims)) * in_dims**-0.5
+    if kind == "float":
+        return w.astype(dtype), None
+    mode, bits, group = {"affine4": ("affine", 4, 64), "affine8": ("affine", 8, 64),
+                         "mxfp4": ("mxfp4", 4, 32)}[kind]
+    packed, scales, *biases = mx.quantize(w, group, bits, mode=mode)
+    if biases:
+        scales, biases = scales.astype(dtype), [biases[0].astype(dtype)]
+    return packed, ExpertQuantization(group, bits, mode, scales, biases[0] if biases else None)
+
+
+def _both(x, indices, weight, quant):
+    with ops.using("mlx"):
+        want = ops.gather_matmul(x, indices, weight, quant)
+    got = cuda_experts.gather_matmul(x, indices, weight, quant)
+    assert got is not None
+    mx.eval(want, got)
+    return want, got
+
+
+@on_cuda
+@pytest.mark.parametrize("kind", ["float", "affine4", "affine8", "mxfp4"])
+@pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 2e-4), (mx.bfloat16, 2e-2)])
+@pytest.mark.parametrize("tokens", [1, 3, 37])
+@pytest.mark.parametrize("per_pair", [False, True])
+def test_equals_mlx_gathered_matmul(kind, dtype, tolerance, tokens, per_pair):
+    mx.random.seed(tokens * 10 + per_pair)
+    out_dims, in_dims = (40, 256) if per_pair else (96, 512)
+    weight, quant = _weights(kind, out_dims, in_dims, dtype)
+    logits = mx.random.normal((2, tokens, EXPERTS))
+    indices = mx.argpartition(logits, kth=-TOP_K, axis=-1)[..., -TOP_K:].astype(mx.uint32)
+    shape = (2, tokens, TOP_K, 1, in_dims) if per_pair else (2, tokens, 1, 1, in_dims)
+    x = mx.random.normal(shape).astype(dtype)
+    want, got = _both(x, indices, weight, quant)
+    assert got.shape == want.shape == (2, tokens, TOP_K, 1, out_dims) and got.dtype == want.dtype
+    scale = mx.abs(want).max().item()
+    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * max(scale, 1.0)
+
+
+@on_cuda
+def test_many_pairs_of_one_expert_fill_several_chunks():
+    """Every token routed to the same 2 experts: 2 blocks' worth of pairs, 50 each, in chunks of 8."""
+    weight, quant = _weights("affine4", 64, 256, mx.bfloat16)
+    indices = mx.broadcast_to(mx.array([3, 11], mx.uint32), (50, 2))
+    x = mx.random.normal((50, 1, 1, 256)).astype(mx.bfloat16)
+    want, got = _both(x, indices, weight, quant)
+    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() < 2e-2 * mx.abs(want).max().item()
+
+
+def test_declines_what_it_does_not_decode():
+    weight, quant = _weights("affine4", 64, 256, mx.float32)
+    x, indices = mx.ones((3, 1, 1, 256)), mx.zeros((3, 2), mx.uint32)
+    two_bits = ExpertQuantization(64, 2, "affine", quant.scales, quant.biases)
+    assert cuda_experts.gather_matmul(x, indices, weight, two_bits) is None
+    nvfp4 = ExpertQuantization(16, 4, "nvfp4", quant.scales, None)
+    assert cuda_experts.gather_matmul(x, indices, weight, nvfp4) is None
+    many = mx.zeros((cuda_experts.MAX_PAIRS // 2 + 1, 2), mx.uint32)
+    assert cuda_experts.gather_matmul(mx.ones((many.shape[0], 1, 1, 256)), many, weight, quant) is None
+    assert cuda_experts.gather_matmul(mx.ones((3, 2, 2, 256)), indices, weight, quant) is None  # 2 rows a pair
