@@ -161,7 +161,9 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         return None
     inputs = [x.reshape(rows, in_dims), indices.reshape(pairs).astype(mx.uint32), weight]
     if quant is not None:
-        inputs += [quant.scales] + ([quant.biases] if mode == _AFFINE else [])
+        inputs.append(quant.scales)
+        if quant.biases is not None and mode == _AFFINE:
+            inputs.append(quant.biases)
     tiles = -(-out_dims // 32)
     kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", _INPUTS[mode], ["out"], _SOURCE.replace("LOAD", _LOADS[mode]),
                              row_contiguous=True)
