@@ -5,7 +5,7 @@ tokens and 8 experts each, Qwen3-30B-A3B's gate/up takes ~172 us where the ~81 d
 take ~25 us to read once (docs/performance.md, session 16). Here a block takes one expert and 32 of its output
 features, lists the pairs routed to that expert (from the indices, in shared memory), and computes them all from
 one read of those weights: each warp holds 4 weight rows, so every activation value it loads serves 4 rows, and
-works through the pairs `CHUNK` at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
+works through the pairs 8 (then 4, 2, 1) at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
 scales, decoded here), or floats. MLX's gathered matmuls stay the reference (tests/models/test_cuda_experts.py)
 and what larger inputs (prefill chunks, sorted by expert) run.
 """
@@ -24,7 +24,8 @@ MAX_PAIRS = 2048
 # Weight kinds (the kernel's MODE) and how many input values one 32-bit load of a weight row holds.
 _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
 
-_SOURCE = """
+# A block's head: which expert and rows are its own, and the list of that expert's pairs.
+_HEAD = """
     constexpr int WARPS = 8, RW = 4, TILE = WARPS * RW;
     constexpr int TILES = (OUT + TILE - 1) / TILE;
     constexpr int WORDS = IN / PER;            // loads along a weight row
@@ -41,25 +42,41 @@ _SOURCE = """
     if (m == 0) return;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row0 = tile * TILE + warp * RW;
-    for (int c = 0; c < m; c += CHUNK) {
-        float acc[RW][CHUNK];
+    int c = 0;
+"""
+
+# CH pairs from pair c on, every one real (the body is written out for 8, 4, 2 and 1, so a chunk never computes a
+# pair that is not there): the warp's RW rows times each pair's row of x, summed over the lanes, then written.
+_CHUNK = """
+    {
+        float acc[RW][CH];
         #pragma unroll
         for (int r = 0; r < RW; ++r)
             #pragma unroll
-            for (int j = 0; j < CHUNK; ++j) acc[r][j] = 0.f;
-        const T* xr[CHUNK];
+            for (int j = 0; j < CH; ++j) acc[r][j] = 0.f;
+        const T* xr[CH];
         #pragma unroll
-        for (int j = 0; j < CHUNK; ++j)  // a chunk past the last pair repeats it (computed, not written)
-            xr[j] = x + (size_t)(pairs[min(c + j, m - 1)] / DIV) * IN;
+        for (int j = 0; j < CH; ++j) xr[j] = x + (size_t)(pairs[c + j] / DIV) * IN;
         for (int word = lane; word < WORDS; word += 32) {
-            float xv[CHUNK][PER], xsum[CHUNK];
+            float xv[CH][PER], xsum[CH];
             #pragma unroll
-            for (int j = 0; j < CHUNK; ++j) {
+            for (int j = 0; j < CH; ++j) {
+                alignas(16) T xs[PER];  // one vector load where PER values of T fill 8 or 16 bytes
+                if constexpr (sizeof(T) * PER % 16 == 0) {
+                    #pragma unroll
+                    for (int v = 0; v < (int)(sizeof(T) * PER / 16); ++v)
+                        reinterpret_cast<uint4*>(xs)[v] = reinterpret_cast<const uint4*>(xr[j] + word * PER)[v];
+                } else if constexpr (sizeof(T) * PER == 8) {
+                    *reinterpret_cast<uint2*>(xs) = *reinterpret_cast<const uint2*>(xr[j] + word * PER);
+                } else {
+                    #pragma unroll
+                    for (int t = 0; t < PER; ++t) xs[t] = xr[j][word * PER + t];
+                }
                 xsum[j] = 0.f;
                 #pragma unroll
                 for (int t = 0; t < PER; ++t) {
-                    xv[j][t] = static_cast<float>(xr[j][word * PER + t]);
-                    xsum[j] += xv[j][t];
+                    xv[j][t] = static_cast<float>(xs[t]);
+                    if constexpr (MODE == 1) xsum[j] += xv[j][t];
                 }
             }
             #pragma unroll
@@ -71,29 +88,34 @@ _SOURCE = """
                 float scale = 1.f, bias = 0.f;
                 LOAD
                 #pragma unroll
-                for (int j = 0; j < CHUNK; ++j) {
+                for (int j = 0; j < CH; ++j) {
                     float dot = 0.f;
                     #pragma unroll
                     for (int t = 0; t < PER; ++t) dot += q[t] * xv[j][t];
-                    acc[r][j] += scale * dot + bias * xsum[j];
+                    acc[r][j] += MODE == 1 ? scale * dot + bias * xsum[j] : scale * dot;
                 }
             }
         }
-        float mine = 0.f;  // after the sums, lane r * CHUNK + j writes row r's output for pair j
+        float mine = 0.f;  // after the sums, lane r * CH + j writes row r's output for pair j
         #pragma unroll
         for (int r = 0; r < RW; ++r)
             #pragma unroll
-            for (int j = 0; j < CHUNK; ++j) {
+            for (int j = 0; j < CH; ++j) {
                 float v = acc[r][j];
                 #pragma unroll
                 for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-                if (lane == r * CHUNK + j) mine = v;
+                if (lane == r * CH + j) mine = v;
             }
-        const int r = lane / CHUNK, j = lane % CHUNK;
-        if (r < RW && c + j < m && row0 + r < OUT)
+        const int r = lane / CH, j = lane % CH;
+        if (r < RW && row0 + r < OUT)
             out[(size_t)pairs[c + j] * OUT + row0 + r] = static_cast<T>(mine);
     }
 """
+
+_SOURCE = (_HEAD
+           + "    for (; m - c >= 8; c += 8)" + _CHUNK.replace("CH", "8")
+           + "".join(f"    if (m - c >= {n})" + _CHUNK.replace("CH", str(n)) + f"    if (m - c >= {n}) c += {n};\n"
+                     for n in (4, 2, 1)))
 
 
 # Row `at`'s values for this load into q[PER], and its group's scale and bias (value = scale * q + bias).
@@ -171,7 +193,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         inputs=inputs,
         template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PER", per), ("IN", in_dims), ("OUT", out_dims),
                   ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
-                  ("CHUNK", 1 if pairs == indices.shape[-1] else 8), ("MAXP", MAX_PAIRS)],
+                  ("MAXP", MAX_PAIRS)],
         grid=(256 * experts * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
     return out.reshape(*indices.shape, 1, out_dims)
