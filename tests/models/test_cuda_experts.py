@@ -11,6 +11,7 @@ import pytest
 
 from mlxd.models import cuda_experts, ops
 from mlxd.models.base import ExpertQuantization
+from mlxd.models.ops_cuda import CudaBackend
 
 on_cuda = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA backend")
 
@@ -27,6 +28,12 @@ def _weights(kind: str, out_dims: int, in_dims: int, dtype: mx.Dtype):
     if biases:
         scales, biases = scales.astype(dtype), [biases[0].astype(dtype)]
     return packed, ExpertQuantization(group, bits, mode, scales, biases[0] if biases else None)
+
+
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+    """The kernel at every size it can take: its default threshold (MIN_PAIRS) is a speed choice."""
+    monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 1)
 
 
 def _both(x, indices, weight, quant):
@@ -77,3 +84,13 @@ def test_declines_what_it_does_not_decode():
     many = mx.zeros((cuda_experts.MAX_PAIRS // 2 + 1, 2), mx.uint32)
     assert cuda_experts.gather_matmul(mx.ones((many.shape[0], 1, 1, 256)), many, weight, quant) is None
     assert cuda_experts.gather_matmul(mx.ones((3, 2, 2, 256)), indices, weight, quant) is None  # 2 rows a pair
+
+
+def test_small_inputs_stay_with_mlx_and_the_kernels_sizes_are_not_sorted(monkeypatch):
+    """By default the kernel takes MIN_PAIRS..MAX_PAIRS pairs (where it measured faster than MLX's); MLX's kernel
+    takes the rest, sorted by expert from 64 pairs as before."""
+    monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 256)
+    weight, quant = _weights("affine4", 64, 256, mx.float32)
+    assert cuda_experts.gather_matmul(mx.ones((8, 1, 1, 256)), mx.zeros((8, 4), mx.uint32), weight, quant) is None
+    cuda = CudaBackend()
+    assert [cuda.sorts_experts(n) for n in (8, 64, 255, 256, 2048, 2049)] == [False, True, True, False, False, True]

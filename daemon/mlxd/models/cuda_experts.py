@@ -21,6 +21,11 @@ from mlxd.models.base import ExpertQuantization
 # (4 bytes a pair). 256 tokens of 8 experts; larger inputs are prefill chunks, sorted by expert for MLX's kernel.
 MAX_PAIRS = 2048
 
+# The fewest pairs it takes: below, MLX's kernel is faster (H200, MLX 0.32.4, micro-benchmark of session 17 at
+# Qwen3-30B-A3B's and gpt-oss-20b's expert shapes, us per call, MLX / this: 64 and 128 pairs 0.64-0.93x, 256 and
+# 512 pairs 1.18-1.67x; one token 0.35-0.67x). `python -m bench expert_matmul` measures every size.
+MIN_PAIRS = 256
+
 # Weight kinds (the kernel's MODE) and how many input values one 32-bit load of a weight row holds.
 _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
 
@@ -57,6 +62,7 @@ _CHUNK = """
         const T* xr[CH];
         #pragma unroll
         for (int j = 0; j < CH; ++j) xr[j] = x + (size_t)(pairs[c + j] / DIV) * IN;
+        #pragma unroll 2
         for (int word = lane; word < WORDS; word += 32) {
             float xv[CH][PER], xsum[CH];
             #pragma unroll
@@ -81,8 +87,7 @@ _CHUNK = """
             }
             #pragma unroll
             for (int r = 0; r < RW; ++r) {
-                const int row = row0 + r;
-                if (row >= OUT) break;
+                const int row = min(row0 + r, OUT - 1);  // past the last row: the last again (not written)
                 const size_t at = (size_t)expert * OUT + row;
                 float q[PER];
                 float scale = 1.f, bias = 0.f;
@@ -163,11 +168,11 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
                   quant: ExpertQuantization | None) -> mx.array | None:
     """Each pair's row of x times its expert's matrix, transposed: x [..., 1, in] (one row per pair, or one per
     token broadcast over its k experts: [..., 1, 1, in]), indices [..., k], weight [E, out, in] (packed when
-    quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where the kernel does not apply (too many
-    pairs, other shapes or weight kinds): MLX's gathered matmul then."""
+    quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where the kernel does not apply (pairs
+    outside MIN_PAIRS..MAX_PAIRS, other shapes or weight kinds): MLX's gathered matmul then."""
     kind = _kind(quant)
     pairs = indices.size
-    if kind is None or pairs == 0 or pairs > MAX_PAIRS or x.shape[-2] != 1:
+    if kind is None or not MIN_PAIRS <= pairs <= MAX_PAIRS or x.shape[-2] != 1:
         return None
     mode, bits, per = kind
     experts, out_dims = weight.shape[:2]

@@ -52,7 +52,9 @@ class CudaBackend(MLXBackend):
         return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
 
     def sorts_experts(self, pairs: int) -> bool:
-        return pairs > cuda_experts.MAX_PAIRS
+        if cuda_experts.MIN_PAIRS <= pairs <= cuda_experts.MAX_PAIRS:
+            return False  # the kernel's size: it lists each expert's pairs itself
+        return super().sorts_experts(pairs)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         if y.dtype != weights.dtype:  # the sum then takes the wider dtype (GLM's float32 routing weights)
