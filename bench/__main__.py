@@ -29,6 +29,8 @@ BENCHMARKS = {
                        "where one sequence's decode step goes (attention, MLP/MoE, output layer), against mlx-lm"),
     "batch_step_profile": ("bench.suite.batch_step_profile",
                            "where an N-row decode step goes (attention, linear attention, MLP/MoE), against mlx-lm"),
+    "expert_matmul": ("bench.suite.expert_matmul",
+                      "a MoE step's routed-expert matmul: the CUDA kernel against MLX's gathered matmul, per size"),
     "speculative": ("bench.suite.speculative",
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "constrained_decode": ("bench.suite.constrained_decode",

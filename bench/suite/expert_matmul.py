@@ -1,0 +1,101 @@
+"""The routed experts' matmul alone: the CUDA backend's kernel (models/cuda_experts.py) against MLX's gathered
+matmul on the same inputs, in one process, at every size, to choose `cuda_experts.MIN_PAIRS`.
+
+    python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
+
+A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
+MXFP4) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
+overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. The
+kernel is timed at every size, whatever MIN_PAIRS says, and checked against MLX's result. Prints MLX / kernel last
+(above 1: the kernel faster).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import common
+
+# name -> projections (name, out, in), experts, experts per token, (mode, bits, group size)
+SHAPES = {
+    "qwen3-30b-a3b": ((("gate_up", 1536, 2048), ("down", 2048, 768)), 128, 8, ("affine", 4, 64)),
+    "gpt-oss-20b": ((("gate_up", 5760, 2880), ("down", 2880, 2880)), 32, 4, ("mxfp4", 4, 32)),
+    "glm-4.7-flash": ((("gate_up", 3072, 2048), ("down", 2048, 1536)), 64, 4, ("affine", 4, 64)),
+}
+
+
+def best_us(call: Callable[[], object], calls: int, rounds: int) -> float:
+    import mlx.core as mx
+
+    mx.eval(call())
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        mx.eval([call() for _ in range(calls)])
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6
+
+
+def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int) -> tuple[float, float, float]:
+    """us per call of MLX's gathered matmul and of the kernel, and the kernel's largest error relative to MLX's
+    largest output."""
+    import mlx.core as mx
+
+    from mlxd.models import cuda_experts, ops
+
+    def mlx_call() -> mx.array:
+        with ops.using("mlx"):
+            return ops.gather_matmul(x, indices, packed, quant)
+
+    def kernel_call() -> mx.array:
+        out = cuda_experts.gather_matmul(x, indices, packed, quant)
+        assert out is not None, f"the kernel declined {indices.size} pairs"
+        return out
+
+    want, got = mlx_call().astype(mx.float32), kernel_call().astype(mx.float32)
+    error = (mx.abs(got - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
+    return best_us(mlx_call, calls, rounds), best_us(kernel_call, calls, rounds), error
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16, 32, 64, 256])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+
+    import mlx.core as mx
+
+    from mlxd.models import cuda_experts
+    from mlxd.models.base import ExpertQuantization
+
+    if not mx.cuda.is_available():
+        raise SystemExit("expert_matmul times a CUDA kernel: it needs MLX's CUDA backend")
+    cuda_experts.MIN_PAIRS = 1
+    lines = []
+    for shape in args.shapes:
+        projections, experts, top_k, (mode, bits, group) = SHAPES[shape]
+        for name, out_dims, in_dims in projections:
+            packed, scales, *biases = mx.quantize(mx.random.normal((experts, out_dims, in_dims)) * in_dims**-0.5,
+                                                  group, bits, mode=mode)
+            bias = biases[0].astype(mx.bfloat16) if biases else None
+            quant = ExpertQuantization(group, bits, mode, scales.astype(mx.bfloat16) if biases else scales, bias)
+            for tokens in args.tokens:
+                logits = mx.random.normal((tokens, experts))
+                indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:].astype(mx.uint32)
+                rows = (tokens, top_k, 1, in_dims) if name == "down" else (tokens, 1, 1, in_dims)
+                x = mx.random.normal(rows).astype(mx.bfloat16)
+                mx.eval(packed, quant.scales, indices, x)
+
+                mlx_us, kernel_us, error = compare(x, indices, packed, quant, args.calls, args.rounds)
+                lines.append([shape, name, tokens, tokens * top_k, mlx_us, kernel_us, mlx_us / kernel_us, error])
+                print(lines[-1], flush=True)
+    print(common.table(["shape", "projection", "tokens", "pairs", "MLX us", "kernel us", "MLX/kernel",
+                        "rel. error"], lines))
+
+
+if __name__ == "__main__":
+    main()
