@@ -1,13 +1,14 @@
-"""The routed experts' matmul alone: the CUDA backend's kernel (models/cuda_experts.py) against MLX's gathered
-matmul on the same inputs, in one process, at every size, to choose `cuda_experts.MIN_PAIRS`.
+"""The routed experts' matmul alone: the CUDA backend's two kernels (models/cuda_experts.py, chunked, and
+cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one process, at every size, to choose
+`cuda_experts.MIN_PAIRS` and `FEW_PAIRS_BELOW`.
 
     python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
 MXFP4) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
-overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. The
-kernel is timed at every size, whatever MIN_PAIRS says, and checked against MLX's result. Prints MLX / kernel last
-(above 1: the kernel faster).
+overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. Each
+kernel is timed at every size, whatever the thresholds say, and checked against MLX's result. Prints MLX / kernel
+last (above 1: the kernel faster).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def best_us(call: Callable[[], object], calls: int, rounds: int) -> float:
     return best * 1e6
 
 
-def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int) -> tuple[float, float, float]:
-    """us per call of MLX's gathered matmul and of the kernel, and the kernel's largest error relative to MLX's
-    largest output."""
+def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int) -> list[float]:
+    """us per call of MLX's gathered matmul, the chunked kernel and the few-pairs kernel; then each kernel's
+    largest error relative to MLX's largest output."""
     import mlx.core as mx
 
     from mlxd.models import cuda_experts, ops
@@ -49,14 +50,19 @@ def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: i
         with ops.using("mlx"):
             return ops.gather_matmul(x, indices, packed, quant)
 
-    def kernel_call() -> mx.array:
-        out = cuda_experts.gather_matmul(x, indices, packed, quant)
-        assert out is not None, f"the kernel declined {indices.size} pairs"
-        return out
+    def kernel_call(few: bool) -> Callable[[], mx.array]:
+        def call() -> mx.array:
+            cuda_experts.FEW_PAIRS_BELOW = cuda_experts.MAX_PAIRS if few else 0
+            out = cuda_experts.gather_matmul(x, indices, packed, quant)
+            assert out is not None, f"the kernel declined {indices.size} pairs"
+            return out
+        return call
 
-    want, got = mlx_call().astype(mx.float32), kernel_call().astype(mx.float32)
-    error = (mx.abs(got - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
-    return best_us(mlx_call, calls, rounds), best_us(kernel_call, calls, rounds), error
+    want = mlx_call().astype(mx.float32)
+    calls_of = [mlx_call, kernel_call(False), kernel_call(True)]
+    errors = [(mx.abs(f().astype(mx.float32) - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
+              for f in calls_of[1:]]
+    return [best_us(f, calls, rounds) for f in calls_of] + errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,11 +96,12 @@ def main(argv: list[str] | None = None) -> None:
                 x = mx.random.normal(rows).astype(mx.bfloat16)
                 mx.eval(packed, quant.scales, indices, x)
 
-                mlx_us, kernel_us, error = compare(x, indices, packed, quant, args.calls, args.rounds)
-                lines.append([shape, name, tokens, tokens * top_k, mlx_us, kernel_us, mlx_us / kernel_us, error])
+                mlx_us, chunked_us, few_us, *errors = compare(x, indices, packed, quant, args.calls, args.rounds)
+                lines.append([shape, name, tokens, tokens * top_k, mlx_us, chunked_us, few_us, mlx_us / chunked_us,
+                              mlx_us / few_us, max(errors)])
                 print(lines[-1], flush=True)
-    print(common.table(["shape", "projection", "tokens", "pairs", "MLX us", "kernel us", "MLX/kernel",
-                        "rel. error"], lines))
+    print(common.table(["shape", "projection", "tokens", "pairs", "MLX us", "chunked us", "few us",
+                        "MLX/chunked", "MLX/few", "rel. error"], lines))
 
 
 if __name__ == "__main__":

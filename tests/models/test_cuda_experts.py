@@ -9,7 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxd.models import cuda_experts, ops
+from mlxd.models import cuda_experts, cuda_experts_few, ops
 from mlxd.models.base import ExpertQuantization
 from mlxd.models.ops_cuda import CudaBackend
 
@@ -30,10 +30,13 @@ def _weights(kind: str, out_dims: int, in_dims: int, dtype: mx.Dtype):
     return packed, ExpertQuantization(group, bits, mode, scales, biases[0] if biases else None)
 
 
-@pytest.fixture(autouse=True)
-def every_size(monkeypatch):
-    """The kernel at every size it can take: its default threshold (MIN_PAIRS) is a speed choice."""
+@pytest.fixture(autouse=True, params=["chunked", "few"])
+def kernel(request, monkeypatch):
+    """Each of the two kernels at every size it can take: the thresholds between them and MLX's (MIN_PAIRS,
+    FEW_PAIRS_BELOW) are speed choices."""
     monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 1)
+    monkeypatch.setattr(cuda_experts, "FEW_PAIRS_BELOW", cuda_experts.MAX_PAIRS if request.param == "few" else 0)
+    return request.param
 
 
 def _both(x, indices, weight, quant):
@@ -74,7 +77,7 @@ def test_many_pairs_of_one_expert_fill_several_chunks():
     assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() < 2e-2 * mx.abs(want).max().item()
 
 
-def test_declines_what_it_does_not_decode():
+def test_declines_what_it_does_not_decode(kernel):
     weight, quant = _weights("affine4", 64, 256, mx.float32)
     x, indices = mx.ones((3, 1, 1, 256)), mx.zeros((3, 2), mx.uint32)
     two_bits = ExpertQuantization(64, 2, "affine", quant.scales, quant.biases)
@@ -84,12 +87,21 @@ def test_declines_what_it_does_not_decode():
     many = mx.zeros((cuda_experts.MAX_PAIRS // 2 + 1, 2), mx.uint32)
     assert cuda_experts.gather_matmul(mx.ones((many.shape[0], 1, 1, 256)), many, weight, quant) is None
     assert cuda_experts.gather_matmul(mx.ones((3, 2, 2, 256)), indices, weight, quant) is None  # 2 rows a pair
+    if kernel == "few":  # float weights of another dtype than the activations: its loads are of the activations'
+        floats = mx.ones((4, 64, 256), mx.float32)
+        assert cuda_experts.gather_matmul(x.astype(mx.bfloat16), indices, floats, None) is None
+
+
+def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
+    assert [cuda_experts_few.largest_chunk(p, 128) for p in (8, 128, 256, 512, 1024, 2048)] == [1, 1, 2, 4, 4, 8]
+    assert [cuda_experts_few.largest_chunk(p, 32) for p in (4, 64, 96, 128)] == [1, 2, 2, 4]
 
 
 def test_small_inputs_stay_with_mlx_and_the_kernels_sizes_are_not_sorted(monkeypatch):
     """By default the kernel takes MIN_PAIRS..MAX_PAIRS pairs (where it measured faster than MLX's); MLX's kernel
     takes the rest, sorted by expert from 64 pairs as before."""
     monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 256)
+    monkeypatch.setattr(cuda_experts, "FEW_PAIRS_BELOW", 0)
     weight, quant = _weights("affine4", 64, 256, mx.float32)
     assert cuda_experts.gather_matmul(mx.ones((8, 1, 1, 256)), mx.zeros((8, 4), mx.uint32), weight, quant) is None
     cuda = CudaBackend()

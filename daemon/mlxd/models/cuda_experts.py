@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from mlxd.models import cuda_jit
+from mlxd.models import cuda_experts_few, cuda_jit
 from mlxd.models.base import ExpertQuantization
 
 # The most (token, expert) pairs one call takes: each block keeps the list of its expert's pairs in shared memory
@@ -25,6 +25,15 @@ MAX_PAIRS = 2048
 # Qwen3-30B-A3B's and gpt-oss-20b's expert shapes, us per call, MLX / this: 64 and 128 pairs 0.64-0.93x, 256 and
 # 512 pairs 1.18-1.67x; one token 0.35-0.67x). `python -m bench expert_matmul` measures every size.
 MIN_PAIRS = 256
+
+# Below this many pairs, cuda_experts_few.py's kernel (built for few pairs per expert): 0, off, until it has run on
+# a GPU (its tests, then `bench expert_matmul`).
+FEW_PAIRS_BELOW = 0
+
+
+def takes(pairs: int) -> bool:
+    """Whether a kernel of this module computes this many pairs (unsorted: each lists its experts' pairs)."""
+    return pairs < FEW_PAIRS_BELOW or MIN_PAIRS <= pairs <= MAX_PAIRS
 
 # Weight kinds (the kernel's MODE) and how many input values one 32-bit load of a weight row holds.
 _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
@@ -172,7 +181,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     outside MIN_PAIRS..MAX_PAIRS, other shapes or weight kinds): MLX's gathered matmul then."""
     kind = _kind(quant)
     pairs = indices.size
-    if kind is None or not MIN_PAIRS <= pairs <= MAX_PAIRS or x.shape[-2] != 1:
+    if kind is None or pairs == 0 or not takes(pairs) or x.shape[-2] != 1:
         return None
     mode, bits, per = kind
     experts, out_dims = weight.shape[:2]
@@ -192,6 +201,8 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         if quant.biases is not None and mode == _AFFINE:
             inputs.append(quant.biases)
     tiles = -(-out_dims // 32)
+    if pairs < FEW_PAIRS_BELOW:
+        return _few(inputs, x, indices, weight, quant, mode, bits, div, tiles)
     kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", _INPUTS[mode], ["out"], _SOURCE.replace("LOAD", _LOADS[mode]),
                              row_contiguous=True)
     (out,) = kernel(
@@ -200,5 +211,28 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
                   ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
                   ("MAXP", MAX_PAIRS)],
         grid=(256 * experts * tiles, 1, 1), threadgroup=(256, 1, 1),
+        output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
+    return out.reshape(*indices.shape, 1, out_dims)
+
+
+def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.array,
+         quant: ExpertQuantization | None, mode: int, bits: int, div: int, tiles: int) -> mx.array | None:
+    """cuda_experts_few.py's kernel, where its 16-byte loads fit the shapes (else None: MLX's kernel)."""
+    pairs, (experts, out_dims), in_dims = indices.size, weight.shape[:2], x.shape[-1]
+    per_word = 32 // bits if quant is not None else 4 // x.dtype.size
+    per_load = 4 * per_word
+    if in_dims % per_load or (quant is not None and quant.group_size % per_load) or \
+            (quant is None and weight.dtype != x.dtype):
+        return None
+    by_pair = pairs < experts
+    kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", _INPUTS[mode], ["out"], cuda_experts_few.source(mode),
+                             row_contiguous=True)
+    (out,) = kernel(
+        inputs=inputs,
+        template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PW", per_word), ("IN", in_dims),
+                  ("OUT", out_dims), ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
+                  ("MAXP", MAX_PAIRS), ("MAXCH", cuda_experts_few.largest_chunk(pairs, experts)),
+                  ("BY_PAIR", by_pair)],
+        grid=(256 * (pairs if by_pair else experts) * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
     return out.reshape(*indices.shape, 1, out_dims)

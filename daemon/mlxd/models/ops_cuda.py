@@ -52,8 +52,8 @@ class CudaBackend(MLXBackend):
         return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
 
     def sorts_experts(self, pairs: int) -> bool:
-        if cuda_experts.MIN_PAIRS <= pairs <= cuda_experts.MAX_PAIRS:
-            return False  # the kernel's size: it lists each expert's pairs itself
+        if cuda_experts.takes(pairs):
+            return False  # the kernels list each expert's pairs themselves
         return super().sorts_experts(pairs)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:

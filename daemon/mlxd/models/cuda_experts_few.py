@@ -1,0 +1,159 @@
+"""The routed-experts matmul for few pairs per expert (a decode step of 1-16 tokens), for models/cuda_experts.py.
+
+cuda_experts.py's kernel is faster than MLX's from 256 pairs but slower below (docs/performance.md, session 17).
+Read from its code, three things cost it at few pairs, and this kernel differs in each:
+- its registers are allocated for an 8-pair body however few pairs a block has, so fewer blocks stay resident to
+  hide memory latency: here the largest chunk is a template argument (`MAXCH`) chosen from the pairs per expert;
+- its grid is every expert x tile (6,144 blocks for Qwen3-30B-A3B, 384 with work at one token): here, with fewer
+  pairs than experts, a block per pair and tile (`BY_PAIR`), the first pair of each expert taking all of its pairs
+  and the others returning at once;
+- it loads 4 bytes of a weight row per lane: here 16 (one uint4 per row, 4 rows a warp, all issued before the
+  arithmetic), so more bytes are in flight per warp.
+NOT YET RUN ON A GPU: compiled with NVRTC on a CPU machine only. `cuda_experts.FEW_PAIRS_BELOW` keeps it off (0)
+until tests/models/test_cuda_experts.py passes on a CUDA device and `python -m bench expert_matmul` says below which
+size it wins.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The head: which expert and rows are the block's, and that expert's pairs (with BY_PAIR the block of a pair whose
+# expert an earlier pair also has returns: the earlier one's block takes them all).
+_HEAD = """
+    constexpr int WARPS = 8, RW = 4, TILE = WARPS * RW, VEC = 4;
+    constexpr int TILES = (OUT + TILE - 1) / TILE;
+    constexpr int LOADS = IN / (PW * VEC);   // 16-byte loads along a weight row
+    __shared__ int pairs[MAXP];
+    __shared__ int count, taken;
+    const int slot = blockIdx.x / TILES, tile = blockIdx.x % TILES;
+    const int n = idx_shape[0];
+    const int expert = BY_PAIR ? (int)idx[slot] : slot;
+    if (threadIdx.x == 0) { count = 0; taken = 0; }
+    __syncthreads();
+    for (int p = threadIdx.x; p < n; p += blockDim.x)
+        if ((int)idx[p] == expert) {
+            if (BY_PAIR && p < slot) taken = 1;
+            else pairs[atomicAdd(&count, 1)] = p;
+        }
+    __syncthreads();
+    const int m = count;
+    if (taken || m == 0) return;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row0 = tile * TILE + warp * RW;
+    int c = 0;
+"""
+
+# CH pairs at a time while that many are left (bodies for every CH up to MAXCH, largest first).
+_CHUNK = """
+    if constexpr (CH <= MAXCH) for (; m - c >= CH; c += CH) {
+        float acc[RW][CH];
+        #pragma unroll
+        for (int r = 0; r < RW; ++r)
+            #pragma unroll
+            for (int j = 0; j < CH; ++j) acc[r][j] = 0.f;
+        const T* xr[CH];
+        #pragma unroll
+        for (int j = 0; j < CH; ++j) xr[j] = x + (size_t)(pairs[c + j] / DIV) * IN;
+        for (int ld = lane; ld < LOADS; ld += 32) {
+            uint4 wv[RW];
+            float scale[RW], bias[RW];
+            #pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                const size_t at = (size_t)expert * OUT + min(row0 + r, OUT - 1);  // past the last row: not written
+                wv[r] = reinterpret_cast<const uint4*>(w)[at * LOADS + ld];
+                SCALE
+            }
+            #pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+                float xv[CH][PW], xsum[CH];
+                #pragma unroll
+                for (int j = 0; j < CH; ++j) {
+                    alignas(16) T xs[PW];
+                    const T* from = xr[j] + (ld * VEC + v) * PW;
+                    if constexpr (sizeof(T) * PW % 16 == 0) {
+                        #pragma unroll
+                        for (int u = 0; u < (int)(sizeof(T) * PW / 16); ++u)
+                            reinterpret_cast<uint4*>(xs)[u] = reinterpret_cast<const uint4*>(from)[u];
+                    } else if constexpr (sizeof(T) * PW == 8) {
+                        *reinterpret_cast<uint2*>(xs) = *reinterpret_cast<const uint2*>(from);
+                    } else {
+                        #pragma unroll
+                        for (int t = 0; t < PW; ++t) xs[t] = from[t];
+                    }
+                    xsum[j] = 0.f;
+                    #pragma unroll
+                    for (int t = 0; t < PW; ++t) {
+                        xv[j][t] = static_cast<float>(xs[t]);
+                        if constexpr (MODE == 1) xsum[j] += xv[j][t];
+                    }
+                }
+                #pragma unroll
+                for (int r = 0; r < RW; ++r) {
+                    const uint32_t word = v == 0 ? wv[r].x : v == 1 ? wv[r].y : v == 2 ? wv[r].z : wv[r].w;
+                    float q[PW];
+                    DECODE
+                    #pragma unroll
+                    for (int j = 0; j < CH; ++j) {
+                        float dot = 0.f;
+                        #pragma unroll
+                        for (int t = 0; t < PW; ++t) dot += q[t] * xv[j][t];
+                        acc[r][j] += MODE == 1 ? scale[r] * dot + bias[r] * xsum[j] : scale[r] * dot;
+                    }
+                }
+            }
+        }
+        float mine = 0.f;  // after the sums, lane r * CH + j writes row r's output for pair j
+        #pragma unroll
+        for (int r = 0; r < RW; ++r)
+            #pragma unroll
+            for (int j = 0; j < CH; ++j) {
+                float s = acc[r][j];
+                #pragma unroll
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+                if (lane == r * CH + j) mine = s;
+            }
+        const int r = lane / CH, j = lane % CH;
+        if (r < RW && row0 + r < OUT)
+            out[(size_t)pairs[c + j] * OUT + row0 + r] = static_cast<T>(mine);
+    }
+"""
+
+# Per weight kind (cuda_experts' MODE): the scale (and affine bias) of row r's group at this load (a load never
+# spans two groups: the caller asks GS to be a multiple of PW * VEC), and the PW values of one 32-bit word.
+SCALE = {
+    0: "scale[r] = 1.f; bias[r] = 0.f;",
+    1: """const size_t g = at * (IN / GS) + ld * PW * VEC / GS;
+                scale[r] = static_cast<float>(scales[g]);
+                bias[r] = static_cast<float>(biases[g]);""",
+    2: """const uint32_t s = scales[at * (IN / GS) + ld * PW * VEC / GS];
+                scale[r] = s == 0u ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
+                bias[r] = 0.f;""",
+}
+DECODE = {
+    0: """#pragma unroll
+                    for (int t = 0; t < PW; ++t) q[t] = static_cast<float>(reinterpret_cast<const T*>(&word)[t]);""",
+    1: """#pragma unroll
+                    for (int t = 0; t < PW; ++t)
+                        q[t] = static_cast<float>((word >> (BITS * t)) & ((1u << BITS) - 1u));""",
+    2: """#pragma unroll
+                    for (int t = 0; t < PW; ++t) {
+                        const uint32_t code = (word >> (4 * t)) & 15u, mag = code & 7u;
+                        const float e2m1 = mag < 2u ? 0.5f * mag
+                            : __int_as_float((int)(((mag >> 1) + 126u) << 23 | (mag & 1u) << 22));
+                        q[t] = code & 8u ? -e2m1 : e2m1;
+                    }""",
+}
+
+
+def source(mode: int) -> str:
+    """The kernel's body for weight kind `mode`."""
+    chunks = "".join(re.sub(r"\bCH\b", str(n), _CHUNK) for n in (8, 4, 2, 1))
+    return _HEAD + chunks.replace("SCALE", SCALE[mode]).replace("DECODE", DECODE[mode])
+
+
+def largest_chunk(pairs: int, experts: int) -> int:
+    """MAXCH for `pairs` pairs over `experts` experts: about the pairs an expert holds (the expected count over the
+    experts chosen at least once), so a block's registers fit what it computes."""
+    per_expert = pairs / min(pairs, experts)
+    return 1 if per_expert <= 1 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
