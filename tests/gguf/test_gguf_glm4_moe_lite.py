@@ -56,7 +56,8 @@ def test_q8_0_file_quantizes_every_matrix_its_rows_allow(parity_gguf):
 
 def test_routing_biases_stay_float32_in_bfloat16(parity_gguf):
     """Loaded in bfloat16 (the Q8_0 file, whose experts stay quantized as a CPU needs), the correction biases are
-    the file's float32 values (loading/weights.py, float32_parameters); every other float is bfloat16."""
+    the file's float32 values (loading/weights.py, float32_parameters), the routers' weights are widened to
+    float32; every other float is bfloat16."""
     path, loaded, _, _ = parity_gguf(FIXTURE, ARCH, "Q8_0", dtype="bfloat16")
     assert loaded.dtype == "bfloat16" and loaded.quantized
     params = dict(tree_flatten(loaded.model.parameters()))
@@ -65,8 +66,10 @@ def test_routing_biases_stay_float32_in_bfloat16(parity_gguf):
             bias = params[hf_name(t.name, ARCH, FIXTURE)]
             assert t.type_name == "F32" and bias.dtype == mx.float32
             np.testing.assert_array_equal(np.array(bias), t.raw.view(np.float32))
-    floats = {v.dtype for k, v in params.items()
-              if not k.endswith("e_score_correction_bias") and mx.issubdtype(v.dtype, mx.floating)}
+    routers = [v for k, v in params.items() if k.endswith(".gate.weight")]
+    assert routers and all(v.dtype == mx.float32 for v in routers)
+    floats = {v.dtype for k, v in params.items() if not k.endswith("e_score_correction_bias")
+              and not k.endswith(".gate.weight") and mx.issubdtype(v.dtype, mx.floating)}
     assert floats == {mx.bfloat16}
 
 

@@ -1,6 +1,7 @@
 """Parameters a model holds in float32 whatever dtype is asked for (loading/weights.py, float32_parameters):
 GLM-4.7-Flash's routing bias, loaded in bfloat16, keeps the checkpoint's float32 values and routes a near-tie as
-float32 does, where the bias rounded to bfloat16 would not.
+float32 does, where the bias rounded to bfloat16 would not; its router's weight, which the router computes with in
+float32, is held widened.
 
 On a CPU MLX multiplies float experts in float32 only, so the fixture is loaded in bfloat16 from an MLX-quantized
 copy (8-bit where the rows allow), as a CPU serves a MoE model in bfloat16.
@@ -22,6 +23,7 @@ from mlxd.loading.weights import cast_weights, float32_parameters, holds_float32
 FIXTURE = "glm4_moe_lite"
 GATE = "model.layers.1.mlp.gate"  # the first sparse layer's router
 BIAS = "e_score_correction_bias"
+ROUTER = "gate.weight"
 # Experts 1 and 2 of group 0 (experts 0-3) nearly tie: 1's bias is 2**-10 higher, 2's score 2**-11 higher (its
 # router row meets the input at 2**-9, sigmoid's slope there being 1/4). In bfloat16, whose step at 0.5 is 2**-8,
 # both biases are 0.5, and expert 2 would win. Expert 0 is chosen always; experts 3-7 never, nor group 1.
@@ -77,14 +79,18 @@ def test_routing_bias_stays_float32_in_bfloat16(model_folder, layout):
     assert sorted(biases) == [f"model.layers.{i}.mlp.gate.{BIAS}" for i in (1, 2)]
     for name, bias in biases.items():
         assert bias.dtype == mx.float32 and mx.array_equal(bias, stored[name]).item(), name
-    floats = {v.dtype for k, v in params.items() if not k.endswith(BIAS) and mx.issubdtype(v.dtype, mx.floating)}
+    routers = {k: v for k, v in params.items() if k.endswith(f".{ROUTER}")}
+    assert sorted(routers) == [f"model.layers.{i}.mlp.{ROUTER}" for i in (1, 2)]
+    assert all(v.dtype == mx.float32 for v in routers.values())
+    floats = {v.dtype for k, v in params.items()
+              if k not in biases and k not in routers and mx.issubdtype(v.dtype, mx.floating)}
     assert floats == {mx.bfloat16}
 
 
 def test_a_near_tie_routes_as_in_float32(near_tie_folder):
     bfloat16 = load_model(near_tie_folder, dtype="bfloat16").model.layers[1].mlp.gate
     float32 = load_model(near_tie_folder, dtype="float32").model.layers[1].mlp.gate
-    assert bfloat16.weight.dtype == mx.bfloat16
+    assert bfloat16.weight.dtype == mx.float32 and bfloat16.e_score_correction_bias.dtype == mx.float32
     assert _chosen(bfloat16) == _chosen(float32) == FLOAT32_CHOICE
     # The same router with its bias rounded to bfloat16 picks the other expert: the input is a real near-tie.
     bfloat16.e_score_correction_bias = bfloat16.e_score_correction_bias.astype(mx.bfloat16)
@@ -94,9 +100,11 @@ def test_a_near_tie_routes_as_in_float32(near_tie_folder):
 def test_the_rule_matches_whole_name_parts(model_folder):
     model = load_model(model_folder(FIXTURE), dtype="float32").model
     names = float32_parameters(model)
-    assert names == (BIAS,)
-    assert holds_float32(f"{GATE}.{BIAS}", names)
-    assert not holds_float32(f"{GATE}.weight", names) and not holds_float32(f"{GATE}.x_{BIAS}", names)
+    assert names == (BIAS, ROUTER)
+    assert holds_float32(f"{GATE}.{BIAS}", names) and holds_float32(f"{GATE}.weight", names)
+    assert not holds_float32(f"{GATE}.x_{BIAS}", names)
+    assert not holds_float32("model.layers.0.mlp.gate_proj.weight", names)
+    assert not holds_float32("model.layers.1.mlp.shared_experts.gate_proj.weight", names)
     assert float32_parameters(nn.Linear(2, 2)) == ()  # a model naming none holds every parameter as asked
     cast = cast_weights({f"{GATE}.{BIAS}": mx.ones(2), "w": mx.ones(2), "q": mx.ones(2, dtype=mx.uint32)},
                         "float16", names)
@@ -104,9 +112,10 @@ def test_the_rule_matches_whole_name_parts(model_folder):
 
 
 @pytest.mark.parametrize("arch", ["glm4_moe_lite", "nemotron_h"])
-def test_models_that_route_with_glms_router_name_its_bias(arch):
+def test_models_that_route_with_glms_router_name_its_bias_and_weight(arch):
     # Nemotron-H's MoE layers use GLM-4.7-Flash's router; the rule must match parameters the model really has.
     model = load_model(Path(__file__).parents[1] / "fixtures" / "parity" / arch, dtype="float32").model
     names = float32_parameters(model)
     matched = [name for name, _ in tree_flatten(model.parameters()) if holds_float32(name, names)]
-    assert names == (BIAS,) and matched and all(name.endswith(BIAS) for name in matched)
+    assert names == (BIAS, ROUTER) and matched
+    assert all(name.rsplit(".", 1)[0].endswith(".gate") for name in matched)  # the routers' parameters only

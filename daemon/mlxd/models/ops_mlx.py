@@ -8,9 +8,10 @@ row on CUDA (verify steps), where the fused kernel builds a plan for every new k
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -18,6 +19,8 @@ import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 _ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": nn.gelu_approx, "gelu": nn.gelu}
 
@@ -90,6 +93,14 @@ class MLXBackend:
         else:
             weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
         return indices, weights
+
+    def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
+                      scaling: float) -> tuple[mx.array, mx.array]:
+        # The element-wise ops on either side of the choice compiled (a shapeless compilation takes no slice).
+        scores, unwanted = fused("sigmoid_choice", _sigmoid_choice)(logits, bias)
+        indices = mx.argpartition(unwanted, kth=top_k - 1, axis=-1)[..., :top_k]
+        weigh = functools.partial(_sigmoid_weights, normalize=normalize, scaling=scaling)
+        return indices, fused(f"sigmoid_weights_{normalize}_{scaling}", weigh)(scores, indices)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         return (y * weights[..., None]).sum(axis=-2)
@@ -212,7 +223,7 @@ def clamped_swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float) -> 
 _fused_here = threading.local()
 
 
-def fused(name: str, fn: Callable[..., mx.array]) -> Callable[..., mx.array]:
+def fused(name: str, fn: Fn) -> Fn:
     """fn mx.compile'd, shapeless (one compilation for every shape), so its element-wise ops run as one kernel: a
     decode step is bound by kernel launches, not bandwidth (docs/performance.md). Made once per thread: MLX 0.32.4
     aborts at exit ("terminate called without an active exception") once a module-level compiled function ran on
@@ -221,7 +232,20 @@ def fused(name: str, fn: Callable[..., mx.array]) -> Callable[..., mx.array]:
     if made is None:
         made = mx.compile(fn, shapeless=True)
         setattr(_fused_here, name, made)
-    return cast(Callable[..., mx.array], made)
+    return cast(Fn, made)
+
+
+def _sigmoid_choice(logits: mx.array, bias: mx.array) -> tuple[mx.array, mx.array]:
+    """The sigmoid scores, and what the choice takes the k smallest of: -(scores + bias)."""
+    scores = mx.sigmoid(logits)
+    return scores, -(scores + bias)
+
+
+def _sigmoid_weights(scores: mx.array, indices: mx.array, normalize: bool, scaling: float) -> mx.array:
+    weights = mx.take_along_axis(scores, indices, axis=-1)
+    if normalize:
+        weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
+    return weights * scaling
 
 
 def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:

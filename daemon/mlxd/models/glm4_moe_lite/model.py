@@ -49,7 +49,9 @@ class Glm4MoeLiteModel(nn.Module):
 class Model(nn.Module):
     # Held in float32 whatever the model's dtype (loading/weights.py, float32_parameters), as transformers and
     # mlx-lm hold it: the routing bias decides between experts whose scores differ by less than a bfloat16 step.
-    FLOAT32_PARAMETERS = ("e_score_correction_bias",)
+    # The router's weight too: transformers computes the router in float32 from it (a bfloat16 copy widens
+    # exactly), and held so it is not cast again in every layer of every step.
+    FLOAT32_PARAMETERS = ("e_score_correction_bias", "gate.weight")
 
     def __init__(self, args: ModelArgs, fused: frozenset[str] = frozenset()):
         """`fused`: the groups of fusable_projections() to build as one matmul (the loader decides which)."""

@@ -39,9 +39,9 @@ class Backbone(nn.Module):
 
 
 class Model(nn.Module):
-    # Its MoE layers route with GLM-4.7-Flash's router: the routing bias stays float32 whatever the model's dtype
-    # (loading/weights.py, float32_parameters), as transformers holds it.
-    FLOAT32_PARAMETERS = ("e_score_correction_bias",)
+    # Its MoE layers route with GLM-4.7-Flash's router: the routing bias and the router's weight stay float32
+    # whatever the model's dtype (loading/weights.py, float32_parameters), as glm4_moe_lite says why.
+    FLOAT32_PARAMETERS = ("e_score_correction_bias", "gate.weight")
 
     def __init__(self, args: ModelArgs, fused: frozenset[str] = frozenset()):
         """`fused`: the groups of fusable_projections() to build as one matmul (the loader decides which)."""
