@@ -11,6 +11,8 @@ import ctypes
 import glob
 import logging
 import os
+import signal
+import subprocess
 import sys
 import sysconfig
 
@@ -26,15 +28,49 @@ def blas_candidates() -> list[str]:
             + glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"))
 
 
+# Small float32 matmuls in every transposition, beta 0 and 1, then one past OpenBLAS's small-matrix kernels, in
+# a child process: a library built for other CPUs dies of SIGILL there instead of in the daemon. (cmeel-openblas
+# 0.3.31's small-matrix sgemm uses AVX-512 on a CPU that has only AVX2, e.g. AMD's EPYC of Zen 2/3.)
+_PROBE = """
+import ctypes, sys
+blas = ctypes.CDLL(sys.argv[1])
+F = ctypes.c_float
+for n in (2, 7, 16, 130):
+    a, b, c = (F * (n * n))(*([0.5] * n * n)), (F * (n * n))(*([0.25] * n * n)), (F * (n * n))()
+    for ta in (111, 112):
+        for tb in (111, 112):
+            for beta in (0.0, 1.0):
+                blas.cblas_sgemm(101, ta, tb, n, n, n, F(1.0), a, n, b, n, F(beta), c, n)
+"""
+
+
+def runs_here(path: str) -> str:
+    """"" when the OpenBLAS at `path` multiplies on this CPU (the probe above, in a child process), else why not."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return f"{path}: its probe matmuls did not finish in 60 s"
+    if probe.returncode == 0:
+        return ""
+    if probe.returncode < 0:
+        return f"{path} fails on this CPU ({signal.Signals(-probe.returncode).name} in a float32 matmul)"
+    return f"{path}: its probe exited with {probe.returncode}: {probe.stderr.decode(errors='replace')[-300:]}"
+
+
 def find_loadable_blas() -> tuple[str | None, str]:
-    """The first candidate that the dynamic loader can open here (its own dependencies included)."""
+    """The first candidate that the dynamic loader can open here (its own dependencies included) and whose
+    matmuls run on this CPU."""
     reasons = []
     for path in blas_candidates():
         try:
             ctypes.CDLL(path)
-            return path, ""
         except OSError as error:
             reasons.append(f"{path}: {error}")
+            continue
+        why = runs_here(path)
+        if not why:
+            return path, ""
+        reasons.append(why)
     return None, "; ".join(reasons) or "no OpenBLAS found (pip install cmeel-openblas)"
 
 
