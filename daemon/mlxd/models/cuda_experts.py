@@ -225,13 +225,15 @@ def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.arra
             (quant is None and weight.dtype != x.dtype):
         return None
     by_pair = pairs < experts
+    top_k = indices.shape[-1]
+    chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts)
     kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", _INPUTS[mode], ["out"], cuda_experts_few.source(mode),
                              row_contiguous=True)
     (out,) = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PW", per_word), ("IN", in_dims),
                   ("OUT", out_dims), ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
-                  ("MAXP", MAX_PAIRS), ("MAXCH", cuda_experts_few.largest_chunk(pairs, experts)),
+                  ("MAXP", MAX_PAIRS), ("MAXCH", chunk),
                   ("BY_PAIR", by_pair)],
         grid=(256 * (pairs if by_pair else experts) * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])

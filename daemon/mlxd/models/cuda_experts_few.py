@@ -152,8 +152,12 @@ def source(mode: int) -> str:
     return _HEAD + chunks.replace("SCALE", SCALE[mode]).replace("DECODE", DECODE[mode])
 
 
-def largest_chunk(pairs: int, experts: int) -> int:
-    """MAXCH for `pairs` pairs over `experts` experts: about the pairs an expert holds (the expected count over the
-    experts chosen at least once), so a block's registers fit what it computes."""
-    per_expert = pairs / min(pairs, experts)
-    return 1 if per_expert <= 1 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
+def largest_chunk(tokens: int, top_k: int, experts: int) -> int:
+    """MAXCH for `tokens` tokens of `top_k` experts each among `experts`: about the pairs a chosen expert holds
+    (pairs over the experts expected to be chosen at least once, routing taken as uniform), so a block's registers
+    fit what it computes. Qwen3-30B-A3B at 16 tokens: 128 pairs over ~82 experts, 2."""
+    if tokens <= 1:
+        return 1
+    chosen = experts * (1 - (1 - top_k / experts) ** tokens)
+    per_expert = tokens * top_k / chosen
+    return 1 if per_expert <= 1.2 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
