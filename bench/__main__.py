@@ -39,6 +39,10 @@ BENCHMARKS = {
                         "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),
 }
 TOOLS = {
+    "nvrtc_compile": ("bench.kernels.nvrtc_compile",
+                      "compile the routed-experts CUDA kernels with NVRTC on a machine without a GPU"),
+    "mirror_experts_few": ("bench.kernels.mirror_experts_few",
+                           "the few-pairs experts kernel mirrored in NumPy, against MLX's gathered matmul (CPU)"),
     "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),
     "llama_gguf": ("bench.models.llama_gguf", "write a random-weight Llama GGUF that mlxd, mlx-lm and llama.cpp run"),
     "mlx_export": ("bench.models.mlx_export", "save the arrays mlxd serves from a GGUF as a folder mlx-lm loads"),

@@ -157,9 +157,14 @@ _LOAD_MXFP4 = """
                 const uint32_t s = scales[at * (IN / GS) + word * PER / GS];
                 scale = s == 0u ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
 """
-_INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biases"],
+INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biases"],
            _MXFP4: ["x", "idx", "w", "scales"]}
 _LOADS = {_FLOAT: _LOAD_FLOAT, _AFFINE: _LOAD_AFFINE, _MXFP4: _LOAD_MXFP4}
+
+
+def kernel_source(mode: int) -> str:
+    """The chunked kernel's body for weight kind `mode`."""
+    return _SOURCE.replace("LOAD", _LOADS[mode])
 
 
 def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:
@@ -203,7 +208,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     tiles = -(-out_dims // 32)
     if pairs < FEW_PAIRS_BELOW:
         return _few(inputs, x, indices, weight, quant, mode, bits, div, tiles)
-    kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", _INPUTS[mode], ["out"], _SOURCE.replace("LOAD", _LOADS[mode]),
+    kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", INPUTS[mode], ["out"], kernel_source(mode),
                              row_contiguous=True)
     (out,) = kernel(
         inputs=inputs,
@@ -227,7 +232,7 @@ def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.arra
     by_pair = pairs < experts
     top_k = indices.shape[-1]
     chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts)
-    kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", _INPUTS[mode], ["out"], cuda_experts_few.source(mode),
+    kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", INPUTS[mode], ["out"], cuda_experts_few.source(mode),
                              row_contiguous=True)
     (out,) = kernel(
         inputs=inputs,

@@ -1,0 +1,95 @@
+"""Compile the routed-experts kernels (models/cuda_experts.py, cuda_experts_few.py) with NVIDIA's NVRTC on a machine
+without a GPU: every weight kind, activations in bfloat16 and float32, every template choice. Catches what a GPU run
+would first fail on (syntax, types, templates), not wrong numbers.
+
+    python -m bench nvrtc_compile [--nvrtc DIR]
+
+NVRTC and the CUDA headers come from PyPI's nvidia-cuda-nvrtc-cu12 and nvidia-cuda-runtime-cu12 wheels, unpacked
+into DIR once (default: /tmp/mlxd-nvrtc). The kernel is wrapped in a signature like the one MLX's
+`mx.fast.cuda_kernel` generates (inputs by name, `idx_shape`, the output). Exits non-zero if any fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from bench import common
+
+WHEELS = ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12")
+PREAMBLE = ("#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n"
+            "typedef unsigned int uint32_t; typedef unsigned char uint8_t;\n")
+# (mode, activation type, scales type); the weight is T for floats, packed uint32 otherwise.
+KINDS = [(0, "__nv_bfloat16", "float"), (0, "float", "float"), (1, "__nv_bfloat16", "__nv_bfloat16"),
+         (1, "float", "float"), (2, "__nv_bfloat16", "uint8_t")]
+
+
+def unpacked(folder: Path) -> Path:
+    """The folder holding nvidia/cuda_nvrtc and nvidia/cuda_runtime, downloaded and unpacked the first time."""
+    if not (folder / "nvidia" / "cuda_nvrtc").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
+                        "-d", str(folder), *WHEELS], check=True)
+        for wheel in folder.glob("*.whl"):
+            zipfile.ZipFile(wheel).extractall(folder)
+    return folder
+
+
+def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> str:
+    """NVRTC's log for the kernel `source` with these inputs, instantiated as `instances` ("" when it compiles)."""
+    lib = ctypes.CDLL(str(nvrtc / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12"))
+    params = {"x": "const T* x", "idx": "const uint32_t* idx", "w": "const W* w", "scales": "const S* scales",
+              "biases": "const S* biases"}
+    signature = ", ".join([params[n] for n in inputs] + ["const int* idx_shape", "T* out"])
+    text = (f"{PREAMBLE}template <typename T, typename W, typename S, {template}>\n"
+            f"__global__ void k({signature}) {{\n{source}\n}}\n")
+    program = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), text.encode(), b"k.cu", 0, None, None) == 0
+    for name in instances:
+        assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = [b"--std=c++17", b"-arch=compute_90", b"-default-device",
+               f"-I{nvrtc / 'nvidia' / 'cuda_runtime' / 'include'}".encode()]
+    status = lib.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, log)
+    return "" if status == 0 else log.value.decode(errors="replace") or f"status {status}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--nvrtc", type=Path, default=Path("/tmp/mlxd-nvrtc"))
+    args = p.parse_args(argv)
+    from mlxd.models import cuda_experts, cuda_experts_few
+
+    nvrtc = unpacked(args.nvrtc)
+    failures = 0
+    for mode, t, s in KINDS:
+        w = t if mode == 0 else "uint32_t"
+        per = (2 if t == "__nv_bfloat16" else 1) if mode == 0 else 8
+        gs = {0: 1, 1: 64, 2: 32}[mode]
+        head = f"k<{t}, {w}, {s}, {mode}, {4 if mode else 0}"
+        chunked = compile_all(nvrtc, cuda_experts.kernel_source(mode), cuda_experts.INPUTS[mode],
+                              "int MODE, int BITS, int PER, int IN, int OUT, int GS, int DIV, int MAXP",
+                              [f"{head}, 8, 512, 96, {gs}, 4, 2048>"])
+        few = compile_all(nvrtc, cuda_experts_few.source(mode), cuda_experts.INPUTS[mode],
+                          "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, "
+                          "bool BY_PAIR",
+                          [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}>"
+                           for c, b in itertools.product((1, 2, 4, 8), (True, False))])
+        for name, log in (("chunked", chunked), ("few", few)):
+            print(f"{name} mode {mode} {t}: {'ok' if not log else 'FAILED'}")
+            if log:
+                print(log[:3000])
+                failures += 1
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
