@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU measurements the open issues ask for, as named steps, each under a time limit, its log kept and its table
+# printed: for a lent GPU machine whose minutes are few (start one step per call, or several that fit).
+#
+#   bash bench/gpu_steps.sh kernels experts moe:qwen3-30b-a3b moe:glm-4.7-flash moe:gpt-oss-20b
+#
+# Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable. Logs go to $OUT when
+# set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to /tmp/mlxd-gpu-models.
+# Steps:
+#   kernels            the CUDA kernels' tests (experts, decode attention, DeltaNet, routing) and the MoE layer's
+#   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size
+#   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
+#                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
+#   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+logs=${OUT:-/tmp/mlxd-bench/gpu}
+models=/tmp/mlxd-gpu-models
+py=${PYTHON:-python3}   # an interpreter with MLX's CUDA backend
+mkdir -p "$logs" "$models"
+
+step() {  # step NAME SECONDS COMMAND...: run it under a limit, the log in $logs/NAME.log, its last lines shown
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" > "$logs/$name.log" 2>&1
+  local rc=$?
+  tail -n 14 "$logs/$name.log"
+  [ $rc -eq 0 ] || echo "== $name: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)')"
+}
+
+model() {  # model SHAPE DTYPE BITS LAYERS -> the folder, written once
+  local out="$models/$1-$2-$3-$4" args=(--shape "$1" --dtype "$2")
+  [ "$3" = 0 ] || args+=(--bits "$3")
+  [ "$4" = all ] || args+=(--layers "$4")
+  [ -d "$out" ] || "$py" -m bench random_model "${args[@]}" --out "$out" > "$logs/make-$1.log" 2>&1 || {
+    tail -n 5 "$logs/make-$1.log" >&2; return 1; }
+  echo "$out"
+}
+
+measure() {  # measure NAME FOLDER
+  step "$1-step" 300 "$py" -m bench batch_step_profile --model "$2" --rows 16 --context 256 --rounds 2 \
+    --also-kernels mlx --variants step
+  step "$1-streams" 560 "$py" -m bench batch_throughput --model "$2" --mlx-lm --streams 1 16 \
+    --prompt-tokens 128 --new-tokens 128 --rounds 2
+}
+
+for spec in "$@"; do
+  case $spec in
+    kernels) step kernels 400 "$py" -m pytest -q -p no:cacheprovider tests/models/test_cuda_experts.py \
+               tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
+    experts) step experts 300 "$py" -m bench expert_matmul ;;
+    moe:gpt-oss*) folder=$(model "${spec#moe:}" bfloat16 0 all) && measure "${spec#moe:}" "$folder" ;;
+    moe:*) folder=$(model "${spec#moe:}" bfloat16 4 all) && measure "${spec#moe:}" "$folder" ;;
+    bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
+              folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
+    *) echo "unknown step $spec (kernels, experts, moe:SHAPE, bf16:SHAPE:LAYERS)" >&2; exit 2 ;;
+  esac
+done
