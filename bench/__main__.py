@@ -33,6 +33,8 @@ BENCHMARKS = {
                       "a MoE step's routed-expert matmul: the CUDA kernel against MLX's gathered matmul, per size"),
     "speculative": ("bench.suite.speculative",
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
+    "speculation_replay": ("bench.suite.speculation_replay",
+                           "the n-gram speculation policy replayed over recorded generations at given step costs"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "tensor_parallel": ("bench.suite.tensor_parallel",

@@ -1,0 +1,93 @@
+"""The n-gram speculation policy (engine/speculation.py) replayed over recorded greedy generations, with a cost per
+verify width given, not timed: a deterministic comparison of drafting policies, where `speculative`'s timed runs on
+a noisy machine cannot tell two policies apart (docs/performance.md, session 17).
+
+    python -m bench speculation_replay [--model smollm2 --tasks rewrite,json,free --max-tokens 160]
+                                       [--verify-costs 1,1.1,1.2,1.3,1.4]
+
+Each task's prompt (the chat template rendered by the daemon's Tokenize) and its greedy output (plain decoding)
+are recorded once from `mlxd serve`. Then a Speculator (adaptive, depth 4) steps through the output as the
+scheduler would: each step it drafts, the recorded output says how many drafts the model would accept, the step
+gives those plus one, and the step costs `--verify-costs[width - 1]` plain steps (measured costs fed to the policy
+the same way). Prints, per task, tokens per plain-step-time against plain decoding (1.0), the acceptance, and the
+same for always drafting the full depth (the policy's ceiling at these costs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+
+def record(model: Path, tasks: list[str], max_tokens: int, out: Path) -> dict[str, tuple[list[int], list[int]]]:
+    """Each task's prompt tokens and greedy output tokens, from a daemon without speculation."""
+    from bench.daemon import Daemon
+    from bench.suite.speculative import TASKS
+    from mlxd_client import Client
+    from mlxd_client.chat import chat_messages
+    from mlxd_proto.v1 import inference_pb2 as pb
+
+    recorded = {}
+    with Daemon(model, out, env=common.blas_env()) as daemon, Client(daemon.addr) as client:
+        for task in tasks:
+            output: list[int] = []
+            for response in client.generate(messages=TASKS[task], temperature=0.0, max_tokens=max_tokens,
+                                            ignore_eos=True):
+                if response.HasField("chunk"):
+                    output += list(response.chunk.token_ids)
+            request = pb.TokenizeRequest(chat=chat_messages(TASKS[task]), add_special_tokens=True)
+            prompt = list(client._unary(client.stub.Tokenize, request).ids)
+            recorded[task] = (prompt, output)
+    return recorded
+
+
+def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: bool) -> tuple[float, float]:
+    """(tokens per plain step's time against plain decoding, accepted / drafted) for one generation."""
+    from mlxd.engine.speculation import Speculator
+
+    spec = Speculator(max_depth=len(costs) - 1, adaptive=adaptive)
+    for width, cost in enumerate(costs, start=1):  # the costs the policy would have measured
+        for _ in range(3):
+            spec.timed(1, width, cost)
+    spec.start(0, prompt, cap=None)
+    done, time, drafted, accepted = 0, 0.0, 0, 0
+    while done < len(output):
+        drafts = spec.drafts({0: len(output) - done}).get(0, [])
+        if not drafts:
+            spec.probe({0: len(output) - done})
+        right = 0
+        while right < len(drafts) and drafts[right] == output[done + right]:
+            right += 1
+        tokens = output[done:done + right + 1]
+        spec.observe(0, drafts, tokens)
+        time += costs[len(drafts)]
+        done += len(tokens)
+        drafted, accepted = drafted + len(drafts), accepted + right
+    return len(output) / time, accepted / max(drafted, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    common.add_out_arg(p, "speculation_replay")
+    p.add_argument("--tasks", default="rewrite,json,free")
+    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--verify-costs", default="1,1.1,1.2,1.3,1.4",
+                   help="a step's cost in plain steps for widths 1 (plain), 2, ... (default: %(default)s)")
+    args = p.parse_args(argv)
+    costs = [float(c) for c in args.verify_costs.split(",")]
+    recorded = record(common.resolve_model(args.model), args.tasks.split(","), args.max_tokens, args.out)
+    lines: list[list[Any]] = []
+    for task, (prompt, output) in recorded.items():
+        rate, acceptance = replay(prompt, output, costs, adaptive=True)
+        full_rate, full_acceptance = replay(prompt, output, costs, adaptive=False)
+        lines.append([task, len(output), rate, acceptance, full_rate, full_acceptance])
+    print(f"verify costs (plain steps) for widths 1..{len(costs)}: {costs}")
+    print(common.table(["task", "tokens", "adaptive x plain", "acceptance", "full depth x plain", "acceptance"],
+                       lines))
+
+
+if __name__ == "__main__":
+    main()
