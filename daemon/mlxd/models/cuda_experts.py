@@ -7,7 +7,8 @@ features, lists the pairs routed to that expert (from the indices, in shared mem
 one read of those weights: each warp holds 4 weight rows, so every activation value it loads serves 4 rows, and
 works through the pairs 8 (then 4, 2, 1) at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
 scales, decoded here), or floats. MLX's gathered matmuls stay the reference (tests/models/test_cuda_experts.py)
-and what larger inputs (prefill chunks, sorted by expert) run.
+and what runs outside MIN_PAIRS..MAX_PAIRS: a small batch's decode step, where this kernel measured slower
+(cuda_experts_few.py is the kernel meant for it, not yet measured), and long prefill chunks, sorted by expert.
 """
 
 from __future__ import annotations
