@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import mlx.core as mx
 
@@ -33,10 +33,10 @@ class DeltaHeads:
     tiled: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class ExpertQuantization:
+class ExpertQuantization(NamedTuple):
     """How a layer's stacked expert weights are quantized (models/moe.py QuantizedSwitchLinear): MLX's `mode`
-    ("affine", "mxfp4", ...), its group size and bits, the scales, and the biases of affine mode."""
+    ("affine", "mxfp4", ...), its group size and bits, the scales, and the biases of affine mode. A named tuple:
+    a layer makes one per call in every decode step, and a frozen dataclass takes ~1.4 us to make, this ~0.6."""
 
     group_size: int
     bits: int
