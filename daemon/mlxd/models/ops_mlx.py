@@ -94,13 +94,14 @@ class MLXBackend:
             weights = mx.take_along_axis(mx.softmax(logits, axis=-1, precise=True), indices, axis=-1)
         return indices, weights
 
-    def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
-                      scaling: float) -> tuple[mx.array, mx.array]:
+    def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
+                      n_group: int = 1, topk_group: int = 1) -> tuple[mx.array, mx.array]:
         # The element-wise ops on either side of the choice compiled (a shapeless compilation takes no slice).
         scores, unwanted = fused("sigmoid_choice", _sigmoid_choice)(logits, bias)
+        if topk_group < n_group:
+            unwanted = _drop_groups(unwanted, n_group, n_group - topk_group)
         indices = mx.argpartition(unwanted, kth=top_k - 1, axis=-1)[..., :top_k]
-        weigh = functools.partial(_sigmoid_weights, normalize=normalize, scaling=scaling)
-        return indices, fused(f"sigmoid_weights_{normalize}_{scaling}", weigh)(scores, indices)
+        return indices, fused(*_sigmoid_weigher(normalize, scaling))(scores, indices)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         return (y * weights[..., None]).sum(axis=-2)
@@ -239,6 +240,22 @@ def _sigmoid_choice(logits: mx.array, bias: mx.array) -> tuple[mx.array, mx.arra
     """The sigmoid scores, and what the choice takes the k smallest of: -(scores + bias)."""
     scores = mx.sigmoid(logits)
     return scores, -(scores + bias)
+
+
+def _drop_groups(unwanted: mx.array, n_group: int, dropped: int) -> mx.array:
+    """`unwanted` (-choice) [..., E] with the `dropped` groups whose two best choice scores sum lowest ruled out."""
+    choice = -unwanted.reshape(*unwanted.shape[:-1], n_group, -1)
+    group_scores = mx.topk(choice, min(2, choice.shape[-1]), axis=-1).sum(axis=-1)  # [..., n_group]
+    worst = mx.argpartition(group_scores, kth=dropped - 1, axis=-1)[..., :dropped]
+    choice = mx.put_along_axis(choice, worst[..., None], mx.array(-mx.inf, mx.float32), axis=-2)
+    return -choice.reshape(unwanted.shape)
+
+
+@functools.cache
+def _sigmoid_weigher(normalize: bool, scaling: float) -> tuple[str, Callable[..., mx.array]]:
+    """The name and function `fused` compiles for these weights: made once, not in every layer of every step."""
+    return (f"sigmoid_weights_{normalize}_{scaling}",
+            functools.partial(_sigmoid_weights, normalize=normalize, scaling=scaling))
 
 
 def _sigmoid_weights(scores: mx.array, indices: mx.array, normalize: bool, scaling: float) -> mx.array:

@@ -41,22 +41,9 @@ class GroupLimitedRouter(nn.Module):
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """The experts [..., k] (in no particular order) and their weights [..., k] in x's dtype."""
         logits = x.astype(mx.float32) @ self.weight.astype(mx.float32).T
-        bias = self.e_score_correction_bias.astype(mx.float32)
-        dropped = self.n_group - self.topk_group
-        if not dropped:
-            indices, weights = ops.route_sigmoid(logits, bias, self.top_k, self.normalize, self.scaling)
-            return indices, weights.astype(x.dtype)
-        scores = mx.sigmoid(logits)
-        groups = (scores + bias).reshape(*scores.shape[:-1], self.n_group, -1)
-        best_two = min(2, groups.shape[-1])
-        group_scores = mx.topk(groups, best_two, axis=-1).sum(axis=-1)  # [..., n_group]
-        worst = mx.argpartition(group_scores, kth=dropped - 1, axis=-1)[..., :dropped]
-        groups = mx.put_along_axis(groups, worst[..., None], mx.array(-mx.inf, mx.float32), axis=-2)
-        indices = mx.argpartition(-groups.reshape(scores.shape), kth=self.top_k - 1, axis=-1)[..., : self.top_k]
-        weights = mx.take_along_axis(scores, indices, axis=-1)
-        if self.normalize:
-            weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
-        return indices, (weights * self.scaling).astype(x.dtype)
+        indices, weights = ops.route_sigmoid(logits, self.e_score_correction_bias.astype(mx.float32), self.top_k,
+                                             self.normalize, self.scaling, self.n_group, self.topk_group)
+        return indices, weights.astype(x.dtype)
 
 
 class SharedExpertMoe(moe.SparseMoe):
