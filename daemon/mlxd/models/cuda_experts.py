@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from mlxd.models import cuda_experts_few, cuda_jit
 from mlxd.models.base import ExpertQuantization
+from mlxd.models.cuda_experts_code import E2M1_MAGNITUDE, E8M0_SCALE, SUM_AND_WRITE
 
 # The most (token, expert) pairs one call takes: each block keeps the list of its expert's pairs in shared memory
 # (4 bytes a pair). 256 tokens of 8 experts; larger inputs are prefill chunks, sorted by expert for MLX's kernel.
@@ -111,22 +112,11 @@ _CHUNK = """
                 }
             }
         }
-        float mine = 0.f;  // after the sums, lane r * CH + j writes row r's output for pair j
-        #pragma unroll
-        for (int r = 0; r < RW; ++r)
-            #pragma unroll
-            for (int j = 0; j < CH; ++j) {
-                float v = acc[r][j];
-                #pragma unroll
-                for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-                if (lane == r * CH + j) mine = v;
-            }
-        const int r = lane / CH, j = lane % CH;
-        if (r < RW && row0 + r < OUT)
-            out[(size_t)pairs[c + j] * OUT + row0 + r] = static_cast<T>(mine);
+SUM_AND_WRITE
     }
 """
 
+_CHUNK = _CHUNK.replace("SUM_AND_WRITE\n", SUM_AND_WRITE.lstrip("\n"))
 _SOURCE = (_HEAD
            + "    for (; m - c >= 8; c += 8)" + _CHUNK.replace("CH", "8")
            + "".join(f"    if (m - c >= {n})" + _CHUNK.replace("CH", str(n)) + f"    if (m - c >= {n}) c += {n};\n"
@@ -151,12 +141,11 @@ _LOAD_MXFP4 = """
                 #pragma unroll
                 for (int t = 0; t < PER; ++t) {
                     const uint32_t code = (bits >> (4 * t)) & 15u, mag = code & 7u;
-                    const float v = mag < 2u ? 0.5f * mag
-                        : __int_as_float((int)(((mag >> 1) + 126u) << 23 | (mag & 1u) << 22));
+                    const float v = E2M1_MAGNITUDE;
                     q[t] = code & 8u ? -v : v;
                 }
                 const uint32_t s = scales[at * (IN / GS) + word * PER / GS];
-                scale = s == 0u ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
+                scale = E8M0_SCALE;
 """
 INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biases"],
            _MXFP4: ["x", "idx", "w", "scales"]}
@@ -165,7 +154,8 @@ _LOADS = {_FLOAT: _LOAD_FLOAT, _AFFINE: _LOAD_AFFINE, _MXFP4: _LOAD_MXFP4}
 
 def kernel_source(mode: int) -> str:
     """The chunked kernel's body for weight kind `mode`."""
-    return _SOURCE.replace("LOAD", _LOADS[mode])
+    return (_SOURCE.replace("LOAD", _LOADS[mode]).replace("E2M1_MAGNITUDE", E2M1_MAGNITUDE)
+            .replace("E8M0_SCALE", E8M0_SCALE))
 
 
 def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:

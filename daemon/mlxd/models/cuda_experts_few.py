@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 
+from mlxd.models.cuda_experts_code import E2M1_MAGNITUDE, E8M0_SCALE, SUM_AND_WRITE
+
 # The head: which expert and rows are the block's, and that expert's pairs (with BY_PAIR the block of a pair whose
 # expert an earlier pair also has returns: the earlier one's block takes them all).
 _HEAD = """
@@ -103,19 +105,7 @@ _CHUNK = """
                 }
             }
         }
-        float mine = 0.f;  // after the sums, lane r * CH + j writes row r's output for pair j
-        #pragma unroll
-        for (int r = 0; r < RW; ++r)
-            #pragma unroll
-            for (int j = 0; j < CH; ++j) {
-                float s = acc[r][j];
-                #pragma unroll
-                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-                if (lane == r * CH + j) mine = s;
-            }
-        const int r = lane / CH, j = lane % CH;
-        if (r < RW && row0 + r < OUT)
-            out[(size_t)pairs[c + j] * OUT + row0 + r] = static_cast<T>(mine);
+SUM_AND_WRITE
     }
 """
 
@@ -127,7 +117,7 @@ SCALE = {
                 scale[r] = static_cast<float>(scales[g]);
                 bias[r] = static_cast<float>(biases[g]);""",
     2: """const uint32_t s = scales[at * (IN / GS) + ld * PW * VEC / GS];
-                scale[r] = s == 0u ? __int_as_float(0x00400000) : __int_as_float((int)(s << 23));
+                scale[r] = E8M0_SCALE;
                 bias[r] = 0.f;""",
 }
 DECODE = {
@@ -139,8 +129,7 @@ DECODE = {
     2: """#pragma unroll
                     for (int t = 0; t < PW; ++t) {
                         const uint32_t code = (word >> (4 * t)) & 15u, mag = code & 7u;
-                        const float e2m1 = mag < 2u ? 0.5f * mag
-                            : __int_as_float((int)(((mag >> 1) + 126u) << 23 | (mag & 1u) << 22));
+                        const float e2m1 = E2M1_MAGNITUDE;
                         q[t] = code & 8u ? -e2m1 : e2m1;
                     }""",
 }
@@ -148,8 +137,10 @@ DECODE = {
 
 def source(mode: int) -> str:
     """The kernel's body for weight kind `mode`."""
-    chunks = "".join(re.sub(r"\bCH\b", str(n), _CHUNK) for n in (8, 4, 2, 1))
-    return _HEAD + chunks.replace("SCALE", SCALE[mode]).replace("DECODE", DECODE[mode])
+    chunk = _CHUNK.replace("SUM_AND_WRITE\n", SUM_AND_WRITE.lstrip("\n"))
+    chunks = "".join(re.sub(r"\bCH\b", str(n), chunk) for n in (8, 4, 2, 1))
+    return (_HEAD + chunks.replace("SCALE", SCALE[mode]).replace("DECODE", DECODE[mode])
+            .replace("E2M1_MAGNITUDE", E2M1_MAGNITUDE).replace("E8M0_SCALE", E8M0_SCALE))
 
 
 def largest_chunk(tokens: int, top_k: int, experts: int) -> int:
