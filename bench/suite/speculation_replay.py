@@ -38,7 +38,7 @@ def record(model: Path, tasks: list[str], max_tokens: int, out: Path) -> dict[st
                 if response.HasField("chunk"):
                     output += list(response.chunk.token_ids)
             request = pb.TokenizeRequest(chat=chat_messages(TASKS[task]), add_special_tokens=True)
-            prompt = list(client._unary(client.stub.Tokenize, request).ids)
+            prompt = list(client.stub.Tokenize(request).ids)  # the chat rendered as the daemon renders it
             recorded[task] = (prompt, output)
     return recorded
 
