@@ -79,14 +79,17 @@ def main(argv: list[str] | None = None) -> None:
                                                      args.out / "mlx-lm.log"))
             runs["mlx-lm"] = functools.partial(batch.run, anchor)
 
-        def prompts(streams: int) -> list[list[int]]:
-            return common.stream_prompts(vocab, streams, args.prompt_tokens, args.mixed)
+        def prompts(streams: int, round_: int) -> list[list[int]]:
+            # New prompts each round: the same ones again would be served from mlxd's prefix cache (mlx-lm keeps
+            # none), and its prefill would not be measured at all.
+            return common.stream_prompts(vocab, streams, args.prompt_tokens, args.mixed, salt=round_)
 
         for n in args.streams:  # warm-up at each batch size
             for run in runs.values():
-                run(prompts(n), min(args.new_tokens, 16))
+                run(prompts(n, 0), min(args.new_tokens, 16))
         rows = common.alternate(args.rounds, args.streams, runs,
-                                lambda name, n, _: runs[name](prompts(n), args.new_tokens), args.out / "runs.jsonl")
+                                lambda name, n, round_: runs[name](prompts(n, round_), args.new_tokens),
+                                args.out / "runs.jsonl")
 
     print(f"\n{model}: prompts of {args.prompt_tokens} tokens{' (mixed lengths)' if args.mixed else ''}, "
           f"{args.new_tokens} new tokens per stream, medians of {args.rounds} rounds; logs in {args.out}")

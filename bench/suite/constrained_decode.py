@@ -103,13 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         with Client(daemon.addr) as client:
             info = client.model_info()
 
-        def prompts(n: int) -> list[list[int]]:
-            return common.stream_prompts(info.vocab_size, n, args.prompt_tokens)
+        def prompts(n: int, salt: int) -> list[list[int]]:  # new for each run: none served from the prefix cache
+            return common.stream_prompts(info.vocab_size, n, args.prompt_tokens, salt=salt)
 
-        def run(name: str, n: int, _round: int) -> common.Row:
+        def run(name: str, n: int, round_: int) -> common.Row:
             # mixed: the odd streams constrained, the even ones free (compared with the even ones of "free").
-            chosen = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}[name]
-            row = streams(daemon.addr, prompts(n), args.new_tokens, chosen)
+            kinds = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}
+            chosen = kinds[name]
+            row = streams(daemon.addr, prompts(n, 3 * round_ + list(kinds).index(name)), args.new_tokens, chosen)
             return {**row, "tps": row["constrained_tps" if name == "constrained" else "free_tps"],
                     "even_free_tps": row["even_tps"] if name != "constrained" else 0.0}
 

@@ -13,6 +13,8 @@ and what runs outside MIN_PAIRS..MAX_PAIRS: a small batch's decode step, where t
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 
 from mlxd.models import cuda_experts_few, cuda_jit
@@ -29,8 +31,8 @@ MAX_PAIRS = 2048
 MIN_PAIRS = 256
 
 # Below this many pairs, cuda_experts_few.py's kernel (built for few pairs per expert): 0, off, until it has run on
-# a GPU (its tests, then `bench expert_matmul`).
-FEW_PAIRS_BELOW = 0
+# a GPU (its tests, then `bench expert_matmul`). MLXD_FEW_PAIRS_BELOW sets it for a measurement on a new GPU.
+FEW_PAIRS_BELOW = int(os.environ.get("MLXD_FEW_PAIRS_BELOW", "0"))
 
 
 def takes(pairs: int) -> bool:
