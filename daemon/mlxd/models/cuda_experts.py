@@ -13,6 +13,7 @@ and what runs outside MIN_PAIRS..MAX_PAIRS: a small batch's decode step, where t
 
 from __future__ import annotations
 
+import functools
 import os
 
 import mlx.core as mx
@@ -154,8 +155,9 @@ INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biase
 _LOADS = {_FLOAT: _LOAD_FLOAT, _AFFINE: _LOAD_AFFINE, _MXFP4: _LOAD_MXFP4}
 
 
+@functools.cache
 def kernel_source(mode: int) -> str:
-    """The chunked kernel's body for weight kind `mode`."""
+    """The chunked kernel's body for weight kind `mode` (made once: every decode step asks for it)."""
     return (_SOURCE.replace("LOAD", _LOADS[mode]).replace("E2M1_MAGNITUDE", E2M1_MAGNITUDE)
             .replace("E8M0_SCALE", E8M0_SCALE))
 
