@@ -173,6 +173,12 @@ def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:
     return None
 
 
+def decodes(quant: ExpertQuantization | None) -> bool:
+    """Whether the kernels read weights quantized so (MLX's kernel takes 2, 3, 5 and 6 bits, and affine without
+    biases)."""
+    return _kind(quant) is not None
+
+
 def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
                   quant: ExpertQuantization | None) -> mx.array | None:
     """Each pair's row of x times its expert's matrix, transposed: x [..., 1, in] (one row per pair, or one per

@@ -70,6 +70,9 @@ class SwitchLinear(nn.Module):
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
         return _add_bias(self, ops.gather_matmul(x, indices, self.weight, None, sorted_indices), indices)
 
+    def quantization(self) -> ExpertQuantization | None:
+        return None
+
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine") -> QuantizedSwitchLinear:
         """This layer with quantized weights (what nn.quantize calls, as it does on nn.Linear)."""
         experts, output_dims, input_dims = self.weight.shape
@@ -99,8 +102,11 @@ class QuantizedSwitchLinear(nn.Module):
             self.bias = mx.zeros((experts, output_dims))
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        quant = ExpertQuantization(self.group_size, self.bits, self.mode, self.scales, self.get("biases"))
-        return _add_bias(self, ops.gather_matmul(x, indices, self.weight, quant, sorted_indices), indices)
+        return _add_bias(self, ops.gather_matmul(x, indices, self.weight, self.quantization(), sorted_indices),
+                         indices)
+
+    def quantization(self) -> ExpertQuantization:
+        return ExpertQuantization(self.group_size, self.bits, self.mode, self.scales, self.get("biases"))
 
 
 def _add_bias(layer: nn.Module, y: mx.array, indices: mx.array) -> mx.array:
@@ -116,7 +122,7 @@ class StackedExperts(nn.Module):
         """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
         order = None
-        if ops.sorts_experts(indices.size):
+        if ops.sorts_experts(indices.size, [p.quantization() for p in self.projections()]):
             x, experts, order = _sort_by_expert(x, indices)
         else:
             experts = indices
@@ -127,6 +133,10 @@ class StackedExperts(nn.Module):
 
     def mlp(self, x: mx.array, experts: mx.array, by_expert: bool, tokens: int) -> mx.array:
         """Rows x [..., 1, dims] through their experts [...] (the rows ordered by expert when `by_expert`)."""
+        raise NotImplementedError
+
+    def projections(self) -> list[SwitchLinear | QuantizedSwitchLinear]:
+        """The stacked projections `mlp` applies (their weight kinds decide whether the pairs are sorted)."""
         raise NotImplementedError
 
 
@@ -154,6 +164,11 @@ class SwitchGLU(StackedExperts):
             gate, up = self.gate_proj(x, experts, by_expert), self.up_proj(x, experts, by_expert)
         return self.down_proj(self.activation(gate, up, tokens), experts, by_expert)
 
+    def projections(self) -> list[SwitchLinear | QuantizedSwitchLinear]:
+        if self.fused:
+            return [self.gate_up_proj, self.down_proj]
+        return [self.gate_proj, self.up_proj, self.down_proj]
+
 
 class SwitchMLP(StackedExperts):
     """Ungated experts: fc2(activation(fc1 x)), each projection's E matrices stacked (Nemotron-H's relu² experts,
@@ -168,6 +183,9 @@ class SwitchMLP(StackedExperts):
 
     def mlp(self, x: mx.array, experts: mx.array, by_expert: bool, tokens: int) -> mx.array:
         return self.fc2(self.activation(self.fc1(x, experts, by_expert)), experts, by_expert)
+
+    def projections(self) -> list[SwitchLinear | QuantizedSwitchLinear]:
+        return [self.fc1, self.fc2]
 
 
 def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array, mx.array]:

@@ -16,6 +16,8 @@ other GPUs run; tests/models/test_ops_cuda.py holds each kernel to them on a CUD
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.core as mx
 
 from mlxd.models import cuda_experts
@@ -51,10 +53,10 @@ class CudaBackend(MLXBackend):
         out = cuda_experts.gather_matmul(x, indices, weight, quant)
         return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
 
-    def sorts_experts(self, pairs: int) -> bool:
-        if cuda_experts.takes(pairs):
+    def sorts_experts(self, pairs: int, weights: Sequence[ExpertQuantization | None]) -> bool:
+        if cuda_experts.takes(pairs) and all(cuda_experts.decodes(w) for w in weights):
             return False  # the kernels list each expert's pairs themselves
-        return super().sorts_experts(pairs)
+        return super().sorts_experts(pairs, weights)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         if y.dtype != weights.dtype:  # the sum then takes the wider dtype (GLM's float32 routing weights)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import mlx.core as mx
@@ -81,7 +81,7 @@ class MLXBackend:
                              group_size=quant.group_size, bits=quant.bits, mode=quant.mode,
                              sorted_indices=sorted_indices)
 
-    def sorts_experts(self, pairs: int) -> bool:
+    def sorts_experts(self, pairs: int, weights: Sequence[ExpertQuantization | None]) -> bool:
         # mlx-lm's threshold: below it (decode steps of a small batch) the argsort and the two gathers cost more
         # than the scattered reads they save.
         return pairs >= 64
