@@ -8,7 +8,7 @@ A CUDA device only. For each published shape's gate/up and down projections (4-b
 MXFP4) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
 overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. Each
 kernel is timed at every size, whatever the thresholds say, and checked against MLX's result. Prints MLX / kernel
-last (above 1: the kernel faster).
+last (above 1: the kernel faster), and the host's part of each call.
 """
 
 from __future__ import annotations
@@ -27,21 +27,26 @@ SHAPES = {
 }
 
 
-def best_us(call: Callable[[], object], calls: int, rounds: int) -> float:
+def best_us(call: Callable[[], object], calls: int, rounds: int) -> tuple[float, float]:
+    """The best of `rounds` per call, in us: the whole (building `calls` calls, then evaluating them), and the
+    building alone (the host's part: where the whole is no more, the device waited on the host)."""
     import mlx.core as mx
 
     mx.eval(call())
-    best = float("inf")
+    best, host = float("inf"), float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
-        mx.eval([call() for _ in range(calls)])
+        outs = [call() for _ in range(calls)]
+        built = time.perf_counter()
+        mx.eval(outs)
         best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
+        host = min(host, (built - start) / calls)
+    return best * 1e6, host * 1e6
 
 
 def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int) -> list[float]:
-    """us per call of MLX's gathered matmul, the chunked kernel and the few-pairs kernel; then each kernel's
-    largest error relative to MLX's largest output."""
+    """us per call of MLX's gathered matmul, the chunked kernel and the few-pairs kernel, then the host's part of
+    each; then each kernel's largest error relative to MLX's largest output."""
     import mlx.core as mx
 
     from mlxd.models import cuda_experts, ops
@@ -62,7 +67,8 @@ def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: i
     calls_of = [mlx_call, kernel_call(False), kernel_call(True)]
     errors = [(mx.abs(f().astype(mx.float32) - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
               for f in calls_of[1:]]
-    return [best_us(f, calls, rounds) for f in calls_of] + errors
+    timed = [best_us(f, calls, rounds) for f in calls_of]
+    return [whole for whole, _ in timed] + [host for _, host in timed] + errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,12 +102,15 @@ def main(argv: list[str] | None = None) -> None:
                 x = mx.random.normal(rows).astype(mx.bfloat16)
                 mx.eval(packed, quant.scales, indices, x)
 
-                mlx_us, chunked_us, few_us, *errors = compare(x, indices, packed, quant, args.calls, args.rounds)
+                mlx_us, chunked_us, few_us, *hosts, chunked_error, few_error = compare(
+                    x, indices, packed, quant, args.calls, args.rounds)
                 lines.append([shape, name, tokens, tokens * top_k, mlx_us, chunked_us, few_us, mlx_us / chunked_us,
-                              mlx_us / few_us, max(errors)])
+                              mlx_us / few_us, "/".join(f"{h:.0f}" for h in hosts),
+                              max(chunked_error, few_error)])
                 print(lines[-1], flush=True)
     print(common.table(["shape", "projection", "tokens", "pairs", "MLX us", "chunked us", "few us",
-                        "MLX/chunked", "MLX/few", "rel. error"], lines))
+                        "MLX/chunked", "MLX/few", "host us", "rel. error"], lines))
+    print("host us: building the calls alone (MLX / chunked / few); where it is near the whole, the host decided")
 
 
 if __name__ == "__main__":
