@@ -122,7 +122,7 @@ class StackedExperts(nn.Module):
         """Each token of x [..., dims] through each of its experts indices [..., k]: [..., k, dims]."""
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, dims]: one row per token, broadcast over its k experts
         order = None
-        if ops.sorts_experts(indices.size, [p.quantization() for p in self.projections()]):
+        if ops.sorts_experts(indices.size, self.quantizations):
             x, experts, order = _sort_by_expert(x, indices)
         else:
             experts = indices
@@ -136,8 +136,12 @@ class StackedExperts(nn.Module):
         raise NotImplementedError
 
     def projections(self) -> list[SwitchLinear | QuantizedSwitchLinear]:
-        """The stacked projections `mlp` applies (their weight kinds decide whether the pairs are sorted)."""
+        """The stacked projections `mlp` applies."""
         raise NotImplementedError
+
+    def quantizations(self) -> list[ExpertQuantization | None]:
+        """Each projection's weight kind (whether the pairs are sorted may depend on them: `ops.sorts_experts`)."""
+        return [p.quantization() for p in self.projections()]
 
 
 class SwitchGLU(StackedExperts):

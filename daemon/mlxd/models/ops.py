@@ -13,7 +13,7 @@ Only the worker thread, which alone runs MLX, loads a model and so switches the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import mlx.core as mx
@@ -149,10 +149,11 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array, quant: Exper
     return _backend.gather_matmul(x, indices, weight, quant, sorted_indices)
 
 
-def sorts_experts(pairs: int, weights: Sequence[ExpertQuantization | None]) -> bool:
+def sorts_experts(pairs: int, weights: Callable[[], Sequence[ExpertQuantization | None]]) -> bool:
     """Whether `gather_matmul` wants this many (token, expert) pairs ordered by expert first (MLX's kernels for a
-    prefill chunk's many pairs), for a layer whose projections hold `weights` (each one's quantization, None for
-    floats); the CUDA backend's own kernel takes a decode step's pairs as they come, where it decodes them all."""
+    prefill chunk's many pairs), for a layer whose projections' weights `weights()` gives (each one's quantization,
+    None for floats: asked for only where it decides, since building them costs host time in every layer of every
+    step); the CUDA backend's own kernel takes a decode step's pairs as they come, where it decodes them all."""
     return _backend.sorts_experts(pairs, weights)
 
 

@@ -16,7 +16,7 @@ other GPUs run; tests/models/test_ops_cuda.py holds each kernel to them on a CUD
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import mlx.core as mx
 
@@ -53,8 +53,8 @@ class CudaBackend(MLXBackend):
         out = cuda_experts.gather_matmul(x, indices, weight, quant)
         return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
 
-    def sorts_experts(self, pairs: int, weights: Sequence[ExpertQuantization | None]) -> bool:
-        if cuda_experts.takes(pairs) and all(cuda_experts.decodes(w) for w in weights):
+    def sorts_experts(self, pairs: int, weights: Callable[[], Sequence[ExpertQuantization | None]]) -> bool:
+        if cuda_experts.takes(pairs) and all(cuda_experts.decodes(w) for w in weights()):
             return False  # the kernels list each expert's pairs themselves
         return super().sorts_experts(pairs, weights)
 

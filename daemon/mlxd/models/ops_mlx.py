@@ -81,7 +81,7 @@ class MLXBackend:
                              group_size=quant.group_size, bits=quant.bits, mode=quant.mode,
                              sorted_indices=sorted_indices)
 
-    def sorts_experts(self, pairs: int, weights: Sequence[ExpertQuantization | None]) -> bool:
+    def sorts_experts(self, pairs: int, weights: Callable[[], Sequence[ExpertQuantization | None]]) -> bool:
         # mlx-lm's threshold: below it (decode steps of a small batch) the argsort and the two gathers cost more
         # than the scattered reads they save.
         return pairs >= 64
