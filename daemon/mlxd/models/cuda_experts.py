@@ -8,7 +8,8 @@ one read of those weights: each warp holds 4 weight rows, so every activation va
 works through the pairs 8 (then 4, 2, 1) at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
 scales, decoded here), or floats. MLX's gathered matmuls stay the reference (tests/models/test_cuda_experts.py)
 and what runs outside MIN_PAIRS..MAX_PAIRS: a small batch's decode step, where this kernel measured slower
-(cuda_experts_few.py is the kernel meant for it, not yet measured), and long prefill chunks, sorted by expert.
+(cuda_experts_few.py is the kernel meant for it, correct on the H200, its speed not yet measured), and long
+prefill chunks, sorted by expert.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ MAX_PAIRS = 2048
 # 512 pairs 1.18-1.67x; one token 0.35-0.67x). `python -m bench expert_matmul` measures every size.
 MIN_PAIRS = 256
 
-# Below this many pairs, cuda_experts_few.py's kernel (built for few pairs per expert): 0, off, until it has run on
-# a GPU (its tests, then `bench expert_matmul`). MLXD_FEW_PAIRS_BELOW sets it for a measurement on a new GPU.
+# Below this many pairs, cuda_experts_few.py's kernel (built for few pairs per expert): 0, off, until `bench
+# expert_matmul` has timed it (its tests pass on the H200). MLXD_FEW_PAIRS_BELOW sets it for a measurement.
 FEW_PAIRS_BELOW = int(os.environ.get("MLXD_FEW_PAIRS_BELOW", "0"))
 
 
