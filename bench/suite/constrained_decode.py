@@ -78,10 +78,10 @@ def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: 
         row.fill_bitmask(mask)
         fills.append(time.perf_counter() - started)
         allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))
-        allowed = [t for t in allowed if t not in eos]
-        if not allowed or row.is_stopped():
+        choices = [t for t in allowed if t not in eos]
+        if not choices or row.is_stopped():
             break
-        row.consume(int(allowed[len(allowed) // 2]))
+        row.consume(int(choices[len(choices) // 2]))
     return {"tables_ms": tables_s * 1e3, "compile_ms": compile_s * 1e3,
             "fill_p50_us": float(np.percentile(fills, 50) * 1e6), "fill_p99_us": float(np.percentile(fills, 99) * 1e6)}
 
