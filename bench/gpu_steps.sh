@@ -74,12 +74,13 @@ for spec in "$@"; do
                tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
-    streams:*) folder=$(model "${spec#streams:}" bfloat16 "$(bits "${spec#streams:}")" all) && step "${spec#streams:}-streams" 400 "$py" -m bench \
-                 batch_throughput --model "$folder" --mlx-lm --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds 2 ;;
-    prefill:*) folder=$(model "${spec#prefill:}" bfloat16 "$(bits "${spec#prefill:}")" all) && step "${spec#prefill:}-prefill" 300 "$py" -m bench \
-                 batch_throughput --model "$folder" --mlx-lm --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
-    moe:gpt-oss*) folder=$(model "${spec#moe:}" bfloat16 0 all) && measure "${spec#moe:}" "$folder" ;;
-    moe:*) folder=$(model "${spec#moe:}" bfloat16 4 all) && measure "${spec#moe:}" "$folder" ;;
+    streams:*) shape=${spec#streams:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
+                 step "$shape-streams" 400 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
+                   --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds 2 ;;
+    prefill:*) shape=${spec#prefill:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
+                 step "$shape-prefill" 300 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
+                   --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
+    moe:*) shape=${spec#moe:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) && measure "$shape" "$folder" ;;
     bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
     *) echo "unknown step $spec (kernels, few, experts, moe:SHAPE, bf16:SHAPE:LAYERS, streams:SHAPE, prefill:SHAPE)" >&2
