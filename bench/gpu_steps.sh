@@ -17,7 +17,7 @@
 #   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
 #   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250 s), and prefill:SHAPE one stream
 #                      of 2,048-token prompts (~100 s)
-# MLXD_FEW_PAIRS_BELOW=N in the environment switches the few-pairs kernel on below N pairs (models/cuda_experts.py).
+# Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

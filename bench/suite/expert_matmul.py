@@ -1,6 +1,6 @@
 """The routed experts' matmul alone: the CUDA backend's two kernels (models/cuda_experts.py, chunked, and
 cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one process, at every size, to choose
-`cuda_experts.MIN_PAIRS` and `FEW_PAIRS_BELOW`.
+`cuda_experts.kernel_for`'s table.
 
     python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
 
@@ -57,7 +57,7 @@ def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: i
 
     def kernel_call(few: bool) -> Callable[[], mx.array]:
         def call() -> mx.array:
-            cuda_experts.FEW_PAIRS_BELOW = cuda_experts.MAX_PAIRS if few else 0
+            cuda_experts.FORCE = "few" if few else "chunked"
             out = cuda_experts.gather_matmul(x, indices, packed, quant)
             assert out is not None, f"the kernel declined {indices.size} pairs"
             return out
@@ -81,12 +81,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlx.core as mx
 
-    from mlxd.models import cuda_experts
     from mlxd.models.base import ExpertQuantization
 
     if not mx.cuda.is_available():
         raise SystemExit("expert_matmul times a CUDA kernel: it needs MLX's CUDA backend")
-    cuda_experts.MIN_PAIRS = 1
     lines = []
     for shape in args.shapes:
         projections, experts, top_k, (mode, bits, group) = SHAPES[shape]

@@ -32,10 +32,9 @@ def _weights(kind: str, out_dims: int, in_dims: int, dtype: mx.Dtype):
 
 @pytest.fixture(autouse=True, params=["chunked", "few"])
 def kernel(request, monkeypatch):
-    """Each of the two kernels at every size it can take: the thresholds between them and MLX's (MIN_PAIRS,
-    FEW_PAIRS_BELOW) are speed choices."""
-    monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 1)
-    monkeypatch.setattr(cuda_experts, "FEW_PAIRS_BELOW", cuda_experts.MAX_PAIRS if request.param == "few" else 0)
+    """Each of the two kernels at every size it can take: which one (or MLX's) takes a size is a speed choice
+    (`cuda_experts.kernel_for`)."""
+    monkeypatch.setattr(cuda_experts, "FORCE", request.param)
     return request.param
 
 
@@ -98,18 +97,29 @@ def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
     assert [cuda_experts_few.largest_chunk(t, 4, 32) for t in (1, 4, 16)] == [1, 2, 2]
 
 
-def test_small_inputs_stay_with_mlx_and_the_kernels_sizes_are_not_sorted(monkeypatch):
-    """By default the kernel takes MIN_PAIRS..MAX_PAIRS pairs (where it measured faster than MLX's); MLX's kernel
-    takes the rest, sorted by expert from 64 pairs as before."""
-    monkeypatch.setattr(cuda_experts, "MIN_PAIRS", 256)
-    monkeypatch.setattr(cuda_experts, "FEW_PAIRS_BELOW", 0)
-    weight, quant = _weights("affine4", 64, 256, mx.float32)
-    assert cuda_experts.gather_matmul(mx.ones((8, 1, 1, 256)), mx.zeros((8, 4), mx.uint32), weight, quant) is None
+def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkeypatch):
+    """Affine 4-bit experts: the few-pairs kernel below 512 pairs, the chunked one to MAX_PAIRS; MXFP4: the few-pairs
+    kernel from 128 pairs, the chunked one from 256; float and 8-bit weights: the chunked kernel from 256 pairs.
+    What MLX's kernel computes is sorted by expert from 64 pairs as before; what the kernels take is not."""
+    monkeypatch.setattr(cuda_experts, "FORCE", None)  # the table, not the fixture's one kernel
+    affine4 = _weights("affine4", 64, 256, mx.float32)[1]
+    mxfp4 = _weights("mxfp4", 64, 256, mx.float32)[1]
+    affine8 = _weights("affine8", 64, 256, mx.float32)[1]
+    sizes = (8, 64, 127, 128, 255, 256, 511, 512, 2048, 2049)
+    assert [cuda_experts.kernel_for(n, affine4) for n in sizes] == ["few"] * 7 + ["chunked"] * 2 + [None]
+    assert [cuda_experts.kernel_for(n, mxfp4) for n in sizes] == [None] * 3 + ["few"] * 2 + ["chunked"] * 4 + [None]
+    for weights in (None, affine8):
+        assert [cuda_experts.kernel_for(n, weights) for n in sizes] == [None] * 5 + ["chunked"] * 4 + [None]
+    x = mx.ones((8, 1, 1, 256))
+    assert cuda_experts.gather_matmul(x, mx.zeros((8, 4), mx.uint32), mx.ones((EXPERTS, 64, 256)), None) is None
     cuda = CudaBackend()
-    sizes = (8, 64, 255, 256, 2048, 2049)
-    assert [cuda.sorts_experts(n, lambda: [quant, None]) for n in sizes] == [False, True, True, False, False, True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, affine4]) for n in sizes] == [False] * 9 + [True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, None]) for n in sizes] == \
+        [False] + [True] * 4 + [False] * 4 + [True]
+    assert [cuda.sorts_experts(n, lambda: [mxfp4]) for n in sizes] == [False, True, True] + [False] * 6 + [True]
     # weights the kernels do not decode (3 bits here) go to MLX's kernel at every size, sorted as it wants them
     packed, scales, biases = mx.quantize(mx.zeros((EXPERTS, 64, 256)), 64, 3)
     three = ExpertQuantization(64, 3, "affine", scales, biases)
-    assert not cuda_experts.decodes(three) and cuda_experts.decodes(quant) and cuda_experts.decodes(None)
-    assert [cuda.sorts_experts(n, lambda: [quant, three]) for n in sizes] == [False, True, True, True, True, True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, three]) for n in sizes] == [False] + [True] * 9
+    # a decode step's few pairs are never sorted, so their weights are not even asked for
+    assert cuda.sorts_experts(8, lambda: pytest.fail("asked")) is False

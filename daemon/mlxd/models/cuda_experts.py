@@ -7,15 +7,13 @@ features, lists the pairs routed to that expert (from the indices, in shared mem
 one read of those weights: each warp holds 4 weight rows, so every activation value it loads serves 4 rows, and
 works through the pairs 8 (then 4, 2, 1) at a time. Weights: MLX's affine 4 and 8 bits, MXFP4 (E2M1 codes and E8M0
 scales, decoded here), or floats. MLX's gathered matmuls stay the reference (tests/models/test_cuda_experts.py)
-and what runs outside MIN_PAIRS..MAX_PAIRS: a small batch's decode step, where this kernel measured slower
-(cuda_experts_few.py is the kernel meant for it, correct on the H200, its speed not yet measured), and long
-prefill chunks, sorted by expert.
+and what runs where neither kernel of this module measured faster (`kernel_for`), and for long prefill chunks,
+sorted by expert. cuda_experts_few.py is the kernel for few pairs per expert (a decode step's).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import mlx.core as mx
 
@@ -27,22 +25,41 @@ from mlxd.models.cuda_experts_code import E2M1_MAGNITUDE, E8M0_SCALE, SUM_AND_WR
 # (4 bytes a pair). 256 tokens of 8 experts; larger inputs are prefill chunks, sorted by expert for MLX's kernel.
 MAX_PAIRS = 2048
 
-# The fewest pairs it takes: below, MLX's kernel is faster (H200, MLX 0.32.4, micro-benchmark of session 17 at
-# Qwen3-30B-A3B's and gpt-oss-20b's expert shapes, us per call, MLX / this: 64 and 128 pairs 0.64-0.93x, 256 and
-# 512 pairs 1.18-1.67x; one token 0.35-0.67x). `python -m bench expert_matmul` measures every size.
-MIN_PAIRS = 256
-
-# Below this many pairs, cuda_experts_few.py's kernel (built for few pairs per expert): 0, off, until `bench
-# expert_matmul` has timed it (its tests pass on the H200). MLXD_FEW_PAIRS_BELOW sets it for a measurement.
-FEW_PAIRS_BELOW = int(os.environ.get("MLXD_FEW_PAIRS_BELOW", "0"))
-
-
-def takes(pairs: int) -> bool:
-    """Whether a kernel of this module computes this many pairs (unsorted: each lists its experts' pairs)."""
-    return pairs < FEW_PAIRS_BELOW or MIN_PAIRS <= pairs <= MAX_PAIRS
-
 # Weight kinds (the kernel's MODE) and how many input values one 32-bit load of a weight row holds.
 _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
+
+# Which kernel computes how many pairs, from `python -m bench expert_matmul` on the H200 (MLX 0.32.4, bfloat16,
+# us per call, MLX / chunked / few; docs/performance.md, session 19):
+# - affine 4-bit (Qwen3-30B-A3B, 128 experts, top 8), gate/up + down: 8 pairs 68.0 / 113 / 59.8, 32 pairs
+#   103.5 / 160 / 98.5, 128 pairs 299 / 324 / 222, 256 pairs 537 / 474 / 345. The few-pairs kernel wins at every
+#   size measured; at 512 pairs only the chunked one was (1.18-1.67x MLX, session 17), so it takes over there.
+# - MXFP4 (gpt-oss-20b, 32 experts, top 4): 4-64 pairs the few-pairs kernel 0.56-0.83x MLX, 128 pairs 1.11-1.19x
+#   (and ahead of the chunked one, 0.92-0.97x); at 512 the chunked one 1.28-1.36x (session 17).
+# - affine 8-bit and float weights: not measured at decode sizes; the chunked kernel from 256 pairs as before.
+# Outside these ranges MLX's kernel computes them.
+MIN_PAIRS = 256                                                # the chunked kernel from here to MAX_PAIRS
+FEW_PAIRS = {(_AFFINE, 4): range(1, 512), (_MXFP4, 4): range(128, 256)}  # (MODE, BITS) -> the few-pairs kernel's
+
+# "chunked" or "few": that kernel at every size it can take (its tests; `bench expert_matmul`), else None.
+FORCE: str | None = None
+
+
+def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
+    """"few", "chunked", or None (MLX's kernel) for this many pairs of weights quantized so."""
+    kind = _kind(quant)
+    if kind is None or not 0 < pairs <= MAX_PAIRS:
+        return None
+    if FORCE is not None:
+        return FORCE
+    if pairs in FEW_PAIRS.get(kind[:2], ()):
+        return "few"
+    return "chunked" if pairs >= MIN_PAIRS else None
+
+
+def takes(pairs: int, quant: ExpertQuantization | None) -> bool:
+    """Whether a kernel of this module computes this many pairs (unsorted: each lists its experts' pairs)."""
+    return kernel_for(pairs, quant) is not None
+
 
 # A block's head: which expert and rows are its own, and the list of that expert's pairs.
 _HEAD = """
@@ -174,21 +191,16 @@ def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:
     return None
 
 
-def decodes(quant: ExpertQuantization | None) -> bool:
-    """Whether the kernels read weights quantized so (MLX's kernel takes 2, 3, 5 and 6 bits, and affine without
-    biases)."""
-    return _kind(quant) is not None
-
-
 def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
                   quant: ExpertQuantization | None) -> mx.array | None:
     """Each pair's row of x times its expert's matrix, transposed: x [..., 1, in] (one row per pair, or one per
     token broadcast over its k experts: [..., 1, 1, in]), indices [..., k], weight [E, out, in] (packed when
-    quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where the kernel does not apply (pairs
-    outside MIN_PAIRS..MAX_PAIRS, other shapes or weight kinds): MLX's gathered matmul then."""
-    kind = _kind(quant)
+    quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where neither kernel applies (`kernel_for`,
+    other shapes): MLX's gathered matmul then."""
     pairs = indices.size
-    if kind is None or pairs == 0 or not takes(pairs) or x.shape[-2] != 1:
+    which = kernel_for(pairs, quant)
+    kind = _kind(quant)
+    if which is None or kind is None or x.shape[-2] != 1:
         return None
     mode, bits, per = kind
     experts, out_dims = weight.shape[:2]
@@ -208,7 +220,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         if quant.biases is not None and mode == _AFFINE:
             inputs.append(quant.biases)
     tiles = -(-out_dims // 32)
-    if pairs < FEW_PAIRS_BELOW:
+    if which == "few":
         return _few(inputs, x, indices, weight, quant, mode, bits, div, tiles)
     kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", INPUTS[mode], ["out"], kernel_source(mode),
                              row_contiguous=True)

@@ -54,9 +54,10 @@ class CudaBackend(MLXBackend):
         return out if out is not None else super().gather_matmul(x, indices, weight, quant, sorted_indices)
 
     def sorts_experts(self, pairs: int, weights: Callable[[], Sequence[ExpertQuantization | None]]) -> bool:
-        if cuda_experts.takes(pairs) and all(cuda_experts.decodes(w) for w in weights()):
-            return False  # the kernels list each expert's pairs themselves
-        return super().sorts_experts(pairs, weights)
+        if not super().sorts_experts(pairs, weights):
+            return False  # unsorted for MLX's kernel too: the weights need not be asked for
+        # the kernels list each expert's pairs themselves: sorted only for MLX's kernel
+        return not all(cuda_experts.takes(pairs, w) for w in weights())
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         if y.dtype != weights.dtype:  # the sum then takes the wider dtype (GLM's float32 routing weights)
