@@ -15,8 +15,9 @@
 #   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
 #                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
 #   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
-#   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250 s), and prefill:SHAPE one stream
-#                      of 2,048-token prompts (~100 s)
+#   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
+#                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
+#                      at a long context)
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,15 +76,18 @@ for spec in "$@"; do
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
     streams:*) shape=${spec#streams:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
-                 step "$shape-streams" 400 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
+                 step "$shape-streams" 560 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
                    --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds 2 ;;
     prefill:*) shape=${spec#prefill:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
                  step "$shape-prefill" 300 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
                    --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
+    longdecode:*) shape=${spec#longdecode:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
+                 step "$shape-longdecode" 400 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
+                   --streams 1 --prompt-tokens 2048 --new-tokens 64 --rounds 2 ;;
     moe:*) shape=${spec#moe:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) && measure "$shape" "$folder" ;;
     bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
-    *) echo "unknown step $spec (kernels, few, experts, moe:SHAPE, bf16:SHAPE:LAYERS, streams:SHAPE, prefill:SHAPE)" >&2
+    *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac
 done
