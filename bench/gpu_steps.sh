@@ -18,6 +18,8 @@
 #   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
 #                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
 #                      at a long context)
+#   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
+#                      each part of a layer costs in mlxd's step and mlx-lm's
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +86,9 @@ for spec in "$@"; do
     longdecode:*) shape=${spec#longdecode:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
                  step "$shape-longdecode" 400 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
                    --streams 1 --prompt-tokens 2048 --new-tokens 64 --rounds 2 ;;
+    parts:*) shape=${spec#parts:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
+               step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
+                 --rounds 2 ;;
     moe:*) shape=${spec#moe:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) && measure "$shape" "$folder" ;;
     bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
