@@ -32,7 +32,10 @@ mkdir -p "$logs" "$models"
 # The lent GPU machine's Python has grpcio 1.84 and no way to fetch another; the generated stubs (grpcio-tools
 # 1.85.1, as pyproject pins) refuse to import under it though nothing they use changed. There only: skip that check
 # in the copies the machine holds (never where grpcio is new enough, as on any machine set up from pyproject).
-if ! "$py" -c 'import grpc, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 85))'; then
+# Only where grpcio imports and is older: a machine without it (or this script run by the wrong interpreter) must
+# not edit the checkout's stubs (it happened: tests/test_generated_code.py caught the edited file).
+if "$py" -c 'import grpc, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) >= (1, 85))' 2>/dev/null
+then
   echo "grpcio $("$py" -c 'import grpc; print(grpc.__version__)') is older than the stubs': their version check skipped"
   for f in $(grep -rl "raise RuntimeError(" --include='*_grpc.py' clients daemon \
                $("$py" -c 'import grpc_health, grpc_reflection, os; print(os.path.dirname(grpc_health.__file__),

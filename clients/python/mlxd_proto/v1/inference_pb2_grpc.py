@@ -16,7 +16,7 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    (
+    raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
         + ' but the generated code in mlxd_proto/v1/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
