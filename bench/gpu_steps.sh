@@ -20,13 +20,15 @@
 #                      at a long context)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
-# Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for).
+# Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
+# throughput (default 2; one stream's rounds vary 20-30 % on the H200, so 4+ to settle a ratio near a bar).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 logs=${OUT:-/tmp/mlxd-bench/gpu}
 models=/tmp/mlxd-gpu-models
 py=${PYTHON:-python3}   # an interpreter with MLX's CUDA backend
+rounds=${ROUNDS:-2}     # rounds of the 1/16-stream throughput steps (a round of one stream is ~5 s on the H200)
 mkdir -p "$logs" "$models"
 
 # The lent GPU machine's Python has grpcio 1.84 and no way to fetch another; the generated stubs (grpcio-tools
@@ -71,7 +73,7 @@ measure() {  # measure NAME FOLDER
   step "$1-step" 300 "$py" -m bench batch_step_profile --model "$2" --rows 16 --context 256 --rounds 2 \
     --also-kernels mlx --variants step
   step "$1-streams" 560 "$py" -m bench batch_throughput --model "$2" --mlx-lm --streams 1 16 \
-    --prompt-tokens 128 --new-tokens 128 --rounds 2
+    --prompt-tokens 128 --new-tokens 128 --rounds "$rounds"
 }
 
 for spec in "$@"; do
@@ -82,7 +84,7 @@ for spec in "$@"; do
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
     streams:*) shape=${spec#streams:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
                  step "$shape-streams" 560 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
-                   --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds 2 ;;
+                   --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds "$rounds" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
                  step "$shape-prefill" 300 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
                    --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
