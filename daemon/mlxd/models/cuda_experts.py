@@ -46,7 +46,10 @@ FORCE: str | None = None
 
 def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
     """"few", "chunked", or None (MLX's kernel) for this many pairs of weights quantized so."""
-    kind = _kind(quant)
+    return _kernel_for_kind(pairs, _kind(quant))
+
+
+def _kernel_for_kind(pairs: int, kind: tuple[int, int, int] | None) -> str | None:
     if kind is None or not 0 < pairs <= MAX_PAIRS:
         return None
     if FORCE is not None:
@@ -198,8 +201,8 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where neither kernel applies (`kernel_for`,
     other shapes): MLX's gathered matmul then."""
     pairs = indices.size
-    which = kernel_for(pairs, quant)
     kind = _kind(quant)
+    which = _kernel_for_kind(pairs, kind)
     if which is None or kind is None or x.shape[-2] != 1:
         return None
     mode, bits, per = kind
