@@ -69,11 +69,24 @@ bits() {  # bits SHAPE -> 4, or 0 for gpt-oss (its experts MXFP4 as published, t
   case $1 in gpt-oss*) echo 0 ;; *) echo 4 ;; esac
 }
 
+quantized() {  # quantized SHAPE -> the folder of its 4-bit model (gpt-oss: MXFP4 as published)
+  model "$1" bfloat16 "$(bits "$1")" all
+}
+
+throughput() {  # throughput NAME SECONDS FOLDER ARGS...: batch_throughput of mlxd against mlx-lm
+  local name=$1 limit=$2 folder=$3
+  shift 3
+  step "$name" "$limit" "$py" -m bench batch_throughput --model "$folder" --mlx-lm "$@"
+}
+
+streams() {  # streams NAME FOLDER: 1 and 16 streams of 128-token prompts, 128 new tokens each
+  throughput "$1-streams" 560 "$2" --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds "$rounds"
+}
+
 measure() {  # measure NAME FOLDER
   step "$1-step" 300 "$py" -m bench batch_step_profile --model "$2" --rows 16 --context 256 --rounds 2 \
     --also-kernels mlx --variants step
-  step "$1-streams" 560 "$py" -m bench batch_throughput --model "$2" --mlx-lm --streams 1 16 \
-    --prompt-tokens 128 --new-tokens 128 --rounds "$rounds"
+  streams "$1" "$2"
 }
 
 for spec in "$@"; do
@@ -82,19 +95,16 @@ for spec in "$@"; do
                tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
-    streams:*) shape=${spec#streams:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
-                 step "$shape-streams" 560 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
-                   --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds "$rounds" ;;
-    prefill:*) shape=${spec#prefill:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
-                 step "$shape-prefill" 300 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
-                   --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
-    longdecode:*) shape=${spec#longdecode:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
-                 step "$shape-longdecode" 400 "$py" -m bench batch_throughput --model "$folder" --mlx-lm \
-                   --streams 1 --prompt-tokens 2048 --new-tokens 64 --rounds 2 ;;
-    parts:*) shape=${spec#parts:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) &&
+    streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
+    prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
+                 throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
+    longdecode:*) shape=${spec#longdecode:}; folder=$(quantized "$shape") &&
+                 throughput "$shape-longdecode" 400 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 64 \
+                   --rounds 2 ;;
+    parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
-    moe:*) shape=${spec#moe:}; folder=$(model "$shape" bfloat16 "$(bits "$shape")" all) && measure "$shape" "$folder" ;;
+    moe:*) shape=${spec#moe:}; folder=$(quantized "$shape") && measure "$shape" "$folder" ;;
     bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
