@@ -33,10 +33,14 @@ class Weights:
     biases: np.ndarray | None = None
 
 
-def e2m1(code: np.ndarray) -> np.ndarray:
-    mag = code & 7
-    value = np.where(mag < 2, 0.5 * mag, (1.0 + (mag & 1) * 0.5) * 2.0 ** ((mag >> 1).astype(np.int64) - 1))
-    return np.where(code & 8, -value, value)
+def e2m1_word(word: int) -> np.ndarray:
+    """The 8 E2M1 codes of a 32-bit word / 2^14, as cuda_experts_code.E2M1_WORD decodes them through float16."""
+    q = np.zeros(8)
+    for t in range(4):
+        two = word >> (4 * t)
+        h = ((two << 9) & 0x0E000E00) | ((two << 12) & 0x80008000)
+        q[t], q[t + 4] = np.array([h & 0xFFFF, h >> 16], np.uint16).view(np.float16).astype(np.float64)
+    return q
 
 
 def decode(word: int, w: Weights) -> np.ndarray:
@@ -45,8 +49,9 @@ def decode(word: int, w: Weights) -> np.ndarray:
             return np.array([np.uint32(word).view(np.float32)], np.float64)
         halves = [(word & 0xFFFF) << 16, (word >> 16) << 16]
         return np.array([np.uint32(h).view(np.float32) for h in halves], np.float64)
-    codes = np.array([(word >> (w.bits * t)) & ((1 << w.bits) - 1) for t in range(w.per_word)])
-    return codes.astype(np.float64) if w.mode == 1 else e2m1(codes)
+    if w.mode == 2:
+        return e2m1_word(word)
+    return np.array([(word >> (w.bits * t)) & ((1 << w.bits) - 1) for t in range(w.per_word)], np.float64)
 
 
 def scale_bias(w: Weights, at: int, load: int, in_dims: int) -> tuple[float, float]:
@@ -55,7 +60,7 @@ def scale_bias(w: Weights, at: int, load: int, in_dims: int) -> tuple[float, flo
     g = at * (in_dims // w.group) + load * w.per_word * VEC // w.group
     if w.mode == 1:
         return float(w.scales[g]), float(w.biases[g])
-    return 2.0 ** (int(w.scales[g]) - 127), 0.0
+    return 2.0 ** (int(w.scales[g]) - 127 + 14), 0.0  # the codes came out / 2^14
 
 
 def mirror(x: np.ndarray, idx: np.ndarray, w: Weights, shape: tuple[int, int, int], div: int, max_chunk: int,

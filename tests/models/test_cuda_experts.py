@@ -7,6 +7,7 @@ row per token broadcast over its experts (gate/up) and one per pair (down), and 
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from mlxd.models import cuda_experts, cuda_experts_few, ops
@@ -89,6 +90,20 @@ def test_declines_what_it_does_not_decode(kernel):
     if kernel == "few":  # float weights of another dtype than the activations: its loads are of the activations'
         floats = mx.ones((4, 64, 256), mx.float32)
         assert cuda_experts.gather_matmul(x.astype(mx.bfloat16), indices, floats, None) is None
+
+
+def test_mxfp4_codes_decode_through_float16_to_their_values_over_2_to_the_14():
+    """cuda_experts_code.E2M1_WORD's bit placement, as the NumPy mirror of the kernels runs it, for every code at
+    every place in a word, and E8M0_SCALE_X16384's exponent arithmetic for every scale it computes exactly."""
+    from bench.kernels.mirror_experts_few import e2m1_word
+
+    table = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+    for code in range(16):
+        for place in range(8):
+            decoded = e2m1_word(code << (4 * place) | (code ^ 9) << (4 * ((place + 3) % 8))) * 2**14
+            assert decoded[place] == table[code] and decoded[(place + 3) % 8] == table[code ^ 9]
+    s = np.arange(241, dtype=np.uint32)
+    assert ((s + 14) << 23).view(np.float32).tolist() == [2.0 ** (e - 127 + 14) for e in range(241)]
 
 
 def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():

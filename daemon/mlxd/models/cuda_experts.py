@@ -19,7 +19,7 @@ import mlx.core as mx
 
 from mlxd.models import cuda_experts_few, cuda_jit
 from mlxd.models.base import ExpertQuantization
-from mlxd.models.cuda_experts_code import E2M1_MAGNITUDE, E8M0_SCALE, SUM_AND_WRITE
+from mlxd.models.cuda_experts_code import E2M1_WORD, E8M0_SCALE_X16384, SUM_AND_WRITE
 
 # The most (token, expert) pairs one call takes: each block keeps the list of its expert's pairs in shared memory
 # (4 bytes a pair). 256 tokens of 8 experts; larger inputs are prefill chunks, sorted by expert for MLX's kernel.
@@ -159,17 +159,12 @@ _LOAD_AFFINE = """
                 scale = static_cast<float>(scales[at * (IN / GS) + word * PER / GS]);
                 bias = static_cast<float>(biases[at * (IN / GS) + word * PER / GS]);
 """
-# E2M1 codes (sign, 2 exponent bits, 1 mantissa bit: 0, 0.5, 1, 1.5, 2, 3, 4, 6) and an E8M0 scale, 2^(s - 127).
+# MXFP4: E2M1 codes and an E8M0 scale (cuda_experts_code.py; PER is 8, the codes' values come out / 2^14, the scale
+# times 2^14).
 _LOAD_MXFP4 = """
-                const uint32_t bits = w[at * WORDS + word];
-                #pragma unroll
-                for (int t = 0; t < PER; ++t) {
-                    const uint32_t code = (bits >> (4 * t)) & 15u, mag = code & 7u;
-                    const float v = E2M1_MAGNITUDE;
-                    q[t] = code & 8u ? -v : v;
-                }
+                const uint32_t bits = w[at * WORDS + word];""" + E2M1_WORD.replace("WORD", "bits") + """
                 const uint32_t s = scales[at * (IN / GS) + word * PER / GS];
-                scale = E8M0_SCALE;
+                scale = E8M0_SCALE_X16384;
 """
 INPUTS = {_FLOAT: ["x", "idx", "w"], _AFFINE: ["x", "idx", "w", "scales", "biases"],
            _MXFP4: ["x", "idx", "w", "scales"]}
@@ -179,8 +174,7 @@ _LOADS = {_FLOAT: _LOAD_FLOAT, _AFFINE: _LOAD_AFFINE, _MXFP4: _LOAD_MXFP4}
 @functools.cache
 def kernel_source(mode: int) -> str:
     """The chunked kernel's body for weight kind `mode` (made once: every decode step asks for it)."""
-    return (_SOURCE.replace("LOAD", _LOADS[mode]).replace("E2M1_MAGNITUDE", E2M1_MAGNITUDE)
-            .replace("E8M0_SCALE", E8M0_SCALE))
+    return _SOURCE.replace("LOAD", _LOADS[mode]).replace("E8M0_SCALE_X16384", E8M0_SCALE_X16384)
 
 
 def _kind(quant: ExpertQuantization | None) -> tuple[int, int, int] | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 
-from mlxd.models.cuda_experts_code import E2M1_MAGNITUDE, E8M0_SCALE, SUM_AND_WRITE
+from mlxd.models.cuda_experts_code import E2M1_WORD, E8M0_SCALE_X16384, SUM_AND_WRITE
 
 # The head: which expert and rows are the block's, and that expert's pairs (with BY_PAIR the block of a pair whose
 # expert an earlier pair also has returns: the earlier one's block takes them all).
@@ -118,7 +118,7 @@ SCALE = {
                 scale[r] = static_cast<float>(scales[g]);
                 bias[r] = static_cast<float>(biases[g]);""",
     2: """const uint32_t s = scales[at * (IN / GS) + ld * PW * VEC / GS];
-                scale[r] = E8M0_SCALE;
+                scale[r] = E8M0_SCALE_X16384;
                 bias[r] = 0.f;""",
 }
 DECODE = {
@@ -127,12 +127,7 @@ DECODE = {
     1: """#pragma unroll
                     for (int t = 0; t < PW; ++t)
                         q[t] = static_cast<float>((word >> (BITS * t)) & ((1u << BITS) - 1u));""",
-    2: """#pragma unroll
-                    for (int t = 0; t < PW; ++t) {
-                        const uint32_t code = (word >> (4 * t)) & 15u, mag = code & 7u;
-                        const float e2m1 = E2M1_MAGNITUDE;
-                        q[t] = code & 8u ? -e2m1 : e2m1;
-                    }""",
+    2: E2M1_WORD.replace("WORD", "word"),  # PW is 8
 }
 
 
@@ -143,7 +138,7 @@ def source(mode: int) -> str:
     chunk = _CHUNK.replace("SUM_AND_WRITE\n", SUM_AND_WRITE.lstrip("\n"))
     chunks = "".join(re.sub(r"\bCH\b", str(n), chunk) for n in (8, 4, 2, 1))
     return (_HEAD + chunks.replace("SCALE", SCALE[mode]).replace("DECODE", DECODE[mode])
-            .replace("E2M1_MAGNITUDE", E2M1_MAGNITUDE).replace("E8M0_SCALE", E8M0_SCALE))
+            .replace("E8M0_SCALE_X16384", E8M0_SCALE_X16384))
 
 
 def largest_chunk(tokens: int, top_k: int, experts: int) -> int:
