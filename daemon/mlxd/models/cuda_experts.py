@@ -33,12 +33,13 @@ _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
 # - affine 4-bit (Qwen3-30B-A3B, 128 experts, top 8), gate/up + down: 8 pairs 68.0 / 113 / 59.8, 32 pairs
 #   103.5 / 160 / 98.5, 128 pairs 299 / 324 / 222, 256 pairs 537 / 474 / 345. The few-pairs kernel wins at every
 #   size measured; at 512 pairs only the chunked one was (1.18-1.67x MLX, session 17), so it takes over there.
-# - MXFP4 (gpt-oss-20b, 32 experts, top 4): 4-64 pairs the few-pairs kernel 0.56-0.83x MLX, 128 pairs 1.11-1.19x
-#   (and ahead of the chunked one, 0.92-0.97x); at 512 the chunked one 1.28-1.36x (session 17).
+# - MXFP4 (gpt-oss-20b, 32 experts, top 4), since its codes are decoded through float16 (session 20), gate/up +
+#   down: 4 pairs 66.4 / 117 / 61.4, 64 pairs 637 / 537 / 331, 128 pairs 1,204 / 740 / 498, 512 pairs 4,648 /
+#   1,874 / 1,576: the few-pairs kernel wins at every size measured, to 512 pairs.
 # - affine 8-bit and float weights: not measured at decode sizes; the chunked kernel from 256 pairs as before.
 # Outside these ranges MLX's kernel computes them.
 MIN_PAIRS = 256                                                # the chunked kernel from here to MAX_PAIRS
-FEW_PAIRS = {(_AFFINE, 4): range(1, 512), (_MXFP4, 4): range(128, 256)}  # (MODE, BITS) -> the few-pairs kernel's
+FEW_PAIRS = {(_AFFINE, 4): range(1, 512), (_MXFP4, 4): range(1, 513)}  # (MODE, BITS) -> the few-pairs kernel's
 
 # "chunked" or "few": that kernel at every size it can take (its tests; `bench expert_matmul`), else None.
 FORCE: str | None = None

@@ -9,9 +9,10 @@ Read from its code, three things cost it at few pairs, and this kernel differs i
   and the others returning at once;
 - it loads 4 bytes of a weight row per lane: here 16 (one uint4 per row, 4 rows a warp, all issued before the
   arithmetic), so more bytes are in flight per warp.
-Its tests (tests/models/test_cuda_experts.py) pass on the H200 (session 18); where it is used is
-`cuda_experts.kernel_for`'s table (session 19's `bench expert_matmul`: faster than MLX's kernel at every decode size
-for affine 4-bit experts, only from 128 pairs for MXFP4).
+Its tests (tests/models/test_cuda_experts.py) pass on the H200 (sessions 18, 20); where it is used is
+`cuda_experts.kernel_for`'s table (`bench expert_matmul`: faster than MLX's kernel at every decode size for affine
+4-bit experts (session 19) and, since MXFP4's codes are decoded through float16, for MXFP4 (session 20: 1.0-2.9x to
+512 pairs); before that MXFP4's decoding was most of its arithmetic and it lost to MLX's below 128 pairs).
 """
 
 from __future__ import annotations
