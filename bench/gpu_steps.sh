@@ -5,13 +5,14 @@
 #   bash bench/gpu_steps.sh kernels experts moe:qwen3-30b-a3b moe:glm-4.7-flash moe:gpt-oss-20b
 #
 # Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable. Logs go to $OUT when
-# set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to /tmp/mlxd-gpu-models.
+# set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to $MODELS, else
+# /tmp/mlxd-gpu-models (a bfloat16 Qwen3-30B-A3B, 61 GB, may fit only in /dev/shm: MODELS=/dev/shm/models).
 # Steps:
 #   kernels            the CUDA kernels' tests (experts, decode attention, DeltaNet, routing) and the MoE layer's
 #                      (~400 s from a cold start: NVRTC compiles each template in ~5 s)
 #   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
 #   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
-#                      gpt-oss-20b, 1-32 tokens: ~85 s)
+#                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape)
 #   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
 #                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
 #   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
@@ -26,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 logs=${OUT:-/tmp/mlxd-bench/gpu}
-models=/tmp/mlxd-gpu-models
+models=${MODELS:-/tmp/mlxd-gpu-models}
 py=${PYTHON:-python3}   # an interpreter with MLX's CUDA backend
 rounds=${ROUNDS:-2}     # rounds of the 1/16-stream throughput steps (a round of one stream is ~5 s on the H200)
 mkdir -p "$logs" "$models"
@@ -95,6 +96,7 @@ for spec in "$@"; do
                tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
+    experts-float) step experts-float 300 "$py" -m bench expert_matmul --float --tokens 1 4 16 32 64 ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
                  throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;

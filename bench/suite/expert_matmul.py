@@ -2,10 +2,10 @@
 cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one process, at every size, to choose
 `cuda_experts.kernel_for`'s table.
 
-    python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
+    python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20] [--float]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
-MXFP4) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
+MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
 overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. Each
 kernel is timed at every size, whatever the thresholds say, and checked against MLX's result. Prints MLX / kernel
 last (above 1: the kernel faster), and the host's part of each call.
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--float", action="store_true", help="bfloat16 experts instead of the shape's quantization")
     args = p.parse_args(argv)
 
     import mlx.core as mx
@@ -89,16 +90,19 @@ def main(argv: list[str] | None = None) -> None:
     for shape in args.shapes:
         projections, experts, top_k, (mode, bits, group) = SHAPES[shape]
         for name, out_dims, in_dims in projections:
-            packed, scales, *biases = mx.quantize(mx.random.normal((experts, out_dims, in_dims)) * in_dims**-0.5,
-                                                  group, bits, mode=mode)
-            bias = biases[0].astype(mx.bfloat16) if biases else None
-            quant = ExpertQuantization(group, bits, mode, scales.astype(mx.bfloat16) if biases else scales, bias)
+            weight = mx.random.normal((experts, out_dims, in_dims)) * in_dims**-0.5
+            if args.float:
+                packed, quant = weight.astype(mx.bfloat16), None
+            else:
+                packed, scales, *biases = mx.quantize(weight, group, bits, mode=mode)
+                bias = biases[0].astype(mx.bfloat16) if biases else None
+                quant = ExpertQuantization(group, bits, mode, scales.astype(mx.bfloat16) if biases else scales, bias)
             for tokens in args.tokens:
                 logits = mx.random.normal((tokens, experts))
                 indices = mx.argpartition(logits, kth=-top_k, axis=-1)[..., -top_k:].astype(mx.uint32)
                 rows = (tokens, top_k, 1, in_dims) if name == "down" else (tokens, 1, 1, in_dims)
                 x = mx.random.normal(rows).astype(mx.bfloat16)
-                mx.eval(packed, quant.scales, indices, x)
+                mx.eval(packed, indices, x)
 
                 mlx_us, chunked_us, few_us, *hosts, chunked_error, few_error = compare(
                     x, indices, packed, quant, args.calls, args.rounds)
