@@ -5,10 +5,11 @@ cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one pr
     python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20] [--float]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
-MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls` calls are queued and evaluated together (so the host's work per call
-overlaps the device's, as in a decode step) and the best of `--rounds` is kept, in microseconds per call. Each
-kernel is timed at every size, whatever the thresholds say, and checked against MLX's result. Prints MLX / kernel
-last (above 1: the kernel faster), and the host's part of each call.
+MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls`
+calls are queued and evaluated together (so the host's work per call overlaps the device's, as in a decode step)
+and the best of `--rounds` is kept, in microseconds per call. Each kernel is timed at every size, whatever the
+thresholds say, and checked against MLX's result. Prints MLX / kernel last (above 1: the kernel faster), and the
+host's part of each call.
 """
 
 from __future__ import annotations
