@@ -43,6 +43,8 @@ BENCHMARKS = {
 TOOLS = {
     "nvrtc_compile": ("bench.kernels.nvrtc_compile",
                       "compile the routed-experts CUDA kernels with NVRTC on a machine without a GPU"),
+    "sass_stats": ("bench.kernels.sass_stats",
+                   "registers and machine instructions of the experts kernels for the H200, without a GPU"),
     "mirror_experts_few": ("bench.kernels.mirror_experts_few",
                            "the few-pairs experts kernel mirrored in NumPy, against MLX's gathered matmul (CPU)"),
     "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),

@@ -42,6 +42,11 @@ def unpacked(folder: Path) -> Path:
 
 def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> str:
     """NVRTC's log for the kernel `source` with these inputs, instantiated as `instances` ("" when it compiles)."""
+    return compiled(nvrtc, source, inputs, template, instances)[0]
+
+
+def compiled(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> tuple[str, str]:
+    """NVRTC's log ("" when it compiles) and the PTX of the kernel `source` instantiated as `instances`."""
     lib = ctypes.CDLL(str(nvrtc / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12"))
     params = {"x": "const T* x", "idx": "const uint32_t* idx", "w": "const W* w", "scales": "const S* scales",
               "biases": "const S* biases"}
@@ -59,7 +64,12 @@ def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, inst
     lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
     log = ctypes.create_string_buffer(size.value)
     lib.nvrtcGetProgramLog(program, log)
-    return "" if status == 0 else log.value.decode(errors="replace") or f"status {status}"
+    if status != 0:
+        return log.value.decode(errors="replace") or f"status {status}", ""
+    lib.nvrtcGetPTXSize(program, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(program, ptx)
+    return "", ptx.value.decode()
 
 
 def main(argv: list[str] | None = None) -> None:
