@@ -9,8 +9,8 @@ from __future__ import annotations
 # every code), and its conversion to float32 is exact. WORD's 8 codes go to q[0..7]; the 2^14 goes into
 # the E8M0 scale `s` instead: E8M0_SCALE_X16384 = 2^(s - 127) * 2^14. About 5 instructions for two values, where
 # building each float from the code's bits took about 15 a value (gpt-oss-20b's experts, session 20: the decoding
-# was most of the few-pairs kernel's arithmetic). Scales from s = 241 on (weights of 2^114 and more, none real) come
-# out infinite.
+# was most of the few-pairs kernel's arithmetic). A scale from s = 241 on (2^114 and more: no real checkpoint has
+# one) comes out infinite, so its block's outputs are infinite or NaN.
 E2M1_WORD = """
                     #pragma unroll
                     for (int t = 0; t < 4; ++t) {  // codes t and t + 4 of WORD, in a register's two halves
