@@ -67,28 +67,33 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
     if bits and _is_gpt_oss(shape):
         raise ValueError("gpt-oss shapes are written with MXFP4 experts as published; --bits does not apply")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("model*.safetensors*"):
+        old.unlink()
     config = _config(shape, dtype, bits, layers)
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER / name, out / name)
     mx.random.seed(seed)
-    weights: dict[str, mx.array] = {}
-    for name, s in _float_shapes(shape, stacked=bool(bits), layers=layers).items():
-        if len(s) == 1:
-            weights[name] = mx.zeros(s, dtype=getattr(mx, dtype)) if name.endswith(("bias", "sinks")) else \
-                mx.ones(s, dtype=getattr(mx, dtype))
-            continue
-        made = {name: (mx.random.normal(s) * (1.0 / np.sqrt(s[-1]))).astype(getattr(mx, dtype))}
-        if bits and name.endswith(".weight"):
-            stem = name.removesuffix(".weight")
-            layer_bits = config["quantization"].get(stem, {}).get("bits", bits)
-            made = dict(zip((name, stem + ".scales", stem + ".biases"),
-                            mx.quantize(made[name], group_size=64, bits=layer_bits)))
-        mx.eval(made)  # one tensor at a time: a MoE checkpoint has thousands
-        weights.update(made)
-    if _is_gpt_oss(shape):
-        weights.update(_mxfp4_experts(shape, layers))
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+
+    def tensors():
+        for name, s in _float_shapes(shape, stacked=bool(bits), layers=layers).items():
+            if len(s) == 1:
+                yield name, (mx.zeros(s, dtype=getattr(mx, dtype)) if name.endswith(("bias", "sinks")) else
+                             mx.ones(s, dtype=getattr(mx, dtype)))
+                continue
+            w = (mx.random.normal(s) * (1.0 / np.sqrt(s[-1]))).astype(getattr(mx, dtype))
+            if bits and name.endswith(".weight"):
+                stem = name.removesuffix(".weight")
+                layer_bits = config["quantization"].get(stem, {}).get("bits", bits)
+                yield from zip((name, stem + ".scales", stem + ".biases"),
+                               mx.quantize(w, group_size=64, bits=layer_bits))
+            else:
+                yield name, w
+        if _is_gpt_oss(shape):
+            yield from _mxfp4_experts(shape, layers)
+    # One tensor at a time into shards: a bfloat16 Qwen3-30B-A3B (61 GB) is never held whole, so it can be written
+    # to a RAM disk (/dev/shm) on a machine whose own disk cannot hold it.
+    _save_sharded(tensors(), out)
     return out
 
 
@@ -287,20 +292,18 @@ def _is_gpt_oss(shape: str) -> bool:
     return shape.startswith("gpt-oss")
 
 
-def _mxfp4_experts(shape: str, layers_kept: int | None = None) -> dict:
-    """gpt-oss's experts as published: uint8 blocks of 32 E2M1 codes (16 bytes) and one E8M0 scale per block. Random
-    codes have an RMS of ~2.9, so the exponent 120 (2**-7) gives weights of about 1/sqrt(2880), like the normals."""
+def _mxfp4_experts(shape: str, layers_kept: int | None = None):
+    """gpt-oss's experts as published, (name, array) pairs: uint8 blocks of 32 E2M1 codes (16 bytes) and one E8M0
+    scale per block. Random codes have an RMS of ~2.9, so the exponent 120 (2**-7) gives weights of about
+    1/sqrt(2880), like the normals."""
     import mlx.core as mx
     hidden, layers, _, _, _, _ = _dims(shape, layers_kept)
     _, experts, _, expert_inter = MOE[shape]
-    made = {}
     for i in range(layers):
         p = f"model.layers.{i}.mlp.experts."
         for name, rows, columns in (("gate_up_proj", 2 * expert_inter, hidden), ("down_proj", hidden, expert_inter)):
-            made[p + name + "_blocks"] = mx.random.randint(0, 256, (experts, rows, columns // 32, 16)).astype(mx.uint8)
-            made[p + name + "_scales"] = mx.full((experts, rows, columns // 32), 120, dtype=mx.uint8)
-        mx.eval(made)
-    return made
+            yield p + name + "_blocks", mx.random.randint(0, 256, (experts, rows, columns // 32, 16)).astype(mx.uint8)
+            yield p + name + "_scales", mx.full((experts, rows, columns // 32), 120, dtype=mx.uint8)
 
 
 def main(argv: list[str] | None = None) -> None:
