@@ -13,7 +13,9 @@
 #   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
 #   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
 #                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
-#                      experts-large every shape at 64-256 tokens (prefill chunks, 512-2,048 pairs: the table's upper end)
+#                      experts-large every shape at 64-256 tokens (prefill chunks, 512-2,048 pairs: the table's upper end);
+#                      experts-rw2 every shape at 1-64 tokens with the few-pairs kernel at 2 weight rows a warp (64
+#                      registers a thread against ~100 at 4: more blocks an SM), to compare with experts' few column
 #   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
 #                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
 #   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
@@ -99,6 +101,7 @@ for spec in "$@"; do
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
     experts-float) step experts-float 300 "$py" -m bench expert_matmul --float --tokens 1 4 16 32 64 ;;
     experts-large) step experts-large 300 "$py" -m bench expert_matmul --tokens 64 128 256 ;;
+    experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
                  throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;

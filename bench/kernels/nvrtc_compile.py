@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                               [f"{head}, 8, 512, 96, {gs}, 4, 2048>"])
         few = compile_all(nvrtc, cuda_experts_few.source(mode), cuda_experts.INPUTS[mode],
                           "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, "
-                          "bool BY_PAIR",
-                          [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}>"
-                           for c, b in itertools.product((1, 2, 4, 8), (True, False))])
+                          "bool BY_PAIR, int RW",
+                          [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}, {rw}>"
+                           for c, b, rw in itertools.product((1, 2, 4, 8), (True, False), (2, 4)) if c * rw <= 32])
         for name, log in (("chunked", chunked), ("few", few)):
             print(f"{name} mode {mode} {t}: {'ok' if not log else 'FAILED'}")
             if log:

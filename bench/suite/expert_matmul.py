@@ -5,7 +5,8 @@ cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one pr
     python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20] [--float]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
-MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls`
+MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them; `--rows-per-warp 2` times the
+few-pairs kernel with 2 weight rows a warp instead of its 4) and each token count, `--calls`
 calls are queued and evaluated together (so the host's work per call overlaps the device's, as in a decode step)
 and the best of `--rounds` is kept, in microseconds per call. Each kernel is timed at every size, whatever the
 thresholds say, and checked against MLX's result. Prints MLX / kernel last (above 1: the kernel faster), and the
@@ -79,12 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--float", action="store_true", help="bfloat16 experts instead of the shape's quantization")
+    p.add_argument("--rows-per-warp", type=int, default=None,
+                   help="the few-pairs kernel's weight rows a warp (cuda_experts_few.ROWS_PER_WARP; default its own)")
     args = p.parse_args(argv)
 
     import mlx.core as mx
 
+    from mlxd.models import cuda_experts_few
     from mlxd.models.base import ExpertQuantization
 
+    if args.rows_per_warp:
+        cuda_experts_few.ROWS_PER_WARP = args.rows_per_warp
     if not mx.cuda.is_available():
         raise SystemExit("expert_matmul times a CUDA kernel: it needs MLX's CUDA backend")
     lines = []

@@ -68,6 +68,26 @@ def test_equals_mlx_gathered_matmul(kind, dtype, tolerance, tokens, per_pair):
 
 
 @on_cuda
+@pytest.mark.parametrize("kind", ["float", "affine4", "mxfp4"])
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_two_weight_rows_a_warp_equal_mlx_gathered_matmul(kind, tokens, kernel, monkeypatch):
+    """The few-pairs kernel with 2 weight rows a warp (16 a block; its other choice, `bench expert_matmul
+    --rows-per-warp 2`), bfloat16, an output width that cuts a block, both input layouts."""
+    if kernel != "few":
+        pytest.skip("a choice of the few-pairs kernel")
+    monkeypatch.setattr(cuda_experts_few, "ROWS_PER_WARP", 2)
+    for per_pair in (False, True):
+        mx.random.seed(tokens)
+        out_dims, in_dims = (40, 256) if per_pair else (96, 512)
+        weight, quant = _weights(kind, out_dims, in_dims, mx.bfloat16)
+        indices = mx.argpartition(mx.random.normal((tokens, EXPERTS)), kth=-TOP_K, axis=-1)[..., -TOP_K:]
+        shape = (tokens, TOP_K, 1, in_dims) if per_pair else (tokens, 1, 1, in_dims)
+        want, got = _both(mx.random.normal(shape).astype(mx.bfloat16), indices.astype(mx.uint32), weight, quant)
+        scale = mx.abs(want).max().item()
+        assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= 2e-2 * max(scale, 1.0)
+
+
+@on_cuda
 def test_many_pairs_of_one_expert_fill_several_chunks():
     """Every token routed to the same 2 experts: 2 blocks' worth of pairs, 50 each, in chunks of 8."""
     weight, quant = _weights("affine4", 64, 256, mx.bfloat16)

@@ -217,9 +217,9 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         inputs.append(quant.scales)
         if quant.biases is not None and mode == _AFFINE:
             inputs.append(quant.biases)
-    tiles = -(-out_dims // 32)
     if which == "few":
-        return _few(inputs, x, indices, weight, quant, mode, bits, div, tiles)
+        return _few(inputs, x, indices, weight, quant, mode, bits, div)
+    tiles = -(-out_dims // 32)
     kernel = cuda_jit.kernel(f"mlxd_experts_{mode}", INPUTS[mode], ["out"], kernel_source(mode),
                              row_contiguous=True)
     (out,) = kernel(
@@ -233,7 +233,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
 
 
 def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.array,
-         quant: ExpertQuantization | None, mode: int, bits: int, div: int, tiles: int) -> mx.array | None:
+         quant: ExpertQuantization | None, mode: int, bits: int, div: int) -> mx.array | None:
     """cuda_experts_few.py's kernel, where its 16-byte loads fit the shapes (else None: MLX's kernel)."""
     pairs, (experts, out_dims), in_dims = indices.size, weight.shape[:2], x.shape[-1]
     per_word = 32 // bits if quant is not None else 4 // x.dtype.size
@@ -243,15 +243,17 @@ def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.arra
         return None
     by_pair = pairs < experts
     top_k = indices.shape[-1]
-    chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts)
+    rows_per_warp = cuda_experts_few.ROWS_PER_WARP
+    # a warp's lanes write its sums, one (row, pair) each: at most 32 of them a chunk
+    chunk = min(cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts), 32 // rows_per_warp)
+    tiles = -(-out_dims // cuda_experts_few.rows_a_block(rows_per_warp))
     kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", INPUTS[mode], ["out"], cuda_experts_few.source(mode),
                              row_contiguous=True)
     (out,) = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PW", per_word), ("IN", in_dims),
                   ("OUT", out_dims), ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
-                  ("MAXP", MAX_PAIRS), ("MAXCH", chunk),
-                  ("BY_PAIR", by_pair)],
+                  ("MAXP", MAX_PAIRS), ("MAXCH", chunk), ("BY_PAIR", by_pair), ("RW", rows_per_warp)],
         grid=(256 * (pairs if by_pair else experts) * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
     return out.reshape(*indices.shape, 1, out_dims)

@@ -25,7 +25,7 @@ from mlxd.models.cuda_experts_code import E2M1_WORD, E8M0_SCALE_X16384, SUM_AND_
 # The head: which expert and rows are the block's, and that expert's pairs (with BY_PAIR the block of a pair whose
 # expert an earlier pair also has returns: the earlier one's block takes them all).
 _HEAD = """
-    constexpr int WARPS = 8, RW = 4, TILE = WARPS * RW, VEC = 4;
+    constexpr int WARPS = 8, TILE = WARPS * RW, VEC = 4;  // RW: weight rows a warp, a template argument
     constexpr int TILES = (OUT + TILE - 1) / TILE;
     constexpr int LOADS = IN / (PW * VEC);   // 16-byte loads along a weight row
     __shared__ int pairs[MAXP];
@@ -151,3 +151,14 @@ def largest_chunk(tokens: int, top_k: int, experts: int) -> int:
     chosen = experts * (1 - (1 - top_k / experts) ** tokens)
     per_expert = tokens * top_k / chosen
     return 1 if per_expert <= 1.2 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
+
+
+# Weight rows a warp holds (the kernel's RW; a block's 8 warps hold 8 * RW rows). 4, as measured in sessions 19-20.
+# Fewer rows a warp take fewer registers (64 a thread at 2 rows, ~100 at 4, for sm_90: `python -m bench
+# sass_stats`), so more blocks fit an SM, each lane with fewer bytes in flight; `bench expert_matmul
+# --rows-per-warp 2` times the other choice. RW * the largest chunk must not pass 32 (a warp's lanes write the sums).
+ROWS_PER_WARP = 4
+
+
+def rows_a_block(rows_per_warp: int) -> int:
+    return 8 * rows_per_warp
