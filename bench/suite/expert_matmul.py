@@ -2,15 +2,15 @@
 cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one process, at every size, to choose
 `cuda_experts.kernel_for`'s table.
 
-    python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20] [--float]
+    python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
+                                  [--float] [--rows-per-warp 2]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
-MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them; `--rows-per-warp 2` times the
-few-pairs kernel with 2 weight rows a warp instead of its 4) and each token count, `--calls`
+MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls`
 calls are queued and evaluated together (so the host's work per call overlaps the device's, as in a decode step)
 and the best of `--rounds` is kept, in microseconds per call. Each kernel is timed at every size, whatever the
 thresholds say, and checked against MLX's result. Prints MLX / kernel last (above 1: the kernel faster), and the
-host's part of each call.
+host's part of each call. `--rows-per-warp 2` times the few-pairs kernel with 2 weight rows a warp instead of 4.
 """
 
 from __future__ import annotations
