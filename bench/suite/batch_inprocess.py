@@ -4,13 +4,15 @@ the engine's; --breakdown says where a step's time goes when the device is not t
 preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
 
     python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
-                                    [--breakdown] [--profile OUT.txt]
+                                    [--constrained] [--breakdown] [--profile OUT.txt]
 
 --breakdown runs once more under cProfile and reads the cumulative time of the runner's and scheduler's main
-parts from it (waiting for a step's tokens, queueing a step and the model's graph build within it, regrouping
-rows, prefill, the per-request output state), per decode step. Nothing in the daemon is patched; the profiler's own
-overhead inflates the Python parts (compare its wall time with the unprofiled run's). --profile writes the
-30 functions with the most own time.
+parts from it (waiting for a step's tokens, the forward pass's graph build, queueing the sampling, regrouping
+rows, prefill, a constrained step and its wait for the masks, the per-request output state), per decode step.
+Nothing in the daemon is patched; the profiler's own overhead inflates the Python parts (compare its wall time with
+the unprofiled run's), and it sees only this thread (the masks are filled on another: their wait shows here).
+--profile writes the 30 functions with the most own time. --constrained puts every stream under
+constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would.
 """
 
 from __future__ import annotations
@@ -24,18 +26,23 @@ from pathlib import Path
 import mlx.core as mx
 
 from bench import common
+from bench.suite.constrained_decode import CONSTRAINT
 from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
+from mlxd.service.constraints import Grammars
 
 # label -> (file name ending, function name) as cProfile records them. MLX's functions are not Python's, so
 # cProfile does not see mx.eval itself: the device wait shows as the time to read a queued step's tokens.
 PARTS = {
     "scheduler step (all)": ("engine/scheduler.py", "step"),
     "runner: read a step's tokens (device wait)": ("engine/runner.py", "read"),
-    "runner: queue a step (graph, sampling, async_eval)": ("engine/runner.py", "_queue_step"),
+    "runner: the forward pass's graph": ("engine/runner.py", "_forward_step"),
+    "runner: queue the sampling (async_eval)": ("engine/runner.py", "_sample"),
+    "runner: a constrained step (all)": ("engine/runner.py", "_constrained_step"),
+    "  of which waiting for the masks": ("concurrent/futures/_base.py", "result"),
     "runner: regroup rows and caches": ("engine/runner.py", "_regroup"),
     "runner: prefill chunks": ("engine/runner.py", "prefill"),
     "output: accept tokens (detokenize, stops, events)": ("engine/output.py", "accept"),
@@ -43,12 +50,15 @@ PARTS = {
 Stat = tuple[int, int, float, float, dict]  # pstats: calls, primitive calls, own time, cumulative time, callers
 
 
-def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int) -> common.Row:
-    """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common)."""
+def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
+        grammars: Grammars | None = None) -> common.Row:
+    """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
+    `grammars`, every stream under constrained_decode's schema."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
     for i, prompt in enumerate(prompts):
+        constraint = grammars.constraint(CONSTRAINT) if grammars is not None else None
         scheduler.add(GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
-                                        ignore_eos=True))
+                                        ignore_eos=True, constraint=constraint))
     started: set[str] = set()
     tokens = 0
     start = all_started = time.perf_counter()
@@ -66,8 +76,7 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int) -> com
 
 
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
-    """ms per decode step of each part in PARTS (cumulative: a part's callees count in it), and of the model's
-    forward pass as _queue_step calls it (building its graph; MLX computes it later)."""
+    """ms per decode step of each part in PARTS (cumulative: a part's callees count in it)."""
     table: dict[tuple[str, int, str], Stat] = stats.stats  # type: ignore[attr-defined]
 
     def key(file_end: str, name: str) -> tuple[str, int, str] | None:
@@ -77,10 +86,6 @@ def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
     for label, where in PARTS.items():
         k = key(*where)
         lines.append([label, (table[k][3] if k else 0.0) / steps * 1e3])
-    queue = key("engine/runner.py", "_queue_step")
-    graph = max((v[4][queue][3] for k, v in table.items() if k[2] == "__call__" and "/models/" in k[0]
-                 and queue in v[4]), default=0.0)
-    lines.insert(3, ["  of which the model's forward (graph build)", graph / steps * 1e3])
     return lines
 
 
@@ -91,23 +96,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
+    p.add_argument("--constrained", action="store_true", help="every stream under a JSON Schema")
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
-    runtime = ModelRuntime.from_loaded(*load_model_and_tokenizer(common.resolve_model(args.model), args.dtype))
+    loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
+    runtime = ModelRuntime.from_loaded(loaded, tokenizer)
+    grammars = Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids)) if args.constrained else None
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
-    run(runtime, prompts, 16)  # warm-up at this batch size
-    plain = run(runtime, prompts, args.new_tokens)
-    print(f"{args.streams} streams in-process, {args.new_tokens} new tokens each: "
+    run(runtime, prompts, 16, grammars)  # warm-up at this batch size
+    plain = run(runtime, prompts, args.new_tokens, grammars)
+    print(f"{args.streams} {'constrained ' if grammars else ''}streams in-process, {args.new_tokens} new tokens each: "
           f"{plain['decode_tps']:.1f} tok/s decode phase, {plain['total_tps']:.1f} total")
     if not (args.breakdown or args.profile):
         return
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    profiled = run(runtime, prompts, args.new_tokens)
+    profiled = run(runtime, prompts, args.new_tokens, grammars)
     profiler.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(profiler)
