@@ -22,6 +22,10 @@
 #   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
 #                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
 #                      at a long context)
+#   constrained        issue 17: a random Llama-3.2-1B shape with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
+#                      .gpu2/smollm2-tokenizer: a folder random_model's write_tokenizer made from SmolLM2's GGUF,
+#                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
+#                      then in-process 16-stream step breakdowns, constrained and free (~400 s)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
@@ -60,10 +64,11 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, the log in $logs
   [ $rc -eq 0 ] || echo "== $name: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)')"
 }
 
-model() {  # model SHAPE DTYPE BITS LAYERS -> the folder, written once
-  local out="$models/$1-$2-$3-$4" args=(--shape "$1" --dtype "$2")
+model() {  # model SHAPE DTYPE BITS LAYERS [TOKENIZER] -> the folder, written once (TOKENIZER: random_model's)
+  local out="$models/$1-$2-$3-$4${5:+-tokenizer}" args=(--shape "$1" --dtype "$2")
   [ "$3" = 0 ] || args+=(--bits "$3")
   [ "$4" = all ] || args+=(--layers "$4")
+  [ -z "${5:-}" ] || args+=(--tokenizer "$5")
   [ -d "$out" ] || "$py" -m bench random_model "${args[@]}" --out "$out" > "$logs/make-$1.log" 2>&1 || {
     tail -n 5 "$logs/make-$1.log" >&2; return 1; }
   echo "$out"
@@ -102,6 +107,13 @@ for spec in "$@"; do
     experts-float) step experts-float 300 "$py" -m bench expert_matmul --float --tokens 1 4 16 32 64 ;;
     experts-large) step experts-large 300 "$py" -m bench expert_matmul --tokens 64 128 256 ;;
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
+    constrained) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+                   step constrained 300 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
+                     --new-tokens 128 --rounds 2
+                   for kind in --constrained ""; do
+                     step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
+                       --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
+                   done; } ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
                  throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;

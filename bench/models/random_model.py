@@ -54,13 +54,36 @@ MOE = {
 }
 SHARD_BYTES = 4 << 30
 TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
+TEST_VOCABULARY = 320
+
+
+def write_tokenizer(out: Path, source: Path | None = None) -> int:
+    """The test tokenizer (320 tokens) into `out`, or the tokenizer of `source` (a model folder or GGUF mlxd loads:
+    its tokenizers JSON, as llguidance reads it, and its special tokens): a real vocabulary for the benchmarks that
+    need one (constrained decoding), on a machine that cannot fetch the model itself. Returns its vocabulary's
+    size."""
+    if source is None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(TOKENIZER / name, out / name)
+        return TEST_VOCABULARY
+    from mlxd.loading.model_source import load_model_tokenizer
+    tokenizer = load_model_tokenizer(source)
+    (out / "tokenizer.json").write_text(tokenizer.serialized)
+    plain = json.loads(tokenizer.serialized)
+    names = {token["id"]: token["content"] for token in plain.get("added_tokens", [])}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": tokenizer.bos_token_id is not None,
+              "bos_token": names.get(tokenizer.bos_token_id), "eos_token": names.get(
+                  tokenizer.eos_token_ids[0]) if tokenizer.eos_token_ids else None}
+    (out / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return tokenizer.vocab_size
 
 
 def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0,
-                       layers: int | None = None) -> Path:
+                       layers: int | None = None, tokenizer: Path | None = None) -> Path:
     """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64) as mlx-lm's converter writes them
     (MoE experts stacked under `switch_mlp`, routers at 8 bits). gpt-oss is written as OpenAI publishes it: MXFP4
-    experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it."""
+    experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it. `tokenizer`: a
+    model whose tokenizer to take (write_tokenizer)."""
     import mlx.core as mx
     if shape in shapes_hybrid.HYBRID:
         return write_hybrid(shape, dtype, out, seed, bits, layers=layers)
@@ -71,8 +94,8 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
         old.unlink()
     config = _config(shape, dtype, bits, layers)
     (out / "config.json").write_text(json.dumps(config, indent=1))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, out / name)
+    if write_tokenizer(out, tokenizer) > config["vocab_size"]:
+        raise ValueError(f"{tokenizer}'s vocabulary is wider than {shape}'s {config['vocab_size']} tokens")
     mx.random.seed(seed)
 
     def tensors():
@@ -106,8 +129,7 @@ def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0
         old.unlink()
     config = shapes_hybrid.config(shape, tiny, layers)
     _set_dtype(config, dtype)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, out / name)
+    write_tokenizer(out)
     mx.random.seed(seed)
     if not bits:
         (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -318,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Qwen3.5 / Gemma 4 / GLM-4.7-Flash shapes: print the bytes it would write, write nothing")
     parser.add_argument("--layers", type=int, default=None,
                         help="only the first N layers, each as published (a bf16 MoE that must fit the disk)")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="take this model's tokenizer (a folder or GGUF), not the 320-token test one")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.size_only:
@@ -330,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.shape in shapes_hybrid.HYBRID:
         out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny, layers=args.layers)
     else:
-        out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits, layers=args.layers)
+        out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits, layers=args.layers,
+                                 tokenizer=args.tokenizer)
     size = folder_bytes(out)
     print(f"{out}: {size / 1e9:.3f} GB on disk ({size / 2**30:.3f} GiB)")
 
