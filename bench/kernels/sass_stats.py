@@ -68,7 +68,7 @@ def instances(kind: str, bits: int, group: int, in_dims: int, out_dims: int, pai
     mode = {"float": 0, "affine": 1, "mxfp4": 2}[kind]
     t, w, s = TYPES[kind]
     per_word = 2 if mode == 0 else 32 // bits
-    chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts)
+    chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts, rows)
     head = f"k<{t}, {w}, {s}, {mode}, {bits if mode else 0}"
     gs = group if mode else 1
     return {
@@ -76,7 +76,7 @@ def instances(kind: str, bits: int, group: int, in_dims: int, out_dims: int, pai
                     "int MAXP", mode, f"{head}, {8 if mode else per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048>"),
         "few": (cuda_experts_few.source(mode), "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, "
                 "int MAXP, int MAXCH, bool BY_PAIR, int RW", mode,
-                f"{head}, {per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048, {min(chunk, 32 // rows)}, "
+                f"{head}, {per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048, {chunk}, "
                 f"{str(pairs < experts).lower()}, {rows}>"),
     }
 

@@ -130,6 +130,8 @@ def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
     """One token: one pair an expert. Qwen3-30B-A3B (8 of 128) at 16 tokens: 128 pairs over ~82 experts chosen."""
     assert [cuda_experts_few.largest_chunk(t, 8, 128) for t in (1, 4, 16, 64, 256)] == [1, 1, 2, 4, 8]
     assert [cuda_experts_few.largest_chunk(t, 4, 32) for t in (1, 4, 16)] == [1, 2, 2]
+    # at 8 rows a warp a warp's 32 lanes hold the sums of 4 pairs at most
+    assert [cuda_experts_few.largest_chunk(t, 8, 128, rows_per_warp=8) for t in (16, 256)] == [2, 4]
 
 
 def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkeypatch):

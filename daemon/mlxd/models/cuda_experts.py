@@ -244,8 +244,7 @@ def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.arra
     by_pair = pairs < experts
     top_k = indices.shape[-1]
     rows_per_warp = cuda_experts_few.ROWS_PER_WARP
-    # a warp's lanes write its sums, one (row, pair) each: at most 32 of them a chunk
-    chunk = min(cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts), 32 // rows_per_warp)
+    chunk = cuda_experts_few.largest_chunk(pairs // top_k, top_k, experts, rows_per_warp)
     tiles = -(-out_dims // cuda_experts_few.rows_a_block(rows_per_warp))
     kernel = cuda_jit.kernel(f"mlxd_experts_few_{mode}", INPUTS[mode], ["out"], cuda_experts_few.source(mode),
                              row_contiguous=True)

@@ -142,21 +142,23 @@ def source(mode: int) -> str:
             .replace("E8M0_SCALE_X16384", E8M0_SCALE_X16384))
 
 
-def largest_chunk(tokens: int, top_k: int, experts: int) -> int:
+def largest_chunk(tokens: int, top_k: int, experts: int, rows_per_warp: int | None = None) -> int:
     """MAXCH for `tokens` tokens of `top_k` experts each among `experts`: about the pairs a chosen expert holds
     (pairs over the experts expected to be chosen at least once, routing taken as uniform), so a block's registers
-    fit what it computes. Qwen3-30B-A3B at 16 tokens: 128 pairs over ~82 experts, 2."""
+    fit what it computes. Qwen3-30B-A3B at 16 tokens: 128 pairs over ~82 experts, 2. At most 32 / RW (the kernel's
+    rows a warp, ROWS_PER_WARP unless given): a warp's lanes write its sums, one (row, pair) each."""
     if tokens <= 1:
         return 1
     chosen = experts * (1 - (1 - top_k / experts) ** tokens)
     per_expert = tokens * top_k / chosen
-    return 1 if per_expert <= 1.2 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
+    chunk = 1 if per_expert <= 1.2 else 2 if per_expert <= 3 else 4 if per_expert <= 8 else 8
+    return min(chunk, 32 // (rows_per_warp or ROWS_PER_WARP))
 
 
 # Weight rows a warp holds (the kernel's RW; a block's 8 warps hold 8 * RW rows). 4, as measured in sessions 19-20.
 # Fewer rows a warp take fewer registers (64 a thread at 2 rows, ~100 at 4, for sm_90: `python -m bench
 # sass_stats`), so more blocks fit an SM, each lane with fewer bytes in flight; `bench expert_matmul
-# --rows-per-warp 2` times the other choice. RW * the largest chunk must not pass 32 (a warp's lanes write the sums).
+# --rows-per-warp 2` times the other choice. RW * the largest chunk must not pass 32 (largest_chunk keeps to it).
 ROWS_PER_WARP = 4
 
 
