@@ -15,6 +15,7 @@ import ctypes
 import itertools
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,18 +27,28 @@ PREAMBLE = ("#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n"
 # (mode, activation type, scales type); the weight is T for floats, packed uint32 otherwise.
 KINDS = [(0, "__nv_bfloat16", "float"), (0, "float", "float"), (1, "__nv_bfloat16", "__nv_bfloat16"),
          (1, "float", "float"), (2, "__nv_bfloat16", "uint8_t")]
+# Each kernel's template parameters after the three types (T, W, S), in the order models/cuda_experts.py passes them.
+CHUNKED_TEMPLATE = "int MODE, int BITS, int PER, int IN, int OUT, int GS, int DIV, int MAXP"
+FEW_TEMPLATE = "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, bool BY_PAIR, int RW"
 
 
 def unpacked(folder: Path) -> Path:
     """The folder holding nvidia/cuda_nvrtc and nvidia/cuda_runtime, downloaded and unpacked the first time."""
     if not (folder / "nvidia" / "cuda_nvrtc").is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
+        unpack_wheels(folder, WHEELS)
+    return folder
+
+
+def unpack_wheels(folder: Path, wheels: tuple[str, ...]) -> None:
+    """PyPI's x86-64 Linux wheels of `wheels` (pip requirements), downloaded and unpacked into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as download:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-                        "-d", str(folder), *WHEELS], check=True)
-        for wheel in folder.glob("*.whl"):
+                        "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_28_x86_64",
+                        "-d", download, *wheels], check=True)
+        for wheel in Path(download).glob("*.whl"):
             zipfile.ZipFile(wheel).extractall(folder)
-    return folder
 
 
 def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> str:
@@ -85,12 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         per = (2 if t == "__nv_bfloat16" else 1) if mode == 0 else 8
         gs = {0: 1, 1: 64, 2: 32}[mode]
         head = f"k<{t}, {w}, {s}, {mode}, {4 if mode else 0}"
-        chunked = compile_all(nvrtc, cuda_experts.kernel_source(mode), cuda_experts.INPUTS[mode],
-                              "int MODE, int BITS, int PER, int IN, int OUT, int GS, int DIV, int MAXP",
+        chunked = compile_all(nvrtc, cuda_experts.kernel_source(mode), cuda_experts.INPUTS[mode], CHUNKED_TEMPLATE,
                               [f"{head}, 8, 512, 96, {gs}, 4, 2048>"])
-        few = compile_all(nvrtc, cuda_experts_few.source(mode), cuda_experts.INPUTS[mode],
-                          "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, "
-                          "bool BY_PAIR, int RW",
+        few = compile_all(nvrtc, cuda_experts_few.source(mode), cuda_experts.INPUTS[mode], FEW_TEMPLATE,
                           [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}, {rw}>"
                            for c, b, rw in itertools.product((1, 2, 4, 8), (True, False), (2, 4)) if c * rw <= 32])
         for name, log in (("chunked", chunked), ("few", few)):

@@ -16,13 +16,11 @@ from __future__ import annotations
 import collections
 import re
 import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from bench import common
-from bench.kernels.nvrtc_compile import compiled, unpacked
+from bench.kernels.nvrtc_compile import CHUNKED_TEMPLATE, FEW_TEMPLATE, compiled, unpack_wheels, unpacked
 
 TOOL_WHEELS = ("nvidia-cuda-nvcc-cu12==12.9.86", "nvidia-cuda-nvdisasm==13.5.37")
 TYPES = {"float": ("__nv_bfloat16", "__nv_bfloat16", "float"), "affine": ("__nv_bfloat16", "uint32_t", "__nv_bfloat16"),
@@ -33,13 +31,7 @@ def tools(folder: Path) -> tuple[Path, Path]:
     """ptxas and nvdisasm, downloaded and unpacked into `folder` the first time."""
     ptxas, nvdisasm = folder / "nvidia" / "cuda_nvcc" / "bin" / "ptxas", folder / "nvidia" / "cu13" / "bin" / "nvdisasm"
     if not (ptxas.exists() and nvdisasm.exists()):
-        with tempfile.TemporaryDirectory() as download:
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                            "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-                            "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_28_x86_64",
-                            "-d", download, *TOOL_WHEELS], check=True)
-            for wheel in Path(download).glob("*.whl"):
-                zipfile.ZipFile(wheel).extractall(folder)
+        unpack_wheels(folder, TOOL_WHEELS)
         ptxas.chmod(0o755)
         nvdisasm.chmod(0o755)
     return ptxas, nvdisasm
@@ -72,10 +64,9 @@ def instances(kind: str, bits: int, group: int, in_dims: int, out_dims: int, pai
     head = f"k<{t}, {w}, {s}, {mode}, {bits if mode else 0}"
     gs = group if mode else 1
     return {
-        "chunked": (cuda_experts.kernel_source(mode), "int MODE, int BITS, int PER, int IN, int OUT, int GS, int DIV, "
-                    "int MAXP", mode, f"{head}, {8 if mode else per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048>"),
-        "few": (cuda_experts_few.source(mode), "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, "
-                "int MAXP, int MAXCH, bool BY_PAIR, int RW", mode,
+        "chunked": (cuda_experts.kernel_source(mode), CHUNKED_TEMPLATE, mode,
+                    f"{head}, {8 if mode else per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048>"),
+        "few": (cuda_experts_few.source(mode), FEW_TEMPLATE, mode,
                 f"{head}, {per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048, {chunk}, "
                 f"{str(pairs < experts).lower()}, {rows}>"),
     }
