@@ -135,28 +135,28 @@ def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
 
 
 def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkeypatch):
-    """Affine 4-bit experts: the few-pairs kernel below 512 pairs, the chunked one to MAX_PAIRS; MXFP4: the few-pairs
-    kernel to 512 pairs, then the chunked one; float and 8-bit weights: the chunked kernel from 256 pairs.
-    What MLX's kernel computes is sorted by expert from 64 pairs as before; what the kernels take is not."""
+    """Affine 4-bit experts: the few-pairs kernel at every size to MAX_PAIRS; MXFP4: it to 1,024 pairs, then the
+    chunked one; bfloat16: MLX's kernel below 32 pairs, the few-pairs one to 512, then the chunked one; 8-bit
+    weights: the chunked kernel from 256 pairs. What MLX's kernel computes is sorted by expert from 64 pairs as
+    before; what the kernels take is not."""
     monkeypatch.setattr(cuda_experts, "FORCE", None)  # the table, not the fixture's one kernel
     affine4 = _weights("affine4", 64, 256, mx.float32)[1]
     mxfp4 = _weights("mxfp4", 64, 256, mx.float32)[1]
     affine8 = _weights("affine8", 64, 256, mx.float32)[1]
-    sizes = (8, 64, 127, 128, 255, 256, 511, 512, 2048, 2049)
-    assert [cuda_experts.kernel_for(n, affine4) for n in sizes] == ["few"] * 7 + ["chunked"] * 2 + [None]
-    assert [cuda_experts.kernel_for(n, mxfp4) for n in sizes] == ["few"] * 8 + ["chunked", None]
-    for weights in (None, affine8):
-        assert [cuda_experts.kernel_for(n, weights) for n in sizes] == [None] * 5 + ["chunked"] * 4 + [None]
+    sizes = (8, 31, 32, 255, 256, 512, 513, 1024, 1025, 2048, 2049)
+    assert [cuda_experts.kernel_for(n, affine4) for n in sizes] == ["few"] * 10 + [None]
+    assert [cuda_experts.kernel_for(n, mxfp4) for n in sizes] == ["few"] * 8 + ["chunked"] * 2 + [None]
+    assert [cuda_experts.kernel_for(n, None) for n in sizes] == [None] * 2 + ["few"] * 4 + ["chunked"] * 4 + [None]
+    assert [cuda_experts.kernel_for(n, affine8) for n in sizes] == [None] * 4 + ["chunked"] * 6 + [None]
     x = mx.ones((8, 1, 1, 256))
-    assert cuda_experts.gather_matmul(x, mx.zeros((8, 4), mx.uint32), mx.ones((EXPERTS, 64, 256)), None) is None
+    assert cuda_experts.gather_matmul(x, mx.zeros((8, 2), mx.uint32), mx.ones((EXPERTS, 64, 256)), None) is None
     cuda = CudaBackend()
-    assert [cuda.sorts_experts(n, lambda: [affine4, affine4]) for n in sizes] == [False] * 9 + [True]
-    assert [cuda.sorts_experts(n, lambda: [affine4, None]) for n in sizes] == \
-        [False] + [True] * 4 + [False] * 4 + [True]
-    assert [cuda.sorts_experts(n, lambda: [mxfp4]) for n in sizes] == [False] * 9 + [True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, affine4]) for n in sizes] == [False] * 10 + [True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, None]) for n in sizes] == [False] * 10 + [True]
+    assert [cuda.sorts_experts(n, lambda: [mxfp4]) for n in sizes] == [False] * 10 + [True]
     # weights the kernels do not decode (3 bits here) go to MLX's kernel at every size, sorted as it wants them
     packed, scales, biases = mx.quantize(mx.zeros((EXPERTS, 64, 256)), 64, 3)
     three = ExpertQuantization(64, 3, "affine", scales, biases)
-    assert [cuda.sorts_experts(n, lambda: [affine4, three]) for n in sizes] == [False] + [True] * 9
+    assert [cuda.sorts_experts(n, lambda: [affine4, three]) for n in sizes] == [False] * 3 + [True] * 8
     # a decode step's few pairs are never sorted, so their weights are not even asked for
     assert cuda.sorts_experts(8, lambda: pytest.fail("asked")) is False

@@ -29,17 +29,21 @@ MAX_PAIRS = 2048
 _FLOAT, _AFFINE, _MXFP4 = 0, 1, 2
 
 # Which kernel computes how many pairs, from `python -m bench expert_matmul` on the H200 (MLX 0.32.4, bfloat16,
-# us per call, MLX / chunked / few; docs/performance.md, session 19):
-# - affine 4-bit (Qwen3-30B-A3B, 128 experts, top 8), gate/up + down: 8 pairs 68.0 / 113 / 59.8, 32 pairs
-#   103.5 / 160 / 98.5, 128 pairs 299 / 324 / 222, 256 pairs 537 / 474 / 345. The few-pairs kernel wins at every
-#   size measured; at 512 pairs only the chunked one was (1.18-1.67x MLX, session 17), so it takes over there.
-# - MXFP4 (gpt-oss-20b, 32 experts, top 4), since its codes are decoded through float16 (session 20), gate/up +
-#   down: 4 pairs 66.4 / 117 / 61.4, 64 pairs 637 / 537 / 331, 128 pairs 1,204 / 740 / 498, 512 pairs 4,648 /
-#   1,874 / 1,576: the few-pairs kernel wins at every size measured, to 512 pairs.
-# - affine 8-bit and float weights: not measured at decode sizes; the chunked kernel from 256 pairs as before.
+# us per call, MLX / chunked / few, gate/up + down; docs/performance.md, sessions 19-21):
+# - affine 4-bit (Qwen3-30B-A3B, 128 experts, top 8): 8 pairs 68.0 / 113 / 59.8, 128 pairs 299 / 324 / 222,
+#   512 pairs 1,039 / 710 / 679, 1,024 pairs 2,012 / 1,064 / 984, 2,048 pairs 3,935 / 1,731 / 1,639; GLM-4.7-Flash's
+#   shape (64 experts, top 4) at 1,024 pairs 3,883 / 1,567 / 1,544. The few-pairs kernel wins at every size measured.
+# - MXFP4 (gpt-oss-20b, 32 experts, top 4), its codes decoded through float16: 4 pairs 66.4 / 117 / 61.4, 64 pairs
+#   637 / 537 / 331, 512 pairs 4,667 / 1,856 / 1,546, 1,024 pairs 9,242 / 3,439 / 2,845: the few-pairs kernel to
+#   1,024 pairs (the largest measured), the chunked one above.
+# - bfloat16 experts (session 21; the same three shapes): the few-pairs kernel from 32 pairs (Qwen3 at 32 pairs
+#   120 / 202 / 112; at 512 pairs 1,242 / 889 / 504); below, MLX's is as fast or faster (GLM at 16 pairs 102 / 184
+#   / 127). Above 512 pairs, unmeasured: the chunked kernel as before.
+# - affine 8-bit: not measured at decode sizes; the chunked kernel from 256 pairs as before.
 # Outside these ranges MLX's kernel computes them.
 MIN_PAIRS = 256                                                # the chunked kernel from here to MAX_PAIRS
-FEW_PAIRS = {(_AFFINE, 4): range(1, 512), (_MXFP4, 4): range(1, 513)}  # (MODE, BITS) -> the few-pairs kernel's
+FEW_PAIRS = {(_AFFINE, 4): range(1, MAX_PAIRS + 1), (_MXFP4, 4): range(1, 1025),  # (MODE, BITS) -> the few-pairs
+             (_FLOAT, 0): range(32, 513)}                                         # kernel's sizes
 
 # "chunked" or "few": that kernel at every size it can take (its tests; `bench expert_matmul`), else None.
 FORCE: str | None = None

@@ -9,10 +9,12 @@ Read from its code, three things cost it at few pairs, and this kernel differs i
   and the others returning at once;
 - it loads 4 bytes of a weight row per lane: here 16 (one uint4 per row, 4 rows a warp, all issued before the
   arithmetic), so more bytes are in flight per warp.
-Its tests (tests/models/test_cuda_experts.py) pass on the H200 (sessions 18, 20); where it is used is
-`cuda_experts.kernel_for`'s table (`bench expert_matmul`: faster than MLX's kernel at every decode size for affine
+Its tests (tests/models/test_cuda_experts.py) pass on the H200 (sessions 18, 20, 21); where it is used is
+`cuda_experts.kernel_for`'s table (`bench expert_matmul`): faster than MLX's kernel at every decode size for affine
 4-bit experts (session 19) and, since MXFP4's codes are decoded through float16, for MXFP4 (session 20: 1.0-2.9x to
-512 pairs); before that MXFP4's decoding was most of its arithmetic and it lost to MLX's below 128 pairs).
+512 pairs; before that MXFP4's decoding was most of its arithmetic and it lost to MLX's below 128 pairs); faster
+than the chunked kernel too up to 2,048 affine and 1,024 MXFP4 pairs, and than MLX's for bfloat16 experts from 32
+pairs (session 21).
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def largest_chunk(tokens: int, top_k: int, experts: int, rows_per_warp: int | No
 # Weight rows a warp holds (the kernel's RW; a block's 8 warps hold 8 * RW rows). 4, as measured in sessions 19-20.
 # Fewer rows a warp take fewer registers (64 a thread at 2 rows, ~100 at 4, for sm_90: `python -m bench
 # sass_stats`), so more blocks fit an SM, each lane with fewer bytes in flight; `bench expert_matmul
-# --rows-per-warp 2` times the other choice. RW * the largest chunk must not pass 32 (largest_chunk keeps to it).
+# --rows-per-warp 2` times the other choice: on the H200 (session 21) 2 rows were slower at decode sizes (Qwen3-30B-A3B
+# gate/up at 16 tokens 145 us against session 19's 124 at 4 rows; gpt-oss-20b 225 against session 20's 203), so bytes
+# in flight a lane matter more than blocks an SM. RW * the largest chunk must not pass 32 (largest_chunk keeps to it).
 ROWS_PER_WARP = 4
 
 
