@@ -4,7 +4,7 @@ the engine's; --breakdown says where a step's time goes when the device is not t
 preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
 
     python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
-                                    [--constrained] [--breakdown] [--profile OUT.txt]
+                                    [--constrained] [--breakdown] [--timeline] [--profile OUT.txt]
 
 --breakdown runs once more under cProfile and reads the cumulative time of the runner's and scheduler's main
 parts from it (waiting for a step's tokens, the forward pass's graph build, queueing the sampling, regrouping
@@ -12,7 +12,9 @@ rows, prefill, a constrained step and its wait for the masks, the per-request ou
 Nothing in the daemon is patched; the profiler's own overhead inflates the Python parts (compare its wall time with
 the unprofiled run's), and it sees only this thread (the masks are filled on another: their wait shows here).
 --profile writes the 30 functions with the most own time. --constrained puts every stream under
-constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would.
+constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would. --timeline (with
+--constrained) runs once more with the constrained step's two threads timed (bench/suite/mask_timeline.py): the
+forward's launch, the mask thread's jobs, and the worker's wait for the masks after its launch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from bench import common
+from bench.suite import mask_timeline
 from bench.suite.constrained_decode import CONSTRAINT
 from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
@@ -98,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
     p.add_argument("--constrained", action="store_true", help="every stream under a JSON Schema")
     p.add_argument("--breakdown", action="store_true")
+    p.add_argument("--timeline", action="store_true", help="with --constrained: time the step's two threads")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
     args = p.parse_args(argv)
+    if args.timeline and not args.constrained:
+        p.error("--timeline times the constrained step: give --constrained")
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
@@ -110,6 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     plain = run(runtime, prompts, args.new_tokens, grammars)
     print(f"{args.streams} {'constrained ' if grammars else ''}streams in-process, {args.new_tokens} new tokens each: "
           f"{plain['decode_tps']:.1f} tok/s decode phase, {plain['total_tps']:.1f} total")
+    if args.timeline:
+        with mask_timeline.timeline() as timings:
+            timed = run(runtime, prompts, args.new_tokens, grammars)
+        print(f"timed: {timed['decode_tps']:.1f} tok/s; each constrained step's parts (ms):")
+        print(common.table(["part", "steps", "median", "p90"], mask_timeline.table(timings)))
     if not (args.breakdown or args.profile):
         return
     profiler = cProfile.Profile()
