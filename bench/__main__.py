@@ -37,6 +37,8 @@ BENCHMARKS = {
                            "the n-gram speculation policy replayed over recorded generations at given step costs"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
+    "mask_threads": ("bench.suite.mask_threads",
+                     "whether llguidance fills rows' masks in parallel: N threads against 1, wall against CPU time"),
     "tensor_parallel": ("bench.suite.tensor_parallel",
                         "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),
 }

@@ -4,7 +4,6 @@ turns the filled masks into -inf logits."""
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import llguidance
@@ -84,9 +83,14 @@ class RowConstraint:
 
 def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[ConstraintError | None]:
     """Row j of `out` (int32 [len(rows), words], contiguous; words each row's mask_words) filled as rows[j]'s
-    fill_bitmask would, every row at once on llguidance's threads, without the GIL: a batch's masks in about one
-    mask's time where a loop takes one per row (16 streams on an H200 spent ~3 ms a step filling one by one).
-    Returns each row's failure, None where it filled."""
+    fill_bitmask would, in one call on llguidance's threads, without the GIL. Returns each row's failure, None
+    where it filled.
+
+    The call was meant to fill a batch's masks in about one mask's time; measured, it does not (llguidance 1.9.1,
+    `bench mask_threads`): 16 copies of one matcher at one state take 1.43 ms on one of the executor's threads and
+    1.95 on four on the H200's host, with the CPU time no more than the wall time; copies of one matcher do not
+    fill in parallel, whatever the threads (two Python threads calling `compute_bitmask`, which releases the GIL,
+    on such copies took longer than one). Kept: one call into llguidance a step, and the GIL free throughout."""
     if not rows:
         return []
     words = rows[0].mask_words
@@ -100,7 +104,9 @@ def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[Constr
 
 @functools.cache
 def _executor() -> llguidance.LLExecutor:
-    """llguidance's thread pool for batched mask fills, made on first use: at most 4 threads. The fill runs while
-    the worker launches the forward pass, and more threads took cores from that launch: 16 streams on an H200
-    (random 1B, 16 host cores) kept 0.81-0.83 of the free rate with 4 threads, 0.76 with 16, 0.80 with 2."""
-    return llguidance.LLExecutor(num_threads=min(4, os.cpu_count() or 1))
+    """llguidance's executor for batched mask fills, made on first use, with one thread: its threads do not fill
+    in parallel (fill_bitmasks), and on the H200's host (16 cores) 16 rows' masks at one state took 1.43 ms on one
+    thread against 1.95 on four (`bench mask_threads`, session 21). With one thread, 16 constrained streams over
+    gRPC (random 1B) kept 0.74 of the free rate and free streams beside them 0.91, against 0.68 and 0.85 with four
+    earlier the same session (two machines: a hint, not a measure). One thread still fills without the GIL."""
+    return llguidance.LLExecutor(num_threads=1)

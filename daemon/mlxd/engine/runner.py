@@ -250,13 +250,15 @@ class Runner:
         step before is read and its tokens told to the constraints, then the masks are filled on llguidance's
         threads while this one launches the forward pass, and the sampling, masks applied, is queued last.
 
-        Measured on an H200 (random 1B, SmolLM2's tokenizer): 16 rows' masks take ~2 ms to fill, about as long
-        as launching the forward pass, so the fill must overlap the launch; reading the step before after the
-        graph is built leaves the device idle only while the launch begins. Reading first (the device idle while
-        the graph is built) gave 260 constrained tok/s for one stream, filling after the launch (a 16-row step
-        longer by the whole fill) 1,470 for sixteen; this order 413-444 and 2,034-2,197. Telling the constraints
-        the step before's tokens (llguidance's consume, ~25 us a row on the CPU: 0.4 ms for 16 rows) happens on
-        the fill's thread too, before the fill that needs it, so it overlaps the launch instead of preceding it."""
+        Measured on an H200 (random 1B, SmolLM2's tokenizer; `bench batch_inprocess --constrained --timeline`,
+        session 21, medians a step): 16 rows' masks take 3.6 ms to fill and the forward's launch 3.1 ms, the fill
+        starting 0.05 ms after the launch, so the worker waits 0.7 ms (p90 2.5) for the masks: the fill must
+        overlap the launch; reading the step before after the graph is built leaves the device idle only while the
+        launch begins. Reading first (the device idle while the graph is built) gave 260 constrained tok/s for one
+        stream, filling after the launch (a 16-row step longer by the whole fill) 1,470 for sixteen; this order
+        413-444 and 2,034-2,197. Telling the constraints the step before's tokens (llguidance's consume: 0.13 ms
+        for 16 rows) happens on the fill's thread too, before the fill that needs it, so it overlaps the launch
+        instead of preceding it."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         read = previous.read() if previous is not None else []
         owners = previous.owners if previous is not None else []

@@ -1,0 +1,103 @@
+"""Whether llguidance fills several rows' masks in parallel: the same rows' masks at one grammar state filled by 1
+thread and by N, the wall time against the process's CPU time (a parallel fill takes less wall than CPU time).
+
+    python -m bench mask_threads [--model smollm2|PATH --rows 16 --threads 2 --states 40]
+
+Two ways are timed, each on copies of one matcher walked to the same state (random allowed tokens of
+constrained_decode's schema), fresh copies each time so no mask is cached: llguidance's own executor
+(`fill_next_token_bitmask_par`, what engine/masks.py uses) and Python threads each calling `compute_bitmask`
+(which releases the GIL) on matchers of their own tokenizers (fresh matchers: colder caches than copies).
+Session 21, llguidance 1.9.1, 16 rows, medians of 60 states (ms, wall / CPU): the H200's host (16 cores) 1.43 / 1.34
+on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core machine 1.77 / 1.51,
+1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import resource
+import threading
+import time
+from collections.abc import Callable
+
+import llguidance
+import numpy as np
+from llguidance.numpy import fill_next_token_bitmask_par
+
+from bench import common
+from bench.suite.constrained_decode import CONSTRAINT
+from mlxd.constraints.compiler import CompiledGrammar, GrammarCompiler
+from mlxd.loading.model_source import load_model_tokenizer
+from mlxd.service.constraints import spec_of
+
+
+def _timed(work: Callable[[], None]) -> tuple[float, float]:
+    """(wall ms, CPU ms of the whole process) of work()."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    work()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return wall * 1e3, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
+
+
+def _walk(matcher: llguidance.LLMatcher, words: int, eos: set[int], rng: random.Random) -> int:
+    """Consume one random allowed token (not EOS while others are allowed) and return it."""
+    mask = np.zeros((1, words), np.int32)
+    fill_next_token_bitmask_par(llguidance.LLExecutor(1), [(matcher, 0)], mask)
+    allowed = [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
+    choice = rng.choice([t for t in allowed if t not in eos] or allowed)
+    if not matcher.consume_token(choice):
+        raise RuntimeError(f"the grammar refused its own allowed token {choice}")
+    return choice
+
+
+def _matcher_at(tokenizer: llguidance.LLTokenizer, grammar: CompiledGrammar, limits: llguidance.LLParserLimits,
+                tokens: list[int]) -> llguidance.LLMatcher:
+    matcher = llguidance.LLMatcher(tokenizer, grammar.grammar, log_level=0, limits=limits)
+    for token in tokens:
+        matcher.consume_token(token)
+    return matcher
+
+
+def _fill_on_threads(groups: list[list[llguidance.LLMatcher]]) -> None:
+    """Each group's masks computed on a thread of its own."""
+    threads = [threading.Thread(target=lambda g=g: [m.compute_bitmask() for m in g]) for g in groups]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--states", type=int, default=40, help="grammar states timed (one token apart)")
+    args = p.parse_args(argv)
+    tokenizer = load_model_tokenizer(common.resolve_model(args.model))
+    compiler = GrammarCompiler(tokenizer.serialized, tokenizer.vocab_size, tokenizer.eos_token_ids)
+    grammar = compiler.compile(spec_of(CONSTRAINT))
+    eos = set(tokenizer.eos_token_ids)
+    executors = {n: llguidance.LLExecutor(num_threads=n) for n in (1, args.threads)}
+    # The Python threads' matchers: each thread's of its own tokenizer (its own token trie), nothing shared.
+    own = [llguidance.LLTokenizer(tokenizer.serialized, n_vocab=compiler.width,
+                                  eos_token=list(compiler.eos_token_ids)) for _ in range(args.threads)]
+    walker, history = grammar.new_matcher(), []
+    rng = random.Random(0)
+    times: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.states):
+        history.append(_walk(walker, grammar.mask_words, eos, rng))
+        for n in sorted(executors):
+            copies = [walker.deep_copy() for _ in range(args.rows)]
+            out = np.zeros((args.rows, grammar.mask_words), np.int32)
+            pairs = [(m, j) for j, m in enumerate(copies)]
+            times.setdefault(f"llguidance's executor, {n} thread(s)", []).append(_timed(
+                functools.partial(fill_next_token_bitmask_par, executors[n], pairs, out)))
+        groups = [[_matcher_at(own[k], grammar, compiler.limits, history) for _ in range(args.rows // args.threads)]
+                  for k in range(args.threads)]
+        times.setdefault(f"{args.threads} Python threads, own tokenizers", []).append(_timed(
+            functools.partial(_fill_on_threads, groups)))
+    print(f"{args.rows} rows' masks at one grammar state, medians over {args.states} states (ms):")
+    print(common.table(["how", "wall", "CPU"], [[label, float(np.median([w for w, _ in v])),
+                                                 float(np.median([c for _, c in v]))] for label, v in times.items()]))
