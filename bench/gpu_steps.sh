@@ -27,7 +27,8 @@
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
 #                      then in-process 16-stream step breakdowns, constrained and free (~400 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
-#                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads)
+#                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
+#                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
@@ -119,8 +120,10 @@ for spec in "$@"; do
     constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
-    mask-threads) step mask-threads 200 "$py" -m bench mask_threads --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" \
-                    --threads 4 --states 60 ;;
+    mask-threads) for warm in "" --warm; do
+                    step "mask-threads${warm:+-warm}" 200 "$py" -m bench mask_threads \
+                      --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" --threads 4 --states 60 $warm
+                  done ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
                  throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;

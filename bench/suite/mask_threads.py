@@ -1,17 +1,19 @@
-"""Whether llguidance fills several rows' masks in parallel: the same rows' masks at one grammar state filled by 1
-thread and by N, the wall time against the process's CPU time (a parallel fill takes less wall than CPU time).
+"""Whether llguidance fills several rows' masks in parallel: the rows' masks filled by 1 thread and by N, the wall
+time against the process's CPU time (a parallel fill takes less wall than CPU time).
 
-    python -m bench mask_threads [--model smollm2|PATH --rows 16 --threads 2 --states 40]
+    python -m bench mask_threads [--model smollm2|PATH --rows 16 --threads 2 --states 40] [--warm]
 
-Two ways are timed, each on copies of one matcher walked to the same state (random allowed tokens of
-constrained_decode's schema), fresh copies each time so no mask is cached: llguidance's own executor
-(`fill_next_token_bitmask_par`, what engine/masks.py uses) and Python threads each calling `compute_bitmask`
-(which releases the GIL) on matchers of their own tokenizers (fresh matchers: colder caches than copies).
-Session 21, llguidance 1.9.1, 16 rows, medians of 60 states (ms, wall / CPU): the H200's host (16 cores) 1.43 / 1.34
-on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core machine 1.77 / 1.51,
-1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
+Without --warm, each way fills copies of one matcher walked to the same state (random allowed tokens of
+constrained_decode's schema), fresh copies each state: llguidance's own executor (`fill_next_token_bitmask_par`,
+what engine/masks.py uses) and Python threads each calling `compute_bitmask` (which releases the GIL) on matchers
+of their own tokenizers (fresh matchers: colder caches than copies). With --warm, each way keeps its rows for the
+whole walk, as a request keeps its matcher (each row walks its own random allowed tokens, the same walk for every
+way): the executor's copies of the grammar's matcher on 1 and N threads, and N Python threads, each filling its
+share of rows made from a tokenizer of its own.
+Session 21, llguidance 1.9.1, 16 rows, medians of 60 states, without --warm (ms, wall / CPU): the H200's host (16
+cores) 1.43 / 1.34 on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core
+machine 1.77 / 1.51, 1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
 """
-
 from __future__ import annotations
 
 import functools
@@ -20,10 +22,11 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import llguidance
 import numpy as np
-from llguidance.numpy import fill_next_token_bitmask_par
+from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_par
 
 from bench import common
 from bench.suite.constrained_decode import CONSTRAINT
@@ -68,17 +71,68 @@ def _fill_on_threads(groups: list[list[llguidance.LLMatcher]]) -> None:
         thread.join()
 
 
+def _allowed(mask: np.ndarray) -> list[int]:
+    return [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
+
+
+def _warm(rows: list[llguidance.LLMatcher], fill: Callable[[np.ndarray], None], words: int, steps: int,
+          eos: set[int]) -> list[tuple[float, float]]:
+    """Each step: the rows' masks filled by `fill` (timed), then each row given a random allowed token."""
+    rng, out, times = random.Random(0), np.zeros((len(rows), words), np.int32), []
+    for _ in range(steps):
+        times.append(_timed(functools.partial(fill, out)))
+        for j, row in enumerate(rows):
+            if row.is_stopped():
+                continue
+            allowed = _allowed(out[j])
+            if not row.consume_token(rng.choice([t for t in allowed if t not in eos] or allowed)):
+                raise RuntimeError("the grammar refused its own allowed token")
+    return times[10:]
+
+
+def warm_ways(serialized: str, compiler: GrammarCompiler, grammar: CompiledGrammar, rows: int, threads: int,
+              steps: int, eos: set[int]) -> dict[str, list[tuple[float, float]]]:
+    """--warm: (wall, CPU) ms of each step's fill, per way."""
+    words, ways = grammar.mask_words, {}
+    for n in sorted({1, threads}):
+        executor = llguidance.LLExecutor(num_threads=n)
+        copies = [grammar.new_matcher() for _ in range(rows)]
+        ways[f"llguidance's executor, {n} thread(s)"] = _warm(copies, lambda out, e=executor, c=copies:
+                                                              fill_next_token_bitmask_par(
+                                                                  e, [(m, j) for j, m in enumerate(c)], out),
+                                                              words, steps, eos)
+    own = [llguidance.LLTokenizer(serialized, n_vocab=compiler.width, eos_token=list(compiler.eos_token_ids))
+           for _ in range(threads)]
+    mine = [llguidance.LLMatcher(own[j % threads], grammar.grammar, log_level=0, limits=compiler.limits)
+            for j in range(rows)]
+    shares = [list(range(k, rows, threads)) for k in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        def fill(out: np.ndarray) -> None:
+            def share(indices: list[int]) -> None:
+                for j in indices:
+                    fill_next_token_bitmask(mine[j], out[j:j + 1])
+            list(pool.map(share, shares))
+        ways[f"{threads} Python threads, own tokenizers"] = _warm(mine, fill, words, steps, eos)
+    return ways
+
+
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__)
     common.add_model_args(p)
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--states", type=int, default=40, help="grammar states timed (one token apart)")
+    p.add_argument("--warm", action="store_true", help="rows kept for the whole walk, as requests keep theirs")
     args = p.parse_args(argv)
     tokenizer = load_model_tokenizer(common.resolve_model(args.model))
     compiler = GrammarCompiler(tokenizer.serialized, tokenizer.vocab_size, tokenizer.eos_token_ids)
     grammar = compiler.compile(spec_of(CONSTRAINT))
     eos = set(tokenizer.eos_token_ids)
+    if args.warm:
+        ways = warm_ways(tokenizer.serialized, compiler, grammar, args.rows, args.threads, args.states + 10, eos)
+        _report(f"{args.rows} rows kept for a walk of {args.states + 10} tokens, medians of the last "
+                f"{args.states} steps' fills (ms):", ways)
+        return
     executors = {n: llguidance.LLExecutor(num_threads=n) for n in (1, args.threads)}
     # The Python threads' matchers: each thread's of its own tokenizer (its own token trie), nothing shared.
     own = [llguidance.LLTokenizer(tokenizer.serialized, n_vocab=compiler.width,
@@ -98,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
                   for k in range(args.threads)]
         times.setdefault(f"{args.threads} Python threads, own tokenizers", []).append(_timed(
             functools.partial(_fill_on_threads, groups)))
-    print(f"{args.rows} rows' masks at one grammar state, medians over {args.states} states (ms):")
+    _report(f"{args.rows} rows' masks at one grammar state, medians over {args.states} states (ms):", times)
+
+
+def _report(title: str, ways: dict[str, list[tuple[float, float]]]) -> None:
+    print(title)
     print(common.table(["how", "wall", "CPU"], [[label, float(np.median([w for w, _ in v])),
-                                                 float(np.median([c for _, c in v]))] for label, v in times.items()]))
+                                                 float(np.median([c for _, c in v]))] for label, v in ways.items()]))
