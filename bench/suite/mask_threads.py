@@ -8,8 +8,9 @@ constrained_decode's schema), fresh copies each state: llguidance's own executor
 what engine/masks.py uses) and Python threads each calling `compute_bitmask` (which releases the GIL) on matchers
 of their own tokenizers (fresh matchers: colder caches than copies). With --warm, each way keeps its rows for the
 whole walk, as a request keeps its matcher (each row walks its own random allowed tokens, the same walk for every
-way): the executor's copies of the grammar's matcher on 1 and N threads, and N Python threads, each filling its
-share of rows made from a tokenizer of its own.
+way): the executor's copies of the grammar's matcher on 1 and N threads, N Python threads, each filling its
+share of rows made from a tokenizer of its own, and N worker processes likewise (bench/suite/mask_processes.py:
+what the daemon could do if threads cannot).
 Session 21, llguidance 1.9.1, 16 rows, medians of 60 states, without --warm (ms, wall / CPU): the H200's host (16
 cores) 1.43 / 1.34 on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core
 machine 1.77 / 1.51, 1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
@@ -30,6 +31,7 @@ from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_pa
 
 from bench import common
 from bench.suite.constrained_decode import CONSTRAINT
+from bench.suite.mask_processes import MaskProcesses
 from mlxd.constraints.compiler import CompiledGrammar, GrammarCompiler
 from mlxd.loading.model_source import load_model_tokenizer
 from mlxd.service.constraints import spec_of
@@ -113,7 +115,27 @@ def warm_ways(serialized: str, compiler: GrammarCompiler, grammar: CompiledGramm
                     fill_next_token_bitmask(mine[j], out[j:j + 1])
             list(pool.map(share, shares))
         ways[f"{threads} Python threads, own tokenizers"] = _warm(mine, fill, words, steps, eos)
+    ways[f"{threads} processes (tokens sent, consumed there)"] = _warm_processes(
+        MaskProcesses(serialized, compiler.width, list(compiler.eos_token_ids), grammar.grammar, words, rows,
+                      threads), steps, eos)
     return ways
+
+
+def _warm_processes(workers: MaskProcesses, steps: int, eos: set[int]) -> list[tuple[float, float]]:
+    """_warm's walk with the rows in worker processes: each step sends the tokens chosen after the last fill (the
+    same random choices as _warm's), so the time includes consuming them (~8 us a row) and the pipes."""
+    rng, times = random.Random(0), []
+    tokens: list[int | None] = [None] * workers.masks.shape[0]
+    try:
+        for _ in range(steps):
+            times.append(_timed(functools.partial(workers.step, tokens)))
+            tokens = []
+            for row in workers.masks:
+                allowed = _allowed(row)
+                tokens.append(rng.choice([t for t in allowed if t not in eos] or allowed))
+    finally:
+        workers.close()
+    return times[10:]
 
 
 def main(argv: list[str] | None = None) -> None:
