@@ -29,7 +29,8 @@ KINDS = [(0, "__nv_bfloat16", "float"), (0, "float", "float"), (1, "__nv_bfloat1
          (1, "float", "float"), (2, "__nv_bfloat16", "uint8_t")]
 # Each kernel's template parameters after the three types (T, W, S), in the order models/cuda_experts.py passes them.
 CHUNKED_TEMPLATE = "int MODE, int BITS, int PER, int IN, int OUT, int GS, int DIV, int MAXP"
-FEW_TEMPLATE = "int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, bool BY_PAIR, int RW"
+FEW_TEMPLATE = ("int MODE, int BITS, int PW, int IN, int OUT, int GS, int DIV, int MAXP, int MAXCH, bool BY_PAIR, "
+                "int RW, int AHEAD")
 
 
 def unpacked(folder: Path) -> Path:
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         chunked = compile_all(nvrtc, cuda_experts.kernel_source(mode), cuda_experts.INPUTS[mode], CHUNKED_TEMPLATE,
                               [f"{head}, 8, 512, 96, {gs}, 4, 2048>"])
         few = compile_all(nvrtc, cuda_experts_few.source(mode), cuda_experts.INPUTS[mode], FEW_TEMPLATE,
-                          [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}, {rw}>"
-                           for c, b, rw in itertools.product((1, 2, 4, 8), (True, False), (2, 4)) if c * rw <= 32])
+                          [f"{head}, {per}, 512, 96, {gs}, 4, 2048, {c}, {str(b).lower()}, {rw}, {ahead}>"
+                           for c, b, rw, ahead in itertools.product((1, 2, 4, 8), (True, False), (2, 4), (1, 2))
+                           if c * rw <= 32])
         for name, log in (("chunked", chunked), ("few", few)):
             print(f"{name} mode {mode} {t}: {'ok' if not log else 'FAILED'}")
             if log:

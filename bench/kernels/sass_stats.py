@@ -52,9 +52,9 @@ def sass_of(ptx: str, ptxas: Path, nvdisasm: Path) -> tuple[int, collections.Cou
 
 
 def instances(kind: str, bits: int, group: int, in_dims: int, out_dims: int, pairs: int, experts: int,
-              top_k: int, rows: int) -> dict[str, tuple[str, str, int, str]]:
+              top_k: int, rows: int, ahead: int = 1) -> dict[str, tuple[str, str, int, str]]:
     """kernel -> (its source, its template parameters, MODE, its instantiation) for this projection and size, the
-    few-pairs kernel with `rows` weight rows a warp."""
+    few-pairs kernel with `rows` weight rows a warp and `ahead` loads a lane issued before use."""
     from mlxd.models import cuda_experts, cuda_experts_few
 
     mode = {"float": 0, "affine": 1, "mxfp4": 2}[kind]
@@ -68,7 +68,7 @@ def instances(kind: str, bits: int, group: int, in_dims: int, out_dims: int, pai
                     f"{head}, {8 if mode else per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048>"),
         "few": (cuda_experts_few.source(mode), FEW_TEMPLATE, mode,
                 f"{head}, {per_word}, {in_dims}, {out_dims}, {gs}, 1, 2048, {chunk}, "
-                f"{str(pairs < experts).lower()}, {rows}>"),
+                f"{str(pairs < experts).lower()}, {rows}, {ahead}>"),
     }
 
 
@@ -80,11 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--float", action="store_true", help="bfloat16 experts instead of the shape's quantization")
     p.add_argument("--rows-per-warp", type=int, default=None, help="the few-pairs kernel's (default: its own)")
+    p.add_argument("--loads-ahead", type=int, default=None, help="the few-pairs kernel's (default: its own)")
     p.add_argument("--nvrtc", type=Path, default=Path("/tmp/mlxd-nvrtc"))
     args = p.parse_args(argv)
     from mlxd.models import cuda_experts, cuda_experts_few
 
     rows = args.rows_per_warp or cuda_experts_few.ROWS_PER_WARP
+    ahead = args.loads_ahead or cuda_experts_few.LOADS_AHEAD
 
     nvrtc = unpacked(args.nvrtc)
     ptxas, nvdisasm = tools(args.nvrtc)
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         projections, experts, top_k, (mode_name, bits, group) = SHAPES[shape]
         kind = "float" if args.float else mode_name
         for name, out_dims, in_dims in projections:
-            made = instances(kind, bits, group, in_dims, out_dims, args.tokens * top_k, experts, top_k, rows)
+            made = instances(kind, bits, group, in_dims, out_dims, args.tokens * top_k, experts, top_k, rows,
+                             ahead)
             for kernel, (source, template, mode, instance) in made.items():
                 log, ptx = compiled(nvrtc, source, cuda_experts.INPUTS[mode], template, [instance])
                 if log:

@@ -3,14 +3,15 @@ cuda_experts_few.py) against MLX's gathered matmul on the same inputs, in one pr
 `cuda_experts.kernel_for`'s table.
 
     python -m bench expert_matmul [--tokens 1 4 16 32 64 256 --shapes qwen3-30b-a3b gpt-oss-20b --calls 20]
-                                  [--float] [--rows-per-warp 2]
+                                  [--float] [--rows-per-warp 2] [--loads-ahead 2]
 
 A CUDA device only. For each published shape's gate/up and down projections (4-bit affine experts, or gpt-oss's
 MXFP4; with `--float` bfloat16 experts, as the unquantized checkpoints hold them) and each token count, `--calls`
 calls are queued and evaluated together (so the host's work per call overlaps the device's, as in a decode step)
 and the best of `--rounds` is kept, in microseconds per call. Each kernel is timed at every size, whatever the
 thresholds say, and checked against MLX's result. Prints MLX / kernel last (above 1: the kernel faster), and the
-host's part of each call. `--rows-per-warp 2` times the few-pairs kernel with 2 weight rows a warp instead of 4.
+host's part of each call. `--rows-per-warp 2` times the few-pairs kernel with 2 weight rows a warp instead of 4,
+`--loads-ahead 2` with each lane's next two loads of a row issued before either is used.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--float", action="store_true", help="bfloat16 experts instead of the shape's quantization")
     p.add_argument("--rows-per-warp", type=int, default=None,
                    help="the few-pairs kernel's weight rows a warp (cuda_experts_few.ROWS_PER_WARP; default its own)")
+    p.add_argument("--loads-ahead", type=int, default=None,
+                   help="the few-pairs kernel's loads a lane issues before use (cuda_experts_few.LOADS_AHEAD)")
     args = p.parse_args(argv)
 
     import mlx.core as mx
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.rows_per_warp:
         cuda_experts_few.ROWS_PER_WARP = args.rows_per_warp
+    if args.loads_ahead:
+        cuda_experts_few.LOADS_AHEAD = args.loads_ahead
     if not mx.cuda.is_available():
         raise SystemExit("expert_matmul times a CUDA kernel: it needs MLX's CUDA backend")
     lines = []

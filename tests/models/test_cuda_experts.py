@@ -67,18 +67,24 @@ def test_equals_mlx_gathered_matmul(kind, dtype, tolerance, tokens, per_pair):
     assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * max(scale, 1.0)
 
 
+# The few-pairs kernel's other choices (`bench expert_matmul --rows-per-warp 2`, `--loads-ahead 2`), each with
+# (out, in) widths of its own: an output width that cuts a block, and for loads ahead rows long enough that a lane
+# makes two loads or more (1,536 4-bit values: half the lanes two, half one).
+OTHER_CHOICES = {"ROWS_PER_WARP": ((40, 256), (96, 512)), "LOADS_AHEAD": ((40, 1536), (96, 2048))}
+
+
 @on_cuda
+@pytest.mark.parametrize("choice", sorted(OTHER_CHOICES))
 @pytest.mark.parametrize("kind", ["float", "affine4", "mxfp4"])
 @pytest.mark.parametrize("tokens", [1, 37])
-def test_two_weight_rows_a_warp_equal_mlx_gathered_matmul(kind, tokens, kernel, monkeypatch):
-    """The few-pairs kernel with 2 weight rows a warp (16 a block; its other choice, `bench expert_matmul
-    --rows-per-warp 2`), bfloat16, an output width that cuts a block, both input layouts."""
+def test_the_few_pairs_kernels_other_choices_equal_mlx_gathered_matmul(choice, kind, tokens, kernel, monkeypatch):
+    """The few-pairs kernel with 2 weight rows a warp (16 a block), or with a lane's next loads issued before its
+    arithmetic, bfloat16, both input layouts."""
     if kernel != "few":
         pytest.skip("a choice of the few-pairs kernel")
-    monkeypatch.setattr(cuda_experts_few, "ROWS_PER_WARP", 2)
-    for per_pair in (False, True):
+    monkeypatch.setattr(cuda_experts_few, choice, 2)
+    for per_pair, (out_dims, in_dims) in zip((True, False), OTHER_CHOICES[choice]):
         mx.random.seed(tokens)
-        out_dims, in_dims = (40, 256) if per_pair else (96, 512)
         weight, quant = _weights(kind, out_dims, in_dims, mx.bfloat16)
         indices = mx.argpartition(mx.random.normal((tokens, EXPERTS)), kth=-TOP_K, axis=-1)[..., -TOP_K:]
         shape = (tokens, TOP_K, 1, in_dims) if per_pair else (tokens, 1, 1, in_dims)

@@ -256,7 +256,8 @@ def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.arra
         inputs=inputs,
         template=[("T", x.dtype), ("MODE", mode), ("BITS", bits), ("PW", per_word), ("IN", in_dims),
                   ("OUT", out_dims), ("GS", quant.group_size if quant is not None else 1), ("DIV", div),
-                  ("MAXP", MAX_PAIRS), ("MAXCH", chunk), ("BY_PAIR", by_pair), ("RW", rows_per_warp)],
+                  ("MAXP", MAX_PAIRS), ("MAXCH", chunk), ("BY_PAIR", by_pair), ("RW", rows_per_warp),
+                  ("AHEAD", cuda_experts_few.LOADS_AHEAD)],
         grid=(256 * (pairs if by_pair else experts) * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
     return out.reshape(*indices.shape, 1, out_dims)

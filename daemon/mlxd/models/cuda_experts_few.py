@@ -27,7 +27,7 @@ from mlxd.models.cuda_experts_code import E2M1_WORD, E8M0_SCALE_X16384, SUM_AND_
 # The head: which expert and rows are the block's, and that expert's pairs (with BY_PAIR the block of a pair whose
 # expert an earlier pair also has returns: the earlier one's block takes them all).
 _HEAD = """
-    constexpr int WARPS = 8, TILE = WARPS * RW, VEC = 4;  // RW: weight rows a warp, a template argument
+    constexpr int WARPS = 8, TILE = WARPS * RW, VEC = 4;  // RW, AHEAD: template arguments (below)
     constexpr int TILES = (OUT + TILE - 1) / TILE;
     constexpr int LOADS = IN / (PW * VEC);   // 16-byte loads along a weight row
     __shared__ int pairs[MAXP];
@@ -61,15 +61,18 @@ _CHUNK = """
         const T* xr[CH];
         #pragma unroll
         for (int j = 0; j < CH; ++j) xr[j] = x + (size_t)(pairs[c + j] / DIV) * IN;
-        for (int ld = lane; ld < LOADS; ld += 32) {
-            uint4 wv[RW];
-            float scale[RW], bias[RW];
+        // A lane's loads of its rows (RW 16-byte words and their scales) at one load position, and the arithmetic
+        // on them. With AHEAD of 2 the next position's loads are issued before this one's arithmetic (twice the
+        // bytes in flight, more registers); with 1 after it. The sums are the same, in the same order.
+        auto load = [&](int at_ld, uint4 (&words)[RW], float (&sc)[RW], float (&bi)[RW]) {
             #pragma unroll
-            for (int r = 0; r < RW; ++r) {
-                const size_t at = (size_t)expert * OUT + min(row0 + r, OUT - 1);  // past the last row: not written
-                wv[r] = reinterpret_cast<const uint4*>(w)[at * LOADS + ld];
+            for (int r = 0; r < RW; ++r) {  // a row past the last is read again, never written
+                const size_t at = (size_t)expert * OUT + min(row0 + r, OUT - 1);
+                words[r] = reinterpret_cast<const uint4*>(w)[at * LOADS + at_ld];
                 SCALE
             }
+        };
+        auto compute = [&](int ld, const uint4 (&wv)[RW], const float (&scale)[RW], const float (&bias)[RW]) {
             #pragma unroll
             for (int v = 0; v < VEC; ++v) {
                 float xv[CH][PW], xsum[CH];
@@ -108,6 +111,30 @@ _CHUNK = """
                     }
                 }
             }
+        };
+        if constexpr (AHEAD > 1) {
+            uint4 wv[RW];
+            float scale[RW], bias[RW];
+            if (lane < LOADS) load(lane, wv, scale, bias);
+            for (int ld = lane; ld < LOADS; ld += 32) {
+                uint4 next[RW];
+                float next_scale[RW], next_bias[RW];
+                if (ld + 32 < LOADS) load(ld + 32, next, next_scale, next_bias);
+                compute(ld, wv, scale, bias);
+                #pragma unroll
+                for (int r = 0; r < RW; ++r) {
+                    wv[r] = next[r];
+                    scale[r] = next_scale[r];
+                    bias[r] = next_bias[r];
+                }
+            }
+        } else {
+            for (int ld = lane; ld < LOADS; ld += 32) {
+                uint4 wv[RW];
+                float scale[RW], bias[RW];
+                load(ld, wv, scale, bias);
+                compute(ld, wv, scale, bias);
+            }
         }
 SUM_AND_WRITE
     }
@@ -116,13 +143,13 @@ SUM_AND_WRITE
 # Per weight kind (cuda_experts' MODE): the scale (and affine bias) of row r's group at this load (a load never
 # spans two groups: the caller asks GS to be a multiple of PW * VEC), and the PW values of one 32-bit word.
 SCALE = {
-    0: "scale[r] = 1.f; bias[r] = 0.f;",
-    1: """const size_t g = at * (IN / GS) + ld * PW * VEC / GS;
-                scale[r] = static_cast<float>(scales[g]);
-                bias[r] = static_cast<float>(biases[g]);""",
-    2: """const uint32_t s = scales[at * (IN / GS) + ld * PW * VEC / GS];
-                scale[r] = E8M0_SCALE_X16384;
-                bias[r] = 0.f;""",
+    0: "sc[r] = 1.f; bi[r] = 0.f;",
+    1: """const size_t g = at * (IN / GS) + at_ld * PW * VEC / GS;
+                sc[r] = static_cast<float>(scales[g]);
+                bi[r] = static_cast<float>(biases[g]);""",
+    2: """const uint32_t s = scales[at * (IN / GS) + at_ld * PW * VEC / GS];
+                sc[r] = E8M0_SCALE_X16384;
+                bi[r] = 0.f;""",
 }
 DECODE = {
     0: """#pragma unroll
@@ -164,6 +191,14 @@ def largest_chunk(tokens: int, top_k: int, experts: int, rows_per_warp: int | No
 # gate/up at 16 tokens 145 us against session 19's 124 at 4 rows; gpt-oss-20b 225 against session 20's 203), so bytes
 # in flight a lane matter more than blocks an SM. RW * the largest chunk must not pass 32 (largest_chunk keeps to it).
 ROWS_PER_WARP = 4
+
+# Load positions of a lane's weight rows in flight (the kernel's AHEAD): with 2, the next position's RW 16-byte
+# loads are issued before this one's arithmetic. A lane makes IN / (PW * 4 * 32) loads a row in all (2 for a
+# 2,048-wide 4-bit row), so 2 has all of such a row's in flight at once: twice the bytes. Registers for sm_90
+# (`bench sass_stats --loads-ahead 2`, 16 tokens): affine 4-bit 121-128 against 96-102 (still 2 blocks of 256
+# threads an SM), MXFP4 131 against 72 (1 block against 3), bfloat16 80 against 48. 1 as measured until session
+# 21; `bench expert_matmul --loads-ahead 2` times 2 (the sums are the same, in the same order).
+LOADS_AHEAD = 1
 
 
 def rows_a_block(rows_per_warp: int) -> int:
