@@ -10,11 +10,13 @@ preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
 parts from it (waiting for a step's tokens, the forward pass's graph build, queueing the sampling, regrouping
 rows, prefill, a constrained step and its wait for the masks, the per-request output state), per decode step.
 Nothing in the daemon is patched; the profiler's own overhead inflates the Python parts (compare its wall time with
-the unprofiled run's), and it sees only this thread (the masks are filled on another: their wait shows here).
+the unprofiled run's). Python 3.11's cProfile sees only this thread (the masks are filled on another: their wait
+shows here); 3.12's, on the H200's host, listed the mask thread's functions too (`fill_masks`).
 --profile writes the 30 functions with the most own time. --constrained puts every stream under
 constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would. --timeline (with
---constrained) runs once more with the constrained step's two threads timed (bench/suite/mask_timeline.py): the
-forward's launch, the mask thread's jobs, and the worker's wait for the masks after its launch.
+--constrained) runs once more with the constrained step's two threads timed (bench/suite/mask_timeline.py wraps
+the runner module's functions for that run): the forward's launch, the mask thread's jobs, and the worker's wait
+for the masks after its launch.
 """
 
 from __future__ import annotations

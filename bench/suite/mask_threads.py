@@ -45,11 +45,16 @@ def _timed(work: Callable[[], None]) -> tuple[float, float]:
     return wall * 1e3, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
 
 
+def _allowed(mask: np.ndarray) -> list[int]:
+    """The token ids a mask row (int32 words) allows."""
+    return [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
+
+
 def _walk(matcher: llguidance.LLMatcher, words: int, eos: set[int], rng: random.Random) -> int:
     """Consume one random allowed token (not EOS while others are allowed) and return it."""
     mask = np.zeros((1, words), np.int32)
-    fill_next_token_bitmask_par(llguidance.LLExecutor(1), [(matcher, 0)], mask)
-    allowed = [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
+    fill_next_token_bitmask(matcher, mask)
+    allowed = _allowed(mask[0])
     choice = rng.choice([t for t in allowed if t not in eos] or allowed)
     if not matcher.consume_token(choice):
         raise RuntimeError(f"the grammar refused its own allowed token {choice}")
@@ -71,10 +76,6 @@ def _fill_on_threads(groups: list[list[llguidance.LLMatcher]]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-
-
-def _allowed(mask: np.ndarray) -> list[int]:
-    return [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
 
 
 def _warm(rows: list[llguidance.LLMatcher], fill: Callable[[np.ndarray], None], words: int, steps: int,
