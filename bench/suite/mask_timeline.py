@@ -1,9 +1,10 @@
-"""Where a constrained decode step's time goes across its two threads (cProfile sees only the worker's): for
-`batch_inprocess --constrained --timeline`. The runner's module globals that a constrained step calls are wrapped
-for the run (and put back after): the mask thread's two jobs (telling the constraints the step before's tokens,
-filling this step's masks) and the worker's forward launch (`mx.async_eval` of the logits) are timed, and per step
-we print how long each took, how late the mask thread started after the launch began, and by how much the masks
-came after the launch had returned (the worker's wait for them).
+"""Where a constrained decode step's time goes across its two threads: for `batch_inprocess --constrained
+--timeline`. The runner's module globals that a constrained step calls, and its `_constrained_step` and `_settle`,
+are wrapped for the run (and put back after): the mask thread's two jobs (telling the constraints the step
+before's tokens, filling this step's masks), the worker's forward launch (`mx.async_eval` of the logits), the time
+between a step's return and the next call's `_settle` (what the caller does between steps, which the fill also
+overlaps) and the worker's wait there for the masks are timed; per step we print how long each took, how late the
+mask thread started after the launch began and how long after the launch returned the masks were ready.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,7 +40,8 @@ class _Timings:
         started after the launch began, and how long the worker waited for it after the launch returned."""
         pairs = list(zip(self.launches, self.jobs))
         return {"mask thread: starts after the launch began": [(j[0] - a[0]) * 1e3 for a, j in pairs],
-                "worker: waits for the masks after the launch": [max(0.0, j[1] - a[1]) * 1e3 for a, j in pairs]}
+                "mask thread: masks ready after the launch returned": [max(0.0, j[1] - a[1]) * 1e3
+                                                                        for a, j in pairs]}
 
 
 class _TimedMx:
@@ -80,6 +83,23 @@ def timeline() -> Iterator[_Timings]:
     timings = _Timings()
     saved = {name: getattr(runner_module, name) for name in ("mx", "_tell_then_fill", "tell_constraints",
                                                               "fill_step_masks")}
+    step, settle = runner_module.Runner._constrained_step, runner_module.Runner._settle
+    returned = [0.0]
+
+    def constrained_step(self: Any, *args: Any) -> Any:
+        try:
+            return step(self, *args)
+        finally:
+            returned[0] = time.perf_counter()
+
+    def settle_timed(self: Any) -> None:
+        unsampled = self._unsampled
+        if unsampled is not None:
+            start = time.perf_counter()
+            timings.add("worker: between a step's return and the next call", (start - returned[0]) * 1e3)
+            futures.wait([unsampled.masks])
+            timings.add("worker: waits for the masks at the next call", (time.perf_counter() - start) * 1e3)
+        settle(self)
 
     def tell_then_fill(*args: Any) -> Any:
         start = time.perf_counter()
@@ -94,11 +114,14 @@ def timeline() -> Iterator[_Timings]:
     runner_module._tell_then_fill = tell_then_fill  # type: ignore[assignment]
     runner_module.tell_constraints = _timed(timings, "mask thread: tell the tokens", saved["tell_constraints"])
     runner_module.fill_step_masks = _timed(timings, "mask thread: fill the masks", saved["fill_step_masks"])
+    runner_module.Runner._constrained_step = constrained_step  # type: ignore[method-assign]
+    runner_module.Runner._settle = settle_timed  # type: ignore[method-assign]
     try:
         yield timings
     finally:
         for name, value in saved.items():
             setattr(runner_module, name, value)
+        runner_module.Runner._constrained_step, runner_module.Runner._settle = step, settle  # type: ignore
 
 
 def table(timings: _Timings) -> list[list]:

@@ -5,6 +5,8 @@ only what was not chosen, and constrained rows change nothing for the rows besid
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -182,3 +184,60 @@ def test_draft_masks_follow_the_drafts_the_constraint_allows_and_leave_it_as_it_
     assert kept == [1] and len(masks) == 2 and failing.told == []
     with pytest.raises(ConstraintError):                       # its own mask fails: the row's failure
         draft_masks(FailsAt(steps, 0, "fill"), [1])
+
+
+class SlowOneAtATime(AllowedSets):
+    """AllowedSets whose mask takes a while to fill and that counts any use while another is under way (another
+    thread's): the runner fills a step's masks on its own thread and queues their sampling on the next call."""
+
+    def __init__(self, steps: list[set[int]]) -> None:
+        super().__init__(steps)
+        self._busy = threading.Lock()
+        self.overlaps = 0
+
+    def _alone(self, work):
+        if not self._busy.acquire(blocking=False):
+            self.overlaps += 1
+            self._busy.acquire()
+        try:
+            return work()
+        finally:
+            self._busy.release()
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        def fill():
+            time.sleep(0.003)  # the caller goes on meanwhile: rows finish, join and leave between steps
+            super(SlowOneAtATime, self).fill_bitmask(out)
+        self._alone(fill)
+
+    def consume(self, token: int) -> None:
+        self._alone(lambda: super(SlowOneAtATime, self).consume(token))
+
+    def is_stopped(self) -> bool:
+        return self._alone(lambda: super(SlowOneAtATime, self).is_stopped())
+
+
+def test_masks_filled_while_rows_finish_join_and_leave_give_what_quick_ones_do():
+    """Rows of different lengths, one whose constraint completes early, arriving over several steps: with masks
+    slow to fill (the next call queues the step's sampling), each row's tokens are those of quick masks, and no
+    constraint is ever used by two threads at once."""
+    runtime = fake_runtime()
+
+    def requests(kind):
+        out = []
+        for i, prompt in enumerate(PROMPTS):
+            steps = [{(5 * i + s) % VOCAB, (5 * i + s + 2) % VOCAB} for s in range(4 if i == 1 else 10)]
+            out.append(_request(f"r{i}", prompt, n=3 + 2 * i, constraint=kind(steps)))
+        out.append(_request("free", PROMPTS[0], n=10))
+        return out
+
+    def outputs(kind):
+        made = requests(kind)
+        run_arrivals(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=8)),
+                     {0: made[:2], 2: made[2:4], 5: made[4:]})
+        return [drain(r)[0] for r in made], [r.constraint for r in made[:4]]
+
+    quick, _ = outputs(AllowedSets)
+    slow, constraints = outputs(SlowOneAtATime)
+    assert slow == quick and all(quick)
+    assert [c.overlaps for c in constraints] == [0] * 4

@@ -10,7 +10,8 @@ drops it.
 Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
   graph, reads step n and tells each constraint its row's token, then fills the masks on another thread
-  (engine/masks.py) while it launches the forward pass, then queues the sampling with the masks applied.
+  (engine/masks.py) while it launches the forward pass and returns; the next call queues the sampling with the
+  masks applied before it does anything else.
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -21,7 +22,7 @@ Beside that plain pipeline:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -87,12 +88,27 @@ class _Pending:
                 for row, token, lp in zip(self.rows, tokens, self.scored)]
 
 
-def _tell_then_fill(read: list[StepResult], owners: list[_Row], rows: list[_Row],
-                    width: int) -> tuple[list[StepResult], FilledMasks]:
-    """The step before's tokens told to their rows' constraints, then this step's masks filled (they follow from
-    those tokens): a constrained step's CPU work, on the mask thread while the worker launches the forward pass.
-    The worker touches no constraint until this returns."""
-    return tell_constraints(read, owners), fill_step_masks(rows, width)
+def _tell_then_fill(read: list[StepResult], owners: list[_Row], rows: list[_Row], width: int,
+                    told: Future[list[StepResult]]) -> FilledMasks:
+    """A constrained step's CPU work, on the mask thread: the step before's tokens told to their rows'
+    constraints (`told` given the results as soon as they are), then this step's masks filled (they follow from
+    those tokens). The worker touches no constraint until this returns (Runner._settle)."""
+    try:
+        told.set_result(tell_constraints(read, owners))
+    except BaseException as error:
+        told.set_exception(error)
+        raise
+    return fill_step_masks(rows, width)
+
+
+@dataclass
+class _Unsampled:
+    """A constrained step whose forward pass is launched and whose masks are still being filled: its sampling is
+    queued by the next call that needs it (Runner._settle)."""
+
+    logits: mx.array
+    rows: list[_Row]
+    masks: Future[FilledMasks]
 
 
 class Runner:
@@ -107,6 +123,7 @@ class Runner:
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: _Pending | None = None
+        self._unsampled: _Unsampled | None = None  # a constrained step's sampling, queued by the next call
         self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
@@ -185,13 +202,17 @@ class Runner:
 
     def batch_rows(self) -> set[RowId]:
         """Rows the batch holds or will hold: in it, joining, or in the step still to be read."""
+        self._settle()
         return set(self._order) | set(self._joining) | set(self._pending.rows if self._pending else [])
 
     def has_work(self) -> bool:
-        return bool(self._order or self._joining or self._pending)
+        return bool(self._order or self._joining or self._pending or self._unsampled)
 
     def reset_batch(self) -> None:
         """Forget every batch row and its keys (after a failed step: the caches' state is unknown)."""
+        unsampled, self._unsampled = self._unsampled, None
+        if unsampled is not None:
+            unsampled.masks.exception()  # waits: no constraint is touched after this returns, whatever it did
         for row in self.batch_rows():
             self._rows.pop(row, None)
         self._order, self._joining, self._leaving, self._pending = [], [], set(), None
@@ -214,6 +235,7 @@ class Runner:
     def _flush(self) -> list[StepResult]:
         # step() flushes through this one, so that a subclass's flush (parallel/replication.py's, which tells
         # the other ranks) runs only where the scheduler calls it.
+        self._settle()
         previous, self._pending = self._pending, None
         if previous is None:
             return []
@@ -232,6 +254,7 @@ class Runner:
         step still queued, if any)."""
         if drafts and self.can_speculate and any(drafts.get(row) for row in self._order + self._joining):
             return self._flush() + self._verify(drafts)
+        self._settle()
         previous, self._pending = self._pending, None
         keep = [i for i, row in enumerate(self._order) if row not in self._leaving]
         joiners, self._joining, self._leaving = self._joining, [], set()
@@ -247,29 +270,40 @@ class Runner:
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
         """A step of a batch holding constrained rows: the forward graph is built (Python, nothing runs yet), the
-        step before is read and its tokens told to the constraints, then the masks are filled on llguidance's
-        threads while this one launches the forward pass, and the sampling, masks applied, is queued last.
+        step before is read and its tokens told to the constraints, then the masks are filled on another thread
+        while this one launches the forward pass; the sampling, masks applied, is queued by the next call
+        (`_settle`), so the fill also overlaps what the caller does between steps (the tokens' delivery,
+        regrouping, a prefill chunk).
 
         Measured on an H200 (random 1B, SmolLM2's tokenizer; `bench batch_inprocess --constrained --timeline`,
-        session 21, medians a step): 16 rows' masks take 3.6 ms to fill and the forward's launch 3.1 ms, the fill
-        starting 0.05 ms after the launch, so the worker waits 0.7 ms (p90 2.5) for the masks: the fill must
-        overlap the launch; reading the step before after the graph is built leaves the device idle only while the
-        launch begins. Reading first (the device idle while the graph is built) gave 260 constrained tok/s for one
-        stream, filling after the launch (a 16-row step longer by the whole fill) 1,470 for sixteen; this order
-        413-444 and 2,034-2,197. Telling the constraints the step before's tokens (llguidance's consume: 0.13 ms
-        for 16 rows) happens on the fill's thread too, before the fill that needs it, so it overlaps the launch
-        instead of preceding it."""
+        session 21, medians a step, with the sampling queued at the end of this call): 16 rows' masks take 3.6 ms
+        to fill and the forward's launch 3.1 ms, the fill starting 0.05 ms after the launch, so the worker waited
+        0.7 ms (p90 2.5) for the masks: the fill must overlap the launch and more. Reading the step before after
+        the graph is built leaves the device idle only while the launch begins. Reading first (the device idle
+        while the graph is built) gave 260 constrained tok/s for one stream, filling after the launch (a 16-row
+        step longer by the whole fill) 1,470 for sixteen; this order 413-444 and 2,034-2,197. Telling the
+        constraints the step before's tokens (llguidance's consume: 0.13 ms for 16 rows) happens on the fill's
+        thread too, before the fill that needs it; this call waits only for that."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         read = previous.read() if previous is not None else []
         owners = previous.owners if previous is not None else []
         if self._mask_filler is None:
             self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
-        told = self._mask_filler.submit(_tell_then_fill, read, owners, rows, self._vocab_size)
+        told: Future[list[StepResult]] = Future()
+        masks = self._mask_filler.submit(_tell_then_fill, read, owners, rows, self._vocab_size, told)
         mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
         self._positions.advance()
-        results, masks = told.result()
-        self._pending = self._sample(apply_step_masks(logits, rows, masks), rows)
+        results = told.result()
+        self._unsampled = _Unsampled(logits, rows, masks)
         return results
+
+    def _settle(self) -> None:
+        """Queue the sampling of a constrained step whose masks were being filled (waiting for them): before
+        anything reads or changes the batch, and before anything touches a constraint on this thread."""
+        unsampled, self._unsampled = self._unsampled, None
+        if unsampled is not None:
+            masks = unsampled.masks.result()
+            self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows)
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
         """One synchronous step feeding each row its last token and its drafts (rows with fewer fill up with
