@@ -74,8 +74,12 @@ model() {  # model SHAPE DTYPE BITS LAYERS [TOKENIZER] -> the folder, written on
   [ "$3" = 0 ] || args+=(--bits "$3")
   [ "$4" = all ] || args+=(--layers "$4")
   [ -z "${5:-}" ] || args+=(--tokenizer "$5")
-  [ -d "$out" ] || "$py" -m bench random_model "${args[@]}" --out "$out" > "$logs/make-$1.log" 2>&1 || {
-    tail -n 5 "$logs/make-$1.log" >&2; return 1; }
+  # Written under another name and renamed when whole: a make that failed halfway leaves no folder taken as made.
+  if [ ! -d "$out" ]; then
+    rm -rf "$out.part"
+    "$py" -m bench random_model "${args[@]}" --out "$out.part" > "$logs/make-$1.log" 2>&1 && mv "$out.part" "$out" || {
+      tail -n 5 "$logs/make-$1.log" >&2; rm -rf "$out.part"; return 1; }
+  fi
   echo "$out"
 }
 
