@@ -15,9 +15,9 @@
 #                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
 #                      experts-large every shape at 64-256 tokens (prefill chunks, 512-2,048 pairs: the table's upper end);
 #                      experts-rw2 every shape at 1-64 tokens with the few-pairs kernel at 2 weight rows a warp (64
-#                      registers a thread against ~100 at 4: more blocks an SM), to compare with experts' few column;
-#                      experts-ahead2 the same with a lane's next loads issued before its arithmetic (twice the bytes
-#                      in flight), to compare with experts-large's and experts' few columns
+#                      registers a thread against ~100 at 4: more blocks an SM), experts-ahead2 with a lane's next
+#                      loads issued before its arithmetic (twice the bytes in flight): each also times the kernel as
+#                      the module sets it, in the same process, and prints the ratio
 #   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
 #                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
 #   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)

@@ -11,7 +11,8 @@ calls are queued and evaluated together (so the host's work per call overlaps th
 and the best of `--rounds` is kept, in microseconds per call. Each kernel is timed at every size, whatever the
 thresholds say, and checked against MLX's result. Prints MLX / kernel last (above 1: the kernel faster), and the
 host's part of each call. `--rows-per-warp 2` times the few-pairs kernel with 2 weight rows a warp instead of 4,
-`--loads-ahead 2` with each lane's next two loads of a row issued before either is used.
+`--loads-ahead 2` with each lane's next load position issued before this one's arithmetic; either also times it
+as the module sets it, in the same command, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -47,31 +48,41 @@ def best_us(call: Callable[[], object], calls: int, rounds: int) -> tuple[float,
     return best * 1e6, host * 1e6
 
 
-def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int) -> list[float]:
-    """us per call of MLX's gathered matmul, the chunked kernel and the few-pairs kernel, then the host's part of
-    each; then each kernel's largest error relative to MLX's largest output."""
+def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: int,
+            variant: dict[str, int]) -> list[float]:
+    """us per call of MLX's gathered matmul, the chunked kernel and the few-pairs kernel (with `variant`'s
+    cuda_experts_few settings), then the host's part of each; then each kernel's largest error relative to MLX's
+    largest output. With a variant, last the few-pairs kernel's us with its own settings, in the same process."""
     import mlx.core as mx
 
-    from mlxd.models import cuda_experts, ops
+    from mlxd.models import cuda_experts, cuda_experts_few, ops
 
     def mlx_call() -> mx.array:
         with ops.using("mlx"):
             return ops.gather_matmul(x, indices, packed, quant)
 
-    def kernel_call(few: bool) -> Callable[[], mx.array]:
+    def kernel_call(few: bool, settings: dict[str, int]) -> Callable[[], mx.array]:
         def call() -> mx.array:
             cuda_experts.FORCE = "few" if few else "chunked"
-            out = cuda_experts.gather_matmul(x, indices, packed, quant)
+            saved = {name: getattr(cuda_experts_few, name) for name in settings}
+            for name, value in settings.items():
+                setattr(cuda_experts_few, name, value)
+            try:
+                out = cuda_experts.gather_matmul(x, indices, packed, quant)
+            finally:
+                for name, value in saved.items():
+                    setattr(cuda_experts_few, name, value)
             assert out is not None, f"the kernel declined {indices.size} pairs"
             return out
         return call
 
     want = mlx_call().astype(mx.float32)
-    calls_of = [mlx_call, kernel_call(False), kernel_call(True)]
+    calls_of = [mlx_call, kernel_call(False, {}), kernel_call(True, variant)]
     errors = [(mx.abs(f().astype(mx.float32) - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
               for f in calls_of[1:]]
     timed = [best_us(f, calls, rounds) for f in calls_of]
-    return [whole for whole, _ in timed] + [host for _, host in timed] + errors
+    own = [best_us(kernel_call(True, {}), calls, rounds)[0]] if variant else []
+    return [whole for whole, _ in timed] + [host for _, host in timed] + errors + own
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,13 +100,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlx.core as mx
 
-    from mlxd.models import cuda_experts_few
     from mlxd.models.base import ExpertQuantization
 
-    if args.rows_per_warp:
-        cuda_experts_few.ROWS_PER_WARP = args.rows_per_warp
-    if args.loads_ahead:
-        cuda_experts_few.LOADS_AHEAD = args.loads_ahead
+    # The few-pairs kernel's settings to time beside its own (each call sets them and puts them back).
+    variant = {name: value for name, value in (("ROWS_PER_WARP", args.rows_per_warp),
+                                               ("LOADS_AHEAD", args.loads_ahead)) if value}
     if not mx.cuda.is_available():
         raise SystemExit("expert_matmul times a CUDA kernel: it needs MLX's CUDA backend")
     lines = []
@@ -116,15 +125,20 @@ def main(argv: list[str] | None = None) -> None:
                 x = mx.random.normal(rows).astype(mx.bfloat16)
                 mx.eval(packed, indices, x)
 
-                mlx_us, chunked_us, few_us, *hosts, chunked_error, few_error = compare(
-                    x, indices, packed, quant, args.calls, args.rounds)
+                timings = compare(x, indices, packed, quant, args.calls, args.rounds, variant)
+                (mlx_us, chunked_us, few_us), hosts = timings[:3], timings[3:6]
+                chunked_error, few_error, own = timings[6], timings[7], timings[8:]
                 lines.append([shape, name, tokens, tokens * top_k, mlx_us, chunked_us, few_us, mlx_us / chunked_us,
                               mlx_us / few_us, "/".join(f"{h:.0f}" for h in hosts),
-                              max(chunked_error, few_error)])
+                              max(chunked_error, few_error)] + ([own[0], own[0] / few_us] if own else []))
                 print(lines[-1], flush=True)
     print(common.table(["shape", "projection", "tokens", "pairs", "MLX us", "chunked us", "few us",
-                        "MLX/chunked", "MLX/few", "host us", "rel. error"], lines))
+                        "MLX/chunked", "MLX/few", "host us", "rel. error"]
+                       + ["few as set us", "as set/few"] * bool(variant), lines))
     print("host us: building the calls alone (MLX / chunked / few); where it is near the whole, the host decided")
+    if variant:
+        print(f"few: the few-pairs kernel with {variant}; few as set: with the module's own settings, the same "
+              "process (as set/few above 1: the variant faster)")
 
 
 if __name__ == "__main__":
