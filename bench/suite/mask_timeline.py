@@ -1,10 +1,11 @@
 """Where a constrained decode step's time goes across its two threads: for `batch_inprocess --constrained
---timeline`. The runner's module globals that a constrained step calls, and its `_constrained_step` and `_settle`,
-are wrapped for the run (and put back after): the mask thread's two jobs (telling the constraints the step
-before's tokens, filling this step's masks), the worker's forward launch (`mx.async_eval` of the logits), the time
-between a step's return and the next call's `_settle` (what the caller does between steps, which the fill also
-overlaps) and the worker's wait there for the masks are timed; per step we print how long each took, how late the
-mask thread started after the launch began and how long after the launch returned the masks were ready.
+--timeline`. The functions a constrained step calls (the runner's and engine/constrained_rows.py's module globals,
+the runner's `_constrained_step` and `_settle`) are wrapped for the run (and put back after): the mask thread's
+two jobs (telling the constraints the step before's tokens, filling this step's masks), the worker's forward
+launch (`mx.async_eval` of the logits), the time between a step's return and the next call's `_settle` (what the
+caller does between steps, which the fill also overlaps) and the worker's wait there for the masks are timed; per
+step we print how long each took, how late the mask thread started after the launch began and how long after the
+launch returned the masks were ready.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 
+import mlxd.engine.constrained_rows as rows_module
 import mlxd.engine.runner as runner_module
 
 
@@ -67,8 +69,6 @@ class _TimedMx:
 
 def _timed(timings: _Timings, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is threading.main_thread():  # a flush, not a constrained step's job
-            return function(*args, **kwargs)
         start = time.perf_counter()
         try:
             return function(*args, **kwargs)
@@ -81,10 +81,9 @@ def _timed(timings: _Timings, label: str, function: Callable[..., Any]) -> Calla
 def timeline() -> Iterator[_Timings]:
     """The runner's constrained step timed while inside; yields the timings (see `table`)."""
     timings = _Timings()
-    saved = {name: getattr(runner_module, name) for name in ("mx", "_tell_then_fill", "tell_constraints",
-                                                              "fill_step_masks")}
+    originals: dict[tuple[Any, str], Any] = {}  # (module or class, name) -> what it held before the run
     step, settle = runner_module.Runner._constrained_step, runner_module.Runner._settle
-    returned = [0.0]
+    tell_then_fill, returned = runner_module.tell_then_fill, [0.0]
 
     def constrained_step(self: Any, *args: Any) -> Any:
         try:
@@ -101,27 +100,33 @@ def timeline() -> Iterator[_Timings]:
             timings.add("worker: waits for the masks at the next call", (time.perf_counter() - start) * 1e3)
         settle(self)
 
-    def tell_then_fill(*args: Any) -> Any:
+    def tell_then_fill_timed(*args: Any) -> Any:
         start = time.perf_counter()
         try:
-            return saved["_tell_then_fill"](*args)
+            return tell_then_fill(*args)
         finally:
             end = time.perf_counter()
             timings.jobs.append((start, end))
             timings.add("mask thread: whole job", (end - start) * 1e3)
 
-    runner_module.mx = _TimedMx(timings)  # type: ignore[assignment]
-    runner_module._tell_then_fill = tell_then_fill  # type: ignore[assignment]
-    runner_module.tell_constraints = _timed(timings, "mask thread: tell the tokens", saved["tell_constraints"])
-    runner_module.fill_step_masks = _timed(timings, "mask thread: fill the masks", saved["fill_step_masks"])
-    runner_module.Runner._constrained_step = constrained_step  # type: ignore[method-assign]
-    runner_module.Runner._settle = settle_timed  # type: ignore[method-assign]
+    def replace(owner: Any, name: str, value: Any) -> None:
+        originals[(owner, name)] = getattr(owner, name)
+        setattr(owner, name, value)
+
+    replace(runner_module, "mx", _TimedMx(timings))
+    replace(runner_module, "tell_then_fill", tell_then_fill_timed)
+    # What tell_then_fill calls, where it looks them up (the runner's own flush and verify steps call
+    # tell_constraints through the runner's name for it, which stays as it is).
+    replace(rows_module, "tell_constraints",
+            _timed(timings, "mask thread: tell the tokens", rows_module.tell_constraints))
+    replace(rows_module, "fill_step_masks", _timed(timings, "mask thread: fill the masks", rows_module.fill_step_masks))
+    replace(runner_module.Runner, "_constrained_step", constrained_step)
+    replace(runner_module.Runner, "_settle", settle_timed)
     try:
         yield timings
     finally:
-        for name, value in saved.items():
-            setattr(runner_module, name, value)
-        runner_module.Runner._constrained_step, runner_module.Runner._settle = step, settle  # type: ignore
+        for (owner, name), value in originals.items():
+            setattr(owner, name, value)
 
 
 def table(timings: _Timings) -> list[list]:

@@ -1,5 +1,6 @@
 """What a step does for its constrained rows (engine/constraint.py), apart from the model: the masks of a plain
-step and of a verify step's positions, and telling each constraint the tokens its row generated.
+step and of a verify step's positions, and telling each constraint the tokens its row generated; a plain step's
+CPU work for the mask thread (`tell_then_fill`), and the step it leaves to be sampled (`UnsampledStep`).
 
 A step's result per row (StepResult) lives here too: telling the constraints is what completes it.
 """
@@ -7,8 +8,9 @@ A step's result per row (StepResult) lives here too: telling the constraints is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -100,3 +102,29 @@ def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]
             tokens, logprobs = tokens[:told], None if logprobs is None else logprobs[:told]
         out.append(StepResult(result.row, tokens, logprobs, done, r.failure))
     return out
+
+
+def tell_then_fill(read: list[StepResult], owners: Sequence[ConstrainedRow], rows: Sequence[ConstrainedRow],
+                   width: int, told: Future[list[StepResult]]) -> FilledMasks:
+    """A constrained step's CPU work, on the mask thread: the step before's tokens told to their rows'
+    constraints (`told` given the results as soon as they are), then this step's masks filled (they follow from
+    those tokens). The worker touches no constraint until this returns (Runner._settle)."""
+    try:
+        told.set_result(tell_constraints(read, owners))
+    except BaseException as error:
+        told.set_exception(error)
+        raise
+    return fill_step_masks(rows, width)
+
+
+Row = TypeVar("Row", bound=ConstrainedRow)
+
+
+@dataclass
+class UnsampledStep(Generic[Row]):
+    """A constrained step whose forward pass is launched and whose masks are still being filled: its sampling is
+    queued by the next call that needs it (Runner._settle)."""
+
+    logits: mx.array
+    rows: list[Row]
+    masks: Future[FilledMasks]

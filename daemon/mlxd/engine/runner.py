@@ -31,14 +31,14 @@ import mlx.core as mx
 from mlxd.engine.constrained_rows import (
     RowId,
     StepResult,
+    UnsampledStep,
     apply_step_masks,
-    fill_step_masks,
     tell_constraints,
+    tell_then_fill,
     verify_masks,
 )
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
-from mlxd.engine.masks import FilledMasks
 from mlxd.engine.request import PromptImage, TokenLogprob
 from mlxd.engine.scores import row_logprobs, run_logprobs, token_logprob, tops
 from mlxd.engine.vision import ImageEncoder
@@ -88,29 +88,6 @@ class _Pending:
                 for row, token, lp in zip(self.rows, tokens, self.scored)]
 
 
-def _tell_then_fill(read: list[StepResult], owners: list[_Row], rows: list[_Row], width: int,
-                    told: Future[list[StepResult]]) -> FilledMasks:
-    """A constrained step's CPU work, on the mask thread: the step before's tokens told to their rows'
-    constraints (`told` given the results as soon as they are), then this step's masks filled (they follow from
-    those tokens). The worker touches no constraint until this returns (Runner._settle)."""
-    try:
-        told.set_result(tell_constraints(read, owners))
-    except BaseException as error:
-        told.set_exception(error)
-        raise
-    return fill_step_masks(rows, width)
-
-
-@dataclass
-class _Unsampled:
-    """A constrained step whose forward pass is launched and whose masks are still being filled: its sampling is
-    queued by the next call that needs it (Runner._settle)."""
-
-    logits: mx.array
-    rows: list[_Row]
-    masks: Future[FilledMasks]
-
-
 class Runner:
     def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None = None) -> None:
         self._model = model
@@ -123,7 +100,7 @@ class Runner:
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: _Pending | None = None
-        self._unsampled: _Unsampled | None = None  # a constrained step's sampling, queued by the next call
+        self._unsampled: UnsampledStep[_Row] | None = None  # a constrained step's sampling, queued by the next call
         self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
@@ -290,11 +267,11 @@ class Runner:
         if self._mask_filler is None:
             self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
         told: Future[list[StepResult]] = Future()
-        masks = self._mask_filler.submit(_tell_then_fill, read, owners, rows, self._vocab_size, told)
+        masks = self._mask_filler.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
         mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
         self._positions.advance()
         results = told.result()
-        self._unsampled = _Unsampled(logits, rows, masks)
+        self._unsampled = UnsampledStep(logits, rows, masks)
         return results
 
     def _settle(self) -> None:
