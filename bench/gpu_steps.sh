@@ -29,6 +29,8 @@
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
 #                      then in-process 16-stream step breakdowns, constrained and free (~400 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
+#                      constrained-processes both again with the masks filled in $MASK_PROCESSES (3) processes
+#                      beside the worker's thread (serve --mask-processes; ~250 s);
 #                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
 #                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
@@ -124,6 +126,11 @@ for spec in "$@"; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                    done; } ;;
+    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+                   step constrained-processes 300 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
+                     --new-tokens 128 --rounds 2 --mask-processes "${MASK_PROCESSES:-3}"
+                   step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
+                     --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"; } ;;
     constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--constrained", action="store_true", help="every stream under a JSON Schema")
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--timeline", action="store_true", help="with --constrained: time the step's two threads")
+    p.add_argument("--mask-processes", type=int, default=0, help="with --constrained: serve's --mask-processes")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
     args = p.parse_args(argv)
     if args.timeline and not args.constrained:
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
-    grammars = Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids)) if args.constrained else None
+    grammars = (Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids), args.mask_processes)
+                if args.constrained else None)
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
     run(runtime, prompts, 16, grammars)  # warm-up at this batch size
     plain = run(runtime, prompts, args.new_tokens, grammars)

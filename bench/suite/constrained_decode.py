@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3, help="alternations per stream count (after a warm-up)")
+    p.add_argument("--mask-processes", type=int, default=0, help="serve's --mask-processes")
     common.add_out_arg(p, "constrained_decode")
     args = p.parse_args(argv)
     model = common.resolve_model(args.model)
 
     with contextlib.ExitStack() as stack:
         daemon = stack.enter_context(Daemon(model, args.out, "--dtype", args.dtype, "--max-batch-size",
-                                            str(max(args.streams))))
+                                            str(max(args.streams)), "--mask-processes", str(args.mask_processes)))
         with Client(daemon.addr) as client:
             info = client.model_info()
 

@@ -33,6 +33,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
     serve.add_argument("--speculate-fixed", action="store_true",
                        help="always draft --speculate-depth tokens, never adapt (benchmarks and tests)")
+    serve.add_argument("--mask-processes", type=int, default=0, metavar="N",
+                       help="fill constrained rows' masks (structured output) in N processes beside the worker's "
+                            "own thread, in parallel: for hosts with cores to spare, where a batch's masks take "
+                            "longer than the forward pass's launch; 0 = the worker's thread alone")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")
@@ -133,7 +137,7 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
                            image_cache_bytes=args.image_cache_mb << 20, max_stream_backlog=args.max_stream_backlog,
                            stalled_stream_seconds=args.stalled_stream_seconds, speculate=args.speculate,
                            speculate_depth=args.speculate_depth, speculate_adaptive=not args.speculate_fixed,
-                           draft_model_path=args.draft_model)
+                           draft_model_path=args.draft_model, mask_processes=args.mask_processes)
     connections = ConnectionLimits(max_connections=args.max_connections,
                                    max_streams_per_connection=args.max_streams_per_connection,
                                    idle_seconds=args.idle_connection_seconds)

@@ -35,7 +35,8 @@ def test_eleven_hundred_idle_connections_do_not_lock_out_new_clients(tmp_path):
         with idle_connections(daemon.addr, 1100):
             health_latencies(daemon.addr, 5)
             with Client(daemon.addr) as client:
-                assert client.complete(tokens=[5, 6], max_tokens=2, ignore_eos=True, timeout=30).final.usage.completion_tokens == 2
+                result = client.complete(tokens=[5, 6], max_tokens=2, ignore_eos=True, timeout=30)
+                assert result.final.usage.completion_tokens == 2
     finally:
         assert daemon.stop() == 0, daemon.stderr()
 

@@ -23,6 +23,8 @@ from mlxd.constraints.spec import ConstraintSpec
 if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only, absent at run time
     from llguidance._lib import JsonCompileOptions
 
+    from mlxd.constraints.mask_pool import MaskPool
+
 # A schema or grammar larger than this is refused before llguidance reads it (RESOURCE_EXHAUSTED): the limits
 # below bound the grammar llguidance builds, this bounds the text we parse and hash on the way there.
 MAX_SOURCE_BYTES = 256 * 1024
@@ -83,6 +85,7 @@ class CompiledGrammar:
         self.mask_words = mask_words(width)
         self.eos_token_ids = eos_token_ids
         self.warnings = warnings
+        self.pool: MaskPool | None = None  # the processes that fill its rows' masks (--mask-processes), if any
         self._prototype = prototype
         # The prototype is shared by every request with this spec; copies are taken one at a time so that no two
         # threads ever touch it at once (llguidance documents no thread safety for one matcher).
@@ -100,7 +103,8 @@ class GrammarCompiler:
     vocabulary (a padded embedding): the mask covers it all and never allows an id the tokenizer lacks."""
 
     def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int], *,
-                 cache_entries: int = CACHE_ENTRIES, limits: llguidance.LLParserLimits | None = None) -> None:
+                 cache_entries: int = CACHE_ENTRIES, limits: llguidance.LLParserLimits | None = None,
+                 mask_processes: int = 0) -> None:
         if cache_entries < 1:
             raise ValueError(f"cache_entries must be at least 1, not {cache_entries}")
         plain = tokenizers.Tokenizer.from_str(tokenizer_json)
@@ -117,6 +121,9 @@ class GrammarCompiler:
                                                 eos_token=list(self.eos_token_ids) or None)
         self.limits = limits if limits is not None else parser_limits()
         self._cache_entries = cache_entries
+        self._tokenizer_json = tokenizer_json
+        self._mask_processes = mask_processes
+        self._pool: MaskPool | None = None  # started with the first grammar compiled
         # key -> a compiled grammar, or the (code, message) of its failure: a hostile spec sent again costs a
         # lookup, not another run up to the limits.
         self._cache: OrderedDict[str, CompiledGrammar | tuple[ConstraintErrorCode, str]] = OrderedDict()
@@ -186,8 +193,27 @@ class GrammarCompiler:
         _raise_if_failed(prototype, spec.kind)
         if not first.any():
             raise ConstraintError("invalid", f"the {spec.kind} constraint allows no output at all")
-        return CompiledGrammar(spec.key, spec.kind, grammar, prototype, self.width, self.eos_token_ids,
-                               tuple(prototype.get_grammar_warnings()))
+        compiled = CompiledGrammar(spec.key, spec.kind, grammar, prototype, self.width, self.eos_token_ids,
+                                   tuple(prototype.get_grammar_warnings()))
+        compiled.pool = self._mask_pool()
+        return compiled
+
+    def _mask_pool(self) -> MaskPool | None:
+        if self._mask_processes < 1:
+            return None
+        with self._lock:
+            if self._pool is None:
+                from mlxd.constraints.mask_pool import MaskPool  # it needs this module's error_code
+                self._pool = MaskPool(self._tokenizer_json, self.width, self.eos_token_ids, self.limits,
+                                      self._mask_processes)
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the mask processes, if any (they also end by themselves when this process exits)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _grammar_text(self, spec: ConstraintSpec) -> str:
         """llguidance's grammar (its JSON form) for the spec; not yet validated."""

@@ -4,6 +4,7 @@ turns the filled masks into -inf logits."""
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 
 import llguidance
@@ -12,6 +13,8 @@ from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_pa
 
 from mlxd.constraints.compiler import CompiledGrammar, error_code
 from mlxd.constraints.errors import ConstraintError
+
+_row_ids = itertools.count()
 
 
 class RowConstraint:
@@ -22,6 +25,24 @@ class RowConstraint:
         self.grammar = grammar
         self.mask_words = grammar.mask_words  # the width of the row fill_bitmask writes
         self._matcher = grammar.new_matcher()
+        self.row_id = next(_row_ids)
+        self.tokens: list[int] = []  # consumed and not rolled back: what a replica in a mask process replays
+        self._low = 0  # the fewest tokens held since the last catch_up (rollbacks go below what a replica saw)
+
+    @property
+    def grammar_key(self) -> str:
+        return self.grammar.key
+
+    @property
+    def grammar_text(self) -> str:
+        return self.grammar.grammar
+
+    def catch_up(self, consumed: int) -> tuple[int, list[int]]:
+        """For a replica of this matcher that had consumed the first `consumed` of the tokens as they stood at the
+        last catch_up (constraints/mask_pool.py): how many it must roll back, then the tokens it must consume."""
+        common = min(consumed, self._low)
+        self._low = len(self.tokens)
+        return consumed - common, self.tokens[common:]
 
     def fill_bitmask(self, out: np.ndarray) -> None:
         """Writes the allowed next tokens into `out`, an int32 row of grammar.mask_words words (bit i of word w is
@@ -41,6 +62,7 @@ class RowConstraint:
         mask forbade, or a bug. The matcher stays failed afterwards."""
         if not self._matcher.consume_token(token):
             raise self._refused(f"token {token} was refused")
+        self.tokens.append(token)
 
     def is_stopped(self) -> bool:
         """The grammar is complete and allows nothing but EOS: the engine ends the sequence (STOP)."""
@@ -57,6 +79,9 @@ class RowConstraint:
             raise ValueError(f"cannot roll back {tokens} tokens")
         if tokens and not self._matcher.rollback(tokens):
             raise self._refused(f"cannot roll back {tokens} tokens")
+        if tokens:
+            del self.tokens[-tokens:]
+            self._low = min(self._low, len(self.tokens))
 
     def _raise_if_failed(self) -> None:
         failure = self.failure()
@@ -99,8 +124,19 @@ def fill_bitmasks(rows: Sequence[RowConstraint], out: np.ndarray) -> list[Constr
         raise ValueError(f"the masks must be contiguous int32 [{len(rows)}, {words}], not {out.dtype} {out.shape}")
     if any(row.mask_words != words for row in rows):
         raise ValueError("the rows' masks differ in width")
-    fill_next_token_bitmask_par(_executor(), [(row._matcher, j) for j, row in enumerate(rows)], out)
-    return [row.failure() for row in rows]
+    pool = rows[0].grammar.pool
+    if pool is not None and all(row.grammar.pool is pool for row in rows):
+        return pool.fill(rows, out, functools.partial(_fill_here, rows, out))
+    return list(_fill_here(rows, out, range(len(rows))).values())
+
+
+def _fill_here(rows: Sequence[RowConstraint], out: np.ndarray,
+               indices: Sequence[int]) -> dict[int, ConstraintError | None]:
+    """rows[j]'s mask into out[j] for each j of `indices`, in this process: their failures by j."""
+    if not indices:
+        return {}
+    fill_next_token_bitmask_par(_executor(), [(rows[j]._matcher, j) for j in indices], out)
+    return {j: rows[j].failure() for j in indices}
 
 
 @functools.cache

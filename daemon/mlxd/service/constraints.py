@@ -17,8 +17,10 @@ from mlxd_proto.v1 import inference_pb2 as pb
 
 
 class Grammars:
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int],
+                 mask_processes: int = 0) -> None:
         self._tokenizer, self._vocab_size, self._eos = tokenizer, vocab_size, eos_token_ids
+        self._mask_processes = mask_processes
         self._compiler: GrammarCompiler | None = None
         self._lock = threading.Lock()
 
@@ -32,7 +34,8 @@ class Grammars:
     def _compile(self, spec: ConstraintSpec) -> CompiledGrammar:
         with self._lock:  # one build however many requests arrive at once
             if self._compiler is None:
-                self._compiler = GrammarCompiler(self._tokenizer.serialized, self._vocab_size, self._eos)
+                self._compiler = GrammarCompiler(self._tokenizer.serialized, self._vocab_size, self._eos,
+                                                 mask_processes=self._mask_processes)
         return self._compiler.compile(spec)
 
 

@@ -29,13 +29,15 @@ class ServedModel:
     sampling_defaults: dict[str, Any]
     vision: VisionInput | None = None    # set for vision-language models
     max_token_bytes: int = 0             # of the longest token string (sizes.py); 0 = compute from the tokenizer
+    mask_processes: int = 0              # processes filling constrained rows' masks (constraints/mask_pool.py)
     grammars: Grammars = field(init=False)  # requests' constraints, compiled for this tokenizer
     reply_formats: dict[str, ReplyFormat] = field(init=False)   # of each of its templates (default, tool_use)
 
     def __post_init__(self) -> None:
         if not self.max_token_bytes:
             self.max_token_bytes = longest_token_bytes(self.tokenizer.id_to_token, self.info.vocab_size)
-        self.grammars = Grammars(self.tokenizer, self.info.vocab_size, list(self.info.eos_token_ids))
+        self.grammars = Grammars(self.tokenizer, self.info.vocab_size, list(self.info.eos_token_ids),
+                                 self.mask_processes)
         tokenizer = self.tokenizer
         self.reply_formats = {source: reply_format(source, tokenizer.added_tokens)
                               for source in (tokenizer.chat_template, tokenizer.tool_use_template) if source}
@@ -84,7 +86,8 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         quantization_modes=quantization_modes(loaded.model),
     )
     defaults = sampling_defaults(path) if path.is_dir() else {}
-    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=defaults, vision=vision)
+    return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=defaults, vision=vision,
+                       mask_processes=worker.options.mask_processes)
 
 
 def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:

@@ -1,0 +1,128 @@
+"""constraints/mask_pool.py: rows' masks filled by replicas of their matchers in mask processes equal the masks the
+rows fill here, through rows joining and leaving, drafts told and rolled back, a grammar past its limits and a
+process killed mid-walk."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import llguidance
+import numpy as np
+import pytest
+
+from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint
+from mlxd.constraints.matcher import fill_bitmasks
+from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
+from tests.constraints.walks import compile_spec
+
+SPECS = [("json_object", ""), ("regex", "[0-9]{1,6}(-[a-z]{1,5})*"), ("lark", 'start: ("ab" | "c")+ "."'),
+         ("json_schema", '{"type": "object", "properties": {"n": {"type": "integer"}, "tag": {"type": "string"}},'
+                         ' "required": ["n", "tag"]}')]
+
+
+@pytest.fixture()
+def pooled(tiny_json):
+    compiler = GrammarCompiler(tiny_json, TINY_WIDTH, TINY_EOS, mask_processes=2)
+    yield compiler
+    compiler.close()
+
+
+def _allowed(mask: np.ndarray) -> list[int]:
+    return [int(t) for t in np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little"))]
+
+
+def _pair(tiny, pooled, spec) -> tuple[RowConstraint, RowConstraint]:
+    return RowConstraint(compile_spec(tiny, *spec)), RowConstraint(compile_spec(pooled, *spec))
+
+
+def _fill_both(here: list[RowConstraint], there: list[RowConstraint]) -> np.ndarray:
+    words = here[0].mask_words
+    alone, pooled = np.zeros((len(here), words), np.int32), np.zeros((len(there), words), np.int32)
+    assert fill_bitmasks(here, alone) == [None] * len(here)
+    assert fill_bitmasks(there, pooled) == [None] * len(there)
+    assert np.array_equal(alone, pooled)
+    return alone
+
+
+def _step(rows: list[tuple[RowConstraint, RowConstraint]], masks: np.ndarray, rng: random.Random) -> None:
+    """Each row takes a random allowed token (rarely EOS), in both copies; some first tell a draft and undo it."""
+    for (here, there), mask in zip(rows, masks):
+        if here.is_stopped():
+            continue
+        allowed = _allowed(mask)
+        choices = [t for t in allowed if t not in TINY_EOS] or allowed
+        if rng.random() < 0.3:  # speculation's draft_masks: told, then rolled back
+            draft = rng.choice(choices)
+            for row in (here, there):
+                row.consume(draft)
+                row.rollback(1)
+        token = rng.choice(choices)
+        here.consume(token)
+        there.consume(token)
+
+
+def _walk(tiny, pooled, steps: int, rng: random.Random, rows: list[tuple[RowConstraint, RowConstraint]]) -> None:
+    for step in range(steps):
+        live = [pair for pair in rows if not pair[0].is_stopped()]
+        if step % 5 == 4 and live:  # one row leaves, another joins
+            rows.remove(rng.choice(live))
+            rows.append(_pair(tiny, pooled, rng.choice(SPECS)))
+        rows[:] = [pair for pair in rows if not pair[0].is_stopped()] or [_pair(tiny, pooled, SPECS[0])]
+        masks = _fill_both([h for h, _ in rows], [t for _, t in rows])
+        _step(rows, masks, rng)
+        time.sleep(0.02)  # replicas are made in the background: give them time to come ready
+
+
+def test_masks_filled_in_processes_equal_masks_filled_here(tiny, pooled):
+    rng = random.Random(0)
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(8)]
+    _until_in_processes([there for _, there in rows], 5)  # 8 rows: 3 filled here, 5 by the 2 processes
+    _walk(tiny, pooled, 60, rng, rows)
+    pool = compile_spec(pooled, *SPECS[0]).pool
+    assert pool is not None and pool.filled_in_processes > 50
+
+
+def _until_in_processes(rows: list[RowConstraint], count: int) -> np.ndarray:
+    """Fill (at the rows' present state) until `count` of the rows' masks come from processes in one fill."""
+    pool = rows[0].grammar.pool
+    assert pool is not None
+    out = np.zeros((len(rows), rows[0].mask_words), np.int32)
+    for _ in range(200):
+        before = pool.filled_in_processes
+        fill_bitmasks(rows, out)
+        if pool.filled_in_processes - before == count:
+            return out
+        time.sleep(0.02)
+    raise AssertionError("the mask processes never filled")
+
+
+def test_a_grammar_past_its_limits_fails_its_rows_in_the_processes_too(tiny_json):
+    # A lexer fuel so low that the third mask of a JSON object fails (consuming a token needs less: it passes).
+    limits = llguidance.LLParserLimits(step_lexer_fuel=300, verbose_errors=False)
+    compiler = GrammarCompiler(tiny_json, TINY_WIDTH, TINY_EOS, limits=limits, mask_processes=2)
+    try:
+        rows = [RowConstraint(compile_spec(compiler, "json_object", "")) for _ in range(6)]
+        _until_in_processes(rows, 4)  # 2 rows a process, 2 filled here
+        failures: list[ConstraintError | None] = []
+        for token in compiler.tokenizer.tokenize_str('{"abc": 1}')[:2]:
+            for row in rows:
+                row.consume(token)
+            failures = fill_bitmasks(rows, np.zeros((len(rows), rows[0].mask_words), np.int32))
+        assert [f.code if f else None for f in failures] == ["too_large"] * 6
+    finally:
+        compiler.close()
+
+
+def test_rows_of_a_killed_process_are_filled_here(tiny, pooled):
+    rng = random.Random(1)
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
+    _until_in_processes([there for _, there in rows], 4)
+    _walk(tiny, pooled, 20, rng, rows)
+    pool = compile_spec(pooled, *SPECS[0]).pool
+    assert pool is not None and pool.filled_in_processes > 0
+    os.kill(pool.process_ids()[0], signal.SIGKILL)
+    _walk(tiny, pooled, 20, rng, rows)  # the masks stay equal throughout
+    assert len(pool.process_ids()) == 1
