@@ -9,8 +9,8 @@ what engine/masks.py uses) and Python threads each calling `compute_bitmask` (wh
 of their own tokenizers (fresh matchers: colder caches than copies). With --warm, each way keeps its rows for the
 whole walk, as a request keeps its matcher (each row walks its own random allowed tokens, the same walk for every
 way): the executor's copies of the grammar's matcher on 1 and N threads, N Python threads, each filling its
-share of rows made from a tokenizer of its own, and N worker processes likewise (bench/suite/mask_processes.py:
-what the daemon could do if threads cannot).
+share of rows made from a tokenizer of its own, and the daemon's mask processes (serve --mask-processes N:
+constraints/mask_pool.py, N processes holding replicas of the rows' matchers, this one filling a share too).
 Session 21, llguidance 1.9.1, 16 rows, medians of 60 states, without --warm (ms, wall / CPU): the H200's host (16
 cores) 1.43 / 1.34 on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core
 machine 1.77 / 1.51, 1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
@@ -22,7 +22,7 @@ import random
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import llguidance
@@ -31,8 +31,8 @@ from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_pa
 
 from bench import common
 from bench.suite.constrained_decode import CONSTRAINT
-from bench.suite.mask_processes import MaskProcesses
 from mlxd.constraints.compiler import CompiledGrammar, GrammarCompiler
+from mlxd.constraints.matcher import RowConstraint, fill_bitmasks
 from mlxd.loading.model_source import load_model_tokenizer
 from mlxd.service.constraints import spec_of
 
@@ -78,7 +78,7 @@ def _fill_on_threads(groups: list[list[llguidance.LLMatcher]]) -> None:
         thread.join()
 
 
-def _warm(rows: list[llguidance.LLMatcher], fill: Callable[[np.ndarray], None], words: int, steps: int,
+def _warm(rows: Sequence[llguidance.LLMatcher | _Told], fill: Callable[[np.ndarray], None], words: int, steps: int,
           eos: set[int]) -> list[tuple[float, float]]:
     """Each step: the rows' masks filled by `fill` (timed), then each row given a random allowed token."""
     rng, out, times = random.Random(0), np.zeros((len(rows), words), np.int32), []
@@ -116,27 +116,42 @@ def warm_ways(serialized: str, compiler: GrammarCompiler, grammar: CompiledGramm
                     fill_next_token_bitmask(mine[j], out[j:j + 1])
             list(pool.map(share, shares))
         ways[f"{threads} Python threads, own tokenizers"] = _warm(mine, fill, words, steps, eos)
-    ways[f"{threads} processes (tokens sent, consumed there)"] = _warm_processes(
-        MaskProcesses(serialized, compiler.width, list(compiler.eos_token_ids), grammar.grammar, words, rows,
-                      threads), steps, eos)
+    pooled = GrammarCompiler(serialized, compiler.width, list(compiler.eos_token_ids), mask_processes=threads)
+    try:
+        ways[f"{threads} mask processes and this one"] = _warm_pooled(pooled.compile(spec_of(CONSTRAINT)), rows, steps,
+                                                                             eos)
+    finally:
+        pooled.close()
     return ways
 
 
-def _warm_processes(workers: MaskProcesses, steps: int, eos: set[int]) -> list[tuple[float, float]]:
-    """_warm's walk with the rows in worker processes: each step sends the tokens chosen after the last fill (the
-    same random choices as _warm's), so the time includes consuming them (~8 us a row) and the pipes."""
-    rng, times = random.Random(0), []
-    tokens: list[int | None] = [None] * workers.masks.shape[0]
-    try:
-        for _ in range(steps):
-            times.append(_timed(functools.partial(workers.step, tokens)))
-            tokens = []
-            for row in workers.masks:
-                allowed = _allowed(row)
-                tokens.append(rng.choice([t for t in allowed if t not in eos] or allowed))
-    finally:
-        workers.close()
-    return times[10:]
+def _warm_pooled(grammar: CompiledGrammar, rows: int, steps: int, eos: set[int]) -> list[tuple[float, float]]:
+    """_warm's walk through the daemon's mask processes, timed once every row's replica is ready (the process
+    time left out: it is the processes' own)."""
+    pool, pooled = grammar.pool, [RowConstraint(grammar) for _ in range(rows)]
+    assert pool is not None
+    out = np.zeros((rows, grammar.mask_words), np.int32)
+    for _ in range(500):  # until a fill comes from the processes for all but this process's share
+        before = pool.filled_in_processes
+        fill_bitmasks(pooled, out)
+        if pool.filled_in_processes - before >= rows * len(pool.process_ids()) // (len(pool.process_ids()) + 1):
+            break
+        time.sleep(0.02)
+    return _warm([_Told(row) for row in pooled], lambda o: fill_bitmasks(pooled, o), grammar.mask_words, steps, eos)
+
+
+class _Told:
+    """A RowConstraint walked as _warm walks llguidance's matchers."""
+
+    def __init__(self, row: RowConstraint) -> None:
+        self.row = row
+
+    def is_stopped(self) -> bool:
+        return self.row.is_stopped()
+
+    def consume_token(self, token: int) -> bool:
+        self.row.consume(token)
+        return True
 
 
 def main(argv: list[str] | None = None) -> None:
