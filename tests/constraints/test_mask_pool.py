@@ -126,3 +126,24 @@ def test_rows_of_a_killed_process_are_filled_here(tiny, pooled):
     os.kill(pool.process_ids()[0], signal.SIGKILL)
     _walk(tiny, pooled, 20, rng, rows)  # the masks stay equal throughout
     assert len(pool.process_ids()) == 1
+
+
+def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
+    rng = random.Random(2)
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
+    _until_in_processes([there for _, there in rows], 4)
+    pool = compile_spec(pooled, *SPECS[0]).pool
+    assert pool is not None
+    pool.answer_seconds = 0.3
+    stalled = pool.process_ids()[0]
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        _walk(tiny, pooled, 10, rng, rows)  # the masks stay equal; one step waits answer_seconds, no more
+        assert time.monotonic() - started < 10 * 0.02 + 3.0
+        assert stalled not in pool.process_ids()
+    finally:
+        try:
+            os.kill(stalled, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

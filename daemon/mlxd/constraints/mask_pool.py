@@ -35,6 +35,10 @@ from mlxd.constraints.errors import ConstraintError
 
 log = logging.getLogger(__name__)
 
+# A fill's answer later than this means a process stalled (a fill is bounded by llguidance's per-token fuel: ~4 ms a
+# row at most): it is killed and its rows are filled here, so one stuck process holds the batch up only this long.
+ANSWER_SECONDS = 2.0
+
 LIMIT_FIELDS = ("initial_lexer_fuel", "step_lexer_fuel", "max_lexer_states", "max_grammar_size", "max_items_in_row",
                 "step_max_items", "precompute_large_lexemes", "verbose_errors")
 
@@ -81,6 +85,7 @@ class MaskPool:
         self._replicas: dict[int, _Replica] = {}
         self._local: set[int] = set()   # rows filled in this process: it takes a share as one more process
         self.filled_in_processes = 0    # masks the processes filled (for tests and benchmarks)
+        self.answer_seconds = ANSWER_SECONDS
         self._dropped: collections.deque[int] = collections.deque()  # ids of rows collected, from any thread
         limit_values = {name: getattr(limits, name) for name in LIMIT_FIELDS}
         start = ("start", tokenizer_json, width, list(eos_token_ids), limit_values)
@@ -206,6 +211,9 @@ class MaskPool:
                    failures: list[ConstraintError | None]) -> list[int]:
         """The process's masks into out; returns the indices to fill here instead (their replicas are gone)."""
         try:
+            if not process.conn.poll(self.answer_seconds):
+                self._lose(process, f"it did not answer a fill within {self.answer_seconds} s")
+                return indices
             _, outcomes = process.conn.recv()
             masks = np.frombuffer(process.conn.recv_bytes(), dtype=np.int32).reshape(len(rows), self.words)
         except (EOFError, OSError, ValueError):
