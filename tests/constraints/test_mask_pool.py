@@ -116,16 +116,23 @@ def test_a_grammar_past_its_limits_fails_its_rows_in_the_processes_too(tiny_json
         compiler.close()
 
 
-def test_rows_of_a_killed_process_are_filled_here(tiny, pooled):
+def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_place(tiny, pooled):
     rng = random.Random(1)
     rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
     _until_in_processes([there for _, there in rows], 4)
-    _walk(tiny, pooled, 20, rng, rows)
     pool = compile_spec(pooled, *SPECS[0]).pool
-    assert pool is not None and pool.filled_in_processes > 0
-    os.kill(pool.process_ids()[0], signal.SIGKILL)
-    _walk(tiny, pooled, 20, rng, rows)  # the masks stay equal throughout
-    assert len(pool.process_ids()) == 1
+    assert pool is not None
+    pool.restart_seconds = 0.5
+    killed = pool.process_ids()[0]
+    os.kill(killed, signal.SIGKILL)
+    _walk(tiny, pooled, 5, rng, rows)  # the masks stay equal throughout
+    assert killed not in pool.process_ids()
+    time.sleep(0.6)
+    _walk(tiny, pooled, 5, rng, rows)  # the replacement starts, its rows' replicas are made
+    assert len(pool.process_ids()) == 2 and killed not in pool.process_ids()
+    before = pool.filled_in_processes
+    _walk(tiny, pooled, 30, rng, rows)
+    assert pool.filled_in_processes - before > 30
 
 
 def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
@@ -141,7 +148,7 @@ def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
         started = time.monotonic()
         _walk(tiny, pooled, 10, rng, rows)  # the masks stay equal; one step waits answer_seconds, no more
         assert time.monotonic() - started < 10 * 0.02 + 3.0
-        assert stalled not in pool.process_ids()
+        assert stalled not in pool.process_ids()  # replaced after restart_seconds, not before
     finally:
         try:
             os.kill(stalled, signal.SIGCONT)

@@ -9,7 +9,8 @@ process holds a replica of it (constraints/mask_worker.py) used only to fill mas
 replica what it missed (a rollback, then the tokens since: RowConstraint.catch_up) and gets the mask back as
 bytes. A replica is made in the background: until its process says it is ready, and whenever that process is
 busy making others, the row is filled here as before, so a new grammar's compile in a process stalls no step.
-A process that dies takes its replicas with it; their rows are filled here from then on.
+A process that dies or stalls takes its replicas with it: their rows are filled here, and a new process takes its
+place after a back-off (1 s, doubling with each loss of that place, at most RESTARTS times).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 # A fill's answer later than this means a process stalled (a fill is bounded by llguidance's per-token fuel: ~4 ms a
 # row at most): it is killed and its rows are filled here, so one stuck process holds the batch up only this long.
 ANSWER_SECONDS = 2.0
+
+# A lost process is replaced after RESTART_SECONDS * 2 ** (losses - 1), at most RESTARTS times per place: a process
+# that keeps dying (a grammar that crashes llguidance, say) leaves its place to this process in the end.
+RESTART_SECONDS = 1.0
+RESTARTS = 5
 
 LIMIT_FIELDS = ("initial_lexer_fuel", "step_lexer_fuel", "max_lexer_states", "max_grammar_size", "max_items_in_row",
                 "step_max_items", "precompute_large_lexemes", "verbose_errors")
@@ -71,6 +78,8 @@ class _Process:
     popen: subprocess.Popen[bytes]
     waiting: str | None = "ready"   # the reply it owes: "ready", "created", or None (idle)
     dead: bool = False
+    losses: int = 0                 # processes lost in this place before this one
+    lost_at: float = 0.0
     replicas: int = 0
     drops: list[int] = field(default_factory=list)   # replicas to forget, sent with its next message
     creating: list[PooledRow] = field(default_factory=list)  # replicas to make once the step's fill is read
@@ -88,15 +97,17 @@ class MaskPool:
         self.answer_seconds = ANSWER_SECONDS
         self._dropped: collections.deque[int] = collections.deque()  # ids of rows collected, from any thread
         limit_values = {name: getattr(limits, name) for name in LIMIT_FIELDS}
-        start = ("start", tokenizer_json, width, list(eos_token_ids), limit_values)
-        self._processes = [_spawn(start) for _ in range(processes)]
-        self._closer = weakref.finalize(self, _close, list(self._processes))
+        self._start = ("start", tokenizer_json, width, list(eos_token_ids), limit_values)
+        self.restart_seconds = RESTART_SECONDS
+        self._processes = [_spawn(self._start) for _ in range(processes)]
+        self._closer = weakref.finalize(self, _close, self._processes)  # the list as it is then: replacements too
         log.info("constrained rows' masks are filled in %d processes", processes)
 
     def fill(self, rows: Sequence[PooledRow], out: np.ndarray,
              fill_here: Callable[[list[int]], dict[int, ConstraintError | None]]) -> list[ConstraintError | None]:
         """Row j's mask into out[j] (int32 [len(rows), words]): in its replica's process where that is ready and
         idle, the others by fill_here(indices) here meanwhile. Returns each row's failure (None where it filled)."""
+        self._replace_lost()
         self._collect_replies()
         self._forget_dropped()
         sent: dict[_Process, list[int]] = {}   # the rows (indices into `rows`) each process fills
@@ -134,6 +145,14 @@ class MaskPool:
         return [p.popen.pid for p in self._processes if not p.dead]
 
     # -- replicas --------------------------------------------------------------------------------------------------
+
+    def _replace_lost(self) -> None:
+        now = time.monotonic()
+        for k, process in enumerate(self._processes):
+            if (process.dead and process.losses < RESTARTS
+                    and now - process.lost_at >= self.restart_seconds * 2 ** process.losses):
+                self._processes[k] = _spawn(self._start, process.losses + 1)
+                log.info("a mask process replaces a lost one (%d lost in its place)", process.losses + 1)
 
     def _plan_replica(self, row: PooledRow) -> None:
         """A replica for `row` in the least loaded live process, made after this step's fill; or none, the row
@@ -249,10 +268,15 @@ class MaskPool:
             return
         log.warning("a mask process is lost (%s): its rows' masks are filled in the worker from now on", why)
         process.dead = True
+        process.lost_at = time.monotonic()
         for row_id in [r for r, replica in self._replicas.items() if replica.process is process]:
             del self._replicas[row_id]
         process.conn.close()
         process.popen.kill()
+        try:
+            process.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # reaped by _close at the latest
+            pass
 
 
 def _take(items: list[int]) -> list[int]:
@@ -268,7 +292,7 @@ def _ready(process: _Process) -> bool:
         return True  # recv() then says what broke
 
 
-def _spawn(start: tuple[Any, ...]) -> _Process:
+def _spawn(start: tuple[Any, ...], losses: int = 0) -> _Process:
     """A mask process on one end of a socket pair; `start` sent at once (its tokenizer builds in the background)."""
     ours, theirs = socket.socketpair()
     package_root = str(Path(__file__).resolve().parents[2])
@@ -278,7 +302,7 @@ def _spawn(start: tuple[Any, ...]) -> _Process:
     theirs.close()
     conn = Connection(ours.detach())
     conn.send(start)
-    return _Process(conn, popen)
+    return _Process(conn, popen, losses=losses)
 
 
 def _close(processes: list[_Process]) -> None:
