@@ -78,6 +78,7 @@ def test_streams_with_mask_processes_equal_those_without_and_the_processes_end_w
         first = _together(pooled.addr)  # the first constrained rows start the processes; later ones use them
         time.sleep(1.0)
         assert len(_mask_processes(pooled.proc.pid)) == 2
+        assert "masks are filled in 2 processes" in pooled.stderr() and "mask process is lost" not in pooled.stderr()
         assert _together(pooled.addr) == first == _together(daemon.addr)
         processes = _mask_processes(pooled.proc.pid)
     finally:
