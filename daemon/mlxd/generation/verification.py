@@ -37,12 +37,7 @@ class VerifyPlan:
     def accepted(self) -> list[int]:
         """The row's tokens of this step: the accepted drafts, then the target's own token. Also takes them into
         the row's sampler (penalty state, key chain)."""
-        choices = cast(list[int], self.choices.tolist())
-        tokens = self.drafts + [choices[-1]]
-        for j, draft in enumerate(self.drafts):
-            if draft != choices[j]:
-                tokens = self.drafts[:j] + [choices[j]]
-                break
+        tokens = accepted_run(self.drafts, cast(list[int], self.choices.tolist()))
         if self.sampler is not None:
             self.sampler.record(tokens)
             if self.chain is not None:
@@ -50,9 +45,13 @@ class VerifyPlan:
         return tokens
 
 
-def greedy_plan(choices: mx.array, drafts: list[int]) -> VerifyPlan:
-    """A plainly greedy row (no penalty or bias): choices are the argmax of its raw logits [>= k+1]."""
-    return VerifyPlan(drafts, choices[: len(drafts) + 1])
+def accepted_run(drafts: list[int], choices: list[int]) -> list[int]:
+    """The accepted drafts, then the target's own token: choices[j] is the token drawn at position j (>= k+1 of
+    them; a plainly greedy row's are the argmax of its logits, read for the whole batch at once)."""
+    for j, draft in enumerate(drafts):
+        if draft != choices[j]:
+            return drafts[:j] + [choices[j]]
+    return drafts + [choices[len(drafts)]]
 
 
 def sampler_plan(sampler: Sampler, logits: mx.array, drafts: list[int]) -> VerifyPlan:
