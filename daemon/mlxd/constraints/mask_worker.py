@@ -41,6 +41,9 @@ class Replicas:
         if prototype is None:
             prototype = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0,
                                              limits=llguidance.LLParserLimits(**self._limits))
+            # Its first mask builds the lexer states every row needs at its start; copies made after it begin
+            # with them (as the compiler's prototype does in the daemon).
+            fill_next_token_bitmask(prototype, np.zeros((1, self._words), dtype=np.int32))
             if prototype.is_error():
                 return prototype.get_error()
             self._prototypes[key] = prototype
