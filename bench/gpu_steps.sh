@@ -27,10 +27,10 @@
 #   constrained        issue 17: a random Llama-3.2-1B shape with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
 #                      .gpu2/smollm2-tokenizer: a folder random_model's write_tokenizer made from SmolLM2's GGUF,
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
-#                      then in-process 16-stream step breakdowns, constrained and free (~400 s);
+#                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
+#                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
-#                      constrained-processes both again with the masks filled in $MASK_PROCESSES (3) processes
-#                      beside the worker's thread (serve --mask-processes; ~250 s);
+#                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes (~60 s);
 #                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
 #                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
@@ -120,17 +120,15 @@ for spec in "$@"; do
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     experts-ahead2) step experts-ahead2 300 "$py" -m bench expert_matmul --loads-ahead 2 --tokens 1 4 16 32 64 ;;
     constrained) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
-                   step constrained 300 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
-                     --new-tokens 128 --rounds 2
+                   step constrained 420 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
+                     --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}"
                    for kind in --constrained ""; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                    done; } ;;
-    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
-                   step constrained-processes 300 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
-                     --new-tokens 128 --rounds 2 --mask-processes "${MASK_PROCESSES:-3}"
+    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
-                     --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"; } ;;
+                     --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}" ;;
     constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;

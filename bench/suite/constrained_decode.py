@@ -2,6 +2,7 @@
 running beside constrained ones against the same streams beside free ones, alternating in one command.
 
     python -m bench constrained_decode [--model smollm2|PATH --streams 1 16 --new-tokens 128]
+                                       [--mask-processes 0 3]
 
 Greedy, ignore_eos. The schema (an array of at least 400 short strings) keeps the output open for the whole run,
 so each stream generates as many tokens either way. "mixed" runs half the streams
@@ -16,6 +17,8 @@ import contextlib
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +89,21 @@ def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: 
             "fill_p50_us": float(np.percentile(fills, 50) * 1e6), "fill_p99_us": float(np.percentile(fills, 99) * 1e6)}
 
 
+def _start(model: Path, out: Path, serve: list[str], processes: list[int]) -> dict[int, Daemon]:
+    """A daemon for each --mask-processes value, started together (their warm-ups overlap; on a GPU each takes a
+    minute or two); every one stopped if one fails to start."""
+    with ThreadPoolExecutor(len(processes)) as pool:
+        futures = {n: pool.submit(Daemon, model, out / f"mask-processes-{n}", *serve, "--mask-processes", str(n))
+                   for n in processes}
+    daemons = {n: f.result() for n, f in futures.items() if f.exception() is None}
+    failed = [error for f in futures.values() if (error := f.exception()) is not None]
+    if failed:
+        for daemon in daemons.values():
+            daemon.stop()
+        raise failed[0]
+    return daemons
+
+
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__)
     common.add_model_args(p)
@@ -93,31 +111,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3, help="alternations per stream count (after a warm-up)")
-    p.add_argument("--mask-processes", type=int, default=0, help="serve's --mask-processes")
+    p.add_argument("--mask-processes", type=int, nargs="+", default=[0],
+                   help="serve's --mask-processes; several values: a daemon each, their constrained and mixed "
+                        "streams against the free streams of the first, in one command")
     common.add_out_arg(p, "constrained_decode")
     args = p.parse_args(argv)
     model = common.resolve_model(args.model)
+    processes = list(dict.fromkeys(args.mask_processes))
 
     with contextlib.ExitStack() as stack:
-        daemon = stack.enter_context(Daemon(model, args.out, "--dtype", args.dtype, "--max-batch-size",
-                                            str(max(args.streams)), "--mask-processes", str(args.mask_processes)))
-        with Client(daemon.addr) as client:
+        daemons = _start(model, args.out, ["--dtype", args.dtype, "--max-batch-size", str(max(args.streams))],
+                         processes)
+        for daemon in daemons.values():
+            stack.callback(daemon.stop)
+        with Client(daemons[processes[0]].addr) as client:
             info = client.model_info()
 
         def prompts(n: int, salt: int) -> list[list[int]]:  # new for each run: none served from the prefix cache
             return common.stream_prompts(info.vocab_size, n, args.prompt_tokens, salt=salt)
 
+        # "constrained@P" and "mixed@P": on the daemon with P mask processes; "free": on the first one's.
+        contenders = ["free"] + [f"{kind}@{n}" for n in processes for kind in ("constrained", "mixed")]
+
         def run(name: str, n: int, round_: int) -> common.Row:
             # mixed: the odd streams constrained, the even ones free (compared with the even ones of "free").
-            kinds = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}
-            chosen = kinds[name]
-            row = streams(daemon.addr, prompts(n, 3 * round_ + list(kinds).index(name)), args.new_tokens, chosen)
-            return {**row, "tps": row["constrained_tps" if name == "constrained" else "free_tps"],
-                    "even_free_tps": row["even_tps"] if name != "constrained" else 0.0}
+            kind, _, mask_processes = name.partition("@")
+            daemon = daemons[int(mask_processes or processes[0])]
+            chosen = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}[kind]
+            salt = len(contenders) * round_ + contenders.index(name)
+            row = streams(daemon.addr, prompts(n, salt), args.new_tokens, chosen)
+            return {**row, "tps": row["constrained_tps" if kind == "constrained" else "free_tps"],
+                    "even_free_tps": row["even_tps"] if kind != "constrained" else 0.0}
 
-        for n in args.streams:  # warm-up, the grammar compiled once
-            run("constrained", n, 0)
-        contenders = ["free", "constrained", "mixed"]
+        for n in args.streams:  # warm-up, the grammar compiled once in each daemon
+            for mask_processes in processes:
+                run(f"constrained@{mask_processes}", n, 0)
         rows = common.alternate(args.rounds, args.streams, contenders, run, args.out / "runs.jsonl")
 
     from mlxd.loading.model_source import load_model_tokenizer
@@ -128,16 +156,22 @@ def main(argv: list[str] | None = None) -> None:
     lines = []
     for n in args.streams:
         free = common.median(rows, "free_tps", case=n, contender="free")
-        constrained = common.median(rows, "constrained_tps", case=n, contender="constrained")
-        line = [n, free, constrained, common.median_ratio(rows, "tps", "constrained", "free", case=n)]
-        if n > 1:
-            line += [common.median(rows, "free_tps", case=n, contender="mixed"),
-                     common.median_ratio(rows, "even_free_tps", "mixed", "free", case=n)]
-        else:
-            line += ["-", "-"]
-        lines.append(line)
-    print(common.table(["streams", "free tok/s", "constrained tok/s", "constrained / free",
+        for mask_processes in processes:
+            constrained, mixed = f"constrained@{mask_processes}", f"mixed@{mask_processes}"
+            line = [n, mask_processes, free, common.median(rows, "constrained_tps", case=n, contender=constrained),
+                    common.median_ratio(rows, "tps", constrained, "free", case=n)]
+            if n > 1:
+                line += [common.median(rows, "free_tps", case=n, contender=mixed),
+                         common.median_ratio(rows, "even_free_tps", mixed, "free", case=n)]
+            else:
+                line += ["-", "-"]
+            lines.append(line)
+    print(common.table(["streams", "mask processes", "free tok/s", "constrained tok/s", "constrained / free",
                         "free beside constrained", "ratio to beside free"], lines))
     print(f"grammar: token tables {masks['tables_ms']:.0f} ms once per model, schema compile "
           f"{masks['compile_ms']:.1f} ms; mask fill per token p50 {masks['fill_p50_us']:.0f} us, "
           f"p99 {masks['fill_p99_us']:.0f} us")
+
+
+if __name__ == "__main__":
+    main()
