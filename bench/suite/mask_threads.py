@@ -14,6 +14,9 @@ constraints/mask_pool.py, N processes holding replicas of the rows' matchers, th
 Session 21, llguidance 1.9.1, 16 rows, medians of 60 states, without --warm (ms, wall / CPU): the H200's host (16
 cores) 1.43 / 1.34 on one executor thread, 1.95 / 2.28 on four, 1.80 / 4.57 on four Python threads; this 2-core
 machine 1.77 / 1.51, 1.75 / 1.27 on two, 3.44 / 4.67 on two Python threads. The executor's threads gain nothing.
+Session 22, --warm, this 2-core machine (16 rows, medians of 40 steps, ms wall): executor 3.27 on one thread and
+3.28 on two, two Python threads 3.83, 2 mask processes and this one 3.45 (a round trip to two sleeping processes
+alone costs ~0.5 ms on this VM); the H200's host not yet measured.
 """
 from __future__ import annotations
 
