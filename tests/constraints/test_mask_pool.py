@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint
+from mlxd.constraints.mask_pool import MaskPool
 from mlxd.constraints.matcher import fill_bitmasks
 from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
 from tests.constraints.walks import compile_spec
@@ -116,12 +117,18 @@ def test_a_grammar_past_its_limits_fails_its_rows_in_the_processes_too(tiny_json
         compiler.close()
 
 
-def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_place(tiny, pooled):
-    rng = random.Random(1)
+def _six_rows_in_processes(tiny, pooled) -> tuple[list[tuple[RowConstraint, RowConstraint]], MaskPool]:
+    """Six pairs of rows (here and pooled), four of the pooled ones filled by the two processes; and the pool."""
     rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
     _until_in_processes([there for _, there in rows], 4)
     pool = compile_spec(pooled, *SPECS[0]).pool
     assert pool is not None
+    return rows, pool
+
+
+def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_place(tiny, pooled):
+    rng = random.Random(1)
+    rows, pool = _six_rows_in_processes(tiny, pooled)
     pool.restart_seconds = 0.5
     killed = pool.process_ids()[0]
     os.kill(killed, signal.SIGKILL)
@@ -137,10 +144,7 @@ def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_
 
 def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
     rng = random.Random(2)
-    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
-    _until_in_processes([there for _, there in rows], 4)
-    pool = compile_spec(pooled, *SPECS[0]).pool
-    assert pool is not None
+    rows, pool = _six_rows_in_processes(tiny, pooled)
     pool.answer_seconds = 0.3
     stalled = pool.process_ids()[0]
     os.kill(stalled, signal.SIGSTOP)

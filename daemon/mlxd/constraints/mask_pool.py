@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import llguidance
 import numpy as np
 
-from mlxd.constraints.compiler import error_code
+from mlxd.constraints.compiler import error_code, mask_words
 from mlxd.constraints.errors import ConstraintError
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class MaskPool:
 
     def __init__(self, tokenizer_json: str, width: int, eos_token_ids: Sequence[int],
                  limits: llguidance.LLParserLimits, processes: int) -> None:
-        self.words = (width + 31) // 32
+        self.words = mask_words(width)
         self._replicas: dict[int, _Replica] = {}
         self._local: set[int] = set()   # rows filled in this process: it takes a share as one more process
         self.filled_in_processes = 0    # masks the processes filled (for tests and benchmarks)

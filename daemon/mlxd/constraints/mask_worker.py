@@ -3,8 +3,8 @@ the rows' tokens and filling their masks on request, for constraints/mask_pool.p
 
 llguidance computes one process's masks one at a time whatever the threads (constraints/matcher.py
 fill_bitmasks), and a batch's masks take longer than a GPU's forward launch; rows spread over processes fill in
-parallel. This module imports llguidance and NumPy only: a process starts in a fraction of a second and holds no
-device. It ends when its pipe closes (the daemon exited or closed the pool).
+parallel. This module imports llguidance, NumPy and the constraints package (no MLX): a process starts in a
+fraction of a second and holds no device. It ends when its pipe closes (the daemon exited or closed the pool).
 
 Messages (multiprocessing.connection, one reply each, in order):
   ("start", tokenizer_json, width, eos_ids, limits)  -> ("ready", None | error)
@@ -24,6 +24,8 @@ import llguidance
 import numpy as np
 from llguidance.numpy import fill_next_token_bitmask
 
+from mlxd.constraints.compiler import mask_words  # loaded with the package anyway (constraints/__init__.py)
+
 # Grammars' prototypes kept (a row's replica is a copy of its grammar's): as many as the compiler caches.
 PROTOTYPES = 64
 
@@ -31,8 +33,8 @@ PROTOTYPES = 64
 class Replicas:
     def __init__(self, tokenizer_json: str, width: int, eos: list[int], limits: dict[str, Any]) -> None:
         self._tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=width, eos_token=eos or None)
-        self._limits = limits
-        self._words = (width + 31) // 32
+        self._limits = llguidance.LLParserLimits(**limits)
+        self._words = mask_words(width)
         self._prototypes: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._rows: dict[int, llguidance.LLMatcher] = {}
 
@@ -40,7 +42,7 @@ class Replicas:
         prototype = self._prototypes.get(key)
         if prototype is None:
             prototype = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0,
-                                             limits=llguidance.LLParserLimits(**self._limits))
+                                             limits=self._limits)
             # Its first mask builds the lexer states every row needs at its start; copies made after it begin
             # with them (as the compiler's prototype does in the daemon).
             fill_next_token_bitmask(prototype, np.zeros((1, self._words), dtype=np.int32))
