@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     from mlxd.parallel.launch import Ranks
 
 
+def _mask_processes(text: str) -> int:
+    """`--mask-processes`: N >= 0, or auto (-1: constraints/mask_pool.py processes_for decides; its module loads
+    llguidance, which the client commands need not)."""
+    if text == "auto":
+        return -1
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count or auto, got {text!r}")
+    return int(text)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a model over gRPC")
     serve.add_argument("--model", type=Path,
@@ -33,10 +43,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
     serve.add_argument("--speculate-fixed", action="store_true",
                        help="always draft --speculate-depth tokens, never adapt (benchmarks and tests)")
-    serve.add_argument("--mask-processes", type=int, default=0, metavar="N",
+    serve.add_argument("--mask-processes", type=_mask_processes, default=-1, metavar="N|auto",
                        help="fill constrained rows' masks (structured output) in N processes beside the worker's "
                             "own thread, in parallel: for hosts with cores to spare, where a batch's masks take "
-                            "longer than the forward pass's launch; 0 = the worker's thread alone")
+                            "longer than the forward pass's launch; 0 = the worker's thread alone; auto (default) "
+                            "= 3 on a GPU host with 8 or more cores, else 0 (constraints/mask_pool.py AUTO)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")

@@ -13,8 +13,9 @@ import llguidance
 import numpy as np
 import pytest
 
+from mlxd.cli import _mask_processes
 from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint
-from mlxd.constraints.mask_pool import MaskPool
+from mlxd.constraints.mask_pool import AUTO, AUTO_PROCESSES, MaskPool, processes_for
 from mlxd.constraints.matcher import fill_bitmasks
 from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
 from tests.constraints.walks import compile_spec
@@ -158,3 +159,15 @@ def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
             os.kill(stalled, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def test_auto_starts_mask_processes_only_on_a_gpu_host_with_cores_to_spare():
+    assert _mask_processes("auto") == AUTO and _mask_processes("0") == 0 and _mask_processes("4") == 4
+    for wrong in ("-2", "two", ""):
+        with pytest.raises(Exception, match="a count or auto"):
+            _mask_processes(wrong)
+    assert processes_for(AUTO, "Device(gpu, 0)", 16) == AUTO_PROCESSES
+    assert processes_for(AUTO, "Device(gpu, 0)", 4) == 0   # the worker, gRPC and tokenizing need the few cores
+    assert processes_for(AUTO, "Device(cpu, 0)", 64) == 0  # the forward pass runs on those cores
+    assert processes_for(AUTO, "Device(gpu, 0)", None) == 0
+    assert processes_for(2, "Device(cpu, 0)", 2) == 2 and processes_for(0, "Device(gpu, 0)", 16) == 0

@@ -80,6 +80,7 @@ def test_streams_with_mask_processes_equal_those_without_and_the_processes_end_w
         assert len(_mask_processes(pooled.proc.pid)) == 2
         assert "masks are filled in 2 processes" in pooled.stderr() and "mask process is lost" not in pooled.stderr()
         assert _together(pooled.addr) == first == _together(daemon.addr)
+        assert _mask_processes(daemon.proc.pid) == []  # auto, the default, starts none on a CPU host
         processes = _mask_processes(pooled.proc.pid)
     finally:
         pooled.stop(signal.SIGKILL)

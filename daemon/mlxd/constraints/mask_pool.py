@@ -46,6 +46,22 @@ ANSWER_SECONDS = 2.0
 RESTART_SECONDS = 1.0
 RESTARTS = 5
 
+# `serve --mask-processes auto`: this many processes on a GPU host with AUTO_MIN_CORES cores or more, none elsewhere.
+# Measured (docs/performance.md, session 23): on an H200's 16-core host 3 processes took 16 rows' fill from 3.6 to
+# 2.0 ms, constrained / free 0.876 -> 0.994 at 1 stream and 0.811 -> 0.841 at 16; on a 2-core CPU host (the forward
+# pass itself on those cores) processes were slower than the worker's thread alone (3.45 against 3.27 ms).
+AUTO = -1
+AUTO_PROCESSES = 3
+AUTO_MIN_CORES = 8
+
+
+def processes_for(requested: int, device: str, cores: int | None) -> int:
+    """The mask processes to start: `requested`, or for AUTO what the host suits (see AUTO_PROCESSES)."""
+    if requested != AUTO:
+        return requested
+    return AUTO_PROCESSES if "gpu" in device.lower() and (cores or 0) >= AUTO_MIN_CORES else 0
+
+
 LIMIT_FIELDS = ("initial_lexer_fuel", "step_lexer_fuel", "max_lexer_states", "max_grammar_size", "max_items_in_row",
                 "step_max_items", "precompute_large_lexemes", "verbose_errors")
 

@@ -52,7 +52,7 @@ class WorkerOptions:
     speculate_depth: int = 4        # the most tokens drafted per row per step
     speculate_adaptive: bool = True  # False: always speculate_depth
     draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
-    mask_processes: int = 0         # processes that fill constrained rows' masks beside the worker's; 0 = none
+    mask_processes: int = 0         # processes filling constrained rows' masks beside the worker's; 0 none, -1 auto
 
     def scheduler_options(self) -> SchedulerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,

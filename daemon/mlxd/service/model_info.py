@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlxd.constraints.mask_pool import processes_for
 from mlxd.engine.worker import MlxMemory, Worker
 from mlxd.errors import ModelLoadError
 from mlxd.images.preprocess import load_processor_config
@@ -87,7 +89,7 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
     )
     defaults = sampling_defaults(path) if path.is_dir() else {}
     return ServedModel(info=info, tokenizer=tokenizer, sampling_defaults=defaults, vision=vision,
-                       mask_processes=worker.options.mask_processes)
+                       mask_processes=processes_for(worker.options.mask_processes, worker.device, os.cpu_count()))
 
 
 def with_memory(info: pb.ModelInfo, memory: MlxMemory) -> pb.ModelInfo:
