@@ -4,7 +4,8 @@
 #
 #   bash bench/gpu_steps.sh kernels experts moe:qwen3-30b-a3b moe:glm-4.7-flash moe:gpt-oss-20b
 #
-# Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable. Logs go to $OUT when
+# Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable (bench/gpu_pack.sh says
+# how to bring them onto the lent machine). Logs go to $OUT when
 # set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to $MODELS, else
 # /tmp/mlxd-gpu-models (a bfloat16 Qwen3-30B-A3B, 61 GB, may fit only in /dev/shm: MODELS=/dev/shm/models).
 # Steps:

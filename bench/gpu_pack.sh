@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Packs what the lent GPU machine needs beyond MLX's CUDA wheel, after `bash ../shared/gpu/prepare.sh` filled .gpu1/
+# and .gpu2/ (run from the checkout root, with .venv set up by scripts/setup.sh):
+#   - the wheels mlxd imports that the machine lacks (grpcio health and reflection, gguf, llguidance) into .gpu2/;
+#   - SmolLM2's tokenizer into .gpu2/smollm2-tokenizer (gpu_steps.sh's constrained steps: the machine cannot fetch it);
+#   - .gpu1/'s part cut in two (.gpu1/piece.aa, .gpu0/piece.ab): a call carries at most 64 MiB with the checkout's
+#     tracked files (23 MB in session 23), and the part alone is 45 MB.
+# Then three calls back to back (the machine goes back 30 s after a call):
+#   run carry [".gpu1"]: mkdir -p /tmp/gpu && cp .gpu1/piece.aa /tmp/gpu/
+#   run carry [".gpu0"]: cat /tmp/gpu/piece.aa .gpu0/piece.ab > /tmp/gpu/mlxcuda.part.aa && rm /tmp/gpu/piece.aa
+#   run carry [".gpu2"]: bash .gpu2/setup.sh > $OUT/setup.log 2>&1; export PYTHONPATH=/tmp/site && bash bench/gpu_steps.sh ...
+# A later call on the warm machine needs only the export (and .gpu2 carried again for the constrained steps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+[ -f .gpu1/mlxcuda.part.aa ] || [ -f .gpu1/piece.aa ] || { echo "run bash ../shared/gpu/prepare.sh first" >&2; exit 1; }
+grep -qx ".gpu0/" .git/info/exclude 2>/dev/null || echo ".gpu0/" >> .git/info/exclude
+# The machine's Python is 3.12 on x86-64 Linux; llguidance's newest wheels are tagged manylinux_2_31.
+"$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_31_x86_64 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu2 \
+  "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" "gguf>=0.17" "llguidance>=1.9"
+if [ ! -f .gpu2/smollm2-tokenizer/tokenizer.json ]; then
+  mkdir -p .gpu2/smollm2-tokenizer
+  PYTHONPATH="$PWD:$PWD/daemon" "$py" -c '
+import sys
+from pathlib import Path
+from bench.models.random_model import write_tokenizer
+from mlxd.demo_models import fetch_model
+print("SmolLM2 tokenizer:", write_tokenizer(Path(sys.argv[1]), fetch_model()), "tokens")' .gpu2/smollm2-tokenizer
+fi
+if [ -f .gpu1/mlxcuda.part.aa ]; then
+  mkdir -p .gpu0
+  (cd .gpu1 && split -b 36000000 mlxcuda.part.aa piece. && mv piece.ab ../.gpu0/ && rm mlxcuda.part.aa)
+fi
+du -sh .gpu0 .gpu1 .gpu2
