@@ -31,7 +31,8 @@
 #                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
 #                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
-#                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes (~60 s);
+#                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes, then a
+#                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
 #                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
 #                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
@@ -127,9 +128,11 @@ for spec in "$@"; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                    done; } ;;
-    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
-                     --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}" ;;
+                     --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"
+                   step free-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                     --new-tokens 128 --timeline; } ;;
     constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;

@@ -13,10 +13,10 @@ Nothing in the daemon is patched; the profiler's own overhead inflates the Pytho
 the unprofiled run's). Python 3.11's cProfile sees only this thread (the masks are filled on another: their wait
 shows here); 3.12's, on the H200's host, listed the mask thread's functions too (`fill_masks`).
 --profile writes the 30 functions with the most own time. --constrained puts every stream under
-constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would. --timeline (with
---constrained) runs once more with the constrained step's two threads timed (bench/suite/mask_timeline.py wraps
-the runner module's functions for that run): the forward's launch, the mask thread's jobs, and the worker's wait
-for the masks after its launch.
+constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would. --timeline runs once
+more with a step's parts timed (bench/suite/mask_timeline.py wraps the runner module's functions for that run): the
+forward's graph, the read of the step before, the launches, a step call whole and call to call; with --constrained
+also the mask thread's jobs and the worker's wait for the masks after its launch.
 """
 
 from __future__ import annotations
@@ -103,12 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed", action="store_true", help="prompt lengths spread around --prompt-tokens")
     p.add_argument("--constrained", action="store_true", help="every stream under a JSON Schema")
     p.add_argument("--breakdown", action="store_true")
-    p.add_argument("--timeline", action="store_true", help="with --constrained: time the step's two threads")
+    p.add_argument("--timeline", action="store_true", help="time a step's parts (with --constrained: both threads)")
     p.add_argument("--mask-processes", type=int, default=0, help="with --constrained: serve's --mask-processes")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
     args = p.parse_args(argv)
-    if args.timeline and not args.constrained:
-        p.error("--timeline times the constrained step: give --constrained")
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
@@ -123,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.timeline:
         with mask_timeline.timeline() as timings:
             timed = run(runtime, prompts, args.new_tokens, grammars)
-        print(f"timed: {timed['decode_tps']:.1f} tok/s; each constrained step's parts (ms):")
+        print(f"timed: {timed['decode_tps']:.1f} tok/s; each {'constrained ' if grammars else ''}step's parts (ms):")
         print(common.table(["part", "steps", "median", "p90"], mask_timeline.table(timings)))
     if not (args.breakdown or args.profile):
         return

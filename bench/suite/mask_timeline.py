@@ -1,11 +1,12 @@
-"""Where a constrained decode step's time goes across its two threads: for `batch_inprocess --constrained
---timeline`. The functions a constrained step calls (the runner's and engine/constrained_rows.py's module globals,
-the runner's `_constrained_step` and `_settle`) are wrapped for the run (and put back after): the mask thread's
-two jobs (telling the constraints the step before's tokens, filling this step's masks), the worker's forward
-launch (`mx.async_eval` of the logits), the time between a step's return and the next call's `_settle` (what the
-caller does between steps, which the fill also overlaps) and the worker's wait there for the masks are timed; per
-step we print how long each took, how late the mask thread started after the launch began and how long after the
-launch returned the masks were ready.
+"""Where a constrained decode step's time goes across its two threads: for `batch_inprocess --constrained --timeline`
+(and without --constrained the parts a free step shares with it, to compare part by part). The functions a
+constrained step calls (the runner's and engine/constrained_rows.py's module globals, the runner's
+`_constrained_step` and `_settle`) are wrapped for the run (and put back after): the mask thread's two jobs (telling
+the constraints the step before's tokens, filling this step's masks), the worker's forward launch (`mx.async_eval`
+of the logits), the time between a step's return and the next call's `_settle` (what the caller does between steps,
+which the fill also overlaps) and the worker's wait there for the masks are timed; per step we print how long each
+took, how late the mask thread started after the launch began and how long after the launch returned the masks were
+ready.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class _TimedMx:
         if caller == "_constrained_step":
             self._timings.launches.append((start, end))
             self._timings.add("worker: launch the forward (async_eval)", (end - start) * 1e3)
-        elif caller == "_sample":
+        elif caller == "_sample":  # a free step's: its forward is launched here too
             self._timings.add("worker: queue the sampling (async_eval)", (end - start) * 1e3)
 
 
@@ -74,6 +75,22 @@ def _timed(timings: _Timings, label: str, function: Callable[..., Any]) -> Calla
             return function(*args, **kwargs)
         finally:
             timings.add(label, (time.perf_counter() - start) * 1e3)
+    return wrapper
+
+
+def _cycled(timings: _Timings, step: Callable[..., Any]) -> Callable[..., Any]:
+    """Runner.step timed whole, and from one call's start to the next's (what a step costs the batch)."""
+    started = [0.0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        if started[0]:
+            timings.add("worker: a step's call to the next call", (start - started[0]) * 1e3)
+        started[0] = start
+        try:
+            return step(*args, **kwargs)
+        finally:
+            timings.add("worker: a whole step call (Runner.step)", (time.perf_counter() - start) * 1e3)
     return wrapper
 
 
@@ -122,6 +139,12 @@ def timeline() -> Iterator[_Timings]:
     replace(rows_module, "fill_step_masks", _timed(timings, "mask thread: fill the masks", rows_module.fill_step_masks))
     replace(runner_module.Runner, "_constrained_step", constrained_step)
     replace(runner_module.Runner, "_settle", settle_timed)
+    # The parts every decode step has, constrained or free, so the two runs' tables compare part by part.
+    replace(runner_module.Runner, "_forward_step",
+            _timed(timings, "worker: build the forward's graph", runner_module.Runner._forward_step))
+    replace(runner_module._Pending, "read",
+            _timed(timings, "worker: read the step before (device wait)", runner_module._Pending.read))
+    replace(runner_module.Runner, "step", _cycled(timings, runner_module.Runner.step))
     try:
         yield timings
     finally:
@@ -133,6 +156,8 @@ def table(timings: _Timings) -> list[list]:
     """label, steps, median ms, p90 ms: one line per timed part."""
     lines = []
     for label, values in {**timings.spans, **timings.paired()}.items():
+        if not values:  # a free step's run has no mask jobs to pair
+            continue
         ordered = sorted(values)
         lines.append([label, len(values), statistics.median(values), ordered[int(0.9 * (len(ordered) - 1))]])
     return lines
