@@ -87,6 +87,37 @@ def test_masks_filled_in_processes_equal_masks_filled_here(tiny, pooled):
     assert pool is not None and pool.filled_in_processes > 50
 
 
+def test_a_verify_steps_draft_masks_are_filled_in_processes_as_here(tiny, pooled):
+    """engine/masks.py draft_masks fills a verify step's positions row-batched, so the processes fill their share:
+    with random drafts (some refused, some past a complete constraint) the masks and cut drafts equal those filled
+    here, and both copies of each row end as they began."""
+    from mlxd.engine.masks import draft_masks
+
+    rng = random.Random(1)
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(8)]
+    _until_in_processes([there for _, there in rows], 5)
+    pool = compile_spec(pooled, *SPECS[0]).pool
+    assert pool is not None
+    in_processes = 0  # masks of draft positions the processes filled
+    for _ in range(12):
+        masks = _fill_both([h for h, _ in rows], [t for _, t in rows])
+        drafts = []
+        for mask in masks:  # a walk of allowed tokens where the row is, each replaced now and then by any token
+            allowed = _allowed(mask)
+            drafts.append([rng.choice(allowed) if rng.random() < 0.8 else rng.randrange(TINY_WIDTH)
+                           for _ in range(rng.randrange(5))])
+        before, lengths = pool.filled_in_processes, [len(there.tokens) for _, there in rows]
+        here = draft_masks([h for h, _ in rows], drafts, TINY_WIDTH)
+        there = draft_masks([t for _, t in rows], drafts, TINY_WIDTH)
+        in_processes += pool.filled_in_processes - before
+        assert here.drafts == there.drafts and np.array_equal(here.masks, there.masks)
+        assert not here.failures and not there.failures
+        assert [len(t.tokens) for _, t in rows] == lengths   # rolled back
+        _step(rows, masks, rng)
+        rows[:] = [pair for pair in rows if not pair[0].is_stopped()] or [_pair(tiny, pooled, SPECS[0])]
+    assert in_processes > 12 * 5, in_processes
+
+
 def _until_in_processes(rows: list[RowConstraint], count: int) -> np.ndarray:
     """Fill (at the rows' present state) until `count` of the rows' masks come from processes in one fill."""
     pool = rows[0].grammar.pool

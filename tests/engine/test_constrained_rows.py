@@ -172,18 +172,49 @@ def test_draft_masks_follow_the_drafts_the_constraint_allows_and_leave_it_as_it_
     def allowed(row):
         return {t for t in range(VOCAB) if row[t // 32] >> (t % 32) & 1}
 
+    def alone(constraint, drafts):
+        drafted = draft_masks([constraint], [drafts], VOCAB)
+        if drafted.failures:
+            raise drafted.failures[0]
+        return drafted.masks[0, :1 + len(drafted.drafts[0])], drafted.drafts[0]
+
     steps = [{1, 2}, {3}, {4, 5}, {6}]
     constraint = AllowedSets(steps)
-    masks, kept = draft_masks(constraint, [2, 3, 9, 6])      # 9 is refused at position 2: cut there
+    masks, kept = alone(constraint, [2, 3, 9, 6])            # 9 is refused at position 2: cut there
     assert kept == [2, 3] and [allowed(m) for m in masks] == [{1, 2}, {3}, {4, 5}]
     assert constraint.told == []                               # rolled back
-    masks, kept = draft_masks(constraint, [1, 3, 4, 6, 7])     # complete after 6: what follows is free
+    masks, kept = alone(constraint, [1, 3, 4, 6, 7])           # complete after 6: what follows is free
     assert kept == [1, 3, 4, 6] and len(masks) == 5 and allowed(masks[4]) == set(range(VOCAB))
     failing = FailsAt(steps, 2, "fill")                        # its mask after two drafts fails: cut before
-    masks, kept = draft_masks(failing, [1, 3, 4])
+    masks, kept = alone(failing, [1, 3, 4])
     assert kept == [1] and len(masks) == 2 and failing.told == []
+    refusing = FailsAt(steps, 1, "consume")                    # the second draft cannot be consumed: cut before
+    masks, kept = alone(refusing, [1, 3, 4])
+    assert kept == [1] and len(masks) == 2 and refusing.told == []
     with pytest.raises(ConstraintError):                       # its own mask fails: the row's failure
-        draft_masks(FailsAt(steps, 0, "fill"), [1])
+        alone(FailsAt(steps, 0, "fill"), [1])
+
+
+def test_draft_masks_of_a_batch_equal_each_row_alone():
+    """Rows are filled position by position together; each row's masks and cut equal those it gets alone, free
+    rows keep their drafts and all-allowed masks, and a row whose own mask fails does not stop the others."""
+    from mlxd.engine.masks import draft_masks
+
+    steps = [{1, 2}, {3}, {4, 5}, {6}]
+    batch = [([2, 3, 9, 6], lambda: AllowedSets(steps)), ([5, 5, 5], None),
+             ([1, 3, 4, 6, 7], lambda: AllowedSets(steps)), ([1, 3, 4], lambda: FailsAt(steps, 2, "fill")),
+             ([2], lambda: FailsAt(steps, 0, "fill")), ([], lambda: AllowedSets(steps)),
+             ([1, 3, 4], lambda: AllowedSets([{1}, set(), {4}]))]
+    together = draft_masks([make() if make else None for _, make in batch], [d for d, _ in batch], VOCAB)
+    assert together.masks.shape == (len(batch), 6, (VOCAB + 31) // 32)
+    assert set(together.failures) == {4} and isinstance(together.failures[4], ConstraintError)
+    for i, (drafts, make) in enumerate(batch):
+        alone = draft_masks([make() if make else None], [drafts], VOCAB)
+        assert together.drafts[i] == alone.drafts[0], i
+        assert (together.masks[i, :alone.masks.shape[1]] == alone.masks[0]).all(), i
+        assert (together.masks[i, alone.masks.shape[1]:] == -1).all(), i
+    assert together.drafts[1] == [5, 5, 5] and (together.masks[1] == -1).all()
+    assert together.drafts[6] == [] and (together.masks[6, 1:] == -1).all()  # nothing allowed after 1: cut before
 
 
 class SlowOneAtATime(AllowedSets):

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import mlx.core as mx
-import numpy as np
 
-from mlxd.constraints.compiler import mask_words
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.masks import FilledMasks, apply_masks, draft_masks, fill_masks
 from mlxd.engine.request import TokenLogprob
@@ -61,20 +59,10 @@ def verify_masks(logits: mx.array, rows: Sequence[ConstrainedRow],
     """A verify step's logits [B, L, vocab] with each constrained row's masks applied at every position it
     verifies, and the drafts cut where its constraint refuses them (engine/masks.py draft_masks); what a row fed
     past its cut draft is rejected like a padded column."""
-    words = max([mask_words(logits.shape[-1])] + [r.constraint.mask_words for r in rows if r.constraint])
-    masks = np.full((len(rows), logits.shape[1], words), -1, dtype=np.int32)
-    cut = []
-    for i, (r, drafts) in enumerate(zip(rows, fed)):
-        constraint = _going_on(r)
-        if constraint is not None:
-            try:
-                row_masks, drafts = draft_masks(constraint, drafts)
-            except Exception as error:  # its own mask failed: the row ends with its result
-                r.failure, drafts = error, []
-            else:
-                masks[i, :len(row_masks), :row_masks.shape[1]] = row_masks
-        cut.append(drafts)
-    return ops.mask_logits(logits, masks), cut
+    drafted = draft_masks([_going_on(r) for r in rows], fed, logits.shape[-1])
+    for i, failure in drafted.failures.items():  # its own mask failed: the row ends with its result
+        rows[i].failure = failure
+    return ops.mask_logits(logits, drafted.masks), drafted.drafts
 
 
 def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]) -> list[StepResult]:
