@@ -83,12 +83,12 @@ def draft_masks(constraints: Sequence[TokenConstraint | None], drafts: Sequence[
     kept = [len(d) if c is None else 0 for c, d in zip(constraints, drafts)]
     told = [0] * rows
     failures: dict[int, Exception] = {}
-    following = [i for i, c in enumerate(constraints) if c is not None]
+    following = {i for i, c in enumerate(constraints) if c is not None}  # rows whose drafts are allowed so far
     for j in range(length):
         if not following:
             break
         filled = fill_masks([constraints[i] if i in following else None for i in range(rows)], width)
-        going_on = []
+        going_on = set()
         for k, i in enumerate(filled.rows):
             if i in filled.failures or i in filled.empty:  # position 0: the row samples freely and ends; later: cut
                 if j == 0 and i in filled.failures:
@@ -110,7 +110,7 @@ def draft_masks(constraints: Sequence[TokenConstraint | None], drafts: Sequence[
             if constraint.is_stopped():
                 kept[i] = j + 1
             else:
-                going_on.append(i)
+                going_on.add(i)
         following = going_on
     for i, count in enumerate(told):
         if count:
