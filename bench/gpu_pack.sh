@@ -10,11 +10,16 @@
 #   run carry [".gpu0"]: cat /tmp/gpu/piece.aa .gpu0/piece.ab > /tmp/gpu/mlxcuda.part.aa && rm /tmp/gpu/piece.aa
 #   run carry [".gpu2"]: bash .gpu2/setup.sh > $OUT/setup.log 2>&1; export PYTHONPATH=/tmp/site && bash bench/gpu_steps.sh ...
 # A later call on the warm machine needs only the export (and .gpu2 carried again for the constrained steps).
+# For gpu_steps.sh speculate-ngram (real SmolLM2 on the GPU), SmolLM2's GGUF (98 MB) in three pieces, a call each:
+#   run carry [".gpu3"] (then ".gpu4", ".gpu5"): mkdir -p /tmp/gpu && cp .gpu3/* /tmp/gpu/
+#   and in the step's call: cat /tmp/gpu/gguf.a? > /tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf (gpu_steps.sh does it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 [ -f .gpu1/mlxcuda.part.aa ] || [ -f .gpu1/piece.aa ] || { echo "run bash ../shared/gpu/prepare.sh first" >&2; exit 1; }
-grep -qx ".gpu0/" .git/info/exclude 2>/dev/null || echo ".gpu0/" >> .git/info/exclude
+for folder in .gpu0 .gpu3 .gpu4 .gpu5; do
+  grep -qx "$folder/" .git/info/exclude 2>/dev/null || echo "$folder/" >> .git/info/exclude
+done
 # The machine's Python is 3.12 on x86-64 Linux; llguidance's newest wheels are tagged manylinux_2_31.
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_31_x86_64 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu2 \
@@ -32,4 +37,9 @@ if [ -f .gpu1/mlxcuda.part.aa ]; then
   mkdir -p .gpu0
   (cd .gpu1 && split -b 36000000 mlxcuda.part.aa piece. && mv piece.ab ../.gpu0/ && rm mlxcuda.part.aa)
 fi
-du -sh .gpu0 .gpu1 .gpu2
+if [ ! -f .gpu5/gguf.ac ]; then
+  gguf=$(PYTHONPATH="$PWD/daemon" "$py" -c 'from mlxd.demo_models import fetch_model; print(fetch_model())')
+  mkdir -p .gpu3 .gpu4 .gpu5
+  (cd .gpu3 && split -b 34000000 "$gguf" gguf. && mv gguf.ab ../.gpu4/ && mv gguf.ac ../.gpu5/)
+fi
+du -sh .gpu0 .gpu1 .gpu2 .gpu3 .gpu4 .gpu5

@@ -35,6 +35,10 @@
 #                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
 #                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
 #                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
+#   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
+#                      the copy-heavy tasks and free text, 1 and 16 streams, against plain (~300 s)
+#   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
+#                      plain), 1 and 16 streams; speculate-self the 8B as its own draft (full acceptance: the ceiling)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
@@ -140,6 +144,16 @@ for spec in "$@"; do
                     step "mask-threads${warm:+-warm}" 200 "$py" -m bench mask_threads \
                       --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" --threads 4 --states 60 $warm
                   done ;;
+    speculate-ngram) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
+                     [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
+                     step speculate-ngram 560 "$py" -m bench speculative --model "$smollm2" \
+                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds 2 ;;
+    speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
+                     step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \
+                       --tasks free --max-tokens 96 --streams 1,16 --rounds 3 ;;
+    speculate-self) target=$(model llama-8b bfloat16 0 all) &&
+                    step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
+                      --tasks free --max-tokens 96 --streams 1,16 --rounds 2 ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
     prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
                  throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
