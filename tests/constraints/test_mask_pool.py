@@ -94,10 +94,7 @@ def test_a_verify_steps_draft_masks_are_filled_in_processes_as_here(tiny, pooled
     from mlxd.engine.masks import draft_masks
 
     rng = random.Random(1)
-    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(8)]
-    _until_in_processes([there for _, there in rows], 5)
-    pool = compile_spec(pooled, *SPECS[0]).pool
-    assert pool is not None
+    rows, pool = _rows_in_processes(tiny, pooled, 8, 5)
     in_processes = 0  # masks of draft positions the processes filled
     for _ in range(12):
         masks = _fill_both([h for h, _ in rows], [t for _, t in rows])
@@ -149,10 +146,12 @@ def test_a_grammar_past_its_limits_fails_its_rows_in_the_processes_too(tiny_json
         compiler.close()
 
 
-def _six_rows_in_processes(tiny, pooled) -> tuple[list[tuple[RowConstraint, RowConstraint]], MaskPool]:
-    """Six pairs of rows (here and pooled), four of the pooled ones filled by the two processes; and the pool."""
-    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(6)]
-    _until_in_processes([there for _, there in rows], 4)
+def _rows_in_processes(tiny, pooled, count: int,
+                       in_processes: int) -> tuple[list[tuple[RowConstraint, RowConstraint]], MaskPool]:
+    """`count` pairs of rows (here and pooled), `in_processes` of the pooled ones filled by the two processes (the
+    rest here, which fills a share as one more process); and the pool."""
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(count)]
+    _until_in_processes([there for _, there in rows], in_processes)
     pool = compile_spec(pooled, *SPECS[0]).pool
     assert pool is not None
     return rows, pool
@@ -160,7 +159,7 @@ def _six_rows_in_processes(tiny, pooled) -> tuple[list[tuple[RowConstraint, RowC
 
 def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_place(tiny, pooled):
     rng = random.Random(1)
-    rows, pool = _six_rows_in_processes(tiny, pooled)
+    rows, pool = _rows_in_processes(tiny, pooled, 6, 4)
     pool.restart_seconds = 0.5
     killed = pool.process_ids()[0]
     os.kill(killed, signal.SIGKILL)
@@ -176,7 +175,7 @@ def test_rows_of_a_killed_process_are_filled_here_until_a_new_process_takes_its_
 
 def test_a_stalled_process_is_dropped_and_its_rows_filled_here(tiny, pooled):
     rng = random.Random(2)
-    rows, pool = _six_rows_in_processes(tiny, pooled)
+    rows, pool = _rows_in_processes(tiny, pooled, 6, 4)
     pool.answer_seconds = 0.3
     stalled = pool.process_ids()[0]
     os.kill(stalled, signal.SIGSTOP)
