@@ -1,0 +1,136 @@
+"""n-gram speculation against plain decoding in one Scheduler on this thread (no gRPC): where a speculative step's
+time goes when the device is not the limit (a GPU), and what the policy costs when it drafts nothing.
+
+    python -m bench speculation_inprocess [--model smollm2|PATH] [--tasks rewrite,free] [--streams 1,16]
+                                          [--max-tokens 96] [--rounds 2] [--profile]
+
+The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
+unmeasured first (on a GPU, MLX compiles kernels for each new shape), then its rounds alternate plain
+(GenerationRequest.speculation = 0) and speculative, in one Scheduler each made with `--speculate ngram`. Prints
+decode-phase tok/s of each, their ratio and the acceptance. With --profile the last round of each case runs again
+under cProfile and the functions with the most own time are written to --out, with a step's parts (cumulative ms
+per step: the verify step, its acceptance, the caches' rollback, the drafting policy) printed.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import statistics
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from bench import common
+from bench.suite.speculative import TASKS
+from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+
+PARTS = {  # label: (file end, function): cumulative time, per decode step
+    "scheduler step (all)": ("engine/scheduler.py", "_decode_one_step"),
+    "drafts and the pause before a verify step": ("engine/scheduler.py", "_drafts"),
+    "runner: verify step (all)": ("engine/runner.py", "_verify"),
+    "runner: accept (sync, read)": ("engine/runner.py", "_accept"),
+    "caches: rollback": ("models/batch_cache.py", "rollback"),
+    "runner: plain step graph": ("engine/runner.py", "_forward_step"),
+    "runner: read a plain step (device wait)": ("engine/runner.py", "read"),
+    "speculator: observe": ("engine/speculation.py", "observe"),
+    "speculator: wants_drafts": ("engine/speculation.py", "wants_drafts"),
+    "speculator: probe": ("engine/speculation.py", "probe"),
+    "output: deliver": ("engine/scheduler.py", "_deliver"),
+}
+
+
+def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int, speculation: int | None,
+        profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram"))
+    requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
+                                  ignore_eos=True, speculation=speculation) for i in range(streams)]
+    for request in requests:
+        scheduler.add(request)
+    started: set[str] = set()
+    tokens = steps = 0
+    start = all_started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    while scheduler.has_work():
+        steps += 1
+        for request, event in scheduler.step():
+            if isinstance(event, ErrorEvent):
+                raise event.error
+            if isinstance(event, TokenEvent) and event.token_ids:
+                tokens += len(event.token_ids)
+                if request.request_id not in started:
+                    started.add(request.request_id)
+                    if len(started) == streams:
+                        all_started = time.perf_counter()
+    if profiler is not None:
+        profiler.disable()
+    rates = common.batch_rates(start, all_started, time.perf_counter(), tokens, streams)
+    return {**rates, "steps": steps}
+
+
+def parts(stats: pstats.Stats, steps: int) -> list[list[Any]]:
+    table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
+    lines = []
+    for label, (file_end, name) in PARTS.items():
+        key = next((k for k in table if k[2] == name and k[0].endswith(file_end)), None)
+        lines.append([label, (table[key][3] if key else 0.0) / steps * 1e3, table[key][0] if key else 0])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    common.add_out_arg(p, "speculation_inprocess")
+    p.add_argument("--tasks", default="rewrite,free")
+    p.add_argument("--streams", default="1,16")
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    common.reexec_with_blas(__name__, argv)
+    mx.set_default_stream(mx.new_stream(mx.default_device()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), "auto")
+    runtime = ModelRuntime.from_loaded(loaded, tokenizer)
+    lines: list[list[Any]] = []
+    for task in args.tasks.split(","):
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
+        for streams in (int(s) for s in args.streams.split(",")):
+            for speculation in (0, None):  # unmeasured: kernels compile for new shapes on a GPU
+                run(runtime, prompt, streams, args.max_tokens, speculation)
+            rates: dict[str, list[float]] = {"plain": [], "spec": []}
+            steps: dict[str, list[int]] = {"plain": [], "spec": []}
+            for _ in range(args.rounds):
+                for name, speculation in (("plain", 0), ("spec", None)):
+                    row = run(runtime, prompt, streams, args.max_tokens, speculation)
+                    rates[name].append(row["decode_tps"])
+                    steps[name].append(row["steps"])
+            plain, spec = statistics.median(rates["plain"]), statistics.median(rates["spec"])
+            lines.append([task, streams, plain, spec, spec / plain, statistics.median(steps["plain"]),
+                          statistics.median(steps["spec"])])
+            print(f"{task} x{streams}: plain {rates['plain']} spec {rates['spec']} steps {steps}", flush=True)
+            if args.profile:
+                for name, speculation in (("plain", 0), ("spec", None)):
+                    profiler = cProfile.Profile()
+                    row = run(runtime, prompt, streams, args.max_tokens, speculation, profiler)
+                    stats = pstats.Stats(profiler)
+                    print(f"{task} x{streams} {name}: {row['decode_tps']:.1f} tok/s profiled, {row['steps']} steps; "
+                          "ms per scheduler step (cumulative), calls:")
+                    print(common.table(["part", "ms/step", "calls"], parts(stats, row["steps"])))
+                    text = io.StringIO()
+                    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+                    (args.out / f"profile-{task}-{streams}-{name}.txt").write_text(text.getvalue())
+    print(f"\n{args.model}: n-gram speculation in-process, {args.max_tokens} tokens, medians of {args.rounds} rounds")
+    print(common.table(["task", "streams", "plain tok/s", "spec tok/s", "ratio", "steps plain", "steps spec"],
+                       lines))
+
+
+if __name__ == "__main__":
+    main()
