@@ -102,3 +102,28 @@ def test_row_cache_is_the_rows_own_keys():
         assert mx.array_equal(row.keys[:, :, -1:], mx.ones((1, 2, 1, 8)))
     sliding.add_row(None)
     assert sliding.row_cache(0) is None
+
+
+def test_holes_are_squeezed_out_once_a_step_of_columns_would_go():
+    """Rows that rolled back different counts leave holes; compaction between steps gathers each row's columns
+    back together only once `step` columns would go (it copies the whole cache), and then keeps every row's keys."""
+    cache = BatchKVCache(BatchPositions(), None, step=5)
+    kept = []
+    for _ in range(2):
+        single = KVCache()
+        keys = mx.random.normal((1, 1, 3, 2))
+        single.update_and_fetch(keys, keys)
+        cache.add_row(single.kept())
+        kept.append([keys])
+    for accepted in ([1, 5], [5, 1]):             # two verify steps of five columns, each row keeping some
+        drafts = mx.random.normal((2, 1, 5, 2))
+        cache.update_and_fetch(drafts, drafts)
+        cache.rollback(accepted)
+        cache.compact()
+        assert cache._valid is not None           # freed 0, then 4: fewer than `step` columns, no copy yet
+        for r in range(2):
+            kept[r].append(drafts[r:r + 1, :, :accepted[r]])
+    cache.keep_rows([0, 1])                       # forced: any column no row sees goes now
+    assert cache._valid is None and cache.starts == [0, 0] and cache.end == 9
+    for r in range(2):
+        assert mx.array_equal(cache.row_state(r)[0], mx.concatenate(kept[r], axis=2))

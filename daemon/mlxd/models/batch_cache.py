@@ -309,10 +309,12 @@ class BatchKVCache:
         right-aligned without holes, back to the contiguous layout."""
         assert self._valid is not None
         keep = needed(self._valid, self.window)
-        index, starts = squeeze_plan(keep)
-        freed = self.end - index.shape[1]
+        # What a squeeze would free, before its plan: the plan loops over rows, and this runs for every layer at
+        # every step while holes last (on an H200, 1.4 ms of a 16-row step's host work when planned each time).
+        freed = self.end - int(keep.sum(axis=1).max(initial=0))
         if freed <= 0 or (not force and freed < self.step):
             return
+        index, starts = squeeze_plan(keep)
         gather = mx.array(index)[:, None, :, None]
         self.keys = mx.take_along_axis(stored[0], gather, axis=2)
         self.values = mx.take_along_axis(stored[1], gather, axis=2)
