@@ -70,6 +70,18 @@ def test_a_request_can_turn_speculation_off(runtime):
     assert not steps
 
 
+def test_requests_with_speculation_off_share_an_adaptive_batch(runtime):
+    """The adaptive depth judges the batch's width over the rows that draft: a row whose request turned speculation
+    off (not the speculator's) rides along in plain and verify steps alike, and every output is the plain one."""
+    plain = _requests()
+    run(Scheduler(runtime, PLAIN), *plain)
+    mixed = [GenerationRequest(r.request_id, r.prompt_ids, r.sampling, max_tokens=r.max_tokens, ignore_eos=True,
+                               logprobs=True, speculation=0 if i % 2 else None) for i, r in enumerate(_requests())]
+    adaptive = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8, speculate="ngram", speculate_depth=4)
+    run(Scheduler(runtime, adaptive), *mixed)
+    _assert_same(_outputs(mixed), _outputs(plain))
+
+
 def test_ends_inside_an_accepted_run_are_exact(runtime):
     """max_tokens and a stop token that fall inside a verify step's accepted run end the request there."""
     for seed in range(10):  # the first prompt whose output accepts drafts (random tiny models loop, mostly)
