@@ -36,7 +36,7 @@ BENCHMARKS = {
     "speculation_replay": ("bench.suite.speculation_replay",
                            "the n-gram speculation policy replayed over recorded generations at given step costs"),
     "speculation_inprocess": ("bench.suite.speculation_inprocess",
-                              "n-gram speculation against plain in one in-process Scheduler; --profile: a step's parts"),
+                              "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "mask_threads": ("bench.suite.mask_threads",
