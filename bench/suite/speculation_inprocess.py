@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from bench import common
 from bench.suite.speculative import TASKS
-from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
+from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
@@ -48,13 +48,15 @@ PARTS = {  # label: (file end, function): cumulative time, per decode step
 
 def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int, speculation: int | None,
         profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    """`streams` greedy requests of `prompt` through a new Scheduler: decode-phase rates (bench.common), the
+    scheduler steps taken and the acceptance (accepted / drafted tokens, from the requests' final events)."""
     scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram"))
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
                                   ignore_eos=True, speculation=speculation) for i in range(streams)]
     for request in requests:
         scheduler.add(request)
     started: set[str] = set()
-    tokens = steps = 0
+    tokens = steps = drafted = accepted = 0
     start = all_started = time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -63,6 +65,8 @@ def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int,
         for request, event in scheduler.step():
             if isinstance(event, ErrorEvent):
                 raise event.error
+            if isinstance(event, FinalEvent):
+                drafted, accepted = drafted + event.drafted_tokens, accepted + event.accepted_draft_tokens
             if isinstance(event, TokenEvent) and event.token_ids:
                 tokens += len(event.token_ids)
                 if request.request_id not in started:
@@ -72,10 +76,11 @@ def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int,
     if profiler is not None:
         profiler.disable()
     rates = common.batch_rates(start, all_started, time.perf_counter(), tokens, streams)
-    return {**rates, "steps": steps}
+    return {**rates, "steps": steps, "acceptance": accepted / drafted if drafted else 0.0}
 
 
 def parts(stats: pstats.Stats, steps: int) -> list[list[Any]]:
+    """Each of PARTS: its cumulative ms per scheduler step and its calls."""
     table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
     lines = []
     for label, (file_end, name) in PARTS.items():
@@ -106,15 +111,18 @@ def main(argv: list[str] | None = None) -> None:
             for speculation in (0, None):  # unmeasured: kernels compile for new shapes on a GPU
                 run(runtime, prompt, streams, args.max_tokens, speculation)
             rates: dict[str, list[float]] = {"plain": [], "spec": []}
+            acceptance: list[float] = []
             steps: dict[str, list[int]] = {"plain": [], "spec": []}
             for _ in range(args.rounds):
                 for name, speculation in (("plain", 0), ("spec", None)):
                     row = run(runtime, prompt, streams, args.max_tokens, speculation)
                     rates[name].append(row["decode_tps"])
+                    if speculation is None:
+                        acceptance.append(row["acceptance"])
                     steps[name].append(row["steps"])
             plain, spec = statistics.median(rates["plain"]), statistics.median(rates["spec"])
-            lines.append([task, streams, plain, spec, spec / plain, statistics.median(steps["plain"]),
-                          statistics.median(steps["spec"])])
+            lines.append([task, streams, plain, spec, spec / plain, statistics.median(acceptance),
+                          statistics.median(steps["plain"]), statistics.median(steps["spec"])])
             print(f"{task} x{streams}: plain {rates['plain']} spec {rates['spec']} steps {steps}", flush=True)
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
@@ -128,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
                     (args.out / f"profile-{task}-{streams}-{name}.txt").write_text(text.getvalue())
     print(f"\n{args.model}: n-gram speculation in-process, {args.max_tokens} tokens, medians of {args.rounds} rounds")
-    print(common.table(["task", "streams", "plain tok/s", "spec tok/s", "ratio", "steps plain", "steps spec"],
+    print(common.table(["task", "streams", "plain tok/s", "spec tok/s", "ratio", "acceptance", "steps plain",
+                        "steps spec"],
                        lines))
 
 
