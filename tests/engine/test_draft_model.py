@@ -47,6 +47,18 @@ def test_a_draft_models_drafts_leave_the_output_unchanged(runtime, draft, monkey
         assert accepted < drafted
 
 
+def test_requests_with_speculation_off_share_a_draft_models_adaptive_batch(runtime):
+    """Rows whose requests turned speculation off ride along in the draft model's adaptive batch, its probes
+    included, and every output is the plain one."""
+    plain = _requests()
+    run_arrivals(Scheduler(runtime, PLAIN), {0: plain})
+    mixed = [dataclasses.replace(r, speculation=0 if i % 2 else None) for i, r in enumerate(_requests())]
+    drafting = dataclasses.replace(runtime, draft_model=runtime.model)
+    adaptive = dataclasses.replace(DRAFTING, speculate_adaptive=True)
+    run_arrivals(Scheduler(drafting, adaptive), {0: mixed})
+    _assert_same(_outputs(mixed), _outputs(plain))
+
+
 def test_a_draft_model_of_another_vocabulary_is_refused(tmp_path):
     import json
     import shutil
