@@ -3,14 +3,16 @@ verify width given, not timed: a deterministic comparison of drafting policies, 
 a noisy machine cannot tell two policies apart (docs/performance.md, session 17).
 
     python -m bench speculation_replay [--model smollm2 --tasks rewrite,json,free --max-tokens 160]
-                                       [--verify-costs 1,1.1,1.2,1.3,1.4]
+                                       [--verify-costs 1,1.1,1.2,1.3,1.4] [--pause 0.5]
 
 Each task's prompt (the chat template rendered by the daemon's Tokenize) and its greedy output (plain decoding)
 are recorded once from `mlxd serve`. Then a Speculator (adaptive, depth 4) steps through the output as the
-scheduler would: each step it drafts, the recorded output says how many drafts the model would accept, the step
-gives those plus one, and the step costs `--verify-costs[width - 1]` plain steps (measured costs fed to the policy
-the same way). Prints, per task, tokens per plain-step-time against plain decoding (1.0), the acceptance, and the
-same for always drafting the full depth (the policy's ceiling at these costs).
+scheduler would (`replay`): plain steps pipelined, so a step judges whether to draft before the row's newest token
+is read; one that drafts reads it first, which costs `--pause` plain steps (the pipeline drains), then the recorded
+output says how many drafts the model would accept, the step gives those plus one, and it costs
+`--verify-costs[width - 1]` plain steps (measured costs fed to the policy the same way). Prints, per task, tokens per
+plain-step-time against plain decoding (1.0), the acceptance, and the same for always drafting the full depth (the
+policy's ceiling at these costs).
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def record(model: Path, tasks: list[str], max_tokens: int, out: Path) -> dict[st
     return recorded
 
 
-def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: bool) -> tuple[float, float]:
-    """(tokens per plain step's time against plain decoding, accepted / drafted) for one generation."""
+def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: bool,
+           pause: float = 0.0) -> tuple[float, float]:
+    """(tokens per plain step's time against plain decoding, accepted / drafted) for one generation, stepped as
+    the scheduler steps a row (engine/scheduler.py `_decode_one_step`): a plain step is pipelined, so the row's
+    newest token is still being computed when the next step's drafts are judged (`wants_drafts`); a step that
+    wants drafts first reads it (the pipeline drains: `pause` plain steps), then drafts and verifies, or, with no
+    draft after all, queues a plain step."""
     from mlxd.engine.speculation import Speculator
 
     spec = Speculator(max_depth=len(costs) - 1, adaptive=adaptive)
@@ -52,19 +59,38 @@ def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: b
         for _ in range(3):
             spec.timed(1, width, cost)
     spec.start(0, prompt, cap=None)
-    done, time, drafted, accepted = 0, 0.0, 0, 0
-    while done < len(output):
-        drafts = spec.drafts({0: len(output) - done}).get(0, [])
-        if not drafts:
-            spec.probe({0: len(output) - done})
-        right = 0
-        while right < len(drafts) and drafts[right] == output[done + right]:
-            right += 1
-        tokens = output[done:done + right + 1]
-        spec.observe(0, drafts, tokens)
-        time += costs[len(drafts)]
-        done += len(tokens)
-        drafted, accepted = drafted + len(drafts), accepted + right
+    known, pending, time, drafted, accepted = 0, False, 0.0, 0, 0
+
+    def read_pending() -> None:
+        nonlocal known, pending
+        spec.observe(0, [], output[known:known + 1])
+        known, pending = known + 1, False
+
+    while known < len(output):
+        room = len(output) - known
+        if spec.wants_drafts({0: room}):
+            if pending:
+                read_pending()
+                time += pause
+            drafts = spec.drafts({0: len(output) - known}).get(0, []) if known < len(output) else []
+        else:
+            spec.probe({0: room})
+            drafts = []
+        if drafts:
+            right = 0
+            while right < len(drafts) and drafts[right] == output[known + right]:
+                right += 1
+            spec.observe(0, drafts, output[known:known + right + 1])
+            known += right + 1
+            time += costs[len(drafts)]
+            drafted, accepted = drafted + len(drafts), accepted + right
+        elif known < len(output):  # a plain step: the one queued before is read, this one queued
+            if pending:
+                read_pending()
+            pending = known < len(output)
+            time += 1.0
+        if pending and known + 1 >= len(output):  # the last token: read once computed
+            read_pending()
     return len(output) / time, accepted / max(drafted, 1)
 
 
@@ -76,15 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--verify-costs", default="1,1.1,1.2,1.3,1.4",
                    help="a step's cost in plain steps for widths 1 (plain), 2, ... (default: %(default)s)")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="what reading a pipelined step's token before drafting costs, in plain steps (the device's "
+                        "part of a step, which the pipeline overlaps: ~0.5 on a GPU, ~0 on a CPU)")
     args = p.parse_args(argv)
     costs = [float(c) for c in args.verify_costs.split(",")]
     recorded = record(common.resolve_model(args.model), args.tasks.split(","), args.max_tokens, args.out)
     lines: list[list[Any]] = []
     for task, (prompt, output) in recorded.items():
-        rate, acceptance = replay(prompt, output, costs, adaptive=True)
-        full_rate, full_acceptance = replay(prompt, output, costs, adaptive=False)
+        rate, acceptance = replay(prompt, output, costs, adaptive=True, pause=args.pause)
+        full_rate, full_acceptance = replay(prompt, output, costs, adaptive=False, pause=args.pause)
         lines.append([task, len(output), rate, acceptance, full_rate, full_acceptance])
-    print(f"verify costs (plain steps) for widths 1..{len(costs)}: {costs}")
+    print(f"verify costs (plain steps) for widths 1..{len(costs)}: {costs}; a pipeline pause {args.pause}")
     print(common.table(["task", "tokens", "adaptive x plain", "acceptance", "full depth x plain", "acceptance"],
                        lines))
 

@@ -126,8 +126,11 @@ def test_rows_learn_acceptance_from_probes_and_verified_runs():
     spec = Speculator(max_depth=4)
     spec.start(0, [1, 2, 3, 1, 2], cap=None)
     spec.start(1, [1, 2, 3], cap=0)                 # a request that turned speculation off
+    assert not spec.wants_drafts({0: 10, 1: 10})   # no plain step measured: no drafts, but each row looked
     assert spec.probe({0: 10, 1: 10}) == {}
+    before = spec._rows[0].acceptance
     spec.observe(0, [], [7])                       # it would have drafted 3; 7 came: a rejection
+    assert spec._rows[0].acceptance < before
     _plain(spec, 2, 0.01)
     assert spec.drafts({0: 10, 1: 10}) == {}     # nothing to copy after a new token
     spec.observe(0, [], [9])
@@ -198,3 +201,16 @@ def test_a_verify_step_measured_once_while_compiling_is_tried_again():
     for _ in range(RETRY + 1):
         spec.timed(1, 1, 0.005)
     assert spec.costs.measured_verify() == {(1, 2): firm}  # no longer provisional: kept
+
+
+def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
+    """Before a step a row's newest token is still being computed, and reading it drains the pipeline: the row looks
+    its drafts up without it, the first token found standing for it (its probe). Only drafts after that one make the
+    step read it and verify."""
+    for prompt, wanted in (([1, 2, 3, 4, 5, 9, 1, 2], True),   # "1 2" seen before, 3 4 5 9 after it
+                           ([5, 5], False)):                    # one token found: it only foretells the newest
+        spec = Speculator(max_depth=4)
+        spec.start(0, prompt, cap=None)
+        _plain(spec, 1, 0.01)
+        assert spec.wants_drafts({0: 10}) is wanted
+        assert spec._rows[0].probe == (3 if wanted else 5)

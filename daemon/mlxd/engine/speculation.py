@@ -108,9 +108,21 @@ class Speculator:
 
     def wants_drafts(self, rooms: dict[int, int]) -> bool:
         """Whether the next step would verify drafts (rooms: the tokens each row may still generate), judged
-        before the rows' newest tokens are read: every row is assumed to find a full draft."""
+        before the rows' newest tokens are read (reading them drains the pipeline: on a GPU the device's part of a
+        step). n-gram rows look their drafts up now, one token early: the first token found stands for the newest
+        one (the row's probe, checked when that token is read), the rest for the drafts after it. A draft model's
+        rows, and every row at a fixed depth, are assumed to find full drafts."""
         caps = {row: self._cap(row, room) for row, room in rooms.items()}
-        return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
+        if self.model is not None or not self.adaptive:
+            return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
+        early = {}
+        for row, cap in caps.items():
+            spec = self._rows.get(row)
+            if spec is not None:
+                proposal = spec.index.draft(cap + 1)
+                spec.probe = proposal[0] if proposal else None
+                early[row] = max(0, len(proposal) - 1)
+        return self._width(early, len(rooms)) > 1
 
     def _probe_due(self, caps: dict[int, int]) -> bool:
         """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
@@ -118,12 +130,8 @@ class Speculator:
                 and any(spec.idle >= self._probe_after for spec in self._rows.values()))
 
     def probe(self, rooms: dict[int, int]) -> dict[int, list[int]]:
-        """No drafts this step; each row notes the token it would have drafted (to learn its acceptance)."""
-        for row in rooms if self.model is None else ():
-            spec = self._rows.get(row)
-            if spec is not None:
-                proposal = spec.index.draft(1)
-                spec.probe = proposal[0] if proposal else None
+        """No drafts this step. Each n-gram row noted the token it would have drafted when `wants_drafts` looked
+        its drafts up (to learn its acceptance when that token is read)."""
         return {}
 
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
