@@ -68,7 +68,7 @@ def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: b
 
     while known < len(output):
         room = len(output) - known
-        if spec.wants_drafts({0: room}):
+        if spec.wants_drafts({0: room}, [0] if pending else []):
             if pending:
                 read_pending()
                 time += pause

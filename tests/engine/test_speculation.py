@@ -212,5 +212,9 @@ def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
         spec = Speculator(max_depth=4)
         spec.start(0, prompt, cap=None)
         _plain(spec, 1, 0.01)
-        assert spec.wants_drafts({0: 10}) is wanted
+        assert spec.wants_drafts({0: 10}, pending=[0]) is wanted
         assert spec._rows[0].probe == (3 if wanted else 5)
+    spec = Speculator(max_depth=4)                    # with nothing pending (after a verify step), a token found
+    spec.start(0, [5, 5], cap=None)                   # is a draft
+    _plain(spec, 1, 0.01)
+    assert spec.wants_drafts({0: 10})

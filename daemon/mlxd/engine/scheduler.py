@@ -286,7 +286,8 @@ class Scheduler:
             return {}, time.perf_counter()
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
                  if live.in_batch}
-        if not spec.wants_drafts(rooms):
+        pending = [live.row for live in self._admitted if live.in_batch and live.queued > len(live.output.generated)]
+        if not spec.wants_drafts(rooms, pending):
             return spec.probe(rooms), time.perf_counter()
         self._deliver(self._runner.flush(), by_row, {}, out)
         started = time.perf_counter()

@@ -26,6 +26,7 @@ last probe is exploration, not what a verify step costs while the batch speculat
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from mlxd.engine.draft_model import DraftModel
@@ -106,23 +107,25 @@ class Speculator:
         if self.model is not None:
             self.model.forget(row)
 
-    def wants_drafts(self, rooms: dict[int, int]) -> bool:
-        """Whether the next step would verify drafts (rooms: the tokens each row may still generate), judged
-        before the rows' newest tokens are read (reading them drains the pipeline: on a GPU the device's part of a
-        step). n-gram rows look their drafts up now, one token early: the first token found stands for the newest
-        one (the row's probe, checked when that token is read), the rest for the drafts after it. A draft model's
-        rows, and every row at a fixed depth, are assumed to find full drafts."""
+    def wants_drafts(self, rooms: dict[int, int], pending: Collection[int] = ()) -> bool:
+        """Whether the next step would verify drafts (rooms: the tokens each row may still generate). `pending`: the
+        rows whose newest token a queued plain step is still computing; reading it drains the pipeline (on a GPU
+        the device's part of a step), so n-gram rows look their drafts up now, theirs one token early: the first
+        token found stands for the newest one, the rest for the drafts after it. The first token a row finds is its
+        probe (checked when the token it foretells is read). A draft model's rows, and every row at a fixed depth,
+        are assumed to find full drafts."""
         caps = {row: self._cap(row, room) for row, room in rooms.items()}
         if self.model is not None or not self.adaptive:
             return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
-        early = {}
+        found = {}
         for row, cap in caps.items():
             spec = self._rows.get(row)
             if spec is not None:
-                proposal = spec.index.draft(cap + 1)
+                early = int(row in pending)
+                proposal = spec.index.draft(max(cap + early, 1))
                 spec.probe = proposal[0] if proposal else None
-                early[row] = max(0, len(proposal) - 1)
-        return self._width(early, len(rooms)) > 1
+                found[row] = max(0, min(cap, len(proposal) - early))
+        return self._width(found, len(rooms)) > 1
 
     def _probe_due(self, caps: dict[int, int]) -> bool:
         """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
