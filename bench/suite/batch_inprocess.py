@@ -32,7 +32,7 @@ import mlx.core as mx
 from bench import common
 from bench.suite import mask_timeline
 from bench.suite.constrained_decode import CONSTRAINT
-from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
+from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
@@ -60,24 +60,42 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
     """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
     `grammars`, every stream under constrained_decode's schema."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
-    for i, prompt in enumerate(prompts):
-        constraint = grammars.constraint(CONSTRAINT) if grammars is not None else None
-        scheduler.add(GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
-                                        ignore_eos=True, constraint=constraint))
+    requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
+                                  ignore_eos=True,
+                                  constraint=grammars.constraint(CONSTRAINT) if grammars is not None else None)
+                for i, prompt in enumerate(prompts)]
+    return drive(scheduler, requests)
+
+
+def drive(scheduler: Scheduler, requests: list[GenerationRequest],
+          profiler: cProfile.Profile | None = None) -> common.Row:
+    """The requests through the scheduler on this thread, to the end (profiled while stepping, when given): the
+    batch's rates (bench.common.batch_rates), the scheduler steps taken and the tokens drafted and accepted (from
+    the requests' final events)."""
+    for request in requests:
+        scheduler.add(request)
     started: set[str] = set()
-    tokens = 0
+    tokens = steps = drafted = accepted = 0
     start = all_started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     while scheduler.has_work():
+        steps += 1
         for request, event in scheduler.step():
             if isinstance(event, ErrorEvent):
                 raise event.error
+            if isinstance(event, FinalEvent):
+                drafted, accepted = drafted + event.drafted_tokens, accepted + event.accepted_draft_tokens
             if isinstance(event, TokenEvent) and event.token_ids:
                 tokens += len(event.token_ids)
                 if request.request_id not in started:
                     started.add(request.request_id)
-                    if len(started) == len(prompts):
+                    if len(started) == len(requests):
                         all_started = time.perf_counter()
-    return common.batch_rates(start, all_started, time.perf_counter(), tokens, len(prompts))
+    if profiler is not None:
+        profiler.disable()
+    rates = common.batch_rates(start, all_started, time.perf_counter(), tokens, len(requests))
+    return {**rates, "steps": steps, "drafted": drafted, "accepted": accepted}
 
 
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:

@@ -18,14 +18,14 @@ import cProfile
 import io
 import pstats
 import statistics
-import time
 from typing import Any
 
 import mlx.core as mx
 
 from bench import common
+from bench.suite.batch_inprocess import drive
 from bench.suite.speculative import TASKS
-from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
+from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
@@ -48,35 +48,13 @@ PARTS = {  # label: (file end, function): cumulative time, per decode step
 
 def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int, speculation: int | None,
         profiler: cProfile.Profile | None = None) -> dict[str, Any]:
-    """`streams` greedy requests of `prompt` through a new Scheduler: decode-phase rates (bench.common), the
-    scheduler steps taken and the acceptance (accepted / drafted tokens, from the requests' final events)."""
+    """`streams` greedy requests of `prompt` through a new Scheduler (batch_inprocess.drive): decode-phase rates,
+    the scheduler steps taken and the acceptance (accepted / drafted tokens)."""
     scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram"))
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
                                   ignore_eos=True, speculation=speculation) for i in range(streams)]
-    for request in requests:
-        scheduler.add(request)
-    started: set[str] = set()
-    tokens = steps = drafted = accepted = 0
-    start = all_started = time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    while scheduler.has_work():
-        steps += 1
-        for request, event in scheduler.step():
-            if isinstance(event, ErrorEvent):
-                raise event.error
-            if isinstance(event, FinalEvent):
-                drafted, accepted = drafted + event.drafted_tokens, accepted + event.accepted_draft_tokens
-            if isinstance(event, TokenEvent) and event.token_ids:
-                tokens += len(event.token_ids)
-                if request.request_id not in started:
-                    started.add(request.request_id)
-                    if len(started) == streams:
-                        all_started = time.perf_counter()
-    if profiler is not None:
-        profiler.disable()
-    rates = common.batch_rates(start, all_started, time.perf_counter(), tokens, streams)
-    return {**rates, "steps": steps, "acceptance": accepted / drafted if drafted else 0.0}
+    row = drive(scheduler, requests, profiler)
+    return {**row, "acceptance": row["accepted"] / row["drafted"] if row["drafted"] else 0.0}
 
 
 def parts(stats: pstats.Stats, steps: int) -> list[list[Any]]:

@@ -66,15 +66,16 @@ def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: b
         spec.observe(0, [], output[known:known + 1])
         known, pending = known + 1, False
 
+    # A token pending is never the output's last (that one is read as soon as it is queued), so a read leaves
+    # tokens to generate.
     while known < len(output):
-        room = len(output) - known
-        if spec.wants_drafts({0: room}, [0] if pending else []):
+        if spec.wants_drafts({0: len(output) - known}, [0] if pending else []):
             if pending:
                 read_pending()
                 time += pause
-            drafts = spec.drafts({0: len(output) - known}).get(0, []) if known < len(output) else []
+            drafts = spec.drafts({0: len(output) - known}).get(0, [])
         else:
-            spec.probe({0: room})
+            spec.probe({0: len(output) - known})
             drafts = []
         if drafts:
             right = 0
@@ -84,12 +85,12 @@ def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: b
             known += right + 1
             time += costs[len(drafts)]
             drafted, accepted = drafted + len(drafts), accepted + right
-        elif known < len(output):  # a plain step: the one queued before is read, this one queued
+        else:  # a plain step: the one queued before is read, this one queued
             if pending:
                 read_pending()
-            pending = known < len(output)
+            pending = True
             time += 1.0
-        if pending and known + 1 >= len(output):  # the last token: read once computed
+        if pending and known + 1 == len(output):  # the last token: read once computed
             read_pending()
     return len(output) / time, accepted / max(drafted, 1)
 
