@@ -7,6 +7,9 @@ Imports neither MLX nor gRPC, so an anchor's process (bench/anchors) can use it 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -14,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,6 +214,38 @@ def alternate(rounds: int, cases: Iterable[Case], contenders: Iterable[Contender
                     rows.append(row)
                 order = order[1:] + order[:1]
     return rows
+
+
+@contextlib.contextmanager
+def patched(settings: str) -> Iterator[None]:
+    """Within the block, each `module.attribute=value` of `settings` (';' between them, values Python literals) set,
+    then restored: one process comparing two settings of a switch in interleaved rounds (on a lent GPU machine two
+    processes of the same code differed by as much as 0.3 in a speculation ratio, more than most changes make)."""
+    saved = []
+    try:
+        for setting in filter(None, settings.split(";")):
+            target, value = setting.split("=", 1)
+            owner, attribute = _attribute_owner(target.strip())
+            saved.append((owner, attribute, getattr(owner, attribute)))
+            setattr(owner, attribute, ast.literal_eval(value.strip()))
+        yield
+    finally:
+        for owner, attribute, value in reversed(saved):
+            setattr(owner, attribute, value)
+
+
+def _attribute_owner(target: str) -> tuple[Any, str]:
+    """The object holding the last name of a dotted path (a module, or a class in one) and that name."""
+    names = target.split(".")
+    for split in range(len(names) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(names[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in names[split:-1]:
+            owner = getattr(owner, name)
+        return owner, names[-1]
+    raise ValueError(f"{target!r}: no importable module in it")
 
 
 def select(rows: list[Row], **where: Any) -> list[Row]:

@@ -38,7 +38,8 @@
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain (~300 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
-#                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s)
+#                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
+#                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
 #                      plain), 1 and 16 streams; speculate-self the 8B as its own draft (full acceptance: the ceiling)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
@@ -153,7 +154,8 @@ for spec in "$@"; do
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \
-                       --tasks rewrite,free --streams 1,16 --rounds 3 --profile --out "$logs/speculate-inprocess" ;;
+                       --tasks rewrite,free --streams 1,16 --rounds 3 --profile ${VARIANT:+--variant "$VARIANT"} \
+                       --out "$logs/speculate-inprocess" ;;
     speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
                      step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \
                        --tasks free --max-tokens 96 --streams 1,16 --rounds 3 ;;

@@ -3,13 +3,16 @@ time goes when the device is not the limit (a GPU), and what the policy costs wh
 
     python -m bench speculation_inprocess [--model smollm2|PATH] [--tasks rewrite,free] [--streams 1,16]
                                           [--max-tokens 96] [--rounds 2] [--profile]
+                                          [--variant NAME:module.attribute=value;...]
 
 The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
 unmeasured first (on a GPU, MLX compiles kernels for each new shape), then its rounds alternate plain
 (GenerationRequest.speculation = 0) and speculative, in one Scheduler each made with `--speculate ngram`. Prints
-decode-phase tok/s of each, their ratio and the acceptance. With --profile the last round of each case runs again
-under cProfile and the functions with the most own time are written to --out, with a step's parts (cumulative ms
-per step: the verify step, its acceptance, the caches' rollback, the drafting policy) printed.
+decode-phase tok/s of each, their ratio and the acceptance. Each `--variant` adds rounds of speculation with some
+module attributes set (`common.patched`), interleaved with the others in the same process. With --profile the last
+round of each case runs again under cProfile and the functions with the most own time are written to --out, with a
+step's parts (cumulative ms per step: the verify step, its acceptance, the caches' rollback, the drafting policy)
+printed.
 """
 
 from __future__ import annotations
@@ -76,7 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
+                   help="also rounds of speculation with SETTINGS (module.attribute=value;...: common.patched), "
+                        "e.g. 'grouped:mlxd.models.ops_cuda.MAX_QUERIES=1'; repeatable")
     args = p.parse_args(argv)
+    # (name, GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
+    modes = [("plain", 0, ""), ("spec", None, "")] + [(v.split(":", 1)[0], None, v.split(":", 1)[1])
+                                                       for v in args.variant]
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,22 +95,25 @@ def main(argv: list[str] | None = None) -> None:
     for task in args.tasks.split(","):
         prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
         for streams in (int(s) for s in args.streams.split(",")):
-            for speculation in (0, None):  # unmeasured: kernels compile for new shapes on a GPU
-                run(runtime, prompt, streams, args.max_tokens, speculation)
-            rates: dict[str, list[float]] = {"plain": [], "spec": []}
-            acceptance: list[float] = []
-            steps: dict[str, list[int]] = {"plain": [], "spec": []}
+            for _, speculation, settings in modes:  # unmeasured: kernels compile for new shapes on a GPU
+                with common.patched(settings):
+                    run(runtime, prompt, streams, args.max_tokens, speculation)
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in modes}
+            acceptance: dict[str, list[float]] = {name: [] for name, _, _ in modes}
+            steps: dict[str, list[int]] = {name: [] for name, _, _ in modes}
             for _ in range(args.rounds):
-                for name, speculation in (("plain", 0), ("spec", None)):
-                    row = run(runtime, prompt, streams, args.max_tokens, speculation)
+                for name, speculation, settings in modes:
+                    with common.patched(settings):
+                        row = run(runtime, prompt, streams, args.max_tokens, speculation)
                     rates[name].append(row["decode_tps"])
-                    if speculation is None:
-                        acceptance.append(row["acceptance"])
+                    acceptance[name].append(row["acceptance"])
                     steps[name].append(row["steps"])
-            plain, spec = statistics.median(rates["plain"]), statistics.median(rates["spec"])
-            lines.append([task, streams, plain, spec, spec / plain, statistics.median(acceptance),
-                          statistics.median(steps["plain"]), statistics.median(steps["spec"])])
-            print(f"{task} x{streams}: plain {rates['plain']} spec {rates['spec']} steps {steps}", flush=True)
+            plain = statistics.median(rates["plain"])
+            for name, _, _ in modes[1:]:
+                spec = statistics.median(rates[name])
+                lines.append([task, streams, name, plain, spec, spec / plain, statistics.median(acceptance[name]),
+                              statistics.median(steps["plain"]), statistics.median(steps[name])])
+            print(f"{task} x{streams}: rates {rates} steps {steps}", flush=True)
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
                     profiler = cProfile.Profile()
@@ -114,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
                     (args.out / f"profile-{task}-{streams}-{name}.txt").write_text(text.getvalue())
     print(f"\n{args.model}: n-gram speculation in-process, {args.max_tokens} tokens, medians of {args.rounds} rounds")
-    print(common.table(["task", "streams", "plain tok/s", "spec tok/s", "ratio", "acceptance", "steps plain",
-                        "steps spec"],
+    print(common.table(["task", "streams", "mode", "plain tok/s", "spec tok/s", "ratio", "acceptance",
+                        "steps plain", "steps spec"],
                        lines))
 
 
