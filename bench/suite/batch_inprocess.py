@@ -5,6 +5,7 @@ preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
 
     python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
                                     [--constrained] [--breakdown] [--timeline] [--profile OUT.txt]
+                                    [--variant NAME:module.attribute=value;... --rounds 3]
 
 --breakdown runs once more under cProfile and reads the cumulative time of the runner's and scheduler's main
 parts from it (waiting for a step's tokens, the forward pass's graph build, queueing the sampling, regrouping
@@ -16,7 +17,9 @@ shows here); 3.12's, on the H200's host, listed the mask thread's functions too 
 constrained_decode's JSON Schema (a grammar that stays open), as a request's `constraint` would. --timeline runs once
 more with a step's parts timed (bench/suite/mask_timeline.py wraps the runner module's functions for that run): the
 forward's graph, the read of the step before, the launches, a step call whole and call to call; with --constrained
-also the mask thread's jobs and the worker's wait for the masks after its launch.
+also the mask thread's jobs and the worker's wait for the masks after its launch. --variant compares instead: rounds
+with some module attributes set (`common.patched`) against rounds without, interleaved in one process (two
+processes of the same code on a lent GPU machine differ by more than most changes make).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import statistics
 import time
 from pathlib import Path
 
@@ -98,6 +102,26 @@ def drive(scheduler: Scheduler, requests: list[GenerationRequest],
     return {**rates, "steps": steps, "drafted": drafted, "accepted": accepted}
 
 
+def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, grammars: Grammars | None,
+            variants: list[str], rounds: int) -> None:
+    """Decode-phase tok/s as the code stands and with each variant's settings, their rounds interleaved (each
+    warmed up first): medians and each variant's median ratio of paired rounds."""
+    modes = [("default", "")] + [(v.split(":", 1)[0], v.split(":", 1)[1]) for v in variants]
+    rates: dict[str, list[float]] = {name: [] for name, _ in modes}
+    for _, settings in modes:
+        with common.patched(settings):
+            run(runtime, prompts, 16, grammars)
+    for _ in range(rounds):
+        for name, settings in modes:
+            with common.patched(settings):
+                rates[name].append(run(runtime, prompts, new_tokens, grammars)["decode_tps"])
+    print(f"rounds: {rates}")
+    base = rates["default"]
+    print(common.table(["mode", "tok/s (median)", "ratio to default (median of rounds)"],
+                       [[name, statistics.median(r), statistics.median(a / b for a, b in zip(r, base))]
+                        for name, r in rates.items()]))
+
+
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
     """ms per decode step of each part in PARTS (cumulative: a part's callees count in it)."""
     table: dict[tuple[str, int, str], Stat] = stats.stats  # type: ignore[attr-defined]
@@ -124,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeline", action="store_true", help="time a step's parts (with --constrained: both threads)")
     p.add_argument("--mask-processes", type=int, default=0, help="with --constrained: serve's --mask-processes")
     p.add_argument("--profile", type=Path, help="write the profile's top functions here")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
+                   help="compare instead: rounds with SETTINGS (module.attribute=value;...: common.patched) against "
+                        "rounds without, interleaved in this process; repeatable")
+    p.add_argument("--rounds", type=int, default=3, help="with --variant: rounds of each")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
@@ -132,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     grammars = (Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids), args.mask_processes)
                 if args.constrained else None)
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
+    if args.variant:
+        compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds)
+        return
     run(runtime, prompts, 16, grammars)  # warm-up at this batch size
     plain = run(runtime, prompts, args.new_tokens, grammars)
     print(f"{args.streams} {'constrained ' if grammars else ''}streams in-process, {args.new_tokens} new tokens each: "
