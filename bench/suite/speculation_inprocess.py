@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
                    help="also rounds of speculation with SETTINGS (module.attribute=value;...: common.patched), "
-                        "e.g. 'grouped:mlxd.models.ops_cuda.MAX_QUERIES=1'; repeatable")
+                        "e.g. 'margin:mlxd.engine.speculation._MARGIN=1.2'; repeatable")
     args = p.parse_args(argv)
     # (name, GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
     modes = [("plain", 0, ""), ("spec", None, "")] + [(v.split(":", 1)[0], None, v.split(":", 1)[1])
