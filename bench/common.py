@@ -234,6 +234,14 @@ def patched(settings: str) -> Iterator[None]:
             setattr(owner, attribute, value)
 
 
+def variant(spec: str) -> tuple[str, str]:
+    """A `--variant NAME:SETTINGS` argument as (name, settings for `patched`)."""
+    name, colon, settings = spec.partition(":")
+    if not colon or not name or "=" not in settings:
+        raise SystemExit(f"--variant {spec!r}: expected NAME:module.attribute=value[;...]")
+    return name, settings
+
+
 def _attribute_owner(target: str) -> tuple[Any, str]:
     """The object holding the last name of a dotted path (a module, or a class in one) and that name."""
     names = target.split(".")

@@ -27,3 +27,11 @@ def test_patched_restores_after_an_error_and_refuses_what_is_not_there():
         pass
     with pytest.raises(ValueError, match="no importable module"), common.patched("nowhere.at_all=1"):
         pass
+
+
+def test_a_variant_argument_names_its_settings():
+    assert common.variant("margin:mlxd.engine.speculation._MARGIN=1.2; a.b=2") == (
+        "margin", "mlxd.engine.speculation._MARGIN=1.2; a.b=2")
+    for bad in ("margin", ":a.b=1", "margin:a.b"):
+        with pytest.raises(SystemExit, match="expected NAME:module.attribute=value"):
+            common.variant(bad)

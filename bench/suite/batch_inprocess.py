@@ -106,7 +106,7 @@ def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, gr
             variants: list[str], rounds: int) -> None:
     """Decode-phase tok/s as the code stands and with each variant's settings, their rounds interleaved (each
     warmed up first): medians and each variant's median ratio of paired rounds."""
-    modes = [("default", "")] + [(v.split(":", 1)[0], v.split(":", 1)[1]) for v in variants]
+    modes = [("default", "")] + [common.variant(v) for v in variants]
     rates: dict[str, list[float]] = {name: [] for name, _ in modes}
     for _, settings in modes:
         with common.patched(settings):

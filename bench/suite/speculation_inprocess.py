@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                         "e.g. 'margin:mlxd.engine.speculation._MARGIN=1.2'; repeatable")
     args = p.parse_args(argv)
     # (name, GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
-    modes = [("plain", 0, ""), ("spec", None, "")] + [(v.split(":", 1)[0], None, v.split(":", 1)[1])
-                                                       for v in args.variant]
+    modes = [("plain", 0, ""), ("spec", None, "")] + [(name, None, settings)
+                                                       for name, settings in map(common.variant, args.variant)]
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     args.out.mkdir(parents=True, exist_ok=True)
