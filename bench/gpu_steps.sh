@@ -42,6 +42,8 @@
 #                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
 #                      plain), 1 and 16 streams; speculate-self the 8B as its own draft (full acceptance: the ceiling)
+#   variant:SHAPE      16 streams in-process of the 4-bit model (batch_inprocess, 4 rounds; MIXED=1: mixed prompt
+#                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
@@ -168,6 +170,9 @@ for spec in "$@"; do
     longdecode:*) shape=${spec#longdecode:}; folder=$(quantized "$shape") &&
                  throughput "$shape-longdecode" 400 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 64 \
                    --rounds 2 ;;
+    variant:*) shape=${spec#variant:}; folder=$(quantized "$shape") &&
+                 step "$shape-variant" 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                   --new-tokens 128 ${MIXED:+--mixed} --rounds 4 --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
