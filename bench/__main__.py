@@ -37,6 +37,8 @@ BENCHMARKS = {
                            "the n-gram speculation policy replayed over recorded generations at given step costs"),
     "speculation_inprocess": ("bench.suite.speculation_inprocess",
                               "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
+    "verify_step": ("bench.suite.verify_step",
+                    "one synchronous verify step per width, rows and context, against a plain step [and --variant]"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "mask_threads": ("bench.suite.mask_threads",
