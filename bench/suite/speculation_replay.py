@@ -75,7 +75,6 @@ def replay(prompt: list[int], output: list[int], costs: list[float], adaptive: b
                 time += pause
             drafts = spec.drafts({0: len(output) - known}).get(0, [])
         else:
-            spec.probe({0: len(output) - known})
             drafts = []
         if drafts:
             right = 0

@@ -132,11 +132,6 @@ class Speculator:
         return (self.model is not None and any(caps.values())
                 and any(spec.idle >= self._probe_after for spec in self._rows.values()))
 
-    def probe(self, rooms: dict[int, int]) -> dict[int, list[int]]:
-        """No drafts this step. Each n-gram row noted the token it would have drafted when `wants_drafts` looked
-        its drafts up (to learn its acceptance when that token is read)."""
-        return {}
-
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """Each row's drafts for the next step (rows without any left out); {} for a plain step."""
         if self.model is not None:
