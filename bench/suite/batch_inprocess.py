@@ -27,7 +27,6 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
-import statistics
 import time
 from pathlib import Path
 
@@ -106,20 +105,19 @@ def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, gr
             variants: list[str], rounds: int) -> None:
     """Decode-phase tok/s as the code stands and with each variant's settings, their rounds interleaved (each
     warmed up first): medians and each variant's median ratio of paired rounds."""
-    modes = [("default", "")] + [common.variant(v) for v in variants]
-    rates: dict[str, list[float]] = {name: [] for name, _ in modes}
-    for _, settings in modes:
+    modes = {"default": ""} | dict(common.variant(v) for v in variants)
+    for settings in modes.values():
         with common.patched(settings):
             run(runtime, prompts, 16, grammars)
-    for _ in range(rounds):
-        for name, settings in modes:
-            with common.patched(settings):
-                rates[name].append(run(runtime, prompts, new_tokens, grammars)["decode_tps"])
-    print(f"rounds: {rates}")
-    base = rates["default"]
+
+    def one(name: str, _case: str, _round: int) -> common.Row:
+        with common.patched(modes[name]):
+            return run(runtime, prompts, new_tokens, grammars)
+
+    rows = common.alternate(rounds, ["decode"], list(modes), one)
     print(common.table(["mode", "tok/s (median)", "ratio to default (median of rounds)"],
-                       [[name, statistics.median(r), statistics.median(a / b for a, b in zip(r, base))]
-                        for name, r in rates.items()]))
+                       [[name, common.median(rows, "decode_tps", contender=name),
+                         common.median_ratio(rows, "decode_tps", name, "default")] for name in modes]))
 
 
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
-import statistics
 from typing import Any
 
 import mlx.core as mx
@@ -44,7 +43,6 @@ PARTS = {  # label: (file end, function): cumulative time, per decode step
     "runner: read a plain step (device wait)": ("engine/runner.py", "read"),
     "speculator: observe": ("engine/speculation.py", "observe"),
     "speculator: wants_drafts": ("engine/speculation.py", "wants_drafts"),
-    "speculator: probe": ("engine/speculation.py", "probe"),
     "output: deliver": ("engine/scheduler.py", "_deliver"),
 }
 
@@ -83,37 +81,37 @@ def main(argv: list[str] | None = None) -> None:
                    help="also rounds of speculation with SETTINGS (module.attribute=value;...: common.patched), "
                         "e.g. 'margin:mlxd.engine.speculation._MARGIN=1.2'; repeatable")
     args = p.parse_args(argv)
-    # (name, GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
-    modes = [("plain", 0, ""), ("spec", None, "")] + [(name, None, settings)
-                                                       for name, settings in map(common.variant, args.variant)]
+    # name -> (GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
+    modes = {"plain": (0, ""), "spec": (None, "")} | {name: (None, settings)
+                                                      for name, settings in map(common.variant, args.variant)}
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     args.out.mkdir(parents=True, exist_ok=True)
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), "auto")
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
     lines: list[list[Any]] = []
+    cases: dict[str, tuple[list[int], int]] = {}  # "task xN" -> (prompt, streams)
+
+    def one(name: str, case: str, _round: int) -> dict[str, Any]:
+        speculation, settings = modes[name]
+        with common.patched(settings):
+            return run(runtime, *cases[case], args.max_tokens, speculation)
+
     for task in args.tasks.split(","):
         prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
         for streams in (int(s) for s in args.streams.split(",")):
-            for _, speculation, settings in modes:  # unmeasured: kernels compile for new shapes on a GPU
-                with common.patched(settings):
-                    run(runtime, prompt, streams, args.max_tokens, speculation)
-            rates: dict[str, list[float]] = {name: [] for name, _, _ in modes}
-            acceptance: dict[str, list[float]] = {name: [] for name, _, _ in modes}
-            steps: dict[str, list[int]] = {name: [] for name, _, _ in modes}
-            for _ in range(args.rounds):
-                for name, speculation, settings in modes:
-                    with common.patched(settings):
-                        row = run(runtime, prompt, streams, args.max_tokens, speculation)
-                    rates[name].append(row["decode_tps"])
-                    acceptance[name].append(row["acceptance"])
-                    steps[name].append(row["steps"])
-            plain = statistics.median(rates["plain"])
-            for name, _, _ in modes[1:]:
-                spec = statistics.median(rates[name])
-                lines.append([task, streams, name, plain, spec, spec / plain, statistics.median(acceptance[name]),
-                              statistics.median(steps["plain"]), statistics.median(steps[name])])
-            print(f"{task} x{streams}: rates {rates} steps {steps}", flush=True)
+            case = f"{task} x{streams}"
+            cases[case] = (prompt, streams)
+            for name in modes:  # unmeasured: kernels compile for new shapes on a GPU
+                one(name, case, 0)
+            rows = common.alternate(args.rounds, [case], list(modes), one)
+            plain = common.median(rows, "decode_tps", contender="plain")
+            for name in list(modes)[1:]:
+                spec = common.median(rows, "decode_tps", contender=name)
+                lines.append([task, streams, name, plain, spec, spec / plain,
+                              common.median(rows, "acceptance", contender=name),
+                              common.median(rows, "steps", contender="plain"),
+                              common.median(rows, "steps", contender=name)])
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
                     profiler = cProfile.Profile()
