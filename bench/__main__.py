@@ -43,6 +43,7 @@ BENCHMARKS = {
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "mask_threads": ("bench.suite.mask_threads",
                      "whether llguidance fills rows' masks in parallel: N threads against 1, wall against CPU time"),
+    "tp_probe": ("bench.suite.tp_probe", "whether MLX's NCCL backend runs two ranks on one GPU (issue 23)"),
     "tensor_parallel": ("bench.suite.tensor_parallel",
                         "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),
 }

@@ -42,6 +42,11 @@
 #                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
 #                      plain), 1 and 16 streams; speculate-self the 8B as its own draft (full acceptance: the ceiling)
+#   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
+#                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
+#                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
+#                      MXFP4 experts as published), 2 ranks over the ring on this GPU against 1 (greedy tokens of 4
+#                      prompts x 64, then speed: the ring's all_sums go through the host, so only the tokens count)
 #   variant:SHAPE      16 streams in-process of the 4-bit model (batch_inprocess, 4 rounds; MIXED=1: mixed prompt
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
@@ -145,7 +150,19 @@ for spec in "$@"; do
     constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
-    mask-threads) for warm in "" --warm; do
+    constrained-fills) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+                   step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                     --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
+                     --fills free,schema,allow-all,sleep:2,spin:2
+                   step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                     --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
+    tp-tests) step tp-tests 560 "$py" -m pytest -q -x -p no:cacheprovider tests/tensor_parallel ;;
+    tp-probe) step tp-probe 120 "$py" -m bench tp_probe ;;
+    tp-ring:*) shape=${spec#tp-ring:}; folder=$(model "$shape" bfloat16 0 all) &&
+               step "$shape-tp-ring" 560 "$py" -m bench tensor_parallel --model "$folder" --streams 4 --rounds 1 \
+                 --new-tokens 32 --tp-arg=--tp-backend --tp-arg=ring --serve-arg=--kv-cache-mb --serve-arg=8192 \
+                 --out "/tmp/mlxd-tp-ring-$shape" ;;
+    mask-threads) for warm in in "" --warm; do
                     step "mask-threads${warm:+-warm}" 200 "$py" -m bench mask_threads \
                       --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" --threads 4 --states 60 $warm
                   done ;;

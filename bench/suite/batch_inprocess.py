@@ -6,6 +6,7 @@ preloaded as `mlxd serve` preloads it (the benchmark re-executes itself once).
     python -m bench batch_inprocess [--model smollm2|PATH --streams 16 --new-tokens 256 --mixed]
                                     [--constrained] [--breakdown] [--timeline] [--profile OUT.txt]
                                     [--variant NAME:module.attribute=value;... --rounds 3]
+                                    [--fills free,schema,allow-all,sleep:2,spin:2 --rounds 3]
 
 --breakdown runs once more under cProfile and reads the cumulative time of the runner's and scheduler's main
 parts from it (waiting for a step's tokens, the forward pass's graph build, queueing the sampling, regrouping
@@ -19,7 +20,10 @@ more with a step's parts timed (bench/suite/mask_timeline.py wraps the runner mo
 forward's graph, the read of the step before, the launches, a step call whole and call to call; with --constrained
 also the mask thread's jobs and the worker's wait for the masks after its launch. --variant compares instead: rounds
 with some module attributes set (`common.patched`) against rounds without, interleaved in one process (two
-processes of the same code on a lent GPU machine differ by more than most changes make).
+processes of the same code on a lent GPU machine differ by more than most changes make). --fills compares
+constrained steps whose fill differs, interleaved in one process: `schema` (constrained_decode's JSON Schema through
+llguidance), `free` (no constraint), and bench/suite/fake_constraints.py's `allow-all` (the constrained step's
+structure, a fill costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (MS ms of a core).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from pathlib import Path
 import mlx.core as mx
 
 from bench import common
-from bench.suite import mask_timeline
+from bench.suite import fake_constraints, mask_timeline
 from bench.suite.constrained_decode import CONSTRAINT
+from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -59,13 +64,20 @@ Stat = tuple[int, int, float, float, dict]  # pstats: calls, primitive calls, ow
 
 
 def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
-        grammars: Grammars | None = None) -> common.Row:
+        grammars: Grammars | None = None, fill: str = "schema") -> common.Row:
     """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
-    `grammars`, every stream under constrained_decode's schema."""
+    `grammars`, every stream under constrained_decode's schema, or with `fill` another of --fills' kinds."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
+
+    def constraint() -> TokenConstraint | None:
+        if grammars is None or fill == "free":
+            return None
+        if fill == "schema":
+            return grammars.constraint(CONSTRAINT)
+        return fake_constraints.constraint_for(fill, runtime.vocab_size, len(prompts))
+
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
-                                  ignore_eos=True,
-                                  constraint=grammars.constraint(CONSTRAINT) if grammars is not None else None)
+                                  ignore_eos=True, constraint=constraint())
                 for i, prompt in enumerate(prompts)]
     return drive(scheduler, requests)
 
@@ -120,6 +132,20 @@ def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, gr
                          common.median_ratio(rows, "decode_tps", name, "default")] for name in modes]))
 
 
+def compare_fills(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, grammars: Grammars,
+                  fills: list[str], rounds: int) -> None:
+    """Decode-phase tok/s of each kind of fill (module text), their rounds interleaved (each warmed up first):
+    medians and each kind's median ratio of paired rounds to the free streams'."""
+    for fill in fills:
+        run(runtime, prompts, 16, grammars, fill)
+    rows = common.alternate(rounds, ["decode"], fills,
+                            lambda fill, _case, _round: run(runtime, prompts, new_tokens, grammars, fill))
+    base = "free" if "free" in fills else fills[0]
+    print(common.table(["fill", "tok/s (median)", f"ratio to {base} (median of rounds)"],
+                       [[fill, common.median(rows, "decode_tps", contender=fill),
+                         common.median_ratio(rows, "decode_tps", fill, base)] for fill in fills]))
+
+
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
     """ms per decode step of each part in PARTS (cumulative: a part's callees count in it)."""
     table: dict[tuple[str, int, str], Stat] = stats.stats  # type: ignore[attr-defined]
@@ -149,25 +175,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
                    help="compare instead: rounds with SETTINGS (module.attribute=value;...: common.patched) against "
                         "rounds without, interleaved in this process; repeatable")
-    p.add_argument("--rounds", type=int, default=3, help="with --variant: rounds of each")
+    p.add_argument("--fills", help="compare instead: constrained steps with these fills (comma-separated: free, "
+                   "schema, allow-all, sleep:MS, spin:MS), interleaved in this process")
+    p.add_argument("--fill", default="schema", help="with --constrained: one of --fills' kinds (default: schema)")
+    p.add_argument("--rounds", type=int, default=3, help="with --variant or --fills: rounds of each")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
     grammars = (Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids), args.mask_processes)
-                if args.constrained else None)
+                if args.constrained or args.fills else None)
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
+    if args.fills:
+        assert grammars is not None
+        compare_fills(runtime, prompts, args.new_tokens, grammars, args.fills.split(","), args.rounds)
+        return
     if args.variant:
         compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds)
         return
-    run(runtime, prompts, 16, grammars)  # warm-up at this batch size
-    plain = run(runtime, prompts, args.new_tokens, grammars)
+    run(runtime, prompts, 16, grammars, args.fill)  # warm-up at this batch size
+    plain = run(runtime, prompts, args.new_tokens, grammars, args.fill)
     print(f"{args.streams} {'constrained ' if grammars else ''}streams in-process, {args.new_tokens} new tokens each: "
           f"{plain['decode_tps']:.1f} tok/s decode phase, {plain['total_tps']:.1f} total")
     if args.timeline:
         with mask_timeline.timeline() as timings:
-            timed = run(runtime, prompts, args.new_tokens, grammars)
+            timed = run(runtime, prompts, args.new_tokens, grammars, args.fill)
         print(f"timed: {timed['decode_tps']:.1f} tok/s; each {'constrained ' if grammars else ''}step's parts (ms):")
         print(common.table(["part", "steps", "median", "p90"], mask_timeline.table(timings)))
     if not (args.breakdown or args.profile):
@@ -175,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    profiled = run(runtime, prompts, args.new_tokens, grammars)
+    profiled = run(runtime, prompts, args.new_tokens, grammars, args.fill)
     profiler.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(profiler)

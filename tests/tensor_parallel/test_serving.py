@@ -29,7 +29,10 @@ pytestmark = pytest.mark.process
 NEW_TOKENS = 12
 SCHEMA = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
                      "additionalProperties": False})
-TP = ("--tensor-parallel", "2", "--prefill-chunk", "16", "--max-batch-size", "4")
+# The ring named, not left to "auto" (NCCL on CUDA, which refuses two ranks on one GPU): these tests then also run
+# on a machine with one GPU, both ranks on it (bench/gpu_steps.sh tp-tests).
+RING = ("--tensor-parallel", "2", "--tp-backend", "ring")
+TP = (*RING, "--prefill-chunk", "16", "--max-batch-size", "4")
 
 
 def children(pid: int) -> list[int]:
@@ -228,7 +231,7 @@ def test_an_image_prompt_gives_transformers_tokens(tmp_path):
     folder = FIXTURES / "parity" / "gemma3"
     expected = mx.load(str(folder / "expected.safetensors"))
     ids = expected["input_ids"][0].tolist()
-    daemon = start_daemon(folder, "--tensor-parallel", "2", "--prefill-chunk", "5", workdir=tmp_path)
+    daemon = start_daemon(folder, *RING, "--prefill-chunk", "5", workdir=tmp_path)
     try:
         with Client(daemon.addr) as client:
             result = collect(client.multimodal_generate([ids[:7], (folder / "image.png").read_bytes(), ids[13:]],
