@@ -153,7 +153,7 @@ for spec in "$@"; do
     constrained-fills) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
-                     --fills free,schema,allow-all,sleep:2,spin:2
+                     --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}"
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
     tp-tests) step tp-tests 560 "$py" -m pytest -q -x -p no:cacheprovider tests/tensor_parallel ;;

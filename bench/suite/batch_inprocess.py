@@ -22,8 +22,10 @@ also the mask thread's jobs and the worker's wait for the masks after its launch
 with some module attributes set (`common.patched`) against rounds without, interleaved in one process (two
 processes of the same code on a lent GPU machine differ by more than most changes make). --fills compares
 constrained steps whose fill differs, interleaved in one process: `schema` (constrained_decode's JSON Schema through
-llguidance), `free` (no constraint), and bench/suite/fake_constraints.py's `allow-all` (the constrained step's
-structure, a fill costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (MS ms of a core).
+llguidance, its masks in --mask-processes processes), `schema-p0` (the same, every mask filled in this process),
+`free` (no constraint), and bench/suite/fake_constraints.py's `allow-all` (the constrained step's structure, a fill
+costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (MS ms of a core); a kind followed by
+`@SECONDS` runs with Python's switch interval set so (sys.setswitchinterval; 0.005 by default).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import sys
 import time
 from pathlib import Path
 
@@ -64,22 +67,34 @@ Stat = tuple[int, int, float, float, dict]  # pstats: calls, primitive calls, ow
 
 
 def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
-        grammars: Grammars | None = None, fill: str = "schema") -> common.Row:
+        grammars: Grammars | None = None, fill: str = "schema", alone: Grammars | None = None) -> common.Row:
     """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
-    `grammars`, every stream under constrained_decode's schema, or with `fill` another of --fills' kinds."""
+    `grammars`, every stream under constrained_decode's schema, or with `fill` another of --fills' kinds (with
+    `@SECONDS`: Python's switch interval set so meanwhile, as sys.setswitchinterval takes it); `alone`: the
+    grammars without mask processes, for `schema-p0`."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
+    kind, _, interval = fill.partition("@")
 
     def constraint() -> TokenConstraint | None:
-        if grammars is None or fill == "free":
+        if grammars is None or kind == "free":
             return None
-        if fill == "schema":
+        if kind == "schema":
             return grammars.constraint(CONSTRAINT)
-        return fake_constraints.constraint_for(fill, runtime.vocab_size, len(prompts))
+        if kind == "schema-p0":
+            assert alone is not None
+            return alone.constraint(CONSTRAINT)
+        return fake_constraints.constraint_for(kind, runtime.vocab_size, len(prompts))
 
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
                                   ignore_eos=True, constraint=constraint())
                 for i, prompt in enumerate(prompts)]
-    return drive(scheduler, requests)
+    switch = sys.getswitchinterval()
+    try:
+        if interval:
+            sys.setswitchinterval(float(interval))
+        return drive(scheduler, requests)
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def drive(scheduler: Scheduler, requests: list[GenerationRequest],
@@ -133,13 +148,13 @@ def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, gr
 
 
 def compare_fills(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, grammars: Grammars,
-                  fills: list[str], rounds: int) -> None:
+                  alone: Grammars, fills: list[str], rounds: int) -> None:
     """Decode-phase tok/s of each kind of fill (module text), their rounds interleaved (each warmed up first):
     medians and each kind's median ratio of paired rounds to the free streams'."""
     for fill in fills:
-        run(runtime, prompts, 16, grammars, fill)
+        run(runtime, prompts, 16, grammars, fill, alone)
     rows = common.alternate(rounds, ["decode"], fills,
-                            lambda fill, _case, _round: run(runtime, prompts, new_tokens, grammars, fill))
+                            lambda fill, _case, _round: run(runtime, prompts, new_tokens, grammars, fill, alone))
     base = "free" if "free" in fills else fills[0]
     print(common.table(["fill", "tok/s (median)", f"ratio to {base} (median of rounds)"],
                        [[fill, common.median(rows, "decode_tps", contender=fill),
@@ -176,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="compare instead: rounds with SETTINGS (module.attribute=value;...: common.patched) against "
                         "rounds without, interleaved in this process; repeatable")
     p.add_argument("--fills", help="compare instead: constrained steps with these fills (comma-separated: free, "
-                   "schema, allow-all, sleep:MS, spin:MS), interleaved in this process")
+                   "schema, schema-p0, allow-all, sleep:MS, spin:MS, each optionally @SWITCH_SECONDS), "
+                   "interleaved in this process")
     p.add_argument("--fill", default="schema", help="with --constrained: one of --fills' kinds (default: schema)")
     p.add_argument("--rounds", type=int, default=3, help="with --variant or --fills: rounds of each")
     args = p.parse_args(argv)
@@ -189,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
     if args.fills:
         assert grammars is not None
-        compare_fills(runtime, prompts, args.new_tokens, grammars, args.fills.split(","), args.rounds)
+        alone = Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids))
+        compare_fills(runtime, prompts, args.new_tokens, grammars, alone, args.fills.split(","), args.rounds)
         return
     if args.variant:
         compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds)
