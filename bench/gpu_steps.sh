@@ -158,7 +158,7 @@ for spec in "$@"; do
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
     tp-tests) step tp-tests 560 "$py" -m pytest -q -x -p no:cacheprovider tests/tensor_parallel ;;
     tp-probe) step tp-probe 120 "$py" -m bench tp_probe ;;
-    tp-ring:*) shape=${spec#tp-ring:}; folder=$(model "$shape" bfloat16 0 all) &&
+    tp-ring:*) shape=${spec#tp-ring:}; folder=$(model "$shape" "${DTYPE:-bfloat16}" 0 all) &&
                step "$shape-tp-ring" 560 "$py" -m bench tensor_parallel --model "$folder" --streams 4 --rounds 1 \
                  --new-tokens 32 --tp-arg=--tp-backend --tp-arg=ring --serve-arg=--kv-cache-mb --serve-arg=8192 \
                  --out "/tmp/mlxd-tp-ring-$shape" ;;

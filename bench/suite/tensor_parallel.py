@@ -45,11 +45,32 @@ def measure(addr: str, vocab: int, salt: int, args) -> common.Row:
             "aggregate_tps": sum(r["new_tokens"] for r in results) / wall}
 
 
-def greedy_runs(addr: str, vocab: int, prompts: int, new_tokens: int) -> list[list[int]]:
-    """Each prompt's greedy tokens (ignore_eos), one stream at a time."""
+def greedy_runs(addr: str, vocab: int, prompts: int, new_tokens: int) -> list[list[tuple[int, float]]]:
+    """Each prompt's greedy tokens (ignore_eos), one stream at a time, each with the margin of its choice: its
+    log-probability less the runner-up's."""
+    runs = []
     with Client(addr) as client:
-        return [list(client.complete(tokens=common.prompt_ids(vocab, 32 + 7 * i, salt=77 + i), temperature=0.0,
-                                     ignore_eos=True, max_tokens=new_tokens).token_ids) for i in range(prompts)]
+        for i in range(prompts):
+            stream = client.generate(tokens=common.prompt_ids(vocab, 32 + 7 * i, salt=77 + i), temperature=0.0,
+                                     ignore_eos=True, max_tokens=new_tokens, logprobs=True, top_logprobs=2)
+            run = []
+            for response in stream:
+                if response.HasField("chunk"):
+                    for lp in response.chunk.logprobs:
+                        others = [t.logprob for t in lp.top if t.token_id != lp.token_id]
+                        run.append((lp.token_id, lp.logprob - max(others, default=float("-inf"))))
+            runs.append(run)
+    return runs
+
+
+def parting(one: list[tuple[int, float]], two: list[tuple[int, float]]) -> str:
+    """Where two greedy runs first differ, with each run's margin there ('equal' when they never do): a split
+    model sums its partial products in another order, so a choice between near-equal tokens (a small margin) may
+    fall the other way; a large margin at a difference is a bug."""
+    for i, ((a, margin_a), (b, margin_b)) in enumerate(zip(one, two)):
+        if a != b:
+            return f"token {i} (margins {margin_a:.4f} / {margin_b:.4f})"
+    return "equal"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         with Client(one.addr) as client:
             vocab = client.model_info().vocab_size
         greedy = {n: greedy_runs(addr, vocab, args.greedy_prompts, args.greedy_tokens) for n, addr in addrs.items()}
-        same = sum(a == b for a, b in zip(greedy[1], greedy[2]))
-        print(f"greedy tokens, 2 ranks against 1: {same} of {args.greedy_prompts} prompts equal "
-              f"({args.greedy_tokens} tokens each)", flush=True)
+        parts = [parting(a, b) for a, b in zip(greedy[1], greedy[2])]
+        smallest = min(m for run in greedy[1] for _, m in run)
+        print(f"greedy tokens, 2 ranks against 1: {parts.count('equal')} of {args.greedy_prompts} prompts equal "
+              f"({args.greedy_tokens} tokens each); where they part: {parts}; the 1-rank runs' smallest margin "
+              f"{smallest:.4f}", flush=True)
         for addr in addrs.values():
             measure(addr, vocab, 999, args)  # warm-up
         rows = common.alternate(args.rounds, ["tp"], [1, 2],
