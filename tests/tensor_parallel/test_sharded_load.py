@@ -32,6 +32,18 @@ def _bytes(model) -> int:
     return sum(a.nbytes for _, a in parameter_arrays(model))
 
 
+def _allocated(model) -> int:
+    """What the parameters take from the allocator: on CUDA, MLX 0.32's allocator rounds a buffer under 16 KiB up
+    to a power of two and a larger one up to whole 16 KiB pages (mlx/backend/cuda/allocator.cpp), which for a
+    tiny fixture's many small arrays is a third more than their bytes (seen on an H200: 583,520 bytes held for
+    423,680 of parameters); the CPU's allocator holds their bytes."""
+    if not mx.cuda.is_available():
+        return _bytes(model)
+    page = 16384
+    return sum(max(8, 1 << (a.nbytes - 1).bit_length()) if a.nbytes < page else -(-a.nbytes // page) * page
+               for _, a in parameter_arrays(model))
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3_moe", "qwen3_5"])
 def test_a_rank_holds_only_its_share(arch, tmp_path):
     folder = copy_model_folder(arch, "v5", tmp_path / arch)
@@ -44,7 +56,8 @@ def test_a_rank_holds_only_its_share(arch, tmp_path):
     held = mx.get_active_memory() - before
     share = _bytes(loaded.model)
     assert share < 0.75 * whole  # the layers halved; embedding, head and norms whole
-    assert held <= share * 1.02 + (64 << 10), f"{arch}: {held} bytes held for {share} bytes of parameters"
+    allocated = _allocated(loaded.model)
+    assert held <= allocated * 1.02 + (64 << 10), f"{arch}: {held} bytes held for {share} bytes of parameters"
     attention = loaded.model.layers[-1].self_attn
     assert (attention.n_heads, attention.n_kv_heads) == (2, 1)
 
