@@ -1,0 +1,42 @@
+"""The benchmarks' stand-ins and verdicts for this round's GPU questions: bench/suite/fake_constraints.py's
+constraints (every token allowed, the fill free, asleep or spinning a core) and bench/suite/tensor_parallel.py's
+`parting` (where two greedy runs part, with each run's margin there)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from bench.suite import fake_constraints
+from bench.suite.tensor_parallel import parting
+from mlxd.constraints.compiler import mask_words
+
+
+@pytest.mark.parametrize("kind", ["allow-all", "sleep:8", "spin:8"])
+def test_fake_constraints_allow_every_token_and_never_complete(kind):
+    constraint = fake_constraints.constraint_for(kind, 49_152, rows=4)
+    assert constraint.mask_words == mask_words(49_152)
+    out = np.zeros(constraint.mask_words, dtype=np.int32)
+    start = time.perf_counter()
+    constraint.fill_bitmask(out)
+    took = time.perf_counter() - start
+    assert (out == -1).all()
+    if kind != "allow-all":
+        assert took >= 0.002 * 0.9  # 8 ms a step, this row's quarter
+    constraint.consume(5)
+    constraint.rollback(1)
+    assert not constraint.is_stopped()
+
+
+@pytest.mark.parametrize("kind", ["sleep", "allow-all:3", "schema:1"])
+def test_a_fill_kind_it_does_not_know_is_refused(kind):
+    with pytest.raises(SystemExit, match="--fills"):
+        fake_constraints.constraint_for(kind, 100, rows=1)
+
+
+def test_parting_names_the_first_difference_and_both_margins():
+    one = [(5, 1.5), (7, 0.03125), (9, 2.0)]
+    assert parting(one, [(5, 1.25), (8, 0.0625), (9, 2.0)]) == "token 1 (margins 0.0312 / 0.0625)"
+    assert parting(one, list(one)) == "equal"
