@@ -15,6 +15,7 @@ import pytest
 
 from mlxd.cli import _mask_processes
 from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint
+from mlxd.constraints import mask_pool
 from mlxd.constraints.mask_pool import AUTO, AUTO_PROCESSES, MaskPool, processes_for
 from mlxd.constraints.matcher import fill_bitmasks
 from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
@@ -85,6 +86,13 @@ def test_masks_filled_in_processes_equal_masks_filled_here(tiny, pooled):
     _walk(tiny, pooled, 60, rng, rows)
     pool = compile_spec(pooled, *SPECS[0]).pool
     assert pool is not None and pool.filled_in_processes > 50
+
+
+def test_without_a_share_of_its_own_every_row_is_filled_in_the_processes(tiny, pooled, monkeypatch):
+    monkeypatch.setattr(mask_pool, "KEEP_A_SHARE", False)
+    rows = [_pair(tiny, pooled, SPECS[j % len(SPECS)]) for j in range(8)]
+    _until_in_processes([there for _, there in rows], 8)
+    _walk(tiny, pooled, 10, random.Random(2), rows)
 
 
 def test_a_verify_steps_draft_masks_are_filled_in_processes_as_here(tiny, pooled):

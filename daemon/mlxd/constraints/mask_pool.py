@@ -62,6 +62,13 @@ def processes_for(requested: int, device: str, cores: int | None) -> int:
     return AUTO_PROCESSES if "gpu" in device.lower() and (cores or 0) >= AUTO_MIN_CORES else 0
 
 
+# Whether this process fills a share of the rows too (as one more process) while mask processes are live. On the
+# H200 (session 26, `bench batch_inprocess --fills`) a fill keeping a core busy beside the worker's forward launch
+# cost the step far more than its own time, and the masks in processes beat the worker's own fill (0.89 against 0.70
+# of free streams at 16): False leaves every row to the processes (the worker's thread then only sends and reads),
+# for the next GPU run to compare (`--variant nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False`).
+KEEP_A_SHARE = True
+
 LIMIT_FIELDS = ("initial_lexer_fuel", "step_lexer_fuel", "max_lexer_states", "max_grammar_size", "max_items_in_row",
                 "step_max_items", "precompute_large_lexemes", "verbose_errors")
 
@@ -175,7 +182,7 @@ class MaskPool:
         filled here, where this process holds fewer rows than any other."""
         weakref.finalize(row, self._dropped.append, row.row_id)
         live = [p for p in self._processes if not p.dead]
-        if not live or len(self._local) <= min(p.replicas for p in live):
+        if not live or (KEEP_A_SHARE and len(self._local) <= min(p.replicas for p in live)):
             self._local.add(row.row_id)
             return
         process = min(live, key=lambda p: p.replicas)
