@@ -34,7 +34,13 @@
 #                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes, then a
 #                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
 #                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
-#                      at one state, then --warm: rows kept for a walk, as requests keep theirs)
+#                      at one state, then --warm: rows kept for a walk, as requests keep theirs);
+#                      constrained-fills batch_inprocess --fills in one process, 16 streams: free, the schema (masks
+#                      in $MASK_PROCESSES processes), and constraints allowing everything whose fill costs nothing,
+#                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s);
+#                      constrained-variant 16 constrained streams in-process (masks in $MASK_PROCESSES processes)
+#                      against VARIANT=NAME:module.attribute=value;... in the same process, 4 rounds (e.g.
+#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False)
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain (~300 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
@@ -156,13 +162,17 @@ for spec in "$@"; do
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}"
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
+    constrained-variant) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+                   step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                     --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
+                     --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     tp-tests) step tp-tests 560 "$py" -m pytest -q -x -p no:cacheprovider tests/tensor_parallel ;;
     tp-probe) step tp-probe 120 "$py" -m bench tp_probe ;;
     tp-ring:*) shape=${spec#tp-ring:}; folder=$(model "$shape" "${DTYPE:-bfloat16}" 0 all) &&
                step "$shape-tp-ring" 560 "$py" -m bench tensor_parallel --model "$folder" --streams 4 --rounds 1 \
                  --new-tokens 32 --tp-arg=--tp-backend --tp-arg=ring --serve-arg=--kv-cache-mb --serve-arg=8192 \
                  --out "/tmp/mlxd-tp-ring-$shape" ;;
-    mask-threads) for warm in in "" --warm; do
+    mask-threads) for warm in "" --warm; do
                     step "mask-threads${warm:+-warm}" 200 "$py" -m bench mask_threads \
                       --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" --threads 4 --states 60 $warm
                   done ;;

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from mlxd.cli import _mask_processes
-from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint
-from mlxd.constraints import mask_pool
+from mlxd.constraints import ConstraintError, GrammarCompiler, RowConstraint, mask_pool
 from mlxd.constraints.mask_pool import AUTO, AUTO_PROCESSES, MaskPool, processes_for
 from mlxd.constraints.matcher import fill_bitmasks
 from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
