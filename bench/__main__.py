@@ -43,6 +43,8 @@ BENCHMARKS = {
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "mask_threads": ("bench.suite.mask_threads",
                      "whether llguidance fills rows' masks in parallel: N threads against 1, wall against CPU time"),
+    "host_contention": ("bench.suite.host_contention",
+                        "16 free streams in-process with busy processes on the worker's sibling CPU or other cores"),
     "tp_probe": ("bench.suite.tp_probe", "whether MLX's NCCL backend runs two ranks on one GPU (issue 23)"),
     "tensor_parallel": ("bench.suite.tensor_parallel",
                         "prefill, decode and 4 streams' tok/s with --tensor-parallel 2, against 1 rank"),

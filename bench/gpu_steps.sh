@@ -40,7 +40,9 @@
 #                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s);
 #                      constrained-variant 16 constrained streams in-process (masks in $MASK_PROCESSES processes)
 #                      against VARIANT=NAME:module.attribute=value;... in the same process, 4 rounds (e.g.
-#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False)
+#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False);
+#                      host-contention 16 free streams in-process with the worker pinned to a CPU and busy processes
+#                      on its hyperthread sibling or on 3 other cores (bench host_contention; lscpu first; ~120 s)
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain (~300 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
@@ -166,6 +168,9 @@ for spec in "$@"; do
                    step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
                      --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+    host-contention) folder=$(model llama-1b bfloat16 0 all) && { lscpu > "$logs/lscpu.txt" 2>&1
+                   step host-contention 300 "$py" -m bench host_contention --model "$folder" --streams 16 \
+                     --new-tokens 128 --rounds 4 --busy 3; } ;;
     tp-tests) step tp-tests 560 "$py" -m pytest -q -x -p no:cacheprovider tests/tensor_parallel ;;
     tp-probe) step tp-probe 120 "$py" -m bench tp_probe ;;
     tp-ring:*) shape=${spec#tp-ring:}; folder=$(model "$shape" "${DTYPE:-bfloat16}" 0 all) &&
