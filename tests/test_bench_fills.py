@@ -1,6 +1,6 @@
 """The benchmarks' stand-ins and verdicts for this round's GPU questions: bench/suite/fake_constraints.py's
 constraints (every token allowed, the fill free, asleep or spinning a core) and bench/suite/tensor_parallel.py's
-`parting` (where two greedy runs part, with each run's margin there)."""
+`parting` (where two greedy runs part, with each run's margin there), host_contention's reading of CPU lists."""
 
 from __future__ import annotations
 
@@ -40,3 +40,10 @@ def test_parting_names_the_first_difference_and_both_margins():
     one = [(5, 1.5), (7, 0.03125), (9, 2.0)]
     assert parting(one, [(5, 1.25), (8, 0.0625), (9, 2.0)]) == "token 1 (margins 0.0312 / 0.0625)"
     assert parting(one, list(one)) == "equal"
+
+
+def test_cpu_lists_read_as_linux_writes_them():
+    from bench.suite.host_contention import cpu_list
+
+    assert cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert cpu_list("5") == {5}
