@@ -203,21 +203,22 @@ def main(argv: list[str] | None = None) -> None:
     grammars = (Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids), args.mask_processes)
                 if args.constrained or args.fills else None)
     prompts = common.stream_prompts(runtime.vocab_size, args.streams, args.prompt_tokens, args.mixed)
+    # The same grammars filling every mask in this process (`schema-p0`; its compiler is built only if used).
+    alone = Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids))
     if args.fills:
         assert grammars is not None
-        alone = Grammars(tokenizer, runtime.vocab_size, sorted(runtime.eos_ids))
         compare_fills(runtime, prompts, args.new_tokens, grammars, alone, args.fills.split(","), args.rounds)
         return
     if args.variant:
         compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds)
         return
-    run(runtime, prompts, 16, grammars, args.fill)  # warm-up at this batch size
-    plain = run(runtime, prompts, args.new_tokens, grammars, args.fill)
+    run(runtime, prompts, 16, grammars, args.fill, alone)  # warm-up at this batch size
+    plain = run(runtime, prompts, args.new_tokens, grammars, args.fill, alone)
     print(f"{args.streams} {'constrained ' if grammars else ''}streams in-process, {args.new_tokens} new tokens each: "
           f"{plain['decode_tps']:.1f} tok/s decode phase, {plain['total_tps']:.1f} total")
     if args.timeline:
         with mask_timeline.timeline() as timings:
-            timed = run(runtime, prompts, args.new_tokens, grammars, args.fill)
+            timed = run(runtime, prompts, args.new_tokens, grammars, args.fill, alone)
         print(f"timed: {timed['decode_tps']:.1f} tok/s; each {'constrained ' if grammars else ''}step's parts (ms):")
         print(common.table(["part", "steps", "median", "p90"], mask_timeline.table(timings)))
     if not (args.breakdown or args.profile):
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    profiled = run(runtime, prompts, args.new_tokens, grammars, args.fill)
+    profiled = run(runtime, prompts, args.new_tokens, grammars, args.fill, alone)
     profiler.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(profiler)
