@@ -54,7 +54,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoding together")
     serve.add_argument("--kv-cache-mb", type=int, default=0,
                        help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "
-                            "0 = half the memory left after loading")
+                            "0 = half the memory left after loading (divided among --tensor-parallel ranks that "
+                            "share one device)")
     serve.add_argument("--prefix-cache-mb", type=int, default=2048,
                        help="memory for KV snapshots of earlier prompts, reused by prompts that start the same "
                             "way (multi-turn chats, shared system prompts); 0 turns it off")
@@ -145,6 +146,7 @@ def _serve(args: argparse.Namespace, load: RuntimeFactory | None = None) -> int:
     worker = WorkerOptions(model_path=args.model, dtype=args.dtype, max_queue=args.max_queue,
                            prefill_chunk_size=args.prefill_chunk, max_batch_size=args.max_batch_size,
                            kv_cache_bytes=args.kv_cache_mb << 20, prefix_cache_bytes=args.prefix_cache_mb << 20,
+                           kv_cache_sharing=ranks.sharing_device if ranks is not None else 1,
                            image_cache_bytes=args.image_cache_mb << 20, max_stream_backlog=args.max_stream_backlog,
                            stalled_stream_seconds=args.stalled_stream_seconds, speculate=args.speculate,
                            speculate_depth=args.speculate_depth, speculate_adaptive=not args.speculate_fixed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlxd.engine.kv_budget import device_memory_bytes
 from mlxd.loading.loader import load_model
 from mlxd.parallel.channel import HEARTBEAT_TIMEOUT
 from mlxd_client import Client, MlxdClientError, collect, pb
@@ -67,6 +69,9 @@ def test_two_ranks_serve_the_tokens_of_one(arch, tmp_path):
         code = daemon.stop()
     assert code == 0, daemon.stderr()
     assert not any(running(pid) for pid in followers), "a follower outlived rank 0"
+    # Both ranks' caches share this machine's memory: rank 0's default budget is its part of half of what is left.
+    budget_mib = int(re.search(r"KV-cache budget of (\d+) MiB", daemon.stderr()).group(1))  # type: ignore[union-attr]
+    assert budget_mib << 20 <= max(1 << 30, device_memory_bytes() // 4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_5_moe"])

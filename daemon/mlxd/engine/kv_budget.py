@@ -58,13 +58,19 @@ class KvLayout:
         return cls(tuple(layers), row_bytes)
 
 
-def auto_budget_bytes() -> int:
-    """Half of the memory the device has left after the weights (the unified or host memory on CPU)."""
+def auto_budget_bytes(sharing: int = 1) -> int:
+    """Half of the memory the device has left after the weights (the unified or host memory on CPU). With
+    `sharing` processes on the device, each holding about what this one holds (the ranks of `--tensor-parallel N`
+    on one host over the ring: one GPU, or the host's memory), it is left after all their weights and each gets
+    its part: every rank's caches grow as rank 0 admits, so N whole halves would ask for more than there is."""
+    return max(1 << 30, (device_memory_bytes() - sharing * mx.get_active_memory()) // (2 * sharing))
+
+
+def device_memory_bytes() -> int:
+    """The default device's memory: a GPU's, the unified memory on Metal, the host's physical memory on a CPU."""
     info = mx.device_info()
     total = int(info.get("memory_size") or info.get("total_memory") or 0)
-    if not total:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(1 << 30, (total - mx.get_active_memory()) // 2)
+    return total or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class KvBudget:

@@ -58,6 +58,7 @@ class SchedulerOptions:
     #                                     draft model (ModelRuntime.draft_model)
     speculate_depth: int = 4            # the most drafted tokens per row per step
     speculate_adaptive: bool = True     # False: always draft speculate_depth (tests, benchmarks of a fixed depth)
+    kv_budget_sharing: int = 1          # processes sharing this device's memory for their caches (kv_budget.py)
 
 
 class Phase(enum.Enum):
@@ -113,7 +114,7 @@ class Scheduler:
     def budget(self) -> KvBudget:
         """The KV budget, measured on first use (it runs one token through the model)."""
         if self._budget is None:
-            total = self._options.kv_budget_bytes or auto_budget_bytes()
+            total = self._options.kv_budget_bytes or auto_budget_bytes(self._options.kv_budget_sharing)
             layout = self._runner.kv_layout()
             spec = self._speculator  # a verify step holds a row's recurrent states after each position it feeds
             self._budget = KvBudget(layout.verifying(self._options.speculate_depth) if spec else layout, total)

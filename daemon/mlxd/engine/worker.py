@@ -44,6 +44,7 @@ class WorkerOptions:
     prefill_chunk_size: int = 512
     max_batch_size: int = 16        # sequences decoding together
     kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
+    kv_cache_sharing: int = 1       # processes whose caches share the device (tensor-parallel ranks on one device)
     prefix_cache_bytes: int = 2 << 30   # KV snapshots of earlier prompts kept for reuse; 0 = off
     image_cache_bytes: int = 256 << 20   # encoded images kept for the next request (vision-language models)
     max_stream_backlog: int = 256   # undelivered events at which a request's row pauses (backpressure); 0 = never
@@ -58,7 +59,7 @@ class WorkerOptions:
         return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
                                 self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds,
                                 speculate=self.speculate, speculate_depth=self.speculate_depth,
-                                speculate_adaptive=self.speculate_adaptive)
+                                speculate_adaptive=self.speculate_adaptive, kv_budget_sharing=self.kv_cache_sharing)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,12 @@ class Ranks:
     children: list[subprocess.Popen] = field(default_factory=list)
     workdir: Path | None = None  # what start_local wrote for the ranks (the ring's hostfile)
 
+    @property
+    def sharing_device(self) -> int:
+        """How many ranks share this process's device memory: all of them when this host runs them over the ring
+        (one GPU, or the host's memory on a CPU); 1 under NCCL (a GPU each) or when mlx.launch placed them."""
+        return len(self.children) + 1 if self.backend == "ring" and self.workdir is not None else 1
+
     def stop(self, code: int) -> int:
         """Tell every rank to exit, reap the ones this process started and remove what it wrote for them; the
         group's exit code (`code`, rank 0's, unless another rank failed)."""
