@@ -194,7 +194,7 @@ def _tensor_parallel(args: argparse.Namespace,
         try:
             ranks = launch.start_local(args.tensor_parallel, follower, args.tp_backend)
         except ValueError as error:
-            raise SystemExit(f"mlxd: --tp-backend: {error}") from None
+            raise SystemExit(f"mlxd: --tensor-parallel {args.tensor_parallel}: {error}") from None
     return ranks, leader_runtime(ranks.leader, ranks.backend)
 
 

@@ -2,7 +2,9 @@
 
 - CPU (and Metal on one Mac): MLX's TCP ring, each rank listening on its address of a hostfile (MLX_HOSTFILE, a
   JSON list with one list of "ip:port" per rank, and MLX_RANK). On one host the addresses are loopback ports.
-- CUDA: NCCL, which rank 0 bootstraps on NCCL_HOST_IP:NCCL_PORT (MLX_RANK, MLX_WORLD_SIZE), one GPU per rank.
+- CUDA: NCCL, which rank 0 bootstraps on NCCL_HOST_IP:NCCL_PORT (MLX_RANK, MLX_WORLD_SIZE), one GPU per rank: rank r
+  takes the r-th GPU this process may use (of CUDA_VISIBLE_DEVICES when it is set), and too few are refused
+  before any rank starts (NCCL refuses two ranks on one GPU: `python -m bench tp_probe`).
 
 The choice is made once, from the device, in `backend_for`; everything else reads the environment it wrote, as
 `mlx.launch` writes it for several hosts.
@@ -51,12 +53,31 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 def local_environments(ranks: int, backend: str, workdir: Path) -> list[dict[str, str]]:
     """The environment of each of `ranks` ranks on this host (rank 0's first), for `backend`."""
     if backend == "nccl":
+        gpus = gpus_for(ranks)
         (port,) = map(str, free_ports(1))
         return [{"MLX_RANK": str(r), "MLX_WORLD_SIZE": str(ranks), "NCCL_HOST_IP": "127.0.0.1", "NCCL_PORT": port,
-                 "CUDA_VISIBLE_DEVICES": str(r)} for r in range(ranks)]
+                 "CUDA_VISIBLE_DEVICES": gpu} for r, gpu in enumerate(gpus)]
     hostfile = workdir / "hostfile.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in free_ports(ranks)]))
     return [{"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)} for r in range(ranks)]
+
+
+def gpus_for(ranks: int, driver: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:
+    """The GPU each of `ranks` NCCL ranks of this host takes, as its CUDA_VISIBLE_DEVICES: the GPUs this process
+    may use in order (those CUDA_VISIBLE_DEVICES names, indices or UUIDs, when it is set; else the driver's, one
+    folder each in `driver`). ValueError when there are fewer than `ranks`; when the count cannot be read, rank r
+    takes GPU r as before."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    else:
+        count = len(list(driver.iterdir())) if driver.is_dir() else ranks
+        gpus = [str(i) for i in range(count)]
+    if len(gpus) < ranks:
+        raise ValueError(f"{ranks} ranks over NCCL need {ranks} GPUs, one a rank, and this process may use "
+                         f"{len(gpus)}; --tp-backend ring runs every rank on one GPU (a correctness run: its "
+                         "all_sums go through host memory)")
+    return gpus[:ranks]
 
 
 def environment_rank() -> int | None:
