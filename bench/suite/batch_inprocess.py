@@ -35,6 +35,7 @@ import io
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -137,14 +138,11 @@ def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, gr
         with common.patched(settings):
             run(runtime, prompts, 16, grammars)
 
-    def one(name: str, _case: str, _round: int) -> common.Row:
+    def one(name: str) -> common.Row:
         with common.patched(modes[name]):
             return run(runtime, prompts, new_tokens, grammars)
 
-    rows = common.alternate(rounds, ["decode"], list(modes), one)
-    print(common.table(["mode", "tok/s (median)", "ratio to default (median of rounds)"],
-                       [[name, common.median(rows, "decode_tps", contender=name),
-                         common.median_ratio(rows, "decode_tps", name, "default")] for name in modes]))
+    interleaved("mode", list(modes), "default", rounds, one)
 
 
 def compare_fills(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, grammars: Grammars,
@@ -153,12 +151,18 @@ def compare_fills(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: i
     medians and each kind's median ratio of paired rounds to the free streams'."""
     for fill in fills:
         run(runtime, prompts, 16, grammars, fill, alone)
-    rows = common.alternate(rounds, ["decode"], fills,
-                            lambda fill, _case, _round: run(runtime, prompts, new_tokens, grammars, fill, alone))
-    base = "free" if "free" in fills else fills[0]
-    print(common.table(["fill", "tok/s (median)", f"ratio to {base} (median of rounds)"],
-                       [[fill, common.median(rows, "decode_tps", contender=fill),
-                         common.median_ratio(rows, "decode_tps", fill, base)] for fill in fills]))
+    interleaved("fill", fills, "free" if "free" in fills else fills[0], rounds,
+                lambda fill: run(runtime, prompts, new_tokens, grammars, fill, alone))
+
+
+def interleaved(label: str, contenders: list[str], base: str, rounds: int,
+                one: Callable[[str], common.Row]) -> None:
+    """Each contender's decode-phase tok/s (`one(contender)`), their rounds interleaved (common.alternate): the
+    medians and each one's median ratio of paired rounds to `base`'s, as a table under `label`."""
+    rows = common.alternate(rounds, ["decode"], contenders, lambda name, _case, _round: one(name))
+    print(common.table([label, "tok/s (median)", f"ratio to {base} (median of rounds)"],
+                       [[name, common.median(rows, "decode_tps", contender=name),
+                         common.median_ratio(rows, "decode_tps", name, base)] for name in contenders]))
 
 
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:

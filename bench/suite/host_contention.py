@@ -23,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from bench import common
-from bench.suite.batch_inprocess import run
+from bench.suite.batch_inprocess import interleaved, run
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.loading.model_source import load_model_and_tokenizer
 
@@ -86,15 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     conditions = {"none": [], "sibling": sibling, f"{len(others)} other cores": others}
     conditions = {name: cpus for name, cpus in conditions.items() if name == "none" or cpus}
 
-    def one(name: str, _case: str, _round: int) -> common.Row:
+    def one(name: str) -> common.Row:
         with busy(conditions[name]):
             return run(runtime, prompts, args.new_tokens)
 
-    rows = common.alternate(args.rounds, ["decode"], list(conditions), one)
-    print(common.table(["busy beside the worker", "tok/s (median)", "ratio to none (median of rounds)"],
-                       [[name, common.median(rows, "decode_tps", contender=name),
-                         common.median_ratio(rows, "decode_tps", name, "none")] for name in conditions]))
-
+    interleaved("busy beside the worker", list(conditions), "none", args.rounds, one)
 
 if __name__ == "__main__":
     main()

@@ -44,8 +44,9 @@ class Ranks:
     @property
     def sharing_device(self) -> int:
         """How many ranks share this process's device memory: all of them when this host runs them over the ring
-        (one GPU, or the host's memory on a CPU); 1 under NCCL (a GPU each) or when mlx.launch placed them."""
-        return len(self.children) + 1 if self.backend == "ring" and self.workdir is not None else 1
+        (one GPU, or the host's memory on a CPU); 1 under NCCL (a GPU each) or when mlx.launch placed them (this
+        process then starts no ranks)."""
+        return len(self.children) + 1 if self.backend == "ring" else 1
 
     def stop(self, code: int) -> int:
         """Tell every rank to exit, reap the ones this process started and remove what it wrote for them; the
