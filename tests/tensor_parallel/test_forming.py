@@ -1,9 +1,11 @@
 """While the group forms: a rank this host started that exits before it connects fails the group at once, with its
 exit code, instead of after the whole connect timeout; a follower that connects before rank 0 accepts waits for it,
-and holds it to its heartbeat only from then on."""
+and holds it to its heartbeat only from then on; while a rank loads its share, its silence is allowed LOAD_TIMEOUT,
+and HEARTBEAT_TIMEOUT once it has said it has loaded."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,16 @@ import time
 
 import pytest
 
-from mlxd.parallel.channel import HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT, Leader
+from mlxd.parallel.channel import (
+    HEARTBEAT,
+    HEARTBEAT_SECONDS,
+    HEARTBEAT_TIMEOUT,
+    LOAD_TIMEOUT,
+    LOADED,
+    Leader,
+    recv_frame,
+    send_frame,
+)
 from mlxd.parallel.launch import Ranks
 
 
@@ -48,7 +59,7 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
     script = textwrap.dedent(f"""
         import queue, threading
         from mlxd.parallel import channel, follower
-        sock = channel.connect({leader.addr!r}, 1)
+        sock = channel.connect({leader.addr!r}, 1, threading.Event())
         inbox = queue.SimpleQueue()
         threading.Thread(target=follower._read, args=(sock, inbox), daemon=True).start()
         print(inbox.get(timeout=60)["op"], flush=True)
@@ -64,3 +75,59 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
     finally:
         child.kill()
         leader.close()
+
+
+def test_a_follower_may_be_silent_while_it_loads_and_not_after():
+    """A follower's silence before it says LOADED (its whole host stalled by the ranks' weight reads) does not fail
+    the group; after LOADED, HEARTBEAT_TIMEOUT of it does."""
+    assert LOAD_TIMEOUT > HEARTBEAT_TIMEOUT + 2
+    leader = Leader("127.0.0.1", 0, followers=1)
+    failures: list[str] = []
+    follower = socket.create_connection(leader.addr.rsplit(":", 1))
+    try:
+        send_frame(follower, {"op": "hello", "rank": 1})
+        leader.accept(30.0, failures.append)
+        time.sleep(HEARTBEAT_TIMEOUT + 1.0)  # loading, silent
+        assert failures == []
+        send_frame(follower, LOADED)
+        deadline = time.monotonic() + HEARTBEAT_TIMEOUT + 2.0
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert failures == [f"rank 1 stalled: no heartbeat for {HEARTBEAT_TIMEOUT:.0f} s"]
+    finally:
+        follower.close()
+        leader.close()
+
+
+def test_a_follower_allows_rank_0_silence_until_its_first_runner_call():
+    """Rank 0 accepts (its first heartbeat), then is silent while it loads: the follower waits; after its first
+    runner call, HEARTBEAT_TIMEOUT of silence makes the follower exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+    script = textwrap.dedent(f"""
+        import queue, threading
+        from mlxd.parallel import channel, follower
+        sock = channel.connect("127.0.0.1:{server.getsockname()[1]}", 1, threading.Event())
+        inbox = queue.SimpleQueue()
+        threading.Thread(target=follower._read, args=(sock, inbox), daemon=True).start()
+        print(inbox.get(timeout=60)["op"], flush=True)
+        threading.Event().wait(60)
+        """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    rank_0, _ = server.accept()
+    try:
+        assert recv_frame(rank_0) == {"op": "hello", "rank": 1}
+        send_frame(rank_0, HEARTBEAT)
+        time.sleep(HEARTBEAT_TIMEOUT + 1.0)  # rank 0 loading, silent
+        assert child.poll() is None
+        send_frame(rank_0, {"op": "runner"})
+        started = time.monotonic()
+        out, err = child.communicate(timeout=HEARTBEAT_TIMEOUT + 10)
+        assert out.strip() == "runner"
+        assert child.returncode == 1
+        assert time.monotonic() - started < HEARTBEAT_TIMEOUT + 2.0
+        assert f"rank 0 stalled: nothing from it for {HEARTBEAT_TIMEOUT:.0f} s; exiting" in err
+    finally:
+        child.kill()
+        rank_0.close()
+        server.close()

@@ -6,6 +6,11 @@ A follower whose connection closes (it died) or that sends nothing for HEARTBEAT
 stopped or swapped out) is reported once through `on_failure`. Rank 0 sends heartbeats too, from the moment a
 follower connects, so that a follower tells a stalled rank 0 (stopped, or a host gone without closing the
 connection) from an idle one and exits (parallel/follower.py).
+
+While a rank loads its share of the model its silence is allowed LOAD_TIMEOUT instead: a follower says LOADED once
+its share is read, and rank 0's first runner call says the same of rank 0. Ranks reading their weights can stall a
+whole host for seconds (three processes reading 6 GB each on a 24 GB host: both ranks' heartbeat threads were
+silent for 3 s at once, and the group failed to start); a stall that long while serving still ends the group.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!I")
 HEARTBEAT_SECONDS = 0.25
 HEARTBEAT_TIMEOUT = 3.0  # a rank on a busy shared host may be slow to send, never this slow
+LOAD_TIMEOUT = 60.0     # ... unless it is still loading (module docstring)
 MAX_FRAME = 1 << 30     # rank 0's runner calls (a prompt's image pixels, base64)
 FOLLOWER_FRAME = 1 << 10  # a follower's hello or heartbeat
 ACCEPT_POLL = 0.5        # seconds between checks that the ranks still to connect are alive
 HEARTBEAT = {"op": "alive"}
+LOADED = {"op": "loaded"}  # a follower's, once: its share is loaded, so it is held to HEARTBEAT_TIMEOUT from now on
 
 Message = dict[str, Any]
 
@@ -114,6 +121,7 @@ class Leader:
             if not isinstance(rank, int) or not 0 < rank <= self.followers or rank in self._socks:
                 sock.close()  # not a follower of this group, or a rank already connected
                 continue
+            sock.settimeout(LOAD_TIMEOUT)  # until it says LOADED (_watch)
             with self._lock:  # heartbeats go to it from now on
                 self._socks[rank] = sock
         self._server.close()
@@ -170,7 +178,8 @@ class Leader:
             try:
                 message = recv_frame(sock, FOLLOWER_FRAME)
             except TimeoutError:
-                self._fail(f"rank {rank} stalled: no heartbeat for {HEARTBEAT_TIMEOUT} s")
+                loading = "" if sock.gettimeout() == HEARTBEAT_TIMEOUT else " while loading"
+                self._fail(f"rank {rank} stalled: no heartbeat for {sock.gettimeout():.0f} s{loading}")
                 return
             except (OSError, ValueError) as e:
                 self._fail(f"rank {rank} is gone ({e})")
@@ -178,6 +187,8 @@ class Leader:
             if message is None:
                 self._fail(f"rank {rank} exited")
                 return
+            if message == LOADED:
+                sock.settimeout(HEARTBEAT_TIMEOUT)
 
     def _fail(self, reason: str) -> None:
         if self.failure is None and not self._closing:
@@ -186,9 +197,10 @@ class Leader:
             self._on_failure(reason)
 
 
-def connect(addr: str, rank: int, timeout: float = 60.0) -> socket.socket:
+def connect(addr: str, rank: int, loaded: threading.Event, timeout: float = 60.0) -> socket.socket:
     """A follower's connection to rank 0's side channel (retried while rank 0 is starting), announced with its rank;
-    a thread sends heartbeats on it from then on."""
+    a thread sends heartbeats on it from then on, and LOADED once `loaded` is set (from that thread: frames from
+    two threads could interleave)."""
     host, port = addr.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
@@ -204,10 +216,15 @@ def connect(addr: str, rank: int, timeout: float = 60.0) -> socket.socket:
     send_frame(sock, {"op": "hello", "rank": rank})
 
     def beat() -> None:
+        announced = False
         while True:
             time.sleep(HEARTBEAT_SECONDS)
             try:
-                send_frame(sock, HEARTBEAT)
+                if loaded.is_set() and not announced:
+                    send_frame(sock, LOADED)
+                    announced = True
+                else:
+                    send_frame(sock, HEARTBEAT)
             except OSError:
                 return
 

@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: rank 0 drains, then stops this rank"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    sock = channel.connect(args.leader, rank)
+    loaded = threading.Event()
+    sock = channel.connect(args.leader, rank, loaded)
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
     threading.Thread(target=_read, args=(sock, inbox), name="side-channel", daemon=True).start()
     try:
         replayer = _load(args)
+        loaded.set()
         while True:
             message = inbox.get()
             if message["op"] == "exit":
@@ -85,24 +87,26 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
-    """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone, or silent for HEARTBEAT_TIMEOUT once
-    it has accepted this rank (its first frame: it beats from then on), exit at once (the main thread may be waiting
-    in a collective)."""
+    """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone, or silent once it has accepted this
+    rank (its first frame: it beats from then on) for LOAD_TIMEOUT while it loads, HEARTBEAT_TIMEOUT after (its
+    first runner call says it has loaded), exit at once (the main thread may be waiting in a collective)."""
     while True:
         try:
             message = channel.recv_frame(sock)
         except TimeoutError:
-            log.error("rank 0 stalled: nothing from it for %.0f s; exiting", channel.HEARTBEAT_TIMEOUT)
+            loading = "" if sock.gettimeout() == channel.HEARTBEAT_TIMEOUT else " while it loads"
+            log.error("rank 0 stalled: nothing from it for %.0f s%s; exiting", sock.gettimeout(), loading)
             _exit(1)
         except (OSError, ValueError):
             message = None
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
-        if sock.gettimeout() is None:  # rank 0's first frame: it has accepted this rank and beats from now on
-            sock.settimeout(channel.HEARTBEAT_TIMEOUT)
         if message == channel.HEARTBEAT:
+            if sock.gettimeout() is None:  # rank 0's first frame: it has accepted this rank and beats from now on
+                sock.settimeout(channel.LOAD_TIMEOUT)
             continue
+        sock.settimeout(channel.HEARTBEAT_TIMEOUT)  # a runner call: rank 0 has loaded
         inbox.put(message)
         if message.get("op") == "exit":
             return
