@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lint: ruff over the Python sources, then mypy over the mlxd and mlxd_client packages, with the versions .venv
-# pins (the test extra; scripts/setup.sh makes .venv). Both read pyproject.toml, which leaves the generated stubs out.
+# Lint: ruff over the Python sources, then mypy over the mlxd, mlxd_client and bench packages, with the versions
+# .venv pins (the test extra; scripts/setup.sh makes .venv). Both read pyproject.toml, which leaves the generated stubs
+# out.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"

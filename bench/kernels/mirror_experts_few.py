@@ -58,7 +58,9 @@ def scale_bias(w: Weights, at: int, load: int, in_dims: int) -> tuple[float, flo
     if w.mode == 0:
         return 1.0, 0.0
     g = at * (in_dims // w.group) + load * w.per_word * VEC // w.group
+    assert w.scales is not None  # quantized modes carry their scales (and affine its biases)
     if w.mode == 1:
+        assert w.biases is not None
         return float(w.scales[g]), float(w.biases[g])
     return 2.0 ** (int(w.scales[g]) - 127 + 14), 0.0  # the codes came out / 2^14
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 from bench.models import shapes_hybrid
 from bench.models.random_model import write_hybrid
@@ -33,7 +34,7 @@ def logits_difference(folder: Path, dtype: str = "float32") -> tuple[float, floa
     theirs, _ = load_model(folder)
     a = ours.model(ids).astype(mx.float32)
     b = theirs(ids).astype(mx.float32)
-    return mx.abs(a - b).max().item(), mx.abs(b).max().item()
+    return cast(float, mx.abs(a - b).max().item()), cast(float, mx.abs(b).max().item())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -42,10 +42,11 @@ def export(gguf: Path, dtype: str, out: Path) -> Path:
 
     loaded = load_gguf_model(gguf, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)
-    weights = dict(tree_flatten(loaded.model.parameters()))
+    module = cast(nn.Module, loaded.model)  # every mlxd model is an nn.Module behind the LanguageModel protocol
+    weights = dict(tree_flatten(module.parameters()))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     config = dict(loaded.config)
-    quant = quantization_block(loaded.model)
+    quant = quantization_block(module)
     if quant:
         config["quantization"] = quant
     metadata = read_gguf(gguf).metadata

@@ -147,7 +147,8 @@ def write_hybrid(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0
     quantized = {path for path, m in model.named_modules() if "scales" in m}
 
     def tensors():
-        for name, value in tree_flatten(model.parameters()):
+        flat: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+        for name, value in flat:
             stem = name.rsplit(".", 1)[0]
             if stem in quantized and name.endswith(".weight"):
                 q = qconfig["quantization"].get(stem, qconfig["quantization"])
@@ -265,10 +266,10 @@ def _config(shape: str, dtype: str, bits: int, layers_kept: int | None = None) -
                       num_experts_per_tok=top_k, moe_intermediate_size=expert_inter, norm_topk_prob=True,
                       decoder_sparse_step=1, mlp_only_layers=[])
     if bits:
-        config["quantization"] = {"group_size": 64, "bits": bits}
+        quantization: dict[str, object] = {"group_size": 64, "bits": bits}
         if experts:  # mlx-lm's qwen3_moe quant_predicate keeps the routers at 8 bits
-            config["quantization"].update({f"model.layers.{i}.mlp.gate": {"group_size": 64, "bits": 8}
-                                           for i in range(layers)})
+            quantization.update({f"model.layers.{i}.mlp.gate": {"group_size": 64, "bits": 8} for i in range(layers)})
+        config["quantization"] = quantization
     return config
 
 

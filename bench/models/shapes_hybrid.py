@@ -52,7 +52,7 @@ def _qwen(moe: bool, tiny: bool, kept_layers: int | None = None) -> dict:
         text.update(intermediate_size=128 if tiny else 9216, mlp_only_layers=[])
     name = "Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"
     # The vision tower's tensors are not written (both engines serve the text model and skip `model.visual.*`).
-    vision = {"model_type": "qwen3_5_moe" if moe else "qwen3_5", "depth": 27, "hidden_size": 1152,
+    vision: dict[str, object] = {"model_type": "qwen3_5_moe" if moe else "qwen3_5", "depth": 27, "hidden_size": 1152,
               "intermediate_size": 4304, "num_heads": 16, "in_channels": 3, "patch_size": 16,
               "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": hidden,
               "num_position_embeddings": 2304, "deepstack_visual_indexes": []}
@@ -87,8 +87,9 @@ def _gemma4(tiny: bool, kept_layers: int | None = None) -> dict:
             "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1, "dtype": "bfloat16"}
     if tiny:
         text.update(bos_token_id=1, eos_token_id=2)  # the 320-token test tokenizer's
-    out = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
-           "vision_config": None, "audio_config": None, "tie_word_embeddings": True, "dtype": "bfloat16"}
+    out: dict[str, object] = {
+        "architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
+        "vision_config": None, "audio_config": None, "tie_word_embeddings": True, "dtype": "bfloat16"}
     if vocab != 262144:
         # Not in published configs: mlx-lm's gemma4 copies its own top-level vocab_size (default 262,144, the real
         # one) over text_config's, so any other vocabulary needs it here (HYBRID_NOTES §8).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from bench import common
 
@@ -78,7 +78,7 @@ def compare(x: Any, indices: Any, packed: Any, quant: Any, calls: int, rounds: i
 
     want = mlx_call().astype(mx.float32)
     calls_of = [mlx_call, kernel_call(False, {}), kernel_call(True, variant)]
-    errors = [(mx.abs(f().astype(mx.float32) - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item()
+    errors = [cast(float, (mx.abs(f().astype(mx.float32) - want).max() / mx.maximum(mx.abs(want).max(), 1e-6)).item())
               for f in calls_of[1:]]
     timed = [best_us(f, calls, rounds) for f in calls_of]
     own = [best_us(kernel_call(True, {}), calls, rounds)[0]] if variant else []

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                 while not stop.is_set():
                     result = collect(client.generate(tokens=[5] * 64, max_tokens=256, ignore_eos=True,
                                                      temperature=0.0, timeout=120))
+                    assert result.final is not None, "a stream ended without its final"
                     generated.append(result.final.usage.completion_tokens)
 
         workers = [threading.Thread(target=keep_busy) for _ in range(args.streams)]

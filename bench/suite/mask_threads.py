@@ -40,7 +40,7 @@ from mlxd.loading.model_source import load_model_tokenizer
 from mlxd.service.constraints import spec_of
 
 
-def _timed(work: Callable[[], None]) -> tuple[float, float]:
+def _timed(work: Callable[[], object]) -> tuple[float, float]:
     """(wall ms, CPU ms of the whole process) of work()."""
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     work()
@@ -81,7 +81,7 @@ def _fill_on_threads(groups: list[list[llguidance.LLMatcher]]) -> None:
         thread.join()
 
 
-def _warm(rows: Sequence[llguidance.LLMatcher | _Told], fill: Callable[[np.ndarray], None], words: int, steps: int,
+def _warm(rows: Sequence[llguidance.LLMatcher | _Told], fill: Callable[[np.ndarray], object], words: int, steps: int,
           eos: set[int]) -> list[tuple[float, float]]:
     """Each step: the rows' masks filled by `fill` (timed), then each row given a random allowed token."""
     rng, out, times = random.Random(0), np.zeros((len(rows), words), np.int32), []
@@ -103,10 +103,12 @@ def warm_ways(serialized: str, compiler: GrammarCompiler, grammar: CompiledGramm
     for n in sorted({1, threads}):
         executor = llguidance.LLExecutor(num_threads=n)
         copies = [grammar.new_matcher() for _ in range(rows)]
-        ways[f"llguidance's executor, {n} thread(s)"] = _warm(copies, lambda out, e=executor, c=copies:
-                                                              fill_next_token_bitmask_par(
-                                                                  e, [(m, j) for j, m in enumerate(c)], out),
-                                                              words, steps, eos)
+
+        def fill_par(out: np.ndarray, e: llguidance.LLExecutor = executor,
+                     c: list[llguidance.LLMatcher] = copies) -> None:
+            fill_next_token_bitmask_par(e, [(m, j) for j, m in enumerate(c)], out)
+
+        ways[f"llguidance's executor, {n} thread(s)"] = _warm(copies, fill_par, words, steps, eos)
     own = [llguidance.LLTokenizer(serialized, n_vocab=compiler.width, eos_token=list(compiler.eos_token_ids))
            for _ in range(threads)]
     mine = [llguidance.LLMatcher(own[j % threads], grammar.grammar, log_level=0, limits=compiler.limits)
