@@ -1,7 +1,7 @@
 """While the group forms: a rank this host started that exits before it connects fails the group at once, with its
 exit code, instead of after the whole connect timeout; a follower that connects before rank 0 accepts waits for it,
-and holds it to its heartbeat only from then on; while a rank loads its share, its silence is allowed LOAD_TIMEOUT,
-and HEARTBEAT_TIMEOUT once it has said it has loaded."""
+and holds it to its heartbeat only from then on; until both ends of a connection have loaded their share, silence
+is allowed LOAD_TIMEOUT, and HEARTBEAT_TIMEOUT after."""
 
 from __future__ import annotations
 
@@ -59,9 +59,10 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
     script = textwrap.dedent(f"""
         import queue, threading
         from mlxd.parallel import channel, follower
-        sock = channel.connect({leader.addr!r}, 1, threading.Event())
+        loaded = threading.Event()
+        sock = channel.connect({leader.addr!r}, 1, loaded)
         inbox = queue.SimpleQueue()
-        threading.Thread(target=follower._read, args=(sock, inbox), daemon=True).start()
+        threading.Thread(target=follower._read, args=(sock, inbox, loaded), daemon=True).start()
         print(inbox.get(timeout=60)["op"], flush=True)
         """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -77,19 +78,23 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
         leader.close()
 
 
-def test_a_follower_may_be_silent_while_it_loads_and_not_after():
-    """A follower's silence before it says LOADED (its whole host stalled by the ranks' weight reads) does not fail
-    the group; after LOADED, HEARTBEAT_TIMEOUT of it does."""
+def test_a_follower_may_be_silent_until_both_ranks_have_loaded_and_not_after():
+    """A follower's silence before it says LOADED (its whole host stalled by the ranks' weight reads), or before rank
+    0 has loaded (its first runner call), does not fail the group; once both have, HEARTBEAT_TIMEOUT of it does."""
     assert LOAD_TIMEOUT > HEARTBEAT_TIMEOUT + 2
     leader = Leader("127.0.0.1", 0, followers=1)
     failures: list[str] = []
-    follower = socket.create_connection(leader.addr.rsplit(":", 1))
+    host, port = leader.addr.rsplit(":", 1)
+    follower = socket.create_connection((host, int(port)))
     try:
         send_frame(follower, {"op": "hello", "rank": 1})
         leader.accept(30.0, failures.append)
         time.sleep(HEARTBEAT_TIMEOUT + 1.0)  # loading, silent
-        assert failures == []
         send_frame(follower, LOADED)
+        time.sleep(HEARTBEAT_TIMEOUT + 1.0)  # loaded and silent, while rank 0 still loads
+        assert failures == []
+        leader.send({"op": "runner"})  # rank 0 has loaded
+        send_frame(follower, HEARTBEAT)  # the frame at which rank 0 holds it to its heartbeat; then silent
         deadline = time.monotonic() + HEARTBEAT_TIMEOUT + 2.0
         while not failures and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -99,16 +104,18 @@ def test_a_follower_may_be_silent_while_it_loads_and_not_after():
         leader.close()
 
 
-def test_a_follower_allows_rank_0_silence_until_its_first_runner_call():
-    """Rank 0 accepts (its first heartbeat), then is silent while it loads: the follower waits; after its first
-    runner call, HEARTBEAT_TIMEOUT of silence makes the follower exit."""
+def test_a_follower_allows_rank_0_silence_until_both_have_loaded():
+    """Rank 0 accepts (its first heartbeat), then is silent while it loads: the follower waits; once rank 0's first
+    runner call has come and the follower has loaded, HEARTBEAT_TIMEOUT of silence makes the follower exit."""
     server = socket.create_server(("127.0.0.1", 0))
     script = textwrap.dedent(f"""
         import queue, threading
         from mlxd.parallel import channel, follower
-        sock = channel.connect("127.0.0.1:{server.getsockname()[1]}", 1, threading.Event())
+        loaded = threading.Event()
+        loaded.set()  # this follower has loaded its share
+        sock = channel.connect("127.0.0.1:{server.getsockname()[1]}", 1, loaded)
         inbox = queue.SimpleQueue()
-        threading.Thread(target=follower._read, args=(sock, inbox), daemon=True).start()
+        threading.Thread(target=follower._read, args=(sock, inbox, loaded), daemon=True).start()
         print(inbox.get(timeout=60)["op"], flush=True)
         threading.Event().wait(60)
         """)

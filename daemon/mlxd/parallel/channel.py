@@ -7,10 +7,12 @@ stopped or swapped out) is reported once through `on_failure`. Rank 0 sends hear
 follower connects, so that a follower tells a stalled rank 0 (stopped, or a host gone without closing the
 connection) from an idle one and exits (parallel/follower.py).
 
-While a rank loads its share of the model its silence is allowed LOAD_TIMEOUT instead: a follower says LOADED once
-its share is read, and rank 0's first runner call says the same of rank 0. Ranks reading their weights can stall a
-whole host for seconds (three processes reading 6 GB each on a 24 GB host: both ranks' heartbeat threads were
-silent for 3 s at once, and the group failed to start); a stall that long while serving still ends the group.
+Until both ends of a connection have loaded their share of the model, silence is allowed LOAD_TIMEOUT instead: a
+follower says LOADED once its share is read, and rank 0's first runner call says the same of rank 0. Ranks reading
+their weights can stall a whole host for seconds (three processes reading 6 GB each on a 24 GB host: both ranks'
+heartbeat threads were silent for 3 s at once, and the group failed to start); a stall that long while serving still
+ends the group. Each end switches to HEARTBEAT_TIMEOUT at the first frame it reads once both have loaded (a frame
+comes every HEARTBEAT_SECONDS).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ MAX_FRAME = 1 << 30     # rank 0's runner calls (a prompt's image pixels, base64
 FOLLOWER_FRAME = 1 << 10  # a follower's hello or heartbeat
 ACCEPT_POLL = 0.5        # seconds between checks that the ranks still to connect are alive
 HEARTBEAT = {"op": "alive"}
-LOADED = {"op": "loaded"}  # a follower's, once: its share is loaded, so it is held to HEARTBEAT_TIMEOUT from now on
+LOADED = {"op": "loaded"}  # a follower's, once: its share is loaded
 
 Message = dict[str, Any]
 
@@ -89,6 +91,7 @@ class Leader:
         self.failure: str | None = None
         self._on_failure: Callable[[str], None] = lambda reason: None
         self._closing = False
+        self._loaded = False  # this rank has loaded its share (its first runner call went out)
         threading.Thread(target=self._beat, name="rank-0-heartbeat", daemon=True).start()
         # Why a rank that has not connected never will (one this host started has exited), or None: checked while
         # accept waits, so a rank that dies at start fails the group at once, not after the whole timeout.
@@ -121,7 +124,7 @@ class Leader:
             if not isinstance(rank, int) or not 0 < rank <= self.followers or rank in self._socks:
                 sock.close()  # not a follower of this group, or a rank already connected
                 continue
-            sock.settimeout(LOAD_TIMEOUT)  # until it says LOADED (_watch)
+            sock.settimeout(LOAD_TIMEOUT)  # until both have loaded (_watch)
             with self._lock:  # heartbeats go to it from now on
                 self._socks[rank] = sock
         self._server.close()
@@ -132,6 +135,7 @@ class Leader:
         """Send `message` to every follower; a follower that cannot take it is reported as failed."""
         if self.failure is not None:
             raise ConnectionError(self.failure)
+        self._loaded = True
         data = frame(message)  # encoded once for every follower
         with self._lock:
             for rank, sock in self._socks.items():
@@ -174,6 +178,7 @@ class Leader:
 
     def _watch(self, rank: int, sock: socket.socket) -> None:
         """Read `rank`'s heartbeats until it fails (closing the connections ends this too, as no failure)."""
+        loaded = False  # it has said LOADED
         while True:
             try:
                 message = recv_frame(sock, FOLLOWER_FRAME)
@@ -187,7 +192,8 @@ class Leader:
             if message is None:
                 self._fail(f"rank {rank} exited")
                 return
-            if message == LOADED:
+            loaded = loaded or message == LOADED
+            if loaded and self._loaded:
                 sock.settimeout(HEARTBEAT_TIMEOUT)
 
     def _fail(self, reason: str) -> None:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = threading.Event()
     sock = channel.connect(args.leader, rank, loaded)
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(sock, inbox), name="side-channel", daemon=True).start()
+    threading.Thread(target=_read, args=(sock, inbox, loaded), name="side-channel", daemon=True).start()
     try:
         replayer = _load(args)
         loaded.set()
@@ -86,10 +86,12 @@ def _load(args: argparse.Namespace) -> Any:
     return Replayer(loaded.model, loaded.vocab_size, encoder, grammars)
 
 
-def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
+def _read(sock: socket.socket, inbox: queue.SimpleQueue, loaded: threading.Event) -> None:
     """Frames into `inbox` (rank 0's heartbeats dropped); when rank 0 is gone, or silent once it has accepted this
-    rank (its first frame: it beats from then on) for LOAD_TIMEOUT while it loads, HEARTBEAT_TIMEOUT after (its
-    first runner call says it has loaded), exit at once (the main thread may be waiting in a collective)."""
+    rank (its first frame: it beats from then on) for LOAD_TIMEOUT while either has not loaded (`loaded`: this
+    rank; rank 0's first runner call says it of rank 0), HEARTBEAT_TIMEOUT after, exit at once (the main thread may
+    be waiting in a collective)."""
+    leader_loaded = False
     while True:
         try:
             message = channel.recv_frame(sock)
@@ -102,11 +104,12 @@ def _read(sock: socket.socket, inbox: queue.SimpleQueue) -> None:
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
+        # A frame: rank 0 has accepted this rank and beats from now on (no timeout before: it may still be starting).
+        leader_loaded = leader_loaded or message != channel.HEARTBEAT  # a runner call
+        both = leader_loaded and loaded.is_set()
+        sock.settimeout(channel.HEARTBEAT_TIMEOUT if both else channel.LOAD_TIMEOUT)
         if message == channel.HEARTBEAT:
-            if sock.gettimeout() is None:  # rank 0's first frame: it has accepted this rank and beats from now on
-                sock.settimeout(channel.LOAD_TIMEOUT)
             continue
-        sock.settimeout(channel.HEARTBEAT_TIMEOUT)  # a runner call: rank 0 has loaded
         inbox.put(message)
         if message.get("op") == "exit":
             return
