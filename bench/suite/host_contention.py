@@ -92,5 +92,6 @@ def main(argv: list[str] | None = None) -> None:
 
     interleaved("busy beside the worker", list(conditions), "none", args.rounds, one)
 
+
 if __name__ == "__main__":
     main()

@@ -193,7 +193,7 @@ class Leader:
                 self._fail(f"rank {rank} exited")
                 return
             loaded = loaded or message == LOADED
-            if loaded and self._loaded:
+            if loaded and self._loaded and sock.gettimeout() != HEARTBEAT_TIMEOUT:
                 sock.settimeout(HEARTBEAT_TIMEOUT)
 
     def _fail(self, reason: str) -> None:

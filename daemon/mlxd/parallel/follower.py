@@ -106,8 +106,9 @@ def _read(sock: socket.socket, inbox: queue.SimpleQueue, loaded: threading.Event
             _exit(1)
         # A frame: rank 0 has accepted this rank and beats from now on (no timeout before: it may still be starting).
         leader_loaded = leader_loaded or message != channel.HEARTBEAT  # a runner call
-        both = leader_loaded and loaded.is_set()
-        sock.settimeout(channel.HEARTBEAT_TIMEOUT if both else channel.LOAD_TIMEOUT)
+        timeout = channel.HEARTBEAT_TIMEOUT if leader_loaded and loaded.is_set() else channel.LOAD_TIMEOUT
+        if sock.gettimeout() != timeout:  # settimeout is a syscall, and a runner call comes every decode step
+            sock.settimeout(timeout)
         if message == channel.HEARTBEAT:
             continue
         inbox.put(message)
