@@ -59,10 +59,9 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
     script = textwrap.dedent(f"""
         import queue, threading
         from mlxd.parallel import channel, follower
-        loaded = threading.Event()
-        sock = channel.connect({leader.addr!r}, 1, loaded)
+        end = channel.connect({leader.addr!r}, 1)
         inbox = queue.SimpleQueue()
-        threading.Thread(target=follower._read, args=(sock, inbox, loaded), daemon=True).start()
+        threading.Thread(target=follower._read, args=(end.sock, inbox, end.loaded), daemon=True).start()
         print(inbox.get(timeout=60)["op"], flush=True)
         """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -80,7 +79,8 @@ def test_a_follower_waits_for_rank_0_to_accept_it_then_holds_it_to_its_heartbeat
 
 def test_a_follower_may_be_silent_until_both_ranks_have_loaded_and_not_after():
     """A follower's silence before it says LOADED (its whole host stalled by the ranks' weight reads), or before rank
-    0 has loaded (its first runner call), does not fail the group; once both have, HEARTBEAT_TIMEOUT of it does."""
+    0 has loaded (its first runner call), does not fail the group; once both have, HEARTBEAT_TIMEOUT of it does,
+    with no frame needed after rank 0's load (a follower stopped right after it was given the load timeout)."""
     assert LOAD_TIMEOUT > HEARTBEAT_TIMEOUT + 2
     leader = Leader("127.0.0.1", 0, followers=1)
     failures: list[str] = []
@@ -93,8 +93,7 @@ def test_a_follower_may_be_silent_until_both_ranks_have_loaded_and_not_after():
         send_frame(follower, LOADED)
         time.sleep(HEARTBEAT_TIMEOUT + 1.0)  # loaded and silent, while rank 0 still loads
         assert failures == []
-        leader.send({"op": "runner"})  # rank 0 has loaded
-        send_frame(follower, HEARTBEAT)  # the frame at which rank 0 holds it to its heartbeat; then silent
+        leader.send({"op": "runner"})  # rank 0 has loaded; the follower stays silent
         deadline = time.monotonic() + HEARTBEAT_TIMEOUT + 2.0
         while not failures and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -111,11 +110,10 @@ def test_a_follower_allows_rank_0_silence_until_both_have_loaded():
     script = textwrap.dedent(f"""
         import queue, threading
         from mlxd.parallel import channel, follower
-        loaded = threading.Event()
-        loaded.set()  # this follower has loaded its share
-        sock = channel.connect("127.0.0.1:{server.getsockname()[1]}", 1, loaded)
+        end = channel.connect("127.0.0.1:{server.getsockname()[1]}", 1)
+        end.say_loaded()  # this follower has loaded its share
         inbox = queue.SimpleQueue()
-        threading.Thread(target=follower._read, args=(sock, inbox, loaded), daemon=True).start()
+        threading.Thread(target=follower._read, args=(end.sock, inbox, end.loaded), daemon=True).start()
         print(inbox.get(timeout=60)["op"], flush=True)
         threading.Event().wait(60)
         """)

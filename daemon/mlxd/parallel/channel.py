@@ -11,14 +11,16 @@ Until both ends of a connection have loaded their share of the model, silence is
 follower says LOADED once its share is read, and rank 0's first runner call says the same of rank 0. Ranks reading
 their weights can stall a whole host for seconds (three processes reading 6 GB each on a 24 GB host: both ranks'
 heartbeat threads were silent for 3 s at once, and the group failed to start); a stall that long while serving still
-ends the group. Each end switches to HEARTBEAT_TIMEOUT at the first frame it reads once both have loaded (a frame
-comes every HEARTBEAT_SECONDS).
+ends the group. The silence allowed is re-read every HEARTBEAT_SECONDS while a reader waits (`next_frame`), so it
+changes the moment both have loaded, not at the next frame: a follower stopped just after rank 0's warm-up (within
+one heartbeat of its first runner call) was otherwise given the load timeout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import struct
 import threading
@@ -36,7 +38,7 @@ MAX_FRAME = 1 << 30     # rank 0's runner calls (a prompt's image pixels, base64
 FOLLOWER_FRAME = 1 << 10  # a follower's hello or heartbeat
 ACCEPT_POLL = 0.5        # seconds between checks that the ranks still to connect are alive
 HEARTBEAT = {"op": "alive"}
-LOADED = {"op": "loaded"}  # a follower's, once: its share is loaded
+LOADED = {"op": "loaded"}  # a follower's, once: its share is loaded (FollowerEnd.say_loaded)
 
 Message = dict[str, Any]
 
@@ -59,6 +61,30 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+class Silent(TimeoutError):
+    """Nothing came from the other end for `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"nothing for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+def next_frame(sock: socket.socket, allowed: Callable[[], float | None], limit: int = MAX_FRAME) -> Message | None:
+    """The next frame (recv_frame), waiting at most `allowed()` seconds for it to begin (None: for ever), re-read every
+    HEARTBEAT_SECONDS so that a change applies at once; Silent when the wait runs out. A frame once begun is bounded
+    by the socket's own timeout."""
+    started = time.monotonic()
+    readable = select.poll()  # not select.select: the daemon raises its open-file limit past select's 1,024
+    readable.register(sock, select.POLLIN)
+    while True:
+        seconds = allowed()
+        wait = HEARTBEAT_SECONDS if seconds is None else min(HEARTBEAT_SECONDS, started + seconds - time.monotonic())
+        if wait <= 0:
+            raise Silent(seconds or 0.0)
+        if readable.poll(wait * 1000):  # data, or the connection closed (recv_frame tells which)
+            return recv_frame(sock, limit)
 
 
 def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> Message | None:
@@ -124,7 +150,6 @@ class Leader:
             if not isinstance(rank, int) or not 0 < rank <= self.followers or rank in self._socks:
                 sock.close()  # not a follower of this group, or a rank already connected
                 continue
-            sock.settimeout(LOAD_TIMEOUT)  # until both have loaded (_watch)
             with self._lock:  # heartbeats go to it from now on
                 self._socks[rank] = sock
         self._server.close()
@@ -179,12 +204,17 @@ class Leader:
     def _watch(self, rank: int, sock: socket.socket) -> None:
         """Read `rank`'s heartbeats until it fails (closing the connections ends this too, as no failure)."""
         loaded = False  # it has said LOADED
+
+        def allowed() -> float:
+            return HEARTBEAT_TIMEOUT if loaded and self._loaded else LOAD_TIMEOUT
+
         while True:
             try:
-                message = recv_frame(sock, FOLLOWER_FRAME)
-            except TimeoutError:
-                loading = "" if sock.gettimeout() == HEARTBEAT_TIMEOUT else " while loading"
-                self._fail(f"rank {rank} stalled: no heartbeat for {sock.gettimeout():.0f} s{loading}")
+                message = next_frame(sock, allowed, FOLLOWER_FRAME)
+            except TimeoutError as e:  # Silent, or a frame begun and cut short
+                seconds = e.seconds if isinstance(e, Silent) else HEARTBEAT_TIMEOUT
+                loading = "" if seconds == HEARTBEAT_TIMEOUT else " while loading"
+                self._fail(f"rank {rank} stalled: no heartbeat for {seconds:.0f} s{loading}")
                 return
             except (OSError, ValueError) as e:
                 self._fail(f"rank {rank} is gone ({e})")
@@ -193,8 +223,6 @@ class Leader:
                 self._fail(f"rank {rank} exited")
                 return
             loaded = loaded or message == LOADED
-            if loaded and self._loaded and sock.gettimeout() != HEARTBEAT_TIMEOUT:
-                sock.settimeout(HEARTBEAT_TIMEOUT)
 
     def _fail(self, reason: str) -> None:
         if self.failure is None and not self._closing:
@@ -203,10 +231,30 @@ class Leader:
             self._on_failure(reason)
 
 
-def connect(addr: str, rank: int, loaded: threading.Event, timeout: float = 60.0) -> socket.socket:
+class FollowerEnd:
+    """A follower's end of the side channel: heartbeats sent from a thread, LOADED said once from the main thread
+    (one lock: frames from two threads could interleave)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loaded = threading.Event()  # this rank has loaded its share
+        self._lock = threading.Lock()
+
+    def send(self, message: Message) -> None:
+        with self._lock:
+            send_frame(self.sock, message)
+
+    def say_loaded(self) -> None:
+        """Tell rank 0 this rank has loaded, before it joins any collective: rank 0's warm-up cannot finish before
+        LOADED is on its way, so a follower stopped the moment the group serves is held to HEARTBEAT_TIMEOUT
+        (sent from the heartbeat thread, a quarter of a second later, it could miss that moment)."""
+        self.send(LOADED)
+        self.loaded.set()
+
+
+def connect(addr: str, rank: int, timeout: float = 60.0) -> FollowerEnd:
     """A follower's connection to rank 0's side channel (retried while rank 0 is starting), announced with its rank;
-    a thread sends heartbeats on it from then on, and LOADED once `loaded` is set (from that thread: frames from
-    two threads could interleave)."""
+    a thread sends heartbeats on it from then on."""
     host, port = addr.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
@@ -220,19 +268,15 @@ def connect(addr: str, rank: int, loaded: threading.Event, timeout: float = 60.0
     sock.settimeout(None)  # until rank 0 accepts this rank (it may still be starting): see follower._read
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     send_frame(sock, {"op": "hello", "rank": rank})
+    end = FollowerEnd(sock)
 
     def beat() -> None:
-        announced = False
         while True:
             time.sleep(HEARTBEAT_SECONDS)
             try:
-                if loaded.is_set() and not announced:
-                    send_frame(sock, LOADED)
-                    announced = True
-                else:
-                    send_frame(sock, HEARTBEAT)
+                end.send(HEARTBEAT)
             except OSError:
                 return
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
-    return sock
+    return end

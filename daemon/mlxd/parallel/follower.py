@@ -46,13 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: rank 0 drains, then stops this rank"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    loaded = threading.Event()
-    sock = channel.connect(args.leader, rank, loaded)
+    end = channel.connect(args.leader, rank)
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(sock, inbox, loaded), name="side-channel", daemon=True).start()
+    threading.Thread(target=_read, args=(end.sock, inbox, end.loaded), name="side-channel", daemon=True).start()
     try:
         replayer = _load(args)
-        loaded.set()
+        end.say_loaded()
         while True:
             message = inbox.get()
             if message["op"] == "exit":
@@ -91,24 +90,30 @@ def _read(sock: socket.socket, inbox: queue.SimpleQueue, loaded: threading.Event
     rank (its first frame: it beats from then on) for LOAD_TIMEOUT while either has not loaded (`loaded`: this
     rank; rank 0's first runner call says it of rank 0), HEARTBEAT_TIMEOUT after, exit at once (the main thread may
     be waiting in a collective)."""
-    leader_loaded = False
+    accepted = leader_loaded = False
+
+    def allowed() -> float | None:
+        if not accepted:
+            return None
+        return channel.HEARTBEAT_TIMEOUT if leader_loaded and loaded.is_set() else channel.LOAD_TIMEOUT
+
     while True:
         try:
-            message = channel.recv_frame(sock)
-        except TimeoutError:
-            loading = "" if sock.gettimeout() == channel.HEARTBEAT_TIMEOUT else " while it loads"
-            log.error("rank 0 stalled: nothing from it for %.0f s%s; exiting", sock.gettimeout(), loading)
+            message = channel.next_frame(sock, allowed)
+        except TimeoutError as e:  # Silent, or a frame begun and cut short
+            seconds = e.seconds if isinstance(e, channel.Silent) else channel.HEARTBEAT_TIMEOUT
+            loading = "" if seconds == channel.HEARTBEAT_TIMEOUT else " while it loads"
+            log.error("rank 0 stalled: nothing from it for %.0f s%s; exiting", seconds, loading)
             _exit(1)
         except (OSError, ValueError):
             message = None
         if message is None:
             log.error("rank 0 is gone: exiting")
             _exit(1)
-        # A frame: rank 0 has accepted this rank and beats from now on (no timeout before: it may still be starting).
+        if not accepted:  # rank 0's first frame: it has accepted this rank and beats from now on
+            accepted = True
+            sock.settimeout(channel.HEARTBEAT_TIMEOUT)  # bounds a frame once begun (next_frame)
         leader_loaded = leader_loaded or message != channel.HEARTBEAT  # a runner call
-        timeout = channel.HEARTBEAT_TIMEOUT if leader_loaded and loaded.is_set() else channel.LOAD_TIMEOUT
-        if sock.gettimeout() != timeout:  # settimeout is a syscall, and a runner call comes every decode step
-            sock.settimeout(timeout)
         if message == channel.HEARTBEAT:
             continue
         inbox.put(message)
