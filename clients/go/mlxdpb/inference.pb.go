@@ -676,10 +676,11 @@ type GenerationOptions struct {
 	StopTokenIds      []int32           `protobuf:"varint,13,rep,packed,name=stop_token_ids,json=stopTokenIds,proto3" json:"stop_token_ids,omitempty"`
 	IgnoreEos         bool              `protobuf:"varint,14,opt,name=ignore_eos,json=ignoreEos,proto3" json:"ignore_eos,omitempty"`
 	Logprobs          bool              `protobuf:"varint,15,opt,name=logprobs,proto3" json:"logprobs,omitempty"`                                   // log-probability of each generated token
-	TopLogprobs       uint32            `protobuf:"varint,16,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`          // and this many top alternatives (needs logprobs)
+	TopLogprobs       uint32            `protobuf:"varint,16,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`          // and up to this many top alternatives (needs logprobs)
 	PromptLogprobs    bool              `protobuf:"varint,17,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"` // log-probability of each prompt token after the first
 	// The output must match this (JSON Schema, any JSON object, a regex or a grammar), enforced token by token.
-	// With a constraint, logprobs are those of the constrained distribution (disallowed tokens have none).
+	// With a constraint, logprobs are those of the constrained distribution (disallowed tokens have none, so a
+	// token's top alternatives list fewer than top_logprobs where the constraint allows fewer).
 	Constraint *Constraint `protobuf:"bytes,18,opt,name=constraint,proto3" json:"constraint,omitempty"`
 	// Special tokens the model generates (e.g. "<|channel|>") are part of the text when unset or true, as a host
 	// that parses the reply itself needs; false leaves them out of the text (Chunk.token_ids still has them).

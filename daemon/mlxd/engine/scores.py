@@ -31,5 +31,9 @@ def token_logprob(token: int, arrays: tuple[mx.array, ...]) -> TokenLogprob:
 
 
 def tops(ids: list[int], values: list[float]) -> list[TopLogprob]:
-    return [TopLogprob(int(i), float(v)) for i, v in zip(ids, values)]
+    """The top alternatives, best first, without those of probability 0: a constraint's disallowed tokens have no
+    logprob (the protocol's word), so a row that allows fewer tokens than were asked for lists fewer. Listed at
+    -inf, their order among themselves was whatever the top-k kernel left (a batched row's differed from the same
+    row's alone: tests/engine/scenarios.py found it)."""
+    return [TopLogprob(int(i), float(v)) for i, v in zip(ids, values) if v != float("-inf")]
 

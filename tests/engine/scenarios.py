@@ -1,0 +1,330 @@
+"""Random serving scenarios through the real scheduler and runner, each request checked against itself served alone.
+
+A scenario (made from a seed) is what a busy daemon sees: requests arriving at random steps with prompts that
+share prefixes, repeat an earlier prompt or continue an earlier answer (prefix-cache hits), long prompts (past a
+sliding window and a cache's growth), every sampling setting, stop strings, logprobs and prompt logprobs or none,
+token constraints, speculation on or capped per request (prompt lookup, or the runtime's draft model), readers
+that fall behind (rows parked and brought back), cancellations, prefill chunks of any size and batches of any
+width. Each request is then served by itself (a fresh scheduler, one row, no prefix cache, no speculation, one
+prefill chunk): the batched run must give it the same tokens, logprobs, finish reason and count; a cancelled
+request a prefix of them.
+
+Two float32 runs that sum in other orders can part where the top two logits are within rounding of each other.
+`compare` allows a parting only there: greedy, at a step whose reference margin between its top two log-probs is
+below TIE (the reference asks for them).
+
+    tests/engine/test_scenarios.py: a few seeds per architecture (CI)
+    python -m tests.stress.scenarios --seeds 200 [--arch llama ...]: many
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlxd.constraints import ConstraintSpec, GrammarCompiler, RowConstraint
+from mlxd.engine.constraint import TokenConstraint
+from mlxd.engine.request import (
+    ErrorEvent,
+    FinalEvent,
+    FinishReason,
+    GenerationRequest,
+    PromptImage,
+    TokenEvent,
+    TokenLogprob,
+)
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+
+TIE = 1e-4          # nats: a greedy parting at a smaller reference margin is rounding, not a fault
+LOGPROB_ABS = 1e-4  # batched against alone
+PREFIX_CACHE_BYTES = 64 << 20
+# Real grammars (llguidance) a request may carry, beside CyclicConstraint; the fixtures' 320-token tokenizer spells
+# lowercase letters, digits and JSON's punctuation.
+GRAMMARS = [ConstraintSpec("regex", "[a-z]{1,12}"), ConstraintSpec("regex", "(yes|no|maybe) [0-9]{1,3}"),
+            ConstraintSpec("regex", "[0-9]{1,4}(,[0-9]{1,4}){0,5}"),
+            ConstraintSpec("json_schema", '{"type": "object", "properties": {"a": {"type": "integer"}, "b": '
+                                          '{"type": "string", "maxLength": 6}}, "required": ["a", "b"]}',
+                           max_whitespace=1),
+            ConstraintSpec("json_object", max_whitespace=0)]
+
+
+class CyclicConstraint:
+    """Allows the tokens t with (t + step) % modulus == residue at each step, complete after `length` tokens: a
+    grammar's interface (engine/constraint.py) with a state to roll back, cheap enough for any model."""
+
+    def __init__(self, vocab: int, modulus: int, residue: int, length: int) -> None:
+        self.mask_words = (vocab + 31) // 32
+        self.vocab, self.modulus, self.residue, self.length = vocab, modulus, residue, length
+        self.step = 0
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        allowed = np.zeros(self.mask_words * 32, dtype=bool)
+        allowed[: self.vocab] = (np.arange(self.vocab) + self.step) % self.modulus == self.residue
+        out[:] = np.packbits(allowed, bitorder="little").view("<u4").view(np.int32)  # bit i of word w: 32w + i
+
+    def consume(self, token: int) -> None:
+        assert (token + self.step) % self.modulus == self.residue, f"token {token} outside the mask at {self.step}"
+        self.step += 1
+
+    def is_stopped(self) -> bool:
+        return self.step >= self.length
+
+    def rollback(self, tokens: int) -> None:
+        self.step -= tokens
+
+
+@dataclass
+class Planned:
+    """One request of a scenario: how to make it (afresh for each run) and what its client does."""
+
+    name: str
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    ignore_eos: bool
+    logprobs: bool
+    top_logprobs: int
+    speculation: int | None
+    constraint: tuple[int, int, int] | ConstraintSpec | None  # CyclicConstraint's (modulus, residue, length)
+    stops: tuple[str, ...]
+    prompt_logprobs: bool
+    images: tuple[PromptImage, ...]
+    arrives: int                              # the scheduler step before which it is added
+    cancel_at: int | None                     # the step before which its client cancels
+    read_chance: float                        # per step, the chance its client reads what is queued
+
+    def request(self, vocab: int, grammars: GrammarCompiler | None, reference: bool = False) -> GenerationRequest:
+        constraint: TokenConstraint | None = None
+        if isinstance(self.constraint, ConstraintSpec):
+            assert grammars is not None
+            constraint = RowConstraint(grammars.compile(self.constraint))
+        elif self.constraint is not None:
+            constraint = CyclicConstraint(vocab, *self.constraint)
+        return GenerationRequest(self.name, list(self.prompt), self.sampling, max_tokens=self.max_tokens,
+                                 stops=self.stops, prompt_logprobs=self.prompt_logprobs, images=self.images,
+                                 ignore_eos=self.ignore_eos, logprobs=self.logprobs or reference,
+                                 # alone, one more than asked (at least 2): the margins that tell a near-tie
+                                 top_logprobs=max(self.top_logprobs + 1, 2) if reference else self.top_logprobs,
+                                 constraint=constraint, speculation=0 if reference else self.speculation)
+
+
+@dataclass
+class Scenario:
+    seed: int
+    options: SchedulerOptions
+    grammars: GrammarCompiler | None
+    requests: list[Planned] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        o = self.options
+        lines = [f"seed {self.seed}: chunk {o.prefill_chunk_size}, batch {o.max_batch_size}, prefix cache "
+                 f"{o.prefix_cache_bytes}, backlog {o.max_stream_backlog}, speculate {o.speculate or '-'} depth "
+                 f"{o.speculate_depth} adaptive {o.speculate_adaptive}"]
+        lines += [f"  {p.name}: prompt {p.prompt}, {p.sampling}, max {p.max_tokens}, stops {p.stops}, logprobs "
+                  f"{p.logprobs}/{p.top_logprobs}, prompt logprobs {p.prompt_logprobs}, spec {p.speculation}, "
+                  f"constraint {p.constraint}, arrives {p.arrives}, cancel {p.cancel_at}, reads {p.read_chance:.2f}"
+                  for p in self.requests]
+        return "\n".join(lines)
+
+
+def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | None = None) -> Scenario:
+    """A random scenario; with `grammars` (for the runtime's tokenizer) some requests carry a real grammar
+    (GRAMMARS). Some prompts continue an
+    earlier request's answer (a second turn: the prefix cache may hold both) and some requests stop at a string
+    the answer holds: both read off the earlier request served alone."""
+    rng = random.Random(seed)
+    vocab = runtime.vocab_size
+    speculate = "ngram" if rng.random() < 0.5 else ""  # the scheduler drafts only where the caches roll back
+    options = SchedulerOptions(
+        prefill_chunk_size=rng.choice([2, 3, 5, 8, 16, 64]), max_batch_size=rng.choice([1, 2, 3, 8]),
+        prefix_cache_bytes=rng.choice([0, PREFIX_CACHE_BYTES]), max_stream_backlog=rng.choice([0, 0, 2, 3]),
+        speculate=speculate, speculate_depth=rng.choice([1, 2, 4]), speculate_adaptive=rng.random() < 0.5,
+        kv_budget_bytes=256 << 20)
+    tokens = list(range(3, vocab))
+
+    def some(low: int, high: int) -> list[int]:
+        return [rng.choice(tokens) for _ in range(rng.randint(low, high))]
+
+    bases = [some(4, 24), some(4, 24)]
+    scenario = Scenario(seed, options, grammars)
+    for i in range(rng.randint(2, 7)):
+        earlier = rng.choice(scenario.requests) if scenario.requests else None
+        kind, images = rng.random(), ()
+        if kind < 0.1:
+            prompt = some(100, 300)  # past a window, a chunk and a cache's growth
+        elif kind < 0.2 and earlier is not None:
+            prompt, images = list(earlier.prompt), earlier.images  # the same prompt again
+        elif kind < 0.35 and earlier is not None and earlier.cancel_at is None:
+            prompt = earlier.prompt + serve_alone(runtime, earlier, grammars).tokens + some(1, 6)  # a second turn
+            images = earlier.images
+        else:
+            prompt = (rng.choice(bases) if rng.random() < 0.6 else []) + some(1, 12)
+        if not images and rng.random() < 0.3:  # a phrase said twice: something for prompt lookup to draft
+            prompt = prompt + prompt[: max(1, len(prompt) // 2)]
+        if not images and runtime.image_encoder is not None and rng.random() < 0.3:
+            prompt, images = _with_image(runtime, prompt, rng.randint(0, len(prompt)), f"scenario {seed} r{i}")
+        constraint: tuple[int, int, int] | ConstraintSpec | None = None
+        if grammars is not None and rng.random() < 0.2:
+            constraint = rng.choice(GRAMMARS)
+        elif rng.random() < 0.2:
+            modulus = rng.choice([2, 3, 5])
+            constraint = (modulus, rng.randrange(modulus), rng.randint(1, 16))
+        planned = Planned(
+            name=f"r{i}", prompt=prompt, sampling=_sampling(rng), max_tokens=rng.choice([1, 2, 5, 9, 14, 20, 60]),
+            ignore_eos=rng.random() < 0.7, logprobs=rng.random() < 0.4, top_logprobs=rng.choice([0, 0, 1, 3]),
+            speculation=rng.choice([None, None, 0, 1, 3]), constraint=constraint, stops=(),
+            prompt_logprobs=rng.random() < 0.1, images=images, arrives=rng.randint(0, 12),
+            cancel_at=rng.randint(1, 25) if rng.random() < 0.15 else None,
+            read_chance=rng.choice([1.0, 1.0, 0.5, 0.1]))
+        if rng.random() < 0.15:
+            answer = serve_alone(runtime, planned, grammars).tokens
+            text = runtime.decode_text(answer[rng.randrange(len(answer)):][:2]) if answer else ""
+            planned.stops = (text,) if text else ()
+        scenario.requests.append(planned)
+    return scenario
+
+
+def _with_image(runtime: ModelRuntime, prompt: list[int], at: int, name: str) -> tuple[list[int], tuple[PromptImage]]:
+    """The prompt with an image's tokens at `at`, and the image: random pixels, a digest of its own."""
+    assert runtime.image_encoder is not None
+    tokens = runtime.image_encoder.model.image_tokens
+    pixels = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(
+        (3, tokens.image_size, tokens.image_size)).astype(np.float32)
+    image = PromptImage(position=at + 1, length=tokens.per_image, pixels=pixels, digest=name)
+    return prompt[:at] + tokens.span() + prompt[at:], (image,)
+
+
+def _sampling(rng: random.Random) -> SamplingParams:
+    kind = rng.random()
+    if kind < 0.5:
+        return SamplingParams(temperature=0.0, repetition_penalty=rng.choice([1.0, 1.0, 1.3]))
+    return SamplingParams(temperature=rng.choice([0.6, 1.0]), top_k=rng.choice([0, 20]), top_p=rng.choice([1.0, 0.9]),
+                          min_p=rng.choice([0.0, 0.05]), presence_penalty=rng.choice([0.0, 0.5]),
+                          logit_bias={rng.randrange(3, 60): rng.choice([-4.0, 4.0])}, seed=rng.randrange(1 << 30))
+
+
+@dataclass
+class Outcome:
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    final: FinalEvent | None = None
+    error: BaseException | None = None
+
+    def take(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, TokenEvent):
+                self.tokens += event.token_ids
+                self.logprobs += event.logprobs
+            elif isinstance(event, FinalEvent):
+                self.final = event
+            elif isinstance(event, ErrorEvent):
+                self.error = event.error
+
+
+def serve(runtime: ModelRuntime, scenario: Scenario) -> dict[str, Outcome]:
+    """The scenario's requests through one scheduler; each client reads (or not) after every step."""
+    rng = random.Random(scenario.seed + 1)
+    scheduler = Scheduler(runtime, scenario.options)
+    requests = {p.name: p.request(runtime.vocab_size, scenario.grammars) for p in scenario.requests}
+    outcomes = {name: Outcome() for name in requests}
+    step, last = 0, max(p.arrives for p in scenario.requests)
+    while scheduler.has_work() or step <= last:
+        for p in scenario.requests:
+            if p.arrives == step:
+                scheduler.add(requests[p.name])
+            if p.cancel_at == step:
+                requests[p.name].cancel.cancel("client")
+        for request, event in scheduler.step():
+            request.events.put(event)
+        for p in scenario.requests:
+            if rng.random() < p.read_chance:
+                outcomes[p.name].take(requests[p.name].events.drain())
+        step += 1
+        assert step < 5_000, "the scheduler never finished"
+    for name, request in requests.items():
+        outcomes[name].take(request.events.drain())
+    return outcomes
+
+
+def serve_alone(runtime: ModelRuntime, planned: Planned, grammars: GrammarCompiler | None) -> Outcome:
+    """The request by itself: one row, its prompt in one chunk, no prefix cache, no speculation."""
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4096, max_batch_size=1,
+                                                    kv_budget_bytes=256 << 20))
+    request = planned.request(runtime.vocab_size, grammars, reference=True)
+    scheduler.add(request)
+    outcome = Outcome()
+    while scheduler.has_work():
+        for req, event in scheduler.step():
+            req.events.put(event)
+    outcome.take(request.events.drain())
+    return outcome
+
+
+def compare(planned: Planned, got: Outcome, want: Outcome) -> str | None:
+    """What is wrong with the batched outcome against the request served alone, or None."""
+    if got.error is not None or want.error is not None:
+        return f"error: batched {got.error!r}, alone {want.error!r}"
+    if got.final is None or want.final is None:
+        return "no final event"
+    cancelled = got.final.finish_reason is FinishReason.CANCELLED and planned.cancel_at is not None
+    n = min(len(got.tokens), len(want.tokens))
+    for i in range(n):
+        if got.tokens[i] != want.tokens[i]:
+            if planned.sampling.greedy and _margin(want.logprobs[i]) < TIE:
+                return None  # a near-tie fell the other way: nothing after it compares
+            return (f"token {i}: batched {got.tokens[i]}, alone {want.tokens[i]} (alone's margin "
+                    f"{_margin(want.logprobs[i]):.2e}); batched {got.tokens}, alone {want.tokens}")
+    if cancelled:
+        return None if len(got.tokens) <= len(want.tokens) else f"cancelled with more tokens than alone: {got.tokens}"
+    if len(got.tokens) != len(want.tokens):
+        return f"{len(got.tokens)} tokens batched, {len(want.tokens)} alone: {got.tokens} / {want.tokens}"
+    if (got.final.finish_reason, got.final.completion_tokens) != (want.final.finish_reason,
+                                                                   want.final.completion_tokens):
+        return f"final: batched {got.final.finish_reason} {got.final.completion_tokens}, alone " \
+               f"{want.final.finish_reason} {want.final.completion_tokens}"
+    if planned.prompt_logprobs:
+        got_prompt, want_prompt = got.final.prompt_logprobs, want.final.prompt_logprobs
+        if [p.token_id for p in got_prompt] != [p.token_id for p in want_prompt] or any(
+                abs(g.logprob - w.logprob) > LOGPROB_ABS for g, w in zip(got_prompt, want_prompt)):
+            return f"prompt logprobs: batched {got_prompt}, alone {want_prompt}"
+    if planned.constraint is not None and got.final.constraint_complete != want.final.constraint_complete:
+        return f"constraint complete: batched {got.final.constraint_complete}, alone {want.final.constraint_complete}"
+    if planned.logprobs:
+        if len(got.logprobs) != len(got.tokens):
+            return f"{len(got.logprobs)} logprobs for {len(got.tokens)} tokens"
+        for i, (g, w) in enumerate(zip(got.logprobs, want.logprobs)):
+            if abs(g.logprob - w.logprob) > LOGPROB_ABS:
+                return f"logprob {i}: batched {g.logprob}, alone {w.logprob}"
+            if planned.top_logprobs and [t.token_id for t in g.top] != [t.token_id for t in w.top][:len(g.top)]:
+                if min(_margin_at(w, k) for k in range(len(g.top))) >= TIE:
+                    return f"top logprobs {i}: batched {g.top}, alone {w.top}"
+    return None
+
+
+def _margin(logprob: TokenLogprob) -> float:
+    return _margin_at(logprob, 0)
+
+
+def _margin_at(logprob: TokenLogprob, k: int) -> float:
+    """The gap between the k-th and (k+1)-th best log-probs (inf where there is no next)."""
+    values = [t.logprob for t in logprob.top]
+    return values[k] - values[k + 1] if k + 1 < len(values) else float("inf")
+
+
+def check(runtime: ModelRuntime, seed: int, grammars: GrammarCompiler | None = None) -> list[str]:
+    """Every fault of scenario `seed` (empty when all its requests yield what they yield alone)."""
+    scenario = make_scenario(seed, runtime, grammars)
+    batched = serve(runtime, scenario)
+    faults = []
+    for planned in scenario.requests:
+        fault = compare(planned, batched[planned.name], serve_alone(runtime, planned, grammars))
+        if fault:
+            faults.append(f"{planned.name}: {fault}")
+    if faults:
+        faults.insert(0, str(scenario))
+    return faults

@@ -1,0 +1,52 @@
+"""Many random serving scenarios (tests/engine/scenarios.py) per architecture: each request batched among others
+must yield what it yields alone. Prints each failing scenario whole, then a line per architecture; exit 1 on any.
+
+    .venv/bin/python -m tests.stress.scenarios --seeds 200 [--first 0] [--arch llama qwen3_5 ...] [--draft llama]
+        [--mask-processes N]
+
+--draft: speculate with that fixture as the draft model (every fixture has the same 320-token vocabulary).
+Requests carry real grammars too (llguidance), their masks filled in --mask-processes processes (default 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from mlxd.engine.runtime import ModelRuntime
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.engine.scenarios import check
+from tests.engine.test_scenarios import ARCHITECTURES, fixture_grammars
+from tests.helpers.parity import PARITY
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--arch", nargs="+", default=ARCHITECTURES)
+    parser.add_argument("--draft", help="a fixture to draft with (attention layers only: llama, mistral, qwen3)")
+    parser.add_argument("--mask-processes", type=int, default=0)
+    args = parser.parse_args()
+    failed = 0
+    for arch in args.arch:
+        loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
+        runtime = ModelRuntime.from_loaded(loaded, tokenizer)
+        if args.draft:
+            runtime.draft_model = load_model_and_tokenizer(PARITY / args.draft, dtype="float32")[0].model
+        grammars = fixture_grammars(arch, runtime, args.mask_processes)
+        start, bad = time.perf_counter(), []
+        for seed in range(args.first, args.first + args.seeds):
+            faults = check(runtime, seed, grammars)
+            if faults:
+                bad.append(seed)
+                print(f"== {arch}, seed {seed}\n" + "\n".join(faults), flush=True)
+        failed += len(bad)
+        print(f"{arch}: {args.seeds - len(bad)} of {args.seeds} scenarios pass ({time.perf_counter() - start:.0f} s)"
+              f"{'; failing seeds ' + str(bad) if bad else ''}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
