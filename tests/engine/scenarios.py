@@ -42,7 +42,7 @@ from mlxd.generation.params import SamplingParams
 
 TIE = 1e-4          # nats: a greedy parting at a smaller reference margin is rounding, not a fault
 LOGPROB_ABS = 1e-4  # batched against alone
-PREFIX_CACHE_BYTES = 64 << 20
+PREFIX_CACHE_BYTES = [0, 32 << 10, 64 << 20]  # none, a few dozen positions of a fixture (evictions), plenty
 # Real grammars (llguidance) a request may carry, beside CyclicConstraint; the fixtures' 320-token tokenizer spells
 # lowercase letters, digits and JSON's punctuation.
 GRAMMARS = [ConstraintSpec("regex", "[a-z]{1,12}"), ConstraintSpec("regex", "(yes|no|maybe) [0-9]{1,3}"),
@@ -92,6 +92,7 @@ class Planned:
     speculation: int | None
     constraint: tuple[int, int, int] | ConstraintSpec | None  # CyclicConstraint's (modulus, residue, length)
     stops: tuple[str, ...]
+    stop_token_ids: frozenset[int]
     prompt_logprobs: bool
     images: tuple[PromptImage, ...]
     arrives: int                              # the scheduler step before which it is added
@@ -106,8 +107,9 @@ class Planned:
         elif self.constraint is not None:
             constraint = CyclicConstraint(vocab, *self.constraint)
         return GenerationRequest(self.name, list(self.prompt), self.sampling, max_tokens=self.max_tokens,
-                                 stops=self.stops, prompt_logprobs=self.prompt_logprobs, images=self.images,
-                                 ignore_eos=self.ignore_eos, logprobs=self.logprobs or reference,
+                                 stops=self.stops, stop_token_ids=self.stop_token_ids,
+                                 prompt_logprobs=self.prompt_logprobs, images=self.images, ignore_eos=self.ignore_eos,
+                                 logprobs=self.logprobs or reference,
                                  # alone, one more than asked (at least 2): the margins that tell a near-tie
                                  top_logprobs=max(self.top_logprobs + 1, 2) if reference else self.top_logprobs,
                                  constraint=constraint, speculation=0 if reference else self.speculation)
@@ -118,14 +120,16 @@ class Scenario:
     seed: int
     options: SchedulerOptions
     grammars: GrammarCompiler | None
+    kv_tokens: int | None = None  # a KV budget of this many tokens of one row: requests wait, or never fit
     requests: list[Planned] = field(default_factory=list)
 
     def __str__(self) -> str:
         o = self.options
-        lines = [f"seed {self.seed}: chunk {o.prefill_chunk_size}, batch {o.max_batch_size}, prefix cache "
-                 f"{o.prefix_cache_bytes}, backlog {o.max_stream_backlog}, speculate {o.speculate or '-'} depth "
-                 f"{o.speculate_depth} adaptive {o.speculate_adaptive}"]
-        lines += [f"  {p.name}: prompt {p.prompt}, {p.sampling}, max {p.max_tokens}, stops {p.stops}, logprobs "
+        lines = [f"seed {self.seed}: chunk {o.prefill_chunk_size}, batch {o.max_batch_size}, KV budget "
+                 f"{self.kv_tokens} tokens, prefix cache {o.prefix_cache_bytes}, backlog {o.max_stream_backlog}, "
+                 f"speculate {o.speculate or '-'} depth {o.speculate_depth} adaptive {o.speculate_adaptive}"]
+        lines += [f"  {p.name}: prompt {p.prompt}, {p.sampling}, max {p.max_tokens}, stops {p.stops} "
+                  f"{sorted(p.stop_token_ids)}, logprobs "
                   f"{p.logprobs}/{p.top_logprobs}, prompt logprobs {p.prompt_logprobs}, spec {p.speculation}, "
                   f"constraint {p.constraint}, arrives {p.arrives}, cancel {p.cancel_at}, reads {p.read_chance:.2f}"
                   for p in self.requests]
@@ -142,7 +146,7 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
     speculate = "ngram" if rng.random() < 0.5 else ""  # the scheduler drafts only where the caches roll back
     options = SchedulerOptions(
         prefill_chunk_size=rng.choice([2, 3, 5, 8, 16, 64]), max_batch_size=rng.choice([1, 2, 3, 8]),
-        prefix_cache_bytes=rng.choice([0, PREFIX_CACHE_BYTES]), max_stream_backlog=rng.choice([0, 0, 2, 3]),
+        prefix_cache_bytes=rng.choice(PREFIX_CACHE_BYTES), max_stream_backlog=rng.choice([0, 0, 2, 3]),
         speculate=speculate, speculate_depth=rng.choice([1, 2, 4]), speculate_adaptive=rng.random() < 0.5,
         kv_budget_bytes=256 << 20)
     tokens = list(range(3, vocab))
@@ -151,7 +155,7 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
         return [rng.choice(tokens) for _ in range(rng.randint(low, high))]
 
     bases = [some(4, 24), some(4, 24)]
-    scenario = Scenario(seed, options, grammars)
+    scenario = Scenario(seed, options, grammars, rng.choice([None, None, 80, 200, 400]))
     for i in range(rng.randint(2, 7)):
         earlier = rng.choice(scenario.requests) if scenario.requests else None
         kind, images = rng.random(), ()
@@ -177,14 +181,17 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
         planned = Planned(
             name=f"r{i}", prompt=prompt, sampling=_sampling(rng), max_tokens=rng.choice([1, 2, 5, 9, 14, 20, 60]),
             ignore_eos=rng.random() < 0.7, logprobs=rng.random() < 0.4, top_logprobs=rng.choice([0, 0, 1, 3]),
-            speculation=rng.choice([None, None, 0, 1, 3]), constraint=constraint, stops=(),
+            speculation=rng.choice([None, None, 0, 1, 3]), constraint=constraint, stops=(), stop_token_ids=frozenset(),
             prompt_logprobs=rng.random() < 0.1, images=images, arrives=rng.randint(0, 12),
             cancel_at=rng.randint(1, 25) if rng.random() < 0.15 else None,
             read_chance=rng.choice([1.0, 1.0, 0.5, 0.1]))
-        if rng.random() < 0.15:
+        if rng.random() < 0.2:  # a stop string, or a stop token, that its answer holds
             answer = serve_alone(runtime, planned, grammars).tokens
-            text = runtime.decode_text(answer[rng.randrange(len(answer)):][:2]) if answer else ""
-            planned.stops = (text,) if text else ()
+            at = rng.randrange(len(answer)) if answer else 0
+            if answer and rng.random() < 0.5:
+                planned.stop_token_ids = frozenset({answer[at]})
+            elif text := runtime.decode_text(answer[at:at + 2]):
+                planned.stops = (text,)
         scenario.requests.append(planned)
     return scenario
 
@@ -211,6 +218,7 @@ def _sampling(rng: random.Random) -> SamplingParams:
 @dataclass
 class Outcome:
     tokens: list[int] = field(default_factory=list)
+    text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     final: FinalEvent | None = None
     error: BaseException | None = None
@@ -219,6 +227,7 @@ class Outcome:
         for event in events:
             if isinstance(event, TokenEvent):
                 self.tokens += event.token_ids
+                self.text += event.text
                 self.logprobs += event.logprobs
             elif isinstance(event, FinalEvent):
                 self.final = event
@@ -229,7 +238,7 @@ class Outcome:
 def serve(runtime: ModelRuntime, scenario: Scenario) -> dict[str, Outcome]:
     """The scenario's requests through one scheduler; each client reads (or not) after every step."""
     rng = random.Random(scenario.seed + 1)
-    scheduler = Scheduler(runtime, scenario.options)
+    scheduler = _budgeted(Scheduler(runtime, scenario.options), scenario.kv_tokens)
     requests = {p.name: p.request(runtime.vocab_size, scenario.grammars) for p in scenario.requests}
     outcomes = {name: Outcome() for name in requests}
     step, last = 0, max(p.arrives for p in scenario.requests)
@@ -251,10 +260,11 @@ def serve(runtime: ModelRuntime, scenario: Scenario) -> dict[str, Outcome]:
     return outcomes
 
 
-def serve_alone(runtime: ModelRuntime, planned: Planned, grammars: GrammarCompiler | None) -> Outcome:
+def serve_alone(runtime: ModelRuntime, planned: Planned, grammars: GrammarCompiler | None,
+                kv_tokens: int | None = None) -> Outcome:
     """The request by itself: one row, its prompt in one chunk, no prefix cache, no speculation."""
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4096, max_batch_size=1,
-                                                    kv_budget_bytes=256 << 20))
+    scheduler = _budgeted(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4096, max_batch_size=1,
+                                                              kv_budget_bytes=256 << 20)), kv_tokens)
     request = planned.request(runtime.vocab_size, grammars, reference=True)
     scheduler.add(request)
     outcome = Outcome()
@@ -265,24 +275,33 @@ def serve_alone(runtime: ModelRuntime, planned: Planned, grammars: GrammarCompil
     return outcome
 
 
+def _budgeted(scheduler: Scheduler, kv_tokens: int | None) -> Scheduler:
+    if kv_tokens is not None:
+        scheduler.budget.budget_bytes = scheduler.budget.need([kv_tokens])
+    return scheduler
+
+
 def compare(planned: Planned, got: Outcome, want: Outcome) -> str | None:
     """What is wrong with the batched outcome against the request served alone, or None."""
+    if planned.cancel_at is not None and got.final is not None and got.final.finish_reason is FinishReason.CANCELLED:
+        # Cancelled: what it got is a beginning of what it gets alone (which may be nothing, or a refusal)
+        # (its text may end in U+FFFD where a byte run was cut: flushed at the cancel, completed alone)
+        if len(got.tokens) > len(want.tokens) or not want.text.startswith(got.text.rstrip("\ufffd")):
+            return f"cancelled with more than alone: {got.tokens} {got.text!r} / {want.tokens} {want.text!r}"
+        return _parting(planned, got, want, len(got.tokens))[1]
     if got.error is not None or want.error is not None:
+        if type(got.error) is type(want.error) and not got.tokens:  # both refused alike (too large for the budget)
+            return None
         return f"error: batched {got.error!r}, alone {want.error!r}"
     if got.final is None or want.final is None:
         return "no final event"
-    cancelled = got.final.finish_reason is FinishReason.CANCELLED and planned.cancel_at is not None
-    n = min(len(got.tokens), len(want.tokens))
-    for i in range(n):
-        if got.tokens[i] != want.tokens[i]:
-            if planned.sampling.greedy and _margin(want.logprobs[i]) < TIE:
-                return None  # a near-tie fell the other way: nothing after it compares
-            return (f"token {i}: batched {got.tokens[i]}, alone {want.tokens[i]} (alone's margin "
-                    f"{_margin(want.logprobs[i]):.2e}); batched {got.tokens}, alone {want.tokens}")
-    if cancelled:
-        return None if len(got.tokens) <= len(want.tokens) else f"cancelled with more tokens than alone: {got.tokens}"
+    parted, fault = _parting(planned, got, want, min(len(got.tokens), len(want.tokens)))
+    if parted:
+        return fault
     if len(got.tokens) != len(want.tokens):
         return f"{len(got.tokens)} tokens batched, {len(want.tokens)} alone: {got.tokens} / {want.tokens}"
+    if got.text != want.text:
+        return f"text: batched {got.text!r}, alone {want.text!r}"
     if (got.final.finish_reason, got.final.completion_tokens) != (want.final.finish_reason,
                                                                    want.final.completion_tokens):
         return f"final: batched {got.final.finish_reason} {got.final.completion_tokens}, alone " \
@@ -306,6 +325,18 @@ def compare(planned: Planned, got: Outcome, want: Outcome) -> str | None:
     return None
 
 
+def _parting(planned: Planned, got: Outcome, want: Outcome, n: int) -> tuple[bool, str | None]:
+    """Whether the first n tokens part, and if so the fault (None where a greedy near-tie fell the other way:
+    nothing after it compares)."""
+    for i in range(n):
+        if got.tokens[i] != want.tokens[i]:
+            if planned.sampling.greedy and _margin(want.logprobs[i]) < TIE:
+                return True, None
+            return True, (f"token {i}: batched {got.tokens[i]}, alone {want.tokens[i]} (alone's margin "
+                          f"{_margin(want.logprobs[i]):.2e}); batched {got.tokens}, alone {want.tokens}")
+    return False, None
+
+
 def _margin(logprob: TokenLogprob) -> float:
     return _margin_at(logprob, 0)
 
@@ -322,7 +353,7 @@ def check(runtime: ModelRuntime, seed: int, grammars: GrammarCompiler | None = N
     batched = serve(runtime, scenario)
     faults = []
     for planned in scenario.requests:
-        fault = compare(planned, batched[planned.name], serve_alone(runtime, planned, grammars))
+        fault = compare(planned, batched[planned.name], serve_alone(runtime, planned, grammars, scenario.kv_tokens))
         if fault:
             faults.append(f"{planned.name}: {fault}")
     if faults:

@@ -91,14 +91,16 @@ class RequestOutput:
         self.accepted_drafts += accepted
 
     def finish(self, reason: FinishReason, matched_stop: str = "", stop_token_id: int = -1) -> list[Event]:
-        """End the request: the text still held back (final now; it may still complete a stop), then the final."""
+        """End the request: the text still held back (final now; it may still complete a stop, whose text is then
+        cut, and which then ends the request unless it was cancelled: a cancel ends it CANCELLED, as the protocol
+        says), then the final."""
         events: list[Event] = []
         if reason is not FinishReason.STOP_SEQUENCE:
             tail, matched = self._stops.feed(self._detokenizer.finish())
-            if matched is not None:
-                reason, matched_stop = FinishReason.STOP_SEQUENCE, matched
-            else:
+            if matched is None:
                 tail += self._stops.flush()
+            elif reason is not FinishReason.CANCELLED:
+                reason, matched_stop = FinishReason.STOP_SEQUENCE, matched
             if tail:
                 events.append(TokenEvent(tail, []))
         self.done = True
