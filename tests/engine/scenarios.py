@@ -19,6 +19,7 @@ below TIE (the reference asks for them).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -121,13 +122,19 @@ class Scenario:
     options: SchedulerOptions
     grammars: GrammarCompiler | None
     kv_tokens: int | None = None  # a KV budget of this many tokens of one row: requests wait, or never fit
+    context: int | None = None    # the model's context length, shortened: requests end at it, or never fit
     requests: list[Planned] = field(default_factory=list)
+
+    def runtime(self, runtime: ModelRuntime) -> ModelRuntime:
+        """The runtime as this scenario serves it (its context length)."""
+        return runtime if self.context is None else dataclasses.replace(runtime, context_length=self.context)
 
     def __str__(self) -> str:
         o = self.options
-        lines = [f"seed {self.seed}: chunk {o.prefill_chunk_size}, batch {o.max_batch_size}, KV budget "
-                 f"{self.kv_tokens} tokens, prefix cache {o.prefix_cache_bytes}, backlog {o.max_stream_backlog}, "
-                 f"speculate {o.speculate or '-'} depth {o.speculate_depth} adaptive {o.speculate_adaptive}"]
+        lines = [f"seed {self.seed}: chunk {o.prefill_chunk_size}, batch {o.max_batch_size}, context "
+                 f"{self.context}, KV budget {self.kv_tokens} tokens, prefix cache {o.prefix_cache_bytes}, backlog "
+                 f"{o.max_stream_backlog}, speculate {o.speculate or '-'} depth {o.speculate_depth} adaptive "
+                 f"{o.speculate_adaptive}"]
         lines += [f"  {p.name}: prompt {p.prompt}, {p.sampling}, max {p.max_tokens}, stops {p.stops} "
                   f"{sorted(p.stop_token_ids)}, logprobs "
                   f"{p.logprobs}/{p.top_logprobs}, prompt logprobs {p.prompt_logprobs}, spec {p.speculation}, "
@@ -136,9 +143,11 @@ class Scenario:
         return "\n".join(lines)
 
 
-def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | None = None) -> Scenario:
+def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | None = None,
+                  replicable: bool = False) -> Scenario:
     """A random scenario; with `grammars` (for the runtime's tokenizer) some requests carry a real grammar
-    (GRAMMARS). Some prompts continue an
+    (GRAMMARS); `replicable`: no CyclicConstraint (a tensor-parallel group replicates only real grammars). Some
+    prompts continue an
     earlier request's answer (a second turn: the prefix cache may hold both) and some requests stop at a string
     the answer holds: both read off the earlier request served alone."""
     rng = random.Random(seed)
@@ -155,7 +164,9 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
         return [rng.choice(tokens) for _ in range(rng.randint(low, high))]
 
     bases = [some(4, 24), some(4, 24)]
-    scenario = Scenario(seed, options, grammars, rng.choice([None, None, 80, 200, 400]))
+    scenario = Scenario(seed, options, grammars, rng.choice([None, None, 80, 200, 400]),
+                        rng.choice([None, None, None, 48, 120]))
+    served = scenario.runtime(runtime)
     for i in range(rng.randint(2, 7)):
         earlier = rng.choice(scenario.requests) if scenario.requests else None
         kind, images = rng.random(), ()
@@ -164,7 +175,7 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
         elif kind < 0.2 and earlier is not None:
             prompt, images = list(earlier.prompt), earlier.images  # the same prompt again
         elif kind < 0.35 and earlier is not None and earlier.cancel_at is None:
-            prompt = earlier.prompt + serve_alone(runtime, earlier, grammars).tokens + some(1, 6)  # a second turn
+            prompt = earlier.prompt + serve_alone(served, earlier, grammars).tokens + some(1, 6)  # a second turn
             images = earlier.images
         else:
             prompt = (rng.choice(bases) if rng.random() < 0.6 else []) + some(1, 12)
@@ -175,18 +186,19 @@ def make_scenario(seed: int, runtime: ModelRuntime, grammars: GrammarCompiler | 
         constraint: tuple[int, int, int] | ConstraintSpec | None = None
         if grammars is not None and rng.random() < 0.2:
             constraint = rng.choice(GRAMMARS)
-        elif rng.random() < 0.2:
+        elif rng.random() < 0.2 and not replicable:
             modulus = rng.choice([2, 3, 5])
             constraint = (modulus, rng.randrange(modulus), rng.randint(1, 16))
         planned = Planned(
-            name=f"r{i}", prompt=prompt, sampling=_sampling(rng), max_tokens=rng.choice([1, 2, 5, 9, 14, 20, 60]),
+            name=f"r{i}", prompt=prompt, sampling=_sampling(rng),
+            max_tokens=rng.choice([1, 2, 5, 9, 14, 20, 60, 0 if scenario.context else 20]),  # 0: to the context's end
             ignore_eos=rng.random() < 0.7, logprobs=rng.random() < 0.4, top_logprobs=rng.choice([0, 0, 1, 3]),
             speculation=rng.choice([None, None, 0, 1, 3]), constraint=constraint, stops=(), stop_token_ids=frozenset(),
             prompt_logprobs=rng.random() < 0.1, images=images, arrives=rng.randint(0, 12),
             cancel_at=rng.randint(1, 25) if rng.random() < 0.15 else None,
             read_chance=rng.choice([1.0, 1.0, 0.5, 0.1]))
         if rng.random() < 0.2:  # a stop string, or a stop token, that its answer holds
-            answer = serve_alone(runtime, planned, grammars).tokens
+            answer = serve_alone(served, planned, grammars).tokens
             at = rng.randrange(len(answer)) if answer else 0
             if answer and rng.random() < 0.5:
                 planned.stop_token_ids = frozenset({answer[at]})
@@ -238,6 +250,7 @@ class Outcome:
 def serve(runtime: ModelRuntime, scenario: Scenario) -> dict[str, Outcome]:
     """The scenario's requests through one scheduler; each client reads (or not) after every step."""
     rng = random.Random(scenario.seed + 1)
+    runtime = scenario.runtime(runtime)
     scheduler = _budgeted(Scheduler(runtime, scenario.options), scenario.kv_tokens)
     requests = {p.name: p.request(runtime.vocab_size, scenario.grammars) for p in scenario.requests}
     outcomes = {name: Outcome() for name in requests}
@@ -347,13 +360,15 @@ def _margin_at(logprob: TokenLogprob, k: int) -> float:
     return values[k] - values[k + 1] if k + 1 < len(values) else float("inf")
 
 
-def check(runtime: ModelRuntime, seed: int, grammars: GrammarCompiler | None = None) -> list[str]:
+def check(runtime: ModelRuntime, seed: int, grammars: GrammarCompiler | None = None,
+          replicable: bool = False) -> list[str]:
     """Every fault of scenario `seed` (empty when all its requests yield what they yield alone)."""
-    scenario = make_scenario(seed, runtime, grammars)
+    scenario = make_scenario(seed, runtime, grammars, replicable)
     batched = serve(runtime, scenario)
     faults = []
     for planned in scenario.requests:
-        fault = compare(planned, batched[planned.name], serve_alone(runtime, planned, grammars, scenario.kv_tokens))
+        alone = serve_alone(scenario.runtime(runtime), planned, grammars, scenario.kv_tokens)
+        fault = compare(planned, batched[planned.name], alone)
         if fault:
             faults.append(f"{planned.name}: {fault}")
     if faults:
