@@ -11,6 +11,7 @@ from mlxd.constraints import GrammarCompiler
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.engine.scenarios import check
+from tests.engine.threaded_scenarios import check_threaded
 from tests.helpers.parity import PARITY
 
 # One of each cache kind: full attention (llama), sliding windows (gemma3_text, gpt_oss with sinks), KV shared across
@@ -18,6 +19,11 @@ from tests.helpers.parity import PARITY
 # images in the prompt (gemma3's vision tower).
 ARCHITECTURES = ["llama", "gemma3_text", "gpt_oss", "gemma4", "glm4_moe_lite", "qwen3_5", "nemotron_h", "gemma3"]
 SEEDS = range(4)
+
+
+def fixture_runtime(arch: str) -> ModelRuntime:
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
 
 
 def fixture_grammars(arch: str, runtime: ModelRuntime, mask_processes: int = 0) -> GrammarCompiler:
@@ -28,8 +34,7 @@ def fixture_grammars(arch: str, runtime: ModelRuntime, mask_processes: int = 0) 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def served(request) -> tuple[ModelRuntime, GrammarCompiler]:
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
-    runtime = ModelRuntime.from_loaded(loaded, tokenizer)
+    runtime = fixture_runtime(request.param)
     return runtime, fixture_grammars(request.param, runtime)
 
 
@@ -37,3 +42,11 @@ def served(request) -> tuple[ModelRuntime, GrammarCompiler]:
 def test_each_request_yields_what_it_yields_alone(served, seed):
     runtime, grammars = served
     assert check(runtime, seed, grammars) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_through_the_worker_thread_with_a_client_thread_each(seed):
+    """The same, with the worker's thread stepping and each request's client a thread of its own (submits, reads
+    at its own pace, cancels through the worker), as the service drives it."""
+    runtime = fixture_runtime("llama")
+    assert check_threaded(lambda: fixture_runtime("llama"), runtime, seed, fixture_grammars("llama", runtime)) == []

@@ -2,22 +2,24 @@
 must yield what it yields alone. Prints each failing scenario whole, then a line per architecture; exit 1 on any.
 
     .venv/bin/python -m tests.stress.scenarios --seeds 200 [--first 0] [--arch llama qwen3_5 ...] [--draft llama]
-        [--mask-processes N]
+        [--mask-processes N] [--threaded]
 
 --draft: speculate with that fixture as the draft model (every fixture has the same 320-token vocabulary).
 Requests carry real grammars too (llguidance), their masks filled in --mask-processes processes (default 0).
+--threaded: through the worker thread, each request's client a thread (tests/engine/threaded_scenarios.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
-from mlxd.engine.runtime import ModelRuntime
 from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.engine.scenarios import check
-from tests.engine.test_scenarios import ARCHITECTURES, fixture_grammars
+from tests.engine.test_scenarios import ARCHITECTURES, fixture_grammars, fixture_runtime
+from tests.engine.threaded_scenarios import check_threaded
 from tests.helpers.parity import PARITY
 
 
@@ -28,17 +30,20 @@ def main() -> int:
     parser.add_argument("--arch", nargs="+", default=ARCHITECTURES)
     parser.add_argument("--draft", help="a fixture to draft with (attention layers only: llama, mistral, qwen3)")
     parser.add_argument("--mask-processes", type=int, default=0)
+    parser.add_argument("--threaded", action="store_true")
     args = parser.parse_args()
     failed = 0
     for arch in args.arch:
-        loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
-        runtime = ModelRuntime.from_loaded(loaded, tokenizer)
+        runtime = fixture_runtime(arch)
         if args.draft:
             runtime.draft_model = load_model_and_tokenizer(PARITY / args.draft, dtype="float32")[0].model
         grammars = fixture_grammars(arch, runtime, args.mask_processes)
         start, bad = time.perf_counter(), []
         for seed in range(args.first, args.first + args.seeds):
-            faults = check(runtime, seed, grammars)
+            if args.threaded:
+                faults = check_threaded(functools.partial(fixture_runtime, arch), runtime, seed, grammars)
+            else:
+                faults = check(runtime, seed, grammars)
             if faults:
                 bad.append(seed)
                 print(f"== {arch}, seed {seed}\n" + "\n".join(faults), flush=True)
