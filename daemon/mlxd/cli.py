@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,34 @@ def _mask_processes(text: str) -> int:
     return int(text)
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`. A daemon started with --max-batch-size 0 (or a
+    backlog, a prefill chunk, a preparation slot of 0) served nothing: every request waited for its deadline."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _amount(positive: bool) -> Callable[[str], float]:
+    """An argparse type: a number above 0 (`positive`), or at least 0; seconds and sizes."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value > 0 if positive else value >= 0) or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'above' if positive else 'at least'} 0 and finite, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a model over gRPC")
     serve.add_argument("--model", type=Path,
@@ -38,7 +67,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="weight dtype; auto = float32 on a Linux CPU (fast BLAS path), the checkpoint's on a GPU")
     serve.add_argument("--speculate", default="", choices=["", "ngram"],
                        help="speculative decoding: ngram = draft by prompt lookup (exact; depth adapts per request)")
-    serve.add_argument("--speculate-depth", type=int, default=4, help="most tokens drafted per request per step")
+    serve.add_argument("--speculate-depth", type=_count(1), default=4, help="most tokens drafted per request per step")
     serve.add_argument("--draft-model", type=Path,
                        help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
     serve.add_argument("--speculate-fixed", action="store_true",
@@ -48,45 +77,46 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                             "own thread, in parallel: for hosts with cores to spare, where a batch's masks take "
                             "longer than the forward pass's launch; 0 = the worker's thread alone; auto (default) "
                             "= 3 on a GPU host with 8 or more cores, else 0 (constraints/mask_pool.py AUTO)")
-    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get RESOURCE_EXHAUSTED")
-    serve.add_argument("--prefill-chunk", type=int, default=512,
+    serve.add_argument("--max-queue", type=_count(0), default=64,
+                       help="requests waiting beyond this get RESOURCE_EXHAUSTED")
+    serve.add_argument("--prefill-chunk", type=_count(1), default=512,
                        help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")
-    serve.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoding together")
-    serve.add_argument("--kv-cache-mb", type=int, default=0,
+    serve.add_argument("--max-batch-size", type=_count(1), default=16, help="most sequences decoding together")
+    serve.add_argument("--kv-cache-mb", type=_count(0), default=0,
                        help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "
                             "0 = half the memory left after loading (divided among --tensor-parallel ranks that "
                             "share one device)")
-    serve.add_argument("--prefix-cache-mb", type=int, default=2048,
+    serve.add_argument("--prefix-cache-mb", type=_count(0), default=2048,
                        help="memory for KV snapshots of earlier prompts, reused by prompts that start the same "
                             "way (multi-turn chats, shared system prompts); 0 turns it off")
-    serve.add_argument("--max-prompt-tokens", type=int, default=0, help="0 = the model's context length")
-    serve.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message accepted")
-    serve.add_argument("--max-image-mb", type=float, default=20, help="largest encoded image accepted")
-    serve.add_argument("--max-image-pixels", type=int, default=50_000_000,
+    serve.add_argument("--max-prompt-tokens", type=_count(0), default=0, help="0 = the model's context length")
+    serve.add_argument("--max-message-mb", type=_count(1), default=64, help="largest gRPC message accepted")
+    serve.add_argument("--max-image-mb", type=_amount(True), default=20, help="largest encoded image accepted")
+    serve.add_argument("--max-image-pixels", type=_count(1), default=50_000_000,
                        help="largest decoded image (width x height) accepted; guards against decompression bombs")
-    serve.add_argument("--max-images", type=int, default=16, help="most images in one request")
-    serve.add_argument("--max-image-decode-mb", type=float, default=512,
+    serve.add_argument("--max-images", type=_count(0), default=16, help="most images in one request")
+    serve.add_argument("--max-image-decode-mb", type=_amount(True), default=512,
                        help="memory one image may take while it is decoded (width x height x bytes per pixel of "
                             "its mode, with the conversion to RGB); larger JPEGs decode at a reduced scale")
-    serve.add_argument("--image-cache-mb", type=int, default=256,
+    serve.add_argument("--image-cache-mb", type=_count(0), default=256,
                        help="memory for encoded images kept for the next request (vision-language models)")
-    serve.add_argument("--max-preparing", type=int, default=2,
+    serve.add_argument("--max-preparing", type=_count(1), default=2,
                        help="requests prepared at once (tokenizing, chat templates, stop strings, image decoding); "
                             "the rest wait their turn, and leave the line when their client goes")
-    serve.add_argument("--max-stream-backlog", type=int, default=256,
+    serve.add_argument("--max-stream-backlog", type=_count(1), default=256,
                        help="events a stream's client may leave unread before its sequence pauses")
-    serve.add_argument("--stalled-stream-seconds", type=float, default=60.0,
+    serve.add_argument("--stalled-stream-seconds", type=_amount(True), default=60.0,
                        help="a sequence paused this long because its client stopped reading is cancelled")
-    serve.add_argument("--max-connections", type=int, default=0,
+    serve.add_argument("--max-connections", type=_count(0), default=0,
                        help="client connections held at once; 0 = the open-file limit (raised to its hard limit "
                             "at start) less a reserve for the daemon itself")
-    serve.add_argument("--max-streams-per-connection", type=int, default=1024,
+    serve.add_argument("--max-streams-per-connection", type=_count(1), default=1024,
                        help="concurrent calls on one connection")
-    serve.add_argument("--idle-connection-seconds", type=float, default=60.0,
+    serve.add_argument("--idle-connection-seconds", type=_amount(True), default=60.0,
                        help="a connection without calls this long is closed (clients reconnect when they need to)")
-    serve.add_argument("--grace-period", type=float, default=10.0,
+    serve.add_argument("--grace-period", type=_amount(False), default=10.0,
                        help="seconds in-flight streams may finish after SIGTERM before they are cancelled")
-    serve.add_argument("--stall-timeout", type=float, default=60.0,
+    serve.add_argument("--stall-timeout", type=_amount(True), default=60.0,
                        help="health turns NOT_SERVING when pending work sees no progress this long")
     serve.add_argument("--exit-on-stdin-eof", action="store_true", help="also exit when stdin closes")
     serve.add_argument("--auth-token-file", type=Path,
@@ -95,7 +125,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate (chain)")
     serve.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: clients need a certificate this CA signed")
-    serve.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+    serve.add_argument("--tensor-parallel", type=_count(1), default=1, metavar="N",
                        help="split the model across N ranks on this host (processes on the CPU, one GPU each on "
                             "CUDA): each holds 1/N of the weights; see docs/tensor-parallel.md")
     serve.add_argument("--tp-backend", default="auto", choices=("auto", "nccl", "ring"),
@@ -108,7 +138,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-requests", action="store_true",
                        help="log each generation's prompt and output (truncated) at INFO; without it no prompt or "
                             "output text reaches the log, and tracebacks leave out exception messages")
-    serve.add_argument("--log-requests-max-chars", type=int, default=1000,
+    serve.add_argument("--log-requests-max-chars", type=_count(0), default=1000,
                        help="client text kept per logged field with --log-requests")
     serve.set_defaults(run=_serve)
 
