@@ -219,12 +219,14 @@ def _with_image(runtime: ModelRuntime, prompt: list[int], at: int, name: str) ->
 
 
 def _sampling(rng: random.Random) -> SamplingParams:
-    kind = rng.random()
-    if kind < 0.5:
-        return SamplingParams(temperature=0.0, repetition_penalty=rng.choice([1.0, 1.0, 1.3]))
+    """Greedy or seeded sampling, with penalties over a window short enough to slide within a verify step."""
+    penalties = dict(repetition_penalty=rng.choice([1.0, 1.0, 1.3]), repetition_window=rng.choice([64, 64, 3]),
+                     presence_penalty=rng.choice([0.0, 0.0, 0.5]), frequency_penalty=rng.choice([0.0, 0.0, 0.7]))
+    if rng.random() < 0.5:
+        return SamplingParams(temperature=0.0, **penalties)
     return SamplingParams(temperature=rng.choice([0.6, 1.0]), top_k=rng.choice([0, 20]), top_p=rng.choice([1.0, 0.9]),
-                          min_p=rng.choice([0.0, 0.05]), presence_penalty=rng.choice([0.0, 0.5]),
-                          logit_bias={rng.randrange(3, 60): rng.choice([-4.0, 4.0])}, seed=rng.randrange(1 << 30))
+                          min_p=rng.choice([0.0, 0.05]), logit_bias={rng.randrange(3, 60): rng.choice([-4.0, 4.0])},
+                          seed=rng.randrange(1 << 30), **penalties)
 
 
 @dataclass
