@@ -300,8 +300,10 @@ def compare(planned: Planned, got: Outcome, want: Outcome) -> str | None:
     """What is wrong with the batched outcome against the request served alone, or None."""
     if planned.cancel_at is not None and got.final is not None and got.final.finish_reason is FinishReason.CANCELLED:
         # Cancelled: what it got is a beginning of what it gets alone (which may be nothing, or a refusal)
-        # (its text may end in U+FFFD where a byte run was cut: flushed at the cancel, completed alone)
-        if len(got.tokens) > len(want.tokens) or not want.text.startswith(got.text.rstrip("\ufffd")):
+        # Its text may end in text held back and flushed at the cancel: U+FFFD where a byte run was cut (completed
+        # alone), or the start of a stop string that alone went on to match (cut from alone's text).
+        seen_alone = want.text + (want.final.matched_stop if want.final is not None else "")
+        if len(got.tokens) > len(want.tokens) or not seen_alone.startswith(got.text.rstrip("\ufffd")):
             return f"cancelled with more than alone: {got.tokens} {got.text!r} / {want.tokens} {want.text!r}"
         return _parting(planned, got, want, len(got.tokens))[1]
     if got.error is not None or want.error is not None:
