@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def _amount(positive: bool) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (value > 0 if positive else value >= 0) or value != value or value == float("inf"):
+        if not math.isfinite(value) or not (value > 0 if positive else value >= 0):
             raise argparse.ArgumentTypeError(f"must be {'above' if positive else 'at least'} 0 and finite, "
                                              f"got {text!r}")
         return value

@@ -22,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mlxd.constraints import ConstraintSpec, GrammarCompiler, RowConstraint
+from mlxd.constraints.compiler import mask_words
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import (
     ErrorEvent,
@@ -40,6 +42,9 @@ from mlxd.engine.request import (
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
+from mlxd.loading.model_source import load_model_and_tokenizer
+from tests.helpers.engine_runs import deliver, run
+from tests.helpers.parity import PARITY
 
 TIE = 1e-4          # nats: a greedy parting at a smaller reference margin is rounding, not a fault
 LOGPROB_ABS = 1e-4  # batched against alone
@@ -59,7 +64,7 @@ class CyclicConstraint:
     grammar's interface (engine/constraint.py) with a state to roll back, cheap enough for any model."""
 
     def __init__(self, vocab: int, modulus: int, residue: int, length: int) -> None:
-        self.mask_words = (vocab + 31) // 32
+        self.mask_words = mask_words(vocab)
         self.vocab, self.modulus, self.residue, self.length = vocab, modulus, residue, length
         self.step = 0
 
@@ -100,6 +105,11 @@ class Planned:
     cancel_at: int | None                     # the step before which its client cancels
     read_chance: float                        # per step, the chance its client reads what is queued
 
+    def asked_logprobs(self, reference: bool) -> tuple[bool, int]:
+        """(logprobs, top_logprobs) as asked; alone (the reference), logprobs and one more alternative than asked,
+        at least 2: the margins that tell a near-tie."""
+        return (True, max(self.top_logprobs + 1, 2)) if reference else (self.logprobs, self.top_logprobs)
+
     def request(self, vocab: int, grammars: GrammarCompiler | None, reference: bool = False) -> GenerationRequest:
         constraint: TokenConstraint | None = None
         if isinstance(self.constraint, ConstraintSpec):
@@ -107,13 +117,12 @@ class Planned:
             constraint = RowConstraint(grammars.compile(self.constraint))
         elif self.constraint is not None:
             constraint = CyclicConstraint(vocab, *self.constraint)
+        logprobs, top_logprobs = self.asked_logprobs(reference)
         return GenerationRequest(self.name, list(self.prompt), self.sampling, max_tokens=self.max_tokens,
                                  stops=self.stops, stop_token_ids=self.stop_token_ids,
                                  prompt_logprobs=self.prompt_logprobs, images=self.images, ignore_eos=self.ignore_eos,
-                                 logprobs=self.logprobs or reference,
-                                 # alone, one more than asked (at least 2): the margins that tell a near-tie
-                                 top_logprobs=max(self.top_logprobs + 1, 2) if reference else self.top_logprobs,
-                                 constraint=constraint, speculation=0 if reference else self.speculation)
+                                 logprobs=logprobs, top_logprobs=top_logprobs, constraint=constraint,
+                                 speculation=0 if reference else self.speculation)
 
 
 @dataclass
@@ -263,8 +272,7 @@ def serve(runtime: ModelRuntime, scenario: Scenario) -> dict[str, Outcome]:
                 scheduler.add(requests[p.name])
             if p.cancel_at == step:
                 requests[p.name].cancel.cancel("client")
-        for request, event in scheduler.step():
-            request.events.put(event)
+        deliver(scheduler.step())
         for p in scenario.requests:
             if rng.random() < p.read_chance:
                 outcomes[p.name].take(requests[p.name].events.drain())
@@ -281,11 +289,8 @@ def serve_alone(runtime: ModelRuntime, planned: Planned, grammars: GrammarCompil
     scheduler = _budgeted(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4096, max_batch_size=1,
                                                               kv_budget_bytes=256 << 20)), kv_tokens)
     request = planned.request(runtime.vocab_size, grammars, reference=True)
-    scheduler.add(request)
+    run(scheduler, request)
     outcome = Outcome()
-    while scheduler.has_work():
-        for req, event in scheduler.step():
-            req.events.put(event)
     outcome.take(request.events.drain())
     return outcome
 
@@ -369,12 +374,28 @@ def check(runtime: ModelRuntime, seed: int, grammars: GrammarCompiler | None = N
     """Every fault of scenario `seed` (empty when all its requests yield what they yield alone)."""
     scenario = make_scenario(seed, runtime, grammars, replicable)
     batched = serve(runtime, scenario)
-    faults = []
-    for planned in scenario.requests:
-        alone = serve_alone(scenario.runtime(runtime), planned, grammars, scenario.kv_tokens)
-        fault = compare(planned, batched[planned.name], alone)
-        if fault:
-            faults.append(f"{planned.name}: {fault}")
-    if faults:
-        faults.insert(0, str(scenario))
-    return faults
+    return faults_of(scenario, batched, lambda planned: serve_alone(scenario.runtime(runtime), planned, grammars,
+                                                                    scenario.kv_tokens))
+
+
+def faults_of(scenario: Scenario, batched: dict[str, Outcome], alone: Callable[[Planned], Outcome]) -> list[str]:
+    """Each request's fault against `alone(request)`, after the scenario itself; empty when there is none."""
+    faults = [f"{p.name}: {fault}" for p in scenario.requests if (fault := compare(p, batched[p.name], alone(p)))]
+    return [str(scenario), *faults] if faults else []
+
+
+# One of each cache kind: full attention (llama), sliding windows (gemma3_text, gpt_oss with sinks), KV shared across
+# layers (gemma4), a latent cache (glm4_moe_lite), recurrent layers beside attention (qwen3_5, nemotron_h); and
+# images in the prompt (gemma3's vision tower).
+ARCHITECTURES = ["llama", "gemma3_text", "gpt_oss", "gemma4", "glm4_moe_lite", "qwen3_5", "nemotron_h", "gemma3"]
+
+
+def fixture_runtime(arch: str) -> ModelRuntime:
+    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
+    return ModelRuntime.from_loaded(loaded, tokenizer)
+
+
+def fixture_grammars(arch: str, runtime: ModelRuntime, mask_processes: int = 0) -> GrammarCompiler:
+    """A grammar compiler for the fixture's tokenizer (llguidance), its masks in `mask_processes` processes."""
+    tokenizer_json = (PARITY / arch / "tokenizer.json").read_text(encoding="utf-8")
+    return GrammarCompiler(tokenizer_json, runtime.vocab_size, sorted(runtime.eos_ids), mask_processes=mask_processes)

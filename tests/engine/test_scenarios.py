@@ -9,27 +9,10 @@ import pytest
 
 from mlxd.constraints import GrammarCompiler
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.loading.model_source import load_model_and_tokenizer
-from tests.engine.scenarios import check
+from tests.engine.scenarios import ARCHITECTURES, check, fixture_grammars, fixture_runtime
 from tests.engine.threaded_scenarios import check_threaded
-from tests.helpers.parity import PARITY
 
-# One of each cache kind: full attention (llama), sliding windows (gemma3_text, gpt_oss with sinks), KV shared across
-# layers (gemma4), a latent cache (glm4_moe_lite), recurrent layers beside attention (qwen3_5, nemotron_h); and
-# images in the prompt (gemma3's vision tower).
-ARCHITECTURES = ["llama", "gemma3_text", "gpt_oss", "gemma4", "glm4_moe_lite", "qwen3_5", "nemotron_h", "gemma3"]
 SEEDS = range(4)
-
-
-def fixture_runtime(arch: str) -> ModelRuntime:
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
-
-
-def fixture_grammars(arch: str, runtime: ModelRuntime, mask_processes: int = 0) -> GrammarCompiler:
-    """A grammar compiler for the fixture's tokenizer (llguidance), its masks in `mask_processes` processes."""
-    tokenizer_json = (PARITY / arch / "tokenizer.json").read_text(encoding="utf-8")
-    return GrammarCompiler(tokenizer_json, runtime.vocab_size, sorted(runtime.eos_ids), mask_processes=mask_processes)
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

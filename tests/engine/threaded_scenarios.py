@@ -19,7 +19,7 @@ from mlxd.engine.request import ErrorEvent, FinalEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.worker import Worker, WorkerOptions
 from mlxd.errors import MlxdError
-from tests.engine.scenarios import Outcome, Planned, Scenario, compare, make_scenario, serve_alone
+from tests.engine.scenarios import Outcome, Planned, Scenario, faults_of, make_scenario, serve_alone
 
 TICK = 0.004  # seconds per scenario step: arrivals, cancels and a slow reader's pauses are multiples of it
 
@@ -90,10 +90,4 @@ def check_threaded(load: Callable[[], ModelRuntime], reference: ModelRuntime, se
         batched = serve_threaded(worker, scenario, reference.vocab_size)
     finally:
         worker.stop()
-    faults = []
-    for planned in scenario.requests:
-        alone = serve_alone(scenario.runtime(reference), planned, grammars)
-        fault = compare(planned, batched[planned.name], alone)
-        if fault:
-            faults.append(f"{planned.name}: {fault}")
-    return [str(scenario), *faults] if faults else []
+    return faults_of(scenario, batched, lambda planned: serve_alone(scenario.runtime(reference), planned, grammars))

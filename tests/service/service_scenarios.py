@@ -12,12 +12,20 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from mlxd.constraints import ConstraintSpec
 from mlxd.engine.request import FinalEvent, FinishReason, TokenLogprob, TopLogprob
 from mlxd_client import Client, MlxdClientError, pb
-from tests.engine.scenarios import Outcome, Planned, Scenario, compare, make_scenario
-from tests.engine.test_scenarios import fixture_grammars, fixture_runtime
+from tests.engine.scenarios import (
+    Outcome,
+    Planned,
+    Scenario,
+    faults_of,
+    fixture_grammars,
+    fixture_runtime,
+    make_scenario,
+)
 from tests.helpers.daemon_process import Daemon, start_daemon
 from tests.helpers.parity import PARITY
 
@@ -37,43 +45,33 @@ def daemon_args(scenario: Scenario) -> list[str]:
     return args
 
 
-def options(planned: Planned, reference: bool = False) -> pb.GenerationOptions:
-    """The request's GenerationOptions; the reference asks for logprobs and one more alternative (scenarios.py)."""
+def options(planned: Planned, reference: bool = False) -> dict[str, Any]:
+    """The request's GenerationOptions as `Client.generate` takes them (None: left unset); the reference's are
+    Planned.asked_logprobs' and no speculation."""
     s = planned.sampling
-    message = pb.GenerationOptions(
-        max_tokens=planned.max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-        repetition_penalty=s.repetition_penalty, repetition_window=s.repetition_window,
-        presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty, logit_bias=dict(s.logit_bias),
-        stop=list(planned.stops), stop_token_ids=sorted(planned.stop_token_ids), ignore_eos=planned.ignore_eos,
-        logprobs=planned.logprobs or reference,
-        # (the service refuses top_logprobs without logprobs; the engine ignores them)
-        top_logprobs=max(planned.top_logprobs + 1, 2) if reference else planned.top_logprobs * planned.logprobs,
-        prompt_logprobs=planned.prompt_logprobs)
-    if s.seed is not None:
-        message.seed = s.seed
-    speculation = 0 if reference else planned.speculation
-    if speculation is not None:
-        message.speculation = speculation
+    logprobs, top_logprobs = planned.asked_logprobs(reference)
+    constraint = None
     if isinstance(planned.constraint, ConstraintSpec):
         spec = planned.constraint
-        field = "json_object" if spec.kind == "json_object" else spec.kind
-        constraint = pb.Constraint(max_whitespace=spec.max_whitespace or 0)
-        if field == "json_object":
-            constraint.json_object.SetInParent()
-        else:
-            setattr(constraint, field, spec.source)
-        message.constraint.CopyFrom(constraint)
-    return message
+        constraint = pb.Constraint(max_whitespace=spec.max_whitespace or 0,
+                                   **{spec.kind: pb.JsonObject() if spec.kind == "json_object" else spec.source})
+    return dict(max_tokens=planned.max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                min_p=s.min_p, repetition_penalty=s.repetition_penalty, repetition_window=s.repetition_window,
+                presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+                logit_bias=dict(s.logit_bias), seed=s.seed, stop=list(planned.stops),
+                stop_token_ids=sorted(planned.stop_token_ids), ignore_eos=planned.ignore_eos, logprobs=logprobs,
+                # (the service refuses top_logprobs without logprobs; the engine ignores them)
+                top_logprobs=top_logprobs if logprobs else 0, prompt_logprobs=planned.prompt_logprobs,
+                constraint=constraint, speculation=0 if reference else planned.speculation)
 
 
 def stream(client: Client, planned: Planned, name: str, reference: bool = False, cancel_at: float | None = None,
            pause: random.Random | None = None) -> Outcome:
     """Send one request and read its stream to the end: an Outcome as the engine's scenarios keep them."""
-    request = pb.GenerateRequest(request_id=name, options=options(planned, reference))
-    request.tokens.ids.extend(planned.prompt)
     outcome = Outcome()
     try:
-        for response in client.stub.Generate(request, timeout=120):
+        for response in client.generate(tokens=planned.prompt, request_id=name, timeout=120,
+                                        **options(planned, reference)):
             if cancel_at is not None and time.monotonic() >= cancel_at:
                 client.cancel(name)
                 cancel_at = None
@@ -86,8 +84,8 @@ def stream(client: Client, planned: Planned, name: str, reference: bool = False,
                     time.sleep(TICK * pause.randint(1, 8))  # a slow reader
             else:
                 outcome.final = _final(response.final)
-    except Exception as error:  # noqa: BLE001 (a status the compare reports, whatever it is)
-        outcome.error = MlxdClientError(error.code(), error.details()) if hasattr(error, "code") else error
+    except MlxdClientError as error:  # a status: compare reports it
+        outcome.error = error
     return outcome
 
 
@@ -138,14 +136,9 @@ def check(arch: str, seed: int, alone: Daemon) -> list[str]:
         batched = serve(daemon, scenario)
     finally:
         code = daemon.stop()
-    faults = [] if code == 0 else [f"the daemon exited {code}: {daemon.stderr()[-2000:]}"]
     with Client(alone.addr) as c:
-        for planned in scenario.requests:
-            fault = compare(planned, batched[planned.name], stream(c, planned, f"alone-{seed}-{planned.name}",
-                                                                   reference=True))
-            if fault:
-                faults.append(f"{planned.name}: {fault}")
-    return [str(scenario), *faults] if faults else []
+        faults = faults_of(scenario, batched, lambda p: stream(c, p, f"alone-{seed}-{p.name}", reference=True))
+    return faults if code == 0 else [*faults, f"the daemon exited {code}: {daemon.stderr()[-2000:]}"]
 
 
 def alone_daemon(arch: str) -> Daemon:
