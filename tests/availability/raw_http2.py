@@ -1,5 +1,6 @@
 """A hand-driven HTTP/2 client (the h2 package) for what grpcio cannot be made to do: send a call's headers and
-never its message, hold its receive window at zero so replies cannot be delivered, never read at all."""
+never its message, hold its receive window at zero so replies cannot be delivered (and open it later), never read
+at all."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def connect(addr: str, timeout: float = 10.0) -> socket.socket:
 
 class RawConnection:
     """One HTTP/2 connection. window: the initial receive window of its streams; 0 means the server can send
-    headers but no message on them, ever (nothing here opens a window)."""
+    headers but no message on them until open_window."""
 
     def __init__(self, addr: str, window: int | None = None) -> None:
         self.sock = connect(addr)
@@ -76,6 +77,17 @@ class RawConnection:
             self._flush()
         self.events += new
         return new
+
+    def open_window(self, stream_id: int, size: int = 1 << 24) -> None:
+        """Let the server send `size` more bytes on the stream and on the connection: a client that reads again."""
+        self.h2.increment_flow_control_window(size, stream_id=stream_id)
+        self.h2.increment_flow_control_window(size)
+        self._flush()
+
+    def messages(self, stream_id: int) -> bytes:
+        """The bytes of the stream's messages received so far (gRPC's length-prefixed frames, joined)."""
+        return b"".join(event.data for event in self.events
+                        if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id)
 
     def status(self, stream_id: int) -> str | None:
         """The grpc-status in the trailers (or trailers-only headers) received for a stream, if any."""

@@ -3,12 +3,15 @@ nobody reads is bounded and then ended, and a final message nobody takes holds n
 
 import threading
 import time
+import urllib.parse
 
 import grpc
+import h2.events
 import pytest
 
 from mlxd.service.limits import Limits
 from mlxd_client import Client, MlxdClientError, pb
+from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.availability.inprocess import FakeEngine, serving
 from tests.availability.raw_http2 import RawConnection
 
@@ -77,7 +80,7 @@ def test_a_stream_nobody_reads_is_cancelled_at_the_sink_limit(caplog):
     # The fake engine does not pause (as the worker does at --max-stream-backlog): the service's own bound stops it.
     with serving(FakeEngine(tokens=100_000), stream_limit=32) as served:
         conn = RawConnection(served.addr, window=0)
-        conn.open_stream("/mlxd.v1.Inference/Generate", _request("unread"))
+        stream = conn.open_stream("/mlxd.v1.Inference/Generate", _request("unread"))
         assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0)
         request = served.engine.submitted[0]
         assert request.cancel.reason == "the client stopped reading"
@@ -85,20 +88,20 @@ def test_a_stream_nobody_reads_is_cancelled_at_the_sink_limit(caplog):
         with Client(served.addr) as client:
             assert client.cancel("unread") is False   # the service let go of it too
             assert client.health() == "SERVING"
-        conn.close()
+        _read_again_and_be_told(conn, stream, "events unread")
 
 
 def test_the_engine_sees_the_backlog_of_a_client_that_stopped_reading():
     with serving(FakeEngine(tokens=100_000, pause_at=16), stalled_seconds=0.4) as served:
         conn = RawConnection(served.addr, window=0)
-        conn.open_stream("/mlxd.v1.Inference/Generate", _request("paused"))
+        stream = conn.open_stream("/mlxd.v1.Inference/Generate", _request("paused"))
         assert _wait(lambda: served.engine.submitted)
         request = served.engine.submitted[0]
         # The fake engine pauses at 16 untaken events; the write waiting on the client ends the call after 0.4 s.
         assert _wait(lambda: request.cancel.is_set)
         assert request.events.backlog() >= 16
         assert _wait(lambda: served.engine.live_count() == 0)
-        conn.close()
+        _read_again_and_be_told(conn, stream, "waited 0.4 s")
 
 
 def test_a_final_message_nobody_takes_ends_the_call():
@@ -106,12 +109,48 @@ def test_a_final_message_nobody_takes_ends_the_call():
     # time the call ends as a client cancel would, and nothing is left of the request.
     with serving(FakeEngine(tokens=2), stalled_seconds=0.4) as served:
         conn = RawConnection(served.addr, window=0)
-        conn.open_stream("/mlxd.v1.Inference/Generate", _request("final-unread"))
+        stream = conn.open_stream("/mlxd.v1.Inference/Generate", _request("final-unread"))
         assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0)
         with Client(served.addr) as client:
             assert _wait(lambda: client.cancel("final-unread") is False)
             assert client.complete(tokens=[5], request_id="final-unread").final.usage.completion_tokens == 2
-        conn.close()
+        _read_again_and_be_told(conn, stream, "waited 0.4 s")
+
+
+def test_a_grpc_client_that_pauses_past_the_stall_is_told_when_it_reads_again():
+    # A real grpcio client stops reading (a pause in its own code) until its receive window is full and the write
+    # waiting on it passes the stalled-stream time; when it reads again it gets what was on its way, then
+    # RESOURCE_EXHAUSTED, long before its deadline. Its window is kept small (no BDP growth) so that it fills at once.
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    with serving(FakeEngine(tokens=100_000, pause_at=16), stalled_seconds=0.4) as served, \
+            grpc.insecure_channel(served.addr, options=small_window) as channel:
+        responses = pb_grpc.InferenceStub(channel).Generate(
+            pb.GenerateRequest(request_id="paused-reader", tokens=pb.TokenIds(ids=[5, 6])), timeout=60)
+        next(responses)
+        assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0, 30)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in responses:
+                pass
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "waited 0.4 s" in caught.value.details() and time.monotonic() - started < 30
+        with Client(served.addr) as client:
+            assert client.health() == "SERVING"
+
+
+def _read_again_and_be_told(conn: RawConnection, stream: int, why: str) -> None:
+    """The client of an abandoned call reads again: it gets the message it had left waiting, then the call ends
+    RESOURCE_EXHAUSTED saying why (before the fix it got no status and waited for its deadline, or forever)."""
+    conn.open_window(stream)
+    deadline = time.monotonic() + 10
+    while conn.status(stream) is None and time.monotonic() < deadline:
+        conn.read(0.2)
+    assert conn.status(stream) == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert conn.messages(stream)   # the message the client had left waiting came first
+    message = next(dict(e.headers)["grpc-message"] for e in conn.events
+                   if isinstance(e, h2.events.TrailersReceived) and e.stream_id == stream)
+    assert why in urllib.parse.unquote(message) and "the request was cancelled" in urllib.parse.unquote(message)
+    conn.close()
 
 
 def test_duplicate_request_id_is_refused_before_any_preparation():

@@ -33,7 +33,7 @@ from mlxd.service.request_log import RequestLog, quoted
 from mlxd.service.sizes import PromptBounds, check_response, check_token_ids
 from mlxd.service.status import abort
 from mlxd.service.stream_sink import StreamSink
-from mlxd.service.streaming import ClientGone, StreamWriter, stream
+from mlxd.service.streaming import Abandoned, ClientGone, StreamWriter, stream
 from mlxd_proto.v1 import inference_pb2 as pb
 from mlxd_proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -135,6 +135,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await writer.write(final)
         except ClientGone:
             pass  # its request is cancelled already (_generation's finally); nobody is left to answer
+        except Abandoned:
+            await writer.tell_abandoned()   # the request is cancelled already; the status waits for its client
         finally:
             writer.close()
 
@@ -175,6 +177,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self._inflight.remove(request_id, cancel)
         except ClientGone:
             raise  # no answer to give; the finally below cancels the request
+        except Abandoned as error:
+            entry.failed(error)
+            raise  # its status waits for the write its client left (the caller's); the finally cancels the request
         except Cancelled:
             # Cancelled (Cancel RPC, shutdown) before it reached the worker: it ends as a queued one would.
             return convert.final_message(FinalEvent(FinishReason.CANCELLED, 0, 0), request_id, lambda token_id: "")
