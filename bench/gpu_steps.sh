@@ -30,6 +30,8 @@
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
 #                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
 #                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s);
+#                      constrained-counts only 16 streams, a daemon for each of COUNTS mask processes (default
+#                      "1 2 3": fewer processes keep fewer cores busy beside the worker; ~300 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
 #                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes, then a
 #                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
@@ -150,6 +152,9 @@ for spec in "$@"; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                    done; } ;;
+    constrained-counts) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+                   step constrained-counts 500 "$py" -m bench constrained_decode --model "$folder" --streams 16 \
+                     --new-tokens 128 --rounds 3 --mask-processes ${COUNTS:-1 2 3} ;;
     constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
                      --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"
