@@ -68,7 +68,7 @@ class DraftModel:
             values = list(self._positions.values)
             values[index] -= fed - kept
             self._positions.set(values)
-        self._pending[row] = self._pending[row] + tokens[kept:]
+        self._pending[row].extend(tokens[kept:])  # in place: a long prompt pending is not copied every step
 
     def draft(self, depths: dict[int, int]) -> dict[int, list[int]]:
         """Each row's greedy drafts, depths[row] of them (rows left out or at 0 draft none)."""
