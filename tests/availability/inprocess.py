@@ -131,6 +131,7 @@ def serving(engine: FakeEngine | None = None, *, limits: Limits | None = None, s
         started.update(addr=listener.addr, servicer=servicer, loop=asyncio.get_running_loop(), preparation=preparation)
         ready.set()
         await stop[0].wait()
+        servicer.cancel_all("shutdown")   # as the daemon's shutdown does before stopping its server
         await server.stop(0)
         listener.remove()
 

@@ -1,6 +1,7 @@
 """The service against a scripted fake engine, in-process: cancels are registered before any preparation, a stream
 nobody reads is bounded and then ended, and a final message nobody takes holds nothing."""
 
+import logging
 import threading
 import time
 import urllib.parse
@@ -136,6 +137,19 @@ def test_a_grpc_client_that_pauses_past_the_stall_is_told_when_it_reads_again():
         assert "waited 0.4 s" in caught.value.details() and time.monotonic() - started < 30
         with Client(served.addr) as client:
             assert client.health() == "SERVING"
+
+
+def test_a_shutdown_while_an_abandoned_call_waits_for_its_client_is_quiet(caplog, capfd):
+    # The abandoned call's handler waits for its client to read again; the shutdown ends it as a client's leaving
+    # would, without grpc's ERROR for a handler still running at its stop.
+    with serving(FakeEngine(tokens=100_000, pause_at=16), stalled_seconds=0.4) as served:
+        conn = RawConnection(served.addr, window=0)
+        conn.open_stream("/mlxd.v1.Inference/Generate", _request("never-reads"))
+        assert _wait(lambda: served.engine.submitted and served.engine.live_count() == 0)
+        time.sleep(0.5)   # the handler is waiting to tell its client by now
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "Traceback" not in capfd.readouterr().err   # grpc prints one for a handler cancelled at its stop
+    conn.close()
 
 
 def _read_again_and_be_told(conn: RawConnection, stream: int, why: str) -> None:

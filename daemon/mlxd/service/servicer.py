@@ -96,6 +96,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._stream_limit = stream_limit      # events a stream may leave untaken before it is cancelled
         self._stalled_seconds = stalled_seconds   # a write waiting this long on its client ends the call
         self._inflight = InFlight()
+        self._telling: set[StreamWriter] = set()   # abandoned calls waiting for their client to read again
         self._model: ServedModel | None = None
         self._bounds: PromptBounds | None = None
 
@@ -107,8 +108,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return self._served()[0].info
 
     def cancel_all(self, reason: str) -> None:
-        """Shutdown: cancel every generation, those still being prepared included."""
+        """Shutdown: cancel every generation, those still being prepared included, and stop waiting on the
+        clients of abandoned calls."""
         self._inflight.cancel_all(reason)
+        for writer in list(self._telling):
+            writer.give_up()
 
     def _served(self) -> tuple[ServedModel, PromptBounds]:
         if self._model is None or self._bounds is None:
@@ -136,7 +140,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         except ClientGone:
             pass  # its request is cancelled already (_generation's finally); nobody is left to answer
         except Abandoned:
-            await writer.tell_abandoned()   # the request is cancelled already; the status waits for its client
+            self._telling.add(writer)
+            try:
+                await writer.tell_abandoned()   # the request is cancelled already; the status waits for its client
+            finally:
+                self._telling.discard(writer)
         finally:
             writer.close()
 

@@ -75,6 +75,7 @@ class StreamWriter:
         self._stalled = stalled_seconds
         self.request_id = request_id
         self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
         self._abandoned: Abandoned | None = None
         self._waiter: asyncio.Future[None] | None = None   # what write() awaits: its task done, or the call abandoned
         self._pending: asyncio.Task[None] | None = None    # the write under way (left to finish when abandoned)
@@ -127,6 +128,12 @@ class StreamWriter:
             except Exception:
                 return   # the call ended under the write: nobody is left to tell
         await abort(self._context, self._abandoned)
+
+    def give_up(self) -> None:
+        """Shutdown: stop waiting to tell an abandoned call's client. Its handler ends cancelled, as a call whose
+        client left does: grpc sends no status then, and has no pending write of ours to log at its stop."""
+        if self._abandoned is not None and self._task is not None:
+            self._task.cancel()
 
     def close(self) -> None:
         self._timer.cancel()
