@@ -75,3 +75,31 @@ def test_a_draft_model_of_another_vocabulary_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="another vocabulary"):
         load_draft_model(folder, "float32", load_model_tokenizer(PARITY / "llama"))
     assert load_draft_model(PARITY / "qwen3", "float32", load_model_tokenizer(PARITY / "llama")) is not None
+
+
+def _pending_nodes(array) -> int:
+    """The operations not yet evaluated behind `array` (an evaluated array is one node)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlx.core as mx
+    with tempfile.TemporaryDirectory() as folder:
+        dot = Path(folder, "graph.dot")
+        mx.export_to_dot(str(dot), array)
+        return dot.read_text().count("label =")
+
+
+def test_rows_joining_and_leaving_a_draft_model_that_does_not_draft_leave_no_growing_graph(runtime):
+    """A draft model whose drafts are rejected drafts for no row, for as long as that lasts; requests still start
+    and end. Their bookkeeping in its caches is evaluated as it comes, not piled into one lazy chain."""
+    from mlxd.engine.draft_model import DraftModel
+    draft = DraftModel(runtime.model)
+    rows = [0, 1, 2]
+    for row in rows:
+        draft.start(row, [5, 6, 7, 8])
+    draft.draft(dict.fromkeys(rows, 1))  # a probe: the caches hold keys from here on
+    for new in range(3, 103):
+        draft.forget(rows.pop(0))
+        rows.append(new)
+        draft.start(new, [5, 6, 7])
+    assert max(_pending_nodes(a) for cache in draft._caches for a in cache.state) <= 3  # 501 labels before the fix

@@ -41,6 +41,7 @@ class DraftModel:
         self._positions.set(self._positions.values + [0])
         self._order.append(row)
         self._pending[row] = list(prompt)
+        self._settle()
 
     def forget(self, row: int) -> None:
         if row not in self._pending:
@@ -53,6 +54,16 @@ class DraftModel:
         self._order.pop(index)
         self._pending.pop(row)
         self._fed.pop(row, None)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Queue the caches' rows joining and leaving for evaluation (not waited for). Left lazy, they piled up
+        for as long as the batch did not draft: a draft model whose drafts are rejected drafts for no row, and
+        each request's start and end added three graph nodes per cache array (600 after 200 requests), a chain
+        growing for the daemon's life, held in memory and evaluated whole at the next probe."""
+        state = [a for cache in self._caches for a in cache.state]
+        if state:
+            mx.async_eval(state)
 
     def observe(self, row: int, drafted: list[int], tokens: list[int]) -> None:
         """The target gave the row `tokens` after `drafted` drafts (none in a plain step)."""
