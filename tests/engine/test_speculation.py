@@ -122,6 +122,26 @@ def test_a_draft_model_batch_probes_less_often_while_its_drafts_are_rejected():
     assert probes[0] == 16 and spec.costs.measured_verify() == {}
 
 
+def test_a_draft_model_batch_of_short_requests_keeps_probing():
+    """The wait before a probe counts the batch's steps: requests shorter than it (here 50 steps, against waits of
+    up to 256) still let the batch relearn now and then. Counted per row, no row ever waited long enough."""
+    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
+    row, probes = 0, []
+    spec.start(row, [1, 2, 3], cap=None)
+    for step in range(2000):
+        if step % 50 == 49:  # a request ends, the next starts in its place
+            spec.forget(row)
+            row += 1
+            spec.start(row, [1, 2, 3], cap=None)
+        rooms = {row: 10_000}
+        drafts = spec.drafts(rooms) if spec.wants_drafts(rooms) else {}
+        spec.timed(1, 1 + max(map(len, drafts.values()), default=0), 0.010 if not drafts else 0.5)
+        spec.observe(row, drafts.get(row, []), [7])
+        if drafts:
+            probes.append(step)
+    assert len(probes) >= 9 and probes[-1] > 1700   # every 257 steps to the end (before: none after step 131)
+
+
 def test_rows_learn_acceptance_from_probes_and_verified_runs():
     spec = Speculator(max_depth=4)
     spec.start(0, [1, 2, 3, 1, 2], cap=None)

@@ -19,9 +19,11 @@ make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L t
 step is bound by host work, little more).
 
 A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
-and then to relearn (a probe): after 16 plain steps, then after twice as many each time a probe does not turn
-speculation on, up to 256. A probe is not timed: the draft model's catch-up on every token since the
-last probe is exploration, not what a verify step costs while the batch speculates.
+and then to relearn (a probe): after 16 plain steps of the batch, then after twice as many each time a probe does
+not turn speculation on, up to 256. The steps are the batch's, whichever rows it holds: counted per row, a batch
+of requests shorter than the wait never probed again, and its acceptance stayed what its first probes saw. A
+probe is not timed: the draft model's catch-up on every token since the last probe is exploration, not what a
+verify step costs while the batch speculates.
 """
 
 from __future__ import annotations
@@ -76,7 +78,6 @@ class _RowSpeculation:
     cap: int                                  # the most drafts per step this row takes
     acceptance: float
     probe: int | None = None                  # the first token it would have drafted in a step without drafts
-    idle: int = 0                             # steps since it last drafted
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Speculator:
     costs: StepCosts = field(default_factory=StepCosts)
     _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
+    _plain_steps: int = 0               # the batch's steps since it last drafted
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
 
     def start(self, row: int, prompt: list[int], cap: int | None) -> None:
@@ -129,8 +131,7 @@ class Speculator:
 
     def _probe_due(self, caps: dict[int, int]) -> bool:
         """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
-        return (self.model is not None and any(caps.values())
-                and any(spec.idle >= self._probe_after for spec in self._rows.values()))
+        return self.model is not None and any(caps.values()) and self._plain_steps >= self._probe_after
 
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """Each row's drafts for the next step (rows without any left out); {} for a plain step."""
@@ -212,7 +213,6 @@ class Speculator:
         elif spec.probe is not None and tokens:
             self._learn(spec, tokens[0] == spec.probe)
         spec.probe = None
-        spec.idle = 0 if drafted else spec.idle + 1
         if self.model is not None:
             self.model.observe(row, drafted, tokens)
         else:
@@ -224,6 +224,7 @@ class Speculator:
 
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds` (a verify step's drafting included)."""
+        self._plain_steps = self._plain_steps + 1 if length == 1 else 0
         if self._probing:
             self._probing = False
             return
