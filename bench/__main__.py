@@ -29,6 +29,8 @@ BENCHMARKS = {
                        "where one sequence's decode step goes (attention, MLP/MoE, output layer), against mlx-lm"),
     "batch_step_profile": ("bench.suite.batch_step_profile",
                            "where an N-row decode step goes (attention, linear attention, MLP/MoE), against mlx-lm"),
+    "latent_layer_parts": ("bench.suite.latent_layer_parts",
+                           "one routed MLA layer (GLM-4.7-Flash) in parts, each timed at a decode step's size"),
     "expert_matmul": ("bench.suite.expert_matmul",
                       "a MoE step's routed-expert matmul: the CUDA kernel against MLX's gathered matmul, per size"),
     "speculative": ("bench.suite.speculative",

@@ -61,6 +61,8 @@
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
+#   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
+#                      parts, each timed alone at 16 rows (bench latent_layer_parts; ~60 s)
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
 # throughput (default 2; one stream's rounds vary 20-30 % on the H200, so 4+ to settle a ratio near a bar).
 set -uo pipefail
@@ -210,6 +212,8 @@ for spec in "$@"; do
     variant:*) shape=${spec#variant:}; folder=$(quantized "$shape") &&
                  step "$shape-variant" 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                    --new-tokens 128 ${MIXED:+--mixed} --rounds 4 --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+    mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
+               step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
