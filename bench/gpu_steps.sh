@@ -62,7 +62,8 @@
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 #   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
-#                      parts, each timed alone at 16 rows (bench latent_layer_parts; ~60 s)
+#                      parts, each timed alone at 16 rows, with mlxd's kernels and with MLX's ops (bench
+#                      latent_layer_parts; ~60 s)
 # Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
 # throughput (default 2; one stream's rounds vary 20-30 % on the H200, so 4+ to settle a ratio near a bar).
 set -uo pipefail
