@@ -42,9 +42,7 @@ from mlxd.engine.request import (
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.engine_runs import deliver, run
-from tests.helpers.parity import PARITY
 
 TIE = 1e-4          # nats: a greedy parting at a smaller reference margin is rounding, not a fault
 LOGPROB_ABS = 1e-4  # batched against alone
@@ -389,13 +387,3 @@ def faults_of(scenario: Scenario, batched: dict[str, Outcome], alone: Callable[[
 # images in the prompt (gemma3's vision tower).
 ARCHITECTURES = ["llama", "gemma3_text", "gpt_oss", "gemma4", "glm4_moe_lite", "qwen3_5", "nemotron_h", "gemma3"]
 
-
-def fixture_runtime(arch: str) -> ModelRuntime:
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / arch, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
-
-
-def fixture_grammars(arch: str, runtime: ModelRuntime, mask_processes: int = 0) -> GrammarCompiler:
-    """A grammar compiler for the fixture's tokenizer (llguidance), its masks in `mask_processes` processes."""
-    tokenizer_json = (PARITY / arch / "tokenizer.json").read_text(encoding="utf-8")
-    return GrammarCompiler(tokenizer_json, runtime.vocab_size, sorted(runtime.eos_ids), mask_processes=mask_processes)

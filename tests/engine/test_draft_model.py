@@ -8,21 +8,18 @@ import dataclasses
 
 import pytest
 
-from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.loading.loader import load_model
-from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.engine.test_speculative_scheduler import PLAIN, _assert_same, _outputs, _requests
 from tests.helpers.engine_runs import run_arrivals
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import PARITY, fixture_runtime
 
 DRAFTING = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8, speculate_depth=3, speculate_adaptive=False)
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3_text"])
 def runtime(request):
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime(request.param)
 
 
 @pytest.mark.parametrize("draft", ["itself", "qwen3", "itself, catching up 3 tokens a pass"])

@@ -18,7 +18,6 @@ from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.loader import load_model
-from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.models.recurrent_cache import BatchRecurrentCache
 from tests.engine.test_speculative_scheduler import (
     PLAIN,
@@ -30,15 +29,14 @@ from tests.engine.test_speculative_scheduler import (
     _requests,
 )
 from tests.helpers.engine_runs import drain, run, run_arrivals
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import PARITY, fixture_runtime
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
 @pytest.fixture(scope="module", params=["qwen3_5", "qwen3_5_moe", "nemotron_h"])
 def runtime(request) -> ModelRuntime:
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime(request.param)
 
 
 def test_ngram_speculation_yields_the_plain_output(runtime):

@@ -9,8 +9,9 @@ import pytest
 
 from mlxd.constraints import GrammarCompiler
 from mlxd.engine.runtime import ModelRuntime
-from tests.engine.scenarios import ARCHITECTURES, check, fixture_grammars, fixture_runtime
+from tests.engine.scenarios import ARCHITECTURES, check
 from tests.engine.threaded_scenarios import check_threaded
+from tests.helpers.parity import fixture_grammars, fixture_runtime
 
 SEEDS = range(4)
 

@@ -12,9 +12,8 @@ from mlxd.engine.runner import Runner
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.engine_runs import drain, run, run_arrivals
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import fixture_runtime
 
 SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.9, seed=7),
              SamplingParams(temperature=0.0, repetition_penalty=1.2), SamplingParams(temperature=0.7, top_k=20, seed=1)]
@@ -25,8 +24,7 @@ SPECULATIVE = SchedulerOptions(prefill_chunk_size=8, max_batch_size=8, speculate
 
 @pytest.fixture(scope="module", params=["llama", "gemma3_text", "gpt_oss"])
 def runtime(request):
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime(request.param)
 
 
 def _prompt(length: int, seed: int) -> list[int]:

@@ -7,17 +7,14 @@ import dataclasses
 import pytest
 
 from mlxd.engine.runner import Runner
-from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.warmup import warm_up
 from mlxd.loading.loader import load_model
-from mlxd.loading.model_source import load_model_and_tokenizer
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import PARITY, fixture_runtime
 
 
 @pytest.fixture(scope="module")
 def runtime():
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / "llama", dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime("llama")
 
 
 @pytest.mark.parametrize("drafting", ["ngram", "draft model", "off"])

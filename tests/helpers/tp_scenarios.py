@@ -20,8 +20,8 @@ from mlxd.parallel.constraints import FollowerGrammars
 from mlxd.parallel.group import init_group
 from mlxd.parallel.leader import ReplicatedParts
 from mlxd.parallel.replay import Replayer
-from tests.engine.scenarios import check, fixture_grammars
-from tests.helpers.parity import PARITY
+from tests.engine.scenarios import check
+from tests.helpers.parity import PARITY, fixture_grammars
 from tests.helpers.sharded_batch import side_channel
 
 DONE = "scenarios_done"

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 
 from mlxd.engine.request import GenerationRequest
-from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.model_source import load_model_and_tokenizer
 from tests.helpers.engine_runs import assert_batched_rows_yield_what_they_yield_alone, serve
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import fixture_runtime
 
 LENGTHS = [3, 20, 31, 45, 9, 17]
 SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.9, seed=7),
@@ -22,8 +20,7 @@ SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, to
 
 @pytest.fixture(scope="module", params=["gemma4", "gemma4_moe"])
 def runtime(request):
-    loaded, tokenizer = load_model_and_tokenizer(PARITY / request.param, dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime(request.param)
 
 
 def _prompt(length: int, seed: int) -> list[int]:

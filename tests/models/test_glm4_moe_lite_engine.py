@@ -10,9 +10,8 @@ from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
-from mlxd.loading.model_source import load_model_and_tokenizer
-from tests.helpers.daemon_process import FIXTURES
 from tests.helpers.engine_runs import assert_batched_rows_yield_what_they_yield_alone, serve
+from tests.helpers.parity import fixture_runtime
 
 SAMPLINGS = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.95, seed=7),
              SamplingParams(temperature=0.0, repetition_penalty=1.2), SamplingParams(temperature=0.7, seed=3)]
@@ -21,8 +20,7 @@ PROMPT_LENGTHS = [37, 3, 21, 1, 58, 12]
 
 @pytest.fixture(scope="module")
 def runtime() -> ModelRuntime:
-    loaded, tokenizer = load_model_and_tokenizer(FIXTURES / "parity" / "glm4_moe_lite", dtype="float32")
-    return ModelRuntime.from_loaded(loaded, tokenizer)
+    return fixture_runtime("glm4_moe_lite")
 
 
 def _prompt(n: int, seed: int) -> list[int]:

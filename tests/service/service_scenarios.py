@@ -22,12 +22,10 @@ from tests.engine.scenarios import (
     Planned,
     Scenario,
     faults_of,
-    fixture_grammars,
-    fixture_runtime,
     make_scenario,
 )
 from tests.helpers.daemon_process import Daemon, start_daemon
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import PARITY, fixture_grammars, fixture_runtime
 
 TICK = 0.01  # seconds per scenario step
 ALONE = ("--max-batch-size", "1", "--prefix-cache-mb", "0", "--prefill-chunk", "4096")

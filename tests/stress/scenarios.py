@@ -18,9 +18,9 @@ import sys
 import time
 
 from mlxd.loading.model_source import load_model_and_tokenizer
-from tests.engine.scenarios import ARCHITECTURES, check, fixture_grammars, fixture_runtime
+from tests.engine.scenarios import ARCHITECTURES, check
 from tests.engine.threaded_scenarios import check_threaded
-from tests.helpers.parity import PARITY
+from tests.helpers.parity import PARITY, fixture_grammars, fixture_runtime
 from tests.service import service_scenarios
 
 
