@@ -51,9 +51,9 @@
 #                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
 #                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
-#                      plain), 1 and 16 streams; speculate-self the 8B as its own draft (full acceptance: the ceiling);
-#                      speculate-draft-debug its 16 streams with the daemons' logs at DEBUG kept in $OUT (a line a
-#                      step: rows, width, ms, the policy's state), to find what the slow rounds spend
+#                      plain), 1 and 16 streams, the daemons' logs kept in $OUT (LOG_LEVEL=DEBUG: a line a step, its
+#                      rows, width, ms and the policy's state); speculate-self the 8B as its own draft (full
+#                      acceptance: the ceiling)
 #   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
 #                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
 #                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
@@ -202,11 +202,8 @@ for spec in "$@"; do
                        --out "$logs/speculate-inprocess" ;;
     speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
                      step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \
-                       --tasks free --max-tokens 96 --streams 1,16 --rounds 3 ;;
-    speculate-draft-debug) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
-                     step speculate-draft-debug 400 "$py" -m bench speculative --model "$target" \
-                       --draft-model "$draft" --tasks free --max-tokens 96 --streams 16 --rounds 4 \
-                       --log-level DEBUG --out "$logs/speculate-draft-debug" ;;
+                       --tasks free --max-tokens 96 --streams 1,16 --rounds 3 --log-level "${LOG_LEVEL:-INFO}" \
+                       --out "$logs/speculate-draft" ;;
     speculate-self) target=$(model llama-8b bfloat16 0 all) &&
                     step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
                       --tasks free --max-tokens 96 --streams 1,16 --rounds 2 ;;
