@@ -1,8 +1,9 @@
 """Drafting by a second, smaller model that shares the target's vocabulary (`mlxd serve --draft-model PATH`).
 
-The draft model keeps its own batch caches for the rows that draft (models/batch_cache.py), in the order it
-took them in. A row joins empty, its whole prompt pending: the draft model spends nothing on a row until the
-batch first drafts (a draft model whose drafts are rejected costs little more than its memory). Each drafting
+The draft model keeps its own batch caches for the rows that draft (models/batch_cache.py), in the order they
+joined. Rows join (empty, the whole prompt pending) and leave at the batch's next drafting step: the draft model
+spends nothing on a row until the batch drafts (a draft model whose drafts are rejected costs little more than
+its memory). Each drafting
 step feeds every row the tokens it has not taken in (`pending`: its prompt at first, then the verified run, or
 the plain steps' tokens; in passes of at most 512 per row), then runs greedily for the deepest row's depth, all
 rows at once; rows that draft less
@@ -26,50 +27,53 @@ _CATCH_UP = 512  # the most pending tokens a row feeds in one pass (a long promp
 class DraftModel:
     def __init__(self, model: LanguageModel) -> None:
         self._model = model
-        self._positions = BatchPositions()
-        self._caches = [batched(c, self._positions) for c in model.make_cache()]
+        self._reset()
         if not all(isinstance(c, BatchKVCache) for c in self._caches):
             raise ValueError("a draft model with recurrent layers cannot roll its drafts back")
-        self._order: list[int] = []
         self._pending: dict[int, list[int]] = {}  # tokens the row generated that the draft model has not taken in
         self._fed: dict[int, int] = {}            # drafts of the last step the row's columns hold (unverified)
 
     def start(self, row: int, prompt: list[int]) -> None:
-        """Take a row in, empty: its prompt is pending until the batch first drafts."""
-        for batch in self._caches:
-            cast(BatchKVCache, batch).add_row(None)
-        self._positions.set(self._positions.values + [0])
-        self._order.append(row)
+        """Take a row in: its prompt is pending, and it joins the caches at the batch's next drafting step."""
         self._pending[row] = list(prompt)
-        self._settle()
 
     def forget(self, row: int) -> None:
-        if row not in self._pending:
+        """Let the row go: it leaves the caches at the next drafting step, or at once if no row stays in them."""
+        if self._pending.pop(row, None) is None:
             return
-        index = self._order.index(row)
-        keep = [i for i in range(len(self._order)) if i != index]
-        for cache in self._caches:
-            cache.keep_rows(keep)
-        self._positions.set([self._positions.values[i] for i in keep])
-        self._order.pop(index)
-        self._pending.pop(row)
         self._fed.pop(row, None)
-        self._settle()
+        if not any(r in self._pending for r in self._order):  # the caches hold only rows that left: emptied now
+            self._reset()
 
-    def _settle(self) -> None:
-        """Queue the caches' rows joining and leaving for evaluation (not waited for). Left lazy, they piled up
-        for as long as the batch did not draft: a draft model whose drafts are rejected drafts for no row, and
-        each request's start and end added three graph nodes per cache array (600 after 200 requests), a chain
-        growing for the daemon's life, held in memory and evaluated whole at the next probe."""
-        state = [a for cache in self._caches for a in cache.state]
-        if state:
-            mx.async_eval(state)
+    def _reset(self) -> None:
+        self._positions = BatchPositions()
+        self._caches = [batched(c, self._positions) for c in self._model.make_cache()]
+        self._order: list[int] = []  # the rows in the caches, in their order
+
+    def _join_and_leave(self) -> None:
+        """Bring the caches to the rows drafting now: those that left go in one pass, those that joined come in
+        empty. Done here, not as requests start and end: a draft model whose drafts are rejected drafts seldom
+        (probes), and each row's start and end cost every cache array a copy (a 16-row batch's turnover: 64
+        graph nodes a request on the draft model's 32 arrays) that only the next drafting step needs."""
+        keep = [i for i, row in enumerate(self._order) if row in self._pending]
+        if len(keep) < len(self._order):
+            for cache in self._caches:
+                cache.keep_rows(keep)
+            self._positions.set([self._positions.values[i] for i in keep])
+            self._order = [self._order[i] for i in keep]
+        joined = set(self._order)
+        for row in self._pending:
+            if row not in joined:
+                for cache in self._caches:
+                    cast(BatchKVCache, cache).add_row(None)
+                self._positions.set(self._positions.values + [0])
+                self._order.append(row)
 
     def observe(self, row: int, drafted: list[int], tokens: list[int]) -> None:
         """The target gave the row `tokens` after `drafted` drafts (none in a plain step)."""
         if row not in self._pending:
             return
-        fed = self._fed.pop(row, 0)
+        fed = self._fed.pop(row, 0)  # a row that drafted joined the caches: the index below is found
         kept = min(len(tokens) - 1, fed) if drafted else 0
         if fed > kept:  # the rejected drafts it fed: forgotten, as if never seen
             index = self._order.index(row)
@@ -83,9 +87,10 @@ class DraftModel:
 
     def draft(self, depths: dict[int, int]) -> dict[int, list[int]]:
         """Each row's greedy drafts, depths[row] of them (rows left out or at 0 draft none)."""
-        want = [depths.get(row, 0) if self._pending[row] else 0 for row in self._order]
-        if not any(want):
+        if not any(depths.get(row, 0) and pending for row, pending in self._pending.items()):
             return {}
+        self._join_and_leave()
+        want = [depths.get(row, 0) if self._pending[row] else 0 for row in self._order]
         for cache in self._caches:
             cache.compact()
         # Catch up: every row takes its pending tokens (left-aligned, filler after). Passes of at most _CATCH_UP
