@@ -223,6 +223,31 @@ def test_a_verify_step_measured_once_while_compiling_is_tried_again():
     assert spec.costs.measured_verify() == {(1, 2): firm}  # no longer provisional: kept
 
 
+def test_a_verify_step_retried_still_tells_other_batch_sizes_its_cost():
+    """A draft model's verify step measured twice for one row, at 5x a plain step: while its cost waits for its
+    retry, a new batch of 16 rows assumes the same ratio rather than a verify step as cheap as a plain one (on an
+    H100 each 16-row batch drafted at its first step, its draft model catching up on 16 prompts)."""
+    from mlxd.engine.step_costs import RETRY
+
+    spec = _speculator_with_rows([0.5])
+    _plain(spec, 1, 0.005)
+    spec.timed(1, 2, 2.0)                           # compiling
+    spec.timed(1, 2, 0.025)
+    for _ in range(RETRY):
+        spec.timed(1, 1, 0.005)
+    assert spec.costs.measured_verify() == {}       # provisional: forgotten for its retry...
+    assert spec.costs.verify(1, 2) == 0.005         # ...which assumes it as cheap as a plain step...
+    _plain(spec, 16, 0.007)
+    assert abs(spec.costs.verify(16, 2) - 0.035) < 1e-9   # ...while other batch sizes keep its ratio
+    once = _speculator_with_rows([0.5])
+    _plain(once, 1, 0.005)
+    once.timed(1, 2, 2.0)                           # measured once, maybe compiling: no hint once forgotten
+    for _ in range(RETRY):
+        once.timed(1, 1, 0.005)
+    _plain(once, 16, 0.007)
+    assert once.costs.verify(16, 2) == 0.007
+
+
 def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
     """Before a step a row's newest token is still being computed, and reading it drains the pipeline: the row looks
     its drafts up without it, the first token found standing for it (its probe). Only drafts after that one make the

@@ -10,7 +10,8 @@ width is tried once before it is judged, and a batch that grows by one row does 
 is forgotten a while after it was last measured: measured in a slow spell, it would keep speculation off for good.
 
 A verify cost of fewer than three measurements is provisional: the least of them (compiling only ever slows a
-step), forgotten RETRY steps after it was measured, so the width is tried again. On an H200 the first verify step of
+step), forgotten RETRY steps after it was measured, so the width is tried again (measured twice, its least still
+stands for other batch sizes meanwhile). On an H200 the first verify step of
 each width compiled kernels for up to seconds; measured once at that, n-gram lookup on a copy-heavy task never
 drafted again in its daemon's life (STALE steps are minutes of serving).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from typing import cast
 
 _SAMPLES = 9     # a cost is the median of the latest this many of its measurements
 _FIRM = 3        # measurements before a cost is firm (one may have compiled): a plain cost counts from then, a
@@ -58,11 +60,25 @@ class StepCosts:
         plain = self._plain[rows]
         if (rows, width) in self._verify:
             return max(plain, self._verify[rows, width])
-        near = [(width - w, abs(rows - r), r, w) for r, w in self._verify if w <= width and r in self._plain]
+        known = self._known_verify()
+        near = [(width - w, abs(rows - r), r, w) for r, w in known
+                if w <= width and r in self._plain and (r, w) != (rows, width)]
         if not near:
             return plain
         _, _, r, w = min(near)
-        return plain * max(1.0, self._verify[r, w] / self._plain[r])
+        return plain * max(1.0, known[r, w] / self._plain[r])
+
+    def _known_verify(self) -> dict[tuple[int, int], float]:
+        """The verify costs, and the least measurement of each provisional one forgotten for its retry if it was
+        measured twice (compiling slows only the first step of a shape): a hint for other batch sizes. Without
+        it, a draft model's verify measured at 5x a plain step for one row was forgotten for its retry, and each
+        new 16-row batch assumed a verify step as cheap as a plain one and drafted at its first step, its draft
+        model catching up on 16 prompts (40-140 ms on an H100, against ~7 ms a step)."""
+        known = dict(self._verify)
+        for key, samples in self._samples.items():
+            if isinstance(key, tuple) and key not in known and len(samples) >= 2:
+                known[cast(tuple[int, int], key)] = min(samples)
+        return known
 
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds`."""
