@@ -39,6 +39,8 @@ BENCHMARKS = {
                            "the n-gram speculation policy replayed over recorded generations at given step costs"),
     "speculation_inprocess": ("bench.suite.speculation_inprocess",
                               "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
+    "attention_plans": ("bench.suite.attention_plans",
+                        "the first call of attention at each new shape (cuDNN plans on CUDA), against later calls"),
     "verify_step": ("bench.suite.verify_step",
                     "one synchronous verify step per width, rows and context, against a plain step [and --variant]"),
     "constrained_decode": ("bench.suite.constrained_decode",
