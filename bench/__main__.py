@@ -41,6 +41,8 @@ BENCHMARKS = {
                               "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
     "attention_plans": ("bench.suite.attention_plans",
                         "the first call of attention at each new shape (cuDNN plans on CUDA), against later calls"),
+    "prompt_lengths": ("bench.suite.prompt_lengths",
+                       "TTFT of prompts each of a new length, as the code stands against a --variant"),
     "verify_step": ("bench.suite.verify_step",
                     "one synchronous verify step per width, rows and context, against a plain step [and --variant]"),
     "constrained_decode": ("bench.suite.constrained_decode",

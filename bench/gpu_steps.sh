@@ -63,6 +63,9 @@
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
+#   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,
+#                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
+#                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
 #   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
 #                      parts, each timed alone at 16 rows, with mlxd's kernels and with MLX's ops (bench
 #                      latent_layer_parts; ~60 s)
@@ -216,6 +219,10 @@ for spec in "$@"; do
     variant:*) shape=${spec#variant:}; folder=$(quantized "$shape") &&
                  step "$shape-variant" 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                    --new-tokens 128 ${MIXED:+--mixed} --rounds 4 --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+    prompt-lengths) folder=$(model llama-8b bfloat16 0 all) &&
+                    step prompt-lengths 300 "$py" -m bench prompt_lengths --model "$folder" --prompts 24 \
+                      --variant "fused:mlxd.models.ops_mlx.SMALL_SCORES=0" ;;
+    attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&

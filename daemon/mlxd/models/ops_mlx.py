@@ -39,7 +39,7 @@ class MLXBackend:
                   softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
         if softcap is not None:
             return softcapped_attention(queries, keys, values, scale, mask, softcap, sinks)
-        if _takes_grouped(queries.shape[2], mask):
+        if _takes_grouped(queries.shape[2], mask, queries.shape[0] * queries.shape[1] * keys.shape[2]):
             return grouped_attention(queries, keys, values, scale, mask, sinks)
         if sinks is not None:  # the fused kernel wants sinks of a type that promotes to the output's
             sinks = sinks.astype(queries.dtype)
@@ -163,15 +163,22 @@ def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, sc
 # step of an 8B model on an H200 took 50-100 ms against 4.6 ms for a plain step, every step, since the key length
 # grows with each. The explicit path's scores are [B, heads, L, T]: small for a few queries.
 FEW_QUERIES = 16
+# So do more queries while their scores are at most this many (rows x heads x queries x keys: 128 MB of float32):
+# a prompt chunk's, or a draft model's catch-up. Each new shape cost the fused kernel ~37 ms of planning on an
+# H100 (bench attention_plans: 1 row x 512 queries x 700 keys, 32 heads), against 0.2 ms for the attention itself,
+# and every prompt of a new length is a new shape; the explicit ops cost the same within 15 % at these sizes.
+SMALL_SCORES = 1 << 25
 
 
-def _takes_grouped(queries: int, mask: Mask) -> bool:
+def _takes_grouped(queries: int, mask: Mask, per_query: int) -> bool:
     """Whether attention with `queries` queries per row takes grouped_attention (see the top): one query with an
-    array mask, or a few on CUDA with no mask of their own per head."""
+    array mask, or on CUDA a few with no mask of their own per head, or more whose scores are small (`per_query`:
+    rows x heads x keys)."""
     if queries == 1:
         return isinstance(mask, mx.array)
     shared_by_heads = not isinstance(mask, mx.array) or mask.ndim < 4 or mask.shape[1] == 1
-    return queries <= FEW_QUERIES and shared_by_heads and _plans_per_shape()
+    few = queries <= FEW_QUERIES or queries * per_query <= SMALL_SCORES
+    return few and shared_by_heads and _plans_per_shape()
 
 
 def _plans_per_shape() -> bool:
