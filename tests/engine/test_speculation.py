@@ -263,3 +263,18 @@ def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
     spec.start(0, [5, 5], cap=None)                   # is a draft
     _plain(spec, 1, 0.01)
     assert spec.wants_drafts({0: 10})
+
+
+def test_drafts_found_a_token_early_count_as_likely_as_their_first_token():
+    """Drafts looked up a token early hold only if the newest token is the one the lookup put first: as likely as
+    the row's acceptance. At 0.3 they are not worth draining the pipeline for a verify step at 1.3x a plain one;
+    the same drafts found with the newest token read are."""
+    def speculator() -> Speculator:
+        spec = _speculator_with_rows([0.3] * 16)
+        _plain(spec, 16, 0.010)
+        for width in range(2, 6):
+            spec.timed(16, width, 0.013)
+        return spec
+    rooms = dict.fromkeys(range(16), 100)
+    assert not speculator().wants_drafts(rooms, pending=range(16))
+    assert speculator().wants_drafts(rooms)

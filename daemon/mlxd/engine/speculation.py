@@ -119,7 +119,7 @@ class Speculator:
         caps = {row: self._cap(row, room) for row, room in rooms.items()}
         if self.model is not None or not self.adaptive:
             return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
-        found = {}
+        found, guessed = {}, set()
         for row, cap in caps.items():
             spec = self._rows.get(row)
             if spec is not None:
@@ -127,7 +127,9 @@ class Speculator:
                 proposal = spec.index.draft(max(cap + early, 1))
                 spec.probe = proposal[0] if proposal else None
                 found[row] = max(0, min(cap, len(proposal) - early))
-        return self._width(found, len(rooms)) > 1
+                if early:
+                    guessed.add(row)
+        return self._width(found, len(rooms), guessed) > 1
 
     def _probe_due(self, caps: dict[int, int]) -> bool:
         """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
@@ -160,11 +162,16 @@ class Speculator:
         spec = self._rows.get(row)
         return 0 if spec is None else max(0, min(spec.cap, room - 1))
 
-    def _width(self, drafting: dict[int, int], rows: int) -> int:
+    def _width(self, drafting: dict[int, int], rows: int, guessed: Collection[int] = ()) -> int:
         """L for a step of `rows` rows where each row in `drafting` could draft up to that many tokens (rows of
-        requests that turned speculation off are in the batch, not the speculator: they draft nothing)."""
-        drafters = [(self._rows[row].acceptance, k) for row, k in drafting.items() if k > 0 and row in self._rows]
-        deepest = max((k for _, k in drafters), default=0)
+        requests that turned speculation off are in the batch, not the speculator: they draft nothing). Rows in
+        `guessed` found theirs a token early (wants_drafts): they hold only if the newest token is the one the
+        lookup put first, as likely as a draft's acceptance, so their drafts count that much less. Counted whole,
+        16 free-text rows at acceptance 0.2 drained the pipeline to look again in most steps on an H100 and found
+        no drafts after all (0.89x plain in-process)."""
+        drafters = [(self._rows[row].acceptance, k, row in guessed) for row, k in drafting.items()
+                    if k > 0 and row in self._rows]
+        deepest = max((k for _, k, _ in drafters), default=0)
         if not self.adaptive:
             return 1 + deepest
         plain = self.costs.plain(rows)
@@ -176,12 +183,13 @@ class Speculator:
         # First a bound: every drafter at the highest acceptance any shows, drafting the whole width. Where even that
         # loses to a plain step (free text: the common case), the sum over rows below is not needed; this runs
         # before every step of a batch that speculates (0.1 ms of a 16-row step's host work on an H200).
-        top = max(acceptance for acceptance, _ in drafters)
+        top = max(acceptance for acceptance, _, _ in drafters)
         if all(rows + len(drafters) * (self.expected(top, width - 1) - 1) <= best_rate * _MARGIN * assumed[width]
                for width in widths):
             return 1
         for width in widths:
-            tokens = rows + sum(self.expected(acceptance, min(k, width - 1)) - 1 for acceptance, k in drafters)
+            tokens = rows + sum((self.expected(acceptance, min(k, width - 1)) - 1) * (acceptance if guess else 1.0)
+                                for acceptance, k, guess in drafters)
             if tokens / assumed[width] > best_rate * _MARGIN:  # a margin: noise alone never turns speculation on
                 best, best_rate = width, tokens / assumed[width]
         return best
