@@ -29,12 +29,13 @@ def test_masked_decode_attention_equals_mlx_fused(heads, kv_heads, additive, ker
     assert mx.abs(got - want).max().item() < 1e-5
 
 
-@pytest.mark.parametrize("queries", [2, 5])
+@pytest.mark.parametrize("queries", [2, 5, 13])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
 @pytest.mark.parametrize("mask_kind", ["causal", "array", "none"])
 def test_grouped_attention_for_a_few_queries_equals_mlx_fused(queries, heads, kv_heads, mask_kind):
-    """A verify step's few queries per row (on CUDA they take this path: the fused kernel plans every new key
-    length), with the causal mask of queries that are the last of the keys, a per-row array mask, or none."""
+    """A verify step's few queries per row, or a short prompt's (13: every key a query, as in a first chunk): on
+    CUDA they take this path (the fused kernel plans every new shape), with the causal mask of queries that are
+    the last of the keys, a per-row array mask, or none."""
     from mlxd.models.ops_mlx import grouped_attention
 
     batch, keys, dim = 3, 13, 16
@@ -42,7 +43,7 @@ def test_grouped_attention_for_a_few_queries_equals_mlx_fused(queries, heads, kv
     q = mx.random.normal((batch, heads, queries, dim))
     k = mx.random.normal((batch, kv_heads, keys, dim))
     v = mx.random.normal((batch, kv_heads, keys, dim))
-    starts = mx.array([0, 4, 8])  # every query sees a key
+    starts = mx.minimum(mx.array([0, 4, 8]), keys - queries)  # every query sees a key
     causal = mx.arange(keys)[None, :] <= (keys - queries + mx.arange(queries))[:, None]
     masks = {"causal": "causal", "none": None,
              "array": ((mx.arange(keys)[None, :] >= starts[:, None])[:, None, None, :] & causal)}
@@ -51,3 +52,20 @@ def test_grouped_attention_for_a_few_queries_equals_mlx_fused(queries, heads, kv
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim**-0.5, mask=mask)
     assert got.shape == (batch, heads, queries, dim)
     assert mx.abs(got - want).max().item() < 1e-5
+
+
+def test_on_cuda_attention_with_small_scores_takes_the_explicit_ops(monkeypatch):
+    """A verify step, a draft model's catch-up or a prompt chunk whose scores are small takes grouped_attention on
+    CUDA; a long chunk at a long context (scores of 512 x 8,192 per head) keeps MLX's fused kernel."""
+    from mlxd.models import ops_mlx
+
+    monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: True)
+    heads = 32
+    assert ops_mlx._takes_grouped(4, "causal", 16 * heads * 300)         # a 16-row verify step
+    assert ops_mlx._takes_grouped(64, None, 16 * heads * 140)            # a draft model's catch-up
+    assert ops_mlx._takes_grouped(512, "causal", heads * 1500)           # a prompt chunk
+    assert not ops_mlx._takes_grouped(512, "causal", heads * 8192)
+    per_head = mx.zeros((1, heads, 4, 300), dtype=mx.bool_)               # a mask of each head's own
+    assert not ops_mlx._takes_grouped(4, per_head, heads * 300)
+    monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: False)     # the CPU and Metal: the fused kernel
+    assert not ops_mlx._takes_grouped(512, "causal", heads * 1500)
