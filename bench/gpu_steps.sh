@@ -66,6 +66,9 @@
 #   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,
 #                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
 #                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
+#   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, off until this passes: ops_cuda.SIGMOID_ROUTING)
+#                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts with it on (its
+#                      router row); then VARIANT=route:mlxd.models.ops_cuda.SIGMOID_ROUTING=True variant:glm-4.7-flash
 #   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
 #                      parts, each timed alone at 16 rows, with mlxd's kernels and with MLX's ops (bench
 #                      latent_layer_parts; ~60 s)
@@ -223,6 +226,12 @@ for spec in "$@"; do
                     step prompt-lengths 300 "$py" -m bench prompt_lengths --model "$folder" --prompts 24 \
                       --variant "fused:mlxd.models.ops_mlx.SMALL_SCORES=0" ;;
     attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
+    sigmoid-routing) folder=$(model glm-4.7-flash bfloat16 4 2) &&
+                     step sigmoid-routing-tests 300 "$py" -m pytest -q tests/models/test_ops_cuda.py -k routing &&
+                     step sigmoid-routing-parts 200 "$py" -c "import sys, mlxd.models.ops_cuda as o
+o.SIGMOID_ROUTING = True
+from bench.suite import latent_layer_parts
+latent_layer_parts.main(sys.argv[1:])" --model "$folder" --rows 16 --context 256 ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&

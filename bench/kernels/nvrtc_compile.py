@@ -1,5 +1,6 @@
 """Compile the routed-experts kernels (models/cuda_experts.py, cuda_experts_few.py) with NVIDIA's NVRTC on a machine
-without a GPU: every weight kind, activations in bfloat16 and float32, every template choice. Catches what a GPU run
+without a GPU: every weight kind, activations in bfloat16 and float32, every template choice; then the routing and
+combining kernels (models/cuda_moe.py) at a few sizes. Catches what a GPU run
 would first fail on (syntax, types, templates), not wrong numbers.
 
     python -m bench nvrtc_compile [--nvrtc DIR]
@@ -59,12 +60,33 @@ def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, inst
 
 def compiled(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> tuple[str, str]:
     """NVRTC's log ("" when it compiles) and the PTX of the kernel `source` instantiated as `instances`."""
-    lib = ctypes.CDLL(str(nvrtc / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12"))
     params = {"x": "const T* x", "idx": "const uint32_t* idx", "w": "const W* w", "scales": "const S* scales",
               "biases": "const S* biases"}
     signature = ", ".join([params[n] for n in inputs] + ["const int* idx_shape", "T* out"])
-    text = (f"{PREAMBLE}template <typename T, typename W, typename S, {template}>\n"
-            f"__global__ void k({signature}) {{\n{source}\n}}\n")
+    return compiled_text(nvrtc, f"template <typename T, typename W, typename S, {template}>\n"
+                                f"__global__ void k({signature}) {{\n{source}\n}}\n", instances)
+
+
+# The MoE routing and combining kernels (models/cuda_moe.py): each one's parameters as MLX's cuda_kernel writes them
+# (an input's shape and strides beside it), its template, and instances.
+ROUTING = {
+    "route": ("const T* logits, const int* logits_shape, const long long* logits_strides, uint32_t* indices, "
+              "T* weights", "typename T, int E, int K, bool RENORM",
+              ["k<__nv_bfloat16, 64, 4, true>", "k<float, 256, 8, false>", "k<float, 40, 6, true>"]),
+    "route_sigmoid": ("const float* logits, const int* logits_shape, const long long* logits_strides, "
+                      "const float* bias, const int* bias_shape, const long long* bias_strides, const float* scale, "
+                      "uint32_t* indices, float* weights", "int E, int K, bool NORM",
+                      ["k<64, 4, true>", "k<256, 8, false>", "k<40, 6, true>", "k<128, 1, false>"]),
+    "combine": ("const T* y, const int* y_shape, const long long* y_strides, const T* w, const int* w_shape, "
+                "const long long* w_strides, T* out", "typename T, int K, int D",
+                ["k<__nv_bfloat16, 4, 2048>", "k<float, 8, 96>"]),
+}
+
+
+def compiled_text(nvrtc: Path, text: str, instances: list[str]) -> tuple[str, str]:
+    """NVRTC's log ("" when it compiles) and the PTX of a program's `text` (after PREAMBLE) as `instances`."""
+    lib = ctypes.CDLL(str(nvrtc / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12"))
+    text = PREAMBLE + text
     program = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(program), text.encode(), b"k.cu", 0, None, None) == 0
     for name in instances:
@@ -108,6 +130,16 @@ def main(argv: list[str] | None = None) -> None:
             if log:
                 print(log[:3000])
                 failures += 1
+    from mlxd.models import cuda_moe
+
+    sources = {"route": cuda_moe._ROUTE, "route_sigmoid": cuda_moe._ROUTE_SIGMOID, "combine": cuda_moe._COMBINE}
+    for name, (signature, template, instances) in ROUTING.items():
+        log = compiled_text(nvrtc, f"template <{template}>\n__global__ void k({signature}) {{\n{sources[name]}\n}}\n",
+                            instances)[0]
+        print(f"{name}: {'ok' if not log else 'FAILED'}")
+        if log:
+            print(log[:3000])
+            failures += 1
     sys.exit(1 if failures else 0)
 
 

@@ -166,12 +166,38 @@ def test_the_routing_kernel_chooses_and_weighs_as_mlx(dtype, experts, top_k, ren
     want = MLXBackend().route_experts(logits, top_k, renormalize)
     for (indices, weights) in (got, want):
         assert indices.shape == weights.shape == (3, 37, top_k) and weights.dtype == dtype
-    # The same experts with the same weights, whatever the order.
+    _assert_same_routing(got, want, atol=1e-6 if dtype == mx.float32 else 1e-2)
+
+
+def _assert_same_routing(got: tuple[mx.array, mx.array], want: tuple[mx.array, mx.array], atol: float) -> None:
+    """The same experts with the same weights, whatever the order."""
     got_order, want_order = mx.argsort(got[0], axis=-1), mx.argsort(want[0], axis=-1)
     assert mx.array_equal(mx.take_along_axis(got[0], got_order, -1), mx.take_along_axis(want[0], want_order, -1))
     got_w = mx.take_along_axis(got[1], got_order, -1).astype(mx.float32)
     want_w = mx.take_along_axis(want[1], want_order, -1).astype(mx.float32)
-    assert mx.allclose(got_w, want_w, atol=1e-6 if dtype == mx.float32 else 1e-2)
+    assert mx.allclose(got_w, want_w, atol=atol)
+
+
+@on_cuda
+@pytest.mark.parametrize("experts,top_k", [(64, 4), (256, 8), (40, 6), (128, 1)])
+@pytest.mark.parametrize("normalize,scaling", [(True, 1.8), (False, 1.0)])
+def test_the_sigmoid_routing_kernel_chooses_and_weighs_as_mlx(experts, top_k, normalize, scaling, monkeypatch):
+    """GLM-4.7-Flash's router: sigmoid scores, the choice biased, the weights the unbiased scores (normalized or
+    not) times a scale; through the CUDA backend once switched on, and MLX's ops where groups are dropped."""
+    from mlxd.models import ops_cuda
+    from mlxd.models.ops_mlx import MLXBackend
+    # Distinct logits (a permutation, spread) and a small bias: no tie at the k-th choice.
+    noise = mx.random.uniform(shape=(3, 37, experts), key=mx.random.key(experts + top_k))
+    logits = (mx.argsort(noise, axis=-1).astype(mx.float32) - experts / 2) / 8
+    bias = mx.random.uniform(-0.01, 0.01, (experts,), key=mx.random.key(7))
+    monkeypatch.setattr(ops_cuda, "SIGMOID_ROUTING", True)
+    got = CudaBackend().route_sigmoid(logits, bias, top_k, normalize, scaling)
+    want = MLXBackend().route_sigmoid(logits, bias, top_k, normalize, scaling)
+    assert got[0].dtype == mx.uint32 and got[1].dtype == mx.float32 and got[0].shape == (3, 37, top_k)
+    _assert_same_routing(got, want, atol=1e-6)
+    if experts % 4 == 0 and top_k <= experts // 4:  # two of four groups dropped: MLX's ops
+        grouped = CudaBackend().route_sigmoid(logits, bias, top_k, normalize, scaling, n_group=4, topk_group=2)
+        _assert_same_routing(grouped, MLXBackend().route_sigmoid(logits, bias, top_k, normalize, scaling, 4, 2), 0)
 
 
 @on_cuda

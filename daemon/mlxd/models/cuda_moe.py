@@ -1,6 +1,6 @@
-"""A MoE layer's routing (top-k and softmax) and combining (the weighted sum of the experts' outputs) as one CUDA
-kernel each, for models/ops_cuda.py; MLX's ops (ops_mlx.MLXBackend.route_experts, combine_experts) are the
-reference: 3 and 2 graph nodes a layer."""
+"""A MoE layer's routing (top-k and softmax, or sigmoid with a bias) and combining (the weighted sum of the
+experts' outputs) as one CUDA kernel each, for models/ops_cuda.py; MLX's ops (ops_mlx.MLXBackend.route_experts,
+route_sigmoid, combine_experts) are the reference: 3, 4 and 2 graph nodes a layer."""
 
 from __future__ import annotations
 
@@ -67,6 +67,58 @@ _ROUTE = """
     }
 """
 
+# Sigmoid routing (GLM-4.7-Flash's and Nemotron-H's, ops_mlx.MLXBackend.route_sigmoid), one warp per token as in
+# _ROUTE: each score s = sigmoid(logit) in float32, the choice s + bias; k rounds of a warp-wide argmax of the choice
+# (the lowest index on a tie) keep each pick's s; the weights are those s over their sum (`NORM`) times scale[0].
+_ROUTE_SIGMOID = """
+    constexpr int PE = (E + 31) / 32;
+    const float NEG_INF = __int_as_float(0xff800000);
+    const int lane = threadIdx.x % 32;
+    const int token = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (token >= logits_shape[0]) return;  // a whole warp shares its token
+    const auto* row = logits + token * logits_strides[0];
+    float s[PE], c[PE];
+    #pragma unroll
+    for (int i = 0; i < PE; ++i) {
+        const int e = lane + 32 * i;
+        s[i] = e < E ? 1.f / (1.f + expf(-static_cast<float>(row[e * logits_strides[1]]))) : 0.f;
+        c[i] = e < E ? s[i] + static_cast<float>(bias[e * bias_strides[0]]) : NEG_INF;
+    }
+    float kept[K];
+    int chosen[K];
+    #pragma unroll
+    for (int j = 0; j < K; ++j) {
+        float best = NEG_INF, score = 0.f;
+        int at = E;
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) {
+            const int e = lane + 32 * i;
+            if (c[i] > best || (c[i] == best && e < at)) { best = c[i]; at = e; score = s[i]; }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float b2 = __shfl_xor_sync(0xffffffff, best, o);
+            const int a2 = __shfl_xor_sync(0xffffffff, at, o);
+            const float s2 = __shfl_xor_sync(0xffffffff, score, o);
+            if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; score = s2; }
+        }
+        kept[j] = score;
+        chosen[j] = at;
+        #pragma unroll
+        for (int i = 0; i < PE; ++i) if (lane + 32 * i == at) c[i] = NEG_INF;
+    }
+    float total = 0.f;
+    #pragma unroll
+    for (int j = 0; j < K; ++j) total += kept[j];
+    if (lane < K) {
+        float mine = kept[0];
+        int expert = chosen[0];
+        #pragma unroll
+        for (int j = 1; j < K; ++j) if (j == lane) { mine = kept[j]; expert = chosen[j]; }
+        indices[(size_t)token * K + lane] = static_cast<uint32_t>(expert);
+        weights[(size_t)token * K + lane] = (NORM ? mine / (total + 1e-20f) : mine) * scale[0];
+    }
+"""
+
 # One thread per (token, feature): the k experts' outputs y [N, K, D] summed with their weights [N, K].
 _COMBINE = """
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -94,6 +146,24 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
         template=[("T", logits.dtype), ("E", experts), ("K", top_k), ("RENORM", renormalize)],
         grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
         output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, logits.dtype])
+    return indices, weights
+
+
+def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
+                  scaling: float) -> tuple[mx.array, mx.array] | None:
+    """MLXBackend.route_sigmoid without dropped groups, in one kernel: float32 logits [..., E] and bias [E] -> (the k
+    experts [..., k] uint32, best first; their float32 weights). None for more than 1,024 experts, k above 32 or
+    logits of another dtype (MLX's ops then)."""
+    experts = logits.shape[-1]
+    if experts > 1024 or not 0 < top_k <= min(32, experts) or logits.dtype != mx.float32 or bias.dtype != mx.float32:
+        return None
+    tokens = logits.size // experts
+    kernel = cuda_jit.kernel("mlxd_route_sigmoid", ["logits", "bias", "scale"], ["indices", "weights"], _ROUTE_SIGMOID)
+    indices, weights = kernel(
+        inputs=[logits.reshape(tokens, experts), bias, cuda_jit.scalar(scaling)],
+        template=[("E", experts), ("K", top_k), ("NORM", normalize)],
+        grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
+        output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, mx.float32])
     return indices, weights
 
 

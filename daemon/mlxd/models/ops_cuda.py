@@ -8,7 +8,8 @@ MLX ops with one or two nodes:
   Metal-only);
 - cuda_attention.py: one-query attention with an array mask (a batch's rows of different lengths, windows,
   sinks), and MLA's absorbed attention over the cached latent (GLM);
-- cuda_moe.py: a MoE layer's routing and the weighted sum of its experts;
+- cuda_moe.py: a MoE layer's routing (softmax, or sigmoid with a bias: off until run on a GPU) and the weighted
+  sum of its experts;
 - cuda_experts.py: the routed experts' matmuls of a decode step (MLX's computes each (token, expert) pair apart).
 Each falls back to MLX's ops for shapes it does not take. The MLX ops stay the reference and what the CPU and the
 other GPUs run; tests/models/test_ops_cuda.py holds each kernel to them on a CUDA device.
@@ -24,8 +25,14 @@ from mlxd.models import cuda_experts
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 from mlxd.models.cuda_attention import decode_attention
 from mlxd.models.cuda_delta import conv_step, gated_delta_step
-from mlxd.models.cuda_moe import combine_experts, route_experts
+from mlxd.models.cuda_moe import combine_experts, route_experts, route_sigmoid
 from mlxd.models.ops_mlx import MLXBackend
+
+# GLM-4.7-Flash's router (sigmoid scores, a bias for the choice) in one kernel (cuda_moe.py) instead of MLX's 4-5
+# ops, which cost 100 us of a routed layer's ~800 at 16 rows on an H100 (bench latent_layer_parts, session 30). Off
+# until tests/models/test_ops_cuda.py's sigmoid-routing test has passed on a GPU: written without one (NVRTC compiled
+# it: bench nvrtc_compile).
+SIGMOID_ROUTING = False
 
 
 class CudaBackend(MLXBackend):
@@ -47,6 +54,14 @@ class CudaBackend(MLXBackend):
     def route_experts(self, logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.array, mx.array]:
         routed = route_experts(logits, top_k, renormalize)
         return routed if routed is not None else super().route_experts(logits, top_k, renormalize)
+
+    def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
+                      n_group: int = 1, topk_group: int = 1) -> tuple[mx.array, mx.array]:
+        if SIGMOID_ROUTING and topk_group >= n_group:  # no group dropped (GLM-4.7-Flash: one group)
+            routed = route_sigmoid(logits, bias, top_k, normalize, scaling)
+            if routed is not None:
+                return routed
+        return super().route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group)
 
     def gather_matmul(self, x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,
                       sorted_indices: bool = False) -> mx.array:
