@@ -55,7 +55,7 @@ class DraftModel:
         empty. Done here, not as requests start and end: a draft model whose drafts are rejected drafts seldom
         (probes), and each row's start and end cost every cache array a copy (a 16-row batch's turnover: 64
         graph nodes a request on the draft model's 32 arrays) that only the next drafting step needs."""
-        keep = [i for i, row in enumerate(self._order) if row in self._pending]
+        keep = [i for i, row in enumerate(self._order) if row in self._pending]  # (a row id is never reused)
         if len(keep) < len(self._order):
             for cache in self._caches:
                 cache.keep_rows(keep)
