@@ -8,16 +8,20 @@ import mlx.core as mx
 
 from mlxd.models import cuda_jit
 
-# One warp per token: its lanes hold the router logits E/32 apiece; k rounds of a warp-wide argmax pick the experts
-# (the lowest index on a tie), then a float32 softmax weighs them: over the k kept logits (`RENORM`: the softmax
-# over all experts renormalized over the kept ones, which is the same numbers) or over all E.
-_ROUTE = """
+# Both routing kernels: a warp per token, its lanes holding the token's E logits PE apiece (lane + 32 i).
+_TOKEN_WARP = """
     constexpr int PE = (E + 31) / 32;
     const float NEG_INF = __int_as_float(0xff800000);
     const int lane = threadIdx.x % 32;
     const int token = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (token >= logits_shape[0]) return;  // a whole warp shares its token
     const auto* row = logits + token * logits_strides[0];
+"""
+
+# One warp per token: its lanes hold the router logits E/32 apiece; k rounds of a warp-wide argmax pick the experts
+# (the lowest index on a tie), then a float32 softmax weighs them: over the k kept logits (`RENORM`: the softmax
+# over all experts renormalized over the kept ones, which is the same numbers) or over all E.
+_ROUTE = _TOKEN_WARP + """
     float x[PE];
     #pragma unroll
     for (int i = 0; i < PE; ++i)
@@ -70,13 +74,7 @@ _ROUTE = """
 # Sigmoid routing (GLM-4.7-Flash's and Nemotron-H's, ops_mlx.MLXBackend.route_sigmoid), one warp per token as in
 # _ROUTE: each score s = sigmoid(logit) in float32, the choice s + bias; k rounds of a warp-wide argmax of the choice
 # (the lowest index on a tie) keep each pick's s; the weights are those s over their sum (`NORM`) times scale[0].
-_ROUTE_SIGMOID = """
-    constexpr int PE = (E + 31) / 32;
-    const float NEG_INF = __int_as_float(0xff800000);
-    const int lane = threadIdx.x % 32;
-    const int token = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    if (token >= logits_shape[0]) return;  // a whole warp shares its token
-    const auto* row = logits + token * logits_strides[0];
+_ROUTE_SIGMOID = _TOKEN_WARP + """
     float s[PE], c[PE];
     #pragma unroll
     for (int i = 0; i < PE; ++i) {
