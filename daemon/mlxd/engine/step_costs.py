@@ -42,6 +42,7 @@ class StepCosts:
         self._samples: dict[object, deque[float]] = {}   # the latest measurements behind each
         self._measured: dict[tuple[int, int], int] = {}  # (rows, L) -> the step it was last timed
         self._steps = 0
+        self._known: dict[tuple[int, int], float] | None = None  # _known_verify's, until the next timing
 
     def plain(self, rows: int) -> float | None:
         """A plain step's cost for this batch size, None while measured fewer than _FIRM times."""
@@ -74,15 +75,17 @@ class StepCosts:
         it, a draft model's verify measured at 5x a plain step for one row was forgotten for its retry, and each
         new 16-row batch assumed a verify step as cheap as a plain one and drafted at its first step, its draft
         model catching up on 16 prompts (40-140 ms on an H100, against ~7 ms a step)."""
-        known = dict(self._verify)
-        for key, samples in self._samples.items():
-            if isinstance(key, tuple) and key not in known and len(samples) >= 2:
-                known[cast(tuple[int, int], key)] = min(samples)
-        return known
+        if self._known is None:  # made once between two steps' timings: a step asks for up to five widths
+            self._known = dict(self._verify)
+            for key, samples in self._samples.items():
+                if isinstance(key, tuple) and key not in self._known and len(samples) >= 2:
+                    self._known[cast(tuple[int, int], key)] = min(samples)
+        return self._known
 
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds`."""
         self._steps += 1
+        self._known = None
         self._forget_due()
         key = rows if length == 1 else (rows, length)
         samples = self._samples.setdefault(key, deque(maxlen=_SAMPLES))
