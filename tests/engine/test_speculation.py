@@ -265,10 +265,11 @@ def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
     assert spec.wants_drafts({0: 10})
 
 
-def test_drafts_found_a_token_early_count_as_likely_as_their_first_token():
-    """Drafts looked up a token early hold only if the newest token is the one the lookup put first: as likely as
-    the row's acceptance. At 0.3 they are not worth draining the pipeline for a verify step at 1.3x a plain one;
-    the same drafts found with the newest token read are."""
+def test_drafts_found_a_token_early_count_as_likely_as_they_turn_out():
+    """Drafts looked up a token early hold only if the newest token is the one the lookup put first (as likely as the
+    row's acceptance), or if looking again once it is read finds others. At 0.3, with nothing learned of the second,
+    they are not worth draining the pipeline for a verify step at 1.3x a plain one; the same drafts found with the
+    newest token read are, and so are they where looking again has mostly found drafts."""
     def speculator() -> Speculator:
         spec = _speculator_with_rows([0.3] * 16)
         _plain(spec, 16, 0.010)
@@ -278,3 +279,15 @@ def test_drafts_found_a_token_early_count_as_likely_as_their_first_token():
     rooms = dict.fromkeys(range(16), 100)
     assert not speculator().wants_drafts(rooms, pending=range(16))
     assert speculator().wants_drafts(rooms)
+    fruitful = speculator()       # where looking again after reading the newest token has found drafts, they count
+    fruitful._flush_yield = 0.95  # as often as it has
+    assert fruitful.wants_drafts(rooms, pending=range(16))
+
+
+def test_looking_drafts_up_again_learns_how_often_it_still_finds_some():
+    spec = _speculator_with_rows([0.3])
+    _plain(spec, 1, 0.010)
+    spec.timed(1, 5, 0.010)
+    before = spec._flush_yield
+    spec._rows[0].index = NgramIndex([1, 2, 3])  # nothing to draft once the newest token is known
+    assert spec.drafts({0: 100}) == {} and spec._flush_yield < before

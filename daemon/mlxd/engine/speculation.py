@@ -94,6 +94,7 @@ class Speculator:
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _plain_steps: int = 0               # the batch's steps since it last drafted
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
+    _flush_yield: float = _PRIOR        # how often n-gram drafts found a token early still drafted once read
 
     def start(self, row: int, prompt: list[int], cap: int | None) -> None:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
@@ -153,6 +154,7 @@ class Speculator:
             if spec is not None:
                 proposals[row] = spec.index.draft(self._cap(row, room))
         width = self._width({row: len(p) for row, p in proposals.items()}, len(rooms))
+        self._flush_yield += _EMA * (float(width > 1) - self._flush_yield)  # (the scheduler asks after wants_drafts)
         for row, proposal in proposals.items():
             self._rows[row].probe = proposal[0] if proposal and width == 1 else None
         return {row: p[:width - 1] for row, p in proposals.items() if p and width > 1}
@@ -165,12 +167,17 @@ class Speculator:
     def _width(self, drafting: dict[int, int], rows: int, guessed: Collection[int] = ()) -> int:
         """L for a step of `rows` rows where each row in `drafting` could draft up to that many tokens (rows of
         requests that turned speculation off are in the batch, not the speculator: they draft nothing). Rows in
-        `guessed` found theirs a token early (wants_drafts): they hold only if the newest token is the one the
-        lookup put first, as likely as a draft's acceptance, so their drafts count that much less. Counted whole,
-        16 free-text rows at acceptance 0.2 drained the pipeline to look again in most steps on an H100 and found
-        no drafts after all (0.89x plain in-process)."""
-        drafters = [(self._rows[row].acceptance, k, row in guessed) for row, k in drafting.items()
-                    if k > 0 and row in self._rows]
+        `guessed` found theirs a token early (wants_drafts), and reading the newest token drains the pipeline: their
+        drafts count as often as such looks have still drafted once the token was read (`_flush_yield`), or as
+        the row's acceptance (the chance the lookup's first token is the newest one) where that is more. Counted
+        whole, 16 free-text rows at acceptance 0.2 drained the pipeline in most steps on an H100 and found no
+        drafts after all (0.89x plain in-process); counted at the acceptance alone, a JSON record copied on the CPU
+        (where draining costs little) drafted less than it gained from (1.38x plain against 1.45x)."""
+        drafters = []  # (acceptance, drafts, how likely they hold)
+        for row, k in drafting.items():
+            if k > 0 and row in self._rows:
+                acceptance = self._rows[row].acceptance
+                drafters.append((acceptance, k, max(acceptance, self._flush_yield) if row in guessed else 1.0))
         deepest = max((k for _, k, _ in drafters), default=0)
         if not self.adaptive:
             return 1 + deepest
@@ -188,8 +195,8 @@ class Speculator:
                for width in widths):
             return 1
         for width in widths:
-            tokens = rows + sum((self.expected(acceptance, min(k, width - 1)) - 1) * (acceptance if guess else 1.0)
-                                for acceptance, k, guess in drafters)
+            tokens = rows + sum((self.expected(acceptance, min(k, width - 1)) - 1) * holds
+                                for acceptance, k, holds in drafters)
             if tokens / assumed[width] > best_rate * _MARGIN:  # a margin: noise alone never turns speculation on
                 best, best_rate = width, tokens / assumed[width]
         return best
