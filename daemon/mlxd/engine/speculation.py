@@ -16,7 +16,8 @@ the widest measured, so drafts that are rejected cost one drafted token to find 
 takes the L that maximises the batch's expected tokens per second, 1 (no drafts) unless some L beats a plain step
 by a margin: so speculation costs little more than noise where drafts are not accepted, and one eager row cannot
 make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose
-step is bound by host work, little more).
+step is bound by host work, little more). An n-gram row judges its drafts before its newest token is read (reading
+it drains the pipeline), so they count only as often as they turn out to hold (`_width`).
 
 A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
 and then to relearn (a probe): after 16 plain steps of the batch, then after twice as many each time a probe does
