@@ -3,6 +3,7 @@ requests with speculation on (the daemon's depth) and off (GenerationOptions.spe
 
     python -m bench speculative [--model smollm2|PATH] [--streams 1,16] [--tasks rewrite,json,free]
                                 [--depth 4 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
+                                [--warm-rounds 0]
 
 Tasks: `rewrite` (a paragraph rewritten with small changes: copy-heavy), `json` (a JSON record filled from a given
 text: keys and values copied), `json-schema` (the same, held to the record's JSON Schema: constrained rows
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draft-model", help="`--draft-model PATH` instead of n-gram lookup")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warm-rounds", type=int, default=0,
+                   help="rounds run first and left out of the medians (their ratios printed after the table, their "
+                        "runs in warm.jsonl): a fresh daemon's first speculative requests meet new shapes "
+                        "(default: %(default)s)")
     p.add_argument("--log-level", default="INFO", help="the daemon's (DEBUG: a line per step on speculation)")
     common.add_out_arg(p, "speculative")
     args = p.parse_args(argv)
@@ -94,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]
     with Daemon(model, args.out, *serve) as daemon, Client(daemon.addr) as client:
         client.complete(messages=TASKS["free"], max_tokens=8)  # warm-up
-        rows = common.alternate(args.rounds, cases, ["speculative", "plain"],
-                                lambda contender, case, _: one_case(client, contender, case, args),
-                                args.out / "runs.jsonl")
+        run = lambda contender, case, _: one_case(client, contender, case, args)  # noqa: E731
+        warm = common.alternate(args.warm_rounds, cases, ["speculative", "plain"], run, args.out / "warm.jsonl")
+        rows = common.alternate(args.rounds, cases, ["speculative", "plain"], run, args.out / "runs.jsonl")
 
     print(f"\n{model.name}, {' '.join(method)} depth {args.depth}{' fixed' if args.fixed else ' adaptive'}, "
           f"{args.max_tokens} tokens, medians of {args.rounds} rounds")
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
               common.median(rows, "acceptance", case=(task, streams), contender="speculative")]
              for task, streams in cases]
     print(common.table(["task", "streams", "plain tok/s", "speculative tok/s", "ratio", "acceptance"], lines))
+    if warm:
+        print(f"left out: {args.warm_rounds} warm round(s), ratios " + ", ".join(
+            f"{task} x{streams} {common.median_ratio(warm, 'tok_s', 'speculative', 'plain', case=(task, streams)):.3f}"
+            for task, streams in cases))
 
 
 if __name__ == "__main__":
