@@ -42,7 +42,7 @@ class DraftModel:
         if self._pending.pop(row, None) is None:
             return
         self._fed.pop(row, None)
-        if not any(r in self._pending for r in self._order):  # the caches hold only rows that left: emptied now
+        if self._order and not any(r in self._pending for r in self._order):  # only rows that left: emptied now
             self._reset()
 
     def _reset(self) -> None:
