@@ -285,9 +285,13 @@ def test_drafts_found_a_token_early_count_as_likely_as_they_turn_out():
 
 
 def test_looking_drafts_up_again_learns_how_often_it_still_finds_some():
-    spec = _speculator_with_rows([0.3])
+    """Only a look after drafts found a token early teaches how often they still draft: one after a verify step
+    (nothing pending, the newest token known) found its drafts with the token in hand."""
+    spec = _speculator_with_rows([0.9])
     _plain(spec, 1, 0.010)
-    spec.timed(1, 5, 0.010)
+    assert spec.wants_drafts({0: 100}, pending=[0])     # found a token early...
     before = spec._flush_yield
-    spec._rows[0].index = NgramIndex([1, 2, 3])  # nothing to draft once the newest token is known
+    spec._rows[0].index = NgramIndex([1, 2, 3])          # ...and nothing to draft once the newest token is known
     assert spec.drafts({0: 100}) == {} and spec._flush_yield < before
+    after = spec._flush_yield
+    assert spec.drafts({0: 100}) == {} and spec._flush_yield == after   # no early look before this one

@@ -96,6 +96,7 @@ class Speculator:
     _plain_steps: int = 0               # the batch's steps since it last drafted
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
     _flush_yield: float = _PRIOR        # how often n-gram drafts found a token early still drafted once read
+    _guessed: bool = False              # the last wants_drafts judged drafts found a token early
 
     def start(self, row: int, prompt: list[int], cap: int | None) -> None:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
@@ -131,6 +132,7 @@ class Speculator:
                 found[row] = max(0, min(cap, len(proposal) - early))
                 if early:
                     guessed.add(row)
+        self._guessed = bool(guessed)
         return self._width(found, len(rooms), guessed) > 1
 
     def _probe_due(self, caps: dict[int, int]) -> bool:
@@ -155,7 +157,9 @@ class Speculator:
             if spec is not None:
                 proposals[row] = spec.index.draft(self._cap(row, room))
         width = self._width({row: len(p) for row, p in proposals.items()}, len(rooms))
-        self._flush_yield += _EMA * (float(width > 1) - self._flush_yield)  # (the scheduler asks after wants_drafts)
+        if self._guessed:  # the scheduler asks right after wants_drafts: did drafts found a token early still draft?
+            self._flush_yield += _EMA * (float(width > 1) - self._flush_yield)
+            self._guessed = False
         for row, proposal in proposals.items():
             self._rows[row].probe = proposal[0] if proposal and width == 1 else None
         return {row: p[:width - 1] for row, p in proposals.items() if p and width > 1}
