@@ -4,6 +4,8 @@ route_sigmoid, combine_experts) are the reference: 3, 4 and 2 graph nodes a laye
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlx.core as mx
 
 from mlxd.models import cuda_jit
@@ -135,16 +137,10 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
     """moe.route in one kernel: logits [..., E] -> (the k experts [..., k] uint32, best first; their weights in the
     logits' dtype). None for more than 1,024 experts or k above 32 (MLX's ops then)."""
     experts = logits.shape[-1]
-    if experts > 1024 or not 0 < top_k <= min(32, experts):
+    if not _routes(experts, top_k):
         return None
-    tokens = logits.size // experts
-    kernel = cuda_jit.kernel("mlxd_route", ["logits"], ["indices", "weights"], _ROUTE)
-    indices, weights = kernel(  # the token count is read from the shape: one compilation for every batch
-        inputs=[logits.reshape(tokens, experts)],
-        template=[("T", logits.dtype), ("E", experts), ("K", top_k), ("RENORM", renormalize)],
-        grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
-        output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, logits.dtype])
-    return indices, weights
+    template = [("T", logits.dtype), ("E", experts), ("K", top_k), ("RENORM", renormalize)]
+    return _route("mlxd_route", _ROUTE, logits, {}, template, top_k, logits.dtype)
 
 
 def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
@@ -153,15 +149,30 @@ def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
     experts [..., k] uint32, best first; their float32 weights). None for more than 1,024 experts, k above 32 or
     logits of another dtype (MLX's ops then)."""
     experts = logits.shape[-1]
-    if experts > 1024 or not 0 < top_k <= min(32, experts) or logits.dtype != mx.float32 or bias.dtype != mx.float32:
+    if not _routes(experts, top_k) or logits.dtype != mx.float32 or bias.dtype != mx.float32:
         return None
+    template = [("E", experts), ("K", top_k), ("NORM", normalize)]
+    others = {"bias": bias, "scale": cuda_jit.scalar(scaling)}
+    return _route("mlxd_route_sigmoid", _ROUTE_SIGMOID, logits, others, template, top_k, mx.float32)
+
+
+def _routes(experts: int, top_k: int) -> bool:
+    """Whether a routing kernel takes these sizes: a warp's lanes hold at most 32 logits each, and k at most 32."""
+    return experts <= 1024 and 0 < top_k <= min(32, experts)
+
+
+def _route(name: str, source: str, logits: mx.array, others: dict[str, mx.array], template: list[tuple[str, Any]],
+           top_k: int, weights_dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+    """A routing kernel (_TOKEN_WARP: a warp per token) over logits [..., E] and `others` -> (indices, weights),
+    [..., top_k] each."""
+    experts = logits.shape[-1]
     tokens = logits.size // experts
-    kernel = cuda_jit.kernel("mlxd_route_sigmoid", ["logits", "bias", "scale"], ["indices", "weights"], _ROUTE_SIGMOID)
-    indices, weights = kernel(
-        inputs=[logits.reshape(tokens, experts), bias, cuda_jit.scalar(scaling)],
-        template=[("E", experts), ("K", top_k), ("NORM", normalize)],
+    kernel = cuda_jit.kernel(name, ["logits", *others], ["indices", "weights"], source)
+    indices, weights = kernel(  # the token count is read from the shape: one compilation for every batch
+        inputs=[logits.reshape(tokens, experts), *others.values()],
+        template=template,
         grid=(32 * tokens, 1, 1), threadgroup=(128, 1, 1),
-        output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, mx.float32])
+        output_shapes=[(*logits.shape[:-1], top_k)] * 2, output_dtypes=[mx.uint32, weights_dtype])
     return indices, weights
 
 
