@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]
     with Daemon(model, args.out, *serve) as daemon, Client(daemon.addr) as client:
         client.complete(messages=TASKS["free"], max_tokens=8)  # warm-up
-        run = lambda contender, case, _: one_case(client, contender, case, args)  # noqa: E731
+        def run(contender: str, case: tuple[str, int], _: int) -> common.Row:
+            return one_case(client, contender, case, args)
+
         warm = common.alternate(args.warm_rounds, cases, ["speculative", "plain"], run, args.out / "warm.jsonl")
         rows = common.alternate(args.rounds, cases, ["speculative", "plain"], run, args.out / "runs.jsonl")
 
