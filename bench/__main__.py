@@ -33,6 +33,8 @@ BENCHMARKS = {
                            "one routed MLA layer (GLM-4.7-Flash) in parts, each timed at a decode step's size"),
     "expert_matmul": ("bench.suite.expert_matmul",
                       "a MoE step's routed-expert matmul: the CUDA kernel against MLX's gathered matmul, per size"),
+    "dense_rows": ("bench.suite.dense_rows",
+                   "a dense 4-bit layer at a decode batch's rows: MLX's matmul batched, flattened; the CUDA kernel"),
     "speculative": ("bench.suite.speculative",
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "speculation_replay": ("bench.suite.speculation_replay",

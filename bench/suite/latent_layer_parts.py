@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlxd.models import ops
     from mlxd.models.glm4_moe_lite.experts import SharedExpertMoe
 
-    model = load_model(args.model).model
+    model = load_model(args.model, fuse=True).model  # as served: gate and up one matmul, the two down-projections one
     routed = [layer for layer in model.layers if isinstance(layer.mlp, SharedExpertMoe)]
     if not routed:
         raise SystemExit(f"{args.model} has no routed MLA layer (a glm4_moe_lite model is wanted)")

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from mlxd.errors import ModelLoadError
 from mlxd.loading.config import layer_quantization
+from mlxd.models.linear import route_through_ops
 from mlxd.models.moe import SwitchLinear
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -167,6 +168,7 @@ def quantize_model(model: nn.Module, weights: dict[str, mx.array], quant: dict[s
         return layer_quantization(quant, path) or False
 
     nn.quantize(model, quant["group_size"], quant["bits"], mode=quant.get("mode", "affine"), class_predicate=predicate)
+    route_through_ops(model)
 
 
 def check_weight_names(model: nn.Module, weights: dict[str, mx.array], source: str) -> None:

@@ -24,6 +24,7 @@ from mlxd.loading.loader import LoadedModel, context_length, physical_ram_bytes,
 from mlxd.loading.weights import QUANTIZABLE, check_weight_names, float32_parameters, holds_float32, parameter_arrays
 from mlxd.models import architecture as model_architecture
 from mlxd.models.inventory import expert_counts
+from mlxd.models.linear import route_through_ops
 from mlxd.models.protocol import LanguageModel, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def load_gguf_model(path: Path, *, dtype: str = "auto", fuse: bool = False) -> L
             class_predicate=lambda p, m: p in layer_quant and {"group_size": GROUP_SIZE, "bits": layer_quant[p][0],
                                                                 "mode": layer_quant[p][1]},
         )
+        route_through_ops(model)
     check_weight_names(model, weights, f"tensors of {path}")
     try:
         model.load_weights(list(weights.items()), strict=True)
