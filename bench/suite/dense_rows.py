@@ -4,8 +4,9 @@ layer as every row's one expert (models/cuda_experts.py `dense_matmul`), on the 
 
     python -m bench dense_rows [--shapes glm-4.7-flash llama-8b --rows 1 2 4 8 16 32 --calls 20 --rounds 3]
 
-Why: MLX 0.32's CUDA quantized matmul takes [rows, 1, in] as `rows` products of one row each from 8 rows on
-(qmm_sm80, 16-row tiles: 15 of 16 rows padding, the weights read per row), and GLM-4.7-Flash's o_proj took 78 us
+Why: MLX's CUDA quantized matmul (as MLX 0.32.2's source reads; 0.32.4 is what runs) takes [rows, 1, in] as `rows`
+products of one row each from 8 rows on (qmm_sm80, 16-row tiles: 15 of 16 rows padding, the weights read per row;
+below 8 rows qmv, per row too), and GLM-4.7-Flash's o_proj took 78 us
 at 16 rows on an H100 for 5 MB of 4-bit weights (bench latent_layer_parts, session 30). Each layer of a published
 shape (4-bit affine, group 64, bfloat16 activations) at each row count: `--calls` calls queued, then evaluated
 together (the host's building overlaps the device, as in a decode step), best of `--rounds`, us per call. Prints

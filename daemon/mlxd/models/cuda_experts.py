@@ -242,11 +242,11 @@ _ONE_EXPERT: dict[int, mx.array] = {}
 
 def dense_matmul(x: mx.array, weight: mx.array, quant: ExpertQuantization | None) -> mx.array | None:
     """x [..., in] times a dense layer's weight [out, in] (packed when quantized), transposed, by the few-pairs
-    kernel: the layer as the one expert of every row, so its weights are read once for all the rows. MLX 0.32's
-    CUDA quantized matmul takes a decode batch [B, 1, in] as B products of one row each from 8 rows on (qmm_sm80's
-    tiles hold 16 rows, so 15 of 16 are padding, and the weights are read once per row). Returns [..., out] in x's
-    dtype, or None where the kernel declines the shapes (MLX's matmul then). ops_cuda.DENSE_ROWS says for which
-    row counts the backend calls it."""
+    kernel: the layer as the one expert of every row, so its weights are read once for all the rows. MLX's CUDA
+    quantized matmul (as MLX 0.32.2's source reads) takes a decode batch [B, 1, in] as B products of one row each
+    from 8 rows on (qmm_sm80's tiles hold 16 rows, so 15 of 16 are padding, and the weights are read once per row).
+    Returns [..., out] in x's dtype, or None where the kernel declines the shapes (MLX's matmul then).
+    ops_cuda.DENSE_ROWS says for which row counts the backend calls it."""
     kind = _kind(quant)
     in_dims = x.shape[-1]
     rows = x.size // in_dims

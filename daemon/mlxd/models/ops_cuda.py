@@ -36,10 +36,11 @@ SIGMOID_ROUTING = False
 
 # Rows of a dense quantized matmul (a decode batch [B, 1, in]) computed by the few-pairs experts kernel, the layer as
 # every row's one expert (cuda_experts.dense_matmul), instead of MLX's quantized matmul, which from 8 rows on takes B
-# products of one row each. GLM-4.7-Flash's dense projections took ~230 us of a routed layer's ~800 at 16 rows on an
-# H100 (o_proj 78 us for 5 MB of weights; bench latent_layer_parts, session 30). Empty until `bench dense_rows` has
-# timed the kernel against MLX's on a GPU and tests/models/test_cuda_experts.py's dense test has passed there. (fewest,
-# most) rows; (0, 0): never. A tuple, so that `--variant dense:mlxd.models.ops_cuda.DENSE_ROWS=(8,32)` can set it.
+# products of one row each (as MLX 0.32.2's source reads). GLM-4.7-Flash's dense projections took ~230 us of a
+# routed layer's ~800 at 16 rows on an H100 (o_proj 78 us for 5 MB of weights; bench latent_layer_parts, session
+# 30). (fewest, most) rows; (0, 0): never, until `bench dense_rows` has timed the kernel against MLX's on a GPU and
+# tests/models/test_cuda_experts.py's dense test has passed there. A tuple, so that a benchmark's
+# `--variant dense:mlxd.models.ops_cuda.DENSE_ROWS=(8,32)` can set it.
 DENSE_ROWS: tuple[int, int] = (0, 0)
 # Otherwise, MLX's kernel with the batch's rows as the rows of one product ([B * 1, in]: one 16-row tile read once)
 # rather than B products of one row. Off until `bench dense_rows` has timed both layouts on a GPU.
