@@ -203,3 +203,13 @@ def test_a_dense_layer_the_kernel_cannot_read_is_declined():
     packed3, scales3, biases3 = mx.quantize(mx.zeros((64, 256)), 64, 3)
     assert cuda_experts.dense_matmul(mx.ones((4, 1, 256)), packed3,
                                      ExpertQuantization(64, 3, "affine", scales3, biases3)) is None
+
+
+def test_the_dense_launch_mirrored_in_numpy_equals_mlx_quantized_matmul():
+    """Without a GPU: dense_matmul's launch (one expert, every index 0, its largest chunk, the grid by expert) run
+    through the kernel's NumPy mirror (bench/kernels/mirror_experts_few.py) gives mx.quantized_matmul's product,
+    chunks of 8 pairs and a last short one included (19 rows)."""
+    from bench.kernels.mirror_experts_few import dense_case
+
+    assert dense_case(4, 19) < 1e-4
+    assert dense_case(8, 3) < 1e-4
