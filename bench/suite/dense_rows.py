@@ -3,6 +3,7 @@ the same with the rows flattened into one product ([rows, in]), and the CUDA bac
 layer as every row's one expert (models/cuda_experts.py `dense_matmul`), on the same inputs, in one process.
 
     python -m bench dense_rows [--shapes glm-4.7-flash llama-8b --rows 1 2 4 8 16 32 --calls 20 --rounds 3]
+                               [--rows-per-warp 2]
 
 Why: MLX's CUDA quantized matmul (as MLX 0.32.2's source reads; 0.32.4 is what runs) takes [rows, 1, in] as `rows`
 products of one row each from 8 rows on (qmm_sm80, 16-row tiles: 15 of 16 rows padding, the weights read per row;
@@ -34,11 +35,13 @@ SHAPES = {
 GROUP, BITS = 64, 4
 
 
-def ways(x: Any, packed: Any, scales: Any, biases: Any, kernel: bool) -> dict[str, Callable[[], Any]]:
-    """The calls to compare on the same inputs: x [rows, 1, in]."""
+def ways(x: Any, packed: Any, scales: Any, biases: Any, kernel: bool,
+         rows_per_warp: int | None = None) -> dict[str, Callable[[], Any]]:
+    """The calls to compare on the same inputs: x [rows, 1, in]; with `rows_per_warp` the kernel again with that
+    many weight rows a warp (cuda_experts_few.ROWS_PER_WARP, set for the call and put back)."""
     import mlx.core as mx
 
-    from mlxd.models import cuda_experts
+    from mlxd.models import cuda_experts, cuda_experts_few
     from mlxd.models.base import ExpertQuantization
 
     rows, in_dims = x.shape[0], x.shape[-1]
@@ -54,12 +57,19 @@ def ways(x: Any, packed: Any, scales: Any, biases: Any, kernel: bool) -> dict[st
     if kernel:
         quant = ExpertQuantization(GROUP, BITS, "affine", scales, biases)
 
-        def few() -> Any:
-            out = cuda_experts.dense_matmul(x, packed, quant)
+        def few(rw: int | None = None) -> Any:
+            saved = cuda_experts_few.ROWS_PER_WARP
+            cuda_experts_few.ROWS_PER_WARP = rw or saved
+            try:
+                out = cuda_experts.dense_matmul(x, packed, quant)
+            finally:
+                cuda_experts_few.ROWS_PER_WARP = saved
             assert out is not None, f"the kernel declined {rows} rows of {in_dims}"
             return out
 
         found["kernel"] = few
+        if rows_per_warp:
+            found[f"kernel rw{rows_per_warp}"] = lambda: few(rows_per_warp)
     return found
 
 
@@ -69,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rows-per-warp", type=int, default=None,
+                   help="also the kernel with this many weight rows a warp (cuda_experts_few.ROWS_PER_WARP, 4: a "
+                        "2,048-wide layer is 64 blocks; at 2, 128)")
     args = p.parse_args(argv)
 
     import mlx.core as mx
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             for rows in args.rows:
                 x = mx.random.normal((rows, 1, in_dims)).astype(mx.bfloat16)
                 mx.eval(packed, scales, biases, x)
-                calls = ways(x, packed, scales, biases, kernel)
+                calls = ways(x, packed, scales, biases, kernel, args.rows_per_warp)
                 names = list(calls)
                 want = calls[names[0]]().astype(mx.float32)
                 scale = mx.maximum(mx.abs(want).max(), 1e-6)
