@@ -34,7 +34,7 @@ BENCHMARKS = {
     "expert_matmul": ("bench.suite.expert_matmul",
                       "a MoE step's routed-expert matmul: the CUDA kernel against MLX's gathered matmul, per size"),
     "dense_rows": ("bench.suite.dense_rows",
-                   "a dense 4-bit layer at a decode batch's rows: MLX's matmul batched, flattened; the CUDA kernel"),
+                   "a dense 4-bit layer at a decode batch's rows: MLX's quantized matmul batched against flattened"),
     "speculative": ("bench.suite.speculative",
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "speculation_replay": ("bench.suite.speculation_replay",

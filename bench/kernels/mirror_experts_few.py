@@ -1,8 +1,7 @@
 """cuda_experts_few.py's kernel mirrored statement by statement in NumPy (blocks, warps, lanes and chunk bodies as
 loops), against MLX's gathered matmul on the CPU: checks the kernel's index arithmetic (which expert and rows a block
 takes, where a lane's 16-byte loads and their group's scale fall, the word order, the decoding, where each sum is
-written) without a GPU, for every largest chunk and both grids, and for a dense layer as cuda_experts.dense_matmul
-launches it. Edit it with the kernel.
+written) without a GPU, for every largest chunk and both grids. Edit it with the kernel.
 
     python -m bench mirror_experts_few
 
@@ -141,37 +140,12 @@ def case(kind: str, tokens: int, per_pair: bool, experts: int = 6, k: int = 2, o
                for chunk in (1, 2, 4, 8) for by_pair in (True, False) for rw in (2, 4))
 
 
-def dense_case(bits: int, rows: int, out_dims: int = 40, in_dims: int = 64) -> float:
-    """cuda_experts.dense_matmul's launch (a dense layer as the one expert of every row: weight [1, out, in], every
-    index 0, its largest chunk for `rows` pairs of one expert, the grid by expert) mirrored, against
-    mx.quantized_matmul on the CPU."""
-    import mlx.core as mx
-
-    from mlxd.models import cuda_experts_few
-
-    rng = np.random.default_rng(rows)
-    w = mx.array(rng.normal(size=(out_dims, in_dims)).astype(np.float32) * 0.2)
-    x = mx.array(rng.normal(size=(rows, 1, in_dims)).astype(np.float32))
-    packed, scales, biases = mx.quantize(w, 32, bits)
-    want = np.array(mx.quantized_matmul(x, packed, scales, biases, transpose=True, group_size=32, bits=bits))
-    weights = Weights(np.array(packed[None]).reshape(-1), 1, bits, 32 // bits, 32, np.array(scales[None]).reshape(-1),
-                      np.array(biases[None]).reshape(-1))
-    flat_x = np.array(x).reshape(-1).astype(np.float64)
-    return max(np.abs(mirror(flat_x, np.zeros(rows, np.uint32), weights, (1, out_dims, in_dims), 1,
-                             cuda_experts_few.largest_chunk(rows, 1, 1, rw), False, rw) - want.reshape(rows, -1)).max()
-               for rw in (2, 4))
-
-
 def main(argv: list[str] | None = None) -> None:
     common.parser(__doc__).parse_args(argv)
     worst = 0.0
     for kind in ("affine4", "affine8", "mxfp4", "float32", "bfloat16"):
         error = max(case(kind, tokens, per_pair) for tokens in (1, 5) for per_pair in (False, True))
         print(f"{kind}: largest difference {error:.2e}", flush=True)
-        worst = max(worst, error)
-    for bits in (4, 8):
-        error = max(dense_case(bits, rows) for rows in (1, 3, 16, 19))
-        print(f"dense affine{bits} (a layer as every row's one expert): largest difference {error:.2e}", flush=True)
         worst = max(worst, error)
     sys.exit(0 if worst < 1e-4 else 1)
 

@@ -11,9 +11,7 @@ best of `--rounds`: us per call, and the building alone (the host's part). A par
 host part waited on the host. The parts' sum against the blocks says what the parts leave out (the residual adds,
 the cache's update). Where the ops backend is not MLX's own (CUDA: mlxd's kernels for the latent attention, the
 router, the experts and their combining), every part is timed again with MLX's ops in the same process, so each
-kernel of ours stands beside what it replaced. The two absorbing products are timed again computed heads first
-(attention.HEADS_FIRST: one product per head over the rows; left out of the sum). Runs on any device; the H200 is
-what it is for.
+kernel of ours stands beside what it replaced. Runs on any device; the H200 is what it is for.
 """
 
 from __future__ import annotations
@@ -54,8 +52,6 @@ def parts(layer: Any, rows: int, context: int) -> dict[str, Callable[[], Any]]:
         "absorb q (kv_b keys)": lambda: attn._up_projection(q_nope, value=False),
         "latent attention": lambda: ops.latent_attention(q_latent, q_rot, latent, k_rot, attn.scale, None),
         "absorb out (kv_b values)": lambda: attn._up_projection(mixed, value=True),
-        "absorb q, heads first": lambda: attn._up_projection(q_nope, value=False, heads_first=True),
-        "absorb out, heads first": lambda: attn._up_projection(mixed, value=True, heads_first=True),
         "o_proj": lambda: attn.o_proj(out),
         "router": lambda: mlp.gate(x),
         "routed experts": lambda: mlp.switch_mlp(x, indices, tokens=1),
@@ -90,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         with ops.using(backend):
             for name, call in parts(routed[0], args.rows, args.context).items():
                 timed.setdefault(name, []).append(best_us(call, args.calls, args.rounds))
-    pieces = [name for name in timed if name not in ("MoE block", "attention from the latents")
-              and not name.endswith("heads first")]  # another way of two parts, not more of the layer
+    pieces = [name for name in timed if name not in ("MoE block", "attention from the latents")]
     lines = [[name, *(f"{t:.1f}" for pair in runs for t in pair)] for name, runs in timed.items()]
     lines.append(["the parts' sum (blocks left out)",
                   *(f"{sum(timed[n][i][j] for n in pieces):.1f}" for i in range(len(backends)) for j in (0, 1))])

@@ -2,8 +2,7 @@
 device, for every weight kind it decodes (floats, affine 4 and 8 bits, MXFP4), activations in float32 and
 bfloat16, one token (one pair per expert) and several (experts shared by many pairs, chunks cut short), inputs one
 row per token broadcast over its experts (gate/up) and one per pair (down), and output widths that cut a block's
-32 rows; and a dense layer as every row's one expert (`dense_matmul`). Everywhere: the shapes and kinds it declines
-(MLX's kernels then)."""
+32 rows. Everywhere: the shapes and kinds it declines (MLX's kernels then)."""
 
 from __future__ import annotations
 
@@ -167,49 +166,3 @@ def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkey
     assert [cuda.sorts_experts(n, lambda: [affine4, three]) for n in sizes] == [False] * 3 + [True] * 8
     # a decode step's few pairs are never sorted, so their weights are not even asked for
     assert cuda.sorts_experts(8, lambda: pytest.fail("asked")) is False
-
-
-@on_cuda
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("rows", [1, 3, 16, 37])
-def test_a_dense_layer_as_every_rows_one_expert_equals_mlx_quantized_matmul(bits, rows, kernel):
-    """cuda_experts.dense_matmul (ops_cuda.DENSE_ROWS): a decode batch [rows, 1, in] through a dense 4- or 8-bit
-    layer whose width cuts a block's rows, bfloat16, against mx.quantized_matmul; the CUDA backend's
-    quantized_matmul sends the rows of DENSE_ROWS there and keeps the bias-free and the plain layouts' results."""
-    if kernel != "few":
-        pytest.skip("the dense path has one kernel")
-    mx.random.seed(rows * bits)
-    out_dims, in_dims = 1344, 768
-    weight = (mx.random.normal((out_dims, in_dims)) * in_dims**-0.5).astype(mx.bfloat16)
-    packed, scales, biases = mx.quantize(weight, 64, bits)
-    x = mx.random.normal((rows, 1, in_dims)).astype(mx.bfloat16)
-    want = mx.quantized_matmul(x, packed, scales, biases, transpose=True, group_size=64, bits=bits)
-    got = cuda_experts.dense_matmul(x, packed, ExpertQuantization(64, bits, "affine", scales, biases))
-    assert got is not None and got.shape == want.shape == (rows, 1, out_dims) and got.dtype == want.dtype
-    scale = max(mx.abs(want).max().item(), 1.0)
-    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= 2e-2 * scale
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("mlxd.models.ops_cuda.DENSE_ROWS", (1, 64))
-        routed = CudaBackend().quantized_matmul(x, packed, scales, biases, True, 64, bits, "affine")
-    assert mx.array_equal(routed, got).item()
-
-
-def test_a_dense_layer_the_kernel_cannot_read_is_declined():
-    """Rows past MAX_PAIRS, stacked weights, 3-bit weights: None (MLX's quantized matmul then)."""
-    packed, scales, biases = mx.quantize(mx.zeros((64, 256)), 64, 4)
-    quant = ExpertQuantization(64, 4, "affine", scales, biases)
-    assert cuda_experts.dense_matmul(mx.ones((cuda_experts.MAX_PAIRS + 1, 1, 256)), packed, quant) is None
-    assert cuda_experts.dense_matmul(mx.ones((4, 1, 256)), packed[None], quant) is None
-    packed3, scales3, biases3 = mx.quantize(mx.zeros((64, 256)), 64, 3)
-    assert cuda_experts.dense_matmul(mx.ones((4, 1, 256)), packed3,
-                                     ExpertQuantization(64, 3, "affine", scales3, biases3)) is None
-
-
-def test_the_dense_launch_mirrored_in_numpy_equals_mlx_quantized_matmul():
-    """Without a GPU: dense_matmul's launch (one expert, every index 0, its largest chunk, the grid by expert) run
-    through the kernel's NumPy mirror (bench/kernels/mirror_experts_few.py) gives mx.quantized_matmul's product,
-    chunks of 8 pairs and a last short one included (19 rows)."""
-    from bench.kernels.mirror_experts_few import dense_case
-
-    assert dense_case(4, 19) < 1e-4
-    assert dense_case(8, 3) < 1e-4

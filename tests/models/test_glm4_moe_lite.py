@@ -72,19 +72,6 @@ def test_cached_decode_equals_the_full_pass(glm, layout):
     assert max_decode_error(loaded.model, expected["input_ids"], expected["greedy_ids"]) < SELF_TOL
 
 
-@pytest.mark.parametrize("value", [False, True], ids=["query", "output"])
-def test_a_decode_batchs_absorbing_products_heads_first_equal_row_by_row(glm, value):
-    """attention.HEADS_FIRST: per head, one product over the batch's rows instead of one per row."""
-    attention = glm("v5")[0].model.layers[0].self_attn
-    width = attention.latent_dims if value else attention.nope
-    x = mx.random.normal((5, attention.n_heads, 1, width))
-    row_by_row = attention._up_projection(x, value, heads_first=False)
-    heads_first = attention._up_projection(x, value, heads_first=True)
-    out_width = attention.v_dims if value else attention.latent_dims
-    assert heads_first.shape == row_by_row.shape == (5, attention.n_heads, 1, out_width)
-    assert mx.abs(heads_first - row_by_row).max().item() < SELF_TOL
-
-
 def test_cache_holds_the_latent_and_the_budget_counts_it(glm):
     """Per token and layer: kv_lora_rank + qk_rope_head_dim values, not heads x (qk_head_dim + v_head_dim)."""
     loaded, expected = glm("v5")

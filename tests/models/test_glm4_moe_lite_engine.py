@@ -33,10 +33,7 @@ def _requests() -> list[GenerationRequest]:
             for i, n in enumerate(PROMPT_LENGTHS)]
 
 
-@pytest.mark.parametrize("heads_first", [False, True], ids=["row-by-row", "heads-first"])
-def test_batched_rows_yield_what_they_yield_alone(runtime, heads_first, monkeypatch):
-    """Also with a decode batch's absorbing products computed per head over the rows (attention.HEADS_FIRST)."""
-    monkeypatch.setattr("mlxd.models.glm4_moe_lite.attention.HEADS_FIRST", heads_first)
+def test_batched_rows_yield_what_they_yield_alone(runtime):
     assert_batched_rows_yield_what_they_yield_alone(
         runtime, _requests, alone=SchedulerOptions(prefill_chunk_size=7, max_batch_size=1),
         batched=SchedulerOptions(prefill_chunk_size=16, max_batch_size=8),

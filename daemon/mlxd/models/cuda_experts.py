@@ -236,39 +236,6 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     return out.reshape(*indices.shape, 1, out_dims)
 
 
-# [rows, 1] zeros (uint32) per row count: a dense layer's rows all routed to its one "expert" (dense_matmul).
-_ONE_EXPERT: dict[int, mx.array] = {}
-
-
-def dense_matmul(x: mx.array, weight: mx.array, quant: ExpertQuantization | None) -> mx.array | None:
-    """x [..., in] times a dense layer's weight [out, in] (packed when quantized), transposed, by the few-pairs
-    kernel: the layer as the one expert of every row, so its weights are read once for all the rows. MLX's CUDA
-    quantized matmul (as MLX 0.32.2's source reads) takes a decode batch [B, 1, in] as B products of one row each
-    from 8 rows on (qmm_sm80's tiles hold 16 rows, so 15 of 16 are padding, and the weights are read once per row).
-    Returns [..., out] in x's dtype, or None where the kernel declines the shapes (MLX's matmul then).
-    ops_cuda.DENSE_ROWS says for which row counts the backend calls it."""
-    kind = _kind(quant)
-    in_dims = x.shape[-1]
-    rows = x.size // in_dims
-    if kind is None or not 0 < rows <= MAX_PAIRS or weight.ndim != 2 or in_dims % kind[2]:
-        return None
-    if rows not in _ONE_EXPERT:
-        _ONE_EXPERT[rows] = mx.zeros((rows, 1), dtype=mx.uint32)
-    indices = _ONE_EXPERT[rows]
-    one = None if quant is None else ExpertQuantization(
-        quant.group_size, quant.bits, quant.mode, quant.scales[None],
-        None if quant.biases is None else quant.biases[None])
-    stacked = weight[None]  # [1, out, in]: a view, still row-contiguous, so the kernel copies nothing
-    flat = x.reshape(rows, 1, 1, in_dims)
-    inputs = [x.reshape(rows, in_dims), indices.reshape(rows), stacked]
-    if one is not None:
-        inputs.append(one.scales)
-        if one.biases is not None and kind[0] == _AFFINE:
-            inputs.append(one.biases)
-    out = _few(inputs, flat, indices, stacked, one, kind[0], kind[1], 1)
-    return None if out is None else out.reshape(*x.shape[:-1], weight.shape[0])
-
-
 def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.array,
          quant: ExpertQuantization | None, mode: int, bits: int, div: int) -> mx.array | None:
     """cuda_experts_few.py's kernel, where its 16-byte loads fit the shapes (else None: MLX's kernel)."""

@@ -1,7 +1,7 @@
 """Quantized linear layers computed through models/ops.py, so the backend chosen at load picks the kernel.
 
-nn.quantize makes MLX's nn.QuantizedLinear, which calls mx.quantized_matmul itself; the CUDA backend has a kernel of
-its own for a decode batch's few rows (ops_cuda.DENSE_ROWS). The loader turns every such layer into this subclass
+nn.quantize makes MLX's nn.QuantizedLinear, which calls mx.quantized_matmul itself; the CUDA backend may lay a
+decode batch's rows out as one product (ops_cuda.FLAT_ROWS). The loader turns every such layer into this subclass
 once quantized (`route_through_ops`): the same parameters, settings and results, the matmul asked of the backend.
 """
 

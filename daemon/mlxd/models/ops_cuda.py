@@ -34,16 +34,13 @@ from mlxd.models.ops_mlx import MLXBackend
 # it: bench nvrtc_compile).
 SIGMOID_ROUTING = False
 
-# Rows of a dense quantized matmul (a decode batch [B, 1, in]) computed by the few-pairs experts kernel, the layer as
-# every row's one expert (cuda_experts.dense_matmul), instead of MLX's quantized matmul, which from 8 rows on takes B
-# products of one row each (as MLX 0.32.2's source reads). GLM-4.7-Flash's dense projections took ~230 us of a
-# routed layer's ~800 at 16 rows on an H100 (o_proj 78 us for 5 MB of weights; bench latent_layer_parts, session
-# 30). (fewest, most) rows; (0, 0): never, until `bench dense_rows` has timed the kernel against MLX's on a GPU and
-# tests/models/test_cuda_experts.py's dense test has passed there. A tuple, so that a benchmark's
-# `--variant dense:mlxd.models.ops_cuda.DENSE_ROWS=(8,32)` can set it.
-DENSE_ROWS: tuple[int, int] = (0, 0)
-# Otherwise, MLX's kernel with the batch's rows as the rows of one product ([B * 1, in]: one 16-row tile read once)
-# rather than B products of one row. Off until `bench dense_rows` has timed both layouts on a GPU.
+# A dense quantized layer's decode batch [B, 1, in] computed as one product of B rows ([B, in]) instead of as MLX
+# takes that shape, B products of one row each (MLX 0.32.2's source: qmm_sm80's grid (1, out / 128, B) of 16-row
+# tiles from 8 rows on, 15 of 16 rows padding). On an H100 at 16 rows (bench dense_rows, session 31: the same
+# weights called 20 times, so from L2) GLM-4.7-Flash's layers took 2.4-4x less time so (o_proj 85.9 -> 21.6 us, the
+# output layer 2,043 -> 150), and one routed layer in parts 938 -> 771 us; yet the whole 16-stream step ran 0.917x
+# and 1.065x of the default in two commands (batch_inprocess --variant, 4 rounds each): not beyond the noise. Off
+# until a whole step shows it (two reshapes a layer are two more graph nodes for a step bound by host work).
 FLAT_ROWS = False
 
 
@@ -104,30 +101,15 @@ class CudaBackend(MLXBackend):
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:
         if transpose and weight.ndim == 2:
-            if DENSE_ROWS[1] or FLAT_ROWS:  # both off (the default): this check is all a call pays beside MLX's
-                out = self._batch_rows(x, weight, scales, biases, group_size, bits, mode)
-                if out is not None:
-                    return out
+            if FLAT_ROWS and x.ndim > 2 and x.size > x.shape[-1]:  # off: this check is all a call pays
+                flat = x.reshape(-1, x.shape[-1])
+                out = super().quantized_matmul(flat, weight, scales, biases, transpose, group_size, bits, mode)
+                return out.reshape(*x.shape[:-1], out.shape[-1])
             return super().quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
         # MLX 0.32.4 on CUDA: "[quantized_matmul] No implementation for problem shape ... transpose: false", and
         # none for weights stacked per head either (GLM's kv_b_proj split by head: "1x16x64x4, transpose: true").
         dense = mx.dequantize(weight, scales, biases, group_size, bits, mode=mode).astype(x.dtype)
         return x @ (dense.swapaxes(-1, -2) if transpose else dense)
-
-    def _batch_rows(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, group_size: int,
-                    bits: int, mode: str) -> mx.array | None:
-        """A dense layer's product for a decode batch's rows the way DENSE_ROWS or FLAT_ROWS say; None: MLX's."""
-        rows = x.size // x.shape[-1]
-        fewest, most = DENSE_ROWS
-        if 0 < fewest <= rows <= most:
-            out = cuda_experts.dense_matmul(x, weight, ExpertQuantization(group_size, bits, mode, scales, biases))
-            if out is not None:
-                return out
-        if FLAT_ROWS and x.ndim > 2 and rows > 1:
-            flat = x.reshape(rows, x.shape[-1])
-            out = super().quantized_matmul(flat, weight, scales, biases, True, group_size, bits, mode)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
-        return None
 
     def gated_delta_decode(self, qkv: mx.array, a: mx.array, b: mx.array, conv_weight: mx.array,
                            conv_state: mx.array, A_log: mx.array, dt_bias: mx.array, state: mx.array,

@@ -29,13 +29,6 @@ from mlxd.models.rope import make_rope
 # rms_norm_eps is for the decoder's norms only. mlx-lm uses rms_norm_eps for both (4e-5 off on the fixture).
 LORA_NORM_EPS = 1e-6
 
-# A decode batch's absorbed projections (float kv_b_proj) as one product per head with the batch's rows as its rows,
-# [H, B, ·] @ [H, ·, ·], instead of B x H products of one row each, [B, H, 1, ·] @ [H, ·, ·] (mlx-lm's order). The
-# same sums; on the 2-core CPU 2.4x faster in bfloat16 (20 heads, 16 rows; float32 alike). On an H100 the two
-# absorbing products took 84 us of a routed layer's ~800 at 16 rows (bench latent_layer_parts, session 30). Off until
-# that benchmark's "heads first" rows have timed it on a GPU.
-HEADS_FIRST = False
-
 # The two down-projections of the hidden state (query and latent) read the same input: one matmul when fused.
 DOWN_PROJECTIONS = Projections("qkv_a_proj", ("q_a_proj", "kv_a_proj_with_mqa"))
 
@@ -119,10 +112,9 @@ class LatentAttention(nn.Module):
         mixed = ops.latent_attention(q_latent, q_rot, latent, k_rot, self.scale, mask)  # [B, H, 1, kv_lora_rank]
         return self._up_projection(mixed, value=True)
 
-    def _up_projection(self, x: mx.array, value: bool, heads_first: bool | None = None) -> mx.array:
+    def _up_projection(self, x: mx.array, value: bool) -> mx.array:
         """Per head h, x [B, H, L, ·] through head h's part of kv_b_proj: its key rows transposed (nope ->
-        latent) for a query, its value rows (latent -> v) for an output. Quantized weights stay quantized.
-        `heads_first` (default HEADS_FIRST): a decode batch's float product per head over the batch's rows."""
+        latent) for a query, its value rows (latent -> v) for an output. Quantized weights stay quantized."""
         rows = slice(self.nope, None) if value else slice(None, self.nope)
         layer = self.kv_b_proj
 
@@ -135,7 +127,4 @@ class LatentAttention(nn.Module):
                                         None if biases is None else per_head(biases), value, layer.group_size,
                                         layer.bits, layer.mode)
         weight = per_head(layer.weight)  # [H, rows, kv_lora_rank]
-        weight = weight.swapaxes(-1, -2) if value else weight
-        if (HEADS_FIRST if heads_first is None else heads_first) and x.shape[2] == 1 and x.shape[0] > 1:
-            return (x[:, :, 0].swapaxes(0, 1) @ weight).swapaxes(0, 1)[:, :, None]
-        return x @ weight
+        return x @ (weight.swapaxes(-1, -2) if value else weight)
