@@ -70,9 +70,9 @@
 #   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, off until this passes: ops_cuda.SIGMOID_ROUTING)
 #                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts with it on (its
 #                      router row); then VARIANT=route:mlxd.models.ops_cuda.SIGMOID_ROUTING=True variant:glm-4.7-flash
-#   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at 1, 4 and 16 rows, MLX's quantized matmul
+#   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
 #                      on [rows, 1, in] as a batch arrives against [rows, in] (~60 s); dense-rows:SHAPE the same for
-#                      SHAPE (llama-8b, llama-1b) at $ROWS (1 4 16); then
+#                      SHAPE (llama-8b, llama-1b); then
 #                      VARIANT='flat:mlxd.models.ops_cuda.FLAT_ROWS=True' variant:glm-4.7-flash (the whole step)
 #   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
 #                      parts, each timed alone at 16 rows, with mlxd's kernels and with MLX's ops (bench
@@ -238,9 +238,8 @@ for spec in "$@"; do
 o.SIGMOID_ROUTING = True
 from bench.suite import latent_layer_parts
 latent_layer_parts.main(sys.argv[1:])" --model "$folder" --rows 16 --context 256 ;;
-    dense-rows) step dense-rows 300 "$py" -m bench dense_rows --shapes glm-4.7-flash --rows 1 4 16 ;;
-    dense-rows:*) step "dense-rows-${spec#dense-rows:}" 400 "$py" -m bench dense_rows --shapes "${spec#dense-rows:}" \
-                    --rows ${ROWS:-1 4 16} ;;
+    dense-rows|dense-rows:*) shape=${spec#dense-rows}; shape=${shape#:}; shape=${shape:-glm-4.7-flash}
+                  step "dense-rows-$shape" 400 "$py" -m bench dense_rows --shapes "$shape" --rows ${ROWS:-1 4 16} ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
