@@ -64,6 +64,7 @@ TOOLS = {
                    "registers and machine instructions of the experts kernels for the H200, without a GPU"),
     "mirror_experts_few": ("bench.kernels.mirror_experts_few",
                            "the few-pairs experts kernel mirrored in NumPy, against MLX's gathered matmul (CPU)"),
+    "pyspy_top": ("bench.kernels.pyspy_top", "summarise py-spy's raw stacks: own and inclusive samples per frame"),
     "random_model": ("bench.models.random_model", "write a random-weight Hugging Face folder of a published shape"),
     "llama_gguf": ("bench.models.llama_gguf", "write a random-weight Llama GGUF that mlxd, mlx-lm and llama.cpp run"),
     "mlx_export": ("bench.models.mlx_export", "save the arrays mlxd serves from a GGUF as a folder mlx-lm loads"),

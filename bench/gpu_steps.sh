@@ -62,6 +62,12 @@
 #                      prompts x 64, then speed: the ring's all_sums go through the host, so only the tokens count)
 #   variant:SHAPE      16 streams in-process of the 4-bit model (batch_inprocess, 4 rounds; MIXED=1: mixed prompt
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
+#   timeline:SHAPE     16 streams in-process of the 4-bit model with a step's parts timed (batch_inprocess --timeline:
+#                      the forward's graph, the launches, the wait for the step before): host- or device-bound?
+#   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
+#                      $logs/SHAPE-pyspy.txt, summarised by `python -m bench pyspy_top` where the logs come back
+#   step-variant:SHAPE the 16-row step (batch_step_profile, whole step only, ROUNDS rounds, default 3) of mlxd, of
+#                      mlxd with VARIANT=NAME:module.attribute=value;... and of mlx-lm, interleaved in one process
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 #   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,
@@ -242,6 +248,16 @@ latent_layer_parts.main(sys.argv[1:])" --model "$folder" --rows 16 --context 256
                   step "dense-rows-$shape" 400 "$py" -m bench dense_rows --shapes "$shape" --rows ${ROWS:-1 4 16} ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
+    timeline:*) shape=${spec#timeline:}; folder=$(quantized "$shape") &&
+                 step "$shape-timeline" 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                   --new-tokens 128 --timeline ;;
+    pyspy:*) shape=${spec#pyspy:}; folder=$(quantized "$shape") &&
+               step "$shape-pyspy" 300 env MLXD_BLAS_PRELOAD=none:py-spy "${PYSPY:-/tmp/site/bin/py-spy}" record --native --rate 250 --format raw \
+                 --output "$logs/$shape-pyspy.txt" -- "$py" -m bench batch_inprocess --model \
+                 "$folder" --streams 16 --new-tokens 128 ;;
+    step-variant:*) shape=${spec#step-variant:}; folder=$(quantized "$shape") &&
+               step "$shape-step-variant" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 \
+                 --context 256 --rounds "${ROUNDS:-3}" --variants step --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;

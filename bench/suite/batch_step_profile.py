@@ -12,7 +12,9 @@ same, plus its log-softmax of every row). Each variant replaces one part of ever
 - `without attention`: the full-attention blocks (`self_attn`) removed;
 - `without linear attention`: the recurrent mixers (`linear_attn`, `mixer`) removed, for hybrid models.
 A part the model does not have is skipped. `--also-kernels mlx` times mlxd a second time with that ops backend
-(models/ops.py; e.g. MLX's ops where the loader chose the CUDA kernels), to measure what the kernels buy.
+(models/ops.py; e.g. MLX's ops where the loader chose the CUDA kernels), to measure what the kernels buy;
+`--variant NAME:module.attribute=value;...` times mlxd again with those settings (`common.patched`), its rounds
+interleaved with the others' (two processes of the same code differ by more than most changes make).
 First it prints the kernel nodes of one step per engine where they
 differ (decode_profile's count, on the batched step). Medians of rounds in milliseconds per step, and the ratio
 mlx-lm / mlxd (above 1: mlxd faster) last. The differences between variants say what each part costs inside the
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--also-kernels", default=None, help="time mlxd again with this ops backend (e.g. mlx)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
+                   help="time mlxd again with these settings (module.attribute=value;...); repeatable")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     args = p.parse_args(argv)
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
@@ -165,15 +169,19 @@ def main(argv: list[str] | None = None) -> None:
     ours = load_model_and_tokenizer(args.model, args.dtype)[0].model
     theirs = load_model(args.model)[0]
     rows = prompts(args.rows, args.context)
-    makers: dict[str, tuple[Callable[[], MlxdBatch | MlxLmBatch], Any, str | None]] = {
-        MLXD: (lambda: MlxdBatch(ours, rows), _with_layers(ours), None)}
+    # name -> (make a batch, the layers' holder, ops backend or None, settings for common.patched)
+    makers: dict[str, tuple[Callable[[], MlxdBatch | MlxLmBatch], Any, str | None, str]] = {
+        MLXD: (lambda: MlxdBatch(ours, rows), _with_layers(ours), None, "")}
     if args.also_kernels:
         makers[f"{MLXD} ({args.also_kernels})"] = (lambda: MlxdBatch(ours, rows), _with_layers(ours),
-                                                   args.also_kernels)
-    makers[MLX_LM] = (lambda: MlxLmBatch(theirs, rows), _with_layers(theirs), None)
+                                                   args.also_kernels, "")
+    for spec in args.variant:
+        label, settings = common.variant(spec)
+        makers[f"{MLXD} ({label})"] = (lambda: MlxdBatch(ours, rows), _with_layers(ours), None, settings)
+    makers[MLX_LM] = (lambda: MlxLmBatch(theirs, rows), _with_layers(theirs), None, "")
     counts = {}
-    for name, (make, _, backend) in makers.items():
-        with ops.using(backend or ops.backend()):
+    for name, (make, _, backend, settings) in makers.items():
+        with ops.using(backend or ops.backend()), common.patched(settings):
             batch = make()
             counts[name] = batch.kernel_nodes()
             batch.finish()
@@ -182,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     print_kernel_nodes(counts, f"one {args.rows}-row decode step")
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in makers}
     for _ in range(args.rounds):
-        for name, (make, holder, backend) in makers.items():
-            with ops.using(backend or ops.backend()):
+        for name, (make, holder, backend, settings) in makers.items():
+            with ops.using(backend or ops.backend()), common.patched(settings):
                 rounds[name].append(profile(make, holder, args.steps, variants))
             print(name, {k: round(v, 3) for k, v in rounds[name][-1].items()}, flush=True)
     print_medians(rounds, f"{args.model.name}, {args.rows} rows of {args.context}+ tokens, {args.steps} steps, "
