@@ -63,9 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                  for needle in args.match.split(",")]
         print(common.table(["frames containing", "% of samples (any of them on the stack)"], lines))
         return
-    print(common.table(["own samples", "%"], [[name[:110], 100.0 * c / total] for name, c in own.most_common(args.top)]))
-    print(common.table(["on the stack", "%"],
-                       [[name[:110], 100.0 * c / total] for name, c in inclusive.most_common(args.top)]))
+    for title, counts in (("own samples", own), ("on the stack", inclusive)):
+        print(common.table([title, "%"], [[name[:110], 100.0 * c / total] for name, c in counts.most_common(args.top)]))
 
 
 if __name__ == "__main__":
