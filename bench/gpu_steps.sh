@@ -29,7 +29,8 @@
 #                      .gpu2/smollm2-tokenizer: a folder random_model's write_tokenizer made from SmolLM2's GGUF,
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
 #                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
-#                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s);
+#                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s;
+#                      SCHEMA=strings or records: constrained_decode --schema, the default short-strings);
 #                      constrained-counts only 16 streams, a daemon for each of COUNTS mask processes (default
 #                      "1 2 3": fewer processes keep fewer cores busy beside the worker; ~300 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
@@ -168,8 +169,9 @@ for spec in "$@"; do
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     experts-ahead2) step experts-ahead2 300 "$py" -m bench expert_matmul --loads-ahead 2 --tokens 1 4 16 32 64 ;;
     constrained) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
-                   step constrained 420 "$py" -m bench constrained_decode --model "$folder" --streams 1 16 \
-                     --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}"
+                   step "constrained${SCHEMA:+-$SCHEMA}" 420 "$py" -m bench constrained_decode --model "$folder" \
+                     --streams 1 16 --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}" \
+                     --schema "${SCHEMA:-short-strings}"
                    for kind in --constrained ""; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind

@@ -22,7 +22,8 @@ also the mask thread's jobs and the worker's wait for the masks after its launch
 with some module attributes set (`common.patched`) against rounds without, interleaved in one process (two
 processes of the same code on a lent GPU machine differ by more than most changes make). --fills compares
 constrained steps whose fill differs, interleaved in one process: `schema` (constrained_decode's JSON Schema through
-llguidance, its masks in --mask-processes processes), `schema-p0` (the same, every mask filled in this process),
+llguidance, its masks in --mask-processes processes; `schema/ITEMS` with constrained_decode's --schema ITEMS, e.g.
+`schema/strings`), `schema-p0` (the same, every mask filled in this process),
 `free` (no constraint), and bench/suite/fake_constraints.py's `allow-all` (the constrained step's structure, a fill
 costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (MS ms of a core); a kind followed by
 `@SECONDS` runs with Python's switch interval set so (sys.setswitchinterval; 0.005 by default).
@@ -42,7 +43,7 @@ import mlx.core as mx
 
 from bench import common
 from bench.suite import fake_constraints, mask_timeline
-from bench.suite.constrained_decode import CONSTRAINT
+from bench.suite.constrained_decode import constraint as schema_constraint
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
@@ -71,19 +72,21 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
         grammars: Grammars | None = None, fill: str = "schema", alone: Grammars | None = None) -> common.Row:
     """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
     `grammars`, every stream under constrained_decode's schema, or with `fill` another of --fills' kinds (with
-    `@SECONDS`: Python's switch interval set so meanwhile, as sys.setswitchinterval takes it); `alone`: the
+    `/ITEMS`: constrained_decode's schema of those items, e.g. `schema/strings`; with `@SECONDS`: Python's switch
+    interval set so meanwhile, as sys.setswitchinterval takes it); `alone`: the
     grammars without mask processes, for `schema-p0`."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
     kind, _, interval = fill.partition("@")
+    kind, _, items = kind.partition("/")
 
     def constraint() -> TokenConstraint | None:
         if grammars is None or kind == "free":
             return None
         if kind == "schema":
-            return grammars.constraint(CONSTRAINT)
+            return grammars.constraint(schema_constraint(items or "short-strings"))
         if kind == "schema-p0":
             assert alone is not None
-            return alone.constraint(CONSTRAINT)
+            return alone.constraint(schema_constraint(items or "short-strings"))
         return fake_constraints.constraint_for(kind, runtime.vocab_size, len(prompts))
 
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,

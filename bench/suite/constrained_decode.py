@@ -2,10 +2,14 @@
 running beside constrained ones against the same streams beside free ones, alternating in one command.
 
     python -m bench constrained_decode [--model smollm2|PATH --streams 1 16 --new-tokens 128]
-                                       [--mask-processes 0 3]
+                                       [--mask-processes 0 3] [--schema short-strings|strings|records]
 
-Greedy, ignore_eos. The schema (an array of at least 400 short strings) keeps the output open for the whole run,
-so each stream generates as many tokens either way. "mixed" runs half the streams
+Greedy, ignore_eos. The schema (an array of at least 400 items) keeps the output open for the whole run, so each
+stream generates as many tokens either way. Its items (--schema): `short-strings` (the default: strings of at most
+12 characters, every few tokens a quote, a comma or an escape; llguidance's precomputed token sets serve no string
+of bounded length, so its masks cost ~50x a common schema's), `strings` (strings of any length, as most schemas'
+text fields), `records` (objects of a string, an integer in a range, an enum and an optional list of strings: an
+extraction or tool-call schema). "mixed" runs half the streams
 constrained and reports the free half's decode rate, against that same half in "free" (every stream free, the
 batch as large): the target is >= 0.98. "constrained" against "free": the target is >= 0.95. Mask fill time per token
 and the grammar compile time are measured in this process with the same tokenizer (llguidance, as the daemon).
@@ -26,19 +30,36 @@ from bench import common
 from bench.daemon import Daemon
 from mlxd_client import Client, pb
 
-# At least 400 short strings: every token inside JSON's structure (quotes, commas, escapes), and no model can
-# complete it within a benchmark's tokens, so constrained streams run as long as free ones.
-SCHEMA = {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 400}
-CONSTRAINT = pb.Constraint(json_schema=json.dumps(SCHEMA), max_whitespace=2)
+# At least 400 items: no model can complete them within a benchmark's tokens, so constrained streams run as long
+# as free ones.
+ITEMS = {
+    "short-strings": {"type": "string", "maxLength": 12},
+    "strings": {"type": "string"},
+    "records": {"type": "object", "properties": {
+        "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "kind": {"enum": ["person", "company", "place"]},
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 4}},
+        "required": ["name", "age", "kind"], "additionalProperties": False},
+}
 
 
-def streams(addr: str, prompts: list[list[int]], new_tokens: int, constrained: list[bool]) -> common.Row:
+def constraint(items: str = "short-strings") -> pb.Constraint:
+    """The benchmark's constraint: a JSON Schema array of at least 400 ITEMS[items]."""
+    schema = {"type": "array", "items": ITEMS[items], "minItems": 400}
+    return pb.Constraint(json_schema=json.dumps(schema), max_whitespace=2)
+
+
+CONSTRAINT = constraint()
+
+
+def streams(addr: str, prompts: list[list[int]], new_tokens: int, constrained: list[bool],
+            chosen_constraint: pb.Constraint = CONSTRAINT) -> common.Row:
     """Every stream started together; decode tok/s of the constrained and of the free ones, each from the moment
     every stream has its first token."""
     firsts, counts, ends = [0.0] * len(prompts), [0] * len(prompts), [0.0] * len(prompts)
 
     def run(i: int) -> None:
-        extra = {"constraint": CONSTRAINT} if constrained[i] else {}
+        extra = {"constraint": chosen_constraint} if constrained[i] else {}
         with Client(addr) as client:
             for response in client.generate(tokens=prompts[i], temperature=0.0, ignore_eos=True,
                                             max_tokens=new_tokens, **extra):
@@ -64,14 +85,15 @@ def streams(addr: str, prompts: list[list[int]], new_tokens: int, constrained: l
     return row
 
 
-def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: int) -> dict[str, float]:
+def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: int,
+                 chosen_constraint: pb.Constraint = CONSTRAINT) -> dict[str, float]:
     """Compile time of the schema and per-token mask fill p50/p99 (µs) along a lowest-allowed-token walk."""
     from mlxd.constraints import ConstraintSpec, GrammarCompiler, RowConstraint
     started = time.perf_counter()
     compiler = GrammarCompiler(model_tokenizer_json, vocab, eos)
     tables_s = time.perf_counter() - started
     started = time.perf_counter()
-    grammar = compiler.compile(ConstraintSpec("json_schema", CONSTRAINT.json_schema, max_whitespace=2))
+    grammar = compiler.compile(ConstraintSpec("json_schema", chosen_constraint.json_schema, max_whitespace=2))
     compile_s = time.perf_counter() - started
     row = RowConstraint(grammar)
     mask = np.zeros(grammar.mask_words, dtype=np.int32)
@@ -114,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask-processes", type=int, nargs="+", default=[0],
                    help="serve's --mask-processes; several values: a daemon each, their constrained and mixed "
                         "streams against the free streams of the first, in one command")
+    p.add_argument("--schema", choices=sorted(ITEMS), default="short-strings", help="the array's items")
     common.add_out_arg(p, "constrained_decode")
     args = p.parse_args(argv)
+    chosen_constraint = constraint(args.schema)
     model = common.resolve_model(args.model)
     processes = list(dict.fromkeys(args.mask_processes))
 
@@ -139,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             daemon = daemons[int(mask_processes or processes[0])]
             chosen = {"constrained": [True] * n, "free": [False] * n, "mixed": [i % 2 == 1 for i in range(n)]}[kind]
             salt = len(contenders) * round_ + contenders.index(name)
-            row = streams(daemon.addr, prompts(n, salt), args.new_tokens, chosen)
+            row = streams(daemon.addr, prompts(n, salt), args.new_tokens, chosen, chosen_constraint)
             return {**row, "tps": row["constrained_tps" if kind == "constrained" else "free_tps"],
                     "even_free_tps": row["even_tps"] if kind != "constrained" else 0.0}
 
@@ -150,9 +174,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from mlxd.loading.model_source import load_model_tokenizer
     tokenizer = load_model_tokenizer(model)   # not the weights: the daemon holds the model already
-    masks = mask_timings(tokenizer.serialized, info.vocab_size, list(info.eos_token_ids), args.new_tokens)
-    print(f"\n{model}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens per stream, greedy, "
-          f"medians of {args.rounds} rounds; logs in {args.out}")
+    masks = mask_timings(tokenizer.serialized, info.vocab_size, list(info.eos_token_ids), args.new_tokens,
+                         chosen_constraint)
+    print(f"\n{model}, schema {args.schema}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens "
+          f"per stream, greedy, medians of {args.rounds} rounds; logs in {args.out}")
     lines = []
     for n in args.streams:
         free = common.median(rows, "free_tps", case=n, contender="free")
