@@ -31,6 +31,7 @@
 #                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
 #                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s;
 #                      SCHEMA=strings or records: constrained_decode --schema, the default short-strings);
+#                      constrained-decode the gRPC comparison alone (~400 s);
 #                      constrained-counts only 16 streams, a daemon for each of COUNTS mask processes (default
 #                      "1 2 3": fewer processes keep fewer cores busy beside the worker; ~300 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
@@ -168,11 +169,11 @@ for spec in "$@"; do
     experts-large) step experts-large 300 "$py" -m bench expert_matmul --tokens 64 128 256 ;;
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     experts-ahead2) step experts-ahead2 300 "$py" -m bench expert_matmul --loads-ahead 2 --tokens 1 4 16 32 64 ;;
-    constrained) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained|constrained-decode) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step "constrained${SCHEMA:+-$SCHEMA}" 420 "$py" -m bench constrained_decode --model "$folder" \
                      --streams 1 16 --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}" \
                      --schema "${SCHEMA:-short-strings}"
-                   for kind in --constrained ""; do
+                   [ "$spec" = constrained ] && for kind in --constrained ""; do
                      step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
                        --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                    done; } ;;
