@@ -75,7 +75,7 @@
 #   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,
 #                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
 #                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
-#   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, off until this passes: ops_cuda.SIGMOID_ROUTING)
+#   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, ops_cuda.SIGMOID_ROUTING, on since session 32)
 #                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts with it on (its
 #                      router row); then VARIANT=route:mlxd.models.ops_cuda.SIGMOID_ROUTING=True variant:glm-4.7-flash
 #   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
@@ -173,10 +173,12 @@ for spec in "$@"; do
                    step "constrained${SCHEMA:+-$SCHEMA}" 420 "$py" -m bench constrained_decode --model "$folder" \
                      --streams 1 16 --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}" \
                      --schema "${SCHEMA:-short-strings}"
-                   [ "$spec" = constrained ] && for kind in --constrained ""; do
-                     step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
-                       --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
-                   done; } ;;
+                   if [ "$spec" = constrained ]; then
+                     for kind in --constrained ""; do
+                       step "constrained-steps${kind:+-constrained}" 150 "$py" -m bench batch_inprocess \
+                         --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
+                     done
+                   fi; } ;;
     constrained-counts) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-counts 500 "$py" -m bench constrained_decode --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 3 --mask-processes ${COUNTS:-1 2 3} ;;

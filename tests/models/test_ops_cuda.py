@@ -183,7 +183,7 @@ def _assert_same_routing(got: tuple[mx.array, mx.array], want: tuple[mx.array, m
 @pytest.mark.parametrize("normalize,scaling", [(True, 1.8), (False, 1.0)])
 def test_the_sigmoid_routing_kernel_chooses_and_weighs_as_mlx(experts, top_k, normalize, scaling, monkeypatch):
     """GLM-4.7-Flash's router: sigmoid scores, the choice biased, the weights the unbiased scores (normalized or
-    not) times a scale; through the CUDA backend once switched on, and MLX's ops where groups are dropped."""
+    not) times a scale; through the CUDA backend's kernel (on: SIGMOID_ROUTING), MLX's ops where groups are dropped."""
     from mlxd.models import ops_cuda
     from mlxd.models.ops_mlx import MLXBackend
     # Distinct logits (a permutation, spread) and a small bias: no tie at the k-th choice.

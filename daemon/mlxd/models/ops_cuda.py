@@ -29,10 +29,11 @@ from mlxd.models.cuda_moe import combine_experts, route_experts, route_sigmoid
 from mlxd.models.ops_mlx import MLXBackend
 
 # GLM-4.7-Flash's router (sigmoid scores, a bias for the choice) in one kernel (cuda_moe.py) instead of MLX's 4-5
-# ops, which cost 100 us of a routed layer's ~800 at 16 rows on an H100 (bench latent_layer_parts, session 30). Off
-# until tests/models/test_ops_cuda.py's sigmoid-routing test has passed on a GPU: written without one (NVRTC compiled
-# it: bench nvrtc_compile).
-SIGMOID_ROUTING = False
+# ops, which cost 100 us of a routed layer's ~800 at 16 rows on an H100 (bench latent_layer_parts, session 30). A
+# 16-row GLM step is bound by the host (graph building and encoding, not the device), so fewer nodes is the gain: on
+# an H200 the step took 29.7 ms with it against 33.1 without (bench batch_step_profile --variant, 3 interleaved
+# rounds, each one faster; mlx-lm 36.5), after tests/models/test_ops_cuda.py's routing tests passed there (28).
+SIGMOID_ROUTING = True
 
 # A dense quantized layer's decode batch [B, 1, in] computed as one product of B rows ([B, in]) instead of as MLX
 # takes that shape, B products of one row each (MLX 0.32.2's source: qmm_sm80's grid (1, out / 128, B) of 16-row
