@@ -59,12 +59,14 @@ def compile_all(nvrtc: Path, source: str, inputs: list[str], template: str, inst
 
 
 def compiled(nvrtc: Path, source: str, inputs: list[str], template: str, instances: list[str]) -> tuple[str, str]:
-    """NVRTC's log ("" when it compiles) and the PTX of the kernel `source` instantiated as `instances`."""
+    """NVRTC's log ("" when it compiles) and the PTX of the kernel `source` instantiated as `instances` (compacted
+    as models/cuda_jit.py hands it to MLX)."""
+    from mlxd.models.cuda_jit import compact
     params = {"x": "const T* x", "idx": "const uint32_t* idx", "w": "const W* w", "scales": "const S* scales",
               "biases": "const S* biases"}
     signature = ", ".join([params[n] for n in inputs] + ["const int* idx_shape", "T* out"])
     return compiled_text(nvrtc, f"template <typename T, typename W, typename S, {template}>\n"
-                                f"__global__ void k({signature}) {{\n{source}\n}}\n", instances)
+                                f"__global__ void k({signature}) {{\n{compact(source)}\n}}\n", instances)
 
 
 # The MoE routing and combining kernels (models/cuda_moe.py): each one's parameters as MLX's cuda_kernel writes them
@@ -131,10 +133,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(log[:3000])
                 failures += 1
     from mlxd.models import cuda_moe
+    from mlxd.models.cuda_jit import compact
 
     sources = {"route": cuda_moe._ROUTE, "route_sigmoid": cuda_moe._ROUTE_SIGMOID, "combine": cuda_moe._COMBINE}
     for name, (signature, template, instances) in ROUTING.items():
-        log = compiled_text(nvrtc, f"template <{template}>\n__global__ void k({signature}) {{\n{sources[name]}\n}}\n",
+        body = compact(sources[name])
+        log = compiled_text(nvrtc, f"template <{template}>\n__global__ void k({signature}) {{\n{body}\n}}\n",
                             instances)[0]
         print(f"{name}: {'ok' if not log else 'FAILED'}")
         if log:

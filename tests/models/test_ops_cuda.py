@@ -238,3 +238,16 @@ def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance,
     assert got.shape == want.shape == (rows, heads, 1, latent_dims) and got.dtype == want.dtype
     error = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
     assert error <= tolerance * max(1.0, mx.abs(want.astype(mx.float32)).max().item())
+
+
+def test_kernel_sources_reach_mlx_without_comments_or_indentation():
+    """MLX copies and hashes a custom kernel's whole source at every call, so cuda_jit hands it over compacted: the
+    code lines kept in order, `//` comments gone except inside strings (inline PTX), blank lines dropped."""
+    from mlxd.models.cuda_experts_few import source
+    from mlxd.models.cuda_jit import compact
+    asm = 'asm("{ mov.b32 %0, %1; } // kept" : "=r"(x) : "r"(y));'
+    text = f"  int a = 1;  // why\n\n    {asm}  // gone\n// alone\n#pragma unroll\n"
+    assert compact(text) == f"int a = 1;\n{asm}\n#pragma unroll\n"
+    full = source(2)
+    assert len(compact(full)) < 0.7 * len(full)
+    assert compact(compact(full)) == compact(full)

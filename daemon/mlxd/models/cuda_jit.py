@@ -15,9 +15,29 @@ def kernel(name: str, inputs: list[str], outputs: list[str], source: str, row_co
     """The custom kernel `name`: inputs read through their strides (no copies of slices), or with
     `row_contiguous` laid out row-major, MLX copying any that are not (weights as loaded are)."""
     if name not in _kernels:
-        _kernels[name] = mx.fast.cuda_kernel(name=name, input_names=inputs, output_names=outputs, source=source,
-                                             ensure_row_contiguous=row_contiguous)
+        _kernels[name] = mx.fast.cuda_kernel(name=name, input_names=inputs, output_names=outputs,
+                                             source=compact(source), ensure_row_contiguous=row_contiguous)
     return _kernels[name]
+
+
+def compact(source: str) -> str:
+    """`source` without its comments, indentation and blank lines (the same code, ~40 % fewer bytes for the experts
+    kernels). MLX 0.32 copies a custom kernel's source into a new string at every call and hashes all of it at every
+    launch (mlx/backend/cuda/custom_kernel.cpp), and a 16-row GLM-4.7-Flash step is bound by such host work: its
+    ~185 custom-kernel launches spent 1.4 % of the step in that hash alone (py-spy, H200, session 32)."""
+    lines = (_without_comment(line).strip() for line in source.splitlines())
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _without_comment(line: str) -> str:
+    """The line up to a `//` that is not inside a string literal (the kernels' inline PTX is in strings)."""
+    quoted = False
+    for i, c in enumerate(line):
+        if c == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted and line.startswith("//", i):
+            return line[:i]
+    return line
 
 
 def scalar(value: float) -> mx.array:
