@@ -257,12 +257,13 @@ latent_layer_parts.main(sys.argv[1:])" --model "$folder" --rows 16 --context 256
                  step "$shape-timeline" 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                    --new-tokens 128 --timeline ;;
     pyspy:*) shape=${spec#pyspy:}; folder=$(quantized "$shape") &&
-               step "$shape-pyspy" 300 env MLXD_BLAS_PRELOAD=none:py-spy "${PYSPY:-/tmp/site/bin/py-spy}" record --native --rate 250 --format raw \
-                 --output "$logs/$shape-pyspy.txt" -- "$py" -m bench batch_inprocess --model \
-                 "$folder" --streams 16 --new-tokens 128 ;;
+               step "$shape-pyspy" 300 env MLXD_BLAS_PRELOAD=none:py-spy "${PYSPY:-/tmp/site/bin/py-spy}" record \
+                 --native --rate 250 --format raw --output "$logs/$shape-pyspy.txt" -- \
+                 "$py" -m bench batch_inprocess --model "$folder" --streams 16 --new-tokens 128 ;;
     step-variant:*) shape=${spec#step-variant:}; folder=$(quantized "$shape") &&
                step "$shape-step-variant" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 \
-                 --context 256 --rounds "${ROUNDS:-3}" --variants step --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+                 --context 256 --rounds "${ROUNDS:-3}" --variants step \
+                 --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
