@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -155,6 +156,13 @@ def sorts_experts(pairs: int, weights: Callable[[], Sequence[ExpertQuantization 
     None for floats: asked for only where it decides, since building them costs host time in every layer of every
     step); the CUDA backend's own kernel takes a decode step's pairs as they come, where it decodes them all."""
     return _backend.sorts_experts(pairs, weights)
+
+
+def decode_block(owner: Any, fn: Callable[[mx.array], mx.array], x: mx.array) -> mx.array:
+    """fn(x), a block of a layer without state (a MoE block: its router, experts and shared experts), which the
+    backend may run as a graph traced once per shape (mx.compile) where a decode step is bound by the host's work per
+    op: the CUDA backend with ops_cuda.COMPILED_BLOCKS, for decode steps (x [B, 1, dims]). `owner` keeps the trace."""
+    return _backend.decode_block(owner, fn, x)
 
 
 def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,

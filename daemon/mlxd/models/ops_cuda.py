@@ -18,6 +18,7 @@ other GPUs run; tests/models/test_ops_cuda.py holds each kernel to them on a CUD
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import mlx.core as mx
 
@@ -26,7 +27,7 @@ from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 from mlxd.models.cuda_attention import decode_attention
 from mlxd.models.cuda_delta import conv_step, gated_delta_step
 from mlxd.models.cuda_moe import combine_experts, route_experts, route_sigmoid
-from mlxd.models.ops_mlx import MLXBackend
+from mlxd.models.ops_mlx import MLXBackend, compiled_per_thread
 
 # GLM-4.7-Flash's router (sigmoid scores, a bias for the choice) in one kernel (cuda_moe.py) instead of MLX's 4-5
 # ops, which cost 100 us of a routed layer's ~800 at 16 rows on an H100 (bench latent_layer_parts, session 30). A
@@ -44,9 +45,21 @@ SIGMOID_ROUTING = True
 # until a whole step shows it (two reshapes a layer are two more graph nodes for a step bound by host work).
 FLAT_ROWS = False
 
+# A decode step's MoE blocks (ops.decode_block) traced once per batch size with mx.compile and replayed: no Python
+# per op and no per-call kernel-source building (MLX's cuda_kernel builds a kernel's whole source at every call). A
+# 16-row GLM-4.7-Flash step is the host's (session 32 on an H200: the graph's Python 14.0 ms, its encoding 22.5, the
+# device wait 0.15), and py-spy put 16 % of it in the MoE blocks' Python. Off until a GPU run compares the step with
+# it (batch_step_profile --variant): whether MLX's compile takes our custom kernels there is not yet seen.
+COMPILED_BLOCKS = False
+
 
 class CudaBackend(MLXBackend):
     name = "cuda"
+
+    def decode_block(self, owner: Any, fn: Callable[[mx.array], mx.array], x: mx.array) -> mx.array:
+        if COMPILED_BLOCKS and x.ndim == 3 and x.shape[1] == 1:
+            return compiled_per_thread(owner, fn)(x)
+        return fn(x)
 
     def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
                          scale: float, mask: Mask) -> mx.array:

@@ -58,6 +58,9 @@ class SharedExpertMoe(moe.SparseMoe):
                                        "silu", fused=fused_shared)
 
     def __call__(self, x: mx.array) -> mx.array:
+        return ops.decode_block(self, self._forward, x)
+
+    def _forward(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
         return ops.combine_experts(y, weights) + self.shared_experts(x)
