@@ -8,7 +8,7 @@ MLX ops with one or two nodes:
   Metal-only);
 - cuda_attention.py: one-query attention with an array mask (a batch's rows of different lengths, windows,
   sinks), and MLA's absorbed attention over the cached latent (GLM);
-- cuda_moe.py: a MoE layer's routing (softmax, or sigmoid with a bias: off until run on a GPU) and the weighted
+- cuda_moe.py: a MoE layer's routing (softmax, or sigmoid with a bias) and the weighted
   sum of its experts;
 - cuda_experts.py: the routed experts' matmuls of a decode step (MLX's computes each (token, expert) pair apart).
 Each falls back to MLX's ops for shapes it does not take. The MLX ops stay the reference and what the CPU and the
