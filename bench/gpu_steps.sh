@@ -77,8 +77,7 @@
 #                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
 #                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
 #   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, ops_cuda.SIGMOID_ROUTING, on since session 32)
-#                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts with it on (its
-#                      router row); then VARIANT=route:mlxd.models.ops_cuda.SIGMOID_ROUTING=True variant:glm-4.7-flash
+#                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts (its router row)
 #   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
 #                      on [rows, 1, in] as a batch arrives against [rows, in] (~60 s); dense-rows:SHAPE the same for
 #                      SHAPE (llama-8b, llama-1b); then
@@ -246,10 +245,8 @@ for spec in "$@"; do
     attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
     sigmoid-routing) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                      step sigmoid-routing-tests 300 "$py" -m pytest -q tests/models/test_ops_cuda.py -k routing &&
-                     step sigmoid-routing-parts 200 "$py" -c "import sys, mlxd.models.ops_cuda as o
-o.SIGMOID_ROUTING = True
-from bench.suite import latent_layer_parts
-latent_layer_parts.main(sys.argv[1:])" --model "$folder" --rows 16 --context 256 ;;
+                     step sigmoid-routing-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 \
+                       --context 256 ;;
     dense-rows|dense-rows:*) shape=${spec#dense-rows}; shape=${shape#:}; shape=${shape:-glm-4.7-flash}
                   step "dense-rows-$shape" 400 "$py" -m bench dense_rows --shapes "$shape" --rows ${ROWS:-1 4 16} ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&

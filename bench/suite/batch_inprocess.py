@@ -43,6 +43,7 @@ import mlx.core as mx
 
 from bench import common
 from bench.suite import fake_constraints, mask_timeline
+from bench.suite.constrained_decode import CONSTRAINT
 from bench.suite.constrained_decode import constraint as schema_constraint
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
@@ -78,15 +79,16 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
     kind, _, interval = fill.partition("@")
     kind, _, items = kind.partition("/")
+    schema = schema_constraint(items) if items else CONSTRAINT
 
     def constraint() -> TokenConstraint | None:
         if grammars is None or kind == "free":
             return None
         if kind == "schema":
-            return grammars.constraint(schema_constraint(items or "short-strings"))
+            return grammars.constraint(schema)
         if kind == "schema-p0":
             assert alone is not None
-            return alone.constraint(schema_constraint(items or "short-strings"))
+            return alone.constraint(schema)
         return fake_constraints.constraint_for(kind, runtime.vocab_size, len(prompts))
 
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
