@@ -69,7 +69,8 @@
 #   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
 #                      $logs/SHAPE-pyspy.txt, summarised by `python -m bench pyspy_top` where the logs come back
 #   step-variant:SHAPE the 16-row step (batch_step_profile, whole step only, ROUNDS rounds, default 3) of mlxd, of
-#                      mlxd with VARIANT=NAME:module.attribute=value;... and of mlx-lm, interleaved in one process
+#                      mlxd with VARIANT=NAME:module.attribute=value;... (several: space-separated) and of mlx-lm,
+#                      interleaved in one process
 #                      (e.g. VARIANT=compiled:mlxd.models.ops_cuda.COMPILED_BLOCKS=True step-variant:glm-4.7-flash)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
@@ -261,7 +262,7 @@ for spec in "$@"; do
     step-variant:*) shape=${spec#step-variant:}; folder=$(quantized "$shape") &&
                step "$shape-step-variant" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 \
                  --context 256 --rounds "${ROUNDS:-3}" --variants step \
-                 --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+                 $(for v in ${VARIANT:?VARIANT=NAME:module.attr=value}; do echo "--variant $v"; done) ;;
     parts:*) shape=${spec#parts:}; folder=$(quantized "$shape") &&
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
