@@ -87,6 +87,22 @@ def test_routing_bias_stays_float32_in_bfloat16(model_folder, layout):
     assert floats == {mx.bfloat16}
 
 
+def test_routers_are_widened_where_the_checkpoint_dtype_is_kept(model_folder):
+    """A GPU's "auto" keeps a bfloat16 checkpoint's dtype (here asked as "keep"): the routers' weights and biases
+    are held in float32 all the same, so the router does not widen its weight at every step. (Quantized: on a CPU
+    MLX multiplies float experts in float32 only.)"""
+    folder = model_folder(FIXTURE)
+    _quantize(folder)
+    stored = mx.load(str(folder / "model.safetensors"))
+    mx.save_safetensors(str(folder / "model.safetensors"),
+                        {k: v.astype(mx.bfloat16) if v.dtype == mx.float32 else v for k, v in stored.items()})
+    params = dict(tree_flatten(load_model(folder, dtype="keep").model.parameters()))
+    widened = {k for k in params if holds_float32(k, (BIAS, ROUTER))}
+    assert widened == {f"model.layers.{i}.mlp.{name}" for i in (1, 2) for name in (ROUTER, f"gate.{BIAS}")}
+    assert {params[k].dtype for k in widened} == {mx.float32}
+    assert {v.dtype for k, v in params.items() if k not in widened and v.dtype != mx.uint32} == {mx.bfloat16}
+
+
 def test_a_near_tie_routes_as_in_float32(near_tie_folder):
     bfloat16 = load_model(near_tie_folder, dtype="bfloat16").model.layers[1].mlp.gate
     float32 = load_model(near_tie_folder, dtype="float32").model.layers[1].mlp.gate
@@ -109,6 +125,9 @@ def test_the_rule_matches_whole_name_parts(model_folder):
     cast = cast_weights({f"{GATE}.{BIAS}": mx.ones(2), "w": mx.ones(2), "q": mx.ones(2, dtype=mx.uint32)},
                         "float16", names)
     assert [v.dtype for v in cast.values()] == [mx.float32, mx.float16, mx.uint32]
+    kept = cast_weights({f"{GATE}.{BIAS}": mx.ones(2, dtype=mx.bfloat16), "w": mx.ones(2, dtype=mx.bfloat16)}, None,
+                        names)
+    assert [v.dtype for v in kept.values()] == [mx.float32, mx.bfloat16]
 
 
 @pytest.mark.parametrize("arch", ["glm4_moe_lite", "nemotron_h"])

@@ -254,8 +254,9 @@ def load_model(path: Path, *, dtype: str = "auto", fuse: bool = False,
     logger.info("loading %s from %s: %s", model_type, path, plan.note)
     if quant is not None and plan.dequantize:
         weights = wts.dequantize_weights(weights, quant)
-    if plan.dtype is not None:
-        weights = wts.cast_weights(weights, plan.dtype, wts.float32_parameters(model))
+    # Where the checkpoint's dtype is kept (a GPU's "auto") too: a router computing in float32 would otherwise widen
+    # its weight at every step (a graph node a layer, for a step bound by the host's work per node).
+    weights = wts.cast_weights(weights, plan.dtype, wts.float32_parameters(model))
     kept = quant if quant is not None and not plan.dequantize else None
     model, weights = _final_layout(arch.module, args, model, weights, kept, fuse)
 

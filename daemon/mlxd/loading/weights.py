@@ -140,13 +140,17 @@ def holds_float32(name: str, float32_names: tuple[str, ...]) -> bool:
     return any(name == p or name.endswith(f".{p}") for p in float32_names)
 
 
-def cast_weights(weights: dict[str, mx.array], dtype: str, float32_names: tuple[str, ...] = ()) -> dict[str, mx.array]:
-    """Cast every floating array to `dtype`, those named in `float32_names` (float32_parameters) to float32;
-    packed quantized integers stay as they are."""
-    def target(name: str) -> mx.Dtype:
-        return mx.float32 if holds_float32(name, float32_names) else _DTYPES[dtype]
+def cast_weights(weights: dict[str, mx.array], dtype: str | None,
+                 float32_names: tuple[str, ...] = ()) -> dict[str, mx.array]:
+    """Cast every floating array to `dtype` (None: leave it as stored), those named in `float32_names`
+    (float32_parameters) to float32; packed quantized integers stay as they are."""
+    def cast(name: str, w: mx.array) -> mx.array:
+        if w.dtype not in _DTYPE_NAMES:
+            return w
+        wanted = mx.float32 if holds_float32(name, float32_names) else w.dtype if dtype is None else _DTYPES[dtype]
+        return w if wanted == w.dtype else w.astype(wanted)
 
-    return {k: w.astype(target(k)) if w.dtype in _DTYPE_NAMES else w for k, w in weights.items()}
+    return {k: cast(k, w) for k, w in weights.items()}
 
 
 def parameter_arrays(model: nn.Module) -> list[tuple[str, mx.array]]:
