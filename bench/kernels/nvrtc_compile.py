@@ -77,8 +77,9 @@ ROUTING = {
               ["k<__nv_bfloat16, 64, 4, true>", "k<float, 256, 8, false>", "k<float, 40, 6, true>"]),
     "route_sigmoid": ("const float* logits, const int* logits_shape, const long long* logits_strides, "
                       "const float* bias, const int* bias_shape, const long long* bias_strides, const float* scale, "
-                      "uint32_t* indices, float* weights", "int E, int K, bool NORM",
-                      ["k<64, 4, true>", "k<256, 8, false>", "k<40, 6, true>", "k<128, 1, false>"]),
+                      "uint32_t* indices, TW* weights", "typename TW, int E, int K, bool NORM",
+                      ["k<float, 64, 4, true>", "k<__nv_bfloat16, 256, 8, false>", "k<float, 40, 6, true>",
+                       "k<__nv_bfloat16, 128, 1, false>"]),
     "combine": ("const T* y, const int* y_shape, const long long* y_strides, const T* w, const int* w_shape, "
                 "const long long* w_strides, T* out", "typename T, int K, int D",
                 ["k<__nv_bfloat16, 4, 2048>", "k<float, 8, 96>"]),

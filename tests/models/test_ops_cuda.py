@@ -195,6 +195,10 @@ def test_the_sigmoid_routing_kernel_chooses_and_weighs_as_mlx(experts, top_k, no
     want = MLXBackend().route_sigmoid(logits, bias, top_k, normalize, scaling)
     assert got[0].dtype == mx.uint32 and got[1].dtype == mx.float32 and got[0].shape == (3, 37, top_k)
     _assert_same_routing(got, want, atol=1e-6)
+    # In the experts' dtype straight from the kernel (GLM's router asks so): the float32 weights rounded once.
+    narrow = CudaBackend().route_sigmoid(logits, bias, top_k, normalize, scaling, weights_dtype=mx.bfloat16)
+    assert narrow[1].dtype == mx.bfloat16 and mx.array_equal(narrow[0], got[0])
+    assert mx.array_equal(narrow[1], got[1].astype(mx.bfloat16))
     if experts % 4 == 0 and top_k <= experts // 4:  # two of four groups dropped: MLX's ops
         grouped = CudaBackend().route_sigmoid(logits, bias, top_k, normalize, scaling, n_group=4, topk_group=2)
         _assert_same_routing(grouped, MLXBackend().route_sigmoid(logits, bias, top_k, normalize, scaling, 4, 2), 0)

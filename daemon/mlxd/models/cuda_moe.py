@@ -115,7 +115,7 @@ _ROUTE_SIGMOID = _TOKEN_WARP + """
         #pragma unroll
         for (int j = 1; j < K; ++j) if (j == lane) { mine = kept[j]; expert = chosen[j]; }
         indices[(size_t)token * K + lane] = static_cast<uint32_t>(expert);
-        weights[(size_t)token * K + lane] = (NORM ? mine / (total + 1e-20f) : mine) * scale[0];
+        weights[(size_t)token * K + lane] = static_cast<TW>((NORM ? mine / (total + 1e-20f) : mine) * scale[0]);
     }
 """
 
@@ -143,17 +143,17 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
     return _route("mlxd_route", _ROUTE, logits, {}, template, top_k, logits.dtype)
 
 
-def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
-                  scaling: float) -> tuple[mx.array, mx.array] | None:
+def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
+                  weights_dtype: mx.Dtype = mx.float32) -> tuple[mx.array, mx.array] | None:
     """MLXBackend.route_sigmoid without dropped groups, in one kernel: float32 logits [..., E] and bias [E] -> (the k
-    experts [..., k] uint32, best first; their float32 weights). None for more than 1,024 experts, k above 32 or
-    logits of another dtype (MLX's ops then)."""
+    experts [..., k] uint32, best first; their weights, computed in float32, in `weights_dtype`). None for more than
+    1,024 experts, k above 32 or logits of another dtype (MLX's ops then)."""
     experts = logits.shape[-1]
     if not _routes(experts, top_k) or logits.dtype != mx.float32 or bias.dtype != mx.float32:
         return None
-    template = [("E", experts), ("K", top_k), ("NORM", normalize)]
+    template = [("TW", weights_dtype), ("E", experts), ("K", top_k), ("NORM", normalize)]
     others = {"bias": bias, "scale": cuda_jit.scalar(scaling)}
-    return _route("mlxd_route_sigmoid", _ROUTE_SIGMOID, logits, others, template, top_k, mx.float32)
+    return _route("mlxd_route_sigmoid", _ROUTE_SIGMOID, logits, others, template, top_k, weights_dtype)
 
 
 def _routes(experts: int, top_k: int) -> bool:

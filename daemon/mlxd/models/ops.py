@@ -126,14 +126,16 @@ def route_experts(logits: mx.array, top_k: int, renormalize: bool) -> tuple[mx.a
 
 
 def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
-                  n_group: int = 1, topk_group: int = 1) -> tuple[mx.array, mx.array]:
+                  n_group: int = 1, topk_group: int = 1,
+                  weights_dtype: mx.Dtype = mx.float32) -> tuple[mx.array, mx.array]:
     """A sigmoid router's choice (GLM-4.7-Flash, Nemotron-H, DeepSeek-V3's "noaux_tc": models/glm4_moe_lite/
     experts.py): for float32 router logits [..., E] and the choice bias [E], the k experts [..., k] whose sigmoid
     plus bias is largest (in no particular order), taken only within the `topk_group` of `n_group` equal groups
-    whose two best choice scores sum highest, and their float32 weights: each one's sigmoid, divided by the sum of
-    the k (plus 1e-20) when `normalize`, times `scaling`. In MLX's ops the element-wise parts are compiled (~10
+    whose two best choice scores sum highest, and their weights: each one's sigmoid, divided by the sum of the k
+    (plus 1e-20) when `normalize`, times `scaling`, computed in float32 and given in `weights_dtype` (the experts'
+    dtype, so that no cast follows: a graph node a layer). In MLX's ops the element-wise parts are compiled (~10
     kernels a layer unfused)."""
-    return _backend.route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group)
+    return _backend.route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group, weights_dtype)
 
 
 def combine_experts(y: mx.array, weights: mx.array) -> mx.array:

@@ -90,12 +90,13 @@ class CudaBackend(MLXBackend):
         return routed if routed is not None else super().route_experts(logits, top_k, renormalize)
 
     def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
-                      n_group: int = 1, topk_group: int = 1) -> tuple[mx.array, mx.array]:
+                      n_group: int = 1, topk_group: int = 1,
+                      weights_dtype: mx.Dtype = mx.float32) -> tuple[mx.array, mx.array]:
         if SIGMOID_ROUTING and topk_group >= n_group:  # no group dropped (GLM-4.7-Flash: one group)
-            routed = route_sigmoid(logits, bias, top_k, normalize, scaling)
+            routed = route_sigmoid(logits, bias, top_k, normalize, scaling, weights_dtype)
             if routed is not None:
                 return routed
-        return super().route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group)
+        return super().route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group, weights_dtype)
 
     def gather_matmul(self, x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,
                       sorted_indices: bool = False) -> mx.array:

@@ -103,13 +103,14 @@ class MLXBackend:
         return indices, weights
 
     def route_sigmoid(self, logits: mx.array, bias: mx.array, top_k: int, normalize: bool, scaling: float,
-                      n_group: int = 1, topk_group: int = 1) -> tuple[mx.array, mx.array]:
+                      n_group: int = 1, topk_group: int = 1,
+                      weights_dtype: mx.Dtype = mx.float32) -> tuple[mx.array, mx.array]:
         # The element-wise ops on either side of the choice compiled (a shapeless compilation takes no slice).
         scores, unwanted = fused("sigmoid_choice", _sigmoid_choice)(logits, bias)
         if topk_group < n_group:
             unwanted = _drop_groups(unwanted, n_group, n_group - topk_group)
         indices = mx.argpartition(unwanted, kth=top_k - 1, axis=-1)[..., :top_k]
-        return indices, fused(*_sigmoid_weigher(normalize, scaling))(scores, indices)
+        return indices, fused(*_sigmoid_weigher(normalize, scaling))(scores, indices).astype(weights_dtype)
 
     def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
         return (y * weights[..., None]).sum(axis=-2)

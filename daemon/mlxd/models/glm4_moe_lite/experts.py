@@ -41,9 +41,8 @@ class GroupLimitedRouter(nn.Module):
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """The experts [..., k] (in no particular order) and their weights [..., k] in x's dtype."""
         logits = x.astype(mx.float32) @ self.weight.astype(mx.float32).T
-        indices, weights = ops.route_sigmoid(logits, self.e_score_correction_bias.astype(mx.float32), self.top_k,
-                                             self.normalize, self.scaling, self.n_group, self.topk_group)
-        return indices, weights.astype(x.dtype)
+        return ops.route_sigmoid(logits, self.e_score_correction_bias.astype(mx.float32), self.top_k, self.normalize,
+                                 self.scaling, self.n_group, self.topk_group, weights_dtype=x.dtype)
 
 
 class SharedExpertMoe(moe.SparseMoe):
