@@ -81,8 +81,9 @@ ROUTING = {
                       ["k<float, 64, 4, true>", "k<__nv_bfloat16, 256, 8, false>", "k<float, 40, 6, true>",
                        "k<__nv_bfloat16, 128, 1, false>"]),
     "combine": ("const T* y, const int* y_shape, const long long* y_strides, const T* w, const int* w_shape, "
-                "const long long* w_strides, T* out", "typename T, int K, int D",
-                ["k<__nv_bfloat16, 4, 2048>", "k<float, 8, 96>"]),
+                "const long long* w_strides, const T* plus, const long long* plus_strides, T* out",
+                "typename T, int K, int D, bool PLUS",
+                ["k<__nv_bfloat16, 4, 2048, true>", "k<float, 8, 96, false>"]),
 }
 
 

@@ -214,6 +214,9 @@ def test_the_combining_kernel_sums_as_mlx(dtype, tolerance):
     got, want = combine_experts(y, weights), MLXBackend().combine_experts(y, weights)
     assert got.shape == want.shape == (2, 9, 96) and got.dtype == want.dtype
     assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= tolerance * 4
+    # The shared experts' output added in the same pass: the very values of the kernel's sum and an add apart.
+    shared = mx.random.normal((2, 9, 96), key=mx.random.key(5)).astype(dtype)
+    assert mx.array_equal(combine_experts(y, weights, shared), got + shared)
 
 
 @on_cuda

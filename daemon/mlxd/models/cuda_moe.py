@@ -129,6 +129,8 @@ _COMBINE = """
     for (int j = 0; j < K; ++j)
         sum += static_cast<float>(y[token * y_strides[0] + j * y_strides[1] + d * y_strides[2]])
                * static_cast<float>(w[token * w_strides[0] + j * w_strides[1]]);
+    if (PLUS) sum = static_cast<float>(static_cast<T>(sum))
+                    + static_cast<float>(plus[token * plus_strides[0] + d * plus_strides[1]]);
     out[i] = static_cast<T>(sum);
 """
 
@@ -176,15 +178,17 @@ def _route(name: str, source: str, logits: mx.array, others: dict[str, mx.array]
     return indices, weights
 
 
-def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
-    """(y * weights[..., None]).sum(-2) in one kernel: y [..., k, D], weights [..., k] -> [..., D] in y's dtype,
-    summed in float32."""
+def combine_experts(y: mx.array, weights: mx.array, plus: mx.array | None = None) -> mx.array:
+    """(y * weights[..., None]).sum(-2) (+ plus) in one kernel: y [..., k, D], weights [..., k] (and plus [..., D],
+    y's dtype) -> [..., D] in y's dtype, summed in float32, then rounded, then plus added as MLX adds two arrays of
+    y's dtype (so the same values as the sum and an add apart)."""
     top_k, dims = y.shape[-2:]
     tokens = y.size // (top_k * dims)
-    kernel = cuda_jit.kernel("mlxd_combine", ["y", "w"], ["out"], _COMBINE)
+    kernel = cuda_jit.kernel("mlxd_combine", ["y", "w", "plus"], ["out"], _COMBINE)
     (out,) = kernel(
-        inputs=[y.reshape(tokens, top_k, dims), weights.reshape(tokens, top_k)],
-        template=[("T", y.dtype), ("K", top_k), ("D", dims)],
+        inputs=[y.reshape(tokens, top_k, dims), weights.reshape(tokens, top_k),
+                cuda_jit.scalar(0.0) if plus is None else plus.reshape(tokens, dims)],
+        template=[("T", y.dtype), ("K", top_k), ("D", dims), ("PLUS", plus is not None)],
         grid=(tokens * dims, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(*y.shape[:-2], dims)], output_dtypes=[y.dtype])
     return out

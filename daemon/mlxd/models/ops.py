@@ -138,9 +138,11 @@ def route_sigmoid(logits: mx.array, bias: mx.array, top_k: int, normalize: bool,
     return _backend.route_sigmoid(logits, bias, top_k, normalize, scaling, n_group, topk_group, weights_dtype)
 
 
-def combine_experts(y: mx.array, weights: mx.array) -> mx.array:
-    """The experts' outputs y [..., k, D] summed with their weights [..., k]: [..., D]."""
-    return _backend.combine_experts(y, weights)
+def combine_experts(y: mx.array, weights: mx.array, plus: mx.array | None = None) -> mx.array:
+    """The experts' outputs y [..., k, D] summed with their weights [..., k]: [..., D], and `plus` [..., D] (shared
+    experts' output) added to that sum in y's dtype, as `sum + plus` would (the CUDA kernel adds it in the same
+    pass: one graph node fewer a layer)."""
+    return _backend.combine_experts(y, weights, plus)
 
 
 def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array, quant: ExpertQuantization | None,

@@ -109,10 +109,10 @@ class CudaBackend(MLXBackend):
         # the kernels list each expert's pairs themselves: sorted only for MLX's kernel
         return not all(cuda_experts.takes(pairs, w) for w in weights())
 
-    def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
-        if y.dtype != weights.dtype:  # the sum then takes the wider dtype (GLM's float32 routing weights)
-            return super().combine_experts(y, weights)
-        return combine_experts(y, weights)
+    def combine_experts(self, y: mx.array, weights: mx.array, plus: mx.array | None = None) -> mx.array:
+        if y.dtype != weights.dtype or (plus is not None and plus.dtype != y.dtype):  # MLX's ops widen then
+            return super().combine_experts(y, weights, plus)
+        return combine_experts(y, weights, plus)
 
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
                   softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:

@@ -112,8 +112,9 @@ class MLXBackend:
         indices = mx.argpartition(unwanted, kth=top_k - 1, axis=-1)[..., :top_k]
         return indices, fused(*_sigmoid_weigher(normalize, scaling))(scores, indices).astype(weights_dtype)
 
-    def combine_experts(self, y: mx.array, weights: mx.array) -> mx.array:
-        return (y * weights[..., None]).sum(axis=-2)
+    def combine_experts(self, y: mx.array, weights: mx.array, plus: mx.array | None = None) -> mx.array:
+        combined = (y * weights[..., None]).sum(axis=-2)
+        return combined if plus is None else combined + plus
 
     def quantized_matmul(self, x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None,
                          transpose: bool, group_size: int, bits: int, mode: str) -> mx.array:

@@ -62,4 +62,4 @@ class SharedExpertMoe(moe.SparseMoe):
     def _forward(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
-        return ops.combine_experts(y, weights) + self.shared_experts(x)
+        return ops.combine_experts(y, weights, plus=self.shared_experts(x))

@@ -75,7 +75,7 @@ class ExpertsMoe(moe.SparseMoe):
     def __call__(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
-        return ops.combine_experts(y, weights) + self.shared_experts(x)
+        return ops.combine_experts(y, weights, plus=self.shared_experts(x))
 
 
 class Block(nn.Module):
