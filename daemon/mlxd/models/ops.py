@@ -176,13 +176,6 @@ def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx
     return _backend.quantized_matmul(x, weight, scales, biases, transpose, group_size, bits, mode)
 
 
-def keeps_dense_stacked() -> bool:
-    """Whether a model should keep its quantized weights stacked per head (GLM's absorbed kv_b_proj) dequantized,
-    made once, for decode steps: where quantized_matmul would dequantize them at every call (the CUDA backend, with
-    ops_cuda.DENSE_STACKED). Memory for host work: those weights held in the compute dtype too."""
-    return _backend.keeps_dense_stacked()
-
-
 def prompt_scores(logits: mx.array, targets: list[int],
                   top_k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
     """For logits [T, V]: the log-probability of targets[i] in row i, and when top_k each row's top_k ids and

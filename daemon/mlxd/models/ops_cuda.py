@@ -52,14 +52,6 @@ FLAT_ROWS = False
 # it (batch_step_profile --variant): whether MLX's compile takes our custom kernels there is not yet seen.
 COMPILED_BLOCKS = False
 
-# Weights stacked per head (GLM's kv_b_proj absorbed into a decode step's query and output) dequantized once and
-# kept, instead of at every call: MLX 0.32.4 has no CUDA kernel for a quantized product with stacked weights, so
-# quantized_matmul below dequantizes them, two dequantizations (and their copies of a strided slice) per layer per
-# step, ~94 nodes of a GLM-4.7-Flash step's ~1,640, whose encoding bounds it (session 32). Costs memory: kv_b_proj
-# in the compute dtype beside its quantized copy (GLM-4.7-Flash: 9.2 MB a layer, 431 MB in all, 4-bit). Off until
-# a GPU run compares the step with it (batch_step_profile --variant).
-DENSE_STACKED = False
-
 
 class CudaBackend(MLXBackend):
     name = "cuda"
@@ -68,9 +60,6 @@ class CudaBackend(MLXBackend):
         if COMPILED_BLOCKS and x.ndim == 3 and x.shape[1] == 1:
             return compiled_per_thread(owner, fn)(x)
         return fn(x)
-
-    def keeps_dense_stacked(self) -> bool:
-        return DENSE_STACKED
 
     def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
                          scale: float, mask: Mask) -> mx.array:

@@ -39,10 +39,6 @@ class MLXBackend:
         """fn(x) for a block of a decode step (ops.decode_block): here as written."""
         return fn(x)
 
-    def keeps_dense_stacked(self) -> bool:
-        """ops.keeps_dense_stacked: here no (mx.quantized_matmul takes weights stacked per head)."""
-        return False
-
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
                   softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
         if softcap is not None:

@@ -65,7 +65,6 @@ class LatentAttention(nn.Module):
         sharding.shard_columns(self.kv_b_proj, group)
         sharding.shard_rows(self.o_proj, group)
         self.n_heads = sharding.per_rank(self.n_heads, group, "attention heads")
-        object.__setattr__(self, "_dense_heads", None)
 
     def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         B, L, _ = x.shape
@@ -122,8 +121,6 @@ class LatentAttention(nn.Module):
         def per_head(a: mx.array) -> mx.array:
             return a.reshape(self.n_heads, self.nope + self.v_dims, -1)[:, rows]
 
-        if isinstance(layer, nn.QuantizedLinear) and ops.keeps_dense_stacked():
-            return x @ self._dense_up_projection(value, x.dtype)
         if isinstance(layer, nn.QuantizedLinear):
             biases = layer.get("biases")
             return ops.quantized_matmul(x, per_head(layer.weight), per_head(layer.scales),
@@ -131,18 +128,3 @@ class LatentAttention(nn.Module):
                                         layer.bits, layer.mode)
         weight = per_head(layer.weight)  # [H, rows, kv_lora_rank]
         return x @ (weight.swapaxes(-1, -2) if value else weight)
-
-    def _dense_up_projection(self, value: bool, dtype: mx.Dtype) -> mx.array:
-        """kv_b_proj per head dequantized, as _up_projection multiplies by it ([H, nope, kv_lora_rank] for a query,
-        [H, kv_lora_rank, v] for an output), made once per dtype and kept (ops.keeps_dense_stacked). Not a parameter
-        (the underscore and object.__setattr__ keep it out of the module's tree); shard() drops it."""
-        kept = getattr(self, "_dense_heads", None)
-        if kept is None or kept[0] != dtype:
-            layer = self.kv_b_proj
-            dense = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), layer.group_size, layer.bits,
-                                  mode=layer.mode).astype(dtype)
-            dense = dense.reshape(self.n_heads, self.nope + self.v_dims, -1)
-            keys, values = dense[:, : self.nope], dense[:, self.nope :].swapaxes(-1, -2)
-            kept = (dtype, mx.contiguous(keys), mx.contiguous(values))  # evaluated with the first step, then held
-            object.__setattr__(self, "_dense_heads", kept)
-        return kept[2] if value else kept[1]
