@@ -72,6 +72,18 @@ def test_cached_decode_equals_the_full_pass(glm, layout):
     assert max_decode_error(loaded.model, expected["input_ids"], expected["greedy_ids"]) < SELF_TOL
 
 
+def test_a_decode_batchs_query_absorbed_heads_first_equals_row_by_row(glm, monkeypatch):
+    """attention.QUERY_HEADS_FIRST: per head, one product over the batch's rows instead of one per row."""
+    from mlxd.models.glm4_moe_lite import attention as latent_attention
+    attention = glm("v5")[0].model.layers[0].self_attn
+    x = mx.random.normal((5, attention.n_heads, 1, attention.nope))
+    row_by_row = attention._up_projection(x, value=False)
+    monkeypatch.setattr(latent_attention, "QUERY_HEADS_FIRST", True)
+    heads_first = attention._up_projection(x, value=False)
+    assert heads_first.shape == row_by_row.shape == (5, attention.n_heads, 1, attention.latent_dims)
+    assert mx.abs(heads_first - row_by_row).max().item() < SELF_TOL
+
+
 def test_cache_holds_the_latent_and_the_budget_counts_it(glm):
     """Per token and layer: kv_lora_rank + qk_rope_head_dim values, not heads x (qk_head_dim + v_head_dim)."""
     loaded, expected = glm("v5")

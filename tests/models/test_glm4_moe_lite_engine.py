@@ -33,7 +33,10 @@ def _requests() -> list[GenerationRequest]:
             for i, n in enumerate(PROMPT_LENGTHS)]
 
 
-def test_batched_rows_yield_what_they_yield_alone(runtime):
+@pytest.mark.parametrize("heads_first", [False, True], ids=["row-by-row", "query-heads-first"])
+def test_batched_rows_yield_what_they_yield_alone(runtime, heads_first, monkeypatch):
+    """Also with a decode batch's query absorbed per head over the rows (attention.QUERY_HEADS_FIRST)."""
+    monkeypatch.setattr("mlxd.models.glm4_moe_lite.attention.QUERY_HEADS_FIRST", heads_first)
     assert_batched_rows_yield_what_they_yield_alone(
         runtime, _requests, alone=SchedulerOptions(prefill_chunk_size=7, max_batch_size=1),
         batched=SchedulerOptions(prefill_chunk_size=16, max_batch_size=8),

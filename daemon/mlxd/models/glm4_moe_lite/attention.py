@@ -29,6 +29,16 @@ from mlxd.models.rope import make_rope
 # rms_norm_eps is for the decoder's norms only. mlx-lm uses rms_norm_eps for both (4e-5 off on the fixture).
 LORA_NORM_EPS = 1e-6
 
+# A decode batch's query absorbed (float kv_b_proj) as one product per head with the batch's rows as its rows,
+# [H, B, nope] @ [H, nope, latent], instead of [B, H, 1, nope] @ [H, nope, latent]. The same sums. Why: MLX 0.32's CUDA
+# matmul takes the latter as two batch dimensions of which the weight's is broadcast, so cuBLAS runs it batched per
+# row (run_batched: a GEMM per row, or a pointer-setting kernel and a pointer-array GEMM), and copies the query's
+# strided slice first; py-spy put 7.2 % of a 16-row GLM step's host time in such batched GEMMs (~28 us each, session
+# 32). Heads first it is one strided-batched GEMM. (The output's product, [H, v, latent] transposed, is already
+# one gemv: left as it is; heads first it lost 45 -> 53 us of device time on an H100, session 31.) Off until a GPU
+# step compares it (bench batch_step_profile --variant).
+QUERY_HEADS_FIRST = False
+
 # The two down-projections of the hidden state (query and latent) read the same input: one matmul when fused.
 DOWN_PROJECTIONS = Projections("qkv_a_proj", ("q_a_proj", "kv_a_proj_with_mqa"))
 
@@ -127,4 +137,8 @@ class LatentAttention(nn.Module):
                                         None if biases is None else per_head(biases), value, layer.group_size,
                                         layer.bits, layer.mode)
         weight = per_head(layer.weight)  # [H, rows, kv_lora_rank]
-        return x @ (weight.swapaxes(-1, -2) if value else weight)
+        if value:
+            return x @ weight.swapaxes(-1, -2)
+        if QUERY_HEADS_FIRST and x.shape[2] == 1 and x.shape[0] > 1:
+            return (x[:, :, 0].swapaxes(0, 1) @ weight).swapaxes(0, 1)[:, :, None]
+        return x @ weight
