@@ -66,6 +66,8 @@
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   timeline:SHAPE     16 streams in-process of the 4-bit model with a step's parts timed (batch_inprocess --timeline:
 #                      the forward's graph, the launches, the wait for the step before): host- or device-bound?
+#   graph-ops:SHAPE    timeline:SHAPE once per MLX_MAX_OPS_PER_BUFFER in OPS (default "100 400"; MLX's CUDA backend
+#                      commits a CUDA graph every that many nodes, 100 on an H100/H200): what a step's commits cost
 #   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
 #                      $logs/SHAPE-pyspy.txt, summarised by `python -m bench pyspy_top` where the logs come back
 #   step-variant:SHAPE the 16-row step (batch_step_profile, whole step only, ROUNDS rounds, default 3) of mlxd, of
@@ -255,6 +257,11 @@ for spec in "$@"; do
     timeline:*) shape=${spec#timeline:}; folder=$(quantized "$shape") &&
                  step "$shape-timeline" 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                    --new-tokens 128 --timeline ;;
+    graph-ops:*) shape=${spec#graph-ops:}; folder=$(quantized "$shape") &&
+                 for ops in ${OPS:-100 400}; do
+                   step "$shape-timeline-ops$ops" 200 env MLX_MAX_OPS_PER_BUFFER="$ops" "$py" -m bench batch_inprocess \
+                     --model "$folder" --streams 16 --new-tokens 128 --timeline
+                 done ;;
     pyspy:*) shape=${spec#pyspy:}; folder=$(quantized "$shape") &&
                step "$shape-pyspy" 300 env MLXD_BLAS_PRELOAD=none:py-spy "${PYSPY:-/tmp/site/bin/py-spy}" record \
                  --native --rate 250 --format raw --output "$logs/$shape-pyspy.txt" -- \
