@@ -73,7 +73,7 @@
 #   step-variant:SHAPE the 16-row step (batch_step_profile, whole step only, ROUNDS rounds, default 3) of mlxd, of
 #                      mlxd with VARIANT=NAME:module.attribute=value;... (several: space-separated) and of mlx-lm,
 #                      interleaved in one process
-#                      (e.g. VARIANT=compiled:mlxd.models.ops_cuda.COMPILED_BLOCKS=True step-variant:glm-4.7-flash)
+#                      (e.g. VARIANT=uncompiled:mlxd.models.ops_cuda.COMPILED_BLOCKS=False step-variant:glm-4.7-flash)
 #   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
 #                      each part of a layer costs in mlxd's step and mlx-lm's
 #   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,

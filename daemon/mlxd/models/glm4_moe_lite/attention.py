@@ -35,8 +35,10 @@ LORA_NORM_EPS = 1e-6
 # row (run_batched: a GEMM per row, or a pointer-setting kernel and a pointer-array GEMM), and copies the query's
 # strided slice first; py-spy put 7.2 % of a 16-row GLM step's host time in such batched GEMMs (~28 us each, session
 # 32). Heads first it is one strided-batched GEMM. (The output's product, [H, v, latent] transposed, is already
-# one gemv: left as it is; heads first it lost 45 -> 53 us of device time on an H100, session 31.) Off until a GPU
-# step compares it (bench batch_step_profile --variant).
+# one gemv: left as it is; heads first it lost 45 -> 53 us of device time on an H100, session 31.) Off: the 16-row
+# step on an H200 (batch_step_profile --variant, session 33, MoE blocks not compiled) took 35.4 / 38.4 / 29.5 ms
+# with it against 36.3 / 40.5 / 35.9 without, round by round: faster each time, the medians 2.5 % apart, within the
+# machine's spread. To be compared again with the compiled MoE blocks on.
 QUERY_HEADS_FIRST = False
 
 # The two down-projections of the hidden state (query and latent) read the same input: one matmul when fused.
