@@ -165,6 +165,7 @@ measure() {  # measure NAME FOLDER
 for spec in "$@"; do
   case $spec in
     kernels) step kernels 400 "$py" -m pytest -q -p no:cacheprovider tests/models/test_cuda_experts.py \
+               tests/models/test_moe_blocks_compiled.py \
                tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;

@@ -214,26 +214,3 @@ def test_quantized_split_kv_b_proj_is_dequantized_back_to_float():
 
     assert mx.array_equal(per_head[:, :32], dq("embed_q").swapaxes(-1, -2))
     assert mx.array_equal(per_head[:, 32:], dq("unembed_out"))
-
-
-@pytest.mark.parametrize("fuse", [False, True])
-def test_a_compiled_moe_block_decodes_as_the_block(glm, fuse, monkeypatch):
-    """ops_cuda.COMPILED_BLOCKS traces a decode step's MoE block once per batch size (mx.compile) and replays it: the
-    replay gives the block's own output at each size, a prompt's chunk (L > 1) runs as written, and the trace is
-    kept on the block. The CUDA backend's decision only: the block's ops run on the backend in use (MLX's here)."""
-    from mlxd.models import ops_cuda
-    from mlxd.models.glm4_moe_lite.experts import SharedExpertMoe
-    from mlxd.models.ops_cuda import CudaBackend
-    monkeypatch.setattr(ops_cuda, "COMPILED_BLOCKS", True)
-    loaded, _ = glm("v4", fuse)
-    block = next(layer.mlp for layer in loaded.model.layers if isinstance(layer.mlp, SharedExpertMoe))
-    dims = loaded.model.args.hidden_size
-    backend = CudaBackend()
-    for rows in (1, 3, 16, 3):
-        x = mx.random.normal((rows, 1, dims), key=mx.random.key(rows))
-        want = block._forward(x)
-        got = backend.decode_block(block, block._forward, x)
-        assert mx.allclose(got, want, rtol=1e-5, atol=1e-6), rows
-    assert block._compiled_block is not None
-    chunk = mx.random.normal((1, 5, dims), key=mx.random.key(5))
-    assert mx.array_equal(backend.decode_block(block, block._forward, chunk), block._forward(chunk))

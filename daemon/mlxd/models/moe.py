@@ -205,7 +205,15 @@ class SparseMoe(nn.Module):
     """A MoE MLP: the router (`gate`, or `router_name`) picks experts per token as `routing` says, and the output
     is the sum of the chosen experts' outputs (`switch_mlp`) times their weights. Router and experts may have
     biases (gpt-oss), and the experts another activation. gpt-oss's checkpoints and mlx-lm's conversions call the
-    router `router`, and mlx-lm's per-layer quantization (8-bit routers) is keyed by that path."""
+    router `router`, and mlx-lm's per-layer quantization (8-bit routers) is keyed by that path.
+
+    A model's block says what it computes in `_forward`; `__call__` runs it through ops.decode_block where the class
+    sets COMPILED_DECODE: on the CUDA backend a decode step's block is then traced once per batch size and replayed
+    (no Python per op, no per-call kernel-source building; ops_cuda.COMPILED_BLOCKS). On for the models whose step
+    an H200 measured with it (GLM-4.7-Flash: a 16-row step 36.3 -> 29.0 ms, session 33); the others' turn comes
+    with their own measurement (batch_step_profile --variant NAME:mlxd.models.moe.SparseMoe.COMPILED_DECODE=True)."""
+
+    COMPILED_DECODE = False
 
     def __init__(self, dims: int, hidden: int, experts: int, routing: Routing, *, router_bias: bool = False,
                  expert_bias: bool = False, activation: GatedActivation = swiglu, fused: bool = False,
@@ -220,7 +228,12 @@ class SparseMoe(nn.Module):
             switch_mlp = SwitchGLU(dims, hidden, experts, bias=expert_bias, activation=activation, fused=fused)
         self.switch_mlp = switch_mlp
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, *more: mx.array) -> mx.array:
+        if self.COMPILED_DECODE:
+            return ops.decode_block(self, self._forward, x, *more)
+        return self._forward(x, *more)
+
+    def _forward(self, x: mx.array) -> mx.array:
         indices, weights = route(self[self.router_name](x), self.routing)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
         return ops.combine_experts(y, weights)

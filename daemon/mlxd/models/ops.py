@@ -162,11 +162,12 @@ def sorts_experts(pairs: int, weights: Callable[[], Sequence[ExpertQuantization 
     return _backend.sorts_experts(pairs, weights)
 
 
-def decode_block(owner: Any, fn: Callable[[mx.array], mx.array], x: mx.array) -> mx.array:
-    """fn(x), a block of a layer without state (a MoE block: its router, experts and shared experts), which the
-    backend may run as a graph traced once per shape (mx.compile) where a decode step is bound by the host's work per
-    op: the CUDA backend with ops_cuda.COMPILED_BLOCKS, for decode steps (x [B, 1, dims]). `owner` keeps the trace."""
-    return _backend.decode_block(owner, fn, x)
+def decode_block(owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
+    """fn(x, *more), a block of a layer without state (a MoE block: its router, experts and shared experts), which
+    the backend may run as a graph traced once per shape (mx.compile) where a decode step is bound by the host's work
+    per op: the CUDA backend with ops_cuda.COMPILED_BLOCKS, for decode steps (x [B, 1, dims]). `owner` keeps the
+    trace; `more`: further arrays the block reads (Gemma 4's experts route on the residual)."""
+    return _backend.decode_block(owner, fn, x, *more)
 
 
 def quantized_matmul(x: mx.array, weight: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,

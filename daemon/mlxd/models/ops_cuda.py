@@ -58,10 +58,10 @@ COMPILED_BLOCKS = True
 class CudaBackend(MLXBackend):
     name = "cuda"
 
-    def decode_block(self, owner: Any, fn: Callable[[mx.array], mx.array], x: mx.array) -> mx.array:
+    def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
         if COMPILED_BLOCKS and x.ndim == 3 and x.shape[1] == 1:
-            return compiled_per_thread(owner, fn)(x)
-        return fn(x)
+            return compiled_per_thread(owner, fn)(x, *more)
+        return fn(x, *more)
 
     def latent_attention(self, q_latent: mx.array, q_rot: mx.array, latent: mx.array, k_rot: mx.array,
                          scale: float, mask: Mask) -> mx.array:

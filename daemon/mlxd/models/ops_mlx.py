@@ -35,9 +35,9 @@ _GATED = {kind: _gated(f) for kind, f in _ACTIVATIONS.items()}
 class MLXBackend:
     name = "mlx"
 
-    def decode_block(self, owner: Any, fn: Callable[[mx.array], mx.array], x: mx.array) -> mx.array:
-        """fn(x) for a block of a decode step (ops.decode_block): here as written."""
-        return fn(x)
+    def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
+        """fn(x, *more) for a block of a decode step (ops.decode_block): here as written."""
+        return fn(x, *more)
 
     def attention(self, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Mask,
                   softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
@@ -249,7 +249,7 @@ def fused(name: str, fn: Fn) -> Fn:
     return cast(Fn, made)
 
 
-def compiled_per_thread(owner: Any, fn: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
+def compiled_per_thread(owner: Any, fn: Callable[..., mx.array]) -> Callable[..., mx.array]:
     """fn mx.compile'd (per shape) for `owner` on this thread, made once and kept on the owner (so it goes with the
     model: it holds the model's weights as the trace's constants). Per thread for the reason `fused` gives."""
     made = getattr(owner, "_compiled_block", None)
@@ -257,7 +257,7 @@ def compiled_per_thread(owner: Any, fn: Callable[[mx.array], mx.array]) -> Calla
     if made is None or made[0] != thread:
         made = (thread, mx.compile(fn))
         object.__setattr__(owner, "_compiled_block", made)
-    return cast(Callable[[mx.array], mx.array], made[1])
+    return cast(Callable[..., mx.array], made[1])
 
 
 def _sigmoid_choice(logits: mx.array, bias: mx.array) -> tuple[mx.array, mx.array]:

@@ -45,8 +45,8 @@ class SharedExpertMoe(moe.SparseMoe):
                                       fused_shared)
         self.shared_expert_gate = nn.Linear(args.hidden_size, 1, bias=False)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return super().__call__(x) + mx.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+    def _forward(self, x: mx.array) -> mx.array:
+        return super()._forward(x) + mx.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
 
 class Model(qwen3_5.Model):

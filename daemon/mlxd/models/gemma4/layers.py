@@ -46,7 +46,7 @@ class MoeBlock(moe.SparseMoe):
                          router_name="router")
         self.router = Router(args.hidden_size, args.num_experts, args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    def _forward(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
         """The experts' output for x [B, L, dims], routed on `residual` (x itself when None)."""
         indices, weights = moe.route(self.router(x if residual is None else residual), self.routing)
         weights = weights * self.router.per_expert_scale[indices].astype(weights.dtype)
@@ -85,7 +85,7 @@ class DecoderLayer(nn.Module):
         h = x + self.post_attention_layernorm(attended)
         m = self.mlp(self.pre_feedforward_layernorm(h))
         if self.has_moe:
-            experts = self.moe(self.pre_feedforward_layernorm_2(h), residual=h)
+            experts = self.moe(self.pre_feedforward_layernorm_2(h), h)  # routed on the residual h
             m = self.post_feedforward_layernorm_1(m) + self.post_feedforward_layernorm_2(experts)
         h = h + self.post_feedforward_layernorm(m)
         if self.has_per_layer_input:

@@ -56,8 +56,7 @@ class SharedExpertMoe(moe.SparseMoe):
         self.shared_experts = GatedMLP(args.hidden_size, args.moe_intermediate_size * args.n_shared_experts,
                                        "silu", fused=fused_shared)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return ops.decode_block(self, self._forward, x)
+    COMPILED_DECODE = True  # see moe.SparseMoe
 
     def _forward(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)

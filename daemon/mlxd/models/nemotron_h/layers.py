@@ -72,7 +72,7 @@ class ExpertsMoe(moe.SparseMoe):
         self.gate = GroupLimitedRouter(args)  # in place of SparseMoe's softmax router
         self.shared_experts = ReluSquaredMLP(args.hidden_size, args.moe_shared_expert_intermediate_size, args.mlp_bias)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def _forward(self, x: mx.array) -> mx.array:
         indices, weights = self.gate(x)
         y = self.switch_mlp(x, indices, tokens=x.shape[-2])  # x: [B, L, dims]
         return ops.combine_experts(y, weights, plus=self.shared_experts(x))
