@@ -21,7 +21,9 @@
 #                      the module sets it, in the same process, and prints the ratio
 #   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
 #                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
-#   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit)
+#   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit);
+#                      bf16-streams:SHAPE:LAYERS and bf16-prefill:SHAPE:LAYERS as streams: and prefill: below (issue
+#                      21's bfloat16 bars: e.g. bf16-streams:glm-4.7-flash:24, bf16-streams:gemma4-26b-a4b:15)
 #   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
 #                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
 #                      at a long context)
@@ -277,6 +279,11 @@ for spec in "$@"; do
     moe:*) shape=${spec#moe:}; folder=$(quantized "$shape") && measure "$shape" "$folder" ;;
     bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
+    bf16-streams:*:*|bf16-prefill:*:*) kind=${spec%%:*}; shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
+              folder=$(model "$shape" bfloat16 0 "$layers") || continue
+              if [ "$kind" = bf16-streams ]; then streams "$shape-bf16-$layers" "$folder"
+              else throughput "$shape-bf16-$layers-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 \
+                     --new-tokens 8 --rounds 2; fi ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac
