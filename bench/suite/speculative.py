@@ -10,7 +10,8 @@ text: keys and values copied), `json-schema` (the same, held to the record's JSO
 draft too), `free` (free text: little to copy). Each stream of a case sends that task's
 prompt (greedy), all streams at once. Reports effective tok/s (completion tokens over the wall time from the
 first request to the last token), its ratio to plain, and the acceptance rate (accepted / drafted tokens, from
-Final.usage). The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own
+Final.usage); then the ratio of the daemon's decode-phase rates (Final.timings, first token to last: what
+speculation_inprocess reports) and the median times to first token, which tell a slower decode from a longer start. The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own
 draft) --streams 1,16. Without --draft-model the daemon drafts by n-gram prompt lookup.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,8 +72,14 @@ def one_case(client: Client, contender: str, case: tuple[str, int], args: argpar
     tokens = sum(d.final.usage.completion_tokens for d in done)
     drafted = sum(d.final.usage.drafted_tokens for d in done)
     accepted = sum(d.final.usage.accepted_draft_tokens for d in done)
+    timings = [d.final.timings for d in done]
+    # The daemon's own decode-phase rate (first token to last, per stream, summed over the streams: they run
+    # together) beside the wall-clock one: in-process benchmarks report the decode phase, and a short request's wall
+    # time holds its time to first token too.
     return {"tok_s": tokens / elapsed, "tokens": tokens, "drafted": drafted, "accepted": accepted,
-            "acceptance": accepted / drafted if drafted else 0.0}
+            "acceptance": accepted / drafted if drafted else 0.0,
+            "decode_tok_s": sum(t.decode_tokens_per_second for t in timings),
+            "ttft_ms": 1e3 * statistics.median(t.time_to_first_token_seconds for t in timings)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,9 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     lines = [[task, streams, common.median(rows, "tok_s", case=(task, streams), contender="plain"),
               common.median(rows, "tok_s", case=(task, streams), contender="speculative"),
               common.median_ratio(rows, "tok_s", "speculative", "plain", case=(task, streams)),
-              common.median(rows, "acceptance", case=(task, streams), contender="speculative")]
+              common.median(rows, "acceptance", case=(task, streams), contender="speculative"),
+              common.median_ratio(rows, "decode_tok_s", "speculative", "plain", case=(task, streams)),
+              common.median(rows, "ttft_ms", case=(task, streams), contender="plain"),
+              common.median(rows, "ttft_ms", case=(task, streams), contender="speculative")]
              for task, streams in cases]
-    print(common.table(["task", "streams", "plain tok/s", "speculative tok/s", "ratio", "acceptance"], lines))
+    print(common.table(["task", "streams", "plain tok/s", "speculative tok/s", "ratio", "acceptance",
+                        "decode-phase ratio", "plain ttft ms", "speculative ttft ms"], lines))
     if warm:
         print(f"left out: {args.warm_rounds} warm round(s), ratios " + ", ".join(
             f"{task} x{streams} {common.median_ratio(warm, 'tok_s', 'speculative', 'plain', case=(task, streams)):.3f}"
