@@ -11,8 +11,9 @@ draft too), `free` (free text: little to copy). Each stream of a case sends that
 prompt (greedy), all streams at once. Reports effective tok/s (completion tokens over the wall time from the
 first request to the last token), its ratio to plain, and the acceptance rate (accepted / drafted tokens, from
 Final.usage); then the ratio of the daemon's decode-phase rates (Final.timings, first token to last: what
-speculation_inprocess reports) and the median times to first token, which tell a slower decode from a longer start. The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own
-draft) --streams 1,16. Without --draft-model the daemon drafts by n-gram prompt lookup.
+speculation_inprocess reports) and the median times to first token, which tell a slower decode from a longer
+start. The issue's H200 case: --model <8B folder> --draft-model <1B folder> (or the target as its own draft)
+--streams 1,16. Without --draft-model the daemon drafts by n-gram prompt lookup.
 """
 
 from __future__ import annotations
