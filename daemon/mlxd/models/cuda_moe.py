@@ -1,6 +1,7 @@
 """A MoE layer's routing (top-k and softmax, or sigmoid with a bias) and combining (the weighted sum of the
 experts' outputs) as one CUDA kernel each, for models/ops_cuda.py; MLX's ops (ops_mlx.MLXBackend.route_experts,
-route_sigmoid, combine_experts) are the reference: 3, 4 and 2 graph nodes a layer."""
+route_sigmoid, combine_experts) are the reference: 3, 4 and 2 graph nodes a layer (3 with the shared experts'
+output added, which the combining kernel adds in its pass)."""
 
 from __future__ import annotations
 
