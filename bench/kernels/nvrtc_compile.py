@@ -1,6 +1,7 @@
 """Compile the routed-experts kernels (models/cuda_experts.py, cuda_experts_few.py) with NVIDIA's NVRTC on a machine
 without a GPU: every weight kind, activations in bfloat16 and float32, every template choice; then the routing and
-combining kernels (models/cuda_moe.py) at a few sizes. Catches what a GPU run
+combining kernels (models/cuda_moe.py) and the decode-attention ones (models/cuda_attention.py: whole, split over
+the keys, the splits' merge) at a few sizes. Catches what a GPU run
 would first fail on (syntax, types, templates), not wrong numbers.
 
     python -m bench nvrtc_compile [--nvrtc DIR]
@@ -87,6 +88,27 @@ ROUTING = {
 }
 
 
+# The decode-attention kernels (models/cuda_attention.py): whole-keys, split over the keys, and the splits' merge.
+_ATTENTION_INPUTS = ("const T* q, const long long* q_strides, const T* k, const int* k_shape, "
+                     "const long long* k_strides, const T* v, const long long* v_strides, const float* scale, "
+                     "const M* mask, const long long* mask_strides, const float* sinks, const T* q2, "
+                     "const long long* q2_strides, "
+                     "const T* k2, const long long* k2_strides")
+_ATTENTION_TEMPLATE = ("typename T, typename M, int D, int DV, int D2, bool V_IS_K, int G, int HKV, int W, int S, "
+                       "bool HAS_MASK, bool MASK_BOOL, bool HAS_SINKS")
+_ATTENTION_INSTANCES = ["k<__nv_bfloat16, bool, 512, 512, 64, true, 1, 20, 4, {s}, true, true, false>",
+                        "k<float, float, 128, 128, 0, false, 4, 2, 8, {s}, true, false, true>",
+                        "k<__nv_bfloat16, __nv_bfloat16, 64, 64, 0, false, 8, 8, 8, {s}, false, false, false>"]
+ATTENTION = {
+    "decode_attention": (_ATTENTION_INPUTS + ", T* out", _ATTENTION_TEMPLATE,
+                         [i.format(s=1) for i in _ATTENTION_INSTANCES]),
+    "decode_attention_split": (_ATTENTION_INPUTS + ", float* parts, float* stats", _ATTENTION_TEMPLATE,
+                               [i.format(s=s) for i in _ATTENTION_INSTANCES for s in (2, 8, 64)]),
+    "decode_attention_merge": ("const float* parts, const int* parts_shape, const float* stats, T* out",
+                               "typename T, int DV, int S", ["k<__nv_bfloat16, 512, 4>", "k<float, 128, 64>"]),
+}
+
+
 def compiled_text(nvrtc: Path, text: str, instances: list[str]) -> tuple[str, str]:
     """NVRTC's log ("" when it compiles) and the PTX of a program's `text` (after PREAMBLE) as `instances`."""
     lib = ctypes.CDLL(str(nvrtc / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12"))
@@ -134,11 +156,14 @@ def main(argv: list[str] | None = None) -> None:
             if log:
                 print(log[:3000])
                 failures += 1
-    from mlxd.models import cuda_moe
+    from mlxd.models import cuda_attention, cuda_moe
     from mlxd.models.cuda_jit import compact
 
-    sources = {"route": cuda_moe._ROUTE, "route_sigmoid": cuda_moe._ROUTE_SIGMOID, "combine": cuda_moe._COMBINE}
-    for name, (signature, template, instances) in ROUTING.items():
+    sources = {"route": cuda_moe._ROUTE, "route_sigmoid": cuda_moe._ROUTE_SIGMOID, "combine": cuda_moe._COMBINE,
+               "decode_attention": cuda_attention._DECODE_ATTENTION,
+               "decode_attention_split": cuda_attention._DECODE_ATTENTION_SPLIT,
+               "decode_attention_merge": cuda_attention._MERGE}
+    for name, (signature, template, instances) in (ROUTING | ATTENTION).items():
         body = compact(sources[name])
         log = compiled_text(nvrtc, f"template <{template}>\n__global__ void k({signature}) {{\n{body}\n}}\n",
                             instances)[0]

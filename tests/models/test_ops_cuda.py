@@ -102,16 +102,21 @@ def _cache_slices(rows: int, kv_heads: int, length: int, dims: int, value_dims: 
                                                             (2, 1, 256, 256)])
 @pytest.mark.parametrize("mask_kind", ["additive", "bool", "window"])
 @pytest.mark.parametrize("with_sinks", [False, True])
+@pytest.mark.parametrize("length", [301, 3000], ids=["whole", "split"])
 def test_decode_attention_equals_the_grouped_ops(dtype, tolerance, heads, kv_heads, dims, value_dims, mask_kind,
-                                                 with_sinks):
+                                                 with_sinks, length, monkeypatch):
+    """3,000 keys: split over 8 blocks a kv head (cuda_attention.SPLIT_KEYS), then merged; the window then lies in
+    the last split alone, the others wholly masked."""
+    from mlxd.models import cuda_attention
     from mlxd.models.ops_cuda import decode_attention
     from mlxd.models.ops_mlx import grouped_attention
-    rows, length = 3, 301
+    monkeypatch.setattr(cuda_attention, "SPLIT_KEYS", True)
+    rows = 3
     mx.random.seed(heads + dims)
     queries = mx.random.normal((rows, heads, 1, dims)).astype(dtype)
     keys, values = _cache_slices(rows, kv_heads, length, dims, value_dims, dtype)
     columns = mx.arange(length)[None, :]
-    visible = columns >= mx.array([0, 17, 250])[:, None]  # left-padded rows of different lengths
+    visible = columns >= mx.array([0, 17, length - 51])[:, None]  # left-padded rows of different lengths
     if mask_kind == "window":
         visible = visible & (columns > length - 64)
     mask = visible[:, None, None, :]
@@ -149,6 +154,13 @@ def test_decode_attention_declines_what_it_does_not_cover():
         assert decode_attention(queries, k, values, 0.1, None, None) is None
     long = mx.zeros((1, 2, 1025, 64))  # more keys than one block per kv head should walk (no split over keys)
     assert decode_attention(mx.zeros((1, 4, 1, 64)), long, long, 0.1, None, None) is None
+
+
+def test_keys_split_over_blocks_of_about_512_only_with_split_keys(monkeypatch):
+    from mlxd.models import cuda_attention
+    assert [cuda_attention._splits(n) for n in (1, 1024, 1025)] == [1, 1, None]
+    monkeypatch.setattr(cuda_attention, "SPLIT_KEYS", True)
+    assert [cuda_attention._splits(n) for n in (1024, 1025, 2048, 2049, 3000, 10**6)] == [1, 4, 4, 8, 8, 64]
 
 
 @on_cuda
@@ -222,11 +234,15 @@ def test_the_combining_kernel_sums_as_mlx(dtype, tolerance):
 @on_cuda
 @pytest.mark.parametrize("dtype,tolerance", [(mx.float32, 1e-5), (mx.bfloat16, 2e-2)])
 @pytest.mark.parametrize("mask_kind", [None, "additive", "bool"])
-def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance, mask_kind):
-    """GLM's absorbed decode attention (every head over the one cached latent, plus the rope part)."""
+@pytest.mark.parametrize("length", [77, 2500], ids=["whole", "split"])
+def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance, mask_kind, length, monkeypatch):
+    """GLM's absorbed decode attention (every head over the one cached latent, plus the rope part); 2,500 keys split
+    over blocks (cuda_attention.SPLIT_KEYS)."""
+    from mlxd.models import cuda_attention
     from mlxd.models.ops_cuda import CudaBackend, decode_attention
     from mlxd.models.ops_mlx import MLXBackend
-    rows, heads, latent_dims, rope_dims, length = 3, 20, 512, 64, 77
+    monkeypatch.setattr(cuda_attention, "SPLIT_KEYS", True)
+    rows, heads, latent_dims, rope_dims = 3, 20, 512, 64
     keys = mx.random.split(mx.random.key(11), 4)
     q_latent = mx.random.normal((rows, heads, 1, latent_dims), key=keys[0]).astype(dtype)
     q_rot = mx.random.normal((rows, heads, 1, rope_dims), key=keys[1]).astype(dtype)
@@ -234,7 +250,7 @@ def test_latent_attention_takes_the_kernel_and_equals_mlxs_ops(dtype, tolerance,
     k_rot = mx.random.normal((rows, 1, length + 5, rope_dims), key=keys[3]).astype(dtype)[:, :, :length]
     mask = None
     if mask_kind is not None:
-        visible = (mx.arange(length)[None, :] >= mx.array([0, 9, 70])[:, None])[:, None, None, :]
+        visible = (mx.arange(length)[None, :] >= mx.array([0, 9, length - 7])[:, None])[:, None, None, :]
         mask = visible if mask_kind == "bool" else mx.where(visible, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
     scale = (latent_dims + rope_dims) ** -0.5
     want = MLXBackend().latent_attention(q_latent, q_rot, latent, k_rot, scale, mask)
