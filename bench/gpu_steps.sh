@@ -68,6 +68,9 @@
 #                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
 #   timeline:SHAPE     16 streams in-process of the 4-bit model with a step's parts timed (batch_inprocess --timeline:
 #                      the forward's graph, the launches, the wait for the step before): host- or device-bound?
+#   split-keys:SHAPE   decode attention past 1,024 keys split over blocks (cuda_attention.SPLIT_KEYS): its CUDA tests,
+#                      then STREAMS (default 1) streams of 2,048-token prompts, 64 new tokens, in-process, with it
+#                      against without (3 interleaved rounds)
 #   graph-ops:SHAPE    timeline:SHAPE once per MLX_MAX_OPS_PER_BUFFER in OPS (default "100 400"; MLX's CUDA backend
 #                      commits a CUDA graph every that many nodes, 100 on an H100/H200): what a step's commits cost
 #   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
@@ -260,6 +263,12 @@ for spec in "$@"; do
     timeline:*) shape=${spec#timeline:}; folder=$(quantized "$shape") &&
                  step "$shape-timeline" 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                    --new-tokens 128 --timeline ;;
+    split-keys:*) shape=${spec#split-keys:}; folder=$(quantized "$shape") &&
+                 step split-keys-tests 300 "$py" -m pytest -q -p no:cacheprovider tests/models/test_ops_cuda.py \
+                   -k "decode_attention or latent_attention or split" &&
+                 step "$shape-split-keys" 500 "$py" -m bench batch_inprocess --model "$folder" \
+                   --streams "${STREAMS:-1}" --prompt-tokens 2048 --new-tokens 64 --rounds 3 \
+                   --variant split:mlxd.models.cuda_attention.SPLIT_KEYS=True ;;
     graph-ops:*) shape=${spec#graph-ops:}; folder=$(quantized "$shape") &&
                  for ops in ${OPS:-100 400}; do
                    step "$shape-timeline-ops$ops" 200 env MLX_MAX_OPS_PER_BUFFER="$ops" "$py" -m bench batch_inprocess \
