@@ -134,8 +134,8 @@ _MAX_LANE_FLOATS = 96
 # hundred tokens: exact on an H200, GLM-4.7-Flash's 16 streams faster over gRPC). Beyond, a few dozen blocks walking
 # thousands of keys each would leave most of the device idle: with SPLIT_KEYS the keys split over S blocks of about
 # _KEYS_PER_SPLIT each (flash-decoding), a second kernel joining the splits; without, MLX's ops take the step (GLM's
-# decode after 2,048-token prompts ran 0.78-0.89x mlx-lm's there, session 19). Off until its CUDA tests and
-# `gpu_steps.sh longdecode:glm-4.7-flash` have run on a GPU.
+# decode after 2,048-token prompts ran 0.78-0.89x mlx-lm's there, session 19). Off until `gpu_steps.sh
+# split-keys:glm-4.7-flash` (its CUDA tests, then long prompts with it and without) has run on a GPU.
 _MAX_KEYS = 1024
 SPLIT_KEYS = False
 _KEYS_PER_SPLIT = 512
@@ -169,12 +169,13 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
             return None  # a mask per head or per query: not what a decode step's batch cache makes
         mask = mx.broadcast_to(mask, (batch, 1, 1, keys_length))
     unused = cuda_jit.scalar(scale)  # stands for an input the template switches off
-    inputs = ["q", "k", "v", "scale", "mask", "sinks", "q2", "k2"]
-    outputs = ["out"] if splits == 1 else ["parts", "stats"]
-    kernel = cuda_jit.kernel("mlxd_decode_attention" if splits == 1 else "mlxd_decode_attention_split", inputs,
-                             outputs, _DECODE_ATTENTION if splits == 1 else _DECODE_ATTENTION_SPLIT)
-    shapes, dtypes = (([(batch, heads, 1, value_dims)], [queries.dtype]) if splits == 1 else
-                      ([(batch, heads, splits, value_dims), (batch, heads, splits, 2)], [mx.float32] * 2))
+    if splits == 1:
+        name, source, outputs = "mlxd_decode_attention", _DECODE_ATTENTION, ["out"]
+        shapes, dtypes = [(batch, heads, 1, value_dims)], [queries.dtype]
+    else:  # each split's weighted values and (max, total), joined by _MERGE below
+        name, source, outputs = "mlxd_decode_attention_split", _DECODE_ATTENTION_SPLIT, ["parts", "stats"]
+        shapes, dtypes = [(batch, heads, splits, value_dims), (batch, heads, splits, 2)], [mx.float32] * 2
+    kernel = cuda_jit.kernel(name, ["q", "k", "v", "scale", "mask", "sinks", "q2", "k2"], outputs, source)
     made = kernel(
         inputs=[queries, keys, values, cuda_jit.scalar(scale), unused if mask is None else mask,
                 unused if sinks is None else sinks, queries2 if second else unused, keys2 if second else unused],
