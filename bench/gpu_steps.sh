@@ -161,6 +161,16 @@ streams() {  # streams NAME FOLDER: 1 and 16 streams of 128-token prompts, 128 n
   throughput "$1-streams" 560 "$2" --streams 1 16 --prompt-tokens 128 --new-tokens 128 --rounds "$rounds"
 }
 
+prefill() {  # prefill NAME FOLDER: one stream of 2,048-token prompts, 8 new tokens (the total is mostly prefill)
+  throughput "$1-prefill" 300 "$2" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2
+}
+
+timeline() {  # timeline NAME FOLDER [VAR=VALUE...]: 16 streams in-process with a step's parts timed, in that env
+  local name=$1 folder=$2
+  shift 2
+  step "$name" 300 env "$@" "$py" -m bench batch_inprocess --model "$folder" --streams 16 --new-tokens 128 --timeline
+}
+
 measure() {  # measure NAME FOLDER
   step "$1-step" 300 "$py" -m bench batch_step_profile --model "$2" --rows 16 --context 256 --rounds 2 \
     --also-kernels mlx --variants step
@@ -240,8 +250,7 @@ for spec in "$@"; do
                     step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
                       --tasks free --max-tokens 96 --streams 1,16 --rounds 2 ;;
     streams:*) shape=${spec#streams:}; folder=$(quantized "$shape") && streams "$shape" "$folder" ;;
-    prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") &&
-                 throughput "$shape-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2 ;;
+    prefill:*) shape=${spec#prefill:}; folder=$(quantized "$shape") && prefill "$shape" "$folder" ;;
     longdecode:*) shape=${spec#longdecode:}; folder=$(quantized "$shape") &&
                  throughput "$shape-longdecode" 400 "$folder" --streams 1 --prompt-tokens 2048 --new-tokens 64 \
                    --rounds 2 ;;
@@ -260,9 +269,7 @@ for spec in "$@"; do
                   step "dense-rows-$shape" 400 "$py" -m bench dense_rows --shapes "$shape" --rows ${ROWS:-1 4 16} ;;
     mla-parts) folder=$(model glm-4.7-flash bfloat16 4 2) &&
                step mla-parts 200 "$py" -m bench latent_layer_parts --model "$folder" --rows 16 --context 256 ;;
-    timeline:*) shape=${spec#timeline:}; folder=$(quantized "$shape") &&
-                 step "$shape-timeline" 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
-                   --new-tokens 128 --timeline ;;
+    timeline:*) shape=${spec#timeline:}; folder=$(quantized "$shape") && timeline "$shape-timeline" "$folder" ;;
     split-keys:*) shape=${spec#split-keys:}; folder=$(quantized "$shape") &&
                  step split-keys-tests 300 "$py" -m pytest -q -p no:cacheprovider tests/models/test_ops_cuda.py \
                    -k "decode_attention or latent_attention or split" &&
@@ -271,8 +278,7 @@ for spec in "$@"; do
                    --variant split:mlxd.models.cuda_attention.SPLIT_KEYS=True ;;
     graph-ops:*) shape=${spec#graph-ops:}; folder=$(quantized "$shape") &&
                  for ops in ${OPS:-100 400}; do
-                   step "$shape-timeline-ops$ops" 200 env MLX_MAX_OPS_PER_BUFFER="$ops" "$py" -m bench batch_inprocess \
-                     --model "$folder" --streams 16 --new-tokens 128 --timeline
+                   timeline "$shape-timeline-ops$ops" "$folder" MLX_MAX_OPS_PER_BUFFER="$ops"
                  done ;;
     pyspy:*) shape=${spec#pyspy:}; folder=$(quantized "$shape") &&
                step "$shape-pyspy" 300 env MLXD_BLAS_PRELOAD=none:py-spy "${PYSPY:-/tmp/site/bin/py-spy}" record \
@@ -291,8 +297,7 @@ for spec in "$@"; do
     bf16-streams:*:*|bf16-prefill:*:*) kind=${spec%%:*}; shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") || continue
               if [ "$kind" = bf16-streams ]; then streams "$shape-bf16-$layers" "$folder"
-              else throughput "$shape-bf16-$layers-prefill" 300 "$folder" --streams 1 --prompt-tokens 2048 \
-                     --new-tokens 8 --rounds 2; fi ;;
+              else prefill "$shape-bf16-$layers" "$folder"; fi ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac

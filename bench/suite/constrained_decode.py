@@ -93,7 +93,8 @@ def mask_timings(model_tokenizer_json: str, vocab: int, eos: list[int], tokens: 
     compiler = GrammarCompiler(model_tokenizer_json, vocab, eos)
     tables_s = time.perf_counter() - started
     started = time.perf_counter()
-    grammar = compiler.compile(ConstraintSpec("json_schema", chosen_constraint.json_schema, max_whitespace=2))
+    grammar = compiler.compile(ConstraintSpec("json_schema", chosen_constraint.json_schema,
+                                              max_whitespace=chosen_constraint.max_whitespace))
     compile_s = time.perf_counter() - started
     row = RowConstraint(grammar)
     mask = np.zeros(grammar.mask_words, dtype=np.int32)
