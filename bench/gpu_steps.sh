@@ -71,6 +71,10 @@
 #   split-keys:SHAPE   decode attention past 1,024 keys split over blocks (cuda_attention.SPLIT_KEYS): its CUDA tests,
 #                      then STREAMS (default 1) streams of 2,048-token prompts, 64 new tokens, in-process, with it
 #                      against without (3 interleaved rounds)
+#   chunks:SHAPE       TTFT of 2,048-token prompts in-process (bench prefill_chunks) of the 4-bit model at each
+#                      prefill chunk size in CHUNKS (default "512 2048"), and with VARIANT at each (e.g.
+#                      mlx:mlxd.models.cuda_experts.MIN_PAIRS=100000: experts past the few-pairs kernel's sizes in
+#                      MLX's kernel); bf16-chunks:SHAPE:LAYERS the same in bfloat16 with the first LAYERS layers
 #   graph-ops:SHAPE    timeline:SHAPE once per MLX_MAX_OPS_PER_BUFFER in OPS (default "100 400"; MLX's CUDA backend
 #                      commits a CUDA graph every that many nodes, 100 on an H100/H200): what a step's commits cost
 #   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
@@ -163,6 +167,10 @@ streams() {  # streams NAME FOLDER: 1 and 16 streams of 128-token prompts, 128 n
 
 prefill() {  # prefill NAME FOLDER: one stream of 2,048-token prompts, 8 new tokens (the total is mostly prefill)
   throughput "$1-prefill" 300 "$2" --streams 1 --prompt-tokens 2048 --new-tokens 8 --rounds 2
+}
+
+chunks() {  # chunks NAME FOLDER: TTFT of 2,048-token prompts in-process at each chunk size in CHUNKS [and VARIANT]
+  step "$1" 300 "$py" -m bench prefill_chunks --model "$2" --chunks ${CHUNKS:-512 2048} ${VARIANT:+--variant "$VARIANT"}
 }
 
 timeline() {  # timeline NAME FOLDER [VAR=VALUE...]: 16 streams in-process with a step's parts timed, in that env
@@ -298,6 +306,9 @@ for spec in "$@"; do
               folder=$(model "$shape" bfloat16 0 "$layers") || continue
               if [ "$kind" = bf16-streams ]; then streams "$shape-bf16-$layers" "$folder"
               else prefill "$shape-bf16-$layers" "$folder"; fi ;;
+    chunks:*) shape=${spec#chunks:}; folder=$(quantized "$shape") && chunks "$shape-chunks" "$folder" ;;
+    bf16-chunks:*:*) shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
+              folder=$(model "$shape" bfloat16 0 "$layers") && chunks "$shape-bf16-$layers-chunks" "$folder" ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac

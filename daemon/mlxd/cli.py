@@ -28,6 +28,11 @@ def _mask_processes(text: str) -> int:
     return int(text)
 
 
+def _prefill_chunk(text: str) -> int:
+    """`--prefill-chunk`: N >= 1, or auto (0: the kernels chosen at load decide, models/ops.py prefill_chunk)."""
+    return 0 if text == "auto" else _count(1)(text)
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least `minimum`. A daemon started with --max-batch-size 0 (or a
     backlog, a prefill chunk, a preparation slot of 0) served nothing: every request waited for its deadline."""
@@ -80,8 +85,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                             "= 3 on a GPU host with 8 or more cores, else 0 (constraints/mask_pool.py AUTO)")
     serve.add_argument("--max-queue", type=_count(0), default=64,
                        help="requests waiting beyond this get RESOURCE_EXHAUSTED")
-    serve.add_argument("--prefill-chunk", type=_count(1), default=512,
-                       help="prompt tokens per prefill step; the streams already decoding wait at most one chunk")
+    serve.add_argument("--prefill-chunk", type=_prefill_chunk, default=0, metavar="N|auto",
+                       help="prompt tokens per prefill step; the streams already decoding wait at most one chunk; "
+                            "auto (default) = 2048 on a CUDA GPU, 512 elsewhere (models/ops.py prefill_chunk)")
     serve.add_argument("--max-batch-size", type=_count(1), default=16, help="most sequences decoding together")
     serve.add_argument("--kv-cache-mb", type=_count(0), default=0,
                        help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "

@@ -51,7 +51,7 @@ class SchedulerOptions:
     # Prompt positions (multiples of this) at which a model with recurrent layers also snapshots its prefill, since
     # its end-of-prompt snapshot serves no shorter prefix; 0: none. A hit then misses at most period - 1 tokens
     # it could reuse, while a prompt of N tokens stores about N^2 / (2 period) positions of the attention layers'
-    # KV (a quarter of the layers in Qwen3.5): 1024, two default prefill chunks, keeps both to a few times the
+    # KV (a quarter of the layers in Qwen3.5): 1024, two prefill chunks of 512 tokens, keeps both to a few times the
     # prompt's own KV for prompts of some thousand tokens, where reusing a shared system prompt pays.
     recurrent_snapshot_period: int = 1024
     speculate: str = ""                 # "ngram": draft by prompt lookup (engine/speculation.py); "": only with a

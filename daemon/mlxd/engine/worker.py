@@ -20,6 +20,7 @@ from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Routed, Scheduler, SchedulerOptions
 from mlxd.errors import InternalError, InvalidRequest, ModelLoadError, ResourceExhausted, Unavailable
+from mlxd.models import ops
 
 if TYPE_CHECKING:
     from mlxd.loading.loader import LoadedModel
@@ -41,7 +42,7 @@ class WorkerOptions:
     model_path: Path
     dtype: str = "auto"
     max_queue: int = 64             # requests waiting for the worker; more get RESOURCE_EXHAUSTED
-    prefill_chunk_size: int = 512
+    prefill_chunk_size: int = 0     # prompt tokens per prefill step; 0 = the loaded kernels' (ops.prefill_chunk)
     max_batch_size: int = 16        # sequences decoding together
     kv_cache_bytes: int = 0         # KV-cache budget for admission; 0 = half the memory left after the weights
     kv_cache_sharing: int = 1       # processes whose caches share the device (tensor-parallel ranks on one device)
@@ -55,9 +56,11 @@ class WorkerOptions:
     draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
     mask_processes: int = 0         # processes filling constrained rows' masks beside the worker's; 0 none, -1 auto
 
-    def scheduler_options(self) -> SchedulerOptions:
-        return SchedulerOptions(self.prefill_chunk_size, self.max_batch_size, self.kv_cache_bytes,
-                                self.prefix_cache_bytes, self.max_stream_backlog, self.stalled_stream_seconds,
+    def scheduler_options(self, quantized: bool = False) -> SchedulerOptions:
+        """The scheduler's options, for a model whose weights are held `quantized` or not (the default chunk)."""
+        return SchedulerOptions(self.prefill_chunk_size or ops.prefill_chunk(quantized), self.max_batch_size,
+                                self.kv_cache_bytes, self.prefix_cache_bytes, self.max_stream_backlog,
+                                self.stalled_stream_seconds,
                                 speculate=self.speculate, speculate_depth=self.speculate_depth,
                                 speculate_adaptive=self.speculate_adaptive, kv_budget_sharing=self.kv_cache_sharing)
 
@@ -253,10 +256,11 @@ class Worker:
         runtime = self._load_runtime(self)
         log.info("model loaded and warmed up in %.2f s%s", time.monotonic() - started,
                  f": {self.loaded.load_note}" if self.loaded is not None else "")
-        scheduler = Scheduler(runtime, self.options.scheduler_options())
-        log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prefix cache %d MiB",
-                 self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,
-                 self.options.prefix_cache_bytes >> 20)
+        options = self.options.scheduler_options(self.loaded is not None and self.loaded.quantized)
+        scheduler = Scheduler(runtime, options)
+        log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prompts in chunks of %d "
+                 "tokens; prefix cache %d MiB", self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,
+                 options.prefill_chunk_size, self.options.prefix_cache_bytes >> 20)
         return scheduler
 
 

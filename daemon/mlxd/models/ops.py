@@ -56,6 +56,12 @@ def backend() -> str:
     return _backend.name
 
 
+def prefill_chunk(quantized: bool) -> int:
+    """The prompt tokens a prefill step takes by default with the backend in use (`serve --prefill-chunk auto`),
+    for weights held quantized or not."""
+    return _backend.prefill_chunk(quantized)
+
+
 @contextmanager
 def using(name: str) -> Iterator[None]:
     """Backend `name` while inside, then the one before (tests and benchmarks that compare backends)."""

@@ -58,6 +58,19 @@ COMPILED_BLOCKS = True
 class CudaBackend(MLXBackend):
     name = "cuda"
 
+    def prefill_chunk(self, quantized: bool) -> int:
+        # Unquantized weights: 2,048 tokens a chunk. A chunk reads every weight once, all the experts of a MoE's
+        # layers among them, and fewer, larger chunks pay: session 34, H100, 2,048-token prompts, random bfloat16
+        # weights (bench prefill_chunks, medians of 3): GLM-4.7-Flash's first 24 layers 356 ms at 512 tokens a
+        # chunk, 199 at 1,024, 172 at 2,048 (mlx-lm, whose prefill steps take 2,048, ~175); Gemma-4-26B-A4B's first
+        # 18 layers 259 / 171 / 134. The streams decoding beside a long prompt then wait for one such chunk a step,
+        # as vLLM's and SGLang's token budgets on a GPU (2,048 and more) have them wait.
+        # Quantized weights: 512, as measured (4-bit MoE prefill 1.78x and 1.27x mlx-lm's, session 19): a chunk's
+        # expert pairs then stay within what our experts kernels take (cuda_experts.MAX_PAIRS), where past it MLX's
+        # gathered quantized matmul, ~5x slower a token than its bfloat16 one in mlx-lm's 2,048-token steps,
+        # computes them. Larger quantized chunks: not measured yet (`gpu_steps.sh chunks:SHAPE`).
+        return super().prefill_chunk(quantized) if quantized else 2048
+
     def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
         if COMPILED_BLOCKS and x.ndim == 3 and x.shape[1] == 1:
             return compiled_per_thread(owner, fn)(x, *more)
