@@ -43,6 +43,8 @@ BENCHMARKS = {
                               "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
     "attention_plans": ("bench.suite.attention_plans",
                         "the first call of attention at each new shape (cuDNN plans on CUDA), against later calls"),
+    "prefill_profile": ("bench.suite.prefill_profile",
+                        "one long prefill, mlxd's runner against mlx-lm's model, whole and without each part"),
     "prefill_chunks": ("bench.suite.prefill_chunks",
                        "TTFT of long prompts at each prefill chunk size (and a variant): where a prefill's time goes"),
     "prompt_lengths": ("bench.suite.prompt_lengths",

@@ -75,6 +75,9 @@
 #                      prefill chunk size in CHUNKS (default "512 2048"), and with VARIANT at each (e.g.
 #                      mlx:mlxd.models.cuda_experts.MIN_PAIRS=100000: experts past the few-pairs kernel's sizes in
 #                      MLX's kernel); bf16-chunks:SHAPE:LAYERS the same in bfloat16 with the first LAYERS layers
+#   prefill-profile:SHAPE  one 2,048-token prefill of the 4-bit model in-process, mlxd's runner against mlx-lm's model
+#                      in chunks of CHUNK (default 2048), whole and without each part (bench prefill_profile; VARIANT
+#                      as step-variant's); bf16-prefill-profile:SHAPE:LAYERS the same in bfloat16 (first LAYERS layers)
 #   graph-ops:SHAPE    timeline:SHAPE once per MLX_MAX_OPS_PER_BUFFER in OPS (default "100 400"; MLX's CUDA backend
 #                      commits a CUDA graph every that many nodes, 100 on an H100/H200): what a step's commits cost
 #   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
@@ -171,6 +174,11 @@ prefill() {  # prefill NAME FOLDER: one stream of 2,048-token prompts, 8 new tok
 
 chunks() {  # chunks NAME FOLDER: TTFT of 2,048-token prompts in-process at each chunk size in CHUNKS [and VARIANT]
   step "$1" 300 "$py" -m bench prefill_chunks --model "$2" --chunks ${CHUNKS:-512 2048} ${VARIANT:+--variant "$VARIANT"}
+}
+
+prefill_profile() {  # prefill_profile NAME FOLDER: one 2,048-token prefill, mlxd against mlx-lm, in parts [VARIANT]
+  step "$1" 300 "$py" -m bench prefill_profile --model "$2" --chunk "${CHUNK:-2048}" \
+    $(for v in ${VARIANT:-}; do echo "--variant $v"; done)
 }
 
 timeline() {  # timeline NAME FOLDER [VAR=VALUE...]: 16 streams in-process with a step's parts timed, in that env
@@ -309,6 +317,11 @@ for spec in "$@"; do
     chunks:*) shape=${spec#chunks:}; folder=$(quantized "$shape") && chunks "$shape-chunks" "$folder" ;;
     bf16-chunks:*:*) shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") && chunks "$shape-bf16-$layers-chunks" "$folder" ;;
+    prefill-profile:*) shape=${spec#prefill-profile:}; folder=$(quantized "$shape") &&
+              prefill_profile "$shape-prefill-profile" "$folder" ;;
+    bf16-prefill-profile:*:*) shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
+              folder=$(model "$shape" bfloat16 0 "$layers") &&
+              prefill_profile "$shape-bf16-$layers-prefill-profile" "$folder" ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac
