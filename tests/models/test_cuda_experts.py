@@ -140,6 +140,63 @@ def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
     assert [cuda_experts_few.largest_chunk(t, 8, 128, rows_per_warp=8) for t in (16, 256)] == [2, 4]
 
 
+@on_cuda
+@pytest.mark.parametrize("kind", ["float", "affine4", "mxfp4"])
+@pytest.mark.parametrize("per_pair", [False, True])
+def test_pairs_past_the_most_a_call_takes_go_in_token_slices_and_equal_mlx(kind, per_pair, monkeypatch):
+    """SLICES: a prefill chunk of 2 x 550 tokens of 4 experts (4,400 pairs, past MAX_PAIRS) in 3 calls."""
+    monkeypatch.setattr(cuda_experts, "SLICES", True)
+    mx.random.seed(per_pair)
+    weight, quant = _weights(kind, 40, 256, mx.bfloat16)
+    indices = mx.argpartition(mx.random.normal((2, 550, EXPERTS)), kth=-TOP_K, axis=-1)[..., -TOP_K:]
+    shape = (2, 550, TOP_K, 1, 256) if per_pair else (2, 550, 1, 1, 256)
+    want, got = _both(mx.random.normal(shape).astype(mx.bfloat16), indices.astype(mx.uint32), weight, quant)
+    assert got.shape == want.shape == (2, 550, TOP_K, 1, 40)
+    scale = mx.abs(want).max().item()
+    assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() <= 2e-2 * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("per_pair", [False, True])
+def test_token_slices_put_together_equal_the_whole(per_pair, monkeypatch):
+    """The slicing and putting back of `_in_slices`, with MLX's gathered matmul as each slice's kernel (any device;
+    the test above runs the kernels)."""
+    def mlx_gather(x, indices, weight, quant):
+        assert indices.size <= cuda_experts.MAX_PAIRS
+        with ops.using("mlx"):
+            return ops.gather_matmul(x, indices, weight, quant)
+    monkeypatch.setattr(cuda_experts, "gather_matmul", mlx_gather)
+    weight, quant = _weights("affine4", 40, 256, mx.float32)
+    indices = mx.argpartition(mx.random.normal((2, 550, EXPERTS)), kth=-TOP_K, axis=-1)[..., -TOP_K:]
+    x = mx.random.normal((2, 550, TOP_K, 1, 256) if per_pair else (2, 550, 1, 1, 256))
+    got = cuda_experts._in_slices(x, indices.astype(mx.uint32), weight, quant)
+    with ops.using("mlx"):
+        want = ops.gather_matmul(x, indices.astype(mx.uint32), weight, quant)
+    assert got is not None and got.shape == want.shape == (2, 550, TOP_K, 1, 40)
+    assert mx.abs(got - want).max().item() < 1e-4
+
+
+def test_token_slices_keep_each_calls_pairs_within_the_most_it_takes(monkeypatch):
+    """As few slices as fit, as even as can be; past MAX_PAIRS the kernels take pairs only with SLICES, and then
+    leave them unsorted."""
+    most = cuda_experts.MAX_PAIRS
+    assert cuda_experts.token_slices(most // 4, 4) == [most // 4]
+    assert cuda_experts.token_slices(1100, 4) == [367, 367, 366]
+    assert cuda_experts.token_slices(2048, 8) == [256] * 8
+    assert cuda_experts.token_slices(3, most + 1) == []
+    for tokens in (1, 511, 513, 2047, 4099):
+        for top_k in (1, 2, 4, 8):
+            slices = cuda_experts.token_slices(tokens, top_k)
+            assert sum(slices) == tokens and max(slices) * top_k <= most
+            assert len(slices) == 1 or min(slices) * top_k >= most // 2 - top_k
+    monkeypatch.setattr(cuda_experts, "FORCE", None)
+    affine4 = _weights("affine4", 64, 256, mx.float32)[1]
+    assert cuda_experts.kernel_for(2 * most, affine4) is None and CudaBackend().sorts_experts(2 * most,
+                                                                                             lambda: [affine4])
+    monkeypatch.setattr(cuda_experts, "SLICES", True)
+    assert cuda_experts.kernel_for(2 * most, affine4) == "few" and cuda_experts.kernel_for(2 * most, None) == "chunked"
+    assert not CudaBackend().sorts_experts(2 * most, lambda: [affine4])
+
+
 def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkeypatch):
     """Affine 4-bit experts: the few-pairs kernel at every size to MAX_PAIRS; MXFP4: it to 1,024 pairs, then the
     chunked one; bfloat16: MLX's kernel below 32 pairs, the few-pairs one to 512, then the chunked one; 8-bit

@@ -48,6 +48,13 @@ FEW_PAIRS = {(_AFFINE, 4): range(1, MAX_PAIRS + 1), (_MXFP4, 4): range(1, 1025),
 # "chunked" or "few": that kernel at every size it can take (its tests; `bench expert_matmul`), else None.
 FORCE: str | None = None
 
+# A prefill chunk's pairs past MAX_PAIRS computed by these kernels in slices of its tokens, a call each (each call
+# reads the experts' weights again, as a smaller prefill chunk would), instead of by MLX's gathered matmul: for
+# quantized experts in prefill chunks of 2,048 tokens, where MLX's gathered quantized matmul is ~5x slower a token
+# than its bfloat16 one (docs/performance.md, session 34), and for the top-8 models' 4,096 pairs at 512 tokens. Off
+# until measured (`CHUNKS="512 2048" VARIANT=slices:mlxd.models.cuda_experts.SLICES=True gpu_steps.sh chunks:SHAPE`).
+SLICES = False
+
 
 def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
     """"few", "chunked", or None (MLX's kernel) for this many pairs of weights quantized so."""
@@ -55,8 +62,9 @@ def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
 
 
 def _kernel_for_kind(pairs: int, kind: tuple[int, int, int] | None) -> str | None:
-    if kind is None or not 0 < pairs <= MAX_PAIRS:
+    if kind is None or pairs <= 0 or (pairs > MAX_PAIRS and not SLICES):
         return None
+    pairs = min(pairs, MAX_PAIRS)  # in slices of MAX_PAIRS / 2 pairs or more (token_slices): the largest's kernel
     if FORCE is not None:
         return FORCE
     if pairs in FEW_PAIRS.get(kind[:2], ()):
@@ -200,6 +208,8 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where neither kernel applies (`kernel_for`,
     other shapes): MLX's gathered matmul then."""
     pairs = indices.size
+    if pairs > MAX_PAIRS:
+        return _in_slices(x, indices, weight, quant) if SLICES else None
     kind = _kind(quant)
     which = _kernel_for_kind(pairs, kind)
     if which is None or kind is None or x.shape[-2] != 1:
@@ -234,6 +244,37 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
         grid=(256 * experts * tiles, 1, 1), threadgroup=(256, 1, 1),
         output_shapes=[(pairs, out_dims)], output_dtypes=[x.dtype])
     return out.reshape(*indices.shape, 1, out_dims)
+
+
+def token_slices(tokens: int, top_k: int) -> list[int]:
+    """The tokens of each slice (SLICES) of `tokens` tokens of `top_k` pairs each: as few slices as keep each one's
+    pairs within MAX_PAIRS, as even as can be (so each holds about MAX_PAIRS / 2 pairs or more, which a kernel takes
+    for every kind of weights)."""
+    most = MAX_PAIRS // top_k
+    if most == 0:
+        return []
+    count = -(-tokens // most)
+    size, larger = divmod(tokens, count)
+    return [size + 1] * larger + [size] * (count - larger)
+
+
+def _in_slices(x: mx.array, indices: mx.array, weight: mx.array,
+               quant: ExpertQuantization | None) -> mx.array | None:
+    """gather_matmul of more than MAX_PAIRS pairs, token slice by token slice (SLICES); None as gather_matmul."""
+    top_k = indices.shape[-1]
+    tokens = indices.size // top_k
+    slices = token_slices(tokens, top_k)
+    if not slices or x.ndim < 3 or x.size // (x.shape[-3] * x.shape[-2] * x.shape[-1]) != tokens:
+        return None
+    xs, ids = x.reshape(tokens, *x.shape[-3:]), indices.reshape(tokens, top_k)
+    outs, start = [], 0
+    for size in slices:
+        out = gather_matmul(xs[start:start + size], ids[start:start + size], weight, quant)
+        if out is None:
+            return None
+        outs.append(out)
+        start += size
+    return mx.concatenate(outs).reshape(*indices.shape, 1, outs[0].shape[-1])
 
 
 def _few(inputs: list[mx.array], x: mx.array, indices: mx.array, weight: mx.array,
