@@ -2,15 +2,17 @@
 # The GPU measurements the open issues ask for, as named steps, each under a time limit, its log kept and its table
 # printed: for a lent GPU machine whose minutes are few (start one step per call, or several that fit).
 #
-#   bash bench/gpu_steps.sh kernels experts moe:qwen3-30b-a3b moe:glm-4.7-flash moe:gpt-oss-20b
+#   bash bench/gpu_steps.sh kernels-experts kernels-ops experts moe:qwen3-30b-a3b moe:glm-4.7-flash
 #
 # Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable (bench/gpu_pack.sh says
 # how to bring them onto the lent machine). Logs go to $OUT when
 # set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to $MODELS, else
 # /tmp/mlxd-gpu-models (a bfloat16 Qwen3-30B-A3B, 61 GB, may fit only in /dev/shm: MODELS=/dev/shm/models).
 # Steps:
-#   kernels            the CUDA kernels' tests (experts, decode attention, DeltaNet, routing) and the MoE layer's
-#                      (~400 s from a cold start: NVRTC compiles each template in ~5 s)
+#   kernels-experts    the CUDA tests of the routed-experts kernels and of every MoE block's replay; kernels-ops
+#                      those of the other kernels (decode attention, DeltaNet, routing, combining) and the MoE layer's.
+#                      Each ~450 s from a cold start (NVRTC compiles each template in ~5 s; session 34's one `kernels`
+#                      step passed 400 s at 131 of 229 tests): one call each
 #   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
 #   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
 #                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
@@ -196,9 +198,10 @@ measure() {  # measure NAME FOLDER
 
 for spec in "$@"; do
   case $spec in
-    kernels) step kernels 400 "$py" -m pytest -q -p no:cacheprovider tests/models/test_cuda_experts.py \
-               tests/models/test_moe_blocks_compiled.py \
-               tests/models/test_ops_cuda.py tests/models/test_moe.py ;;
+    kernels-experts) step kernels-experts 560 "$py" -m pytest -q -p no:cacheprovider \
+                       tests/models/test_cuda_experts.py tests/models/test_moe_blocks_compiled.py ;;
+    kernels-ops) step kernels-ops 560 "$py" -m pytest -q -p no:cacheprovider tests/models/test_ops_cuda.py \
+                   tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
     experts-float) step experts-float 300 "$py" -m bench expert_matmul --float --tokens 1 4 16 32 64 ;;
