@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 Routed = tuple[GenerationRequest, Event]
 
+# The most prompt tokens a chunk of a request asking for prompt logprobs takes, whatever the prefill chunk: such a
+# chunk's logits [tokens, vocab] are all computed, in float32 for the log-softmax, with a top-k's indices beside
+# them (Gemma's 262,144-token vocabulary: ~1 GB a float32 copy at 1,024 tokens, ~2 GB at the CUDA default chunk of
+# 2,048 unquantized), a transient that admission's KV budget does not count.
+SCORED_CHUNK_TOKENS = 512
+
 
 @dataclass
 class SchedulerOptions:
@@ -221,7 +227,10 @@ class Scheduler:
             return
         request, prompt = live.request, live.request.prompt_ids
         try:
-            end = chunk_end(live.prefilled, self._options.prefill_chunk_size, len(prompt) - 1, request.images)
+            chunk = self._options.prefill_chunk_size
+            if request.prompt_logprobs:
+                chunk = min(chunk, SCORED_CHUNK_TOKENS)
+            end = chunk_end(live.prefilled, chunk, len(prompt) - 1, request.images)
             period = self._memory.snapshot_period(live.prefix_cacheable)
             if period:
                 end = min(end, (live.prefilled // period + 1) * period)  # stop at the next snapshot position
