@@ -60,6 +60,21 @@ def without(holder: Any, parts: tuple[str, ...]) -> Iterator[bool]:
             setattr(layer, name, part)
 
 
+def add_variant_args(p: Any) -> None:
+    """--variant (mlxd again with settings) and --variants (the parts left out), as both profiles take them."""
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
+                   help="time mlxd again with these settings (module.attribute=value;...); repeatable")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+
+
+def both_models(folder: Path, dtype: str) -> tuple[Any, Any]:
+    """mlxd's model of `folder` (its loader: projections fused, kernels chosen) and mlx-lm's."""
+    from mlx_lm.utils import load_model
+
+    from mlxd.loading.model_source import load_model_and_tokenizer
+    return load_model_and_tokenizer(folder, dtype)[0].model, load_model(folder)[0]
+
+
 def prompts(rows: int, context: int) -> list[list[int]]:
     return [common.prompt_ids(VOCAB, context + 3 * i, salt=i) for i in range(rows)]
 
@@ -156,18 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--also-kernels", default=None, help="time mlxd again with this ops backend (e.g. mlx)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
-                   help="time mlxd again with these settings (module.attribute=value;...); repeatable")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    add_variant_args(p)
     args = p.parse_args(argv)
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
-    from mlx_lm.utils import load_model
-
-    from mlxd.loading.model_source import load_model_and_tokenizer
     from mlxd.models import ops
 
-    ours = load_model_and_tokenizer(args.model, args.dtype)[0].model
-    theirs = load_model(args.model)[0]
+    ours, theirs = both_models(args.model, args.dtype)
     rows = prompts(args.rows, args.context)
     # name -> (make a batch, the layers' holder, ops backend or None, settings for common.patched)
     makers: dict[str, tuple[Callable[[], MlxdBatch | MlxLmBatch], Any, str | None, str]] = {

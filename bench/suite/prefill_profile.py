@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.suite.batch_step_profile import VARIANTS, VOCAB, without
+from bench.suite.batch_step_profile import VARIANTS, VOCAB, add_variant_args, both_models, without
 from bench.suite.decode_profile import MLX_LM, MLXD, _with_layers, print_medians
 
 
@@ -96,17 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk", type=int, default=2048, help="prompt tokens a prefill step takes, both engines")
     p.add_argument("--repeats", type=int, default=3, help="prefills a measurement, the best kept")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
-                   help="time mlxd again with these settings (module.attribute=value;...); repeatable")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    add_variant_args(p)
     args = p.parse_args(argv)
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
-    from mlx_lm.utils import load_model
-
-    from mlxd.loading.model_source import load_model_and_tokenizer
-
-    ours = load_model_and_tokenizer(args.model, args.dtype)[0].model
-    theirs = load_model(args.model)[0]
+    ours, theirs = both_models(args.model, args.dtype)
     ids = common.prompt_ids(VOCAB, args.tokens)
     # name -> (one prefill, the layers' holder, settings for common.patched)
     makers: dict[str, tuple[Callable[[], None], Any, str]] = {
