@@ -50,9 +50,9 @@ FORCE: str | None = None
 
 # A prefill chunk's pairs past MAX_PAIRS computed by these kernels in slices of its tokens, a call each (each call
 # reads the experts' weights again, as a smaller prefill chunk would), instead of by MLX's gathered matmul: for
-# quantized experts in prefill chunks of 2,048 tokens, where MLX's gathered quantized matmul is ~5x slower a token
-# than its bfloat16 one (docs/performance.md, session 34), and for the top-8 models' 4,096 pairs at 512 tokens. Off
-# until measured (`CHUNKS="512 2048" VARIANT=slices:mlxd.models.cuda_experts.SLICES=True gpu_steps.sh chunks:SHAPE`).
+# quantized experts in prefill chunks of 2,048 tokens (MLX's gathered quantized matmul is slow there: see
+# ops_cuda.CudaBackend.prefill_chunk), and for the top-8 models' 4,096 pairs at 512 tokens. Off until measured:
+# `CHUNKS="512 2048" VARIANT=slices:mlxd.models.cuda_experts.SLICES=True gpu_steps.sh chunks:SHAPE`.
 SLICES = False
 
 
@@ -208,9 +208,9 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     quantized) -> [..., k, 1, out] in x's dtype, summed in float32. None where neither kernel applies (`kernel_for`,
     other shapes): MLX's gathered matmul then."""
     pairs = indices.size
-    if pairs > MAX_PAIRS:
-        return _in_slices(x, indices, weight, quant) if SLICES else None
     kind = _kind(quant)
+    if pairs > MAX_PAIRS:
+        return _in_slices(x, indices, weight, quant) if SLICES and kind is not None else None
     which = _kernel_for_kind(pairs, kind)
     if which is None or kind is None or x.shape[-2] != 1:
         return None

@@ -67,8 +67,9 @@ class CudaBackend(MLXBackend):
         # as vLLM's and SGLang's token budgets on a GPU (2,048 and more) have them wait.
         # Quantized weights: 512, as measured (4-bit MoE prefill 1.78x and 1.27x mlx-lm's, session 19): a chunk's
         # expert pairs then stay within what our experts kernels take (cuda_experts.MAX_PAIRS), where past it MLX's
-        # gathered quantized matmul, ~5x slower a token than its bfloat16 one in mlx-lm's 2,048-token steps,
-        # computes them. Larger quantized chunks: not measured yet (`gpu_steps.sh chunks:SHAPE`).
+        # gathered quantized matmul computes them, the kernel of mlx-lm's 2,048-token steps: its 4-bit GLM took
+        # ~1.6 s for 2,048 tokens (session 19, H200), where its bfloat16 layers above scale to ~0.34 s. Larger
+        # quantized chunks: not measured yet (`gpu_steps.sh chunks:SHAPE`, with cuda_experts.SLICES).
         return super().prefill_chunk(quantized) if quantized else 2048
 
     def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
