@@ -12,7 +12,7 @@
 #   kernels-experts    the CUDA tests of the routed-experts kernels and of every MoE block's replay; kernels-ops
 #                      those of the other kernels (decode attention, DeltaNet, routing, combining) and the MoE layer's.
 #                      Each ~450 s from a cold start (NVRTC compiles each template in ~5 s; session 34's one `kernels`
-#                      step passed 400 s at 131 of 229 tests): one call each
+#                      step passed 400 s at 131 of its 319 tests): one call each
 #   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
 #   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
 #                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
