@@ -2,17 +2,17 @@
 # The GPU measurements the open issues ask for, as named steps, each under a time limit, its log kept and its table
 # printed: for a lent GPU machine whose minutes are few (start one step per call, or several that fit).
 #
-#   bash bench/gpu_steps.sh kernels-experts kernels-ops experts moe:qwen3-30b-a3b moe:glm-4.7-flash
+#   bash bench/gpu_steps.sh kernels-moe experts moe:qwen3-30b-a3b moe:glm-4.7-flash
 #
 # Run from the repository root with MLX's CUDA backend (and mlx-lm, the anchor) importable (bench/gpu_pack.sh says
 # how to bring them onto the lent machine). Logs go to $OUT when
 # set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to $MODELS, else
 # /tmp/mlxd-gpu-models (a bfloat16 Qwen3-30B-A3B, 61 GB, may fit only in /dev/shm: MODELS=/dev/shm/models).
 # Steps:
-#   kernels-experts    the CUDA tests of the routed-experts kernels and of every MoE block's replay; kernels-ops
-#                      those of the other kernels (decode attention, DeltaNet, routing, combining) and the MoE layer's.
-#                      Each ~450 s from a cold start (NVRTC compiles each template in ~5 s; session 34's one `kernels`
-#                      step passed 400 s at 131 of its 319 tests): one call each
+#   kernels-experts    the CUDA tests of the routed-experts kernels; kernels-ops those of the other kernels (decode
+#                      attention, DeltaNet, routing, combining); kernels-moe every MoE block's replay and the MoE
+#                      layer's. Each ~300-450 s from a cold start (NVRTC compiles each template in ~5 s; session 34's
+#                      one `kernels` step passed 400 s at 131 of its 319 tests): one call each
 #   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
 #   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
 #                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
@@ -199,8 +199,9 @@ measure() {  # measure NAME FOLDER
 for spec in "$@"; do
   case $spec in
     kernels-experts) step kernels-experts 560 "$py" -m pytest -q -p no:cacheprovider \
-                       tests/models/test_cuda_experts.py tests/models/test_moe_blocks_compiled.py ;;
-    kernels-ops) step kernels-ops 560 "$py" -m pytest -q -p no:cacheprovider tests/models/test_ops_cuda.py \
+                       tests/models/test_cuda_experts.py ;;
+    kernels-ops) step kernels-ops 560 "$py" -m pytest -q -p no:cacheprovider tests/models/test_ops_cuda.py ;;
+    kernels-moe) step kernels-moe 560 "$py" -m pytest -q -p no:cacheprovider tests/models/test_moe_blocks_compiled.py \
                    tests/models/test_moe.py ;;
     few) step few 400 "$py" -m pytest -q -x -p no:cacheprovider tests/models/test_cuda_experts.py -k few ;;
     experts) step experts 300 "$py" -m bench expert_matmul --tokens 1 4 16 32 --shapes qwen3-30b-a3b gpt-oss-20b ;;
