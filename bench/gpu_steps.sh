@@ -60,7 +60,10 @@
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
 #                      plain), 1 and 16 streams, the daemons' logs kept in $OUT (LOG_LEVEL=DEBUG: a line a step, its
 #                      rows, width, ms and the policy's state); speculate-self the 8B as its own draft (full
-#                      acceptance: the ceiling)
+#                      acceptance, but a decode step of the 8B for each drafted token: ~1x at best);
+#                      speculate-oracle the mechanism's ceiling the issue's case (a) asks for: the 8B in-process,
+#                      its rows drafting their own greedy continuation (bench speculation_inprocess --oracle: every
+#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 4)
 #   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
 #                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
 #                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
@@ -267,6 +270,10 @@ for spec in "$@"; do
                        --tasks free --max-tokens 96 --streams 1,16 --rounds 3 --warm-rounds 1 \
                        --log-level "${LOG_LEVEL:-INFO}" \
                        --out "$logs/speculate-draft" ;;
+    speculate-oracle) target=$(model llama-8b bfloat16 0 all) &&
+                      step speculate-oracle 560 "$py" -m bench speculation_inprocess --model "$target" --oracle \
+                        --tasks free --streams 1,16 --max-tokens 96 --rounds 3 --depth "${DEPTH:-4}" \
+                        --out "$logs/speculate-oracle" ;;
     speculate-self) target=$(model llama-8b bfloat16 0 all) &&
                     step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
                       --tasks free --max-tokens 96 --streams 1,16 --rounds 2 ;;

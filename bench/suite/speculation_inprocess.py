@@ -2,7 +2,7 @@
 time goes when the device is not the limit (a GPU), and what the policy costs when it drafts nothing.
 
     python -m bench speculation_inprocess [--model smollm2|PATH] [--tasks rewrite,free] [--streams 1,16]
-                                          [--max-tokens 96] [--rounds 2] [--profile]
+                                          [--max-tokens 96] [--rounds 2] [--depth 4] [--profile] [--oracle]
                                           [--variant NAME:module.attribute=value;...]
 
 The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
@@ -13,13 +13,21 @@ module attributes set (`common.patched`), interleaved with the others in the sam
 round of each case runs again under cProfile and the functions with the most own time are written to --out, with a
 step's parts (cumulative ms per step: the verify step, its acceptance, the caches' rollback, the drafting policy)
 printed.
+
+--oracle adds rounds whose rows draft what they will decode: each case's greedy continuation, recorded by a plain
+run of its prompt first, served by the n-gram index in place of its lookup (OracleIndex). Every draft holds and
+costs a list slice, so the rate is the mechanism's ceiling at the chosen depth: what verify steps of 1 + depth tokens
+a row, their acceptance and rollback and the adaptive policy leave of depth + 1 tokens a step. (A target drafting
+for itself pays a decode step of its own for each drafted token: at full acceptance its ceiling is about 1x.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import pstats
+from collections.abc import Iterator
 from typing import Any
 
 import mlx.core as mx
@@ -27,9 +35,12 @@ import mlx.core as mx
 from bench import common
 from bench.suite.batch_inprocess import drive
 from bench.suite.speculative import TASKS
-from mlxd.engine.request import GenerationRequest
+from mlxd.engine import speculation as speculation_module
+from mlxd.engine.request import GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.engine.speculation import NgramIndex
+from mlxd.engine.warmup import run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
 
@@ -47,11 +58,48 @@ PARTS = {  # label: (file end, function): cumulative time, per decode step
 }
 
 
+class OracleIndex(NgramIndex):
+    """An n-gram index that drafts the recorded greedy continuation of its prompt (`--oracle`; CONTINUATIONS), from
+    the tokens it has been told so far: looked up a token early, its first draft is the newest token, as a lookup's
+    is meant to be."""
+
+    CONTINUATIONS: dict[tuple[int, ...], list[int]] = {}
+
+    def __init__(self, tokens: list[int], max_ngram: int = 3) -> None:
+        super().__init__(tokens, max_ngram)
+        self.prompt_length = len(tokens)
+        self.continuation = self.CONTINUATIONS.get(tuple(tokens), [])
+
+    def draft(self, depth: int) -> list[int]:
+        told = len(self.tokens) - self.prompt_length
+        return self.continuation[told:told + max(depth, 0)]
+
+
+@contextlib.contextmanager
+def oracle_drafts() -> Iterator[None]:
+    """Speculators made inside draft by OracleIndex."""
+    saved = speculation_module.NgramIndex
+    speculation_module.NgramIndex = OracleIndex  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        speculation_module.NgramIndex = saved  # type: ignore[misc]
+
+
+def greedy_continuation(runtime: ModelRuntime, prompt: list[int], max_tokens: int) -> list[int]:
+    """The tokens plain greedy decoding gives `prompt` (one request alone: the engine's batched rows equal it)."""
+    request = GenerationRequest("oracle", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
+                                ignore_eos=True, speculation=0)
+    return [t for event in run_to_completion(runtime, request) if isinstance(event, TokenEvent)
+            for t in event.token_ids]
+
+
 def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int, speculation: int | None,
-        profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+        profiler: cProfile.Profile | None = None, depth: int = 4) -> dict[str, Any]:
     """`streams` greedy requests of `prompt` through a new Scheduler (batch_inprocess.drive): decode-phase rates,
     the scheduler steps taken and the acceptance (accepted / drafted tokens)."""
-    scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram"))
+    scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram",
+                                                    speculate_depth=depth))
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
                                   ignore_eos=True, speculation=speculation) for i in range(streams)]
     row = drive(scheduler, requests, profiler)
@@ -76,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", default="1,16")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--depth", type=int, default=4, help="the most tokens a row drafts a step (serve's default)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--oracle", action="store_true", help="also rounds drafting each case's greedy continuation")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
                    help="also rounds of speculation with SETTINGS (module.attribute=value;...: common.patched), "
                         "e.g. 'margin:mlxd.engine.speculation._MARGIN=1.2'; repeatable")
@@ -84,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     # name -> (GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
     modes = {"plain": (0, ""), "spec": (None, "")} | {name: (None, settings)
                                                       for name, settings in map(common.variant, args.variant)}
+    if args.oracle:
+        modes["oracle"] = (None, "")
     common.reexec_with_blas(__name__, argv)
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,14 +146,16 @@ def main(argv: list[str] | None = None) -> None:
 
     def one(name: str, case: str, _round: int) -> dict[str, Any]:
         speculation, settings = modes[name]
-        with common.patched(settings):
-            return run(runtime, *cases[case], args.max_tokens, speculation)
+        with common.patched(settings), oracle_drafts() if name == "oracle" else contextlib.nullcontext():
+            return run(runtime, *cases[case], args.max_tokens, speculation, depth=args.depth)
 
     for task in args.tasks.split(","):
         prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
         for streams in (int(s) for s in args.streams.split(",")):
             case = f"{task} x{streams}"
             cases[case] = (prompt, streams)
+            if args.oracle:
+                OracleIndex.CONTINUATIONS[tuple(prompt)] = greedy_continuation(runtime, prompt, args.max_tokens)
             for name in modes:  # unmeasured: kernels compile for new shapes on a GPU
                 one(name, case, 0)
             rows = common.alternate(args.rounds, [case], list(modes), one)
@@ -115,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
                     profiler = cProfile.Profile()
-                    row = run(runtime, prompt, streams, args.max_tokens, speculation, profiler)
+                    row = run(runtime, prompt, streams, args.max_tokens, speculation, profiler, args.depth)
                     stats = pstats.Stats(profiler)
                     print(f"{task} x{streams} {name}: {row['decode_tps']:.1f} tok/s profiled, {row['steps']} steps; "
                           "ms per scheduler step (cumulative), calls:")
