@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import common
 from bench.suite.batch_step_profile import VARIANTS, VOCAB, add_variant_args, both_models, without
-from bench.suite.decode_profile import MLX_LM, MLXD, _with_layers, print_medians
+from bench.suite.decode_profile import MLX_LM, MLXD, _with_layers, kernel_nodes_of, print_kernel_nodes, print_medians
 
 
 class NormOutputs:
@@ -75,6 +75,19 @@ def mlx_lm_prefill(model: Any, ids: list[int], chunk: int) -> Callable[[], None]
     return run
 
 
+def chunk_nodes(model: Any, cache: list[Any], ids: list[int]) -> Any:
+    """The kernel nodes of one chunk's forward into `cache` (its layers' outputs and the cache; not the logits)."""
+    import mlx.core as mx
+    norm = NormOutputs(_with_layers(model))
+    try:
+        model(mx.array(ids)[None], cache=cache)
+        states = [a for c in cache for a in (c.state if isinstance(c.state, (list, tuple)) else [c.state])
+                  if isinstance(a, mx.array)]
+        return kernel_nodes_of(norm.outputs + states)
+    finally:
+        _with_layers(model).norm = norm.norm
+
+
 def timed(run: Callable[[], None], repeats: int) -> float:
     """Milliseconds of one prefill, the best of `repeats` after one left out (new shapes plan their kernels)."""
     import mlx.core as mx
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
     ours, theirs = both_models(args.model, args.dtype)
     ids = common.prompt_ids(VOCAB, args.tokens)
+    from mlx_lm.models.cache import make_prompt_cache
+    print_kernel_nodes({MLXD: chunk_nodes(ours, ours.make_cache(), ids[:args.chunk]),
+                        MLX_LM: chunk_nodes(theirs, make_prompt_cache(theirs), ids[:args.chunk])},
+                       f"the forward of a {min(args.chunk, args.tokens)}-token chunk")
     # name -> (one prefill, the layers' holder, settings for common.patched)
     makers: dict[str, tuple[Callable[[], None], Any, str]] = {
         MLXD: (mlxd_prefill(ours, ids, args.chunk), _with_layers(ours), "")}
