@@ -16,8 +16,8 @@ from tests.helpers.daemon_process import daemon_env
 REFUSED = [("--max-batch-size", "0"), ("--prefill-chunk", "-1"), ("--prefill-chunk", "0"),
            ("--max-stream-backlog", "0"), ("--max-preparing", "0"), ("--stalled-stream-seconds", "0"),
            ("--stall-timeout", "nan"), ("--max-message-mb", "0"), ("--kv-cache-mb", "-1"),
-           ("--max-prompt-tokens", "-1"), ("--idle-connection-seconds", "-5"), ("--grace-period", "inf"), ("--speculate-depth", "0"),
-           ("--tensor-parallel", "0"), ("--max-queue", "2.5")]
+           ("--max-prompt-tokens", "-1"), ("--idle-connection-seconds", "-5"), ("--grace-period", "inf"),
+           ("--speculate-depth", "0"), ("--tensor-parallel", "0"), ("--max-queue", "2.5")]
 
 
 @pytest.mark.parametrize(("flag", "value"), REFUSED)
