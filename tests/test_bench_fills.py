@@ -1,6 +1,7 @@
 """The benchmarks' stand-ins and verdicts for this round's GPU questions: bench/suite/fake_constraints.py's
-constraints (every token allowed, the fill free, asleep or spinning a core) and bench/suite/tensor_parallel.py's
-`parting` (where two greedy runs part, with each run's margin there), host_contention's reading of CPU lists."""
+constraints (every token allowed, the fill free, asleep or spinning a core), speculation_inprocess's oracle drafts
+(every draft holds), bench/suite/tensor_parallel.py's `parting` (where two greedy runs part, with each run's margin
+there), host_contention's reading of CPU lists."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from bench.suite import fake_constraints
+from bench.suite import fake_constraints, speculation_inprocess
 from bench.suite.tensor_parallel import parting
 from mlxd.constraints.compiler import mask_words
+from mlxd.engine import speculation as speculation_module
+from mlxd.engine.speculation import NgramIndex
+from tests.helpers.fakes import fake_runtime
 
 
 @pytest.mark.parametrize("kind", ["allow-all", "sleep:8", "spin:8"])
@@ -47,3 +51,18 @@ def test_cpu_lists_read_as_linux_writes_them():
 
     assert cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
     assert cpu_list("5") == {5}
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_oracle_drafts_are_all_accepted(streams):
+    """speculation_inprocess --oracle: rows drafting their recorded greedy continuation have every draft accepted
+    (each drafted token is the one the target decodes there), so its rate is the verify mechanism's ceiling."""
+    runtime = fake_runtime()
+    prompt = [5, 9, 3, 7, 11, 2, 8]
+    plain = speculation_inprocess.greedy_continuation(runtime, prompt, 24)
+    assert len(plain) == 24
+    speculation_inprocess.OracleIndex.CONTINUATIONS[tuple(prompt)] = plain
+    with speculation_inprocess.oracle_drafts():
+        row = speculation_inprocess.run(runtime, prompt, streams, 24, None, depth=3)
+    assert row["drafted"] > 0 and row["acceptance"] == 1.0
+    assert speculation_module.NgramIndex is NgramIndex  # restored: later speculators look drafts up again
