@@ -176,11 +176,14 @@ def softcapped_attention(queries: mx.array, keys: mx.array, values: mx.array, sc
 # step of an 8B model on an H200 took 50-100 ms against 4.6 ms for a plain step, every step, since the key length
 # grows with each. The explicit path's scores are [B, heads, L, T]: small for a few queries.
 FEW_QUERIES = 16
-# So do more queries while their scores are at most this many (rows x heads x queries x keys: 128 MB of float32):
+# So do more queries while their scores are at most this many (rows x heads x queries x keys: 512 MB of float32):
 # a prompt chunk's, or a draft model's catch-up. Each new shape cost the fused kernel ~37 ms of planning on an
-# H100 (bench attention_plans: 1 row x 512 queries x 700 keys, 32 heads), against 0.2 ms for the attention itself,
-# and every prompt of a new length is a new shape; the explicit ops cost the same within 15 % at these sizes.
-SMALL_SCORES = 1 << 25
+# H100 (bench attention_plans, session 30: 1 row x 512 queries x 700 keys, 32 heads), against 0.2 ms for the
+# attention itself, and every prompt of a new length is a new shape; the explicit ops cost the same within 15 % at
+# these sizes, and at 1 x 2,048 x 2,048 as much as the planned kernel (0.921 against 0.917 ms; 1.28 ms for their
+# first call, the fused kernel's 36.5). 2^27 takes the whole first chunk of a prompt at CUDA's 2,048-token chunks
+# (ops_cuda.CudaBackend.prefill_chunk) explicitly at 32 heads, as 2^25 took a 512-token one.
+SMALL_SCORES = 1 << 27
 
 
 def _takes_grouped(queries: int, mask: Mask, per_query: int) -> bool:
