@@ -56,7 +56,8 @@ def test_grouped_attention_for_a_few_queries_equals_mlx_fused(queries, heads, kv
 
 def test_on_cuda_attention_with_small_scores_takes_the_explicit_ops(monkeypatch):
     """A verify step, a draft model's catch-up or a prompt chunk whose scores are small takes grouped_attention on
-    CUDA; a long chunk at a long context (scores of 512 x 8,192 per head) keeps MLX's fused kernel."""
+    CUDA, up to a whole first chunk of CUDA's 2,048 tokens at 32 heads; a long chunk at a long context (scores of
+    2,048 x 4,096 per head) keeps MLX's fused kernel."""
     from mlxd.models import ops_mlx
 
     monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: True)
@@ -64,7 +65,8 @@ def test_on_cuda_attention_with_small_scores_takes_the_explicit_ops(monkeypatch)
     assert ops_mlx._takes_grouped(4, "causal", 16 * heads * 300)         # a 16-row verify step
     assert ops_mlx._takes_grouped(64, None, 16 * heads * 140)            # a draft model's catch-up
     assert ops_mlx._takes_grouped(512, "causal", heads * 1500)           # a prompt chunk
-    assert not ops_mlx._takes_grouped(512, "causal", heads * 8192)
+    assert ops_mlx._takes_grouped(2048, "causal", heads * 2048)          # a prompt's first 2,048-token chunk
+    assert not ops_mlx._takes_grouped(2048, "causal", heads * 4096)
     per_head = mx.zeros((1, heads, 4, 300), dtype=mx.bool_)               # a mask of each head's own
     assert not ops_mlx._takes_grouped(4, per_head, heads * 300)
     monkeypatch.setattr(ops_mlx, "_plans_per_shape", lambda: False)     # the CPU and Metal: the fused kernel
