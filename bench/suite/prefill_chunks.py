@@ -10,18 +10,15 @@ Contenders alternate prompt by prompt, every prompt new (no prefix-cache hit). P
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import time
 
 import mlx.core as mx
 
 from bench import common
-from mlxd.engine.request import GenerationRequest
+from bench.suite.prompt_lengths import ttft_ms
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import SchedulerOptions
-from mlxd.engine.warmup import run_to_completion, warm_up
-from mlxd.generation.params import SamplingParams
+from mlxd.engine.warmup import warm_up
 from mlxd.loading.model_source import load_model_and_tokenizer
 
 
@@ -44,12 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     for round_ in range(args.prompts + 1):  # round 0 warms each contender's shapes, left out
         for chunk, v in contenders if round_ % 2 == 0 else contenders[::-1]:
             salt += 1
-            request = GenerationRequest(f"p{salt}", common.prompt_ids(runtime.vocab_size, args.tokens, salt=salt),
-                                        SamplingParams(temperature=0.0), max_tokens=1, ignore_eos=True)
-            with common.patched(settings) if v == name and name else contextlib.nullcontext():
-                start = time.perf_counter()
-                run_to_completion(runtime, request, SchedulerOptions(prefill_chunk_size=chunk))
-                elapsed = (time.perf_counter() - start) * 1e3
+            ids = common.prompt_ids(runtime.vocab_size, args.tokens, salt=salt)
+            with common.patched(settings if v == name else ""):
+                elapsed = ttft_ms(runtime, ids, SchedulerOptions(prefill_chunk_size=chunk))
             if round_:
                 times[(chunk, v)].append(elapsed)
             mx.clear_cache()

@@ -20,16 +20,18 @@ import mlx.core as mx
 from bench import common
 from mlxd.engine.request import GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
+from mlxd.engine.scheduler import SchedulerOptions
 from mlxd.engine.warmup import run_to_completion, warm_up
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
 
 
-def ttft_ms(runtime: ModelRuntime, ids: list[int]) -> float:
+def ttft_ms(runtime: ModelRuntime, ids: list[int], options: SchedulerOptions | None = None) -> float:
+    """Milliseconds to the first token of a greedy request of `ids`, alone in a scheduler of `options`."""
     request = GenerationRequest(f"prompt-{len(ids)}", ids, SamplingParams(temperature=0.0), max_tokens=1,
                                 ignore_eos=True)
     start = time.perf_counter()
-    run_to_completion(runtime, request)
+    run_to_completion(runtime, request, options)
     return (time.perf_counter() - start) * 1e3
 
 
