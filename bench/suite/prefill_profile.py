@@ -45,11 +45,18 @@ class NormOutputs:
         self.outputs.clear()
 
 
+def norm_outputs(model: Any) -> NormOutputs:
+    """The model's NormOutputs, put in place at the first call: one per model, however many prefills share it (a
+    second one would wrap the first, whose outputs nothing would then read or let go)."""
+    holder = _with_layers(model)
+    return holder.norm if isinstance(holder.norm, NormOutputs) else NormOutputs(holder)
+
+
 def mlxd_prefill(model: Any, ids: list[int], chunk: int) -> Callable[[], None]:
     """One prefill of `ids` by mlxd's runner into a fresh row, chunk by chunk."""
     from mlxd.engine.runner import Runner
     from mlxd.generation.params import SamplingParams
-    runner, norm = Runner(model, VOCAB), NormOutputs(_with_layers(model))
+    runner, norm = Runner(model, VOCAB), norm_outputs(model)
 
     def run() -> None:
         runner.open(0, SamplingParams(temperature=0.0), ids, None)
@@ -64,7 +71,7 @@ def mlx_lm_prefill(model: Any, ids: list[int], chunk: int) -> Callable[[], None]
     """One prefill of `ids` by mlx-lm's model into a fresh prompt cache, chunk by chunk."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
-    norm = NormOutputs(_with_layers(model))
+    norm = norm_outputs(model)
 
     def run() -> None:
         cache = make_prompt_cache(model)
@@ -78,14 +85,13 @@ def mlx_lm_prefill(model: Any, ids: list[int], chunk: int) -> Callable[[], None]
 def chunk_nodes(model: Any, cache: list[Any], ids: list[int]) -> Any:
     """The kernel nodes of one chunk's forward into `cache` (its layers' outputs and the cache; not the logits)."""
     import mlx.core as mx
-    norm = NormOutputs(_with_layers(model))
-    try:
-        model(mx.array(ids)[None], cache=cache)
-        states = [a for c in cache for a in (c.state if isinstance(c.state, (list, tuple)) else [c.state])
-                  if isinstance(a, mx.array)]
-        return kernel_nodes_of(norm.outputs + states)
-    finally:
-        _with_layers(model).norm = norm.norm
+    norm = norm_outputs(model)
+    model(mx.array(ids)[None], cache=cache)
+    states = [a for c in cache for a in (c.state if isinstance(c.state, (list, tuple)) else [c.state])
+              if isinstance(a, mx.array)]
+    nodes = kernel_nodes_of(norm.outputs + states)
+    norm.outputs.clear()  # counted, not computed
+    return nodes
 
 
 def timed(run: Callable[[], None], repeats: int) -> float:
