@@ -320,20 +320,19 @@ for spec in "$@"; do
                step "$shape-parts" 400 "$py" -m bench batch_step_profile --model "$folder" --rows 16 --context 256 \
                  --rounds 2 ;;
     moe:*) shape=${spec#moe:}; folder=$(quantized "$shape") && measure "$shape" "$folder" ;;
-    bf16:*:*) shape=${spec#bf16:}; layers=${shape##*:}; shape=${shape%:*}
-              folder=$(model "$shape" bfloat16 0 "$layers") && measure "$shape-bf16-$layers" "$folder" ;;
-    bf16-streams:*:*|bf16-prefill:*:*) kind=${spec%%:*}; shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
+    bf16:*:*|bf16-streams:*:*|bf16-prefill:*:*|bf16-chunks:*:*|bf16-prefill-profile:*:*)
+              kind=${spec%%:*}; shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
               folder=$(model "$shape" bfloat16 0 "$layers") || continue
-              if [ "$kind" = bf16-streams ]; then streams "$shape-bf16-$layers" "$folder"
-              else prefill "$shape-bf16-$layers" "$folder"; fi ;;
+              case $kind in
+                bf16) measure "$shape-bf16-$layers" "$folder" ;;
+                bf16-streams) streams "$shape-bf16-$layers" "$folder" ;;
+                bf16-prefill) prefill "$shape-bf16-$layers" "$folder" ;;
+                bf16-chunks) chunks "$shape-bf16-$layers-chunks" "$folder" ;;
+                bf16-prefill-profile) prefill_profile "$shape-bf16-$layers-prefill-profile" "$folder" ;;
+              esac ;;
     chunks:*) shape=${spec#chunks:}; folder=$(quantized "$shape") && chunks "$shape-chunks" "$folder" ;;
-    bf16-chunks:*:*) shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
-              folder=$(model "$shape" bfloat16 0 "$layers") && chunks "$shape-bf16-$layers-chunks" "$folder" ;;
     prefill-profile:*) shape=${spec#prefill-profile:}; folder=$(quantized "$shape") &&
               prefill_profile "$shape-prefill-profile" "$folder" ;;
-    bf16-prefill-profile:*:*) shape=${spec#*:}; layers=${shape##*:}; shape=${shape%:*}
-              folder=$(model "$shape" bfloat16 0 "$layers") &&
-              prefill_profile "$shape-bf16-$layers-prefill-profile" "$folder" ;;
     *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
        exit 2 ;;
   esac
