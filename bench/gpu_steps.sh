@@ -78,9 +78,9 @@
 #                      against without (3 interleaved rounds)
 #   chunks:SHAPE       TTFT of 2,048-token prompts in-process (bench prefill_chunks) of the 4-bit model at each
 #                      prefill chunk size in CHUNKS (default "512 2048"), and with VARIANT at each (e.g.
-#                      slices:mlxd.models.cuda_experts.SLICES=True: a chunk's pairs past MAX_PAIRS in our kernels,
-#                      token slice by slice, not MLX's); bf16-chunks:SHAPE:LAYERS the same in bfloat16 with the
-#                      first LAYERS layers
+#                      noslices:mlxd.models.cuda_experts.SLICES=(): a chunk's pairs past MAX_PAIRS in MLX's
+#                      kernel, not ours token slice by slice; "slices:...SLICES=(0,1,2)" in ours for bfloat16
+#                      experts too); bf16-chunks:SHAPE:LAYERS the same in bfloat16 with the first LAYERS layers
 #   prefill-profile:SHAPE  one 2,048-token prefill of the 4-bit model in-process, mlxd's runner against mlx-lm's model
 #                      in chunks of CHUNK (default 2048), whole and without each part (bench prefill_profile; VARIANT
 #                      as step-variant's); bf16-prefill-profile:SHAPE:LAYERS the same in bfloat16 (first LAYERS layers)

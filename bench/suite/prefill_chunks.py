@@ -3,7 +3,7 @@ and with `--variant NAME:module.attribute=value;...` (common.patched) at each: w
 when it is chunked, and whether a kernel choice (e.g. which experts kernel takes a chunk's pairs) costs it.
 
     python -m bench prefill_chunks --model PATH [--tokens 2048 --prompts 3 --chunks 512 2048]
-                                   [--variant slices:mlxd.models.cuda_experts.SLICES=True]
+                                   [--variant noslices:mlxd.models.cuda_experts.SLICES=()]
 
 Contenders alternate prompt by prompt, every prompt new (no prefix-cache hit). Prints each contender's median TTFT.
 """

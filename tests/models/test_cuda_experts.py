@@ -17,6 +17,7 @@ from mlxd.models.ops_cuda import CudaBackend
 on_cuda = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA backend")
 
 EXPERTS, TOP_K = 16, 4
+ALL_KINDS = (0, 1, 2)  # cuda_experts.SLICES for every kind of weights: float, affine, MXFP4
 
 
 def _weights(kind: str, out_dims: int, in_dims: int, dtype: mx.Dtype):
@@ -103,7 +104,7 @@ def test_many_pairs_of_one_expert_fill_several_chunks():
     assert mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item() < 2e-2 * mx.abs(want).max().item()
 
 
-def test_declines_what_it_does_not_decode(kernel):
+def test_declines_what_it_does_not_decode(kernel, monkeypatch):
     weight, quant = _weights("affine4", 64, 256, mx.float32)
     x, indices = mx.ones((3, 1, 1, 256)), mx.zeros((3, 2), mx.uint32)
     two_bits = ExpertQuantization(64, 2, "affine", quant.scales, quant.biases)
@@ -111,6 +112,7 @@ def test_declines_what_it_does_not_decode(kernel):
     nvfp4 = ExpertQuantization(16, 4, "nvfp4", quant.scales, None)
     assert cuda_experts.gather_matmul(x, indices, weight, nvfp4) is None
     many = mx.zeros((cuda_experts.MAX_PAIRS // 2 + 1, 2), mx.uint32)
+    monkeypatch.setattr(cuda_experts, "SLICES", ())  # past MAX_PAIRS unless sliced (the slices' tests below)
     assert cuda_experts.gather_matmul(mx.ones((many.shape[0], 1, 1, 256)), many, weight, quant) is None
     assert cuda_experts.gather_matmul(mx.ones((3, 2, 2, 256)), indices, weight, quant) is None  # 2 rows a pair
     if kernel == "few":  # float weights of another dtype than the activations: its loads are of the activations'
@@ -144,8 +146,9 @@ def test_the_few_pairs_kernel_sizes_its_chunks_by_the_pairs_an_expert_holds():
 @pytest.mark.parametrize("kind", ["float", "affine4", "mxfp4"])
 @pytest.mark.parametrize("per_pair", [False, True])
 def test_pairs_past_the_most_a_call_takes_go_in_token_slices_and_equal_mlx(kind, per_pair, monkeypatch):
-    """SLICES: a prefill chunk of 2 x 550 tokens of 4 experts (4,400 pairs, past MAX_PAIRS) in 3 calls."""
-    monkeypatch.setattr(cuda_experts, "SLICES", True)
+    """SLICES: a prefill chunk of 2 x 550 tokens of 4 experts (4,400 pairs, past MAX_PAIRS) in 3 calls (bfloat16
+    experts too, which it leaves to MLX's kernel unless told)."""
+    monkeypatch.setattr(cuda_experts, "SLICES", ALL_KINDS)
     mx.random.seed(per_pair)
     weight, quant = _weights(kind, 40, 256, mx.bfloat16)
     indices = mx.argpartition(mx.random.normal((2, 550, EXPERTS)), kth=-TOP_K, axis=-1)[..., -TOP_K:]
@@ -176,8 +179,8 @@ def test_token_slices_put_together_equal_the_whole(per_pair, monkeypatch):
 
 
 def test_token_slices_keep_each_calls_pairs_within_the_most_it_takes(monkeypatch):
-    """As few slices as fit, as even as can be; past MAX_PAIRS the kernels take pairs only with SLICES, and then
-    leave them unsorted."""
+    """As few slices as fit, as even as can be; past MAX_PAIRS the kernels take pairs only of the kinds in SLICES
+    (quantized ones as set), and then leave them unsorted."""
     most = cuda_experts.MAX_PAIRS
     assert cuda_experts.token_slices(most // 4, 4) == [most // 4]
     assert cuda_experts.token_slices(1100, 4) == [367, 367, 366]
@@ -190,33 +193,37 @@ def test_token_slices_keep_each_calls_pairs_within_the_most_it_takes(monkeypatch
             assert len(slices) == 1 or min(slices) * top_k >= most // 2 - top_k
     monkeypatch.setattr(cuda_experts, "FORCE", None)
     affine4 = _weights("affine4", 64, 256, mx.float32)[1]
+    assert cuda_experts.kernel_for(2 * most, affine4) == "few" and cuda_experts.kernel_for(2 * most, None) is None
+    assert not CudaBackend().sorts_experts(2 * most, lambda: [affine4])
+    assert CudaBackend().sorts_experts(2 * most, lambda: [None])
+    monkeypatch.setattr(cuda_experts, "SLICES", ())
     assert cuda_experts.kernel_for(2 * most, affine4) is None and CudaBackend().sorts_experts(2 * most,
                                                                                              lambda: [affine4])
-    monkeypatch.setattr(cuda_experts, "SLICES", True)
-    assert cuda_experts.kernel_for(2 * most, affine4) == "few" and cuda_experts.kernel_for(2 * most, None) == "chunked"
-    assert not CudaBackend().sorts_experts(2 * most, lambda: [affine4])
+    monkeypatch.setattr(cuda_experts, "SLICES", ALL_KINDS)
+    assert cuda_experts.kernel_for(2 * most, None) == "chunked"
 
 
 def test_each_size_goes_to_the_kernel_measured_fastest_and_only_mlx_sorts(monkeypatch):
     """Affine 4-bit experts: the few-pairs kernel at every size to MAX_PAIRS; MXFP4: it to 1,024 pairs, then the
     chunked one; bfloat16: MLX's kernel below 32 pairs, the few-pairs one to 512, then the chunked one; 8-bit
-    weights: the chunked kernel from 256 pairs. What MLX's kernel computes is sorted by expert from 64 pairs as
-    before; what the kernels take is not."""
+    weights: the chunked kernel from 256 pairs. Past MAX_PAIRS quantized weights go in slices (as the largest size),
+    bfloat16 ones to MLX's kernel. What MLX's kernel computes is sorted by expert from 64 pairs as before; what the
+    kernels take is not."""
     monkeypatch.setattr(cuda_experts, "FORCE", None)  # the table, not the fixture's one kernel
     affine4 = _weights("affine4", 64, 256, mx.float32)[1]
     mxfp4 = _weights("mxfp4", 64, 256, mx.float32)[1]
     affine8 = _weights("affine8", 64, 256, mx.float32)[1]
     sizes = (8, 31, 32, 255, 256, 512, 513, 1024, 1025, 2048, 2049)
-    assert [cuda_experts.kernel_for(n, affine4) for n in sizes] == ["few"] * 10 + [None]
-    assert [cuda_experts.kernel_for(n, mxfp4) for n in sizes] == ["few"] * 8 + ["chunked"] * 2 + [None]
+    assert [cuda_experts.kernel_for(n, affine4) for n in sizes] == ["few"] * 11
+    assert [cuda_experts.kernel_for(n, mxfp4) for n in sizes] == ["few"] * 8 + ["chunked"] * 3
     assert [cuda_experts.kernel_for(n, None) for n in sizes] == [None] * 2 + ["few"] * 4 + ["chunked"] * 4 + [None]
-    assert [cuda_experts.kernel_for(n, affine8) for n in sizes] == [None] * 4 + ["chunked"] * 6 + [None]
+    assert [cuda_experts.kernel_for(n, affine8) for n in sizes] == [None] * 4 + ["chunked"] * 7
     x = mx.ones((8, 1, 1, 256))
     assert cuda_experts.gather_matmul(x, mx.zeros((8, 2), mx.uint32), mx.ones((EXPERTS, 64, 256)), None) is None
     cuda = CudaBackend()
-    assert [cuda.sorts_experts(n, lambda: [affine4, affine4]) for n in sizes] == [False] * 10 + [True]
+    assert [cuda.sorts_experts(n, lambda: [affine4, affine4]) for n in sizes] == [False] * 11
     assert [cuda.sorts_experts(n, lambda: [affine4, None]) for n in sizes] == [False] * 10 + [True]
-    assert [cuda.sorts_experts(n, lambda: [mxfp4]) for n in sizes] == [False] * 10 + [True]
+    assert [cuda.sorts_experts(n, lambda: [mxfp4]) for n in sizes] == [False] * 11
     # weights the kernels do not decode (3 bits here) go to MLX's kernel at every size, sorted as it wants them
     packed, scales, biases = mx.quantize(mx.zeros((EXPERTS, 64, 256)), 64, 3)
     three = ExpertQuantization(64, 3, "affine", scales, biases)

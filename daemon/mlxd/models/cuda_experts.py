@@ -48,12 +48,15 @@ FEW_PAIRS = {(_AFFINE, 4): range(1, MAX_PAIRS + 1), (_MXFP4, 4): range(1, 1025),
 # "chunked" or "few": that kernel at every size it can take (its tests; `bench expert_matmul`), else None.
 FORCE: str | None = None
 
-# A prefill chunk's pairs past MAX_PAIRS computed by these kernels in slices of its tokens, a call each (each call
-# reads the experts' weights again, as a smaller prefill chunk would), instead of by MLX's gathered matmul: for
-# quantized experts in prefill chunks of 2,048 tokens (MLX's gathered quantized matmul is slow there: see
-# ops_cuda.CudaBackend.prefill_chunk), and for the top-8 models' 4,096 pairs at 512 tokens. Off until measured:
-# `CHUNKS="512 2048" VARIANT=slices:mlxd.models.cuda_experts.SLICES=True gpu_steps.sh chunks:SHAPE`.
-SLICES = False
+# The weight kinds (MODE) whose pairs past MAX_PAIRS (prefill chunks) these kernels compute in slices of the chunk's
+# tokens, a call each (each call reads the experts' weights again, as a smaller prefill chunk would), instead of
+# MLX's gathered matmul. Session 35, H100, random 4-bit models, TTFT of 2,048-token prompts in-process, without /
+# with (bench prefill_chunks, medians of 3): Qwen3-30B-A3B (top 8: 4,096 pairs a 512-token chunk) 1,707 / 813 ms at
+# 512 tokens a chunk and 1,653 / 777 at 2,048; Gemma-4-26B-A4B 1,320 / 697 and 1,263 / 637; GLM-4.7-Flash (top 4:
+# 2,048 pairs at 512, within MAX_PAIRS) 830 / 786 and 1,609 / 750. Quantized experts only: for bfloat16 ones MLX's
+# gathered matmul was as fast or faster than the chunked kernel at 2,048 pairs (session 34, GLM: 297 against 356
+# ms), so their long chunks stay with it (`--variant slices:mlxd.models.cuda_experts.SLICES=(0,1,2)` measures it).
+SLICES: tuple[int, ...] = (_AFFINE, _MXFP4)
 
 
 def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
@@ -62,7 +65,7 @@ def kernel_for(pairs: int, quant: ExpertQuantization | None) -> str | None:
 
 
 def _kernel_for_kind(pairs: int, kind: tuple[int, int, int] | None) -> str | None:
-    if kind is None or pairs <= 0 or (pairs > MAX_PAIRS and not SLICES):
+    if kind is None or pairs <= 0 or (pairs > MAX_PAIRS and kind[0] not in SLICES):
         return None
     pairs = min(pairs, MAX_PAIRS)  # in slices of MAX_PAIRS / 2 pairs or more (token_slices): the largest's kernel
     if FORCE is not None:
@@ -210,7 +213,7 @@ def gather_matmul(x: mx.array, indices: mx.array, weight: mx.array,
     pairs = indices.size
     kind = _kind(quant)
     if pairs > MAX_PAIRS:
-        return _in_slices(x, indices, weight, quant) if SLICES and kind is not None else None
+        return _in_slices(x, indices, weight, quant) if kind is not None and kind[0] in SLICES else None
     which = _kernel_for_kind(pairs, kind)
     if which is None or kind is None or x.shape[-2] != 1:
         return None

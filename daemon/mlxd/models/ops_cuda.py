@@ -65,11 +65,11 @@ class CudaBackend(MLXBackend):
         # chunk, 199 at 1,024, 172 at 2,048 (mlx-lm, whose prefill steps take 2,048, ~175); Gemma-4-26B-A4B's first
         # 18 layers 259 / 171 / 134. The streams decoding beside a long prompt then wait for one such chunk a step,
         # as vLLM's and SGLang's token budgets on a GPU (2,048 and more) have them wait.
-        # Quantized weights: 512, as measured (4-bit MoE prefill 1.78x and 1.27x mlx-lm's, session 19): a chunk's
-        # expert pairs then stay within what our experts kernels take (cuda_experts.MAX_PAIRS), where past it MLX's
-        # gathered quantized matmul computes them, the kernel of mlx-lm's 2,048-token steps: its 4-bit GLM took
-        # ~1.6 s for 2,048 tokens (session 19, H200), where its bfloat16 layers above scale to ~0.34 s. Larger
-        # quantized chunks: not measured yet (`gpu_steps.sh chunks:SHAPE`, with cuda_experts.SLICES).
+        # Quantized weights: 512, as measured (4-bit MoE prefill 1.78x and 1.27x mlx-lm's, session 19, before
+        # cuda_experts.SLICES halved the top-8 models' TTFT). With SLICES, 2,048-token chunks of 4-bit MoE models
+        # were 5-9 % faster still (session 35: Qwen3-30B-A3B 813 -> 777 ms, Gemma-4-26B-A4B 697 -> 637, GLM 786 ->
+        # 750), but dense quantized models (MLX's quantized matmul) were not measured at 2,048: left at 512 until
+        # `gpu_steps.sh chunks:SHAPE` has a dense shape's numbers too.
         return super().prefill_chunk(quantized) if quantized else 2048
 
     def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
