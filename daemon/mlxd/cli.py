@@ -87,8 +87,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="requests waiting beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--prefill-chunk", type=_prefill_chunk, default=0, metavar="N|auto",
                        help="prompt tokens per prefill step; the streams already decoding wait at most one chunk; "
-                            "auto (default) = 2048 on a CUDA GPU for unquantized weights, else 512 (models/ops.py "
-                            "prefill_chunk)")
+                            "auto (default) = 2048 on a CUDA GPU, else 512 (models/ops.py prefill_chunk)")
     serve.add_argument("--max-batch-size", type=_count(1), default=16, help="most sequences decoding together")
     serve.add_argument("--kv-cache-mb", type=_count(0), default=0,
                        help="KV-cache memory admission may promise to running requests (prompt + max_tokens each); "

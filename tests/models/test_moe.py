@@ -120,7 +120,8 @@ def test_fused_gate_up_equals_the_two_projections():
 
 def test_the_activation_is_pluggable_and_told_the_tokens_per_sequence():
     """A prefill of 50 tokens sorted by expert ([pairs, 1, features]; unsorted where CUDA kernels take them) and a
-    decode step of 4 rows ([4, 1, k, 1, features]) both say how many tokens each sequence has in the pass, not how many rows."""
+    decode step of 4 rows ([4, 1, k, 1, features]) both say how many tokens each sequence has in the pass, not how
+    many rows."""
     seen = []
 
     def relu_gate(gate: mx.array, up: mx.array, tokens: int) -> mx.array:

@@ -56,9 +56,9 @@ class WorkerOptions:
     draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
     mask_processes: int = 0         # processes filling constrained rows' masks beside the worker's; 0 none, -1 auto
 
-    def scheduler_options(self, quantized: bool = False) -> SchedulerOptions:
-        """The scheduler's options, for a model whose weights are held `quantized` or not (the default chunk)."""
-        return SchedulerOptions(self.prefill_chunk_size or ops.prefill_chunk(quantized), self.max_batch_size,
+    def scheduler_options(self) -> SchedulerOptions:
+        """The scheduler's options (a prefill chunk of 0: the backend's, models/ops.py prefill_chunk)."""
+        return SchedulerOptions(self.prefill_chunk_size or ops.prefill_chunk(), self.max_batch_size,
                                 self.kv_cache_bytes, self.prefix_cache_bytes, self.max_stream_backlog,
                                 self.stalled_stream_seconds,
                                 speculate=self.speculate, speculate_depth=self.speculate_depth,
@@ -256,7 +256,7 @@ class Worker:
         runtime = self._load_runtime(self)
         log.info("model loaded and warmed up in %.2f s%s", time.monotonic() - started,
                  f": {self.loaded.load_note}" if self.loaded is not None else "")
-        options = self.options.scheduler_options(self.loaded is not None and self.loaded.quantized)
+        options = self.options.scheduler_options()
         scheduler = Scheduler(runtime, options)
         log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prompts in chunks of %d "
                  "tokens; prefix cache %d MiB", self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,

@@ -56,10 +56,9 @@ def backend() -> str:
     return _backend.name
 
 
-def prefill_chunk(quantized: bool) -> int:
-    """The prompt tokens a prefill step takes by default with the backend in use (`serve --prefill-chunk auto`),
-    for weights held quantized or not."""
-    return _backend.prefill_chunk(quantized)
+def prefill_chunk() -> int:
+    """The prompt tokens a prefill step takes by default with the backend in use (`serve --prefill-chunk auto`)."""
+    return _backend.prefill_chunk()
 
 
 @contextmanager

@@ -58,19 +58,16 @@ COMPILED_BLOCKS = True
 class CudaBackend(MLXBackend):
     name = "cuda"
 
-    def prefill_chunk(self, quantized: bool) -> int:
-        # Unquantized weights: 2,048 tokens a chunk. A chunk reads every weight once, all the experts of a MoE's
-        # layers among them, and fewer, larger chunks pay: session 34, H100, 2,048-token prompts, random bfloat16
-        # weights (bench prefill_chunks, medians of 3): GLM-4.7-Flash's first 24 layers 356 ms at 512 tokens a
-        # chunk, 199 at 1,024, 172 at 2,048 (mlx-lm, whose prefill steps take 2,048, ~175); Gemma-4-26B-A4B's first
-        # 18 layers 259 / 171 / 134. The streams decoding beside a long prompt then wait for one such chunk a step,
-        # as vLLM's and SGLang's token budgets on a GPU (2,048 and more) have them wait.
-        # Quantized weights: 512, as measured (4-bit MoE prefill 1.78x and 1.27x mlx-lm's, session 19, before
-        # cuda_experts.SLICES halved the top-8 models' TTFT). With SLICES, 2,048-token chunks of 4-bit MoE models
-        # were 5-9 % faster still (session 35: Qwen3-30B-A3B 813 -> 777 ms, Gemma-4-26B-A4B 697 -> 637, GLM 786 ->
-        # 750), but dense quantized models (MLX's quantized matmul) were not measured at 2,048: left at 512 until
-        # `gpu_steps.sh chunks:SHAPE` has a dense shape's numbers too.
-        return super().prefill_chunk(quantized) if quantized else 2048
+    def prefill_chunk(self) -> int:
+        # 2,048 tokens a chunk. A chunk reads every weight once, all the experts of a MoE's layers among them, and
+        # fewer, larger chunks pay: H100, TTFT of 2,048-token prompts (bench prefill_chunks, medians of 3), ms at
+        # 512 / 1,024 / 2,048 tokens a chunk. bfloat16, random weights (session 34): GLM-4.7-Flash's first 24 layers
+        # 356 / 199 / 172 (mlx-lm, whose prefill steps take 2,048, ~175), Gemma-4-26B-A4B's first 18 layers 259 /
+        # 171 / 134. 4-bit (session 35, with cuda_experts.SLICES): Llama-3-8B 336 / 297 / 312; Qwen3-30B-A3B 813 at
+        # 512, 777 at 2,048; Gemma-4-26B-A4B 697 and 637; GLM-4.7-Flash 786 and 750. The streams decoding beside a
+        # long prompt then wait for one such chunk a step, as vLLM's and SGLang's token budgets on a GPU (2,048 and
+        # more) have them wait.
+        return 2048
 
     def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
         if COMPILED_BLOCKS and x.ndim == 3 and x.shape[1] == 1:

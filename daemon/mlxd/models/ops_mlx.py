@@ -35,11 +35,10 @@ _GATED = {kind: _gated(f) for kind, f in _ACTIVATIONS.items()}
 class MLXBackend:
     name = "mlx"
 
-    def prefill_chunk(self, quantized: bool) -> int:
-        """Prompt tokens a prefill step takes by default (`serve --prefill-chunk auto`), for weights held quantized
-        or not. 512 on Apple's GPUs and the CPU, as before: larger chunks not measured there (no such machine
-        lent), where a chunk computes slower and a larger one holds the decoding streams up longer (CUDA's were
-        measured: ops_cuda.CudaBackend)."""
+    def prefill_chunk(self) -> int:
+        """Prompt tokens a prefill step takes by default (`serve --prefill-chunk auto`). 512 on Apple's GPUs and the
+        CPU, as before: larger chunks not measured there (no such machine lent), where a chunk computes slower and
+        a larger one holds the decoding streams up longer (CUDA's were measured: ops_cuda.CudaBackend)."""
         return 512
 
     def decode_block(self, owner: Any, fn: Callable[..., mx.array], x: mx.array, *more: mx.array) -> mx.array:
