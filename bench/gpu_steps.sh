@@ -150,10 +150,23 @@ model() {  # model SHAPE DTYPE BITS LAYERS [TOKENIZER] -> the folder, written on
   # Written under another name and renamed when whole: a make that failed halfway leaves no folder taken as made.
   if [ ! -d "$out" ]; then
     rm -rf "$out.part"
+    make_room "$out"
     "$py" -m bench random_model "${args[@]}" --out "$out.part" > "$logs/make-$1.log" 2>&1 && mv "$out.part" "$out" || {
       tail -n 5 "$logs/make-$1.log" >&2; rm -rf "$out.part"; return 1; }
   fi
   echo "$out"
+}
+
+make_room() {  # make_room FOLDER: the oldest other models removed while $models has less than ROOM_GB free
+  # (default 40: the largest model a step makes, a bfloat16 MoE's first layers, is ~30 GB). Session 35's lent disk
+  # (64 GiB) filled after two bfloat16 and one 4-bit MoE model, and the next step's model failed halfway.
+  local free oldest
+  while free=$(df --output=avail -BG "$models" | tail -n 1 | tr -dc 0-9) && [ "$free" -lt "${ROOM_GB:-40}" ]; do
+    oldest=$(ls -1dtr "$models"/*/ 2>/dev/null | grep -v "^$1/$" | head -n 1)
+    [ -n "$oldest" ] || break
+    echo "== $free GB free: removing $oldest" >&2
+    rm -rf "$oldest"
+  done
 }
 
 bits() {  # bits SHAPE -> 4, or 0 for gpt-oss (its experts MXFP4 as published, the rest bf16)
