@@ -21,7 +21,10 @@ it drains the pipeline), so they count only as often as they turn out to hold (`
 
 A draft model's rows cannot check a draft for free, so while they draft nothing the batch drafts one token now
 and then to relearn (a probe): after 16 plain steps of the batch, then after twice as many each time a probe does
-not turn speculation on, up to 256. The steps are the batch's, whichever rows it holds: counted per row, a batch
+not turn speculation on, up to 256. A step that drafts after plain steps because a width's cost is not measured
+(or was forgotten for its retry: engine/step_costs.py) counts as a probe too; only speculation that holds for a
+second step brings the wait back to 16 (reset by every such try, a 16-row batch drafted for nothing every 17
+steps). The steps are the batch's, whichever rows it holds: counted per row, a batch
 of requests shorter than the wait never probed again, and its acceptance stayed what its first probes saw. A
 probe is not timed: the draft model's catch-up on every token since the last probe is exploration, not what a
 verify step costs while the batch speculates.
@@ -144,8 +147,10 @@ class Speculator:
         if self.model is not None:
             caps = {row: self._cap(row, room) for row, room in rooms.items()}
             width = self._width(caps, len(rooms))
-            if width > 1:
+            if width > 1 and self._plain_steps == 0:  # the step before drafted too: speculation holds
                 self._probe_after = _PROBE_FIRST
+            elif width > 1:  # a try after plain steps (a width's cost not measured, or forgotten for its retry)
+                self._probe_after = min(2 * self._probe_after, _PROBE_LAST)
             elif self._probe_due(caps):
                 width = 2  # no free check of what a model would have drafted: try one token now and then
                 self._probe_after = min(2 * self._probe_after, _PROBE_LAST)
