@@ -145,6 +145,20 @@ def test_a_draft_model_batch_that_tries_a_width_again_waits_longer_after_each_tr
     assert len([step for step in drafted if step < 96]) <= 3   # a 96-token request's steps: the tries only
 
 
+def test_a_draft_model_batch_probes_only_rows_with_more_than_the_first_wait_to_go():
+    """A probe catches the draft model up on a row's whole history; a row with 16 tokens or fewer to go cannot earn
+    that back, so it is left out, and a batch of only such rows does not probe."""
+    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
+    for row in (0, 1):
+        spec.start(row, [1, 2, 3], cap=None)
+        spec._rows[row].acceptance = 0.0
+    spec.timed(2, 1, 0.010)
+    spec._plain_steps = spec._probe_after  # the wait is over
+    assert not spec.wants_drafts({0: 16, 1: 5})
+    assert spec.wants_drafts({0: 17, 1: 5})
+    assert spec.drafts({0: 17, 1: 5}) == {0: [0]}   # the row near its end drafts nothing
+
+
 def test_a_draft_model_batch_of_short_requests_keeps_probing():
     """The wait before a probe counts the batch's steps: requests shorter than it (here 50 steps, against waits of
     up to 256) still let the batch relearn now and then. Counted per row, no row ever waited long enough."""

@@ -124,7 +124,7 @@ class Speculator:
         are assumed to find full drafts."""
         caps = {row: self._cap(row, room) for row, room in rooms.items()}
         if self.model is not None or not self.adaptive:
-            return self._width(caps, len(rooms)) > 1 or self._probe_due(caps)
+            return self._width(caps, len(rooms)) > 1 or bool(self._probe_rows(caps, rooms))
         found, guessed = {}, set()
         for row, cap in caps.items():
             spec = self._rows.get(row)
@@ -138,9 +138,15 @@ class Speculator:
         self._guessed = bool(guessed)
         return self._width(found, len(rooms), guessed) > 1
 
-    def _probe_due(self, caps: dict[int, int]) -> bool:
-        """Whether a draft model's batch should draft one token to relearn its acceptance (see the top)."""
-        return self.model is not None and any(caps.values()) and self._plain_steps >= self._probe_after
+    def _probe_rows(self, caps: dict[int, int], rooms: dict[int, int]) -> list[int]:
+        """The rows a draft model's batch probes now, drafting one token each to relearn its acceptance (see the
+        top): none before the wait is over, and never a row with no more than _PROBE_FIRST tokens to go. A probe
+        catches the draft model up on each row's every token since its last draft (its whole prompt and output at
+        first), which a row near its end cannot earn back: the last row of a 16-row batch of a tiny Llama drafting
+        for itself (CPU) probed as it ended, ~35 ms against ~1.6 ms a step, in every round."""
+        if self.model is None or self._plain_steps < self._probe_after:
+            return []
+        return [row for row, cap in caps.items() if cap and rooms[row] > _PROBE_FIRST]
 
     def drafts(self, rooms: dict[int, int]) -> dict[int, list[int]]:
         """Each row's drafts for the next step (rows without any left out); {} for a plain step."""
@@ -151,10 +157,11 @@ class Speculator:
                 self._probe_after = _PROBE_FIRST
             elif width > 1:  # a try after plain steps (a width's cost not measured, or forgotten for its retry)
                 self._probe_after = min(2 * self._probe_after, _PROBE_LAST)
-            elif self._probe_due(caps):
-                width = 2  # no free check of what a model would have drafted: try one token now and then
+            elif probes := self._probe_rows(caps, rooms):
+                # no free check of what a model would have drafted: try one token now and then
                 self._probe_after = min(2 * self._probe_after, _PROBE_LAST)
                 self._probing = True
+                return self.model.draft(dict.fromkeys(probes, 1))
             return self.model.draft({row: min(cap, width - 1) for row, cap in caps.items()})
         proposals = {}
         for row, room in rooms.items():
