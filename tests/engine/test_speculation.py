@@ -11,7 +11,8 @@ def test_drafts_continue_the_latest_longest_match():
     index.extend([5])
     assert index.draft(2) == [6, 7]               # "2 3 5" now matches its 3-gram
     assert NgramIndex([1, 2, 3]).draft(4) == []   # nothing repeats
-    assert NgramIndex([4, 4, 4]).draft(5) == [4]  # a match never reads past the end
+    assert NgramIndex([4, 4, 4]).draft(5) == [4] * 5  # a loop goes on: past the end, its period again
+    assert NgramIndex([7, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]
 
 
 def _speculator_with_rows(acceptances: list[float], **options) -> Speculator:
@@ -289,13 +290,14 @@ def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
     """Before a step a row's newest token is still being computed, and reading it drains the pipeline: the row looks
     its drafts up without it, the first token found standing for it (its probe). Only drafts after that one make the
     step read it and verify."""
-    for prompt, wanted in (([1, 2, 3, 4, 5, 9, 1, 2], True),   # "1 2" seen before, 3 4 5 9 after it
-                           ([5, 5], False)):                    # one token found: it only foretells the newest
+    for prompt, room, wanted, probe in (([1, 2, 3, 4, 5, 9, 1, 2], 10, True, 3),  # "1 2" seen before, 3 4 5 9 after
+                                        ([1, 2, 3, 4, 5, 9, 1, 2], 1, False, 3),   # room for one: it only foretells
+                                        ([5, 5], 10, True, 5)):                    # a loop: 5 5 5 5 5 found
         spec = Speculator(max_depth=4)
         spec.start(0, prompt, cap=None)
         _plain(spec, 1, 0.01)
-        assert spec.wants_drafts({0: 10}, pending=[0]) is wanted
-        assert spec._rows[0].probe == (3 if wanted else 5)
+        assert spec.wants_drafts({0: room}, pending=[0]) is wanted
+        assert spec._rows[0].probe == probe
     spec = Speculator(max_depth=4)                    # with nothing pending (after a verify step), a token found
     spec.start(0, [5, 5], cap=None)                   # is a draft
     _plain(spec, 1, 0.01)

@@ -60,7 +60,8 @@ class NgramIndex:
         self.tokens += tokens
 
     def draft(self, depth: int) -> list[int]:
-        """Up to `depth` tokens that followed the latest earlier occurrence of the longest matching suffix."""
+        """`depth` tokens that followed the latest earlier occurrence of the longest matching suffix (none without
+        one), repeating from the match on where it is nearer the end than `depth`."""
         tokens, end = self.tokens, len(self.tokens)
         if depth <= 0 or end < 2:
             return []
@@ -72,7 +73,14 @@ class NgramIndex:
         for n in range(min(self.max_ngram, end - 1), 0, -1):
             found = self._latest[n].get(tuple(tokens[end - n:]))
             if found is not None:
-                return tokens[found:min(found + depth, end)]
+                # What followed the match, and past the end the same again: the tokens since the match repeat
+                # with that period (a loop shorter than the depth drafts the whole depth, as llama.cpp's lookup,
+                # which looks each drafted token up in turn, does).
+                drafted = tokens[found:min(found + depth, end)]
+                period = end - found
+                while len(drafted) < depth:
+                    drafted.append(drafted[len(drafted) - period])
+                return drafted
         return []
 
 
