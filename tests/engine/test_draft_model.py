@@ -97,3 +97,23 @@ def test_rows_join_and_leave_a_draft_models_caches_only_when_it_drafts(runtime):
     drafts = draft.draft({103: 2, 104: 1})
     assert {row: len(d) for row, d in drafts.items()} == {103: 2, 104: 1}
     assert draft._order == [103, 104]
+
+
+def test_a_long_catch_up_runs_and_is_timed_apart_from_the_drafting(runtime):
+    """More than a few pending tokens a row (a first drafting step's prompt, a probe's plain-step tokens) are taken
+    in by passes of their own, timed as `caught_up` (the policy leaves them out of a verify step's cost); the token
+    or two a verify step leaves go with the drafting pass, and nothing is counted. The drafts are what the model
+    itself would generate greedily either way."""
+    from mlxd.engine.draft_model import DraftModel
+    prompt = [1 + i % 40 for i in range(30)]
+    model = runtime.model
+    draft = DraftModel(model)
+    draft.start(0, prompt)
+    first = draft.draft({0: 3})[0]
+    assert draft.caught_up > 0
+    draft.observe(0, first, first + [7])   # every draft accepted, then one more token: one pending
+    again = draft.draft({0: 2})[0]
+    assert draft.caught_up == 0.0
+    whole = DraftModel(model)  # the same history taken in at once, for the drafts it gives
+    whole.start(0, prompt + first + [7])
+    assert whole.draft({0: 2})[0] == again

@@ -96,6 +96,8 @@ def test_a_new_row_starts_from_the_acceptance_the_rows_have_shown():
 class _DraftsNothingUseful:
     """A draft model's stand-in: drafts token 0, which the target never accepts."""
 
+    caught_up = 0.0
+
     def start(self, row, prompt): pass
 
     def forget(self, row): pass
@@ -334,3 +336,17 @@ def test_looking_drafts_up_again_learns_how_often_it_still_finds_some():
     assert spec.drafts({0: 100}) == {} and spec._flush_yield < before
     after = spec._flush_yield
     assert spec.drafts({0: 100}) == {} and spec._flush_yield == after   # no early look before this one
+
+
+def test_a_verify_steps_cost_leaves_out_the_draft_models_catch_up():
+    """A try after plain steps first takes in what the rows generated meanwhile: exploration, like a probe, not what
+    a verify step costs while the batch speculates."""
+    model = _DraftsNothingUseful()
+    spec = Speculator(max_depth=4, model=model)  # type: ignore[arg-type]
+    model.caught_up = 0.004
+    spec.timed(2, 3, 0.010)
+    model.caught_up = 0.0
+    spec.timed(2, 3, 0.008)
+    spec.timed(2, 1, 0.002)  # a plain step: nothing left out
+    assert spec.costs.measured_verify() == {(2, 3): 0.006}
+    assert spec.costs._samples[2][-1] == 0.002

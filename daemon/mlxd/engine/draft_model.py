@@ -7,13 +7,15 @@ its memory). Each drafting
 step feeds every row the tokens it has not taken in (`pending`: its prompt at first, then the verified run, or
 the plain steps' tokens; in passes of at most 512 per row), then runs greedily for the deepest row's depth, all
 rows at once; rows that draft less
-(or not at all) write columns they roll back. The whole draft is one lazy graph read once. After the target
+(or not at all) write columns they roll back. The whole draft is one lazy graph read once, after a catch-up of
+more than a few tokens a row, which runs and is timed on its own (`caught_up`, for the policy). After the target
 verified, each row forgets the drafts it fed that were rejected (`forget`: holes in its own columns), and the
 accepted tokens it did not feed yet become its pending input.
 """
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import mlx.core as mx
@@ -22,6 +24,7 @@ from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
 from mlxd.models.protocol import LanguageModel
 
 _CATCH_UP = 512  # the most pending tokens a row feeds in one pass (a long prompt is taken in several)
+_STEADY = 8      # the most pending tokens a row has while its batch speculates (a verify step leaves 1 or 2)
 
 
 class DraftModel:
@@ -32,6 +35,7 @@ class DraftModel:
             raise ValueError("a draft model with recurrent layers cannot roll its drafts back")
         self._pending: dict[int, list[int]] = {}  # tokens the row generated that the draft model has not taken in
         self._fed: dict[int, int] = {}            # drafts of the last step the row's columns hold (unverified)
+        self.caught_up = 0.0  # seconds the last draft() spent taking in more than _STEADY tokens a row (see there)
 
     def start(self, row: int, prompt: list[int]) -> None:
         """Take a row in: its prompt is pending, and it joins the caches at the batch's next drafting step."""
@@ -93,13 +97,22 @@ class DraftModel:
         want = [depths.get(row, 0) if self._pending[row] else 0 for row in self._order]
         for cache in self._caches:
             cache.compact()
-        # Catch up: every row takes its pending tokens (left-aligned, filler after). Passes of at most _CATCH_UP
-        # each first take all but a row's last _CATCH_UP or fewer, so every row's last token is in the final one.
+        # Catch up: every row takes its pending tokens (left-aligned, filler after). While the batch speculates a
+        # row has a token or two pending, taken in by the drafting pass. More (a row's first drafting step, or
+        # one after plain steps: a probe, a try) go in passes of their own of at most _CATCH_UP each, all but each
+        # row's last token, timed apart (`caught_up`): the policy judges a verify step by what it costs while the
+        # batch speculates (engine/speculation.py), and a try that took in the whole prompt, or 32 plain steps'
+        # tokens, had looked several times dearer (a good draft model then never drafted again).
         pending = [self._pending[row] for row in self._order]
-        while max(len(p) for p in pending) > _CATCH_UP:
-            early = [p[:min(_CATCH_UP, len(p) - _CATCH_UP)] if len(p) > _CATCH_UP else [] for p in pending]
-            self._feed(early)
-            pending = [p[len(e):] for p, e in zip(pending, early)]
+        self.caught_up = 0.0
+        if max(len(p) for p in pending) > _STEADY:
+            started = time.perf_counter()
+            early = [p[:-1] for p in pending]
+            while any(early):
+                self._feed([e[:_CATCH_UP] for e in early])
+                early = [e[_CATCH_UP:] for e in early]
+            pending = [p[-1:] for p in pending]
+            self.caught_up = time.perf_counter() - started
         logits = self._model(_padded(pending), cache=self._caches)
         taken = [len(p) for p in pending]
         self._advance(taken)

@@ -263,9 +263,12 @@ class Speculator:
         self._prior += _PRIOR_EMA * (float(accepted) - self._prior)
 
     def timed(self, rows: int, length: int, seconds: float) -> None:
-        """A step of `rows` rows feeding `length` tokens each took `seconds` (a verify step's drafting included)."""
+        """A step of `rows` rows feeding `length` tokens each took `seconds` (a verify step's drafting included, less
+        a draft model's catch-up on what the rows generated while the batch did not draft: DraftModel.caught_up)."""
         self._plain_steps = self._plain_steps + 1 if length == 1 else 0
         if self._probing:
             self._probing = False
             return
+        if length > 1 and self.model is not None:
+            seconds = max(0.0, seconds - self.model.caught_up)
         self.costs.timed(rows, length, seconds)

@@ -1,6 +1,7 @@
 """What decode steps cost, measured, for the speculation policy (engine/speculation.py): a plain step of B rows
 (pipelined) and a verify step of B rows at width L, its drafting included (a draft model's passes and the
-pipeline pause are part of what speculation costs).
+pipeline pause are part of what speculation costs; a draft model's catch-up on the tokens of plain steps before it
+is not: engine/draft_model.py `caught_up`).
 
 Each cost is the median of its latest measurements, not a mean: on a GPU the first step of a new shape compiles
 kernels for up to seconds, and one such step in a mean made plain steps look dear (so speculation cheap) for dozens
