@@ -91,6 +91,7 @@ class DraftModel:
 
     def draft(self, depths: dict[int, int]) -> dict[int, list[int]]:
         """Each row's greedy drafts, depths[row] of them (rows left out or at 0 draft none)."""
+        self.caught_up = 0.0  # this call's alone, whatever it returns
         if not any(depths.get(row, 0) and pending for row, pending in self._pending.items()):
             return {}
         self._join_and_leave()
@@ -104,7 +105,6 @@ class DraftModel:
         # batch speculates (engine/speculation.py), and a try that took in the whole prompt, or 32 plain steps'
         # tokens, had looked several times dearer (a good draft model then never drafted again).
         pending = [self._pending[row] for row in self._order]
-        self.caught_up = 0.0
         if max(len(p) for p in pending) > _STEADY:
             started = time.perf_counter()
             early = [p[:-1] for p in pending]
