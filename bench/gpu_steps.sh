@@ -272,7 +272,7 @@ for spec in "$@"; do
     speculate-ngram) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-ngram 560 "$py" -m bench speculative --model "$smollm2" \
-                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds 2 --warm-rounds 1 ;;
+                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-2}" --warm-rounds 1 ;;
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \
@@ -280,12 +280,12 @@ for spec in "$@"; do
                        --out "$logs/speculate-inprocess" ;;
     speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
                      step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \
-                       --tasks free --max-tokens 96 --streams 1,16 --rounds 3 --warm-rounds 1 \
+                       --tasks free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-3}" --warm-rounds 1 \
                        --log-level "${LOG_LEVEL:-INFO}" \
                        --out "$logs/speculate-draft" ;;
     speculate-oracle) target=$(model llama-8b bfloat16 0 all) &&
                       step speculate-oracle 560 "$py" -m bench speculation_inprocess --model "$target" --oracle \
-                        --tasks free --streams 1,16 --max-tokens 96 --rounds 3 --depth "${DEPTH:-4}" \
+                        --tasks free --streams 1,16 --max-tokens 96 --rounds "${ROUNDS:-3}" --depth "${DEPTH:-4}" \
                         --out "$logs/speculate-oracle" ;;
     speculate-self) target=$(model llama-8b bfloat16 0 all) &&
                     step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
