@@ -2,7 +2,7 @@
 time goes when the device is not the limit (a GPU), and what the policy costs when it drafts nothing.
 
     python -m bench speculation_inprocess [--model smollm2|PATH] [--tasks rewrite,free] [--streams 1,16]
-                                          [--max-tokens 96] [--rounds 2] [--depth 4] [--profile] [--oracle]
+                                          [--max-tokens 96] [--rounds 2] [--depth 8] [--profile] [--oracle]
                                           [--variant NAME:module.attribute=value;...]
 
 The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
@@ -39,7 +39,7 @@ from mlxd.engine import speculation as speculation_module
 from mlxd.engine.request import GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
-from mlxd.engine.speculation import NgramIndex
+from mlxd.engine.speculation import NGRAM_DEPTH, NgramIndex
 from mlxd.engine.warmup import run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", default="1,16")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--depth", type=int, default=4, help="the most tokens a row drafts a step (serve's default)")
+    p.add_argument("--depth", type=int, default=NGRAM_DEPTH,
+                   help="the most tokens a row drafts a step (default: serve's with prompt lookup, %(default)s)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--oracle", action="store_true", help="also rounds drafting each case's greedy continuation")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",

@@ -2,7 +2,7 @@
 requests with speculation on (the daemon's depth) and off (GenerationOptions.speculation = 0), alternating rounds.
 
     python -m bench speculative [--model smollm2|PATH] [--streams 1,16] [--tasks rewrite,json,free]
-                                [--depth 4 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
+                                [--depth 8 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
                                 [--warm-rounds 0]
 
 Tasks: `rewrite` (a paragraph rewritten with small changes: copy-heavy), `json` (a JSON record filled from a given
@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench import common
 from bench.daemon import Daemon
+from mlxd.engine.speculation import default_depth
 from mlxd_client import Client, pb
 
 PARAGRAPH = ("The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips. Every "
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_model_args(p)
     p.add_argument("--streams", default="1", help="comma-separated stream counts (default: %(default)s)")
     p.add_argument("--tasks", default="rewrite,json,free", help="comma-separated, of: " + ", ".join(TASKS))
-    p.add_argument("--depth", type=int, default=4, help="`--speculate-depth` (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=0,
+                   help="`--speculate-depth` (default: the daemon's, engine/speculation.py default_depth)")
     p.add_argument("--fixed", action="store_true", help="`--speculate-fixed`: always the full depth")
     p.add_argument("--draft-model", help="`--draft-model PATH` instead of n-gram lookup")
     p.add_argument("--max-tokens", type=int, default=128)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     model = common.resolve_model(args.model)
     method = ["--draft-model", args.draft_model] if args.draft_model else ["--speculate", "ngram"]
-    serve = ["--dtype", args.dtype, *method, "--speculate-depth", str(args.depth),
+    depth = args.depth or default_depth(bool(args.draft_model))
+    serve = ["--dtype", args.dtype, *method, "--speculate-depth", str(depth),
              *(["--speculate-fixed"] if args.fixed else []),
              "--max-batch-size", str(max(int(s) for s in args.streams.split(","))), "--log-level", args.log_level]
     cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         warm = common.alternate(args.warm_rounds, cases, ["speculative", "plain"], run, args.out / "warm.jsonl")
         rows = common.alternate(args.rounds, cases, ["speculative", "plain"], run, args.out / "runs.jsonl")
 
-    print(f"\n{model.name}, {' '.join(method)} depth {args.depth}{' fixed' if args.fixed else ' adaptive'}, "
+    print(f"\n{model.name}, {' '.join(method)} depth {depth}{' fixed' if args.fixed else ' adaptive'}, "
           f"{args.max_tokens} tokens, medians of {args.rounds} rounds")
     lines = [[task, streams, common.median(rows, "tok_s", case=(task, streams), contender="plain"),
               common.median(rows, "tok_s", case=(task, streams), contender="speculative"),

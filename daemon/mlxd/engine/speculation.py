@@ -45,6 +45,20 @@ _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token
 _PROBE_LAST = 256    # ...doubling after each probe that does not turn speculation on, up to this
 _MARGIN = 1.02       # a width must beat a plain step's expected rate by this factor
 
+# The most tokens a row drafts a step unless `serve --speculate-depth` says otherwise. The adaptive depth picks
+# below it, so a deeper cap costs only the widths explored. Prompt lookup drafts for free and a copy goes on for
+# tens of tokens: SmolLM2 rewriting a paragraph (96 tokens, the 2-core CPU, one stream) ran 1.99x plain at 4,
+# 2.47x at 8, and in `bench speculation_replay` at the H200's verify costs (about flat past width 2) 1.46x and
+# 1.58x; free text and 16 streams did not move beyond the rounds' spread. A draft model pays a decode step of its
+# own for each token it drafts, and its drafts hold less the further they go: 4.
+NGRAM_DEPTH = 8
+DRAFT_MODEL_DEPTH = 4
+
+
+def default_depth(draft_model: bool) -> int:
+    """The most drafts per row per step for speculation by a draft model or by prompt lookup (see above)."""
+    return DRAFT_MODEL_DEPTH if draft_model else NGRAM_DEPTH
+
 
 class NgramIndex:
     """A row's tokens (prompt, then output) and, for each n, the end of each n-gram's latest occurrence."""
