@@ -350,3 +350,24 @@ def test_a_verify_steps_cost_leaves_out_the_draft_models_catch_up():
     spec.timed(2, 1, 0.002)  # a plain step: nothing left out
     assert spec.costs.measured_verify() == {(2, 3): 0.006}
     assert spec.costs._samples[2][-1] == 0.002
+
+
+def test_steps_of_rows_that_never_draft_do_not_bring_a_probe_nearer():
+    """The wait before a draft model's batch probes counts the steps in which some row could have drafted: a
+    batch of requests with speculation off (or past their last draft) steps on without it, and the speculating
+    requests that come after it wait the whole wait, instead of probing (catching the draft model up on every
+    prompt) at their first step."""
+    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
+    spec.start(0, [1, 2, 3], cap=None)
+    spec._rows[0].acceptance = 0.0
+    spec.timed(1, 1, 0.010)
+    spec._plain_steps = spec._probe_after - 1
+    spec.forget(0)
+    for _ in range(100):  # a request that does not speculate (its row was never started)
+        assert not spec.wants_drafts({1: 500})
+        spec.timed(1, 1, 0.010)
+    spec.start(2, [1, 2, 3], cap=None)
+    spec._rows[2].acceptance = 0.0
+    assert not spec.wants_drafts({2: 500})    # one step short of the wait, as before the plain request
+    spec.timed(1, 1, 0.010)
+    assert spec.wants_drafts({2: 500}) and spec.drafts({2: 500}) == {2: [0]}

@@ -24,8 +24,10 @@ and then to relearn (a probe): after 16 plain steps of the batch, then after twi
 not turn speculation on, up to 256. A step that drafts after plain steps because a width's cost is not measured
 (or was forgotten for its retry: engine/step_costs.py) counts as a probe too; only speculation that holds for a
 second step brings the wait back to 16 (reset by every such try, a 16-row batch drafted for nothing every 17
-steps). The steps are the batch's, whichever rows it holds: counted per row, a batch
-of requests shorter than the wait never probed again, and its acceptance stayed what its first probes saw. A
+steps). The steps are the batch's, whichever rows it holds: counted per row, a batch of requests shorter than the
+wait never probed again, and its acceptance stayed what its first probes saw. Only steps holding a row that may
+draft count: requests with speculation off (a benchmark's plain rounds) had the wait over by the time the next
+speculating requests came, which then probed at their first step, catching the draft model up on every prompt. A
 probe is not timed: the draft model's catch-up on every token since the last probe is exploration, not what a
 verify step costs while the batch speculates.
 """
@@ -118,7 +120,8 @@ class Speculator:
     costs: StepCosts = field(default_factory=StepCosts)
     _prior: float = _PRIOR              # the acceptance a new row starts from: what all rows have shown
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
-    _plain_steps: int = 0               # the batch's steps since it last drafted
+    _plain_steps: int = 0               # the batch's steps since it last drafted, while some row could draft
+    _could_draft: bool = True           # the step being judged holds a row that may draft (wants_drafts)
     _probing: bool = False              # the step being drafted is a probe (its time is not learned)
     _flush_yield: float = _PRIOR        # how often n-gram drafts found a token early still drafted once read
     _guessed: bool = False              # the last wants_drafts judged drafts found a token early
@@ -145,6 +148,7 @@ class Speculator:
         probe (checked when the token it foretells is read). A draft model's rows, and every row at a fixed depth,
         are assumed to find full drafts."""
         caps = {row: self._cap(row, room) for row, room in rooms.items()}
+        self._could_draft = any(caps.values())
         if self.model is not None or not self.adaptive:
             return self._width(caps, len(rooms)) > 1 or bool(self._probe_rows(caps, rooms))
         found, guessed = {}, set()
@@ -279,7 +283,10 @@ class Speculator:
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds` (a verify step's drafting included, less
         a draft model's catch-up on what the rows generated while the batch did not draft: DraftModel.caught_up)."""
-        self._plain_steps = self._plain_steps + 1 if length == 1 else 0
+        if length > 1:
+            self._plain_steps = 0
+        elif self._could_draft:  # steps of rows that never draft (speculation off, at their end) are no wait
+            self._plain_steps += 1
         if self._probing:
             self._probing = False
             return
