@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench import common
 from bench.daemon import Daemon
-from mlxd.engine.speculation import default_depth
 from mlxd_client import Client, pb
 
 PARAGRAPH = ("The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips. Every "
@@ -104,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     model = common.resolve_model(args.model)
     method = ["--draft-model", args.draft_model] if args.draft_model else ["--speculate", "ngram"]
-    depth = args.depth or default_depth(bool(args.draft_model))
-    serve = ["--dtype", args.dtype, *method, "--speculate-depth", str(depth),
+    depth = str(args.depth) if args.depth else "default"
+    serve = ["--dtype", args.dtype, *method, *(["--speculate-depth", depth] if args.depth else []),
              *(["--speculate-fixed"] if args.fixed else []),
              "--max-batch-size", str(max(int(s) for s in args.streams.split(","))), "--log-level", args.log_level]
     cases = [(task, int(n)) for task in args.tasks.split(",") for n in args.streams.split(",")]

@@ -74,7 +74,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--speculate", default="", choices=["", "ngram"],
                        help="speculative decoding: ngram = draft by prompt lookup (exact; depth adapts per request)")
     serve.add_argument("--speculate-depth", type=_count(1), default=0,
-                       help="most tokens drafted per request per step (default: 8 by ngram, 4 by a draft model)")
+                       help="most tokens drafted per request per step (default: 8 by ngram, 4 by a draft model or "
+                            "with recurrent layers)")
     serve.add_argument("--draft-model", type=Path,
                        help="speculative decoding by this smaller model (a folder or GGUF with the same vocabulary)")
     serve.add_argument("--speculate-fixed", action="store_true",

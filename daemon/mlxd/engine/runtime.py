@@ -6,8 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from mlxd.engine.speculation import default_depth
 from mlxd.engine.vision import ImageEncoder
 from mlxd.models.protocol import LanguageModel
+from mlxd.models.recurrent_cache import RecurrentCache
 
 if TYPE_CHECKING:
     from mlxd.engine.prefix_cache import PrefixCache
@@ -37,6 +39,12 @@ class ModelRuntime:
     special_ids: frozenset[int] = frozenset()     # what GenerationRequest.skip_special_tokens leaves out of the text
     parts: EngineParts | None = None              # None: the plain runner and prefix cache
     draft_model: LanguageModel | None = None      # speculative decoding's drafter (same vocabulary), if any
+
+    def speculation_depth(self, given: int) -> int:
+        """The most tokens a row drafts a step: `given` (serve --speculate-depth), or when 0 this model's default
+        (engine/speculation.py default_depth)."""
+        recurrent = any(isinstance(cache, RecurrentCache) for cache in self.model.make_cache())
+        return given or default_depth(self.draft_model is not None, recurrent)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:

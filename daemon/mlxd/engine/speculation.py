@@ -51,15 +51,17 @@ _MARGIN = 1.02       # a width must beat a plain step's expected rate by this fa
 # below it, so a deeper cap costs only the widths explored. Prompt lookup drafts for free and a copy goes on for
 # tens of tokens: SmolLM2 rewriting a paragraph (96 tokens, the 2-core CPU, one stream) ran 1.99x plain at 4,
 # 2.47x at 8, and in `bench speculation_replay` at the H200's verify costs (about flat past width 2) 1.46x and
-# 1.58x; free text and 16 streams did not move beyond the rounds' spread. A draft model pays a decode step of its
-# own for each token it drafts, and its drafts hold less the further they go: 4.
+# 1.58x; free text and 16 streams did not move beyond the rounds' spread. SHALLOW_DEPTH for a draft model, which
+# pays a decode step of its own for each token it drafts (its drafts holding less the further they go), and for a
+# model with recurrent layers, whose verify step runs them token by token and holds their states after each
+# position (the KV budget reserves depth + 2 copies of a row's states: kv_budget.KvLayout.verifying).
 NGRAM_DEPTH = 8
-DRAFT_MODEL_DEPTH = 4
+SHALLOW_DEPTH = 4
 
 
-def default_depth(draft_model: bool) -> int:
-    """The most drafts per row per step for speculation by a draft model or by prompt lookup (see above)."""
-    return DRAFT_MODEL_DEPTH if draft_model else NGRAM_DEPTH
+def default_depth(draft_model: bool, recurrent: bool) -> int:
+    """The most drafts per row per step by default (see above)."""
+    return SHALLOW_DEPTH if draft_model or recurrent else NGRAM_DEPTH
 
 
 class NgramIndex:

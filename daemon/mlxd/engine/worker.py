@@ -19,7 +19,6 @@ import mlx.core as mx
 from mlxd.engine.request import ErrorEvent, FinalEvent, GenerationRequest
 from mlxd.engine.runtime import ModelRuntime
 from mlxd.engine.scheduler import Routed, Scheduler, SchedulerOptions
-from mlxd.engine.speculation import default_depth
 from mlxd.errors import InternalError, InvalidRequest, ModelLoadError, ResourceExhausted, Unavailable
 from mlxd.models import ops
 
@@ -52,21 +51,18 @@ class WorkerOptions:
     max_stream_backlog: int = 256   # undelivered events at which a request's row pauses (backpressure); 0 = never
     stalled_stream_seconds: float = 60.0  # a request paused this long (its client reads nothing) is cancelled
     speculate: str = ""             # "ngram": speculative decoding by prompt lookup; "": off
-    speculate_depth: int = 0        # the most tokens drafted per row per step; 0: the method's (default_depth)
+    speculate_depth: int = 0        # the most tokens drafted per row per step; 0: the model's (speculation_depth)
     speculate_adaptive: bool = True  # False: always speculate_depth
     draft_model_path: Path | None = None  # speculative decoding by this model (the target's vocabulary)
     mask_processes: int = 0         # processes filling constrained rows' masks beside the worker's; 0 none, -1 auto
 
-    def depth(self) -> int:
-        """The most tokens drafted per row per step: speculate_depth, or the method's default."""
-        return self.speculate_depth or default_depth(self.draft_model_path is not None)
-
     def scheduler_options(self) -> SchedulerOptions:
-        """The scheduler's options (a prefill chunk of 0: the backend's, models/ops.py prefill_chunk)."""
+        """The scheduler's options (a prefill chunk of 0: the backend's, models/ops.py prefill_chunk; a speculation
+        depth of 0 is the model's, set once it is loaded: ModelRuntime.speculation_depth)."""
         return SchedulerOptions(self.prefill_chunk_size or ops.prefill_chunk(), self.max_batch_size,
                                 self.kv_cache_bytes, self.prefix_cache_bytes, self.max_stream_backlog,
                                 self.stalled_stream_seconds,
-                                speculate=self.speculate, speculate_depth=self.depth(),
+                                speculate=self.speculate, speculate_depth=self.speculate_depth,
                                 speculate_adaptive=self.speculate_adaptive, kv_budget_sharing=self.kv_cache_sharing)
 
 
@@ -262,6 +258,7 @@ class Worker:
         log.info("model loaded and warmed up in %.2f s%s", time.monotonic() - started,
                  f": {self.loaded.load_note}" if self.loaded is not None else "")
         options = self.options.scheduler_options()
+        options.speculate_depth = runtime.speculation_depth(options.speculate_depth)
         scheduler = Scheduler(runtime, options)
         log.info("decoding up to %d sequences together within a KV-cache budget of %d MiB; prompts in chunks of %d "
                  "tokens; prefix cache %d MiB", self.options.max_batch_size, scheduler.budget.budget_bytes >> 20,
@@ -288,6 +285,7 @@ def ready(worker: Worker, runtime: ModelRuntime) -> ModelRuntime:
     if options.draft_model_path is not None:
         assert worker.tokenizer is not None, "the target's tokenizer is loaded first: the draft model must match it"
         runtime.draft_model = load_draft_model(options.draft_model_path, options.dtype, worker.tokenizer)
-    warm_up(runtime, speculate=options.speculate, speculate_depth=options.depth(),
+    depth = runtime.speculation_depth(options.speculate_depth)
+    warm_up(runtime, speculate=options.speculate, speculate_depth=depth,
             batch_rows=options.max_batch_size)
     return runtime
