@@ -63,7 +63,7 @@
 #                      acceptance, but a decode step of the 8B for each drafted token: ~1x at best);
 #                      speculate-oracle the mechanism's ceiling the issue's case (a) asks for: the 8B in-process,
 #                      its rows drafting their own greedy continuation (bench speculation_inprocess --oracle: every
-#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 4)
+#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 8, prompt lookup's)
 #   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
 #                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
 #                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
@@ -285,7 +285,7 @@ for spec in "$@"; do
                        --out "$logs/speculate-draft" ;;
     speculate-oracle) target=$(model llama-8b bfloat16 0 all) &&
                       step speculate-oracle 560 "$py" -m bench speculation_inprocess --model "$target" --oracle \
-                        --tasks free --streams 1,16 --max-tokens 96 --rounds "${ROUNDS:-3}" --depth "${DEPTH:-4}" \
+                        --tasks free --streams 1,16 --max-tokens 96 --rounds "${ROUNDS:-3}" --depth "${DEPTH:-8}" \
                         --out "$logs/speculate-oracle" ;;
     speculate-self) target=$(model llama-8b bfloat16 0 all) &&
                     step speculate-self 560 "$py" -m bench speculative --model "$target" --draft-model "$target" \
