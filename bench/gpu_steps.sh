@@ -63,7 +63,8 @@
 #                      acceptance, but a decode step of the 8B for each drafted token: ~1x at best);
 #                      speculate-oracle the mechanism's ceiling the issue's case (a) asks for: the 8B in-process,
 #                      its rows drafting their own greedy continuation (bench speculation_inprocess --oracle: every
-#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 8, prompt lookup's)
+#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 8:
+#                      prompt lookup's default depth)
 #   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
 #                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
 #                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
