@@ -3,12 +3,14 @@ requests with speculation on (the daemon's depth) and off (GenerationOptions.spe
 
     python -m bench speculative [--model smollm2|PATH] [--streams 1,16] [--tasks rewrite,json,free]
                                 [--depth 8 --fixed] [--draft-model PATH] [--max-tokens 128 --rounds 3]
-                                [--warm-rounds 0]
+                                [--warm-rounds 0] [--ignore-eos]
 
 Tasks: `rewrite` (a paragraph rewritten with small changes: copy-heavy), `json` (a JSON record filled from a given
 text: keys and values copied), `json-schema` (the same, held to the record's JSON Schema: constrained rows
 draft too), `free` (free text: little to copy). Each stream of a case sends that task's
-prompt (greedy), all streams at once. Reports effective tok/s (completion tokens over the wall time from the
+prompt (greedy), all streams at once, and its answer ends where the model ends it or at --max-tokens (with
+--ignore-eos always at --max-tokens: the text a model goes on with after its answer, free text whatever the task,
+is counted too; sessions up to 35 measured so). Reports effective tok/s (completion tokens over the wall time from the
 first request to the last token), its ratio to plain, and the acceptance rate (accepted / drafted tokens, from
 Final.usage); then the ratio of the daemon's decode-phase rates (Final.timings, first token to last: what
 speculation_inprocess reports) and the median times to first token, which tell a slower decode from a longer
@@ -63,8 +65,8 @@ def one_case(client: Client, contender: str, case: tuple[str, int], args: argpar
     speculation = 0 if contender == "plain" else None
 
     def stream(_: int):
-        return client.complete(messages=TASKS[task], temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True,
-                               speculation=speculation, constraint=_constraint(task))
+        return client.complete(messages=TASKS[task], temperature=0.0, max_tokens=args.max_tokens,
+                               ignore_eos=args.ignore_eos, speculation=speculation, constraint=_constraint(task))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="rounds run first and left out of the medians (their ratios printed after the table, their "
                         "runs in warm.jsonl): a fresh daemon's first speculative requests meet new shapes "
                         "(default: %(default)s)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every answer --max-tokens long, past the model's end of it (see the top)")
     p.add_argument("--log-level", default="INFO", help="the daemon's (DEBUG: a line per step on speculation)")
     common.add_out_arg(p, "speculative")
     args = p.parse_args(argv)
@@ -117,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = common.alternate(args.rounds, cases, ["speculative", "plain"], run, args.out / "runs.jsonl")
 
     print(f"\n{model.name}, {' '.join(method)} depth {depth}{' fixed' if args.fixed else ' adaptive'}, "
-          f"{args.max_tokens} tokens, medians of {args.rounds} rounds")
-    lines = [[task, streams, common.median(rows, "tok_s", case=(task, streams), contender="plain"),
+          f"at most {args.max_tokens} tokens{' (ignoring the end token)' if args.ignore_eos else ''}, "
+          f"medians of {args.rounds} rounds")
+    lines = [[task, streams, common.median(rows, "tokens", case=(task, streams), contender="plain") / streams,
+              common.median(rows, "tok_s", case=(task, streams), contender="plain"),
               common.median(rows, "tok_s", case=(task, streams), contender="speculative"),
               common.median_ratio(rows, "tok_s", "speculative", "plain", case=(task, streams)),
               common.median(rows, "acceptance", case=(task, streams), contender="speculative"),
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
               common.median(rows, "ttft_ms", case=(task, streams), contender="plain"),
               common.median(rows, "ttft_ms", case=(task, streams), contender="speculative")]
              for task, streams in cases]
-    print(common.table(["task", "streams", "plain tok/s", "speculative tok/s", "ratio", "acceptance",
+    print(common.table(["task", "streams", "tokens a stream", "plain tok/s", "speculative tok/s", "ratio", "acceptance",
                         "decode-phase ratio", "plain ttft ms", "speculative ttft ms"], lines))
     if warm:
         print(f"left out: {args.warm_rounds} warm round(s), ratios " + ", ".join(
