@@ -53,7 +53,8 @@
 #                      on its hyperthread sibling or on 3 other cores (bench host_contention; lscpu first; ~120 s)
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain, after a warm round left
-#                      out of the medians (its ratios printed: a fresh daemon's first speculative requests; ~350 s)
+#                      out of the medians (its ratios printed: a fresh daemon's first speculative requests; ~350 s);
+#                      answers end at the model's end token (IGNORE_EOS=1: at 96 tokens, sessions up to 35's measure)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
 #                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
 #                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
@@ -273,7 +274,8 @@ for spec in "$@"; do
     speculate-ngram) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-ngram 560 "$py" -m bench speculative --model "$smollm2" \
-                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-2}" --warm-rounds 1 ;;
+                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-2}" \
+                       --warm-rounds 1 ${IGNORE_EOS:+--ignore-eos} ;;
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \
