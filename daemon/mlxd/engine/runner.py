@@ -89,8 +89,10 @@ class _Pending:
 
 
 class Runner:
-    def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None = None) -> None:
+    def __init__(self, model: LanguageModel, vocab_size: int, image_encoder: ImageEncoder | None = None,
+                 pipelined: bool = True) -> None:
         self._model = model
+        self._pipelined = pipelined  # False: a plain step is read as soon as it is queued (see step)
         self._vocab_size = vocab_size
         self._images = image_encoder
         self._rows: dict[RowId, _Row] = {}
@@ -224,7 +226,11 @@ class Runner:
         return results
 
     def step(self, drafts: Mapping[RowId, list[int]] | None = None) -> list[StepResult]:
-        """Queue the next decode step for every batch row, then return the tokens of the step queued before.
+        """Queue the next decode step for every batch row, then return the tokens of the step queued before (not
+        pipelined: this step's own too. On the CPU, MLX computes most of a step inside its launch, `async_eval`: a
+        SmolLM2 step took 155-190 ms to launch and 42 more to read, so the pipeline overlapped nothing worth a
+        step's delay of every token; TTFT over gRPC after a prefix-cache hit was 135-140 ms against 84-100 for a
+        request whose first step verified drafts, read at once).
 
         With `drafts` (tokens proposed to follow each row's last one; rows left out have none) the step is a
         verify step instead: it runs synchronously and returns its own tokens, 1..k+1 per row (after those of a
@@ -242,7 +248,10 @@ class Runner:
         if rows:
             self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
             self._positions.advance()
-        return tell_constraints(previous.read(), previous.owners) if previous is not None else []
+        results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
+        if not self._pipelined:
+            results += self._flush()
+        return results
 
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:

@@ -65,6 +65,8 @@ class SchedulerOptions:
     speculate_depth: int = 4            # the most drafted tokens per row per step
     speculate_adaptive: bool = True     # False: always draft speculate_depth (tests, benchmarks of a fixed depth)
     kv_budget_sharing: int = 1          # processes sharing this device's memory for their caches (kv_budget.py)
+    pipelined: bool = True              # decode steps queued before the one before is read (runner.py); False on
+    #                                     the CPU, where a step computes while it is launched (WorkerOptions)
 
 
 class Phase(enum.Enum):
@@ -102,7 +104,7 @@ class Scheduler:
         parts = runtime.parts
         if runner is None:
             runner = parts.runner(runtime) if parts else Runner(runtime.model, runtime.vocab_size,
-                                                                runtime.image_encoder)
+                                                                runtime.image_encoder, options.pipelined)
         self._runner = runner
         self._budget: KvBudget | None = None
         self.prefix_cache = parts.prefix_cache(options.prefix_cache_bytes, runner) if parts else \

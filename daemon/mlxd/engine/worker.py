@@ -63,7 +63,8 @@ class WorkerOptions:
                                 self.kv_cache_bytes, self.prefix_cache_bytes, self.max_stream_backlog,
                                 self.stalled_stream_seconds,
                                 speculate=self.speculate, speculate_depth=self.speculate_depth,
-                                speculate_adaptive=self.speculate_adaptive, kv_budget_sharing=self.kv_cache_sharing)
+                                speculate_adaptive=self.speculate_adaptive, kv_budget_sharing=self.kv_cache_sharing,
+                                pipelined=mx.default_device().type != mx.cpu)
 
 
 @dataclass(frozen=True)
