@@ -5,7 +5,8 @@ A row is opened with its sampling settings and a cache of its own, prefills its 
 forward pass (`step`). Steps are pipelined like a single sequence's: `step()` queues step n+1 for every row
 before it reads the tokens of step n, so the device never waits for Python. Rows join and leave between steps;
 a row closed while a step of it was queued gets that token back with the step's other results, and the caller
-drops it.
+drops it. On the CPU (`pipelined` False) each plain step is read in the call that queues it: MLX computes a CPU
+step while launching it, so there the pipeline only delayed every token by a step.
 
 Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
