@@ -5,8 +5,8 @@ A row is opened with its sampling settings and a cache of its own, prefills its 
 forward pass (`step`). Steps are pipelined like a single sequence's: `step()` queues step n+1 for every row
 before it reads the tokens of step n, so the device never waits for Python. Rows join and leave between steps;
 a row closed while a step of it was queued gets that token back with the step's other results, and the caller
-drops it. On the CPU (`pipelined` False) each plain step is read in the call that queues it: MLX computes a CPU
-step while launching it, so there the pipeline only delayed every token by a step.
+drops it. On the CPU (`pipelined` False) `step()` also reads the step it queues: MLX computes most of a CPU step
+in `async_eval` (SmolLM2: 155-190 ms, then 42 to read), so there the pipeline only delayed every token a step.
 
 Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
@@ -227,11 +227,7 @@ class Runner:
         return results
 
     def step(self, drafts: Mapping[RowId, list[int]] | None = None) -> list[StepResult]:
-        """Queue the next decode step for every batch row, then return the tokens of the step queued before (not
-        pipelined: this step's own too. On the CPU, MLX computes most of a step inside its launch, `async_eval`: a
-        SmolLM2 step took 155-190 ms to launch and 42 more to read, so the pipeline overlapped nothing worth a
-        step's delay of every token; TTFT over gRPC after a prefix-cache hit was 135-140 ms against 84-100 for a
-        request whose first step verified drafts, read at once).
+        """Queue the next decode step for every batch row, then return the tokens of the step queued before.
 
         With `drafts` (tokens proposed to follow each row's last one; rows left out have none) the step is a
         verify step instead: it runs synchronously and returns its own tokens, 1..k+1 per row (after those of a
@@ -250,9 +246,7 @@ class Runner:
             self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
             self._positions.advance()
         results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
-        if not self._pipelined:
-            results += self._flush()
-        return results
+        return results if self._pipelined else results + self._flush()
 
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
