@@ -39,6 +39,8 @@ BENCHMARKS = {
                     "effective tok/s and acceptance of speculative decoding (n-gram or a draft model), against plain"),
     "speculation_replay": ("bench.suite.speculation_replay",
                            "the n-gram speculation policy replayed over recorded generations at given step costs"),
+    "draft_policy": ("bench.suite.draft_policy",
+                     "the draft-model speculation policy stepped at given step costs (no model), against plain"),
     "speculation_inprocess": ("bench.suite.speculation_inprocess",
                               "n-gram speculation against plain in one in-process Scheduler; --profile: its parts"),
     "attention_plans": ("bench.suite.attention_plans",
