@@ -9,7 +9,7 @@ Rounds of `--streams` requests start together (as `bench speculative`'s do) and 
 the first round is a warm-up left out of the totals. A Speculator with a stand-in draft model (PolicyDraft) is asked
 before every step, as the scheduler asks it (`wants_drafts`, `drafts`, `observe`, `timed`); each drafted token holds
 with probability `--acceptance`. A plain step of B rows costs plain-ms + B x row-ms; a verify step of width L that
-times verify-ratio x (1 + width-ratio x (L - 1)), plus the draft model's passes (draft-ms each) and its catch-up on
+times verify-ratio x (1 + width-ratio x (L - 2)), plus the draft model's passes (draft-ms each) and its catch-up on
 every token its rows took since they last drafted (catch-up-us each). Prints, per case, the tokens per second against
 plain decoding of the same steps and the drafting steps among all steps. Where the daemon's ratio
 (`gpu_steps.sh speculate-draft`, its step log at `LOG_LEVEL=DEBUG` gives the costs) falls below this one, the loss is
