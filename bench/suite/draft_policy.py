@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from bench import common
+from mlxd.engine import draft_model
+from mlxd.engine.speculation import Speculator
 
 
 @dataclass
@@ -67,7 +69,8 @@ class PolicyDraft:
             return {}
         # Every row in the caches takes its pending tokens in (DraftModel.draft); more than a few is a catch-up.
         backlog = sum(self.pending.values())
-        self.caught_up = backlog * self.costs.catch_up_us / 1e6 if max(self.pending.values()) > 8 else 0.0
+        caught_up = max(self.pending.values()) > draft_model._STEADY
+        self.caught_up = backlog * self.costs.catch_up_us / 1e6 if caught_up else 0.0
         self.last = self.caught_up + deepest * self.costs.draft_ms / 1e3
         self.pending = dict.fromkeys(self.pending, 0)
         return {row: [self.rng.randrange(1 << 15) for _ in range(k)] for row, k in depths.items() if k}
@@ -76,12 +79,9 @@ class PolicyDraft:
 def simulate(streams: int, acceptance: float, costs: Costs, rounds: int = 6, tokens: int = 96, prompt: int = 40,
              depth: int = 4, seed: int = 0) -> tuple[float, int, int]:
     """(tokens per second against plain decoding, drafting steps, steps) over the rounds after the first."""
-    from mlxd.engine.draft_model import DraftModel
-    from mlxd.engine.speculation import Speculator
-
     rng = random.Random(seed)
     draft = PolicyDraft(costs, rng)
-    spec = Speculator(max_depth=depth, model=cast(DraftModel, draft))
+    spec = Speculator(max_depth=depth, model=cast(draft_model.DraftModel, draft))
     spent = plain_spent = 0.0
     drafting = steps = 0
     next_row = 0
@@ -93,7 +93,7 @@ def simulate(streams: int, acceptance: float, costs: Costs, rounds: int = 6, tok
             next_row += 1
         while rooms:
             rows = len(rooms)
-            drafts = spec.drafts(dict(rooms)) if spec.wants_drafts(dict(rooms)) else {}
+            drafts = spec.drafts(rooms) if spec.wants_drafts(rooms) else {}
             width = 1 + max(map(len, drafts.values()), default=0)
             seconds = draft.last + costs.verify(rows, width) if width > 1 else costs.plain(rows)
             spec.timed(rows, width, seconds * rng.uniform(0.97, 1.03))  # a step's times spread a little
