@@ -3,11 +3,11 @@
 # and .gpu2/ (run from the checkout root, with .venv set up by scripts/setup.sh):
 #   - the wheels mlxd imports that the machine lacks (grpcio health and reflection, gguf, llguidance) into .gpu2/;
 #   - SmolLM2's tokenizer into .gpu2/smollm2-tokenizer (gpu_steps.sh's constrained steps: the machine cannot fetch it);
-#   - .gpu1/'s part cut in two (.gpu1/piece.aa, .gpu0/piece.ab): a call carries at most 64 MiB with the checkout's
-#     tracked files (23 MB in session 23), and the part alone is 45 MB.
-# Then three calls back to back (the machine goes back 30 s after a call):
-#   run carry [".gpu1"]: mkdir -p /tmp/gpu && cp .gpu1/piece.aa /tmp/gpu/
-#   run carry [".gpu0"]: cat /tmp/gpu/piece.aa .gpu0/piece.ab > /tmp/gpu/mlxcuda.part.aa && rm /tmp/gpu/piece.aa
+#   - the part of MLX's CUDA backend in .gpu1/ cut to what one call carries beside the checkout (64 MiB in all;
+#     the checkout's files were 23 MB in session 38), its tail moved to the front of .gpu2/'s part: two calls, not
+#     three, to set the machine up (the more calls, the likelier the machine is taken back between them).
+# Then two calls back to back (the machine goes back 30 s after a call):
+#   run carry [".gpu1"]: mkdir -p /tmp/gpu && cp .gpu1/* /tmp/gpu/
 #   run carry [".gpu2"]: bash .gpu2/setup.sh > $OUT/setup.log 2>&1; export PYTHONPATH=/tmp/site && bash bench/gpu_steps.sh ...
 # A later call on the warm machine needs only the export (and .gpu2 carried again for the constrained steps).
 # For gpu_steps.sh speculate-ngram (real SmolLM2 on the GPU), SmolLM2's GGUF (98 MB) in three pieces, a call each:
@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-[ -f .gpu1/mlxcuda.part.aa ] || [ -f .gpu1/piece.aa ] || { echo "run bash ../shared/gpu/prepare.sh first" >&2; exit 1; }
-for folder in .gpu0 .gpu3 .gpu4 .gpu5; do
+[ -f .gpu1/mlxcuda.part.aa ] || { echo "run bash ../shared/gpu/prepare.sh first" >&2; exit 1; }
+for folder in .gpu3 .gpu4 .gpu5; do
   grep -qx "$folder/" .git/info/exclude 2>/dev/null || echo "$folder/" >> .git/info/exclude
 done
 # The machine's Python is 3.12 on x86-64 Linux; llguidance's newest wheels are tagged manylinux_2_31.
@@ -33,13 +33,19 @@ from bench.models.random_model import write_tokenizer
 from mlxd.demo_models import fetch_model
 print("SmolLM2 tokenizer:", write_tokenizer(Path(sys.argv[1]), fetch_model()), "tokens")' .gpu2/smollm2-tokenizer
 fi
-if [ -f .gpu1/mlxcuda.part.aa ]; then
-  mkdir -p .gpu0
-  (cd .gpu1 && split -b 36000000 mlxcuda.part.aa piece. && mv piece.ab ../.gpu0/ && rm mlxcuda.part.aa)
+# What a call may carry beside the checkout's files (tracked and untracked but not ignored), less 1 MB for commits.
+checkout=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+room=$((64 * 1048576 - checkout - 1000000))
+first=.gpu1/mlxcuda.part.aa
+second=$(ls .gpu2/mlxcuda.part.a? | head -1)
+if [ "$(stat -c %s "$first")" -gt "$room" ]; then
+  tail -c +$((room + 1)) "$first" | cat - "$second" > "$second.new" && mv "$second.new" "$second"
+  truncate -s "$room" "$first"
 fi
 if [ ! -f .gpu5/gguf.ac ]; then
   gguf=$(PYTHONPATH="$PWD/daemon" "$py" -c 'from mlxd.demo_models import fetch_model; print(fetch_model())')
   mkdir -p .gpu3 .gpu4 .gpu5
   (cd .gpu3 && split -b 34000000 "$gguf" gguf. && mv gguf.ab ../.gpu4/ && mv gguf.ac ../.gpu5/)
 fi
-du -sh .gpu0 .gpu1 .gpu2 .gpu3 .gpu4 .gpu5
+du -sh .gpu1 .gpu2 .gpu3 .gpu4 .gpu5
+[ $(($(du -sb .gpu2 | cut -f1) + checkout)) -le $((64 * 1048576)) ] || echo "warning: .gpu2 and the checkout pass 64 MiB" >&2
