@@ -29,7 +29,8 @@
 #   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
 #                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
 #                      at a long context)
-#   constrained        issue 17: a random Llama-3.2-1B shape with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
+#   constrained        issue 17: a random Llama-3.2-1B shape (CONSTRAINED_SHAPE=llama-8b: the issue's other shape,
+#                      never measured before session 38) with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
 #                      .gpu2/smollm2-tokenizer: a folder random_model's write_tokenizer made from SmolLM2's GGUF,
 #                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
 #                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
@@ -227,7 +228,7 @@ for spec in "$@"; do
     experts-large) step experts-large 300 "$py" -m bench expert_matmul --tokens 64 128 256 ;;
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     experts-ahead2) step experts-ahead2 300 "$py" -m bench expert_matmul --loads-ahead 2 --tokens 1 4 16 32 64 ;;
-    constrained|constrained-decode) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained|constrained-decode) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step "constrained${SCHEMA:+-$SCHEMA}" 420 "$py" -m bench constrained_decode --model "$folder" \
                      --streams 1 16 --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}" \
                      --schema "${SCHEMA:-short-strings}"
@@ -237,24 +238,24 @@ for spec in "$@"; do
                          --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                      done
                    fi; } ;;
-    constrained-counts) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-counts) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-counts 500 "$py" -m bench constrained_decode --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 3 --mask-processes ${COUNTS:-1 2 3} ;;
-    constrained-processes) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained-processes) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
                      --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"
                    step free-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --timeline; } ;;
-    constrained-timeline) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-timeline) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
-    constrained-fills) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
                    step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}"
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
-    constrained-variant) folder=$(model llama-1b bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-variant) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
                    step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
                      --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
