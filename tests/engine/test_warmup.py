@@ -1,4 +1,5 @@
-"""The warm-up before SERVING (engine/warmup.py) runs every width of verify step speculation may pick."""
+"""The warm-up before SERVING (engine/warmup.py) runs every width of verify step speculation may pick, and on a GPU
+every batch size, plain and speculative."""
 
 from __future__ import annotations
 
@@ -65,11 +66,42 @@ def test_the_batch_warm_up_decodes_every_batch_size(runtime, monkeypatch):
     assert set(range(1, 7)) <= set(sizes) and max(sizes) == 6
 
 
+@pytest.mark.parametrize("drafting", ["ngram", "draft model"])
+def test_the_batch_warm_up_verifies_and_drafts_at_every_batch_size(runtime, drafting, monkeypatch):
+    """With speculation, warm_up_batch also runs verify steps (and a draft model's passes, over rows of different
+    lengths) at each batch size from 1 to the maximum: the one-row warm-ups do not meet a batch's kernels."""
+    from mlxd.engine.draft_model import DraftModel
+    from mlxd.engine.warmup import warm_up_batch
+
+    verified: list[int] = []
+    drafted: list[int] = []
+    verify, draft = Runner._verify, DraftModel.draft
+
+    def spy_verify(self, drafts):
+        verified.append(len(self._order) + len(self._joining))
+        return verify(self, drafts)
+
+    def spy_draft(self, depths):
+        out = draft(self, depths)
+        drafted.append(len(out))
+        return out
+
+    monkeypatch.setattr(Runner, "_verify", spy_verify)
+    monkeypatch.setattr(DraftModel, "draft", spy_draft)
+    if drafting == "draft model":
+        runtime = dataclasses.replace(runtime, draft_model=load_model(PARITY / "qwen3", dtype="float32").model)
+    warm_up_batch(runtime, [1, 2, 3, 4, 5, 6, 7, 8], rows=5, speculate="ngram" if drafting == "ngram" else "",
+                  speculate_depth=3)
+    assert set(range(1, 6)) <= set(verified) and max(verified) == 5
+    if drafting == "draft model":
+        assert set(range(1, 6)) <= set(drafted)
+
+
 def test_the_batch_and_prefill_warm_ups_run_only_on_a_gpu(runtime, monkeypatch):
     from mlxd.engine import warmup
 
     calls: list[int] = []
-    monkeypatch.setattr(warmup, "warm_up_batch", lambda runtime, ids, rows: calls.append(rows))
+    monkeypatch.setattr(warmup, "warm_up_batch", lambda runtime, ids, rows, *_: calls.append(rows))
     monkeypatch.setattr(warmup, "warm_up_prefill_widths", lambda runtime: calls.append(0))
     warm_up(runtime, batch_rows=16)
     assert calls == []  # the tests run on the CPU, where nothing compiles

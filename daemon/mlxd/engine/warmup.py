@@ -31,7 +31,7 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, spe
     if mx.default_device().type == mx.gpu:
         warm_up_prefill_widths(runtime)
         if batch_rows > 1:
-            warm_up_batch(runtime, ids, batch_rows)
+            warm_up_batch(runtime, ids, batch_rows, speculate, speculate_depth)
     mx.clear_cache()
 
 
@@ -50,16 +50,31 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
                                         max_tokens=1, ignore_eos=True), SchedulerOptions(rows))
 
 
-def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int) -> None:
+def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int, speculate: str = "",
+                  speculate_depth: int = 0) -> None:
     """Decode steps of every batch size from 1 to `rows`: the batch grows by one request a step, then shrinks as
     they end. On an H200 a SmolLM2 Q4_1 daemon warmed with one sequence stalled every stream for 28 s at the first
     step of 8 rows, and for 2-4 s at 14 and 15 (MLX compiling its quantized-matmul kernels for more rows); a host
-    expects a slow start, not a stall mid-stream. GPU only: nothing compiles on the CPU, where this would cost
-    `rows` steps of a full batch."""
-    scheduler = Scheduler(runtime, SchedulerOptions(len(ids), max_batch_size=rows))
+    expects a slow start, not a stall mid-stream. With speculation, then the same with every step drafting
+    `speculate_depth` tokens a row: verify steps of every batch size, and a draft model's passes at each (its
+    quantized matmuls pick their kernel by the rows too), which the one-row warm-ups above do not meet; whether
+    a batch's first drafting steps compiled anything on a GPU was never measured (session 29 suspected it). GPU
+    only: nothing compiles on the CPU, where this would cost `rows` steps of a full batch."""
+    _grow_and_shrink(runtime, ids, rows, SchedulerOptions(len(ids), max_batch_size=rows), rows + 2)
+    if (speculate or runtime.draft_model is not None) and speculate_depth > 0:
+        options = SchedulerOptions(len(ids), max_batch_size=rows, speculate=speculate,
+                                   speculate_depth=speculate_depth, speculate_adaptive=False)
+        # The prompt said twice, so prompt lookup finds something to draft; enough tokens that a batch whose
+        # drafts all hold still grows to `rows` before its first request ends.
+        _grow_and_shrink(runtime, ids + ids, rows, options, (rows + 2) * (speculate_depth + 1))
+
+
+def _grow_and_shrink(runtime: ModelRuntime, ids: list[int], rows: int, options: SchedulerOptions,
+                     max_tokens: int) -> None:
+    scheduler = Scheduler(runtime, options)
     for i in range(rows):
         scheduler.add(GenerationRequest(f"warmup-batch-{i}", ids, SamplingParams(temperature=0.0),
-                                        max_tokens=rows + 2, ignore_eos=True))
+                                        max_tokens=max_tokens, ignore_eos=True))
         _raise_failure(event for _, event in scheduler.step())
     while scheduler.has_work():
         _raise_failure(event for _, event in scheduler.step())
