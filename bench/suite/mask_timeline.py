@@ -143,7 +143,8 @@ def timeline() -> Iterator[_Timings]:
     replace(runner_module.Runner, "_forward_step",
             _timed(timings, "worker: build the forward's graph", runner_module.Runner._forward_step))
     replace(runner_module._Pending, "read",
-            _timed(timings, "worker: read the step before (device wait)", runner_module._Pending.read))
+            _timed(timings, "read the step before (device wait; a constrained step's on the mask thread)",
+                   runner_module._Pending.read))
     replace(runner_module.Runner, "step", _cycled(timings, runner_module.Runner.step))
     try:
         yield timings

@@ -7,7 +7,7 @@ A step's result per row (StepResult) lives here too: telling the constraints is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -92,13 +92,14 @@ def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]
     return out
 
 
-def tell_then_fill(read: list[StepResult], owners: Sequence[ConstrainedRow], rows: Sequence[ConstrainedRow],
-                   width: int, told: Future[list[StepResult]]) -> FilledMasks:
-    """A constrained step's CPU work, on the mask thread: the step before's tokens told to their rows'
-    constraints (`told` given the results as soon as they are), then this step's masks filled (they follow from
-    those tokens). The worker touches no constraint until this returns (Runner._settle)."""
+def tell_then_fill(read: Callable[[], list[StepResult]], owners: Sequence[ConstrainedRow],
+                   rows: Sequence[ConstrainedRow], width: int, told: Future[list[StepResult]]) -> FilledMasks:
+    """A constrained step's CPU work, on the mask thread: the step before's tokens read (waiting for the device)
+    and told to their rows' constraints (`told` given the results as soon as they are), then this step's masks
+    filled (they follow from those tokens). The worker touches no constraint until this returns
+    (Runner._settle)."""
     try:
-        told.set_result(tell_constraints(read, owners))
+        told.set_result(tell_constraints(read(), owners))
     except BaseException as error:
         told.set_exception(error)
         raise

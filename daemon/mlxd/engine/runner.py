@@ -10,9 +10,8 @@ in `async_eval` (SmolLM2: 155-190 ms, then 42 to read), so there the pipeline on
 
 Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
-  graph, reads step n and tells each constraint its row's token, then fills the masks on another thread
-  (engine/masks.py) while it launches the forward pass and returns; the next call queues the sampling with the
-  masks applied before it does anything else.
+  graph and launches it while another thread reads step n, tells each constraint its row's token and fills the
+  masks (engine/masks.py); the next call queues the sampling with the masks applied before it does anything else.
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -22,7 +21,7 @@ Beside that plain pipeline:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
@@ -79,12 +78,17 @@ class _Pending:
     # The rows' state at queue time, in order: a row closed before the step is read (its last token, at max_tokens)
     # still tells its constraint that token, so the final can say whether the output is complete.
     owners: list[_Row] = field(default_factory=list)
+    # The tokens as a node of their own, for reading on another thread (the mask thread) while this one launches
+    # a graph that takes `tokens` as input: MLX's eval changes the arrays it waits on and those it walks through
+    # (detaches them), so the two threads must not share an array. None: read `tokens`, on this thread only.
+    readback: mx.array | None = None
 
     def read(self) -> list[StepResult]:
+        readable = self.tokens if self.readback is None else self.readback
         # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
-        mx.eval(self.tokens, *[a for arrays in self.scored if arrays for a in arrays])
+        mx.eval(readable, *[a for arrays in self.scored if arrays for a in arrays])
         # int32 [B] reads back as ints; MLX's stub types every tolist() as any nesting of any scalar.
-        tokens = cast(list[int], self.tokens.tolist())
+        tokens = cast(list[int], readable.tolist())
         return [StepResult(row, [token], None if lp is None else [token_logprob(token, lp)])
                 for row, token, lp in zip(self.rows, tokens, self.scored)]
 
@@ -250,23 +254,31 @@ class Runner:
 
     def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
-        """A step of a batch holding constrained rows: the forward graph is built (Python, nothing runs yet), the
-        step before is read and its tokens told to the constraints, then the masks are filled on another thread
-        while this one launches the forward pass; the sampling, masks applied, is queued by the next call
-        (`_settle`), so the fill also overlaps what the caller does between steps (the tokens' delivery,
-        regrouping, a prefill chunk).
+        """A step of a batch holding constrained rows: the forward graph is built (Python, nothing runs yet), then
+        launched while the mask thread reads the step before (waiting for the device), tells its tokens to the
+        constraints and fills the masks; the sampling, masks applied, is queued by the next call (`_settle`), so
+        the fill also overlaps what the caller does between steps (the tokens' delivery, regrouping, a prefill
+        chunk). This call returns once the tokens are told.
 
         Measured on an H200 (random 1B, SmolLM2's tokenizer; `bench batch_inprocess --constrained --timeline`,
-        session 21, medians a step, with the sampling queued at the end of this call): 16 rows' masks take 3.6 ms
-        to fill and the forward's launch 3.1 ms, the fill starting 0.05 ms after the launch, so the worker waited
-        0.7 ms (p90 2.5) for the masks: the fill must overlap the launch and more. Reading the step before after
-        the graph is built leaves the device idle only while the launch begins. Reading first (the device idle
-        while the graph is built) gave 260 constrained tok/s for one stream, filling after the launch (a 16-row
-        step longer by the whole fill) 1,470 for sixteen; this order 413-444 and 2,034-2,197. Telling the
-        constraints the step before's tokens (llguidance's consume: 0.13 ms for 16 rows) happens on the fill's
-        thread too, before the fill that needs it; this call waits only for that."""
+        session 21, medians a step): 16 rows' masks take 3.6 ms to fill and the forward's launch 3.1 ms, so the
+        fill must overlap the launch. Reading first (the device idle while the graph is built) gave 260
+        constrained tok/s for one stream, filling after the launch (a 16-row step longer by the whole fill) 1,470
+        for sixteen; reading after the build, before the launch, 413-444 and 2,034-2,197. That order lost where the
+        device is the slower side: a random 8B on an H100 (session 38) waited 1.6 ms a 16-row step for the step
+        before before it could launch, and constrained steps whose masks cost nothing ran at 0.83 of free ones
+        (the 1B: 0.99); so the read went to the mask thread, and the launch no longer waits for the device. The
+        worker walks `previous.tokens` as the forward's input while the mask thread reads them, so those are
+        read through a node of their own (`_Pending.readback`); a free step's tokens (a constrained row just
+        joined) have none and are read here, before the launch."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
-        read = previous.read() if previous is not None else []
+        if previous is None:
+            read: Callable[[], list[StepResult]] = list
+        elif previous.readback is not None:  # a constrained step's sampling: read on the mask thread
+            read = previous.read
+        else:  # a free step's (a constrained row joined): read here, before the launch walks its tokens
+            results = previous.read()
+            read = results.copy
         owners = previous.owners if previous is not None else []
         if self._mask_filler is None:
             self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
@@ -284,7 +296,8 @@ class Runner:
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
             masks = unsampled.masks.result()
-            self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows)
+            self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows,
+                                         apart=True)
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
         """One synchronous step feeding each row its last token and its drafts (rows with fewer fill up with
@@ -366,9 +379,10 @@ class Runner:
         """The graph of one decode step's forward pass for every row (inputs int32 [B]): logits [B, vocab]."""
         return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
 
-    def _sample(self, logits: mx.array, rows: list[_Row]) -> _Pending:
+    def _sample(self, logits: mx.array, rows: list[_Row], apart: bool = False) -> _Pending:
         """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
-        own sampler; rows that are plainly greedy share one argmax."""
+        own sampler; rows that are plainly greedy share one argmax. `apart`: the tokens to be read on the mask
+        thread (a `readback` node of their own)."""
         plain = [r.sampler.plain_greedy for r in rows]
         if not any(plain):
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
@@ -378,8 +392,10 @@ class Runner:
                 [argmax[i:i + 1] if plain[i] else r.sampler(logits[i]) for i, r in enumerate(rows)])
         scored = [None if r.top_logprobs is None else row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
-        mx.async_eval(tokens, *[a for arrays in scored if arrays for a in arrays])
-        return _Pending(list(self._order), tokens, scored, rows)
+        readback = mx.stop_gradient(tokens) if apart else None  # an identity: the same buffer, its own node
+        mx.async_eval(tokens, *([readback] if readback is not None else []),
+                      *[a for arrays in scored if arrays for a in arrays])
+        return _Pending(list(self._order), tokens, scored, rows, readback)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 
