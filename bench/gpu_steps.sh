@@ -66,7 +66,9 @@
 #                      speculate-oracle the mechanism's ceiling the issue's case (a) asks for: the 8B in-process,
 #                      its rows drafting their own greedy continuation (bench speculation_inprocess --oracle: every
 #                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 8:
-#                      prompt lookup's default depth)
+#                      prompt lookup's default depth); the 8B written with random_model --echo (session 38: a
+#                      random bfloat16 8B's verify and decode steps chose different tokens within a few, so its
+#                      recorded continuation held for 0.12-0.48 of the drafts)
 #   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
 #                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
 #                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
@@ -145,8 +147,10 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, the log in $logs
   [ $rc -eq 0 ] || echo "== $name: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)')"
 }
 
-model() {  # model SHAPE DTYPE BITS LAYERS [TOKENIZER] -> the folder, written once (TOKENIZER: random_model's)
-  local out="$models/$1-$2-$3-$4${5:+-tokenizer}" args=(--shape "$1" --dtype "$2")
+model() {  # model SHAPE DTYPE BITS LAYERS [TOKENIZER] -> the folder, written once (TOKENIZER: random_model's;
+           # ECHO=1: random_model --echo, greedy decoding repeating the newest token)
+  local out="$models/$1-$2-$3-$4${5:+-tokenizer}${ECHO:+-echo}" args=(--shape "$1" --dtype "$2")
+  [ -z "${ECHO:-}" ] || args+=(--echo)
   [ "$3" = 0 ] || args+=(--bits "$3")
   [ "$4" = all ] || args+=(--layers "$4")
   [ -z "${5:-}" ] || args+=(--tokenizer "$5")
@@ -287,7 +291,7 @@ for spec in "$@"; do
                        --tasks free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-3}" --warm-rounds 1 \
                        --log-level "${LOG_LEVEL:-INFO}" \
                        --out "$logs/speculate-draft" ;;
-    speculate-oracle) target=$(model llama-8b bfloat16 0 all) &&
+    speculate-oracle) target=$(ECHO=1 model llama-8b bfloat16 0 all) &&
                       step speculate-oracle 560 "$py" -m bench speculation_inprocess --model "$target" --oracle \
                         --tasks free --streams 1,16 --max-tokens 96 --rounds "${ROUNDS:-3}" --depth "${DEPTH:-8}" \
                         --out "$logs/speculate-oracle" ;;

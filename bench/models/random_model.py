@@ -53,6 +53,7 @@ MOE = {
     "gpt-oss-20b": (64, 32, 4, 2880),
 }
 SHARD_BYTES = 4 << 30
+ECHO_SCALE = 1e-4  # --echo: the layers' output projections, against the embeddings' 1 (see write_random_model)
 TOKENIZER = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity" / "llama"
 TEST_VOCABULARY = 320
 
@@ -79,11 +80,19 @@ def write_tokenizer(out: Path, source: Path | None = None) -> int:
 
 
 def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: int = 0,
-                       layers: int | None = None, tokenizer: Path | None = None) -> Path:
+                       layers: int | None = None, tokenizer: Path | None = None, echo: bool = False) -> Path:
     """bits 4 or 8: the matrices stored MLX-quantized (affine, group size 64) as mlx-lm's converter writes them
     (MoE experts stacked under `switch_mlp`, routers at 8 bits). gpt-oss is written as OpenAI publishes it: MXFP4
     experts (`*_blocks`, `*_scales`), everything else in `dtype`; `bits` does not apply to it. `tokenizer`: a
-    model whose tokenizer to take (write_tokenizer)."""
+    model whose tokenizer to take (write_tokenizer).
+
+    `echo`: a model whose greedy next token is its newest one, by a wide margin: every layer's output
+    projections (attention's o_proj, the MLP's down_proj) scaled by ECHO_SCALE, so the residual stream stays
+    the token's embedding, and the output head a copy of the embeddings. Its steps cost what any weights of the
+    shape cost; its greedy output is the same at any batch or verify width. A random model's logits are nearly
+    level, so in bfloat16 a verify step's argmax and a decode step's differ within a few tokens (session 38: an
+    oracle's recorded continuation held for 0.12-0.48 of its drafts on a random 8B), which an echo model's
+    margin (the token's own logit against the largest of 128k random ones, ~14x at 4,096 wide) rules out."""
     import mlx.core as mx
     if shape in shapes_hybrid.HYBRID:
         return write_hybrid(shape, dtype, out, seed, bits, layers=layers)
@@ -98,13 +107,20 @@ def write_random_model(shape: str, dtype: str, out: Path, seed: int = 0, bits: i
         raise ValueError(f"{tokenizer}'s vocabulary is wider than {shape}'s {config['vocab_size']} tokens")
     mx.random.seed(seed)
 
+    embeddings = []  # echo: the head copies them
+
     def tensors():
         for name, s in _float_shapes(shape, stacked=bool(bits), layers=layers).items():
             if len(s) == 1:
                 yield name, (mx.zeros(s, dtype=getattr(mx, dtype)) if name.endswith(("bias", "sinks")) else
                              mx.ones(s, dtype=getattr(mx, dtype)))
                 continue
-            w = (mx.random.normal(s) * (1.0 / np.sqrt(s[-1]))).astype(getattr(mx, dtype))
+            scale = ECHO_SCALE if echo and name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+            w = (mx.random.normal(s) * (scale / np.sqrt(s[-1]))).astype(getattr(mx, dtype))
+            if echo and name == "model.embed_tokens.weight":
+                embeddings.append(w)
+            elif echo and name == "lm_head.weight":
+                w = embeddings.pop()
             if bits and name.endswith(".weight"):
                 stem = name.removesuffix(".weight")
                 layer_bits = config["quantization"].get(stem, {}).get("bits", bits)
@@ -343,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the first N layers, each as published (a bf16 MoE that must fit the disk)")
     parser.add_argument("--tokenizer", type=Path,
                         help="take this model's tokenizer (a folder or GGUF), not the 320-token test one")
+    parser.add_argument("--echo", action="store_true",
+                        help="dense shapes: greedy decoding repeats the newest token, by a wide margin (a ceiling's "
+                             "drafts that always hold; see write_random_model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.size_only:
@@ -356,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         out = write_hybrid(args.shape, args.dtype, args.out, bits=args.bits, tiny=args.tiny, layers=args.layers)
     else:
         out = write_random_model(args.shape, args.dtype, args.out, bits=args.bits, layers=args.layers,
-                                 tokenizer=args.tokenizer)
+                                 tokenizer=args.tokenizer, echo=args.echo)
     size = folder_bytes(out)
     print(f"{out}: {size / 1e9:.3f} GB on disk ({size / 2**30:.3f} GiB)")
 

@@ -100,3 +100,13 @@ def test_mlx_lm_converted_gemma4_loads(tmp_path):
     assert mx.abs(quantized.model(IDS) - reference).max().item() < 1e-3
     dequantized = load_model(tmp_path / "mlx-lm", dtype="float32")  # reads the router's 8 bits under our name
     assert mx.abs(dequantized.model(IDS) - reference).max().item() < 1e-3
+
+
+def test_an_echo_model_repeats_its_newest_token_by_a_wide_margin(tmp_path):
+    """random_model --echo (the speculation oracle's target): greedy decoding gives back the newest token, with a
+    margin no bfloat16 rounding between a verify step and a decode step can undo."""
+    folder = random_model.write_random_model("llama-0.2b", "bfloat16", tmp_path / "echo", layers=2, echo=True)
+    logits = load_model(folder, dtype="bfloat16").model(IDS)[0].astype(mx.float32)
+    assert mx.argmax(logits, axis=-1).tolist() == IDS[0].tolist()
+    top = mx.sort(logits, axis=-1)[:, -2:]
+    assert bool((top[:, 1] - top[:, 0] > 0.5 * top[:, 1]).all())  # the runner-up at most half the newest's logit
