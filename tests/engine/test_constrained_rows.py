@@ -272,3 +272,27 @@ def test_masks_filled_while_rows_finish_join_and_leave_give_what_quick_ones_do()
     slow, constraints = outputs(SlowOneAtATime)
     assert slow == quick and all(quick)
     assert [c.overlaps for c in constraints] == [0] * 4
+
+
+def test_a_constrained_batch_reads_its_steps_on_the_mask_thread(monkeypatch):
+    """The worker launches a constrained step's forward without waiting for the step before: the mask thread reads
+    it (then tells the constraints and fills the masks). Only the first step after a free one is read by the
+    worker, whose launch would walk the same tokens."""
+    from mlxd.engine.runner import _Pending
+
+    readers: list[str] = []
+    read = _Pending.read
+
+    def spy(self):
+        readers.append(threading.current_thread().name)
+        return read(self)
+
+    monkeypatch.setattr(_Pending, "read", spy)
+    runtime = fake_runtime()
+    free = _alone(runtime, _request("free", PROMPTS[0], n=12))[0]
+    readers.clear()
+    steps = [set(range(VOCAB))] * 10
+    ids = _alone(runtime, _request("c", PROMPTS[0], n=12, constraint=AllowedSets(steps)))[0]
+    assert ids == free[:10]
+    on_mask_thread = [name for name in readers if name.startswith("mlxd-masks")]
+    assert len(on_mask_thread) >= 8, readers
