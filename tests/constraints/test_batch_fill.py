@@ -59,3 +59,28 @@ def test_the_masks_must_be_one_contiguous_int32_block(tiny):
         with pytest.raises(ValueError):
             fill_bitmasks(rows, bad)
     assert fill_bitmasks([], np.zeros((0, words), np.int32)) == []
+
+
+def test_rows_of_a_tokenizer_narrower_than_the_logits_fill_together(tiny, monkeypatch):
+    """A padded vocabulary (more logits than tokens): the rows still fill in one batch call, which is what the
+    mask processes serve (they went one at a time through fill_bitmask in the worker before), and the ids past the
+    tokenizer stay disallowed."""
+    from mlxd.engine import masks as masks_module
+
+    rows = _rows(tiny)
+    own = rows[0].mask_words
+    calls: list[int] = []
+    batch = masks_module.fill_bitmasks
+
+    def spy(batch_rows, out):
+        calls.append(len(batch_rows))
+        return batch(batch_rows, out)
+
+    monkeypatch.setattr(masks_module, "fill_bitmasks", spy)
+    filled = masks_module.fill_masks(rows, own * 32 + 100)  # logits 100 + a word's ids wider than the tokenizer
+    assert calls == [len(rows)]
+    alone = np.zeros((len(rows), own), np.int32)
+    for j, row in enumerate(rows):
+        row.fill_bitmask(alone[j])
+    assert filled.bitmasks.shape[1] > own
+    assert np.array_equal(filled.bitmasks[:, :own], alone) and not filled.bitmasks[:, own:].any()

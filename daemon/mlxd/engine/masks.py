@@ -1,7 +1,7 @@
 """The token masks of a decode step's constrained rows: filled on the CPU, then applied to the logits on the device.
 
-llguidance's matchers (constraints/matcher.py RowConstraint) of the model's width fill together, in one call on
-llguidance's own threads without the GIL; any other TokenConstraint fills its row itself. A row whose constraint
+llguidance's matchers (constraints/matcher.py RowConstraint) fill together, in one call on llguidance's own threads
+without the GIL (or in the mask processes); any other TokenConstraint fills its row itself. A row whose constraint
 fails keeps a mask that allows everything and carries the failure, which ends that row only.
 """
 
@@ -33,16 +33,27 @@ def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> Fil
     failed), for logits `width` wide."""
     rows = [i for i, c in enumerate(constraints) if c is not None]
     active = [cast(TokenConstraint, constraints[i]) for i in rows]
-    # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read.
+    # Rows as wide as the widest constraint's (a tokenizer wider than the logits); only `width` bits are read. A
+    # tokenizer narrower than the logits (a padded vocabulary: Qwen's 151,936 logits for ~151.7k tokens) leaves
+    # the words past its own zero: those ids are never allowed.
     words = max([mask_words(width), *(c.mask_words for c in active)])
     masks = FilledMasks(rows, np.zeros((len(rows), words), dtype=np.int32))
-    together = [j for j, c in enumerate(active) if isinstance(c, RowConstraint) and c.mask_words == words]
-    if together:
-        filled = np.zeros((len(together), words), dtype=np.int32)
+    # llguidance's rows fill together (in the mask processes where there are some), a call for each width their
+    # tokenizers give. Filled only where a row's width was the logits', rows of a narrower tokenizer went one at a
+    # time through fill_bitmask in this process, whatever `serve --mask-processes` said: every GPU run of issue 17
+    # until session 38 (random models of 128,256 logits with SmolLM2's 49,152 tokens) filled that way. In this
+    # process the two ways cost about the same (16 rows on the 2-core CPU: 0.16 against 0.24 ms on one schema, 0.10
+    # against 0.08 on another); what changes is that the mask processes serve these rows too.
+    widths: dict[int, list[int]] = {}
+    for j, c in enumerate(active):
+        if isinstance(c, RowConstraint):
+            widths.setdefault(c.mask_words, []).append(j)
+    for own, together in widths.items():
+        filled = np.zeros((len(together), own), dtype=np.int32)
         failures = fill_bitmasks([cast(RowConstraint, active[j]) for j in together], filled)
-        masks.bitmasks[together] = filled
+        masks.bitmasks[together, :own] = filled
         masks.failures.update({rows[j]: failure for j, failure in zip(together, failures) if failure is not None})
-    alone = set(range(len(active))) - set(together)
+    alone = set(range(len(active))) - {j for together in widths.values() for j in together}
     for j in sorted(alone):
         try:
             active[j].fill_bitmask(masks.bitmasks[j, :active[j].mask_words])
