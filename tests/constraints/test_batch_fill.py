@@ -84,3 +84,15 @@ def test_rows_of_a_tokenizer_narrower_than_the_logits_fill_together(tiny, monkey
         row.fill_bitmask(alone[j])
     assert filled.bitmasks.shape[1] > own
     assert np.array_equal(filled.bitmasks[:, :own], alone) and not filled.bitmasks[:, own:].any()
+
+
+def test_a_verify_steps_masks_allow_no_id_past_a_narrower_tokenizer(tiny):
+    """draft_masks, like a plain step's masks: the ids between the tokenizer's end and the logits' are never
+    allowed at a position the constraint fills (they were, and a verify step could take one its grammar refuses)."""
+    from mlxd.engine.masks import draft_masks
+
+    rows = _rows(tiny)
+    own = rows[0].mask_words
+    drafted = draft_masks(rows, [[] for _ in rows], own * 32 + 100)
+    assert drafted.masks.shape[2] > own
+    assert drafted.masks[:, 0, :own].any() and not drafted.masks[:, 0, own:].any()

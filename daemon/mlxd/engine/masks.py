@@ -106,7 +106,10 @@ def draft_masks(constraints: Sequence[TokenConstraint | None], drafts: Sequence[
                     failures[i] = filled.failures[i]
                 continue
             constraint = cast(TokenConstraint, constraints[i])
-            masks[i, j, :constraint.mask_words] = filled.bitmasks[k, :constraint.mask_words]
+            # The whole row, zeros past the constraint's words included: a tokenizer narrower than the logits
+            # allows none of the ids past it (left at -1, a verify step could take one and its grammar refuse it).
+            masks[i, j] = 0
+            masks[i, j, :filled.bitmasks.shape[1]] = filled.bitmasks[k]
             kept[i] = j
             if j == len(drafts[i]):
                 continue
