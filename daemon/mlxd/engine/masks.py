@@ -38,12 +38,9 @@ def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> Fil
     # the words past its own zero: those ids are never allowed.
     words = max([mask_words(width), *(c.mask_words for c in active)])
     masks = FilledMasks(rows, np.zeros((len(rows), words), dtype=np.int32))
-    # llguidance's rows fill together (in the mask processes where there are some), a call for each width their
-    # tokenizers give. Filled only where a row's width was the logits', rows of a narrower tokenizer went one at a
-    # time through fill_bitmask in this process, whatever `serve --mask-processes` said: every GPU run of issue 17
-    # until session 38 (random models of 128,256 logits with SmolLM2's 49,152 tokens) filled that way. In this
-    # process the two ways cost about the same (16 rows on the 2-core CPU: 0.16 against 0.24 ms on one schema, 0.10
-    # against 0.08 on another); what changes is that the mask processes serve these rows too.
+    # llguidance's rows fill together (in the mask processes where there are some), one call for each width their
+    # tokenizers give, whether or not it is the logits' width (docs/performance.md, session 38: rows of a narrower
+    # tokenizer had gone one at a time through fill_bitmask in this process, whatever --mask-processes said).
     widths: dict[int, list[int]] = {}
     for j, c in enumerate(active):
         if isinstance(c, RowConstraint):
