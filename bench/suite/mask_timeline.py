@@ -24,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 
 import mlxd.engine.constrained_rows as rows_module
+import mlxd.engine.queued_step as queued_step
 import mlxd.engine.runner as runner_module
 
 
@@ -142,9 +143,9 @@ def timeline() -> Iterator[_Timings]:
     # The parts every decode step has, constrained or free, so the two runs' tables compare part by part.
     replace(runner_module.Runner, "_forward_step",
             _timed(timings, "worker: build the forward's graph", runner_module.Runner._forward_step))
-    replace(runner_module._Pending, "read",
+    replace(queued_step.QueuedStep, "read",
             _timed(timings, "read the step before (device wait; a constrained step's on the mask thread)",
-                   runner_module._Pending.read))
+                   queued_step.QueuedStep.read))
     replace(runner_module.Runner, "step", _cycled(timings, runner_module.Runner.step))
     try:
         yield timings

@@ -278,16 +278,16 @@ def test_a_constrained_batch_reads_its_steps_on_the_mask_thread(monkeypatch):
     """The worker launches a constrained step's forward without waiting for the step before: the mask thread reads
     it (then tells the constraints and fills the masks). Only the first step after a free one is read by the
     worker, whose launch would walk the same tokens."""
-    from mlxd.engine.runner import _Pending
+    from mlxd.engine.queued_step import QueuedStep
 
     readers: list[str] = []
-    read = _Pending.read
+    read = QueuedStep.read
 
     def spy(self):
         readers.append(threading.current_thread().name)
         return read(self)
 
-    monkeypatch.setattr(_Pending, "read", spy)
+    monkeypatch.setattr(QueuedStep, "read", spy)
     runtime = fake_runtime()
     free = _alone(runtime, _request("free", PROMPTS[0], n=12))[0]
     readers.clear()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import mlx.core as mx
@@ -39,8 +39,9 @@ from mlxd.engine.constrained_rows import (
 )
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
+from mlxd.engine.queued_step import QueuedStep
 from mlxd.engine.request import PromptImage, TokenLogprob
-from mlxd.engine.scores import row_logprobs, run_logprobs, token_logprob, tops
+from mlxd.engine.scores import row_logprobs, run_logprobs, tops
 from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.sampling import Sampler
@@ -55,7 +56,6 @@ from mlxd.models.recurrent_cache import BatchRecurrentCache
 ChunkImage = tuple[int, PromptImage]
 
 
-
 @dataclass
 class _Row:
     sampler: Sampler
@@ -66,31 +66,6 @@ class _Row:
     next_token: int = 0                   # the token it feeds when it joins the batch
     constraint: TokenConstraint | None = None
     failure: Exception | None = None      # its constraint's, reported with its next result
-
-
-@dataclass
-class _Pending:
-    """The tokens of one queued decode step, still being computed; reading them is the step's one sync."""
-
-    rows: list[RowId]
-    tokens: mx.array                                  # int32 [B]
-    scored: list[tuple[mx.array, ...] | None] = field(default_factory=list)  # per row: (chosen[, top ids, values])
-    # The rows' state at queue time, in order: a row closed before the step is read (its last token, at max_tokens)
-    # still tells its constraint that token, so the final can say whether the output is complete.
-    owners: list[_Row] = field(default_factory=list)
-    # The tokens as a node of their own, for reading on another thread (the mask thread) while this one launches
-    # a graph that takes `tokens` as input: MLX's eval changes the arrays it waits on and those it walks through
-    # (detaches them), so the two threads must not share an array. None: read `tokens`, on this thread only.
-    readback: mx.array | None = None
-
-    def read(self) -> list[StepResult]:
-        readable = self.tokens if self.readback is None else self.readback
-        # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
-        mx.eval(readable, *[a for arrays in self.scored if arrays for a in arrays])
-        # int32 [B] reads back as ints; MLX's stub types every tolist() as any nesting of any scalar.
-        tokens = cast(list[int], readable.tolist())
-        return [StepResult(row, [token], None if lp is None else [token_logprob(token, lp)])
-                for row, token, lp in zip(self.rows, tokens, self.scored)]
 
 
 class Runner:
@@ -106,7 +81,7 @@ class Runner:
         self._order: list[RowId] = []         # batch rows in cache row order: the rows of the step queued last
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
-        self._pending: _Pending | None = None
+        self._pending: QueuedStep | None = None
         self._unsampled: UnsampledStep[_Row] | None = None  # a constrained step's sampling, queued by the next call
         self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
 
@@ -252,7 +227,7 @@ class Runner:
         results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
         return results if self._pipelined else results + self._flush()
 
-    def _constrained_step(self, previous: _Pending | None, keep: list[int], joiners: list[RowId],
+    def _constrained_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                           rows: list[_Row]) -> list[StepResult]:
         """A step of a batch holding constrained rows: the forward graph is built (Python, nothing runs yet), then
         launched while the mask thread reads the step before (waiting for the device), tells its tokens to the
@@ -260,17 +235,12 @@ class Runner:
         the fill also overlaps what the caller does between steps (the tokens' delivery, regrouping, a prefill
         chunk). This call returns once the tokens are told.
 
-        Measured on an H200 (random 1B, SmolLM2's tokenizer; `bench batch_inprocess --constrained --timeline`,
-        session 21, medians a step): 16 rows' masks take 3.6 ms to fill and the forward's launch 3.1 ms, so the
-        fill must overlap the launch. Reading first (the device idle while the graph is built) gave 260
-        constrained tok/s for one stream, filling after the launch (a 16-row step longer by the whole fill) 1,470
-        for sixteen; reading after the build, before the launch, 413-444 and 2,034-2,197. That order lost where the
-        device is the slower side: a random 8B on an H100 (session 38) waited 1.6 ms a 16-row step for the step
-        before before it could launch, and constrained steps whose masks cost nothing ran at 0.83 of free ones
-        (the 1B: 0.99); so the read went to the mask thread, and the launch no longer waits for the device. The
-        worker walks `previous.tokens` as the forward's input while the mask thread reads them, so those are
-        read through a node of their own (`_Pending.readback`); a free step's tokens (a constrained row just
-        joined) have none and are read here, before the launch."""
+        Why this order (docs/performance.md, sessions 11, 21 and 38): the fill must overlap the launch (16 rows'
+        masks ~3.6 ms against a ~3.1 ms launch on an H200), and the launch must not wait for the device (a random
+        8B's 16-row step waited 1.6 ms for it when the worker read the step before first). The worker walks
+        `previous.tokens` as the forward's input while the mask thread reads them, so those are read through a
+        node of their own (`QueuedStep.readback`); a free step's tokens (a constrained row just joined) have none
+        and are read here, before the launch."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         if previous is None:
             read: Callable[[], list[StepResult]] = list
@@ -363,7 +333,7 @@ class Runner:
         self._positions.set(positions)
         self._order = [self._order[i] for i in keep] + joiners
 
-    def _inputs(self, previous: _Pending | None, keep: list[int], joiners: list[RowId]) -> mx.array:
+    def _inputs(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId]) -> mx.array:
         parts = []
         if keep and previous is None:  # the step before was a verify step: its tokens are on the host
             parts.append(mx.array([self._rows[row].next_token for row in self._order[:len(keep)]], dtype=mx.int32))
@@ -379,7 +349,7 @@ class Runner:
         """The graph of one decode step's forward pass for every row (inputs int32 [B]): logits [B, vocab]."""
         return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
 
-    def _sample(self, logits: mx.array, rows: list[_Row], apart: bool = False) -> _Pending:
+    def _sample(self, logits: mx.array, rows: list[_Row], apart: bool = False) -> QueuedStep:
         """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
         own sampler; rows that are plainly greedy share one argmax. `apart`: the tokens to be read on the mask
         thread (a `readback` node of their own)."""
@@ -395,7 +365,7 @@ class Runner:
         readback = mx.stop_gradient(tokens) if apart else None  # an identity: the same buffer, its own node
         mx.async_eval(tokens, *([readback] if readback is not None else []),
                       *[a for arrays in scored if arrays for a in arrays])
-        return _Pending(list(self._order), tokens, scored, rows, readback)
+        return QueuedStep(list(self._order), tokens, scored, rows, readback)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 
