@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mlxd.engine.endings import as_mlxd_error
 from mlxd.engine.request import ErrorEvent, EventQueue, FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.errors import DeadlineExceeded, InternalError, ResourceExhausted
@@ -216,3 +217,13 @@ def test_skipped_special_tokens_leave_the_text_but_not_the_ids():
     assert told_text == runtime.decode_text(every)
     assert untold_text == runtime.decode_text([i for i in every if i not in runtime.special_ids])
     assert len(untold_text) < len(told_text)
+
+
+@pytest.mark.parametrize("message", ["[malloc] Unable to allocate 1073741824 bytes.",
+                                     "[metal::malloc] Resource limit (499000) exceeded.",
+                                     "cudaMallocAsync(&data, size, stream) failed: out of memory"])
+def test_a_failed_allocation_is_resource_exhausted_not_a_bug(message):
+    request = _request("big", [1, 2, 3])
+    assert isinstance(as_mlxd_error(RuntimeError(message), request), ResourceExhausted)
+    assert isinstance(as_mlxd_error(MemoryError(), request), ResourceExhausted)
+    assert isinstance(as_mlxd_error(RuntimeError("index out of range"), request), InternalError)

@@ -4,12 +4,19 @@ a failure reaches the client as."""
 from __future__ import annotations
 
 import logging
+import re
+
+import mlx.core as mx
 
 from mlxd.constraints.errors import ConstraintError, as_request_error
 from mlxd.engine.request import ErrorEvent, Event, FinalEvent, FinishReason, GenerationRequest
-from mlxd.errors import DeadlineExceeded, InternalError, MlxdError
+from mlxd.errors import DeadlineExceeded, InternalError, MlxdError, ResourceExhausted
 
 log = logging.getLogger("mlxd.engine.scheduler")
+
+# How MLX says an allocation failed: its allocator's "[malloc] Unable to allocate N bytes.", Metal's "Resource limit
+# (N) exceeded", CUDA's "cudaMallocAsync(...) failed: out of memory" (an H100 serving three 8B daemons at once).
+_OUT_OF_MEMORY = re.compile(r"out of memory|unable to allocate|resource limit \(\d+\) exceeded", re.IGNORECASE)
 
 
 def gone(request: GenerationRequest) -> Event | None:
@@ -26,6 +33,19 @@ def as_mlxd_error(error: Exception, request: GenerationRequest) -> MlxdError:
         return as_request_error(error)
     if isinstance(error, MlxdError):
         return error
+    if out_of_memory(error):
+        # Not a bug: the batch (or the prompt) needed more device memory than was free. The scheduler drops the
+        # batch's caches; MLX's cache of freed buffers goes back too, so the next step starts with all of it.
+        log.warning("request %r: the device ran out of memory: %s", request.request_id, error)
+        mx.clear_cache()
+        return ResourceExhausted(f"the device ran out of memory ({error}); the daemon goes on serving: lower "
+                                 "--kv-cache-mb or --max-batch-size to leave room for the steps' own arrays")
     # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.
     log.error("request %r failed", request.request_id, exc_info=error)
     return InternalError(f"{type(error).__name__}: {error}")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a failed allocation (the device's or the host's), not a bug."""
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError)
+                                               and _OUT_OF_MEMORY.search(str(error)) is not None)
