@@ -31,14 +31,16 @@
 #                      at a long context)
 #   constrained        issue 17: a random Llama-3.2-1B shape (CONSTRAINED_SHAPE=llama-8b: the issue's other shape,
 #                      never measured before session 38) with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
-#                      .gpu2/smollm2-tokenizer: a folder random_model's write_tokenizer made from SmolLM2's GGUF,
-#                      carried, since the lent machine cannot fetch it): constrained_decode at 1 and 16 streams,
-#                      without mask processes and with $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
+#                      .gpu2/smollm2-tokenizer, kept in /tmp/gpu for later calls: a folder random_model's
+#                      write_tokenizer made from SmolLM2's GGUF, carried, since the lent machine cannot fetch
+#                      it): constrained_decode at 1 and 16 streams, without mask processes and with
+#                      $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
 #                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s;
 #                      SCHEMA=strings or records: constrained_decode --schema, the default short-strings);
 #                      constrained-decode the gRPC comparison alone (~400 s);
 #                      constrained-counts only 16 streams, a daemon for each of COUNTS mask processes (default
-#                      "1 2 3": fewer processes keep fewer cores busy beside the worker; ~300 s);
+#                      "1 2 3": fewer processes keep fewer cores busy beside the worker; each daemon's KV cache
+#                      4 GB: three 8B daemons sizing their own ran an 80 GB H100 out of memory; ~300 s);
 #                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
 #                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes, then a
 #                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
@@ -119,6 +121,13 @@ export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPAT
 logs=${OUT:-/tmp/mlxd-bench/gpu}
 models=${MODELS:-/tmp/mlxd-gpu-models}
 py=${PYTHON:-python3}   # an interpreter with MLX's CUDA backend
+# SmolLM2's tokenizer arrives in .gpu2, carried by the setup call only: kept in /tmp/gpu for the calls after it.
+if [ -z "${TOKENIZER:-}" ]; then
+  TOKENIZER=/tmp/gpu/smollm2-tokenizer
+  if [ ! -d "$TOKENIZER" ] && [ -d .gpu2/smollm2-tokenizer ]; then
+    mkdir -p /tmp/gpu && cp -r .gpu2/smollm2-tokenizer /tmp/gpu/
+  fi
+fi
 rounds=${ROUNDS:-2}     # rounds of the 1/16-stream throughput steps (a round of one stream is ~5 s on the H200)
 mkdir -p "$logs" "$models"
 
@@ -232,7 +241,7 @@ for spec in "$@"; do
     experts-large) step experts-large 300 "$py" -m bench expert_matmul --tokens 64 128 256 ;;
     experts-rw2) step experts-rw2 300 "$py" -m bench expert_matmul --rows-per-warp 2 --tokens 1 4 16 32 64 ;;
     experts-ahead2) step experts-ahead2 300 "$py" -m bench expert_matmul --loads-ahead 2 --tokens 1 4 16 32 64 ;;
-    constrained|constrained-decode) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained|constrained-decode) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
                    step "constrained${SCHEMA:+-$SCHEMA}" 420 "$py" -m bench constrained_decode --model "$folder" \
                      --streams 1 16 --new-tokens 128 --rounds 2 --mask-processes 0 "${MASK_PROCESSES:-3}" \
                      --schema "${SCHEMA:-short-strings}"
@@ -242,24 +251,25 @@ for spec in "$@"; do
                          --model "$folder" --streams 16 --new-tokens 128 --breakdown $kind
                      done
                    fi; } ;;
-    constrained-counts) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-counts) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
                    step constrained-counts 500 "$py" -m bench constrained_decode --model "$folder" --streams 16 \
-                     --new-tokens 128 --rounds 3 --mask-processes ${COUNTS:-1 2 3} ;;
-    constrained-processes) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+                     --new-tokens 128 --rounds 3 --mask-processes ${COUNTS:-1 2 3} --kv-cache-mb 4096 \
+                     --schema "${SCHEMA:-short-strings}" ;;
+    constrained-processes) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
                    step constrained-timeline-processes 150 "$py" -m bench batch_inprocess --model "$folder" \
                      --streams 16 --new-tokens 128 --constrained --timeline --mask-processes "${MASK_PROCESSES:-3}"
                    step free-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --timeline; } ;;
-    constrained-timeline) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-timeline) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
-    constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") && {
+    constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
                    step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}"
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
-    constrained-variant) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "${TOKENIZER:-.gpu2/smollm2-tokenizer}") &&
+    constrained-variant) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
                    step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
                      --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
@@ -274,7 +284,7 @@ for spec in "$@"; do
                  --out "/tmp/mlxd-tp-ring-$shape" ;;
     mask-threads) for warm in "" --warm; do
                     step "mask-threads${warm:+-warm}" 200 "$py" -m bench mask_threads \
-                      --model "${TOKENIZER:-.gpu2/smollm2-tokenizer}" --threads 4 --states 60 $warm
+                      --model "$TOKENIZER" --threads 4 --states 60 $warm
                   done ;;
     speculate-ngram) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"

@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="serve's --mask-processes; several values: a daemon each, their constrained and mixed "
                         "streams against the free streams of the first, in one command")
     p.add_argument("--schema", choices=sorted(ITEMS), default="short-strings", help="the array's items")
+    p.add_argument("--kv-cache-mb", type=int, default=0,
+                   help="each daemon's serve --kv-cache-mb (0: its own default, half the memory left after loading: "
+                        "three 8B daemons on one 80 GB GPU, each taking half of what the ones before left, ran it "
+                        "out of memory)")
     common.add_out_arg(p, "constrained_decode")
     args = p.parse_args(argv)
     chosen_constraint = constraint(args.schema)
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     processes = list(dict.fromkeys(args.mask_processes))
 
     with contextlib.ExitStack() as stack:
-        daemons = _start(model, args.out, ["--dtype", args.dtype, "--max-batch-size", str(max(args.streams))],
-                         processes)
+        serve = ["--dtype", args.dtype, "--max-batch-size", str(max(args.streams)),
+                 "--kv-cache-mb", str(args.kv_cache_mb)]
+        daemons = _start(model, args.out, serve, processes)
         for daemon in daemons.values():
             stack.callback(daemon.stop)
         with Client(daemons[processes[0]].addr) as client:
