@@ -49,6 +49,8 @@ BENCHMARKS = {
                         "one long prefill, mlxd's runner against mlx-lm's model, whole and without each part"),
     "prefill_chunks": ("bench.suite.prefill_chunks",
                        "TTFT of long prompts at each prefill chunk size (and a variant): where a prefill's time goes"),
+    "first_requests": ("bench.suite.first_requests",
+                       "the first two requests of each kind after the warm-up: kernels compiled inside a request"),
     "prompt_lengths": ("bench.suite.prompt_lengths",
                        "TTFT of prompts each of a new length, as the code stands against a --variant"),
     "verify_step": ("bench.suite.verify_step",

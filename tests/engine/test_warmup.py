@@ -120,3 +120,35 @@ def test_the_prefill_warm_up_runs_a_chunk_of_each_tile_width(runtime, monkeypatc
     monkeypatch.setattr(Runner, "prefill", spy)
     warm_up_prefill_widths(runtime)
     assert sorted(chunks) == sorted(TILE_ROWS)
+
+
+@pytest.mark.parametrize("drafting", ["ngram", "off"])
+def test_the_sampling_warm_up_runs_every_filter_logprobs_and_the_masks(runtime, drafting, monkeypatch):
+    """warm_up_sampling (GPU only in warm_up) meets what the greedy warm-ups do not: each sampling filter, logprobs,
+    a constrained step's masks and, with speculation, verify steps that sample and that hold a constrained row."""
+    import mlxd.engine.runner as runner_module
+    import mlxd.engine.scores as scores
+    import mlxd.generation.sampling as sampling
+    from mlxd.engine.warmup import warm_up_sampling
+
+    called: set[str] = set()
+
+    def spy(module, name):
+        original = getattr(module, name)
+
+        def spied(*args, **kwargs):
+            called.add(name)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spied)
+
+    for name in ("apply_top_k", "apply_top_p", "apply_min_p", "apply_repetition_penalty", "apply_presence_frequency",
+                 "apply_logit_bias"):
+        spy(sampling, name)
+    spy(scores, "top_logprobs")
+    for name in ("apply_step_masks", "sampler_plan", "verify_masks"):
+        spy(runner_module, name)
+    warm_up_sampling(runtime, list(range(1, 9)), speculate="ngram" if drafting == "ngram" else "",
+                     speculate_depth=4 if drafting == "ngram" else 0)
+    expected = {"apply_top_k", "apply_top_p", "apply_min_p", "apply_repetition_penalty", "apply_presence_frequency",
+                "apply_logit_bias", "top_logprobs", "apply_step_masks"}
+    assert called == (expected | {"sampler_plan", "verify_masks"} if drafting == "ngram" else expected)

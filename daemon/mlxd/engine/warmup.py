@@ -30,6 +30,7 @@ def warm_up(runtime: ModelRuntime, prompt_len: int = 8, new_tokens: int = 4, spe
         _warm_up_catch_up(runtime)
     if mx.default_device().type == mx.gpu:
         warm_up_prefill_widths(runtime)
+        warm_up_sampling(runtime, ids, speculate, speculate_depth)
         if batch_rows > 1:
             warm_up_batch(runtime, ids, batch_rows, speculate, speculate_depth)
     mx.clear_cache()
@@ -48,6 +49,49 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
         ids = _filler(runtime, rows + 1)  # the last token is decoded, not prefilled
         _run(runtime, GenerationRequest(f"warmup-prefill-{rows}", ids, SamplingParams(temperature=0.0),
                                         max_tokens=1, ignore_eos=True), SchedulerOptions(rows))
+
+
+def warm_up_sampling(runtime: ModelRuntime, ids: list[int], speculate: str = "", speculate_depth: int = 0) -> None:
+    """Requests through the sampler's every filter with logprobs, and a constrained one (the masks applied on the
+    device), with speculation also with drafts: the requests above are greedy and free, and the first request that
+    sampled (temperature 1, the protocol's default) after SERVING spent 4.6 s in its first step on an H100, its
+    first verify step 2.2 s (session 38, a random 8B drafted by a random 1B): MLX compiling kernels on first use
+    (random keys, top-k, sort, cumulative sums, scatters). GPU only, as the prefill widths."""
+    sampled = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
+                             presence_penalty=0.5, frequency_penalty=0.5, logit_bias={ids[0]: 0.5}, seed=0)
+    greedy = SamplingParams(temperature=0.0)
+    speculating = bool(speculate or runtime.draft_model is not None) and speculate_depth > 0
+    drafting = SchedulerOptions(len(ids), speculate=speculate, speculate_depth=speculate_depth,
+                                speculate_adaptive=False)
+    for i, (sampling, constrained, logprobs) in enumerate([(sampled, False, True), (greedy, True, False),
+                                                           (sampled, True, False)]):
+        for name, prompt, options in [(f"warmup-sampling-{i}", ids, SchedulerOptions(len(ids)))] + (
+                # the prompt said twice, so prompt lookup finds something to draft; drafts at every step
+                [(f"warmup-sampling-verify-{i}", ids + ids, drafting)] if speculating else []):
+            _run(runtime, GenerationRequest(name, prompt, sampling, max_tokens=4, ignore_eos=True, logprobs=logprobs,
+                                            top_logprobs=5 if logprobs else 0, prompt_logprobs=logprobs,
+                                            constraint=AnyToken(runtime.vocab_size) if constrained else None),
+                 options)
+
+
+class AnyToken:
+    """A token constraint allowing every token and never complete: a constrained request's device work (its masks
+    uploaded and applied), for the warm-up, without a grammar."""
+
+    def __init__(self, width: int) -> None:
+        self.mask_words = (width + 31) // 32  # bit t of word t // 32: token t
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        out[:] = -1
+
+    def consume(self, token: int) -> None:
+        pass
+
+    def is_stopped(self) -> bool:
+        return False
+
+    def rollback(self, tokens: int) -> None:
+        pass
 
 
 def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int, speculate: str = "",
