@@ -17,15 +17,15 @@ import time
 
 import numpy as np
 
-from mlxd.constraints.compiler import mask_words
+from mlxd.engine.warmup import AnyToken
 
 
-class AllowAll:
-    """A TokenConstraint that never refuses a token nor completes; its fill takes `fill_ms` (of the step, this row's
-    share of `rows`) asleep, or spinning on a core with `spin`."""
+class AllowAll(AnyToken):
+    """The warm-up's constraint that never refuses a token nor completes; its fill takes `fill_ms` (of the step, this
+    row's share of `rows`) asleep, or spinning on a core with `spin`."""
 
     def __init__(self, width: int, fill_ms: float = 0.0, rows: int = 1, spin: bool = False) -> None:
-        self.mask_words = mask_words(width)
+        super().__init__(width)
         self._seconds = fill_ms / 1e3 / max(rows, 1)
         self._spin = spin
 
@@ -34,16 +34,7 @@ class AllowAll:
             _spin_without_gil(self._seconds)
         elif self._seconds:
             time.sleep(self._seconds)
-        out[:] = -1
-
-    def consume(self, token: int) -> None:
-        pass
-
-    def is_stopped(self) -> bool:
-        return False
-
-    def rollback(self, tokens: int) -> None:
-        pass
+        super().fill_bitmask(out)
 
 
 def _spin_without_gil(seconds: float) -> None:
