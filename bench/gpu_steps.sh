@@ -105,9 +105,11 @@
 #                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
 #                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
 #   first-requests     the first two requests of each kind after the daemon's warm-up (bench first_requests: greedy,
-#                      sampled, logprobs, constrained, each also drafting) on a random Llama-3-8B bfloat16 drafted by
-#                      a random 1B, without the warm-up's sampling part (SKIP, default warm_up_sampling), then as it
-#                      is (~150 s): a first time seconds above the second is a kernel compiled inside a request
+#                      sampled, logprobs, constrained, each also drafting; batches of 2, 8, 16 mixing them) on a
+#                      random Llama-3-8B bfloat16 drafted by a random 1B, without the warm-up's sampling part (SKIP,
+#                      default warm_up_sampling), then as it is (~200 s): a first time seconds above the second is a
+#                      kernel compiled inside a request. MLX keeps compiled kernels in $TMPDIR/mlx/<version>/ptx: set
+#                      MLX_PTX_CACHE_DIR to a new folder for a fresh machine's first requests
 #   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, ops_cuda.SIGMOID_ROUTING, on since session 32)
 #                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts (its router row)
 #   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
@@ -324,9 +326,9 @@ for spec in "$@"; do
                     step prompt-lengths 300 "$py" -m bench prompt_lengths --model "$folder" --prompts 24 \
                       --variant "fused:mlxd.models.ops_mlx.SMALL_SCORES=0" ;;
     first-requests) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) && {
-                    step first-requests-skip 200 "$py" -m bench first_requests --model "$target" \
+                    step first-requests-skip 280 "$py" -m bench first_requests --model "$target" \
                       --draft-model "$draft" --skip ${SKIP:-warm_up_sampling}
-                    step first-requests 200 "$py" -m bench first_requests --model "$target" --draft-model "$draft"
+                    step first-requests 280 "$py" -m bench first_requests --model "$target" --draft-model "$draft"
                     } ;;
     attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
     sigmoid-routing) folder=$(model glm-4.7-flash bfloat16 4 2) &&

@@ -10,12 +10,15 @@ Kinds: greedy; sampled (temperature 0.8, every filter: top-k/p, min-p, penalties
 and the prompt's); constrained (a constraint allowing every token: the masks' device work, not a grammar's); with
 speculation also each of those drafting at every step (verify steps, sampled ones verified by rejection). --skip
 replaces the named functions of engine/warmup.py with no-ops: the first requests as they were without them.
-Printed: per kind, the first and second request's time to the first token and to the last of --new-tokens.
+Then batches of --batches requests, the kinds taking turns, so a step holds rows of every kind (drafting too).
+Printed: per case, the first and second time (ms) until every request had its first token and until the last of
+--new-tokens.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import mlx.core as mx
 
@@ -40,19 +43,21 @@ def kinds(vocab_size: int) -> dict[str, dict]:
             "constrained": dict(sampling=SamplingParams(temperature=0.0), constraint=warmup.AnyToken(vocab_size))}
 
 
-def timed(runtime: ModelRuntime, request: GenerationRequest, options: SchedulerOptions) -> tuple[float, float]:
-    """Milliseconds to the request's first token and to its last, alone in a scheduler of `options`."""
+def timed(runtime: ModelRuntime, requests: list[GenerationRequest], options: SchedulerOptions) -> tuple[float, float]:
+    """Milliseconds until every request had its first token, and until the last token, in a scheduler of
+    `options` of their own."""
     scheduler = Scheduler(runtime, options)
-    start, first = time.perf_counter(), None
-    scheduler.add(request)
+    start, firsts = time.perf_counter(), dict[str, float]()
+    for request in requests:
+        scheduler.add(request)
     while scheduler.has_work():
-        for _, event in scheduler.step():
-            if isinstance(event, TokenEvent) and first is None:
-                first = time.perf_counter()
-            elif not isinstance(event, (TokenEvent, FinalEvent)):
+        for request, event in scheduler.step():
+            if isinstance(event, TokenEvent):
+                firsts.setdefault(request.request_id, time.perf_counter())
+            elif not isinstance(event, FinalEvent):
                 raise RuntimeError(f"{request.request_id}: {event}")
     end = time.perf_counter()
-    return ((first or end) - start) * 1e3, (end - start) * 1e3
+    return (max(firsts.values(), default=end) - start) * 1e3, (end - start) * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-rows", type=int, default=16, help="serve --max-batch-size, for the warm-up")
     p.add_argument("--prompt-tokens", type=int, default=48)
     p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--batches", type=int, nargs="*", default=[2, 8, 16],
+                   help="also batches of these many requests, the kinds taking turns (rows of every kind in a step)")
     p.add_argument("--skip", nargs="*", default=[], help="engine/warmup.py functions replaced with no-ops")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
     if args.draft_model:
-            runtime.draft_model = load_draft_model(common.resolve_model(args.draft_model), args.dtype, tokenizer)
+        runtime.draft_model = load_draft_model(common.resolve_model(args.draft_model), args.dtype, tokenizer)
     depth = runtime.speculation_depth(args.depth)
     speculating = bool(args.speculate or args.draft_model)
     for name in args.skip:
@@ -79,24 +86,36 @@ def main(argv: list[str] | None = None) -> None:
     warmup.warm_up(runtime, speculate=args.speculate, speculate_depth=depth, batch_rows=args.batch_rows)
     print(f"warm-up {time.perf_counter() - start:.1f} s (skipped: {', '.join(args.skip) or 'nothing'})")
 
-    plain = SchedulerOptions(args.prompt_tokens)
+    plain = SchedulerOptions(args.prompt_tokens, speculate_depth=0)
     drafting = SchedulerOptions(args.prompt_tokens, speculate=args.speculate, speculate_depth=depth,
                                 speculate_adaptive=False)
     lines, salt = [], 0
-    for kind, fields in kinds(runtime.vocab_size).items():
-        for options, label in [(plain, kind)] + ([(drafting, f"{kind}, drafting")] if speculating else []):
-            times = []
-            for _ in range(2):
-                salt += 1
-                ids = common.prompt_ids(runtime.vocab_size, args.prompt_tokens, salt=salt)
-                if options is drafting:  # the prompt said twice, so prompt lookup finds drafts
-                    ids = ids[:args.prompt_tokens // 2] * 2
-                fields = {**fields, "constraint": warmup.AnyToken(runtime.vocab_size)} if "constraint" in fields \
-                    else fields
-                request = GenerationRequest(f"{label}-{salt}", ids, max_tokens=args.new_tokens, ignore_eos=True,
-                                            **fields)
-                times.append(timed(runtime, request, options))
-            lines.append([label, times[0][0], times[1][0], times[0][1], times[1][1]])
+
+    def request(kind: str, fields: dict, options: SchedulerOptions) -> GenerationRequest:
+        nonlocal salt
+        salt += 1
+        ids = common.prompt_ids(runtime.vocab_size, args.prompt_tokens, salt=salt)
+        if options.speculate_depth and speculating:  # the prompt said twice, so prompt lookup finds drafts
+            ids = ids[:args.prompt_tokens // 2] * 2
+        if "constraint" in fields:  # a constraint of its own: each follows its request's tokens
+            fields = {**fields, "constraint": warmup.AnyToken(runtime.vocab_size)}
+        return GenerationRequest(f"{kind}-{salt}", ids, max_tokens=args.new_tokens, ignore_eos=True, **fields)
+
+    every = kinds(runtime.vocab_size)
+    cases: list[tuple[str, list[str], SchedulerOptions]] = []
+    for kind in every:
+        cases.append((kind, [kind], plain))
+        if speculating:
+            cases.append((f"{kind}, drafting", [kind], drafting))
+    for rows in args.batches:
+        mixed = [list(every)[i % len(every)] for i in range(rows)]
+        cases.append((f"{rows} rows, mixed", mixed, replace(plain, max_batch_size=rows)))
+        if speculating:
+            cases.append((f"{rows} rows, mixed, drafting", mixed, replace(drafting, max_batch_size=rows)))
+    for label, case_kinds, options in cases:
+        times = [timed(runtime, [request(kind, every[kind], options) for kind in case_kinds], options)
+                 for _ in range(2)]
+        lines.append([label, times[0][0], times[1][0], times[0][1], times[1][1]])
     print(f"\n{args.model} on {mx.default_device()}: the first two requests of each kind after the warm-up "
           f"({args.prompt_tokens}-token prompts, {args.new_tokens} new tokens), ms")
     print(common.table(["kind", "1st TTFT", "2nd TTFT", "1st total", "2nd total"], lines))
