@@ -51,7 +51,8 @@
 #                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s);
 #                      constrained-variant 16 constrained streams in-process (masks in $MASK_PROCESSES processes)
 #                      against VARIANT=NAME:module.attribute=value;... in the same process, 4 rounds (e.g.
-#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False);
+#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False; FILL=half:schema: every other
+#                      stream free, e.g. against gather:mlxd.models.ops_mlx.PAD_MASKED_ROWS=False);
 #                      host-contention 16 free streams in-process with the worker pinned to a CPU and busy processes
 #                      on its hyperthread sibling or on 3 other cores (bench host_contention; lscpu first; ~120 s)
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
@@ -278,7 +279,7 @@ for spec in "$@"; do
     constrained-variant) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
                    step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
-                     --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+                     --fill "${FILL:-schema}" --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     host-contention) folder=$(model llama-1b bfloat16 0 all) && { lscpu > "$logs/lscpu.txt" 2>&1
                    step host-contention 300 "$py" -m bench host_contention --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 4 --busy 3; } ;;

@@ -66,3 +66,16 @@ def test_oracle_drafts_are_all_accepted(streams):
         row = speculation_inprocess.run(runtime, prompt, streams, 24, None, depth=3)
     assert row["drafted"] > 0 and row["acceptance"] == 1.0
     assert speculation_module.NgramIndex is NgramIndex  # restored: later speculators look drafts up again
+
+
+def test_a_half_fill_constrains_every_other_stream(monkeypatch):
+    """batch_inprocess's `half:KIND`: a batch mixing constrained and free rows, every other stream constrained."""
+    from bench.suite import batch_inprocess
+
+    seen: list[list[bool]] = []
+    monkeypatch.setattr(batch_inprocess, "drive",
+                        lambda scheduler, requests: seen.append([r.constraint is not None for r in requests]) or {})
+    runtime = fake_runtime()
+    for fill in ("half:allow-all", "allow-all", "free"):
+        batch_inprocess.run(runtime, [[1, 2, 3]] * 4, 4, grammars=object(), fill=fill)  # type: ignore[arg-type]
+    assert seen == [[True, False, True, False], [True] * 4, [False] * 4]

@@ -26,7 +26,8 @@ llguidance, its masks in --mask-processes processes; `schema/ITEMS` with constra
 `schema/strings`), `schema-p0` (the same, every mask filled in this process),
 `free` (no constraint), and bench/suite/fake_constraints.py's `allow-all` (the constrained step's structure, a fill
 costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (MS ms of a core); a kind followed by
-`@SECONDS` runs with Python's switch interval set so (sys.setswitchinterval; 0.005 by default).
+`@SECONDS` runs with Python's switch interval set so (sys.setswitchinterval; 0.005 by default), and one after
+`half:` with every other stream free (a batch mixing constrained and free rows, e.g. `half:schema`).
 """
 
 from __future__ import annotations
@@ -74,15 +75,17 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
     """Decode-phase tok/s: tokens after every stream has its first, over the time since (bench.common). With
     `grammars`, every stream under constrained_decode's schema, or with `fill` another of --fills' kinds (with
     `/ITEMS`: constrained_decode's schema of those items, e.g. `schema/strings`; with `@SECONDS`: Python's switch
-    interval set so meanwhile, as sys.setswitchinterval takes it); `alone`: the
+    interval set so meanwhile, as sys.setswitchinterval takes it; `half:KIND`: every other stream free, a batch
+    mixing constrained and free rows); `alone`: the
     grammars without mask processes, for `schema-p0`."""
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
     kind, _, interval = fill.partition("@")
-    kind, _, items = kind.partition("/")
+    half = kind.startswith("half:")
+    kind, _, items = kind.removeprefix("half:").partition("/")
     schema = schema_constraint(items) if items else CONSTRAINT
 
-    def constraint() -> TokenConstraint | None:
-        if grammars is None or kind == "free":
+    def constraint(i: int) -> TokenConstraint | None:
+        if grammars is None or kind == "free" or (half and i % 2):
             return None
         if kind == "schema":
             return grammars.constraint(schema)
@@ -92,7 +95,7 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
         return fake_constraints.constraint_for(kind, runtime.vocab_size, len(prompts))
 
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=new_tokens,
-                                  ignore_eos=True, constraint=constraint())
+                                  ignore_eos=True, constraint=constraint(i))
                 for i, prompt in enumerate(prompts)]
     switch = sys.getswitchinterval()
     try:

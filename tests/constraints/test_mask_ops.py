@@ -3,6 +3,8 @@ backends' mask_logits (MLX's select on the device; the NumPy backend's additive 
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llguidance.numpy import apply_token_bitmask_inplace
 
+from mlxd.models import ops_mlx
 from mlxd.models.ops_cpu_numpy import NumpyBackend
 from mlxd.models.ops_mlx import MLXBackend, apply_mask, bitmask_to_allowed
 
@@ -60,7 +63,8 @@ def test_apply_mask_keeps_the_dtype_and_the_allowed_logits(dtype):
        density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), some_rows=st.booleans(), positions=st.sampled_from([0, 1, 3]),
        dtype=st.sampled_from([mx.float32, mx.bfloat16]))
 def test_both_backends_mask_alike(batch, words, trim, seed, density, some_rows, positions, dtype):
-    """The same masked logits from either backend: every row, some rows, and a verify step's [B, L, V]."""
+    """The same masked logits from either backend: every row, some rows (the others' masks padded, or the rows
+    gathered and scattered back), and a verify step's [B, L, V]."""
     rng = np.random.default_rng(seed)
     width = max(1, 32 * words - trim)
     rows = sorted(rng.choice(batch, size=rng.integers(1, batch + 1), replace=False).tolist()) if some_rows else None
@@ -69,10 +73,12 @@ def test_both_backends_mask_alike(batch, words, trim, seed, density, some_rows, 
     bits = rng.random(masked_lead + (32 * words,)) < density
     masks = np.packbits(bits, axis=-1, bitorder="little").view(np.int32)
     logits = mx.array(rng.normal(size=lead + (width,)).astype(np.float32)).astype(dtype)
-    device = MLXBackend().mask_logits(logits, masks, rows)
     host = NumpyBackend().mask_logits(logits, masks, rows)
-    assert host.dtype == device.dtype == dtype and host.shape == device.shape == logits.shape
-    assert np.array_equal(np.array(host.astype(mx.float32)), np.array(device.astype(mx.float32)))
+    for pad in (True, False):
+        with patch.object(ops_mlx, "PAD_MASKED_ROWS", pad):
+            device = MLXBackend().mask_logits(logits, masks, rows)
+        assert host.dtype == device.dtype == dtype and host.shape == device.shape == logits.shape
+        assert np.array_equal(np.array(host.astype(mx.float32)), np.array(device.astype(mx.float32)))
 
 
 def test_the_host_bias_refuses_a_width_past_the_mask():
