@@ -50,8 +50,7 @@ def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> Fil
         failures = fill_bitmasks([cast(RowConstraint, active[j]) for j in together], filled)
         masks.bitmasks[together, :own] = filled
         masks.failures.update({rows[j]: failure for j, failure in zip(together, failures) if failure is not None})
-    alone = set(range(len(active))) - {j for together in widths.values() for j in together}
-    for j in sorted(alone):
+    for j in (j for j, c in enumerate(active) if not isinstance(c, RowConstraint)):  # any other fills its own row
         try:
             active[j].fill_bitmask(masks.bitmasks[j, :active[j].mask_words])
         except Exception as error:  # reported with the row's next result, which ends it
