@@ -48,7 +48,8 @@
 #                      at one state, then --warm: rows kept for a walk, as requests keep theirs);
 #                      constrained-fills batch_inprocess --fills in one process, 16 streams: free, the schema (masks
 #                      in $MASK_PROCESSES processes), and constraints allowing everything whose fill costs nothing,
-#                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s);
+#                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s;
+#                      STREAMS=N: N streams instead of 16, here and in constrained-variant);
 #                      constrained-variant 16 constrained streams in-process (masks in $MASK_PROCESSES processes)
 #                      against VARIANT=NAME:module.attribute=value;... in the same process, 4 rounds (e.g.
 #                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False; FILL=half:schema: every other
@@ -271,13 +272,13 @@ for spec in "$@"; do
                    step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
     constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
-                   step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                   step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
                      --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}"
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
     constrained-variant) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
-                   step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                   step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
                      --fill "${FILL:-schema}" --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
     host-contention) folder=$(model llama-1b bfloat16 0 all) && { lscpu > "$logs/lscpu.txt" 2>&1

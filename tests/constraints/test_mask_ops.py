@@ -59,23 +59,25 @@ def test_apply_mask_keeps_the_dtype_and_the_allowed_logits(dtype):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(batch=st.integers(1, 5), words=st.integers(1, 12), trim=st.integers(0, 31), seed=st.integers(0, 2**32 - 1),
-       density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), some_rows=st.booleans(), positions=st.sampled_from([0, 1, 3]),
-       dtype=st.sampled_from([mx.float32, mx.bfloat16]))
-def test_both_backends_mask_alike(batch, words, trim, seed, density, some_rows, positions, dtype):
+@given(batch=st.integers(1, 5), words=st.integers(1, 12), trim=st.sampled_from([0, 0, 1, 17, 31]),
+       wider=st.booleans(), seed=st.integers(0, 2**32 - 1), density=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+       some_rows=st.booleans(), positions=st.sampled_from([0, 1, 3]), dtype=st.sampled_from([mx.float32, mx.bfloat16]))
+def test_both_backends_mask_alike(batch, words, trim, wider, seed, density, some_rows, positions, dtype):
     """The same masked logits from either backend: every row, some rows (the others' masks padded, or the rows
-    gathered and scattered back), and a verify step's [B, L, V]."""
+    gathered and scattered back), and a verify step's [B, L, V]; on MLX by the compiled select (logits a multiple
+    of 32 wide) and by bitmask_to_allowed's ops. `wider`: masks a word wider than the logits need (a tokenizer
+    wider than the model's logits)."""
     rng = np.random.default_rng(seed)
     width = max(1, 32 * words - trim)
     rows = sorted(rng.choice(batch, size=rng.integers(1, batch + 1), replace=False).tolist()) if some_rows else None
     lead = (batch,) + ((positions,) if positions else ())
     masked_lead = ((len(rows),) if rows is not None else (batch,)) + lead[1:]
-    bits = rng.random(masked_lead + (32 * words,)) < density
+    bits = rng.random(masked_lead + (32 * (words + wider),)) < density
     masks = np.packbits(bits, axis=-1, bitorder="little").view(np.int32)
     logits = mx.array(rng.normal(size=lead + (width,)).astype(np.float32)).astype(dtype)
     host = NumpyBackend().mask_logits(logits, masks, rows)
-    for pad in (True, False):
-        with patch.object(ops_mlx, "PAD_MASKED_ROWS", pad):
+    for pad, fused in ((True, True), (True, False), (False, True)):
+        with patch.object(ops_mlx, "PAD_MASKED_ROWS", pad), patch.object(ops_mlx, "FUSED_MASKS", fused):
             device = MLXBackend().mask_logits(logits, masks, rows)
         assert host.dtype == device.dtype == dtype and host.shape == device.shape == logits.shape
         assert np.array_equal(np.array(host.astype(mx.float32)), np.array(device.astype(mx.float32)))

@@ -32,10 +32,16 @@ def _gated(activation: Callable[[mx.array], mx.array]) -> Callable[[mx.array, mx
 _GATED = {kind: _gated(f) for kind, f in _ACTIVATIONS.items()}
 
 # Constrained rows of a mixed batch masked by padding the others' masks with all-allowed rows (mask_logits); False:
-# only those rows gathered, masked and scattered back. A switch for the GPU's A/B (`bench batch_inprocess
-# --constrained --fill half:schema --variant`): set by construction (session 39: mixed batches ran 1-4% below
-# constrained-only ones on an H100), not measured yet.
+# only those rows gathered, masked and scattered back. Measured on an H100 (session 40, 16 streams in-process, every
+# other one constrained, `--variant gather:...=False`): the gather ran at 0.992 of the padding on a random 1B, 0.987
+# on an 8B.
 PAD_MASKED_ROWS = True
+
+# The masks applied by one compiled select (_masked_logits) where the logits are a multiple of 32 wide (SmolLM2's,
+# Llama's, Qwen's, Gemma's and gpt-oss's are), rather than bitmask_to_allowed's ops; False: those ops. Measured on
+# an H100 (session 40, random 1B, constrained streams in-process, `--variant ops:...=False`): the ops ran at 0.967
+# of the select at one stream, 0.978 at 16 (a 1-row step is ~1.9 ms of host work, each graph node ~10 us of it).
+FUSED_MASKS = True
 
 
 class MLXBackend:
@@ -138,6 +144,12 @@ class MLXBackend:
             full = np.full((logits.shape[0], *bitmasks.shape[1:]), -1, dtype=np.int32)
             full[rows] = bitmasks
             bitmasks, rows = full, None
+        width = logits.shape[-1]
+        if rows is None and FUSED_MASKS and width % 32 == 0:
+            # Each word of a mask beside the 32 logits it covers: the select is element-wise, one kernel.
+            words = mx.array(bitmasks[..., :width // 32, None])
+            grouped = logits.reshape(*logits.shape[:-1], width // 32, 32)
+            return fused("masked_logits", _masked_logits)(grouped, words, _bit_of_lane()).reshape(logits.shape)
         allowed = bitmask_to_allowed(mx.array(bitmasks), logits.shape[-1])
         if rows is None:
             return apply_mask(logits, allowed)
@@ -310,6 +322,22 @@ def _sigmoid_weights(scores: mx.array, indices: mx.array, normalize: bool, scali
     if normalize:
         weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
     return weights * scaling
+
+
+@functools.cache
+def _bit_of_lane() -> mx.array:
+    """0..31: which bit of a mask word allows each of the 32 tokens it covers (made once)."""
+    lanes = mx.arange(32, dtype=mx.int32)
+    mx.eval(lanes)
+    return lanes
+
+
+def _masked_logits(grouped: mx.array, words: mx.array, lanes: mx.array) -> mx.array:
+    """grouped logits [..., W, 32] with the tokens whose bit is clear in words [..., W, 1] at -inf: `fused`
+    (shapeless), so unpacking the bits and the select run as one kernel (bitmask_to_allowed's ops are ~10 graph
+    nodes, ~10 us of the host's each where a GPU's step is bound by the host)."""
+    allowed = ((words >> lanes) & 1) != 0
+    return mx.where(allowed, grouped, mx.array(-float("inf"), dtype=grouped.dtype))
 
 
 def bitmask_to_allowed(bitmask: mx.array, width: int) -> mx.array:
