@@ -62,7 +62,7 @@ PARTS = {
     "runner: the forward pass's graph": ("engine/runner.py", "_forward_step"),
     "runner: queue the sampling (async_eval)": ("engine/runner.py", "_sample"),
     "runner: a constrained step (all)": ("engine/runner.py", "_constrained_step"),
-    "  of which waiting for the masks": ("concurrent/futures/_base.py", "result"),
+    "  of which waiting for the masks": ("engine/mask_thread.py", "result"),
     "runner: regroup rows and caches": ("engine/runner.py", "_regroup"),
     "runner: prefill chunks": ("engine/runner.py", "prefill"),
     "output: accept tokens (detokenize, stops, events)": ("engine/output.py", "accept"),

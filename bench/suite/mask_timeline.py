@@ -17,7 +17,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from typing import Any
 
@@ -114,7 +113,7 @@ def timeline() -> Iterator[_Timings]:
         if unsampled is not None:
             start = time.perf_counter()
             timings.add("worker: between a step's return and the next call", (start - returned[0]) * 1e3)
-            futures.wait([unsampled.masks])
+            unsampled.masks.wait()
             timings.add("worker: waits for the masks at the next call", (time.perf_counter() - start) * 1e3)
         settle(self)
 

@@ -8,13 +8,13 @@ A step's result per row (StepResult) lives here too: telling the constraints is 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import mlx.core as mx
 
 from mlxd.engine.constraint import TokenConstraint
+from mlxd.engine.mask_thread import HandOff
 from mlxd.engine.masks import FilledMasks, apply_masks, draft_masks, fill_masks
 from mlxd.engine.request import TokenLogprob
 from mlxd.models import ops
@@ -93,15 +93,15 @@ def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]
 
 
 def tell_then_fill(read: Callable[[], list[StepResult]], owners: Sequence[ConstrainedRow],
-                   rows: Sequence[ConstrainedRow], width: int, told: Future[list[StepResult]]) -> FilledMasks:
+                   rows: Sequence[ConstrainedRow], width: int, told: HandOff[list[StepResult]]) -> FilledMasks:
     """A constrained step's CPU work, on the mask thread: the step before's tokens read (waiting for the device)
     and told to their rows' constraints (`told` given the results as soon as they are), then this step's masks
     filled (they follow from those tokens). The worker touches no constraint until this returns
     (Runner._settle)."""
     try:
-        told.set_result(tell_constraints(read(), owners))
+        told.set(tell_constraints(read(), owners))
     except BaseException as error:
-        told.set_exception(error)
+        told.fail(error)
         raise
     return fill_step_masks(rows, width)
 
@@ -116,4 +116,4 @@ class UnsampledStep(Generic[Row]):
 
     logits: mx.array
     rows: list[Row]
-    masks: Future[FilledMasks]
+    masks: HandOff[FilledMasks]

@@ -22,7 +22,6 @@ Beside that plain pipeline:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -39,6 +38,7 @@ from mlxd.engine.constrained_rows import (
 )
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
+from mlxd.engine.mask_thread import HandOff, MaskThread
 from mlxd.engine.queued_step import QueuedStep
 from mlxd.engine.request import PromptImage, TokenLogprob
 from mlxd.engine.scores import row_logprobs, run_logprobs, tops
@@ -83,7 +83,7 @@ class Runner:
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: QueuedStep | None = None
         self._unsampled: UnsampledStep[_Row] | None = None  # a constrained step's sampling, queued by the next call
-        self._mask_filler: ThreadPoolExecutor | None = None  # made for the first constrained step
+        self._mask_thread: MaskThread | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
 
@@ -171,7 +171,7 @@ class Runner:
         """Forget every batch row and its keys (after a failed step: the caches' state is unknown)."""
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
-            unsampled.masks.exception()  # waits: no constraint is touched after this returns, whatever it did
+            unsampled.masks.wait()  # no constraint is touched after this returns, whatever it did
         for row in self.batch_rows():
             self._rows.pop(row, None)
         self._order, self._joining, self._leaving, self._pending = [], [], set(), None
@@ -250,10 +250,10 @@ class Runner:
             results = previous.read()
             read = results.copy
         owners = previous.owners if previous is not None else []
-        if self._mask_filler is None:
-            self._mask_filler = ThreadPoolExecutor(1, thread_name_prefix="mlxd-masks")
-        told: Future[list[StepResult]] = Future()
-        masks = self._mask_filler.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
+        if self._mask_thread is None:
+            self._mask_thread = MaskThread()
+        told: HandOff[list[StepResult]] = HandOff()
+        masks = self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
         mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
         self._positions.advance()
         results = told.result()
