@@ -292,7 +292,8 @@ class Scheduler:
     def _drafts(self, by_row: dict[RowId, _Live], out: list[Routed]) -> tuple[dict[RowId, list[int]], float]:
         """The rows' drafts for the next step (none without a speculator, or when no row's depth is above 0) and
         when the step began. Drafts continue a row's last token, so the step still queued is read first (the
-        pipeline pauses); the step is timed from then, its drafting included."""
+        pipeline pauses); the step is timed from after that pause, its drafting included (engine/step_costs.py
+        says why the pause is left out)."""
         spec = self._speculator
         if spec is None:
             return {}, time.perf_counter()

@@ -1,7 +1,10 @@
 """What decode steps cost, measured, for the speculation policy (engine/speculation.py): a plain step of B rows
-(pipelined) and a verify step of B rows at width L, its drafting included (a draft model's passes and the
-pipeline pause are part of what speculation costs; a draft model's catch-up on the tokens of plain steps before it
-is not: engine/draft_model.py `caught_up`).
+(pipelined) and a verify step of B rows at width L, its drafting included (a draft model's passes are part of
+what speculation costs; a draft model's catch-up on the tokens of plain steps before it is not: engine/draft_model.py
+`caught_up`). The pipeline's pause before a verify step (reading the plain step still queued) is not timed: counted
+in, `bench speculation_replay`'s recorded SmolLM2 outputs at GPU-like costs kept free text at 0.99-1.00 of plain
+(0.96-0.98 without) but cut the JSON record's ratio by up to 0.23 (1.28x to 1.05x; session 40): a pause is paid
+once before a run of verify steps, not by each.
 
 Each cost is the median of its latest measurements, not a mean: on a GPU the first step of a new shape compiles
 kernels for up to seconds, and one such step in a mean made plain steps look dear (so speculation cheap) for dozens
