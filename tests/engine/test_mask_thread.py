@@ -52,3 +52,26 @@ def test_the_thread_ends_when_its_owner_is_collected():
     while any(t.name == "mlxd-masks-collected" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "mlxd-masks-collected" for t in threading.enumerate())
+
+
+def test_stop_ends_the_thread_after_the_jobs_in_hand():
+    thread = MaskThread(name="mlxd-masks-stopped")
+    slow = thread.submit(lambda: (time.sleep(0.05), "done")[1])
+    thread.stop()
+    assert slow.result() == "done"
+    assert not any(t.name == "mlxd-masks-stopped" for t in threading.enumerate())
+
+
+def test_the_interpreter_exits_after_the_job_in_hand(tmp_path):
+    """A process ending while a job runs waits for it (the job inside MLX or llguidance at teardown could abort)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "finished"
+    script = ("import time, pathlib\n"
+              "from mlxd.engine.mask_thread import MaskThread\n"
+              "thread = MaskThread()\n"
+              f"thread.submit(lambda: (time.sleep(0.3), pathlib.Path({str(marker)!r}).write_text('yes')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "yes"

@@ -11,8 +11,10 @@ executor's submit and two Futures cost the worker ~30 us a step, this queue and 
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -51,21 +53,39 @@ class HandOff(Generic[T]):
 
 class MaskThread:
     """One daemon thread running the jobs handed to it in turn. It ends when this object is collected (its queue
-    gets None), so a runner that goes leaves no thread behind."""
+    gets None), so a runner that goes leaves no thread behind, and at the interpreter's exit after the job in hand
+    (as the executor's thread was joined): a job inside MLX or llguidance while the process tears down could abort
+    it."""
 
     def __init__(self, name: str = "mlxd-masks") -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], HandOff[Any]] | None] = \
             queue.SimpleQueue()
-        threading.Thread(target=_serve, args=(self._jobs,), name=name, daemon=True).start()
+        self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
 
     def __del__(self) -> None:
         self._jobs.put(None)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread once the jobs handed to it are done (waiting up to `timeout` seconds)."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> HandOff[T]:
         """fn(*args) on the thread; its result (or what it raised) in the HandOff returned."""
         out: HandOff[T] = HandOff()
         self._jobs.put((fn, args, out))
         return out
+
+
+_live: weakref.WeakSet[MaskThread] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for thread in list(_live):
+        thread.stop()
 
 
 def _serve(jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], HandOff[Any]] | None]) -> None:
