@@ -119,6 +119,16 @@ class MLP(GatedMLP):
 
 
 class TransformerBlock(nn.Module):
+    """A decoder layer. Its dense MLP half (the norm, the MLP, the residual) goes through ops.decode_block where the
+    class sets COMPILED_DECODE: on the CUDA backend a decode step's half is then traced once per batch size and
+    replayed, as SparseMoe's blocks are (models/moe.py). Measured on an H100 (session 40, `batch_inprocess --variant
+    NAME:mlxd.models.llama.TransformerBlock.COMPILED_DECODE=True`, interleaved rounds): random 1B 1.002x at 1 stream,
+    1.036x at 16 (3 rounds of 4 faster); 8B 0.993x / 1.012x (every 16-stream round faster). Off until the first step
+    at a new batch size is measured with it (a retrace, and on CUDA perhaps kernels compiled: `bench first_requests
+    --batches`); the CPU gives the same greedy tokens either way (float32 and bfloat16)."""
+
+    COMPILED_DECODE = False
+
     def __init__(self, args: ModelArgs, fused_attention: bool = False, fused_mlp: bool = False,
                  mlp: nn.Module | None = None):
         """`mlp`: the layer's MLP when it is not the dense one (a MoE layer's, models/moe.py)."""
@@ -130,6 +140,11 @@ class TransformerBlock(nn.Module):
 
     def __call__(self, x: mx.array, mask: Mask, cache: AttentionCache | None = None) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        if self.COMPILED_DECODE and isinstance(self.mlp, GatedMLP):  # a MoE layer's MLP replays its own block
+            return ops.decode_block(self, self.mlp_half, h)
+        return self.mlp_half(h)
+
+    def mlp_half(self, h: mx.array) -> mx.array:
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
