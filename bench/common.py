@@ -264,6 +264,18 @@ def median(rows: list[Row], key: str, **where: Any) -> float:
     return statistics.median(r[key] for r in select(rows, **where))
 
 
+def spread(rows: list[Row], key: str, **where: Any) -> float:
+    """(largest - smallest) / median of a value over rounds: how much the machine moved between them. A lent GPU
+    host once ran the same free daemon at 528 and 251 tok/s two rounds apart (session 40); ratios of such rounds
+    say nothing."""
+    values = [r[key] for r in select(rows, **where)]
+    middle = statistics.median(values) if values else 0.0
+    return (max(values) - min(values)) / middle if middle else 0.0
+
+
+NOISY = 0.10  # a baseline whose rounds spread more than this is flagged beside the ratios built on it
+
+
 def median_ratio(rows: list[Row], key: str, a: Hashable, b: Hashable, **where: Any) -> float:
     """The median over rounds of a's value / b's within one round (and case): adjacent runs share the machine's
     mood, so on a noisy host this is steadier than a ratio of medians or of the two best runs."""

@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(line)
     print(common.table(["streams", "mask processes", "free tok/s", "constrained tok/s", "constrained / free",
                         "free beside constrained", "ratio to beside free"], lines))
+    for n in args.streams:
+        moved = common.spread(rows, "free_tps", case=n, contender="free")
+        if moved > common.NOISY:
+            print(f"noisy: the free daemon's rounds at {n} stream(s) spread {moved:.0%}: its ratios are not reliable")
     print(f"grammar: token tables {masks['tables_ms']:.0f} ms once per model, schema compile "
           f"{masks['compile_ms']:.1f} ms; mask fill per token p50 {masks['fill_p50_us']:.0f} us, "
           f"p99 {masks['fill_p99_us']:.0f} us")
