@@ -171,6 +171,8 @@ def interleaved(label: str, contenders: list[str], base: str, rounds: int,
     print(common.table([label, "tok/s (median)", f"ratio to {base} (median of rounds)"],
                        [[name, common.median(rows, "decode_tps", contender=name),
                          common.median_ratio(rows, "decode_tps", name, base)] for name in contenders]))
+    if (moved := common.spread(rows, "decode_tps", contender=base)) > common.NOISY:
+        print(f"noisy: {base}'s rounds spread {moved:.0%}: the ratios are not reliable")
 
 
 def breakdown(stats: pstats.Stats, steps: int) -> list[list]:
