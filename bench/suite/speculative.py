@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
              for task, streams in cases]
     print(common.table(["task", "streams", "tokens a stream", "plain tok/s", "speculative tok/s", "ratio", "acceptance",
                         "decode-phase ratio", "plain ttft ms", "speculative ttft ms"], lines))
+    noisy = [f"{task} x{streams} {moved:.0%}" for task, streams in cases
+             if (moved := common.spread(rows, "tok_s", case=(task, streams), contender="plain")) > common.NOISY]
+    if noisy:
+        print("noisy: plain rounds spread " + ", ".join(noisy) + ": those ratios are not reliable")
     if warm:
         print(f"left out: {args.warm_rounds} warm round(s), ratios " + ", ".join(
             f"{task} x{streams} {common.median_ratio(warm, 'tok_s', 'speculative', 'plain', case=(task, streams)):.3f}"
