@@ -227,3 +227,27 @@ def test_a_failed_allocation_is_resource_exhausted_not_a_bug(message):
     assert isinstance(as_mlxd_error(RuntimeError(message), request), ResourceExhausted)
     assert isinstance(as_mlxd_error(MemoryError(), request), ResourceExhausted)
     assert isinstance(as_mlxd_error(RuntimeError("index out of range"), request), InternalError)
+
+
+def test_a_step_out_of_memory_releases_mlxs_buffers_once_after_its_rows_are_dropped(monkeypatch):
+    """Every row of the failed step ends RESOURCE_EXHAUSTED; MLX's cache of freed buffers goes back to the device
+    once, after the batch's caches are dropped (so theirs go back too), not once a request before they are."""
+    import mlx.core as mx
+
+    from tests.helpers.fault_daemon import OUT_OF_MEMORY, FaultOnToken
+
+    def full() -> None:
+        raise RuntimeError(OUT_OF_MEMORY)
+
+    runtime = fake_runtime()
+    runtime.model = FaultOnToken(runtime.model, 33, full)
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=4))
+    rows_held: list[int] = []
+    monkeypatch.setattr(mx, "clear_cache", lambda: rows_held.append(len(scheduler._runner.batch_rows())))
+    others = [_request(f"other{i}", [3 + i, 4, 5], n=30) for i in range(3)]
+    full_one = _request("full", [1, 2, 33])  # 33 runs in its first decode step, beside the others
+    run(scheduler, *others, full_one)
+    for request in (*others, full_one):
+        with pytest.raises(ResourceExhausted, match="out of memory"):
+            drain(request)
+    assert rows_held == [0]

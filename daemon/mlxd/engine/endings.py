@@ -34,15 +34,21 @@ def as_mlxd_error(error: Exception, request: GenerationRequest) -> MlxdError:
     if isinstance(error, MlxdError):
         return error
     if out_of_memory(error):
-        # Not a bug: the batch (or the prompt) needed more device memory than was free. The scheduler drops the
-        # batch's caches; MLX's cache of freed buffers goes back too, so the next step starts with all of it.
+        # Not a bug: the batch (or the prompt) needed more device memory than was free (`release_memory`).
         log.warning("request %r: the device ran out of memory: %s", request.request_id, error)
-        mx.clear_cache()
         return ResourceExhausted(f"the device ran out of memory ({error}); the daemon goes on serving: lower "
                                  "--kv-cache-mb or --max-batch-size to leave room for the steps' own arrays")
     # A bug, not a bad request: log it with its traceback. %r: client text cannot forge log lines.
     log.error("request %r failed", request.request_id, exc_info=error)
     return InternalError(f"{type(error).__name__}: {error}")
+
+
+def release_memory(error: Exception) -> None:
+    """After a failed allocation, once the scheduler has dropped the failed rows' caches: MLX's cache of freed
+    buffers (theirs among them) goes back to the device, so the next step starts with all of it. Once a failure,
+    not once a request of it."""
+    if out_of_memory(error):
+        mx.clear_cache()
 
 
 def out_of_memory(error: BaseException) -> bool:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from mlxd.engine.draft_model import DraftModel
-from mlxd.engine.endings import as_mlxd_error, gone
+from mlxd.engine.endings import as_mlxd_error, gone, release_memory
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
@@ -191,6 +191,7 @@ class Scheduler:
             except Exception as error:
                 self.waiting.popleft()
                 out.append((request, ErrorEvent(as_mlxd_error(error, request))))
+                release_memory(error)
                 continue
             self.waiting.popleft()
             self._admitted.append(live)
@@ -249,6 +250,7 @@ class Scheduler:
                 live.prefilled = end
         except Exception as error:
             self._end(live, live.output.fail(as_mlxd_error(error, request)), out)
+            release_memory(error)
             return
         if live.prefilled < len(prompt) - 1 and period and live.prefilled % period == 0:
             self._memory.snapshot(live.row, prompt[:live.prefilled])
@@ -276,6 +278,7 @@ class Scheduler:
                 if live.row in held and live.phase is not Phase.DONE:
                     self._end(live, live.output.fail(as_mlxd_error(error, live.request)), out)
             self._runner.reset_batch()
+            release_memory(error)
             return
         if self._speculator is not None and stepping:  # its rows fed L tokens each (1 + the most drafts): timed
             width = 1 + max(map(len, drafts.values()), default=0)
