@@ -269,7 +269,7 @@ for spec in "$@"; do
                    step free-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --timeline; } ;;
     constrained-timeline) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
-                   step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
+                   step constrained-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
     constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
                    step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
@@ -297,8 +297,9 @@ for spec in "$@"; do
     speculate-ngram) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-ngram 560 "$py" -m bench speculative --model "$smollm2" \
-                       --tasks rewrite,json,free --max-tokens 96 --streams 1,16 --rounds "${ROUNDS:-2}" \
-                       --warm-rounds 1 ${IGNORE_EOS:+--ignore-eos} ;;
+                       --tasks "${TASKS:-rewrite,json,free}" --max-tokens 96 --streams "${STREAMS:-1,16}" \
+                       --rounds "${ROUNDS:-2}" --warm-rounds 1 ${IGNORE_EOS:+--ignore-eos} \
+                       --log-level "${LOG_LEVEL:-INFO}" --out "$logs/speculate-ngram" ;;
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \

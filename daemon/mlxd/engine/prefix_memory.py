@@ -8,6 +8,7 @@ import logging
 
 from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.runner import RowId, Runner
+from mlxd.models.cache import KVCache
 from mlxd.models.recurrent_cache import RecurrentCache
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ class PrefixMemory:
         sliding-window models (the runner gives no caches: a row may have lost its oldest columns)."""
         # The cache holds the prompt and the answer but, when no step fed it yet, the answer's last token.
         held = caches[0].offset
+        past_end = held - len(prompt) - len(answer)
+        if past_end > 0:
+            # A verify step fed tokens after the answer's end (an end token or a stop string inside its accepted
+            # run): their positions come last, so the rest is the KV of prompt + answer. A recurrent layer's state
+            # has taken them in for good.
+            if not all(isinstance(c, KVCache) for c in caches):
+                log.debug("a leaving row's recurrent states hold %d tokens past its answer; not stored", past_end)
+                return
+            for c in caches:
+                c.trim(past_end)
+            held -= past_end
         if not len(prompt) <= held <= len(prompt) + len(answer):
             log.error("a leaving row holds %d positions for %d prompt and %d answer tokens; not stored",
                       held, len(prompt), len(answer))

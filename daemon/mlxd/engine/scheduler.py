@@ -114,6 +114,7 @@ class Scheduler:
         self._rows = itertools.count()
         self._memory = PrefixMemory(self.prefix_cache, runner, options.recurrent_snapshot_period)
         self._drafting_seconds = 0.0   # the latest verify step's drafting (a debug log line says it)
+        self._drained = False          # the latest step read the step queued before it for drafts (debug log)
         draft = DraftModel(runtime.draft_model) if runtime.draft_model is not None else None
         self._speculator = (Speculator(options.speculate_depth, adaptive=options.speculate_adaptive, model=draft)
                             if (options.speculate == "ngram" or draft) and self._runner.can_speculate else None)
@@ -285,9 +286,9 @@ class Scheduler:
             seconds = time.perf_counter() - started
             self._speculator.timed(len(stepping), width, seconds)
             if log.isEnabledFor(logging.DEBUG):  # what the speculation policy saw, step by step
-                log.debug("step: %d rows, width %d, %.2f ms (drafting %.2f); %s", len(stepping), width,
+                log.debug("step: %d rows, width %d, %.2f ms (drafting %.2f%s); %s", len(stepping), width,
                           seconds * 1e3, self._drafting_seconds * 1e3 if drafts else 0.0,
-                          self._speculator.describe(len(stepping)))
+                          ", drained" if self._drained else "", self._speculator.describe(len(stepping)))
         self._deliver(results, by_row, drafts, out)
         for live in stepping:  # a verify step's tokens are all read: none is left queued
             live.queued = len(live.output.generated) if drafts else live.queued + 1
@@ -303,8 +304,10 @@ class Scheduler:
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
                  if live.in_batch}
         pending = [live.row for live in self._admitted if live.in_batch and live.queued > len(live.output.generated)]
+        self._drained = False
         if not spec.wants_drafts(rooms, pending):
             return {}, time.perf_counter()  # each n-gram row noted its probe while looking its drafts up
+        self._drained = bool(pending)  # a drained step that drafts nothing after all shows as width 1, drained
         self._deliver(self._runner.flush(), by_row, {}, out)
         started = time.perf_counter()
         drafts = spec.drafts({row: room for row, room in rooms.items() if by_row[row].in_batch})
