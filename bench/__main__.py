@@ -49,6 +49,8 @@ BENCHMARKS = {
                         "one long prefill, mlxd's runner against mlx-lm's model, whole and without each part"),
     "prefill_chunks": ("bench.suite.prefill_chunks",
                        "TTFT of long prompts at each prefill chunk size (and a variant): where a prefill's time goes"),
+    "compile_watch": ("bench.suite.compile_watch",
+                      "the kernels MLX compiles after the daemon's warm-up (GPU), and the steps they stalled"),
     "first_requests": ("bench.suite.first_requests",
                        "the first two requests of each kind after the warm-up: kernels compiled inside a request"),
     "prompt_lengths": ("bench.suite.prompt_lengths",

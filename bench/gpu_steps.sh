@@ -60,6 +60,9 @@
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain, after a warm round left
 #                      out of the medians (its ratios printed: a fresh daemon's first speculative requests; ~350 s);
 #                      answers end at the model's end token (IGNORE_EOS=1: at 96 tokens, sessions up to 35's measure)
+#   compile-watch      real SmolLM2 with n-gram lookup in-process on a fresh MLX PTX cache: the daemon's warm-up, each
+#                      part timed with the kernels it compiled, then the speculative bench's tasks; every step over
+#                      100 ms or compiling is listed with the kernels that appeared (bench compile_watch; ~400 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
 #                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
 #                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
@@ -300,6 +303,12 @@ for spec in "$@"; do
                        --tasks "${TASKS:-rewrite,json,free}" --max-tokens 96 --streams "${STREAMS:-1,16}" \
                        --rounds "${ROUNDS:-2}" --warm-rounds 1 ${IGNORE_EOS:+--ignore-eos} \
                        --log-level "${LOG_LEVEL:-INFO}" --out "$logs/speculate-ngram" ;;
+    compile-watch) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
+                   [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
+                   ptx=$(mktemp -d)
+                   step compile-watch 580 env MLX_PTX_CACHE_DIR="$ptx" "$py" -m bench compile_watch --model "$smollm2" \
+                     --streams "${STREAMS:-1,16}" --rounds "${ROUNDS:-1}" --max-tokens 96
+                   ls -R "$ptx" > "$logs/compile-watch-kernels.txt" ;;
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \

@@ -8,11 +8,12 @@ time goes when the device is not the limit (a GPU), and what the policy costs wh
 The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
 unmeasured first (on a GPU, MLX compiles kernels for each new shape), then its rounds alternate plain
 (GenerationRequest.speculation = 0) and speculative, in one Scheduler each made with `--speculate ngram`. Prints
-decode-phase tok/s of each, their ratio and the acceptance. Each `--variant` adds rounds of speculation with some
-module attributes set (`common.patched`), interleaved with the others in the same process. With --profile the last
-round of each case runs again under cProfile and the functions with the most own time are written to --out, with a
-step's parts (cumulative ms per step: the verify step, its acceptance, the caches' rollback, the drafting policy)
-printed.
+decode-phase tok/s of each, their ratio, the ratio of whole requests' rates (from the first request to the last
+token: the streams' admission counted, which speculation may slow) and the acceptance. Each `--variant` adds
+rounds of speculation with some module attributes set (`common.patched`), interleaved with the others in the same
+process. With --profile the last round of each case runs again under cProfile and the functions with the most own
+time are written to --out, with a step's parts (cumulative ms per step: the verify step, its acceptance, the
+caches' rollback, the drafting policy) printed.
 
 --oracle adds rounds whose rows draft what they will decode: each case's greedy continuation, recorded by a plain
 run of its prompt first, served by the n-gram index in place of its lookup (OracleIndex). Every draft holds and
@@ -163,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             plain = common.median(rows, "decode_tps", contender="plain")
             for name in list(modes)[1:]:
                 spec = common.median(rows, "decode_tps", contender=name)
-                lines.append([task, streams, name, plain, spec, spec / plain,
+                total = (common.median(rows, "total_tps", contender=name)
+                         / common.median(rows, "total_tps", contender="plain"))
+                lines.append([task, streams, name, plain, spec, spec / plain, total,
                               common.median(rows, "acceptance", contender=name),
                               common.median(rows, "steps", contender="plain"),
                               common.median(rows, "steps", contender=name)])
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
                     (args.out / f"profile-{task}-{streams}-{name}.txt").write_text(text.getvalue())
     print(f"\n{args.model}: n-gram speculation in-process, {args.max_tokens} tokens, medians of {args.rounds} rounds")
-    print(common.table(["task", "streams", "mode", "plain tok/s", "spec tok/s", "ratio", "acceptance",
+    print(common.table(["task", "streams", "mode", "plain tok/s", "spec tok/s", "ratio", "whole ratio", "acceptance",
                         "steps plain", "steps spec"],
                        lines))
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlxd.engine import scheduler as scheduler_module
 from mlxd.engine.request import FinishReason, GenerationRequest
 from mlxd.engine.runner import Runner
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.engine.scheduler import Phase, Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
 from tests.helpers.engine_runs import drain, run, run_arrivals
 from tests.helpers.parity import fixture_runtime
@@ -103,6 +104,33 @@ def test_ends_inside_an_accepted_run_are_exact(runtime):
         got = _outputs(speculative)
         _assert_same(got, _outputs(plain))
         assert len(got[0][0]) == position + 1  # it ended inside the run
+
+
+@pytest.mark.parametrize("plain_while_prefilling", [True, False])
+def test_no_drafts_while_a_request_is_prefilling(runtime, monkeypatch, plain_while_prefilling):
+    """A verify step beside a prefill chunk delays the prefilling request's first token (scheduler.py
+    PLAIN_WHILE_PREFILLING): the rows decoding draft before it comes and after its prompt is in, not while."""
+    monkeypatch.setattr(scheduler_module, "PLAIN_WHILE_PREFILLING", plain_while_prefilling)
+    scheduler = Scheduler(runtime, SPECULATIVE)
+    decoding = GenerationRequest("decoding", _prompt(12, 1), SAMPLINGS[0], max_tokens=60, ignore_eos=True)
+    arriving = GenerationRequest("arriving", _prompt(60, 2), SAMPLINGS[0], max_tokens=8, ignore_eos=True)
+    steps: list[tuple[bool, bool]] = []  # (the step verified drafts, a request was prefilling)
+    step = scheduler._runner.step
+
+    def recording(drafts=None):
+        steps.append((bool(drafts), any(live.phase is Phase.PREFILL for live in scheduler._admitted)))
+        return step(drafts)
+
+    scheduler._runner.step = recording  # type: ignore[method-assign]
+    run_arrivals(scheduler, {0: [decoding], 6: [arriving]})
+    prefilling = [verified for verified, prefill in steps if prefill]
+    assert len(prefilling) >= 10  # the 90-token prompt's chunks of 8 beside decode steps
+    assert any(verified for verified, prefill in steps if not prefill)
+    assert any(prefilling) is not plain_while_prefilling
+    plain = [GenerationRequest(r.request_id, r.prompt_ids, r.sampling, max_tokens=r.max_tokens, ignore_eos=True)
+             for r in (decoding, arriving)]
+    run_arrivals(Scheduler(runtime, PLAIN), {0: plain[:1], 6: plain[1:]})
+    assert [drain(r)[0] for r in (decoding, arriving)] == [drain(r)[0] for r in plain]
 
 
 def _ending_requests(seed: int, **extra) -> list[GenerationRequest]:

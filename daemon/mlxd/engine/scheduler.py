@@ -37,6 +37,17 @@ from mlxd.errors import DeadlineExceeded, MlxdError, ResourceExhausted, Unsuppor
 
 log = logging.getLogger(__name__)
 
+# True: no drafts while a request is prefilling. Each step runs one prefill chunk beside the decode step, so a verify
+# step (synchronous, ~2x a plain step on a GPU) delays the first token of every request still to be prefilled, and
+# the policy weighs only the rows decoding. Sixteen streams of SmolLM2 rewriting a paragraph on an H100 (session 41,
+# over gRPC): the rows admitted first verified at every step of the others' admission, which took 210-281 ms
+# against 108-123 plain; the median first token came at 105-130 ms against 58-84, and the whole requests ran 0.95x
+# plain for a decode phase of 1.56x. But on the 2-core CPU (`speculation_inprocess --streams 16 --max-tokens 48
+# --variant`), where a prompt's prefill outweighs a verify step, speculating through the admission finished the
+# rewrite sooner (1.41x plain against 1.35x with this on; the decode phase 1.85x against 2.05x). Off until the GPU's
+# whole requests are measured with it (gpu_steps.sh speculate-inprocess VARIANT=...).
+PLAIN_WHILE_PREFILLING = False
+
 Routed = tuple[GenerationRequest, Event]
 
 # The most prompt tokens a chunk of a request asking for prompt logprobs takes, whatever the prefill chunk: such a
@@ -299,7 +310,7 @@ class Scheduler:
         pipeline pauses); the step is timed from after that pause, its drafting included (engine/step_costs.py
         says why the pause is left out)."""
         spec = self._speculator
-        if spec is None:
+        if spec is None or (PLAIN_WHILE_PREFILLING and any(live.phase is Phase.PREFILL for live in self._admitted)):
             return {}, time.perf_counter()
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
                  if live.in_batch}
