@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 # against 108-123 plain; the median first token came at 105-130 ms against 58-84, and the whole requests ran 0.95x
 # plain for a decode phase of 1.56x. But on the 2-core CPU (`speculation_inprocess --streams 16 --max-tokens 48
 # --variant`), where a prompt's prefill outweighs a verify step, speculating through the admission finished the
-# rewrite sooner (1.41x plain against 1.35x with this on; the decode phase 1.85x against 2.05x). Off until the GPU's
-# whole requests are measured with it (gpu_steps.sh speculate-inprocess VARIANT=...).
+# rewrite sooner (1.41x plain against 1.35x with this on; the decode phase 1.85x against 2.05x). On the H100 in-process
+# (the same bench, 96 tokens, 4 rounds) this on ran the whole requests at 1.087, 1.002, 1.392, 0.919 of it off by
+# round: too noisy to turn on for. Off until more rounds on a GPU say (gpu_steps.sh speculate-inprocess VARIANT=...).
 PLAIN_WHILE_PREFILLING = False
 
 Routed = tuple[GenerationRequest, Event]
