@@ -93,6 +93,18 @@ def test_a_new_row_starts_from_the_acceptance_the_rows_have_shown():
     assert spec._rows[1].acceptance < 0.05
 
 
+def test_a_new_row_starts_no_higher_than_knowing_nothing():
+    """Rows of a copy task teach a high acceptance; a new row (maybe free text) starts from 0.5, not from it, and
+    learns its own from there."""
+    spec = Speculator(max_depth=4)
+    spec.start(0, [1, 2, 3], cap=None)
+    for _ in range(200):
+        spec.observe(0, [7, 7], [7, 7, 7])         # every draft accepted
+    assert spec._prior > 0.9 and spec._rows[0].acceptance > 0.9
+    spec.start(1, [1, 2, 3], cap=None)
+    assert spec._rows[1].acceptance == 0.5
+
+
 class _DraftsNothingUseful:
     """A draft model's stand-in: drafts token 0, which the target never accepts."""
 
