@@ -105,6 +105,16 @@ def test_a_new_row_starts_no_higher_than_knowing_nothing():
     assert spec._rows[1].acceptance == 0.5
 
 
+def test_a_draft_models_new_row_starts_from_the_whole_prior():
+    """A draft model's rows learn only from drafts verified (probes between are rare): a new row keeps the prior."""
+    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
+    spec.start(0, [1, 2, 3], cap=None)
+    for _ in range(200):
+        spec.observe(0, [7, 7], [7, 7, 7])
+    spec.start(1, [1, 2, 3], cap=None)
+    assert spec._rows[1].acceptance > 0.9
+
+
 class _DraftsNothingUseful:
     """A draft model's stand-in: drafts token 0, which the target never accepts."""
 

@@ -5,16 +5,19 @@ N-gram prompt lookup: a row's draft is what followed the most recent earlier occ
 copies its input: code edits, answers that quote, repeated JSON keys. An index of every n-gram's latest end keeps
 a lookup O(1) per step whatever the context length.
 
-Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + the deepest draft tokens (rows
-with fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance
-that a drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft
-it would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the
-acceptance all rows have shown so far, but never above _PRIOR: a request may be text of another kind than those
+Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + the deepest draft tokens (rows with
+fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance that a
+drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft it
+would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the acceptance
+all rows have shown so far, an n-gram row never above _PRIOR: a request may be text of another kind than those
 before it, and a free-text row starting from what a copy task taught drafted the widest width at its first lookups
 (an H100 serving rewrites and free text in turn: 5, 5, 20, then 43 drafted tokens in free text's rounds, 2 accepted;
 that last round 0.66x plain). Replayed (`speculation_replay --served 4`: the tasks in turn by one speculator, the
 recorded SmolLM2 outputs, five cost profiles from the CPU's to an H100's), free text went 0.989-1.046 -> 0.998-1.063
-of plain, the copy tasks moved -0.9 % to +1.8 %. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens.
+of plain, the copy tasks moved -0.9 % to +1.8 %. An n-gram row learns from every plain step for free (below), a
+draft model's only from drafts verified: its rows keep the whole prior (a model drafting for itself, accepted
+throughout, would wait for probes at each new request). With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a)
+tokens.
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
 the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
@@ -125,7 +128,7 @@ class Speculator:
     model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
     costs: StepCosts = field(default_factory=StepCosts)
-    _prior: float = _PRIOR              # the acceptance all rows have shown (a new row starts from it, at most _PRIOR)
+    _prior: float = _PRIOR              # the acceptance all rows have shown (a new row starts from it: see the top)
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _plain_steps: int = 0               # the batch's steps since it last drafted, while some row could draft
     _could_draft: bool = True           # the step being judged holds a row that may draft (wants_drafts)
@@ -137,8 +140,9 @@ class Speculator:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
         depth = self.max_depth if cap is None else min(cap, self.max_depth)
         if depth > 0:
+            start = self._prior if self.model is not None else min(self._prior, _PRIOR)  # see the top
             self._rows[row] = _RowSpeculation(NgramIndex(prompt if self.model is None else [], self.max_ngram),
-                                              depth, min(self._prior, _PRIOR))
+                                              depth, start)
             if self.model is not None:
                 self.model.start(row, prompt)
 
