@@ -59,7 +59,9 @@
 #   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
 #                      the copy-heavy tasks and free text, 1 and 16 streams, against plain, after a warm round left
 #                      out of the medians (its ratios printed: a fresh daemon's first speculative requests; ~350 s);
-#                      answers end at the model's end token (IGNORE_EOS=1: at 96 tokens, sessions up to 35's measure)
+#                      answers end at the model's end token (IGNORE_EOS=1: at 96 tokens, sessions up to 35's measure);
+#                      TASKS, STREAMS, ROUNDS narrow it; LOG_LEVEL=DEBUG: the daemon's line a step, in its log kept
+#                      in $OUT/speculate-ngram (a fresh machine's warm-up alone took 245-270 s in session 41)
 #   compile-watch      real SmolLM2 with n-gram lookup in-process on a fresh MLX PTX cache: the daemon's warm-up, each
 #                      part timed with the kernels it compiled, then the speculative bench's tasks; every step over
 #                      100 ms or compiling is listed with the kernels that appeared (bench compile_watch; ~400 s)
