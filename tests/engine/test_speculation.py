@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlxd.engine import speculation
 from mlxd.engine.speculation import NgramIndex, Speculator
 
 
@@ -93,25 +94,28 @@ def test_a_new_row_starts_from_the_acceptance_the_rows_have_shown():
     assert spec._rows[1].acceptance < 0.05
 
 
-def test_a_new_row_starts_no_higher_than_knowing_nothing():
-    """Rows of a copy task teach a high acceptance; a new row (maybe free text) starts from 0.5, not from it, and
-    learns its own from there."""
-    spec = Speculator(max_depth=4)
+def _taught_to_accept(spec: Speculator) -> Speculator:
     spec.start(0, [1, 2, 3], cap=None)
     for _ in range(200):
-        spec.observe(0, [7, 7], [7, 7, 7])         # every draft accepted
-    assert spec._prior > 0.9 and spec._rows[0].acceptance > 0.9
+        spec.observe(0, [7, 7], [7, 7, 7])         # every draft accepted: a copy task
+    assert spec._prior > 0.9
     spec.start(1, [1, 2, 3], cap=None)
-    assert spec._rows[1].acceptance == 0.5
+    return spec
 
 
-def test_a_draft_models_new_row_starts_from_the_whole_prior():
-    """A draft model's rows learn only from drafts verified (probes between are rare): a new row keeps the prior."""
-    spec = Speculator(max_depth=4, model=_DraftsNothingUseful())  # type: ignore[arg-type]
-    spec.start(0, [1, 2, 3], cap=None)
-    for _ in range(200):
-        spec.observe(0, [7, 7], [7, 7, 7])
-    spec.start(1, [1, 2, 3], cap=None)
+def test_a_new_row_starts_from_a_copy_tasks_acceptance_unless_capped(monkeypatch):
+    """speculation.NEW_ROW_CAP (off): with it, a new n-gram row starts no higher than it and learns its own from
+    there."""
+    assert _taught_to_accept(Speculator(max_depth=4))._rows[1].acceptance > 0.9
+    monkeypatch.setattr(speculation, "NEW_ROW_CAP", 0.5)
+    assert _taught_to_accept(Speculator(max_depth=4))._rows[1].acceptance == 0.5
+
+
+def test_a_draft_models_new_row_starts_from_the_whole_prior(monkeypatch):
+    """A draft model's rows learn only from drafts verified (probes between are rare): a new row keeps the prior,
+    capped or not."""
+    monkeypatch.setattr(speculation, "NEW_ROW_CAP", 0.5)
+    spec = _taught_to_accept(Speculator(max_depth=4, model=_DraftsNothingUseful()))  # type: ignore[arg-type]
     assert spec._rows[1].acceptance > 0.9
 
 

@@ -9,15 +9,18 @@ Adaptive depth, for the batch: one verify step feeds every row the same L = 1 + 
 fewer are padded), so L is chosen for the batch, not per row. Each row's `acceptance` is an EMA of the chance that a
 drafted token is accepted, learned from the drafts verified and, while the row drafts nothing, from the draft it
 would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the acceptance
-all rows have shown so far, an n-gram row never above _PRIOR: a request may be text of another kind than those
-before it, and a free-text row starting from what a copy task taught drafted the widest width at its first lookups
-(an H100 serving rewrites and free text in turn: 5, 5, 20, then 43 drafted tokens in free text's rounds, 2 accepted;
-that last round 0.66x plain). Replayed (`speculation_replay --served 4`: the tasks in turn by one speculator, the
-recorded SmolLM2 outputs, five cost profiles from the CPU's to an H100's), free text went 0.989-1.046 -> 0.998-1.063
-of plain, the copy tasks moved -0.9 % to +1.8 %. An n-gram row learns from every plain step for free (below), a
-draft model's only from drafts verified: its rows keep the whole prior (a model drafting for itself, accepted
-throughout, would wait for probes at each new request). With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a)
-tokens.
+all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens.
+
+NEW_ROW_CAP (off): a new n-gram row starts no higher than it. A request may be text of another kind than those
+before it: an H100 serving rewrites and free text in turn drafted 5, 5, 20, then 43 tokens in free text's rounds (2
+accepted; that last round 0.66x plain) as the rewrites taught the prior, and the new rows drafted the widest width
+at their first lookups. Replayed (`speculation_replay --served 4`: the recorded SmolLM2 outputs served in turn by
+one speculator, five cost profiles from the CPU's to an H100's), a cap of 0.5 moved free text from 0.989-1.046 to
+0.998-1.063 of plain and the copy tasks by -0.9 % to +1.8 %. But timed over gRPC on the 2-core CPU, the JSON record
+(after the rewrite in each round) accepted 31-37 drafted tokens of its 96 with the cap against 39-42 without, 1.34x
+plain against 1.80x (runs back to back, plain rounds spreading up to 45 %), free text 0.957x against 0.948x. Off
+until a GPU's timed rounds decide. A draft model's rows would keep the whole prior either way: they learn only from
+drafts verified, and a model drafting for itself, accepted throughout, would wait for probes at each new request.
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
 the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
@@ -54,6 +57,7 @@ _PRIOR = 0.5         # acceptance assumed before any observation
 _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
 _PROBE_LAST = 256    # ...doubling after each probe that does not turn speculation on, up to this
 _MARGIN = 1.02       # a width must beat a plain step's expected rate by this factor
+NEW_ROW_CAP: float | None = None  # None: a new n-gram row starts from the prior; else at most this (see the top)
 
 # The most tokens a row drafts a step unless `serve --speculate-depth` says otherwise. The adaptive depth picks
 # below it, so a deeper cap costs only the widths explored. Prompt lookup drafts for free and a copy goes on for
@@ -128,7 +132,7 @@ class Speculator:
     model: DraftModel | None = None                          # drafts by this model instead of n-gram lookup
     _rows: dict[int, _RowSpeculation] = field(default_factory=dict)
     costs: StepCosts = field(default_factory=StepCosts)
-    _prior: float = _PRIOR              # the acceptance all rows have shown (a new row starts from it: see the top)
+    _prior: float = _PRIOR              # the acceptance all rows have shown: a new row starts from it (see the top)
     _probe_after: int = _PROBE_FIRST    # plain steps before a draft model's batch probes
     _plain_steps: int = 0               # the batch's steps since it last drafted, while some row could draft
     _could_draft: bool = True           # the step being judged holds a row that may draft (wants_drafts)
@@ -140,7 +144,7 @@ class Speculator:
         """Draft for this row from now on, at most `cap` tokens a step (None: max_depth; 0: never)."""
         depth = self.max_depth if cap is None else min(cap, self.max_depth)
         if depth > 0:
-            start = self._prior if self.model is not None else min(self._prior, _PRIOR)  # see the top
+            start = self._prior if self.model is not None or NEW_ROW_CAP is None else min(self._prior, NEW_ROW_CAP)
             self._rows[row] = _RowSpeculation(NgramIndex(prompt if self.model is None else [], self.max_ngram),
                                               depth, start)
             if self.model is not None:
