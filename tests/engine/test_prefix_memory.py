@@ -1,7 +1,7 @@
 """What a row leaving the batch leaves in the prefix cache (engine/prefix_memory.py `remember_answer`): prompt and
 answer, also when a verify step fed tokens after the answer's end (an end token or a stop string inside its accepted
-run). On an H200, SmolLM2 rewriting a paragraph with n-gram speculation ended so in 2 of 8 requests, whose answers
-were not stored (an error logged): the next turn of those chats prefilled them again."""
+run). On an H200, SmolLM2 rewriting a paragraph with n-gram speculation ended so in 2 of its 4 speculating requests,
+whose answers were not stored (an error logged): the next turn of those chats prefilled them again."""
 
 from __future__ import annotations
 
