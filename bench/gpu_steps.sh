@@ -67,7 +67,9 @@
 #                      100 ms or compiling is listed with the kernels that appeared (bench compile_watch; ~400 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
 #                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
-#                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process
+#                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process;
+#                      SERVED=1: each mode's one scheduler serves the cases in turn (the prior carried, as in a daemon:
+#                      e.g. TASKS=rewrite,json,free SERVED=1 VARIANT=cap:mlxd.engine.speculation.NEW_ROW_CAP=0.5)
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
 #                      plain), 1 and 16 streams, the daemons' logs kept in $OUT (LOG_LEVEL=DEBUG: a line a step, its
 #                      rows, width, ms and the policy's state); speculate-self the 8B as its own draft (full
@@ -314,7 +316,8 @@ for spec in "$@"; do
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
                      step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \
-                       --tasks rewrite,free --streams 1,16 --rounds 3 --profile ${VARIANT:+--variant "$VARIANT"} \
+                       --tasks "${TASKS:-rewrite,free}" --streams "${STREAMS:-1,16}" --rounds "${ROUNDS:-3}" --profile \
+                       ${VARIANT:+--variant "$VARIANT"} ${SERVED:+--served} \
                        --out "$logs/speculate-inprocess" ;;
     speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
                      step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \

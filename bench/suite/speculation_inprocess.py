@@ -3,17 +3,19 @@ time goes when the device is not the limit (a GPU), and what the policy costs wh
 
     python -m bench speculation_inprocess [--model smollm2|PATH] [--tasks rewrite,free] [--streams 1,16]
                                           [--max-tokens 96] [--rounds 2] [--depth 8] [--profile] [--oracle]
-                                          [--variant NAME:module.attribute=value;...]
+                                          [--variant NAME:module.attribute=value;...] [--served]
 
-The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once
-unmeasured first (on a GPU, MLX compiles kernels for each new shape), then its rounds alternate plain
+The tasks and prompts are `speculative`'s (rendered with the model's chat template); every case runs once unmeasured
+first (on a GPU, MLX compiles kernels for each new shape), then its rounds alternate plain
 (GenerationRequest.speculation = 0) and speculative, in one Scheduler each made with `--speculate ngram`. Prints
 decode-phase tok/s of each, their ratio, the ratio of whole requests' rates (from the first request to the last
-token: the streams' admission counted, which speculation may slow) and the acceptance. Each `--variant` adds
-rounds of speculation with some module attributes set (`common.patched`), interleaved with the others in the same
-process. With --profile the last round of each case runs again under cProfile and the functions with the most own
-time are written to --out, with a step's parts (cumulative ms per step: the verify step, its acceptance, the
-caches' rollback, the drafting policy) printed.
+token: the streams' admission counted, which speculation may slow) and the acceptance. With --served each mode keeps
+one Scheduler for every case and the cases take turns in each round, so a speculator's prior and measured costs
+carry from request to request as in one daemon (what `speculation.NEW_ROW_CAP` is about; --profile is not run then).
+Each `--variant` adds rounds of speculation with some module attributes set (`common.patched`), interleaved with the
+others in the same process. With --profile the last round of each case runs again under cProfile and the functions
+with the most own time are written to --out, with a step's parts (cumulative ms per step: the verify step, its
+acceptance, the caches' rollback, the drafting policy) printed.
 
 --oracle adds rounds whose rows draft what they will decode: each case's greedy continuation, recorded by a plain
 run of its prompt first, served by the n-gram index in place of its lookup (OracleIndex). Every draft holds and
@@ -96,11 +98,12 @@ def greedy_continuation(runtime: ModelRuntime, prompt: list[int], max_tokens: in
 
 
 def run(runtime: ModelRuntime, prompt: list[int], streams: int, max_tokens: int, speculation: int | None,
-        profiler: cProfile.Profile | None = None, depth: int = 4) -> dict[str, Any]:
-    """`streams` greedy requests of `prompt` through a new Scheduler (batch_inprocess.drive): decode-phase rates,
-    the scheduler steps taken and the acceptance (accepted / drafted tokens)."""
-    scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram",
-                                                    speculate_depth=depth))
+        profiler: cProfile.Profile | None = None, depth: int = 4, scheduler: Scheduler | None = None) -> dict[str, Any]:
+    """`streams` greedy requests of `prompt` through `scheduler` or a new one (batch_inprocess.drive): decode-phase
+    rates, the scheduler steps taken and the acceptance (accepted / drafted tokens)."""
+    if scheduler is None:
+        scheduler = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram",
+                                                        speculate_depth=depth))
     requests = [GenerationRequest(f"r{i}", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
                                   ignore_eos=True, speculation=speculation) for i in range(streams)]
     row = drive(scheduler, requests, profiler)
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
                    help="also rounds of speculation with SETTINGS (module.attribute=value;...: common.patched), "
                         "e.g. 'margin:mlxd.engine.speculation._MARGIN=1.2'; repeatable")
+    p.add_argument("--served", action="store_true",
+                   help="each mode's one Scheduler serves every case, the cases in turn in each round (its "
+                        "speculator's prior and measured costs carried from request to request, as in one daemon)")
     args = p.parse_args(argv)
     # name -> (GenerationRequest.speculation, settings): plain decoding, speculation, then each variant of it
     modes = {"plain": (0, ""), "spec": (None, "")} | {name: (None, settings)
@@ -146,12 +152,20 @@ def main(argv: list[str] | None = None) -> None:
     lines: list[list[Any]] = []
     cases: dict[str, tuple[list[int], int]] = {}  # "task xN" -> (prompt, streams)
 
+    served = {name: Scheduler(runtime, SchedulerOptions(512, max_batch_size=max(map(int, args.streams.split(","))),
+                                                        speculate="ngram", speculate_depth=args.depth))
+              for name in modes} if args.served else {}
+
     def one(name: str, case: str, _round: int) -> dict[str, Any]:
         speculation, settings = modes[name]
         with common.patched(settings), oracle_drafts() if name == "oracle" else contextlib.nullcontext():
-            return run(runtime, *cases[case], args.max_tokens, speculation, depth=args.depth)
+            return run(runtime, *cases[case], args.max_tokens, speculation, depth=args.depth,
+                       scheduler=served.get(name))
 
-    for task in args.tasks.split(","):
+    if args.served:
+        lines = served_cases(args, tokenizer, modes, cases, one)
+        args.tasks = ""  # every case ran above
+    for task in filter(None, args.tasks.split(",")):
         prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
         for streams in (int(s) for s in args.streams.split(",")):
             case = f"{task} x{streams}"
@@ -160,16 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 OracleIndex.CONTINUATIONS[tuple(prompt)] = greedy_continuation(runtime, prompt, args.max_tokens)
             for name in modes:  # unmeasured: kernels compile for new shapes on a GPU
                 one(name, case, 0)
-            rows = common.alternate(args.rounds, [case], list(modes), one)
-            plain = common.median(rows, "decode_tps", contender="plain")
-            for name in list(modes)[1:]:
-                spec = common.median(rows, "decode_tps", contender=name)
-                total = (common.median(rows, "total_tps", contender=name)
-                         / common.median(rows, "total_tps", contender="plain"))
-                lines.append([task, streams, name, plain, spec, spec / plain, total,
-                              common.median(rows, "acceptance", contender=name),
-                              common.median(rows, "steps", contender="plain"),
-                              common.median(rows, "steps", contender=name)])
+            lines += summary(common.alternate(args.rounds, [case], list(modes), one), task, streams, list(modes))
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
                     profiler = cProfile.Profile()
@@ -185,6 +190,38 @@ def main(argv: list[str] | None = None) -> None:
     print(common.table(["task", "streams", "mode", "plain tok/s", "spec tok/s", "ratio", "whole ratio", "acceptance",
                         "steps plain", "steps spec"],
                        lines))
+
+
+def summary(rows: list[common.Row], task: str, streams: int, modes: list[str]) -> list[list[Any]]:
+    """A table line for each mode but plain, against plain, from the rounds of the case `task xN`."""
+    case = f"{task} x{streams}"
+    plain = common.median(rows, "decode_tps", case=case, contender="plain")
+    lines = []
+    for name in modes[1:]:
+        spec = common.median(rows, "decode_tps", case=case, contender=name)
+        total = (common.median(rows, "total_tps", case=case, contender=name)
+                 / common.median(rows, "total_tps", case=case, contender="plain"))
+        lines.append([task, streams, name, plain, spec, spec / plain, total,
+                      common.median(rows, "acceptance", case=case, contender=name),
+                      common.median(rows, "steps", case=case, contender="plain"),
+                      common.median(rows, "steps", case=case, contender=name)])
+    return lines
+
+
+def served_cases(args: Any, tokenizer: Any, modes: dict[str, Any], cases: dict[str, tuple[list[int], int]],
+                 one: Any) -> list[list[Any]]:
+    """--served: every case's rounds interleaved with the others' (the cases in turn, each mode's scheduler serving
+    them all), after one unmeasured round."""
+    for task in args.tasks.split(","):
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
+        for streams in (int(s) for s in args.streams.split(",")):
+            cases[f"{task} x{streams}"] = (prompt, streams)
+    for case in cases:
+        for name in modes:
+            one(name, case, 0)
+    rows = common.alternate(args.rounds, list(cases), list(modes), one)
+    return [line for case, (_, streams) in cases.items() for line in summary(rows, case.split(" x")[0], streams,
+                                                                             list(modes))]
 
 
 if __name__ == "__main__":
