@@ -149,38 +149,45 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), "auto")
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
-    lines: list[list[Any]] = []
-    cases: dict[str, tuple[list[int], int]] = {}  # "task xN" -> (prompt, streams)
-
-    served = {name: Scheduler(runtime, SchedulerOptions(512, max_batch_size=max(map(int, args.streams.split(","))),
+    # "task xN" -> (task, prompt, streams); an oracle's continuation recorded once a prompt
+    cases: dict[str, tuple[str, list[int], int]] = {}
+    for task in args.tasks.split(","):
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
+        if args.oracle:
+            OracleIndex.CONTINUATIONS[tuple(prompt)] = greedy_continuation(runtime, prompt, args.max_tokens)
+        for streams in (int(s) for s in args.streams.split(",")):
+            cases[f"{task} x{streams}"] = (task, prompt, streams)
+    served = {name: Scheduler(runtime, SchedulerOptions(512, max_batch_size=max(n for _, _, n in cases.values()),
                                                         speculate="ngram", speculate_depth=args.depth))
               for name in modes} if args.served else {}
 
     def one(name: str, case: str, _round: int) -> dict[str, Any]:
         speculation, settings = modes[name]
+        _, prompt, streams = cases[case]
         with common.patched(settings), oracle_drafts() if name == "oracle" else contextlib.nullcontext():
-            return run(runtime, *cases[case], args.max_tokens, speculation, depth=args.depth,
+            return run(runtime, prompt, streams, args.max_tokens, speculation, depth=args.depth,
                        scheduler=served.get(name))
 
-    if args.served:
-        lines = served_cases(args, tokenizer, modes, cases, one)
-        args.tasks = ""  # every case ran above
-    for task in filter(None, args.tasks.split(",")):
-        prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
-        for streams in (int(s) for s in args.streams.split(",")):
-            case = f"{task} x{streams}"
-            cases[case] = (prompt, streams)
-            if args.oracle:
-                OracleIndex.CONTINUATIONS[tuple(prompt)] = greedy_continuation(runtime, prompt, args.max_tokens)
-            for name in modes:  # unmeasured: kernels compile for new shapes on a GPU
-                one(name, case, 0)
-            lines += summary(common.alternate(args.rounds, [case], list(modes), one), task, streams, list(modes))
+    def unmeasured(case: str) -> None:  # kernels compile for new shapes on a GPU
+        for name in modes:
+            one(name, case, 0)
+
+    lines: list[list[Any]] = []
+    if args.served:  # the cases take turns in each round
+        for case in cases:
+            unmeasured(case)
+        rows = common.alternate(args.rounds, list(cases), list(modes), one)
+        lines = [line for case in cases for line in summary(rows, case, cases[case], list(modes))]
+    else:  # each case's rounds before the next case's
+        for case, (task, prompt, streams) in cases.items():
+            unmeasured(case)
+            lines += summary(common.alternate(args.rounds, [case], list(modes), one), case, cases[case], list(modes))
             if args.profile:
                 for name, speculation in (("plain", 0), ("spec", None)):
                     profiler = cProfile.Profile()
                     row = run(runtime, prompt, streams, args.max_tokens, speculation, profiler, args.depth)
                     stats = pstats.Stats(profiler)
-                    print(f"{task} x{streams} {name}: {row['decode_tps']:.1f} tok/s profiled, {row['steps']} steps; "
+                    print(f"{case} {name}: {row['decode_tps']:.1f} tok/s profiled, {row['steps']} steps; "
                           "ms per scheduler step (cumulative), calls:")
                     print(common.table(["part", "ms/step", "calls"], parts(stats, row["steps"])))
                     text = io.StringIO()
@@ -192,9 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                        lines))
 
 
-def summary(rows: list[common.Row], task: str, streams: int, modes: list[str]) -> list[list[Any]]:
-    """A table line for each mode but plain, against plain, from the rounds of the case `task xN`."""
-    case = f"{task} x{streams}"
+def summary(rows: list[common.Row], case: str, what: tuple[str, list[int], int], modes: list[str]) -> list[list[Any]]:
+    """A table line for each mode but plain, against plain, from the rounds of `case` ((task, prompt, streams))."""
+    task, _, streams = what
     plain = common.median(rows, "decode_tps", case=case, contender="plain")
     lines = []
     for name in modes[1:]:
@@ -206,22 +213,6 @@ def summary(rows: list[common.Row], task: str, streams: int, modes: list[str]) -
                       common.median(rows, "steps", case=case, contender="plain"),
                       common.median(rows, "steps", case=case, contender=name)])
     return lines
-
-
-def served_cases(args: Any, tokenizer: Any, modes: dict[str, Any], cases: dict[str, tuple[list[int], int]],
-                 one: Any) -> list[list[Any]]:
-    """--served: every case's rounds interleaved with the others' (the cases in turn, each mode's scheduler serving
-    them all), after one unmeasured round."""
-    for task in args.tasks.split(","):
-        prompt = tokenizer.encode(tokenizer.apply_chat_template(TASKS[task]), add_special_tokens=False)
-        for streams in (int(s) for s in args.streams.split(",")):
-            cases[f"{task} x{streams}"] = (prompt, streams)
-    for case in cases:
-        for name in modes:
-            one(name, case, 0)
-    rows = common.alternate(args.rounds, list(cases), list(modes), one)
-    return [line for case, (_, streams) in cases.items() for line in summary(rows, case.split(" x")[0], streams,
-                                                                             list(modes))]
 
 
 if __name__ == "__main__":
