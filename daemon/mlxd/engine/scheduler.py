@@ -311,12 +311,12 @@ class Scheduler:
         pipeline pauses); the step is timed from after that pause, its drafting included (engine/step_costs.py
         says why the pause is left out)."""
         spec = self._speculator
+        self._drained = False
         if spec is None or (PLAIN_WHILE_PREFILLING and any(live.phase is Phase.PREFILL for live in self._admitted)):
             return {}, time.perf_counter()
         rooms = {live.row: live.output.limit - len(live.output.generated) for live in self._admitted
                  if live.in_batch}
         pending = [live.row for live in self._admitted if live.in_batch and live.queued > len(live.output.generated)]
-        self._drained = False
         if not spec.wants_drafts(rooms, pending):
             return {}, time.perf_counter()  # each n-gram row noted its probe while looking its drafts up
         self._drained = bool(pending)  # a drained step that drafts nothing after all shows as width 1, drained
