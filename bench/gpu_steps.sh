@@ -67,7 +67,8 @@
 #                      100 ms or compiling is listed with the kernels that appeared (bench compile_watch; ~400 s)
 #   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
 #                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
-#                      VARIANT=NAME:module.attribute=value;... also rounds of speculation so set, in the same process;
+#                      VARIANT=NAME:module.attribute=value;... (several: space-separated) also rounds of speculation
+#                      so set, in the same process;
 #                      SERVED=1: each mode's one scheduler serves the cases in turn (the prior carried, as in a daemon:
 #                      e.g. TASKS=rewrite,json,free SERVED=1 VARIANT=cap:mlxd.engine.speculation.NEW_ROW_CAP=0.5)
 #   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
@@ -115,10 +116,10 @@
 #                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
 #   first-requests     the first two requests of each kind after the daemon's warm-up (bench first_requests: greedy,
 #                      sampled, logprobs, constrained, each also drafting; batches of 2, 8, 16 mixing them) on a
-#                      random Llama-3-8B bfloat16 drafted by a random 1B, without the warm-up's sampling part (SKIP,
-#                      default warm_up_sampling), then as it is (~200 s): a first time seconds above the second is a
-#                      kernel compiled inside a request. MLX keeps compiled kernels in $TMPDIR/mlx/<version>/ptx: set
-#                      MLX_PTX_CACHE_DIR to a new folder for a fresh machine's first requests
+#                      random Llama-3-8B bfloat16 drafted by a random 1B (~150 s a run): a first time seconds above
+#                      the second is a kernel compiled inside a request. Each run on an empty MLX PTX cache. SKIP=NAMES
+#                      first a run without those warm-up parts (e.g. warm_up_sampling); SET=module.attribute=value;...
+#                      last a run with those set (e.g. mlxd.models.llama.TransformerBlock.COMPILED_DECODE=True)
 #   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, ops_cuda.SIGMOID_ROUTING, on since session 32)
 #                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts (its router row)
 #   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
@@ -145,6 +146,27 @@ if [ -z "${TOKENIZER:-}" ]; then
 fi
 rounds=${ROUNDS:-2}     # rounds of the 1/16-stream throughput steps (a round of one stream is ~5 s on the H200)
 mkdir -p "$logs" "$models"
+
+# MLX's compiled kernels kept from one lent machine to the next: a fresh H100 spent 269 s compiling SmolLM2's before
+# measuring anything (session 41; NVRTC, ~25 s each quantized matmul). KEEP_KERNELS=1 packs MLX's PTX cache and the
+# driver's (~/.nv/ComputeCache) into $logs/kernels.tgz after the steps; put it into .gpu5/ here (carried with the
+# GGUF's last piece into /tmp/gpu), and a later machine's steps start from it. The steps that watch compiles
+# (compile-watch, first-requests) set their own, empty.
+export MLX_PTX_CACHE_DIR=${MLX_PTX_CACHE_DIR:-/tmp/gpu/ptx}
+if [ -f /tmp/gpu/kernels.tgz ] && [ ! -d "$MLX_PTX_CACHE_DIR" ]; then
+  mkdir -p /tmp/gpu/kept "$MLX_PTX_CACHE_DIR" ~/.nv/ComputeCache
+  tar xzf /tmp/gpu/kernels.tgz -C /tmp/gpu/kept &&
+    cp -r /tmp/gpu/kept/ptx/. "$MLX_PTX_CACHE_DIR"/ && cp -r /tmp/gpu/kept/nv/. ~/.nv/ComputeCache/ &&
+    echo "kernels kept from an earlier machine: $(ls "$MLX_PTX_CACHE_DIR" | wc -l) files of MLX's PTX cache"
+fi
+keep_kernels() {
+  [ -n "${KEEP_KERNELS:-}" ] || return 0
+  mkdir -p ~/.nv/ComputeCache "$MLX_PTX_CACHE_DIR"
+  rm -rf /tmp/gpu/pack && mkdir -p /tmp/gpu/pack &&
+    ln -s "$MLX_PTX_CACHE_DIR" /tmp/gpu/pack/ptx && ln -s ~/.nv/ComputeCache /tmp/gpu/pack/nv &&
+    tar czhf "$logs/kernels.tgz" -C /tmp/gpu/pack ptx nv && ls -l "$logs/kernels.tgz"
+}
+trap keep_kernels EXIT
 
 # The lent GPU machine's Python has grpcio 1.84 and no way to fetch another; the generated stubs (grpcio-tools
 # 1.85.1, as pyproject pins) refuse to import under it though nothing they use changed. There only: skip that check
@@ -315,9 +337,9 @@ for spec in "$@"; do
                    ls -R "$ptx" > "$logs/compile-watch-kernels.txt" ;;
     speculate-inprocess) smollm2=${SMOLLM2:-/tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf}
                      [ -f "$smollm2" ] || cat /tmp/gpu/gguf.a? > "$smollm2"
-                     step speculate-inprocess 400 "$py" -m bench speculation_inprocess --model "$smollm2" \
+                     step speculate-inprocess "${LIMIT:-400}" "$py" -m bench speculation_inprocess --model "$smollm2" \
                        --tasks "${TASKS:-rewrite,free}" --streams "${STREAMS:-1,16}" --rounds "${ROUNDS:-3}" --profile \
-                       ${VARIANT:+--variant "$VARIANT"} ${SERVED:+--served} \
+                       $(for v in ${VARIANT:-}; do echo "--variant $v"; done) ${SERVED:+--served} \
                        --out "$logs/speculate-inprocess" ;;
     speculate-draft) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) &&
                      step speculate-draft 560 "$py" -m bench speculative --model "$target" --draft-model "$draft" \
@@ -343,9 +365,12 @@ for spec in "$@"; do
                     step prompt-lengths 300 "$py" -m bench prompt_lengths --model "$folder" --prompts 24 \
                       --variant "fused:mlxd.models.ops_mlx.SMALL_SCORES=0" ;;
     first-requests) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) && {
-                    step first-requests-skip 280 "$py" -m bench first_requests --model "$target" \
-                      --draft-model "$draft" --skip ${SKIP:-warm_up_sampling}
-                    step first-requests 280 "$py" -m bench first_requests --model "$target" --draft-model "$draft"
+                    [ -z "${SKIP:-}" ] || step first-requests-skip 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
+                      "$py" -m bench first_requests --model "$target" --draft-model "$draft" --skip $SKIP
+                    step first-requests 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
+                      "$py" -m bench first_requests --model "$target" --draft-model "$draft"
+                    [ -z "${SET:-}" ] || step first-requests-set 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
+                      "$py" -m bench first_requests --model "$target" --draft-model "$draft" --set "$SET"
                     } ;;
     attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
     sigmoid-routing) folder=$(model glm-4.7-flash bfloat16 4 2) &&

@@ -4,12 +4,14 @@ engine warmed up as the daemon warms itself, each kind of request runs twice, ea
 same length; a first time far above the second is a compile inside a request.
 
     python -m bench first_requests [--model smollm2|PATH] [--draft-model PATH | --speculate ngram] [--depth 4]
-                                   [--skip warm_up_sampling]
+                                   [--skip warm_up_sampling] [--set module.attribute=value;...]
 
 Kinds: greedy; sampled (temperature 0.8, every filter: top-k/p, min-p, penalties, a bias, a seed); logprobs (top 5,
 and the prompt's); constrained (a constraint allowing every token: the masks' device work, not a grammar's); with
 speculation also each of those drafting at every step (verify steps, sampled ones verified by rejection). --skip
-replaces the named functions of engine/warmup.py with no-ops: the first requests as they were without them.
+replaces the named functions of engine/warmup.py with no-ops: the first requests as they were without them. --set
+runs it all (the warm-up too) with those module attributes set (`common.patched`), e.g.
+mlxd.models.llama.TransformerBlock.COMPILED_DECODE=True: whether a switch leaves a compile or a retrace to requests.
 Then batches of --batches requests, the kinds taking turns, so a step holds rows of every kind (drafting too).
 Printed: per case, the first and second time (ms) until every request had its first token and until the last of
 --new-tokens.
@@ -17,6 +19,7 @@ Printed: per case, the first and second time (ms) until every request had its fi
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import replace
 
@@ -72,8 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, nargs="*", default=[2, 8, 16],
                    help="also batches of these many requests, the kinds taking turns (rows of every kind in a step)")
     p.add_argument("--skip", nargs="*", default=[], help="engine/warmup.py functions replaced with no-ops")
+    p.add_argument("--set", default="", metavar="SETTINGS", help="module.attribute=value;... for the whole run")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
+    with common.patched(args.set):
+        if args.set:
+            print(f"set: {args.set}")
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
     if args.draft_model:

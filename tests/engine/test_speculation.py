@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mlxd.engine import speculation
 from mlxd.engine.speculation import NgramIndex, Speculator
 
@@ -117,6 +119,28 @@ def test_a_draft_models_new_row_starts_from_the_whole_prior(monkeypatch):
     monkeypatch.setattr(speculation, "NEW_ROW_CAP", 0.5)
     spec = _taught_to_accept(Speculator(max_depth=4, model=_DraftsNothingUseful()))  # type: ignore[arg-type]
     assert spec._rows[1].acceptance > 0.9
+
+
+def test_a_rows_first_observations_weigh_more_with_a_prior_weight(monkeypatch):
+    """speculation.PRIOR_WEIGHT (off): a row's n-th observation weighs 1 / (PRIOR_WEIGHT + n) until that falls to
+    the EMA's weight, so a new row's first drafts correct a wrong start whichever way it is wrong."""
+    monkeypatch.setattr(speculation, "PRIOR_WEIGHT", 2.0)
+    spec = _taught_to_accept(Speculator(max_depth=4))
+    start = spec._rows[1].acceptance
+    spec.observe(1, [5, 5], [6])                 # its first draft rejected
+    assert spec._rows[1].acceptance == pytest.approx(start * 2 / 3)
+    spec.observe(1, [5, 5], [6])
+    assert spec._rows[1].acceptance == pytest.approx(start / 2)
+    for _ in range(20):
+        spec.observe(1, [5], [5, 5])            # accepted: past 8 observations at the EMA's weight again
+    before = spec._rows[1].acceptance
+    spec.observe(1, [5], [6])
+    assert spec._rows[1].acceptance == pytest.approx(before * 0.9)
+    monkeypatch.setattr(speculation, "PRIOR_WEIGHT", None)
+    spec = _taught_to_accept(Speculator(max_depth=4))
+    start = spec._rows[1].acceptance
+    spec.observe(1, [5, 5], [6])
+    assert spec._rows[1].acceptance == pytest.approx(start * 0.9)
 
 
 class _DraftsNothingUseful:
