@@ -5,6 +5,7 @@ a noisy machine cannot tell two policies apart (docs/performance.md, session 17)
     python -m bench speculation_replay [--model smollm2 --tasks rewrite,json,free --max-tokens 160]
                                        [--verify-costs 1,1.1,1.2,1.3,1.4] [--pause 0.5] [--recorded FILE]
                                        [--served 4 [--variant NAME:module.attribute=value;...]]
+                                       [--cut 96 --end-ids 2]
 
 Each task's prompt (the chat template rendered by the daemon's Tokenize) and its greedy output (plain decoding)
 are recorded once from `mlxd serve`. Then a Speculator (adaptive, depth 4) steps through the output as the
@@ -15,7 +16,10 @@ output says how many drafts the model would accept, the step gives those plus on
 plain-step-time against plain decoding (1.0), the acceptance, and the same for always drafting the full depth (the
 policy's ceiling at these costs). --served N replays the tasks in turn N times through one Speculator, as one daemon
 serves them (each new row starts from the acceptance the rows before it taught), as the policy stands and with each
---variant's settings; --recorded keeps the recorded generations in a file for the next run.
+--variant's settings; --recorded keeps the recorded generations in a file for the next run. --cut N replays each
+output's first N tokens, ended after the first of --end-ids (SmolLM2's end of turn: 2): the answers `speculative`
+times (96 tokens, ending at the model's end), where the recording goes on past the end (text a model writes after
+its answer may copy more than the answer did).
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                         "each new row starts from the acceptance the rows before it showed); each task's median")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
                    help="with --served, also with these settings (module.attribute=value;...: common.patched)")
+    p.add_argument("--cut", type=int, default=0, help="replay each output's first N tokens (0: all recorded)")
+    p.add_argument("--end-ids", default="", help="with --cut, end each output after the first of these ids (a,b)")
     args = p.parse_args(argv)
     costs = [float(c) for c in args.verify_costs.split(",")]
     if args.recorded and args.recorded.exists():
@@ -134,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         recorded = record(common.resolve_model(args.model), args.tasks.split(","), args.max_tokens, args.out)
         if args.recorded:
             args.recorded.write_text(json.dumps(recorded))
+    if args.cut:
+        ends = {int(i) for i in args.end_ids.split(",") if i}
+        recorded = {task: (prompt, answer(output[:args.cut], ends)) for task, (prompt, output) in recorded.items()}
     lines: list[list[Any]] = []
     for task, (prompt, output) in recorded.items():
         rate, acceptance = replay(prompt, output, costs, adaptive=True, pause=args.pause)
@@ -149,6 +158,14 @@ def main(argv: list[str] | None = None) -> None:
                 served.append([name, *served_rates(recorded, costs, args.pause, args.served)])
         print(f"\nthe tasks served in turn {args.served} times by one speculator: each task's median x plain")
         print(common.table(["policy", *recorded], served))
+
+
+def answer(output: list[int], ends: set[int]) -> list[int]:
+    """The output up to and with its first end id."""
+    for i, token in enumerate(output):
+        if token in ends:
+            return output[:i + 1]
+    return output
 
 
 def served_rates(recorded: dict[str, tuple[list[int], list[int]]], costs: list[float], pause: float,
