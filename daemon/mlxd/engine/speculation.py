@@ -22,11 +22,15 @@ plain against 1.80x (runs back to back, plain rounds spreading up to 45 %), free
 until a GPU's timed rounds decide. A draft model's rows would keep the whole prior either way: they learn only from
 drafts verified, and a model drafting for itself, accepted throughout, would wait for probes at each new request.
 
-PRIOR_WEIGHT (off), the other way to the same end: the prior counts as that many observations of the row's own,
-and a row's n-th observation weighs 1 / (PRIOR_WEIGHT + n) until that falls to _EMA (a Beta average for its first
-observations, an EMA after). A new row starts where the rows before it ended, but its own first few drafts decide
-whichever way the prior was wrong: free text after rewrites (0.6) falls to 0.4 at its first rejected draft at 2,
-where the EMA leaves 0.54; a JSON record after free text rises as fast once its keys copy.
+PRIOR_WEIGHT (4): the prior counts as that many observations of the row's own, and a row's n-th observation weighs
+1 / (PRIOR_WEIGHT + n) until that falls to _EMA (a Beta average for its first observations, an EMA after). A new row
+starts where the rows before it ended, but its own first few drafts decide whichever way the prior was wrong: free
+text after rewrites (prior 0.6) falls to 0.34 after three rejected drafts, where the EMA alone leaves 0.44; a JSON
+record after free text rises as fast once its keys copy. `speculation_replay --served 4` (the tasks' answers as
+timed, --cut 96) at five cost profiles from the CPU's to an H100's: the rewrite 1.980-2.851x plain against
+1.927-2.731x, the JSON record and free text as high or up to 0.02 higher (weights 2 and 3 helped GPU profiles more
+but cost the rewrite 4 % at the CPU's; 6 and 8 changed nothing). In-process on the 2-core CPU (--served, 4 rounds)
+the steps were alike (rewrite 39 / 38, JSON 62.5 / 64, free text 97 / 97).
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
 the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
@@ -64,7 +68,7 @@ _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token
 _PROBE_LAST = 256    # ...doubling after each probe that does not turn speculation on, up to this
 _MARGIN = 1.02       # a width must beat a plain step's expected rate by this factor
 NEW_ROW_CAP: float | None = None  # None: a new n-gram row starts from the prior; else at most this (see the top)
-PRIOR_WEIGHT: float | None = None  # None: a row learns at _EMA from its first observation; else see the top
+PRIOR_WEIGHT: float | None = 4.0  # None: a row learns at _EMA from its first observation; else see the top
 
 # The most tokens a row drafts a step unless `serve --speculate-depth` says otherwise. The adaptive depth picks
 # below it, so a deeper cap costs only the widths explored. Prompt lookup drafts for free and a copy goes on for
