@@ -122,8 +122,9 @@ def test_a_draft_models_new_row_starts_from_the_whole_prior(monkeypatch):
 
 
 def test_a_rows_first_observations_weigh_more_with_a_prior_weight(monkeypatch):
-    """speculation.PRIOR_WEIGHT (off): a row's n-th observation weighs 1 / (PRIOR_WEIGHT + n) until that falls to
-    the EMA's weight, so a new row's first drafts correct a wrong start whichever way it is wrong."""
+    """speculation.PRIOR_WEIGHT (4; None: the EMA alone): a row's n-th observation weighs 1 / (PRIOR_WEIGHT + n)
+    until that falls to the EMA's weight, so a new row's first drafts correct a wrong start whichever way it is
+    wrong."""
     monkeypatch.setattr(speculation, "PRIOR_WEIGHT", 2.0)
     spec = _taught_to_accept(Speculator(max_depth=4))
     start = spec._rows[1].acceptance

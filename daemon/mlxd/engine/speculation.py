@@ -29,8 +29,8 @@ text after rewrites (prior 0.6) falls to 0.34 after three rejected drafts, where
 record after free text rises as fast once its keys copy. `speculation_replay --served 4` (the tasks' answers as
 timed, --cut 96) at five cost profiles from the CPU's to an H100's: the rewrite 1.980-2.851x plain against
 1.927-2.731x, the JSON record and free text as high or up to 0.02 higher (weights 2 and 3 helped GPU profiles more
-but cost the rewrite 4 % at the CPU's; 6 and 8 changed nothing). In-process on the 2-core CPU (--served, 4 rounds)
-the steps were alike (rewrite 39 / 38, JSON 62.5 / 64, free text 97 / 97).
+but cost the rewrite 4 % at the CPU's; 6 and 8 stayed within 1.5 % of the EMA). In-process on the 2-core CPU
+(--served, 4 rounds) the steps were alike (rewrite 39 / 38, JSON 62.5 / 64, free text 97 / 97).
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
 the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
