@@ -144,6 +144,16 @@ def test_a_rows_first_observations_weigh_more_with_a_prior_weight(monkeypatch):
     assert spec._rows[1].acceptance == pytest.approx(start * 0.9)
 
 
+def test_a_draft_models_rows_learn_at_the_ema_whatever_the_prior_weight(monkeypatch):
+    """A draft model's rows observe only drafts verified and rare probes: a first rejection weighed more would turn
+    speculation off for many steps (bench draft_policy), so PRIOR_WEIGHT is for n-gram rows only."""
+    monkeypatch.setattr(speculation, "PRIOR_WEIGHT", 2.0)
+    spec = _taught_to_accept(Speculator(max_depth=4, model=_DraftsNothingUseful()))  # type: ignore[arg-type]
+    start = spec._rows[1].acceptance
+    spec.observe(1, [5, 5], [6])
+    assert spec._rows[1].acceptance == pytest.approx(start * 0.9)
+
+
 class _DraftsNothingUseful:
     """A draft model's stand-in: drafts token 0, which the target never accepts."""
 
