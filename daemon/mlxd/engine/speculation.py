@@ -72,7 +72,6 @@ _PROBE_LAST = 256    # ...doubling after each probe that does not turn speculati
 _MARGIN = 1.02       # a width must beat a plain step's expected rate by this factor
 NEW_ROW_CAP: float | None = None  # None: a new n-gram row starts from the prior; else at most this (see the top)
 PRIOR_WEIGHT: float | None = 4.0  # None: a row learns at _EMA from its first observation; else see the top
-OWN_FIRST = 0        # observations of its own (probes) an n-gram row makes before it drafts (see the top)
 
 # The most tokens a row drafts a step unless `serve --speculate-depth` says otherwise. The adaptive depth picks
 # below it, so a deeper cap costs only the widths explored. Prompt lookup drafts for free and a copy goes on for
@@ -189,7 +188,7 @@ class Speculator:
                 early = int(row in pending)
                 proposal = spec.index.draft(max(cap + early, 1))
                 spec.probe = proposal[0] if proposal else None
-                found[row] = max(0, min(cap, len(proposal) - early)) if spec.observed >= OWN_FIRST else 0
+                found[row] = max(0, min(cap, len(proposal) - early))
                 if early:
                     guessed.add(row)
         self._guessed = bool(guessed)
@@ -225,14 +224,13 @@ class Speculator:
             spec = self._rows.get(row)
             if spec is not None:
                 proposals[row] = spec.index.draft(self._cap(row, room))
-        young = {row for row in proposals if self._rows[row].observed < OWN_FIRST}  # probing, not drafting yet
-        width = self._width({row: 0 if row in young else len(p) for row, p in proposals.items()}, len(rooms))
+        width = self._width({row: len(p) for row, p in proposals.items()}, len(rooms))
         if self._guessed:  # the scheduler asks right after wants_drafts: did drafts found a token early still draft?
             self._flush_yield += _EMA * (float(width > 1) - self._flush_yield)
             self._guessed = False
         for row, proposal in proposals.items():
-            self._rows[row].probe = proposal[0] if proposal and (width == 1 or row in young) else None
-        return {row: p[:width - 1] for row, p in proposals.items() if p and width > 1 and row not in young}
+            self._rows[row].probe = proposal[0] if proposal and width == 1 else None
+        return {row: p[:width - 1] for row, p in proposals.items() if p and width > 1}
 
     def _cap(self, row: int, room: int) -> int:
         """The most tokens the row may draft now: its cap, and one fewer than the tokens it may still generate."""
