@@ -106,11 +106,11 @@ def _taught_to_accept(spec: Speculator) -> Speculator:
 
 
 def test_a_new_row_starts_from_a_copy_tasks_acceptance_unless_capped(monkeypatch):
-    """speculation.NEW_ROW_CAP (off): with it, a new n-gram row starts no higher than it and learns its own from
-    there."""
-    assert _taught_to_accept(Speculator(max_depth=4))._rows[1].acceptance > 0.9
-    monkeypatch.setattr(speculation, "NEW_ROW_CAP", 0.5)
+    """speculation.NEW_ROW_CAP (0.5; None: uncapped): a new n-gram row starts no higher than it and learns its own
+    from there."""
     assert _taught_to_accept(Speculator(max_depth=4))._rows[1].acceptance == 0.5
+    monkeypatch.setattr(speculation, "NEW_ROW_CAP", None)
+    assert _taught_to_accept(Speculator(max_depth=4))._rows[1].acceptance > 0.9
 
 
 def test_a_draft_models_new_row_starts_from_the_whole_prior(monkeypatch):

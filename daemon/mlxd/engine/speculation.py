@@ -11,16 +11,18 @@ drafted token is accepted, learned from the drafts verified and, while the row d
 would have proposed (free to check for n-gram lookup: the next token tells); a new row starts from the acceptance
 all rows have shown so far. With acceptance a, k drafts yield (1 - a^(k+1)) / (1 - a) tokens.
 
-NEW_ROW_CAP (off): a new n-gram row starts no higher than it. A request may be text of another kind than those
+NEW_ROW_CAP (0.5): a new n-gram row starts no higher than it. A request may be text of another kind than those
 before it: an H100 serving rewrites and free text in turn drafted 5, 5, 20, then 43 tokens in free text's rounds (2
 accepted; that last round 0.66x plain) as the rewrites taught the prior, and the new rows drafted the widest width
-at their first lookups. Replayed (`speculation_replay --served 4`: the recorded SmolLM2 outputs served in turn by
-one speculator, five cost profiles from the CPU's to an H100's), a cap of 0.5 moved free text from 0.989-1.046 to
-0.998-1.063 of plain and the copy tasks by -0.9 % to +1.8 %. But timed over gRPC on the 2-core CPU, the JSON record
-(after the rewrite in each round) accepted 31-37 drafted tokens of its 96 with the cap against 39-42 without, 1.34x
-plain against 1.80x (runs back to back, plain rounds spreading up to 45 %), free text 0.957x against 0.948x. Off
-until a GPU's timed rounds decide. A draft model's rows would keep the whole prior either way: they learn only from
-drafts verified, and a model drafting for itself, accepted throughout, would wait for probes at each new request.
+at their first lookups; in-process on an H100 (`speculation_inprocess --served`, after the copy tasks) free text ran
+0.95x plain at one stream and gained no token. With the EMA alone the cap cost the JSON record over gRPC on the
+2-core CPU (31-37 drafted tokens accepted of its 96 against 39-42) and was off; with PRIOR_WEIGHT (below) the record
+accepted the same with it and without (38-42 against 34-43, 6 rounds each), free text drafted about 40 % less (6-66
+tokens a request against 40-96), and replayed (`speculation_replay --served 4 --cut 96`, six cost profiles) free
+text rose from 0.985-0.990 to 1.000 of plain at an H100's costs, 0.987 to 0.993 at an H200's, the rewrite was
+unchanged and the JSON record within -1.2 % to +2.6 %. A draft model's rows keep the whole prior: they learn only
+from drafts verified, and a model drafting for itself, accepted throughout, would wait for probes at each new
+request.
 
 PRIOR_WEIGHT (4): the prior counts as that many observations of the row's own, and a row's n-th observation weighs
 1 / (PRIOR_WEIGHT + n) until that falls to _EMA (a Beta average for its first observations, an EMA after). A new row
@@ -70,7 +72,7 @@ _PRIOR = 0.5         # acceptance assumed before any observation
 _PROBE_FIRST = 16    # plain steps before a draft model's batch drafts one token to relearn acceptance...
 _PROBE_LAST = 256    # ...doubling after each probe that does not turn speculation on, up to this
 _MARGIN = 1.02       # a width must beat a plain step's expected rate by this factor
-NEW_ROW_CAP: float | None = None  # None: a new n-gram row starts from the prior; else at most this (see the top)
+NEW_ROW_CAP: float | None = 0.5  # None: a new n-gram row starts from the prior; else at most this (see the top)
 PRIOR_WEIGHT: float | None = 4.0  # None: a row learns at _EMA from its first observation; else see the top
 
 # The most tokens a row drafts a step unless `serve --speculate-depth` says otherwise. The adaptive depth picks
