@@ -24,18 +24,18 @@ unchanged and the JSON record within -1.2 % to +2.6 %. A draft model's rows keep
 from drafts verified, and a model drafting for itself, accepted throughout, would wait for probes at each new
 request.
 
-PRIOR_WEIGHT (4): the prior counts as that many observations of the row's own, and a row's n-th observation weighs
-1 / (PRIOR_WEIGHT + n) until that falls to _EMA (a Beta average for its first observations, an EMA after). A new row
+PRIOR_WEIGHT (4): the prior counts as that many observations of the row's own, and a row's n-th observation weighs 1
+/ (PRIOR_WEIGHT + n) until that falls to _EMA (a Beta average for its first observations, an EMA after). A new row
 starts where the rows before it ended, but its own first few drafts decide whichever way the prior was wrong: free
-text after rewrites (prior 0.6) falls to 0.34 after three rejected drafts, where the EMA alone leaves 0.44; a JSON
-record after free text rises as fast once its keys copy. `speculation_replay --served 4` (the tasks' answers as
-timed, --cut 96) at five cost profiles from the CPU's to an H100's: the rewrite 1.980-2.851x plain against
-1.927-2.731x, the JSON record and free text as high or up to 0.02 higher (weights 2 and 3 helped GPU profiles more
-but cost the rewrite 4 % at the CPU's; 6 and 8 stayed within 1.5 % of the EMA). In-process on the 2-core CPU
-(--served, 4 rounds) the steps were alike (rewrite 39 / 38, JSON 62.5 / 64, free text 97 / 97). A draft model's
-rows learn as before: they observe only drafts verified and probes 16-256 steps apart, so a first rejected probe
-weighed at 1/5 turned speculation off for a while (`bench draft_policy`, one stream at acceptance 0.5: 38 drafting
-steps of 460 against 131 of 396, 0.999x plain against 1.006x; at 0.9 1.391x against 1.424x).
+text starting at 0.6 (as it did after rewrites before NEW_ROW_CAP) falls to 0.34 after three rejected drafts, where
+the EMA alone leaves 0.44; a JSON record after free text rises as fast once its keys copy. `speculation_replay
+--served 4` (the tasks' answers as timed, --cut 96) at five cost profiles from the CPU's to an H100's: the rewrite
+1.980-2.851x plain against 1.927-2.731x, the JSON record and free text as high or up to 0.02 higher (weights 2 and 3
+helped GPU profiles more but cost the rewrite 4 % at the CPU's; 6 and 8 stayed within 1.5 % of the EMA). In-process
+on the 2-core CPU (--served, 4 rounds) the steps were alike (rewrite 39 / 38, JSON 62.5 / 64, free text 97 / 97). A
+draft model's rows learn as before: they observe only drafts verified and probes 16-256 steps apart, so a first
+rejected probe weighed at 1/5 turned speculation off for a while (`bench draft_policy`, one stream at acceptance
+0.5: 38 drafting steps of 460 against 131 of 396, 0.999x plain against 1.006x; at 0.9 1.391x against 1.424x).
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
 the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
