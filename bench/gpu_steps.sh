@@ -370,12 +370,14 @@ for spec in "$@"; do
                     step prompt-lengths 300 "$py" -m bench prompt_lengths --model "$folder" --prompts 24 \
                       --variant "fused:mlxd.models.ops_mlx.SMALL_SCORES=0" ;;
     first-requests) target=$(model llama-8b bfloat16 0 all) && draft=$(model llama-1b bfloat16 0 all) && {
-                    [ -z "${SKIP:-}" ] || step first-requests-skip 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
-                      "$py" -m bench first_requests --model "$target" --draft-model "$draft" --skip $SKIP
-                    step first-requests 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
-                      "$py" -m bench first_requests --model "$target" --draft-model "$draft"
-                    [ -z "${SET:-}" ] || step first-requests-set 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" \
-                      "$py" -m bench first_requests --model "$target" --draft-model "$draft" --set "$SET"
+                    first() {  # first NAME ARGS...: a run on an empty PTX cache
+                      local name=$1; shift
+                      step "$name" 280 env MLX_PTX_CACHE_DIR="$(mktemp -d)" "$py" -m bench first_requests \
+                        --model "$target" --draft-model "$draft" "$@"
+                    }
+                    [ -z "${SKIP:-}" ] || first first-requests-skip --skip $SKIP
+                    first first-requests
+                    [ -z "${SET:-}" ] || first first-requests-set --set "$SET"
                     } ;;
     attention-plans) step attention-plans 200 "$py" -m bench attention_plans ;;
     sigmoid-routing) folder=$(model glm-4.7-flash bfloat16 4 2) &&
