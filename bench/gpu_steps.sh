@@ -8,129 +8,7 @@
 # how to bring them onto the lent machine). Logs go to $OUT when
 # set (the device tool's folder that comes back), else /tmp/mlxd-bench/gpu; random models to $MODELS, else
 # /tmp/mlxd-gpu-models (a bfloat16 Qwen3-30B-A3B, 61 GB, may fit only in /dev/shm: MODELS=/dev/shm/models).
-# Steps:
-#   kernels-experts    the CUDA tests of the routed-experts kernels; kernels-ops those of the other kernels (decode
-#                      attention, DeltaNet, routing, combining); kernels-moe every MoE block's replay and the MoE
-#                      layer's. Each ~300-450 s from a cold start (NVRTC compiles each template in ~5 s; session 34's
-#                      one `kernels` step passed 400 s at 131 of its 319 tests): one call each
-#   few                the few-pairs experts kernel's tests alone (cuda_experts_few.py)
-#   experts            bench expert_matmul: both routed-experts kernels against MLX's, per size (Qwen3-30B-A3B and
-#                      gpt-oss-20b, 1-32 tokens: ~85 s); experts-float the same with bfloat16 experts (and GLM's shape);
-#                      experts-large every shape at 64-256 tokens (prefill chunks, 512-2,048 pairs: the table's upper end);
-#                      experts-rw2 every shape at 1-64 tokens with the few-pairs kernel at 2 weight rows a warp (64
-#                      registers a thread against ~100 at 4: more blocks an SM), experts-ahead2 with a lane's next
-#                      loads issued before its arithmetic (twice the bytes in flight): each also times the kernel as
-#                      the module sets it, in the same process, and prints the ratio
-#   moe:SHAPE          a 4-bit random model of SHAPE (random_model --bits 4; gpt-oss as published, MXFP4): the
-#                      16-row step profile (CUDA kernels against MLX's ops) and 1/16-stream throughput vs mlx-lm
-#   bf16:SHAPE:LAYERS  the same in bfloat16 with the first LAYERS layers (a full bf16 MoE may not fit);
-#                      bf16-streams:SHAPE:LAYERS and bf16-prefill:SHAPE:LAYERS as streams: and prefill: below (issue
-#                      21's bfloat16 bars: e.g. bf16-streams:glm-4.7-flash:24, bf16-streams:gemma4-26b-a4b:15)
-#   streams:SHAPE      only the 1/16-stream throughput of the 4-bit model (~250-500 s), and prefill:SHAPE one stream
-#                      of 2,048-token prompts (~100 s); longdecode:SHAPE the same prompts then 64 new tokens (decode
-#                      at a long context)
-#   constrained        issue 17: a random Llama-3.2-1B shape (CONSTRAINED_SHAPE=llama-8b: the issue's other shape,
-#                      never measured before session 38) with SmolLM2's 49k-token tokenizer ($TOKENIZER, else
-#                      .gpu2/smollm2-tokenizer, kept in /tmp/gpu for later calls: a folder random_model's
-#                      write_tokenizer made from SmolLM2's GGUF, carried, since the lent machine cannot fetch
-#                      it): constrained_decode at 1 and 16 streams, without mask processes and with
-#                      $MASK_PROCESSES (3; serve --mask-processes, a daemon each,
-#                      started together), then in-process 16-stream step breakdowns, constrained and free (~500 s;
-#                      SCHEMA=strings or records: constrained_decode --schema, the default short-strings);
-#                      constrained-decode the gRPC comparison alone (~400 s);
-#                      constrained-counts only 16 streams, a daemon for each of COUNTS mask processes (default
-#                      "1 2 3": fewer processes keep fewer cores busy beside the worker; each daemon's KV cache
-#                      4 GB: three 8B daemons sizing their own ran an 80 GB H100 out of memory; ~300 s);
-#                      constrained-timeline the constrained step's two threads timed (and its profile's top, ~60 s);
-#                      constrained-processes the same timeline with the masks in $MASK_PROCESSES processes, then a
-#                      free step's parts (the same table's shared rows: what only the constrained step pays, ~120 s);
-#                      mask-threads whether llguidance fills 16 rows' masks in parallel on this host (bench mask_threads:
-#                      at one state, then --warm: rows kept for a walk, as requests keep theirs);
-#                      constrained-fills batch_inprocess --fills in one process, 16 streams: free, the schema (masks
-#                      in $MASK_PROCESSES processes), and constraints allowing everything whose fill costs nothing,
-#                      sleeps 2 ms or spins a core 2 ms (FILLS=...: other kinds), then the allow-all timeline (~100 s;
-#                      STREAMS=N: N streams instead of 16, here and in constrained-variant);
-#                      constrained-variant 16 constrained streams in-process (masks in $MASK_PROCESSES processes)
-#                      against VARIANT=NAME:module.attribute=value;... in the same process, 4 rounds (e.g.
-#                      nolocal:mlxd.constraints.mask_pool.KEEP_A_SHARE=False; FILL=half:schema: every other
-#                      stream free, e.g. against gather:mlxd.models.ops_mlx.PAD_MASKED_ROWS=False);
-#                      host-contention 16 free streams in-process with the worker pinned to a CPU and busy processes
-#                      on its hyperthread sibling or on 3 other cores (bench host_contention; lscpu first; ~120 s)
-#   speculate-ngram    issue 19: real SmolLM2 (its GGUF carried in pieces: bench/gpu_pack.sh) with n-gram lookup on
-#                      the copy-heavy tasks and free text, 1 and 16 streams, against plain, after a warm round left
-#                      out of the medians (its ratios printed: a fresh daemon's first speculative requests; ~350 s);
-#                      answers end at the model's end token (IGNORE_EOS=1: at 96 tokens, sessions up to 35's measure);
-#                      TASKS, STREAMS, ROUNDS narrow it; LOG_LEVEL=DEBUG: the daemon's line a step, in its log kept
-#                      in $OUT/speculate-ngram (a fresh machine's warm-up alone took 245-270 s in session 41)
-#   compile-watch      real SmolLM2 with n-gram lookup in-process on a fresh MLX PTX cache: the daemon's warm-up, each
-#                      part timed with the kernels it compiled, then the speculative bench's tasks; every step over
-#                      100 ms or compiling is listed with the kernels that appeared (bench compile_watch; ~400 s)
-#   speculate-inprocess the same SmolLM2 cases in one in-process Scheduler (bench speculation_inprocess: no gRPC, with
-#                      the profile of a step's parts: verify, acceptance, rollback, the policy; ~200 s); with
-#                      VARIANT=NAME:module.attribute=value;... (several: space-separated) also rounds of speculation
-#                      so set, in the same process;
-#                      SERVED=1: each mode's one scheduler serves the cases in turn (the prior carried, as in a daemon:
-#                      e.g. TASKS=rewrite,json,free SERVED=1 VARIANT=cap:mlxd.engine.speculation.NEW_ROW_CAP=0.5)
-#   speculate-draft    issue 19: a random Llama-3-8B bfloat16 drafted by a random 1B (acceptance ~0: must stay >= 0.97x
-#                      plain), 1 and 16 streams, the daemons' logs kept in $OUT (LOG_LEVEL=DEBUG: a line a step, its
-#                      rows, width, ms and the policy's state); speculate-self the 8B as its own draft (full
-#                      acceptance, but a decode step of the 8B for each drafted token: ~1x at best);
-#                      speculate-oracle the mechanism's ceiling the issue's case (a) asks for: the 8B in-process,
-#                      its rows drafting their own greedy continuation (bench speculation_inprocess --oracle: every
-#                      draft holds, drafting costs nothing), 1 and 16 streams, DEPTH tokens a step (default 8:
-#                      prompt lookup's default depth); the 8B written with random_model --echo (session 38: a
-#                      random bfloat16 8B's verify and decode steps chose different tokens within a few, so its
-#                      recorded continuation held for 0.12-0.48 of the drafts)
-#   tp-tests           issue 23 on one GPU: tests/tensor_parallel (2 ranks over MLX's ring, both on this GPU: the
-#                      tokens of one rank over gRPC, faults, parity of the sharded models); tp-probe whether NCCL runs
-#                      two ranks on one GPU; tp-ring:SHAPE bench tensor_parallel on a random bfloat16 SHAPE (gpt-oss:
-#                      MXFP4 experts as published), 2 ranks over the ring on this GPU against 1 (greedy tokens of 4
-#                      prompts x 64, then speed: the ring's all_sums go through the host, so only the tokens count)
-#   variant:SHAPE      16 streams in-process of the 4-bit model (batch_inprocess, 4 rounds; MIXED=1: mixed prompt
-#                      lengths) as the code stands against VARIANT=NAME:module.attribute=value;... in the same process
-#   timeline:SHAPE     16 streams in-process of the 4-bit model with a step's parts timed (batch_inprocess --timeline:
-#                      the forward's graph, the launches, the wait for the step before): host- or device-bound?
-#   split-keys:SHAPE   decode attention past 1,024 keys split over blocks (cuda_attention.SPLIT_KEYS): its CUDA tests,
-#                      then STREAMS (default 1) streams of 2,048-token prompts, 64 new tokens, in-process, with it
-#                      against without (3 interleaved rounds)
-#   chunks:SHAPE       TTFT of 2,048-token prompts in-process (bench prefill_chunks) of the 4-bit model at each
-#                      prefill chunk size in CHUNKS (default "512 2048"), and with VARIANT at each (e.g.
-#                      noslices:mlxd.models.cuda_experts.SLICES=(): a chunk's pairs past MAX_PAIRS in MLX's
-#                      kernel, not ours token slice by slice; "slices:...SLICES=(0,1,2)" in ours for bfloat16
-#                      experts too); bf16-chunks:SHAPE:LAYERS the same in bfloat16 with the first LAYERS layers
-#   prefill-profile:SHAPE  one 2,048-token prefill of the 4-bit model in-process, mlxd's runner against mlx-lm's model
-#                      in chunks of CHUNK (default 2048), whole and without each part (bench prefill_profile; VARIANT
-#                      as step-variant's); bf16-prefill-profile:SHAPE:LAYERS the same in bfloat16 (first LAYERS layers)
-#   graph-ops:SHAPE    timeline:SHAPE once per MLX_MAX_OPS_PER_BUFFER in OPS (default "100 400"; MLX's CUDA backend
-#                      commits a CUDA graph every that many nodes, 100 on an H100/H200): what a step's commits cost
-#   pyspy:SHAPE        the same 16 streams under py-spy --native (the wheel carried in .gpu2): raw stacks in
-#                      $logs/SHAPE-pyspy.txt, summarised by `python -m bench pyspy_top` where the logs come back
-#   step-variant:SHAPE the 16-row step (batch_step_profile, whole step only, ROUNDS rounds, default 3) of mlxd, of
-#                      mlxd with VARIANT=NAME:module.attribute=value;... (several: space-separated) and of mlx-lm,
-#                      interleaved in one process
-#                      (e.g. VARIANT=uncompiled:mlxd.models.ops_cuda.COMPILED_BLOCKS=False step-variant:glm-4.7-flash)
-#   parts:SHAPE        the 16-row step profile with every variant (without MLP, attention, linear attention): what
-#                      each part of a layer costs in mlxd's step and mlx-lm's
-#   prompt-lengths     TTFT of 24 prompts each of a new length (100-1,900 tokens) on a random Llama-3-8B bfloat16,
-#                      against the same with every prompt chunk's attention in MLX's fused kernel (cuDNN plans a
-#                      new shape for ~37 ms); attention-plans that cost per shape alone (bench attention_plans)
-#   first-requests     the first two requests of each kind after the daemon's warm-up (bench first_requests: greedy,
-#                      sampled, logprobs, constrained, each also drafting; batches of 2, 8, 16 mixing them) on a
-#                      random Llama-3-8B bfloat16 drafted by a random 1B (~150 s a run): a first time seconds above
-#                      the second is a kernel compiled inside a request. Each run on an empty MLX PTX cache. SKIP=NAMES
-#                      first a run without those warm-up parts (e.g. warm_up_sampling); SET=module.attribute=value;...
-#                      last a run with those set (e.g. mlxd.models.llama.TransformerBlock.COMPILED_DECODE=True)
-#   sigmoid-routing    issue 21: the sigmoid-routing kernel (cuda_moe.py, ops_cuda.SIGMOID_ROUTING, on since session 32)
-#                      against MLX's ops (tests/models/test_ops_cuda.py -k routing), then mla-parts (its router row)
-#   dense-rows         issue 21: bench dense_rows: GLM's dense 4-bit layers at $ROWS (1 4 16), MLX's quantized matmul
-#                      on [rows, 1, in] as a batch arrives against [rows, in] (~60 s); dense-rows:SHAPE the same for
-#                      SHAPE (llama-8b, llama-1b); then
-#                      VARIANT='flat:mlxd.models.ops_cuda.FLAT_ROWS=True' variant:glm-4.7-flash (the whole step)
-#   mla-parts          issue 21: one routed layer of a 4-bit GLM-4.7-Flash (2 layers written, ~20 s) cut into its
-#                      parts, each timed alone at 16 rows, with mlxd's kernels and with MLX's ops (bench
-#                      latent_layer_parts; ~60 s)
-# Which experts kernel takes a size is models/cuda_experts.py's table (kernel_for). ROUNDS=N: rounds of the 1/16-stream
-# throughput (default 2; one stream's rounds vary 20-30 % on the H200, so 4+ to settle a ratio near a bar).
+# Steps: bench/gpu_steps.md (what each does, its settings and how long it takes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/daemon:$PWD/clients/python:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -424,7 +302,7 @@ for spec in "$@"; do
     chunks:*) shape=${spec#chunks:}; folder=$(quantized "$shape") && chunks "$shape-chunks" "$folder" ;;
     prefill-profile:*) shape=${spec#prefill-profile:}; folder=$(quantized "$shape") &&
               prefill_profile "$shape-prefill-profile" "$folder" ;;
-    *) echo "unknown step $spec (the steps are listed at the top of bench/gpu_steps.sh)" >&2
+    *) echo "unknown step $spec (the steps: bench/gpu_steps.md)" >&2
        exit 2 ;;
   esac
 done
