@@ -31,6 +31,17 @@ from typing import Any
 
 from bench import common
 
+# Free text beyond `speculative`'s one story (--more-free): one recorded answer decides too little about a policy for
+# text that copies nothing.
+MORE_FREE = {
+    "free-email": "Write an email to a colleague asking to move Thursday's meeting to Friday afternoon.",
+    "free-explain": "Explain how a refrigerator keeps food cold, for a ten-year-old.",
+    "free-poem": "Write a poem about autumn rain in a city.",
+    "free-tips": "Give some tips for someone learning to cook at home.",
+    "free-history": "Describe what daily life was like in a medieval village.",
+    "free-advice": "My friend and I argued about money. How can we make up?",
+}
+
 
 def record(model: Path, tasks: list[str], max_tokens: int, out: Path) -> dict[str, tuple[list[int], list[int]]]:
     """Each task's prompt tokens and greedy output tokens, from a daemon without speculation."""
@@ -44,11 +55,12 @@ def record(model: Path, tasks: list[str], max_tokens: int, out: Path) -> dict[st
     with Daemon(model, out, env=common.blas_env()) as daemon, Client(daemon.addr) as client:
         for task in tasks:
             output: list[int] = []
-            for response in client.generate(messages=TASKS[task], temperature=0.0, max_tokens=max_tokens,
+            messages = TASKS[task] if task in TASKS else [{"role": "user", "content": MORE_FREE[task]}]
+            for response in client.generate(messages=messages, temperature=0.0, max_tokens=max_tokens,
                                             ignore_eos=True):
                 if response.HasField("chunk"):
                     output += list(response.chunk.token_ids)
-            request = pb.TokenizeRequest(chat=chat_messages(TASKS[task]), add_special_tokens=True)
+            request = pb.TokenizeRequest(chat=chat_messages(messages), add_special_tokens=True)
             prompt = list(client.stub.Tokenize(request).ids)  # the chat rendered as the daemon renders it
             recorded[task] = (prompt, output)
     return recorded
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_model_args(p)
     common.add_out_arg(p, "speculation_replay")
     p.add_argument("--tasks", default="rewrite,json,free")
+    p.add_argument("--more-free", action="store_true", help="also MORE_FREE's prompts (free text of other kinds)")
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--verify-costs", default="1,1.1,1.2,1.3,1.4",
                    help="a step's cost in plain steps for widths 1 (plain), 2, ... (default: %(default)s)")
@@ -137,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.recorded and args.recorded.exists():
         recorded = {task: (prompt, output) for task, (prompt, output) in json.loads(args.recorded.read_text()).items()}
     else:
-        recorded = record(common.resolve_model(args.model), args.tasks.split(","), args.max_tokens, args.out)
+        tasks = args.tasks.split(",") + (list(MORE_FREE) if args.more_free else [])
+        recorded = record(common.resolve_model(args.model), tasks, args.max_tokens, args.out)
         if args.recorded:
             args.recorded.write_text(json.dumps(recorded))
     if args.cut:
