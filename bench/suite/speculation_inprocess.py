@@ -169,6 +169,16 @@ def main(argv: list[str] | None = None) -> None:
                        scheduler=served.get(name))
 
     def unmeasured(case: str) -> None:  # kernels compile for new shapes on a GPU
+        if args.served:
+            # First in a scheduler of its own, drafting at every width (a prompt that copies nothing drafts too):
+            # a served scheduler keeps the verify costs it measures, and the first mode's had kept those of steps
+            # that compiled (an H100, session 43: main's settings, first, drafted nothing in two rounds of the
+            # rewrite while the variants after it drafted from their first).
+            _, prompt, streams = cases[case]
+            for width in range(1, (args.depth or NGRAM_DEPTH) + 1):
+                fixed = Scheduler(runtime, SchedulerOptions(512, max_batch_size=streams, speculate="ngram",
+                                                            speculate_depth=width, speculate_adaptive=False))
+                run(runtime, prompt, streams, 16, None, scheduler=fixed)
         for name in modes:
             one(name, case, 0)
 
