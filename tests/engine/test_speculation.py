@@ -278,6 +278,23 @@ def test_a_verify_step_retried_still_tells_other_batch_sizes_its_cost():
     assert once.costs.verify(16, 2) == 0.007
 
 
+def test_widths_measured_once_and_forgotten_still_bound_the_exploration():
+    """On an H100 verify steps cost 2-3x a plain one at every width: a copy whose drafts held 98 % of the time, knowing
+    only width 2's cost (the others measured once in an earlier request, then forgotten for their retry), weighed
+    widths 2 and 3 alone, and neither paid. A plausible measurement (within 2 x width plain steps) still counts."""
+    from mlxd.engine.step_costs import RETRY
+
+    spec = _speculator_with_rows([0.7])
+    _plain(spec, 1, 0.010)
+    for width, seconds in ((3, 0.024), (4, 0.022), (5, 0.021)):
+        spec.timed(1, width, seconds)
+    for _ in range(RETRY):
+        spec.timed(1, 1, 0.010)
+    spec.timed(1, 2, 0.028)
+    assert spec.costs.widest() == 5 and abs(spec.costs.verify(1, 5) - 0.022) < 1e-12  # its nearest known below
+    assert spec.drafts({0: 100}) == {0: [3, 4, 5, 6]}
+
+
 def test_ngram_rows_judge_a_step_by_the_drafts_they_find_a_token_early():
     """Before a step a row's newest token is still being computed, and reading it drains the pipeline: the row looks
     its drafts up without it, the first token found standing for it (its probe). Only drafts after that one make the

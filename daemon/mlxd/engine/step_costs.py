@@ -19,6 +19,12 @@ stands for other batch sizes meanwhile). On an H200 the first verify step of
 each width compiled kernels for up to seconds; measured once at that, n-gram lookup on a copy-heavy task never
 drafted again in its daemon's life (STALE steps are minutes of serving).
 
+A width measured once and forgotten for its retry still bounds the exploration, and its measurement still counts
+as a hint, where it is plausible: at most _PLAUSIBLE x L plain steps for width L (a compiling step is hundreds).
+Without it, on an H100 a rewrite after a warm round (each width 2-9 measured once, all forgotten 32 steps later)
+knew one width's cost, width 2 at 2.8x a plain step, and so weighed only widths 2 and 3: its drafts, which held 98 %
+of the time, paid at neither until its 64th step of 66, while widths up to 9 had cost 2.1-2.9x (session 43).
+
 A verify step is never taken as cheaper than a plain step of the same rows: it does all of a plain step's work and
 more. Measured cheaper, the plain cost is stale (plain steps are not timed while the batch speculates), so it is
 forgotten and measured again; and no plain cost counts before three measurements. On an H200 the first plain step
@@ -37,6 +43,7 @@ _FIRM = 3        # measurements before a cost is firm (one may have compiled): a
 #                  verify cost is provisional before
 STALE = 2048     # steps after which a verify step's cost is forgotten
 RETRY = 32       # steps after which a provisional verify cost is tried again
+_PLAUSIBLE = 2   # a verify step of width L measured once is a hint up to this many times L plain steps (see the top)
 
 
 class StepCosts:
@@ -57,8 +64,8 @@ class StepCosts:
         return dict(self._verify)
 
     def widest(self) -> int:
-        """The widest verify step measured (1: none)."""
-        return max((w for _, w in self._verify), default=1)
+        """The widest verify step whose cost is known, measured or a hint (1: none): see the top."""
+        return max((w for _, w in self._known_verify()), default=1)
 
     def verify(self, rows: int, width: int) -> float:
         """A verify step's cost (a plain step of `rows` rows must be measured): see the top."""
@@ -82,9 +89,15 @@ class StepCosts:
         if self._known is None:  # made once between two steps' timings: a step asks for up to five widths
             self._known = dict(self._verify)
             for key, samples in self._samples.items():
-                if isinstance(key, tuple) and key not in self._known and len(samples) >= 2:
+                if isinstance(key, tuple) and key not in self._known and self._hints(*key, samples):
                     self._known[cast(tuple[int, int], key)] = min(samples)
         return self._known
+
+    def _hints(self, rows: int, width: int, samples: deque[float]) -> bool:
+        """Whether a forgotten verify cost's measurements still hint at it: twice measured, or once within
+        _PLAUSIBLE x width plain steps (see the top)."""
+        plain = self._plain.get(rows)
+        return len(samples) >= 2 or (plain is not None and samples[0] <= _PLAUSIBLE * width * plain)
 
     def timed(self, rows: int, length: int, seconds: float) -> None:
         """A step of `rows` rows feeding `length` tokens each took `seconds`."""
