@@ -89,8 +89,10 @@ class StepCosts:
         if self._known is None:  # made once between two steps' timings: a step asks for up to five widths
             self._known = dict(self._verify)
             for key, samples in self._samples.items():
-                if isinstance(key, tuple) and key not in self._known and self._hints(*key, samples):
-                    self._known[cast(tuple[int, int], key)] = min(samples)
+                if isinstance(key, tuple) and key not in self._known:
+                    rows, width = cast(tuple[int, int], key)
+                    if self._hints(rows, width, samples):
+                        self._known[rows, width] = min(samples)
         return self._known
 
     def _hints(self, rows: int, width: int, samples: deque[float]) -> bool:
