@@ -38,7 +38,8 @@ rejected probe weighed at 1/5 turned speculation off for a while (`bench draft_p
 0.5: 38 drafting steps of 460 against 131 of 396, 0.999x plain against 1.006x; at 0.9 1.391x against 1.424x).
 
 The costs of plain and verify steps are measured (engine/step_costs.py). Widths are explored upwards, one above
-the widest measured, so drafts that are rejected cost one drafted token to find out, not the full depth. The step
+the widest whose cost is known (measured, or measured once and kept as a hint), so drafts that are rejected cost
+one drafted token to find out, not the full depth. The step
 takes the L that maximises the batch's expected tokens per second, 1 (no drafts) unless some L beats a plain step
 by a margin: so speculation costs little more than noise where drafts are not accepted, and one eager row cannot
 make fifteen others pay for a wide step (a 16-row step on a CPU costs nearly L times a plain one; on a GPU, whose
@@ -259,7 +260,7 @@ class Speculator:
         plain = self.costs.plain(rows)
         if deepest == 0 or plain is None:
             return 1  # nothing to draft, or no plain step of this batch measured yet to compare against
-        widths = range(2, min(deepest, self.costs.widest()) + 2)  # upwards: one above the widest measured
+        widths = range(2, min(deepest, self.costs.widest()) + 2)  # upwards: one above the widest known
         assumed = {width: self.costs.verify(rows, width) for width in widths}
         best, best_rate = 1, rows / plain
         # First a bound: every drafter at the highest acceptance any shows, drafting the whole width. Where even that
