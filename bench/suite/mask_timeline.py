@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlxd.engine.constrained_rows as rows_module
 import mlxd.engine.queued_step as queued_step
 import mlxd.engine.runner as runner_module
+from mlxd.engine.mask_thread import HandOff
 
 
 class _Timings:
@@ -78,6 +79,21 @@ def _timed(timings: _Timings, label: str, function: Callable[..., Any]) -> Calla
     return wrapper
 
 
+def _timed_handoff(timings: _Timings) -> type:
+    """The runner's HandOff with the worker's wait in a constrained step (for the step before's tokens, told to
+    their constraints on the mask thread) timed."""
+    class TimedHandOff(HandOff[Any]):
+        def result(self) -> Any:
+            if sys._getframe(1).f_code.co_name != "_constrained_step":
+                return super().result()
+            start = time.perf_counter()
+            try:
+                return super().result()
+            finally:
+                timings.add("worker: waits for the step before's tokens, told", (time.perf_counter() - start) * 1e3)
+    return TimedHandOff
+
+
 def _cycled(timings: _Timings, step: Callable[..., Any]) -> Callable[..., Any]:
     """Runner.step timed whole, and from one call's start to the next's (what a step costs the batch)."""
     started = [0.0]
@@ -114,8 +130,12 @@ def timeline() -> Iterator[_Timings]:
             start = time.perf_counter()
             timings.add("worker: between a step's return and the next call", (start - returned[0]) * 1e3)
             unsampled.masks.wait()
-            timings.add("worker: waits for the masks at the next call", (time.perf_counter() - start) * 1e3)
+            waited = time.perf_counter()
+            timings.add("worker: waits for the masks at the next call", (waited - start) * 1e3)
         settle(self)
+        if unsampled is not None:
+            timings.add("worker: queue the sampling, whole (_settle after the wait)",
+                        (time.perf_counter() - waited) * 1e3)
 
     def tell_then_fill_timed(*args: Any) -> Any:
         start = time.perf_counter()
@@ -131,6 +151,7 @@ def timeline() -> Iterator[_Timings]:
         setattr(owner, name, value)
 
     replace(runner_module, "mx", _TimedMx(timings))
+    replace(runner_module, "HandOff", _timed_handoff(timings))
     replace(runner_module, "tell_then_fill", tell_then_fill_timed)
     # What tell_then_fill calls, where it looks them up (the runner's own flush and verify steps call
     # tell_constraints through the runner's name for it, which stays as it is).
