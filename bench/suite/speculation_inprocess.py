@@ -51,7 +51,7 @@ PARTS = {  # label: (file end, function): cumulative time, per decode step
     "scheduler step (all)": ("engine/scheduler.py", "_decode_one_step"),
     "drafts and the pause before a verify step": ("engine/scheduler.py", "_drafts"),
     "runner: verify step (all)": ("engine/runner.py", "_verify"),
-    "runner: accept (sync, read)": ("engine/runner.py", "_accept"),
+    "runner: accept (sync, read)": ("generation/verification.py", "accept_runs"),
     "caches: rollback": ("models/batch_cache.py", "rollback"),
     "runner: plain step graph": ("engine/runner.py", "_forward_step"),
     "runner: read a plain step (device wait)": ("engine/runner.py", "read"),

@@ -277,8 +277,11 @@ def test_masks_filled_while_rows_finish_join_and_leave_give_what_quick_ones_do()
 def test_a_constrained_batch_reads_its_steps_on_the_mask_thread(monkeypatch):
     """The worker launches a constrained step's forward without waiting for the step before: the mask thread reads
     it (then tells the constraints and fills the masks). Only the first step after a free one is read by the
-    worker, whose launch would walk the same tokens."""
+    worker, whose launch would walk the same tokens. (A greedy row's steps mask here, not check: checked_greedy.)"""
+    from mlxd.engine import checked_greedy
     from mlxd.engine.queued_step import QueuedStep
+
+    monkeypatch.setattr(checked_greedy, "ENABLED", False)
 
     readers: list[str] = []
     read = QueuedStep.read

@@ -129,6 +129,7 @@ def test_the_sampling_warm_up_runs_every_filter_logprobs_and_the_masks(runtime, 
     import mlxd.engine.runner as runner_module
     import mlxd.engine.scores as scores
     import mlxd.generation.sampling as sampling
+    import mlxd.generation.verification as verification
     from mlxd.engine.warmup import warm_up_sampling
 
     called: set[str] = set()
@@ -145,8 +146,9 @@ def test_the_sampling_warm_up_runs_every_filter_logprobs_and_the_masks(runtime, 
                  "apply_logit_bias"):
         spy(sampling, name)
     spy(scores, "top_logprobs")
-    for name in ("apply_step_masks", "sampler_plan", "verify_masks"):
+    for name in ("apply_step_masks", "verify_masks"):
         spy(runner_module, name)
+    spy(verification, "sampler_plan")
     warm_up_sampling(runtime, list(range(1, 9)), speculate="ngram" if drafting == "ngram" else "",
                      speculate_depth=4 if drafting == "ngram" else 0)
     expected = {"apply_top_k", "apply_top_p", "apply_min_p", "apply_repetition_penalty", "apply_presence_frequency",

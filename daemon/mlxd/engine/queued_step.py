@@ -10,7 +10,18 @@ from typing import cast
 import mlx.core as mx
 
 from mlxd.engine.constrained_rows import ConstrainedRow, RowId, StepResult
+from mlxd.engine.mask_thread import HandOff
+from mlxd.engine.masks import FilledMasks
 from mlxd.engine.scores import token_logprob
+
+
+@dataclass
+class CheckedStep:
+    """What a checking step (engine/checked_greedy.py) leaves for the check of its tokens: its logits (to correct a
+    refused token) and its rows' masks at the positions it sampled (filled on the mask thread, in the rows' order)."""
+
+    logits: mx.array                  # [B, vocab], unmasked
+    masks: HandOff[FilledMasks]
 
 
 @dataclass
@@ -27,6 +38,8 @@ class QueuedStep:
     # a graph that takes `tokens` as input: MLX's eval changes the arrays it waits on and those it walks through
     # (detaches them), so the two threads must not share an array. None: read `tokens`, on this thread only.
     readback: mx.array | None = None
+    # A checking step's (engine/checked_greedy.py): its constrained rows' tokens are read and checked before use.
+    check: CheckedStep | None = None
 
     def read(self) -> list[StepResult]:
         readable = self.tokens if self.readback is None else self.readback

@@ -12,6 +12,8 @@ Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
   graph and launches it while another thread reads step n, tells each constraint its row's token and fills the
   masks (engine/masks.py); the next call queues the sampling with the masks applied before it does anything else.
+  Where every constrained row is plainly greedy, the rows' argmax is checked against the masks instead
+  (engine/checked_greedy.py: one launch a step, as a free batch's).
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -22,11 +24,10 @@ Beside that plain pipeline:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import cast
 
 import mlx.core as mx
 
+from mlxd.engine import checked_greedy
 from mlxd.engine.constrained_rows import (
     RowId,
     StepResult,
@@ -39,33 +40,22 @@ from mlxd.engine.constrained_rows import (
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.mask_thread import HandOff, MaskThread
-from mlxd.engine.queued_step import QueuedStep
+from mlxd.engine.queued_step import CheckedStep, QueuedStep
 from mlxd.engine.request import PromptImage, TokenLogprob
+from mlxd.engine.runner_row import RunnerRow
 from mlxd.engine.scores import row_logprobs, run_logprobs, tops
 from mlxd.engine.vision import ImageEncoder
 from mlxd.generation.params import SamplingParams
 from mlxd.generation.sampling import Sampler
-from mlxd.generation.verification import VerifyPlan, accepted_run, sampler_plan, within_vocabulary
+from mlxd.generation.verification import accept_runs, within_vocabulary
 from mlxd.models import ops
 from mlxd.models.batch_cache import BatchKVCache, BatchPositions, batched
-from mlxd.models.cache import LayerCache, RowState
+from mlxd.models.cache import LayerCache
 from mlxd.models.protocol import LanguageModel
 from mlxd.models.recurrent_cache import BatchRecurrentCache
 
 # (position of the image's first token within the prefill chunk, the image)
 ChunkImage = tuple[int, PromptImage]
-
-
-@dataclass
-class _Row:
-    sampler: Sampler
-    top_logprobs: int | None              # None: no logprobs for its tokens
-    cache: list[LayerCache]               # its own cache, until it joins the batch
-    state: list[RowState] | None = None   # its batch columns while parked out of the batch
-    position: int = 0                     # while parked: positions its columns hold
-    next_token: int = 0                   # the token it feeds when it joins the batch
-    constraint: TokenConstraint | None = None
-    failure: Exception | None = None      # its constraint's, reported with its next result
 
 
 class Runner:
@@ -75,14 +65,14 @@ class Runner:
         self._pipelined = pipelined  # False: a plain step is read as soon as it is queued (see step)
         self._vocab_size = vocab_size
         self._images = image_encoder
-        self._rows: dict[RowId, _Row] = {}
+        self._rows: dict[RowId, RunnerRow] = {}
         self._positions = BatchPositions()
         self._caches = [batched(c, self._positions) for c in model.make_cache()]
         self._order: list[RowId] = []         # batch rows in cache row order: the rows of the step queued last
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: QueuedStep | None = None
-        self._unsampled: UnsampledStep[_Row] | None = None  # a constrained step's sampling, queued by the next call
+        self._unsampled: UnsampledStep[RunnerRow] | None = None  # a constrained step's sampling, queued next call
         self._mask_thread: MaskThread | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
@@ -94,7 +84,7 @@ class Runner:
         if row in self._rows:
             raise ValueError(f"row {row} is already open")
         own = cache if cache is not None else self._model.make_cache()
-        self._rows[row] = _Row(Sampler(sampling, self._vocab_size, prompt_ids), top_logprobs, own,
+        self._rows[row] = RunnerRow(Sampler(sampling, self._vocab_size, prompt_ids), top_logprobs, own,
                                constraint=constraint)
 
     def new_cache(self) -> list[LayerCache]:
@@ -172,6 +162,8 @@ class Runner:
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
             unsampled.masks.wait()  # no constraint is touched after this returns, whatever it did
+        if self._pending is not None and self._pending.check is not None:
+            self._pending.check.masks.wait()
         for row in self.batch_rows():
             self._rows.pop(row, None)
         self._order, self._joining, self._leaving, self._pending = [], [], set(), None
@@ -192,16 +184,22 @@ class Runner:
         return self._flush()
 
     def _flush(self) -> list[StepResult]:
-        # step() flushes through this one, so that a subclass's flush (parallel/replication.py's, which tells
-        # the other ranks) runs only where the scheduler calls it.
+        # step() flushes through this one: a subclass's flush (parallel/replication.py's) runs only where called.
         self._settle()
         previous, self._pending = self._pending, None
-        if previous is None:
-            return []
-        results = tell_constraints(previous.read(), previous.owners)
+        return self._final(previous) if previous is not None else []
+
+    def _final(self, step: QueuedStep) -> list[StepResult]:
+        """A queued step's tokens, final (a checking step's checked: checked_greedy.py), told to their rows'
+        constraints; each row's next token set."""
+        results = step.read()
+        checked_greedy.check(step, results)
+        return self._next_tokens(tell_constraints(results, step.owners))
+
+    def _next_tokens(self, results: list[StepResult]) -> list[StepResult]:
+        """Each open row's next token set from its results (they are on the host: the next step may feed them)."""
         for result in results:
-            r = self._rows.get(result.row)
-            if r is not None:
+            if (r := self._rows.get(result.row)) is not None:
                 r.next_token = result.tokens[-1]
         return results
 
@@ -219,28 +217,57 @@ class Runner:
         joiners, self._joining, self._leaving = self._joining, [], set()
         self._regroup(keep, joiners)
         rows = [self._rows[row] for row in self._order]
-        if any(r.constraint for r in rows):
-            return self._constrained_step(previous, keep, joiners, rows)
-        if rows:
-            self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
-            self._positions.advance()
-        results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
+        constrained = any(r.constraint for r in rows)
+        checking = constrained and checked_greedy.checks(rows, self._caches, self._pipelined)
+        early: list[StepResult] = []
+        if previous is not None and previous.check is not None and not checking:
+            early, previous = self._final(previous), None  # nothing may be built on its tokens unchecked
+        if checking:
+            results = early + self._checked_step(previous, keep, joiners, rows)
+        elif constrained:
+            checked_greedy.masked_instead(rows)
+            return early + self._constrained_step(previous, keep, joiners, rows)
+        else:
+            if rows:
+                self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
+                self._positions.advance()
+            results = early + (self._final(previous) if previous is not None else [])
         return results if self._pipelined else results + self._flush()
 
-    def _constrained_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
-                          rows: list[_Row]) -> list[StepResult]:
-        """A step of a batch holding constrained rows: the forward graph is built (Python, nothing runs yet), then
-        launched while the mask thread reads the step before (waiting for the device), tells its tokens to the
-        constraints and fills the masks; the sampling, masks applied, is queued by the next call (`_settle`), so
-        the fill also overlaps what the caller does between steps (the tokens' delivery, regrouping, a prefill
-        chunk). This call returns once the tokens are told.
+    def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
+                      rows: list[RunnerRow]) -> list[StepResult]:
+        """A step whose constrained rows are decoded as free rows and checked (checked_greedy.py): the forward is
+        built on the step before's tokens, which are then read and checked (a refused one: the caches' new column
+        given back, the forward built again on the tokens as corrected); they are told, and this step's masks
+        filled, on the mask thread while the forward and its argmax launch together."""
+        logits = self._forward_step(self._inputs(previous, keep, joiners))
+        results = previous.read() if previous is not None else []
+        if previous is not None and checked_greedy.check(previous, results):
+            for cache in self._caches:
+                cache.rollback([0] * len(self._order))
+            self._next_tokens(results)
+            logits = self._forward_step(self._inputs(None, keep, joiners))
+        if self._mask_thread is None:
+            self._mask_thread = MaskThread()
+        told: HandOff[list[StepResult]] = HandOff()
+        owners = previous.owners if previous is not None else []
+        masks = self._mask_thread.submit(tell_then_fill, results.copy, owners, rows, self._vocab_size, told)
+        self._pending = self._sample(logits, rows, greedy_logits=checked_greedy.argmax_logits(logits, rows))
+        self._pending.check = CheckedStep(logits, masks)
+        self._positions.advance()
+        return told.result()
 
-        Why this order (docs/performance.md, sessions 11, 21 and 38): the fill must overlap the launch (16 rows'
-        masks ~3.6 ms against a ~3.1 ms launch on an H200), and the launch must not wait for the device (a random
-        8B's 16-row step waited 1.6 ms for it when the worker read the step before first). The worker walks
-        `previous.tokens` as the forward's input while the mask thread reads them, so those are read through a
-        node of their own (`QueuedStep.readback`); a free step's tokens (a constrained row just joined) have none
-        and are read here, before the launch."""
+    def _constrained_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
+                          rows: list[RunnerRow]) -> list[StepResult]:
+        """A step of a batch holding constrained rows: the forward graph is built, then launched while the mask
+        thread reads the step before (waiting for the device), tells its tokens to the constraints and fills the
+        masks; the sampling, masks applied, is queued by the next call (`_settle`), so the fill also overlaps what
+        the caller does between steps. This call returns once the tokens are told. Why this order
+        (docs/performance.md, sessions 11, 21, 38): the fill must overlap the launch (16 rows' masks ~3.6 ms against
+        a ~3.1 ms launch on an H200), and the launch must not wait for the device (a random 8B's 16-row step waited
+        1.6 ms when the worker read the step before first). The mask thread reads `previous.tokens` through a node
+        of their own (`QueuedStep.readback`) as the worker walks them; a free step's (a constrained row just
+        joined) have none and are read here, before the launch."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         if previous is None:
             read: Callable[[], list[StepResult]] = list
@@ -261,8 +288,11 @@ class Runner:
         return results
 
     def _settle(self) -> None:
-        """Queue the sampling of a constrained step whose masks were being filled (waiting for them): before
-        anything reads or changes the batch, and before anything touches a constraint on this thread."""
+        """Queue the sampling of a constrained step whose masks were being filled (waiting for them), or wait for a
+        checking step's: before anything reads or changes the batch, and before anything touches a constraint on
+        this thread."""
+        if self._pending is not None and self._pending.check is not None:
+            self._pending.check.masks.wait()
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
             masks = unsampled.masks.result()
@@ -285,7 +315,7 @@ class Runner:
             mx.async_eval(logits)  # the masks are filled while the device runs the pass
             logits, fed = verify_masks(logits, rows, fed)
         first = logits[:, 0, :]
-        tokens = self._accept(logits, first, rows, fed)
+        tokens = accept_runs(logits, first, [(r.sampler, r.constraint is not None) for r in rows], fed)
         for cache in self._caches:
             cache.rollback([len(t) for t in tokens])
         self._positions.advance([len(t) for t in tokens])
@@ -296,25 +326,6 @@ class Runner:
                   for i, (r, run, d) in enumerate(zip(rows, tokens, fed))]
         results = [StepResult(row, run, lp) for row, run, lp in zip(self._order, tokens, scored)]
         return tell_constraints(results, rows)
-
-    def _accept(self, logits: mx.array, first: mx.array, rows: list[_Row],
-                drafts: list[list[int]]) -> list[list[int]]:
-        """Each row's tokens of a verify step (logits [B, L, vocab]): a row without drafts samples from `first`
-        (its position 0, masked) as in a plain step; the others verify theirs (generation/verification.py)."""
-        argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if any(r.sampler.plain_greedy for r in rows) else None
-        plans: list[VerifyPlan | mx.array | None] = []  # None: a plainly greedy row, read from argmax's rows
-        for i, (r, d) in enumerate(zip(rows, drafts)):
-            if argmax is not None and r.sampler.plain_greedy and (d or r.constraint is None):
-                plans.append(None)
-            elif not d:
-                plans.append(r.sampler(first[i]))
-            else:
-                plans.append(sampler_plan(r.sampler, logits[i, :len(d) + 1], d))
-        mx.eval([] if argmax is None else [argmax], [p.choices if isinstance(p, VerifyPlan) else p for p in plans])
-        # One read for every greedy row: a slice and a read per row cost ~0.6 ms more at 16 rows (the 2-core CPU).
-        greedy = cast(list[list[int]], argmax.tolist()) if argmax is not None else []
-        return [accepted_run(d, greedy[i]) if p is None else p.accepted() if isinstance(p, VerifyPlan)
-                else cast(list[int], p.tolist()) for i, (p, d) in enumerate(zip(plans, drafts))]
 
     def _regroup(self, keep: list[int], joiners: list[RowId]) -> None:
         if keep != list(range(len(self._order))):
@@ -349,15 +360,16 @@ class Runner:
         """The graph of one decode step's forward pass for every row (inputs int32 [B]): logits [B, vocab]."""
         return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
 
-    def _sample(self, logits: mx.array, rows: list[_Row], apart: bool = False) -> QueuedStep:
+    def _sample(self, logits: mx.array, rows: list[RunnerRow], apart: bool = False,
+                greedy_logits: mx.array | None = None) -> QueuedStep:
         """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
-        own sampler; rows that are plainly greedy share one argmax. `apart`: the tokens to be read on the mask
-        thread (a `readback` node of their own)."""
+        own sampler; rows that are plainly greedy share one argmax (of `greedy_logits` where given). `apart`: the
+        tokens to be read on the mask thread (a `readback` node of their own)."""
         plain = [r.sampler.plain_greedy for r in rows]
         if not any(plain):
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
         else:
-            argmax = mx.argmax(logits, axis=-1).astype(mx.int32)
+            argmax = mx.argmax(logits if greedy_logits is None else greedy_logits, axis=-1).astype(mx.int32)
             tokens = argmax if all(plain) else mx.concatenate(
                 [argmax[i:i + 1] if plain[i] else r.sampler(logits[i]) for i, r in enumerate(rows)])
         scored = [None if r.top_logprobs is None else row_logprobs(logits[i], tokens[i], r.top_logprobs)
@@ -369,7 +381,7 @@ class Runner:
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 
-    def _forward(self, r: _Row, ids: list[int], images: Sequence[ChunkImage]) -> mx.array:
+    def _forward(self, r: RunnerRow, ids: list[int], images: Sequence[ChunkImage]) -> mx.array:
         inputs = mx.array([ids], dtype=mx.int32)
         if not images:
             return self._model(inputs, cache=r.cache)

@@ -71,3 +71,25 @@ def within_vocabulary(drafts: list[int], vocab_size: int) -> list[int]:
         if not 0 <= token < vocab_size:
             return drafts[:i]
     return drafts
+
+
+def accept_runs(logits: mx.array, first: mx.array, rows: list[tuple[Sampler, bool]],
+                drafts: list[list[int]]) -> list[list[int]]:
+    """Each row's tokens of a verify step (logits [B, L, vocab]; rows: each one's sampler and whether it is
+    constrained): a row without drafts samples from `first` (its position 0, masked) as in a plain step; the others
+    verify theirs."""
+    greedy = any(sampler.plain_greedy for sampler, _ in rows)
+    argmax = mx.argmax(logits, axis=-1).astype(mx.int32) if greedy else None
+    plans: list[VerifyPlan | mx.array | None] = []  # None: a plainly greedy row, read from argmax's rows
+    for i, ((sampler, constrained), d) in enumerate(zip(rows, drafts)):
+        if argmax is not None and sampler.plain_greedy and (d or not constrained):
+            plans.append(None)
+        elif not d:
+            plans.append(sampler(first[i]))
+        else:
+            plans.append(sampler_plan(sampler, logits[i, :len(d) + 1], d))
+    mx.eval([] if argmax is None else [argmax], [p.choices if isinstance(p, VerifyPlan) else p for p in plans])
+    # One read for every greedy row: a slice and a read per row cost ~0.6 ms more at 16 rows (the 2-core CPU).
+    chosen = cast(list[list[int]], argmax.tolist()) if argmax is not None else []
+    return [accepted_run(d, chosen[i]) if p is None else p.accepted() if isinstance(p, VerifyPlan)
+            else cast(list[int], p.tolist()) for i, (p, d) in enumerate(zip(plans, drafts))]

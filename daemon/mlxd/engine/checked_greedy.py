@@ -1,0 +1,132 @@
+"""Constrained greedy rows decoded as free ones, their tokens checked against the grammar afterwards.
+
+A constrained step (engine/constrained_rows.py) applies each row's mask on the device before sampling: its
+sampling waits for the masks, so it is a launch of its own after the forward pass, with the masks' upload and
+select before it. Where the host bounds a GPU's step (a random 1B's one-row step is ~1.7 ms of Python and kernel
+launches) that structure alone cost ~0.25 ms a step (docs/performance.md, session 40). A greedy row needs none
+of it while its grammar allows what it would have chosen anyway: the masked argmax is the argmax whenever the
+argmax is allowed (masking only removes tokens; ties go to the lowest id either way). So such a row takes its
+argmax in the forward's own launch, as a free row does, and the host checks the token against the mask before it
+is used (llama.cpp samples so too: the grammar checks the chosen token first and masks only when it refuses).
+A refused token is replaced by the masked argmax of the same logits, kept for that (a launch and a read, only
+then); where the next forward was already built on the refused token, its column is given back to the caches and
+the forward built again (runner.py `_checked_step`).
+
+Which steps check rather than mask (`checks`): the runner's, when every constrained row still going is plainly
+greedy without logprobs (sampling and logprobs must see the constrained distribution: they keep the masks), every
+cache can give a step's column back, and, where steps are pipelined, the rows' refusals are rare: a refusal there
+costs a second build of the forward. Each row learns its refusal rate (`refusal_rate`), starting from `PRIOR`;
+on steps that mask, it decays towards zero so that a batch tries checking again. Unpipelined (the CPU), a refusal
+costs only the masked sampling every masked step pays, so those steps always check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+import mlx.core as mx
+import numpy as np
+
+from mlxd.engine.constrained_rows import StepResult
+from mlxd.engine.constraint import TokenConstraint
+from mlxd.engine.masks import FilledMasks
+from mlxd.engine.queued_step import QueuedStep
+from mlxd.generation.sampling import Sampler
+from mlxd.models import ops
+from mlxd.models.batch_cache import BatchKVCache
+
+ENABLED = True
+PRIOR = 0.05               # a new row's refusal rate
+LEARNING = 0.1             # each check's weight in a row's refusal rate
+DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)
+EXPECTED_REFUSALS = 0.1    # pipelined: check while the batch's refusal rates sum to at most this
+
+
+class CheckedRow(Protocol):
+    sampler: Sampler
+    constraint: TokenConstraint | None
+    failure: Exception | None
+    top_logprobs: int | None
+    refusal_rate: float
+
+
+def going_on(r: CheckedRow) -> TokenConstraint | None:
+    """The row's constraint while it applies (not failed, not complete)."""
+    c = r.constraint
+    return c if c is not None and r.failure is None and not c.is_stopped() else None
+
+
+def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
+    """Whether a step of these rows checks its constrained rows' tokens instead of masking them (every layer's
+    cache must give a plain step's column back: BatchKVCache)."""
+    if not ENABLED or not all(isinstance(cache, BatchKVCache) for cache in caches):
+        return False
+    constrained = [r for r in rows if going_on(r) is not None]
+    if not all(r.sampler.plain_greedy and r.top_logprobs is None for r in constrained):
+        return False
+    return not pipelined or sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS
+
+
+def masked_instead(rows: Sequence[CheckedRow]) -> None:
+    """A step masked its constrained rows: their refusal rates decay."""
+    for r in rows:
+        if r.constraint is not None:
+            r.refusal_rate *= DECAY
+
+
+def argmax_logits(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:
+    """The logits a checking step's greedy rows take their argmax of: a constrained row's ids past its grammar's
+    vocabulary (a tokenizer narrower than the logits: never allowed) at -inf, so its argmax is not refused for
+    them. Every other row's logits as they are."""
+    width = logits.shape[-1]
+    limits = [min(width, 32 * c.mask_words) if (c := going_on(r)) is not None else width for r in rows]
+    if min(limits, default=width) == width:
+        return logits
+    if len(set(limits)) == 1:
+        return logits[:, :limits[0]]  # the ids kept are the same
+    columns = mx.arange(width, dtype=mx.int32)[None, :]
+    within = columns < mx.array(limits, dtype=mx.int32)[:, None]
+    return mx.where(within, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+
+def refused(tokens: Sequence[int], rows: Sequence[CheckedRow], masks: FilledMasks) -> list[int]:
+    """The indices of the rows whose token their mask refuses (rows without a mask, or whose fill failed, are not
+    checked). Each checked row's refusal rate learns from it."""
+    out = []
+    for k, i in enumerate(masks.rows):
+        r = rows[i]
+        if i in masks.failures or going_on(r) is None:
+            continue
+        token = tokens[i]
+        word = token // 32
+        allowed = word < masks.bitmasks.shape[1] and bool((int(masks.bitmasks[k, word]) >> (token % 32)) & 1)
+        r.refusal_rate += LEARNING * ((not allowed) - r.refusal_rate)
+        if not allowed:
+            out.append(i)
+    return out
+
+
+def corrected(logits: mx.array, indices: list[int], masks: FilledMasks) -> list[int]:
+    """The masked argmax of `logits` [B, vocab] for the rows `indices` (each with a mask in `masks`), read."""
+    where = {i: k for k, i in enumerate(masks.rows)}
+    bitmasks = np.stack([masks.bitmasks[where[i]] for i in indices])
+    chosen = ops.mask_logits(logits[mx.array(indices, dtype=mx.int32)], bitmasks)
+    tokens = mx.argmax(chosen, axis=-1).astype(mx.int32)
+    mx.eval(tokens)  # waits without the GIL
+    return cast(list[int], tokens.tolist())
+
+
+def check(step: QueuedStep, results: list[StepResult]) -> bool:
+    """Check a checking step's tokens (its results, read) against their masks, a refused one replaced in `results`
+    by the masked argmax of the step's logits; a row whose fill failed gets its failure. Whether any was refused.
+    A step that did not check: nothing to do."""
+    if step.check is None:
+        return False
+    masks = step.check.masks.result()
+    for i, failure in masks.failures.items():
+        step.owners[i].failure = failure
+    bad = refused([result.tokens[-1] for result in results], cast(Sequence[CheckedRow], step.owners), masks)
+    for i, token in zip(bad, corrected(step.check.logits, bad, masks) if bad else []):
+        results[i] = StepResult(results[i].row, [token], None)
+    return bool(bad)

@@ -1,0 +1,125 @@
+"""Constrained greedy rows decoded as free ones and checked against their grammar (engine/checked_greedy.py): the
+tokens are those of masking, refusals included (each replaced by the masked argmax; pipelined, the next forward
+built again), through the batch's changes between checking and masking, and the policy picks checking only where
+it is exact and cheap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlxd.engine import checked_greedy
+from mlxd.engine.request import FinishReason, GenerationRequest
+from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.generation.params import SamplingParams
+from tests.engine.test_constrained_rows import AllowedSets
+from tests.helpers.engine_runs import drain, run_arrivals
+from tests.helpers.fakes import VOCAB, fake_runtime
+
+GREEDY = SamplingParams(temperature=0.0)
+PROMPTS = [[3, 9, 4], [7] * 20, [5, 6], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+def _half_the_vocabulary(seed: int, steps: int) -> list[set[int]]:
+    """Step by step, a random half of the ids: the model's argmax is refused about every other step."""
+    rng = np.random.default_rng(seed)
+    return [set(rng.choice(VOCAB, VOCAB // 2, replace=False).tolist()) for _ in range(steps)]
+
+
+def _requests(n: int = 14) -> list[GenerationRequest]:
+    out = []
+    for i, prompt in enumerate(PROMPTS):
+        constraint = AllowedSets(_half_the_vocabulary(i, n)) if i != 2 else None  # one free row beside
+        out.append(GenerationRequest(f"r{i}", prompt, GREEDY, max_tokens=n, ignore_eos=True, constraint=constraint,
+                                     logprobs=i == 2))
+    return out
+
+
+def _served(monkeypatch, enabled: bool, pipelined: bool, arrivals: dict[int, slice], **settings) -> list[tuple]:
+    with monkeypatch.context() as patch:
+        patch.setattr(checked_greedy, "ENABLED", enabled)
+        for name, value in settings.items():
+            patch.setattr(checked_greedy, name, value)
+        requests = _requests()
+        options = SchedulerOptions(prefill_chunk_size=4, max_batch_size=8, pipelined=pipelined)
+        run_arrivals(Scheduler(fake_runtime(), options), {step: requests[rows] for step, rows in arrivals.items()})
+        return [drain(r) for r in requests]
+
+
+def _counting_refusals(monkeypatch) -> list[int]:
+    corrected, counted = checked_greedy.corrected, []
+
+    def counting(logits, indices, masks):
+        counted.append(len(indices))
+        return corrected(logits, indices, masks)
+    monkeypatch.setattr(checked_greedy, "corrected", counting)
+    return counted
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+@pytest.mark.parametrize("expected_refusals", [checked_greedy.EXPECTED_REFUSALS, 100.0])
+def test_checked_rows_give_the_masked_tokens_refusals_included(monkeypatch, pipelined, expected_refusals):
+    """Rows joining at different steps, one free beside them (with logprobs), about half of every constrained
+    row's argmaxes refused; with the policy as it is a pipelined batch soon masks instead (its refusal rates are
+    high), with 100 it checks every step (each refusal building the next forward again)."""
+    arrivals = {0: slice(0, 2), 3: slice(2, 4)}
+    masked = _served(monkeypatch, False, pipelined, arrivals)
+    refusals = _counting_refusals(monkeypatch)
+    checked = _served(monkeypatch, True, pipelined, arrivals, EXPECTED_REFUSALS=expected_refusals)
+    assert [c[:2] for c in checked] == [m[:2] for m in masked]
+    assert checked[2][2] == pytest.approx(masked[2][2], abs=1e-5)
+    assert all(c[3].finish_reason is FinishReason.STOP for i, c in enumerate(checked) if i != 2)
+    assert sum(refusals) >= 3, refusals
+
+
+def test_a_sampled_constrained_row_joining_turns_the_batch_to_masks_and_back(monkeypatch):
+    """A checked batch (every refusal checked) that a seeded sampled constrained row joins masks while it is there,
+    the step before's checked tokens checked before the masked step is built on them; after it ends the batch
+    checks again. Every row's tokens are those of masking throughout."""
+    def requests() -> list[GenerationRequest]:
+        out = [GenerationRequest(f"g{i}", PROMPTS[i], GREEDY, max_tokens=14, ignore_eos=True,
+                                 constraint=AllowedSets(_half_the_vocabulary(10 + i, 14))) for i in range(2)]
+        out.append(GenerationRequest("s", PROMPTS[3], SamplingParams(temperature=0.9, seed=4), max_tokens=4,
+                                     ignore_eos=True, constraint=AllowedSets(_half_the_vocabulary(20, 4))))
+        return out
+
+    def served(enabled: bool) -> list[tuple]:
+        with monkeypatch.context() as patch:
+            patch.setattr(checked_greedy, "ENABLED", enabled)
+            patch.setattr(checked_greedy, "EXPECTED_REFUSALS", 100.0)
+            made = requests()
+            run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)),
+                         {0: made[:2], 5: made[2:]})
+            return [drain(r)[:2] for r in made]
+
+    masked = served(False)
+    checked_steps: list[bool] = []
+    checks = checked_greedy.checks
+    monkeypatch.setattr(checked_greedy, "checks", lambda *a: checked_steps.append(checks(*a)) or checked_steps[-1])
+    assert served(True) == masked
+    assert True in checked_steps and False in checked_steps
+    assert checked_steps[-1] is True  # checking again once the sampled row is gone
+
+
+class _Row:
+    def __init__(self, sampling: SamplingParams, constraint: object | None = None, top_logprobs: int | None = None,
+                 refusal_rate: float = checked_greedy.PRIOR) -> None:
+        from mlxd.generation.sampling import Sampler
+        self.sampler = Sampler(sampling, VOCAB, [1])
+        self.constraint, self.failure, self.top_logprobs, self.refusal_rate = constraint, None, top_logprobs, \
+            refusal_rate
+
+
+def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_refusals_are_rare():
+    from mlxd.models.batch_cache import BatchKVCache, BatchPositions
+    caches = [BatchKVCache(BatchPositions(), None)]
+    grammar = AllowedSets([{1}] * 4)
+    assert checked_greedy.checks([_Row(GREEDY, grammar), _Row(SamplingParams(temperature=0.7))], caches, True)
+    assert not checked_greedy.checks([_Row(SamplingParams(temperature=0.7), grammar)], caches, False)
+    assert not checked_greedy.checks([_Row(GREEDY, grammar, top_logprobs=2)], caches, False)
+    assert not checked_greedy.checks([_Row(GREEDY, grammar)], [object()], False)  # a cache that cannot give back
+    rare, often = _Row(GREEDY, grammar, refusal_rate=0.02), _Row(GREEDY, grammar, refusal_rate=0.3)
+    assert checked_greedy.checks([rare], caches, True) and not checked_greedy.checks([often], caches, True)
+    assert checked_greedy.checks([often], caches, False)  # unpipelined, a refusal costs no second build
+    checked_greedy.masked_instead([often])
+    assert often.refusal_rate == pytest.approx(0.3 * checked_greedy.DECAY)
