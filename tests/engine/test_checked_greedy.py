@@ -118,8 +118,23 @@ def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_re
     assert not checked_greedy.checks([_Row(SamplingParams(temperature=0.7), grammar)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar, top_logprobs=2)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar)], [object()], False)  # a cache that cannot give back
-    rare, often = _Row(GREEDY, grammar, refusal_rate=0.02), _Row(GREEDY, grammar, refusal_rate=0.3)
+    rare, often = _Row(GREEDY, grammar, refusal_rate=0.02), _Row(GREEDY, grammar, refusal_rate=0.5)
     assert checked_greedy.checks([rare], caches, True) and not checked_greedy.checks([often], caches, True)
     assert checked_greedy.checks([often], caches, False)  # unpipelined, a refusal costs no second build
     checked_greedy.masked_instead([often])
-    assert often.refusal_rate == pytest.approx(0.3 * checked_greedy.DECAY)
+    assert often.refusal_rate == pytest.approx(0.5 * checked_greedy.DECAY)
+
+
+def test_a_greedy_row_takes_its_argmax_among_the_ids_its_grammar_knows():
+    """A tokenizer narrower than the logits (a random-weight model carrying a real tokenizer): the ids past it are
+    never allowed, so a checked row's argmax leaves them out rather than have them refused."""
+    import mlx.core as mx
+
+    class Narrow(AllowedSets):
+        vocabulary = 8
+
+    logits = mx.array(np.arange(2 * VOCAB, dtype=np.float32).reshape(2, VOCAB))  # the argmax is the last id
+    narrow, free = _Row(GREEDY, Narrow([{1}] * 4)), _Row(GREEDY)
+    assert mx.argmax(checked_greedy.argmax_logits(logits, [narrow, narrow]), axis=-1).tolist() == [7, 7]
+    assert mx.argmax(checked_greedy.argmax_logits(logits, [narrow, free]), axis=-1).tolist() == [7, VOCAB - 1]
+    assert checked_greedy.argmax_logits(logits, [free, free]) is logits

@@ -77,12 +77,15 @@ class CompiledGrammar:
     where building one costs a millisecond or more), and the mask's shape."""
 
     def __init__(self, key: str, kind: str, grammar: str, prototype: llguidance.LLMatcher, width: int,
-                 eos_token_ids: tuple[int, ...], warnings: tuple[str, ...]) -> None:
+                 eos_token_ids: tuple[int, ...], warnings: tuple[str, ...], tokens: int | None = None) -> None:
         self.key = key
         self.kind = kind
         self.grammar = grammar  # llguidance's JSON form, for logs and tests
         self.width = width  # the mask covers token ids 0 .. width-1
         self.mask_words = mask_words(width)
+        # The ids its tokenizer has, 0 .. tokens-1 (fewer than `width` where the logits are wider): no other is ever
+        # allowed (engine/checked_greedy.py takes a greedy row's argmax among these).
+        self.tokens = width if tokens is None else tokens
         self.eos_token_ids = eos_token_ids
         self.warnings = warnings
         self.pool: MaskPool | None = None  # the processes that fill its rows' masks (--mask-processes), if any
@@ -114,6 +117,7 @@ class GrammarCompiler:
         # A logits row narrower than the tokenizer (rare) still gets a mask over every token llguidance knows;
         # ids past the logits are never sampled, so the runner reads only the first vocab_size bits.
         self.width = max(vocab_size, tokenizer_tokens)
+        self.tokens = tokenizer_tokens
         self.mask_words = mask_words(self.width)
         self.eos_token_ids = tuple(dict.fromkeys(eos_token_ids))
         # Expensive (a token trie over the whole vocabulary: ~0.2 s for 49k tokens), hence once per model.
@@ -194,7 +198,7 @@ class GrammarCompiler:
         if not first.any():
             raise ConstraintError("invalid", f"the {spec.kind} constraint allows no output at all")
         compiled = CompiledGrammar(spec.key, spec.kind, grammar, prototype, self.width, self.eos_token_ids,
-                                   tuple(prototype.get_grammar_warnings()))
+                                   tuple(prototype.get_grammar_warnings()), self.tokens)
         compiled.pool = self._mask_pool()
         return compiled
 

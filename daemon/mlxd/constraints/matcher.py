@@ -24,6 +24,7 @@ class RowConstraint:
     def __init__(self, grammar: CompiledGrammar) -> None:
         self.grammar = grammar
         self.mask_words = grammar.mask_words  # the width of the row fill_bitmask writes
+        self.vocabulary = grammar.tokens  # ids 0 .. vocabulary-1 may be allowed, no other
         self._matcher = grammar.new_matcher()
         self.row_id = next(_row_ids)
         self.tokens: list[int] = []  # consumed and not rolled back: what a replica in a mask process replays

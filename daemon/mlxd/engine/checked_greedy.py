@@ -40,7 +40,10 @@ ENABLED = True
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each check's weight in a row's refusal rate
 DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)
-EXPECTED_REFUSALS = 0.1    # pipelined: check while the batch's refusal rates sum to at most this
+# Pipelined: check while the batch's refusal rates sum to at most this. A refusal costs a second build of the forward
+# and the correction's launch and read (~0.7 + ~0.15 ms for a random 1B's row on an H100: session 40's timeline),
+# a masked step ~0.25 ms of structure; they break even near 0.3 refusals a step.
+EXPECTED_REFUSALS = 0.3
 
 
 class CheckedRow(Protocol):
@@ -80,7 +83,7 @@ def argmax_logits(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:
     vocabulary (a tokenizer narrower than the logits: never allowed) at -inf, so its argmax is not refused for
     them. Every other row's logits as they are."""
     width = logits.shape[-1]
-    limits = [min(width, 32 * c.mask_words) if (c := going_on(r)) is not None else width for r in rows]
+    limits = [min(width, _vocabulary(c)) if (c := going_on(r)) is not None else width for r in rows]
     if min(limits, default=width) == width:
         return logits
     if len(set(limits)) == 1:
@@ -88,6 +91,12 @@ def argmax_logits(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:
     columns = mx.arange(width, dtype=mx.int32)[None, :]
     within = columns < mx.array(limits, dtype=mx.int32)[:, None]
     return mx.where(within, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+
+def _vocabulary(constraint: TokenConstraint) -> int:
+    """The ids a constraint may ever allow, 0 .. this-1: its tokenizer's where it says (constraints/matcher.py
+    RowConstraint.vocabulary; a random-weight model carrying SmolLM2's 49k tokens has 128k logits), else its mask's."""
+    return int(getattr(constraint, "vocabulary", 32 * constraint.mask_words))
 
 
 def refused(tokens: Sequence[int], rows: Sequence[CheckedRow], masks: FilledMasks) -> list[int]:

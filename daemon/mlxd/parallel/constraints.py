@@ -52,7 +52,7 @@ class FollowerGrammars:
         if compiled is None or compiled.grammar != spec["grammar"]:
             matcher = llguidance.LLMatcher(compiler.tokenizer, spec["grammar"], log_level=0, limits=compiler.limits)
             compiled = CompiledGrammar(spec["key"], spec["kind"], spec["grammar"], matcher, compiler.width,
-                                       compiler.eos_token_ids, ())
+                                       compiler.eos_token_ids, (), compiler.tokens)
             self._compiled[spec["key"]] = compiled
             while len(self._compiled) > CACHE_ENTRIES:
                 self._compiled.popitem(last=False)
