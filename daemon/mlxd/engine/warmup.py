@@ -52,12 +52,13 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
 
 
 def warm_up_sampling(runtime: ModelRuntime, ids: list[int], speculate: str = "", speculate_depth: int = 0) -> None:
-    """Requests through the sampler's every filter with logprobs, and a constrained one (the masks applied on the
-    device), with speculation also with drafts. The requests above are greedy and free, and without these the first
-    request after SERVING that sampled (temperature 1 is the protocol's default) waited 20 s for its first token on
-    an H100, the first with logprobs 11 s (`bench first_requests`, a random 8B drafted by a random 1B): MLX
-    compiling kernels on first use (random keys, top-k, sort, cumulative sums, scatters), with every stream batched
-    beside it stalled. GPU only, as the prefill widths."""
+    """Requests through the sampler's every filter with logprobs, and constrained ones (a sampled one's masks applied
+    on the device, a greedy one's tokens checked and refused: OneToken), with speculation also with drafts. The
+    requests above are greedy and free, and without these the first request after SERVING that sampled (temperature
+    1 is the protocol's default) waited 20 s for its first token on an H100, the first with logprobs 11 s (`bench
+    first_requests`, a random 8B drafted by a random 1B): MLX compiling kernels on first use (random keys, top-k,
+    sort, cumulative sums, scatters), with every stream batched beside it stalled. GPU only, as the prefill
+    widths."""
     sampled = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
                              presence_penalty=0.5, frequency_penalty=0.5, logit_bias={ids[0]: 0.5}, seed=0)
     greedy = SamplingParams(temperature=0.0)
@@ -71,7 +72,8 @@ def warm_up_sampling(runtime: ModelRuntime, ids: list[int], speculate: str = "",
                 [(f"warmup-sampling-verify-{i}", ids + ids, drafting)] if speculating else []):
             _run(runtime, GenerationRequest(name, prompt, sampling, max_tokens=4, ignore_eos=True, logprobs=logprobs,
                                             top_logprobs=5 if logprobs else 0, prompt_logprobs=logprobs,
-                                            constraint=AnyToken(runtime.vocab_size) if constrained else None),
+                                            constraint=(AnyToken if sampling is sampled else OneToken)(
+                                                runtime.vocab_size) if constrained else None),
                  options)
 
 
@@ -93,6 +95,20 @@ class AnyToken:
 
     def rollback(self, tokens: int) -> None:
         pass
+
+
+class OneToken(AnyToken):
+    """Allows token 1 only, its tokenizer a word narrower than the logits: a greedy request under it meets what a
+    checked step (engine/checked_greedy.py) does on a refusal (the masked argmax of the kept logits, the forward
+    built again) and its argmax among the tokenizer's ids, then the masked greedy step its refusals turn it to."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.vocabulary = max(2, width - 32)
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        out[:] = 0
+        out[0] = 2
 
 
 def warm_up_batch(runtime: ModelRuntime, ids: list[int], rows: int, speculate: str = "",
