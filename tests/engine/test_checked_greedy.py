@@ -38,6 +38,7 @@ def _requests(n: int = 14) -> list[GenerationRequest]:
 def _served(monkeypatch, enabled: bool, pipelined: bool, arrivals: dict[int, slice], **settings) -> list[tuple]:
     with monkeypatch.context() as patch:
         patch.setattr(checked_greedy, "ENABLED", enabled)
+        patch.setattr(checked_greedy, "PIPELINED", True)
         for name, value in settings.items():
             patch.setattr(checked_greedy, name, value)
         requests = _requests()
@@ -86,6 +87,7 @@ def test_a_sampled_constrained_row_joining_turns_the_batch_to_masks_and_back(mon
     def served(enabled: bool) -> list[tuple]:
         with monkeypatch.context() as patch:
             patch.setattr(checked_greedy, "ENABLED", enabled)
+            patch.setattr(checked_greedy, "PIPELINED", True)
             patch.setattr(checked_greedy, "EXPECTED_REFUSALS", 100.0)
             made = requests()
             run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)),
@@ -110,8 +112,11 @@ class _Row:
             refusal_rate
 
 
-def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_refusals_are_rare():
+def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_refusals_are_rare(monkeypatch):
     from mlxd.models.batch_cache import BatchKVCache, BatchPositions
+    assert not checked_greedy.checks([_Row(GREEDY, AllowedSets([{1}]))], [BatchKVCache(BatchPositions(), None)],
+                                     True)  # pipelined: off until a GPU's rounds decide
+    monkeypatch.setattr(checked_greedy, "PIPELINED", True)
     caches = [BatchKVCache(BatchPositions(), None)]
     grammar = AllowedSets([{1}] * 4)
     assert checked_greedy.checks([_Row(GREEDY, grammar), _Row(SamplingParams(temperature=0.7))], caches, True)

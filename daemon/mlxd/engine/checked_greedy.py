@@ -14,8 +14,9 @@ the forward built again (runner.py `_checked_step`).
 
 Which steps check rather than mask (`checks`): the runner's, when every constrained row still going is plainly
 greedy without logprobs (sampling and logprobs must see the constrained distribution: they keep the masks), every
-cache can give a step's column back, and, where steps are pipelined, the rows' refusals are rare: a refusal there
-costs a second build of the forward. Each row learns its refusal rate (`refusal_rate`), starting from `PRIOR`;
+cache can give a step's column back, and, where steps are pipelined (`PIPELINED`, off for now), the rows'
+refusals are rare: a refusal there costs a second build of the forward. Each row learns its refusal rate
+(`refusal_rate`), starting from `PRIOR`;
 on steps that mask, it decays towards zero so that a batch tries checking again. Unpipelined (the CPU), a refusal
 costs only the masked sampling every masked step pays, so those steps always check.
 """
@@ -37,6 +38,10 @@ from mlxd.models import ops
 from mlxd.models.batch_cache import BatchKVCache
 
 ENABLED = True
+# Checking where steps are pipelined (a GPU's): off until a GPU's rounds decide. Not yet timed on one (session 44
+# had no device); on the 2-core CPU, pipelined in-process (not the daemon's setting there), a refusal's second
+# build also made the device compute the refused forward (its cache writes stay in the graph): 0.89 of masking.
+PIPELINED = False
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each check's weight in a row's refusal rate
 DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)
@@ -63,7 +68,7 @@ def going_on(r: CheckedRow) -> TokenConstraint | None:
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
     """Whether a step of these rows checks its constrained rows' tokens instead of masking them (every layer's
     cache must give a plain step's column back: BatchKVCache)."""
-    if not ENABLED or not all(isinstance(cache, BatchKVCache) for cache in caches):
+    if not ENABLED or (pipelined and not PIPELINED) or not all(isinstance(cache, BatchKVCache) for cache in caches):
         return False
     constrained = [r for r in rows if going_on(r) is not None]
     if not all(r.sampler.plain_greedy and r.top_logprobs is None for r in constrained):
