@@ -78,7 +78,9 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
     interval set so meanwhile, as sys.setswitchinterval takes it; `half:KIND`: every other stream free, a batch
     mixing constrained and free rows); `alone`: the
     grammars without mask processes, for `schema-p0`."""
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts)))
+    # Pipelined on a GPU only, as the daemon's worker sets it (engine/worker.py).
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts),
+                                                    pipelined=mx.default_device().type != mx.cpu))
     kind, _, interval = fill.partition("@")
     half = kind.startswith("half:")
     kind, _, items = kind.removeprefix("half:").partition("/")

@@ -42,6 +42,9 @@ ENABLED = True
 # had no device); on the 2-core CPU, pipelined in-process (not the daemon's setting there), a refusal's second
 # build also made the device compute the refused forward (its cache writes stay in the graph): 0.89 of masking.
 PIPELINED = False
+# Pipelined: read and check the step before's tokens before the forward is built on them (no second build, and no
+# refused forward computed, but the device idles while the host builds) rather than after. For a GPU's A/B.
+CHECK_FIRST = False
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each check's weight in a row's refusal rate
 DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)

@@ -12,8 +12,7 @@ Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
   graph and launches it while another thread reads step n, tells each constraint its row's token and fills the
   masks (engine/masks.py); the next call queues the sampling with the masks applied before it does anything else.
-  Where every constrained row is plainly greedy, the rows' argmax is checked against the masks instead
-  (engine/checked_greedy.py: one launch a step, as a free batch's).
+  Plainly greedy constrained rows may take their argmax as free rows and have it checked (engine/checked_greedy.py).
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -190,8 +189,7 @@ class Runner:
         return self._final(previous) if previous is not None else []
 
     def _final(self, step: QueuedStep) -> list[StepResult]:
-        """A queued step's tokens, final (a checking step's checked: checked_greedy.py), told to their rows'
-        constraints; each row's next token set."""
+        """A queued step's tokens, final (checked_greedy.check), told to the constraints; next tokens set."""
         results = step.read()
         checked_greedy.check(step, results)
         return self._next_tokens(tell_constraints(results, step.owners))
@@ -236,17 +234,22 @@ class Runner:
 
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                       rows: list[RunnerRow]) -> list[StepResult]:
-        """A step whose constrained rows are decoded as free rows and checked (checked_greedy.py): the forward is
-        built on the step before's tokens, which are then read and checked (a refused one: the caches' new column
-        given back, the forward built again on the tokens as corrected); they are told, and this step's masks
-        filled, on the mask thread while the forward and its argmax launch together."""
-        logits = self._forward_step(self._inputs(previous, keep, joiners))
-        results = previous.read() if previous is not None else []
-        if previous is not None and checked_greedy.check(previous, results):
-            for cache in self._caches:
-                cache.rollback([0] * len(self._order))
+        """Constrained rows decoded as free ones, checked (checked_greedy.py): the step before's tokens read and
+        checked once the forward is built on them (a refusal: the new column given back, the forward built again),
+        or with CHECK_FIRST before; told, and masks filled, on the mask thread while forward and argmax launch."""
+        first = checked_greedy.CHECK_FIRST and previous is not None and previous.check is not None
+        results: list[StepResult] = []
+        if first and previous is not None:  # never built twice; the device waits for the host's build instead
+            checked_greedy.check(previous, results := previous.read())
             self._next_tokens(results)
-            logits = self._forward_step(self._inputs(None, keep, joiners))
+        logits = self._forward_step(self._inputs(None if first else previous, keep, joiners))
+        if previous is not None and not first:
+            results = previous.read()
+            if checked_greedy.check(previous, results):
+                for cache in self._caches:
+                    cache.rollback([0] * len(self._order))
+                self._next_tokens(results)
+                logits = self._forward_step(self._inputs(None, keep, joiners))
         if self._mask_thread is None:
             self._mask_thread = MaskThread()
         told: HandOff[list[StepResult]] = HandOff()
