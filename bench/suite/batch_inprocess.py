@@ -32,6 +32,7 @@ costing nothing), `sleep:MS` (a fill taking MS ms without the CPU), `spin:MS` (M
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import pstats
@@ -211,8 +212,15 @@ def main(argv: list[str] | None = None) -> None:
                    "interleaved in this process")
     p.add_argument("--fill", default="schema", help="with --constrained: one of --fills' kinds (default: schema)")
     p.add_argument("--rounds", type=int, default=3, help="with --variant or --fills: rounds of each")
+    p.add_argument("--settings", default="", metavar="module.attribute=value;...",
+                   help="set for the whole run (common.patched), e.g. a switch's other setting against --fills")
     args = p.parse_args(argv)
     common.reexec_with_blas(__name__, argv)
+    with common.patched(args.settings):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
     mx.set_default_stream(mx.new_stream(mx.default_device()))
     loaded, tokenizer = load_model_and_tokenizer(common.resolve_model(args.model), args.dtype)
     runtime = ModelRuntime.from_loaded(loaded, tokenizer)
