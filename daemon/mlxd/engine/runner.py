@@ -229,7 +229,7 @@ class Runner:
             if rows:
                 self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
                 self._positions.advance()
-            results = early + (self._final(previous) if previous is not None else [])
+            results = early + (tell_constraints(previous.read(), previous.owners) if previous is not None else [])
         return results if self._pipelined else results + self._flush()
 
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
