@@ -59,18 +59,14 @@ def _counting_refusals(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("pipelined", [True, False])
 @pytest.mark.parametrize("expected_refusals", [checked_greedy.EXPECTED_REFUSALS, 100.0])
-@pytest.mark.parametrize("check_first", [False, True])
-def test_checked_rows_give_the_masked_tokens_refusals_included(monkeypatch, pipelined, expected_refusals,
-                                                               check_first):
+def test_checked_rows_give_the_masked_tokens_refusals_included(monkeypatch, pipelined, expected_refusals):
     """Rows joining at different steps, one free beside them (with logprobs), about half of every constrained
     row's argmaxes refused; with the policy as it is a pipelined batch soon masks instead (its refusal rates are
-    high), with 100 it checks every step (each refusal building the next forward again, or with CHECK_FIRST
-    checked before the forward is built)."""
+    high), with 100 it checks every step (each refusal building the next forward again)."""
     arrivals = {0: slice(0, 2), 3: slice(2, 4)}
     masked = _served(monkeypatch, False, pipelined, arrivals)
     refusals = _counting_refusals(monkeypatch)
-    checked = _served(monkeypatch, True, pipelined, arrivals, EXPECTED_REFUSALS=expected_refusals,
-                      CHECK_FIRST=check_first)
+    checked = _served(monkeypatch, True, pipelined, arrivals, EXPECTED_REFUSALS=expected_refusals)
     assert [c[:2] for c in checked] == [m[:2] for m in masked]
     assert checked[2][2] == pytest.approx(masked[2][2], abs=1e-5)
     assert all(c[3].finish_reason is FinishReason.STOP for i, c in enumerate(checked) if i != 2)

@@ -16,9 +16,9 @@ Which steps check rather than mask (`checks`): the runner's, when every constrai
 greedy without logprobs (sampling and logprobs must see the constrained distribution: they keep the masks), every
 cache can give a step's column back, and, where steps are pipelined (`PIPELINED`, off for now), the rows'
 refusals are rare: a refusal there costs a second build of the forward. Each row learns its refusal rate
-(`refusal_rate`), starting from `PRIOR`;
-on steps that mask, it decays towards zero so that a batch tries checking again. Unpipelined (the CPU), a refusal
-costs only the masked sampling every masked step pays, so those steps always check.
+(`refusal_rate`), starting from `PRIOR`; on steps that mask, it decays towards zero so that a batch tries checking
+again. Unpipelined (the CPU), a refusal costs only the masked sampling every masked step pays, so those steps always
+check.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Protocol, cast
 import mlx.core as mx
 import numpy as np
 
-from mlxd.engine.constrained_rows import StepResult
+from mlxd.engine.constrained_rows import StepResult, going_on
 from mlxd.engine.constraint import TokenConstraint
-from mlxd.engine.masks import FilledMasks
+from mlxd.engine.masks import FilledMasks, allows
 from mlxd.engine.queued_step import QueuedStep
 from mlxd.generation.sampling import Sampler
 from mlxd.models import ops
@@ -43,9 +43,6 @@ ENABLED = True
 # ran at 0.870 / 0.918, but over 256 tokens at 0.919-0.971 of masked (its argmax refused more as it went on): a
 # refusal costs a second build and the refused forward's cache writes, which stay in the graph, computed too.
 PIPELINED = False
-# Pipelined: read and check the step before's tokens before the forward is built on them (no second build, and no
-# refused forward computed, but the device idles while the host builds) rather than after. The H200: 0.655 of free.
-CHECK_FIRST = False
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each check's weight in a row's refusal rate
 DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)
@@ -61,12 +58,6 @@ class CheckedRow(Protocol):
     failure: Exception | None
     top_logprobs: int | None
     refusal_rate: float
-
-
-def going_on(r: CheckedRow) -> TokenConstraint | None:
-    """The row's constraint while it applies (not failed, not complete)."""
-    c = r.constraint
-    return c if c is not None and r.failure is None and not c.is_stopped() else None
 
 
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
@@ -116,9 +107,7 @@ def refused(tokens: Sequence[int], rows: Sequence[CheckedRow], masks: FilledMask
         r = rows[i]
         if i in masks.failures or going_on(r) is None:
             continue
-        token = tokens[i]
-        word = token // 32
-        allowed = word < masks.bitmasks.shape[1] and bool((int(masks.bitmasks[k, word]) >> (token % 32)) & 1)
+        allowed = allows(masks.bitmasks[k], tokens[i])
         r.refusal_rate += LEARNING * ((not allowed) - r.refusal_rate)
         if not allowed:
             out.append(i)

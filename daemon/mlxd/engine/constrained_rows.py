@@ -36,7 +36,7 @@ class ConstrainedRow(Protocol):
     failure: Exception | None   # its constraint failed: reported with the row's next result, which ends it
 
 
-def _going_on(r: ConstrainedRow) -> TokenConstraint | None:
+def going_on(r: ConstrainedRow) -> TokenConstraint | None:
     """The row's constraint while it applies (not failed, not complete)."""
     c = r.constraint
     return c if c is not None and r.failure is None and not c.is_stopped() else None
@@ -45,7 +45,7 @@ def _going_on(r: ConstrainedRow) -> TokenConstraint | None:
 def fill_step_masks(rows: Sequence[ConstrainedRow], width: int) -> FilledMasks:
     """A plain step's masks (CPU work, safe on another thread while the worker launches the forward pass: it
     touches only the rows' constraints)."""
-    return fill_masks([_going_on(r) for r in rows], width)
+    return fill_masks([going_on(r) for r in rows], width)
 
 
 def apply_step_masks(logits: mx.array, rows: Sequence[ConstrainedRow], masks: FilledMasks) -> mx.array:
@@ -59,7 +59,7 @@ def verify_masks(logits: mx.array, rows: Sequence[ConstrainedRow],
     """A verify step's logits [B, L, vocab] with each constrained row's masks applied at every position it
     verifies, and the drafts cut where its constraint refuses them (engine/masks.py draft_masks); what a row fed
     past its cut draft is rejected like a padded column."""
-    drafted = draft_masks([_going_on(r) for r in rows], fed, logits.shape[-1])
+    drafted = draft_masks([going_on(r) for r in rows], fed, logits.shape[-1])
     for i, failure in drafted.failures.items():  # its own mask failed: the row ends with its result
         rows[i].failure = failure
     return ops.mask_logits(logits, drafted.masks), drafted.drafts

@@ -110,7 +110,7 @@ def draft_masks(constraints: Sequence[TokenConstraint | None], drafts: Sequence[
             if j == len(drafts[i]):
                 continue
             token = drafts[i][j]
-            if not (masks[i, j, token // 32] >> (token % 32)) & 1:
+            if not allows(masks[i, j], token):
                 continue
             try:
                 constraint.consume(token)
@@ -126,6 +126,12 @@ def draft_masks(constraints: Sequence[TokenConstraint | None], drafts: Sequence[
         if count:
             cast(TokenConstraint, constraints[i]).rollback(count)
     return DraftMasks(masks, [list(d[:k]) for d, k in zip(drafts, kept)], failures)
+
+
+def allows(words: np.ndarray, token: int) -> bool:
+    """Whether a mask row (int32 words: bit t of word t // 32 allows token t) allows `token` (ids past it: no)."""
+    word = token // 32
+    return word < words.shape[-1] and bool((int(words[word]) >> (token % 32)) & 1)
 
 
 def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:

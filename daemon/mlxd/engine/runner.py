@@ -39,6 +39,7 @@ from mlxd.engine.constrained_rows import (
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.kv_budget import KvLayout
 from mlxd.engine.mask_thread import HandOff, MaskThread
+from mlxd.engine.masks import FilledMasks
 from mlxd.engine.queued_step import CheckedStep, QueuedStep
 from mlxd.engine.request import PromptImage, TokenLogprob
 from mlxd.engine.runner_row import RunnerRow
@@ -235,26 +236,16 @@ class Runner:
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                       rows: list[RunnerRow]) -> list[StepResult]:
         """Constrained rows decoded as free ones, checked (checked_greedy.py): the step before's tokens read and
-        checked once the forward is built on them (a refusal: the new column given back, the forward built again),
-        or with CHECK_FIRST before; told, and masks filled, on the mask thread while forward and argmax launch."""
-        first = checked_greedy.CHECK_FIRST and previous is not None and previous.check is not None
-        results: list[StepResult] = []
-        if first and previous is not None:  # never built twice; the device waits for the host's build instead
-            checked_greedy.check(previous, results := previous.read())
+        checked once the forward is built on them (a refusal: the new column given back, the forward built again);
+        told, and this step's masks filled, on the mask thread while the forward and its argmax launch."""
+        logits = self._forward_step(self._inputs(previous, keep, joiners))
+        results = previous.read() if previous is not None else []
+        if previous is not None and checked_greedy.check(previous, results):
+            for cache in self._caches:
+                cache.rollback([0] * len(self._order))
             self._next_tokens(results)
-        logits = self._forward_step(self._inputs(None if first else previous, keep, joiners))
-        if previous is not None and not first:
-            results = previous.read()
-            if checked_greedy.check(previous, results):
-                for cache in self._caches:
-                    cache.rollback([0] * len(self._order))
-                self._next_tokens(results)
-                logits = self._forward_step(self._inputs(None, keep, joiners))
-        if self._mask_thread is None:
-            self._mask_thread = MaskThread()
-        told: HandOff[list[StepResult]] = HandOff()
-        owners = previous.owners if previous is not None else []
-        masks = self._mask_thread.submit(tell_then_fill, results.copy, owners, rows, self._vocab_size, told)
+            logits = self._forward_step(self._inputs(None, keep, joiners))
+        told, masks = self._tell_then_fill(results.copy, previous, rows)
         self._pending = self._sample(logits, rows, greedy_logits=checked_greedy.argmax_logits(logits, rows))
         self._pending.check = CheckedStep(logits, masks)
         self._positions.advance()
@@ -279,16 +270,22 @@ class Runner:
         else:  # a free step's (a constrained row joined): read here, before the launch walks its tokens
             results = previous.read()
             read = results.copy
-        owners = previous.owners if previous is not None else []
-        if self._mask_thread is None:
-            self._mask_thread = MaskThread()
-        told: HandOff[list[StepResult]] = HandOff()
-        masks = self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
+        told, masks = self._tell_then_fill(read, previous, rows)
         mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
         self._positions.advance()
         results = told.result()
         self._unsampled = UnsampledStep(logits, rows, masks)
         return results
+
+    def _tell_then_fill(self, read: Callable[[], list[StepResult]], previous: QueuedStep | None,
+                        rows: list[RunnerRow]) -> tuple[HandOff[list[StepResult]], HandOff[FilledMasks]]:
+        """Hand the mask thread the step before's tokens (`read`) to tell its rows' constraints, then this step's
+        masks to fill (constrained_rows.tell_then_fill): the told results and the masks, each as they come."""
+        if self._mask_thread is None:
+            self._mask_thread = MaskThread()
+        told: HandOff[list[StepResult]] = HandOff()
+        owners = previous.owners if previous is not None else []
+        return told, self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
 
     def _settle(self) -> None:
         """Queue the sampling of a constrained step whose masks were being filled (waiting for them), or wait for a
