@@ -126,8 +126,58 @@ def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_re
     rare, often = _Row(GREEDY, grammar, refusal_rate=0.02), _Row(GREEDY, grammar, refusal_rate=0.5)
     assert checked_greedy.checks([rare], caches, True) and not checked_greedy.checks([often], caches, True)
     assert checked_greedy.checks([often], caches, False)  # unpipelined, a refusal costs no second build
-    checked_greedy.masked_instead([often])
-    assert often.refusal_rate == pytest.approx(0.5 * checked_greedy.DECAY)
+    free = _Row(GREEDY)
+    checked_greedy.learn([often, rare, free], [4, 3, 2], [4, 5, 9])  # masking kept often's argmax, not rare's
+    assert often.refusal_rate == pytest.approx(0.5 * (1 - checked_greedy.LEARNING))
+    assert rare.refusal_rate == pytest.approx(0.02 + checked_greedy.LEARNING * 0.98)
+    assert free.refusal_rate == checked_greedy.PRIOR  # no grammar: nothing to learn
+
+
+def test_a_masking_batch_learns_from_its_masked_steps_and_checks_again(monkeypatch):
+    """Pipelined, rows whose argmax is refused about every other step soon mask; their masked steps still learn
+    whether the argmax was allowed, and once their grammars allow everything the batch checks again, without a
+    refused try. The tokens are those of masking throughout."""
+    def requests() -> list[GenerationRequest]:
+        return [GenerationRequest(f"g{i}", PROMPTS[i], GREEDY, max_tokens=40, ignore_eos=True,
+                                  constraint=AllowedSets(_half_the_vocabulary(30 + i, 10) + [set(range(VOCAB))] * 30))
+                for i in range(2)]
+
+    def served(enabled: bool) -> list[tuple]:
+        with monkeypatch.context() as patch:
+            patch.setattr(checked_greedy, "ENABLED", enabled)
+            patch.setattr(checked_greedy, "PIPELINED", True)
+            made = requests()
+            run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)),
+                         {0: made})
+            return [drain(r)[:2] for r in made]
+
+    masked = served(False)
+    checked_steps: list[bool] = []
+    checks = checked_greedy.checks
+    monkeypatch.setattr(checked_greedy, "checks", lambda *a: checked_steps.append(checks(*a)) or checked_steps[-1])
+    refusals = _counting_refusals(monkeypatch)
+    assert served(True) == masked
+    first_mask = checked_steps.index(False)
+    assert True in checked_steps[first_mask:] and checked_steps[-1] is True, checked_steps
+    assert sum(refusals) <= 4, refusals  # the masked steps told the policy: it did not try checking blind
+
+
+def test_a_cache_restored_to_its_checkpoint_forgets_the_step_built_since():
+    import mlx.core as mx
+
+    from mlxd.models.batch_cache import BatchKVCache, BatchPositions
+    cache = BatchKVCache(BatchPositions(), None)
+    cache.add_row((mx.ones((1, 2, 3, 4)), mx.ones((1, 2, 3, 4))))
+    step = mx.full((1, 2, 1, 4), 7.0)
+    cache.update_and_fetch(step, step)
+    mx.eval(cache.state)
+    before = [np.array(a) for a in cache.state]
+    checkpoint = cache.checkpoint()
+    cache.update_and_fetch(step * 2, step * 2)
+    cache.restore(checkpoint)
+    assert cache.end == 4 and all(np.array_equal(a, b) for a, b in zip(before, [np.array(a) for a in cache.state]))
+    keys, _ = cache.update_and_fetch(step * 3, step * 3)  # the step built again writes the same column
+    assert keys.shape[2] == 5 and float(keys[0, 0, 4, 0]) == 21.0 and float(keys[0, 0, 3, 0]) == 7.0
 
 
 def test_a_greedy_row_takes_its_argmax_among_the_ids_its_grammar_knows():

@@ -9,22 +9,25 @@ argmax is allowed (masking only removes tokens; ties go to the lowest id either 
 argmax in the forward's own launch, as a free row does, and the host checks the token against the mask before it
 is used (llama.cpp samples so too: the grammar checks the chosen token first and masks only when it refuses).
 A refused token is replaced by the masked argmax of the same logits, kept for that (a launch and a read, only
-then); where the next forward was already built on the refused token, its column is given back to the caches and
-the forward built again (runner.py `_checked_step`).
+then); where the next forward was already built on the refused token (not launched: the check comes first), the
+caches go back to their checkpoint from before the build, which drops the refused graph, and the forward is built
+again (runner.py `_checked_step`).
 
 Which steps check rather than mask (`checks`): the runner's, when every constrained row still going is plainly
 greedy without logprobs (sampling and logprobs must see the constrained distribution: they keep the masks), every
-cache can give a step's column back, and, where steps are pipelined (`PIPELINED`, off for now), the rows'
+cache can go back to a checkpoint (`could_check`), and, where steps are pipelined (`PIPELINED`), the rows'
 refusals are rare: a refusal there costs a second build of the forward. Each row learns its refusal rate
-(`refusal_rate`), starting from `PRIOR`; on steps that mask, it decays towards zero so that a batch tries checking
-again. Unpipelined (the CPU), a refusal costs only the masked sampling every masked step pays, so those steps always
+(`refusal_rate`), starting from `PRIOR`, from every step either way: a checking step's checks, and a masked step's
+argmax of its logits before the masks, read with its tokens (`learn`: the grammar refused the argmax where masking
+chose another token), so a batch goes back to checking when its rows' argmax is allowed again, without trying.
+Unpipelined (the CPU), a refusal costs only the masked sampling every masked step pays, so those steps always
 check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import mlx.core as mx
 import numpy as np
@@ -32,10 +35,12 @@ import numpy as np
 from mlxd.engine.constrained_rows import StepResult, going_on
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.engine.masks import FilledMasks, allows
-from mlxd.engine.queued_step import QueuedStep
 from mlxd.generation.sampling import Sampler
 from mlxd.models import ops
-from mlxd.models.batch_cache import BatchKVCache
+from mlxd.models.batch_cache import BatchKVCache, KVCheckpoint
+
+if TYPE_CHECKING:  # a queued step reads through `learn`
+    from mlxd.engine.queued_step import QueuedStep
 
 ENABLED = True
 # Checking where steps are pipelined (a GPU's): off. On an H200 (session 44, random 1B with SmolLM2's tokenizer,
@@ -44,8 +49,7 @@ ENABLED = True
 # refusal costs a second build and the refused forward's cache writes, which stay in the graph, computed too.
 PIPELINED = False
 PRIOR = 0.05               # a new row's refusal rate
-LEARNING = 0.1             # each check's weight in a row's refusal rate
-DECAY = 0.98               # a row's refusal rate after a step that masked (the batch tries checking again)
+LEARNING = 0.1             # each step's weight in a row's refusal rate
 # Pipelined: check while the batch's refusal rates sum to at most this. A refusal costs a second build of the forward
 # and the correction's launch and read (~0.7 + ~0.15 ms for a random 1B's row on an H100: session 40's timeline),
 # a masked step ~0.25 ms of structure; they break even near 0.3 refusals a step.
@@ -60,22 +64,50 @@ class CheckedRow(Protocol):
     refusal_rate: float
 
 
-def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
-    """Whether a step of these rows checks its constrained rows' tokens instead of masking them (every layer's
-    cache must give a plain step's column back: BatchKVCache)."""
+def _checkable(r: CheckedRow) -> bool:
+    return r.sampler.plain_greedy and r.top_logprobs is None
+
+
+def could_check(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
+    """Whether a step of these rows may check its constrained rows' tokens instead of masking them, however often
+    they are refused: every constrained row going on plainly greedy without logprobs, and every layer's cache able
+    to go back to a checkpoint (BatchKVCache)."""
     if not ENABLED or (pipelined and not PIPELINED) or not all(isinstance(cache, BatchKVCache) for cache in caches):
         return False
-    constrained = [r for r in rows if going_on(r) is not None]
-    if not all(r.sampler.plain_greedy and r.top_logprobs is None for r in constrained):
-        return False
-    return not pipelined or sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS
+    return all(_checkable(r) for r in rows if going_on(r) is not None)
 
 
-def masked_instead(rows: Sequence[CheckedRow]) -> None:
-    """A step masked its constrained rows: their refusal rates decay."""
-    for r in rows:
-        if r.constraint is not None:
-            r.refusal_rate *= DECAY
+def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
+    """Whether a step of these rows checks its constrained rows' tokens instead of masking them: where it may,
+    and (pipelined) their refusals are rare."""
+    return could_check(rows, caches, pipelined) and (
+        not pipelined or sum(r.refusal_rate for r in rows if going_on(r) is not None) <= EXPECTED_REFUSALS)
+
+
+def unmasked_argmax(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:
+    """A masked step's argmax of its `logits` before the masks, as a checking step would take it (its own node:
+    read on the mask thread with the step's tokens)."""
+    return mx.argmax(argmax_logits(logits, rows), axis=-1).astype(mx.int32)
+
+
+def learn(rows: Sequence[CheckedRow], tokens: Sequence[int], argmaxes: Sequence[int]) -> None:
+    """A masked step's rows, read, learn their refusal rates: masking chose another token than the argmax exactly
+    where the grammar refused the argmax (it keeps the argmax whenever allowed, ties to the lowest id either way)."""
+    for r, token, argmax in zip(rows, tokens, argmaxes):
+        if going_on(r) is not None and _checkable(r):
+            r.refusal_rate += LEARNING * ((token != argmax) - r.refusal_rate)
+
+
+def checkpoints(caches: Sequence[object]) -> list[KVCheckpoint]:
+    """Every layer's cache before a checking step's forward is built on unchecked tokens (`could_check` made sure
+    each is a BatchKVCache)."""
+    return [cast(BatchKVCache, cache).checkpoint() for cache in caches]
+
+
+def restore(caches: Sequence[object], held: list[KVCheckpoint]) -> None:
+    """Every layer's cache back to its checkpoint: a token was refused, the forward built on it is dropped."""
+    for cache, checkpoint in zip(caches, held):
+        cast(BatchKVCache, cache).restore(checkpoint)
 
 
 def argmax_logits(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:

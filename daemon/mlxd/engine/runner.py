@@ -224,7 +224,6 @@ class Runner:
         if checking:
             results = early + self._checked_step(previous, keep, joiners, rows)
         elif constrained:
-            checked_greedy.masked_instead(rows)
             return early + self._constrained_step(previous, keep, joiners, rows)
         else:
             if rows:
@@ -236,15 +235,16 @@ class Runner:
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                       rows: list[RunnerRow]) -> list[StepResult]:
         """Constrained rows decoded as free ones, checked (checked_greedy.py): the step before's tokens read and
-        checked once the forward is built on them (a refusal: the new column given back, the forward built again);
-        told, and this step's masks filled, on the mask thread while the forward and its argmax launch."""
+        checked once the forward is built on them, before it launches (a refusal: the caches back to before the
+        build, the forward built again); told, and this step's masks filled, on the mask thread while it launches."""
+        held = checked_greedy.checkpoints(self._caches) if previous is not None else []
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         results = previous.read() if previous is not None else []
         if previous is not None and checked_greedy.check(previous, results):
-            for cache in self._caches:
-                cache.rollback([0] * len(self._order))
+            checked_greedy.restore(self._caches, held)  # the refused graph dropped: the device never runs it
             self._next_tokens(results)
             logits = self._forward_step(self._inputs(None, keep, joiners))
+        del held  # before the launch: a handle held then would make the step's cache writes copy the storage
         told, masks = self._tell_then_fill(results.copy, previous, rows)
         self._pending = self._sample(logits, rows, greedy_logits=checked_greedy.argmax_logits(logits, rows))
         self._pending.check = CheckedStep(logits, masks)
@@ -296,8 +296,9 @@ class Runner:
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
             masks = unsampled.masks.result()
+            learns = checked_greedy.could_check(unsampled.rows, self._caches, self._pipelined)
             self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows,
-                                         apart=True)
+                                         apart=True, unmasked=unsampled.logits if learns else None)
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
         """One synchronous step feeding each row its last token and its drafts (rows with fewer fill up with
@@ -361,10 +362,11 @@ class Runner:
         return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
 
     def _sample(self, logits: mx.array, rows: list[RunnerRow], apart: bool = False,
-                greedy_logits: mx.array | None = None) -> QueuedStep:
+                greedy_logits: mx.array | None = None, unmasked: mx.array | None = None) -> QueuedStep:
         """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
         own sampler; rows that are plainly greedy share one argmax (of `greedy_logits` where given). `apart`: the
-        tokens to be read on the mask thread (a `readback` node of their own)."""
+        tokens to be read on the mask thread (a `readback` node of their own). `unmasked`: a masked step's logits
+        before the masks, whose argmax the rows learn their refusal rates from (checked_greedy.learn)."""
         plain = [r.sampler.plain_greedy for r in rows]
         if not any(plain):
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
@@ -375,9 +377,10 @@ class Runner:
         scored = [None if r.top_logprobs is None else row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         readback = mx.stop_gradient(tokens) if apart else None  # an identity: the same buffer, its own node
-        mx.async_eval(tokens, *([readback] if readback is not None else []),
+        unmasked_argmax = None if unmasked is None else checked_greedy.unmasked_argmax(unmasked, rows)
+        mx.async_eval(tokens, *[a for a in (readback, unmasked_argmax) if a is not None],
                       *[a for arrays in scored if arrays for a in arrays])
-        return QueuedStep(list(self._order), tokens, scored, rows, readback)
+        return QueuedStep(list(self._order), tokens, scored, rows, readback, unmasked_argmax=unmasked_argmax)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 
