@@ -12,9 +12,7 @@ columns no row can see any more are dropped from the left every `step` columns, 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -82,9 +80,9 @@ class BatchPositions:
         self.set([v + 1 for v in self.values] if counts is None else [v + c for v, c in zip(self.values, counts)])
 
 
-@dataclass(frozen=True)
-class KVCheckpoint:
-    """A BatchKVCache between steps (BatchKVCache.checkpoint): its storage's handles and where it writes next."""
+class KVCheckpoint(NamedTuple):
+    """A BatchKVCache between steps (BatchKVCache.checkpoint): its storage's handles and where it writes next (a
+    tuple: taken for every layer at every checking step)."""
 
     stored: tuple[mx.array, mx.array] | None
     end: int
@@ -170,9 +168,9 @@ class BatchKVCache:
         (a checked token refused: engine/checked_greedy.py). Copies of the storage's handles share its arrays, and
         a step's write replaces only this cache's handle (MLX's in-place `a[...] = b`). Drop the checkpoint before
         the step launches: a handle held then keeps the old storage alive, and the write copies it."""
-        stored = kv_storage(self.keys, self.values)
-        return KVCheckpoint(None if stored is None else (copy.copy(stored[0]), copy.copy(stored[1])), self.end,
-                            self._valid, self._written)
+        keys, values = self.keys, self.values
+        stored = None if keys is None or values is None else (keys.__copy__(), values.__copy__())
+        return KVCheckpoint(stored, self.end, self._valid, self._written)
 
     def restore(self, checkpoint: KVCheckpoint) -> None:
         """Back to `checkpoint`: the graph built since is dropped with its writes, which the device never runs
