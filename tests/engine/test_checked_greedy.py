@@ -166,7 +166,7 @@ def test_a_cache_restored_to_its_checkpoint_forgets_the_step_built_since():
     import mlx.core as mx
 
     from mlxd.models.batch_cache import BatchKVCache, BatchPositions
-    cache = BatchKVCache(BatchPositions(), None)
+    cache = BatchKVCache(BatchPositions(), None, step=1)  # every write grows the storage: the refused one too
     cache.add_row((mx.ones((1, 2, 3, 4)), mx.ones((1, 2, 3, 4))))
     step = mx.full((1, 2, 1, 4), 7.0)
     cache.update_and_fetch(step, step)
