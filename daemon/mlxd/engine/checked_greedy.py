@@ -72,16 +72,24 @@ def could_check(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined:
     """Whether a step of these rows may check its constrained rows' tokens instead of masking them, however often
     they are refused: every constrained row going on plainly greedy without logprobs, and every layer's cache able
     to go back to a checkpoint (BatchKVCache)."""
-    if not ENABLED or (pipelined and not PIPELINED) or not all(isinstance(cache, BatchKVCache) for cache in caches):
-        return False
-    return all(_checkable(r) for r in rows if going_on(r) is not None)
+    return _constrained_if_checkable(rows, caches, pipelined) is not None
 
 
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
     """Whether a step of these rows checks its constrained rows' tokens instead of masking them: where it may,
     and (pipelined) their refusals are rare."""
-    return could_check(rows, caches, pipelined) and (
-        not pipelined or sum(r.refusal_rate for r in rows if going_on(r) is not None) <= EXPECTED_REFUSALS)
+    constrained = _constrained_if_checkable(rows, caches, pipelined)
+    return constrained is not None and (
+        not pipelined or sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS)
+
+
+def _constrained_if_checkable(rows: Sequence[CheckedRow], caches: Sequence[object],
+                              pipelined: bool) -> list[CheckedRow] | None:
+    """The constrained rows going on where a step of `rows` could check (`could_check`), else None."""
+    if not ENABLED or (pipelined and not PIPELINED) or not all(isinstance(cache, BatchKVCache) for cache in caches):
+        return None
+    constrained = [r for r in rows if going_on(r) is not None]
+    return constrained if all(_checkable(r) for r in constrained) else None
 
 
 def unmasked_argmax(logits: mx.array, rows: Sequence[CheckedRow]) -> mx.array:
