@@ -34,7 +34,22 @@ def test_fake_constraints_allow_every_token_and_never_complete(kind):
     assert not constraint.is_stopped()
 
 
-@pytest.mark.parametrize("kind", ["sleep", "allow-all:3", "schema:1"])
+def test_few_allows_the_next_n_ids_at_each_step_wrapping_around():
+    constraint = fake_constraints.constraint_for("few:4", 10, rows=1)
+    out = np.zeros(constraint.mask_words, dtype=np.int32)
+
+    def allowed() -> list[int]:
+        constraint.fill_bitmask(out)
+        return np.nonzero(np.unpackbits(out.view(np.uint8), bitorder="little"))[0].tolist()
+    assert allowed() == [0, 1, 2, 3]
+    constraint.consume(2)
+    constraint.consume(5)
+    assert allowed() == [0, 1, 8, 9]
+    constraint.rollback(1)
+    assert allowed() == [4, 5, 6, 7] and not constraint.is_stopped()
+
+
+@pytest.mark.parametrize("kind", ["sleep", "allow-all:3", "schema:1", "few:x"])
 def test_a_fill_kind_it_does_not_know_is_refused(kind):
     with pytest.raises(SystemExit, match="--fills"):
         fake_constraints.constraint_for(kind, 100, rows=1)

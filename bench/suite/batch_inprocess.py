@@ -55,6 +55,9 @@ from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.service.constraints import Grammars
 
+# Steps pipelined (the step before read after the next is queued): None as the daemon's worker does (on a GPU only);
+# `--settings bench.suite.batch_inprocess.PIPELINED=True` pipelines a CPU's too (a checked refusal's cost there).
+PIPELINED: bool | None = None
 # label -> (file name ending, function name) as cProfile records them. MLX's functions are not Python's, so
 # cProfile does not see mx.eval itself: the device wait shows as the time to read a queued step's tokens.
 PARTS = {
@@ -79,9 +82,10 @@ def run(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int,
     interval set so meanwhile, as sys.setswitchinterval takes it; `half:KIND`: every other stream free, a batch
     mixing constrained and free rows); `alone`: the
     grammars without mask processes, for `schema-p0`."""
-    # Pipelined on a GPU only, as the daemon's worker sets it (engine/worker.py).
+    # Pipelined on a GPU only, as the daemon's worker sets it (engine/worker.py), unless PIPELINED says.
+    pipelined = mx.default_device().type != mx.cpu if PIPELINED is None else PIPELINED
     scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=len(prompts),
-                                                    pipelined=mx.default_device().type != mx.cpu))
+                                                    pipelined=pipelined))
     kind, _, interval = fill.partition("@")
     half = kind.startswith("half:")
     kind, _, items = kind.removeprefix("half:").partition("/")

@@ -9,6 +9,9 @@ after the other).
     sleep:MS    the same, the step's fill taking MS ms of wall time without the CPU (split over its rows)
     spin:MS     the same, the step's fill taking MS ms of one core (split over its rows; the GIL released, as
                 llguidance releases it)
+    few:N       N ids allowed, the next N at each step (wrapping around the vocabulary), filled at once: a model's
+                argmax is refused nearly every step (a checked step's refusal, engine/checked_greedy.py, against
+                allow-all's none; a fixed set would teach a real model to stay within it)
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ class AllowAll(AnyToken):
         super().fill_bitmask(out)
 
 
+class Few(AnyToken):
+    """Allows n ids at a time, the next n after each token (within the logits' `width`), never complete."""
+
+    def __init__(self, width: int, n: int) -> None:
+        super().__init__(width)
+        self._width, self._n, self._told = width, n, 0
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        allowed = np.zeros(self.mask_words * 32, dtype=bool)
+        allowed[(self._told * self._n + np.arange(self._n)) % self._width] = True
+        out[:] = np.packbits(allowed, bitorder="little").view(np.int32)
+
+    def consume(self, token: int) -> None:
+        self._told += 1
+
+    def rollback(self, tokens: int) -> None:
+        self._told -= tokens
+
+
 def _spin_without_gil(seconds: float) -> None:
     """Keep one core busy for `seconds` with the GIL released most of the time (NumPy's sort releases it), as
     llguidance's fill does."""
@@ -46,11 +68,13 @@ def _spin_without_gil(seconds: float) -> None:
         np.sort(block, kind="stable")
 
 
-def constraint_for(kind: str, width: int, rows: int) -> AllowAll:
+def constraint_for(kind: str, width: int, rows: int) -> AnyToken:
     """The constraint `kind` names (see the module's text) for logits `width` wide, in a batch of `rows`."""
     name, _, ms = kind.partition(":")
     if name == "allow-all" and not ms:
         return AllowAll(width)
+    if name == "few" and ms.isdigit():
+        return Few(width, int(ms))
     if name in ("sleep", "spin") and ms:
         return AllowAll(width, float(ms), rows, spin=name == "spin")
-    raise SystemExit(f"--fills {kind!r}: expected allow-all, sleep:MS or spin:MS (or schema, free)")
+    raise SystemExit(f"--fills {kind!r}: expected allow-all, sleep:MS, spin:MS or few:N (or schema, free)")
