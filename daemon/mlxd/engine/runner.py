@@ -237,7 +237,7 @@ class Runner:
         """Constrained rows decoded as free ones, checked (checked_greedy.py): the step before's tokens read and
         checked once the forward is built on them, before it launches (a refusal: the caches back to before the
         build, the forward built again); told, and this step's masks filled, on the mask thread while it launches."""
-        held = checked_greedy.checkpoints(self._caches) if previous is not None else []
+        held = checked_greedy.checkpoints(self._caches) if previous is not None and previous.check is not None else []
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         results = previous.read() if previous is not None else []
         if previous is not None and checked_greedy.check(previous, results):
