@@ -234,9 +234,8 @@ class Runner:
 
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                       rows: list[RunnerRow]) -> list[StepResult]:
-        """Constrained rows decoded as free ones, checked (checked_greedy.py): the step before's tokens read and
-        checked once the forward is built on them, before it launches (a refusal: the caches back to before the
-        build, the forward built again); told, and this step's masks filled, on the mask thread while it launches."""
+        """Constrained rows decoded as free ones (checked_greedy.py): the step before's tokens checked once the forward
+        is built on them, before its launch (refused: caches to their checkpoint, built again); told, masks filled."""
         held = checked_greedy.checkpoints(self._caches) if previous is not None and previous.check is not None else []
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         results = previous.read() if previous is not None else []
@@ -245,8 +244,9 @@ class Runner:
             self._next_tokens(results)
             logits = self._forward_step(self._inputs(None, keep, joiners))
         del held  # before the launch: a handle held then would make the step's cache writes copy the storage
+        greedy = checked_greedy.argmax_logits(logits, rows)  # asks the grammars: before the mask thread has them
         told, masks = self._tell_then_fill(results.copy, previous, rows)
-        self._pending = self._sample(logits, rows, greedy_logits=checked_greedy.argmax_logits(logits, rows))
+        self._pending = self._sample(logits, rows, greedy_logits=greedy)
         self._pending.check = CheckedStep(logits, masks)
         self._positions.advance()
         return told.result()
