@@ -5,10 +5,13 @@ it is exact and cheap."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from mlxd.engine import checked_greedy
+from mlxd.engine.mask_thread import MaskThread
 from mlxd.engine.request import FinishReason, GenerationRequest
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
 from mlxd.generation.params import SamplingParams
@@ -193,3 +196,61 @@ def test_a_greedy_row_takes_its_argmax_among_the_ids_its_grammar_knows():
     assert mx.argmax(checked_greedy.argmax_logits(logits, [narrow, narrow]), axis=-1).tolist() == [7, 7]
     assert mx.argmax(checked_greedy.argmax_logits(logits, [narrow, free]), axis=-1).tolist() == [7, VOCAB - 1]
     assert checked_greedy.argmax_logits(logits, [free, free]) is logits
+
+
+
+class _HeldByTheMaskThread(AllowedSets):
+    """A grammar that fails when asked anything by another thread while the mask thread holds it (from the hand-off
+    until its job ends), as llguidance's matcher can ("Already mutably borrowed")."""
+
+    holder: object = None
+
+    def _check(self) -> None:
+        assert self.holder in (None, threading.current_thread()), "asked while the mask thread holds it"
+
+    def fill_bitmask(self, out: np.ndarray) -> None:
+        self._check()
+        super().fill_bitmask(out)
+
+    def consume(self, token: int) -> None:
+        self._check()
+        super().consume(token)
+
+    def is_stopped(self) -> bool:
+        self._check()
+        return super().is_stopped()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_the_worker_leaves_the_grammars_alone_while_the_mask_thread_has_them(monkeypatch, pipelined):
+    """A checking step hands the grammars to the mask thread (tell, then fill) and asks them nothing until the
+    masks are in: before the fix its argmax asked each row's grammar whether it goes on meanwhile, and a real
+    matcher failed the request (INTERNAL, in CI's forced tool call). Every hand-off holds the grammars here from
+    the moment it is made, so the race is met every step."""
+    grammars = [_HeldByTheMaskThread([set(range(VOCAB))] * 10) for _ in range(2)]
+    submit = MaskThread.submit
+
+    def holding(thread, fn, *args):
+        for g in grammars:
+            g.holder = _HANDED_OFF
+
+        def job(*job_args):
+            for g in grammars:
+                g.holder = threading.current_thread()
+            try:
+                return fn(*job_args)
+            finally:
+                for g in grammars:
+                    g.holder = None
+        return submit(thread, job, *args)
+
+    monkeypatch.setattr(MaskThread, "submit", holding)
+    monkeypatch.setattr(checked_greedy, "PIPELINED", True)
+    requests = [GenerationRequest(f"r{i}", PROMPTS[i], GREEDY, max_tokens=10, ignore_eos=True, constraint=g)
+                for i, g in enumerate(grammars)]
+    run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, pipelined=pipelined)),
+                 {0: requests})
+    assert [drain(r)[3].finish_reason for r in requests] == [FinishReason.STOP] * 2
+
+
+_HANDED_OFF = object()
