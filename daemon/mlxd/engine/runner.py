@@ -296,7 +296,7 @@ class Runner:
         unsampled, self._unsampled = self._unsampled, None
         if unsampled is not None:
             masks = unsampled.masks.result()
-            learns = checked_greedy.could_check(unsampled.rows, self._caches, self._pipelined)
+            learns = self._pipelined and checked_greedy.could_check(unsampled.rows, self._caches, True)
             self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows,
                                          apart=True, unmasked=unsampled.logits if learns else None)
 
