@@ -104,7 +104,12 @@ def learn(rows: Sequence[CheckedRow], tokens: Sequence[int], argmaxes: Sequence[
     where the grammar refused the argmax (it keeps the argmax whenever allowed, ties to the lowest id either way)."""
     for r, token, argmax in zip(rows, tokens, argmaxes):
         if going_on(r) is not None and _checkable(r):
-            r.refusal_rate += LEARNING * ((token != argmax) - r.refusal_rate)
+            _observe(r, token != argmax)
+
+
+def _observe(r: CheckedRow, refused: bool) -> None:
+    """One step's evidence in the row's refusal rate (an average over about the last 1 / LEARNING steps)."""
+    r.refusal_rate += LEARNING * (refused - r.refusal_rate)
 
 
 def checkpoints(caches: Sequence[object]) -> list[KVCheckpoint]:
@@ -149,7 +154,7 @@ def refused(tokens: Sequence[int], rows: Sequence[CheckedRow], masks: FilledMask
         if i in masks.failures or going_on(r) is None:
             continue
         allowed = allows(masks.bitmasks[k], tokens[i])
-        r.refusal_rate += LEARNING * ((not allowed) - r.refusal_rate)
+        _observe(r, not allowed)
         if not allowed:
             out.append(i)
     return out

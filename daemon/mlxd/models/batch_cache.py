@@ -168,9 +168,9 @@ class BatchKVCache:
         (a checked token refused: engine/checked_greedy.py). Copies of the storage's handles share its arrays, and
         a step's write replaces only this cache's handle (MLX's in-place `a[...] = b`). Drop the checkpoint before
         the step launches: a handle held then keeps the old storage alive, and the write copies it."""
-        keys, values = self.keys, self.values
-        stored = None if keys is None or values is None else (keys.__copy__(), values.__copy__())
-        return KVCheckpoint(stored, self.end, self._valid, self._written)
+        stored = kv_storage(self.keys, self.values)
+        copies = None if stored is None else (stored[0].__copy__(), stored[1].__copy__())
+        return KVCheckpoint(copies, self.end, self._valid, self._written)
 
     def restore(self, checkpoint: KVCheckpoint) -> None:
         """Back to `checkpoint`: the graph built since is dropped with its writes, which the device never runs
