@@ -26,28 +26,35 @@ rounds=${ROUNDS:-2}     # rounds of the 1/16-stream throughput steps (a round of
 mkdir -p "$logs" "$models"
 
 # MLX's compiled kernels kept from one lent machine to the next: a fresh H100 spent 269 s compiling SmolLM2's before
-# measuring anything (session 41; NVRTC, ~25 s each quantized matmul). KEEP_KERNELS=1 packs MLX's PTX cache and the
-# driver's (~/.nv/ComputeCache) into $logs/kernels.tgz after the steps; put it into .gpu5/ here (carried with the
-# GGUF's last piece into /tmp/gpu), and a later machine's steps start from it. The steps that watch compiles
-# (compile-watch, first-requests) set their own, empty.
+# measuring anything (session 41; NVRTC, ~25 s each quantized matmul). KEEP_KERNELS=1 packs MLX's PTX cache into
+# $logs/kernels.tgz and the driver's (~/.nv/ComputeCache) into $logs/driver-kernels.tgz after the steps, each its
+# own file so that one too large to come back (16 MiB a file) is dropped without packing the other again; put them
+# into .gpu5/ here (carried with the GGUF's last piece into /tmp/gpu), and a later machine's steps start from them.
+# The steps that watch compiles (compile-watch, first-requests) set their own, empty.
 export MLX_PTX_CACHE_DIR=${MLX_PTX_CACHE_DIR:-/tmp/gpu/ptx}
 if [ -f /tmp/gpu/kernels.tgz ] && [ ! -d "$MLX_PTX_CACHE_DIR" ]; then
   mkdir -p /tmp/gpu/kept "$MLX_PTX_CACHE_DIR" ~/.nv/ComputeCache
   tar xzf /tmp/gpu/kernels.tgz -C /tmp/gpu/kept &&
-    cp -r /tmp/gpu/kept/ptx/. "$MLX_PTX_CACHE_DIR"/ && cp -r /tmp/gpu/kept/nv/. ~/.nv/ComputeCache/ &&
+    { [ ! -f /tmp/gpu/driver-kernels.tgz ] || tar xzf /tmp/gpu/driver-kernels.tgz -C /tmp/gpu/kept; } &&
+    cp -r /tmp/gpu/kept/ptx/. "$MLX_PTX_CACHE_DIR"/ &&
+    { [ ! -d /tmp/gpu/kept/nv ] || cp -r /tmp/gpu/kept/nv/. ~/.nv/ComputeCache/; } &&
     echo "kernels kept from an earlier machine: $(ls "$MLX_PTX_CACHE_DIR" | wc -l) files of MLX's PTX cache"
 fi
 keep_kernels() {
   [ -n "${KEEP_KERNELS:-}" ] || return 0
   mkdir -p ~/.nv/ComputeCache "$MLX_PTX_CACHE_DIR"
   rm -rf /tmp/gpu/pack && mkdir -p /tmp/gpu/pack &&
-    ln -s "$MLX_PTX_CACHE_DIR" /tmp/gpu/pack/ptx && ln -s ~/.nv/ComputeCache /tmp/gpu/pack/nv &&
-    tar czhf "$logs/kernels.tgz" -C /tmp/gpu/pack ptx nv &&
-    if [ "$(stat -c %s "$logs/kernels.tgz")" -gt 15000000 ]; then  # what comes back: 16 MiB a file
-      mkdir -p /tmp/gpu/pack/empty && rm /tmp/gpu/pack/nv && ln -s /tmp/gpu/pack/empty /tmp/gpu/pack/nv &&
-        tar czhf "$logs/kernels.tgz" -C /tmp/gpu/pack ptx nv && echo "the driver's cache left out: too large"
-    fi
-  ls -l "$logs/kernels.tgz"
+    ln -s "$MLX_PTX_CACHE_DIR" /tmp/gpu/pack/ptx && ln -s ~/.nv/ComputeCache /tmp/gpu/pack/nv || return 0
+  local name part
+  for part in ptx:kernels nv:driver-kernels; do
+    name=${part#*:}
+    tar czhf "$logs/$name.tgz" -C /tmp/gpu/pack "${part%%:*}" &&
+      if [ "$(stat -c %s "$logs/$name.tgz")" -gt 15000000 ]; then  # what comes back: 16 MiB a file
+        rm "$logs/$name.tgz" && echo "$name left out: too large to come back"
+      else
+        ls -l "$logs/$name.tgz"
+      fi
+  done
 }
 trap keep_kernels EXIT
 
