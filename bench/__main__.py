@@ -59,6 +59,8 @@ BENCHMARKS = {
                     "one synchronous verify step per width, rows and context, against a plain step [and --variant]"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
+    "refusal_rates": ("bench.suite.refusal_rates",
+                      "how often requests' greedy argmax is refused by their grammar, against checking's limit"),
     "mask_threads": ("bench.suite.mask_threads",
                      "whether llguidance fills rows' masks in parallel: N threads against 1, wall against CPU time"),
     "host_contention": ("bench.suite.host_contention",
