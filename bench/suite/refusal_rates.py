@@ -5,15 +5,16 @@ checked greedy steps (engine/checked_greedy.py) replace masked ones on a GPU.
                                   [--max-tokens 160] [--max-whitespace N]
 
 A pipelined batch checks its greedy constrained rows while their refusal rates sum to at most
-`checked_greedy.EXPECTED_REFUSALS`; the GPU benchmarks measure a random-weight model, whose argmax is refused far
-more than a real model's asked for JSON. Each case here is one greedy request through one Scheduler on this thread
-(not pipelined: every step checks its token, so every token is observed): `record` (a person's record filled from
-a text, speculative's `json` task under its schema), `tool` (a weather question answered by a tool call under a
-schema of two tools), `list` (three fruits and their colours under an array schema), `object` (a description as
-any JSON object, what `format: "json"` asks), and `strings` (constrained_decode's benchmark schema after a prompt of
-random tokens, the GPU benchmarks' request; its whitespace bound 2, the others the daemon's default unless
---max-whitespace says). Prints each case's tokens, checks, refusals, the refusal rate and how
-many such rows a step may hold before their rates pass EXPECTED_REFUSALS, then the output's start.
+`checked_greedy.EXPECTED_REFUSALS`; the GPU benchmarks measure a random-weight model, whose argmax says nothing of
+how often a real model's is refused when asked for JSON. Each case here is one greedy request through one
+Scheduler on this thread (not pipelined: every step checks its token, so every token is observed): `record` (a
+person's record filled from a text, speculative's `json` task under its schema), `tool` (a weather question
+answered by a tool call under a schema of two tools), `list` (three fruits and their colours under an array
+schema), `object` (a description as any JSON object, what `format: "json"` asks), and `strings`
+(constrained_decode's benchmark schema after a prompt of random tokens, the GPU benchmarks' request; its whitespace
+bound 2, the others the daemon's default unless --max-whitespace says). Prints the start of each case's output,
+then its tokens, checks, refusals, the refusal rate and how many such rows a step may hold before their rates pass
+EXPECTED_REFUSALS.
 """
 
 from __future__ import annotations
