@@ -14,8 +14,8 @@
 #   run carry [".gpu3"] (then ".gpu4", ".gpu5"): mkdir -p /tmp/gpu && cp .gpu3/* /tmp/gpu/
 #   and in the step's call: cat /tmp/gpu/gguf.a? > /tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf (gpu_steps.sh does it)
 # MLX's compiled kernels from an earlier machine (gpu_steps.sh KEEP_KERNELS=1 brings back kernels.tgz, and the
-# driver's driver-kernels.tgz where it fits): copy them into .gpu5/ (room for ~11 MB beside the GGUF's last piece and the checkout), and the steps start from them instead of
-# compiling for minutes.
+# driver's driver-kernels.tgz where it fits): copy them into .gpu5/ (room for ~11 MB beside the GGUF's last piece
+# and the checkout), and the steps start from them instead of compiling for minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
