@@ -32,7 +32,8 @@ from bench.suite.speculative import RECORD_SCHEMA, TASKS
 from mlxd.engine import checked_greedy
 from mlxd.engine.request import ErrorEvent, GenerationRequest, TokenEvent
 from mlxd.engine.runtime import ModelRuntime
-from mlxd.engine.scheduler import Scheduler, SchedulerOptions
+from mlxd.engine.scheduler import SchedulerOptions
+from mlxd.engine.warmup import run_to_completion
 from mlxd.generation.params import SamplingParams
 from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.service.constraints import Grammars
@@ -82,18 +83,14 @@ def observed() -> Iterator[list[bool]]:
 def one(runtime: ModelRuntime, grammars: Grammars, prompt: list[int], constraint: pb.Constraint,
         max_tokens: int) -> tuple[list[int], list[bool]]:
     """One greedy constrained request to its end: its tokens and the refusal observations of its steps."""
-    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=512, max_batch_size=1, pipelined=False))
-    scheduler.add(GenerationRequest("r", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
-                                    constraint=grammars.constraint(constraint)))
-    tokens: list[int] = []
+    request = GenerationRequest("r", prompt, SamplingParams(temperature=0.0), max_tokens=max_tokens,
+                                constraint=grammars.constraint(constraint))
     with observed() as seen:
-        while scheduler.has_work():
-            for _, event in scheduler.step():
-                if isinstance(event, ErrorEvent):
-                    raise event.error
-                if isinstance(event, TokenEvent):
-                    tokens += event.token_ids
-    return tokens, seen
+        events = run_to_completion(runtime, request, SchedulerOptions(prefill_chunk_size=512, pipelined=False))
+    for event in events:
+        if isinstance(event, ErrorEvent):
+            raise event.error
+    return [t for event in events if isinstance(event, TokenEvent) for t in event.token_ids], seen
 
 
 def main(argv: list[str] | None = None) -> None:
