@@ -198,6 +198,8 @@ def test_a_greedy_row_takes_its_argmax_among_the_ids_its_grammar_knows():
     assert checked_greedy.argmax_logits(logits, [free, free]) is logits
 
 
+_HANDED_OFF = object()  # a grammar's holder from the hand-off until the mask thread's job starts
+
 
 class _HeldByTheMaskThread(AllowedSets):
     """A grammar that fails when asked anything by another thread while the mask thread holds it (from the hand-off
@@ -251,6 +253,3 @@ def test_the_worker_leaves_the_grammars_alone_while_the_mask_thread_has_them(mon
     run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, pipelined=pipelined)),
                  {0: requests})
     assert [drain(r)[3].finish_reason for r in requests] == [FinishReason.STOP] * 2
-
-
-_HANDED_OFF = object()
