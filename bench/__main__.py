@@ -57,6 +57,8 @@ BENCHMARKS = {
                        "TTFT of prompts each of a new length, as the code stands against a --variant"),
     "verify_step": ("bench.suite.verify_step",
                     "one synchronous verify step per width, rows and context, against a plain step [and --variant]"),
+    "admission": ("bench.suite.admission",
+                  "a burst of short prompts beside a decoding stream: first tokens, packed prefills vs one a step"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
     "refusal_rates": ("bench.suite.refusal_rates",

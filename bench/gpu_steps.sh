@@ -200,6 +200,9 @@ for spec in "$@"; do
                    step constrained-variant 400 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
                      --new-tokens 128 --constrained --mask-processes "${MASK_PROCESSES:-3}" --rounds 4 \
                      --fill "${FILL:-schema}" --variant "${VARIANT:?VARIANT=NAME:module.attr=value}" ;;
+    admission) folder=$(model "${ADMISSION_SHAPE:-llama-1b}" bfloat16 0 all) &&
+               step admission 300 "$py" -m bench admission --model "$folder" --streams "${STREAMS:-16}" \
+                 --prompt-tokens 64 --new-tokens 32 --rounds "${ROUNDS:-4}" --prefill-chunk 2048 ;;
     host-contention) folder=$(model llama-1b bfloat16 0 all) && { lscpu > "$logs/lscpu.txt" 2>&1
                    step host-contention 300 "$py" -m bench host_contention --model "$folder" --streams 16 \
                      --new-tokens 128 --rounds 4 --busy 3; } ;;

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mlxd.engine import scheduler as scheduler_module
 from mlxd.engine.endings import as_mlxd_error
 from mlxd.engine.request import ErrorEvent, EventQueue, FinalEvent, FinishReason, GenerationRequest, TokenEvent
 from mlxd.engine.scheduler import Scheduler, SchedulerOptions
@@ -52,6 +53,32 @@ def test_admission_keeps_order_and_the_batch_bound():
     assert scheduler.admitted == requests[:2] and list(scheduler.waiting) == requests[2:]
     run(scheduler)
     assert all(drain(r)[3].completion_tokens == 12 for r in requests)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_short_prompts_arriving_together_share_a_steps_prefill_chunk(monkeypatch, packed):
+    """The oldest prefilling request takes its chunk; the next ones whose whole prompt fits the tokens left are
+    prefilled in the same step (a long one waits its turn without holding up the short ones behind it). Packed or
+    not, each request yields the tokens it yields alone."""
+    monkeypatch.setattr(scheduler_module, "PACKED_PREFILLS", packed)
+    runtime = fake_runtime()
+    prompts = [[3, 9, 4], [7] * 20, [5, 6], [11, 12, 13, 14], [2]]
+    requests = [_request(f"r{i}", p) for i, p in enumerate(prompts)]
+    scheduler = Scheduler(runtime, SchedulerOptions(prefill_chunk_size=8, max_batch_size=8))
+    for request in requests:
+        scheduler.add(request)
+    first_step: dict[str, int] = {}
+    step = 0
+    while scheduler.has_work():
+        for request, event in scheduler.step():
+            if isinstance(event, TokenEvent):
+                first_step.setdefault(request.request_id, step)
+            request.events.put(event)
+        step += 1
+    firsts = [first_step[r.request_id] for r in requests]
+    # Packed: r0 (2 tokens), r2 (1), r3 (3) and r4 (0) in the first step's 8 tokens; r1's 19 in chunks after.
+    assert firsts == ([1, 4, 1, 1, 1] if packed else [1, 4, 5, 6, 7])
+    assert [drain(r)[0] for r in requests] == [_alone(runtime, p) for p in prompts]
 
 
 def test_admission_waits_for_the_kv_budget_and_refuses_what_never_fits():

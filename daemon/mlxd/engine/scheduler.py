@@ -16,7 +16,6 @@ catches up, and ends after `stalled_stream_seconds`). Speculation: which rows dr
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import logging
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from mlxd.engine.draft_model import DraftModel
 from mlxd.engine.endings import as_mlxd_error, gone, release_memory
 from mlxd.engine.kv_budget import KvBudget, auto_budget_bytes
+from mlxd.engine.live_request import LiveRequest, Phase
 from mlxd.engine.output import RequestOutput, token_limit
 from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.prefix_memory import PrefixMemory
@@ -37,17 +37,20 @@ from mlxd.errors import DeadlineExceeded, MlxdError, ResourceExhausted, Unsuppor
 
 log = logging.getLogger(__name__)
 
-# True: no drafts while a request is prefilling. Each step runs one prefill chunk beside the decode step, so a verify
-# step (synchronous, ~2x a plain step on a GPU) delays the first token of every request still to be prefilled, and
-# the policy weighs only the rows decoding. Sixteen streams of SmolLM2 rewriting a paragraph on an H100 (session 41,
-# over gRPC): the rows admitted first verified at every step of the others' admission, which took 210-281 ms
-# against 108-123 plain; the median first token came at 105-130 ms against 58-84, and the whole requests ran 0.95x
-# plain for a decode phase of 1.56x. But on the 2-core CPU (`speculation_inprocess --streams 16 --max-tokens 48
-# --variant`), where a prompt's prefill outweighs a verify step, speculating through the admission finished the
-# rewrite sooner (1.41x plain against 1.35x with this on; the decode phase 1.85x against 2.05x). On the H100 in-process
-# (the same bench, 96 tokens, 4 rounds) this on ran the whole requests at 1.087, 1.002, 1.392, 0.919 of it off by
-# round: too noisy to turn on for. Off until more rounds on a GPU say (gpu_steps.sh speculate-inprocess VARIANT=...).
+# True: no drafts while a request is prefilling. Each step runs a prefill chunk beside the decode step, so a verify
+# step (synchronous, ~2x a plain step on a GPU) delays the first token of every request still to be prefilled. On an
+# H100 (SmolLM2, 16 streams, session 41) admission took 210-281 ms speculating against 108-123 plain, yet whole
+# requests ran 0.92-1.39x as fast with this on by round, and on the 2-core CPU speculating through the admission
+# finished sooner (docs/performance.md, sessions 41 and 42): off until more rounds on a GPU say.
 PLAIN_WHILE_PREFILLING = False
+
+# True: a step's prefill chunk is shared: after the oldest prefilling request's chunk, the next ones whose whole
+# remaining prompt fits the chunk's tokens left are prefilled too (each its own forward pass), so a burst of short
+# prompts joins in a few steps, not one step each. On the 2-core CPU (`bench admission`, SmolLM2, 16 prompts of 64
+# tokens beside a decoding stream) the last first token came 0.75x as late but the mean 1.08x, and the decoding
+# stream's longest gap grew 4.9x (0.45 to 2.2 s): a step's prefill costs as its tokens do there. Off until a GPU's
+# run of the same bench, where short prefills cost their launches, says.
+PACKED_PREFILLS = False
 
 Routed = tuple[GenerationRequest, Event]
 
@@ -81,34 +84,6 @@ class SchedulerOptions:
     #                                     the CPU, where a step computes while it is launched (WorkerOptions)
 
 
-class Phase(enum.Enum):
-    PREFILL = 1
-    DECODE = 2
-    PAUSED = 3
-    DONE = 4
-
-
-@dataclass(eq=False)
-class _Live:
-    """One admitted request as the scheduler tracks it."""
-
-    request: GenerationRequest
-    output: RequestOutput
-    row: RowId
-    reserved: int                 # tokens its cache may grow to (prompt + token limit)
-    phase: Phase = Phase.PREFILL
-    prefilled: int = 0            # prompt tokens in its cache (all but the last go by prefill)
-    queued: int = 0               # decode steps queued for it
-    in_batch: bool = False        # the runner steps it
-    paused_at: float = 0.0
-
-    @property
-    def prefix_cacheable(self) -> bool:
-        """Image tokens are placeholders whose KV depends on the image, and prompt logprobs need every prompt
-        position to run: such prompts neither come from nor go to the prefix cache."""
-        return not self.request.images and not self.request.prompt_logprobs
-
-
 class Scheduler:
     def __init__(self, runtime: ModelRuntime, options: SchedulerOptions, runner: Runner | None = None) -> None:
         self._runtime = runtime
@@ -122,7 +97,7 @@ class Scheduler:
         self.prefix_cache = parts.prefix_cache(options.prefix_cache_bytes, runner) if parts else \
             PrefixCache(options.prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
-        self._admitted: list[_Live] = []          # every request not yet DONE, oldest first
+        self._admitted: list[LiveRequest] = []          # every request not yet DONE, oldest first
         self._rows = itertools.count()
         self._memory = PrefixMemory(self.prefix_cache, runner, options.recurrent_snapshot_period)
         self._drafting_seconds = 0.0   # the latest verify step's drafting (a debug log line says it)
@@ -160,9 +135,7 @@ class Scheduler:
         out: list[Routed] = []
         self._end_gone_waiting(out)
         self._admit(out)
-        prefilling = [live for live in self._admitted if live.phase is Phase.PREFILL]
-        if prefilling:
-            self._prefill_one_chunk(prefilling[0], out)
+        self._prefill_chunks(out)
         self._apply_backpressure(out)
         if self._runner.has_work():
             self._decode_one_step(out)
@@ -218,14 +191,14 @@ class Scheduler:
                 f"= {reserved} tokens); the budget is {self.budget.budget_bytes >> 20} MiB")
         return self.budget.fits([live.reserved for live in self._admitted] + [reserved])
 
-    def _start(self, request: GenerationRequest) -> _Live:
+    def _start(self, request: GenerationRequest) -> LiveRequest:
         runtime = self._runtime
         if request.images and runtime.image_encoder is None:
             raise Unsupported("this model is text-only; it cannot take images")
         limit = token_limit(request, runtime.context_length)
         output = RequestOutput(request, limit, runtime.decode_text, runtime.byte_fallback_ids, runtime.eos_ids,
                                runtime.special_ids)
-        live = _Live(request, output, next(self._rows), len(request.prompt_ids) + limit)
+        live = LiveRequest(request, output, next(self._rows), len(request.prompt_ids) + limit)
         cache = None
         if live.prefix_cacheable:
             length, cache = self.prefix_cache.lookup(request.prompt_ids[:-1], self._runner.new_cache)
@@ -238,18 +211,32 @@ class Scheduler:
 
     # -- prefill -------------------------------------------------------------------------------------------------
 
-    def _prefill_one_chunk(self, live: _Live, out: list[Routed]) -> None:
+    def _prefill_chunks(self, out: list[Routed]) -> None:
+        """One chunk of the oldest request still prefilling; then, while the step's chunk of prompt tokens has
+        room (PACKED_PREFILLS), the whole remaining prompts of the next ones, each its own forward pass."""
+        room = self._options.prefill_chunk_size
+        for i, live in enumerate([live for live in self._admitted if live.phase is Phase.PREFILL]):
+            room -= self._prefill_one_chunk(live, out, room, whole=i > 0)
+            if room <= 0 or not PACKED_PREFILLS:
+                return
+
+    def _prefill_one_chunk(self, live: LiveRequest, out: list[Routed], room: int, whole: bool = False) -> int:
+        """A chunk of at most `room` prompt tokens prefilled for the request (`whole`: only if the rest of its prompt
+        fits, else none); the tokens it took (all the room after a failure: a failed forward may have been slow)."""
         if self._end_ifgone(live, out):
-            return
+            return 0
         request, prompt = live.request, live.request.prompt_ids
         try:
-            chunk = self._options.prefill_chunk_size
+            chunk = min(room, self._options.prefill_chunk_size)
             if request.prompt_logprobs:
                 chunk = min(chunk, SCORED_CHUNK_TOKENS)
             end = chunk_end(live.prefilled, chunk, len(prompt) - 1, request.images)
             period = self._memory.snapshot_period(live.prefix_cacheable)
             if period:
                 end = min(end, (live.prefilled // period + 1) * period)  # stop at the next snapshot position
+            if whole and (end < len(prompt) - 1 or end - live.prefilled > room):
+                return 0  # a part of a long prompt, or an image's span past the room: its chunk comes later
+            taken = end - live.prefilled
             if end > live.prefilled:
                 ids = prompt[live.prefilled:end]
                 images = [(image.position - live.prefilled, image) for image in request.images
@@ -264,7 +251,7 @@ class Scheduler:
         except Exception as error:
             self._end(live, live.output.fail(as_mlxd_error(error, request)), out)
             release_memory(error)
-            return
+            return room
         if live.prefilled < len(prompt) - 1 and period and live.prefilled % period == 0:
             self._memory.snapshot(live.row, prompt[:live.prefilled])
         if live.prefilled >= len(prompt) - 1:
@@ -272,6 +259,7 @@ class Scheduler:
             live.phase = Phase.DECODE
             self._runner.join(live.row, prompt[-1])
             live.in_batch = True
+        return taken
 
     # -- decode --------------------------------------------------------------------------------------------------
 
@@ -305,7 +293,7 @@ class Scheduler:
         for live in stepping:  # a verify step's tokens are all read: none is left queued
             live.queued = len(live.output.generated) if drafts else live.queued + 1
 
-    def _drafts(self, by_row: dict[RowId, _Live], out: list[Routed]) -> tuple[dict[RowId, list[int]], float]:
+    def _drafts(self, by_row: dict[RowId, LiveRequest], out: list[Routed]) -> tuple[dict[RowId, list[int]], float]:
         """The rows' drafts for the next step (none without a speculator, or when no row's depth is above 0) and
         when the step began. Drafts continue a row's last token, so the step still queued is read first (the
         pipeline pauses); the step is timed from after that pause, its drafting included (engine/step_costs.py
@@ -326,7 +314,7 @@ class Scheduler:
         self._drafting_seconds = time.perf_counter() - started
         return drafts, started
 
-    def _deliver(self, results: list[StepResult], by_row: dict[RowId, _Live], drafts: dict[RowId, list[int]],
+    def _deliver(self, results: list[StepResult], by_row: dict[RowId, LiveRequest], drafts: dict[RowId, list[int]],
                  out: list[Routed]) -> None:
         for result in results:
             owner = by_row.get(result.row)
@@ -366,7 +354,7 @@ class Scheduler:
 
     # -- ending --------------------------------------------------------------------------------------------------
 
-    def _end_ifgone(self, live: _Live, out: list[Routed]) -> bool:
+    def _end_ifgone(self, live: LiveRequest, out: list[Routed]) -> bool:
         """End the request if its client cancelled or its deadline passed."""
         request = live.request
         if request.deadline_passed():
@@ -379,7 +367,7 @@ class Scheduler:
             return True
         return False
 
-    def _end(self, live: _Live, events: list[Event], out: list[Routed]) -> None:
+    def _end(self, live: LiveRequest, events: list[Event], out: list[Routed]) -> None:
         """The request is done: free its row (storing its prompt and answer first when they are worth it)."""
         if live.in_batch:
             self._leave_batch(live)
@@ -390,7 +378,7 @@ class Scheduler:
             self._speculator.forget(live.row)
         out += [(live.request, event) for event in events]
 
-    def _leave_batch(self, live: _Live) -> None:
+    def _leave_batch(self, live: LiveRequest) -> None:
         live.in_batch = False
         keep = self._memory.keeps_answer(live.prefix_cacheable, len(live.output.generated))
         caches = self._runner.close(live.row, keep_cache=keep)
