@@ -110,3 +110,16 @@ def test_a_half_fill_constrains_every_other_stream(monkeypatch):
     for fill in ("half:allow-all", "allow-all", "free"):
         batch_inprocess.run(runtime, [[1, 2, 3]] * 4, 4, grammars=object(), fill=fill)  # type: ignore[arg-type]
     assert seen == [[True, False, True, False], [True] * 4, [False] * 4]
+
+
+def test_variant_rounds_constrain_the_streams_as_fill_says(monkeypatch):
+    """batch_inprocess --variant with --fill: both sides of the comparison run that fill (it was ignored until
+    session 47, so `FILL=half:schema constrained-variant` had constrained every stream)."""
+    from bench.suite import batch_inprocess
+
+    fills: list[str] = []
+    monkeypatch.setattr(batch_inprocess, "run", lambda runtime, prompts, new_tokens, grammars, fill="schema":
+                        fills.append(fill) or {"decode_tps": 1.0})
+    batch_inprocess.compare(fake_runtime(), [[1, 2, 3]], 4, None, ["other:bench.common.NOISY=0.2"], rounds=2,
+                            fill="half:allow-all")
+    assert fills == ["half:allow-all"] * 6  # a warm-up each, then two rounds each

@@ -145,17 +145,18 @@ def drive(scheduler: Scheduler, requests: list[GenerationRequest],
 
 
 def compare(runtime: ModelRuntime, prompts: list[list[int]], new_tokens: int, grammars: Grammars | None,
-            variants: list[str], rounds: int) -> None:
+            variants: list[str], rounds: int, fill: str = "schema") -> None:
     """Decode-phase tok/s as the code stands and with each variant's settings, their rounds interleaved (each
-    warmed up first): medians and each variant's median ratio of paired rounds."""
+    warmed up first; with `grammars`, the streams constrained as `fill` says): medians and each variant's median
+    ratio of paired rounds."""
     modes = {"default": ""} | dict(common.variant(v) for v in variants)
     for settings in modes.values():
         with common.patched(settings):
-            run(runtime, prompts, 16, grammars)
+            run(runtime, prompts, 16, grammars, fill)
 
     def one(name: str) -> common.Row:
         with common.patched(modes[name]):
-            return run(runtime, prompts, new_tokens, grammars)
+            return run(runtime, prompts, new_tokens, grammars, fill)
 
     interleaved("mode", list(modes), "default", rounds, one)
 
@@ -238,7 +239,7 @@ def _main(args: argparse.Namespace) -> None:
         compare_fills(runtime, prompts, args.new_tokens, grammars, alone, args.fills.split(","), args.rounds)
         return
     if args.variant:
-        compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds)
+        compare(runtime, prompts, args.new_tokens, grammars, args.variant, args.rounds, args.fill)
         return
     run(runtime, prompts, 16, grammars, args.fill, alone)  # warm-up at this batch size
     plain = run(runtime, prompts, args.new_tokens, grammars, args.fill, alone)

@@ -32,9 +32,9 @@ def _gated(activation: Callable[[mx.array], mx.array]) -> Callable[[mx.array, mx
 _GATED = {kind: _gated(f) for kind, f in _ACTIVATIONS.items()}
 
 # Constrained rows of a mixed batch masked by padding the others' masks with all-allowed rows (mask_logits); False:
-# only those rows gathered, masked and scattered back. Measured on an H100 (session 40, 16 streams in-process, every
-# other one constrained, `--variant gather:...=False`): the gather ran at 0.992 of the padding on a random 1B, 0.987
-# on an 8B.
+# only those rows gathered, masked and scattered back. By construction (3 graph nodes and a logits copy fewer); not
+# measured yet: session 40's A/B (`FILL=half:schema constrained-variant`) masked every row on both sides, since
+# batch_inprocess's --variant ignored --fill until session 47.
 PAD_MASKED_ROWS = True
 
 # The masks applied by one compiled select (_masked_logits) where the logits are a multiple of 32 wide (SmolLM2's,
