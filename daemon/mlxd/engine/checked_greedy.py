@@ -45,9 +45,10 @@ if TYPE_CHECKING:  # a queued step reads through `learn`
 ENABLED = True
 # Checking where steps are pipelined (a GPU's): off. On an H200 (session 44, random 1B with SmolLM2's tokenizer,
 # `strings`, one stream in-process) checked steps ran at 0.953 / 0.939 of free over 128 tokens where masked ones
-# ran at 0.870 / 0.918, but over 256 tokens at 0.919-0.971 of masked (its argmax refused more as it went on). A
-# refusal then cost a second build and the refused forward's cache writes, computed too, and masked steps did not
-# learn the rates; since session 45 neither (the caches' checkpoint, `learn`): not measured on a GPU yet.
+# ran at 0.870 / 0.918, but over 256 tokens at 0.919-0.971 of masked (under `short-strings`, as it turned out in
+# session 47: that run's --fill was ignored). A refusal then cost a second build and the refused forward's cache
+# writes, computed too, and masked steps did not learn the rates; since session 45 neither (the caches'
+# checkpoint, `learn`): not measured on a GPU yet.
 PIPELINED = False
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each step's weight in a row's refusal rate
