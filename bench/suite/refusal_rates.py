@@ -1,7 +1,7 @@
 """How often a model's greedy argmax is refused by its grammar, on requests a user sends: what decides where
 checked greedy steps (engine/checked_greedy.py) replace masked ones on a GPU.
 
-    python -m bench refusal_rates [--model smollm2|PATH] [--cases record,tool,list,object,strings]
+    python -m bench refusal_rates [--model smollm2|PATH] [--cases record,tool,list,object,strings,short-strings]
                                   [--max-tokens 160] [--max-whitespace N]
 
 A pipelined batch checks its greedy constrained rows while their refusal rates sum to at most
@@ -12,7 +12,8 @@ person's record filled from a text, speculative's `json` task under its schema),
 answered by a tool call under a schema of two tools), `list` (three fruits and their colours under an array
 schema), `object` (a description as any JSON object, what `format: "json"` asks), and `strings`
 (constrained_decode's benchmark schema after a prompt of random tokens, the GPU benchmarks' request; its whitespace
-bound 2, the others the daemon's default unless --max-whitespace says). Prints the start of each case's output,
+bound 2, the others the daemon's default unless --max-whitespace says; `short-strings` the same with strings of at most
+12 characters, constrained_decode's default). Prints the start of each case's output,
 then its tokens, checks, refusals, the refusal rate and how many such rows a step may hold before their rates pass
 EXPECTED_REFUSALS.
 """
@@ -63,6 +64,7 @@ CASES: dict[str, tuple[list[dict] | None, pb.Constraint]] = {
     "object": ([{"role": "user", "content": "Describe the planet Mars as a JSON object."}],
                pb.Constraint(json_object=pb.JsonObject())),
     "strings": (None, strings_constraint("strings")),
+    "short-strings": (None, strings_constraint("short-strings")),
 }
 
 
