@@ -183,6 +183,38 @@ def test_a_cache_restored_to_its_checkpoint_forgets_the_step_built_since():
     assert keys.shape[2] == 5 and float(keys[0, 0, 4, 0]) == 21.0 and float(keys[0, 0, 3, 0]) == 7.0
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_pipelined_checking_steps_write_the_caches_in_place(monkeypatch, enabled):
+    """A pipelined checking step takes every layer's checkpoint before its build and drops it before the launch:
+    a handle held at the launch would make each step's cache write copy the whole storage (MLX writes in place only
+    an array nothing else holds), a copy of the KV cache a step on a GPU. With refusals about every other step (the
+    checkpoint restored, the forward built again), the storage stays where it was from step to step, as a masked
+    batch's does."""
+    import mlx.core as mx
+
+    def address(array: mx.array) -> int:
+        return int(np.asarray(memoryview(array)).ctypes.data)  # evaluates it: the step queued last is computed
+
+    monkeypatch.setattr(checked_greedy, "ENABLED", enabled)
+    monkeypatch.setattr(checked_greedy, "PIPELINED", True)
+    monkeypatch.setattr(checked_greedy, "EXPECTED_REFUSALS", 100.0)  # check every step, refused or not
+    refusals = _counting_refusals(monkeypatch)
+    requests = [GenerationRequest(f"g{i}", PROMPTS[i], GREEDY, max_tokens=30, ignore_eos=True,
+                                  constraint=AllowedSets(_half_the_vocabulary(50 + i, 30))) for i in range(2)]
+    scheduler = Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=32, max_batch_size=4))
+    for request in requests:
+        scheduler.add(request)
+    steps: list[tuple[int, tuple]] = []  # where the first layer's keys are; their shape (rows, columns stored)
+    while scheduler.has_work():
+        scheduler.step()
+        caches = scheduler._runner._caches
+        if caches and caches[0].keys is not None:
+            steps.append((address(caches[0].keys), caches[0].keys.shape))
+    moved = [i for i in range(1, len(steps)) if steps[i][0] != steps[i - 1][0] and steps[i][1] == steps[i - 1][1]]
+    assert len(steps) > 20 and not moved, (moved, steps)
+    assert (sum(refusals) >= 5) == enabled, refusals
+
+
 def test_a_greedy_row_takes_its_argmax_among_the_ids_its_grammar_knows():
     """A tokenizer narrower than the logits (a random-weight model carrying a real tokenizer): the ids past it are
     never allowed, so a checked row's argmax leaves them out rather than have them refused."""
