@@ -117,8 +117,10 @@ class _Row:
 
 def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_refusals_are_rare(monkeypatch):
     from mlxd.models.batch_cache import BatchKVCache, BatchPositions
+    assert checked_greedy.PIPELINED  # GPU daemons check too (session 47)
+    monkeypatch.setattr(checked_greedy, "PIPELINED", False)
     assert not checked_greedy.checks([_Row(GREEDY, AllowedSets([{1}]))], [BatchKVCache(BatchPositions(), None)],
-                                     True)  # pipelined: off until a GPU's rounds decide
+                                     True)  # pipelined, switched off: masks
     monkeypatch.setattr(checked_greedy, "PIPELINED", True)
     caches = [BatchKVCache(BatchPositions(), None)]
     grammar = AllowedSets([{1}] * 4)

@@ -43,13 +43,14 @@ if TYPE_CHECKING:  # a queued step reads through `learn`
     from mlxd.engine.queued_step import QueuedStep
 
 ENABLED = True
-# Checking where steps are pipelined (a GPU's): off. On an H200 (session 44, random 1B with SmolLM2's tokenizer,
-# `strings`, one stream in-process) checked steps ran at 0.953 / 0.939 of free over 128 tokens where masked ones
-# ran at 0.870 / 0.918, but over 256 tokens at 0.919-0.971 of masked (under `short-strings`, as it turned out in
-# session 47: that run's --fill was ignored). A refusal then cost a second build and the refused forward's cache
-# writes, computed too, and masked steps did not learn the rates; since session 45 neither (the caches'
-# checkpoint, `learn`): not measured on a GPU yet.
-PIPELINED = False
+# Checking where steps are pipelined (a GPU's): on since session 47. On an H200 (session 44, random 1B with
+# SmolLM2's tokenizer, `strings`, one stream in-process) checked steps ran at 0.953 / 0.939 of free over 128 tokens
+# where masked ones ran at 0.870 / 0.918. Its 256-token rows, where checking lost (0.919-0.971 of masked), ran
+# `short-strings` (the bench's --fill was ignored), whose 12-character bound refuses the random model's argmax 79 %
+# of the time against 1.6 % under `strings` (bench refusal_rates, session 47). Since session 45 a refusal costs no
+# refused forward (the caches' checkpoint) and masked steps teach the rates (`learn`), so such rows mask; a GPU's
+# run of both since is still to come (docs/performance.md, session 47).
+PIPELINED = True
 PRIOR = 0.05               # a new row's refusal rate
 LEARNING = 0.1             # each step's weight in a row's refusal rate
 # Pipelined: check while the batch's refusal rates sum to at most this. A refusal costs a second build of the forward
