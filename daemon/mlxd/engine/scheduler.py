@@ -97,7 +97,7 @@ class Scheduler:
         self.prefix_cache = parts.prefix_cache(options.prefix_cache_bytes, runner) if parts else \
             PrefixCache(options.prefix_cache_bytes)
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
-        self._admitted: list[LiveRequest] = []          # every request not yet DONE, oldest first
+        self._admitted: list[LiveRequest] = []  # every request not yet DONE, oldest first
         self._rows = itertools.count()
         self._memory = PrefixMemory(self.prefix_cache, runner, options.recurrent_snapshot_period)
         self._drafting_seconds = 0.0   # the latest verify step's drafting (a debug log line says it)
