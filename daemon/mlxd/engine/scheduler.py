@@ -213,10 +213,11 @@ class Scheduler:
 
     def _prefill_chunks(self, out: list[Routed]) -> None:
         """One chunk of the oldest request still prefilling; then, while the step's chunk of prompt tokens has
-        room (PACKED_PREFILLS), the whole remaining prompts of the next ones, each its own forward pass."""
-        room = self._options.prefill_chunk_size
-        for i, live in enumerate([live for live in self._admitted if live.phase is Phase.PREFILL]):
-            room -= self._prefill_one_chunk(live, out, room, whole=i > 0)
+        room (PACKED_PREFILLS), the whole remaining prompts of the next ones, each its own forward pass (a request
+        after one that took nothing, cancelled or wholly cached, takes a chunk as the oldest does)."""
+        chunk = room = self._options.prefill_chunk_size
+        for live in [live for live in self._admitted if live.phase is Phase.PREFILL]:
+            room -= self._prefill_one_chunk(live, out, room, whole=room < chunk)
             if room <= 0 or not PACKED_PREFILLS:
                 return
 
