@@ -1,6 +1,6 @@
-"""`serve --mask-processes 2` over a real gRPC channel: constrained streams decoding together (their masks filled
-partly in the mask processes) give the tokens the daemon without them gives, and the mask processes end with the
-daemon, even when it is killed."""
+"""`serve --mask-processes 2` over a real gRPC channel: the mask processes start with the daemon, constrained
+streams decoding together (their masks filled partly in the mask processes) give the tokens the daemon without them
+gives, and the mask processes end with the daemon, even when it is killed."""
 
 from __future__ import annotations
 
@@ -75,7 +75,10 @@ def _state(pid: int) -> str:
 def test_streams_with_mask_processes_equal_those_without_and_the_processes_end_with_the_daemon(daemon, tmp_path):
     pooled = start_daemon(LLAMA, "--mask-processes", "2", workdir=tmp_path)
     try:
-        first = _together(pooled.addr)  # the first constrained rows start the processes; later ones use them
+        # Started with the daemon (service/constraints.py prepare), before any constrained request.
+        assert len(_mask_processes(pooled.proc.pid)) == 2
+        assert "token tables built" in pooled.stderr()
+        first = _together(pooled.addr)
         time.sleep(1.0)
         assert len(_mask_processes(pooled.proc.pid)) == 2
         assert "masks are filled in 2 processes" in pooled.stderr() and "mask process is lost" not in pooled.stderr()

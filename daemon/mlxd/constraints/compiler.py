@@ -18,6 +18,7 @@ from llguidance.numpy import fill_next_token_bitmask
 
 from mlxd.constraints.errors import ConstraintError, ConstraintErrorCode
 from mlxd.constraints.free_prefix import free_until
+from mlxd.constraints.schema_numbers import inexact_number
 from mlxd.constraints.spec import ConstraintSpec
 
 if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only, absent at run time
@@ -127,7 +128,7 @@ class GrammarCompiler:
         self._cache_entries = cache_entries
         self._tokenizer_json = tokenizer_json
         self._mask_processes = mask_processes
-        self._pool: MaskPool | None = None  # started with the first grammar compiled
+        self._pool: MaskPool | None = None  # started by mask_pool(): the daemon's start, or a first grammar
         # key -> a compiled grammar, or the (code, message) of its failure: a hostile spec sent again costs a
         # lookup, not another run up to the limits.
         self._cache: OrderedDict[str, CompiledGrammar | tuple[ConstraintErrorCode, str]] = OrderedDict()
@@ -190,6 +191,9 @@ class GrammarCompiler:
         # while it builds.
         prototype = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
         _raise_if_failed(prototype, spec.kind)
+        if spec.kind == "json_schema" and (inexact := inexact_number(spec.source, self.tokenizer, self.limits)):
+            raise ConstraintError("invalid", f"the JSON schema's number {inexact[0]} cannot be enforced exactly: "
+                                             f"llguidance holds it as {inexact[1]}")
         # The first mask builds the lexer states every request needs at its first token; computed here, on the
         # preparation thread, every copy starts with them (~1 ms saved per request on a 49k vocabulary).
         first = np.zeros((1, self.mask_words), dtype=np.int32)
@@ -199,10 +203,11 @@ class GrammarCompiler:
             raise ConstraintError("invalid", f"the {spec.kind} constraint allows no output at all")
         compiled = CompiledGrammar(spec.key, spec.kind, grammar, prototype, self.width, self.eos_token_ids,
                                    tuple(prototype.get_grammar_warnings()), self.tokens)
-        compiled.pool = self._mask_pool()
+        compiled.pool = self.mask_pool()
         return compiled
 
-    def _mask_pool(self) -> MaskPool | None:
+    def mask_pool(self) -> MaskPool | None:
+        """The mask processes (started at the first call), or None without any."""
         if self._mask_processes < 1:
             return None
         with self._lock:

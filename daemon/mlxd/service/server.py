@@ -118,7 +118,9 @@ async def _serve(options: ServeOptions, fd_limit: int) -> int:
         await asyncio.sleep(0.1)
     try:
         worker.wait_ready(0)
-        servicer.set_model(served_model(options.worker.model_path, worker, await asyncio.wrap_future(digest)))
+        served = served_model(options.worker.model_path, worker, await asyncio.wrap_future(digest))
+        served.grammars.prepare()  # before SERVING: built later, its token tables stalled every stream
+        servicer.set_model(served)
     except (MlxdError, OSError) as error:
         await server.stop(0)
         for listener in listeners:

@@ -1,0 +1,89 @@
+"""A JSON Schema's numbers that llguidance cannot hold exactly, found before a request is constrained by others.
+
+llguidance (1.9.1) holds a schema's numbers as 64-bit floats and writes them back with about 16 significant digits:
+`{"const": 12.100000000000001}` accepted only `12.1`, `{"enum": [900.9999999999999]}` only `901`, `{"enum":
+[9007199254740993]}` only `9007199254740992`, and `{"maximum": 900.9999999999999}` let `901` through: outputs that
+fail the very schema they were constrained by (found by the constraint fuzz at 15 times its size, session 48; 778
+of the 5,000 floats `i * 1.1` are written back as other numbers). Such a schema is refused with INVALID_ARGUMENT
+naming the number, rather than enforced as another schema.
+
+How: the numbers a schema compares against exactly (enum and const values, numbers nested inside them too, and the
+four bounds) are written as one const array, compiled by llguidance, and the bytes that const forces are read back:
+each must be the schema's number as a decimal (`1e300`, which llguidance writes out digit by digit, is the same
+number). Compiled grammars are cached by content, so a schema pays this once.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import llguidance
+
+if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only, absent at run time
+    from llguidance._lib import JsonCompileOptions
+
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+VALUES = ("enum", "const")
+DATA = ("default", "examples")   # instances, not schemas: their numbers constrain nothing
+# compiler.json_whitespace(None): compact JSON, so a const forces every byte
+COMPACT: JsonCompileOptions = {"whitespace_flexible": False, "whitespace_pattern": None}
+
+
+def inexact_number(schema: str, tokenizer: llguidance.LLTokenizer,
+                   limits: llguidance.LLParserLimits) -> tuple[str, str] | None:
+    """The first number of `schema` (JSON text) that llguidance would hold as another, and how it writes it back;
+    None when every number it compares against is exact (or the schema has none)."""
+    numbers = list(dict.fromkeys(_compared_numbers(json.loads(schema, parse_float=Decimal, parse_int=Decimal))))
+    if not numbers:
+        return None
+    written = "[" + ",".join(str(n) for n in numbers) + "]"
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(f'{{"const": {written}}}', overrides=COMPACT)
+    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
+    if matcher.is_error():
+        return None  # past llguidance's limits: the schema's own compile says what is wrong
+    try:
+        held = json.loads(matcher.compute_ff_bytes(), parse_float=Decimal, parse_int=Decimal)
+    except ValueError:
+        return None  # not forced whole: nothing to compare against
+    if not isinstance(held, list) or len(held) != len(numbers):
+        return None
+    for number, back in zip(numbers, held):
+        if not isinstance(back, Decimal) or back != number:
+            return str(number), str(back)
+    return None
+
+
+def _compared_numbers(schema: Any) -> list[Decimal]:
+    """The numbers of a parsed schema (numbers as Decimal) that its outputs are compared against exactly."""
+    found: list[Decimal] = []
+    schemas: list[Any] = [schema]
+    while schemas:
+        node = schemas.pop()
+        if isinstance(node, list):
+            schemas.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in VALUES:
+                    found.extend(_numbers_in(value))
+                elif key in BOUNDS and isinstance(value, Decimal):
+                    found.append(value)
+                elif key not in DATA:
+                    schemas.append(value)
+    return found
+
+
+def _numbers_in(value: Any) -> list[Decimal]:
+    """Every number inside an enum or const value (arrays and objects included)."""
+    found: list[Decimal] = []
+    values = [value]
+    while values:
+        item = values.pop()
+        if isinstance(item, Decimal):
+            found.append(item)
+        elif isinstance(item, list):
+            values.extend(item)
+        elif isinstance(item, dict):
+            values.extend(item.values())
+    return found
