@@ -4,11 +4,12 @@ schema_numbers.py); numbers it holds exactly compile, and outputs under them are
 from __future__ import annotations
 
 import json
+import random
 from decimal import Decimal
 
 import pytest
 
-from mlxd.constraints import ConstraintError, ConstraintSpec
+from mlxd.constraints import ConstraintError, ConstraintSpec, schema_numbers
 from tests.constraints.conftest import TINY_TOKENS
 from tests.constraints.walks import lowest, walk
 
@@ -60,3 +61,27 @@ def test_a_number_deep_in_a_schema_is_found(tiny):
     with pytest.raises(ConstraintError) as caught:
         tiny.compile(ConstraintSpec("json_schema", schema))
     assert caught.value.message.startswith("the JSON schema's number 900.9999999999999 cannot be enforced exactly")
+
+
+@pytest.mark.parametrize("number, plain", [
+    ("1", True), ("-3.25", True), ("0.1", True), ("1.5e-7", True), ("99999999999999", True), ("1e-22", True),
+    ("120.50", True), ("0.30000000000000004", False), ("1e15", False), ("7.93486051856166e15", False),
+    ("8e-268", False), ("1e-23", False), ("9007199254740993", False),
+])
+def test_which_numbers_are_compared(number, plain):
+    assert schema_numbers._plainly_exact(Decimal(number)) is plain
+
+
+def test_the_numbers_left_uncompared_come_back_exact(tiny, monkeypatch):
+    """What `_plainly_exact` assumes of llguidance, tried: numbers it passes, compiled and compared anyway."""
+    rng = random.Random(0)
+    numbers = []
+    for digits in range(1, 16):
+        for _ in range(40):
+            mantissa = rng.randrange(10 ** (digits - 1), 10 ** digits) * rng.choice([1, -1])
+            numbers.append(Decimal(mantissa).scaleb(rng.randint(-22, 14)))
+    numbers = [n for n in numbers if schema_numbers._plainly_exact(n)]
+    assert len(numbers) > 400
+    monkeypatch.setattr(schema_numbers, "_plainly_exact", lambda number: False)
+    schema = '{"enum": [' + ",".join(str(n) for n in numbers) + "]}"
+    assert schema_numbers.inexact_number(schema, tiny.tokenizer, tiny.limits) is None
