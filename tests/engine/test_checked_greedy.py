@@ -115,7 +115,7 @@ class _Row:
             refusal_rate
 
 
-def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_refusals_are_rare(monkeypatch):
+def test_only_plainly_greedy_rows_without_logprobs_are_checked_pipelined_only_alone_and_refused_rarely(monkeypatch):
     from mlxd.models.batch_cache import BatchKVCache, BatchPositions
     assert checked_greedy.PIPELINED  # GPU daemons check too (session 47)
     monkeypatch.setattr(checked_greedy, "PIPELINED", False)
@@ -124,7 +124,9 @@ def test_only_plainly_greedy_rows_without_logprobs_are_checked_and_only_where_re
     monkeypatch.setattr(checked_greedy, "PIPELINED", True)
     caches = [BatchKVCache(BatchPositions(), None)]
     grammar = AllowedSets([{1}] * 4)
-    assert checked_greedy.checks([_Row(GREEDY, grammar), _Row(SamplingParams(temperature=0.7))], caches, True)
+    assert checked_greedy.checks([_Row(GREEDY, grammar)], caches, True)
+    two = [_Row(GREEDY, grammar), _Row(SamplingParams(temperature=0.7))]
+    assert checked_greedy.checks(two, caches, False) and not checked_greedy.checks(two, caches, True)  # PIPELINED_ROWS
     assert not checked_greedy.checks([_Row(SamplingParams(temperature=0.7), grammar)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar, top_logprobs=2)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar)], [object()], False)  # a cache that cannot give back
@@ -151,6 +153,7 @@ def test_a_masking_batch_learns_from_its_masked_steps_and_checks_again(monkeypat
         with monkeypatch.context() as patch:
             patch.setattr(checked_greedy, "ENABLED", enabled)
             patch.setattr(checked_greedy, "PIPELINED", True)
+            patch.setattr(checked_greedy, "PIPELINED_ROWS", 4)  # the two rows may check together
             made = requests()
             run_arrivals(Scheduler(fake_runtime(), SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)),
                          {0: made})
@@ -200,6 +203,7 @@ def test_pipelined_checking_steps_write_the_caches_in_place(monkeypatch, enabled
     monkeypatch.setattr(checked_greedy, "ENABLED", enabled)
     monkeypatch.setattr(checked_greedy, "PIPELINED", True)
     monkeypatch.setattr(checked_greedy, "EXPECTED_REFUSALS", 100.0)  # check every step, refused or not
+    monkeypatch.setattr(checked_greedy, "PIPELINED_ROWS", 4)  # both rows together
     refusals = _counting_refusals(monkeypatch)
     requests = [GenerationRequest(f"g{i}", PROMPTS[i], GREEDY, max_tokens=30, ignore_eos=True,
                                   constraint=AllowedSets(_half_the_vocabulary(50 + i, 30))) for i in range(2)]

@@ -15,11 +15,13 @@ again (runner.py `_checked_step`).
 
 Which steps check rather than mask (`checks`): the runner's, when every constrained row still going is plainly
 greedy without logprobs (sampling and logprobs must see the constrained distribution: they keep the masks), every
-cache can go back to a checkpoint (`could_check`), and, where steps are pipelined (`PIPELINED`), the rows'
-refusals are rare: a refusal there costs a second build of the forward. Each row learns its refusal rate
-(`refusal_rate`), starting from `PRIOR`, from every step either way: a checking step's checks, and a masked step's
-argmax of its logits before the masks, read with its tokens (`learn`: the grammar refused the argmax where masking
-chose another token), so a batch goes back to checking when its rows' argmax is allowed again, without trying.
+cache can go back to a checkpoint (`could_check`), and, where steps are pipelined (`PIPELINED`), the batch is one
+row (`PIPELINED_ROWS`: a checking step launches only after reading the step before, which a larger batch's masked
+steps outrun) and the rows' refusals are rare: a refusal there costs a second build of the forward. Each row
+learns its refusal rate (`refusal_rate`), starting from `PRIOR`, from every step either way: a checking step's
+checks, and a masked step's argmax of its logits before the masks, read with its tokens (`learn`: the grammar
+refused the argmax where masking chose another token), so a batch goes back to checking when its rows' argmax is
+allowed again, without trying.
 Unpipelined (the CPU), a refusal costs only the masked sampling every masked step pays, so those steps always
 check.
 """
@@ -57,6 +59,11 @@ LEARNING = 0.1             # each step's weight in a row's refusal rate
 # and the correction's launch and read (~0.7 + ~0.15 ms for a random 1B's row on an H100: session 40's timeline),
 # a masked step ~0.25 ms of structure; they break even near 0.3 refusals a step.
 EXPECTED_REFUSALS = 0.3
+# Pipelined: check only batches of at most this many rows. A checking step reads the step before's tokens before it
+# launches (its check comes first), so the device waits on the host's launch every step; masking keeps the pipeline.
+# H100, random 1B with SmolLM2's tokenizer, `strings` (refused 1.6 % a row), 256 tokens, 3 mask processes, masked
+# against checked in interleaved rounds (session 48): 1 row 0.983, 4 rows 1.067, 8 rows 1.208, 16 rows 1.229.
+PIPELINED_ROWS = 1
 
 
 class CheckedRow(Protocol):
@@ -80,10 +87,10 @@ def could_check(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined:
 
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
     """Whether a step of these rows checks its constrained rows' tokens instead of masking them: where it may,
-    and (pipelined) their refusals are rare."""
+    and (pipelined) the batch is small (PIPELINED_ROWS) and its refusals are rare."""
     constrained = _constrained_if_checkable(rows, caches, pipelined)
-    return constrained is not None and (
-        not pipelined or sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS)
+    return constrained is not None and (not pipelined or (
+        len(rows) <= PIPELINED_ROWS and sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS))
 
 
 def _constrained_if_checkable(rows: Sequence[CheckedRow], caches: Sequence[object],
