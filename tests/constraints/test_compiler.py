@@ -8,7 +8,7 @@ import threading
 import llguidance
 import pytest
 
-from mlxd.constraints import MAX_SOURCE_BYTES, ConstraintError, ConstraintSpec, GrammarCompiler
+from mlxd.constraints import MAX_SOURCE_BYTES, ConstraintError, ConstraintSpec, GrammarCompiler, lone_escapes
 from mlxd.constraints.spec import DEFAULT_MAX_WHITESPACE, MAX_WHITESPACE_LIMIT
 from tests.constraints.conftest import TINY_EOS, TINY_WIDTH
 
@@ -164,3 +164,16 @@ def test_a_grammar_that_allows_nothing_is_invalid(tiny):
     with pytest.raises(ConstraintError) as caught:
         tiny.compile(ConstraintSpec("json_schema", '{"type": "integer", "minimum": 5, "maximum": 4}'))
     assert caught.value.code == "invalid"
+
+
+@pytest.mark.parametrize("pattern, lone", [("ab\\", True), ("ab\\\\", False), ("ab\\\\\\", True), ("a\\/b", False),
+                                           ("", False), ("\\", True)])
+def test_a_regex_ending_in_an_escape_of_nothing_is_found(pattern, lone):
+    assert lone_escapes.ends_in_lone_backslash(pattern) is lone
+
+
+def test_a_schemas_patterns_are_found_where_they_stand():
+    schema = {"type": "object", "properties": {"pattern": {"type": "string", "pattern": "^a$"}},
+              "patternProperties": {"^x": {"items": {"pattern": "b+"}}}, "enum": [{"pattern": "instance"}],
+              "default": {"pattern": "instance"}}
+    assert sorted(lone_escapes.schema_patterns(schema)) == ["^a$", "^x", "b+"]

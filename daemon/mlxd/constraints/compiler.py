@@ -18,6 +18,7 @@ from llguidance.numpy import fill_next_token_bitmask
 
 from mlxd.constraints.errors import ConstraintError, ConstraintErrorCode
 from mlxd.constraints.free_prefix import free_until
+from mlxd.constraints.lone_escapes import ends_in_lone_backslash, schema_patterns
 from mlxd.constraints.schema_numbers import inexact_number
 from mlxd.constraints.spec import ConstraintSpec
 
@@ -227,6 +228,8 @@ class GrammarCompiler:
     def _grammar_text(self, spec: ConstraintSpec) -> str:
         """llguidance's grammar (its JSON form) for the spec; not yet validated."""
         if spec.kind == "regex":
+            if ends_in_lone_backslash(spec.source):
+                raise ConstraintError("invalid", "the regex ends in a lone backslash (an escape of nothing)")
             return llguidance.LLMatcher.grammar_from_regex(spec.source)
         if spec.kind == "lark":
             return llguidance.LLMatcher.grammar_from_lark(spec.source)
@@ -248,6 +251,10 @@ class GrammarCompiler:
             raise ConstraintError("invalid", "the JSON schema false allows no value")
         elif not isinstance(parsed, dict):
             raise ConstraintError("invalid", "the JSON schema must be an object or a boolean")
+        for pattern in schema_patterns(parsed):
+            if ends_in_lone_backslash(pattern):
+                raise ConstraintError("invalid", f"the JSON schema's pattern {pattern!r} ends in a lone backslash "
+                                                 "(an escape of nothing)")
         # Overrides win over the schema's own "x-guidance" settings, so the bound holds whatever the schema says.
         overrides = json_whitespace(spec.effective_max_whitespace)
         try:
