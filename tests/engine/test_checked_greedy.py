@@ -127,6 +127,7 @@ def test_only_plainly_greedy_rows_without_logprobs_are_checked_pipelined_only_al
     assert checked_greedy.checks([_Row(GREEDY, grammar)], caches, True)
     two = [_Row(GREEDY, grammar), _Row(SamplingParams(temperature=0.7))]
     assert checked_greedy.checks(two, caches, False) and not checked_greedy.checks(two, caches, True)  # PIPELINED_ROWS
+    assert not checked_greedy.could_check(two, caches, True)  # nor do its masked steps learn refusal rates
     assert not checked_greedy.checks([_Row(SamplingParams(temperature=0.7), grammar)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar, top_logprobs=2)], caches, False)
     assert not checked_greedy.checks([_Row(GREEDY, grammar)], [object()], False)  # a cache that cannot give back

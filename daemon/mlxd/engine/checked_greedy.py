@@ -80,9 +80,11 @@ def _checkable(r: CheckedRow) -> bool:
 
 def could_check(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
     """Whether a step of these rows may check its constrained rows' tokens instead of masking them, however often
-    they are refused: every constrained row going on plainly greedy without logprobs, and every layer's cache able
-    to go back to a checkpoint (BatchKVCache)."""
-    return _constrained_if_checkable(rows, caches, pipelined) is not None
+    they are refused: every constrained row going on plainly greedy without logprobs, every layer's cache able to go
+    back to a checkpoint (BatchKVCache), and (pipelined) a batch of at most PIPELINED_ROWS rows. Only then do a
+    masked step's rows learn their refusal rates (`learn`): a larger batch masks whatever they are."""
+    return _constrained_if_checkable(rows, caches, pipelined) is not None and (
+        not pipelined or len(rows) <= PIPELINED_ROWS)
 
 
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
