@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlxd.constraints.schema_walk import keywords
+
 
 def ends_in_lone_backslash(pattern: str) -> bool:
     """Whether `pattern` ends in an odd run of backslashes (the last escapes nothing)."""
@@ -17,20 +19,11 @@ def ends_in_lone_backslash(pattern: str) -> bool:
 
 def schema_patterns(schema: Any) -> list[str]:
     """The regexes of a parsed JSON Schema: `pattern` values and `patternProperties` names, wherever they stand in
-    it (enum, const, default and examples hold instances, not schemas: left out). Walked with a stack."""
+    it (enum, const, default and examples hold instances: left out)."""
     found: list[str] = []
-    schemas: list[Any] = [schema]
-    while schemas:
-        node = schemas.pop()
-        if isinstance(node, list):
-            schemas.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key == "pattern" and isinstance(value, str):
-                    found.append(value)
-                elif key == "patternProperties" and isinstance(value, dict):
-                    found.extend(value)
-                    schemas.extend(value.values())
-                elif key not in ("enum", "const", "default", "examples"):
-                    schemas.append(value)
+    for key, value in keywords(schema):
+        if key == "pattern" and isinstance(value, str):
+            found.append(value)
+        elif key == "patternProperties" and isinstance(value, dict):
+            found.extend(value)
     return found

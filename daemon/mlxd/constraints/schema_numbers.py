@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import llguidance
 
+from mlxd.constraints.schema_walk import keywords
+
 if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only, absent at run time
     from llguidance._lib import JsonCompileOptions
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 VALUES = ("enum", "const")
-DATA = ("default", "examples")   # instances, not schemas: their numbers constrain nothing
 # compiler.json_whitespace(None): compact JSON, so a const forces every byte
 COMPACT: JsonCompileOptions = {"whitespace_flexible": False, "whitespace_pattern": None}
 
@@ -72,19 +73,11 @@ def _plainly_exact(number: Decimal) -> bool:
 def _compared_numbers(schema: Any) -> list[Decimal]:
     """The numbers of a parsed schema (numbers as Decimal) that its outputs are compared against exactly."""
     found: list[Decimal] = []
-    schemas: list[Any] = [schema]
-    while schemas:
-        node = schemas.pop()
-        if isinstance(node, list):
-            schemas.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in VALUES:
-                    found.extend(_numbers_in(value))
-                elif key in BOUNDS and isinstance(value, Decimal):
-                    found.append(value)
-                elif key not in DATA:
-                    schemas.append(value)
+    for key, value in keywords(schema):
+        if key in VALUES:
+            found.extend(_numbers_in(value))
+        elif key in BOUNDS and isinstance(value, Decimal):
+            found.append(value)
     return found
 
 
