@@ -83,22 +83,23 @@ def could_check(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined:
     they are refused: every constrained row going on plainly greedy without logprobs, every layer's cache able to go
     back to a checkpoint (BatchKVCache), and (pipelined) a batch of at most PIPELINED_ROWS rows. Only then do a
     masked step's rows learn their refusal rates (`learn`): a larger batch masks whatever they are."""
-    return _constrained_if_checkable(rows, caches, pipelined) is not None and (
-        not pipelined or len(rows) <= PIPELINED_ROWS)
+    return _constrained_if_checkable(rows, caches, pipelined) is not None
 
 
 def checks(rows: Sequence[CheckedRow], caches: Sequence[object], pipelined: bool) -> bool:
     """Whether a step of these rows checks its constrained rows' tokens instead of masking them: where it may,
-    and (pipelined) the batch is small (PIPELINED_ROWS) and its refusals are rare."""
+    and (pipelined) their refusals are rare."""
     constrained = _constrained_if_checkable(rows, caches, pipelined)
-    return constrained is not None and (not pipelined or (
-        len(rows) <= PIPELINED_ROWS and sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS))
+    return constrained is not None and (
+        not pipelined or sum(r.refusal_rate for r in constrained) <= EXPECTED_REFUSALS)
 
 
 def _constrained_if_checkable(rows: Sequence[CheckedRow], caches: Sequence[object],
                               pipelined: bool) -> list[CheckedRow] | None:
     """The constrained rows going on where a step of `rows` could check (`could_check`), else None."""
-    if not ENABLED or (pipelined and not PIPELINED) or not all(isinstance(cache, BatchKVCache) for cache in caches):
+    if pipelined and (not PIPELINED or len(rows) > PIPELINED_ROWS):
+        return None
+    if not ENABLED or not all(isinstance(cache, BatchKVCache) for cache in caches):
         return None
     constrained = [r for r in rows if going_on(r) is not None]
     return constrained if all(_checkable(r) for r in constrained) else None

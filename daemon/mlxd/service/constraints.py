@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from mlxd.constraints import CompiledGrammar, ConstraintError, ConstraintSpec, GrammarCompiler, RowConstraint
+from mlxd.constraints import ConstraintError, ConstraintSpec, GrammarCompiler, RowConstraint
 from mlxd.constraints.errors import as_request_error
 from mlxd.errors import InvalidRequest
 from mlxd.loading.tokenizer import Tokenizer
@@ -45,12 +45,9 @@ class Grammars:
     def constraint(self, message: pb.Constraint) -> RowConstraint:
         """A fresh matcher for one request; INVALID_ARGUMENT or RESOURCE_EXHAUSTED naming what is wrong."""
         try:
-            return RowConstraint(self._compile(spec_of(message)))
+            return RowConstraint(self._compiler_now().compile(spec_of(message)))
         except ConstraintError as error:
             raise as_request_error(error) from None
-
-    def _compile(self, spec: ConstraintSpec) -> CompiledGrammar:
-        return self._compiler_now().compile(spec)
 
     def _compiler_now(self) -> GrammarCompiler:
         with self._lock:  # one build however many requests arrive at once
