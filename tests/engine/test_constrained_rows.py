@@ -299,3 +299,31 @@ def test_a_constrained_batch_reads_its_steps_on_the_mask_thread(monkeypatch):
     assert ids == free[:10]
     on_mask_thread = [name for name in readers if name.startswith("mlxd-masks")]
     assert len(on_mask_thread) >= 8, readers
+
+
+@pytest.mark.parametrize("beside_free", [False, True])
+def test_a_constrained_steps_masks_are_put_on_the_device_by_the_mask_thread(monkeypatch, beside_free):
+    """The worker only selects by a step's masks: their upload (host work, ~0.17 ms a 16-row step of a 128k
+    vocabulary on an H100) is the mask thread's, done while the worker launches. The same tokens either way, with
+    every row constrained or some beside a free one."""
+    from mlxd.engine import checked_greedy
+    from mlxd.models import ops
+
+    monkeypatch.setattr(checked_greedy, "ENABLED", False)
+    uploaders: list[str] = []
+    upload = ops.upload_masks
+
+    def spy(*args):
+        uploaders.append(threading.current_thread().name)
+        return upload(*args)
+
+    monkeypatch.setattr(ops, "upload_masks", spy)
+    runtime = fake_runtime()
+    steps = [{(3 * s) % VOCAB, (3 * s + 1) % VOCAB} for s in range(10)]
+    made = [_request("c", PROMPTS[0], n=10, constraint=AllowedSets(steps))]
+    if beside_free:
+        made.append(_request("free", PROMPTS[1], n=10))
+    run(Scheduler(runtime, SchedulerOptions(prefill_chunk_size=4, max_batch_size=4)), *made)
+    ids = drain(made[0])[0]
+    assert all(token in allowed for token, allowed in zip(ids, steps)) and len(ids) == 10
+    assert len(uploaders) >= 8 and all(name.startswith("mlxd-masks") for name in uploaders), uploaders

@@ -23,7 +23,7 @@ import numpy as np
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
 from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
 from mlxd.models.ops_cuda import CudaBackend
-from mlxd.models.ops_mlx import MLXBackend
+from mlxd.models.ops_mlx import DeviceMasks, MLXBackend
 
 _BACKENDS: dict[str, MLXBackend] = {"mlx": MLXBackend(), "numpy": NumpyBackend()}
 if mx.cuda.is_available():
@@ -194,3 +194,16 @@ def mask_logits(logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None =
     [..., W] (bit i of word w allows token 32*w + i; W*32 >= V) masks every row, or with `rows` only those batch
     rows, in their order (the others untouched)."""
     return _backend.mask_logits(logits, bitmasks, rows)
+
+
+def upload_masks(bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
+    """mask_logits' first half: the masks on the device, for logits of `shape`. It builds no graph, so it may run
+    on another thread than the worker's (the mask thread uploads a step's masks while the worker launches)."""
+    return _backend.upload_masks(bitmasks, rows, shape)
+
+
+def apply_masks(logits: mx.array, masks: DeviceMasks) -> mx.array:
+    """mask_logits' second half: `logits` (of the shape the masks were uploaded for) masked."""
+    if tuple(logits.shape) != masks.shape:
+        raise ValueError(f"masks made for logits {masks.shape}, not {tuple(logits.shape)}")
+    return _backend.apply_masks(logits, masks)

@@ -29,7 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.models.base import Mask
-from mlxd.models.ops_mlx import MLXBackend
+from mlxd.models.ops_mlx import DeviceMasks, MLXBackend
 
 # Queries per block: small enough that skipping keys past the block's last position saves most of the masked
 # half, large enough that each block's two matmuls keep BLAS efficient. Fewer (down to MIN_BLOCK) when one
@@ -74,8 +74,12 @@ class NumpyBackend(MLXBackend):
             return scores(logits, targets, top_k)
         return super().prompt_scores(logits, targets, top_k)
 
-    def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
-        return logits + mx.array(mask_bias(bitmasks, logits.shape, rows), dtype=logits.dtype)
+    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
+        return DeviceMasks(mx.array(mask_bias(bitmasks, shape, rows)), None, shape)
+
+    def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
+        bias = masks.array
+        return logits + (bias if bias.dtype == logits.dtype else bias.astype(logits.dtype))
 
 
 def prefill(x: mx.array, tokens: int) -> bool:

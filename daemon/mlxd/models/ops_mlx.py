@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import mlx.core as mx
@@ -42,6 +43,19 @@ PAD_MASKED_ROWS = True
 # an H100 (session 40, random 1B, constrained streams in-process, `--variant ops:...=False`): the ops ran at 0.967
 # of the select at one stream, 0.978 at 16 (a 1-row step is ~1.9 ms of host work, each graph node ~10 us of it).
 FUSED_MASKS = True
+
+
+@dataclass(frozen=True)
+class DeviceMasks:
+    """Constrained rows' masks on the device (ops.upload_masks), in the layout the backend's apply_masks selects by.
+    Made without building a graph, so off the worker's thread: the mask thread uploads a step's masks while the
+    worker launches the forward pass (a 16-row mask of a 128k vocabulary is 256 KB: ~0.17 ms of the host on an
+    H100, MLX's CUDA buffers being managed memory)."""
+
+    array: mx.array                 # the masks' words (fused: int32 [..., W, 1]), or the NumPy backend's bias
+    rows: list[int] | None          # the batch rows they mask, in order (None: every row)
+    shape: tuple[int, ...]          # the logits' shape they were made for
+    fused: bool = False             # for the compiled select (_masked_logits)
 
 
 class MLXBackend:
@@ -136,24 +150,31 @@ class MLXBackend:
                                    mode=mode)
 
     def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
+        return self.apply_masks(logits, self.upload_masks(bitmasks, rows, tuple(logits.shape)))
+
+    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
         if rows is not None and PAD_MASKED_ROWS:
             # Every row masked, the others allowing everything: the masks cover the logits whole, without the
             # copy, gather and scatter that masking some rows takes (3 graph nodes more, each step of a batch mixing
             # constrained and free rows, where a GPU's step is bound by the host); the rows' masks cost only bytes
             # (a 128k vocabulary's row is 16 KB).
-            full = np.full((logits.shape[0], *bitmasks.shape[1:]), -1, dtype=np.int32)
+            full = np.full((shape[0], *bitmasks.shape[1:]), -1, dtype=np.int32)
             full[rows] = bitmasks
             bitmasks, rows = full, None
-        width = logits.shape[-1]
+        width = shape[-1]
         if rows is None and FUSED_MASKS and width % 32 == 0:
             # Each word of a mask beside the 32 logits it covers: the select is element-wise, one kernel.
-            words = mx.array(bitmasks[..., :width // 32, None])
-            grouped = logits.reshape(*logits.shape[:-1], width // 32, 32)
-            return fused("masked_logits", _masked_logits)(grouped, words, _bit_of_lane()).reshape(logits.shape)
-        allowed = bitmask_to_allowed(mx.array(bitmasks), logits.shape[-1])
-        if rows is None:
+            return DeviceMasks(mx.array(bitmasks[..., :width // 32, None]), None, shape, fused=True)
+        return DeviceMasks(mx.array(bitmasks), rows, shape)
+
+    def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
+        if masks.fused:
+            grouped = logits.reshape(*logits.shape[:-1], logits.shape[-1] // 32, 32)
+            return fused("masked_logits", _masked_logits)(grouped, masks.array, _bit_of_lane()).reshape(logits.shape)
+        allowed = bitmask_to_allowed(masks.array, logits.shape[-1])
+        if masks.rows is None:
             return apply_mask(logits, allowed)
-        index = mx.array(rows, dtype=mx.int32)
+        index = mx.array(masks.rows, dtype=mx.int32)
         out = mx.array(logits)
         out[index] = apply_mask(logits[index], allowed)
         return out
