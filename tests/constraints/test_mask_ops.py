@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from llguidance.numpy import apply_token_bitmask_inplace
 
 from mlxd.models import ops_mlx
+from mlxd.models.mask_buffers import MaskBuffers
 from mlxd.models.ops_cpu_numpy import NumpyBackend
 from mlxd.models.ops_mlx import MLXBackend, apply_mask, bitmask_to_allowed
 
@@ -65,8 +66,8 @@ def test_apply_mask_keeps_the_dtype_and_the_allowed_logits(dtype):
 def test_both_backends_mask_alike(batch, words, trim, wider, seed, density, some_rows, positions, dtype):
     """The same masked logits from either backend: every row, some rows (the others' masks padded, or the rows
     gathered and scattered back), and a verify step's [B, L, V]; on MLX by the compiled select (logits a multiple
-    of 32 wide) and by bitmask_to_allowed's ops. `wider`: masks a word wider than the logits need (a tokenizer
-    wider than the model's logits)."""
+    of 32 wide) and by bitmask_to_allowed's ops, uploaded by mx.array's copy or written into a MaskBuffers' arrays.
+    `wider`: masks a word wider than the logits need (a tokenizer wider than the model's logits)."""
     rng = np.random.default_rng(seed)
     width = max(1, 32 * words - trim)
     rows = sorted(rng.choice(batch, size=rng.integers(1, batch + 1), replace=False).tolist()) if some_rows else None
@@ -76,9 +77,12 @@ def test_both_backends_mask_alike(batch, words, trim, wider, seed, density, some
     masks = np.packbits(bits, axis=-1, bitorder="little").view(np.int32)
     logits = mx.array(rng.normal(size=lead + (width,)).astype(np.float32)).astype(dtype)
     host = NumpyBackend().mask_logits(logits, masks, rows)
-    for pad, fused in ((True, True), (True, False), (False, True)):
+    backend = MLXBackend()
+    for pad, fused, buffers in ((True, True, None), (True, False, None), (False, True, None),
+                                (True, True, MaskBuffers())):
         with patch.object(ops_mlx, "PAD_MASKED_ROWS", pad), patch.object(ops_mlx, "FUSED_MASKS", fused):
-            device = MLXBackend().mask_logits(logits, masks, rows)
+            uploaded = backend.upload_masks(masks, rows, tuple(logits.shape), buffers)
+            device = backend.apply_masks(logits, uploaded)
         assert host.dtype == device.dtype == dtype and host.shape == device.shape == logits.shape
         assert np.array_equal(np.array(host.astype(mx.float32)), np.array(device.astype(mx.float32)))
 

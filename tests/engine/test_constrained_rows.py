@@ -327,3 +327,18 @@ def test_a_constrained_steps_masks_are_put_on_the_device_by_the_mask_thread(monk
     ids = drain(made[0])[0]
     assert all(token in allowed for token, allowed in zip(ids, steps)) and len(ids) == 10
     assert len(uploaders) >= 8 and all(name.startswith("mlxd-masks") for name in uploaders), uploaders
+
+
+def test_a_checking_steps_masks_stay_on_the_host(monkeypatch):
+    """A greedy row checked (engine/checked_greedy.py) reads its masks on the host: nothing is uploaded for it."""
+    from mlxd.engine import checked_greedy
+    from mlxd.models import ops
+
+    monkeypatch.setattr(checked_greedy, "ENABLED", True)
+    uploads: list[tuple] = []
+    upload = ops.upload_masks
+    monkeypatch.setattr(ops, "upload_masks", lambda *args: uploads.append(args) or upload(*args))
+    runtime = fake_runtime()
+    free = _alone(runtime, _request("free", PROMPTS[0], n=10))[0]
+    checked = _alone(runtime, _request("c", PROMPTS[0], n=10, constraint=AllowedSets([set(range(VOCAB))] * 10)))[0]
+    assert checked == free and uploads == []

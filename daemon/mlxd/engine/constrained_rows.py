@@ -98,18 +98,20 @@ def tell_constraints(results: list[StepResult], owners: Sequence[ConstrainedRow]
 
 
 def tell_then_fill(read: Callable[[], list[StepResult]], owners: Sequence[ConstrainedRow],
-                   rows: Sequence[ConstrainedRow], width: int, told: HandOff[list[StepResult]]) -> FilledMasks:
+                   rows: Sequence[ConstrainedRow], width: int, told: HandOff[list[StepResult]],
+                   upload: bool = True) -> FilledMasks:
     """A constrained step's CPU work, on the mask thread: the step before's tokens read (waiting for the device)
     and told to their rows' constraints (`told` given the results as soon as they are), then this step's masks
-    filled (they follow from those tokens) and put on the device for logits [len(rows), width]. The worker
-    touches no constraint until this returns (Runner._settle)."""
+    filled (they follow from those tokens) and, with `upload` (not a checking step's, read on the host), put on
+    the device for logits [len(rows), width]. The worker touches no constraint until this returns
+    (Runner._settle)."""
     try:
         told.set(tell_constraints(read(), owners))
     except BaseException as error:
         told.fail(error)
         raise
     masks = fill_step_masks(rows, width)
-    if UPLOAD_ON_MASK_THREAD:
+    if upload and UPLOAD_ON_MASK_THREAD:
         upload_masks(masks, len(rows), width)
     return masks
 

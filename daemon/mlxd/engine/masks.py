@@ -7,6 +7,7 @@ fails keeps a mask that allows everything and carries the failure, which ends th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -18,7 +19,13 @@ from mlxd.constraints.compiler import mask_words
 from mlxd.constraints.matcher import RowConstraint, fill_bitmasks
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.models import ops
+from mlxd.models.mask_buffers import MaskBuffers
 from mlxd.models.ops_mlx import DeviceMasks
+
+# upload_masks writes a step's masks into arrays of the mask thread's own (models/mask_buffers.py) through NumPy,
+# without the GIL, where mx.array's copy holds it; False: mx.array's copy (as session 49's first change did).
+WRITE_IN_PLACE = True
+_here = threading.local()   # each mask thread's MaskBuffers
 
 
 @dataclass
@@ -138,9 +145,15 @@ def allows(words: np.ndarray, token: int) -> bool:
 
 def upload_masks(masks: FilledMasks, batch: int, width: int) -> None:
     """The masks put on the device for logits [batch, width], where the thread filling them calls this: the upload
-    is host work (~0.17 ms for 16 rows of a 128k vocabulary on an H100's host) the worker then does not do."""
-    if masks.rows:
-        masks.uploaded = ops.upload_masks(masks.bitmasks, _masked_rows(masks, batch), (batch, width))
+    is host work (~0.17 ms for 16 rows of a 128k vocabulary on an H100's host) the worker then does not do. Only
+    a plain step's masks, on the mask thread, and only after the step before's tokens were read: the thread's own
+    buffers (models/mask_buffers.py) are then free to write, without the GIL."""
+    if not masks.rows:
+        return
+    buffers = getattr(_here, "buffers", None) if WRITE_IN_PLACE else None
+    if buffers is None and WRITE_IN_PLACE:
+        buffers = _here.buffers = MaskBuffers()
+    masks.uploaded = ops.upload_masks(masks.bitmasks, _masked_rows(masks, batch), (batch, width), buffers)
 
 
 def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:

@@ -245,7 +245,7 @@ class Runner:
             logits = self._forward_step(self._inputs(None, keep, joiners))
         del held  # before the launch: a handle held then would make the step's cache writes copy the storage
         greedy = checked_greedy.argmax_logits(logits, rows)  # asks the grammars: before the mask thread has them
-        told, masks = self._tell_then_fill(results.copy, previous, rows)
+        told, masks = self._tell_then_fill(results.copy, previous, rows, upload=False)  # read on the host only
         self._pending = self._sample(logits, rows, greedy_logits=greedy)
         self._pending.check = CheckedStep(logits, masks)
         self._positions.advance()
@@ -277,15 +277,15 @@ class Runner:
         self._unsampled = UnsampledStep(logits, rows, masks)
         return results
 
-    def _tell_then_fill(self, read: Callable[[], list[StepResult]], previous: QueuedStep | None,
-                        rows: list[RunnerRow]) -> tuple[HandOff[list[StepResult]], HandOff[FilledMasks]]:
+    def _tell_then_fill(self, read: Callable[[], list[StepResult]], previous: QueuedStep | None, rows: list[RunnerRow],
+                        upload: bool = True) -> tuple[HandOff[list[StepResult]], HandOff[FilledMasks]]:
         """Hand the mask thread the step before's tokens (`read`) to tell its rows' constraints, then this step's
         masks to fill (constrained_rows.tell_then_fill): the told results and the masks, each as they come."""
         if self._mask_thread is None:
             self._mask_thread = MaskThread()
         told: HandOff[list[StepResult]] = HandOff()
         owners = previous.owners if previous is not None else []
-        return told, self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told)
+        return told, self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told, upload)
 
     def _settle(self) -> None:
         """Queue the sampling of a constrained step whose masks were being filled (waiting for them), or wait for a

@@ -21,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
+from mlxd.models.mask_buffers import MaskBuffers
 from mlxd.models.ops_cpu_numpy import NumpyBackend, numpy_blas_on_one_thread
 from mlxd.models.ops_cuda import CudaBackend
 from mlxd.models.ops_mlx import DeviceMasks, MLXBackend
@@ -196,10 +197,12 @@ def mask_logits(logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None =
     return _backend.mask_logits(logits, bitmasks, rows)
 
 
-def upload_masks(bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
+def upload_masks(bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...],
+                 buffers: MaskBuffers | None = None) -> DeviceMasks:
     """mask_logits' first half: the masks on the device, for logits of `shape`. It builds no graph, so it may run
-    on another thread than the worker's (the mask thread uploads a step's masks while the worker launches)."""
-    return _backend.upload_masks(bitmasks, rows, shape)
+    on another thread than the worker's (the mask thread uploads a step's masks while the worker launches).
+    `buffers`: arrays to write them into without the GIL, where the backend's layout allows (mask_buffers.py)."""
+    return _backend.upload_masks(bitmasks, rows, shape, buffers)
 
 
 def apply_masks(logits: mx.array, masks: DeviceMasks) -> mx.array:

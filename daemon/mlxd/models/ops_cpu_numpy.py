@@ -29,6 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.models.base import Mask
+from mlxd.models.mask_buffers import MaskBuffers
 from mlxd.models.ops_mlx import DeviceMasks, MLXBackend
 
 # Queries per block: small enough that skipping keys past the block's last position saves most of the masked
@@ -74,7 +75,8 @@ class NumpyBackend(MLXBackend):
             return scores(logits, targets, top_k)
         return super().prompt_scores(logits, targets, top_k)
 
-    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
+    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...],
+                     buffers: MaskBuffers | None = None) -> DeviceMasks:
         return DeviceMasks(mx.array(mask_bias(bitmasks, shape, rows)), None, shape)
 
     def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:

@@ -20,6 +20,7 @@ import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
+from mlxd.models.mask_buffers import MaskBuffers
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
@@ -152,7 +153,8 @@ class MLXBackend:
     def mask_logits(self, logits: mx.array, bitmasks: np.ndarray, rows: list[int] | None = None) -> mx.array:
         return self.apply_masks(logits, self.upload_masks(bitmasks, rows, tuple(logits.shape)))
 
-    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...]) -> DeviceMasks:
+    def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...],
+                     buffers: MaskBuffers | None = None) -> DeviceMasks:
         if rows is not None and PAD_MASKED_ROWS:
             # Every row masked, the others allowing everything: the masks cover the logits whole, without the
             # copy, gather and scatter that masking some rows takes (3 graph nodes more, each step of a batch mixing
@@ -164,7 +166,9 @@ class MLXBackend:
         width = shape[-1]
         if rows is None and FUSED_MASKS and width % 32 == 0:
             # Each word of a mask beside the 32 logits it covers: the select is element-wise, one kernel.
-            return DeviceMasks(mx.array(bitmasks[..., :width // 32, None]), None, shape, fused=True)
+            words = bitmasks[..., :width // 32, None]
+            written = buffers.write(words) if buffers is not None else None
+            return DeviceMasks(mx.array(words) if written is None else written, None, shape, fused=True)
         return DeviceMasks(mx.array(bitmasks), rows, shape)
 
     def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
