@@ -16,6 +16,7 @@ import tokenizers
 from llguidance.gbnf_to_lark import gbnf_to_lark
 from llguidance.numpy import fill_next_token_bitmask
 
+from mlxd.constraints.embedded_schemas import embedded_schemas
 from mlxd.constraints.errors import ConstraintError, ConstraintErrorCode
 from mlxd.constraints.free_prefix import free_until
 from mlxd.constraints.lone_escapes import ends_in_lone_backslash, schema_patterns
@@ -192,9 +193,12 @@ class GrammarCompiler:
         # while it builds.
         prototype = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
         _raise_if_failed(prototype, spec.kind)
-        if spec.kind == "json_schema" and (inexact := inexact_number(spec.source, self.tokenizer, self.limits)):
-            raise ConstraintError("invalid", f"the JSON schema's number {inexact[0]} cannot be enforced exactly: "
-                                             f"llguidance holds it as {inexact[1]}")
+        if spec.kind == "json_schema":
+            self._refuse_inexact_numbers(spec.source, "the JSON schema")
+        elif spec.kind == "lark":  # its %json schemas (a forced tool call's parameters) get what a json_schema gets
+            for schema in embedded_schemas(spec.source):
+                _refuse_lone_escapes(json.loads(schema), "a %json schema")
+                self._refuse_inexact_numbers(schema, "a %json schema")
         # The first mask builds the lexer states every request needs at its first token; computed here, on the
         # preparation thread, every copy starts with them (~1 ms saved per request on a 49k vocabulary).
         first = np.zeros((1, self.mask_words), dtype=np.int32)
@@ -251,16 +255,26 @@ class GrammarCompiler:
             raise ConstraintError("invalid", "the JSON schema false allows no value")
         elif not isinstance(parsed, dict):
             raise ConstraintError("invalid", "the JSON schema must be an object or a boolean")
-        for pattern in schema_patterns(parsed):
-            if ends_in_lone_backslash(pattern):
-                raise ConstraintError("invalid", f"the JSON schema's pattern {pattern!r} ends in a lone backslash "
-                                                 "(an escape of nothing)")
+        _refuse_lone_escapes(parsed, "the JSON schema")
         # Overrides win over the schema's own "x-guidance" settings, so the bound holds whatever the schema says.
         overrides = json_whitespace(spec.effective_max_whitespace)
         try:
             return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=overrides)
         except ValueError as exc:
             raise ConstraintError("invalid", str(exc)) from None
+
+
+    def _refuse_inexact_numbers(self, schema: str, what: str) -> None:
+        if inexact := inexact_number(schema, self.tokenizer, self.limits):
+            raise ConstraintError("invalid", f"{what}'s number {inexact[0]} cannot be enforced exactly: "
+                                             f"llguidance holds it as {inexact[1]}")
+
+
+def _refuse_lone_escapes(schema: object, what: str) -> None:
+    for pattern in schema_patterns(schema):
+        if ends_in_lone_backslash(pattern):
+            raise ConstraintError("invalid", f"{what}'s pattern {pattern!r} ends in a lone backslash (an escape of "
+                                             "nothing)")
 
 
 def _gbnf_as_lark(source: str) -> str:
