@@ -61,6 +61,8 @@ BENCHMARKS = {
                   "a burst of short prompts beside a decoding stream: first tokens, packed prefills vs one a step"),
     "constrained_decode": ("bench.suite.constrained_decode",
                            "decode tok/s under a JSON Schema, against the same streams unconstrained; mask times"),
+    "gil_waits": ("bench.suite.gil_waits",
+                  "each daemon thread's time running, waiting for the GIL or blocked under gRPC load (py-spy)"),
     "refusal_rates": ("bench.suite.refusal_rates",
                       "how often requests' greedy argmax is refused by their grammar, against checking's limit"),
     "mask_threads": ("bench.suite.mask_threads",

@@ -77,6 +77,9 @@ def test_both_backends_mask_alike(batch, words, trim, wider, seed, density, some
     masks = np.packbits(bits, axis=-1, bitorder="little").view(np.int32)
     logits = mx.array(rng.normal(size=lead + (width,)).astype(np.float32)).astype(dtype)
     host = NumpyBackend().mask_logits(logits, masks, rows)
+    written = NumpyBackend().apply_masks(logits, NumpyBackend().upload_masks(masks, rows, tuple(logits.shape),
+                                                                             MaskBuffers()))
+    assert np.array_equal(np.array(host.astype(mx.float32)), np.array(written.astype(mx.float32)))
     backend = MLXBackend()
     for pad, fused, buffers in ((True, True, None), (True, False, None), (False, True, None),
                                 (True, True, MaskBuffers())):

@@ -27,16 +27,19 @@ def test_an_array_holds_what_was_written_until_the_ring_comes_round():
     assert again is arrays[0] and np.array_equal(np.array(again), _words(99))
 
 
-def test_a_strided_source_and_new_shapes_are_written_whole():
+def test_a_strided_source_new_shapes_and_dtypes_are_written_whole():
     buffers = MaskBuffers()
     wide = _words(1, (4, 9))
     for rows in (4, 2, 4):
         source = wide[:rows, :6, None]  # the fused select's words: a slice of wider masks
         assert np.array_equal(np.array(buffers.write(source)), source)
+    bias = np.where(wide[:, :6] > 0, 0.0, -np.inf).astype(np.float32)  # the NumPy backend's additive bias
+    written = buffers.write(bias)
+    assert written.dtype == mx.float32 and np.array_equal(np.array(written), bias)
 
 
 def test_where_arrays_cannot_be_written_through_numpy_the_masks_are_copied(monkeypatch):
-    monkeypatch.setattr(mask_buffers, "_writable_array", lambda shape: (mx.zeros(shape, dtype=mx.int32), None))
+    monkeypatch.setattr(mask_buffers, "_writable_array", lambda shape, dtype: (mx.zeros(shape, dtype=mx.int32), None))
     buffers = MaskBuffers()
     assert buffers.write(_words(0)) is None and buffers.write(_words(1)) is None
     bitmasks = _words(2, (2, 3))

@@ -32,21 +32,21 @@ class _Ring:
 
 
 class MaskBuffers:
-    """int32 MLX arrays written through their NumPy views, DEPTH per shape; used from one thread."""
+    """MLX arrays written through their NumPy views, DEPTH per shape and dtype; used from one thread."""
 
     def __init__(self) -> None:
-        self._rings: OrderedDict[tuple[int, ...], _Ring] = OrderedDict()
+        self._rings: OrderedDict[tuple[tuple[int, ...], str], _Ring] = OrderedDict()
         self._writable = True   # False once an array could not be written through NumPy: never tried again
 
-    def write(self, words: np.ndarray) -> mx.array | None:
-        """An MLX array holding `words` (int32, any layout), copied without the GIL; None where this backend's
-        arrays cannot be written through NumPy."""
+    def write(self, values: np.ndarray) -> mx.array | None:
+        """An MLX array holding `values` (int32 mask words or a float32 bias, any layout), copied without the GIL;
+        None where this backend's arrays cannot be written through NumPy."""
         if not self._writable:
             return None
-        shape = tuple(words.shape)
+        shape = (tuple(values.shape), values.dtype.str)
         ring = self._rings.get(shape)
         if ring is None:
-            made = [_writable_array(shape) for _ in range(DEPTH)]
+            made = [_writable_array(*shape) for _ in range(DEPTH)]
             slots = [(array, view) for array, view in made if view is not None]
             if len(slots) < DEPTH:
                 self._writable = False
@@ -58,15 +58,15 @@ class MaskBuffers:
         self._rings.move_to_end(shape)
         array, view = ring.slots[ring.turn]
         ring.turn = (ring.turn + 1) % DEPTH
-        np.copyto(view, words)  # releases the GIL (a plain copy of a non-object dtype)
+        np.copyto(view, values)  # releases the GIL (a plain copy of a non-object dtype)
         return array
 
 
-def _writable_array(shape: tuple[int, ...]) -> tuple[mx.array, np.ndarray | None]:
-    """A fresh int32 array and a writable NumPy view of its memory: None where there is none, or where a value
-    written through it is not in the array (NumPy 1's copy=False may copy instead). Host work only: no graph is
-    built here (this runs beside the worker's launches)."""
-    array = mx.array(np.zeros(shape, dtype=np.int32))
+def _writable_array(shape: tuple[int, ...], dtype: str) -> tuple[mx.array, np.ndarray | None]:
+    """A fresh array and a writable NumPy view of its memory: None where there is none, or where a value written
+    through it is not in the array (NumPy 1's copy=False may copy instead). Host work only: no graph is built here
+    (this runs beside the worker's launches)."""
+    array = mx.array(np.zeros(shape, dtype=np.dtype(dtype)))
     try:
         view = np.array(array, copy=False)
     except (TypeError, ValueError, RuntimeError):

@@ -77,7 +77,9 @@ class NumpyBackend(MLXBackend):
 
     def upload_masks(self, bitmasks: np.ndarray, rows: list[int] | None, shape: tuple[int, ...],
                      buffers: MaskBuffers | None = None) -> DeviceMasks:
-        return DeviceMasks(mx.array(mask_bias(bitmasks, shape, rows)), None, shape)
+        bias = mask_bias(bitmasks, shape, rows)
+        written = buffers.write(bias) if buffers is not None else None
+        return DeviceMasks(mx.array(bias) if written is None else written, None, shape)
 
     def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
         bias = masks.array

@@ -1,0 +1,118 @@
+"""Where each thread of a daemon serving N streams over gRPC spends its time, free streams against constrained ones
+(issue 17): py-spy samples every thread of the daemon, idle ones too, with native frames, while the load runs.
+Each sample is put to a thread's role by the Python frames in its stack (the worker, the mask thread, the service's
+event loop, others) and to a state by its innermost frames: waiting for the GIL (`take_gil`), blocked (a lock, a
+poll, a condition variable), or running (Python, or native code such as MLX's launch).
+
+Why: in one process 16 constrained streams ran at 0.90-0.98 of free ones on an H100 (session 49), over gRPC at
+0.82-0.85; the service's event loop, the mask thread and the worker share one GIL, so a constrained step's extra
+Python may cost the worker waits for the GIL that only gRPC's load shows. This says how long the worker waits.
+
+    python -m bench gil_waits --model PATH [--streams 16 --new-tokens 256 --seconds 8 --mask-processes 3]
+                              [--py-spy /tmp/site/bin/py-spy]
+
+py-spy attaches to the daemon (`record --pid`; native stacks need it to pause the daemon for each sample, 100 a
+second, which slows free and constrained loads alike), which needs ptrace rights over it (root, or
+/proc/sys/kernel/yama/ptrace_scope 0).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench import common
+from bench.daemon import Daemon
+from bench.suite.constrained_decode import constraint, streams
+from mlxd_client import Client
+
+# The daemon's threads by name (py-spy's raw lines begin "thread (TID): NAME;"), the rest put under "other".
+ROLES = {"mlx-worker": "worker", "mlxd-masks": "mask thread", "MainThread": "event loop"}
+GIL_WAIT = ("take_gil", "PyEval_RestoreThread", "PyEval_AcquireThread", "PyGILState_Ensure")
+BLOCKED = ("pthread_cond_wait", "pthread_cond_timedwait", "PyThread_acquire_lock", "epoll_wait", "clock_nanosleep",
+           "futex", "sem_wait", "sem_timedwait", "poll (", "select (", "__libc_recv", "__libc_read", "accept")
+
+
+def classify(stack: str) -> tuple[str, str]:
+    """(role, state) of one sampled stack (py-spy's raw format, frames outermost first, ';'-separated): its
+    thread's role by name; waiting for the GIL where `take_gil` (or, where it is stripped, its caller) is among its
+    innermost frames, blocked where a wait (a condition variable, a lock, a poll, a sleep) is, else running (Python
+    or native code)."""
+    head, _, _ = stack.partition(";")
+    name = head.split(": ", 1)[-1]
+    role = ROLES.get(name, "other")
+    innermost = stack.split(";")[-4:]
+    if any(mark in frame for frame in innermost for mark in GIL_WAIT):
+        return role, "GIL wait"
+    if any(mark in frame for frame in innermost for mark in BLOCKED):
+        return role, "blocked"
+    return role, "running"
+
+
+def summarize(raw: Path) -> dict[str, dict[str, int]]:
+    """Samples per role and state from py-spy's raw output (one stack and its count a line)."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        role, state = classify(stack)
+        counts[role][state] += int(count)
+    return counts
+
+
+def load(addr: str, prompts: list[list[int]], new_tokens: int, constrained: bool, seconds: float) -> int:
+    """Rounds of the streams, back to back, until `seconds` have passed (one at least): the rounds run."""
+    rounds, until = 0, time.monotonic() + seconds
+    chosen = constraint("strings")
+    while not rounds or time.monotonic() < until:
+        streams(addr, prompts, new_tokens, [constrained] * len(prompts), chosen)
+        rounds += 1
+    return rounds
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common.parser(__doc__)
+    common.add_model_args(p)
+    p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=8.0, help="sampled load per kind")
+    p.add_argument("--mask-processes", type=int, default=3)
+    p.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/site/bin/py-spy")
+    common.add_out_arg(p, "gil_waits")
+    args = p.parse_args(argv)
+    model = common.resolve_model(args.model)
+    serve = ["--dtype", args.dtype, "--max-batch-size", str(args.streams), "--mask-processes",
+             str(args.mask_processes)]
+    rows = []
+    with Daemon(model, args.out / "daemon", *serve) as daemon:
+        with Client(daemon.addr) as client:
+            vocab = client.model_info().vocab_size
+        for salt, kind in enumerate(("warm-up", "free", "constrained", "free", "constrained")):
+            prompts = common.stream_prompts(vocab, args.streams, args.prompt_tokens, salt=salt)
+            if kind == "warm-up":
+                load(daemon.addr, prompts, 32, True, 0.0)
+                continue
+            raw = args.out / f"{salt}-{kind}.txt"
+            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(daemon.proc.pid), "--native", "--idle",
+                                    "--threads", "--rate", "100", "--format", "raw",
+                                    "--duration", str(int(args.seconds)), "--output", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=open(args.out / f"{salt}-py-spy.log", "wb"))
+            started = time.perf_counter()
+            rounds = load(daemon.addr, prompts, args.new_tokens, kind == "constrained", args.seconds)
+            spy.wait(timeout=120)
+            counts = summarize(raw) if raw.exists() else {}
+            for role in sorted(counts):
+                total = sum(counts[role].values())
+                rows.append([kind, role, total] + [f"{100 * counts[role][s] / total:.1f}"
+                                                   for s in ("running", "GIL wait", "blocked")])
+            print(f"{kind}: {rounds} rounds in {time.perf_counter() - started:.1f} s; {raw}", flush=True)
+    print(common.table(["load", "thread", "samples", "running %", "GIL wait %", "blocked %"], rows))
+
+
+if __name__ == "__main__":
+    main()

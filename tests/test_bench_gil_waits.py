@@ -1,0 +1,23 @@
+"""bench gil_waits' reading of py-spy's raw stacks: each sample's thread role and state."""
+
+from __future__ import annotations
+
+from bench.suite.gil_waits import classify, summarize
+
+LIBC = "0x7fa89f2a3f16 (libc.so.6)"
+
+
+def test_samples_are_put_to_their_thread_and_state(tmp_path):
+    worker = "thread (14): mlx-worker;Thread.run (threading.py:982);Runner.step (mlxd/engine/runner.py:205)"
+    assert classify(f"{worker};mlx::core::async_eval (libmlx.so)") == ("worker", "running")
+    assert classify(f"{worker};mlx::core::Event::wait (libmlx.so);pthread_cond_wait (libc.so.6);{LIBC}") == \
+        ("worker", "blocked")
+    assert classify(f"{worker};PyEval_RestoreThread (python3.12);take_gil (python3.12);"
+                    f"pthread_cond_timedwait (libc.so.6);{LIBC}") == ("worker", "GIL wait")
+    assert classify(f"thread (15): mlxd-masks;_serve (mlxd/engine/mask_thread.py:92);"
+                    f"PyThread_acquire_lock_timed (libpython3.11.so.1.0);{LIBC}") == ("mask thread", "blocked")
+    assert classify("thread (9): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1884)") == \
+        ("event loop", "running")
+    raw = tmp_path / "raw.txt"
+    raw.write_text(f"{worker};x (y.py:1) 7\nthread (3): parent-watch;time_sleep (t);clock_nanosleep (libc.so.6) 2\n")
+    assert summarize(raw) == {"worker": {"running": 7}, "other": {"blocked": 2}}
