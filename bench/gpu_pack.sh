@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what the lent GPU machine needs beyond MLX's CUDA wheel, after `bash ../shared/gpu/prepare.sh` filled .gpu1/
 # and .gpu2/ (run from the checkout root, with .venv set up by scripts/setup.sh):
-#   - the wheels mlxd imports that the machine lacks (grpcio health and reflection, gguf, llguidance) into .gpu2/;
+#   - the wheels mlxd imports that the machine lacks (grpcio health and reflection, gguf, llguidance) into .gpu2/,
+#     and py-spy (gpu_steps.sh gil-waits and pyspy:SHAPE);
 #   - SmolLM2's tokenizer into .gpu2/smollm2-tokenizer (gpu_steps.sh's constrained steps: the machine cannot fetch it);
 #   - the part of MLX's CUDA backend in .gpu1/ cut to what one call carries beside the checkout (64 MiB in all;
 #     the checkout's files were 23 MB in session 38), its tail moved to the front of .gpu2/'s part: two calls, not
@@ -26,7 +27,7 @@ done
 # The machine's Python is 3.12 on x86-64 Linux; llguidance's newest wheels are tagged manylinux_2_31.
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_31_x86_64 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu2 \
-  "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" "gguf>=0.17" "llguidance>=1.9"
+  "grpcio-health-checking>=1.85.1" "grpcio-reflection>=1.85.1" "gguf>=0.17" "llguidance>=1.9" "py-spy>=0.4"
 if [ ! -f .gpu2/smollm2-tokenizer/tokenizer.json ]; then
   mkdir -p .gpu2/smollm2-tokenizer
   PYTHONPATH="$PWD:$PWD/daemon" "$py" -c '
