@@ -80,8 +80,11 @@ def _load(args: argparse.Namespace) -> Any:
     vision = loaded.vision_language
     encoder = ImageEncoder(vision, args.image_cache_bytes) if vision is not None else None
     log.info("rank %d of %d loaded its share of %s", group.rank(), group.size(), args.model)
-    # The tokenizer only for constrained rows' grammars, read at the first one (constraints.py).
-    grammars = FollowerGrammars(lambda: load_model_tokenizer(args.model).serialized, loaded.vocab_size)
+    # The tokenizer only for constrained rows' grammars; their tables built before rank 0 serves (constraints.py),
+    # with the EOS ids rank 0's compiler gets (service/model_info.py).
+    tokenizer = load_model_tokenizer(args.model)
+    grammars = FollowerGrammars(lambda: tokenizer.serialized, loaded.vocab_size)
+    grammars.prepare(sorted(set(tokenizer.eos_token_ids) | set(loaded.eos_token_ids)))
     return Replayer(loaded.model, loaded.vocab_size, encoder, grammars)
 
 
