@@ -263,7 +263,6 @@ class GrammarCompiler:
         except ValueError as exc:
             raise ConstraintError("invalid", str(exc)) from None
 
-
     def _refuse_inexact_numbers(self, schema: str, what: str) -> None:
         if inexact := inexact_number(schema, self.tokenizer, self.limits):
             raise ConstraintError("invalid", f"{what}'s number {inexact[0]} cannot be enforced exactly: "

@@ -148,12 +148,16 @@ def upload_masks(masks: FilledMasks, batch: int, width: int) -> None:
     is host work (~0.17 ms for 16 rows of a 128k vocabulary on an H100's host) the worker then does not do. Only
     a plain step's masks, on the mask thread, and only after the step before's tokens were read: the thread's own
     buffers (models/mask_buffers.py) are then free to write, without the GIL."""
-    if not masks.rows:
-        return
-    buffers = getattr(_here, "buffers", None) if WRITE_IN_PLACE else None
-    if buffers is None and WRITE_IN_PLACE:
-        buffers = _here.buffers = MaskBuffers()
-    masks.uploaded = ops.upload_masks(masks.bitmasks, _masked_rows(masks, batch), (batch, width), buffers)
+    if masks.rows:
+        masks.uploaded = ops.upload_masks(masks.bitmasks, _masked_rows(masks, batch), (batch, width),
+                                          _thread_buffers() if WRITE_IN_PLACE else None)
+
+
+def _thread_buffers() -> MaskBuffers:
+    if not hasattr(_here, "buffers"):
+        _here.buffers = MaskBuffers()
+    buffers: MaskBuffers = _here.buffers
+    return buffers
 
 
 def apply_masks(logits: mx.array, masks: FilledMasks) -> mx.array:

@@ -80,7 +80,7 @@ def _load(args: argparse.Namespace) -> Any:
     vision = loaded.vision_language
     encoder = ImageEncoder(vision, args.image_cache_bytes) if vision is not None else None
     log.info("rank %d of %d loaded its share of %s", group.rank(), group.size(), args.model)
-    # The tokenizer only for constrained rows' grammars; their tables built before rank 0 serves (constraints.py),
+    # The tokenizer only for constrained rows' grammars; their tables built as this rank loads (constraints.py),
     # with the EOS ids rank 0's compiler gets (service/model_info.py).
     tokenizer = load_model_tokenizer(args.model)
     grammars = FollowerGrammars(lambda: tokenizer.serialized, loaded.vocab_size)
