@@ -14,6 +14,13 @@ def test_samples_are_put_to_their_thread_and_state(tmp_path):
         ("worker", "blocked")
     assert classify(f"{worker};PyEval_RestoreThread (python3.12);take_gil (python3.12);"
                     f"pthread_cond_timedwait (libc.so.6);{LIBC}") == ("worker", "GIL wait")
+    # take_gil unnamed: the timed wait right under the call that let the GIL go (here Python 3.11's time.sleep)
+    assert classify(f"{worker};time_sleep (libpython3.11.so.1.0);pthread_cond_timedwait (libc.so.6);{LIBC}") == \
+        ("worker", "GIL wait")
+    assert classify(f"thread (9): MainThread;select_epoll_poll_impl (selectmodule.c:1600);"
+                    f"pthread_cond_timedwait (libc.so.6);{LIBC}") == ("event loop", "GIL wait")
+    assert classify("thread (7): Thread-1;0x7f (cygrpc.so);pthread_cond_timedwait (libc.so.6)") == \
+        ("other", "blocked")
     assert classify(f"thread (15): mlxd-masks;_serve (mlxd/engine/mask_thread.py:92);"
                     f"PyThread_acquire_lock_timed (libpython3.11.so.1.0);{LIBC}") == ("mask thread", "blocked")
     assert classify("thread (9): MainThread;BaseEventLoop._run_once (asyncio/base_events.py:1884)") == \

@@ -32,20 +32,29 @@ from mlxd_client import Client
 # The daemon's threads by name (py-spy's raw lines begin "thread (TID): NAME;"), the rest put under "other".
 ROLES = {"mlx-worker": "worker", "mlxd-masks": "mask thread", "MainThread": "event loop"}
 GIL_WAIT = ("take_gil", "PyEval_RestoreThread", "PyEval_AcquireThread", "PyGILState_Ensure")
+# Waiting for the GIL shows, where CPython's take_gil is not named (a stripped or inlined build), as a timed wait on
+# a condition variable right under the C function that had let the GIL go (`time_sleep`, `select_epoll_poll_impl`,
+# a nanobind call into MLX). Python's own locks wait elsewhere (PyThread_acquire_lock), as do gRPC's threads.
+TIMED_WAIT = "pthread_cond_timedwait"
+NOT_THE_GIL = ("PyThread_acquire_lock", "cygrpc", "libgrpc", "gpr_")
 BLOCKED = ("pthread_cond_wait", "pthread_cond_timedwait", "PyThread_acquire_lock", "epoll_wait", "clock_nanosleep",
            "futex", "sem_wait", "sem_timedwait", "poll (", "select (", "__libc_recv", "__libc_read", "accept")
 
 
 def classify(stack: str) -> tuple[str, str]:
     """(role, state) of one sampled stack (py-spy's raw format, frames outermost first, ';'-separated): its
-    thread's role by name; waiting for the GIL where `take_gil` (or, where it is stripped, its caller) is among its
-    innermost frames, blocked where a wait (a condition variable, a lock, a poll, a sleep) is, else running (Python
-    or native code)."""
+    thread's role by name; waiting for the GIL where `take_gil` (or, where it is not named, the timed wait under
+    the call that let the GIL go) is among its innermost frames, blocked where another wait (a condition variable,
+    a lock, a poll, a sleep) is, else running (Python or native code)."""
     head, _, _ = stack.partition(";")
     name = head.split(": ", 1)[-1]
     role = ROLES.get(name, "other")
-    innermost = stack.split(";")[-4:]
+    frames = stack.split(";")
+    innermost = frames[-4:]
     if any(mark in frame for frame in innermost for mark in GIL_WAIT):
+        return role, "GIL wait"
+    timed = [i for i in range(max(1, len(frames) - 3), len(frames)) if TIMED_WAIT in frames[i]]
+    if timed and not any(mark in frames[timed[-1] - 1] for mark in NOT_THE_GIL):
         return role, "GIL wait"
     if any(mark in frame for frame in innermost for mark in BLOCKED):
         return role, "blocked"
