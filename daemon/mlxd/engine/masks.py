@@ -20,7 +20,6 @@ from mlxd.constraints.matcher import RowConstraint, fill_bitmasks
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.models import ops
 from mlxd.models.mask_buffers import MaskBuffers
-from mlxd.models.ops_mlx import DeviceMasks
 
 # upload_masks writes a step's masks into arrays of the mask thread's own (models/mask_buffers.py) through NumPy,
 # without the GIL, where mx.array's copy holds it; False: mx.array's copy (as session 49's first change did).
@@ -34,7 +33,7 @@ class FilledMasks:
     bitmasks: np.ndarray               # int32 [len(rows), words]: bit t of word t // 32 allows token t
     failures: dict[int, Exception] = field(default_factory=dict)  # batch row -> why its constraint failed
     empty: set[int] = field(default_factory=set)  # batch rows whose constraint allowed nothing (all allowed now)
-    uploaded: DeviceMasks | None = None  # the masks on the device already (upload_masks, on the mask thread)
+    uploaded: ops.DeviceMasks | None = None  # the masks on the device already (upload_masks, on the mask thread)
 
 
 def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> FilledMasks:
