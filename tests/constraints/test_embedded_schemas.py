@@ -10,6 +10,7 @@ import pytest
 
 from mlxd.constraints import ConstraintError, ConstraintSpec
 from mlxd.constraints.embedded_schemas import embedded_schemas
+from mlxd.constraints.schema_numbers import decimal_json
 from mlxd.reply.tool_grammar import tool_call_grammar
 from tests.reply.grammar_cases import SPECS
 from tests.reply.grammar_support import model
@@ -19,8 +20,8 @@ def test_each_embedded_schema_is_found_as_written():
     first = '{"type": "object", "properties": {"a": {"enum": [1, "}"]}}}'
     second = '{"const": 2}'
     lark = f'start: a b\na: %json {first}\nb: %json{second} "x"\nc: %json not_json\n// %json {{broken\n'
-    assert embedded_schemas(lark) == [first, second]
-    assert [json.loads(s) for s in embedded_schemas(lark)] == [json.loads(first), json.loads(second)]
+    assert embedded_schemas(lark) == [decimal_json(first), decimal_json(second)]
+    assert embedded_schemas(lark) == [json.loads(first), json.loads(second)]
 
 
 @pytest.mark.parametrize("schema, found", [

@@ -84,4 +84,4 @@ def test_the_numbers_left_uncompared_come_back_exact(tiny, monkeypatch):
     assert len(numbers) > 400
     monkeypatch.setattr(schema_numbers, "_plainly_exact", lambda number: False)
     schema = '{"enum": [' + ",".join(str(n) for n in numbers) + "]}"
-    assert schema_numbers.inexact_number(schema, tiny.tokenizer, tiny.limits) is None
+    assert schema_numbers.inexact_number(schema_numbers.decimal_json(schema), tiny.tokenizer, tiny.limits) is None

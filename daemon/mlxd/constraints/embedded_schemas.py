@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
+from typing import Any
 
 _JSON_RULE = re.compile(r"%json\s*(?=\{)")
 
 
-def embedded_schemas(lark: str) -> list[str]:
-    """The JSON text of each `%json {...}` in `lark`, in order. Text that reads as such inside a string or a comment
-    counts too (at worst a check refuses a grammar over a schema it does not enforce); one that is not valid JSON is
-    left to llguidance, which reports it."""
-    found: list[str] = []
-    decoder = json.JSONDecoder()
+def embedded_schemas(lark: str) -> list[Any]:
+    """Each `%json {...}` of `lark`, in order, parsed with its numbers as Decimal (schema_numbers.decimal_json): the
+    one parse both checks read. Text that reads as such inside a string or a comment counts too (at worst a check
+    refuses a grammar over a schema it does not enforce); one that is not valid JSON is left to llguidance, which
+    reports it."""
+    found: list[Any] = []
+    decoder = json.JSONDecoder(parse_float=Decimal, parse_int=Decimal)
     for match in _JSON_RULE.finditer(lark):
         try:
-            _, end = decoder.raw_decode(lark, match.end())
+            schema, _ = decoder.raw_decode(lark, match.end())
         except (ValueError, RecursionError):
             continue
-        found.append(lark[match.end():end])
+        found.append(schema)
     return found

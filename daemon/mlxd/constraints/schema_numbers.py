@@ -32,12 +32,16 @@ VALUES = ("enum", "const")
 COMPACT: JsonCompileOptions = {"whitespace_flexible": False, "whitespace_pattern": None}
 
 
-def inexact_number(schema: str, tokenizer: llguidance.LLTokenizer,
+def decimal_json(text: str) -> Any:
+    """JSON text parsed with its numbers as Decimal, as written (what inexact_number compares)."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def inexact_number(schema: Any, tokenizer: llguidance.LLTokenizer,
                    limits: llguidance.LLParserLimits) -> tuple[str, str] | None:
-    """The first number of `schema` (JSON text) that llguidance would hold as another, and how it writes it back;
-    None when every number it compares against is exact (or the schema has none)."""
-    parsed = json.loads(schema, parse_float=Decimal, parse_int=Decimal)
-    numbers = list(dict.fromkeys(n for n in _compared_numbers(parsed) if not _plainly_exact(n)))
+    """The first number of `schema` (parsed, its numbers Decimal: decimal_json) that llguidance would hold as
+    another, and how it writes it back; None when every number it compares against is exact (or it has none)."""
+    numbers = list(dict.fromkeys(n for n in _compared_numbers(schema) if not _plainly_exact(n)))
     if not numbers:
         return None
     written = "[" + ",".join(str(n) for n in numbers) + "]"
