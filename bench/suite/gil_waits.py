@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> None:
                 load(daemon.addr, prompts, 32, True, 0.0)
                 continue
             raw = args.out / f"{salt}-{kind}.txt"
-            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(daemon.proc.pid), "--native", "--idle",
-                                    "--threads", "--rate", "100", "--format", "raw",
-                                    "--duration", str(int(args.seconds)), "--output", str(raw)],
-                                   stdout=subprocess.DEVNULL, stderr=open(args.out / f"{salt}-py-spy.log", "wb"))
-            started = time.perf_counter()
-            rounds = load(daemon.addr, prompts, args.new_tokens, kind == "constrained", args.seconds)
-            spy.wait(timeout=120)
+            with open(args.out / f"{salt}-py-spy.log", "wb") as log:
+                spy = subprocess.Popen([args.py_spy, "record", "--pid", str(daemon.proc.pid), "--native", "--idle",
+                                        "--threads", "--rate", "100", "--format", "raw",
+                                        "--duration", str(int(args.seconds)), "--output", str(raw)],
+                                       stdout=subprocess.DEVNULL, stderr=log)
+                started = time.perf_counter()
+                rounds = load(daemon.addr, prompts, args.new_tokens, kind == "constrained", args.seconds)
+                spy.wait(timeout=120)
             counts = summarize(raw) if raw.exists() else {}
             for role in sorted(counts):
                 total = sum(counts[role].values())
