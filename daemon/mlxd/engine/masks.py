@@ -54,20 +54,22 @@ def fill_masks(constraints: Sequence[TokenConstraint | None], width: int) -> Fil
         if isinstance(c, RowConstraint):
             widths.setdefault(c.mask_words, []).append(j)
     for own, together in widths.items():
-        filled = np.zeros((len(together), own), dtype=np.int32)
+        # The usual batch, every row of one tokenizer as wide as the masks: filled in place, not copied after.
+        whole = own == words and len(together) == len(rows)
+        filled = masks.bitmasks if whole else np.zeros((len(together), own), dtype=np.int32)
         failures = fill_bitmasks([cast(RowConstraint, active[j]) for j in together], filled)
-        masks.bitmasks[together, :own] = filled
+        if not whole:
+            masks.bitmasks[together, :own] = filled
         masks.failures.update({rows[j]: failure for j, failure in zip(together, failures) if failure is not None})
     for j in (j for j, c in enumerate(active) if not isinstance(c, RowConstraint)):  # any other fills its own row
         try:
             active[j].fill_bitmask(masks.bitmasks[j, :active[j].mask_words])
         except Exception as error:  # reported with the row's next result, which ends it
             masks.failures[rows[j]] = error
-    for j in range(len(rows)):
-        if not masks.bitmasks[j].any():
-            masks.bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
-            if rows[j] not in masks.failures:
-                masks.empty.add(rows[j])
+    for j in np.flatnonzero(~masks.bitmasks.any(axis=1)).tolist():  # one pass over the masks, not one per row
+        masks.bitmasks[j] = -1  # nothing allowed: a mask of nothing would sample NaN; the caller ends the row
+        if rows[j] not in masks.failures:
+            masks.empty.add(rows[j])
     return masks
 
 
