@@ -9,12 +9,16 @@ fraction of a second and holds no device. It ends when its pipe closes (the daem
 Messages (multiprocessing.connection, one reply each, in order):
   ("start", tokenizer_json, width, eos_ids, limits)  -> ("ready", None | error)
   ("create", [(row, key, grammar, tokens)], drops)   -> ("created", [(row, None | error)])
-  ("fill", [(row, rollback, tokens)], drops)         -> ("filled", [None | (code, error)]), then the masks as bytes
-A fill's rows are rolled back, told their new tokens, then their masks written in the order asked.
+  ("fill", [(row, rollback, tokens)], drops)         -> the masks as bytes, then the pickled failures where any
+A fill's rows are rolled back, told their new tokens, then their masks written in the order asked. Its answer is
+one message, the masks (int32 [rows, words]) followed, only where a row failed, by the pickled list of each row's
+None | (code, error): a read and no unpickling a step in the daemon's mask thread, whose Python holds the GIL the
+worker launches with.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections import OrderedDict
 from multiprocessing.connection import Connection
@@ -107,8 +111,10 @@ def _serve(conn: Connection) -> None:
                                    for row, key, grammar, tokens in work]))
         elif kind == "fill":
             failures, masks = replicas.fill(work)
-            conn.send(("filled", failures))
-            conn.send_bytes(masks.data)
+            if any(failures):
+                conn.send_bytes(masks.tobytes() + pickle.dumps(failures))
+            else:
+                conn.send_bytes(masks.data)
 
 
 if __name__ == "__main__":
