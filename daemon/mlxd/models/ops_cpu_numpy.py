@@ -29,7 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.models.base import Mask
-from mlxd.models.mask_buffers import MaskBuffers
+from mlxd.models.mask_buffers import MaskBuffers, rows_of
 from mlxd.models.ops_mlx import DeviceMasks, MLXBackend
 
 # Queries per block: small enough that skipping keys past the block's last position saves most of the masked
@@ -82,7 +82,7 @@ class NumpyBackend(MLXBackend):
         return DeviceMasks(mx.array(bias) if written is None else written, None, shape)
 
     def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
-        bias = masks.array
+        bias = rows_of(masks.array, logits.shape[0])  # a MaskBuffers array may have room for more rows
         return logits + (bias if bias.dtype == logits.dtype else bias.astype(logits.dtype))
 
 

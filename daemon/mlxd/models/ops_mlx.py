@@ -20,7 +20,7 @@ import numpy as np
 
 from mlxd.generation.sampling import logprobs, top_logprobs
 from mlxd.models.base import DeltaHeads, ExpertQuantization, Mask
-from mlxd.models.mask_buffers import MaskBuffers
+from mlxd.models.mask_buffers import MaskBuffers, rows_of
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
@@ -174,7 +174,8 @@ class MLXBackend:
     def apply_masks(self, logits: mx.array, masks: DeviceMasks) -> mx.array:
         if masks.fused:
             grouped = logits.reshape(*logits.shape[:-1], logits.shape[-1] // 32, 32)
-            return fused("masked_logits", _masked_logits)(grouped, masks.array, _bit_of_lane()).reshape(logits.shape)
+            words = rows_of(masks.array, logits.shape[0])  # a MaskBuffers array may have room for more rows
+            return fused("masked_logits", _masked_logits)(grouped, words, _bit_of_lane()).reshape(logits.shape)
         allowed = bitmask_to_allowed(masks.array, logits.shape[-1])
         if masks.rows is None:
             return apply_mask(logits, allowed)
