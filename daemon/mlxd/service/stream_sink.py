@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from mlxd.engine.request import CancelToken, ErrorEvent, Event, TokenEvent
 from mlxd.errors import Unavailable
-from mlxd.service.loop import call_soon
+from mlxd.service.loop import call_soon, wakes_for
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class StreamSink:
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, cancel: CancelToken, request_id: str,
                  abandon: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
+        self._wakes = wakes_for(loop)   # the reader woken with the other streams' of the step (service/loop.py)
         self._limit = limit
         self._cancel = cancel
         self._request_id = request_id
@@ -55,7 +56,7 @@ class StreamSink:
             self._cancel.cancel("the client stopped reading")
             call_soon(self._loop, self._abandon)
         if waiter is not None:
-            call_soon(self._loop, _wake, waiter)
+            self._wakes.add(waiter)
 
     def backlog(self) -> int:
         """Events put and not yet taken by the reader."""
@@ -76,8 +77,3 @@ class StreamSink:
             await asyncio.wait([waiter], timeout=ALIVE_POLL_SECONDS)
             if not waiter.done() and not worker_alive():
                 return [ErrorEvent(Unavailable("the MLX worker thread is gone"))]
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
