@@ -196,6 +196,7 @@ for spec in "$@"; do
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}" ${SETTINGS:+--settings "$SETTINGS"}
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
+    mask-memory) step mask-memory 120 "$py" -m bench mask_memory --rows "${STREAMS:-16}" ;;
     gil-waits) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") &&
                step gil-waits 300 "$py" -m bench gil_waits --model "$folder" --streams "${STREAMS:-16}" \
                  --new-tokens 256 --seconds 8 --mask-processes "${MASK_PROCESSES:-3}" --out "$logs/gil-waits" ;;
