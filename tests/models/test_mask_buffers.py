@@ -76,9 +76,10 @@ def test_memory_advice_is_cudas_only():
 
 
 @pytest.mark.skipif(not managed_memory.on_cuda(), reason="needs MLX's CUDA backend")
-def test_on_cuda_advised_masks_select_as_copied_ones_step_after_step():
+def test_on_cuda_advised_masks_select_as_copied_ones_step_after_step(monkeypatch):
     """The arrays' memory advised to stay on the host (read by the device over the bus): what the select reads is
     what was written, as batches grow and shrink."""
+    monkeypatch.setattr(mask_buffers, "ADVISE", True)
     backend, buffers, rng = MLXBackend(), MaskBuffers(), np.random.default_rng(0)
     for step, rows in enumerate((2, 16, 16, 5, 16, 1, 9)):
         logits = mx.array(rng.normal(size=(rows, 4096)).astype(np.float32))

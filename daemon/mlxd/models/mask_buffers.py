@@ -10,9 +10,9 @@ seen so far (a batch's size changes as rows join and leave: a step's masks fill 
 selects with those rows of it). A step's masks are written only after the step before's tokens were read
 (engine/constrained_rows.py tell_then_fill reads, then fills, then uploads), so the device is done with every mask
 but the last one queued; DEPTH 3 leaves that one and the one before untouched. MLX does not donate their memory to
-a graph's outputs while these references hold them. On CUDA the arrays' memory is advised to stay on the host,
-mapped for the device (models/managed_memory.py: a kernel reading a host-written managed buffer otherwise waits for
-its pages), so no array is ever given back: one outgrown is kept, and at most SHAPES row shapes are served. Where an
+a graph's outputs while these references hold them. On CUDA the arrays' memory may be advised (ADVISE) to stay on
+the host, mapped for the device (models/managed_memory.py: a kernel reading a host-written managed buffer otherwise
+waits for its pages), so no array is ever given back: one outgrown is kept, at most SHAPES row shapes served. Where an
 array's memory cannot be written through NumPy (a backend whose buffers the host cannot see), `write` returns None
 and the caller copies with mx.array as before.
 """
@@ -29,8 +29,10 @@ from mlxd.models import managed_memory
 DEPTH = 3      # arrays per row shape, used in turn (see above)
 SHAPES = 4     # row shapes served (masks' words, a bias's width: one or two a model); others are copied
 # On CUDA, the arrays' memory advised to stay on the host, mapped for the device (see above); False: left where MLX's
-# managed memory puts it, faulted to the device at each read (for A/B runs).
-ADVISE = True
+# managed memory puts it, faulted to the device at each read. Off until verified on a GPU: session 50's probe
+# measured the gain (models/managed_memory.py) but did not compare what the advised masks select, and no lent GPU
+# came again that session. To verify: tests/models/test_mask_buffers.py on CUDA, then `gpu_steps.sh mask-memory`.
+ADVISE = False
 
 
 @dataclass
