@@ -12,9 +12,9 @@ selects with those rows of it). A step's masks are written only after the step b
 but the last one queued; DEPTH 3 leaves that one and the one before untouched. MLX does not donate their memory to
 a graph's outputs while these references hold them. On CUDA the arrays' memory may be advised (ADVISE) to stay on
 the host, mapped for the device (models/managed_memory.py: a kernel reading a host-written managed buffer otherwise
-waits for its pages), so no array is ever given back: one outgrown is kept, at most SHAPES row shapes served. Where an
-array's memory cannot be written through NumPy (a backend whose buffers the host cannot see), `write` returns None
-and the caller copies with mx.array as before.
+waits for its pages); an advised array is never given back to MLX (one outgrown is kept), and at most SHAPES row
+shapes are served. Where an array's memory cannot be written through NumPy (a backend whose buffers the host
+cannot see), `write` returns None and the caller copies with mx.array as before.
 """
 
 from __future__ import annotations
