@@ -49,7 +49,7 @@ class ModelRuntime:
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, tokenizer: Tokenizer, image_cache_bytes: int = 256 << 20) -> ModelRuntime:
         """The runtime of a model as the loader returns it; end ids come from the tokenizer and the config."""
-        eos = frozenset(tokenizer.eos_token_ids) | frozenset(loaded.eos_token_ids)
+        eos = frozenset(loaded.end_token_ids(tokenizer.eos_token_ids))
         vision = loaded.vision_language
         encoder = ImageEncoder(vision, image_cache_bytes) if vision is not None else None
         return cls(loaded.model, tokenizer.decode, tokenizer.byte_fallback_ids, eos, loaded.context_length,

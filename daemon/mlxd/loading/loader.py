@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -53,6 +54,12 @@ class LoadedModel:
     weight_bytes: int
     load_note: str
     kernels: str  # the models/ops.py backend chosen for this model: "mlx" or "numpy"
+
+    def end_token_ids(self, tokenizer_eos: Iterable[int]) -> list[int]:
+        """Every id that ends a sequence, sorted: the tokenizer's and the config's. One set for the engine, ModelInfo
+        and every tensor-parallel rank's grammar compiler (a rank whose set differed from rank 0's built its
+        compiler again at the first constrained row)."""
+        return sorted(set(tokenizer_eos) | set(self.eos_token_ids))
 
     @property
     def image_tokens(self) -> ImageTokens | None:

@@ -81,10 +81,10 @@ def _load(args: argparse.Namespace) -> Any:
     encoder = ImageEncoder(vision, args.image_cache_bytes) if vision is not None else None
     log.info("rank %d of %d loaded its share of %s", group.rank(), group.size(), args.model)
     # The tokenizer only for constrained rows' grammars; their tables built as this rank loads (constraints.py),
-    # with the EOS ids rank 0's compiler gets (service/model_info.py).
+    # with the EOS ids rank 0's compiler gets (LoadedModel.end_token_ids).
     tokenizer = load_model_tokenizer(args.model)
     grammars = FollowerGrammars(lambda: tokenizer.serialized, loaded.vocab_size)
-    grammars.prepare(sorted(set(tokenizer.eos_token_ids) | set(loaded.eos_token_ids)))
+    grammars.prepare(loaded.end_token_ids(tokenizer.eos_token_ids))
     return Replayer(loaded.model, loaded.vocab_size, encoder, grammars)
 
 

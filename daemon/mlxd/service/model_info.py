@@ -74,7 +74,7 @@ def served_model(path: Path, worker: Worker, digest: str) -> ServedModel:
         architecture=loaded.model_type,
         context_length=loaded.context_length,
         vocab_size=loaded.vocab_size,
-        eos_token_ids=sorted(set(tokenizer.eos_token_ids) | set(loaded.eos_token_ids)),
+        eos_token_ids=loaded.end_token_ids(tokenizer.eos_token_ids),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1,
         dtype=loaded.dtype,
         checkpoint_dtype=loaded.checkpoint_dtype,
