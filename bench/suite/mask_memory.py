@@ -7,7 +7,7 @@ Kinds: `none` (the matmul and an argmax, no mask), `resident` (one mask made onc
 select's own cost), `written` (models/mask_buffers.py's arrays written each step, their memory left where MLX's
 CUDA allocator puts host-made arrays: managed memory, moved by page faults to the host at the write and to the
 device at the read), `advised` (the same arrays advised to stay on the host, mapped for the device:
-models/managed_memory.py, what the daemon does with mask_buffers.ADVISE, off until verified), `copied`
+models/managed_memory.py, what the daemon does on CUDA, mask_buffers.ADVISE), `copied`
 (`mx.array` of the mask each step). Each step is evaluated before the next begins, so a step's time holds the
 host's write and the device's read both. On an H100 (session 50, the probe this bench was made from; ms a step,
 each of 3 rounds' median): none 0.31-0.33, resident 0.32-0.39, written 0.75-0.90, copied 0.76-0.90, advised

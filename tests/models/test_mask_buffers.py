@@ -69,8 +69,9 @@ def test_only_so_many_row_shapes_are_served_the_others_are_copied():
     assert buffers.write(_words(0, (2, 1, 1))) is not None  # a shape served already still is
 
 
+@pytest.mark.skipif(managed_memory.on_cuda(), reason="off CUDA only")
 def test_memory_advice_is_cudas_only():
-    """Off CUDA (here), nothing is advised and the arrays are written as they are."""
+    """Off CUDA, nothing is advised and the arrays are written as they are."""
     assert not managed_memory.on_cuda() and not MaskBuffers().advised
     assert not managed_memory.keep_on_host(np.zeros(4, np.int32))
 
