@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -99,6 +100,7 @@ class _Replica:
 @dataclass(eq=False)  # compared and hashed by identity
 class _Process:
     conn: Connection
+    sock: socket.socket             # the same socket (its own descriptor): a fill's answer read in one call
     popen: subprocess.Popen[bytes]
     waiting: str | None = "ready"   # the reply it owes: "ready", "created", or None (idle)
     dead: bool = False
@@ -253,16 +255,13 @@ class MaskPool:
     def _read_fill(self, process: _Process, rows: list[PooledRow], indices: list[int], out: np.ndarray,
                    failures: list[ConstraintError | None]) -> list[int]:
         """The process's masks into out; returns the indices to fill here instead (their replicas are gone)."""
+        size = len(rows) * self.words * 4   # the masks' bytes; pickled failures follow where a row failed
         try:
-            if not process.conn.poll(self.answer_seconds):
-                self._lose(process, f"it did not answer a fill within {self.answer_seconds} s")
-                return indices
-            answer = process.conn.recv_bytes()
-            size = len(rows) * self.words * 4   # the masks' bytes; pickled failures follow where a row failed
+            answer = self._receive(process, size)
             masks = np.frombuffer(answer, dtype=np.int32, count=size // 4).reshape(len(rows), self.words)
             outcomes = pickle.loads(answer[size:]) if len(answer) > size else [None] * len(rows)
-        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
-            self._lose(process, "it did not answer a fill")
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+            self._lose(process, f"it did not answer a fill ({error})")
             return indices
         out[indices] = masks[:, :out.shape[1]]
         self.filled_in_processes += len(indices)
@@ -279,6 +278,29 @@ class MaskPool:
                 replica.process.replicas -= 1
                 again.append(j)
         return again
+
+    def _receive(self, process: _Process, size: int) -> memoryview:
+        """A fill's answer (Connection's framing: a 4-byte length, then the bytes), at least `size` bytes long. Read
+        in one call that waits for all of them without the GIL, where Connection's poll, then its reads of the
+        length and of the bytes, took the GIL back after each: the mask thread's GIL waits hold up the step
+        (docs/performance.md, session 51). The socket's own receive timeout bounds the wait (answer_seconds)."""
+        seconds = int(self.answer_seconds)
+        process.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                struct.pack("ll", seconds, int((self.answer_seconds - seconds) * 1e6)))
+        head = bytearray(4 + size)
+        try:
+            got = process.sock.recv_into(head, len(head), socket.MSG_WAITALL)
+        except BlockingIOError:  # nothing came before the timeout
+            raise EOFError(f"no answer within {self.answer_seconds} s") from None
+        if got < len(head):
+            raise EOFError(f"{got} of {len(head)} bytes within {self.answer_seconds} s")
+        length = struct.unpack("!i", head[:4])[0]
+        if length < size:
+            raise ValueError(f"an answer of {length} bytes for {size} bytes of masks")
+        rest = bytearray(length - size)   # the pickled failures, if any
+        if rest and process.sock.recv_into(rest, len(rest), socket.MSG_WAITALL) < len(rest):
+            raise EOFError("the failures' bytes did not come")
+        return memoryview(head)[4:] if not rest else memoryview(bytes(head[4:]) + bytes(rest))
 
     def _send(self, process: _Process, message: tuple[Any, ...]) -> bool:
         try:
@@ -300,6 +322,7 @@ class MaskPool:
         for row_id in [r for r, replica in self._replicas.items() if replica.process is process]:
             del self._replicas[row_id]
         process.conn.close()
+        process.sock.close()
         process.popen.kill()
         try:
             process.popen.wait(timeout=5)
@@ -328,15 +351,16 @@ def _spawn(start: tuple[Any, ...], losses: int = 0) -> _Process:
     popen = subprocess.Popen([sys.executable, "-m", "mlxd.constraints.mask_worker", str(theirs.fileno())],
                              pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
     theirs.close()
-    conn = Connection(ours.detach())
+    conn = Connection(os.dup(ours.fileno()))
     conn.send(start)
-    return _Process(conn, popen, losses=losses)
+    return _Process(conn, ours, popen, losses=losses)
 
 
 def _close(processes: list[_Process]) -> None:
     for process in processes:
         if not process.dead:
-            process.conn.close()  # the process reads end of file and exits
+            process.conn.close()  # the process reads end of file and exits (both descriptors closed)
+            process.sock.close()
     for process in processes:
         try:
             process.popen.wait(timeout=5)
