@@ -127,21 +127,3 @@ def test_holes_are_squeezed_out_once_a_step_of_columns_would_go():
     assert cache._valid is None and cache.starts == [0, 0] and cache.end == 9
     for r in range(2):
         assert mx.array_equal(cache.row_state(r)[0], mx.concatenate(kept[r], axis=2))
-
-
-def test_positions_offset_follows_its_values_as_rows_advance_and_change():
-    positions = BatchPositions()
-    positions.set([3, 3])
-    assert positions.offset() == 3                       # uniform: an int, the fast rope path
-    positions.set([5, 2, 9])
-    first = positions.offset()
-    for _ in range(4):                                   # kept on the device, moved on there a step at a time
-        positions.advance()
-        offset = positions.offset()
-        assert isinstance(offset, mx.array) and offset.tolist() == positions.values
-    assert positions.values == [9, 6, 13] and first.tolist() == [5, 2, 9]
-    positions.advance([2, 0, 1])                         # a verify step's accepted counts
-    assert positions.offset().tolist() == positions.values == [11, 6, 14]
-    positions.set([11, 14])                              # a row left: rebuilt
-    positions.advance()
-    assert positions.offset().tolist() == [12, 15]

@@ -77,12 +77,7 @@ class BatchPositions:
 
     def advance(self, counts: list[int] | None = None) -> None:
         """Move each row on by one token, or by counts[r] (a verify step's accepted tokens)."""
-        offset = self._offset
         self.set([v + 1 for v in self.values] if counts is None else [v + c for v, c in zip(self.values, counts)])
-        if counts is None and isinstance(offset, mx.array):
-            # Kept on the device: an array the host writes each step is, on CUDA, managed memory the device
-            # faults in before the rope reads it (bench mask_memory measured the same for masks).
-            self._offset = offset + 1
 
 
 class KVCheckpoint(NamedTuple):
