@@ -1,12 +1,10 @@
 """Where a constrained decode step's time goes across its two threads: for `batch_inprocess --constrained --timeline`
 (and without --constrained the parts a free step shares with it, to compare part by part). The functions a
-constrained step calls (the runner's and engine/constrained_rows.py's module globals, the runner's
-`_constrained_step` and `_settle`) are wrapped for the run (and put back after): the mask thread's two jobs (telling
-the constraints the step before's tokens, filling this step's masks), the worker's forward launch (`mx.async_eval`
-of the logits), the time between a step's return and the next call's `_settle` (what the caller does between steps,
-which the fill also overlaps) and the worker's wait there for the masks are timed; per step we print how long each
-took, how late the mask thread started after the launch began and how long after the launch returned the masks were
-ready.
+constrained step calls (the runner's, engine/constrained_rows.py's and engine/mask_thread.py's module globals)
+are wrapped for the run (and put back after): the mask thread's two jobs (telling the constraints the step before's
+tokens, filling this step's masks), the worker's forward launch (`mx.async_eval` of the logits) and the worker's wait
+for the masks after it are timed; per step we print how long each took, how late the mask thread started after the
+launch began and how long after the launch returned the masks were ready.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from typing import Any
 import mlx.core as mx
 
 import mlxd.engine.constrained_rows as rows_module
+import mlxd.engine.mask_thread as mask_thread
 import mlxd.engine.queued_step as queued_step
 import mlxd.engine.runner as runner_module
 from mlxd.engine.mask_thread import HandOff
@@ -79,9 +78,9 @@ def _timed(timings: _Timings, label: str, function: Callable[..., Any]) -> Calla
     return wrapper
 
 
-def _timed_handoff(timings: _Timings) -> type:
-    """The runner's HandOff with the worker's wait in a constrained step (for the step before's tokens, told to
-    their constraints on the mask thread) timed."""
+def _timed_handoff(timings: _Timings, label: str) -> type:
+    """HandOff with the worker's wait for it in a constrained step timed: the runner's (the step before's tokens,
+    told to their constraints on the mask thread) or the mask thread's own (the masks)."""
     class TimedHandOff(HandOff[Any]):
         def result(self) -> Any:
             if sys._getframe(1).f_code.co_name != "_constrained_step":
@@ -90,7 +89,7 @@ def _timed_handoff(timings: _Timings) -> type:
             try:
                 return super().result()
             finally:
-                timings.add("worker: waits for the step before's tokens, told", (time.perf_counter() - start) * 1e3)
+                timings.add(label, (time.perf_counter() - start) * 1e3)
     return TimedHandOff
 
 
@@ -115,27 +114,7 @@ def timeline() -> Iterator[_Timings]:
     """The runner's constrained step timed while inside; yields the timings (see `table`)."""
     timings = _Timings()
     originals: dict[tuple[Any, str], Any] = {}  # (module or class, name) -> what it held before the run
-    step, settle = runner_module.Runner._constrained_step, runner_module.Runner._settle
-    tell_then_fill, returned = runner_module.tell_then_fill, [0.0]
-
-    def constrained_step(self: Any, *args: Any) -> Any:
-        try:
-            return step(self, *args)
-        finally:
-            returned[0] = time.perf_counter()
-
-    def settle_timed(self: Any) -> None:
-        unsampled = self._unsampled
-        if unsampled is not None:
-            start = time.perf_counter()
-            timings.add("worker: between a step's return and the next call", (start - returned[0]) * 1e3)
-            unsampled.masks.wait()
-            waited = time.perf_counter()
-            timings.add("worker: waits for the masks at the next call", (waited - start) * 1e3)
-        settle(self)
-        if unsampled is not None:
-            timings.add("worker: queue the sampling, whole (_settle after the wait)",
-                        (time.perf_counter() - waited) * 1e3)
+    tell_then_fill = runner_module.tell_then_fill
 
     def tell_then_fill_timed(*args: Any) -> Any:
         start = time.perf_counter()
@@ -151,15 +130,14 @@ def timeline() -> Iterator[_Timings]:
         setattr(owner, name, value)
 
     replace(runner_module, "mx", _TimedMx(timings))
-    replace(runner_module, "HandOff", _timed_handoff(timings))
+    replace(runner_module, "HandOff", _timed_handoff(timings, "worker: waits for the step before's tokens, told"))
     replace(runner_module, "tell_then_fill", tell_then_fill_timed)
     # What tell_then_fill calls, where it looks them up (the runner's own flush and verify steps call
     # tell_constraints through the runner's name for it, which stays as it is).
     replace(rows_module, "tell_constraints",
             _timed(timings, "mask thread: tell the tokens", rows_module.tell_constraints))
     replace(rows_module, "fill_step_masks", _timed(timings, "mask thread: fill the masks", rows_module.fill_step_masks))
-    replace(runner_module.Runner, "_constrained_step", constrained_step)
-    replace(runner_module.Runner, "_settle", settle_timed)
+    replace(mask_thread, "HandOff", _timed_handoff(timings, "worker: waits for the masks after the launch"))
     # The parts every decode step has, constrained or free, so the two runs' tables compare part by part.
     replace(runner_module.Runner, "_forward_step",
             _timed(timings, "worker: build the forward's graph", runner_module.Runner._forward_step))

@@ -1,6 +1,6 @@
 """What a step does for its constrained rows (engine/constraint.py), apart from the model: the masks of a plain
 step and of a verify step's positions, and telling each constraint the tokens its row generated; a plain step's
-CPU work for the mask thread (`tell_then_fill`), and the step it leaves to be sampled (`UnsampledStep`).
+CPU work for the mask thread (`tell_then_fill`).
 
 A step's result per row (StepResult) lives here too: telling the constraints is what completes it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 import mlx.core as mx
 
@@ -115,15 +115,3 @@ def tell_then_fill(read: Callable[[], list[StepResult]], owners: Sequence[Constr
         upload_masks(masks, len(rows), width)
     return masks
 
-
-Row = TypeVar("Row", bound=ConstrainedRow)
-
-
-@dataclass
-class UnsampledStep(Generic[Row]):
-    """A constrained step whose forward pass is launched and whose masks are still being filled: its sampling is
-    queued by the next call that needs it (Runner._settle)."""
-
-    logits: mx.array
-    rows: list[Row]
-    masks: HandOff[FilledMasks]

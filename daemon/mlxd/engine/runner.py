@@ -30,7 +30,6 @@ from mlxd.engine import checked_greedy
 from mlxd.engine.constrained_rows import (
     RowId,
     StepResult,
-    UnsampledStep,
     apply_step_masks,
     tell_constraints,
     tell_then_fill,
@@ -72,7 +71,6 @@ class Runner:
         self._joining: list[RowId] = []
         self._leaving: set[RowId] = set()     # rows to drop from the batch at the next step
         self._pending: QueuedStep | None = None
-        self._unsampled: UnsampledStep[RunnerRow] | None = None  # a constrained step's sampling, queued next call
         self._mask_thread: MaskThread | None = None  # made for the first constrained step
 
     # -- rows ----------------------------------------------------------------------------------------------------
@@ -155,13 +153,10 @@ class Runner:
         return set(self._order) | set(self._joining) | set(self._pending.rows if self._pending else [])
 
     def has_work(self) -> bool:
-        return bool(self._order or self._joining or self._pending or self._unsampled)
+        return bool(self._order or self._joining or self._pending)
 
     def reset_batch(self) -> None:
         """Forget every batch row and its keys (after a failed step: the caches' state is unknown)."""
-        unsampled, self._unsampled = self._unsampled, None
-        if unsampled is not None:
-            unsampled.masks.wait()  # no constraint is touched after this returns, whatever it did
         if self._pending is not None and self._pending.check is not None:
             self._pending.check.masks.wait()
         for row in self.batch_rows():
@@ -255,8 +250,7 @@ class Runner:
                           rows: list[RunnerRow]) -> list[StepResult]:
         """A step of a batch holding constrained rows: the forward graph is built, then launched while the mask
         thread reads the step before (waiting for the device), tells its tokens to the constraints and fills the
-        masks; the sampling, masks applied, is queued by the next call (`_settle`), so the fill also overlaps what
-        the caller does between steps. This call returns once the tokens are told. Why this order
+        masks; then the sampling, masks applied, is queued, and this call returns the told tokens. Why this order
         (docs/performance.md, sessions 11, 21, 38): the fill must overlap the launch (16 rows' masks ~3.6 ms against
         a ~3.1 ms launch on an H200), and the launch must not wait for the device (a random 8B's 16-row step waited
         1.6 ms when the worker read the step before first). The mask thread reads `previous.tokens` through a node
@@ -271,10 +265,19 @@ class Runner:
             results = previous.read()
             read = results.copy
         told, masks = self._tell_then_fill(read, previous, rows)
-        mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
-        self._positions.advance()
-        results = told.result()
-        self._unsampled = UnsampledStep(logits, rows, masks)
+        try:
+            mx.async_eval(logits)  # waits without the GIL: the fill's thread gets going meanwhile
+            self._positions.advance()
+            results, filled = told.result(), masks.result()
+        except BaseException:
+            masks.wait()  # the mask thread done with the constraints before the failed step's caller resets them
+            raise
+        # Sampled before this call returns, not by the next call (as until session 51): the readers of the results
+        # the caller hands out then take the GIL during the next forward's long launch, not this short one, which
+        # the worker waited ~1.5 ms for (docs/performance.md, session 51).
+        learns = self._pipelined and checked_greedy.could_check(rows, self._caches, True)
+        self._pending = self._sample(apply_step_masks(logits, rows, filled), rows, apart=True,
+                                     unmasked=logits if learns else None)
         return results
 
     def _tell_then_fill(self, read: Callable[[], list[StepResult]], previous: QueuedStep | None, rows: list[RunnerRow],
@@ -288,17 +291,10 @@ class Runner:
         return told, self._mask_thread.submit(tell_then_fill, read, owners, rows, self._vocab_size, told, upload)
 
     def _settle(self) -> None:
-        """Queue the sampling of a constrained step whose masks were being filled (waiting for them), or wait for a
-        checking step's: before anything reads or changes the batch, and before anything touches a constraint on
-        this thread."""
+        """Wait for a checking step's masks: before anything reads or changes the batch, and before anything
+        touches a constraint on this thread."""
         if self._pending is not None and self._pending.check is not None:
             self._pending.check.masks.wait()
-        unsampled, self._unsampled = self._unsampled, None
-        if unsampled is not None:
-            masks = unsampled.masks.result()
-            learns = self._pipelined and checked_greedy.could_check(unsampled.rows, self._caches, True)
-            self._pending = self._sample(apply_step_masks(unsampled.logits, unsampled.rows, masks), unsampled.rows,
-                                         apart=True, unmasked=unsampled.logits if learns else None)
 
     def _verify(self, drafts: Mapping[RowId, list[int]]) -> list[StepResult]:
         """One synchronous step feeding each row its last token and its drafts (rows with fewer fill up with
