@@ -103,8 +103,8 @@ def tell_then_fill(read: Callable[[], list[StepResult]], owners: Sequence[Constr
     """A constrained step's CPU work, on the mask thread: the step before's tokens read (waiting for the device)
     and told to their rows' constraints (`told` given the results as soon as they are), then this step's masks
     filled (they follow from those tokens) and, with `upload` (not a checking step's, read on the host), put on
-    the device for logits [len(rows), width]. The worker touches no constraint until this returns
-    (Runner._settle)."""
+    the device for logits [len(rows), width]. The worker touches no constraint until this returns (it waits for
+    the masks before sampling, Runner._constrained_step, or before the next step, Runner._settle)."""
     try:
         told.set(tell_constraints(read(), owners))
     except BaseException as error:
