@@ -18,6 +18,12 @@ def call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], 
         pass
 
 
+def resolve(waiter: asyncio.Future[None]) -> None:
+    """Complete a waiter unless it is done already (completed by someone else, or cancelled with its reader)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Wakes:
     """Futures another thread completes on one event loop, a batch at a time: the first waiter added schedules the
     loop's callback (one call_soon_threadsafe), those added before it runs join it.
@@ -44,8 +50,7 @@ class Wakes:
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            resolve(waiter)
 
 
 _wakes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakes] = weakref.WeakKeyDictionary()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from mlxd.engine.request import CancelToken, ErrorEvent, Event, TokenEvent
 from mlxd.errors import Unavailable
-from mlxd.service.loop import call_soon, wakes_for
+from mlxd.service.loop import call_soon, resolve, wakes_for
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,10 @@ class StreamSink:
                 waiter = self._waiter = self._loop.create_future()
             # A timer of its own, not asyncio.wait's timeout: ~13 us less of the loop's time (and GIL) a wait, one
             # per token per stream on the 2-core VM. Woken with no event: the timer's; is the worker still there?
-            timer = self._loop.call_later(ALIVE_POLL_SECONDS, _complete, waiter)
+            timer = self._loop.call_later(ALIVE_POLL_SECONDS, resolve, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
             if not self._events and not worker_alive():
                 return [ErrorEvent(Unavailable("the MLX worker thread is gone"))]
-
-
-def _complete(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

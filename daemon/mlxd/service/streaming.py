@@ -20,6 +20,7 @@ from mlxd.errors import Cancelled, ResourceExhausted
 from mlxd.loading.tokenizer import TokenText
 from mlxd.service import convert
 from mlxd.service.engine import Engine
+from mlxd.service.loop import resolve
 from mlxd.service.reply import ReplyStream
 from mlxd.service.request_log import RequestEntry
 from mlxd.service.status import abort
@@ -88,7 +89,7 @@ class StreamWriter:
         self._since = self._loop.time()
         self._pending = task = self._loop.create_task(self._context.write(message))
         self._waiter = waiter = self._loop.create_future()
-        task.add_done_callback(lambda _: _resolve(waiter))
+        task.add_done_callback(lambda _: resolve(waiter))
         try:
             await waiter
         except asyncio.CancelledError:   # grpc cancelled the handler: its client left
@@ -112,7 +113,7 @@ class StreamWriter:
         if self._abandoned is None:
             self._abandoned = Abandoned(f"{reason}; the request was cancelled")
         if self._waiter is not None:
-            _resolve(self._waiter)
+            resolve(self._waiter)
 
     async def tell_abandoned(self) -> None:
         """The abandoned call's status, once the write its client left waiting has gone out (the client read again);
@@ -145,11 +146,6 @@ class StreamWriter:
             self.abandon(f"a message waited {self._stalled:g} s for the client to read it")
         else:
             self._timer = self._loop.call_later(self._stalled / 4, self._check)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def stream(gen: GenerationRequest, sink: StreamSink, engine: Engine, writer: StreamWriter,
