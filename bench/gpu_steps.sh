@@ -192,7 +192,7 @@ for spec in "$@"; do
                      --new-tokens 128 --constrained --timeline --profile "$logs/constrained-profile.txt" ;;
     constrained-fills) folder=$(model "${CONSTRAINED_SHAPE:-llama-1b}" bfloat16 0 all "$TOKENIZER") && {
                    step constrained-fills 300 "$py" -m bench batch_inprocess --model "$folder" --streams "${STREAMS:-16}" \
-                     --new-tokens 128 --rounds 3 --mask-processes "${MASK_PROCESSES:-3}" \
+                     --new-tokens "${NEW_TOKENS:-128}" --rounds "${ROUNDS:-3}" --mask-processes "${MASK_PROCESSES:-3}" \
                      --fills "${FILLS:-free,schema,allow-all,sleep:2,spin:2}" ${SETTINGS:+--settings "$SETTINGS"}
                    step allow-all-timeline 150 "$py" -m bench batch_inprocess --model "$folder" --streams 16 \
                      --new-tokens 128 --constrained --fill allow-all --timeline; } ;;
