@@ -1,8 +1,8 @@
-"""bench gil_waits' reading of py-spy's raw stacks: each sample's thread role and state."""
+"""bench gil_waits' reading of py-spy's raw stacks: each sample's thread role and state, and the worker's by line."""
 
 from __future__ import annotations
 
-from bench.suite.gil_waits import classify, summarize
+from bench.suite.gil_waits import classify, summarize, worker_lines
 
 LIBC = "0x7fa89f2a3f16 (libc.so.6)"
 
@@ -28,3 +28,14 @@ def test_samples_are_put_to_their_thread_and_state(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text(f"{worker};x (y.py:1) 7\nthread (3): parent-watch;time_sleep (t);clock_nanosleep (libc.so.6) 2\n")
     assert summarize(raw) == {"worker": {"running": 7}, "other": {"blocked": 2}}
+
+
+def test_the_workers_samples_are_counted_by_its_innermost_line_of_the_daemon(tmp_path):
+    step = "thread (14): mlx-worker;Thread.run (threading.py:982);Runner.step (mlxd/engine/runner.py:227)"
+    launch = f"{step};Runner._sample (mlxd/engine/runner.py:386);mlx::core::async_eval (libmlx.so)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text(f"{launch} 5\n{launch};take_gil (python3.12);pthread_cond_timedwait (libc.so.6) 2\n"
+                   f"{step};x (y.py:1) 1\nthread (9): MainThread;select (selectors.py:1) 4\n")
+    assert worker_lines(raw) == {("Runner._sample (engine/runner.py:386)", "running"): 5,
+                                 ("Runner._sample (engine/runner.py:386)", "GIL wait"): 2,
+                                 ("Runner.step (engine/runner.py:227)", "running"): 1}

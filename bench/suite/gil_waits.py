@@ -11,6 +11,10 @@ Python may cost the worker waits for the GIL that only gRPC's load shows. This s
     python -m bench gil_waits --model PATH [--streams 16 --new-tokens 256 --seconds 8 --mask-processes 3]
                               [--py-spy /tmp/site/bin/py-spy]
 
+A second table says where the worker's samples fall: its innermost line of the daemon's own code (a line of
+engine/runner.py, say, where it launches or waits) and the state there, the lines with the most samples of each
+load (session 51 read it so by hand: the GIL taken back after the constrained step's short sampling launch).
+
 py-spy attaches to the daemon (`record --pid`; native stacks need it to pause the daemon for each sample, 100 a
 second, which slows free and constrained loads alike), which needs ptrace rights over it (root, or
 /proc/sys/kernel/yama/ptrace_scope 0).
@@ -28,6 +32,8 @@ from bench import common
 from bench.daemon import Daemon
 from bench.suite.constrained_decode import constraint, streams
 from mlxd_client import Client
+
+LINES = 8   # the worker's lines shown per load
 
 # The daemon's threads by name (py-spy's raw lines begin "thread (TID): NAME;"), the rest put under "other".
 ROLES = {"mlx-worker": "worker", "mlxd-masks": "mask thread", "MainThread": "event loop"}
@@ -73,6 +79,22 @@ def summarize(raw: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def worker_lines(raw: Path) -> dict[tuple[str, str], int]:
+    """The worker's samples by (its innermost frame of the daemon's code, e.g. "Runner.step (engine/runner.py:205)",
+    and the sample's state)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        role, state = classify(stack)
+        if role != "worker":
+            continue
+        own = [frame for frame in stack.split(";") if "(mlxd/" in frame]
+        counts[(own[-1].replace("(mlxd/", "(") if own else "-", state)] += int(count)
+    return counts
+
+
 def load(addr: str, prompts: list[list[int]], new_tokens: int, constrained: bool, seconds: float) -> int:
     """Rounds of the streams, back to back, until `seconds` have passed (one at least): the rounds run."""
     rounds, until = 0, time.monotonic() + seconds
@@ -97,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     model = common.resolve_model(args.model)
     serve = ["--dtype", args.dtype, "--max-batch-size", str(args.streams), "--mask-processes",
              str(args.mask_processes)]
-    rows = []
+    rows, lines = [], []
     with Daemon(model, args.out / "daemon", *serve) as daemon:
         with Client(daemon.addr) as client:
             vocab = client.model_info().vocab_size
@@ -120,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
                 total = sum(counts[role].values())
                 rows.append([kind, role, total] + [f"{100 * counts[role][s] / total:.1f}"
                                                    for s in ("running", "GIL wait", "blocked")])
+            where = worker_lines(raw) if raw.exists() else {}
+            total = sum(where.values()) or 1
+            lines += [[kind, frame, state, f"{100 * n / total:.1f}"]
+                      for (frame, state), n in sorted(where.items(), key=lambda item: -item[1])[:LINES]]
             print(f"{kind}: {rounds} rounds in {time.perf_counter() - started:.1f} s; {raw}", flush=True)
+    print(common.table(["load", "worker's innermost line", "state", "% of its samples"], lines))
     print(common.table(["load", "thread", "samples", "running %", "GIL wait %", "blocked %"], rows))
 
 
