@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import common
@@ -67,15 +68,19 @@ def classify(stack: str) -> tuple[str, str]:
     return role, "running"
 
 
-def summarize(raw: Path) -> dict[str, dict[str, int]]:
-    """Samples per role and state from py-spy's raw output (one stack and its count a line)."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+def samples(raw: Path) -> Iterator[tuple[str, str, str, int]]:
+    """(stack, role, state, count) of each line of py-spy's raw output (one stack and its count a line)."""
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        role, state = classify(stack)
-        counts[role][state] += int(count)
+        if stack and count.isdigit():
+            yield (stack, *classify(stack), int(count))
+
+
+def summarize(raw: Path) -> dict[str, dict[str, int]]:
+    """Samples per role and state."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for _, role, state, count in samples(raw):
+        counts[role][state] += count
     return counts
 
 
@@ -83,15 +88,10 @@ def worker_lines(raw: Path) -> dict[tuple[str, str], int]:
     """The worker's samples by (its innermost frame of the daemon's code, e.g. "Runner.step (engine/runner.py:205)",
     and the sample's state)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        role, state = classify(stack)
-        if role != "worker":
-            continue
-        own = [frame for frame in stack.split(";") if "(mlxd/" in frame]
-        counts[(own[-1].replace("(mlxd/", "(") if own else "-", state)] += int(count)
+    for stack, role, state, count in samples(raw):
+        if role == "worker":
+            own = [frame for frame in stack.split(";") if "(mlxd/" in frame]
+            counts[(own[-1].replace("(mlxd/", "(") if own else "-", state)] += count
     return counts
 
 
