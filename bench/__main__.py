@@ -65,8 +65,6 @@ BENCHMARKS = {
                   "each daemon thread's time running, waiting for the GIL or blocked under gRPC load (py-spy)"),
     "mask_memory": ("bench.suite.mask_memory",
                     "a step reading host-written masks: managed memory as MLX leaves it, advised, copied, resident"),
-    "refusal_rates": ("bench.suite.refusal_rates",
-                      "how often requests' greedy argmax is refused by their grammar, against checking's limit"),
     "mask_threads": ("bench.suite.mask_threads",
                      "whether llguidance fills rows' masks in parallel: N threads against 1, wall against CPU time"),
     "host_contention": ("bench.suite.host_contention",

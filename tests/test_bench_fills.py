@@ -1,7 +1,7 @@
 """The benchmarks' stand-ins and verdicts for this round's GPU questions: bench/suite/fake_constraints.py's
 constraints (every token allowed, the fill free, asleep or spinning a core), speculation_inprocess's oracle drafts
 (every draft holds), bench/suite/tensor_parallel.py's `parting` (where two greedy runs part, with each run's margin
-there), host_contention's reading of CPU lists, refusal_rates' count of refused tokens."""
+there), host_contention's reading of CPU lists."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from bench.suite import fake_constraints, refusal_rates, speculation_inprocess
+from bench.suite import fake_constraints, speculation_inprocess
 from bench.suite.tensor_parallel import parting
 from mlxd.constraints.compiler import mask_words
 from mlxd.engine import speculation as speculation_module
 from mlxd.engine.speculation import NgramIndex
-from mlxd_client import pb
-from tests.helpers.fakes import VOCAB, fake_runtime
+from tests.helpers.fakes import fake_runtime
 
 
 @pytest.mark.parametrize("kind", ["allow-all", "sleep:8", "spin:8"])
@@ -48,21 +47,6 @@ def test_few_allows_the_next_n_ids_at_each_step_wrapping_around():
     assert allowed() == [0, 1, 8, 9]
     constraint.rollback(1)
     assert allowed() == [4, 5, 6, 7] and not constraint.is_stopped()
-
-
-@pytest.mark.parametrize("kind", ["allow-all", "few:4"])
-def test_refusal_rates_observes_every_token_of_a_greedy_request(kind):
-    class Grammars:  # the daemon's compiler's place: each request gets the fake constraint
-        def constraint(self, message: pb.Constraint) -> fake_constraints.AnyToken:
-            return fake_constraints.constraint_for(kind, VOCAB, rows=1)
-
-    tokens, seen = refusal_rates.one(fake_runtime(), Grammars(), [5, 6, 7], pb.Constraint(), max_tokens=12)
-    assert len(tokens) == len(seen) == 12  # the first token (the prefill's) is checked too
-    if kind == "allow-all":
-        assert not any(seen)
-    else:  # four ids allowed at a time, the next four after each token: the fake model's argmax mostly outside
-        assert all(4 * i <= token < 4 * i + 4 for i, token in enumerate(tokens))
-        assert 0 < sum(seen) < len(seen)
 
 
 @pytest.mark.parametrize("kind", ["sleep", "allow-all:3", "schema:1", "few:x"])

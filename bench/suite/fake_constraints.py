@@ -10,8 +10,9 @@ after the other).
     spin:MS     the same, the step's fill taking MS ms of one core (split over its rows; the GIL released, as
                 llguidance releases it)
     few:N       N ids allowed, the next N at each step (wrapping around the vocabulary), filled at once: a model's
-                argmax is refused nearly every step (a checked step's refusal, engine/checked_greedy.py, against
-                allow-all's none; a fixed set would teach a real model to stay within it)
+                argmax is refused nearly every step (an unpipelined checked step's refusal,
+                engine/checked_greedy.py, against allow-all's none; a fixed set would teach a real model to stay
+                within it)
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from typing import cast
 
 import mlx.core as mx
 
-from mlxd.engine import checked_greedy
 from mlxd.engine.constrained_rows import ConstrainedRow, RowId, StepResult
 from mlxd.engine.mask_thread import HandOff
 from mlxd.engine.masks import FilledMasks
@@ -41,19 +40,12 @@ class QueuedStep:
     readback: mx.array | None = None
     # A checking step's (engine/checked_greedy.py): its constrained rows' tokens are read and checked before use.
     check: CheckedStep | None = None
-    # A masked step's argmax of its logits before the masks (int32 [B]), read with its tokens: where they differ
-    # the grammar refused the argmax, which the rows' refusal rates learn from (checked_greedy.learn).
-    unmasked_argmax: mx.array | None = None
 
     def read(self) -> list[StepResult]:
         readable = self.tokens if self.readback is None else self.readback
-        argmax = [] if self.unmasked_argmax is None else [self.unmasked_argmax]
         # mx.eval waits without the GIL (tolist would hold it), so the gRPC threads stream meanwhile.
-        mx.eval(readable, *argmax, *[a for arrays in self.scored if arrays for a in arrays])
+        mx.eval(readable, *[a for arrays in self.scored if arrays for a in arrays])
         # int32 [B] reads back as ints; MLX's stub types every tolist() as any nesting of any scalar.
         tokens = cast(list[int], readable.tolist())
-        if argmax:
-            checked_greedy.learn(cast(Sequence[checked_greedy.CheckedRow], self.owners), tokens,
-                                 cast(list[int], argmax[0].tolist()))
         return [StepResult(row, [token], None if lp is None else [token_logprob(token, lp)])
                 for row, token, lp in zip(self.rows, tokens, self.scored)]

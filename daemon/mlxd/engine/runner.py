@@ -11,8 +11,9 @@ in `async_eval` (SmolLM2: 155-190 ms, then 42 to read), so there the pipeline on
 Beside that plain pipeline:
 - **Token constraints** (engine/constraint.py), per row from `open`: a batch holding one builds step n+1's forward
   graph and launches it while another thread reads step n, tells each constraint its row's token and fills the
-  masks (engine/masks.py); the next call queues the sampling with the masks applied before it does anything else.
-  Plainly greedy constrained rows may take their argmax as free rows and have it checked (engine/checked_greedy.py).
+  masks (engine/masks.py); then the step's sampling, the masks applied, is queued before the call returns.
+  Unpipelined, plainly greedy constrained rows take their argmax as free rows and have it checked
+  (engine/checked_greedy.py).
 - **Speculative verification** (`step(drafts)`): each row feeds its last token and its drafts, [B, 1 + max k],
   synchronously; generation/verification.py accepts each row's run and the batch caches roll the rejected columns
   back. Rows without drafts share the pass.
@@ -212,33 +213,24 @@ class Runner:
         self._regroup(keep, joiners)
         rows = [self._rows[row] for row in self._order]
         constrained = any(r.constraint for r in rows)
-        checking = constrained and checked_greedy.checks(rows, self._caches, self._pipelined)
-        early: list[StepResult] = []
-        if previous is not None and previous.check is not None and not checking:
-            early, previous = self._final(previous), None  # nothing may be built on its tokens unchecked
-        if checking:
-            results = early + self._checked_step(previous, keep, joiners, rows)
+        if constrained and checked_greedy.checks(rows, self._pipelined):
+            results = self._checked_step(previous, keep, joiners, rows)
         elif constrained:
-            return early + self._constrained_step(previous, keep, joiners, rows)
+            return self._constrained_step(previous, keep, joiners, rows)
         else:
             if rows:
                 self._pending = self._sample(self._forward_step(self._inputs(previous, keep, joiners)), rows)
                 self._positions.advance()
-            results = early + (tell_constraints(previous.read(), previous.owners) if previous is not None else [])
+            results = tell_constraints(previous.read(), previous.owners) if previous is not None else []
         return results if self._pipelined else results + self._flush()
 
     def _checked_step(self, previous: QueuedStep | None, keep: list[int], joiners: list[RowId],
                       rows: list[RunnerRow]) -> list[StepResult]:
-        """Constrained rows decoded as free ones (checked_greedy.py): the step before's tokens checked once the forward
-        is built on them, before its launch (refused: caches to their checkpoint, built again); told, masks filled."""
-        held = checked_greedy.checkpoints(self._caches) if previous is not None and previous.check is not None else []
+        """Constrained rows decoded as free ones, unpipelined (checked_greedy.py): the step before (a masked one, if
+        any: a checking step is read within its call) told, this step's masks filled for the check of its tokens
+        when it is read (`_flush`)."""
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         results = previous.read() if previous is not None else []
-        if previous is not None and checked_greedy.check(previous, results):
-            checked_greedy.restore(self._caches, held)  # the refused graph dropped: the device never runs it
-            self._next_tokens(results)
-            logits = self._forward_step(self._inputs(None, keep, joiners))
-        del held  # before the launch: a handle held then would make the step's cache writes copy the storage
         greedy = checked_greedy.argmax_logits(logits, rows)  # asks the grammars: before the mask thread has them
         told, masks = self._tell_then_fill(results.copy, previous, rows, upload=False)  # read on the host only
         self._pending = self._sample(logits, rows, greedy_logits=greedy)
@@ -275,9 +267,7 @@ class Runner:
         # Sampled before this call returns, not by the next call (as until session 51): the readers of the results
         # the caller hands out then take the GIL during the next forward's long launch, not this short one, which
         # the worker waited ~1.5 ms for (docs/performance.md, session 51).
-        learns = self._pipelined and checked_greedy.could_check(rows, self._caches, True)
-        self._pending = self._sample(apply_step_masks(logits, rows, filled), rows, apart=True,
-                                     unmasked=logits if learns else None)
+        self._pending = self._sample(apply_step_masks(logits, rows, filled), rows, apart=True)
         return results
 
     def _tell_then_fill(self, read: Callable[[], list[StepResult]], previous: QueuedStep | None, rows: list[RunnerRow],
@@ -358,11 +348,10 @@ class Runner:
         return self._model(inputs.reshape(-1, 1), cache=self._caches)[:, -1, :]
 
     def _sample(self, logits: mx.array, rows: list[RunnerRow], apart: bool = False,
-                greedy_logits: mx.array | None = None, unmasked: mx.array | None = None) -> QueuedStep:
+                greedy_logits: mx.array | None = None) -> QueuedStep:
         """Sample every row's next token from logits [B, vocab] and start computing it. Each row samples with its
         own sampler; rows that are plainly greedy share one argmax (of `greedy_logits` where given). `apart`: the
-        tokens to be read on the mask thread (a `readback` node of their own). `unmasked`: a masked step's logits
-        before the masks, whose argmax the rows learn their refusal rates from (checked_greedy.learn)."""
+        tokens to be read on the mask thread (a `readback` node of their own)."""
         plain = [r.sampler.plain_greedy for r in rows]
         if not any(plain):
             tokens = mx.concatenate([r.sampler(logits[i]) for i, r in enumerate(rows)])
@@ -373,10 +362,9 @@ class Runner:
         scored = [None if r.top_logprobs is None else row_logprobs(logits[i], tokens[i], r.top_logprobs)
                   for i, r in enumerate(rows)]
         readback = mx.stop_gradient(tokens) if apart else None  # an identity: the same buffer, its own node
-        unmasked_argmax = None if unmasked is None else checked_greedy.unmasked_argmax(unmasked, rows)
-        mx.async_eval(tokens, *[a for a in (readback, unmasked_argmax) if a is not None],
+        mx.async_eval(tokens, *([readback] if readback is not None else []),
                       *[a for arrays in scored if arrays for a in arrays])
-        return QueuedStep(list(self._order), tokens, scored, rows, readback, unmasked_argmax=unmasked_argmax)
+        return QueuedStep(list(self._order), tokens, scored, rows, readback)
 
     # -- the rest that needs the model ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlxd.engine import checked_greedy
 from mlxd.engine.constraint import TokenConstraint
 from mlxd.generation.sampling import Sampler
 from mlxd.models.cache import LayerCache, RowState
@@ -20,4 +19,3 @@ class RunnerRow:
     next_token: int = 0                   # the token it feeds when it joins the batch
     constraint: TokenConstraint | None = None
     failure: Exception | None = None      # its constraint's, reported with its next result
-    refusal_rate: float = checked_greedy.PRIOR  # how often its grammar refused its argmax (checked_greedy.py)

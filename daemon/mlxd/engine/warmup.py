@@ -52,8 +52,9 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
 
 
 def warm_up_sampling(runtime: ModelRuntime, ids: list[int], speculate: str = "", speculate_depth: int = 0) -> None:
-    """Requests through the sampler's every filter with logprobs, and constrained ones (a sampled one's masks applied
-    on the device, a greedy one's tokens checked and refused: OneToken), with speculation also with drafts. The
+    """Requests through the sampler's every filter with logprobs, and constrained ones (masks applied on the device
+    to a sampled row and to a greedy one, whose mask refuses all but one token: OneToken), with speculation also with
+    drafts. The
     requests above are greedy and free, and without these the first request after SERVING that sampled (temperature
     1 is the protocol's default) waited 20 s for its first token on an H100, the first with logprobs 11 s (`bench
     first_requests`, a random 8B drafted by a random 1B): MLX compiling kernels on first use (random keys, top-k,
@@ -98,13 +99,8 @@ class AnyToken:
 
 
 class OneToken(AnyToken):
-    """Allows token 1 only, its tokenizer a word narrower than the logits: a greedy request under it meets what a
-    checked step (engine/checked_greedy.py) does on a refusal (the masked argmax of the kept logits, the forward
-    built again) and its argmax among the tokenizer's ids, then the masked greedy step its refusals turn it to."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__(width)
-        self.vocabulary = max(2, width - 32)
+    """Allows token 1 only: a greedy request under it meets the masked greedy step (a GPU's steps mask:
+    engine/checked_greedy.py) with a mask that changes its argmax."""
 
     def fill_bitmask(self, out: np.ndarray) -> None:
         out[:] = 0

@@ -12,7 +12,7 @@ columns no row can see any more are dropped from the left every `step` columns, 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -78,16 +78,6 @@ class BatchPositions:
     def advance(self, counts: list[int] | None = None) -> None:
         """Move each row on by one token, or by counts[r] (a verify step's accepted tokens)."""
         self.set([v + 1 for v in self.values] if counts is None else [v + c for v, c in zip(self.values, counts)])
-
-
-class KVCheckpoint(NamedTuple):
-    """A BatchKVCache between steps (BatchKVCache.checkpoint): its storage's handles and where it writes next (a
-    tuple: taken for every layer at every checking step)."""
-
-    stored: tuple[mx.array, mx.array] | None
-    end: int
-    valid: np.ndarray | None
-    written: int
 
 
 class BatchKVCache:
@@ -162,21 +152,6 @@ class BatchKVCache:
                     valid[r, self.end - (d - common) : self.end] = False
             self._valid = valid
         self._written = 0
-
-    def checkpoint(self) -> KVCheckpoint:
-        """What this layer holds before a step's graph is built, for `restore` if the step is built again instead
-        (a checked token refused: engine/checked_greedy.py). Copies of the storage's handles share its arrays, and
-        a step's write replaces only this cache's handle (MLX's in-place `a[...] = b`). Drop the checkpoint before
-        the step launches: a handle held then keeps the old storage alive, and the write copies it."""
-        stored = kv_storage(self.keys, self.values)
-        copies = None if stored is None else (stored[0].__copy__(), stored[1].__copy__())
-        return KVCheckpoint(copies, self.end, self._valid, self._written)
-
-    def restore(self, checkpoint: KVCheckpoint) -> None:
-        """Back to `checkpoint`: the graph built since is dropped with its writes, which the device never runs
-        (a rollback would give the columns back but keep the writes in the storage's graph)."""
-        self.keys, self.values = checkpoint.stored if checkpoint.stored is not None else (None, None)
-        self.end, self._valid, self._written = checkpoint.end, checkpoint.valid, checkpoint.written
 
     def forget(self, counts: list[int]) -> None:
         """Row r forgets its last counts[r] positions, whichever steps wrote them (a draft model's rejected
