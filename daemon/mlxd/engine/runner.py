@@ -229,6 +229,7 @@ class Runner:
         """Constrained rows decoded as free ones, unpipelined (checked_greedy.py): the step before (a masked one, if
         any: a checking step is read within its call) told, this step's masks filled for the check of its tokens
         when it is read (`_flush`)."""
+        assert previous is None or previous.check is None, "a forward built on unchecked tokens"
         logits = self._forward_step(self._inputs(previous, keep, joiners))
         results = previous.read() if previous is not None else []
         greedy = checked_greedy.argmax_logits(logits, rows)  # asks the grammars: before the mask thread has them
