@@ -11,7 +11,9 @@ import ast
 import contextlib
 import importlib
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -276,14 +278,41 @@ def spread(rows: list[Row], key: str, **where: Any) -> float:
 NOISY = 0.10  # a baseline whose rounds spread more than this is flagged beside the ratios built on it
 
 
+def round_ratios(rows: list[Row], key: str, a: Hashable, b: Hashable, **where: Any) -> list[float]:
+    """a's value / b's within each round (and case) that ran both."""
+    by_round = {(r["round"], r["case"], r["contender"]): r[key] for r in select(rows, **where)}
+    pairs = sorted({(rd, case) for rd, case, _ in by_round}, key=str)
+    return [by_round[rd, case, a] / by_round[rd, case, b] for rd, case in pairs
+            if (rd, case, a) in by_round and (rd, case, b) in by_round]
+
+
 def median_ratio(rows: list[Row], key: str, a: Hashable, b: Hashable, **where: Any) -> float:
     """The median over rounds of a's value / b's within one round (and case): adjacent runs share the machine's
     mood, so on a noisy host this is steadier than a ratio of medians or of the two best runs."""
-    mine = select(rows, **where)
-    by_round = {(r["round"], r["case"], r["contender"]): r[key] for r in mine}
-    pairs = {(rd, case) for rd, case, _ in by_round}
-    return statistics.median(by_round[rd, case, a] / by_round[rd, case, b] for rd, case in pairs
-                             if (rd, case, a) in by_round and (rd, case, b) in by_round)
+    return statistics.median(round_ratios(rows, key, a, b, **where))
+
+
+def ratio_interval(rows: list[Row], key: str, a: Hashable, b: Hashable, **where: Any) -> tuple[float, float, float]:
+    """The geometric mean of the per-round ratios (`round_ratios`) and its 95 % bootstrap interval (2,000
+    resamples, seeded: the same rows print the same interval). On the lent GPUs a 12-round median moved by 5-7 %
+    between two commands of the same code (session 52): the interval says whether a bar is within that."""
+    logs = [math.log(r) for r in round_ratios(rows, key, a, b, **where)]
+    if not logs:
+        return math.nan, math.nan, math.nan
+    rng = random.Random(0)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
+    return math.exp(statistics.fmean(logs)), math.exp(means[50]), math.exp(means[1949])
+
+
+def pooled_rows(logs: Iterable[Path]) -> list[Row]:
+    """The rounds of several runs' logs (`alternate`'s JSON lines) as one run's: each log's rounds numbered apart.
+    Pool only runs of the same code on the same machine."""
+    rows = []
+    for i, log in enumerate(logs):
+        for line in Path(log).read_text().splitlines():
+            row = json.loads(line)
+            rows.append({**row, "round": (i, row["round"])})
+    return rows
 
 
 def table(header: list[str], lines: list[list[Any]]) -> str:

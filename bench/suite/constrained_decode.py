@@ -3,6 +3,7 @@ running beside constrained ones against the same streams beside free ones, alter
 
     python -m bench constrained_decode [--model smollm2|PATH --streams 1 16 --new-tokens 128]
                                        [--mask-processes 0 3] [--schema short-strings|strings|records]
+    python -m bench constrained_decode --pool OUT1/runs.jsonl OUT2/runs.jsonl ...
 
 Greedy, ignore_eos. The schema (an array of at least 400 items) keeps the output open for the whole run, so each
 stream generates as many tokens either way. Its items (--schema): `short-strings` (the default: strings of at most
@@ -13,6 +14,9 @@ extraction or tool-call schema). "mixed" runs half the streams
 constrained and reports the free half's decode rate, against that same half in "free" (every stream free, the
 batch as large): the target is >= 0.98. "constrained" against "free": the target is >= 0.95. Mask fill time per token
 and the grammar compile time are measured in this process with the same tokenizer (llguidance, as the daemon).
+Below the table, each ratio's geometric mean over the rounds with its 95 % bootstrap interval: on a lent GPU a
+command's median moves by more than the distance to a bar, so judge the bar by the interval. --pool runs nothing:
+it reports earlier runs' rounds together (the same code on one machine; session 52 pooled 27-29 rounds so).
 """
 
 from __future__ import annotations
@@ -142,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="each daemon's serve --kv-cache-mb (0: its own default, half the memory left after loading: "
                         "three 8B daemons on one 80 GB GPU, each taking half of what the ones before left, ran it "
                         "out of memory)")
+    p.add_argument("--pool", type=Path, nargs="+", metavar="RUNS_JSONL",
+                   help="run nothing: report these earlier runs' rounds together (the same code on one machine)")
     common.add_out_arg(p, "constrained_decode")
     args = p.parse_args(argv)
+    if args.pool:
+        return pool(args.pool)
     chosen_constraint = constraint(args.schema)
     model = common.resolve_model(args.model)
     processes = list(dict.fromkeys(args.mask_processes))
@@ -184,28 +192,54 @@ def main(argv: list[str] | None = None) -> None:
                          chosen_constraint)
     print(f"\n{model}, schema {args.schema}: prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens "
           f"per stream, greedy, medians of {args.rounds} rounds; logs in {args.out}")
-    lines = []
-    for n in args.streams:
-        free = common.median(rows, "free_tps", case=n, contender="free")
-        for mask_processes in processes:
-            constrained, mixed = f"constrained@{mask_processes}", f"mixed@{mask_processes}"
-            line = [n, mask_processes, free, common.median(rows, "constrained_tps", case=n, contender=constrained),
-                    common.median_ratio(rows, "tps", constrained, "free", case=n)]
-            if n > 1:
-                line += [common.median(rows, "free_tps", case=n, contender=mixed),
-                         common.median_ratio(rows, "even_free_tps", mixed, "free", case=n)]
-            else:
-                line += ["-", "-"]
-            lines.append(line)
-    print(common.table(["streams", "mask processes", "free tok/s", "constrained tok/s", "constrained / free",
-                        "free beside constrained", "ratio to beside free"], lines))
-    for n in args.streams:
-        moved = common.spread(rows, "free_tps", case=n, contender="free")
-        if moved > common.NOISY:
-            print(f"noisy: the free daemon's rounds at {n} stream(s) spread {moved:.0%}: its ratios are not reliable")
+    report(rows, args.streams, processes)
     print(f"grammar: token tables {masks['tables_ms']:.0f} ms once per model, schema compile "
           f"{masks['compile_ms']:.1f} ms; mask fill per token p50 {masks['fill_p50_us']:.0f} us, "
           f"p99 {masks['fill_p99_us']:.0f} us")
+
+
+def report(rows: list[common.Row], stream_counts: list[int], processes: list[int]) -> None:
+    """The table of medians, then each ratio's geometric mean over rounds with its 95 % interval, then a line for
+    each stream count whose free rounds spread more than common.NOISY."""
+    lines: list[list[object]] = []
+    intervals: list[str] = []
+    for n in stream_counts:
+        free = common.median(rows, "free_tps", case=n, contender="free")
+        for mask_processes in processes:
+            constrained, mixed = f"constrained@{mask_processes}", f"mixed@{mask_processes}"
+            line: list[object] = [n, mask_processes, free,
+                                  common.median(rows, "constrained_tps", case=n, contender=constrained),
+                                  common.median_ratio(rows, "tps", constrained, "free", case=n)]
+            interval = [common.ratio_interval(rows, "tps", constrained, "free", case=n)]
+            if n > 1:
+                line += [common.median(rows, "free_tps", case=n, contender=mixed),
+                         common.median_ratio(rows, "even_free_tps", mixed, "free", case=n)]
+                interval.append(common.ratio_interval(rows, "even_free_tps", mixed, "free", case=n))
+            else:
+                line += ["-", "-"]
+            lines.append(line)
+            rounds = len(common.round_ratios(rows, "tps", constrained, "free", case=n))
+            intervals.append(f"{n} stream(s), {mask_processes} mask processes, {rounds} rounds: " + "; ".join(
+                f"{label} {mean:.3f} [{low:.3f}, {high:.3f}]"
+                for label, (mean, low, high) in zip(("constrained / free", "beside"), interval)))
+    print(common.table(["streams", "mask processes", "free tok/s", "constrained tok/s", "constrained / free",
+                        "free beside constrained", "ratio to beside free"], lines))
+    print("geometric means of the rounds' ratios [95 % interval]:")
+    for text in intervals:
+        print(f"  {text}")
+    for n in stream_counts:
+        moved = common.spread(rows, "free_tps", case=n, contender="free")
+        if moved > common.NOISY:
+            print(f"noisy: the free daemon's rounds at {n} stream(s) spread {moved:.0%}: its ratios are not reliable")
+
+
+def pool(logs: list[Path]) -> None:
+    """--pool: earlier runs' rounds (their runs.jsonl) reported as one run's, nothing run."""
+    rows = common.pooled_rows(logs)
+    stream_counts = sorted({r["case"] for r in rows})
+    processes = sorted({int(r["contender"].partition("@")[2]) for r in rows if "@" in r["contender"]})
+    print(f"\n{len(logs)} runs pooled: {', '.join(map(str, logs))}")
+    report(rows, stream_counts, processes)
 
 
 if __name__ == "__main__":
