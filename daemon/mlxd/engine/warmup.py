@@ -54,12 +54,11 @@ def warm_up_prefill_widths(runtime: ModelRuntime) -> None:
 def warm_up_sampling(runtime: ModelRuntime, ids: list[int], speculate: str = "", speculate_depth: int = 0) -> None:
     """Requests through the sampler's every filter with logprobs, and constrained ones (masks applied on the device
     to a sampled row and to a greedy one, whose mask refuses all but one token: OneToken), with speculation also with
-    drafts. The
-    requests above are greedy and free, and without these the first request after SERVING that sampled (temperature
-    1 is the protocol's default) waited 20 s for its first token on an H100, the first with logprobs 11 s (`bench
-    first_requests`, a random 8B drafted by a random 1B): MLX compiling kernels on first use (random keys, top-k,
-    sort, cumulative sums, scatters), with every stream batched beside it stalled. GPU only, as the prefill
-    widths."""
+    drafts. The requests above are greedy and free, and without these the first request after SERVING that sampled
+    (temperature 1 is the protocol's default) waited 20 s for its first token on an H100, the first with logprobs
+    11 s (`bench first_requests`, a random 8B drafted by a random 1B): MLX compiling kernels on first use (random
+    keys, top-k, sort, cumulative sums, scatters), with every stream batched beside it stalled. GPU only, as the
+    prefill widths."""
     sampled = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
                              presence_penalty=0.5, frequency_penalty=0.5, logit_bias={ids[0]: 0.5}, seed=0)
     greedy = SamplingParams(temperature=0.0)
