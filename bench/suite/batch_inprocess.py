@@ -56,7 +56,8 @@ from mlxd.loading.model_source import load_model_and_tokenizer
 from mlxd.service.constraints import Grammars
 
 # Steps pipelined (the step before read after the next is queued): None as the daemon's worker does (on a GPU only);
-# `--settings bench.suite.batch_inprocess.PIPELINED=True` pipelines a CPU's too (a checked refusal's cost there).
+# `--settings bench.suite.batch_inprocess.PIPELINED=True` pipelines a CPU's too (its constrained rows then masked, as a
+# GPU's are, not checked: engine/checked_greedy.py).
 PIPELINED: bool | None = None
 # label -> (file name ending, function name) as cProfile records them. MLX's functions are not Python's, so
 # cProfile does not see mx.eval itself: the device wait shows as the time to read a queued step's tokens.
