@@ -158,9 +158,7 @@ class Runner:
 
     def reset_batch(self) -> None:
         """Forget every batch row and its keys (after a failed step: the caches' state is unknown)."""
-        if self._pending is not None and self._pending.check is not None:
-            self._pending.check.masks.wait()
-        for row in self.batch_rows():
+        for row in self.batch_rows():  # which settles first: no constraint is touched after this returns
             self._rows.pop(row, None)
         self._order, self._joining, self._leaving, self._pending = [], [], set(), None
         self._positions.set([])
